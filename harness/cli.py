@@ -1,0 +1,196 @@
+"""The command line: parse, make one library call, format the result. No logic of its own.
+
+Exit codes: 0 PROMOTE, 1 BLOCK, 2 HOLD, 3 invalid usage/scenario/input, 4 the run could not be
+carried out (targets unreachable, interrupted, internal error)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import __version__
+from .errors import HarnessError, UsageError
+
+__all__ = ["main", "build_parser"]
+
+VERDICT_EXIT = {"PROMOTE": 0, "BLOCK": 1, "HOLD": 2}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="harness", description="Paired shadow replay of captured traffic against a baseline and a "
+                "candidate model; per-segment judgement, promotion gates, gate report and canary schedule.")
+    p.add_argument("--version", action="version", version=f"harness {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    d = sub.add_parser("demo", help="start the demo model servers, replay the sample capture, write a run folder")
+    d.add_argument("--clean", action="store_true", help="use candidate-clean (no planted flaws)")
+    d.add_argument("--out", type=Path, default=Path("reports"), help="folder for run folders (default: reports)")
+    d.add_argument("--speed", type=float, help="replay speed factor (default: the scenario's)")
+    d.add_argument("--max-requests", type=int, help="replay at most this many requests")
+    d.set_defaults(func=_demo)
+
+    r = sub.add_parser("run", help="replay a scenario against its targets and judge the candidate")
+    r.add_argument("scenario", type=Path)
+    r.add_argument("--out", type=Path, default=Path("reports"), help="folder for run folders (default: reports)")
+    r.add_argument("--speed", type=float, help="override traffic.speed")
+    r.add_argument("--max-requests", type=int, help="override traffic.max_requests")
+    r.add_argument("--mode", choices=["paired", "aa", "baseline-only"], help="override replay.mode")
+    r.add_argument("--max-in-flight", type=int, help="override replay.max_in_flight")
+    r.add_argument("--web-ui", action="store_true", help="serve Locust's web UI while replaying")
+    r.add_argument("--web-port", type=int, default=8089)
+    r.add_argument("--progress-every", type=float, default=5.0, metavar="S", help="progress line every S seconds")
+    r.set_defaults(func=_run)
+
+    rep = sub.add_parser("report", help="rebuild summary.json, gate_report.html, schedule and junit.xml from results.duckdb")
+    rep.add_argument("run_dir", type=Path)
+    rep.set_defaults(func=_report)
+
+    s = sub.add_parser("schedule", help="print the canary schedule, or an export of it")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--format", choices=["yaml", "argo", "flagger", "istio"], default="yaml")
+    s.set_defaults(func=_schedule)
+
+    q = sub.add_parser("query", help="run SQL against a run's results.duckdb")
+    q.add_argument("run_dir", type=Path)
+    q.add_argument("sql")
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.set_defaults(func=_query)
+
+    v = sub.add_parser("validate", help="check a scenario, its files and its gates without sending anything")
+    v.add_argument("scenario", type=Path)
+    v.set_defaults(func=_validate)
+
+    t = sub.add_parser("traffic", help="inspect or convert captured traffic")
+    tsub = t.add_subparsers(dest="traffic_command", required=True, parser_class=_Parser)
+    ti = tsub.add_parser("inspect", help="records, time span, rate, segments, sizes, bad records")
+    ti.add_argument("file", type=Path)
+    ti.add_argument("--format", dest="fmt", help="capture format (default: from the extension)")
+    ti.add_argument("--scenario", type=Path, help="take segments from this scenario")
+    ti.add_argument("--plot", type=Path, metavar="PNG", help="write the rate over time as a PNG")
+    ti.set_defaults(func=_inspect)
+    tc = tsub.add_parser("convert", help="convert a capture to the JSONL capture format or Parquet")
+    tc.add_argument("file", type=Path)
+    tc.add_argument("--to", choices=["jsonl", "parquet"], required=True)
+    tc.add_argument("--format", dest="fmt", help="input format (default: from the extension)")
+    tc.add_argument("-o", "--output", help="output path (default: beside FILE; '-' for standard output)")
+    tc.set_defaults(func=_convert)
+
+    sc = sub.add_parser("scores", help="review or business scores")
+    ssub = sc.add_subparsers(dest="scores_command", required=True, parser_class=_Parser)
+    si = ssub.add_parser("import", help="join scores (CSV or Parquet: request_id, version, score) into a run")
+    si.add_argument("run_dir", type=Path)
+    si.add_argument("file", type=Path)
+    si.set_defaults(func=_scores_import)
+    return p
+
+
+def _print_verdict(summary: dict[str, Any], run_dir: Path) -> None:
+    print(f"verdict: {summary['verdict']}")
+    failing = [g for g in summary["gates"] if g["status"] == "fail"]
+    for g in failing[:20]:
+        print(f"  FAIL {g['name']} [{g['segment'] or 'overall'}]: {g['reason']}")
+    if len(failing) > 20:
+        print(f"  ... and {len(failing) - 20} more failing gate results (see summary.json)")
+    if summary["verdict"] == "HOLD":
+        for reason in summary["verdict_reasons"][:10]:
+            print(f"  INCONCLUSIVE: {reason}")
+    for note in summary.get("notes", []):
+        print(f"  note: {note}")
+    print(f"report: {run_dir / 'gate_report.html'}")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo.launcher import run_demo
+
+    result = run_demo(clean=args.clean, out_root=args.out, speed=args.speed, max_requests=args.max_requests)
+    _print_verdict(result.summary, result.run_dir)
+    return result.exit_code
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .run import run_scenario
+    from .scenario import load_scenario
+
+    scenario = load_scenario(args.scenario).with_overrides(
+        speed=args.speed, max_requests=args.max_requests, mode=args.mode, max_in_flight=args.max_in_flight)
+    result = run_scenario(scenario, args.out, web_ui=args.web_ui, web_port=args.web_port,
+                          progress_every_s=args.progress_every)
+    _print_verdict(result.summary, result.run_dir)
+    return result.exit_code
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .outputs import build_outputs
+
+    summary = build_outputs(args.run_dir)
+    _print_verdict(summary, args.run_dir)
+    if summary["run"].get("status") != "complete":
+        return 4
+    return VERDICT_EXIT[summary["verdict"]]
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from .schedule import export_schedule, load_schedule
+
+    print(export_schedule(load_schedule(args.run_dir), args.format), end="")
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from .query import format_result, run_query
+
+    print(format_result(run_query(args.run_dir, args.sql), args.format), end="")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .validate import validate_scenario
+
+    for line in validate_scenario(args.scenario):
+        print(line)
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .traffic.inspect import format_inspection, inspect_capture
+
+    report = inspect_capture(args.file, fmt=args.fmt, scenario_path=args.scenario, plot=args.plot)
+    print(format_inspection(report), end="")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .traffic.convert import convert_capture
+
+    out = convert_capture(args.file, to=args.to, fmt=args.fmt, output=args.output)
+    if out is not None:
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _scores_import(args: argparse.Namespace) -> int:
+    from .scores import import_scores
+
+    n = import_scores(args.run_dir, args.file)
+    print(f"imported {n} scores into {args.run_dir / 'results.duckdb'}; run `harness report {args.run_dir}` to re-judge")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        func: Callable[[argparse.Namespace], int] = args.func
+        return func(args)
+    except HarnessError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        return 4

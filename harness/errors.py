@@ -1,0 +1,63 @@
+"""The one exception tree of harness.
+
+    HarnessError                 anything a user can cause; the CLI turns it into an exit code
+    ├── UsageError               bad command-line usage                          -> exit 3
+    ├── ScenarioError            scenario YAML, gates, schema files               -> exit 3
+    ├── TrafficError             a capture that cannot be read                    -> exit 3
+    │   └── BadRecordError       one malformed record (file, line, reason)        -> exit 3
+    ├── StoreError               results.duckdb or the run folder                 -> exit 4
+    └── ReplayError              the run could not be carried out                 -> exit 4
+        └── TargetUnreachable    a target refused or never answered the probe     -> exit 4
+
+Bugs are not HarnessErrors and are never caught.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "HarnessError",
+    "UsageError",
+    "ScenarioError",
+    "TrafficError",
+    "BadRecordError",
+    "StoreError",
+    "ReplayError",
+    "TargetUnreachable",
+]
+
+
+class HarnessError(Exception):
+    exit_code = 4
+
+
+class UsageError(HarnessError):
+    exit_code = 3
+
+
+class ScenarioError(HarnessError):
+    exit_code = 3
+
+
+class TrafficError(HarnessError):
+    exit_code = 3
+
+
+class BadRecordError(TrafficError):
+    """One malformed record; readers yield BadRecord values instead of raising where they can go on."""
+
+    def __init__(self, source: str, line: int, reason: str) -> None:
+        super().__init__(f"{source}:{line}: {reason}")
+        self.source = source
+        self.line = line
+        self.reason = reason
+
+
+class StoreError(HarnessError):
+    exit_code = 4
+
+
+class ReplayError(HarnessError):
+    exit_code = 4
+
+
+class TargetUnreachable(ReplayError):
+    exit_code = 4

@@ -1,0 +1,137 @@
+"""Promotion gates as written in a scenario -> typed GateSpec objects.
+
+A gate is a metric with a condition (Evidently's model), possibly relative to the baseline. The seed's
+short names (`latency_p95_ms: {maximum_regression_percent: 10}`) are sugar for the general form
+(`{metric: latency_ms, aggregation: p95, maximum_regression_percent: 10}`). Unknown names, metrics,
+aggregations or condition keys are errors: a mistyped gate must never pass silently.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+from .errors import ScenarioError
+
+__all__ = ["GateSpec", "METRICS", "parse_gates"]
+
+Comparison = Literal["absolute", "relative", "delta"]
+
+# metric -> (allowed aggregations, default aggregation, unit)
+METRICS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "latency_ms": (("p50", "p90", "p95", "p99", "mean"), "p95", "ms"),
+    "error_rate": (("rate",), "rate", "fraction"),
+    "timeout_rate": (("rate",), "rate", "fraction"),
+    "schema_pass_rate": (("rate",), "rate", "fraction"),
+    "review_score": (("mean",), "mean", "score"),
+    "gpu_oom_events": (("count",), "count", "events"),
+    "oom_kills": (("count",), "count", "events"),
+    "restarts": (("count",), "count", "events"),
+    "peak_rss_mb": (("max",), "max", "MB"),
+    "peak_gpu_memory_mb": (("max",), "max", "MB"),
+}
+
+# condition key -> (comparison, direction); direction "max" means the observed value must stay <= threshold
+CONDITIONS: dict[str, tuple[Comparison, str]] = {
+    "maximum": ("absolute", "max"),
+    "minimum": ("absolute", "min"),
+    "maximum_regression_percent": ("relative", "max"),
+    "maximum_increase": ("delta", "max"),
+    "minimum_delta": ("delta", "min"),
+}
+
+_SEED_NAMES = {
+    "error_rate": ("error_rate", "rate"),
+    "timeout_rate": ("timeout_rate", "rate"),
+    "schema_validation_pass_rate": ("schema_pass_rate", "rate"),
+    "human_review_score": ("review_score", "mean"),
+    "review_score": ("review_score", "mean"),
+    "gpu_oom_events": ("gpu_oom_events", "count"),
+    "oom_kills": ("oom_kills", "count"),
+    "restarts": ("restarts", "count"),
+    "peak_rss_mb": ("peak_rss_mb", "max"),
+    "peak_gpu_memory_mb": ("peak_gpu_memory_mb", "max"),
+}
+_LATENCY_NAME = re.compile(r"^latency_(p50|p90|p95|p99|mean)_ms$")
+_GENERAL_KEYS = {"metric", "aggregation", "segment", "severity", "per_segment", "description"}
+
+
+@dataclass(frozen=True, slots=True)
+class GateSpec:
+    name: str
+    metric: str
+    aggregation: str
+    comparison: Comparison
+    direction: str  # "max" | "min"
+    threshold: float  # relative: allowed fraction (0.10 = +10 %); absolute: value; delta: candidate - baseline
+    condition_key: str
+    segment: Mapping[str, str] | None = None
+    per_segment: bool = True
+    severity: Literal["blocking", "warning"] = "blocking"
+    unit: str = ""
+    description: str = field(default="")
+
+    @property
+    def threshold_text(self) -> str:
+        if self.comparison == "relative":
+            return f"<= +{self.threshold * 100:g} % vs baseline"
+        sign = "<=" if self.direction == "max" else ">="
+        if self.comparison == "delta":
+            return f"candidate - baseline {sign} {self.threshold:g}"
+        return f"{sign} {self.threshold:g}"
+
+
+def parse_gates(raw: Mapping[str, Any] | None, where: str) -> tuple[GateSpec, ...]:
+    if not raw:
+        return ()
+    return tuple(_parse_one(name, body, f"{where}: promotion_gates.{name}") for name, body in raw.items())
+
+
+def _parse_one(name: str, body: Any, where: str) -> GateSpec:
+    if not isinstance(body, Mapping):
+        raise ScenarioError(f"{where}: expected a mapping of condition -> threshold, got {type(body).__name__}")
+    if "metric" in body:
+        metric = body["metric"]
+        if metric not in METRICS:
+            raise ScenarioError(f"{where}: unknown metric {metric!r} (known: {', '.join(sorted(METRICS))})")
+        aggregation = body.get("aggregation", METRICS[metric][1])
+    else:
+        m = _LATENCY_NAME.match(name)
+        if m:
+            metric, aggregation = "latency_ms", m.group(1)
+        elif name in _SEED_NAMES:
+            metric, aggregation = _SEED_NAMES[name]
+        else:
+            known = sorted(["latency_p50_ms", "latency_p95_ms", "latency_p99_ms", *_SEED_NAMES])
+            raise ScenarioError(
+                f"{where}: unknown gate {name!r}; use one of {', '.join(known)} or give `metric:` explicitly")
+    aggs, _, unit = METRICS[metric]
+    if aggregation not in aggs:
+        raise ScenarioError(f"{where}: aggregation {aggregation!r} not valid for {metric} (valid: {', '.join(aggs)})")
+    conditions = [k for k in body if k in CONDITIONS]
+    unknown = [k for k in body if k not in CONDITIONS and k not in _GENERAL_KEYS]
+    if unknown:
+        raise ScenarioError(
+            f"{where}: unknown key {unknown[0]!r} (conditions: {', '.join(CONDITIONS)}; other keys: {', '.join(sorted(_GENERAL_KEYS))})")
+    if len(conditions) != 1:
+        raise ScenarioError(f"{where}: needs exactly one condition of {', '.join(CONDITIONS)}, found {conditions or 'none'}")
+    key = conditions[0]
+    value = body[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ScenarioError(f"{where}.{key}: expected a number, got {value!r}")
+    comparison, direction = CONDITIONS[key]
+    threshold = float(value) / 100.0 if key == "maximum_regression_percent" else float(value)
+    severity = body.get("severity", "blocking")
+    if severity not in ("blocking", "warning"):
+        raise ScenarioError(f"{where}.severity: expected blocking or warning, got {severity!r}")
+    segment = body.get("segment")
+    if segment is not None and (not isinstance(segment, Mapping)
+                                or not all(isinstance(v, str) for v in segment.values())):
+        raise ScenarioError(f"{where}.segment: expected a mapping of segment name -> value, e.g. {{tenant: enterprise}}")
+    per_segment = body.get("per_segment", segment is None)
+    if not isinstance(per_segment, bool):
+        raise ScenarioError(f"{where}.per_segment: expected true or false")
+    return GateSpec(name=name, metric=metric, aggregation=aggregation, comparison=comparison, direction=direction,
+                    threshold=threshold, condition_key=key, segment=dict(segment) if segment else None,
+                    per_segment=per_segment, severity=severity, unit=unit,
+                    description=str(body.get("description", "")))

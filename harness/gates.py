@@ -1,0 +1,346 @@
+"""Gate specs + analysed pairs -> gate results -> verdict.
+
+Rules (DESIGN.md, "Judgement, not eyeballing"):
+- latency: paired bootstrap of the candidate/baseline quantile ratio; PASS only when the one-sided
+  upper bound is within the allowed regression, FAIL only when the lower bound is beyond it;
+- rates: exact (Clopper-Pearson) one-sided bounds against absolute limits, McNemar on discordant pairs
+  for increases over the baseline; zero events in n gives an upper bound of about 3/n;
+- a segment below the sample size its gate needs can never PASS; per-segment FAILs are the diagnostic
+  list and must survive Benjamini-Hochberg across it;
+- verdict: BLOCK if a blocking gate fails (overall or in a segment), HOLD if a blocking overall gate
+  is inconclusive, else PROMOTE. Every result carries one sentence with its numbers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Iterable
+
+import numpy as np
+
+from .analysis import stats
+from .analysis.dataset import PairData
+from .gate_config import GateSpec
+
+__all__ = ["GateResult", "Verdict", "ResourceSummary", "evaluate_gates", "decide_verdict"]
+
+OVERALL = None
+
+
+@dataclass(frozen=True)
+class ResourceSummary:
+    peak_rss_mb: dict[str, float | None]
+    restarts: dict[str, int]
+    oom_events: dict[str, int]
+    peak_gpu_memory_mb: dict[str, float | None]
+    gpu_sampled: bool
+    samples: dict[str, int]
+
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str
+    metric: str
+    aggregation: str
+    segment: str | None
+    baseline: float | None
+    candidate: float | None
+    observed: float | None
+    threshold: float
+    threshold_text: str
+    ci: tuple[float, float] | None
+    n: int
+    status: str  # pass | fail | inconclusive
+    reason: str
+    severity: str
+    unit: str
+    p_value: float | None = None
+    min_n: int | None = None
+    effect: float | None = None  # signed "how much worse" on the metric's natural scale, for ranking
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ci"] = list(self.ci) if self.ci else None
+        return {k: _clean(v) for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str
+    reasons: list[str] = field(default_factory=list)
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (np.floating, np.integer)):
+        return _clean(v.item())
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    return v
+
+
+def _segment_masks(data: PairData, spec: GateSpec) -> Iterable[tuple[str | None, np.ndarray]]:
+    base = np.ones(data.n, dtype=bool)
+    label = None
+    if spec.segment:
+        for name, value in spec.segment.items():
+            base &= data.segments.get(name, np.full(data.n, "", dtype=object)) == value
+        label = ", ".join(f"{k}={v}" for k, v in spec.segment.items())
+    yield label, base
+    if spec.per_segment and spec.metric not in _RESOURCE_METRICS:
+        for name, column in data.segments.items():
+            for value in sorted(set(column[base].tolist())):
+                yield (f"{label}, " if label else "") + f"{name}={value}", base & (column == value)
+
+
+_RESOURCE_METRICS = {"gpu_oom_events", "oom_kills", "restarts", "peak_rss_mb", "peak_gpu_memory_mb"}
+
+
+def evaluate_gates(specs: Iterable[GateSpec], data: PairData, resources: ResourceSummary | None, *,
+                   alpha: float = 0.05, n_resamples: int = 2000, seed: int = 0,
+                   aa_noise: dict[str, float] | None = None) -> list[GateResult]:
+    """All gate results: each gate overall first, then per segment value. Per-segment FAILs are
+    confirmed by Benjamini-Hochberg over all segment tests; unconfirmed ones become INCONCLUSIVE."""
+    results: list[GateResult] = []
+    for spec in specs:
+        for label, mask in _segment_masks(data, spec):
+            results.append(_evaluate_one(spec, data, mask, label, resources, alpha, n_resamples, seed))
+    return _multiplicity(results, specs, alpha)
+
+
+def _multiplicity(results: list[GateResult], specs: Iterable[GateSpec], alpha: float) -> list[GateResult]:
+    overall_labels = {s.name: (", ".join(f"{k}={v}" for k, v in s.segment.items()) if s.segment else None)
+                      for s in specs}
+    idx = [i for i, r in enumerate(results) if r.segment != overall_labels.get(r.name) and r.p_value is not None]
+    if not idx:
+        return results
+    rejected = stats.benjamini_hochberg([results[i].p_value for i in idx], alpha)  # type: ignore[misc]
+    out = list(results)
+    for i, rej in zip(idx, rejected):
+        r = out[i]
+        if r.status == "fail" and not rej:
+            out[i] = replace(r, status="inconclusive",
+                             reason=r.reason + f" Not significant after Benjamini-Hochberg across {len(idx)} segment tests.")
+    return out
+
+
+def _evaluate_one(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None,
+                  resources: ResourceSummary | None, alpha: float, n_resamples: int, seed: int) -> GateResult:
+    m = spec.metric
+    if m == "latency_ms":
+        return _latency(spec, data, mask, label, alpha, n_resamples, seed)
+    if m in ("error_rate", "timeout_rate"):
+        col = data.error if m == "error_rate" else data.timeout
+        return _rate(spec, label, col, None, mask, alpha, higher_is_worse=True)
+    if m == "schema_pass_rate":
+        return _rate(spec, label, data.schema_valid, data.schema_judged, mask, alpha, higher_is_worse=False)
+    if m == "review_score":
+        return _review(spec, data, mask, label, alpha)
+    return _resource(spec, resources, int(mask.sum()))
+
+
+def _result(spec: GateSpec, label: str | None, **kw: Any) -> GateResult:
+    return GateResult(name=spec.name, metric=spec.metric, aggregation=spec.aggregation, segment=label,
+                      threshold=spec.threshold, threshold_text=spec.threshold_text, severity=spec.severity,
+                      unit=spec.unit, **kw)
+
+
+def _where(label: str | None) -> str:
+    return f" in {label}" if label else " overall"
+
+
+def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None, alpha: float,
+             n_resamples: int, seed: int) -> GateResult:
+    if "candidate" not in data.latency:
+        return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=0,
+                       status="inconclusive", reason="No candidate legs (baseline-only run).")
+    b = data.latency["baseline"][mask]
+    c = data.latency["candidate"][mask]
+    ok = np.isfinite(b) & np.isfinite(c)
+    b, c = b[ok], c[ok]
+    n = len(b)
+    q = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}.get(spec.aggregation)
+    agg = spec.aggregation
+    floor = int(math.ceil(10 / (1 - q))) if q else 30
+    if n < floor:
+        return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=n, status="inconclusive",
+                       reason=f"{agg} latency{_where(label)}: only {n} pairs; at least {floor} are needed to estimate it.",
+                       min_n=floor)
+    if spec.comparison == "absolute":
+        value = float(np.quantile(c, q)) if q else float(np.mean(c))
+        lo, hi = stats.quantile_ci(c, q, confidence=1 - alpha) if q else (value, value)
+        ok_bound = hi <= spec.threshold if spec.direction == "max" else lo >= spec.threshold
+        bad_bound = lo > spec.threshold if spec.direction == "max" else hi < spec.threshold
+        status = "pass" if ok_bound else "fail" if bad_bound else "inconclusive"
+        return _result(spec, label, baseline=float(np.quantile(b, q)) if q else float(np.mean(b)), candidate=value,
+                       observed=value, ci=(lo, hi), n=n, status=status,
+                       reason=f"Candidate {agg} {value:.1f} ms{_where(label)} (interval {lo:.1f}-{hi:.1f}) vs limit "
+                              f"{spec.threshold:g} ms: {status}.")
+    if q is None:
+        ratio_ci = stats.paired_mean_ratio_ci(b, c, confidence=1 - alpha, n_resamples=n_resamples, seed=seed)
+    else:
+        ratio_ci = stats.paired_quantile_ratio_ci(b, c, q, confidence=1 - alpha, n_resamples=n_resamples, seed=seed)
+    limit = 1.0 + spec.threshold
+    min_n = stats.min_segment_n_for_quantile_gate(np.log(np.maximum(b, 1e-3)), np.log(np.maximum(c, 1e-3)),
+                                                 limit, q=q or 0.5, alpha=alpha)
+    p_fail = ratio_ci.p_above(limit)
+    if ratio_ci.lower > limit:
+        status = "fail"
+    elif ratio_ci.upper <= limit and n >= min_n:
+        status = "pass"
+    else:
+        status = "inconclusive"
+    change = (ratio_ci.estimate - 1) * 100
+    why = {
+        "fail": f"the whole interval is above +{spec.threshold * 100:g} %",
+        "pass": f"the interval stays within +{spec.threshold * 100:g} %",
+        "inconclusive": (f"{n} pairs, fewer than the {min_n} this spread needs to show it is within "
+                         f"+{spec.threshold * 100:g} %" if n < min_n and ratio_ci.upper <= limit
+                         else f"the interval straddles +{spec.threshold * 100:g} %"),
+    }[status]
+    return _result(spec, label, baseline=ratio_ci.baseline_q, candidate=ratio_ci.candidate_q,
+                   observed=ratio_ci.estimate, ci=(ratio_ci.lower, ratio_ci.upper), n=n, status=status,
+                   p_value=p_fail, min_n=min_n, effect=ratio_ci.estimate - 1,
+                   reason=f"{agg} latency{_where(label)} {ratio_ci.baseline_q:.1f} -> {ratio_ci.candidate_q:.1f} ms "
+                          f"({change:+.1f} %, {100 * (1 - alpha):g} % bounds {100 * (ratio_ci.lower - 1):+.1f} % to "
+                          f"{100 * (ratio_ci.upper - 1):+.1f} %, n={n}): {why}.")
+
+
+def _rate(spec: GateSpec, label: str | None, col: dict[str, np.ndarray], judged: dict[str, np.ndarray] | None,
+          mask: np.ndarray, alpha: float, higher_is_worse: bool) -> GateResult:
+    versions = [v for v in ("baseline", "candidate") if v in col]
+    target = "candidate" if "candidate" in col else "baseline"
+    sel = {v: mask & judged[v] if judged is not None else mask for v in versions}
+    k = {v: int(col[v][sel[v]].sum()) for v in versions}
+    n = {v: int(sel[v].sum()) for v in versions}
+    rate = {v: (k[v] / n[v]) if n[v] else float("nan") for v in versions}
+    what = {"error_rate": "error rate", "timeout_rate": "timeout rate", "schema_pass_rate": "schema pass rate"}[spec.metric]
+    nn = n[target]
+    if nn == 0:
+        return _result(spec, label, baseline=rate.get("baseline"), candidate=None, observed=None, ci=None, n=0,
+                       status="inconclusive", reason=f"No judged {target} answers{_where(label)} for the {what}.")
+    if spec.comparison == "delta":
+        return _rate_delta(spec, label, col, sel, mask, rate, alpha, what)
+    lo, hi = stats.clopper_pearson_interval(k[target], nn, confidence=1 - alpha, one_sided=True)
+    thr = spec.threshold
+    if spec.direction == "max":
+        status = "pass" if hi <= thr else "fail" if lo > thr else "inconclusive"
+        p = stats.binomial_p_above(k[target], nn, thr)
+        effect = rate[target] - thr
+    else:
+        status = "pass" if lo >= thr else "fail" if hi < thr else "inconclusive"
+        p = stats.binomial_p_above(nn - k[target], nn, 1 - thr)
+        effect = thr - rate[target]
+    pct = lambda x: f"{100 * x:.2f} %"  # noqa: E731
+    base_txt = f"baseline {pct(rate['baseline'])}, " if "baseline" in rate and target == "candidate" else ""
+    zero = (f" (no events in {nn}: upper bound {pct(hi)}, about 3/n)" if k[target] == 0 and higher_is_worse else "")
+    verdict_txt = {"pass": "within the limit", "fail": "beyond the limit",
+                   "inconclusive": "the interval straddles the limit"}[status]
+    return _result(spec, label, baseline=rate.get("baseline"), candidate=rate[target], observed=rate[target],
+                   ci=(lo, hi), n=nn, status=status, p_value=p, effect=effect,
+                   reason=f"{target.capitalize()} {what}{_where(label)} {pct(rate[target])} ({k[target]}/{nn}; "
+                          f"{base_txt}{100 * (1 - alpha):g} % bounds {pct(lo)}-{pct(hi)}){zero} vs "
+                          f"{spec.threshold_text}: {verdict_txt}.")
+
+
+def _rate_delta(spec: GateSpec, label: str | None, col: dict[str, np.ndarray], sel: dict[str, np.ndarray],
+                mask: np.ndarray, rate: dict[str, float], alpha: float, what: str) -> GateResult:
+    both = sel["baseline"] & sel["candidate"]
+    bcol, ccol = col["baseline"][both], col["candidate"][both]
+    b_only = int((bcol & ~ccol).sum())
+    c_only = int((ccol & ~bcol).sum())
+    n = int(both.sum())
+    lo, hi = stats.paired_rate_difference_ci(b_only, c_only, n, confidence=1 - alpha)
+    diff = (c_only - b_only) / n if n else float("nan")
+    if spec.metric == "schema_pass_rate":
+        # for a pass rate, "worse" is fewer passes: the delta is candidate - baseline of the pass rate
+        lo, hi, diff = lo, hi, diff
+    thr = spec.threshold
+    if spec.direction == "max":
+        status = "pass" if hi <= thr else "fail" if lo > thr else "inconclusive"
+    else:
+        status = "pass" if lo >= thr else "fail" if hi < thr else "inconclusive"
+    p = stats.mcnemar_one_sided(b_only, c_only)
+    return _result(spec, label, baseline=rate.get("baseline"), candidate=rate.get("candidate"), observed=diff,
+                   ci=(lo, hi), n=n, status=status, p_value=p, effect=diff,
+                   reason=f"Paired {what} change{_where(label)} {100 * diff:+.2f} points ({b_only} baseline-only vs "
+                          f"{c_only} candidate-only events in {n} pairs, McNemar p={p:.3g}) vs {spec.threshold_text}: "
+                          f"{status}.")
+
+
+def _review(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None, alpha: float) -> GateResult:
+    if "candidate" not in data.score:
+        return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=0, status="inconclusive",
+                       reason="No candidate in this run.")
+    b, c = data.score["baseline"][mask], data.score["candidate"][mask]
+    ok = np.isfinite(b) & np.isfinite(c)
+    n = int(ok.sum())
+    if n < 2:
+        return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=n, status="inconclusive",
+                       reason=f"Review scores for {n} pairs{_where(label)}: import scores for both versions with "
+                              "`harness scores import RUN_DIR FILE`.")
+    iv = stats.paired_mean_difference_ci(b[ok], c[ok], confidence=1 - alpha, one_sided=True)
+    thr = spec.threshold
+    status = "pass" if iv.lower >= thr else "fail" if iv.upper < thr else "inconclusive"
+    p = iv.p_below(thr)
+    return _result(spec, label, baseline=float(b[ok].mean()), candidate=float(c[ok].mean()), observed=iv.estimate,
+                   ci=(iv.lower, iv.upper), n=n, status=status, p_value=p, effect=-iv.estimate,
+                   reason=f"Review score{_where(label)} {b[ok].mean():.3f} -> {c[ok].mean():.3f} (paired delta "
+                          f"{iv.estimate:+.3f}, bounds {iv.lower:+.3f} to {iv.upper:+.3f}, n={n}) vs "
+                          f"{spec.threshold_text}: {status}.")
+
+
+def _resource(spec: GateSpec, res: ResourceSummary | None, n_requests: int) -> GateResult:
+    if res is None:
+        return _result(spec, None, baseline=None, candidate=None, observed=None, ci=None, n=0, status="inconclusive",
+                       reason="No resource samples were recorded.")
+    m = spec.metric
+    target = "candidate" if "candidate" in res.restarts else "baseline"
+    if m in ("gpu_oom_events", "oom_kills", "restarts"):
+        counts = res.oom_events if m != "restarts" else res.restarts
+        k = counts.get(target, 0)
+        base = counts.get("baseline")
+        status = "pass" if k <= spec.threshold else "fail"
+        note = ""
+        if m == "gpu_oom_events" and not res.gpu_sampled:
+            note = " No GPU was sampled (NVML unavailable), so only OOM kills of the server process could be seen."
+        bound = 1 - 0.05 ** (1 / n_requests) if n_requests else 1.0
+        per = f" ({k} in {n_requests} requests: rate upper bound {100 * bound:.3f} %, about 3/n)" if k == 0 else ""
+        return _result(spec, None, baseline=base, candidate=k, observed=k, ci=None, n=n_requests, status=status,
+                       effect=float(k - (base or 0)),
+                       reason=f"{target.capitalize()} {m.replace('_', ' ')}: {k}{per} vs {spec.threshold_text}: "
+                              f"{status}.{note}")
+    peaks = res.peak_rss_mb if m == "peak_rss_mb" else res.peak_gpu_memory_mb
+    b, c = peaks.get("baseline"), peaks.get(target)
+    if c is None or (spec.comparison == "relative" and not b):
+        return _result(spec, None, baseline=b, candidate=c, observed=None, ci=None, n=res.samples.get(target, 0),
+                       status="inconclusive", reason=f"No {m} samples for the {target}{'' if c else ''}.")
+    observed = c / b - 1 if spec.comparison == "relative" and b else c
+    ok = observed <= spec.threshold if spec.direction == "max" else observed >= spec.threshold
+    status = "pass" if ok else "fail"
+    shown = f"{100 * observed:+.1f} %" if spec.comparison == "relative" else f"{observed:.0f} MB"
+    return _result(spec, None, baseline=b, candidate=c, observed=observed, ci=None, n=res.samples.get(target, 0),
+                   status=status, effect=observed,
+                   reason=f"Peak {'RSS' if m == 'peak_rss_mb' else 'GPU memory'} {b or 0:.0f} -> {c:.0f} MB ({shown}) "
+                          f"vs {spec.threshold_text}: {status}.")
+
+
+def decide_verdict(results: list[GateResult]) -> Verdict:
+    blocking = [r for r in results if r.severity == "blocking"]
+    fails = [r for r in blocking if r.status == "fail"]
+    if fails:
+        return Verdict("BLOCK", [r.reason for r in fails])
+    overall_names = {r.name for r in results}
+    overall = [r for r in blocking if r.segment is None or _is_gate_scope(r, results)]
+    inconclusive = [r for r in overall if r.status == "inconclusive"]
+    if inconclusive:
+        return Verdict("HOLD", [r.reason for r in inconclusive])
+    del overall_names
+    return Verdict("PROMOTE", [f"All {len(blocking)} blocking gate results pass or are confirmed within limits."])
+
+
+def _is_gate_scope(r: GateResult, results: list[GateResult]) -> bool:
+    """The first result of each gate is its own scope (overall, or the segment the gate names)."""
+    first = next(x for x in results if x.name == r.name)
+    return first is r

@@ -1,0 +1,176 @@
+"""Resource sampling of the model servers while a replay runs.
+
+Sources, per target: a PID, a PID file, or (by default) the process listening on the target URL's
+port on this machine; a Prometheus /metrics URL (process_resident_memory_bytes, or a named gauge);
+GPU memory per PID through NVML where a GPU and the nvidia-ml-py package exist (otherwise noted and
+skipped). A changed PID counts as a restart; a process that vanishes with no successor is noted.
+"""
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psutil
+
+__all__ = ["ResourceMonitor", "TargetProcess", "find_listener_pid"]
+
+_PROM_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eE]+|NaN|\+Inf|-Inf)")
+
+
+@dataclass
+class TargetProcess:
+    version: str
+    url: str
+    pid: int | None = None
+    pid_file: Path | None = None
+    metrics_url: str | None = None
+    metric_name: str = "process_resident_memory_bytes"
+    # state
+    current_pid: int | None = None
+    restarts: int = 0
+    oom_events: int = 0
+    last_scan: float = -1e9
+    _proc: psutil.Process | None = field(default=None, repr=False)
+
+
+def find_listener_pid(url: str) -> int | None:
+    """The PID listening on the URL's port on a local address, if this user may see it."""
+    parts = urlsplit(url)
+    if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return conn.pid
+    except (psutil.AccessDenied, OSError):
+        return None
+    return None
+
+
+class ResourceMonitor:
+    def __init__(self, targets: list[TargetProcess]) -> None:
+        self.targets = targets
+        self.notes: list[str] = []
+        self._nvml = _Nvml.try_load(self.notes)
+
+    def _resolve_pid(self, t: TargetProcess) -> int | None:
+        if t.pid_file is not None:
+            try:
+                return int(t.pid_file.read_text().strip())
+            except (OSError, ValueError):
+                return None
+        if t.pid is not None:
+            return t.pid
+        return find_listener_pid(t.url)
+
+    def _current_pid(self, t: TargetProcess) -> int | None:
+        # Scanning sockets for the listener is slow: do it once, and again only when the process is gone.
+        if t.pid_file is not None:
+            return self._resolve_pid(t)
+        if t.current_pid is not None and psutil.pid_exists(t.current_pid):
+            return t.current_pid
+        if t.pid is None and time.monotonic() - t.last_scan < 5.0:
+            return None
+        t.last_scan = time.monotonic()
+        return self._resolve_pid(t)
+
+    def sample(self) -> list[dict[str, Any]]:
+        now = time.time()
+        rows: list[dict[str, Any]] = []
+        for t in self.targets:
+            pid = self._current_pid(t)
+            if pid is not None and t.current_pid is not None and pid != t.current_pid:
+                t.restarts += 1
+            row: dict[str, Any] = {"version": t.version, "sampled_at": now, "pid": pid, "rss_mb": None,
+                                   "cpu_percent": None, "gpu_memory_mb": None, "restarts": t.restarts,
+                                   "oom_events": t.oom_events, "source": "psutil"}
+            if pid is not None:
+                try:
+                    if t._proc is None or t._proc.pid != pid:
+                        t._proc = psutil.Process(pid)
+                        t._proc.cpu_percent(None)
+                    with t._proc.oneshot():
+                        rss = t._proc.memory_info().rss
+                        for child in t._proc.children(recursive=True):
+                            try:
+                                rss += child.memory_info().rss
+                            except psutil.Error:
+                                pass
+                        row["rss_mb"] = rss / 1e6
+                        row["cpu_percent"] = t._proc.cpu_percent(None)
+                    t.current_pid = pid
+                except psutil.Error:
+                    t._proc = None
+            if self._nvml is not None and pid is not None:
+                row["gpu_memory_mb"] = self._nvml.memory_mb(pid)
+            if t.metrics_url:
+                value = _scrape(t.metrics_url, t.metric_name)
+                if value is not None:
+                    rows.append({**row, "rss_mb": value / 1e6, "cpu_percent": None, "source": "prometheus"})
+            if row["rss_mb"] is not None or row["gpu_memory_mb"] is not None:
+                rows.append(row)
+        return rows
+
+    def attached(self) -> dict[str, int | None]:
+        return {t.version: t.current_pid for t in self.targets}
+
+
+def _scrape(url: str, name: str) -> float | None:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as resp:  # noqa: S310 - the scenario's own metrics URL
+            text = resp.read(2_000_000).decode("utf-8", "replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        m = _PROM_LINE.match(line)
+        if m and m.group(1) == name:
+            try:
+                return float(m.group(3))
+            except ValueError:
+                return None
+    return None
+
+
+class _Nvml:
+    """GPU memory per process through NVML (package nvidia-ml-py), when present."""
+
+    def __init__(self, pynvml: Any) -> None:
+        self.nv = pynvml
+        self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+
+    @classmethod
+    def try_load(cls, notes: list[str]) -> "_Nvml | None":
+        try:
+            import pynvml  # type: ignore[import-not-found]
+
+            pynvml.nvmlInit()
+            return cls(pynvml)
+        except Exception as exc:  # noqa: BLE001 - no GPU, no driver or no package: GPU sampling is skipped
+            notes.append(f"GPU memory not sampled: {type(exc).__name__}: {str(exc)[:120] or 'NVML unavailable'}")
+            return None
+
+    def memory_mb(self, pid: int) -> float | None:
+        pids = {pid}
+        try:
+            pids |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
+        except psutil.Error:
+            pass
+        total = 0
+        found = False
+        for h in self.handles:
+            for fn in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+                try:
+                    procs = getattr(self.nv, fn)(h)
+                except Exception:  # noqa: BLE001 - older drivers lack one of the calls
+                    continue
+                for p in procs:
+                    if p.pid in pids and p.usedGpuMemory is not None:
+                        total += p.usedGpuMemory
+                        found = True
+        return total / 1e6 if found else None

@@ -1,0 +1,147 @@
+"""results.duckdb -> judgement -> summary.json, gate_report.html, canary_schedule.yaml, junit.xml.
+
+Computed from results.duckdb alone, so `harness report RUN_DIR` rebuilds every output any time, on
+any machine, from the file."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .analysis.dataset import load_pairs, load_run_info
+from .analysis.overview import accounting, replay_fidelity, resource_overview, segment_overview, version_overview
+from .errors import StoreError
+from .gates import GateResult, ResourceSummary, decide_verdict, evaluate_gates
+from .scenario import scenario_from_dict
+from .store import open_results
+
+__all__ = ["build_outputs", "judge", "worst_segments"]
+
+
+def judge(run_dir: Path) -> dict[str, Any]:
+    db = run_dir / "results.duckdb"
+    con = open_results(db, read_only=True)
+    try:
+        info = load_run_info(con)
+        try:
+            scenario = scenario_from_dict(info.config, source=None, check_files=False)
+        except Exception as exc:  # noqa: BLE001 - a stored config from another version must still report
+            raise StoreError(f"{db}: the stored scenario no longer validates: {exc}") from None
+        versions = scenario.versions
+        data = load_pairs(con, info.segments, versions)
+        res = resource_overview(con)
+        gpu_sampled = any(r.get("peak_gpu_memory_mb") is not None for r in res.values())
+        resources = ResourceSummary(
+            peak_rss_mb={v: res.get(_res_key(v, res), {}).get("peak_rss_mb") for v in versions},
+            restarts={v: int(res.get(_res_key(v, res), {}).get("restarts") or 0) for v in versions},
+            oom_events={v: int(res.get(_res_key(v, res), {}).get("oom_events") or 0) for v in versions},
+            peak_gpu_memory_mb={v: res.get(_res_key(v, res), {}).get("peak_gpu_memory_mb") for v in versions},
+            gpu_sampled=gpu_sampled, samples={v: int(res.get(_res_key(v, res), {}).get("samples") or 0) for v in versions})
+        a = scenario.analysis
+        results = evaluate_gates(scenario.gates, data, resources, alpha=a.alpha, n_resamples=a.bootstrap_resamples,
+                                 seed=a.seed)
+        verdict = decide_verdict(results)
+        fidelity = replay_fidelity(con, scenario.replay.lag_bound_ms)
+        counts = accounting(con, versions)
+        notes = [r[0] for r in con.execute("select detail from events where kind = 'note'").fetchall()]
+        if info.status != "complete":
+            notes.insert(0, f"Incomplete run ({info.row.get('status_reason') or info.status}): the judgement covers "
+                            "only the legs that completed.")
+        if fidelity["warning"]:
+            notes.append(fidelity["warning"])
+        if not counts["accounting_ok"]:
+            notes.append(f"Accounting mismatch: {counts['legs']} legs for {counts['replayed']} replayed requests "
+                         f"(expected {counts['legs_expected']}); captured {counts['captured']} vs replayed + skipped "
+                         f"+ bad.")
+        summary: dict[str, Any] = {
+            "verdict": verdict.verdict,
+            "verdict_reasons": verdict.reasons,
+            "run": _run_block(info.row, scenario),
+            "gates": [r.to_json() for r in results],
+            "worst_segments": worst_segments(results),
+            "counts": counts,
+            "versions": _clean(version_overview(con)),
+            "resources": _clean(res),
+            "segments": _clean(segment_overview(con, info.segments, "candidate" in versions)),
+            "replay": _clean(fidelity),
+            "notes": notes,
+            "schedule": None,
+        }
+        from .schedule import build_schedule
+
+        summary["schedule"] = build_schedule(summary, scenario, con)
+        return summary
+    finally:
+        con.close()
+
+
+def _res_key(version: str, res: dict[str, Any]) -> str:
+    # In A/A mode one server is sampled, under "baseline"; both versions are that server.
+    return version if version in res else "baseline"
+
+
+def _run_block(row: dict[str, Any], scenario: Any) -> dict[str, Any]:
+    keep = ("id", "scenario", "status", "status_reason", "mode", "speed", "started_at", "finished_at", "scenario_sha256",
+            "capture_path", "capture_sha256", "harness_version", "git_commit", "baseline_url", "candidate_url")
+    out = {k: (str(row[k]) if k in ("started_at", "finished_at") and row.get(k) is not None else row.get(k))
+           for k in keep}
+    out["owner"] = scenario.owner
+    out["report_harness_version"] = __version__
+    return out
+
+
+def worst_segments(results: list[GateResult], limit: int = 15) -> list[dict[str, Any]]:
+    """Where the candidate is worse: per-segment results that fail or lean towards failing, ranked by
+    effect size (how far beyond its threshold), each with its interval."""
+    rows = []
+    for r in results:
+        if r.segment is None or r.effect is None or r.status == "pass":
+            continue
+        if r.metric == "latency_ms":
+            worse = r.ci is not None and r.ci[0] > 1.0
+            score = (r.observed or 1.0) - 1.0 - r.threshold
+        elif r.metric == "schema_pass_rate":
+            worse = r.candidate is not None and r.baseline is not None and r.candidate < r.baseline
+            score = r.effect
+        else:
+            worse = r.candidate is not None and (r.baseline is None or r.candidate > r.baseline)
+            score = r.effect
+        if not worse:
+            continue
+        rows.append({"segment": r.segment, "gate": r.name, "metric": r.metric, "aggregation": r.aggregation,
+                     "baseline": r.baseline, "candidate": r.candidate, "observed": r.observed, "ci": r.ci and list(r.ci),
+                     "threshold": r.threshold, "n": r.n, "status": r.status, "effect": r.effect,
+                     "score": score, "reason": r.reason})
+    rows.sort(key=lambda x: (x["status"] != "fail", -x["score"]))
+    return _clean(rows[:limit])
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, (np.floating, np.integer)):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return v
+
+
+def build_outputs(run_dir: Path) -> dict[str, Any]:
+    from .report.html import write_report
+    from .report.junit import write_junit
+    from .schedule import write_schedule
+
+    summary = judge(run_dir)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    write_schedule(run_dir / "canary_schedule.yaml", summary["schedule"])
+    write_junit(run_dir / "junit.xml", summary)
+    write_report(run_dir, summary)
+    return summary

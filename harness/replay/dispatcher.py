@@ -1,0 +1,230 @@
+"""Open-loop, paired dispatch of a replay schedule.
+
+Each scheduled request has an intended send time, start + offset / speed. The dispatcher sleeps until
+then and spawns one greenlet per leg, both legs of a pair back to back, whatever is already in flight:
+a stalled target cannot slow the schedule down, so a stall shows in the latencies (no coordinated
+omission). Latency is measured from the intended time; service time from the actual send. A request
+that finds `max_in_flight` pairs in flight is not sent and is recorded as skipped with that reason.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import gevent
+import gevent.pool
+import pyarrow.parquet as pq
+
+from ..compat import OutputValidator
+from ..jsonpath import MISSING
+from ..protocols import read_output
+from ..traffic.redaction import REDACTED, Redactor
+from .http_client import TargetClient
+from .recorder import Recorder
+
+__all__ = ["Dispatcher", "DispatchPlan", "TargetPlan", "DispatchStats", "expand_env"]
+
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
+                        "host", "content-length", "proxy-authenticate", "proxy-authorization"})
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+OUTPUT_EXCERPT_CHARS = 2000
+
+
+def expand_env(value: str, environ: Mapping[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) not in env:
+            raise KeyError(m.group(1))
+        return env[m.group(1)]
+
+    return _ENV.sub(sub, value)
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    version: str
+    url: str
+    protocol: str
+    headers: Mapping[str, str | None]  # overrides, already expanded; None removes the header
+
+
+@dataclass(frozen=True)
+class DispatchPlan:
+    schedule_path: Path
+    targets: tuple[TargetPlan, ...]
+    speed: float
+    timeout_s: float
+    connect_timeout_s: float
+    max_in_flight: int
+    max_response_bytes: int
+    prediction_path: str
+    confidence_path: str
+    schema: Path | None
+    route_schemas: Mapping[str, Path]
+    max_duration_s: float | None
+    shard_index: int = 0
+    shard_count: int = 1
+    worker: str = "local"
+    secrets: tuple[str, ...] = ()  # values sent to targets (test credentials) to mask in stored excerpts
+
+
+@dataclass
+class DispatchStats:
+    total: int = 0
+    dispatched: int = 0
+    completed_legs: int = 0
+    errors: int = 0
+    skipped_in_flight: int = 0
+    in_flight: int = 0
+    recent_lag_ms: list[float] = field(default_factory=list)
+    started_at: float | None = None
+    stopped_early: str | None = None
+
+
+class Dispatcher:
+    def __init__(self, plan: DispatchPlan, recorder: Recorder,
+                 on_leg: Callable[[str, str, float, int, BaseException | None], None] | None = None) -> None:
+        self.plan = plan
+        self.recorder = recorder
+        self.on_leg = on_leg
+        self.stats = DispatchStats()
+        self._stop = False
+        self._validator = OutputValidator(plan.schema, plan.route_schemas)
+        self._redactor = Redactor()
+        self._clients = {t.version: TargetClient(t.url, timeout_s=plan.timeout_s,
+                                                 connect_timeout_s=plan.connect_timeout_s,
+                                                 concurrency=max(plan.max_in_flight, 1),
+                                                 max_response_bytes=plan.max_response_bytes)
+                         for t in plan.targets}
+        self._legs = gevent.pool.Group()
+
+    def stop(self, reason: str) -> None:
+        if not self._stop:
+            self._stop = True
+            self.stats.stopped_early = reason
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        pf = pq.ParquetFile(self.plan.schedule_path)
+        cols = ["order_idx", "request_id", "offset_s", "method", "path", "route", "headers_json", "body"]
+        for batch in pf.iter_batches(batch_size=4096, columns=cols):
+            for row in batch.to_pylist():
+                if row["order_idx"] % self.plan.shard_count == self.plan.shard_index:
+                    yield row
+
+    def count(self) -> int:
+        n = pq.ParquetFile(self.plan.schedule_path).metadata.num_rows
+        i, k = self.plan.shard_index, self.plan.shard_count
+        return len(range(i, n, k))
+
+    def run(self, start_epoch: float) -> DispatchStats:
+        """Dispatch this shard; start_epoch is shared by all workers so their shards interleave."""
+        plan = self.plan
+        self.stats.total = self.count()
+        self.stats.started_at = start_epoch
+        anchor_epoch, anchor_perf = time.time(), time.perf_counter()
+        deadline = start_epoch + plan.max_duration_s if plan.max_duration_s else None
+        try:
+            for row in self.rows():
+                if self._stop:
+                    break
+                intended = start_epoch + row["offset_s"] / plan.speed
+                if deadline is not None and intended > deadline:
+                    self.stop(f"replay.max_duration_s ({plan.max_duration_s:g} s) reached")
+                    break
+                wait = intended - (anchor_epoch + time.perf_counter() - anchor_perf)
+                if wait > 0:
+                    gevent.sleep(wait)
+                if self._stop:
+                    break
+                if self.stats.in_flight >= plan.max_in_flight:
+                    self.stats.skipped_in_flight += 1
+                    self.recorder.add_event("skipped_in_flight_limit", row["request_id"])
+                    continue
+                self._spawn_pair(row, intended)
+            self._legs.join(timeout=plan.timeout_s + 5)
+        finally:
+            for c in self._clients.values():
+                c.close()
+        return self.stats
+
+    def _spawn_pair(self, row: dict[str, Any], intended: float) -> None:
+        headers = self._send_headers(json.loads(row["headers_json"]))
+        self.stats.dispatched += 1
+        self.stats.in_flight += 1
+        pending = [len(self.plan.targets)]
+        for target in self.plan.targets:
+            hdrs = self._apply_overrides(headers, target.headers)
+            self._legs.spawn(self._leg, row, target, hdrs, intended, pending)
+
+    @staticmethod
+    def _send_headers(captured: list[list[str]]) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in captured if k.lower() not in HOP_BY_HOP and v != REDACTED and not k.startswith(":")]
+
+    @staticmethod
+    def _apply_overrides(headers: list[tuple[str, str]], overrides: Mapping[str, str | None]) -> list[tuple[str, str]]:
+        if not overrides:
+            return headers
+        lower = {k.lower() for k in overrides}
+        out = [(k, v) for k, v in headers if k.lower() not in lower]
+        out += [(k, v) for k, v in overrides.items() if v is not None]
+        return out
+
+    def _leg(self, row: dict[str, Any], target: TargetPlan, headers: list[tuple[str, str]], intended: float,
+             pending: list[int]) -> None:
+        sent = time.time()
+        result = self._clients[target.version].send(row["method"], row["path"], headers, row["body"] or b"")
+        done = time.time()
+        pending[0] -= 1
+        if pending[0] == 0:
+            self.stats.in_flight -= 1
+        lag_ms = (sent - intended) * 1000.0
+        out = read_output(target.protocol, result.status or 0, result.body, self.plan.prediction_path,
+                          self.plan.confidence_path) if result.status is not None and result.error_kind != "too_large" else None
+        kind = result.error_kind
+        schema_valid: bool | None = None
+        schema_errors: str | None = None
+        excerpt: str | None = None
+        if out is not None and result.status is not None and 200 <= result.status < 300:
+            if out.invalid_json:
+                kind = kind or "invalid_json"
+                schema_valid, schema_errors = (False, "answer is not JSON") if self._validator.active else (None, None)
+            elif self._validator.active:
+                schema_valid, schema_errors = self._validator.validate(row["route"], out.doc)
+                if schema_valid is False:
+                    kind = kind or "schema"
+        if result.body:
+            excerpt = self._excerpt(out, result.body)
+        self.stats.completed_legs += 1
+        if kind is not None and kind != "schema":
+            self.stats.errors += 1
+        if len(self.stats.recent_lag_ms) < 100_000:
+            self.stats.recent_lag_ms.append(lag_ms)
+        self.recorder.add_leg({
+            "request_id": row["request_id"], "version": target.version, "order_idx": row["order_idx"],
+            "intended_at": intended, "sent_at": sent, "done_at": done, "send_lag_ms": lag_ms,
+            "latency_ms": (done - intended) * 1000.0, "service_ms": (done - sent) * 1000.0,
+            "status_code": result.status, "error_kind": kind, "error_detail": result.error_detail,
+            "response_bytes": result.response_bytes, "schema_valid": schema_valid, "schema_errors": schema_errors,
+            "prediction": out.prediction if out else None, "confidence": out.confidence if out else None,
+            "model_version": out.model_version if out else None, "output_json": excerpt,
+            "time_to_first_token_ms": out.time_to_first_token_ms if out else None,
+            "prompt_tokens": out.prompt_tokens if out else None,
+            "completion_tokens": out.completion_tokens if out else None, "worker": self.plan.worker,
+        })
+        if self.on_leg is not None:
+            exc = RuntimeError(f"{kind}: {result.error_detail or ''}") if kind else None
+            self.on_leg(target.version, row["route"], (done - intended) * 1000.0, result.response_bytes, exc)
+
+    def _excerpt(self, out: Any, body: bytes) -> str:
+        if out is not None and out.doc is not MISSING:
+            text = json.dumps(out.doc, separators=(",", ":"), ensure_ascii=False)
+        else:
+            text = body[:OUTPUT_EXCERPT_CHARS * 2].decode("utf-8", "replace")
+        masked = self._redactor.body(text.encode()).decode("utf-8", "replace")
+        return self._redactor.text(masked[:OUTPUT_EXCERPT_CHARS], self.plan.secrets)

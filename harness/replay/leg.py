@@ -1,0 +1,54 @@
+"""What one leg (one request sent to one version) records. The store persists these columns as they are."""
+from __future__ import annotations
+
+import pyarrow as pa
+
+__all__ = ["LEG_SCHEMA", "RESOURCE_SCHEMA", "EVENT_SCHEMA", "ERROR_KINDS"]
+
+ERROR_KINDS = ("timeout", "connect", "reset", "http_4xx", "http_5xx", "invalid_json", "schema", "too_large",
+               "truncated_stream", "skipped_in_flight_limit", "client")
+
+# Times are epoch seconds (float64) here; the store turns them into TIMESTAMPTZ columns.
+LEG_SCHEMA = pa.schema([
+    ("request_id", pa.string()),
+    ("version", pa.string()),
+    ("order_idx", pa.int64()),
+    ("intended_at", pa.float64()),
+    ("sent_at", pa.float64()),
+    ("done_at", pa.float64()),
+    ("send_lag_ms", pa.float64()),
+    ("latency_ms", pa.float64()),
+    ("service_ms", pa.float64()),
+    ("status_code", pa.int32()),
+    ("error_kind", pa.string()),
+    ("error_detail", pa.string()),
+    ("response_bytes", pa.int64()),
+    ("schema_valid", pa.bool_()),
+    ("schema_errors", pa.string()),
+    ("prediction", pa.string()),
+    ("confidence", pa.float64()),
+    ("model_version", pa.string()),
+    ("output_json", pa.string()),
+    ("time_to_first_token_ms", pa.float64()),
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("worker", pa.string()),
+])
+
+RESOURCE_SCHEMA = pa.schema([
+    ("version", pa.string()),
+    ("sampled_at", pa.float64()),
+    ("pid", pa.int64()),
+    ("rss_mb", pa.float64()),
+    ("cpu_percent", pa.float64()),
+    ("gpu_memory_mb", pa.float64()),
+    ("restarts", pa.int64()),
+    ("oom_events", pa.int64()),
+    ("source", pa.string()),
+])
+
+EVENT_SCHEMA = pa.schema([
+    ("at", pa.float64()),
+    ("kind", pa.string()),
+    ("detail", pa.string()),
+])

@@ -1,0 +1,159 @@
+"""Runs a dispatch plan inside Locust (library mode, headless or with its web UI).
+
+Locust provides the runner, the event hooks, the stats and the web UI; the dispatcher provides the
+open-loop paired schedule. One replay user runs per process (per worker in master/worker mode, where
+each takes an interleaved shard of the schedule); every leg fires Locust's request event, so Locust's
+own stats and UI show the replay as it goes.
+"""
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .dispatcher import DispatchPlan, DispatchStats
+from .recorder import Recorder, Sinks
+
+__all__ = ["ReplayOptions", "ReplayOutcome", "run_replay"]
+
+Sampler = Callable[[], list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    web_ui: bool = False
+    web_host: str = "127.0.0.1"
+    web_port: int = 8089
+    progress_every_s: float = 5.0
+    flush_interval_s: float = 0.5
+    sample_every_s: float = 0.5
+    start_delay_s: float = 0.3
+
+
+@dataclass
+class ReplayOutcome:
+    stats: DispatchStats
+    legs_recorded: int
+    sink_failures: int
+    last_sink_error: str | None
+    interrupted: str | None = None
+    lag_p50_ms: float | None = None
+    lag_p99_ms: float | None = None
+    wall_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def run_replay(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions = ReplayOptions(),
+               sampler: Sampler | None = None, log: Callable[[str], None] = print) -> ReplayOutcome:
+    # Imported here: locust patches the standard library with gevent on import.
+    import gevent
+    import gevent.event
+    from locust import User, constant, task
+    from locust.env import Environment
+    from locust.event import Events
+    from locust.exception import StopUser
+
+    from .dispatcher import Dispatcher
+
+    recorder = Recorder(sinks, flush_interval_s=options.flush_interval_s)
+    env_holder: dict[str, Any] = {}
+
+    def on_leg(version: str, route: str, latency_ms: float, size: int, exc: BaseException | None) -> None:
+        env_holder["env"].events.request.fire(request_type=version, name=route, response_time=latency_ms,
+                                              response_length=size, exception=exc, context={}, response=None,
+                                              url=route, start_time=None)
+
+    dispatcher = Dispatcher(plan, recorder, on_leg=on_leg)
+    done = gevent.event.Event()
+    start_epoch = time.time() + options.start_delay_s
+
+    class PairedReplayUser(User):
+        wait_time = constant(0)
+
+        @task
+        def replay(self) -> None:
+            try:
+                dispatcher.run(start_epoch)
+            finally:
+                done.set()
+            raise StopUser()
+
+    env = Environment(user_classes=[PairedReplayUser], events=Events(), host=plan.targets[0].url)
+    env_holder["env"] = env
+    runner = env.create_local_runner()
+    web_ui = env.create_web_ui(options.web_host, options.web_port) if options.web_ui else None
+    if web_ui is not None:
+        log(f"Locust web UI: http://{options.web_host}:{options.web_port}")
+
+    interrupted: list[str] = []
+
+    def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
+        interrupted.append(name)
+        dispatcher.stop(f"interrupted by {name}")
+        log(f"{name}: stopping; legs already completed are being saved")
+
+    handlers = [gevent.signal_handler(s, on_signal, s) for s in (signal.SIGINT, signal.SIGTERM)]
+    recorder.start()
+    samplers = [gevent.spawn(_sample_loop, sampler, recorder, options.sample_every_s)] if sampler else []
+    progress = gevent.spawn(_progress_loop, dispatcher, options.progress_every_s, log)
+    t0 = time.time()
+    try:
+        runner.start(1, spawn_rate=1)
+        done.wait()
+        gevent.sleep(0)
+    finally:
+        runner.quit()
+        for g in [progress, *samplers]:
+            g.kill()
+        if sampler is not None:
+            recorder.add_resources(sampler())
+        recorder.stop()
+        for h in handlers:
+            h.cancel()
+        if web_ui is not None:
+            web_ui.stop()
+    lags = sorted(dispatcher.stats.recent_lag_ms)
+    outcome = ReplayOutcome(
+        stats=dispatcher.stats, legs_recorded=recorder.legs_recorded, sink_failures=recorder.sink_failures,
+        last_sink_error=recorder.last_sink_error, interrupted=interrupted[0] if interrupted else None,
+        lag_p50_ms=_q(lags, 0.50), lag_p99_ms=_q(lags, 0.99), wall_s=time.time() - t0)
+    _progress_line(dispatcher, log, final=True)
+    return outcome
+
+
+def _q(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def _sample_loop(sampler: Sampler, recorder: Recorder, every_s: float) -> None:
+    import gevent
+
+    while True:
+        recorder.add_resources(sampler())
+        gevent.sleep(every_s)
+
+
+def _progress_loop(dispatcher: Any, every_s: float, log: Callable[[str], None]) -> None:
+    import gevent
+
+    while True:
+        gevent.sleep(every_s)
+        _progress_line(dispatcher, log)
+
+
+def _progress_line(dispatcher: Any, log: Callable[[str], None], final: bool = False) -> None:
+    s = dispatcher.stats
+    if s.started_at is None:
+        return
+    elapsed = max(time.time() - s.started_at, 1e-9)
+    recent = s.recent_lag_ms[-2000:]
+    lag99 = sorted(recent)[int(0.99 * (len(recent) - 1))] if recent else 0.0
+    pct = 100.0 * s.dispatched / s.total if s.total else 100.0
+    prefix = "done:" if final else "progress:"
+    log(f"{prefix} sent {s.dispatched}/{s.total} pairs ({pct:.0f} %), {s.dispatched / elapsed:.1f} pairs/s, "
+        f"send lag p99 {lag99:.1f} ms, errors {s.errors}, skipped (in-flight limit) {s.skipped_in_flight}, "
+        f"in flight {s.in_flight}")

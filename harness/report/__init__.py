@@ -1,0 +1,1 @@
+"""The gate report (HTML, self-contained) and the CI artifacts (junit.xml)."""

@@ -1,0 +1,222 @@
+"""One replay, end to end: check -> prepare traffic -> replay into the store -> outputs.
+
+This is the only module that knows every stage; each stage only reads what the previous one wrote.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
+
+from . import __version__
+from .errors import ScenarioError, StoreError, TargetUnreachable
+from .monitor import ResourceMonitor, TargetProcess
+from .scenario import Scenario
+from .store import RunMeta, RunStore
+from .traffic.prepare import prepare_traffic
+
+__all__ = ["run_scenario", "RunResult", "make_run_dir", "check_targets"]
+
+log = logging.getLogger("harness")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    verdict: str
+    exit_code: int
+    summary: dict
+
+
+def make_run_dir(out_root: Path, name: str) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+        run_dir = out_root / f"{name}-{stamp}"
+        i = 1
+        while run_dir.exists():
+            i += 1
+            run_dir = out_root / f"{name}-{stamp}-{i}"
+        run_dir.mkdir()
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"\0" * 65536)  # a full disk fails here, before any traffic is sent
+        probe.unlink()
+    except OSError as exc:
+        raise StoreError(f"{out_root}: cannot write the run folder there: {exc.strerror or exc}") from None
+    return run_dir
+
+
+def check_targets(scenario: Scenario, timeout_s: float = 2.0) -> None:
+    for version in scenario.versions:
+        url = scenario.target_for(version).url
+        parts = urlsplit(url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                pass
+        except OSError as exc:
+            raise TargetUnreachable(f"{version} target {url} is unreachable: {exc.strerror or exc}") from None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _setup_log(run_dir: Path, echo: Callable[[str], None]) -> tuple[logging.Handler, Callable[[str], None]]:
+    handler = logging.FileHandler(run_dir / "harness.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+    def say(msg: str) -> None:
+        log.info(msg)
+        echo(msg)
+
+    return handler, say
+
+
+def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], None] = print,
+                 web_ui: bool = False, web_port: int = 8089, progress_every_s: float = 5.0,
+                 pids: dict[str, int] | None = None) -> RunResult:
+    from .outputs import build_outputs
+    from .replay.dispatcher import DispatchPlan, TargetPlan, expand_env
+    from .replay.runner import ReplayOptions, run_replay
+
+    # Everything that can be checked is checked before the first request leaves.
+    try:
+        overrides = {"replay": {k: expand_env(v) if v is not None else None for k, v in scenario.replay.headers.items()},
+                     **{v: {k: expand_env(x) if x is not None else None for k, x in scenario.target_for(v).headers.items()}
+                        for v in scenario.versions}}
+    except KeyError as exc:
+        raise ScenarioError(f"{scenario.source}: replay.headers uses ${{{exc.args[0]}}} but that environment "
+                            "variable is not set") from None
+    run_dir = make_run_dir(out_root, scenario.name)
+    handler, say = _setup_log(run_dir, echo)
+    work = run_dir / ".work"
+    store: RunStore | None = None
+    try:
+        check_targets(scenario)
+        say(f"harness {__version__}: scenario {scenario.name}, mode {scenario.replay.mode}, run folder {run_dir}")
+        prepared = prepare_traffic(scenario, work)
+        say(f"traffic: {prepared.records_read} records read, {prepared.replayed} to replay, "
+            f"{sum(prepared.skipped.values())} skipped, {prepared.bad_records} bad; captured span "
+            f"{prepared.span_s:.0f} s at speed {scenario.traffic.speed:g} -> about "
+            f"{prepared.span_s / scenario.traffic.speed:.0f} s")
+        store = RunStore(run_dir / "results.duckdb")
+        meta = RunMeta(
+            run_id=run_dir.name, scenario=scenario.name, scenario_sha256=scenario.sha256,
+            config_json=json.dumps(scenario.raw, default=str), capture_path=str(scenario.traffic.path),
+            capture_sha256=prepared.capture_sha256, harness_version=__version__, git_commit=_git_commit(),
+            baseline_url=scenario.target_for("baseline").url,
+            candidate_url=scenario.target_for("candidate").url if "candidate" in scenario.versions else None,
+            mode=scenario.replay.mode, speed=scenario.traffic.speed, segments=prepared.segment_names)
+        store.create(meta, prepared.schedule_path, prepared.skipped_path, prepared.bad_path)
+        store.con.execute("insert into events values (now(), 'traffic', ?)", [json.dumps({
+            "records_read": prepared.records_read, "loops": scenario.traffic.loops, "format": prepared.capture_format,
+            "span_s": prepared.span_s})])
+        secrets = tuple(v for group in overrides.values() for v in group.values() if v)
+        targets = tuple(TargetPlan(version=v, url=scenario.target_for(v).url, protocol=scenario.target_for(v).protocol,
+                                   headers={**overrides["replay"], **overrides[v]}) for v in scenario.versions)
+        plan = DispatchPlan(
+            schedule_path=prepared.schedule_path, targets=targets, speed=scenario.traffic.speed,
+            timeout_s=scenario.replay.timeout_s, connect_timeout_s=scenario.replay.connect_timeout_s,
+            max_in_flight=scenario.replay.max_in_flight, max_response_bytes=scenario.replay.max_response_bytes,
+            prediction_path=scenario.output.prediction, confidence_path=scenario.output.confidence,
+            schema=scenario.output.schema, route_schemas=scenario.output.route_schemas,
+            max_duration_s=scenario.replay.max_duration_s, secrets=secrets)
+        monitor = _monitor(scenario, pids or {})
+        outcome = run_replay(plan, {"legs": store.write_legs, "events": store.write_events,
+                                    "resources": store.write_resources},
+                             ReplayOptions(web_ui=web_ui, web_port=web_port, progress_every_s=progress_every_s),
+                             sampler=monitor.sample, log=say)
+        for note in monitor.notes:
+            store.con.execute("insert into events values (now(), 'note', ?)", [note])
+        status, reason = _finish_requests(store, outcome)
+        store.con.execute("insert into events values (now(), 'replay', ?)", [json.dumps({
+            "lag_p50_ms": outcome.lag_p50_ms, "lag_p99_ms": outcome.lag_p99_ms, "lag_bound_ms": scenario.replay.lag_bound_ms,
+            "wall_s": outcome.wall_s, "sink_failures": outcome.sink_failures, "last_sink_error": outcome.last_sink_error,
+            "dispatched": outcome.stats.dispatched, "skipped_in_flight": outcome.stats.skipped_in_flight,
+            "interrupted": outcome.interrupted, "stopped_early": outcome.stats.stopped_early})])
+        store.finish(status, reason)
+        store.close()
+        store = None
+        summary = build_outputs(run_dir)
+        say(f"verdict {summary['verdict']}; report {run_dir / 'gate_report.html'}")
+        code = 4 if status != "complete" else {"PROMOTE": 0, "BLOCK": 1, "HOLD": 2}[summary["verdict"]]
+        return RunResult(run_dir=run_dir, verdict=summary["verdict"], exit_code=code, summary=summary)
+    except BaseException as exc:
+        if store is not None:
+            try:
+                store.finish("failed", f"{type(exc).__name__}: {exc}"[:500])
+                store.close()
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                pass
+        log.error("run failed: %s", exc)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _monitor(scenario: Scenario, pids: dict[str, int]) -> ResourceMonitor:
+    targets = []
+    seen_urls = set()
+    for v in scenario.versions:
+        t = scenario.target_for(v)
+        if t.url in seen_urls:  # A/A: one server, sampled once
+            continue
+        seen_urls.add(t.url)
+        targets.append(TargetProcess(version=v, url=t.url, pid=pids.get(v, t.pid), pid_file=t.pid_file,
+                                     metrics_url=t.metrics_url))
+    return ResourceMonitor(targets)
+
+
+def _finish_requests(store: RunStore, outcome: object) -> tuple[str, str | None]:
+    """Requests that were scheduled but not sent move from `requests` to `skipped`, each with its reason,
+    so that captured = replayed + skipped + bad and legs = 2 x requests hold at the end of every run."""
+    con = store.con
+    seg_cols = [r[0] for r in con.execute(
+        "select column_name from information_schema.columns where table_name = 'skipped' "
+        "and column_name not in ('source_line', 'captured_at', 'method', 'path', 'route', 'reason')").fetchall()]
+    cols = "".join(f', "{c}"' for c in seg_cols)
+    con.execute(f"""insert into skipped select source_line, captured_at, method, path, route,
+        'in-flight limit reached (replay.max_in_flight)' {cols}
+        from requests where request_id in (select detail from events where kind = 'skipped_in_flight_limit')""")
+    con.execute(f"""insert into skipped select source_line, captured_at, method, path, route,
+        ? {cols}
+        from requests r where not exists (select 1 from legs l where l.request_id = r.request_id)
+          and not exists (select 1 from events where kind = 'skipped_in_flight_limit' and detail = r.request_id)""",
+                [_unsent_reason(outcome)])
+    con.execute("delete from requests r where not exists (select 1 from legs l where l.request_id = r.request_id)")
+    interrupted = getattr(outcome, "interrupted", None)
+    stopped = getattr(outcome.stats, "stopped_early", None)  # type: ignore[attr-defined]
+    if interrupted:
+        return "incomplete", f"interrupted by {interrupted}"
+    if getattr(outcome, "sink_failures", 0) and getattr(outcome, "last_sink_error", None):
+        return "incomplete", f"results could not all be written: {outcome.last_sink_error}"  # type: ignore[attr-defined]
+    if stopped:
+        return "complete", stopped
+    return "complete", None
+
+
+def _unsent_reason(outcome: object) -> str:
+    stats = outcome.stats  # type: ignore[attr-defined]
+    if getattr(outcome, "interrupted", None):
+        return f"not sent: run interrupted by {outcome.interrupted}"  # type: ignore[attr-defined]
+    if stats.stopped_early:
+        return f"not sent: {stats.stopped_early}"
+    return "not sent"
+

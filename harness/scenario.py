@@ -1,0 +1,356 @@
+"""Scenario: YAML -> validated, frozen configuration objects.
+
+The scenario is parsed once, here, at the edge. Everything deeper receives these objects, never raw
+dicts. Validation uses the published JSON Schema (harness/schemas/scenario.schema.json, usable by
+editors), then the cross-field checks a schema cannot express. Errors name the file, the line and the key.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import jsonschema
+import yaml
+
+from .errors import ScenarioError
+from .gate_config import GateSpec, parse_gates
+
+__all__ = [
+    "Scenario", "TrafficConfig", "SegmentSpec", "TargetConfig", "ReplayConfig", "OutputConfig",
+    "AnalysisConfig", "CanaryConfig", "load_scenario", "scenario_from_dict", "scenario_json_schema",
+]
+
+Mode = Literal["paired", "aa", "baseline-only"]
+_RESERVED_SEGMENT_NAMES = frozenset({"request_id", "seq", "loop", "source_line", "captured_at", "offset_s", "method",
+                                     "path", "route", "headers_json", "request_bytes", "warmup", "order_idx",
+                                     "captured_request_id", "production_status"})
+SEGMENT_KINDS = ("path_template", "header", "query", "json_path", "json_array_length", "body_bytes", "present", "cross")
+
+
+@dataclass(frozen=True, slots=True)
+class SampleConfig:
+    fraction: float
+    seed: int = 0
+    stratify_by: str | None = None
+    min_per_stratum: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class RedactConfig:
+    headers: tuple[str, ...] = ()
+    query: tuple[str, ...] = ()
+    json_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficConfig:
+    path: Path
+    format: str | None = None
+    speed: float = 1.0
+    on_bad_record: Literal["skip", "fail"] = "skip"
+    from_s: float | None = None
+    to_s: float | None = None
+    max_requests: int | None = None
+    loops: int = 1
+    warmup_requests: int = 0
+    sample: SampleConfig | None = None
+    redact: RedactConfig = RedactConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentSpec:
+    name: str
+    kind: str
+    arg: str | tuple[str, ...] | None = None
+    buckets: tuple[float, ...] | None = None
+    max_values: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class TargetConfig:
+    name: str
+    url: str
+    protocol: str = "json"
+    pid: int | None = None
+    pid_file: Path | None = None
+    metrics_url: str | None = None
+    headers: Mapping[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayConfig:
+    mode: Mode = "paired"
+    timeout_s: float = 2.0
+    connect_timeout_s: float = 1.0
+    allow: tuple[str, ...] = ()
+    max_in_flight: int = 1000
+    lag_bound_ms: float = 5.0
+    max_duration_s: float | None = None
+    max_response_bytes: int = 10 * 1024 * 1024
+    headers: Mapping[str, str | None] = field(default_factory=dict)
+    aa_reference: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    schema: Path | None = None
+    route_schemas: Mapping[str, Path] = field(default_factory=dict)
+    prediction: str = "$.prediction"
+    confidence: str = "$.confidence"
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisConfig:
+    alpha: float = 0.05
+    bootstrap_resamples: int = 2000
+    seed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryConfig:
+    steps_percent: tuple[float, ...] = (1.0, 5.0, 25.0, 50.0, 100.0)
+    power: float = 0.8
+    production_rps: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    source: Path | None
+    traffic: TrafficConfig
+    segments: tuple[SegmentSpec, ...]
+    targets: Mapping[str, TargetConfig]
+    replay: ReplayConfig
+    output: OutputConfig
+    gates: tuple[GateSpec, ...]
+    analysis: AnalysisConfig
+    canary: CanaryConfig
+    description: str = ""
+    owner: str | None = None
+    moves_money: bool = False
+    customer_trust: bool = False
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        return ("baseline",) if self.replay.mode == "baseline-only" else ("baseline", "candidate")
+
+    def target_for(self, version: str) -> TargetConfig:
+        # In A/A mode the "candidate" leg goes to the baseline again: same requests, same server.
+        if version == "candidate" and self.replay.mode == "aa":
+            return replace(self.targets["baseline"], name="candidate")
+        return self.targets[version]
+
+    def with_overrides(self, **changes: Any) -> "Scenario":
+        """Command-line overrides (speed, max_requests, ...) applied on top of the file."""
+        traffic = {k: v for k, v in changes.items() if k in TrafficConfig.__dataclass_fields__ and v is not None}
+        replay_ = {k: v for k, v in changes.items() if k in ReplayConfig.__dataclass_fields__ and v is not None}
+        return replace(self, traffic=replace(self.traffic, **traffic), replay=replace(self.replay, **replay_))
+
+
+def scenario_json_schema() -> dict[str, Any]:
+    text = resources.files("harness").joinpath("schemas/scenario.schema.json").read_text()
+    return json.loads(text)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: scenario file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{path}: cannot read scenario: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ScenarioError(f"{where}: invalid YAML: {problem}") from None
+    return scenario_from_dict(raw, source=path, text=text)
+
+
+def scenario_from_dict(raw: Any, source: Path | None = None, text: str | None = None,
+                       check_files: bool = True) -> Scenario:
+    """check_files=False re-reads a scenario stored in a run (its files may be elsewhere by now)."""
+    label = str(source) if source else "<scenario>"
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{label}: a scenario is a YAML mapping, got {type(raw).__name__}")
+    validator = jsonschema.Draft202012Validator(scenario_json_schema())
+    errors = sorted(validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        err = errors[0]
+        keys = [str(p) for p in err.absolute_path]
+        line = _line_of(text, keys) if text else None
+        where = f"{label}:{line}" if line else label
+        raise ScenarioError(f"{where}: {'.'.join(keys) or '(top level)'}: {_schema_message(err)}")
+    base = source.parent if source else Path.cwd()
+    return _build(raw, base, label, source, check_files)
+
+
+def _schema_message(err: jsonschema.ValidationError) -> str:
+    if err.validator == "additionalProperties":
+        extra = re.findall(r"'([^']+)' (?:was|were) unexpected", err.message)
+        allowed = sorted(err.schema.get("properties", {}))
+        name = extra[0] if extra else err.message
+        return f"unknown key {name!r} (allowed: {', '.join(allowed)})"
+    if err.validator == "enum":
+        return f"{err.instance!r} is not one of {', '.join(map(str, err.validator_value))}"
+    return err.message
+
+
+def _line_of(text: str, keys: list[str]) -> int | None:
+    """Line (1-based) of the deepest YAML node on the key path, for error messages."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for key in keys:
+        if isinstance(node, yaml.MappingNode):
+            found = next(((k, v) for k, v in node.value if k.value == key), None)
+            if found is None:
+                break
+            line = found[0].start_mark.line + 1
+            node = found[1]
+        elif isinstance(node, yaml.SequenceNode) and key.isdigit() and int(key) < len(node.value):
+            node = node.value[int(key)]
+            line = node.start_mark.line + 1
+        else:
+            break
+    if line is None and node is not None and keys:
+        return None
+    return line
+
+
+def _path(base: Path, value: str | None) -> Path | None:
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, check_files: bool) -> Scenario:
+    t = raw["traffic"]
+    window = t.get("window", {})
+    sample = t.get("sample")
+    redact = t.get("redact", {})
+    traffic = TrafficConfig(
+        path=_path(base, t["path"]) or Path(t["path"]),
+        format=t.get("format"),
+        speed=float(t.get("speed", 1.0)),
+        on_bad_record=t.get("on_bad_record", "skip"),
+        from_s=window.get("from_s"),
+        to_s=window.get("to_s"),
+        max_requests=t.get("max_requests"),
+        loops=int(t.get("loops", 1)),
+        warmup_requests=int(t.get("warmup_requests", 0)),
+        sample=SampleConfig(**sample) if sample else None,
+        redact=RedactConfig(**{k: tuple(v) for k, v in redact.items()}),
+    )
+    if traffic.from_s is not None and traffic.to_s is not None and traffic.to_s <= traffic.from_s:
+        raise ScenarioError(f"{label}: traffic.window.to_s must be after from_s")
+
+    segments = tuple(_segment(name, spec, label) for name, spec in (raw.get("segments") or {}).items())
+    names = {s.name for s in segments}
+    for s in segments:
+        if s.name in _RESERVED_SEGMENT_NAMES and not (s.name == "route" and s.kind == "path_template"):
+            raise ScenarioError(f"{label}: segments.{s.name}: the name is a column of the requests table; choose another")
+    for s in segments:
+        if s.kind == "cross":
+            missing = [n for n in s.arg or () if n not in names or n == s.name]
+            if missing:
+                raise ScenarioError(f"{label}: segments.{s.name}.cross: unknown segment {missing[0]!r}")
+    if sample and sample.get("stratify_by") and sample["stratify_by"] not in names:
+        raise ScenarioError(f"{label}: traffic.sample.stratify_by: unknown segment {sample['stratify_by']!r}")
+
+    rp = raw.get("replay", {})
+    mode = rp.get("mode", "paired")
+    targets_raw = raw["targets"]
+    if mode == "paired" and "candidate" not in targets_raw:
+        raise ScenarioError(f"{label}: targets.candidate is required in paired mode")
+    targets = {name: _target(name, spec, base) for name, spec in targets_raw.items()}
+    replay_cfg = ReplayConfig(
+        mode=mode,
+        timeout_s=float(rp.get("timeout_s", 2.0)),
+        connect_timeout_s=float(rp.get("connect_timeout_s", min(1.0, float(rp.get("timeout_s", 2.0))))),
+        allow=tuple(rp.get("allow", ())),
+        max_in_flight=int(rp.get("max_in_flight", 1000)),
+        lag_bound_ms=float(rp.get("lag_bound_ms", 5.0)),
+        max_duration_s=rp.get("max_duration_s"),
+        max_response_bytes=int(rp.get("max_response_bytes", 10 * 1024 * 1024)),
+        headers=dict(rp.get("headers", {})),
+        aa_reference=_path(base, rp.get("aa_reference")),
+    )
+    for rule in replay_cfg.allow:
+        if len(rule.split()) != 2:
+            raise ScenarioError(f"{label}: replay.allow: {rule!r} should be 'METHOD /path-pattern', e.g. 'POST /v1/score'")
+
+    out = raw.get("output", {})
+    output = OutputConfig(
+        schema=_path(base, out.get("schema")),
+        route_schemas={k: _path(base, v) for k, v in out.get("route_schemas", {}).items()},  # type: ignore[misc]
+        prediction=out.get("prediction", "$.prediction"),
+        confidence=out.get("confidence", "$.confidence"),
+    )
+    for p in [output.schema, *output.route_schemas.values()]:
+        if check_files and p is not None and not p.exists():
+            raise ScenarioError(f"{label}: output schema file not found: {p}")
+
+    canary_raw = raw.get("canary", {})
+    canary = CanaryConfig(
+        steps_percent=tuple(float(x) for x in canary_raw.get("steps_percent", (1, 5, 25, 50, 100))),
+        power=float(canary_raw.get("power", 0.8)),
+        production_rps=canary_raw.get("production_rps"),
+    )
+    if list(canary.steps_percent) != sorted(canary.steps_percent):
+        raise ScenarioError(f"{label}: canary.steps_percent must increase, got {list(canary.steps_percent)}")
+    risk = raw.get("risk", {})
+    return Scenario(
+        name=raw["name"], source=source, traffic=traffic, segments=segments, targets=targets,
+        replay=replay_cfg, output=output, gates=parse_gates(raw.get("promotion_gates"), label),
+        analysis=AnalysisConfig(**raw.get("analysis", {})), canary=canary,
+        description=raw.get("description", ""), owner=raw.get("owner"),
+        moves_money=bool(risk.get("moves_money", False)), customer_trust=bool(risk.get("customer_trust", False)),
+        raw=raw,
+    )
+
+
+def _segment(name: str, spec: dict[str, Any], label: str) -> SegmentSpec:
+    kinds = [k for k in spec if k in SEGMENT_KINDS]
+    if len(kinds) != 1:
+        raise ScenarioError(
+            f"{label}: segments.{name}: needs exactly one of {', '.join(SEGMENT_KINDS)}, found {kinds or 'none'}")
+    kind = kinds[0]
+    arg = spec[kind]
+    if kind == "path_template" and arg is not True:
+        raise ScenarioError(f"{label}: segments.{name}.path_template: must be true")
+    if kind in ("json_array_length", "body_bytes") and "buckets" not in spec:
+        raise ScenarioError(f"{label}: segments.{name}: {kind} needs `buckets` (e.g. [1, 8, 32])")
+    buckets = spec.get("buckets")
+    if buckets is not None and list(buckets) != sorted(set(buckets)):
+        raise ScenarioError(f"{label}: segments.{name}.buckets must be strictly increasing")
+    if kind in ("present", "cross"):
+        arg = tuple(arg)
+    elif kind in ("path_template", "body_bytes"):
+        arg = None
+    return SegmentSpec(name=name, kind=kind, arg=arg, buckets=tuple(buckets) if buckets else None,
+                       max_values=int(spec.get("max_values", 20)))
+
+
+def _target(name: str, spec: dict[str, Any], base: Path) -> TargetConfig:
+    return TargetConfig(
+        name=name, url=spec["url"].rstrip("/"), protocol=spec.get("protocol", "json"), pid=spec.get("pid"),
+        pid_file=_path(base, spec.get("pid_file")), metrics_url=spec.get("metrics_url"),
+        headers=dict(spec.get("headers", {})),
+    )

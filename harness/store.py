@@ -1,0 +1,150 @@
+"""results.duckdb: the schema, the batched writer and the views.
+
+Table and column names are a contract (DESIGN.md); columns may be added. The writer commits every
+batch it is given, so a killed run loses at most what had not been flushed (the recorder flushes at
+least once a second) and the file always opens.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import duckdb
+import pyarrow as pa
+
+from .errors import StoreError
+from .replay.leg import EVENT_SCHEMA, LEG_SCHEMA, RESOURCE_SCHEMA
+
+__all__ = ["RunStore", "RunMeta", "open_results", "RESERVED_COLUMNS"]
+
+RESERVED_COLUMNS = frozenset({"request_id", "seq", "loop", "source_line", "captured_at", "offset_s", "method", "path",
+                              "route", "headers_json", "request_bytes", "warmup", "captured_request_id",
+                              "production_status", "order_idx"})
+
+_LEG_SELECT = ", ".join(
+    f"to_timestamp({f.name}) as {f.name}" if f.name in ("intended_at", "sent_at", "done_at") else f.name
+    for f in LEG_SCHEMA)
+
+
+@dataclass(frozen=True)
+class RunMeta:
+    run_id: str
+    scenario: str
+    scenario_sha256: str
+    config_json: str
+    capture_path: str
+    capture_sha256: str
+    harness_version: str
+    git_commit: str | None
+    baseline_url: str
+    candidate_url: str | None
+    mode: str
+    speed: float
+    segments: tuple[str, ...]
+
+
+def open_results(path: Path, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+    if not path.exists():
+        raise StoreError(f"{path}: no results.duckdb there")
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.Error as exc:
+        raise StoreError(f"{path}: cannot open: {exc}") from None
+
+
+class RunStore:
+    """Owns the write connection of one run's results.duckdb. One writer at a time: during a replay
+    only the recorder's flusher writes (from a native thread, so DuckDB's work does not stall the
+    dispatch loop); the orchestrator writes before and after."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.con = duckdb.connect(str(path))
+        except duckdb.Error as exc:
+            raise StoreError(f"{path}: cannot create results database: {exc}") from None
+
+    def close(self) -> None:
+        self.con.close()
+
+    def create(self, meta: RunMeta, schedule: Path, skipped: Path, bad: Path) -> None:
+        # A segment named like a fixed column (route from path_template) is that column already.
+        seg_cols = "".join(f', "seg__{n}" as "{n}"' for n in meta.segments if n not in RESERVED_COLUMNS)
+        c = self.con
+        c.execute("""create table runs (id varchar primary key, scenario varchar, started_at timestamptz,
+            finished_at timestamptz, status varchar, mode varchar, speed double, scenario_sha256 varchar,
+            config json, capture_path varchar, capture_sha256 varchar, harness_version varchar,
+            git_commit varchar, baseline_url varchar, candidate_url varchar, segments json,
+            status_reason varchar)""")
+        c.execute("insert into runs values (?, ?, now(), null, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, null)",
+                  [meta.run_id, meta.scenario, meta.mode, meta.speed, meta.scenario_sha256, meta.config_json,
+                   meta.capture_path, meta.capture_sha256, meta.harness_version, meta.git_commit,
+                   meta.baseline_url, meta.candidate_url, json.dumps(list(meta.segments))])
+        c.execute(f"""create table requests as select request_id, order_idx, seq, loop, source_line, captured_at,
+            offset_s, method, path, route {seg_cols}, request_bytes, warmup, headers_json,
+            captured_request_id, production_status from read_parquet(?) order by order_idx""", [str(schedule)])
+        c.execute(f"""create table skipped as select source_line, captured_at, method, path, route, reason
+            {seg_cols} from read_parquet(?)""", [str(skipped)])
+        c.execute("create table bad_records as select source, line, reason from read_parquet(?)", [str(bad)])
+        self._create_typed("legs", LEG_SCHEMA, _LEG_SELECT)
+        self._create_typed("resources", RESOURCE_SCHEMA,
+                           ", ".join("to_timestamp(sampled_at) as sampled_at" if f.name == "sampled_at" else f.name
+                                     for f in RESOURCE_SCHEMA))
+        self._create_typed("events", EVENT_SCHEMA, 'to_timestamp("at") as "at", kind, detail')
+        c.execute("create table scores (request_id varchar, version varchar, score double, source varchar)")
+        c.execute(PAIRS_VIEW)
+        c.execute("checkpoint")
+
+    def _create_typed(self, table: str, schema: pa.Schema, select: str) -> None:
+        empty = schema.empty_table()  # noqa: F841 - read by DuckDB through the name
+        self.con.execute(f"create table {table} as select {select} from empty")
+
+    def write_legs(self, batch: pa.Table) -> None:
+        self._insert("legs", batch, _LEG_SELECT)
+
+    def write_resources(self, batch: pa.Table) -> None:
+        self._insert("resources", batch, ", ".join(
+            "to_timestamp(sampled_at)" if f.name == "sampled_at" else f.name for f in RESOURCE_SCHEMA))
+
+    def write_events(self, batch: pa.Table) -> None:
+        self._insert("events", batch, 'to_timestamp("at"), kind, detail')
+
+    def _insert(self, table: str, batch: pa.Table, select: str) -> None:
+        if batch.num_rows == 0:
+            return
+        self.con.register("_batch", batch)
+        try:
+            self.con.execute(f"insert into {table} select {select} from _batch")
+        finally:
+            self.con.unregister("_batch")
+
+    def finish(self, status: str, reason: str | None = None) -> None:
+        self.con.execute("update runs set status = ?, status_reason = ?, finished_at = now()", [status, reason])
+        self.con.execute("checkpoint")
+
+    def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        return self.con.execute(sql, params or []).fetchall()
+
+
+PAIRS_VIEW = """
+create view pairs as
+select r.*,
+  b.status_code as baseline_status_code, c.status_code as candidate_status_code,
+  b.error_kind as baseline_error_kind, c.error_kind as candidate_error_kind,
+  b.latency_ms as baseline_latency_ms, c.latency_ms as candidate_latency_ms,
+  b.service_ms as baseline_service_ms, c.service_ms as candidate_service_ms,
+  b.send_lag_ms as baseline_send_lag_ms, c.send_lag_ms as candidate_send_lag_ms,
+  b.schema_valid as baseline_schema_valid, c.schema_valid as candidate_schema_valid,
+  b.prediction as baseline_prediction, c.prediction as candidate_prediction,
+  b.confidence as baseline_confidence, c.confidence as candidate_confidence,
+  b.model_version as baseline_model_version, c.model_version as candidate_model_version,
+  b.response_bytes as baseline_response_bytes, c.response_bytes as candidate_response_bytes,
+  b.output_json as baseline_output_json, c.output_json as candidate_output_json,
+  b.time_to_first_token_ms as baseline_time_to_first_token_ms,
+  c.time_to_first_token_ms as candidate_time_to_first_token_ms
+from requests r
+left join legs b on b.request_id = r.request_id and b.version = 'baseline'
+left join legs c on c.request_id = r.request_id and c.version = 'candidate'
+"""

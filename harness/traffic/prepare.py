@@ -1,0 +1,247 @@
+"""Capture -> replay schedule.
+
+One streaming pass reads the capture, redacts it, derives segments and decides what may be replayed;
+rows go in batches to a scratch DuckDB file so memory stays flat whatever the capture's size. DuckDB
+then orders by captured time (logs are often written in completion order), applies window, sampling,
+max_requests, loops and warm-up, and writes two Parquet files that the later stages read:
+
+- schedule.parquet: what will be sent, in send order (`order_idx`), with redacted headers and body;
+- skipped.parquet: what will not be sent, each with its reason; bad records go to bad_records.parquet.
+
+Nothing in these files carries a secret: redaction happened before the first write.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import duckdb
+import pyarrow as pa
+
+from ..errors import TrafficError
+from ..scenario import Scenario
+from .readers import detect_format, iter_records
+from .record import BadRecord, CapturedRequest
+from .redaction import Redactor
+from .segments import SegmentEvaluator, route_template
+
+__all__ = ["PreparedTraffic", "prepare_traffic", "SAFE_METHODS", "is_allowed", "file_sha256"]
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_BATCH = 10_000
+
+
+@dataclass(frozen=True)
+class PreparedTraffic:
+    schedule_path: Path
+    skipped_path: Path
+    bad_path: Path
+    segment_names: tuple[str, ...]
+    capture_sha256: str
+    capture_format: str
+    records_read: int
+    bad_records: int
+    skipped: dict[str, int]
+    replayed: int
+    warmup: int
+    span_s: float
+    first_ts: float | None
+    to_send: int = field(default=0)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_allowed(method: str, path: str, route: str, allow: Iterable[str]) -> bool:
+    if method in SAFE_METHODS:
+        return True
+    bare = path.split("?", 1)[0]
+    for rule in allow:
+        m, pattern = rule.split(None, 1)
+        if m.upper() not in (method, "*"):
+            continue
+        if fnmatch.fnmatchcase(bare, pattern) or fnmatch.fnmatchcase(route, pattern) or pattern == route:
+            return True
+    return False
+
+
+def _schema(seg_names: tuple[str, ...]) -> pa.Schema:
+    return pa.schema([
+        ("seq", pa.int64()), ("source_line", pa.int64()), ("ts", pa.float64()), ("method", pa.string()),
+        ("path", pa.string()), ("route", pa.string()), ("headers_json", pa.string()), ("body", pa.binary()),
+        ("request_bytes", pa.int64()), ("deny_reason", pa.string()), ("captured_request_id", pa.string()),
+        ("production_status", pa.int32()),
+        *[(f"seg__{n}", pa.string()) for n in seg_names],
+    ])
+
+
+def prepare_traffic(scenario: Scenario, workdir: Path) -> PreparedTraffic:
+    cfg = scenario.traffic
+    path = cfg.path
+    if not path.exists():
+        raise TrafficError(f"{path}: capture file not found")
+    fmt = detect_format(path, cfg.format)
+    redactor = Redactor(cfg.redact)
+    segments = SegmentEvaluator(scenario.segments)
+    seg_names = segments.names
+    schema = _schema(seg_names)
+    workdir.mkdir(parents=True, exist_ok=True)
+    scratch = workdir / "prepare.duckdb"
+    scratch.unlink(missing_ok=True)
+    con = duckdb.connect(str(scratch))
+    try:
+        con.execute(f"create table staged ({_ddl(schema)})")
+        con.execute("create table bad (source varchar, line bigint, reason varchar)")
+        rows: list[dict[str, Any]] = []
+        bad_rows: list[tuple[str, int, str]] = []
+        records_read = 0
+        for item in iter_records(path, fmt):
+            records_read += 1
+            if isinstance(item, BadRecord):
+                if cfg.on_bad_record == "fail":
+                    raise TrafficError(f"{item.source}:{item.line}: {item.reason} (traffic.on_bad_record: fail)")
+                bad_rows.append((item.source, item.line, item.reason))
+                if len(bad_rows) >= _BATCH:
+                    con.executemany("insert into bad values (?, ?, ?)", bad_rows)
+                    bad_rows.clear()
+                continue
+            rows.append(_row(records_read, item, redactor, segments, scenario))
+            if len(rows) >= _BATCH:
+                _flush(con, rows, schema)
+        _flush(con, rows, schema)
+        if bad_rows:
+            con.executemany("insert into bad values (?, ?, ?)", bad_rows)
+        return _finish(con, scenario, workdir, path, fmt, seg_names, records_read)
+    finally:
+        con.close()
+        scratch.unlink(missing_ok=True)
+        Path(str(scratch) + ".wal").unlink(missing_ok=True)
+
+
+def _ddl(schema: pa.Schema) -> str:
+    types = {pa.int64(): "bigint", pa.int32(): "integer", pa.float64(): "double", pa.string(): "varchar",
+             pa.binary(): "blob"}
+    return ", ".join(f'"{f.name}" {types[f.type]}' for f in schema)
+
+
+def _flush(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
+    if not rows:
+        return
+    batch = pa.Table.from_pylist(rows, schema=schema)  # noqa: F841 - read by DuckDB through the name
+    con.execute("insert into staged select * from batch")
+    rows.clear()
+
+
+def _row(seq: int, req: CapturedRequest, redactor: Redactor, segments: SegmentEvaluator,
+         scenario: Scenario) -> dict[str, Any]:
+    req = redactor.request(req)
+    route = route_template(req.path)
+    deny = None if is_allowed(req.method, req.path, route, scenario.replay.allow) else \
+        f"not allowed: {req.method} changes state (add it to replay.allow if it is safe to replay)"
+    row: dict[str, Any] = {
+        "seq": seq, "source_line": req.line, "ts": req.ts, "method": req.method, "path": req.path,
+        "route": route, "headers_json": json.dumps(req.headers), "body": req.body,
+        "request_bytes": len(req.body), "deny_reason": deny,
+        "captured_request_id": str(req.meta.get("request_id")) if req.meta.get("request_id") is not None else None,
+        "production_status": req.response.status if req.response else None,
+    }
+    for name, value in segments.values(req).items():
+        row[f"seg__{name}"] = value
+    return row
+
+
+def _finish(con: duckdb.DuckDBPyConnection, scenario: Scenario, workdir: Path, path: Path, fmt: str,
+            seg_names: tuple[str, ...], records_read: int) -> PreparedTraffic:
+    cfg = scenario.traffic
+    first_ts = con.execute("select min(ts) from staged").fetchone()[0]  # type: ignore[index]
+    con.execute("create temp table ordered as select *, ts - ? as offset_s, "
+                "row_number() over (order by ts, seq) - 1 as time_rank from staged",
+                [first_ts if first_ts is not None else 0.0])
+    # Each rule marks only rows no earlier rule has marked, so every skipped row has exactly one reason.
+    con.execute("alter table ordered add column skip_reason varchar")
+    con.execute("update ordered set skip_reason = deny_reason where deny_reason is not null")
+    if cfg.from_s is not None:
+        con.execute("update ordered set skip_reason = 'outside traffic.window' where skip_reason is null and offset_s < ?",
+                    [cfg.from_s])
+    if cfg.to_s is not None:
+        con.execute("update ordered set skip_reason = 'outside traffic.window' where skip_reason is null and offset_s >= ?",
+                    [cfg.to_s])
+    if cfg.sample is not None:
+        _sample(con, cfg.sample.fraction, cfg.sample.seed, cfg.sample.stratify_by, cfg.sample.min_per_stratum)
+    if cfg.max_requests is not None:
+        per_loop = max(1, -(-cfg.max_requests // cfg.loops))
+        con.execute("""update ordered set skip_reason = 'beyond traffic.max_requests'
+                       where skip_reason is null and time_rank in (
+                         select time_rank from ordered where skip_reason is null order by time_rank offset ?)""",
+                    [per_loop])
+    # The window start, not the first record, is time zero of the replay.
+    start = con.execute("select coalesce(min(offset_s), 0) from ordered where skip_reason is null").fetchone()[0]  # type: ignore[index]
+    span = con.execute("select coalesce(max(offset_s) - min(offset_s), 0) from ordered where skip_reason is null").fetchone()[0]  # type: ignore[index]
+    n_kept = con.execute("select count(*) from ordered where skip_reason is null").fetchone()[0]  # type: ignore[index]
+    gap = span / max(n_kept - 1, 1)
+    seg_cols = "".join(f', "seg__{n}"' for n in seg_names)
+    schedule_path = workdir / "schedule.parquet"
+    skipped_path = workdir / "skipped.parquet"
+    bad_path = workdir / "bad_records.parquet"
+    max_total = cfg.max_requests if cfg.max_requests is not None else 2**62
+    con.execute(f"""
+        create temp table schedule as
+        with loops as (select range as loop from range(?)),
+        sent as (
+          select o.*, l.loop, (o.offset_s - ?) + l.loop * (? + ?) as replay_offset_s
+          from ordered o cross join loops l where o.skip_reason is null)
+        select row_number() over (order by replay_offset_s, seq) - 1 as order_idx,
+               case when loop = 0 then 'r' || lpad(seq::varchar, 7, '0')
+                    else 'r' || lpad(seq::varchar, 7, '0') || '-' || loop end as request_id,
+               seq, loop, source_line, to_timestamp(ts) as captured_at, replay_offset_s as offset_s,
+               method, path, route, headers_json, body, request_bytes, captured_request_id, production_status
+               {seg_cols}
+        from sent qualify order_idx < ?
+    """, [cfg.loops, start, span, gap, max_total])
+    con.execute("alter table schedule add column warmup boolean")
+    con.execute("update schedule set warmup = order_idx < ?", [cfg.warmup_requests])
+    con.execute(f"copy (select * from schedule order by order_idx) to '{_sql_path(schedule_path)}' (format parquet)")
+    con.execute(f"""copy (select source_line, to_timestamp(ts) as captured_at, method, path, route, skip_reason as reason
+                         {seg_cols} from ordered where skip_reason is not null order by time_rank)
+                   to '{_sql_path(skipped_path)}' (format parquet)""")
+    con.execute(f"copy (select * from bad order by line) to '{_sql_path(bad_path)}' (format parquet)")
+    skipped = dict(con.execute("select skip_reason, count(*) from ordered where skip_reason is not null "
+                               "group by 1 order by 2 desc").fetchall())
+    replayed, warmup = con.execute("select count(*), count(*) filter (where warmup) from schedule").fetchone()  # type: ignore[misc]
+    n_bad = con.execute("select count(*) from bad").fetchone()[0]  # type: ignore[index]
+    return PreparedTraffic(
+        schedule_path=schedule_path, skipped_path=skipped_path, bad_path=bad_path, segment_names=seg_names,
+        capture_sha256=file_sha256(path), capture_format=fmt, records_read=records_read, bad_records=n_bad,
+        skipped=skipped, replayed=replayed, warmup=warmup, span_s=float(span) * cfg.loops, first_ts=first_ts,
+        to_send=replayed)
+
+
+def _sample(con: duckdb.DuckDBPyConnection, fraction: float, seed: int, stratify_by: str | None,
+            min_per_stratum: int) -> None:
+    """Deterministic under the seed: a request is kept when hash(seed, seq) falls under the fraction.
+    Stratified: each stratum also keeps its first `min_per_stratum` requests by hash rank, so rare
+    segments keep enough requests to be judged."""
+    key = f"hash(seq, {int(seed)}) / 18446744073709551615.0"
+    if stratify_by is None:
+        con.execute(f"update ordered set skip_reason = 'not sampled' where skip_reason is null and {key} >= ?",
+                    [fraction])
+        return
+    col = f'"seg__{stratify_by}"'
+    con.execute(f"""update ordered set skip_reason = 'not sampled' where skip_reason is null and time_rank in (
+        select time_rank from (
+          select time_rank, {key} as u, row_number() over (partition by {col} order by {key}) as r
+          from ordered where skip_reason is null)
+        where u >= ? and r > ?)""", [fraction, min_per_stratum])
+
+
+def _sql_path(p: Path) -> str:
+    return str(p).replace("'", "''")

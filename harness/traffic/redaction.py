@@ -1,0 +1,95 @@
+"""Secrets never leave the traffic stage: headers, query parameters and JSON fields are masked here,
+before anything is stored, logged, rendered or sent. Test credentials for the targets are added later,
+at send time, from the environment (replay.headers), and are never stored either."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from ..jsonpath import set_all
+from ..scenario import RedactConfig
+from .record import CapturedRequest
+
+__all__ = ["Redactor", "REDACTED", "DEFAULT_SECRET_HEADERS"]
+
+REDACTED = "[REDACTED]"
+DEFAULT_SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
+                          "api-key", "x-auth-token", "x-amz-security-token")
+# Query parameters and JSON keys whose values are credentials whatever the scenario says.
+_SECRET_NAME = re.compile(r"(^|[_\-.])(api[_\-]?key|apikey|access[_\-]?token|refresh[_\-]?token|token|secret|"
+                          r"password|passwd|client[_\-]?secret|session[_\-]?id|auth)([_\-.]|$)", re.I)
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name))
+
+
+@dataclass(frozen=True)
+class Redactor:
+    config: RedactConfig = RedactConfig()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_headers", {h.lower() for h in (*DEFAULT_SECRET_HEADERS, *self.config.headers)})
+        object.__setattr__(self, "_query", {q.lower() for q in self.config.query})
+
+    def header_is_secret(self, name: str) -> bool:
+        return name.lower() in self._headers  # type: ignore[attr-defined]
+
+    def headers(self, headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        return tuple((k, REDACTED if self.header_is_secret(k) else v) for k, v in headers)
+
+    def path(self, path: str) -> str:
+        if "?" not in path:
+            return path
+        parts = urlsplit(path)
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if not any(self._query_secret(k) for k, _ in pairs):
+            return path
+        query = urlencode([(k, REDACTED if self._query_secret(k) else v) for k, v in pairs], safe="[]")
+        return f"{parts.path}?{query}"
+
+    def _query_secret(self, name: str) -> bool:
+        return name.lower() in self._query or is_secret_name(name)  # type: ignore[attr-defined]
+
+    def body(self, body: bytes) -> bytes:
+        """Masks configured JSON paths and credential-named keys; non-JSON bodies pass unchanged."""
+        if not body or body[:1] not in (b"{", b"["):
+            return body
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return body
+        changed = sum(set_all(doc, p, REDACTED) for p in self.config.json_paths)
+        changed += _mask_secret_keys(doc)
+        return json.dumps(doc, separators=(",", ":")).encode() if changed else body
+
+    def request(self, req: CapturedRequest) -> CapturedRequest:
+        from dataclasses import replace
+
+        return replace(req, headers=self.headers(req.headers), path=self.path(req.path), body=self.body(req.body),
+                       response=None if req.response is None else replace(
+                           req.response, headers=self.headers(req.response.headers)))
+
+    def text(self, text: str, extra_secrets: tuple[str, ...] = ()) -> str:
+        """Masks known secret values (e.g. the test credentials sent) in free text such as response excerpts."""
+        for s in extra_secrets:
+            if s and len(s) >= 4:
+                text = text.replace(s, REDACTED)
+        return text
+
+
+def _mask_secret_keys(node: object) -> int:
+    count = 0
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if isinstance(k, str) and is_secret_name(k) and isinstance(v, (str, int, float)) and v != REDACTED:
+                node[k] = REDACTED
+                count += 1
+            else:
+                count += _mask_secret_keys(v)
+    elif isinstance(node, list):
+        for v in node:
+            count += _mask_secret_keys(v)
+    return count
