@@ -45,7 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--web-ui", action="store_true", help="serve Locust's web UI while replaying")
     r.add_argument("--web-port", type=int, default=8089)
     r.add_argument("--progress-every", type=float, default=5.0, metavar="S", help="progress line every S seconds")
+    r.add_argument("--processes", type=int, default=0, metavar="N",
+                   help="replay with N local Locust worker processes (Locust master/worker on 127.0.0.1)")
+    r.add_argument("--master", action="store_true", help="be a Locust master for workers on other machines")
+    r.add_argument("--expect-workers", type=int, metavar="N", help="with --master: wait for N workers")
+    r.add_argument("--master-bind-host", default="127.0.0.1", help="with --master: address to listen on")
+    r.add_argument("--master-bind-port", type=int, default=5557, help="with --master: port to listen on")
     r.set_defaults(func=_run)
+
+    w = sub.add_parser("worker", help="be a Locust worker for a `harness run --master` (or --processes) master")
+    w.add_argument("--master-host", default="127.0.0.1")
+    w.add_argument("--master-port", type=int, default=5557)
+    w.set_defaults(func=_worker)
 
     rep = sub.add_parser("report", help="rebuild summary.json, gate_report.html, schedule and junit.xml from results.duckdb")
     rep.add_argument("run_dir", type=Path)
@@ -119,10 +130,22 @@ def _run(args: argparse.Namespace) -> int:
 
     scenario = load_scenario(args.scenario).with_overrides(
         speed=args.speed, max_requests=args.max_requests, mode=args.mode, max_in_flight=args.max_in_flight)
+    if args.master and not args.expect_workers:
+        raise UsageError("harness run: --master needs --expect-workers N")
+    if args.processes < 0:
+        raise UsageError("harness run: --processes must be >= 0")
     result = run_scenario(scenario, args.out, web_ui=args.web_ui, web_port=args.web_port,
-                          progress_every_s=args.progress_every)
+                          progress_every_s=args.progress_every, processes=args.processes, master=args.master,
+                          expect_workers=args.expect_workers, master_bind_host=args.master_bind_host,
+                          master_bind_port=args.master_bind_port if args.master else None)
     _print_verdict(result.summary, result.run_dir)
     return result.exit_code
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from .replay.distributed import run_worker
+
+    return run_worker(args.master_host, args.master_port)
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -89,7 +89,9 @@ def _setup_log(run_dir: Path, echo: Callable[[str], None]) -> tuple[logging.Hand
 
 def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], None] = print,
                  web_ui: bool = False, web_port: int = 8089, progress_every_s: float = 5.0,
-                 pids: dict[str, int] | None = None) -> RunResult:
+                 pids: dict[str, int] | None = None, processes: int = 0, master: bool = False,
+                 expect_workers: int | None = None, master_bind_host: str = "127.0.0.1",
+                 master_bind_port: int | None = None) -> RunResult:
     from .outputs import build_outputs
     from .replay.dispatcher import DispatchPlan, TargetPlan, expand_env
     from .replay.runner import ReplayOptions, run_replay
@@ -137,10 +139,17 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             schema=scenario.output.schema, route_schemas=scenario.output.route_schemas,
             max_duration_s=scenario.replay.max_duration_s, secrets=secrets)
         monitor = _monitor(scenario, pids or {})
-        outcome = run_replay(plan, {"legs": store.write_legs, "events": store.write_events,
-                                    "resources": store.write_resources},
-                             ReplayOptions(web_ui=web_ui, web_port=web_port, progress_every_s=progress_every_s),
-                             sampler=monitor.sample, log=say)
+        sinks = {"legs": store.write_legs, "events": store.write_events, "resources": store.write_resources}
+        options = ReplayOptions(web_ui=web_ui, web_port=web_port, progress_every_s=progress_every_s)
+        if processes > 1 or master:
+            from .replay.distributed import run_replay_master
+
+            outcome = run_replay_master(plan, sinks, options, sampler=monitor.sample, log=say,
+                                        processes=processes if not master else 0,
+                                        expect_workers=expect_workers if master else processes,
+                                        bind_host=master_bind_host, bind_port=master_bind_port or _free_port())
+        else:
+            outcome = run_replay(plan, sinks, options, sampler=monitor.sample, log=say)
         for note in monitor.notes:
             store.con.execute("insert into events values (now(), 'note', ?)", [note])
         status, reason = _finish_requests(store, outcome)
@@ -171,6 +180,12 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
         handler.close()
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _monitor(scenario: Scenario, pids: dict[str, int]) -> ResourceMonitor:
     targets = []
     seen_urls = set()
@@ -191,14 +206,16 @@ def _finish_requests(store: RunStore, outcome: object) -> tuple[str, str | None]
     seg_cols = [r[0] for r in con.execute(
         "select column_name from information_schema.columns where table_name = 'skipped' "
         "and column_name not in ('source_line', 'captured_at', 'method', 'path', 'route', 'reason')").fetchall()]
-    cols = "".join(f', "{c}"' for c in seg_cols)
-    con.execute(f"""insert into skipped select source_line, captured_at, method, path, route,
-        'in-flight limit reached (replay.max_in_flight)' {cols}
-        from requests where request_id in (select detail from events where kind = 'skipped_in_flight_limit')""")
-    con.execute(f"""insert into skipped select source_line, captured_at, method, path, route,
-        ? {cols}
-        from requests r where not exists (select 1 from legs l where l.request_id = r.request_id)
-          and not exists (select 1 from events where kind = 'skipped_in_flight_limit' and detail = r.request_id)""",
+    cols = "".join(f', r."{c}"' for c in seg_cols)
+    lost = [json.loads(d) for (d,) in con.execute("select detail from events where kind = 'worker_lost'").fetchall()]
+    lost_case = "".join(
+        f" when r.order_idx % {int(x['shard_count'])} = {int(x['index'])} then "
+        f"'lost: worker-{int(x['index'])} stopped before finishing its shard'" for x in lost)
+    con.execute(f"""insert into skipped select r.source_line, r.captured_at, r.method, r.path, r.route,
+        case when r.request_id in (select detail from events where kind = 'skipped_in_flight_limit')
+               then 'in-flight limit reached (replay.max_in_flight)' {lost_case}
+             else ? end {cols}
+        from requests r where not exists (select 1 from legs l where l.request_id = r.request_id)""",
                 [_unsent_reason(outcome)])
     con.execute("delete from requests r where not exists (select 1 from legs l where l.request_id = r.request_id)")
     interrupted = getattr(outcome, "interrupted", None)
@@ -207,6 +224,8 @@ def _finish_requests(store: RunStore, outcome: object) -> tuple[str, str | None]
         return "incomplete", f"interrupted by {interrupted}"
     if getattr(outcome, "sink_failures", 0) and getattr(outcome, "last_sink_error", None):
         return "incomplete", f"results could not all be written: {outcome.last_sink_error}"  # type: ignore[attr-defined]
+    if lost:
+        return "incomplete", f"{len(lost)} worker(s) lost during the replay"
     if stopped:
         return "complete", stopped
     return "complete", None

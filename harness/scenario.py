@@ -191,7 +191,8 @@ def scenario_from_dict(raw: Any, source: Path | None = None, text: str | None = 
     if errors:
         err = errors[0]
         keys = [str(p) for p in err.absolute_path]
-        line = _line_of(text, keys) if text else None
+        extra = re.findall(r"'([^']+)' (?:was|were) unexpected", err.message) if err.validator == "additionalProperties" else []
+        line = _line_of(text, keys + extra[:1]) if text else None
         where = f"{label}:{line}" if line else label
         raise ScenarioError(f"{where}: {'.'.join(keys) or '(top level)'}: {_schema_message(err)}")
     base = source.parent if source else Path.cwd()

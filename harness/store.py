@@ -114,11 +114,14 @@ class RunStore:
     def _insert(self, table: str, batch: pa.Table, select: str) -> None:
         if batch.num_rows == 0:
             return
-        self.con.register("_batch", batch)
+        # A cursor of its own: the recorder writes from a native thread while the run's connection may be
+        # busy elsewhere, and a DuckDB connection refuses concurrent calls.
+        cur = self.con.cursor()
         try:
-            self.con.execute(f"insert into {table} select {select} from _batch")
+            cur.register("_batch", batch)
+            cur.execute(f"insert into {table} select {select} from _batch")
         finally:
-            self.con.unregister("_batch")
+            cur.close()
 
     def finish(self, status: str, reason: str | None = None) -> None:
         self.con.execute("update runs set status = ?, status_reason = ?, finished_at = now()", [status, reason])

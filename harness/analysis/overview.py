@@ -76,7 +76,7 @@ def replay_fidelity(con: duckdb.DuckDBPyConnection, lag_bound_ms: float) -> dict
                         left join (select request_id, sent_at from legs where version = 'baseline') b using (request_id)
                         left join (select request_id, sent_at from legs where version = 'candidate') c using (request_id)
                         where l.version = 'baseline'""")[0]
-    ev = con.execute("select detail from events where kind = 'replay' order by "at" desc limit 1").fetchone()
+    ev = con.execute("select detail from events where kind = 'replay' order by \"at\" desc limit 1").fetchone()
     info = json.loads(ev[0]) if ev else {}
     p99 = row["lag_p99_ms"]
     saturated = p99 is not None and p99 > lag_bound_ms

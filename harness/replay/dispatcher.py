@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import gevent
 import gevent.pool
@@ -27,7 +27,9 @@ from ..traffic.redaction import REDACTED, Redactor
 from .http_client import TargetClient
 from .recorder import Recorder
 
-__all__ = ["Dispatcher", "DispatchPlan", "TargetPlan", "DispatchStats", "expand_env"]
+__all__ = ["Dispatcher", "DispatchPlan", "TargetPlan", "DispatchStats", "expand_env", "schedule_rows", "SCHEDULE_COLUMNS"]
+
+SCHEDULE_COLUMNS = ["order_idx", "request_id", "offset_s", "method", "path", "route", "headers_json", "body"]
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
                         "host", "content-length", "proxy-authenticate", "proxy-authorization"})
@@ -68,8 +70,6 @@ class DispatchPlan:
     schema: Path | None
     route_schemas: Mapping[str, Path]
     max_duration_s: float | None
-    shard_index: int = 0
-    shard_count: int = 1
     worker: str = "local"
     secrets: tuple[str, ...] = ()  # values sent to targets (test credentials) to mask in stored excerpts
 
@@ -109,28 +109,15 @@ class Dispatcher:
             self._stop = True
             self.stats.stopped_early = reason
 
-    def rows(self) -> Iterator[dict[str, Any]]:
-        pf = pq.ParquetFile(self.plan.schedule_path)
-        cols = ["order_idx", "request_id", "offset_s", "method", "path", "route", "headers_json", "body"]
-        for batch in pf.iter_batches(batch_size=4096, columns=cols):
-            for row in batch.to_pylist():
-                if row["order_idx"] % self.plan.shard_count == self.plan.shard_index:
-                    yield row
-
-    def count(self) -> int:
-        n = pq.ParquetFile(self.plan.schedule_path).metadata.num_rows
-        i, k = self.plan.shard_index, self.plan.shard_count
-        return len(range(i, n, k))
-
-    def run(self, start_epoch: float) -> DispatchStats:
-        """Dispatch this shard; start_epoch is shared by all workers so their shards interleave."""
+    def run(self, start_epoch: float, rows: Iterable[dict[str, Any]], total: int) -> DispatchStats:
+        """Dispatch `rows` (in send order); start_epoch is shared by all workers so their shards interleave."""
         plan = self.plan
-        self.stats.total = self.count()
+        self.stats.total = total
         self.stats.started_at = start_epoch
         anchor_epoch, anchor_perf = time.time(), time.perf_counter()
         deadline = start_epoch + plan.max_duration_s if plan.max_duration_s else None
         try:
-            for row in self.rows():
+            for row in rows:
                 if self._stop:
                     break
                 intended = start_epoch + row["offset_s"] / plan.speed
@@ -228,3 +215,17 @@ class Dispatcher:
             text = body[:OUTPUT_EXCERPT_CHARS * 2].decode("utf-8", "replace")
         masked = self._redactor.body(text.encode()).decode("utf-8", "replace")
         return self._redactor.text(masked[:OUTPUT_EXCERPT_CHARS], self.plan.secrets)
+
+
+def schedule_rows(path: Path, shard_index: int = 0, shard_count: int = 1) -> tuple[Iterator[dict[str, Any]], int]:
+    """Rows of one interleaved shard of schedule.parquet (row i goes to shard i mod count), streamed."""
+    pf = pq.ParquetFile(path)
+    n = pf.metadata.num_rows
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for batch in pf.iter_batches(batch_size=4096, columns=SCHEDULE_COLUMNS):
+            for row in batch.to_pylist():
+                if row["order_idx"] % shard_count == shard_index:
+                    yield row
+
+    return rows(), len(range(shard_index, n, shard_count))

@@ -11,6 +11,7 @@ import time
 from typing import Any, Callable, Mapping
 
 import gevent
+import gevent.lock
 import pyarrow as pa
 
 from .leg import EVENT_SCHEMA, LEG_SCHEMA, RESOURCE_SCHEMA
@@ -29,9 +30,13 @@ class Recorder:
         self._buffers: dict[str, list[dict[str, Any]]] = {name: [] for name in SCHEMAS}
         self._use_threadpool = use_threadpool
         self._flusher: gevent.Greenlet | None = None
+        self._flushing = gevent.lock.Semaphore()  # one flush at a time, so batches land in order
         self.recorded = {name: 0 for name in SCHEMAS}
         self.sink_failures = 0
         self.last_sink_error: str | None = None
+        # The first from_pylist imports pandas lazily (about a second): do it now, not mid-replay.
+        for schema in SCHEMAS.values():
+            pa.Table.from_pylist([], schema=schema)
 
     @property
     def legs_recorded(self) -> int:
@@ -55,6 +60,10 @@ class Recorder:
             self.flush()
 
     def flush(self) -> None:
+        with self._flushing:
+            self._flush()
+
+    def _flush(self) -> None:
         for name, schema in SCHEMAS.items():
             rows, self._buffers[name] = self._buffers[name], []
             if not rows:
@@ -79,6 +88,7 @@ class Recorder:
 
     def stop(self) -> None:
         if self._flusher is not None:
-            self._flusher.kill()
+            with self._flushing:  # never kill the flusher in the middle of a write
+                self._flusher.kill()
             self._flusher = None
         self.flush()

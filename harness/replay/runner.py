@@ -54,7 +54,7 @@ def run_replay(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions = Replay
     from locust.event import Events
     from locust.exception import StopUser
 
-    from .dispatcher import Dispatcher
+    from .dispatcher import Dispatcher, schedule_rows
 
     recorder = Recorder(sinks, flush_interval_s=options.flush_interval_s)
     env_holder: dict[str, Any] = {}
@@ -74,7 +74,8 @@ def run_replay(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions = Replay
         @task
         def replay(self) -> None:
             try:
-                dispatcher.run(start_epoch)
+                rows, total = schedule_rows(plan.schedule_path)
+                dispatcher.run(start_epoch, rows, total)
             finally:
                 done.set()
             raise StopUser()

@@ -1,0 +1,746 @@
+"""Pure numerical statistics for the gates: intervals, tests, multiplicity, sample sizes, drift.
+
+Everything here takes numpy arrays or counts and returns numbers or small frozen dataclasses; nothing
+reads files, configuration or the store. Methods and their sources are listed in
+shared/notes/statistics.md; the conventions that the gates rely on:
+
+- ``one_sided=True`` (the default wherever a gate uses the bound) means ``lower`` and ``upper`` are
+  each a one-sided bound at ``confidence``: for 0.95 they are the 5 % and 95 % points. A gate then
+  says PASS iff ``upper <= limit`` and FAIL iff ``lower > limit``, each an error rate of at most 5 %.
+- Inputs containing NaN are rejected with ``ValueError``: callers filter missing legs first, and a
+  silently dropped NaN would change ``n`` behind the caller's back.
+- ``n == 0`` gives the widest honest answer (rate interval (0, 1), p-value 1), never an error.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Hashable, Literal, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy import optimize, special
+from scipy import stats as sps
+
+__all__ = [
+    "RatioInterval", "Interval", "SequentialResult",
+    "paired_quantile_ratio_ci", "paired_mean_ratio_ci", "quantile_ci",
+    "wilson_interval", "clopper_pearson_interval", "binomial_p_above", "mcnemar_exact", "mcnemar_one_sided",
+    "paired_rate_difference_ci", "paired_mean_difference_ci",
+    "benjamini_hochberg", "bh_adjusted",
+    "n_two_proportions", "n_one_proportion_bound", "n_mcnemar", "n_quantile_ratio", "n_mean_difference",
+    "min_segment_n_for_quantile_gate", "msprt_discordant",
+    "psi", "ks_statistic", "cohen_kappa",
+]
+
+FloatArray = NDArray[np.float64]
+
+# Bound on the int32 index matrix of one bootstrap chunk (bytes); the gathered float64 values are twice that.
+_INDEX_CHUNK_BYTES = 64 * 2**20
+
+
+# --------------------------------------------------------------------------------------------- results
+
+@dataclass(frozen=True)
+class RatioInterval:
+    """Candidate/baseline ratio of a statistic (a quantile, or the mean) with its interval.
+
+    ``baseline_q`` and ``candidate_q`` are the two statistics (quantiles, or means for
+    `paired_mean_ratio_ci`). ``estimate``, ``lower`` and ``upper`` are NaN when the ratio is undefined
+    (a statistic <= 0); ``reason`` then says why. ``method`` names how the interval was computed.
+    """
+
+    estimate: float
+    lower: float
+    upper: float
+    n: int
+    baseline_q: float
+    candidate_q: float
+    method: str = ""
+    reason: str | None = None
+    # the bootstrap log-ratios, or the standard error of the log-ratio for the delta method; kept for p-values
+    log_ratios: FloatArray | None = field(default=None, repr=False, compare=False)
+    log_se: float | None = None
+
+    def p_above(self, limit: float) -> float:
+        """One-sided p-value for "the true ratio exceeds ``limit``" (H0: ratio <= limit).
+
+        Bootstrap: the fraction of bootstrap ratios at or below the limit, so that ``lower > limit``
+        at confidence 1-a implies p <= a (consistent with the FAIL rule). Delta method: normal tail.
+        An undefined ratio gives 1.0 (no evidence)."""
+        if not math.isfinite(self.estimate) or limit <= 0:
+            return 1.0
+        log_limit = math.log(limit)
+        if self.log_ratios is not None and len(self.log_ratios):
+            return float(np.count_nonzero(self.log_ratios <= log_limit) / len(self.log_ratios))
+        if self.log_se is not None and self.log_se > 0:
+            return float(sps.norm.sf((math.log(self.estimate) - log_limit) / self.log_se))
+        return 0.0 if self.estimate > limit else 1.0
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with an interval (t-based for `paired_mean_difference_ci`): ``se`` is its
+    standard error, ``df`` the degrees of freedom of the t reference distribution."""
+
+    estimate: float
+    lower: float
+    upper: float
+    n: int
+    se: float
+    df: float
+
+    def p_below(self, threshold: float) -> float:
+        """One-sided p-value for "the true value is below ``threshold``" (H0: value >= threshold)."""
+        if self.se > 0 and self.df > 0:
+            return float(sps.t.cdf((self.estimate - threshold) / self.se, self.df))
+        return 0.0 if self.estimate < threshold else 1.0
+
+    def p_above(self, threshold: float) -> float:
+        """One-sided p-value for "the true value is above ``threshold``" (H0: value <= threshold)."""
+        if self.se > 0 and self.df > 0:
+            return float(sps.t.sf((self.estimate - threshold) / self.se, self.df))
+        return 0.0 if self.estimate > threshold else 1.0
+
+
+@dataclass(frozen=True)
+class SequentialResult:
+    """Anytime-valid test state: ``e_value`` (mixture likelihood ratio) and whether H0 is rejected."""
+
+    e_value: float
+    reject: bool
+
+
+# --------------------------------------------------------------------------------------------- checks
+
+def _as_1d(x: ArrayLike, name: str) -> FloatArray:
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array, got shape {a.shape}")
+    if np.isnan(a).any():
+        raise ValueError(f"{name}: contains NaN; filter missing values before calling")
+    return a
+
+
+def _paired(baseline: ArrayLike, candidate: ArrayLike) -> tuple[FloatArray, FloatArray]:
+    b, c = _as_1d(baseline, "baseline"), _as_1d(candidate, "candidate")
+    if len(b) != len(c):
+        raise ValueError(f"paired arrays differ in length: baseline {len(b)}, candidate {len(c)}")
+    if len(b) == 0:
+        raise ValueError("no pairs")
+    if not (np.isfinite(b).all() and np.isfinite(c).all()):
+        raise ValueError("paired arrays contain infinite values")
+    return b, c
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
+def _check_counts(k: int, n: int) -> None:
+    if n < 0 or k < 0 or k > n:
+        raise ValueError(f"counts must satisfy 0 <= k <= n, got k={k}, n={n}")
+
+
+def _tail_levels(confidence: float, one_sided: bool) -> tuple[float, float]:
+    """Probability levels of the lower and upper bound."""
+    a = 1.0 - confidence if one_sided else (1.0 - confidence) / 2.0
+    return a, 1.0 - a
+
+
+def _z(confidence: float, one_sided: bool) -> float:
+    return float(sps.norm.ppf(_tail_levels(confidence, one_sided)[1]))
+
+
+# --------------------------------------------------------------------------------------------- quantile ratio
+
+def _quantile_position(n: int, q: float) -> tuple[int, int, float]:
+    """0-based order statistics and weight of numpy's default ('linear') quantile: x[r0] + frac*(x[r1]-x[r0])."""
+    h = (n - 1) * q
+    r0 = int(math.floor(h))
+    return r0, min(r0 + 1, n - 1), h - r0
+
+
+def _index_bootstrap_quantiles(b: FloatArray, c: FloatArray, q: float, n_resamples: int,
+                               rng: np.random.Generator) -> tuple[FloatArray, FloatArray]:
+    """Literal paired bootstrap: an (resamples x n) index matrix, the same rows for both arrays, in chunks
+    so that one chunk's int32 indices stay under _INDEX_CHUNK_BYTES; quantiles by partial sort."""
+    n = len(b)
+    r0, r1, frac = _quantile_position(n, q)
+    chunk = max(1, min(n_resamples, _INDEX_CHUNK_BYTES // (4 * n)))
+    qb = np.empty(n_resamples)
+    qc = np.empty(n_resamples)
+    for start in range(0, n_resamples, chunk):
+        k = min(chunk, n_resamples - start)
+        idx = rng.integers(0, n, size=(k, n), dtype=np.int32 if n < 2**31 else np.int64)
+        for src, out in ((b, qb), (c, qc)):
+            vals = src[idx]
+            vals.partition([r0, r1], axis=1)  # only the two order statistics the quantile needs
+            out[start:start + k] = vals[:, r0] + frac * (vals[:, r1] - vals[:, r0])
+    return qb, qc
+
+
+class _LeftWindow(Exception):
+    """A window-bootstrap resample's quantile fell outside the window (astronomically rare)."""
+
+
+def _window_bootstrap_quantiles(b: FloatArray, c: FloatArray, q: float, n_resamples: int,
+                                rng: np.random.Generator, z: float) -> tuple[FloatArray, FloatArray] | None:
+    """The same paired bootstrap distribution as `_index_bootstrap_quantiles`, in O(resamples * sqrt(n)).
+
+    A resample's quantile is one of the order statistics within a few binomial standard deviations
+    (sqrt(n q (1-q))) of rank q*n, so only pairs whose baseline or candidate rank falls in that window
+    need individual resampling counts. The other pairs are pooled into 4 cells (baseline below/above
+    the window x candidate below/above). Drawing the multinomial(n) resample counts as
+    cells ~ multinomial(n, [m/n, cell sizes/n]) and then the window total spread uniformly over the m
+    window pairs is the exact bootstrap distribution, not an approximation. A row whose quantile
+    would fall outside the window is detected (probability ~1e-15 for z=8) and raises _LeftWindow.
+    Returns None when the window holds too large a share of the pairs to save anything."""
+    n = len(b)
+    r0, r1, frac = _quantile_position(n, q)
+    half = int(math.ceil(z * math.sqrt(n * q * (1 - q)))) + 10
+    lo, hi = max(0, r0 - half), min(n, r1 + 1 + half)
+    order_b, order_c = np.argsort(b, kind="stable"), np.argsort(c, kind="stable")
+    rank_b, rank_c = np.empty(n, np.int64), np.empty(n, np.int64)
+    rank_b[order_b] = np.arange(n)
+    rank_c[order_c] = np.arange(n)
+    in_window = ((rank_b >= lo) & (rank_b < hi)) | ((rank_c >= lo) & (rank_c < hi))
+    special_pairs = np.flatnonzero(in_window)
+    m = len(special_pairs)
+    if 4 * m >= n:
+        return None
+    rest = ~in_window
+    cell_sizes = np.bincount(2 * (rank_b[rest] >= hi) + (rank_c[rest] >= hi), minlength=4)
+    probs = np.concatenate([[m], cell_sizes]) / n
+    pos = np.full(n, -1, np.int64)
+    pos[special_pairs] = np.arange(m)
+    # window pairs in rank order (their positions among the special pairs) and sorted window values
+    wb, wc = pos[order_b[lo:hi]], pos[order_c[lo:hi]]
+    vb, vc = b[order_b[lo:hi]], c[order_c[lo:hi]]
+    below_b = (rank_b[special_pairs] < lo).astype(np.float64)
+    below_c = (rank_c[special_pairs] < lo).astype(np.float64)
+    chunk = max(1, min(n_resamples, 4_000_000 // max(m, hi - lo)))
+    qb = np.empty(n_resamples)
+    qc = np.empty(n_resamples)
+    for start in range(0, n_resamples, chunk):
+        k = min(chunk, n_resamples - start)
+        cells = rng.multinomial(n, probs, size=k)
+        totals = cells[:, 0]
+        picks = rng.integers(0, m, size=int(totals.sum()))
+        rows = np.repeat(np.arange(k), totals)
+        counts = np.bincount(rows * m + picks, minlength=k * m).reshape(k, m)
+        fcounts = counts.astype(np.float64)
+        # cells: 0 = both below, 1 = baseline below / candidate above, 2 = b above / c below, 3 = both above
+        start_b = cells[:, 1] + cells[:, 2] + np.rint(fcounts @ below_b).astype(np.int64)
+        start_c = cells[:, 1] + cells[:, 3] + np.rint(fcounts @ below_c).astype(np.int64)
+        for base, w, v, out in ((start_b, wb, vb, qb), (start_c, wc, vc, qc)):
+            cum = base[:, None] + np.cumsum(counts[:, w], axis=1)
+            if (base > r0).any() or (cum[:, -1] <= r1).any():
+                raise _LeftWindow  # a resample's quantile left the window: the caller retries wider
+            x0 = v[np.argmax(cum > r0, axis=1)]
+            x1 = v[np.argmax(cum > r1, axis=1)]
+            out[start:start + k] = x0 + frac * (x1 - x0)
+    return qb, qc
+
+
+def _percentile_interval(log_ratios: FloatArray, estimate: float, confidence: float,
+                         one_sided: bool) -> tuple[float, float]:
+    lo_level, hi_level = _tail_levels(confidence, one_sided)
+    lo, hi = np.exp(np.quantile(log_ratios, [lo_level, hi_level]))
+    # A percentile interval need not contain the estimate when the bootstrap distribution is skewed or
+    # lumpy (quantiles of small samples); widening to include it only makes the bound more conservative.
+    return float(min(lo, estimate)), float(max(hi, estimate))
+
+
+def paired_quantile_ratio_ci(baseline: ArrayLike, candidate: ArrayLike, q: float, *, confidence: float = 0.95,
+                             n_resamples: int = 2000, seed: int = 0, one_sided: bool = True,
+                             max_n: int = 200_000,
+                             method: Literal["auto", "index", "window"] = "auto") -> RatioInterval:
+    """Paired bootstrap interval for quantile_q(candidate) / quantile_q(baseline).
+
+    Returns a `RatioInterval`: ``estimate`` is the ratio of numpy's default (linear) sample quantiles;
+    ``lower``/``upper`` are percentile bounds of the bootstrap distribution of the log ratio (one-sided
+    bounds at ``confidence`` each if ``one_sided``, else a two-sided interval), widened if needed to
+    contain the estimate. Resampling is by pair (the same indices for both arrays), so the correlation
+    between the versions on the same request narrows the interval, as it should.
+
+    Two implementations of the same bootstrap distribution (``method``):
+    - "index": the literal index matrix (n_resamples x n), chunked to bound memory; O(n_resamples * n);
+    - "window": resample counts only for the O(sqrt(n)) pairs near the quantile (see
+      `_window_bootstrap_quantiles`); exact, and fast enough for 1,000,000 pairs x 2000 resamples.
+    "auto" uses "window" whenever it saves work, and never runs the index matrix above ``max_n`` pairs, so
+    no asymptotic fallback is needed at any n.
+
+    Raises ValueError for NaN or infinite input, unequal lengths, no pairs, or q outside (0, 1).
+    """
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"q must be in (0, 1), got {q}")
+    _check_confidence(confidence)
+    if n_resamples < 1:
+        raise ValueError("n_resamples must be >= 1")
+    b, c = _paired(baseline, candidate)
+    n = len(b)
+    bq, cq = float(np.quantile(b, q)), float(np.quantile(c, q))
+    if bq <= 0 or cq <= 0:
+        return RatioInterval(math.nan, math.nan, math.nan, n, bq, cq, method="none",
+                             reason=f"quantile {q:g} is not positive (baseline {bq:g}, candidate {cq:g}); "
+                                    "the ratio is undefined")
+    estimate = cq / bq
+    rng = np.random.default_rng(seed)
+    boot: tuple[FloatArray, FloatArray] | None = None
+    used = "index"
+    if method == "index" and n > max_n:
+        raise ValueError(f"the index-matrix bootstrap is capped at max_n={max_n} pairs, got {n}")
+    if method != "index":
+        for z in (8.0, 16.0, 32.0):
+            try:
+                boot = _window_bootstrap_quantiles(b, c, q, n_resamples, rng, z)
+                used = "window"
+                break
+            except _LeftWindow:
+                continue
+    if boot is None:
+        # the window would hold most pairs (small n), so the index matrix costs no more. Above ~16,000 pairs
+        # the window always holds under a quarter of them, so this is never reached near max_n.
+        if n > max_n:
+            raise ValueError(f"the index-matrix bootstrap is capped at max_n={max_n} pairs, got {n}")
+        boot, used = _index_bootstrap_quantiles(b, c, q, n_resamples, rng), "index"
+    qb, qc = boot
+    if (qb <= 0).any() or (qc <= 0).any():
+        return RatioInterval(estimate, math.nan, math.nan, n, bq, cq, method=f"paired bootstrap ({used})",
+                             reason="some bootstrap quantiles are not positive; the log-ratio interval is undefined")
+    log_ratios = np.log(qc) - np.log(qb)
+    lo, hi = _percentile_interval(log_ratios, estimate, confidence, one_sided)
+    return RatioInterval(estimate, lo, hi, n, bq, cq, method=f"paired bootstrap percentile on log ratio ({used})",
+                         log_ratios=log_ratios)
+
+
+def paired_mean_ratio_ci(baseline: ArrayLike, candidate: ArrayLike, *, confidence: float = 0.95,
+                         n_resamples: int = 2000, seed: int = 0, one_sided: bool = True,
+                         max_n: int = 200_000) -> RatioInterval:
+    """Interval for mean(candidate) / mean(baseline) on paired data; ``baseline_q``/``candidate_q`` hold the means.
+
+    Up to ``max_n`` pairs: paired bootstrap (index matrix in chunks), percentile bounds of the log ratio.
+    Above: the delta method on the log ratio, log(mc/mb) with variance
+    (s_cc/mc^2 + s_bb/mb^2 - 2 s_bc/(mb mc)) / n, which is accurate at such n (the CLT has long taken over).
+    """
+    _check_confidence(confidence)
+    b, c = _paired(baseline, candidate)
+    n = len(b)
+    mb, mc = float(b.mean()), float(c.mean())
+    if mb <= 0 or mc <= 0:
+        return RatioInterval(math.nan, math.nan, math.nan, n, mb, mc, method="none",
+                             reason=f"a mean is not positive (baseline {mb:g}, candidate {mc:g}); the ratio is undefined")
+    estimate = mc / mb
+    if n > max_n:
+        cov = np.cov(np.vstack([b, c]))
+        var = (cov[1, 1] / mc**2 + cov[0, 0] / mb**2 - 2 * cov[0, 1] / (mb * mc)) / n
+        se = math.sqrt(max(float(var), 0.0))
+        z = _z(confidence, one_sided)
+        return RatioInterval(estimate, estimate * math.exp(-z * se), estimate * math.exp(z * se), n, mb, mc,
+                             method="delta method on log ratio of means", log_se=se)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_resamples, _INDEX_CHUNK_BYTES // (4 * n)))
+    sb, sc = np.empty(n_resamples), np.empty(n_resamples)
+    for start in range(0, n_resamples, chunk):
+        k = min(chunk, n_resamples - start)
+        idx = rng.integers(0, n, size=(k, n), dtype=np.int32)
+        sb[start:start + k] = b[idx].mean(axis=1)
+        sc[start:start + k] = c[idx].mean(axis=1)
+    if (sb <= 0).any() or (sc <= 0).any():
+        return RatioInterval(estimate, math.nan, math.nan, n, mb, mc, method="paired bootstrap",
+                             reason="some bootstrap means are not positive; the log-ratio interval is undefined")
+    log_ratios = np.log(sc) - np.log(sb)
+    lo, hi = _percentile_interval(log_ratios, estimate, confidence, one_sided)
+    return RatioInterval(estimate, lo, hi, n, mb, mc, method="paired bootstrap percentile on log ratio of means",
+                         log_ratios=log_ratios)
+
+
+def quantile_ci(x: ArrayLike, q: float, confidence: float = 0.95, *, one_sided: bool = True) -> tuple[float, float]:
+    """Distribution-free (order-statistic, binomial) interval for the q-quantile of one sample.
+
+    Returns (lower, upper): the number of observations at or below the true quantile is Binomial(n, q),
+    so the order statistic x_(u) with P(Bin(n, q) <= u-1) >= confidence is an upper bound with at least
+    that coverage for any continuous distribution, and symmetrically for the lower bound. With too few
+    observations a bound does not exist and is returned as -inf / +inf (e.g. the 95 % upper bound of a
+    p99 from 50 observations): a gate can then never PASS on it, which is the honest answer. The bounds
+    are widened if needed to contain the point estimate numpy.quantile(x, q).
+    """
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"q must be in (0, 1), got {q}")
+    _check_confidence(confidence)
+    a = _as_1d(x, "x")
+    n = len(a)
+    if n == 0:
+        return -math.inf, math.inf
+    s = np.sort(a)
+    est = float(np.quantile(s, q))
+    lo_level, hi_level = _tail_levels(confidence, one_sided)
+    binom = sps.binom(n, q)
+    # upper: 0-based index k = smallest k with P(Bin <= k) >= hi_level
+    k_hi = int(binom.ppf(hi_level))
+    upper = float(s[k_hi]) if k_hi < n else math.inf
+    # lower: 1-based l = largest l with P(Bin >= l) >= hi_level, i.e. P(Bin <= l-1) <= lo_level
+    j = int(binom.ppf(lo_level))
+    if binom.cdf(j) > lo_level:
+        j -= 1
+    lower = float(s[j]) if j >= 0 else -math.inf  # 1-based l = j+1 -> 0-based index j
+    return min(lower, est), max(upper, est)
+
+
+# --------------------------------------------------------------------------------------------- rates
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95, one_sided: bool = True) -> tuple[float, float]:
+    """Wilson score interval for a proportion k/n, as (lower, upper) in [0, 1]; (0.0, 1.0) when n == 0."""
+    _check_counts(k, n)
+    _check_confidence(confidence)
+    if n == 0:
+        return 0.0, 1.0
+    z = _z(confidence, one_sided)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # the exact endpoints at k == 0 and k == n are 0 and 1; rounding would leave ~1e-17 there
+    lower = 0.0 if k == 0 else max(0.0, centre - half)
+    upper = 1.0 if k == n else min(1.0, centre + half)
+    return lower, upper
+
+
+def clopper_pearson_interval(k: int, n: int, confidence: float = 0.95, one_sided: bool = True) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval for a proportion, as (lower, upper); (0.0, 1.0) when n == 0.
+
+    For k == 0 the one-sided upper bound is 1 - (1-confidence)**(1/n), about 3/n at 95 %."""
+    _check_counts(k, n)
+    _check_confidence(confidence)
+    if n == 0:
+        return 0.0, 1.0
+    lo_level, hi_level = _tail_levels(confidence, one_sided)
+    lower = 0.0 if k == 0 else float(sps.beta.ppf(lo_level, k, n - k + 1))
+    upper = 1.0 if k == n else float(sps.beta.ppf(hi_level, k + 1, n - k))
+    return lower, upper
+
+
+def binomial_p_above(k: int, n: int, p0: float) -> float:
+    """Exact one-sided p-value P(Bin(n, p0) >= k) for "the rate exceeds p0" (H0: rate <= p0); 1.0 when n == 0.
+
+    Dual to the one-sided Clopper-Pearson lower bound: lower > p0 at confidence 1-a iff this is < a."""
+    _check_counts(k, n)
+    if n == 0 or k == 0:
+        return 1.0
+    return float(sps.binom.sf(k - 1, n, p0))
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: binomial test of c successes in b+c discordant pairs at p = 1/2.
+
+    b = pairs where only the baseline failed, c = only the candidate failed. 1.0 when b + c == 0."""
+    _check_counts(0, b)
+    _check_counts(0, c)
+    if b + c == 0:
+        return 1.0
+    return float(min(1.0, 2.0 * sps.binom.cdf(min(b, c), b + c, 0.5)))
+
+
+def mcnemar_one_sided(b: int, c: int) -> float:
+    """One-sided exact McNemar p-value for "the candidate fails more": P(Bin(b+c, 1/2) >= c); 1.0 if b+c == 0."""
+    _check_counts(0, b)
+    _check_counts(0, c)
+    if b + c == 0 or c == 0:
+        return 1.0
+    return float(sps.binom.sf(c - 1, b + c, 0.5))
+
+
+def _tango_z(delta: float, b: int, c: int, n: int) -> float:
+    """Tango's score statistic for H0: (c - b)/n == delta, with the restricted MLE of P(baseline-only)."""
+    m = n - b - c
+    bb = c * (1 - delta) + b * (1 - 3 * delta) - 2 * m * delta
+    cc = b * delta * (1 - delta)
+    p_b = (bb + math.sqrt(max(bb * bb + 8 * n * cc, 0.0))) / (4 * n)
+    p_b = max(p_b, -delta, 0.0)
+    var = n * (2 * p_b + delta * (1 - delta))
+    num = c - b - n * delta
+    if var <= 0:
+        return math.copysign(math.inf, num) if num else 0.0
+    return num / math.sqrt(var)
+
+
+def paired_rate_difference_ci(b: int, c: int, n: int, confidence: float = 0.95,
+                              one_sided: bool = True) -> tuple[float, float]:
+    """Interval for the paired rate difference (c - b)/n = candidate rate - baseline rate, as (lower, upper).
+
+    Tango's (1998) score interval: it needs only the discordant counts b, c and n (Newcombe's paired
+    method would also need the concordant-failure count), keeps good coverage with few events, and is
+    within [-1, 1] by construction. Bounds solve Z(delta) = +/- z where Z is the score statistic with the
+    restricted MLE under delta. (-1.0, 1.0) when n == 0.
+    """
+    _check_counts(b + c, n)
+    _check_counts(b, n)
+    _check_counts(c, n)
+    _check_confidence(confidence)
+    if n == 0:
+        return -1.0, 1.0
+    z = _z(confidence, one_sided)
+    est = (c - b) / n
+    eps = 1e-12
+
+    def solve(target: float, a: float, bnd: float) -> float:
+        fa, fb = _tango_z(a, b, c, n) - target, _tango_z(bnd, b, c, n) - target
+        if fa == 0:
+            return a
+        if fb == 0 or fa * fb > 0:
+            return bnd  # no crossing inside (-1, 1): the bound is the edge
+        return float(optimize.brentq(lambda d: _tango_z(d, b, c, n) - target, a, bnd, xtol=1e-14))
+
+    lower = est if est <= -1 + eps else solve(z, est, -1 + eps)
+    upper = est if est >= 1 - eps else solve(-z, est, 1 - eps)
+    lower = -1.0 if lower <= -1 + 2 * eps else lower
+    upper = 1.0 if upper >= 1 - 2 * eps else upper
+    return min(lower, est), max(upper, est)
+
+
+# --------------------------------------------------------------------------------------------- means
+
+def paired_mean_difference_ci(baseline: ArrayLike, candidate: ArrayLike, confidence: float = 0.95,
+                              one_sided: bool = True) -> Interval:
+    """t interval for mean(candidate - baseline) over pairs (e.g. review scores).
+
+    Returns an `Interval`; with fewer than 2 pairs the bounds are -inf/+inf and se is inf."""
+    _check_confidence(confidence)
+    b, c = _paired(baseline, candidate)
+    d = c - b
+    n = len(d)
+    est = float(d.mean())
+    if n < 2:
+        return Interval(est, -math.inf, math.inf, n, math.inf, 0.0)
+    se = float(d.std(ddof=1)) / math.sqrt(n)
+    tq = float(sps.t.ppf(_tail_levels(confidence, one_sided)[1], n - 1))
+    return Interval(est, est - tq * se, est + tq * se, n, se, float(n - 1))
+
+
+# --------------------------------------------------------------------------------------------- multiplicity
+
+def _p_array(p_values: Sequence[float] | ArrayLike) -> FloatArray:
+    p = np.asarray(p_values, dtype=np.float64).ravel()
+    if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
+        raise ValueError("p-values must be in [0, 1] and not NaN")
+    return p
+
+
+def bh_adjusted(p_values: Sequence[float] | ArrayLike) -> FloatArray:
+    """Benjamini-Hochberg adjusted p-values (q-values), in input order, monotone in p and capped at 1."""
+    p = _p_array(p_values)
+    m = len(p)
+    if m == 0:
+        return p
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * (m / np.arange(1, m + 1))  # m/m is exactly 1, so the largest p is kept as is
+    # step-up: each adjusted value is the smallest scaled value at or after its rank
+    adjusted_sorted = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    out = np.empty(m)
+    out[order] = adjusted_sorted
+    return out
+
+
+def benjamini_hochberg(p_values: Sequence[float] | ArrayLike, alpha: float) -> NDArray[np.bool_]:
+    """Benjamini-Hochberg step-up rejections at false discovery rate ``alpha`` (boolean array, input order).
+
+    Equivalent to rejecting where the adjusted p-value <= alpha, which makes the rejections grow with alpha."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    return bh_adjusted(p_values) <= alpha
+
+
+# --------------------------------------------------------------------------------------------- sample sizes
+
+def _z_alpha_beta(alpha: float, power: float) -> tuple[float, float]:
+    if not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError("alpha and power must be in (0, 1)")
+    return float(sps.norm.isf(alpha)), float(sps.norm.ppf(power))
+
+
+def _check_rate(p: float, name: str) -> None:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {p}")
+
+
+def n_two_proportions(p0: float, p1: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Requests per arm to detect a rate change p0 -> p1 between independent arms (one-sided alpha).
+
+    Normal approximation with pooled variance under H0 and unpooled under H1 (Fleiss, no continuity
+    correction): n = (z_a sqrt(2 pbar qbar) + z_b sqrt(p0 q0 + p1 q1))^2 / (p1 - p0)^2, rounded up."""
+    _check_rate(p0, "p0")
+    _check_rate(p1, "p1")
+    if p0 == p1:
+        raise ValueError("p0 and p1 must differ")
+    za, zb = _z_alpha_beta(alpha, power)
+    pbar = (p0 + p1) / 2
+    num = za * math.sqrt(2 * pbar * (1 - pbar)) + zb * math.sqrt(p0 * (1 - p0) + p1 * (1 - p1))
+    return math.ceil(num**2 / (p1 - p0) ** 2)
+
+
+def n_one_proportion_bound(p_true: float, limit: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Requests needed so that a one-sided bound on a rate clears ``limit`` (with probability ``power``)
+    when the true rate is ``p_true``: n = (z_a sqrt(L(1-L)) + z_b sqrt(p(1-p)))^2 / (L - p)^2."""
+    _check_rate(p_true, "p_true")
+    _check_rate(limit, "limit")
+    if p_true == limit:
+        raise ValueError("p_true and limit must differ")
+    za, zb = _z_alpha_beta(alpha, power)
+    num = za * math.sqrt(limit * (1 - limit)) + zb * math.sqrt(p_true * (1 - p_true))
+    return math.ceil(num**2 / (limit - p_true) ** 2)
+
+
+def n_mcnemar(p10: float, p01: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Pairs for a one-sided McNemar test (Connor 1987): p10 = P(baseline-only failure), p01 = P(candidate-only).
+
+    n = (z_a sqrt(psi) + z_b sqrt(psi - delta^2))^2 / delta^2 with psi = p10 + p01, delta = p01 - p10."""
+    _check_rate(p10, "p10")
+    _check_rate(p01, "p01")
+    if p10 == p01:
+        raise ValueError("p10 and p01 must differ")
+    za, zb = _z_alpha_beta(alpha, power)
+    psi_, delta = p10 + p01, p01 - p10
+    num = za * math.sqrt(psi_) + zb * math.sqrt(max(psi_ - delta**2, 0.0))
+    return math.ceil(num**2 / delta**2)
+
+
+def n_quantile_ratio(sigma_log: float, ratio: float = 1.10, q: float = 0.95, alpha: float = 0.05,
+                     power: float = 0.8) -> int:
+    """Requests per arm to detect quantile_q(candidate)/quantile_q(baseline) = ``ratio`` for lognormal
+    latencies with log-sd ``sigma_log`` (one-sided alpha).
+
+    A sample quantile has asymptotic variance q(1-q) / (n f(x_q)^2); for log latencies ~ N(mu, sigma^2),
+    f(x_q) = phi(z_q) / sigma. Two independent arms double it, so
+    n = (z_a + z_b)^2 * 2 q(1-q) sigma^2 / (phi(z_q)^2 * log(ratio)^2).
+    Paired replay (the same requests to both versions) has positively correlated arms and needs fewer
+    pairs, so this is conservative for the paired gate."""
+    if sigma_log < 0:
+        raise ValueError("sigma_log must be >= 0")
+    if ratio <= 0 or ratio == 1:
+        raise ValueError("ratio must be positive and differ from 1")
+    if not 0 < q < 1:
+        raise ValueError("q must be in (0, 1)")
+    za, zb = _z_alpha_beta(alpha, power)
+    dens = float(sps.norm.pdf(sps.norm.ppf(q)))
+    return math.ceil((za + zb) ** 2 * 2 * q * (1 - q) * sigma_log**2 / (dens**2 * math.log(ratio) ** 2))
+
+
+def n_mean_difference(sd_diff: float, margin: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Pairs to show a paired mean difference within ``margin`` (one-sided, normal approximation):
+    n = ((z_a + z_b) sd_diff / margin)^2, rounded up."""
+    if sd_diff < 0 or margin == 0:
+        raise ValueError("sd_diff must be >= 0 and margin non-zero")
+    za, zb = _z_alpha_beta(alpha, power)
+    return math.ceil(((za + zb) * sd_diff / margin) ** 2)
+
+
+def min_segment_n_for_quantile_gate(log_latencies_baseline: ArrayLike, log_latencies_candidate: ArrayLike,
+                                    ratio_threshold: float, q: float = 0.95, alpha: float = 0.05,
+                                    power: float = 0.8) -> int:
+    """Pairs a segment needs before its quantile-ratio gate may PASS.
+
+    The spread comes from the pooled log latencies, robustly: sigma = IQR / 1.349 (a normal's IQR in
+    sd units), so a few outliers do not inflate it. The power part is `n_quantile_ratio(sigma,
+    ratio_threshold, q)` (true ratio 1 vs the threshold; conservative for paired data). It is floored at
+    ceil(20 / (1 - q)) so that at least ~20 observations lie above the quantile (400 for a p95): fewer
+    and the sample quantile is a handful of extreme values. A threshold of exactly 1 (no allowed
+    regression) has no finite power-based size; the floor alone is returned."""
+    if not 0 < q < 1:
+        raise ValueError("q must be in (0, 1)")
+    floor = math.ceil(20 / (1 - q) - 1e-9)
+    pooled = np.concatenate([_as_1d(log_latencies_baseline, "log_latencies_baseline"),
+                             _as_1d(log_latencies_candidate, "log_latencies_candidate")])
+    pooled = pooled[np.isfinite(pooled)]
+    if len(pooled) < 2 or ratio_threshold <= 0 or ratio_threshold == 1:
+        return floor
+    q75, q25 = np.quantile(pooled, [0.75, 0.25])
+    sigma = float(q75 - q25) / 1.349
+    if sigma == 0:
+        return floor
+    return max(floor, n_quantile_ratio(sigma, ratio_threshold, q, alpha, power))
+
+
+# --------------------------------------------------------------------------------------------- sequential
+
+def msprt_discordant(b: int, c: int, *, alpha: float = 0.05, prior_a: float = 1.0,
+                     prior_b: float = 1.0) -> SequentialResult:
+    """Anytime-valid mixture SPRT on discordant pairs: is the candidate failing more often than the baseline?
+
+    Under H0 each discordant pair is candidate-only (c) with probability 1/2. The e-value is the
+    Beta(prior_a, prior_b) mixture likelihood ratio
+        e = B(prior_a + c, prior_b + b) / B(prior_a, prior_b) * 2^(b + c),
+    a nonnegative martingale under H0, so rejecting the first time e >= 1/alpha keeps the error rate
+    <= alpha however often it is checked (Ville's inequality). The mixture also grows when the
+    candidate is *better* (c < b); we only reject when c > b, a subset of the rejection region, so the
+    guarantee still holds for the one-sided claim "candidate worse"."""
+    _check_counts(0, b)
+    _check_counts(0, c)
+    if not 0 < alpha < 1 or prior_a <= 0 or prior_b <= 0:
+        raise ValueError("alpha must be in (0, 1) and the prior parameters positive")
+    log_e = (float(special.betaln(prior_a + c, prior_b + b)) - float(special.betaln(prior_a, prior_b))
+             + (b + c) * math.log(2.0))
+    e = math.inf if log_e > 700 else math.exp(log_e)
+    return SequentialResult(e_value=e, reject=bool(c > b and log_e >= -math.log(alpha)))
+
+
+# --------------------------------------------------------------------------------------------- drift
+
+def psi(expected: ArrayLike, actual: ArrayLike, bins: int = 10) -> float:
+    """Population stability index of ``actual`` against ``expected``: sum (a - e) ln(a / e) over bins.
+
+    Bin edges are the interior quantiles of ``expected`` (duplicates merged); values outside its range
+    fall in the open end bins. Values exactly equal to an edge get a bin of their own: quantile edges
+    cannot split a point mass, and without this a constant (or very discrete) feature would show no
+    drift whatever it moved to; for continuous data those bins are empty and add nothing. Empty bins
+    are floored at 1e-4 so the logarithm stays finite. Bands: < 0.1 stable, 0.1-0.25 shift, > 0.25 drift."""
+    e, a = _as_1d(expected, "expected"), _as_1d(actual, "actual")
+    if len(e) == 0 or len(a) == 0:
+        raise ValueError("psi needs non-empty samples")
+    if bins < 1:
+        raise ValueError("bins must be >= 1")
+    edges = np.unique(np.quantile(e, np.linspace(0, 1, bins + 1)[1:-1]))
+    k = 2 * len(edges) + 1
+
+    def bin_of(x: FloatArray) -> NDArray[np.intp]:
+        i = np.searchsorted(edges, x, side="left")  # edges strictly below x
+        on_edge = edges[np.minimum(i, len(edges) - 1)] == x if len(edges) else np.zeros(len(x), bool)
+        return 2 * i + on_edge
+
+    pe = np.bincount(bin_of(e), minlength=k) / len(e)
+    pa = np.bincount(bin_of(a), minlength=k) / len(a)
+    pe, pa = np.maximum(pe, 1e-4), np.maximum(pa, 1e-4)
+    return float(np.sum((pa - pe) * np.log(pa / pe)))
+
+
+def ks_statistic(a: ArrayLike, b: ArrayLike) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic sup |F_a - F_b| (the statistic of scipy.stats.ks_2samp),
+    computed directly so no exact/asymptotic p-value machinery (and its warnings) runs."""
+    x, y = np.sort(_as_1d(a, "a")), np.sort(_as_1d(b, "b"))
+    if len(x) == 0 or len(y) == 0:
+        raise ValueError("ks_statistic needs non-empty samples")
+    grid = np.concatenate([x, y])
+    fx = np.searchsorted(x, grid, side="right") / len(x)
+    fy = np.searchsorted(y, grid, side="right") / len(y)
+    return float(np.max(np.abs(fx - fy)))
+
+
+def cohen_kappa(labels_a: Sequence[Hashable] | ArrayLike, labels_b: Sequence[Hashable] | ArrayLike) -> float:
+    """Cohen's kappa between two labelings of the same items: (p_o - p_e) / (1 - p_e).
+
+    NaN when chance agreement is 1 (both labelings use one and the same label), where kappa is undefined."""
+    la, lb = list(np.asarray(labels_a, dtype=object).ravel()), list(np.asarray(labels_b, dtype=object).ravel())
+    if len(la) != len(lb):
+        raise ValueError(f"labelings differ in length: {len(la)} vs {len(lb)}")
+    if not la:
+        raise ValueError("cohen_kappa needs at least one item")
+    codes: dict[Hashable, int] = {}
+    ia = np.array([codes.setdefault(v, len(codes)) for v in la])
+    ib = np.array([codes.setdefault(v, len(codes)) for v in lb])
+    k, n = len(codes), len(la)
+    p_o = float(np.mean(ia == ib))
+    p_e = float(np.dot(np.bincount(ia, minlength=k), np.bincount(ib, minlength=k))) / (n * n)
+    if p_e >= 1.0:
+        return math.nan
+    return (p_o - p_e) / (1 - p_e)

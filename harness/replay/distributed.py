@@ -1,0 +1,346 @@
+"""Scale-out with Locust's own master/worker mode.
+
+The master (this process) reads the schedule once and streams each worker its interleaved shard
+(row i goes to worker i mod n), a few seconds ahead of the send times, over Locust's message channel;
+both legs of a pair are sent by the same worker. Workers stream their legs back in batches; the
+master alone writes results.duckdb, so every leg lands exactly once. A worker that disappears is
+noted with the size of its unfinished shard; the master finishes and writes the results anyway.
+
+`--processes N` starts N local workers (`harness worker`) against a master on 127.0.0.1; for several
+machines, start `harness run ... --master --expect-workers N` and `harness worker --master-host H`.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from .dispatcher import SCHEDULE_COLUMNS, DispatchPlan, TargetPlan
+from .recorder import Recorder, Sinks
+from .runner import ReplayOptions, ReplayOutcome, Sampler
+
+__all__ = ["run_replay_master", "run_worker", "plan_to_message", "plan_from_message"]
+
+ROWS_PER_MESSAGE = 500
+LEAD_S = 3.0  # how far ahead of its send time a row is handed to its worker
+
+
+def plan_to_message(plan: DispatchPlan) -> dict[str, Any]:
+    d = asdict(plan)
+    d["schedule_path"] = None
+    d["schema_text"] = plan.schema.read_text() if plan.schema else None
+    d["route_schema_texts"] = {r: p.read_text() for r, p in plan.route_schemas.items()}
+    d["schema"] = None
+    d["route_schemas"] = {}
+    d["targets"] = [asdict(t) for t in plan.targets]
+    return d
+
+
+def plan_from_message(d: dict[str, Any], workdir: Path) -> DispatchPlan:
+    d = dict(d)
+    schema_text = d.pop("schema_text")
+    route_texts = d.pop("route_schema_texts")
+    schema = None
+    if schema_text is not None:
+        schema = workdir / "schema.json"
+        schema.write_text(schema_text)
+    routes = {}
+    for i, (route, text) in enumerate(route_texts.items()):
+        p = workdir / f"route-schema-{i}.json"
+        p.write_text(text)
+        routes[route] = p
+    d["targets"] = tuple(TargetPlan(**t) for t in d["targets"])
+    d["secrets"] = tuple(d.get("secrets", ()))
+    return DispatchPlan(**{**d, "schedule_path": Path("/nonexistent"), "schema": schema, "route_schemas": routes})
+
+
+def _user_class(body: Callable[[Any], None]) -> type:
+    from locust import User, constant, task
+
+    class PairedReplayUser(User):
+        wait_time = constant(0)
+
+        @task
+        def replay(self) -> None:
+            body(self)
+
+    return PairedReplayUser
+
+
+def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, *, sampler: Sampler | None,
+                      log: Callable[[str], None], processes: int = 0, expect_workers: int | None = None,
+                      bind_host: str = "127.0.0.1", bind_port: int = 5557, worker_timeout_s: float = 60.0) -> ReplayOutcome:
+    import gevent
+    import pyarrow.parquet as pq
+    from locust.env import Environment
+    from locust.event import Events
+    from locust.exception import StopUser
+
+    from .dispatcher import DispatchStats
+    from .runner import _q, _sample_loop
+
+    n_workers = expect_workers or processes
+    if n_workers < 1:
+        raise ValueError("master mode needs at least one worker")
+    recorder = Recorder(sinks, flush_interval_s=options.flush_interval_s)
+
+    def never(user: Any) -> None:
+        raise StopUser()
+
+    env = Environment(user_classes=[_user_class(never)], events=Events(), host=plan.targets[0].url)
+    runner = env.create_master_runner(master_bind_host=bind_host, master_bind_port=bind_port)
+    port = runner.master_bind_port if hasattr(runner, "master_bind_port") else bind_port
+    web_ui = env.create_web_ui(options.web_host, options.web_port) if options.web_ui else None
+    children: list[subprocess.Popen[bytes]] = []
+    for _ in range(processes):
+        children.append(subprocess.Popen([sys.executable, "-m", "harness", "worker", "--master-host", "127.0.0.1",
+                                          "--master-port", str(port)], stdin=subprocess.DEVNULL))
+    stats = DispatchStats()
+    done: dict[str, dict[str, Any]] = {}
+    lags: list[float] = []
+    legs_seen = [0]
+
+    def on_batch(environment: Any, msg: Any) -> None:
+        for row in msg.data.get("legs", []):
+            recorder.add_leg(row)
+            if len(lags) < 200_000:
+                lags.append(row["send_lag_ms"])
+        legs_seen[0] += len(msg.data.get("legs", []))
+        for ev in msg.data.get("events", []):
+            recorder._buffers["events"].append(ev)  # noqa: SLF001 - same process, same schema
+
+    def on_done(environment: Any, msg: Any) -> None:
+        done[msg.node_id] = msg.data
+
+    ready: set[str] = set()
+    runner.register_message("harness_ready", lambda environment, msg: ready.add(msg.node_id))
+    runner.register_message("harness_batch", on_batch)
+    runner.register_message("harness_done", on_done)
+    interrupted: list[str] = []
+    stop_feeding = [False]
+
+    def on_signal(signum: int) -> None:
+        interrupted.append(signal.Signals(signum).name)
+        stop_feeding[0] = True
+        runner.send_message("harness_stop", None)
+        log(f"{interrupted[-1]}: stopping workers; legs already completed are being saved")
+
+    handlers = [gevent.signal_handler(s, on_signal, s) for s in (signal.SIGINT, signal.SIGTERM)]
+    t0 = time.time()
+    recorder.start()
+    samplers = [gevent.spawn(_sample_loop, sampler, recorder, options.sample_every_s)] if sampler else []
+    lost: dict[int, int] = {}
+    try:
+        deadline = time.time() + worker_timeout_s
+        log(f"master on {bind_host}:{port}: waiting for {n_workers} worker(s)")
+        while runner.worker_count < n_workers:
+            if time.time() > deadline:
+                raise TimeoutError(f"only {runner.worker_count} of {n_workers} workers connected within "
+                                   f"{worker_timeout_s:g} s")
+            gevent.sleep(0.1)
+        clients = sorted(runner.clients.keys())[:n_workers]
+        pf = pq.ParquetFile(plan.schedule_path)
+        total = pf.metadata.num_rows
+        message = plan_to_message(plan)
+        for i, cid in enumerate(clients):
+            runner.send_message("harness_plan", {"plan": message, "shard_index": i,
+                                                 "shard_count": n_workers, "total": len(range(i, total, n_workers)),
+                                                 "worker": f"worker-{i}"}, client_id=cid)
+        runner.start(n_workers, spawn_rate=n_workers)
+        # The clock starts once every worker's replay user runs, so nobody starts late.
+        while len(ready) < n_workers:
+            if time.time() > deadline + worker_timeout_s:
+                raise TimeoutError(f"only {len(ready)} of {n_workers} workers started their replay user")
+            gevent.sleep(0.05)
+        start_epoch = time.time() + options.start_delay_s
+        runner.send_message("harness_start", {"start_epoch": start_epoch})
+        stats.total = total
+        stats.started_at = start_epoch
+        sent_to = [0] * n_workers
+        buffers: list[list[dict[str, Any]]] = [[] for _ in clients]
+
+        def flush_to(i: int) -> None:
+            if buffers[i]:
+                runner.send_message("harness_rows", buffers[i], client_id=clients[i])
+                sent_to[i] += len(buffers[i])
+                buffers[i] = []
+
+        last_progress = time.time()
+        for batch in pf.iter_batches(batch_size=4096, columns=SCHEDULE_COLUMNS):
+            for row in batch.to_pylist():
+                if stop_feeding[0]:
+                    break
+                i = row["order_idx"] % n_workers
+                buffers[i].append(row)
+                if len(buffers[i]) >= ROWS_PER_MESSAGE:
+                    flush_to(i)
+                ahead = start_epoch + row["offset_s"] / plan.speed - time.time()
+                if ahead > LEAD_S:
+                    for j in range(n_workers):
+                        flush_to(j)
+                    gevent.sleep(ahead - LEAD_S)
+                if time.time() - last_progress >= options.progress_every_s:
+                    last_progress = time.time()
+                    _master_progress(log, legs_seen[0], len(plan.targets), total, start_epoch, lags)
+            if stop_feeding[0]:
+                break
+        for j in range(n_workers):
+            flush_to(j)
+            runner.send_message("harness_rows_end", None, client_id=clients[j])
+        # Wait for every worker's report, or notice that it is gone.
+        while len(done) < n_workers:
+            gevent.sleep(0.2)
+            for i, cid in enumerate(clients):
+                client = runner.clients.get(cid)
+                if cid not in done and i not in lost and (client is None or client.state == "missing"):
+                    lost[i] = sent_to[i]
+                    recorder.add_event("worker_lost", json.dumps({"index": i, "shard_count": n_workers,
+                                                                  "rows_sent": sent_to[i]}))
+                    log(f"worker-{i} stopped responding: its unfinished shard is counted as lost")
+            if len(done) + len(lost) >= n_workers:
+                break
+            if time.time() - last_progress >= options.progress_every_s:
+                last_progress = time.time()
+                _master_progress(log, legs_seen[0], len(plan.targets), total, start_epoch, lags)
+    finally:
+        runner.quit()
+        for g in samplers:
+            g.kill()
+        if sampler is not None:
+            recorder.add_resources(sampler())
+        recorder.stop()
+        for h in handlers:
+            h.cancel()
+        if web_ui is not None:
+            web_ui.stop()
+        for child in children:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    for d in done.values():
+        stats.dispatched += d["dispatched"]
+        stats.errors += d["errors"]
+        stats.skipped_in_flight += d["skipped_in_flight"]
+        stats.stopped_early = stats.stopped_early or d.get("stopped_early")
+    lags.sort()
+    outcome = ReplayOutcome(stats=stats, legs_recorded=recorder.legs_recorded, sink_failures=recorder.sink_failures,
+                            last_sink_error=recorder.last_sink_error,
+                            interrupted=interrupted[0] if interrupted else None,
+                            lag_p50_ms=_q(lags, 0.5), lag_p99_ms=_q(lags, 0.99), wall_s=time.time() - t0)
+    if lost:
+        outcome.notes.append(f"{len(lost)} worker(s) lost: " + ", ".join(f"worker-{i}" for i in sorted(lost)))
+    _master_progress(log, legs_seen[0], len(plan.targets), total, start_epoch, lags, final=True)
+    return outcome
+
+
+def _master_progress(log: Callable[[str], None], legs: int, per_pair: int, total: int, start_epoch: float,
+                     lags: list[float], final: bool = False) -> None:
+    pairs = legs // max(per_pair, 1)
+    elapsed = max(time.time() - start_epoch, 1e-9)
+    recent = sorted(lags[-2000:])
+    lag99 = recent[int(0.99 * (len(recent) - 1))] if recent else 0.0
+    log(f"{'done:' if final else 'progress:'} {pairs}/{total} pairs recorded ({100 * pairs / max(total, 1):.0f} %), "
+        f"{pairs / elapsed:.1f} pairs/s, send lag p99 {lag99:.1f} ms")
+
+
+def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = print) -> int:
+    import gevent
+    import gevent.event
+    import gevent.queue
+    from locust.env import Environment
+    from locust.event import Events
+    from locust.exception import StopUser
+
+    from .dispatcher import Dispatcher
+
+    state: dict[str, Any] = {}
+    plan_ready = gevent.event.Event()
+    started = gevent.event.Event()
+    rows_q: gevent.queue.Queue[Any] = gevent.queue.Queue()
+    workdir = Path(tempfile.mkdtemp(prefix="harness-worker-"))
+    env_holder: dict[str, Any] = {}
+
+    def body(user: Any) -> None:
+        plan_ready.wait()
+        runner = env_holder["runner"]
+        plan: DispatchPlan = state["plan"]
+
+        def send(kind: str) -> Callable[[Any], None]:
+            def sink(table: Any) -> None:
+                runner.send_message("harness_batch", {kind: table.to_pylist()})
+            return sink
+
+        recorder = Recorder({"legs": send("legs"), "events": send("events"), "resources": send("resources")},
+                            use_threadpool=False)
+
+        def on_leg(version: str, route: str, latency_ms: float, size: int, exc: BaseException | None) -> None:
+            env_holder["env"].events.request.fire(request_type=version, name=route, response_time=latency_ms,
+                                                  response_length=size, exception=exc, context={}, response=None,
+                                                  url=route, start_time=None)
+
+        dispatcher = Dispatcher(plan, recorder, on_leg=on_leg)
+        state["dispatcher"] = dispatcher
+        # Ready only once everything slow to create exists: the master starts the clock after this.
+        runner.send_message("harness_ready", None)
+        started.wait()
+        recorder.start()
+
+        def rows() -> Any:
+            while True:
+                chunk = rows_q.get()
+                if chunk is None:
+                    return
+                yield from chunk
+
+        try:
+            stats = dispatcher.run(state["start_epoch"], rows(), state["total"])
+        finally:
+            recorder.stop()
+        runner.send_message("harness_done", {"dispatched": stats.dispatched, "errors": stats.errors,
+                                             "skipped_in_flight": stats.skipped_in_flight,
+                                             "stopped_early": stats.stopped_early})
+        raise StopUser()
+
+    env = Environment(user_classes=[_user_class(body)], events=Events())
+    env_holder["env"] = env
+    runner = env.create_worker_runner(master_host, master_port)
+    env_holder["runner"] = runner
+
+    def on_plan(environment: Any, msg: Any) -> None:
+        d = msg.data
+        state["plan"] = replace(plan_from_message(d["plan"], workdir), worker=d["worker"])
+        state["total"] = d["total"]
+        plan_ready.set()
+
+    def on_start(environment: Any, msg: Any) -> None:
+        state["start_epoch"] = msg.data["start_epoch"]
+        started.set()
+
+    def on_rows(environment: Any, msg: Any) -> None:
+        rows_q.put(msg.data)
+
+    def on_end(environment: Any, msg: Any) -> None:
+        rows_q.put(None)
+
+    def on_stop(environment: Any, msg: Any) -> None:
+        if "dispatcher" in state:
+            state["dispatcher"].stop("interrupted on the master")
+        rows_q.put(None)
+
+    runner.register_message("harness_plan", on_plan)
+    runner.register_message("harness_start", on_start)
+    runner.register_message("harness_rows", on_rows)
+    runner.register_message("harness_rows_end", on_end)
+    runner.register_message("harness_stop", on_stop)
+    # A worker ignores SIGINT: the master decides when to stop, and a Ctrl-C in the terminal reaches both.
+    gevent.signal_handler(signal.SIGINT, lambda: None)
+    runner.greenlet.join()
+    return 0
+

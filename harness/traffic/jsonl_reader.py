@@ -1,0 +1,328 @@
+"""JSONL capture reader, and the capture-record field mapping that CSV and Parquet reuse.
+
+One JSON object per line (the "Capture record" of DESIGN.md)::
+
+    {"ts": "2024-05-01T12:00:00.250+00:00", "method": "POST", "path": "/score?v=2",
+     "headers": {"Content-Type": "application/json"}, "body": {"inputs": [1, 2]},
+     "request_id": "r-1", "tenant": "acme"}
+
+* ``ts``: ISO 8601 with a zone, or epoch seconds (number or numeric string); see timestamps.py.
+* ``method``: upper-cased. ``path`` (or ``url``): starts with "/" and keeps the query string; an
+  absolute ``http(s)://host/x?y`` is cut to ``/x?y`` and the host goes to ``meta["host"]``.
+* ``headers``: an object of str -> str, or a list of ``[name, value]`` pairs (order kept).
+  HTTP/2 pseudo-headers (``:authority`` ...) are dropped (``:authority`` becomes meta["host"]).
+* ``body``: a JSON value -> ``json.dumps(value, separators=(",", ":"))`` as bytes; a string -> its
+  UTF-8 bytes as is; null or absent -> ``b""``. ``body_b64``: base64 -> bytes (not both).
+* every other top-level field goes into ``meta``.
+
+Reading streams line by line (constant memory); ``.gz`` input is recognised by its magic bytes,
+whatever the name. Blank lines are skipped. A bad line yields a BadRecord (1-based line number);
+a gzip stream that is cut or corrupt yields one BadRecord after the last good line, then stops.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import json
+import re
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from ..errors import TrafficError
+from .record import BadRecord, CapturedRequest
+from .timestamps import TimestampError, parse_ts
+
+__all__ = [
+    "RecordError",
+    "iter_jsonl",
+    "open_capture",
+    "iter_raw_lines",
+    "request_from_fields",
+    "split_target",
+    "check_method",
+    "clean_headers",
+    "RECORD_FIELDS",
+]
+
+GZIP_MAGIC = b"\x1f\x8b"
+RECORD_FIELDS = frozenset({"ts", "method", "path", "url", "headers", "body", "body_b64"})
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BAD_TARGET_CHARS = re.compile(r"[\x00-\x20\x7f]")
+_BAD_HEADER_VALUE_CHARS = re.compile(r"[\x00\r\n]")
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # == json.dumps(v, separators=(",", ":"))
+
+
+class RecordError(ValueError):
+    """One record cannot be used; the message is the BadRecord reason."""
+
+
+# --------------------------------------------------------------------------------------------
+# files
+
+
+def open_capture(path: Path) -> IO[bytes]:
+    """Open a capture for binary reading; gzip is recognised by its magic bytes, not the name."""
+    try:
+        fh: IO[bytes] = open(path, "rb")
+    except OSError as exc:
+        raise TrafficError(f"{path}: cannot open capture: {exc.strerror or exc}") from None
+    try:
+        magic = fh.read(2)
+        fh.seek(0)
+    except OSError as exc:
+        fh.close()
+        raise TrafficError(f"{path}: cannot read capture: {exc.strerror or exc}") from None
+    if magic == GZIP_MAGIC:
+        fh.close()
+        try:
+            return gzip.GzipFile(filename=path, mode="rb")  # owns (and closes) its file
+        except OSError as exc:
+            raise TrafficError(f"{path}: cannot open capture: {exc.strerror or exc}") from None
+    return fh
+
+
+def iter_raw_lines(path: Path) -> Iterator[tuple[int, bytes] | BadRecord]:
+    """``(line_number, raw_line)`` pairs, 1-based, newline kept; a broken gzip stream ends it.
+
+    A file that is not gzip at all although it starts with the gzip magic is a TrafficError;
+    a stream that breaks after some lines (cut download, disk full) yields one BadRecord
+    naming the line where it broke, then stops.
+    """
+    source = str(path)
+    fh = open_capture(path)
+    lineno = 0
+    try:
+        lines = iter(fh)
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                return
+            except (EOFError, zlib.error, OSError) as exc:
+                if lineno == 0 and isinstance(exc, gzip.BadGzipFile):
+                    raise TrafficError(f"{source}: not a valid gzip file: {exc}") from None
+                yield BadRecord(source, lineno + 1, f"truncated or corrupt stream after line {lineno}: {exc}")
+                return
+            lineno += 1
+            yield lineno, raw
+    finally:
+        fh.close()
+
+
+# --------------------------------------------------------------------------------------------
+# field mapping shared by JSONL, CSV and Parquet
+
+
+def split_target(target: object) -> tuple[str, str | None]:
+    """``(path_with_query, host_or_None)`` from a captured path or absolute http(s) URL."""
+    if not isinstance(target, str):
+        raise RecordError(f"path must be a string, not {type(target).__name__}")
+    if not target:
+        raise RecordError("path is empty")
+    host: str | None = None
+    if target.startswith("/"):
+        path = target
+    else:
+        low = target[:8].lower()
+        if not (low.startswith("http://") or low.startswith("https://")):
+            raise RecordError(f"path must start with '/' or be an http(s) URL: {target[:200]!r}")
+        try:
+            parts = urlsplit(target)
+        except ValueError as exc:
+            raise RecordError(f"invalid URL {target[:200]!r}: {exc}") from None
+        host = parts.netloc or None
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if not path.startswith("/"):
+            raise RecordError(f"invalid URL {target[:200]!r}")
+    if _BAD_TARGET_CHARS.search(path):
+        raise RecordError(f"path contains whitespace or control characters: {path[:200]!r}")
+    if not _encodable(path):
+        raise RecordError("path is not valid Unicode text (lone surrogate)")
+    return path, host
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# Valid tokens seen so far (method and header names repeat on every record): a cache, bounded.
+_GOOD_TOKENS: dict[str, str] = {}
+_GOOD_TOKENS_MAX = 4096
+
+
+def _token(value: str) -> bool:
+    if value in _GOOD_TOKENS:
+        return True
+    if not _TOKEN.fullmatch(value):
+        return False
+    if len(_GOOD_TOKENS) < _GOOD_TOKENS_MAX:
+        _GOOD_TOKENS[value] = value
+    return True
+
+
+def check_method(value: object) -> str:
+    if not isinstance(value, str):
+        raise RecordError(f"method must be a string, not {type(value).__name__}")
+    if not _token(value):
+        raise RecordError(f"invalid method {value[:50]!r}")
+    return value.upper()
+
+
+def clean_headers(pairs: Iterable[tuple[object, object]]) -> tuple[tuple[tuple[str, str], ...], str | None]:
+    """Validated headers in captured order, HTTP/2 pseudo-headers dropped; and ``:authority``."""
+    out: list[tuple[str, str]] = []
+    authority: str | None = None
+    for name, value in pairs:
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise RecordError("header names and values must be strings")
+        if name.startswith(":"):
+            if name.lower() == ":authority":
+                authority = value
+            continue
+        if not _token(name):
+            raise RecordError(f"invalid header name {name[:100]!r}")
+        if _BAD_HEADER_VALUE_CHARS.search(value):
+            raise RecordError(f"header {name} has a line break or NUL in its value")
+        if not _encodable(value):
+            raise RecordError(f"header {name} is not valid Unicode text (lone surrogate)")
+        out.append((name, value))
+    return tuple(out), authority
+
+
+def _header_pairs(value: object) -> list[tuple[object, object]]:
+    if isinstance(value, dict):
+        return list(value.items())
+    if isinstance(value, (list, tuple)):
+        pairs: list[tuple[object, object]] = []
+        for item in value:
+            if isinstance(item, (list, tuple)) and len(item) == 2:
+                pairs.append((item[0], item[1]))
+            elif isinstance(item, dict) and set(item) >= {"name", "value"}:
+                pairs.append((item["name"], item["value"]))
+            else:
+                raise RecordError("headers list items must be [name, value] pairs")
+        return pairs
+    raise RecordError(f"headers must be an object or a list of [name, value] pairs, not {type(value).__name__}")
+
+
+def _body(fields: Mapping[str, Any]) -> bytes:
+    body = fields.get("body")
+    body_b64 = fields.get("body_b64")
+    if body is not None and body_b64 is not None:
+        raise RecordError("both body and body_b64 are given")
+    if body_b64 is not None:
+        if isinstance(body_b64, (bytes, bytearray)):
+            body_b64 = bytes(body_b64).decode("ascii", "replace")
+        if not isinstance(body_b64, str):
+            raise RecordError(f"body_b64 must be a string, not {type(body_b64).__name__}")
+        try:
+            return base64.b64decode(body_b64.strip(), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise RecordError(f"body_b64 is not valid base64: {exc}") from None
+    if body is None:
+        return b""
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    if isinstance(body, str):
+        try:
+            return body.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RecordError("body is not valid Unicode text (lone surrogate)") from None
+    try:
+        return _COMPACT_JSON.encode(body).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise RecordError(f"body cannot be written as JSON: {exc}") from None
+
+
+def request_from_fields(
+    fields: Mapping[str, Any],
+    source: str,
+    line: int,
+    extra_headers: Iterable[tuple[str, str]] = (),
+) -> CapturedRequest:
+    """A CapturedRequest from capture-record fields; raises RecordError with the reason.
+
+    A field whose value is None counts as absent. ``extra_headers`` (CSV/Parquet ``header.*``
+    columns) come after the ``headers`` field.
+    """
+    if not fields:
+        raise RecordError("empty record")
+    for name in ("ts", "method"):
+        if fields.get(name) is None:
+            raise RecordError(f"missing field {name!r}")
+    target = fields.get("path")
+    if target is None:
+        target = fields.get("url")
+    if target is None:
+        raise RecordError("missing field 'path' (or 'url')")
+    try:
+        ts = parse_ts(fields["ts"])
+    except TimestampError as exc:
+        raise RecordError(str(exc)) from None
+    method = check_method(fields["method"])
+    path, url_host = split_target(target)
+    raw_headers = fields.get("headers")
+    pairs = [] if raw_headers is None else _header_pairs(raw_headers)
+    pairs.extend(extra_headers)
+    headers, authority = clean_headers(pairs)
+    body = _body(fields)
+
+    meta = {k: v for k, v in fields.items() if k not in RECORD_FIELDS}
+    if fields.get("path") is not None and fields.get("url") is not None:
+        meta["url"] = fields["url"]
+    host = url_host or authority
+    if host is not None and "host" not in meta:
+        meta["host"] = host
+    return CapturedRequest(
+        source=source, line=line, ts=ts, method=method, path=path,
+        headers=headers, body=body, meta=meta,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# JSONL
+
+
+def _parse_line(raw: bytes, source: str, lineno: int) -> CapturedRequest | BadRecord:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return BadRecord(source, lineno, f"invalid UTF-8 at byte {exc.start}")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return BadRecord(source, lineno, f"invalid JSON: {exc.msg} at column {exc.colno}")
+    except (ValueError, RecursionError) as exc:  # int digit limit, absurd nesting
+        return BadRecord(source, lineno, f"invalid JSON: {exc}")
+    if not isinstance(obj, dict):
+        return BadRecord(source, lineno, f"a record must be a JSON object, not {type(obj).__name__}")
+    try:
+        return request_from_fields(obj, source, lineno)
+    except RecordError as exc:
+        return BadRecord(source, lineno, str(exc))
+
+
+def iter_jsonl(path: Path) -> Iterator[CapturedRequest | BadRecord]:
+    """Records of a JSONL (or gzip-compressed JSONL) capture, in file order."""
+    source = str(path)
+    for item in iter_raw_lines(path):
+        if isinstance(item, BadRecord):
+            yield item
+            continue
+        lineno, raw = item
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        raw = raw.rstrip(b"\r\n")
+        if not raw.strip():
+            continue
+        yield _parse_line(raw, source, lineno)

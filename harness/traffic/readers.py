@@ -1,0 +1,88 @@
+"""Capture readers: pick the format of a capture file and stream its records.
+
+    detect_format(path, declared=None) -> "jsonl" | "csv" | "parquet" | "har" | "gor"
+    iter_records(path, fmt=None) -> Iterator[CapturedRequest | BadRecord]
+
+Records come in FILE order (sorting by time is a later stage), in constant memory (HAR: the
+file is one JSON document and is read whole; GoReplay: a bounded window of pending requests).
+Every reader yields a BadRecord for one malformed record and goes on; a file that cannot be
+read at all, or is not of its format, raises TrafficError naming the file and the reason.
+Nothing else is raised for bad input.
+
+``BadRecord.line`` / ``CapturedRequest.line``: 1-based line for JSONL and CSV (CSV: the
+physical line where the record starts, the header is line 1), row index + 1 for Parquet,
+0-based entry index for HAR, 1-based payload index for GoReplay.
+
+Gzip-compressed JSONL, CSV, HAR and GoReplay files are recognised by their magic bytes.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ..errors import TrafficError
+from .goreplay_reader import iter_gor
+from .har_reader import iter_har
+from .jsonl_reader import iter_jsonl
+from .record import BadRecord, CapturedRequest
+from .tabular_reader import iter_csv, iter_parquet
+
+__all__ = ["FORMATS", "detect_format", "iter_records"]
+
+FORMATS = ("jsonl", "csv", "parquet", "har", "gor")
+
+_SUFFIXES: tuple[tuple[str, str], ...] = (
+    (".jsonl", "jsonl"), (".jsonl.gz", "jsonl"), (".ndjson", "jsonl"), (".ndjson.gz", "jsonl"),
+    (".csv", "csv"), (".csv.gz", "csv"),
+    (".parquet", "parquet"), (".pq", "parquet"),
+    (".har", "har"), (".har.gz", "har"),
+    (".gor", "gor"), (".gor.gz", "gor"),
+)
+
+_READERS: dict[str, Callable[[Path], Iterator[CapturedRequest | BadRecord]]] = {
+    "jsonl": iter_jsonl,
+    "csv": iter_csv,
+    "parquet": iter_parquet,
+    "har": iter_har,
+    "gor": iter_gor,
+}
+
+
+def detect_format(path: Path, declared: str | None = None) -> str:
+    """The capture format: ``declared`` when given (checked), else from the file name."""
+    if declared is not None:
+        fmt = declared.strip().lower()
+        if fmt not in FORMATS:
+            raise TrafficError(
+                f"{path}: unknown capture format {declared!r}; expected one of {', '.join(FORMATS)}"
+            )
+        return fmt
+    name = Path(path).name.lower()
+    for suffix, fmt in _SUFFIXES:
+        if name.endswith(suffix):
+            return fmt
+    known = ", ".join(s for s, _ in _SUFFIXES)
+    raise TrafficError(
+        f"{path}: cannot tell the capture format from the file name (known endings: {known}); "
+        f"declare it with format: one of {', '.join(FORMATS)}"
+    )
+
+
+def iter_records(path: Path, fmt: str | None = None) -> Iterator[CapturedRequest | BadRecord]:
+    """Stream the records of a capture in file order.
+
+    The format and the file are checked now (TrafficError at the call); the records are read
+    as the iterator is consumed.
+    """
+    path = Path(path)
+    fmt = detect_format(path, fmt)
+    if not path.exists():
+        raise TrafficError(f"{path}: capture file not found")
+    if not path.is_file():
+        raise TrafficError(f"{path}: capture is not a regular file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise TrafficError(f"{path}: cannot open capture: {exc.strerror or exc}") from None
+    return _READERS[fmt](path)

@@ -1,0 +1,125 @@
+"""Real Locust replays against a real fault-injecting server: open-loop timing, faithful requests,
+no hidden retries, error kinds, the in-flight bound."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from fault_server import FaultServer
+from replay_helpers import replay, scenario_dict, write_capture
+
+T0 = 1_700_000_000.0
+
+
+def records(n: int, rate: float, path: str = "/ok", method: str = "POST", **extra: object) -> list[dict]:
+    return [{"ts": T0 + i / rate, "method": method, "path": path, "headers": {"Content-Type": "application/json"},
+             "body": {"i": i}, **extra} for i in range(n)]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_stall_shows_in_latency_from_the_intended_time(tmp_path: Path) -> None:
+    """Open loop: while the target is stalled the schedule keeps sending; the stall is in the latencies."""
+    with FaultServer() as srv:
+        cap = write_capture(tmp_path / "c.jsonl", records(600, rate=200))
+
+        def stall() -> None:
+            import time
+            time.sleep(1.2)
+            srv.stall.set()
+            time.sleep(1.0)
+            srv.stall.clear()
+
+        threading.Thread(target=stall, daemon=True).start()
+        con, outcome = replay(tmp_path, scenario_dict(cap, srv.url, srv.url, timeout_s=5))
+        n, p99, mx, sent_during_stall = con.execute("""
+            select count(*), quantile_cont(latency_ms, 0.99), max(latency_ms),
+                   count(*) filter (where service_ms > 300) from legs""").fetchone()
+        assert n == 1200  # every request was sent: nothing omitted while the target stalled
+        assert mx >= 800  # the full stall is visible, measured from the intended send time
+        assert p99 >= 500
+        assert sent_during_stall >= 100  # requests kept leaving during the stall
+        assert outcome.stats.dispatched == 600
+
+
+def test_requests_are_sent_as_captured_without_client_habits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_TOKEN", "test-token-123")
+    with FaultServer() as srv:
+        cap = write_capture(tmp_path / "c.jsonl", [
+            {"ts": T0, "method": "POST", "path": "/echo?a=1&b=two", "headers": {
+                "Content-Type": "application/json", "X-Tenant": "pro", "Authorization": "Bearer prod-secret",
+                "Connection": "keep-alive", "Host": "prod.example", "Cookie": "session=prod"}, "body": {"x": [1, 2]}},
+            {"ts": T0 + 0.05, "method": "GET", "path": "/echo", "headers": {"Accept": "*/*"}},
+        ])
+        from harness.replay.dispatcher import expand_env
+        sc = scenario_dict(cap, srv.url, None, headers={"Authorization": expand_env("Bearer ${TEST_TOKEN}")})
+        con, _ = replay(tmp_path, sc)
+        got = [json.loads(r[0]) for r in con.execute("select output_json from legs order by order_idx").fetchall()]
+        first = dict(got[0]["headers"])
+        assert got[0]["method"] == "POST" and got[0]["target"] == "/echo?a=1&b=two"
+        assert json.loads(got[0]["body"]) == {"x": [1, 2]}
+        assert first["X-Tenant"] == "pro" and first["Content-Type"] == "application/json"
+        # the captured secret is never sent; the test credential from the environment is
+        assert srv.received[0]["headers"].count(("Authorization", "Bearer test-token-123")) == 1
+        assert "Cookie" not in first and first["Host"].startswith("127.0.0.1")
+        lower = {k.lower() for k in first}
+        assert "user-agent" not in lower and "accept-encoding" not in lower
+        second = {k.lower() for k, _ in srv.received[1]["headers"]}
+        assert "cookie" not in second and "user-agent" not in second
+        # the stored excerpt never carries the test credential
+        stored = " ".join(r[0] for r in con.execute("select output_json from legs").fetchall())
+        assert "test-token-123" not in stored and "prod-secret" not in stored
+
+
+def test_no_hidden_retries_on_reset(tmp_path: Path) -> None:
+    with FaultServer() as srv:
+        cap = write_capture(tmp_path / "c.jsonl", records(5, rate=20, path="/reset", method="GET"))
+        con, _ = replay(tmp_path, scenario_dict(cap, srv.url, None))
+        kinds = [r[0] for r in con.execute("select error_kind from legs").fetchall()]
+        assert kinds == ["reset"] * 5
+        assert srv.hits["/reset"] == 5  # one attempt per leg, idempotent GET included
+
+
+@pytest.mark.parametrize("path, kind", [
+    ("/hang?s=3", "timeout"), ("/status?code=503", "http_5xx"), ("/status?code=404", "http_4xx"),
+    ("/invalid_json", "invalid_json"), ("/big?mb=3", "too_large"), ("/trickle?ms=40", "timeout"),
+])
+def test_error_kinds(tmp_path: Path, path: str, kind: str) -> None:
+    with FaultServer() as srv:
+        cap = write_capture(tmp_path / "c.jsonl", records(3, rate=10, path=path))
+        con, _ = replay(tmp_path, scenario_dict(cap, srv.url, None, timeout_s=0.8, max_response_bytes=1_000_000))
+        assert [r[0] for r in con.execute("select error_kind from legs").fetchall()] == [kind] * 3
+
+
+def test_connection_refused(tmp_path: Path) -> None:
+    cap = write_capture(tmp_path / "c.jsonl", records(3, rate=10))
+    con, _ = replay(tmp_path, scenario_dict(cap, f"http://127.0.0.1:{closed_port()}", None))
+    assert [r[0] for r in con.execute("select error_kind from legs").fetchall()] == ["connect"] * 3
+
+
+def test_in_flight_bound_skips_and_counts(tmp_path: Path) -> None:
+    with FaultServer() as srv:
+        cap = write_capture(tmp_path / "c.jsonl", records(20, rate=100, path="/hang?s=1"))
+        con, outcome = replay(tmp_path, scenario_dict(cap, srv.url, None, timeout_s=0.5, max_in_flight=3))
+        legs = con.execute("select count(*) from legs").fetchone()[0]
+        skipped = con.execute("select count(*) from events where kind = 'skipped_in_flight_limit'").fetchone()[0]
+        assert legs == 3 and skipped == 17 and outcome.stats.skipped_in_flight == 17
+
+
+def test_timestamps_out_of_order_are_replayed_in_time_order(tmp_path: Path) -> None:
+    with FaultServer() as srv:
+        recs = records(6, rate=10, method="GET")
+        recs[2], recs[3] = recs[3], recs[2]  # completion-order logging
+        cap = write_capture(tmp_path / "c.jsonl", recs)
+        con, _ = replay(tmp_path, scenario_dict(cap, srv.url, None))
+        lines = [r[0] for r in con.execute(
+            "select r.source_line from legs l join requests r using (request_id) order by l.sent_at").fetchall()]
+        assert lines == [1, 2, 4, 3, 5, 6]

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, strategies as st
+
+from harness.jsonpath import find_all, find_first, set_all, MISSING
+from harness.scenario import RedactConfig, SegmentSpec
+from harness.traffic.record import CapturedRequest
+from harness.traffic.redaction import REDACTED, Redactor
+from harness.traffic.segments import OTHER_VALUE, SegmentEvaluator, bucket_label, route_template
+
+
+def req(path: str = "/v1/score", headers: tuple = (), body: object = None) -> CapturedRequest:
+    raw = b"" if body is None else json.dumps(body).encode()
+    return CapturedRequest(source="t", line=1, ts=0.0, method="POST", path=path, headers=headers, body=raw)
+
+
+def test_route_templates() -> None:
+    assert route_template("/v1/accounts/123/score?x=1") == "/v1/accounts/{id}/score"
+    assert route_template("/users/3fa85f64-5717-4562-b3fc-2c963f66afa6/orders/9") == "/users/{id}/orders/{id}"
+    assert route_template("/v1/models/fraud-detector") == "/v1/models/fraud-detector"
+    assert route_template("/blobs/a1b2c3d4e5f6a7b8c9") == "/blobs/{id}"
+    assert route_template("/") == "/"
+
+
+def test_buckets() -> None:
+    assert [bucket_label(x, (1, 8, 32)) for x in (0, 1, 7, 8, 31, 32, 500)] == \
+        ["<1", "1-7", "1-7", "8-31", "8-31", "32+", "32+"]
+    assert bucket_label(0.5, (0.25, 1.5)) == "[0.25, 1.5)"
+
+
+def test_segment_kinds_and_cross() -> None:
+    ev = SegmentEvaluator([
+        SegmentSpec("route", "path_template"),
+        SegmentSpec("tenant", "header", "X-Tenant"),
+        SegmentSpec("client", "query", "client"),
+        SegmentSpec("model", "json_path", "$.model"),
+        SegmentSpec("size", "json_array_length", "$.inputs[0].data", buckets=(1, 8, 32)),
+        SegmentSpec("bytes", "body_bytes", None, buckets=(100, 1000)),
+        SegmentSpec("features", "present", ("$.inputs[0].data", "$.user.country")),
+        SegmentSpec("tenant_x_size", "cross", ("tenant", "size")),
+    ])
+    v = ev.values(req("/v1/accounts/7/score?client=web", (("x-tenant", "pro"),),
+                      {"model": "m1", "inputs": [{"data": list(range(10))}], "user": {"country": None}}))
+    assert v == {"route": "/v1/accounts/{id}/score", "tenant": "pro", "client": "web", "model": "m1", "size": "8-31",
+                 "bytes": "<100", "features": "missing country", "tenant_x_size": "pro & 8-31"}
+    none = ev.values(req("/x", (), None))
+    assert none["tenant"] == "(none)" and none["size"] == "(none)" and none["features"] == "none"
+
+
+def test_cardinality_cap_groups_the_rest_as_other() -> None:
+    ev = SegmentEvaluator([SegmentSpec("tenant", "header", "X-T", max_values=3)])
+    got = [ev.values(req(headers=(("X-T", f"t{i}"),)))["tenant"] for i in range(6)]
+    assert got == ["t0", "t1", "t2", OTHER_VALUE, OTHER_VALUE, OTHER_VALUE]
+    assert ev.values(req(headers=(("X-T", "t1"),)))["tenant"] == "t1"
+
+
+def test_redaction_of_headers_query_and_body() -> None:
+    r = Redactor(RedactConfig(headers=("X-Customer-Email",), query=("email",), json_paths=("$.card.number",)))
+    out = r.request(req("/score?api_key=k1&email=a@b.c&x=1",
+                        (("Authorization", "Bearer tok"), ("COOKIE", "s=1"), ("x-api-key", "k2"),
+                         ("X-Customer-Email", "a@b.c"), ("X-Tenant", "pro")),
+                        {"card": {"number": "4111"}, "password": "pw", "nested": [{"access_token": "t"}], "max_tokens": 5}))
+    assert dict(out.headers) == {"Authorization": REDACTED, "COOKIE": REDACTED, "x-api-key": REDACTED,
+                                 "X-Customer-Email": REDACTED, "X-Tenant": "pro"}
+    assert out.path == "/score?api_key=[REDACTED]&email=[REDACTED]&x=1"
+    assert "k1" not in out.path and "a@b.c" not in out.path and "x=1" in out.path
+    body = json.loads(out.body)
+    assert body == {"card": {"number": REDACTED}, "password": REDACTED, "nested": [{"access_token": REDACTED}],
+                    "max_tokens": 5}
+
+
+def test_jsonpath() -> None:
+    doc = {"a": [{"b": 1}, {"b": 2}], "c": {"d-e": 3}}
+    assert list(find_all(doc, "$.a[*].b")) == [1, 2]
+    assert find_first(doc, "$.a[-1].b") == 2
+    assert find_first(doc, "$.c['d-e']") == 3
+    assert find_first(doc, "$.nope") is MISSING
+    assert set_all(doc, "$.a[*].b", 0) == 2 and doc["a"] == [{"b": 0}, {"b": 0}]
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+                    max_leaves=20))
+def test_redacted_body_is_still_json_and_never_grows_secrets(doc: object) -> None:
+    raw = json.dumps(doc).encode()
+    out = Redactor().body(raw)
+    json.loads(out)  # still a JSON document
