@@ -2,6 +2,7 @@
 otherwise), per route where the scenario gives route schemas."""
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -45,9 +46,20 @@ class OutputValidator:
     def active(self) -> bool:
         return self._default is not None or bool(self._routes)
 
+    def _for_route(self, route: str) -> jsonschema.protocols.Validator | None:
+        if route in self._routes:
+            return self._routes[route]
+        for pattern, validator in self._routes.items():
+            if fnmatch.fnmatchcase(route, pattern):
+                return validator
+        return self._default
+
     def validate(self, route: str, doc: Any) -> tuple[bool | None, str | None]:
-        """(valid, first errors) or (None, None) where no schema applies to the route."""
-        validator = self._routes.get(route, self._default)
+        """(valid, first errors) or (None, None) where no schema applies to the route.
+
+        Route schemas are keyed by route template (`/v1/accounts/{id}/score`) or a glob over it
+        (`/v1/accounts/*/score`); `output.schema` applies to every other route."""
+        validator = self._for_route(route)
         if validator is None:
             return None, None
         errors = []

@@ -35,6 +35,8 @@ class TargetProcess:
     restarts: int = 0
     oom_events: int = 0
     last_scan: float = -1e9
+    children: list[psutil.Process] = field(default_factory=list)
+    children_at: float = -1e9
     _proc: psutil.Process | None = field(default=None, repr=False)
 
 
@@ -95,9 +97,13 @@ class ResourceMonitor:
                     if t._proc is None or t._proc.pid != pid:
                         t._proc = psutil.Process(pid)
                         t._proc.cpu_percent(None)
+                    if now - t.children_at > 10.0:
+                        # children() scans every process of the machine: refresh the list now and then only
+                        t.children = t._proc.children(recursive=True)
+                        t.children_at = now
                     with t._proc.oneshot():
                         rss = t._proc.memory_info().rss
-                        for child in t._proc.children(recursive=True):
+                        for child in t.children:
                             try:
                                 rss += child.memory_info().rss
                             except psutil.Error:

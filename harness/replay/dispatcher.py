@@ -145,7 +145,9 @@ class Dispatcher:
         self.stats.dispatched += 1
         self.stats.in_flight += 1
         pending = [len(self.plan.targets)]
-        for target in self.plan.targets:
+        # Alternate which leg leaves first, so neither version is systematically the later one.
+        targets = self.plan.targets if row["order_idx"] % 2 == 0 else self.plan.targets[::-1]
+        for target in targets:
             hdrs = self._apply_overrides(headers, target.headers)
             self._legs.spawn(self._leg, row, target, hdrs, intended, pending)
 
