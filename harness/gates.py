@@ -57,6 +57,11 @@ class GateResult:
     p_value: float | None = None
     min_n: int | None = None
     effect: float | None = None  # signed "how much worse" on the metric's natural scale, for ranking
+    comparison: str = "absolute"
+
+    @property
+    def comparison_is_relative(self) -> bool:
+        return self.comparison == "relative"
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -99,14 +104,42 @@ _RESOURCE_METRICS = {"gpu_oom_events", "oom_kills", "restarts", "peak_rss_mb", "
 
 def evaluate_gates(specs: Iterable[GateSpec], data: PairData, resources: ResourceSummary | None, *,
                    alpha: float = 0.05, n_resamples: int = 2000, seed: int = 0,
-                   aa_noise: dict[str, float] | None = None) -> list[GateResult]:
+                   aa_noise: dict[tuple[str, str | None], float] | None = None) -> list[GateResult]:
     """All gate results: each gate overall first, then per segment value. Per-segment FAILs are
     confirmed by Benjamini-Hochberg over all segment tests; unconfirmed ones become INCONCLUSIVE."""
     results: list[GateResult] = []
     for spec in specs:
-        for label, mask in _segment_masks(data, spec):
-            results.append(_evaluate_one(spec, data, mask, label, resources, alpha, n_resamples, seed))
-    return _multiplicity(results, specs, alpha)
+        for i, (label, mask) in enumerate(_segment_masks(data, spec)):
+            result = _evaluate_one(spec, data, mask, label, resources, alpha, n_resamples, seed)
+            if i > 0 and result.n == 0:
+                continue  # a segment with nothing to judge for this metric (e.g. GET routes: no scores)
+            results.append(result)
+    results = _multiplicity(results, specs, alpha)
+    return [_against_noise(r, aa_noise) for r in results] if aa_noise else results
+
+
+def natural_delta(r: GateResult) -> float | None:
+    """The candidate-minus-baseline difference of a result on its metric's own scale (latency: ratio - 1)."""
+    if r.metric == "latency_ms" and r.comparison == "relative":
+        return None if r.observed is None else r.observed - 1.0
+    if r.baseline is None or r.candidate is None:
+        return None
+    return r.candidate - r.baseline
+
+
+def _against_noise(r: GateResult, aa_noise: dict[tuple[str, str | None], float]) -> GateResult:
+    """Diffy's rule against an A/A run: a FAIL stands only where the difference exceeds the A/A
+    difference of the same gate and scope by a relative margin (25 %) and an absolute one."""
+    noise = aa_noise.get((r.name, r.segment))
+    delta = natural_delta(r)
+    if noise is None or delta is None:
+        return r
+    note = f" A/A noise for this gate and scope: {noise:+.4g}."
+    worse_is_lower = r.metric in ("schema_pass_rate", "review_score")
+    d, n = (-delta, -noise) if worse_is_lower else (delta, noise)
+    if r.status == "fail" and (d <= max(n, 0.0) * 1.25 or d - max(n, 0.0) < 1e-3):
+        return replace(r, status="inconclusive", reason=r.reason + note + " The difference is within it.")
+    return replace(r, reason=r.reason + note)
 
 
 def _multiplicity(results: list[GateResult], specs: Iterable[GateSpec], alpha: float) -> list[GateResult]:
@@ -143,7 +176,7 @@ def _evaluate_one(spec: GateSpec, data: PairData, mask: np.ndarray, label: str |
 def _result(spec: GateSpec, label: str | None, **kw: Any) -> GateResult:
     return GateResult(name=spec.name, metric=spec.metric, aggregation=spec.aggregation, segment=label,
                       threshold=spec.threshold, threshold_text=spec.threshold_text, severity=spec.severity,
-                      unit=spec.unit, **kw)
+                      unit=spec.unit, comparison=spec.comparison, **kw)
 
 
 def _where(label: str | None) -> str:
@@ -327,20 +360,17 @@ def _resource(spec: GateSpec, res: ResourceSummary | None, n_requests: int) -> G
 
 
 def decide_verdict(results: list[GateResult]) -> Verdict:
+    """BLOCK if a blocking gate fails anywhere; HOLD if a blocking gate is inconclusive in its own scope
+    (overall, or the segment the gate names); else PROMOTE. Inconclusive diagnostic segments are listed
+    in the report, but do not hold the release on their own."""
     blocking = [r for r in results if r.severity == "blocking"]
     fails = [r for r in blocking if r.status == "fail"]
     if fails:
         return Verdict("BLOCK", [r.reason for r in fails])
-    overall_names = {r.name for r in results}
-    overall = [r for r in blocking if r.segment is None or _is_gate_scope(r, results)]
-    inconclusive = [r for r in overall if r.status == "inconclusive"]
+    scopes = {}
+    for r in results:
+        scopes.setdefault(r.name, r)  # the first result of each gate is its own scope
+    inconclusive = [r for r in scopes.values() if r.severity == "blocking" and r.status == "inconclusive"]
     if inconclusive:
         return Verdict("HOLD", [r.reason for r in inconclusive])
-    del overall_names
-    return Verdict("PROMOTE", [f"All {len(blocking)} blocking gate results pass or are confirmed within limits."])
-
-
-def _is_gate_scope(r: GateResult, results: list[GateResult]) -> bool:
-    """The first result of each gate is its own scope (overall, or the segment the gate names)."""
-    first = next(x for x in results if x.name == r.name)
-    return first is r
+    return Verdict("PROMOTE", [f"All {len(scopes)} gates pass in their scope; no segment fails."])

@@ -15,7 +15,7 @@ from . import __version__
 from .analysis.dataset import load_pairs, load_run_info
 from .analysis.overview import accounting, replay_fidelity, resource_overview, segment_overview, version_overview
 from .errors import StoreError
-from .gates import GateResult, ResourceSummary, decide_verdict, evaluate_gates
+from .gates import GateResult, ResourceSummary, decide_verdict, evaluate_gates, natural_delta
 from .scenario import scenario_from_dict
 from .store import open_results
 
@@ -42,8 +42,9 @@ def judge(run_dir: Path) -> dict[str, Any]:
             peak_gpu_memory_mb={v: res.get(_res_key(v, res), {}).get("peak_gpu_memory_mb") for v in versions},
             gpu_sampled=gpu_sampled, samples={v: int(res.get(_res_key(v, res), {}).get("samples") or 0) for v in versions})
         a = scenario.analysis
+        aa_noise = _aa_noise(scenario.replay.aa_reference) if scenario.replay.aa_reference else None
         results = evaluate_gates(scenario.gates, data, resources, alpha=a.alpha, n_resamples=a.bootstrap_resamples,
-                                 seed=a.seed)
+                                 seed=a.seed, aa_noise=aa_noise)
         verdict = decide_verdict(results)
         fidelity = replay_fidelity(con, scenario.replay.lag_bound_ms)
         counts = accounting(con, versions)
@@ -69,6 +70,8 @@ def judge(run_dir: Path) -> dict[str, Any]:
             "segments": _clean(segment_overview(con, info.segments, "candidate" in versions)),
             "replay": _clean(fidelity),
             "notes": notes,
+            "noise_floor": _noise_floor(results) if scenario.replay.mode == "aa" else None,
+            "aa_reference": str(scenario.replay.aa_reference) if scenario.replay.aa_reference else None,
             "schedule": None,
         }
         from .schedule import build_schedule
@@ -77,6 +80,23 @@ def judge(run_dir: Path) -> dict[str, Any]:
         return summary
     finally:
         con.close()
+
+
+def _noise_floor(results: list[GateResult]) -> list[dict[str, Any]]:
+    """In an A/A run every difference is noise: this is what a paired run can reference."""
+    return [{"gate": r.name, "segment": r.segment, "delta": natural_delta(r), "ci": list(r.ci) if r.ci else None,
+             "n": r.n} for r in results if natural_delta(r) is not None]
+
+
+def _aa_noise(ref: Path) -> dict[tuple[str, str | None], float]:
+    path = ref / "summary.json" if ref.is_dir() else ref
+    try:
+        aa = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path}: cannot read the A/A reference (replay.aa_reference): {exc}") from None
+    if aa.get("run", {}).get("mode") != "aa" or not aa.get("noise_floor"):
+        raise StoreError(f"{path}: replay.aa_reference must be the run folder of an A/A run (replay.mode: aa)")
+    return {(x["gate"], x["segment"]): float(x["delta"]) for x in aa["noise_floor"] if x["delta"] is not None}
 
 
 def _res_key(version: str, res: dict[str, Any]) -> str:
@@ -96,28 +116,38 @@ def _run_block(row: dict[str, Any], scenario: Any) -> dict[str, Any]:
 
 def worst_segments(results: list[GateResult], limit: int = 15) -> list[dict[str, Any]]:
     """Where the candidate is worse: per-segment results that fail or lean towards failing, ranked by
-    effect size (how far beyond its threshold), each with its interval."""
+    effect size in units of the gate's own allowance (2.0 = twice what the gate allows), failures first,
+    each with its interval."""
     rows = []
     for r in results:
-        if r.segment is None or r.effect is None or r.status == "pass":
+        if r.segment is None or r.status == "pass":
             continue
-        if r.metric == "latency_ms":
-            worse = r.ci is not None and r.ci[0] > 1.0
-            score = (r.observed or 1.0) - 1.0 - r.threshold
-        elif r.metric == "schema_pass_rate":
-            worse = r.candidate is not None and r.baseline is not None and r.candidate < r.baseline
-            score = r.effect
-        else:
-            worse = r.candidate is not None and (r.baseline is None or r.candidate > r.baseline)
-            score = r.effect
-        if not worse:
+        severity = _severity(r)
+        if severity is None or severity <= 0:
             continue
         rows.append({"segment": r.segment, "gate": r.name, "metric": r.metric, "aggregation": r.aggregation,
-                     "baseline": r.baseline, "candidate": r.candidate, "observed": r.observed, "ci": r.ci and list(r.ci),
-                     "threshold": r.threshold, "n": r.n, "status": r.status, "effect": r.effect,
-                     "score": score, "reason": r.reason})
-    rows.sort(key=lambda x: (x["status"] != "fail", -x["score"]))
+                     "baseline": r.baseline, "candidate": r.candidate, "observed": r.observed,
+                     "ci": list(r.ci) if r.ci else None, "threshold": r.threshold, "n": r.n, "status": r.status,
+                     "effect": r.effect, "severity": severity, "reason": r.reason})
+    rows.sort(key=lambda x: (x["status"] != "fail", -x["severity"]))
     return _clean(rows[:limit])
+
+
+def _severity(r: GateResult) -> float | None:
+    """How much worse the candidate is than the baseline, in multiples of the gate's allowance."""
+    b, c = r.baseline, r.candidate
+    if r.metric == "latency_ms" and r.comparison_is_relative and r.observed is not None:
+        return (r.observed - 1.0) / r.threshold if r.threshold else None
+    if b is None or c is None:
+        return None
+    if r.metric in ("error_rate", "timeout_rate"):
+        scale = r.threshold if r.threshold > 0 else 1.0 / max(r.n, 1)
+        return (c - b) / scale
+    if r.metric == "schema_pass_rate":
+        return (b - c) / max(1.0 - r.threshold, 1e-9) if r.threshold <= 1 else None
+    if r.metric == "review_score":
+        return (b - c) / abs(r.threshold) if r.threshold else None
+    return None
 
 
 def _clean(v: Any) -> Any:

@@ -119,7 +119,7 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
         store = RunStore(run_dir / "results.duckdb")
         meta = RunMeta(
             run_id=run_dir.name, scenario=scenario.name, scenario_sha256=scenario.sha256,
-            config_json=json.dumps(scenario.raw, default=str), capture_path=str(scenario.traffic.path),
+            config_json=json.dumps(scenario.stored_config(), default=str), capture_path=str(scenario.traffic.path),
             capture_sha256=prepared.capture_sha256, harness_version=__version__, git_commit=_git_commit(),
             baseline_url=scenario.target_for("baseline").url,
             candidate_url=scenario.target_for("candidate").url if "candidate" in scenario.versions else None,

@@ -150,6 +150,31 @@ class Scenario:
             return replace(self.targets["baseline"], name="candidate")
         return self.targets[version]
 
+    def stored_config(self) -> dict[str, Any]:
+        """The scenario as a run stores it: paths made absolute, so that the run folder can be judged
+        again from anywhere, and command-line overrides applied."""
+        import copy
+
+        raw = copy.deepcopy(dict(self.raw))
+        raw["name"] = self.name
+        raw["traffic"] = {**raw.get("traffic", {}), "path": str(self.traffic.path.resolve()), "speed": self.traffic.speed}
+        if self.traffic.max_requests is not None:
+            raw["traffic"]["max_requests"] = self.traffic.max_requests
+        replay = dict(raw.get("replay", {}))
+        replay.update({"mode": self.replay.mode, "max_in_flight": self.replay.max_in_flight})
+        if self.replay.aa_reference is not None:
+            replay["aa_reference"] = str(self.replay.aa_reference.resolve())
+        raw["replay"] = replay
+        out = dict(raw.get("output", {}))
+        if self.output.schema is not None:
+            out["schema"] = str(self.output.schema.resolve())
+        if self.output.route_schemas:
+            out["route_schemas"] = {k: str(v.resolve()) for k, v in self.output.route_schemas.items()}
+        if out:
+            raw["output"] = out
+        raw["targets"] = {v: {**raw["targets"].get(v, {}), "url": t.url} for v, t in self.targets.items()}
+        return raw
+
     def with_overrides(self, **changes: Any) -> "Scenario":
         """Command-line overrides (speed, max_requests, ...) applied on top of the file."""
         traffic = {k: v for k, v in changes.items() if k in TrafficConfig.__dataclass_fields__ and v is not None}

@@ -76,8 +76,10 @@ def demo_servers(candidate_variant: str) -> Iterator[tuple[DemoServer, DemoServe
 
 def run_demo(clean: bool = False, out_root: Path = Path("reports"), speed: float | None = None,
              max_requests: int | None = None, echo: object = print) -> object:
+    from ..outputs import build_outputs
     from ..run import run_scenario
     from ..scenario import load_scenario
+    from .review import review_run
 
     if not DEMO_SCENARIO.exists():
         raise UsageError(f"{DEMO_SCENARIO}: the demo scenario is missing (harness demo runs from a checkout)")
@@ -88,5 +90,13 @@ def run_demo(clean: bool = False, out_root: Path = Path("reports"), speed: float
                    "candidate": replace(scenario.targets["candidate"], url=candidate.url)}
         name = scenario.name + ("-clean" if clean else "")
         scenario = replace(scenario, targets=targets, name=name)
-        return run_scenario(scenario, out_root, echo=echo,  # type: ignore[arg-type]
-                            pids={"baseline": baseline.proc.pid, "candidate": candidate.proc.pid})
+        result = run_scenario(scenario, out_root, echo=echo,  # type: ignore[arg-type]
+                              pids={"baseline": baseline.proc.pid, "candidate": candidate.proc.pid})
+    if result.summary["run"].get("status") != "complete":
+        return result
+    # The review that follows a shadow run, simulated: grades imported, then the gates judged again.
+    n = review_run(result.run_dir, scenario.traffic.path)
+    echo(f"review panel: {n} graded answers imported; judging again")  # type: ignore[operator]
+    summary = build_outputs(result.run_dir)
+    return replace(result, summary=summary, verdict=summary["verdict"],
+                   exit_code={"PROMOTE": 0, "BLOCK": 1, "HOLD": 2}[summary["verdict"]])

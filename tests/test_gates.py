@@ -1,0 +1,160 @@
+"""Gates on paired data with planted effects of known size, and with none (A/A)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harness.analysis.dataset import PairData
+from harness.gate_config import parse_gates
+from harness.gates import ResourceSummary, decide_verdict, evaluate_gates
+
+SEED_GATES = parse_gates({
+    "latency_p95_ms": {"maximum_regression_percent": 10},
+    "error_rate": {"maximum": 0.01},
+    "schema_validation_pass_rate": {"minimum": 0.995},
+    "human_review_score": {"minimum_delta": -0.02},
+    "gpu_oom_events": {"maximum": 0},
+}, "test")
+
+
+def pairs(n: int, *, slow: float = 1.0, err_b: float = 0.0, err_c: float = 0.0, schema_fail_c: float = 0.0,
+          score_delta: float = 0.0, seed: int = 1, segment: np.ndarray | None = None,
+          slow_mask: np.ndarray | None = None) -> PairData:
+    """Lognormal latencies with a per-request effect shared by both legs (as in a real paired replay)."""
+    rng = np.random.default_rng(seed)
+    request = rng.lognormal(np.log(10), 0.5, n)
+    b = request * rng.lognormal(0, 0.1, n)
+    c = request * rng.lognormal(0, 0.1, n)
+    factor = np.where(slow_mask if slow_mask is not None else np.ones(n, bool), slow, 1.0)
+    c = c * factor
+    eb = rng.random(n) < err_b
+    ec = rng.random(n) < err_c
+    sb = ~eb
+    sc = ~ec & (rng.random(n) >= schema_fail_c)
+    qb = (rng.random(n) < 0.85).astype(float)
+    qc = np.where(rng.random(n) < abs(score_delta) * 3, qb + np.sign(score_delta) * 0.34, qb)
+    seg = {"tenant": segment if segment is not None else np.array(["a", "b"] * (n // 2) + ["a"] * (n % 2))}
+    return PairData(request_id=np.arange(n).astype(str), segments=seg,
+                    latency={"baseline": b, "candidate": c}, error={"baseline": eb, "candidate": ec},
+                    timeout={"baseline": np.zeros(n, bool), "candidate": np.zeros(n, bool)},
+                    schema_judged={"baseline": ~eb, "candidate": ~ec}, schema_valid={"baseline": sb, "candidate": sc},
+                    status_4xx={"baseline": np.zeros(n, bool), "candidate": np.zeros(n, bool)},
+                    score={"baseline": qb, "candidate": qc}, n=n)
+
+
+RES = ResourceSummary(peak_rss_mb={"baseline": 40.0, "candidate": 42.0}, restarts={"baseline": 0, "candidate": 0},
+                      oom_events={"baseline": 0, "candidate": 0}, peak_gpu_memory_mb={"baseline": None, "candidate": None},
+                      gpu_sampled=False, samples={"baseline": 10, "candidate": 10})
+
+
+def overall(results, name):
+    return next(r for r in results if r.name == name and r.segment is None)
+
+
+def test_no_effect_promotes() -> None:
+    results = evaluate_gates(SEED_GATES, pairs(4000), RES, n_resamples=1000)
+    assert {r.name: r.status for r in results if r.segment is None} == {
+        "latency_p95_ms": "pass", "error_rate": "pass", "schema_validation_pass_rate": "pass",
+        "human_review_score": "pass", "gpu_oom_events": "pass"}
+    assert decide_verdict(results).verdict == "PROMOTE"
+
+
+def test_planted_latency_regression_fails_with_its_numbers() -> None:
+    r = overall(evaluate_gates(SEED_GATES[:1], pairs(2000, slow=1.4), RES, n_resamples=1000), "latency_p95_ms")
+    assert r.status == "fail"
+    assert 1.3 < r.observed < 1.5 and r.ci[0] > 1.10
+    assert "+10 %" in r.reason and "p95" in r.reason
+
+
+def test_regression_confined_to_a_segment_is_found_there() -> None:
+    n = 4000
+    seg = np.array(["big"] * 600 + ["small"] * (n - 600))
+    results = evaluate_gates(SEED_GATES[:1], pairs(n, slow=1.5, segment=seg, slow_mask=seg == "big"), RES,
+                             n_resamples=1000)
+    by = {r.segment: r.status for r in results}
+    assert by["tenant=big"] == "fail"
+    assert by["tenant=small"] == "pass"
+
+
+def test_too_few_pairs_is_never_pass() -> None:
+    r = overall(evaluate_gates(SEED_GATES[:1], pairs(150), RES, n_resamples=500), "latency_p95_ms")
+    assert r.status == "inconclusive" and "needed" in r.reason
+
+
+def test_rates_against_absolute_limits() -> None:
+    gates = SEED_GATES[1:3]
+    assert overall(evaluate_gates(gates, pairs(3000, err_c=0.03), RES), "error_rate").status == "fail"
+    assert overall(evaluate_gates(gates, pairs(3000, err_c=0.001, seed=3), RES), "error_rate").status == "pass"
+    assert overall(evaluate_gates(gates, pairs(3000, schema_fail_c=0.03), RES),
+                   "schema_validation_pass_rate").status == "fail"
+
+
+def test_zero_events_bound_is_about_three_over_n() -> None:
+    small = overall(evaluate_gates(SEED_GATES[1:2], pairs(100), RES), "error_rate")
+    assert small.status == "inconclusive"  # 0/100: the upper bound ~3 % is above 1 %
+    assert small.ci[1] == pytest.approx(1 - 0.05 ** (1 / 100), rel=1e-6)
+    big = overall(evaluate_gates(SEED_GATES[1:2], pairs(1000), RES), "error_rate")
+    assert big.status == "pass" and big.ci[1] < 0.0031
+
+
+def test_review_score_delta() -> None:
+    fail = overall(evaluate_gates(SEED_GATES[3:4], pairs(3000, score_delta=-0.08), RES), "human_review_score")
+    assert fail.status == "fail" and fail.observed < -0.02
+    ok = overall(evaluate_gates(SEED_GATES[3:4], pairs(3000), RES), "human_review_score")
+    assert ok.status == "pass"
+
+
+def test_resource_gates() -> None:
+    gates = parse_gates({"peak_rss_mb": {"maximum_regression_percent": 20}, "restarts": {"maximum": 0},
+                         "gpu_oom_events": {"maximum": 0}}, "t")
+    heavy = ResourceSummary(peak_rss_mb={"baseline": 40.0, "candidate": 200.0}, restarts={"baseline": 0, "candidate": 1},
+                            oom_events={"baseline": 0, "candidate": 0}, peak_gpu_memory_mb={}, gpu_sampled=False,
+                            samples={"baseline": 5, "candidate": 5})
+    res = {r.name: r for r in evaluate_gates(gates, pairs(500), heavy)}
+    assert res["peak_rss_mb"].status == "fail" and res["peak_rss_mb"].observed == pytest.approx(4.0)
+    assert res["restarts"].status == "fail"
+    assert res["gpu_oom_events"].status == "pass" and "No GPU was sampled" in res["gpu_oom_events"].reason
+
+
+def test_segment_fail_must_survive_benjamini_hochberg() -> None:
+    """With many small segments, a marginal failure in one of them is not enough."""
+    n = 4000
+    seg = np.array([f"s{i % 40}" for i in range(n)])
+    data = pairs(n, err_c=0.012, seed=5, segment=seg)
+    results = evaluate_gates(SEED_GATES[1:2], data, RES)
+    fails = [r for r in results if r.segment and r.status == "fail"]
+    assert not fails
+    assert any("Benjamini-Hochberg" in r.reason for r in results) or all(r.p_value > 0.05 for r in results if r.segment)
+
+
+def test_warning_gates_do_not_block_and_hold_comes_from_blocking_overall() -> None:
+    gates = parse_gates({"p99": {"metric": "latency_ms", "aggregation": "p99", "maximum_regression_percent": 5,
+                                 "severity": "warning"}}, "t")
+    results = evaluate_gates(gates, pairs(3000, slow=1.5), RES, n_resamples=500)
+    assert overall(results, "p99").status == "fail"
+    assert decide_verdict(results).verdict == "PROMOTE"
+    held = evaluate_gates(SEED_GATES[:1], pairs(150), RES, n_resamples=500)
+    assert decide_verdict(held).verdict == "HOLD"
+
+
+def test_aa_false_fail_rate_stays_at_or_below_alpha() -> None:
+    """Repeated A/A comparisons (both legs from the same distribution): each gate fails at most about
+    alpha of the time, overall and per segment."""
+    reps, alpha = 60, 0.05
+    fails = {g.name: 0 for g in SEED_GATES[:4]}
+    for seed in range(reps):
+        data = pairs(1200, err_b=0.004, err_c=0.004, seed=100 + seed)
+        for r in evaluate_gates(SEED_GATES[:4], data, RES, n_resamples=400, seed=seed):
+            if r.segment is None and r.status == "fail":
+                fails[r.name] += 1
+    for name, k in fails.items():
+        assert k / reps <= alpha + 0.05, (name, k)
+
+
+def test_aa_noise_floor_downgrades_failures_within_it() -> None:
+    data = pairs(3000, err_c=0.03)
+    r = overall(evaluate_gates(SEED_GATES[1:2], data, RES), "error_rate")
+    noisy = overall(evaluate_gates(SEED_GATES[1:2], data, RES, aa_noise={("error_rate", None): 0.029}), "error_rate")
+    quiet = overall(evaluate_gates(SEED_GATES[1:2], data, RES, aa_noise={("error_rate", None): 0.001}), "error_rate")
+    assert r.status == "fail" and noisy.status == "inconclusive" and quiet.status == "fail"
+    assert "A/A noise" in noisy.reason
