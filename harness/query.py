@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from decimal import Decimal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ def run_query(run_dir: Path, sql: str) -> QueryResult:
 
 def format_result(result: QueryResult, fmt: str) -> str:
     if fmt == "json":
-        return json.dumps([dict(zip(result.columns, r)) for r in result.rows], default=str, indent=1) + "\n"
+        return json.dumps([dict(zip(result.columns, r)) for r in result.rows], default=_json_value, indent=1) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
@@ -50,6 +51,14 @@ def format_result(result: QueryResult, fmt: str) -> str:
     out = [line(result.columns), "-+-".join("-" * w for w in widths)] + [line(r) for r in cells]
     out.append(f"({len(result.rows)} row{'s' if len(result.rows) != 1 else ''})")
     return "\n".join(out) + "\n"
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, Decimal):
+        return float(v)
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return str(v)
 
 
 def _cell(v: Any) -> str:

@@ -1,0 +1,131 @@
+"""The command line: one-line errors with the documented exit codes; results checked through the
+library and the DuckDB file, not by scraping text."""
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from harness.cli import build_parser, main
+from harness.traffic.inspect import inspect_capture
+from harness.traffic.readers import iter_records
+from harness.traffic.record import CapturedRequest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "captured_traffic" / "fraud_sample.jsonl"
+HAR = REPO / "tests" / "data" / "har" / "har_mitmproxy_export_post_form.har"
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("harness: error:") and "Traceback" not in err, err
+    return lines[0]
+
+
+def scenario(tmp_path: Path, body: str) -> Path:
+    p = tmp_path / "s.yaml"
+    p.write_text(body)
+    return p
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_missing_scenario_exits_3(capsys, tmp_path) -> None:
+    code, _, err = run(capsys, "run", str(tmp_path / "nope.yaml"))
+    assert code == 3 and "scenario file not found" in one_line_error(err)
+
+
+def test_unknown_gate_exits_3(capsys, tmp_path) -> None:
+    p = scenario(tmp_path, f"""name: t
+traffic: {{path: {SAMPLE}}}
+targets: {{baseline: {{url: "http://127.0.0.1:1"}}, candidate: {{url: "http://127.0.0.1:2"}}}}
+promotion_gates: {{latency_p97_ms: {{maximum_regression_percent: 10}}}}
+""")
+    code, _, err = run(capsys, "validate", str(p))
+    assert code == 3 and "unknown gate 'latency_p97_ms'" in one_line_error(err)
+
+
+def test_unreachable_target_exits_4_before_sending(capsys, tmp_path) -> None:
+    p = scenario(tmp_path, f"""name: t
+traffic: {{path: {SAMPLE}}}
+targets: {{baseline: {{url: "http://127.0.0.1:{closed_port()}"}}, candidate: {{url: "http://127.0.0.1:{closed_port()}"}}}}
+""")
+    code, _, err = run(capsys, "run", str(p), "--out", str(tmp_path / "r"))
+    assert code == 4 and "unreachable" in one_line_error(err)
+
+
+def test_bad_usage_exits_3(capsys) -> None:
+    code, _, err = run(capsys, "query")
+    assert code == 3 and "the following arguments are required" in one_line_error(err)
+
+
+def test_validate_lists_the_gates(capsys) -> None:
+    code, out, _ = run(capsys, "validate", str(REPO / "scenarios" / "fraud_demo.yaml"))
+    assert code == 0 and "latency_p95_ms: latency_ms p95 <= +10 % vs baseline (blocking)" in out
+
+
+def test_traffic_inspect_counts_and_bad_lines(capsys, tmp_path) -> None:
+    png = tmp_path / "rate.png"
+    code, out, _ = run(capsys, "traffic", "inspect", str(SAMPLE), "--scenario", str(REPO / "scenarios" / "fraud_demo.yaml"),
+                       "--plot", str(png))
+    assert code == 0 and png.read_bytes()[:4] == b"\x89PNG"
+    ins = inspect_capture(SAMPLE, scenario_path=REPO / "scenarios" / "fraud_demo.yaml")
+    assert ins.records == 4000 and ins.bad == 6 and [ln for ln, _ in ins.bad_listed] == [240, 841, 1562, 2203, 2924, 3645]
+    assert ins.segments["tenant"]["enterprise"] > 1000 and ins.out_of_order > 0
+    assert 200 < ins.span_s < 260 and ins.rate_stats()["burstiness"] > 2
+
+
+@pytest.mark.parametrize("to", ["jsonl", "parquet"])
+def test_traffic_convert_round_trips(capsys, tmp_path, to) -> None:
+    out = tmp_path / f"c.{to}"
+    code, _, _ = run(capsys, "traffic", "convert", str(HAR), "--to", to, "-o", str(out))
+    assert code == 0
+    before = [r for r in iter_records(HAR) if isinstance(r, CapturedRequest)]
+    after = [r for r in iter_records(out) if isinstance(r, CapturedRequest)]
+    assert [(r.method, r.path, r.body, round(r.ts, 6)) for r in after] == \
+        [(r.method, r.path, r.body, round(r.ts, 6)) for r in before]
+
+
+def test_traffic_convert_to_stdout(capsys) -> None:
+    code, out, _ = run(capsys, "traffic", "convert", str(HAR), "--to", "jsonl", "-o", "-")
+    assert code == 0 and [json.loads(x)["method"] for x in out.splitlines()] == ["GET", "POST"]
+
+
+def test_every_command_has_help_and_is_in_the_readme() -> None:
+    readme = (REPO / "README.md").read_text()
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():  # type: ignore[union-attr]
+        assert p.description or sub._choices_actions, name
+        help_text = next(a.help for a in sub._choices_actions if a.dest == name)
+        assert help_text, f"{name} has no help"
+        assert f"harness {name}" in readme, f"`harness {name}` is not in the README"
+
+
+def test_query_formats(capsys, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    con = duckdb.connect(str(run_dir / "results.duckdb"))
+    con.execute("create table legs as select * from (values ('a', 1.5), ('b', 2.0)) t(version, latency_ms)")
+    con.close()
+    code, out, _ = run(capsys, "query", str(run_dir), "select * from legs order by 1", "--format", "json")
+    assert code == 0 and json.loads(out) == [{"version": "a", "latency_ms": 1.5}, {"version": "b", "latency_ms": 2.0}]
+    code, out, _ = run(capsys, "query", str(run_dir), "select * from legs order by 1", "--format", "csv")
+    assert out.splitlines() == ["version,latency_ms", "a,1.5", "b,2.0"]
+    code, out, _ = run(capsys, "query", str(run_dir), "select count(*) as n from legs")
+    assert code == 0 and "(1 row)" in out
+    code, _, err = run(capsys, "query", str(run_dir), "select nope from legs")
+    assert code == 3 and "query failed" in one_line_error(err)
