@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+import orjson
+
 from ..errors import TrafficError
 from .record import BadRecord, CapturedRequest
 from .timestamps import TimestampError, parse_ts
@@ -54,6 +56,18 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_TARGET_CHARS = re.compile(r"[\x00-\x20\x7f]")
 _BAD_HEADER_VALUE_CHARS = re.compile(r"[\x00\r\n]")
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # == json.dumps(v, separators=(",", ":"))
+
+
+def compact_json(value: Any) -> bytes:
+    """A JSON value as compact bytes. orjson is several times faster than json, which stays as the
+    fallback for what orjson refuses (integers beyond 64 bits, NaN)."""
+    try:
+        return orjson.dumps(value)
+    except (orjson.JSONEncodeError, TypeError):
+        return _COMPACT_JSON.encode(value).encode("utf-8")
+
+
+_SLOW = object()
 
 
 class RecordError(ValueError):
@@ -239,7 +253,7 @@ def _body(fields: Mapping[str, Any]) -> bytes:
         except UnicodeEncodeError:
             raise RecordError("body is not valid Unicode text (lone surrogate)") from None
     try:
-        return _COMPACT_JSON.encode(body).encode("utf-8")
+        return compact_json(body)
     except (TypeError, ValueError, RecursionError) as exc:
         raise RecordError(f"body cannot be written as JSON: {exc}") from None
 
@@ -294,6 +308,17 @@ def request_from_fields(
 
 
 def _parse_line(raw: bytes, source: str, lineno: int) -> CapturedRequest | BadRecord:
+    try:
+        obj = orjson.loads(raw)  # the fast path; the json module below gives the precise error message
+    except orjson.JSONDecodeError:
+        obj = _SLOW
+    if obj is not _SLOW:
+        if not isinstance(obj, dict):
+            return BadRecord(source, lineno, f"a record must be a JSON object, not {type(obj).__name__}")
+        try:
+            return request_from_fields(obj, source, lineno)
+        except RecordError as exc:
+            return BadRecord(source, lineno, str(exc))
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -13,6 +13,8 @@ import re
 from typing import Any, Iterable
 from urllib.parse import parse_qsl, urlsplit
 
+import orjson
+
 from ..jsonpath import MISSING, find_first
 from ..scenario import SegmentSpec
 from .record import CapturedRequest
@@ -64,9 +66,12 @@ class SegmentEvaluator:
         doc: Any = MISSING
         if self._needs_body and req.body[:1] in (b"{", b"["):
             try:
-                doc = json.loads(req.body)
-            except ValueError:
-                doc = MISSING
+                doc = orjson.loads(req.body)
+            except orjson.JSONDecodeError:
+                try:
+                    doc = json.loads(req.body)
+                except (ValueError, RecursionError):
+                    doc = MISSING
         out: dict[str, str] = {}
         for spec in self._plain:
             out[spec.name] = self._cap(spec, self._raw_value(spec, req, doc))
