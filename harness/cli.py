@@ -159,9 +159,10 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _schedule(args: argparse.Namespace) -> int:
-    from .schedule import export_schedule, load_schedule
+    from .outputs import schedule_for
+    from .schedule import export_schedule
 
-    print(export_schedule(load_schedule(args.run_dir), args.format), end="")
+    print(export_schedule(schedule_for(args.run_dir), args.format), end="")
     return 0
 
 

@@ -13,7 +13,7 @@ from typing import Any, Literal, Mapping
 
 from .errors import ScenarioError
 
-__all__ = ["GateSpec", "METRICS", "parse_gates"]
+__all__ = ["GateSpec", "METRICS", "LATENCY_LIKE", "DETECTOR_RATES", "PAIR_METRICS", "HIGHER_IS_BETTER", "parse_gates"]
 
 Comparison = Literal["absolute", "relative", "delta"]
 
@@ -29,7 +29,35 @@ METRICS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "restarts": (("count",), "count", "events"),
     "peak_rss_mb": (("max",), "max", "MB"),
     "peak_gpu_memory_mb": (("max",), "max", "MB"),
+    # streamed answers (openai protocol), paired like latency_ms
+    "time_to_first_token_ms": (("p50", "p90", "p95", "p99", "mean"), "p95", "ms"),
+    "inter_token_ms": (("p50", "p90", "p95", "p99", "mean"), "p95", "ms"),  # over each leg's mean token gap
+    "completion_tokens": (("p50", "p90", "p95", "mean"), "mean", "tokens"),
+    # detectors (output.detectors; tool calls always): share of judged answers
+    "abstention_rate": (("rate",), "rate", "fraction"),
+    "citation_rate": (("rate",), "rate", "fraction"),
+    "fallback_rate": (("rate",), "rate", "fraction"),
+    "tool_call_validity_rate": (("rate",), "rate", "fraction"),
+    # baseline against candidate, per pair (harness.analysis.output_diff): absolute limits only
+    "label_agreement": (("rate",), "rate", "fraction"),
+    "label_flip_rate": (("rate",), "rate", "fraction"),
+    "field_diff_rate": (("rate",), "rate", "fraction"),
+    "label_kappa": (("value",), "value", "kappa"),
+    "confidence_psi": (("value",), "value", "PSI"),
+    "confidence_ks": (("value",), "value", "KS"),
+    "confidence_mean_shift": (("mean",), "mean", "confidence"),
 }
+
+LATENCY_LIKE = frozenset({"latency_ms", "time_to_first_token_ms", "inter_token_ms", "completion_tokens"})
+# metric -> legs column of the detector
+DETECTOR_RATES = {"abstention_rate": "abstained", "citation_rate": "cited", "fallback_rate": "fallback_model",
+                  "tool_call_validity_rate": "tool_calls_valid"}
+# measured on the pair, not per version: no baseline value to be relative to
+PAIR_METRICS = frozenset({"label_agreement", "label_flip_rate", "field_diff_rate", "label_kappa", "confidence_psi",
+                          "confidence_ks", "confidence_mean_shift"})
+# where a lower value is the worse one
+HIGHER_IS_BETTER = frozenset({"schema_pass_rate", "review_score", "citation_rate", "tool_call_validity_rate",
+                              "label_agreement", "label_kappa"})
 
 # condition key -> (comparison, direction); direction "max" means the observed value must stay <= threshold
 CONDITIONS: dict[str, tuple[Comparison, str]] = {
@@ -51,8 +79,14 @@ _SEED_NAMES = {
     "restarts": ("restarts", "count"),
     "peak_rss_mb": ("peak_rss_mb", "max"),
     "peak_gpu_memory_mb": ("peak_gpu_memory_mb", "max"),
+    **{m: (m, "rate") for m in ("abstention_rate", "citation_rate", "fallback_rate", "tool_call_validity_rate",
+                                "label_agreement", "label_flip_rate", "field_diff_rate")},
+    **{m: (m, "value") for m in ("label_kappa", "confidence_psi", "confidence_ks")},
+    "confidence_mean_shift": ("confidence_mean_shift", "mean"),
 }
 _LATENCY_NAME = re.compile(r"^latency_(p50|p90|p95|p99|mean)_ms$")
+_TTFT_NAME = re.compile(r"^(?:ttft|time_to_first_token)_(p50|p90|p95|p99|mean)_ms$")
+_ITL_NAME = re.compile(r"^inter_token_(p50|p90|p95|p99|mean)_ms$")
 _GENERAL_KEYS = {"metric", "aggregation", "segment", "severity", "per_segment", "description"}
 
 
@@ -97,12 +131,16 @@ def _parse_one(name: str, body: Any, where: str) -> GateSpec:
         aggregation = body.get("aggregation", METRICS[metric][1])
     else:
         m = _LATENCY_NAME.match(name)
+        t = _TTFT_NAME.match(name) or _ITL_NAME.match(name)
         if m:
             metric, aggregation = "latency_ms", m.group(1)
+        elif t:
+            metric, aggregation = ("time_to_first_token_ms" if t.re is _TTFT_NAME else "inter_token_ms"), t.group(1)
         elif name in _SEED_NAMES:
             metric, aggregation = _SEED_NAMES[name]
         else:
-            known = sorted(["latency_p50_ms", "latency_p95_ms", "latency_p99_ms", *_SEED_NAMES])
+            known = sorted(["latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "ttft_p95_ms", "inter_token_p95_ms",
+                            *_SEED_NAMES])
             raise ScenarioError(
                 f"{where}: unknown gate {name!r}; use one of {', '.join(known)} or give `metric:` explicitly")
     aggs, _, unit = METRICS[metric]
@@ -120,6 +158,10 @@ def _parse_one(name: str, body: Any, where: str) -> GateSpec:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ScenarioError(f"{where}.{key}: expected a number, got {value!r}")
     comparison, direction = CONDITIONS[key]
+    if metric in PAIR_METRICS and comparison != "absolute":
+        raise ScenarioError(f"{where}: {metric} compares the two versions already; use maximum or minimum, not {key}")
+    if metric in DETECTOR_RATES and key == "maximum_regression_percent":
+        raise ScenarioError(f"{where}: {metric} is a rate; use maximum, minimum, maximum_increase or minimum_delta")
     threshold = float(value) / 100.0 if key == "maximum_regression_percent" else float(value)
     severity = body.get("severity", "blocking")
     if severity not in ("blocking", "warning"):

@@ -20,7 +20,7 @@ import numpy as np
 
 from .analysis import stats
 from .analysis.dataset import PairData
-from .gate_config import GateSpec
+from .gate_config import DETECTOR_RATES, HIGHER_IS_BETTER, LATENCY_LIKE, GateSpec
 
 __all__ = ["GateResult", "Verdict", "ResourceSummary", "evaluate_gates", "decide_verdict"]
 
@@ -120,7 +120,7 @@ def evaluate_gates(specs: Iterable[GateSpec], data: PairData, resources: Resourc
 
 def natural_delta(r: GateResult) -> float | None:
     """The candidate-minus-baseline difference of a result on its metric's own scale (latency: ratio - 1)."""
-    if r.metric == "latency_ms" and r.comparison == "relative":
+    if r.metric in LATENCY_LIKE and r.comparison == "relative":
         return None if r.observed is None else r.observed - 1.0
     if r.baseline is None or r.candidate is None:
         return None
@@ -135,7 +135,7 @@ def _against_noise(r: GateResult, aa_noise: dict[tuple[str, str | None], float])
     if noise is None or delta is None:
         return r
     note = f" A/A noise for this gate and scope: {noise:+.4g}."
-    worse_is_lower = r.metric in ("schema_pass_rate", "review_score")
+    worse_is_lower = r.metric in HIGHER_IS_BETTER
     d, n = (-delta, -noise) if worse_is_lower else (delta, noise)
     if r.status == "fail" and (d <= max(n, 0.0) * 1.25 or d - max(n, 0.0) < 1e-3):
         return replace(r, status="inconclusive", reason=r.reason + note + " The difference is within it.")
@@ -161,8 +161,21 @@ def _multiplicity(results: list[GateResult], specs: Iterable[GateSpec], alpha: f
 def _evaluate_one(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None,
                   resources: ResourceSummary | None, alpha: float, n_resamples: int, seed: int) -> GateResult:
     m = spec.metric
-    if m == "latency_ms":
-        return _latency(spec, data, mask, label, alpha, n_resamples, seed)
+    if m in LATENCY_LIKE:
+        series = {"latency_ms": data.latency, "time_to_first_token_ms": data.ttft, "inter_token_ms": data.inter_token,
+                  "completion_tokens": data.completion_tokens}[m]
+        return _latency(spec, data, mask, label, alpha, n_resamples, seed, series)
+    if m in DETECTOR_RATES:
+        column = DETECTOR_RATES[m]
+        if column not in data.detected:
+            return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=0,
+                           status="inconclusive", reason=f"No {column} column in this run.")
+        return _rate(spec, label, data.detected[column], data.detector_judged[column], mask, alpha,
+                     higher_is_worse=m not in HIGHER_IS_BETTER)
+    if m in ("label_agreement", "label_flip_rate", "field_diff_rate"):
+        return _pair_rate(spec, data, mask, label, alpha)
+    if m in ("label_kappa", "confidence_psi", "confidence_ks", "confidence_mean_shift"):
+        return _distribution(spec, data, mask, label, alpha, n_resamples, seed)
     if m in ("error_rate", "timeout_rate"):
         col = data.error if m == "error_rate" else data.timeout
         return _rate(spec, label, col, None, mask, alpha, higher_is_worse=True)
@@ -183,13 +196,19 @@ def _where(label: str | None) -> str:
     return f" in {label}" if label else " overall"
 
 
+_SERIES_TEXT = {"latency_ms": ("latency", "ms"), "time_to_first_token_ms": ("time to first token", "ms"),
+                "inter_token_ms": ("inter-token gap", "ms"), "completion_tokens": ("completion tokens", "tokens")}
+
+
 def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None, alpha: float,
-             n_resamples: int, seed: int) -> GateResult:
-    if "candidate" not in data.latency:
+             n_resamples: int, seed: int, series: dict[str, np.ndarray] | None = None) -> GateResult:
+    series = data.latency if series is None else series
+    what, unit = _SERIES_TEXT[spec.metric]
+    if "candidate" not in series:
         return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=0,
                        status="inconclusive", reason="No candidate legs (baseline-only run).")
-    b = data.latency["baseline"][mask]
-    c = data.latency["candidate"][mask]
+    b = series["baseline"][mask]
+    c = series["candidate"][mask]
     ok = np.isfinite(b) & np.isfinite(c)
     b, c = b[ok], c[ok]
     n = len(b)
@@ -198,7 +217,7 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
     floor = int(math.ceil(10 / (1 - q))) if q else 30
     if n < floor:
         return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=n, status="inconclusive",
-                       reason=f"{agg} latency{_where(label)}: only {n} pairs; at least {floor} are needed to estimate it.",
+                       reason=f"{agg} {what}{_where(label)}: only {n} pairs; at least {floor} are needed to estimate it.",
                        min_n=floor)
     if spec.comparison == "absolute":
         value = float(np.quantile(c, q)) if q else float(np.mean(c))
@@ -208,8 +227,8 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
         status = "pass" if ok_bound else "fail" if bad_bound else "inconclusive"
         return _result(spec, label, baseline=float(np.quantile(b, q)) if q else float(np.mean(b)), candidate=value,
                        observed=value, ci=(lo, hi), n=n, status=status,
-                       reason=f"Candidate {agg} {value:.1f} ms{_where(label)} (interval {lo:.1f}-{hi:.1f}) vs limit "
-                              f"{spec.threshold:g} ms: {status}.")
+                       reason=f"Candidate {agg} {what} {value:.1f} {unit}{_where(label)} (interval {lo:.1f}-{hi:.1f}) "
+                              f"vs limit {spec.threshold:g} {unit}: {status}.")
     if q is None:
         ratio_ci = stats.paired_mean_ratio_ci(b, c, confidence=1 - alpha, n_resamples=n_resamples, seed=seed)
     else:
@@ -235,9 +254,15 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
     return _result(spec, label, baseline=ratio_ci.baseline_q, candidate=ratio_ci.candidate_q,
                    observed=ratio_ci.estimate, ci=(ratio_ci.lower, ratio_ci.upper), n=n, status=status,
                    p_value=p_fail, min_n=min_n, effect=ratio_ci.estimate - 1,
-                   reason=f"{agg} latency{_where(label)} {ratio_ci.baseline_q:.1f} -> {ratio_ci.candidate_q:.1f} ms "
+                   reason=f"{agg} {what}{_where(label)} {ratio_ci.baseline_q:.1f} -> {ratio_ci.candidate_q:.1f} {unit} "
                           f"({change:+.1f} %, {100 * (1 - alpha):g} % bounds {100 * (ratio_ci.lower - 1):+.1f} % to "
                           f"{100 * (ratio_ci.upper - 1):+.1f} %, n={n}): {why}.")
+
+
+_RATE_TEXT = {"error_rate": "error rate", "timeout_rate": "timeout rate", "schema_pass_rate": "schema pass rate",
+              "abstention_rate": "abstention rate", "citation_rate": "citation rate", "fallback_rate": "fallback rate",
+              "tool_call_validity_rate": "tool-call validity rate", "label_agreement": "label agreement",
+              "label_flip_rate": "label flip rate", "field_diff_rate": "field diff rate"}
 
 
 def _rate(spec: GateSpec, label: str | None, col: dict[str, np.ndarray], judged: dict[str, np.ndarray] | None,
@@ -248,7 +273,7 @@ def _rate(spec: GateSpec, label: str | None, col: dict[str, np.ndarray], judged:
     k = {v: int(col[v][sel[v]].sum()) for v in versions}
     n = {v: int(sel[v].sum()) for v in versions}
     rate = {v: (k[v] / n[v]) if n[v] else float("nan") for v in versions}
-    what = {"error_rate": "error rate", "timeout_rate": "timeout rate", "schema_pass_rate": "schema pass rate"}[spec.metric]
+    what = _RATE_TEXT[spec.metric]
     nn = n[target]
     if nn == 0:
         return _result(spec, label, baseline=rate.get("baseline"), candidate=None, observed=None, ci=None, n=0,
@@ -300,6 +325,100 @@ def _rate_delta(spec: GateSpec, label: str | None, col: dict[str, np.ndarray], s
                    reason=f"Paired {what} change{_where(label)} {100 * diff:+.2f} points ({b_only} baseline-only vs "
                           f"{c_only} candidate-only events in {n} pairs, McNemar p={p:.3g}) vs {spec.threshold_text}: "
                           f"{status}.")
+
+
+def _pair_rate(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None, alpha: float) -> GateResult:
+    """Rates measured on the pair (one event per request): label agreement / flips on pairs where both
+    versions gave a label; field diffs on pairs whose answers were compared."""
+    if "candidate" not in data.prediction:
+        return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=0, status="inconclusive",
+                       reason="No candidate in this run.")
+    if spec.metric == "field_diff_rate":
+        if data.field_diff is None or data.field_judged is None:
+            return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=0,
+                           status="inconclusive", reason="The answers were not compared.")
+        event, judged = data.field_diff, data.field_judged
+    else:
+        b, c = data.prediction["baseline"], data.prediction["candidate"]
+        judged = np.array([x is not None and y is not None for x, y in zip(b, c)], dtype=bool)
+        agree = np.array([x == y for x, y in zip(b, c)], dtype=bool) & judged
+        event = agree if spec.metric == "label_agreement" else judged & ~agree
+    return _rate(spec, label, {"candidate": event}, {"candidate": judged}, mask, alpha,
+                 higher_is_worse=spec.metric not in HIGHER_IS_BETTER)
+
+
+DISTRIBUTION_MIN_N = 30
+_DISTRIBUTION_RESAMPLES = 400
+
+
+def _distribution(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None, alpha: float,
+                  n_resamples: int, seed: int) -> GateResult:
+    """Label kappa and confidence drift (PSI, KS, mean shift) on the pairs where both versions answered:
+    the mean shift by its paired t bound; the others by a percentile bootstrap over pairs (one-sided
+    bounds at 1 - alpha). PASS when the bound on the bad side clears the limit, FAIL when the bound on
+    the good side is beyond it."""
+    if "candidate" not in data.prediction:
+        return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=0, status="inconclusive",
+                       reason="No candidate in this run.")
+    m = spec.metric
+    if m == "label_kappa":
+        b_all, c_all = data.prediction["baseline"], data.prediction["candidate"]
+        ok = mask & np.array([x is not None and y is not None for x, y in zip(b_all, c_all)], dtype=bool)
+        b, c = b_all[ok], c_all[ok]
+        codes = {v: i for i, v in enumerate(sorted(set(b.tolist()) | set(c.tolist())))}
+        b = np.array([codes[v] for v in b], dtype=np.int64)
+        c = np.array([codes[v] for v in c], dtype=np.int64)
+        fn, what = _kappa_codes, "label kappa"
+    else:
+        bf, cf = data.confidence["baseline"], data.confidence["candidate"]
+        ok = mask & np.isfinite(bf) & np.isfinite(cf)
+        b, c = bf[ok], cf[ok]
+        fn, what = {"confidence_psi": (stats.psi, "confidence PSI"), "confidence_ks": (stats.ks_statistic, "confidence KS"),
+                    "confidence_mean_shift": (None, "confidence mean shift")}[m]
+    n = len(b)
+    if n < DISTRIBUTION_MIN_N:
+        return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=n, status="inconclusive",
+                       min_n=DISTRIBUTION_MIN_N,
+                       reason=f"{what.capitalize()}{_where(label)}: {n} pairs with both values; at least "
+                              f"{DISTRIBUTION_MIN_N} are needed.")
+    if fn is None:
+        iv = stats.paired_mean_difference_ci(b, c, confidence=1 - alpha, one_sided=True)
+        value, lo, hi = iv.estimate, iv.lower, iv.upper
+        base, cand = float(b.mean()), float(c.mean())
+    else:
+        value = float(fn(b, c))
+        rng = np.random.default_rng(seed)
+        reps = []
+        for _ in range(min(n_resamples, _DISTRIBUTION_RESAMPLES)):
+            i = rng.integers(0, n, n)
+            reps.append(fn(b[i], c[i]))
+        arr = np.asarray(reps, dtype=float)
+        arr = arr[np.isfinite(arr)]
+        if not np.isfinite(value) or len(arr) == 0:
+            return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=n,
+                           status="inconclusive", reason=f"{what.capitalize()}{_where(label)} is undefined here "
+                                                         "(a single label throughout).")
+        lo, hi = float(np.quantile(arr, alpha)), float(np.quantile(arr, 1 - alpha))
+        base = cand = None
+    thr = spec.threshold
+    if spec.direction == "max":
+        status = "pass" if hi <= thr else "fail" if lo > thr else "inconclusive"
+    else:
+        status = "pass" if lo >= thr else "fail" if hi < thr else "inconclusive"
+    verdict_txt = {"pass": "within the limit", "fail": "beyond the limit",
+                   "inconclusive": "the interval straddles the limit"}[status]
+    return _result(spec, label, baseline=base, candidate=cand, observed=value, ci=(lo, hi), n=n, status=status,
+                   effect=(value - thr) if spec.direction == "max" else (thr - value),
+                   reason=f"{what.capitalize()}{_where(label)} {value:.3g} ({100 * (1 - alpha):g} % bounds {lo:.3g} to "
+                          f"{hi:.3g}, n={n}) vs {spec.threshold_text}: {verdict_txt}.")
+
+
+def _kappa_codes(b: np.ndarray, c: np.ndarray) -> float:
+    k = int(max(b.max(), c.max())) + 1
+    n = len(b)
+    p_o = float(np.mean(b == c))
+    p_e = float(np.dot(np.bincount(b, minlength=k), np.bincount(c, minlength=k))) / (n * n)
+    return (p_o - p_e) / (1 - p_e) if p_e < 1.0 else math.nan
 
 
 def _review(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None, alpha: float) -> GateResult:

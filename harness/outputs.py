@@ -13,8 +13,10 @@ import numpy as np
 
 from . import __version__
 from .analysis.dataset import load_pairs, load_run_info
+from .analysis.output_diff import OutputDiffConfig, aa_field_rates, compare_outputs, llm_overview
 from .analysis.overview import accounting, replay_fidelity, resource_overview, segment_overview, version_overview
 from .errors import StoreError
+from .gate_config import DETECTOR_RATES, HIGHER_IS_BETTER, LATENCY_LIKE, PAIR_METRICS
 from .gates import GateResult, ResourceSummary, decide_verdict, evaluate_gates, natural_delta
 from .scenario import scenario_from_dict
 from .store import open_results
@@ -43,6 +45,7 @@ def judge(run_dir: Path) -> dict[str, Any]:
             gpu_sampled=gpu_sampled, samples={v: int(res.get(_res_key(v, res), {}).get("samples") or 0) for v in versions})
         a = scenario.analysis
         aa_noise = _aa_noise(scenario.replay.aa_reference) if scenario.replay.aa_reference else None
+        comparison = _compare_outputs(con, data, scenario)
         results = evaluate_gates(scenario.gates, data, resources, alpha=a.alpha, n_resamples=a.bootstrap_resamples,
                                  seed=a.seed, aa_noise=aa_noise)
         verdict = decide_verdict(results)
@@ -72,14 +75,47 @@ def judge(run_dir: Path) -> dict[str, Any]:
             "notes": notes,
             "noise_floor": _noise_floor(results) if scenario.replay.mode == "aa" else None,
             "aa_reference": str(scenario.replay.aa_reference) if scenario.replay.aa_reference else None,
+            "outputs": _clean(comparison.summary),
             "schedule": None,
         }
+        if scenario.replay.mode == "aa":
+            summary["outputs"]["aa_field_rates"] = _clean(aa_field_rates(comparison))
+        if comparison.summary.get("noise_note"):
+            notes.append(comparison.summary["noise_note"])
         from .schedule import build_schedule
 
         summary["schedule"] = build_schedule(summary, scenario, con)
         return summary
     finally:
         con.close()
+
+
+def _compare_outputs(con: Any, data: Any, scenario: Any) -> Any:
+    """Field, label and confidence comparison (summary["outputs"]); sets the per-pair field-diff flags the
+    field_diff_rate gate reads."""
+    ref = scenario.replay.aa_reference
+    rates, pairs, note = _aa_field_rates(ref) if ref is not None and scenario.replay.mode != "aa" else (None, None, None)
+    cfg = OutputDiffConfig(ignore_paths=scenario.output.ignore_paths, key_order_paths=scenario.output.key_order_paths,
+                           aa_rates=rates, aa_pairs=pairs)
+    comparison = compare_outputs(con, data, cfg)
+    data.field_diff, data.field_judged = comparison.field_diff, comparison.field_judged
+    comparison.summary["llm"] = llm_overview(con)
+    if note:
+        comparison.summary["noise_note"] = note
+    return comparison
+
+
+def _aa_field_rates(ref: Path) -> tuple[dict[tuple[str, str], float] | None, int | None, str | None]:
+    path = ref / "summary.json" if ref.is_dir() else ref
+    try:
+        aa = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path}: cannot read the A/A reference (replay.aa_reference): {exc}") from None
+    block = (aa.get("outputs") or {}).get("aa_field_rates")
+    if not block:
+        return None, None, (f"The A/A reference {path} carries no per-field A/A rates (made by an older harness): "
+                            "output field differences are reported without a noise floor.")
+    return {(f["path"], f["kind"]): float(f["rate"]) for f in block["fields"]}, int(block["pairs"]), None
 
 
 def _noise_floor(results: list[GateResult]) -> list[dict[str, Any]]:
@@ -136,10 +172,19 @@ def worst_segments(results: list[GateResult], limit: int = 15) -> list[dict[str,
 def _severity(r: GateResult) -> float | None:
     """How much worse the candidate is than the baseline, in multiples of the gate's allowance."""
     b, c = r.baseline, r.candidate
-    if r.metric == "latency_ms" and r.comparison_is_relative and r.observed is not None:
+    if r.metric in LATENCY_LIKE and r.comparison_is_relative and r.observed is not None:
         return (r.observed - 1.0) / r.threshold if r.threshold else None
+    if r.metric in PAIR_METRICS and r.metric != "confidence_mean_shift" and r.observed is not None:
+        if r.metric in HIGHER_IS_BETTER:  # agreement, kappa: the shortfall from 1 against the allowed one
+            return (1.0 - r.observed) / (1.0 - r.threshold) if r.threshold < 1 else None
+        return r.observed / r.threshold if r.threshold > 0 else None
     if b is None or c is None:
         return None
+    if r.metric in DETECTOR_RATES:  # the change against the allowed change (absolute limits: to the limit)
+        allowed = (1.0 - r.threshold if r.metric in HIGHER_IS_BETTER else r.threshold) \
+            if r.comparison == "absolute" else abs(r.threshold)
+        worse = (b - c) if r.metric in HIGHER_IS_BETTER else (c - b)
+        return worse / (allowed if allowed > 0 else 1.0 / max(r.n, 1))
     if r.metric in ("error_rate", "timeout_rate"):
         scale = r.threshold if r.threshold > 0 else 1.0 / max(r.n, 1)
         return (c - b) / scale
@@ -175,3 +220,13 @@ def build_outputs(run_dir: Path) -> dict[str, Any]:
     write_junit(run_dir / "junit.xml", summary)
     write_report(run_dir, summary)
     return summary
+
+
+def schedule_for(run_dir: Path) -> dict[str, Any]:
+    """The run's canary schedule: as written in the run folder, else computed again from results.duckdb."""
+    from .schedule import load_schedule
+
+    try:
+        return load_schedule(run_dir)
+    except StoreError:
+        return judge(run_dir)["schedule"]

@@ -16,7 +16,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from . import __version__
-from .errors import ScenarioError, StoreError, TargetUnreachable
+from .errors import ScenarioError, StoreError, TargetUnreachable, TrafficError
 from .monitor import ResourceMonitor, TargetProcess
 from .scenario import Scenario
 from .store import RunMeta, RunStore
@@ -39,12 +39,13 @@ def make_run_dir(out_root: Path, name: str) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     try:
         out_root.mkdir(parents=True, exist_ok=True)
-        run_dir = out_root / f"{name}-{stamp}"
-        i = 1
-        while run_dir.exists():
-            i += 1
-            run_dir = out_root / f"{name}-{stamp}-{i}"
-        run_dir.mkdir()
+        for i in range(1, 1000):
+            run_dir = out_root / (f"{name}-{stamp}" if i == 1 else f"{name}-{stamp}-{i}")
+            try:
+                run_dir.mkdir()  # atomic: two runs starting in the same second get different folders
+                break
+            except FileExistsError:
+                continue
         probe = run_dir / ".write-test"
         probe.write_bytes(b"\0" * 65536)  # a full disk fails here, before any traffic is sent
         probe.unlink()
@@ -104,12 +105,15 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
     except KeyError as exc:
         raise ScenarioError(f"{scenario.source}: replay.headers uses ${{{exc.args[0]}}} but that environment "
                             "variable is not set") from None
+    check_targets(scenario)
+    if not scenario.traffic.path.exists():
+        raise TrafficError(f"{scenario.traffic.path}: capture file not found")
     run_dir = make_run_dir(out_root, scenario.name)
     handler, say = _setup_log(run_dir, echo)
     work = run_dir / ".work"
     store: RunStore | None = None
+    nothing_recorded = False
     try:
-        check_targets(scenario)
         say(f"harness {__version__}: scenario {scenario.name}, mode {scenario.replay.mode}, run folder {run_dir}")
         prepared = prepare_traffic(scenario, work)
         say(f"traffic: {prepared.records_read} records read, {prepared.replayed} to replay, "
@@ -137,19 +141,21 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             max_in_flight=scenario.replay.max_in_flight, max_response_bytes=scenario.replay.max_response_bytes,
             prediction_path=scenario.output.prediction, confidence_path=scenario.output.confidence,
             schema=scenario.output.schema, route_schemas=scenario.output.route_schemas,
-            max_duration_s=scenario.replay.max_duration_s, secrets=secrets)
+            max_duration_s=scenario.replay.max_duration_s, secrets=secrets, detectors=scenario.output.detectors)
         monitor = _monitor(scenario, pids or {})
         sinks = {"legs": store.write_legs, "events": store.write_events, "resources": store.write_resources}
         options = ReplayOptions(web_ui=web_ui, web_port=web_port, progress_every_s=progress_every_s)
+        stop_rule = _sequential_rule(scenario.analysis.alpha) if scenario.replay.stop_early else None
         if processes > 1 or master:
             from .replay.distributed import run_replay_master
 
             outcome = run_replay_master(plan, sinks, options, sampler=monitor.sample, log=say,
                                         processes=processes if not master else 0,
                                         expect_workers=expect_workers if master else processes,
-                                        bind_host=master_bind_host, bind_port=master_bind_port or _free_port())
+                                        bind_host=master_bind_host, bind_port=master_bind_port or _free_port(),
+                                        stop_rule=stop_rule)
         else:
-            outcome = run_replay(plan, sinks, options, sampler=monitor.sample, log=say)
+            outcome = run_replay(plan, sinks, options, sampler=monitor.sample, log=say, stop_rule=stop_rule)
         for note in monitor.notes:
             store.con.execute("insert into events values (now(), 'note', ?)", [note])
         status, reason = _finish_requests(store, outcome)
@@ -173,11 +179,28 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             except Exception:  # noqa: BLE001 - the original error is the one to report
                 pass
         log.error("run failed: %s", exc)
+        nothing_recorded = not (run_dir / "results.duckdb").exists()
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
         log.removeHandler(handler)
         handler.close()
+        if nothing_recorded:  # e.g. a bad record with on_bad_record: fail: no half-made run folder is left
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _sequential_rule(alpha: float) -> Callable[[int, int, int], str | None]:
+    from .analysis.stats import msprt_discordant
+
+    def rule(pairs: int, b: int, c: int) -> str | None:
+        result = msprt_discordant(b, c, alpha=alpha)
+        if not result.reject:
+            return None
+        return (f"after {pairs} pairs the candidate's error incidence is worse than the baseline's "
+                f"({c} candidate-only vs {b} baseline-only errors; mSPRT e-value {result.e_value:.0f} >= 1/alpha = "
+                f"{1 / alpha:.0f}, valid at any stopping time)")
+
+    return rule
 
 
 def _free_port() -> int:

@@ -19,9 +19,10 @@ import yaml
 
 from .errors import ScenarioError
 from .gate_config import GateSpec, parse_gates
+from .jsonpath import JsonPathError, compile_path
 
 __all__ = [
-    "Scenario", "TrafficConfig", "SegmentSpec", "TargetConfig", "ReplayConfig", "OutputConfig",
+    "Scenario", "TrafficConfig", "SegmentSpec", "TargetConfig", "ReplayConfig", "OutputConfig", "DetectorConfig",
     "AnalysisConfig", "CanaryConfig", "load_scenario", "scenario_from_dict", "scenario_json_schema",
 ]
 
@@ -94,6 +95,23 @@ class ReplayConfig:
     max_response_bytes: int = 10 * 1024 * 1024
     headers: Mapping[str, str | None] = field(default_factory=dict)
     aa_reference: Path | None = None
+    stop_early: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    """output.detectors, flattened: plain strings only, so a replay plan carries it to workers as JSON."""
+    content: str | None = None  # JSON path of the text patterns read; None: the protocol's own (openai message)
+    abstention_pattern: str | None = None
+    citation_pattern: str | None = None
+    citation_field: str | None = None
+    expected_model: str | None = None
+    model_field: str = "$.model"
+    fallback_header: str | None = None
+
+    @property
+    def fallback_configured(self) -> bool:
+        return self.expected_model is not None or self.fallback_header is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +120,9 @@ class OutputConfig:
     route_schemas: Mapping[str, Path] = field(default_factory=dict)
     prediction: str = "$.prediction"
     confidence: str = "$.confidence"
+    ignore_paths: tuple[str, ...] = ()
+    key_order_paths: tuple[str, ...] = ()
+    detectors: DetectorConfig = DetectorConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +338,7 @@ def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, che
         max_response_bytes=int(rp.get("max_response_bytes", 10 * 1024 * 1024)),
         headers=dict(rp.get("headers", {})),
         aa_reference=_path(base, rp.get("aa_reference")),
+        stop_early=bool(rp.get("stop_early", False)),
     )
     for rule in replay_cfg.allow:
         if len(rule.split()) != 2:
@@ -328,7 +350,11 @@ def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, che
         route_schemas={k: _path(base, v) for k, v in out.get("route_schemas", {}).items()},  # type: ignore[misc]
         prediction=out.get("prediction", "$.prediction"),
         confidence=out.get("confidence", "$.confidence"),
+        ignore_paths=tuple(out.get("ignore_paths", ())),
+        key_order_paths=tuple(out.get("key_order_paths", ())),
+        detectors=_detectors(out.get("detectors", {}), label),
     )
+    _check_json_paths(output, label)
     for p in [output.schema, *output.route_schemas.values()]:
         if check_files and p is not None and not p.exists():
             raise ScenarioError(f"{label}: output schema file not found: {p}")
@@ -372,6 +398,40 @@ def _segment(name: str, spec: dict[str, Any], label: str) -> SegmentSpec:
         arg = None
     return SegmentSpec(name=name, kind=kind, arg=arg, buckets=tuple(buckets) if buckets else None,
                        max_values=int(spec.get("max_values", 20)))
+
+
+def _detectors(raw: dict[str, Any], label: str) -> DetectorConfig:
+    ab, ci, fb = raw.get("abstention", {}), raw.get("citations", {}), raw.get("fallback_model", {})
+    cfg = DetectorConfig(content=raw.get("content"), abstention_pattern=ab.get("pattern"),
+                         citation_pattern=ci.get("pattern"), citation_field=ci.get("field"),
+                         expected_model=fb.get("expected_model"), model_field=fb.get("field", "$.model"),
+                         fallback_header=fb.get("header"))
+    for key, pattern in (("abstention.pattern", cfg.abstention_pattern), ("citations.pattern", cfg.citation_pattern),
+                         ("fallback_model.expected_model", cfg.expected_model)):
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ScenarioError(f"{label}: output.detectors.{key}: not a valid regular expression: {exc}") from None
+    if fb and not cfg.fallback_configured:
+        raise ScenarioError(f"{label}: output.detectors.fallback_model: needs expected_model or header")
+    return cfg
+
+
+def _check_json_paths(output: OutputConfig, label: str) -> None:
+    d = output.detectors
+    named = [("output.prediction", output.prediction), ("output.confidence", output.confidence),
+             *((f"output.ignore_paths[{i}]", p) for i, p in enumerate(output.ignore_paths)),
+             *((f"output.key_order_paths[{i}]", p) for i, p in enumerate(output.key_order_paths)),
+             ("output.detectors.content", d.content), ("output.detectors.citations.field", d.citation_field),
+             ("output.detectors.fallback_model.field", d.model_field)]
+    for key, path in named:
+        if path is None:
+            continue
+        try:
+            compile_path(path)
+        except JsonPathError as exc:
+            raise ScenarioError(f"{label}: {key}: {exc}") from None
 
 
 def _target(name: str, spec: dict[str, Any], base: Path) -> TargetConfig:

@@ -70,6 +70,12 @@ class RunStore:
         self.con.close()
 
     def create(self, meta: RunMeta, schedule: Path, skipped: Path, bad: Path) -> None:
+        try:
+            self._create(meta, schedule, skipped, bad)
+        except duckdb.Error as exc:
+            raise StoreError(f"{self.path}: cannot write the results database: {_first_line(exc)}") from None
+
+    def _create(self, meta: RunMeta, schedule: Path, skipped: Path, bad: Path) -> None:
         # A segment named like a fixed column (route from path_template) is that column already.
         seg_cols = "".join(f', "seg__{n}" as "{n}"' for n in meta.segments if n not in RESERVED_COLUMNS)
         c = self.con
@@ -124,11 +130,19 @@ class RunStore:
             cur.close()
 
     def finish(self, status: str, reason: str | None = None) -> None:
-        self.con.execute("update runs set status = ?, status_reason = ?, finished_at = now()", [status, reason])
-        self.con.execute("checkpoint")
+        try:
+            self.con.execute("update runs set status = ?, status_reason = ?, finished_at = now()", [status, reason])
+            self.con.execute("checkpoint")
+        except duckdb.Error as exc:
+            raise StoreError(f"{self.path}: cannot finish the results database: {_first_line(exc)} "
+                             "(the legs written so far are in its write-ahead log)") from None
 
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         return self.con.execute(sql, params or []).fetchall()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 PAIRS_VIEW = """

@@ -8,7 +8,7 @@ request's fault and are counted separately. Schema validity is judged on 2xx ans
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,9 @@ import numpy as np
 
 from ..store import open_results
 
-__all__ = ["PairData", "load_pairs", "ERROR_KINDS_COUNTED", "RunInfo", "load_run_info"]
+__all__ = ["PairData", "load_pairs", "ERROR_KINDS_COUNTED", "DETECTOR_COLUMNS", "RunInfo", "load_run_info"]
 
+DETECTOR_COLUMNS = ("abstained", "cited", "fallback_model", "tool_calls_valid")
 ERROR_KINDS_COUNTED = ("timeout", "connect", "reset", "http_5xx", "invalid_json", "too_large", "truncated_stream",
                        "client")
 
@@ -48,6 +49,18 @@ class PairData:
     status_4xx: dict[str, np.ndarray]
     score: dict[str, np.ndarray]  # nan where no review score
     n: int
+    # extracted outputs and stream timing (nan / None where the leg has none)
+    prediction: dict[str, np.ndarray] = field(default_factory=dict)  # object arrays, None where no label
+    confidence: dict[str, np.ndarray] = field(default_factory=dict)
+    ttft: dict[str, np.ndarray] = field(default_factory=dict)
+    inter_token: dict[str, np.ndarray] = field(default_factory=dict)  # per-leg mean gap between token events
+    completion_tokens: dict[str, np.ndarray] = field(default_factory=dict)
+    # detectors: DETECTOR_COLUMNS name -> version -> bool; judged is False where the detector said nothing
+    detected: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    detector_judged: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    # pair-level output comparison (harness.analysis.output_diff), set by the judge; None until then
+    field_diff: np.ndarray | None = None
+    field_judged: np.ndarray | None = None
 
 
 def load_run_info(con: duckdb.DuckDBPyConnection) -> RunInfo:
@@ -75,7 +88,14 @@ def load_pairs(con: duckdb.DuckDBPyConnection, segments: tuple[str, ...], versio
             ({v[0]}.schema_valid is not null) as {v}_schema_judged,
             coalesce({v[0]}.schema_valid, false) as {v}_schema_valid,
             coalesce({v[0]}.error_kind = 'http_4xx', false) as {v}_4xx,
-            coalesce(s_{v[0]}.score, 'nan'::double) as {v}_score""")
+            coalesce(s_{v[0]}.score, 'nan'::double) as {v}_score,
+            {v[0]}.prediction as {v}_prediction,
+            coalesce({v[0]}.confidence, 'nan'::double) as {v}_confidence,
+            coalesce({v[0]}.time_to_first_token_ms, 'nan'::double) as {v}_ttft,
+            coalesce({v[0]}.inter_token_ms_mean, 'nan'::double) as {v}_itl,
+            coalesce({v[0]}.completion_tokens::double, 'nan'::double) as {v}_completion_tokens,
+            {", ".join(f"coalesce({v[0]}.{d}, false) as {v}_{d}, ({v[0]}.{d} is not null) as {v}_{d}_judged"
+                       for d in DETECTOR_COLUMNS)}""")
     joins = "".join(f"""
         join legs {v[0]} on {v[0]}.request_id = r.request_id and {v[0]}.version = '{v}'
         left join (select request_id, avg(score) as score from scores where version = '{v}' group by 1) s_{v[0]}
@@ -96,7 +116,23 @@ def load_pairs(con: duckdb.DuckDBPyConnection, segments: tuple[str, ...], versio
         out.schema_valid[v] = np.asarray(cols[f"{v}_schema_valid"], dtype=bool)
         out.status_4xx[v] = np.asarray(cols[f"{v}_4xx"], dtype=bool)
         out.score[v] = np.asarray(cols[f"{v}_score"], dtype=float)
+        out.prediction[v] = np.array([None if x is None else str(x) for x in _object_list(cols[f"{v}_prediction"])],
+                                     dtype=object)
+        out.confidence[v] = np.asarray(cols[f"{v}_confidence"], dtype=float)
+        out.ttft[v] = np.asarray(cols[f"{v}_ttft"], dtype=float)
+        out.inter_token[v] = np.asarray(cols[f"{v}_itl"], dtype=float)
+        out.completion_tokens[v] = np.asarray(cols[f"{v}_completion_tokens"], dtype=float)
+        for d in DETECTOR_COLUMNS:
+            out.detected.setdefault(d, {})[v] = np.asarray(cols[f"{v}_{d}"], dtype=bool)
+            out.detector_judged.setdefault(d, {})[v] = np.asarray(cols[f"{v}_{d}_judged"], dtype=bool)
     return out
+
+
+def _object_list(column: Any) -> list[Any]:
+    # fetchnumpy gives a masked array for a column with nulls, a plain one otherwise
+    if isinstance(column, np.ma.MaskedArray):
+        return [None if m else x for x, m in zip(column.data.tolist(), np.ma.getmaskarray(column).tolist())]
+    return list(np.asarray(column, dtype=object))
 
 
 def open_run(run_dir: Path) -> duckdb.DuckDBPyConnection:

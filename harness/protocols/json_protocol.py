@@ -7,12 +7,15 @@ from typing import Any
 
 from ..jsonpath import MISSING, find_first
 
-__all__ = ["OutputRead", "read_json_output"]
+__all__ = ["OutputRead", "read_json_output", "label_of", "number_of"]
 
 
 @dataclass(frozen=True, slots=True)
 class OutputRead:
-    doc: Any = MISSING  # the parsed document, MISSING when the body is not JSON
+    """What one answer says, whatever its protocol. Streaming fields are None for answers that did not stream;
+    detector fields are None where a detector is not configured or cannot judge the answer."""
+
+    doc: Any = MISSING  # the parsed document (an assembled chat.completion for a stream), MISSING when not JSON
     invalid_json: bool = False
     prediction: str | None = None
     confidence: float | None = None
@@ -20,6 +23,17 @@ class OutputRead:
     time_to_first_token_ms: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    streamed: bool = False
+    truncated_stream: bool = False  # an event stream that ended before `data: [DONE]`
+    inter_token_ms_mean: float | None = None
+    inter_token_ms_p95: float | None = None
+    token_chunks: int | None = None  # stream events that carried generated text or tool-call arguments
+    finish_reason: str | None = None
+    content: str | None = None  # the assistant's text (openai), read by the detectors; not stored as such
+    tool_calls_valid: bool | None = None
+    abstained: bool | None = None
+    cited: bool | None = None
+    fallback_model: bool | None = None
 
 
 def read_json_output(status: int, body: bytes, prediction_path: str, confidence_path: str) -> OutputRead:
@@ -29,18 +43,18 @@ def read_json_output(status: int, body: bytes, prediction_path: str, confidence_
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return OutputRead(invalid_json=True)
-    return OutputRead(doc=doc, prediction=_label(find_first(doc, prediction_path)),
-                      confidence=_number(find_first(doc, confidence_path)),
-                      model_version=_label(find_first(doc, "$.model_version")))
+    return OutputRead(doc=doc, prediction=label_of(find_first(doc, prediction_path)),
+                      confidence=number_of(find_first(doc, confidence_path)),
+                      model_version=label_of(find_first(doc, "$.model_version")))
 
 
-def _label(v: Any) -> str | None:
+def label_of(v: Any) -> str | None:
     if v is MISSING or v is None:
         return None
     return v if isinstance(v, str) else json.dumps(v)[:200]
 
 
-def _number(v: Any) -> float | None:
+def number_of(v: Any) -> float | None:
     # A confidence sent as a string is a contract break the schema catches; it is not a number here.
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None

@@ -1,14 +1,17 @@
 """KServe V2 / Open Inference Protocol answers: outputs[].data -> prediction and confidence.
 
-The first output named like a label ("label", "prediction", "class") gives the prediction, the first
-named like a score ("probability", "confidence", "score") or else the first numeric output gives the
-confidence (its maximum, for a vector)."""
+The scenario's output.prediction / output.confidence JSON paths win where they find something (e.g.
+`$.outputs[1].data[0]`). Otherwise the first output named like a label
+("label", "prediction", "class") gives the prediction, and the first named like a score ("probability",
+"confidence", "score") or else the first numeric output with values in [0, 1] gives the confidence (its
+maximum, for a vector). Tensors may be nested (row-major) or flat; both are flattened."""
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from .json_protocol import OutputRead
+from ..jsonpath import MISSING, find_first
+from .json_protocol import OutputRead, label_of, number_of
 
 __all__ = ["read_kserve_v2_output"]
 
@@ -16,7 +19,8 @@ _LABEL_NAMES = ("label", "labels", "prediction", "predictions", "class", "classe
 _SCORE_NAMES = ("probability", "probabilities", "confidence", "score", "scores", "proba")
 
 
-def read_kserve_v2_output(status: int, body: bytes) -> OutputRead:
+def read_kserve_v2_output(status: int, body: bytes, prediction_path: str = "$.prediction",
+                          confidence_path: str = "$.confidence") -> OutputRead:
     try:
         doc = json.loads(body) if body else None
     except (ValueError, UnicodeDecodeError):
@@ -39,6 +43,12 @@ def read_kserve_v2_output(status: int, body: bytes) -> OutputRead:
         if confidence is None and numeric and (name in _SCORE_NAMES or prediction is not None or name not in _LABEL_NAMES):
             if name in _SCORE_NAMES or all(0.0 <= x <= 1.0 for x in numeric):
                 confidence = max(numeric)
+    by_path = find_first(doc, prediction_path)
+    if by_path is not MISSING and by_path is not None:
+        prediction = label_of(by_path)
+    by_path = number_of(find_first(doc, confidence_path))
+    if by_path is not None:
+        confidence = by_path
     version = doc.get("model_version")
     return OutputRead(doc=doc, prediction=prediction, confidence=confidence,
                       model_version=str(version) if version is not None else None)

@@ -8,6 +8,7 @@ that finds `max_in_flight` pairs in flight is not sent and is recorded as skippe
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -22,7 +23,8 @@ import pyarrow.parquet as pq
 
 from ..compat import OutputValidator
 from ..jsonpath import MISSING
-from ..protocols import read_output
+from ..protocols import OutputRead, read_output
+from ..scenario import DetectorConfig
 from ..traffic.redaction import REDACTED, Redactor
 from .http_client import TargetClient
 from .recorder import Recorder
@@ -72,6 +74,12 @@ class DispatchPlan:
     max_duration_s: float | None
     worker: str = "local"
     secrets: tuple[str, ...] = ()  # values sent to targets (test credentials) to mask in stored excerpts
+    detectors: DetectorConfig | None = None
+
+    def __post_init__(self) -> None:
+        # A plan sent to workers travels as JSON (plan_to_message): the detectors arrive as a mapping.
+        if isinstance(self.detectors, Mapping):
+            object.__setattr__(self, "detectors", DetectorConfig(**self.detectors))
 
 
 @dataclass
@@ -174,12 +182,15 @@ class Dispatcher:
             self.stats.in_flight -= 1
         lag_ms = (sent - intended) * 1000.0
         out = read_output(target.protocol, result.status or 0, result.body, self.plan.prediction_path,
-                          self.plan.confidence_path) if result.status is not None and result.error_kind != "too_large" else None
-        kind = result.error_kind
+                          self.plan.confidence_path, headers=result.headers, arrivals=result.arrivals or (),
+                          detectors=self.plan.detectors) if result.status is not None and result.error_kind != "too_large" else None
+        kind, detail = result.error_kind, result.error_detail
+        if out is not None and out.truncated_stream and kind is None:
+            kind, detail = "truncated_stream", "the event stream ended without `data: [DONE]`"
         schema_valid: bool | None = None
         schema_errors: str | None = None
         excerpt: str | None = None
-        if out is not None and result.status is not None and 200 <= result.status < 300:
+        if out is not None and result.status is not None and 200 <= result.status < 300 and kind != "truncated_stream":
             if out.invalid_json:
                 kind = kind or "invalid_json"
                 schema_valid, schema_errors = (False, "answer is not JSON") if self._validator.active else (None, None)
@@ -198,25 +209,59 @@ class Dispatcher:
             "request_id": row["request_id"], "version": target.version, "order_idx": row["order_idx"],
             "intended_at": intended, "sent_at": sent, "done_at": done, "send_lag_ms": lag_ms,
             "latency_ms": (done - intended) * 1000.0, "service_ms": (done - sent) * 1000.0,
-            "status_code": result.status, "error_kind": kind, "error_detail": result.error_detail,
+            "status_code": result.status, "error_kind": kind, "error_detail": detail,
             "response_bytes": result.response_bytes, "schema_valid": schema_valid, "schema_errors": schema_errors,
             "prediction": out.prediction if out else None, "confidence": out.confidence if out else None,
             "model_version": out.model_version if out else None, "output_json": excerpt,
             "time_to_first_token_ms": out.time_to_first_token_ms if out else None,
             "prompt_tokens": out.prompt_tokens if out else None,
             "completion_tokens": out.completion_tokens if out else None, "worker": self.plan.worker,
+            **_stream_and_detector_columns(out),
         })
         if self.on_leg is not None:
-            exc = RuntimeError(f"{kind}: {result.error_detail or ''}") if kind else None
+            exc = RuntimeError(f"{kind}: {detail or ''}") if kind else None
             self.on_leg(target.version, row["route"], (done - intended) * 1000.0, result.response_bytes, exc)
 
     def _excerpt(self, out: Any, body: bytes) -> str:
         if out is not None and out.doc is not MISSING:
-            text = json.dumps(out.doc, separators=(",", ":"), ensure_ascii=False)
+            text = _fit_json(out.doc, OUTPUT_EXCERPT_CHARS)
         else:
             text = body[:OUTPUT_EXCERPT_CHARS * 2].decode("utf-8", "replace")
         masked = self._redactor.body(text.encode()).decode("utf-8", "replace")
         return self._redactor.text(masked[:OUTPUT_EXCERPT_CHARS], self.plan.secrets)
+
+
+def _stream_and_detector_columns(out: OutputRead | None) -> dict[str, Any]:
+    if out is None:
+        return {}
+    return {"streamed": out.streamed, "inter_token_ms_mean": out.inter_token_ms_mean,
+            "inter_token_ms_p95": out.inter_token_ms_p95, "token_chunks": out.token_chunks,
+            "finish_reason": out.finish_reason, "abstained": out.abstained, "cited": out.cited,
+            "fallback_model": out.fallback_model, "tool_calls_valid": out.tool_calls_valid}
+
+
+def _fit_json(doc: Any, limit: int) -> str:
+    """The document as compact JSON, kept valid JSON when it is longer than `limit`: long strings are cut to
+    a prefix plus a digest of the whole (so equal strings stay equal and different ones stay different)
+    before the text is cut, so the output diff can still compare the answer's structure."""
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    for keep in (200, 40, 8):
+        if len(text) <= limit:
+            break
+        text = json.dumps(_shorten(doc, keep), separators=(",", ":"), ensure_ascii=False)
+    return text
+
+
+def _shorten(node: Any, keep: int) -> Any:
+    if isinstance(node, str):
+        if len(node) <= keep + 16:
+            return node
+        return f"{node[:keep]}…#{hashlib.sha1(node.encode('utf-8', 'replace')).hexdigest()[:12]}"
+    if isinstance(node, dict):
+        return {k: _shorten(v, keep) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_shorten(v, keep) for v in node]
+    return node
 
 
 def schedule_rows(path: Path, shard_index: int = 0, shard_count: int = 1) -> tuple[Iterator[dict[str, Any]], int]:

@@ -12,6 +12,7 @@ machines, start `harness run ... --master --expect-workers N` and `harness worke
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from typing import Any, Callable
 
 from .dispatcher import SCHEDULE_COLUMNS, DispatchPlan, TargetPlan
 from .recorder import Recorder, Sinks
+from .sequential import PairErrorWatch, StopRule
 from .runner import ReplayOptions, ReplayOutcome, Sampler
 
 __all__ = ["run_replay_master", "run_worker", "plan_to_message", "plan_from_message"]
@@ -75,7 +77,8 @@ def _user_class(body: Callable[[Any], None]) -> type:
 
 def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, *, sampler: Sampler | None,
                       log: Callable[[str], None], processes: int = 0, expect_workers: int | None = None,
-                      bind_host: str = "127.0.0.1", bind_port: int = 5557, worker_timeout_s: float = 60.0) -> ReplayOutcome:
+                      bind_host: str = "127.0.0.1", bind_port: int = 5557, worker_timeout_s: float = 60.0,
+                      stop_rule: StopRule | None = None) -> ReplayOutcome:
     import gevent
     import pyarrow.parquet as pq
     from locust.env import Environment
@@ -124,6 +127,17 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
     runner.register_message("harness_done", on_done)
     interrupted: list[str] = []
     stop_feeding = [False]
+    stopped_early: list[str] = []
+
+    def stop_early(reason: str) -> None:
+        stopped_early.append(reason)
+        stop_feeding[0] = True
+        recorder.add_event("stopped_early", reason)
+        runner.send_message("harness_stop", None)
+        log(f"stopping early: {reason}")
+
+    if stop_rule is not None:
+        recorder.leg_listeners.append(PairErrorWatch(stop_rule, stop_early, versions=len(plan.targets)))
 
     def on_signal(signum: int) -> None:
         interrupted.append(signal.Signals(signum).name)
@@ -229,6 +243,8 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
         stats.errors += d["errors"]
         stats.skipped_in_flight += d["skipped_in_flight"]
         stats.stopped_early = stats.stopped_early or d.get("stopped_early")
+    if stopped_early:
+        stats.stopped_early = f"stopped early: {stopped_early[0]}"
     lags.sort()
     outcome = ReplayOutcome(stats=stats, legs_recorded=recorder.legs_recorded, sink_failures=recorder.sink_failures,
                             last_sink_error=recorder.last_sink_error,
@@ -341,6 +357,9 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
     runner.register_message("harness_stop", on_stop)
     # A worker ignores SIGINT: the master decides when to stop, and a Ctrl-C in the terminal reaches both.
     gevent.signal_handler(signal.SIGINT, lambda: None)
-    runner.greenlet.join()
+    try:
+        runner.greenlet.join()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

@@ -7,11 +7,16 @@
 - No cookie jar: every leg carries exactly the captured (redacted, overridden) headers.
 - One deadline for the whole exchange (gevent.Timeout), not per socket operation.
 - A body cap: answers over max_response_bytes are cut and recorded as too_large.
+- Event streams (`Content-Type: text/event-stream`) are read as they arrive: each read is recorded as
+  (bytes so far, ms since the send) in `arrivals`, from which the protocol reader times the tokens. A
+  stream whose connection ends before the HTTP message does (a chunked body without its last chunk,
+  a Content-Length not reached, a reset) keeps what arrived and is recorded as truncated_stream.
 """
 from __future__ import annotations
 
 import errno
 import socket
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -33,6 +38,7 @@ class SendResult:
     error_detail: str | None
     response_bytes: int
     headers: dict[str, str] | None = None
+    arrivals: list[tuple[int, float]] | None = None  # streams only: (bytes received so far, ms since the send)
 
 
 class _OneSocketPerRequest:
@@ -71,6 +77,7 @@ class TargetClient:
 
     def send(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> SendResult:
         self._state.taken = False
+        self._state.t0 = time.perf_counter()
         try:
             with gevent.Timeout(self.timeout_s):
                 return self._exchange(method, self.base_path + path, headers, body)
@@ -105,6 +112,8 @@ class TargetClient:
             self._drop(response)
             return SendResult(status, b"", "too_large", f"Content-Length {declared} > cap {self.max_response_bytes}",
                               declared, resp_headers)
+        if resp_headers.get("content-type", "").split(";")[0].strip().lower() == "text/event-stream":
+            return self._read_stream(response, status, resp_headers)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -122,6 +131,37 @@ class TargetClient:
         kind = "http_5xx" if status >= 500 else "http_4xx" if status >= 400 else None
         return SendResult(status, data, kind, None, size, resp_headers)
 
+    def _read_stream(self, response: object, status: int, resp_headers: dict[str, str]) -> SendResult:
+        t0: float = self._state.t0
+        chunks: list[bytes] = []
+        arrivals: list[tuple[int, float]] = []
+        size = 0
+        kind = "http_5xx" if status >= 500 else "http_4xx" if status >= 400 else None
+        detail = None
+        while True:
+            try:
+                piece = _read_available(response)
+            except (gevent.Timeout, TimeoutError):
+                self._drop(response)
+                raise  # the deadline, not the stream, ended it: send() records a timeout
+            except Exception as exc:  # noqa: BLE001 - resets and geventhttpclient's parse errors alike
+                kind = "truncated_stream"
+                detail = f"the stream ended before the answer did: {type(exc).__name__}: {exc}"[:300]
+                self._drop(response)
+                break
+            if piece is None:
+                break
+            if not piece:
+                continue
+            size += len(piece)
+            if size > self.max_response_bytes:
+                self._drop(response)
+                return SendResult(status, b"", "too_large", f"stream over the cap of {self.max_response_bytes} bytes",
+                                  size, resp_headers)
+            chunks.append(piece)
+            arrivals.append((size, (time.perf_counter() - t0) * 1000.0))
+        return SendResult(status, b"".join(chunks), kind, detail, size, resp_headers, arrivals)
+
     @staticmethod
     def _drop(response: object) -> None:
         # The rest of an oversized body is never read: the connection cannot be reused.
@@ -129,3 +169,23 @@ class TargetClient:
         if pool is not None and sock is not None:
             pool.release_socket(sock)  # closes it and frees its slot in the pool
         response._sock = response._pool = None  # type: ignore[attr-defined]
+
+
+def _read_available(response: object) -> bytes | None:
+    """What the answer has delivered so far, waiting for one socket read if nothing is buffered; None once
+    the HTTP message is complete. geventhttpclient's read(n) waits for n bytes, which would hide when
+    each event arrived."""
+    buf: bytearray = response._body_buffer  # type: ignore[attr-defined]
+    if not buf:
+        if response.message_complete:  # type: ignore[attr-defined]
+            return None
+        sock = response._sock  # type: ignore[attr-defined]
+        if sock is None:
+            raise ConnectionError("connection closed before the end of the answer")
+        data = sock.recv(_CHUNK)
+        response.feed(data)  # type: ignore[attr-defined]  # b"" at EOF: completes a close-delimited body, else raises
+        if not data and not response.message_complete:  # type: ignore[attr-defined]
+            raise ConnectionError("connection closed before the end of the answer")
+    out = bytes(buf)
+    del buf[:]
+    return out

@@ -33,6 +33,17 @@ LEG_SCHEMA = pa.schema([
     ("prompt_tokens", pa.int64()),
     ("completion_tokens", pa.int64()),
     ("worker", pa.string()),
+    # streamed answers (openai protocol): token timing from the send, see harness.protocols.openai
+    ("streamed", pa.bool_()),
+    ("inter_token_ms_mean", pa.float64()),
+    ("inter_token_ms_p95", pa.float64()),
+    ("token_chunks", pa.int64()),
+    ("finish_reason", pa.string()),
+    # detectors (output.detectors; tool calls always): null where not configured or not judgeable
+    ("abstained", pa.bool_()),
+    ("cited", pa.bool_()),
+    ("fallback_model", pa.bool_()),
+    ("tool_calls_valid", pa.bool_()),
 ])
 
 RESOURCE_SCHEMA = pa.schema([

@@ -34,6 +34,7 @@ class Recorder:
         self.recorded = {name: 0 for name in SCHEMAS}
         self.sink_failures = 0
         self.last_sink_error: str | None = None
+        self.leg_listeners: list[Callable[[dict[str, Any]], None]] = []
         # The first from_pylist imports pandas lazily (about a second): do it now, not mid-replay.
         for schema in SCHEMAS.values():
             pa.Table.from_pylist([], schema=schema)
@@ -44,6 +45,8 @@ class Recorder:
 
     def add_leg(self, row: dict[str, Any]) -> None:
         self._buffers["legs"].append(row)
+        for listener in self.leg_listeners:
+            listener(row)
 
     def add_resources(self, rows: list[dict[str, Any]]) -> None:
         self._buffers["resources"].extend(rows)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from .dispatcher import DispatchPlan, DispatchStats
 from .recorder import Recorder, Sinks
+from .sequential import PairErrorWatch, StopRule
 
 __all__ = ["ReplayOptions", "ReplayOutcome", "run_replay"]
 
@@ -45,7 +46,8 @@ class ReplayOutcome:
 
 
 def run_replay(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions = ReplayOptions(),
-               sampler: Sampler | None = None, log: Callable[[str], None] = print) -> ReplayOutcome:
+               sampler: Sampler | None = None, log: Callable[[str], None] = print,
+               stop_rule: StopRule | None = None) -> ReplayOutcome:
     # Imported here: locust patches the standard library with gevent on import.
     import gevent
     import gevent.event
@@ -65,6 +67,9 @@ def run_replay(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions = Replay
                                               url=route, start_time=None)
 
     dispatcher = Dispatcher(plan, recorder, on_leg=on_leg)
+    if stop_rule is not None:
+        recorder.leg_listeners.append(PairErrorWatch(stop_rule, lambda reason: _stop_early(dispatcher, recorder, reason, log),
+                                                     versions=len(plan.targets)))
     done = gevent.event.Event()
     start_epoch = time.time() + options.start_delay_s
 
@@ -122,6 +127,12 @@ def run_replay(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions = Replay
         lag_p50_ms=_q(lags, 0.50), lag_p99_ms=_q(lags, 0.99), wall_s=time.time() - t0)
     _progress_line(dispatcher, log, final=True)
     return outcome
+
+
+def _stop_early(dispatcher: Any, recorder: Recorder, reason: str, log: Callable[[str], None]) -> None:
+    recorder.add_event("stopped_early", reason)
+    log(f"stopping early: {reason}")
+    dispatcher.stop(f"stopped early: {reason}")
 
 
 def _q(sorted_values: list[float], q: float) -> float | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import matplotlib
@@ -16,8 +17,9 @@ matplotlib.use("Agg")  # before anything draws; harmless if already set
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+from PIL import Image  # noqa: E402  - matplotlib's own dependency
 
-__all__ = ["latency_cdf_chart", "latency_over_time_chart", "resource_timeline_chart", "STYLE"]
+__all__ = ["Chart", "latency_cdf_chart", "latency_over_time_chart", "resource_timeline_chart", "STYLE"]
 
 # version -> line style; the pair stays distinguishable without colour (solid vs dashed + markers)
 STYLE: dict[str, dict[str, Any]] = {
@@ -25,7 +27,9 @@ STYLE: dict[str, dict[str, Any]] = {
     "candidate": {"color": "#d9822b", "linestyle": "--", "linewidth": 1.8, "marker": "o", "markersize": 2.5,
                   "markevery": 0.08},
 }
-_DPI = 100
+_CSS_DPI = 100  # a figure inch is shown as 100 CSS pixels
+_DPI = 150  # and drawn with 1.5 device pixels per CSS pixel: sharp on high-density screens and in print
+_PALETTE_COLOURS = 64  # charts use a handful of colours; a palette PNG is about a quarter of the RGBA one
 _RC = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8.5,
        "xtick.labelsize": 8.5, "ytick.labelsize": 8.5, "font.family": "DejaVu Sans"}
 
@@ -37,7 +41,7 @@ def _style(version: str) -> dict[str, Any]:
 def _figure(width_in: float, height_in: float, rows: int = 1, cols: int = 1,
             height_ratios: Sequence[float] | None = None, sharex: bool = False) -> tuple[Figure, list[Axes]]:
     with matplotlib.rc_context(_RC):
-        fig = Figure(figsize=(width_in, height_in), dpi=_DPI, layout="constrained")
+        fig = Figure(figsize=(width_in, height_in), dpi=_CSS_DPI, layout="constrained")
         grid = fig.subplots(rows, cols, squeeze=False, sharex=sharex,
                             gridspec_kw={"height_ratios": height_ratios} if height_ratios else None)
     axes = [ax for row in grid for ax in row]
@@ -49,11 +53,24 @@ def _figure(width_in: float, height_in: float, rows: int = 1, cols: int = 1,
     return fig, axes
 
 
-def _png_uri(fig: Figure) -> str:
+@dataclass(frozen=True)
+class Chart:
+    uri: str  # data:image/png;base64,...
+    width: int  # CSS pixels
+    height: int
+
+
+def _png_uri(fig: Figure) -> Chart:
     buf = io.BytesIO()
     with matplotlib.rc_context(_RC):
         fig.savefig(buf, format="png", dpi=_DPI, metadata={"Software": None})
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    small = io.BytesIO()
+    image.quantize(colors=_PALETTE_COLOURS, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        small, format="PNG", optimize=True)
+    width_in, height_in = fig.get_size_inches()
+    return Chart(uri="data:image/png;base64," + base64.b64encode(small.getvalue()).decode("ascii"),
+                 width=round(width_in * _CSS_DPI), height=round(height_in * _CSS_DPI))
 
 
 def _time_axis(max_t_s: float) -> tuple[float, str]:
@@ -65,13 +82,24 @@ def _time_axis(max_t_s: float) -> tuple[float, str]:
     return 1.0, "time since replay start (s)"
 
 
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60:
+        return f"{seconds / 60:g} min"
+    if seconds >= 1:
+        return f"{seconds:g} s"
+    return f"{seconds * 1000:g} ms"
+
+
 def _ms_formatter(value: float, _pos: int) -> str:
     return f"{value:g}" if value >= 1 else f"{value:.2g}"
 
 
-def latency_cdf_chart(cdf: dict[str, list[tuple[float, float]]]) -> str | None:
+def latency_cdf_chart(cdf: dict[str, list[tuple[float, float]]], n: dict[str, int] | None = None) -> Chart | None:
     """Left: the CDF of latency (log ms). Right: the tail, the fraction of requests slower than x (log-log),
-    where p99 and p99.9 differences show."""
+    where p99 and p99.9 differences show; each version's tail stops where fewer than one request is left
+    beyond the quantile (1 - q < 1/n), below which the quantiles are interpolation, not data."""
     series = {v: pts for v, pts in cdf.items() if pts}
     if not series:
         return None
@@ -79,11 +107,13 @@ def latency_cdf_chart(cdf: dict[str, list[tuple[float, float]]]) -> str | None:
     for version, pts in series.items():
         xs = [max(ms, 1e-3) for _, ms in pts]
         body.plot(xs, [100 * q for q, _ in pts], label=version, **_style(version))
-        tail_pts = [(1 - q, max(ms, 1e-3)) for q, ms in pts if q >= 0.5 and q < 1]
+        floor = 1.0 / n[version] if n and n.get(version) else 0.0
+        tail_pts = [(1 - q, max(ms, 1e-3)) for q, ms in pts if 0.5 <= q < 1 and 1 - q >= floor - 1e-12]
         if tail_pts:
             tail.plot([ms for _, ms in tail_pts], [100 * f for f, _ in tail_pts], label=version, **_style(version))
     for ax in (body, tail):
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(_ms_formatter))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("latency from intended send time (ms, log scale)")
@@ -105,7 +135,7 @@ def latency_cdf_chart(cdf: dict[str, list[tuple[float, float]]]) -> str | None:
     return _png_uri(fig)
 
 
-def latency_over_time_chart(over_time: dict[str, list[dict[str, float]]], bucket_s: float) -> str | None:
+def latency_over_time_chart(over_time: dict[str, list[dict[str, float]]], bucket_s: float) -> Chart | None:
     """p50 and p95 latency per time bucket for both versions, and the share of failed legs per bucket."""
     series = {v: rows for v, rows in over_time.items() if rows}
     if not series:
@@ -123,17 +153,17 @@ def latency_over_time_chart(over_time: dict[str, list[dict[str, float]]], bucket
         fail.plot(ts, [100 * (r["failed_fraction"] or 0) for r in rows], label=version,
                   **{**style, "linewidth": 1.3})
     lat.set_ylabel("latency (ms)")
-    lat.set_ylim(bottom=0)
-    lat.set_title(f"Latency over time (p50 and p95 per {bucket_s / div:.3g} "
-                  f"{xlabel.rsplit('(', 1)[1].rstrip(')')} bucket)")
-    lat.legend(ncols=2, loc="upper left", frameon=False)
+    top = max((r["p95_ms"] or 0) for rows in series.values() for r in rows)
+    lat.set_ylim(0, top * 1.3 if top > 0 else 1)  # headroom for the legend
+    lat.set_title(f"Latency over time (p50 and p95 of each {_duration(bucket_s)} bucket)")
+    lat.legend(ncols=4, loc="upper left", frameon=False)
     fail.set_ylabel("failed legs (%)")
     fail.set_ylim(bottom=0)
     fail.set_xlabel(xlabel)
     return _png_uri(fig)
 
 
-def resource_timeline_chart(memory: dict[str, list[dict[str, float | None]]]) -> str | None:
+def resource_timeline_chart(memory: dict[str, list[dict[str, float | None]]]) -> Chart | None:
     """Resident memory of both servers over time (and GPU memory when it was sampled), with CPU use."""
     series = {v: rows for v, rows in memory.items() if rows}
     if not series:
@@ -142,7 +172,7 @@ def resource_timeline_chart(memory: dict[str, list[dict[str, float | None]]]) ->
     max_t = max(float(r["t_s"] or 0) for rows in series.values() for r in rows)
     div, xlabel = _time_axis(max_t)
     rows_n = 3 if has_gpu else 2
-    fig, axes = _figure(10.0, 4.6 if has_gpu else 3.6, rows_n, 1,
+    fig, axes = _figure(6.2, 5.6 if has_gpu else 4.6, rows_n, 1,
                         height_ratios=[3, 2, 1.5] if has_gpu else [3, 1.5], sharex=True)
     rss_ax, cpu_ax = axes[0], axes[-1]
     for version, rows in series.items():
@@ -154,8 +184,8 @@ def resource_timeline_chart(memory: dict[str, list[dict[str, float | None]]]) ->
         cpu_ax.plot(ts, [r["cpu_percent"] for r in rows], label=version, **{**style, "linewidth": 1.2})
     rss_ax.set_ylabel("resident memory (MB)")
     rss_ax.set_ylim(bottom=0)
-    rss_ax.set_title("Memory over time (peak per sample bucket)")
-    rss_ax.legend(loc="center right", frameon=False)
+    rss_ax.set_title("Memory over time")
+    rss_ax.legend(loc="best", frameon=False)
     if has_gpu:
         axes[1].set_ylabel("GPU memory (MB)")
         axes[1].set_ylim(bottom=0)

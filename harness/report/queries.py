@@ -7,6 +7,7 @@ failure kind instead of all of them."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ BAD_RECORDS_SHOWN = 50
 @dataclass
 class ReportData:
     cdf: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # version -> [(level, latency_ms)]
+    cdf_n: dict[str, int] = field(default_factory=dict)  # version -> legs behind its quantiles
     over_time: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # version -> buckets
     bucket_s: float = 0.0
     memory: dict[str, list[dict[str, float | None]]] = field(default_factory=dict)  # version -> samples
@@ -65,10 +67,12 @@ def load_report_data(con: duckdb.DuckDBPyConnection) -> ReportData:
 def _latency_cdf(con: duckdb.DuckDBPyConnection, data: ReportData) -> None:
     levels = list(CDF_LEVELS)
     literal = "[" + ", ".join(repr(q) for q in levels) + "]"  # quantile levels must be constants in DuckDB
-    for version, values in con.execute(
-            f"""select l.version, quantile_cont(l.latency_ms, {literal}) from legs l join requests r using (request_id)
-                where not r.warmup and l.latency_ms is not null group by 1 order by 1""").fetchall():
+    for version, n, values in con.execute(
+            f"""select l.version, count(*), quantile_cont(l.latency_ms, {literal}) from legs l
+                join requests r using (request_id) where not r.warmup and l.latency_ms is not null
+                group by 1 order by 1""").fetchall():
         data.cdf[version] = [(q, float(v)) for q, v in zip(levels, values) if v is not None]
+        data.cdf_n[version] = int(n)
 
 
 def _origin(con: duckdb.DuckDBPyConnection) -> float | None:
@@ -84,18 +88,32 @@ def _latency_over_time(con: duckdb.DuckDBPyConnection, data: ReportData, t0: flo
     if span is None or span[0] is None:
         return
     t1 = float(span[0])
-    width = max((t1 - t0) / TIME_BUCKETS, 1e-3)
+    width = _nice_width((t1 - t0) / TIME_BUCKETS)
+    n_buckets = int((t1 - t0) // width) + 1
     data.bucket_s = width
     rows = _rows(con, """
         select l.version, least(floor((epoch(l.intended_at) - ?) / ?), ? - 1)::int as bucket, count(*) as n,
           quantile_cont(l.latency_ms, 0.5) as p50_ms, quantile_cont(l.latency_ms, 0.95) as p95_ms,
           avg((l.error_kind is not null)::int) as failed_fraction
         from legs l join requests r using (request_id) where not r.warmup
-        group by 1, 2 order by 1, 2""", [t0, width, TIME_BUCKETS])
+        group by 1, 2 order by 1, 2""", [t0, width, n_buckets])
     for r in rows:
         data.over_time.setdefault(r.pop("version"), []).append(
             {"t_s": (r["bucket"] + 0.5) * width, "n": r["n"], "p50_ms": r["p50_ms"], "p95_ms": r["p95_ms"],
              "failed_fraction": r["failed_fraction"]})
+
+
+_NICE_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800,
+           3600, 7200, 10800, 21600, 43200, 86400)
+
+
+def _nice_width(raw_s: float) -> float:
+    """The smallest round duration (1-2-5 below a second, then 1, 2, 5, 10, 15, 30 s or min, 1, 2, 3, 6, 12 h,
+    a day) at least raw_s: buckets a reader can name."""
+    for width in _NICE_S:
+        if width >= raw_s * (1 - 1e-9):
+            return float(width)
+    return 86400.0 * math.ceil(raw_s / 86400.0)
 
 
 def _memory_timeline(con: duckdb.DuckDBPyConnection, data: ReportData, origin: float) -> None:
@@ -147,7 +165,8 @@ def _failing_examples(con: duckdb.DuckDBPyConnection, data: ReportData, redactor
           select *, row_number() over (partition by version, kind order by order_idx, request_id) as rn,
             count(*) over (partition by version, kind) as total
           from failing)
-        select * exclude (rn) from ranked where rn <= ? order by version, total desc, kind, order_idx""",
+        select * exclude (rn) from ranked where rn <= ?
+        order by version = 'candidate' desc, version, total desc, kind, order_idx""",
                  [EXAMPLES_PER_KIND])
     for r in rows:
         data.example_totals[(r["version"], r["kind"])] = int(r.pop("total"))
@@ -171,10 +190,14 @@ def _bad_records(con: duckdb.DuckDBPyConnection, data: ReportData) -> None:
 
 
 def _llm_metrics(con: duckdb.DuckDBPyConnection, data: ReportData) -> None:
-    rows = _rows(con, """
+    columns = {r[0] for r in con.execute("describe legs").fetchall()}
+    # inter-token latency arrived with streaming support; older results.duckdb files have no such column
+    itl = ("quantile_cont(inter_token_ms_mean, 0.5) as itl_p50_ms, quantile_cont(inter_token_ms_mean, 0.95) as itl_p95_ms,"
+           if "inter_token_ms_mean" in columns else "null as itl_p50_ms, null as itl_p95_ms,")
+    rows = _rows(con, f"""
         select l.version, count(time_to_first_token_ms) as ttft_n,
           quantile_cont(time_to_first_token_ms, 0.5) as ttft_p50_ms,
-          quantile_cont(time_to_first_token_ms, 0.95) as ttft_p95_ms,
+          quantile_cont(time_to_first_token_ms, 0.95) as ttft_p95_ms, {itl}
           avg(prompt_tokens) as mean_prompt_tokens, avg(completion_tokens) as mean_completion_tokens,
           sum(completion_tokens) as completion_tokens,
           sum(completion_tokens) / nullif(sum(service_ms) filter (where completion_tokens is not null), 0) * 1000

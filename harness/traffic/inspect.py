@@ -80,7 +80,7 @@ def inspect_capture(path: Path, fmt: str | None = None, scenario_path: Path | No
         if isinstance(item, BadRecord):
             ins.bad += 1
             if len(ins.bad_listed) < MAX_BAD_LISTED:
-                ins.bad_listed.append((item.line, item.reason))
+                ins.bad_listed.append((item.line, redactor.reason(item.reason)))
             continue
         ins.records += 1
         ts = item.ts

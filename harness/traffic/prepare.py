@@ -107,9 +107,10 @@ def prepare_traffic(scenario: Scenario, workdir: Path) -> PreparedTraffic:
         for item in iter_records(path, fmt):
             records_read += 1
             if isinstance(item, BadRecord):
+                reason = redactor.reason(item.reason)  # a reason may quote the record, secrets included
                 if cfg.on_bad_record == "fail":
-                    raise TrafficError(f"{item.source}:{item.line}: {item.reason} (traffic.on_bad_record: fail)")
-                bad_rows.append((item.source, item.line, item.reason))
+                    raise TrafficError(f"{item.source}:{item.line}: {reason} (traffic.on_bad_record: fail)")
+                bad_rows.append((item.source, item.line, reason))
                 if len(bad_rows) >= _BATCH:
                     con.executemany("insert into bad values (?, ?, ?)", bad_rows)
                     bad_rows.clear()

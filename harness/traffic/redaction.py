@@ -28,6 +28,10 @@ _SECRET_NAME = re.compile(r"(^|[_\-.])(api[_\-]?key|apikey|access[_\-]?token|ref
 _MAYBE_SECRET_KEY = re.compile(rb"(?i)key|token|secret|passw|session|auth")
 
 
+_FORM = re.compile(rb"^[A-Za-z0-9_.~%+\-\[\]]+=[^&\s]*(&[A-Za-z0-9_.~%+\-\[\]]+=[^&\s]*)*\s*$")
+_NAME_VALUE = re.compile(r"(([A-Za-z0-9_.\-\[\]]+)=)[^&\s'\"]*")
+
+
 def is_secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(name))
 
@@ -60,9 +64,12 @@ class Redactor:
         return name.lower() in self._query or is_secret_name(name)  # type: ignore[attr-defined]
 
     def body(self, body: bytes) -> bytes:
-        """Masks configured JSON paths and credential-named keys; non-JSON bodies pass unchanged."""
-        if not body or body[:1] not in (b"{", b"["):
+        """Masks configured JSON paths and credential-named keys of JSON bodies, and credential-named
+        fields of form-encoded bodies (`user=a&password=...`); other bodies pass unchanged."""
+        if not body:
             return body
+        if body[:1] not in (b"{", b"["):
+            return self._form(body)
         # Most bodies hold no credential-like key at all: a byte scan is far cheaper than parsing them.
         if not self.config.json_paths and not _MAYBE_SECRET_KEY.search(body):
             return body
@@ -76,6 +83,20 @@ class Redactor:
         changed = sum(set_all(doc, p, REDACTED) for p in self.config.json_paths)
         changed += _mask_secret_keys(doc)
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode() if changed else body
+
+    def _form(self, body: bytes) -> bytes:
+        if not _FORM.match(body) or not _MAYBE_SECRET_KEY.search(body):
+            return body
+        text = body.decode("ascii", "replace")
+        pairs = parse_qsl(text, keep_blank_values=True)
+        if not any(self._query_secret(k) for k, _ in pairs):
+            return body
+        return urlencode([(k, REDACTED if self._query_secret(k) else v) for k, v in pairs], safe="[]").encode()
+
+    def reason(self, text: str) -> str:
+        """Masks credential-like `name=value` pairs in free text, such as a bad record's reason quoting the
+        record's path."""
+        return _NAME_VALUE.sub(lambda m: m.group(1) + REDACTED if self._query_secret(m.group(2)) else m.group(0), text)
 
     def request(self, req: CapturedRequest) -> CapturedRequest:
         from dataclasses import replace

@@ -1,0 +1,173 @@
+"""Issue 3: the highest paired rate the harness keeps on time, against raw Locust and wrk on the same target.
+
+Target: nginx (Debian's nginx-light, one worker) answering POST with a 37-byte JSON body on two ports
+(baseline, candidate). Peers, each measured best of N in this run on the same nginx:
+  - wrk -t1 -c50 (what the target can take),
+  - raw Locust FastHttpUser, 50 users, no wait, one process and --processes 2 (Locust's own maximum).
+Harness: synthetic JSONL captures (POST /score, tiny JSON body, timestamps spaced 1/rate) replayed with
+`harness run SCENARIO --speed 1` (and `--processes 2`). A rate passes when, in the best of N tries, every
+leg is recorded (legs = 2 x requests, nothing skipped) and the send lag p99 from results.duckdb is <= 2 ms.
+The rate is found by doubling from --start-rate until a rate fails, then bisecting to --resolution.
+Reported: harness legs/s at the highest passing rate / raw FastHttpUser req/s (goal >= 0.8), and the
+pair skew (p99 of |sent_at baseline - sent_at candidate|, goal <= 1 ms) at that rate.
+
+    .venv/bin/python benchmarks/replay_throughput.py            # about 10-15 minutes
+    .venv/bin/python benchmarks/replay_throughput.py --quick    # 1 try per rate, shorter replays
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as c  # noqa: E402
+
+LAG_BOUND_MS = 2.0
+SKEW_GOAL_MS = 1.0
+RATIO_GOAL = 0.8
+
+
+def trial(nginx: c.Nginx, work: Path, rate: int, duration_s: float, processes: int) -> dict[str, Any]:
+    n = max(int(rate * duration_s), 100)
+    d = work / f"r{rate}-p{processes}-{time.monotonic_ns()}"
+    d.mkdir()
+    cap = c.write_capture(d / "capture.jsonl", n, rate)
+    scenario = c.write_scenario(d / "scenario.yaml", cap, nginx.urls[0], nginx.urls[1], name="throughput",
+                                replay={"max_in_flight": 10000})
+    args = ["run", str(scenario), "--speed", "1", "--progress-every", "60"]
+    if processes > 1:
+        args += ["--processes", str(processes)]
+    run = c.run_harness(args, out=d / "out", timeout_s=duration_s * 10 + 120)
+    res: dict[str, Any] = {"rate_pairs_s": rate, "requests": n, "rc": run.rc, "wall_s": round(run.wall_s, 1)}
+    if run.rc not in (0, 1, 2) or run.run_dir is None or not (run.run_dir / "results.duckdb").exists():
+        res.update(ok=False, why=f"harness exited {run.rc}: {run.output[-800:]}")
+        return res
+    (legs, lag50, lag99, lagmax, errors), = c.query(run.run_dir, """
+        select count(*), quantile_cont(send_lag_ms, 0.5), quantile_cont(send_lag_ms, 0.99), max(send_lag_ms),
+               count(*) filter (where error_kind is not null) from legs""")
+    (skew50, skew99), = c.query(run.run_dir, """
+        select quantile_cont(abs(epoch_us(b.sent_at) - epoch_us(c.sent_at)) / 1000.0, 0.5),
+               quantile_cont(abs(epoch_us(b.sent_at) - epoch_us(c.sent_at)) / 1000.0, 0.99)
+        from legs b join legs c using (request_id) where b.version = 'baseline' and c.version = 'candidate'""")
+    (replayed,), = c.query(run.run_dir, "select count(*) from requests")
+    (skipped,), = c.query(run.run_dir, "select count(*) from skipped")
+    complete = legs == 2 * n and replayed == n and skipped == 0
+    res.update(legs=legs, errors=errors, skipped=skipped, lag_p50_ms=round(lag50, 3), lag_p99_ms=round(lag99, 3),
+               lag_max_ms=round(lagmax, 2), skew_p50_ms=round(skew50, 3), skew_p99_ms=round(skew99, 3),
+               all_legs_recorded=complete, ok=bool(complete and errors == 0 and lag99 <= LAG_BOUND_MS))
+    if not res["ok"]:
+        res["why"] = ("legs missing" if not complete else f"{errors} errors" if errors else
+                      f"lag p99 {lag99:.2f} ms > {LAG_BOUND_MS} ms")
+    return res
+
+
+def best_of(nginx: c.Nginx, work: Path, rate: int, duration_s: float, processes: int, tries: int,
+            log: list[dict[str, Any]]) -> dict[str, Any]:
+    """A rate passes if one of `tries` replays passes (the machine is shared: noise only ever hurts)."""
+    best: dict[str, Any] | None = None
+    for i in range(tries):
+        r = trial(nginx, work, rate, duration_s, processes)
+        r["try"] = i + 1
+        r["processes"] = processes
+        log.append(r)
+        print(f"  processes={processes or 1} rate={rate:>6} pairs/s try {i + 1}: "
+              + (f"lag p50/p99/max {r['lag_p50_ms']}/{r['lag_p99_ms']}/{r['lag_max_ms']} ms, "
+                 f"skew p99 {r['skew_p99_ms']} ms, legs {r['legs']}/{2 * r['requests']}"
+                 if "legs" in r else "") + (" PASS" if r["ok"] else f" FAIL ({r.get('why', '')[:200]})"), flush=True)
+        if r["ok"]:
+            return r
+        if best is None or r.get("lag_p99_ms", 1e9) < best.get("lag_p99_ms", 1e9):
+            best = r
+    assert best is not None
+    return best
+
+
+def search(nginx: c.Nginx, work: Path, args: argparse.Namespace, processes: int,
+           log: list[dict[str, Any]]) -> dict[str, Any] | None:
+    passed: dict[str, Any] | None = None
+    rate, failed_at = args.start_rate, None
+    while rate <= args.max_rate:
+        r = best_of(nginx, work, rate, args.duration_s, processes, args.tries, log)
+        if not r["ok"]:
+            failed_at = rate
+            break
+        passed = r
+        rate *= 2
+    if passed is None:
+        return None
+    lo, hi = passed["rate_pairs_s"], failed_at
+    while hi is not None and hi - lo > max(args.resolution, lo * 0.1):
+        mid = (lo + hi) // 2
+        r = best_of(nginx, work, mid, args.duration_s, processes, args.tries, log)
+        if r["ok"]:
+            lo, passed = mid, r
+        else:
+            hi = mid
+    return passed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration-s", type=float, default=6.0, help="length of each harness replay (default 6)")
+    ap.add_argument("--tries", type=int, default=3, help="tries per rate and per peer, best kept (default 3)")
+    ap.add_argument("--start-rate", type=int, default=250, help="first rate tried, pairs/s (default 250)")
+    ap.add_argument("--max-rate", type=int, default=20000, help="never try above this, pairs/s")
+    ap.add_argument("--resolution", type=int, default=100, help="bisection stops within this, pairs/s")
+    ap.add_argument("--peer-seconds", type=int, default=8, help="length of each peer measurement (default 8)")
+    ap.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts to measure")
+    ap.add_argument("--quick", action="store_true", help="1 try, 4 s replays, coarser search")
+    args = ap.parse_args()
+    if args.quick:
+        args.tries, args.duration_s, args.resolution, args.peer_seconds = 1, 4.0, 250, 5
+    info = c.machine_info()
+    c.print_machine(info)
+    c.ensure_apt({"nginx": "nginx-light", "wrk": "wrk"})
+    result: dict[str, Any] = {"machine": info, "args": vars(args), "trials": []}
+    with c.Nginx(ports=2, workers=1) as nginx, c.scratch_dir("bench-throughput-") as work:
+        print(f"target: nginx 1 worker at {nginx.urls}", flush=True)
+        peers: dict[str, list[float]] = {"wrk -t1 -c50": []}
+        for p in args.processes:
+            peers[f"locust FastHttpUser x{p}"] = []
+        for i in range(args.tries):  # interleaved, so a busy minute on the machine hits every peer alike
+            peers["wrk -t1 -c50"].append(c.wrk_rps(nginx.urls[0] + "/score", duration_s=args.peer_seconds))
+            for p in args.processes:
+                r = c.locust_fast_rps(nginx.urls[0], duration_s=args.peer_seconds, processes=p if p > 1 else 0)
+                peers[f"locust FastHttpUser x{p}"].append(r["rps"])
+            print(f"peers try {i + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} req/s" for k, v in peers.items()), flush=True)
+        result["peers"] = {k: {"tries": [round(x) for x in v], "best": round(max(v))} for k, v in peers.items()}
+        summary = []
+        for p in args.processes:
+            print(f"harness, processes={p}: searching the highest rate with lag p99 <= {LAG_BOUND_MS} ms", flush=True)
+            best = search(nginx, work, args, p, result["trials"])
+            raw = max(peers[f"locust FastHttpUser x{p}"])
+            if best is None:
+                row = {"processes": p, "rate_pairs_s": 0, "legs_s": 0, "raw_locust_rps": round(raw), "ratio": 0.0,
+                       "note": f"even {args.start_rate} pairs/s failed"}
+            else:
+                legs_s = 2 * best["rate_pairs_s"]
+                row = {"processes": p, "rate_pairs_s": best["rate_pairs_s"], "legs_s": legs_s,
+                       "lag_p50_ms": best["lag_p50_ms"], "lag_p99_ms": best["lag_p99_ms"],
+                       "skew_p50_ms": best["skew_p50_ms"], "skew_p99_ms": best["skew_p99_ms"],
+                       "raw_locust_rps": round(raw), "ratio": round(legs_s / raw, 3),
+                       "wrk_rps": round(max(peers["wrk -t1 -c50"]))}
+            row["ratio_goal_met"] = row["ratio"] >= RATIO_GOAL
+            row["skew_goal_met"] = row.get("skew_p99_ms", 1e9) <= SKEW_GOAL_MS
+            summary.append(row)
+        result["summary"] = summary
+    print("\nresults (best of %d; legs/s = 2 x the highest pair rate with lag p99 <= %g ms and every leg recorded)"
+          % (args.tries, LAG_BOUND_MS))
+    print(f"  wrk -t1 -c50: {result['peers']['wrk -t1 -c50']['best']:,} req/s")
+    for row in summary:
+        print(f"  processes={row['processes']}: harness {row['legs_s']:,} legs/s ({row['rate_pairs_s']:,} pairs/s), "
+              f"raw FastHttpUser {row['raw_locust_rps']:,} req/s -> ratio {row['ratio']:.2f} "
+              f"(goal >= {RATIO_GOAL}: {'met' if row['ratio_goal_met'] else 'NOT met'}); pair skew p99 "
+              f"{row.get('skew_p99_ms')} ms (goal <= {SKEW_GOAL_MS}: {'met' if row['skew_goal_met'] else 'NOT met'})")
+    c.save_result("replay_throughput", result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

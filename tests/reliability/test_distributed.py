@@ -1,0 +1,119 @@
+"""Issue 8 item 3: `harness run --processes 2` with one worker process SIGKILLed mid-run. The lost shard
+is counted and shown (skipped, with the lost worker named), never silent; the run is incomplete (exit 4);
+the master still writes every leg the surviving worker sent. And a Ctrl-C of the whole process group
+(master and workers) during a distributed run keeps every completed leg, as in the local runner."""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from fault_server import FaultServer
+from reliability_kit import (HarnessProc, assert_no_traceback, check_accounting, query, records, run_status,
+                             summary, the_run_dir, wait_for, write_jsonl, write_scenario)
+
+N = 360
+
+
+def _workers(pid: int) -> list[psutil.Process]:
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    out = []
+    for c in children:
+        try:
+            if "worker" in c.cmdline() and "harness" in " ".join(c.cmdline()):
+                out.append(c)
+        except psutil.Error:
+            pass
+    return out
+
+
+@pytest.fixture(scope="module")
+def lost_worker_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    tmp = tmp_path_factory.mktemp("distributed")
+    tmpdir = tmp / "tmpdir"
+    tmpdir.mkdir()
+    with FaultServer() as srv:
+        capture = write_jsonl(tmp / "c.jsonl", records(N, rate=60))  # 6 s of traffic
+        scenario = write_scenario(tmp, capture, srv.url, srv.url)
+        p = HarnessProc(["run", str(scenario), "--out", str(tmp / "reports"), "--processes", "2"], tmp,
+                        env={"TMPDIR": str(tmpdir)})
+        try:
+            wait_for(lambda: len(_workers(p.pid)) == 2, 60, "two worker processes")
+            workers = _workers(p.pid)
+            wait_for(lambda: srv.hits["/ok"] >= 60, 60, "the replay to be under way")
+            victim = workers[0]
+            victim_cmd = victim.cmdline()
+            victim.send_signal(signal.SIGKILL)
+            rc = p.wait(timeout=120)
+        finally:
+            p.kill_if_running()
+            for w in _workers(p.pid):
+                w.kill()
+        hits = srv.hits["/ok"]
+    return {"rc": rc, "proc": p, "run_dir": the_run_dir(tmp / "reports"), "hits": hits, "victim_cmd": victim_cmd,
+            "tmpdir": tmpdir}
+
+
+def test_lost_worker_is_counted_and_the_run_is_incomplete(lost_worker_run: dict[str, Any]) -> None:
+    r = lost_worker_run
+    run_dir = r["run_dir"]
+    assert "worker" in r["victim_cmd"]
+    assert r["rc"] == 4, r["proc"].stderr
+    assert_no_traceback(r["proc"].stdout, r["proc"].stderr)
+    status, reason = run_status(run_dir)
+    assert status == "incomplete" and "worker" in (reason or ""), (status, reason)
+    counts = check_accounting(run_dir, "paired")
+    lost = {reason: n for reason, n in counts["skipped"].items() if "lost" in reason and "worker-" in reason}
+    assert lost and sum(lost.values()) > 0, counts["skipped"]
+    s = summary(run_dir)
+    assert s["run"]["status"] == "incomplete"
+    assert any("worker" in note for note in s["notes"]), s["notes"]
+
+
+def test_master_keeps_the_surviving_workers_legs(lost_worker_run: dict[str, Any]) -> None:
+    run_dir = lost_worker_run["run_dir"]
+    per_worker = dict(query(run_dir, "select worker, count(*) from legs group by 1"))
+    # the surviving worker finished its whole shard: every other request of the schedule, two legs each
+    assert 2 * (N // 2) in per_worker.values(), per_worker
+    # no leg arrives that the target never saw; legs of the killed worker's last batch may be lost
+    (legs,), = query(run_dir, "select count(*) from legs")
+    assert legs <= lost_worker_run["hits"]
+    # every request the survivor owned is complete: both legs
+    assert query(run_dir, """select count(*) from requests r where
+        (select count(*) from legs l where l.request_id = r.request_id) != 2""") == [(0,)]
+
+
+def test_workers_leave_no_temp_dirs(lost_worker_run: dict[str, Any]) -> None:
+    left = sorted(p.name for p in lost_worker_run["tmpdir"].glob("harness-worker-*"))
+    # the SIGKILLed worker could not clean up; the surviving one must have
+    assert len(left) <= 1, left
+
+
+def test_ctrl_c_of_a_distributed_run_keeps_every_completed_leg(tmp_path: Path) -> None:
+    """SIGINT to the process group, as a terminal's Ctrl-C does: the workers ignore it, the master stops them."""
+    with FaultServer() as srv:
+        capture = write_jsonl(tmp_path / "c.jsonl", records(480, rate=80))
+        scenario = write_scenario(tmp_path, capture, srv.url, srv.url)
+        p = HarnessProc(["run", str(scenario), "--out", str(tmp_path / "reports"), "--processes", "2"], tmp_path,
+                        new_session=True)
+        try:
+            wait_for(lambda: srv.hits["/ok"] >= 60, 60, "the replay to be under way")
+            os.killpg(p.pid, signal.SIGINT)
+            rc = p.wait(timeout=60)
+        finally:
+            p.kill_if_running()
+        hits = srv.hits["/ok"]
+    run_dir = the_run_dir(tmp_path / "reports")
+    assert rc == 4, p.stderr
+    assert_no_traceback(p.stdout, p.stderr)
+    assert run_status(run_dir) == ("incomplete", "interrupted by SIGINT")
+    assert query(run_dir, "select count(*) from legs") == [(hits,)]
+    counts = check_accounting(run_dir, "paired")
+    assert set(counts["skipped"]) == {"not sent: run interrupted by SIGINT"}, counts["skipped"]

@@ -1,0 +1,44 @@
+"""Stopping early on a clear failure: a real replay against a candidate that fails far more often."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fault_server import FaultServer
+from harness.replay.sequential import PairErrorWatch
+from replay_helpers import write_capture
+
+T0 = 1_700_000_000.0
+
+
+def test_watch_counts_discordant_pairs_and_stops_once() -> None:
+    stops: list[str] = []
+    watch = PairErrorWatch(lambda pairs, b, c: "stop" if c - b >= 3 else None, stops.append, check_every=1)
+    for i in range(10):
+        watch({"request_id": str(i), "version": "baseline", "error_kind": None})
+        watch({"request_id": str(i), "version": "candidate", "error_kind": "http_5xx" if i % 2 else None})
+    assert (watch.pairs, watch.b, watch.c) == (6, 0, 3) and stops == ["stop"]
+
+
+def test_replay_stops_early_and_says_why(tmp_path: Path) -> None:
+    from harness.outputs import build_outputs
+    from harness.run import run_scenario
+    from harness.scenario import scenario_from_dict
+
+    with FaultServer() as good, FaultServer() as bad:
+        recs = [{"ts": T0 + i / 100, "method": "POST", "path": "/status?code=503" if i % 3 == 0 else "/ok",
+                 "headers": {}, "body": {"i": i}} for i in range(1500)]
+        cap = write_capture(tmp_path / "c.jsonl", recs)
+        # baseline answers /status normally too: point its leg at a path rewrite-free server that always says ok
+        scenario = scenario_from_dict({
+            "name": "seq", "traffic": {"path": str(cap), "speed": 1},
+            "targets": {"baseline": {"url": good.url + "/base"}, "candidate": {"url": bad.url}},
+            "replay": {"allow": ["POST /*"], "stop_early": True},
+            "promotion_gates": {"error_rate": {"maximum": 0.01}}})
+        result = run_scenario(scenario, tmp_path / "reports", echo=lambda m: None)
+    s = result.summary
+    assert s["replay"]["stopped_early"] and "mSPRT" in s["replay"]["stopped_early"]
+    assert s["counts"]["replayed"] < 1500 and s["counts"]["accounting_ok"]
+    assert any("stopped early" in r for r in s["counts"]["skipped"])
+    assert s["verdict"] == "BLOCK"
+    assert "stopped early" in (result.run_dir / "gate_report.html").read_text()
+    build_outputs(result.run_dir)  # rebuilds from the file alone
