@@ -8,6 +8,7 @@ skipped). A changed PID counts as a restart; a process that vanishes with no suc
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -30,11 +31,14 @@ class TargetProcess:
     pid_file: Path | None = None
     metrics_url: str | None = None
     metric_name: str = "process_resident_memory_bytes"
+    oom_counter: str | None = None  # a counter of the server's own OOM events (e.g. CUDA out of memory)
     # state
     current_pid: int | None = None
     restarts: int = 0
     oom_events: int = 0
     last_scan: float = -1e9
+    counter_start: float | None = None
+    counter_ooms: int = 0
     children: list[psutil.Process] = field(default_factory=list)
     children_at: float = -1e9
     _proc: psutil.Process | None = field(default=None, repr=False)
@@ -86,6 +90,10 @@ class ResourceMonitor:
         now = time.time()
         rows: list[dict[str, Any]] = []
         for t in self.targets:
+            gone = t.current_pid is not None and not psutil.pid_exists(t.current_pid)
+            if gone and _oom_killed(t.current_pid):  # type: ignore[arg-type]
+                t.oom_events += 1
+                self.notes.append(f"{t.version}: process {t.current_pid} was killed by the kernel's OOM killer")
             pid = self._current_pid(t)
             if pid is not None and t.current_pid is not None and pid != t.current_pid:
                 t.restarts += 1
@@ -116,9 +124,15 @@ class ResourceMonitor:
             if self._nvml is not None and pid is not None:
                 row["gpu_memory_mb"] = self._nvml.memory_mb(pid)
             if t.metrics_url:
-                value = _scrape(t.metrics_url, t.metric_name)
-                if value is not None:
-                    rows.append({**row, "rss_mb": value / 1e6, "cpu_percent": None, "source": "prometheus"})
+                values = _scrape(t.metrics_url, (t.metric_name, t.oom_counter))
+                if t.oom_counter and values.get(t.oom_counter) is not None:
+                    current = values[t.oom_counter]
+                    t.counter_start = current if t.counter_start is None else t.counter_start
+                    t.counter_ooms = int(current - t.counter_start)
+                    row["oom_events"] = t.oom_events + t.counter_ooms
+                if values.get(t.metric_name) is not None:
+                    rows.append({**row, "rss_mb": values[t.metric_name] / 1e6, "cpu_percent": None,
+                                 "source": "prometheus"})
             if row["rss_mb"] is not None or row["gpu_memory_mb"] is not None:
                 rows.append(row)
         return rows
@@ -127,20 +141,32 @@ class ResourceMonitor:
         return {t.version: t.current_pid for t in self.targets}
 
 
-def _scrape(url: str, name: str) -> float | None:
+def _scrape(url: str, names: tuple[str | None, ...]) -> dict[str, float]:
+    """Values of the named metrics (summed over their label sets) from a Prometheus text endpoint."""
+    wanted = {n for n in names if n}
     try:
         with urllib.request.urlopen(url, timeout=1.0) as resp:  # noqa: S310 - the scenario's own metrics URL
             text = resp.read(2_000_000).decode("utf-8", "replace")
     except OSError:
-        return None
+        return {}
+    out: dict[str, float] = {}
     for line in text.splitlines():
         m = _PROM_LINE.match(line)
-        if m and m.group(1) == name:
+        if m and m.group(1) in wanted:
             try:
-                return float(m.group(3))
+                out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(3))
             except ValueError:
-                return None
-    return None
+                continue
+    return out
+
+
+def _oom_killed(pid: int) -> bool:
+    """Whether the kernel log (where this user may read it) says the OOM killer killed this PID."""
+    try:
+        out = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=2)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return bool(re.search(rf"(Killed process|oom-kill:.*pid=){pid}\b", out.stdout))
 
 
 class _Nvml:

@@ -218,7 +218,8 @@ def _monitor(scenario: Scenario, pids: dict[str, int]) -> ResourceMonitor:
             continue
         seen_urls.add(t.url)
         targets.append(TargetProcess(version=v, url=t.url, pid=pids.get(v, t.pid), pid_file=t.pid_file,
-                                     metrics_url=t.metrics_url))
+                                     metrics_url=t.metrics_url, metric_name=t.memory_metric,
+                                     oom_counter=t.oom_counter))
     return ResourceMonitor(targets)
 
 

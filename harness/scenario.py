@@ -81,6 +81,8 @@ class TargetConfig:
     pid_file: Path | None = None
     metrics_url: str | None = None
     headers: Mapping[str, str | None] = field(default_factory=dict)
+    memory_metric: str = "process_resident_memory_bytes"
+    oom_counter: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,4 +441,5 @@ def _target(name: str, spec: dict[str, Any], base: Path) -> TargetConfig:
         name=name, url=spec["url"].rstrip("/"), protocol=spec.get("protocol", "json"), pid=spec.get("pid"),
         pid_file=_path(base, spec.get("pid_file")), metrics_url=spec.get("metrics_url"),
         headers=dict(spec.get("headers", {})),
+        memory_metric=spec.get("memory_metric", "process_resident_memory_bytes"), oom_counter=spec.get("oom_counter"),
     )

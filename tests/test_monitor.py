@@ -1,0 +1,66 @@
+"""Resource sampling of real processes: psutil by the listening port, restarts, Prometheus gauges and a
+configured OOM counter."""
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import psutil
+
+from harness.demo.launcher import start_server
+from harness.monitor import ResourceMonitor, TargetProcess, find_listener_pid
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.ooms = 0
+        metrics = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = (f"# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes 123456789\n"
+                        f'cuda_oom_total{{device="0"}} {metrics.ooms}\ncuda_oom_total{{device="1"}} 0\n').encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_listener_pid_rss_and_restart() -> None:
+    server = start_server("baseline")
+    try:
+        assert find_listener_pid(server.url) == server.proc.pid
+        mon = ResourceMonitor([TargetProcess("baseline", server.url)])
+        (row,) = mon.sample()
+        assert row["pid"] == server.proc.pid
+        assert abs(row["rss_mb"] - psutil.Process(server.proc.pid).memory_info().rss / 1e6) < 20
+        port = server.port
+        server.stop()
+        server = start_server("baseline", port=port)
+        mon.targets[0].last_scan = -1e9
+        rows = mon.sample()
+        assert rows[0]["pid"] == server.proc.pid and rows[0]["restarts"] == 1
+    finally:
+        server.stop()
+
+
+def test_prometheus_gauge_and_oom_counter() -> None:
+    m = Metrics()
+    try:
+        t = TargetProcess("candidate", "http://127.0.0.1:1", metrics_url=m.url, oom_counter="cuda_oom_total")
+        mon = ResourceMonitor([t])
+        first = [r for r in mon.sample() if r["source"] == "prometheus"]
+        assert first[0]["rss_mb"] == 123.456789 and first[0]["oom_events"] == 0
+        m.ooms = 2
+        later = [r for r in mon.sample() if r["source"] == "prometheus"]
+        assert later[0]["oom_events"] == 2  # counted from the first scrape, summed over devices
+    finally:
+        m.server.shutdown()
+        m.server.server_close()
