@@ -27,9 +27,9 @@ def version_overview(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]
           quantile_cont(latency_ms, 0.5) as p50_ms, quantile_cont(latency_ms, 0.95) as p95_ms,
           quantile_cont(latency_ms, 0.99) as p99_ms, avg(latency_ms) as mean_ms, max(latency_ms) as max_ms,
           avg(coalesce(error_kind in ({_KINDS}), false)::int) as error_rate,
-          avg((error_kind = 'timeout')::int) as timeout_rate,
-          avg((error_kind = 'http_4xx')::int) as http_4xx_rate,
-          avg((error_kind = 'http_5xx')::int) as http_5xx_rate,
+          avg(coalesce(error_kind = 'timeout', false)::int) as timeout_rate,
+          avg(coalesce(error_kind = 'http_4xx', false)::int) as http_4xx_rate,
+          avg(coalesce(error_kind = 'http_5xx', false)::int) as http_5xx_rate,
           count(*) filter (where schema_valid is not null) as schema_judged,
           count(*) filter (where schema_valid = false) as schema_failures,
           avg(schema_valid::int) as schema_pass_rate,
@@ -42,8 +42,8 @@ def version_overview(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]
     out = {r.pop("version"): r for r in rows}
     for v, score in con.execute("select version, avg(score) from scores group by 1").fetchall():
         out.setdefault(v, {})["review_score"] = score
-    errors = _rows(con, """select version, error_kind, count(*) as n from legs where error_kind is not null
-                           group by 1, 2 order by 1, 3 desc""")
+    errors = _rows(con, """select version, error_kind, count(*) as n from legs l join requests r using (request_id)
+                           where error_kind is not null and not r.warmup group by 1, 2 order by 1, 3 desc""")
     for e in errors:
         out.setdefault(e["version"], {}).setdefault("error_kinds", {})[e["error_kind"]] = e["n"]
     return out
