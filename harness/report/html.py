@@ -70,7 +70,8 @@ def render_report(summary: dict[str, Any], data: ReportData | None) -> str:
         "resources": charts.resource_timeline_chart(data.memory) if data else None,
     }
     context = {
-        "s": summary,
+        "reasons": [str(r) for r in summary.get("verdict_reasons") or []],
+        "counts": summary.get("counts") or {},
         "run": run,
         "verdict": summary.get("verdict") or "UNKNOWN",
         "verdict_class": VERDICT_CLASS.get(str(summary.get("verdict")), "hold"),
