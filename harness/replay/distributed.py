@@ -86,7 +86,7 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
     from locust.exception import StopUser
 
     from .dispatcher import DispatchStats
-    from .runner import _q, _sample_loop
+    from .runner import _q, _sample_loop, shut_down
 
     n_workers = expect_workers or processes
     if n_workers < 1:
@@ -223,16 +223,7 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
                 last_progress = time.time()
                 _master_progress(log, legs_seen[0], len(plan.targets), total, start_epoch, lags)
     finally:
-        runner.quit()
-        for g in samplers:
-            g.kill()
-        if sampler is not None:
-            recorder.add_resources(sampler())
-        recorder.stop()
-        for h in handlers:
-            h.cancel()
-        if web_ui is not None:
-            web_ui.stop()
+        shut_down(runner, samplers, sampler, recorder, handlers, web_ui)
         for child in children:
             try:
                 child.wait(timeout=10)

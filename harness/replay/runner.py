@@ -110,16 +110,7 @@ def run_replay(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions = Replay
         done.wait()
         gevent.sleep(0)
     finally:
-        runner.quit()
-        for g in [progress, *samplers]:
-            g.kill()
-        if sampler is not None:
-            recorder.add_resources(sampler())
-        recorder.stop()
-        for h in handlers:
-            h.cancel()
-        if web_ui is not None:
-            web_ui.stop()
+        shut_down(runner, [progress, *samplers], sampler, recorder, handlers, web_ui)
     lags = sorted(dispatcher.stats.recent_lag_ms)
     outcome = ReplayOutcome(
         stats=dispatcher.stats, legs_recorded=recorder.legs_recorded, sink_failures=recorder.sink_failures,
@@ -127,6 +118,22 @@ def run_replay(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions = Replay
         lag_p50_ms=_q(lags, 0.50), lag_p99_ms=_q(lags, 0.99), wall_s=time.time() - t0)
     _progress_line(dispatcher, log, final=True)
     return outcome
+
+
+def shut_down(runner: Any, greenlets: list[Any], sampler: Sampler | None, recorder: Recorder, handlers: list[Any],
+              web_ui: Any) -> None:
+    """The end of every replay, local or master: stop Locust, take a last resource sample, flush every
+    buffered row, release the signal handlers and the web UI."""
+    runner.quit()
+    for g in greenlets:
+        g.kill()
+    if sampler is not None:
+        recorder.add_resources(sampler())
+    recorder.stop()
+    for h in handlers:
+        h.cancel()
+    if web_ui is not None:
+        web_ui.stop()
 
 
 def _stop_early(dispatcher: Any, recorder: Recorder, reason: str, log: Callable[[str], None]) -> None:

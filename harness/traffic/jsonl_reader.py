@@ -67,9 +67,6 @@ def compact_json(value: Any) -> bytes:
         return _COMPACT_JSON.encode(value).encode("utf-8")
 
 
-_SLOW = object()
-
-
 class RecordError(ValueError):
     """One record cannot be used; the message is the BadRecord reason."""
 
@@ -308,33 +305,37 @@ def request_from_fields(
 
 
 def _parse_line(raw: bytes, source: str, lineno: int) -> CapturedRequest | BadRecord:
-    try:
-        obj = orjson.loads(raw)  # the fast path; the json module below gives the precise error message
-    except orjson.JSONDecodeError:
-        obj = _SLOW
-    if obj is not _SLOW:
-        if not isinstance(obj, dict):
-            return BadRecord(source, lineno, f"a record must be a JSON object, not {type(obj).__name__}")
-        try:
-            return request_from_fields(obj, source, lineno)
-        except RecordError as exc:
-            return BadRecord(source, lineno, str(exc))
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return BadRecord(source, lineno, f"invalid UTF-8 at byte {exc.start}")
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return BadRecord(source, lineno, f"invalid JSON: {exc.msg} at column {exc.colno}")
-    except (ValueError, RecursionError) as exc:  # int digit limit, absurd nesting
-        return BadRecord(source, lineno, f"invalid JSON: {exc}")
+    obj = _load_record(raw)
+    if isinstance(obj, _Reason):
+        return BadRecord(source, lineno, obj)
     if not isinstance(obj, dict):
         return BadRecord(source, lineno, f"a record must be a JSON object, not {type(obj).__name__}")
     try:
         return request_from_fields(obj, source, lineno)
     except RecordError as exc:
         return BadRecord(source, lineno, str(exc))
+
+
+class _Reason(str):
+    """Why a line is not JSON (a str subclass, so that a JSON string record stays distinguishable)."""
+
+
+def _load_record(raw: bytes) -> Any:
+    """The line's JSON value, or a _Reason. orjson is the fast path; the json module explains failures."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _Reason(f"invalid UTF-8 at byte {exc.start}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        return _Reason(f"invalid JSON: {exc.msg} at column {exc.colno}")
+    except (ValueError, RecursionError) as exc:  # int digit limit, absurd nesting
+        return _Reason(f"invalid JSON: {exc}")
 
 
 def iter_jsonl(path: Path) -> Iterator[CapturedRequest | BadRecord]:
