@@ -339,12 +339,17 @@ def _pair_rate(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | No
                            status="inconclusive", reason="The answers were not compared.")
         event, judged = data.field_diff, data.field_judged
     else:
-        b, c = data.prediction["baseline"], data.prediction["candidate"]
-        judged = np.array([x is not None and y is not None for x, y in zip(b, c)], dtype=bool)
-        agree = np.array([x == y for x, y in zip(b, c)], dtype=bool) & judged
+        judged, agree = _label_pairs(data)
         event = agree if spec.metric == "label_agreement" else judged & ~agree
     return _rate(spec, label, {"candidate": event}, {"candidate": judged}, mask, alpha,
                  higher_is_worse=spec.metric not in HIGHER_IS_BETTER)
+
+
+def _label_pairs(data: PairData) -> tuple[np.ndarray, np.ndarray]:
+    """(both versions gave a label, they agree) per pair."""
+    b, c = data.prediction["baseline"], data.prediction["candidate"]
+    judged = np.asarray(np.not_equal(b, None), dtype=bool) & np.asarray(np.not_equal(c, None), dtype=bool)
+    return judged, judged & np.asarray(np.equal(b, c), dtype=bool)
 
 
 DISTRIBUTION_MIN_N = 30
@@ -362,9 +367,8 @@ def _distribution(spec: GateSpec, data: PairData, mask: np.ndarray, label: str |
                        reason="No candidate in this run.")
     m = spec.metric
     if m == "label_kappa":
-        b_all, c_all = data.prediction["baseline"], data.prediction["candidate"]
-        ok = mask & np.array([x is not None and y is not None for x, y in zip(b_all, c_all)], dtype=bool)
-        b, c = b_all[ok], c_all[ok]
+        ok = mask & _label_pairs(data)[0]
+        b, c = data.prediction["baseline"][ok], data.prediction["candidate"][ok]
         codes = {v: i for i, v in enumerate(sorted(set(b.tolist()) | set(c.tolist())))}
         b = np.array([codes[v] for v in b], dtype=np.int64)
         c = np.array([codes[v] for v in c], dtype=np.int64)

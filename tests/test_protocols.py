@@ -375,3 +375,15 @@ def test_faithful_server_matches_real_kserve(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_long_answers_keep_a_comparable_json_excerpt() -> None:
+    from harness.replay.dispatcher import OUTPUT_EXCERPT_CHARS, _fit_json
+
+    doc = {"choices": [{"message": {"content": "a" * 5000}}], "usage": {"completion_tokens": 900}}
+    text = _fit_json(doc, OUTPUT_EXCERPT_CHARS)
+    assert len(text) <= OUTPUT_EXCERPT_CHARS and json.loads(text)["usage"] == {"completion_tokens": 900}
+    other = _fit_json({**doc, "choices": [{"message": {"content": "a" * 4999 + "b"}}]}, OUTPUT_EXCERPT_CHARS)
+    assert text != other and text == _fit_json(json.loads(json.dumps(doc)), OUTPUT_EXCERPT_CHARS)
+    short = {"prediction": "legit"}
+    assert _fit_json(short, OUTPUT_EXCERPT_CHARS) == '{"prediction":"legit"}'

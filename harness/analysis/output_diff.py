@@ -2,7 +2,9 @@
 
 Field diffs are computed by DuckDB from the legs' output_json excerpts (json_tree over both answers of
 each pair, joined on the full path). A pair is compared when both answers are 2xx, neither leg is an
-error, and both excerpts are JSON. Per pair and field (array indices folded to `[*]`) a difference is
+error, and both excerpts are JSON; the others are counted in `not_compared` as "error" or "not_json"
+(an answer that is not JSON, or whose excerpt had to be cut at 2000 characters even after its long
+strings were shortened to a prefix and digest). Per pair and field (array indices folded to `[*]`) a difference is
 one of:
 - missing: in the baseline's answer, not in the candidate's (reported at the top-most missing node);
 - extra: in the candidate's answer only;
