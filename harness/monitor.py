@@ -180,7 +180,10 @@ class _Nvml:
     def try_load(cls, notes: list[str]) -> "_Nvml | None":
         try:
             import pynvml  # type: ignore[import-not-found]
-
+        except ImportError:
+            notes.append("GPU memory not sampled: nvidia-ml-py is not installed (pip install 'harness[gpu]')")
+            return None
+        try:
             pynvml.nvmlInit()
             return cls(pynvml)
         except Exception as exc:  # noqa: BLE001 - no GPU, no driver or no package: GPU sampling is skipped

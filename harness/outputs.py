@@ -19,7 +19,7 @@ from .errors import StoreError
 from .gate_config import DETECTOR_RATES, HIGHER_IS_BETTER, LATENCY_LIKE, PAIR_METRICS
 from .gates import GateResult, ResourceSummary, decide_verdict, evaluate_gates, natural_delta
 from .scenario import scenario_from_dict
-from .store import open_results
+from .store import open_results, upgrade_results
 
 __all__ = ["build_outputs", "judge", "worst_segments"]
 
@@ -214,6 +214,8 @@ def build_outputs(run_dir: Path) -> dict[str, Any]:
     from .report.junit import write_junit
     from .schedule import write_schedule
 
+    if (run_dir / "results.duckdb").exists():
+        upgrade_results(run_dir / "results.duckdb")
     summary = judge(run_dir)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     write_schedule(run_dir / "canary_schedule.yaml", summary["schedule"])

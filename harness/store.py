@@ -17,7 +17,7 @@ import pyarrow as pa
 from .errors import StoreError
 from .replay.leg import EVENT_SCHEMA, LEG_SCHEMA, RESOURCE_SCHEMA
 
-__all__ = ["RunStore", "RunMeta", "open_results", "RESERVED_COLUMNS"]
+__all__ = ["RunStore", "RunMeta", "open_results", "upgrade_results", "RESERVED_COLUMNS"]
 
 RESERVED_COLUMNS = frozenset({"request_id", "seq", "loop", "source_line", "captured_at", "offset_s", "method", "path",
                               "route", "headers_json", "request_bytes", "warmup", "captured_request_id",
@@ -139,6 +139,32 @@ class RunStore:
 
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         return self.con.execute(sql, params or []).fetchall()
+
+
+_DUCK_TYPES = {pa.string(): "varchar", pa.float64(): "double", pa.int64(): "bigint", pa.int32(): "integer",
+               pa.bool_(): "boolean"}
+
+
+def upgrade_results(path: Path) -> list[str]:
+    """Adds the leg columns a results.duckdb written by an older harness lacks (as NULL), so that any
+    run folder can be judged and reported again by this version. Returns the columns added."""
+    try:
+        con = duckdb.connect(str(path))
+    except duckdb.Error as exc:
+        raise StoreError(f"{path}: cannot open: {_first_line(exc)}") from None
+    try:
+        have = {r[0] for r in con.execute(
+            "select column_name from information_schema.columns where table_name = 'legs'").fetchall()}
+        if not have:
+            return []
+        added = []
+        for f in LEG_SCHEMA:
+            if f.name not in have and f.type in _DUCK_TYPES:
+                con.execute(f'alter table legs add column "{f.name}" {_DUCK_TYPES[f.type]}')
+                added.append(f.name)
+        return added
+    finally:
+        con.close()
 
 
 def _first_line(exc: BaseException) -> str:
