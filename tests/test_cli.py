@@ -129,3 +129,18 @@ def test_query_formats(capsys, tmp_path) -> None:
     assert code == 0 and "(1 row)" in out
     code, _, err = run(capsys, "query", str(run_dir), "select nope from legs")
     assert code == 3 and "query failed" in one_line_error(err)
+
+
+def test_readme_scenario_reference_is_a_valid_scenario() -> None:
+    import jsonschema
+    import yaml
+
+    from harness.gate_config import parse_gates
+    from harness.scenario import scenario_json_schema
+
+    text = (REPO / "README.md").read_text().split("### Scenario", 1)[1]
+    block = text.split("```yaml", 1)[1].split("```", 1)[0]
+    doc = yaml.safe_load(block)
+    errors = [e.message for e in jsonschema.Draft202012Validator(scenario_json_schema()).iter_errors(doc)]
+    assert not errors
+    assert len(parse_gates(doc["promotion_gates"], "README")) == 6
