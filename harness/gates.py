@@ -311,15 +311,15 @@ def _rate_delta(spec: GateSpec, label: str | None, col: dict[str, np.ndarray], s
     n = int(both.sum())
     lo, hi = stats.paired_rate_difference_ci(b_only, c_only, n, confidence=1 - alpha)
     diff = (c_only - b_only) / n if n else float("nan")
-    if spec.metric == "schema_pass_rate":
-        # for a pass rate, "worse" is fewer passes: the delta is candidate - baseline of the pass rate
-        lo, hi, diff = lo, hi, diff
     thr = spec.threshold
     if spec.direction == "max":
         status = "pass" if hi <= thr else "fail" if lo > thr else "inconclusive"
     else:
         status = "pass" if lo >= thr else "fail" if hi < thr else "inconclusive"
-    p = stats.mcnemar_one_sided(b_only, c_only)
+    # The events counted are failures for error rates and passes for the schema pass rate: "worse" is
+    # more candidate-only failures, or more baseline-only passes.
+    p = stats.mcnemar_one_sided(c_only, b_only) if spec.metric == "schema_pass_rate" else \
+        stats.mcnemar_one_sided(b_only, c_only)
     return _result(spec, label, baseline=rate.get("baseline"), candidate=rate.get("candidate"), observed=diff,
                    ci=(lo, hi), n=n, status=status, p_value=p, effect=diff,
                    reason=f"Paired {what} change{_where(label)} {100 * diff:+.2f} points ({b_only} baseline-only vs "
