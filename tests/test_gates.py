@@ -158,3 +158,15 @@ def test_aa_noise_floor_downgrades_failures_within_it() -> None:
     quiet = overall(evaluate_gates(SEED_GATES[1:2], data, RES, aa_noise={("error_rate", None): 0.001}), "error_rate")
     assert r.status == "fail" and noisy.status == "inconclusive" and quiet.status == "fail"
     assert "A/A noise" in noisy.reason
+
+
+def test_paired_increase_gates_use_discordant_pairs() -> None:
+    gates = parse_gates({"error_rate": {"maximum_increase": 0.005},
+                         "schema_validation_pass_rate": {"minimum_delta": -0.005}}, "t")
+    worse = {r.name: r for r in evaluate_gates(gates, pairs(4000, err_c=0.03, schema_fail_c=0.03), RES)
+             if r.segment is None}
+    assert worse["error_rate"].status == "fail" and worse["error_rate"].p_value < 0.001
+    assert worse["schema_validation_pass_rate"].status == "fail" and worse["schema_validation_pass_rate"].p_value < 0.001
+    same = {r.name: r for r in evaluate_gates(gates, pairs(4000, err_b=0.01, err_c=0.01, seed=9), RES)
+            if r.segment is None}
+    assert same["error_rate"].status != "fail" and same["schema_validation_pass_rate"].status != "fail"
