@@ -110,9 +110,10 @@ class GateSpec:
         if self.comparison == "relative":
             return f"<= +{self.threshold * 100:g} % vs baseline"
         sign = "<=" if self.direction == "max" else ">="
+        value = f"{self.threshold * 100:g} %" if self.unit == "fraction" else f"{self.threshold:g}"
         if self.comparison == "delta":
-            return f"candidate - baseline {sign} {self.threshold:g}"
-        return f"{sign} {self.threshold:g}"
+            return f"candidate - baseline {sign} {value}"
+        return f"{sign} {value}"
 
 
 def parse_gates(raw: Mapping[str, Any] | None, where: str) -> tuple[GateSpec, ...]:
