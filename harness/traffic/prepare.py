@@ -33,6 +33,7 @@ __all__ = ["PreparedTraffic", "prepare_traffic", "SAFE_METHODS", "is_allowed", "
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _BATCH = 10_000
+PREPARE_MEMORY_LIMIT = "128MB"
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,10 @@ def prepare_traffic(scenario: Scenario, workdir: Path) -> PreparedTraffic:
     scratch = workdir / "prepare.duckdb"
     scratch.unlink(missing_ok=True)
     con = duckdb.connect(str(scratch))
+    # Sorting a large capture by time must not hold it in memory: DuckDB spills to the work folder.
+    con.execute(f"set memory_limit = '{PREPARE_MEMORY_LIMIT}'")
+    con.execute(f"set temp_directory = '{_sql_path(workdir / 'spill')}'")
+    con.execute("set preserve_insertion_order = false")
     try:
         con.execute(f"create table staged ({_ddl(schema)})")
         con.execute("create table bad (source varchar, line bigint, reason varchar)")
