@@ -36,13 +36,20 @@ class OutputRead:
     fallback_model: bool | None = None
 
 
-def read_json_output(status: int, body: bytes, prediction_path: str, confidence_path: str) -> OutputRead:
+def parse_body(status: int, body: bytes) -> Any:
+    """The answer's JSON document, or the OutputRead that says it has none (empty on a 2xx, or not JSON)."""
     if not body:
         return OutputRead(invalid_json=200 <= status < 300)
     try:
-        doc = json.loads(body)
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return OutputRead(invalid_json=True)
+
+
+def read_json_output(status: int, body: bytes, prediction_path: str, confidence_path: str) -> OutputRead:
+    doc = parse_body(status, body)
+    if isinstance(doc, OutputRead):
+        return doc
     return OutputRead(doc=doc, prediction=label_of(find_first(doc, prediction_path)),
                       confidence=number_of(find_first(doc, confidence_path)),
                       model_version=label_of(find_first(doc, "$.model_version")))

@@ -25,7 +25,7 @@ import re
 from typing import Any, Sequence
 
 from ..jsonpath import find_first
-from .json_protocol import OutputRead, label_of, number_of
+from .json_protocol import OutputRead, label_of, number_of, parse_body
 
 __all__ = ["read_openai_output", "is_event_stream", "tool_calls_valid"]
 
@@ -43,12 +43,9 @@ def read_openai_output(status: int, body: bytes, prediction_path: str, confidenc
                        content_type: str | None = None, arrivals: Sequence[tuple[int, float]] = ()) -> OutputRead:
     if is_event_stream(content_type, body):
         return _read_stream(body, arrivals, prediction_path, confidence_path)
-    if not body:
-        return OutputRead(invalid_json=200 <= status < 300)
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return OutputRead(invalid_json=True)
+    doc = parse_body(status, body)
+    if isinstance(doc, OutputRead):
+        return doc
     message = find_first(doc, "$.choices[0].message")
     message = message if isinstance(message, dict) else {}
     calls = _calls_of(message)
