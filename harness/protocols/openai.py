@@ -159,7 +159,8 @@ def _read_stream(body: bytes, arrivals: Sequence[tuple[int, float]], prediction_
         if "error" in chunk and "choices" not in chunk:
             head.setdefault("error", chunk["error"])
         carried = False
-        for choice in chunk.get("choices") or ():
+        listed = chunk.get("choices")
+        for choice in listed if isinstance(listed, list) else ():
             if isinstance(choice, dict):
                 carried |= _fold(choices, choice)
         if carried:
