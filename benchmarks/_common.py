@@ -313,7 +313,8 @@ class HarnessRun:
     wall_s: float
     output: str
     peak_rss_mb: float | None = None
-    rss_samples: list[tuple[float, float]] = field(default_factory=list)
+    rss_samples: list[tuple[float, float]] = field(default_factory=list)  # (s since rss_t0, MB)
+    rss_t0: float = 0.0  # time.monotonic() of the first RSS sample
 
 
 def run_harness(args: Sequence[str], *, out: Path, timeout_s: float, measure_rss: bool = False,
@@ -352,7 +353,7 @@ def run_harness(args: Sequence[str], *, out: Path, timeout_s: float, measure_rss
     new = sorted(set(out.iterdir()) - before) if out.exists() else []
     return HarnessRun(rc=rc, run_dir=new[-1] if new else None, wall_s=wall, output="".join(lines),
                       peak_rss_mb=sampler.peak_mb if sampler else None,
-                      rss_samples=sampler.samples if sampler else [])
+                      rss_samples=sampler.samples if sampler else [], rss_t0=sampler.t0 if sampler else 0.0)
 
 
 class TreeRSS(threading.Thread):
@@ -363,6 +364,7 @@ class TreeRSS(threading.Thread):
         self.pid, self.every_s = pid, every_s
         self.peak_mb = 0.0
         self.samples: list[tuple[float, float]] = []
+        self.t0 = time.monotonic()
         self._stop_evt = threading.Event()
 
     def run(self) -> None:
@@ -372,7 +374,7 @@ class TreeRSS(threading.Thread):
             root = psutil.Process(self.pid)
         except psutil.NoSuchProcess:
             return
-        t0 = time.monotonic()
+        t0 = self.t0
         while not self._stop_evt.is_set():
             total = 0
             try:

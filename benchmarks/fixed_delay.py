@@ -90,7 +90,9 @@ def main() -> int:
     with c.scratch_dir("bench-delay-") as work:
         for i in range(args.tries):
             for delay in (0.0, DELAY_MS):
+                busy = c.wait_quiet()
                 r = harness_once(work, delay, args.timer, i)
+                r["machine_busy_before"] = round(busy, 2)
                 result["tries"].append(r)
                 print(f"try {i + 1} delay {delay:g} ms: {r}", flush=True)
     p0 = c.median([r["latency_p50_ms"] for r in result["tries"] if r["delay_ms"] == 0])

@@ -7,7 +7,9 @@ Target: nginx (Debian's nginx-light, one worker) answering POST with a 37-byte J
 Harness: synthetic JSONL captures (POST /score, tiny JSON body, timestamps spaced 1/rate) replayed with
 `harness run SCENARIO --speed 1` (and `--processes 2`). A rate passes when, in the best of N tries, every
 leg is recorded (legs = 2 x requests, nothing skipped) and the send lag p99 from results.duckdb is <= 2 ms.
-The rate is found by doubling from --start-rate until a rate fails, then bisecting to --resolution.
+Rates are tried on a ladder (125 ... 6000 pairs/s) until the replay collapses, then bisected to --resolution.
+Before every measurement the script waits (up to 90 s) for the shared machine to be <= 25 % busy for 2 s,
+and records how busy it was.
 Reported: harness legs/s at the highest passing rate / raw FastHttpUser req/s (goal >= 0.8), and the
 pair skew (p99 of |sent_at baseline - sent_at candidate|, goal <= 1 ms) at that rate.
 
@@ -40,8 +42,10 @@ def trial(nginx: c.Nginx, work: Path, rate: int, duration_s: float, processes: i
     args = ["run", str(scenario), "--speed", "1", "--progress-every", "60"]
     if processes > 1:
         args += ["--processes", str(processes)]
+    busy = c.wait_quiet()
     run = c.run_harness(args, out=d / "out", timeout_s=duration_s * 10 + 120)
-    res: dict[str, Any] = {"rate_pairs_s": rate, "requests": n, "rc": run.rc, "wall_s": round(run.wall_s, 1)}
+    res: dict[str, Any] = {"rate_pairs_s": rate, "requests": n, "rc": run.rc, "wall_s": round(run.wall_s, 1),
+                           "machine_busy_before": round(busy, 2)}
     if run.rc not in (0, 1, 2) or run.run_dir is None or not (run.run_dir / "results.duckdb").exists():
         res.update(ok=False, why=f"harness exited {run.rc}: {run.output[-800:]}")
         return res
@@ -76,45 +80,64 @@ def best_of(nginx: c.Nginx, work: Path, rate: int, duration_s: float, processes:
         print(f"  processes={processes or 1} rate={rate:>6} pairs/s try {i + 1}: "
               + (f"lag p50/p99/max {r['lag_p50_ms']}/{r['lag_p99_ms']}/{r['lag_max_ms']} ms, "
                  f"skew p99 {r['skew_p99_ms']} ms, legs {r['legs']}/{2 * r['requests']}"
-                 if "legs" in r else "") + (" PASS" if r["ok"] else f" FAIL ({r.get('why', '')[:200]})"), flush=True)
+                 if "legs" in r else "") + f" [machine {r['machine_busy_before']:.0%} busy before]" + (" PASS" if r["ok"] else f" FAIL ({r.get('why', '')[:200]})"), flush=True)
         if r["ok"]:
             return r
+        hopeless = not r.get("all_legs_recorded") or r.get("lag_p99_ms", 1e9) > 15.0  # noise does not make up that much
         if best is None or r.get("lag_p99_ms", 1e9) < best.get("lag_p99_ms", 1e9):
             best = r
+        if hopeless:
+            break
     assert best is not None
     return best
 
 
 def search(nginx: c.Nginx, work: Path, args: argparse.Namespace, processes: int,
-           log: list[dict[str, Any]]) -> dict[str, Any] | None:
-    passed: dict[str, Any] | None = None
-    rate, failed_at = args.start_rate, None
-    while rate <= args.max_rate:
-        r = best_of(nginx, work, rate, args.duration_s, processes, args.tries, log)
-        if not r["ok"]:
-            failed_at = rate
+           log: list[dict[str, Any]]) -> dict[str, Any]:
+    """A ladder of rates (best of N each) until the replay collapses; then bisection between the highest
+    rate that passed the 2 ms bound and the lowest that failed it. Returns the ladder and three figures:
+    the highest rate with lag p99 <= 2 ms (the goal's criterion), <= 5 ms (harness's own saturation bound,
+    replay.lag_bound_ms), and the highest rate at which every leg was still recorded."""
+    ladder: list[dict[str, Any]] = []
+    for rate in args.rates:
+        if rate > args.max_rate:
             break
-        passed = r
-        rate *= 2
-    if passed is None:
-        return None
-    lo, hi = passed["rate_pairs_s"], failed_at
-    while hi is not None and hi - lo > max(args.resolution, lo * 0.1):
-        mid = (lo + hi) // 2
-        r = best_of(nginx, work, mid, args.duration_s, processes, args.tries, log)
-        if r["ok"]:
-            lo, passed = mid, r
-        else:
-            hi = mid
-    return passed
+        r = best_of(nginx, work, rate, args.duration_s, processes, args.tries, log)
+        ladder.append(r)
+        if not r.get("all_legs_recorded") or r.get("lag_p99_ms", 1e9) > args.collapse_ms:
+            break
+    passed = [r for r in ladder if r["ok"]]
+    failed = [r for r in ladder if not r["ok"] and r["rate_pairs_s"] > max((p["rate_pairs_s"] for p in passed), default=0)]
+    if passed and failed:
+        lo, hi = max(p["rate_pairs_s"] for p in passed), min(f["rate_pairs_s"] for f in failed)
+        while hi - lo > max(args.resolution, lo * 0.1):
+            mid = (lo + hi) // 2
+            r = best_of(nginx, work, mid, args.duration_s, processes, args.tries, log)
+            ladder.append(r)
+            if r["ok"]:
+                lo = mid
+            else:
+                hi = mid
+    ladder.sort(key=lambda r: r["rate_pairs_s"])
+
+    def highest(pred: Any) -> dict[str, Any] | None:
+        good = [r for r in ladder if r.get("all_legs_recorded") and r.get("errors") == 0 and pred(r)]
+        return max(good, key=lambda r: r["rate_pairs_s"]) if good else None
+
+    return {"ladder": ladder,
+            "lag_2ms": highest(lambda r: r["lag_p99_ms"] <= LAG_BOUND_MS),
+            "lag_5ms": highest(lambda r: r["lag_p99_ms"] <= 5.0),
+            "all_recorded": highest(lambda r: True)}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration-s", type=float, default=6.0, help="length of each harness replay (default 6)")
     ap.add_argument("--tries", type=int, default=3, help="tries per rate and per peer, best kept (default 3)")
-    ap.add_argument("--start-rate", type=int, default=250, help="first rate tried, pairs/s (default 250)")
+    ap.add_argument("--rates", type=int, nargs="+", default=[125, 250, 500, 1000, 2000, 3000, 4000, 6000],
+                    help="the ladder of rates tried, pairs/s")
     ap.add_argument("--max-rate", type=int, default=20000, help="never try above this, pairs/s")
+    ap.add_argument("--collapse-ms", type=float, default=100.0, help="stop the ladder once lag p99 passes this")
     ap.add_argument("--resolution", type=int, default=100, help="bisection stops within this, pairs/s")
     ap.add_argument("--peer-seconds", type=int, default=8, help="length of each peer measurement (default 8)")
     ap.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts to measure")
@@ -122,6 +145,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.tries, args.duration_s, args.resolution, args.peer_seconds = 1, 4.0, 250, 5
+        args.rates = [250, 1000, 3000]
     info = c.machine_info()
     c.print_machine(info)
     c.ensure_apt({"nginx": "nginx-light", "wrk": "wrk"})
@@ -132,39 +156,52 @@ def main() -> int:
         for p in args.processes:
             peers[f"locust FastHttpUser x{p}"] = []
         for i in range(args.tries):  # interleaved, so a busy minute on the machine hits every peer alike
+            c.wait_quiet()
             peers["wrk -t1 -c50"].append(c.wrk_rps(nginx.urls[0] + "/score", duration_s=args.peer_seconds))
             for p in args.processes:
+                c.wait_quiet()
                 r = c.locust_fast_rps(nginx.urls[0], duration_s=args.peer_seconds, processes=p if p > 1 else 0)
                 peers[f"locust FastHttpUser x{p}"].append(r["rps"])
             print(f"peers try {i + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} req/s" for k, v in peers.items()), flush=True)
         result["peers"] = {k: {"tries": [round(x) for x in v], "best": round(max(v))} for k, v in peers.items()}
         summary = []
         for p in args.processes:
-            print(f"harness, processes={p}: searching the highest rate with lag p99 <= {LAG_BOUND_MS} ms", flush=True)
-            best = search(nginx, work, args, p, result["trials"])
+            print(f"harness, processes={p}: ladder of rates, lag bound {LAG_BOUND_MS} ms", flush=True)
+            found = search(nginx, work, args, p, result["trials"])
             raw = max(peers[f"locust FastHttpUser x{p}"])
-            if best is None:
-                row = {"processes": p, "rate_pairs_s": 0, "legs_s": 0, "raw_locust_rps": round(raw), "ratio": 0.0,
-                       "note": f"even {args.start_rate} pairs/s failed"}
-            else:
-                legs_s = 2 * best["rate_pairs_s"]
-                row = {"processes": p, "rate_pairs_s": best["rate_pairs_s"], "legs_s": legs_s,
-                       "lag_p50_ms": best["lag_p50_ms"], "lag_p99_ms": best["lag_p99_ms"],
-                       "skew_p50_ms": best["skew_p50_ms"], "skew_p99_ms": best["skew_p99_ms"],
-                       "raw_locust_rps": round(raw), "ratio": round(legs_s / raw, 3),
-                       "wrk_rps": round(max(peers["wrk -t1 -c50"]))}
-            row["ratio_goal_met"] = row["ratio"] >= RATIO_GOAL
-            row["skew_goal_met"] = row.get("skew_p99_ms", 1e9) <= SKEW_GOAL_MS
+            row: dict[str, Any] = {"processes": p, "raw_locust_rps": round(raw),
+                                   "wrk_rps": round(max(peers["wrk -t1 -c50"])),
+                                   "ladder": [{k: r.get(k) for k in ("rate_pairs_s", "lag_p50_ms", "lag_p99_ms",
+                                                                      "lag_max_ms", "skew_p99_ms", "all_legs_recorded",
+                                                                      "errors")} for r in found["ladder"]]}
+            for key in ("lag_2ms", "lag_5ms", "all_recorded"):
+                best = found[key]
+                rate = best["rate_pairs_s"] if best else 0
+                row[key] = {"rate_pairs_s": rate, "legs_s": 2 * rate, "ratio": round(2 * rate / raw, 3),
+                            "lag_p99_ms": best and best["lag_p99_ms"], "skew_p99_ms": best and best["skew_p99_ms"]}
+            row["ratio_goal_met"] = row["lag_2ms"]["ratio"] >= RATIO_GOAL
+            skews = [r["skew_p99_ms"] for r in found["ladder"] if r.get("skew_p99_ms") is not None and
+                     r.get("lag_p99_ms", 1e9) <= 5.0]
+            row["skew_p99_ms_worst_unsaturated"] = max(skews) if skews else None
+            row["skew_goal_met"] = bool(skews) and max(skews) <= SKEW_GOAL_MS
             summary.append(row)
         result["summary"] = summary
-    print("\nresults (best of %d; legs/s = 2 x the highest pair rate with lag p99 <= %g ms and every leg recorded)"
-          % (args.tries, LAG_BOUND_MS))
-    print(f"  wrk -t1 -c50: {result['peers']['wrk -t1 -c50']['best']:,} req/s")
+    print(f"\nresults (best of {args.tries} per rate; legs/s = 2 x pairs/s; a rate counts only with every leg recorded)")
+    print(f"  peers (best of {args.tries}): wrk -t1 -c50 {result['peers']['wrk -t1 -c50']['best']:,} req/s; " + "; ".join(
+        f"raw FastHttpUser x{p} {result['peers'][f'locust FastHttpUser x{p}']['best']:,} req/s" for p in args.processes))
     for row in summary:
-        print(f"  processes={row['processes']}: harness {row['legs_s']:,} legs/s ({row['rate_pairs_s']:,} pairs/s), "
-              f"raw FastHttpUser {row['raw_locust_rps']:,} req/s -> ratio {row['ratio']:.2f} "
-              f"(goal >= {RATIO_GOAL}: {'met' if row['ratio_goal_met'] else 'NOT met'}); pair skew p99 "
-              f"{row.get('skew_p99_ms')} ms (goal <= {SKEW_GOAL_MS}: {'met' if row['skew_goal_met'] else 'NOT met'})")
+        p = row["processes"]
+        print(f"  processes={p}: lag p50/p99 by rate (pairs/s): " + ", ".join(
+            f"{r['rate_pairs_s']}: {r['lag_p50_ms']}/{r['lag_p99_ms']} ms" + ("" if r["all_legs_recorded"] else " (legs missing)")
+            for r in row["ladder"]))
+        for key, label in (("lag_2ms", f"lag p99 <= {LAG_BOUND_MS:g} ms (goal)"), ("lag_5ms", "lag p99 <= 5 ms"),
+                           ("all_recorded", "every leg recorded, any lag")):
+            f = row[key]
+            print(f"    highest rate with {label}: {f['legs_s']:,} legs/s ({f['rate_pairs_s']:,} pairs/s) -> "
+                  f"{f['ratio']:.2f} x raw FastHttpUser x{p}")
+        print(f"    goal legs/s >= {RATIO_GOAL} x raw FastHttpUser: {'met' if row['ratio_goal_met'] else 'NOT met'}; "
+              f"pair skew p99 (worst unsaturated rate) {row['skew_p99_ms_worst_unsaturated']} ms, goal <= "
+              f"{SKEW_GOAL_MS} ms: {'met' if row['skew_goal_met'] else 'NOT met'}")
     c.save_result("replay_throughput", result)
     return 0
 

@@ -162,10 +162,12 @@ def main() -> int:
     result: dict[str, Any] = {"machine": info, **{s: [] for s in sides}}
     with c.Nginx(ports=2, workers=1) as nginx, c.scratch_dir("bench-stall-") as work:
         for i in range(args.tries):
+            c.wait_quiet()
             h = harness_once(nginx, work, i)
             result["harness"].append(h)
             print(f"try {i + 1} harness: {h}", flush=True)
             for u in args.users:
+                c.wait_quiet()
                 lo = locust_once(nginx, u)
                 result[f"locust_u{u}"].append(lo)
                 print(f"try {i + 1} locust {u} users: {lo}", flush=True)
