@@ -206,8 +206,8 @@ def _finish(con: duckdb.DuckDBPyConnection, scenario: Scenario, workdir: Path, p
           select o.*, l.loop, (o.offset_s - ?) + l.loop * (? + ?) as replay_offset_s
           from ordered o cross join loops l where o.skip_reason is null)
         select row_number() over (order by replay_offset_s, seq) - 1 as order_idx,
-               case when loop = 0 then 'r' || lpad(seq::varchar, 7, '0')
-                    else 'r' || lpad(seq::varchar, 7, '0') || '-' || loop end as request_id,
+               case when loop = 0 then 'r' || lpad(seq::varchar, greatest(7, length(seq::varchar))::integer, '0')
+                    else 'r' || lpad(seq::varchar, greatest(7, length(seq::varchar))::integer, '0') || '-' || loop end as request_id,
                seq, loop, source_line, to_timestamp(ts) as captured_at, replay_offset_s as offset_s,
                method, path, route, headers_json, body, request_bytes, captured_request_id, production_status
                {seg_cols}
