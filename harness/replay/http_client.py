@@ -122,21 +122,17 @@ class TargetClient:
                 break
             size += len(chunk)
             if size > self.max_response_bytes:
-                self._drop(response)
-                return SendResult(status, b"", "too_large", f"body over the cap of {self.max_response_bytes} bytes",
-                                  size, resp_headers)
+                return self._over_cap(response, status, size, "body", resp_headers)
             chunks.append(chunk)
         response.release()
-        data = b"".join(chunks)
-        kind = "http_5xx" if status >= 500 else "http_4xx" if status >= 400 else None
-        return SendResult(status, data, kind, None, size, resp_headers)
+        return SendResult(status, b"".join(chunks), _status_kind(status), None, size, resp_headers)
 
     def _read_stream(self, response: object, status: int, resp_headers: dict[str, str]) -> SendResult:
         t0: float = self._state.t0
         chunks: list[bytes] = []
         arrivals: list[tuple[int, float]] = []
         size = 0
-        kind = "http_5xx" if status >= 500 else "http_4xx" if status >= 400 else None
+        kind = _status_kind(status)
         detail = None
         while True:
             try:
@@ -155,12 +151,16 @@ class TargetClient:
                 continue
             size += len(piece)
             if size > self.max_response_bytes:
-                self._drop(response)
-                return SendResult(status, b"", "too_large", f"stream over the cap of {self.max_response_bytes} bytes",
-                                  size, resp_headers)
+                return self._over_cap(response, status, size, "stream", resp_headers)
             chunks.append(piece)
             arrivals.append((size, (time.perf_counter() - t0) * 1000.0))
         return SendResult(status, b"".join(chunks), kind, detail, size, resp_headers, arrivals)
+
+    def _over_cap(self, response: object, status: int, size: int, what: str,
+                  resp_headers: dict[str, str]) -> SendResult:
+        self._drop(response)
+        return SendResult(status, b"", "too_large", f"{what} over the cap of {self.max_response_bytes} bytes", size,
+                          resp_headers)
 
     @staticmethod
     def _drop(response: object) -> None:
@@ -189,3 +189,7 @@ def _read_available(response: object) -> bytes | None:
     out = bytes(buf)
     del buf[:]
     return out
+
+
+def _status_kind(status: int) -> str | None:
+    return "http_5xx" if status >= 500 else "http_4xx" if status >= 400 else None
