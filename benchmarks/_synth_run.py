@@ -5,7 +5,8 @@ real run has), then legs, resources, events and review scores inserted with SQL.
 
 Planted effects, so the gates have something to find: candidate latency +3 % overall and +25 % for
 tenant=enterprise in ap-south; candidate errors 0.30 % vs baseline 0.20 %; candidate schema failures
-0.2 %; review scores for 1 % of the requests (candidate 0.01 lower).
+0.2 %; review scores for 1 % of the requests (candidate 0.01 lower). Each leg's output_json is its own
+answer (label, confidence, model version, a nested object), so the field comparison does real work.
 Used by analysis_scale.py and report_scale.py.
 """
 from __future__ import annotations
@@ -95,7 +96,11 @@ def build_run(run_dir: Path, n_pairs: int, threads: int | None = None) -> dict[s
                    case when u < {err} then null else u >= {err + bad_schema} end,
                    case when u >= {err} and u < {err + bad_schema} then '$.score: missing' end,
                    case when u < 0.1 then 'fraud' else 'legit' end, u, '{v}',
-                   '{{"prediction":"legit","confidence":0.9}}', 'local'
+                   -- each version's own answer, as the columns above say: most pairs differ in
+                   -- confidence and model_version, 10 % in the label, so the field diff has work to do
+                   '{{"prediction":"' || (case when u < 0.1 then 'fraud' else 'legit' end) || '","confidence":'
+                     || round(u, 4)::varchar || ',"model_version":"{v}","explain":{{"top_feature":"amount"}}}}',
+                   'local'
             from x""")
         c.execute(f"""insert into resources select '{v}', to_timestamp(1793000000 + i), 1000 + {vi}, 800 + i % 50 + {vi} * 100,
                       50.0, null, 0, 0, 'psutil' from range({max(1, int(n_pairs * 0.001))}) t(i)""")

@@ -90,13 +90,14 @@ def _segment_masks(data: PairData, spec: GateSpec) -> Iterable[tuple[str | None,
     label = None
     if spec.segment:
         for name, value in spec.segment.items():
-            base &= data.segments.get(name, np.full(data.n, "", dtype=object)) == value
+            column = data.segments.get(name)
+            base &= column.equals(value) if column is not None else False
         label = ", ".join(f"{k}={v}" for k, v in spec.segment.items())
     yield label, base
     if spec.per_segment and spec.metric not in _RESOURCE_METRICS:
         for name, column in data.segments.items():
-            for value in sorted(set(column[base].tolist())):
-                yield (f"{label}, " if label else "") + f"{name}={value}", base & (column == value)
+            for value in column.present(base):
+                yield (f"{label}, " if label else "") + f"{name}={value}", base & column.equals(value)
 
 
 _RESOURCE_METRICS = {"gpu_oom_events", "oom_kills", "restarts", "peak_rss_mb", "peak_gpu_memory_mb"}
@@ -347,9 +348,9 @@ def _pair_rate(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | No
 
 def _label_pairs(data: PairData) -> tuple[np.ndarray, np.ndarray]:
     """(both versions gave a label, they agree) per pair."""
-    b, c = data.prediction["baseline"], data.prediction["candidate"]
-    judged = np.asarray(np.not_equal(b, None), dtype=bool) & np.asarray(np.not_equal(c, None), dtype=bool)
-    return judged, judged & np.asarray(np.equal(b, c), dtype=bool)
+    b, c = data.prediction["baseline"].codes, data.prediction["candidate"].codes
+    judged = (b >= 0) & (c >= 0)
+    return judged, judged & (b == c)
 
 
 DISTRIBUTION_MIN_N = 30
@@ -368,10 +369,8 @@ def _distribution(spec: GateSpec, data: PairData, mask: np.ndarray, label: str |
     m = spec.metric
     if m == "label_kappa":
         ok = mask & _label_pairs(data)[0]
-        b, c = data.prediction["baseline"][ok], data.prediction["candidate"][ok]
-        codes = {v: i for i, v in enumerate(sorted(set(b.tolist()) | set(c.tolist())))}
-        b = np.array([codes[v] for v in b], dtype=np.int64)
-        c = np.array([codes[v] for v in c], dtype=np.int64)
+        b = data.prediction["baseline"].codes[ok].astype(np.int64)
+        c = data.prediction["candidate"].codes[ok].astype(np.int64)
         fn, what = _kappa_codes, "label kappa"
     else:
         bf, cf = data.confidence["baseline"], data.confidence["candidate"]

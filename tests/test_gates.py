@@ -34,7 +34,7 @@ def pairs(n: int, *, slow: float = 1.0, err_b: float = 0.0, err_c: float = 0.0, 
     qb = (rng.random(n) < 0.85).astype(float)
     qc = np.where(rng.random(n) < abs(score_delta) * 3, qb + np.sign(score_delta) * 0.34, qb)
     seg = {"tenant": segment if segment is not None else np.array(["a", "b"] * (n // 2) + ["a"] * (n % 2))}
-    return PairData(request_id=np.arange(n).astype(str), segments=seg,
+    return PairData(order_idx=np.arange(n), segments=seg,
                     latency={"baseline": b, "candidate": c}, error={"baseline": eb, "candidate": ec},
                     timeout={"baseline": np.zeros(n, bool), "candidate": np.zeros(n, bool)},
                     schema_judged={"baseline": ~eb, "candidate": ~ec}, schema_valid={"baseline": sb, "candidate": sc},

@@ -124,7 +124,8 @@ def test_a_renamed_label_and_a_dropped_field_are_found(tmp_path: Path) -> None:
     assert lab["only_baseline"] == ["fraud"] and lab["only_candidate"] == ["FRAUD"]
     assert lab["agreement"] == pytest.approx((N - n_fraud) / N) and lab["flip_rate"] == pytest.approx(n_fraud / N)
     assert lab["flip_rates"]["fraud"] == {"n": n_fraud, "flipped": n_fraud, "rate": 1.0, "mostly_to": "FRAUD"}
-    assert lab["kappa"] == pytest.approx(stats.cohen_kappa(data.prediction["baseline"], data.prediction["candidate"]))
+    assert lab["kappa"] == pytest.approx(stats.cohen_kappa(data.prediction["baseline"].decode(),
+                                                           data.prediction["candidate"].decode()))
     conf = s["confidence"]
     assert conf["mean_shift"] > 0.05 and conf["ks"] > 0.05 and conf["psi"] > 0.05
     assert {(p["segment"], p["value"]) for p in conf["per_segment"]} >= {("tier", "free"), ("tier", "pro")}

@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import duckdb
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..store import open_results
 
-__all__ = ["PairData", "load_pairs", "ERROR_KINDS_COUNTED", "DETECTOR_COLUMNS", "RunInfo", "load_run_info"]
+__all__ = ["Coded", "PairData", "load_pairs", "ERROR_KINDS_COUNTED", "DETECTOR_COLUMNS", "RunInfo", "load_run_info"]
 
 DETECTOR_COLUMNS = ("abstained", "cited", "fallback_model", "tool_calls_valid")
 ERROR_KINDS_COUNTED = ("timeout", "connect", "reset", "http_5xx", "invalid_json", "too_large", "truncated_stream",
@@ -35,12 +37,66 @@ class RunInfo:
     row: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Coded:
+    """A column of labels as int32 codes into sorted labels; -1 where there is none.
+
+    Segments and predictions repeat a few values millions of times: as codes a 10 M-pair column is
+    40 MB, and comparing codes is what the gates and per-segment summaries do most."""
+
+    codes: np.ndarray
+    labels: tuple[str, ...]
+
+    @classmethod
+    def from_values(cls, values: Any) -> "Coded":
+        return cls.joint({"x": values})["x"]
+
+    @classmethod
+    def joint(cls, columns: Mapping[str, Any]) -> dict[str, "Coded"]:
+        """Several columns coded over one label set (so codes compare across them); None is -1."""
+        arrays = {k: np.asarray(v, dtype=object) for k, v in columns.items()}
+        seen = sorted({str(x) for a in arrays.values() for x in a.tolist() if x is not None})
+        index = {lbl: i for i, lbl in enumerate(seen)}
+        return {k: cls(np.fromiter((-1 if x is None else index[str(x)] for x in a.tolist()), dtype=np.int32,
+                                   count=len(a)), tuple(seen)) for k, a in arrays.items()}
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def code(self, label: str) -> int:
+        try:
+            return self.labels.index(label)
+        except ValueError:
+            return -2  # matches nothing, not even "no label"
+
+    def equals(self, label: str) -> np.ndarray:
+        return self.codes == self.code(label)
+
+    def present(self, within: np.ndarray | None = None) -> list[str]:
+        """The labels that occur (where `within` is true), sorted."""
+        codes = self.codes if within is None else self.codes[within]
+        counts = np.bincount(codes[codes >= 0], minlength=len(self.labels))
+        return [self.labels[i] for i in np.flatnonzero(counts)]
+
+    def has(self) -> np.ndarray:
+        return self.codes >= 0
+
+    def decode(self) -> np.ndarray:
+        """Back to an object array of labels (None where there is none): for small selections only."""
+        table = np.array(list(self.labels) + [None], dtype=object)
+        return table[np.where(self.codes >= 0, self.codes, len(self.labels))]
+
+
 @dataclass
 class PairData:
-    """Columns of analysable pairs; candidate columns are None in baseline-only mode."""
+    """Columns of analysable pairs in capture order; candidate columns are absent in baseline-only mode.
 
-    request_id: np.ndarray
-    segments: dict[str, np.ndarray]
+    Segments and predictions are `Coded` (plain arrays of labels given to the constructor are coded
+    there). Columns that no leg of the run carries (token timing, detectors) are read-only broadcast
+    constants, so they cost no memory at any size."""
+
+    order_idx: np.ndarray
+    segments: dict[str, Coded]
     latency: dict[str, np.ndarray]
     error: dict[str, np.ndarray]
     timeout: dict[str, np.ndarray]
@@ -49,8 +105,8 @@ class PairData:
     status_4xx: dict[str, np.ndarray]
     score: dict[str, np.ndarray]  # nan where no review score
     n: int
-    # extracted outputs and stream timing (nan / None where the leg has none)
-    prediction: dict[str, np.ndarray] = field(default_factory=dict)  # object arrays, None where no label
+    # extracted outputs and stream timing (nan / no label where the leg has none)
+    prediction: dict[str, Coded] = field(default_factory=dict)  # one label set for both versions
     confidence: dict[str, np.ndarray] = field(default_factory=dict)
     ttft: dict[str, np.ndarray] = field(default_factory=dict)
     inter_token: dict[str, np.ndarray] = field(default_factory=dict)  # per-leg mean gap between token events
@@ -61,6 +117,11 @@ class PairData:
     # pair-level output comparison (harness.analysis.output_diff), set by the judge; None until then
     field_diff: np.ndarray | None = None
     field_judged: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.segments = {k: v if isinstance(v, Coded) else Coded.from_values(v) for k, v in self.segments.items()}
+        if self.prediction and not all(isinstance(v, Coded) for v in self.prediction.values()):
+            self.prediction = Coded.joint(self.prediction)
 
 
 def load_run_info(con: duckdb.DuckDBPyConnection) -> RunInfo:
@@ -76,63 +137,123 @@ def load_run_info(con: duckdb.DuckDBPyConnection) -> RunInfo:
                    config=config, segments=segments, row=row)
 
 
+_OPTIONAL = {"confidence": "confidence", "ttft": "time_to_first_token_ms", "itl": "inter_token_ms_mean",
+             "completion_tokens": "completion_tokens", **{d: d for d in DETECTOR_COLUMNS}}
+_BATCH_ROWS = 1 << 20
+
+
 def load_pairs(con: duckdb.DuckDBPyConnection, segments: tuple[str, ...], versions: tuple[str, ...]) -> PairData:
+    """Analysable pairs, streamed out of DuckDB in Arrow batches so that no copy of the whole result is
+    ever held: numbers go straight to numpy, labels to codes."""
     kinds = ", ".join(f"'{k}'" for k in ERROR_KINDS_COUNTED)
+    carried = _carried_columns(con)
     seg_cols = "".join(f', r."{s}"::varchar as "seg__{s}"' for s in segments)
     per_version = []
     for v in versions:
-        per_version.append(f"""
-            {v[0]}.latency_ms as {v}_latency,
-            coalesce({v[0]}.error_kind in ({kinds}), false) as {v}_error,
-            coalesce({v[0]}.error_kind = 'timeout', false) as {v}_timeout,
-            ({v[0]}.schema_valid is not null) as {v}_schema_judged,
-            coalesce({v[0]}.schema_valid, false) as {v}_schema_valid,
-            coalesce({v[0]}.error_kind = 'http_4xx', false) as {v}_4xx,
-            coalesce(s_{v[0]}.score, 'nan'::double) as {v}_score,
-            {v[0]}.prediction as {v}_prediction,
-            coalesce({v[0]}.confidence, 'nan'::double) as {v}_confidence,
-            coalesce({v[0]}.time_to_first_token_ms, 'nan'::double) as {v}_ttft,
-            coalesce({v[0]}.inter_token_ms_mean, 'nan'::double) as {v}_itl,
-            coalesce({v[0]}.completion_tokens::double, 'nan'::double) as {v}_completion_tokens,
-            {", ".join(f"coalesce({v[0]}.{d}, false) as {v}_{d}, ({v[0]}.{d} is not null) as {v}_{d}_judged"
-                       for d in DETECTOR_COLUMNS)}""")
+        a = v[0]
+        cols = [f"{a}.latency_ms as {v}_latency",
+                f"coalesce({a}.error_kind in ({kinds}), false) as {v}_error",
+                f"coalesce({a}.error_kind = 'timeout', false) as {v}_timeout",
+                f"({a}.schema_valid is not null) as {v}_schema_judged",
+                f"coalesce({a}.schema_valid, false) as {v}_schema_valid",
+                f"coalesce({a}.error_kind = 'http_4xx', false) as {v}_4xx",
+                f"coalesce(s_{a}.score, 'nan'::double) as {v}_score",
+                f"{a}.prediction::varchar as {v}_prediction"]
+        for key, column in _OPTIONAL.items():
+            if column not in carried:
+                continue
+            if key in DETECTOR_COLUMNS:
+                cols += [f"coalesce({a}.{column}, false) as {v}_{key}", f"({a}.{column} is not null) as {v}_{key}_judged"]
+            else:
+                cols.append(f"coalesce({a}.{column}::double, 'nan'::double) as {v}_{key}")
+        per_version.append(", ".join(cols))
     joins = "".join(f"""
         join legs {v[0]} on {v[0]}.request_id = r.request_id and {v[0]}.version = '{v}'
         left join (select request_id, avg(score) as score from scores where version = '{v}' group by 1) s_{v[0]}
                on s_{v[0]}.request_id = r.request_id""" for v in versions)
-    sql = f"""select r.request_id {seg_cols}, {", ".join(per_version)}
+    sql = f"""select r.order_idx {seg_cols}, {", ".join(per_version)}
               from requests r {joins}
               where not r.warmup
               order by r.order_idx"""
-    cols = con.execute(sql).fetchnumpy()
-    seg = {s: np.asarray(cols[f"seg__{s}"]).astype(str) for s in segments}
-    out = PairData(request_id=np.asarray(cols["request_id"]), segments=seg, latency={}, error={}, timeout={},
-                   schema_judged={}, schema_valid={}, status_4xx={}, score={}, n=len(cols["request_id"]))
+    chunks: dict[str, list[np.ndarray]] = {}
+    labels: dict[str, dict[str, int]] = {}  # label space -> label -> first-seen code
+    spaces = {f"seg__{s}": f"seg__{s}" for s in segments} | {f"{v}_prediction": "prediction" for v in versions}
+    reader = con.sql(sql).to_arrow_reader(_BATCH_ROWS)
+    for batch in reader:
+        for name, column in zip(batch.schema.names, batch.columns):
+            if name in spaces:
+                chunks.setdefault(name, []).append(_codes(column, labels.setdefault(spaces[name], {})))
+            else:
+                chunks.setdefault(name, []).append(column.to_numpy(zero_copy_only=False))
+    names = list(reader.schema.names)
+    cols = {}
+    for name in names:  # one column at a time, so at most one column is held twice
+        parts = chunks.pop(name, [])
+        cols[name] = np.concatenate(parts) if parts else np.empty(0, dtype=_empty_dtype(name, spaces))
+        del parts
+    n = len(cols["order_idx"])
+    coded = {space: _sorted_codes(lbls) for space, lbls in labels.items()}
+
+    def recode(name: str) -> Coded:  # first-seen codes -> codes of the sorted labels
+        remap, ordered = coded.get(spaces[name], (np.empty(0, np.int32), ()))
+        raw = cols.pop(name)
+        if not ordered:
+            return Coded(np.full(n, -1, np.int32), ())
+        return Coded(np.where(raw >= 0, remap[np.maximum(raw, 0)], -1).astype(np.int32), ordered)
+
+    out = PairData(order_idx=np.asarray(cols.pop("order_idx"), dtype=np.int64),
+                   segments={s: recode(f"seg__{s}") for s in segments}, latency={}, error={}, timeout={},
+                   schema_judged={}, schema_valid={}, status_4xx={}, score={}, n=n)
+    nan = np.broadcast_to(np.float64("nan"), (n,))
+    false = np.broadcast_to(np.False_, (n,))
     for v in versions:
-        out.latency[v] = np.asarray(cols[f"{v}_latency"], dtype=float)
-        out.error[v] = np.asarray(cols[f"{v}_error"], dtype=bool)
-        out.timeout[v] = np.asarray(cols[f"{v}_timeout"], dtype=bool)
-        out.schema_judged[v] = np.asarray(cols[f"{v}_schema_judged"], dtype=bool)
-        out.schema_valid[v] = np.asarray(cols[f"{v}_schema_valid"], dtype=bool)
-        out.status_4xx[v] = np.asarray(cols[f"{v}_4xx"], dtype=bool)
-        out.score[v] = np.asarray(cols[f"{v}_score"], dtype=float)
-        out.prediction[v] = np.array([None if x is None else str(x) for x in _object_list(cols[f"{v}_prediction"])],
-                                     dtype=object)
-        out.confidence[v] = np.asarray(cols[f"{v}_confidence"], dtype=float)
-        out.ttft[v] = np.asarray(cols[f"{v}_ttft"], dtype=float)
-        out.inter_token[v] = np.asarray(cols[f"{v}_itl"], dtype=float)
-        out.completion_tokens[v] = np.asarray(cols[f"{v}_completion_tokens"], dtype=float)
+        out.latency[v] = cols.pop(f"{v}_latency").astype(float, copy=False)
+        out.error[v] = cols.pop(f"{v}_error").astype(bool, copy=False)
+        out.timeout[v] = cols.pop(f"{v}_timeout").astype(bool, copy=False)
+        out.schema_judged[v] = cols.pop(f"{v}_schema_judged").astype(bool, copy=False)
+        out.schema_valid[v] = cols.pop(f"{v}_schema_valid").astype(bool, copy=False)
+        out.status_4xx[v] = cols.pop(f"{v}_4xx").astype(bool, copy=False)
+        out.score[v] = cols.pop(f"{v}_score").astype(float, copy=False)
+        out.prediction[v] = recode(f"{v}_prediction")
+        for key, target in (("confidence", out.confidence), ("ttft", out.ttft), ("itl", out.inter_token),
+                            ("completion_tokens", out.completion_tokens)):
+            col = cols.pop(f"{v}_{key}", None)
+            target[v] = nan if col is None else col.astype(float, copy=False)
         for d in DETECTOR_COLUMNS:
-            out.detected.setdefault(d, {})[v] = np.asarray(cols[f"{v}_{d}"], dtype=bool)
-            out.detector_judged.setdefault(d, {})[v] = np.asarray(cols[f"{v}_{d}_judged"], dtype=bool)
+            out.detected.setdefault(d, {})[v] = cols.pop(f"{v}_{d}", false)
+            out.detector_judged.setdefault(d, {})[v] = cols.pop(f"{v}_{d}_judged", false)
     return out
 
 
-def _object_list(column: Any) -> list[Any]:
-    # fetchnumpy gives a masked array for a column with nulls, a plain one otherwise
-    if isinstance(column, np.ma.MaskedArray):
-        return [None if m else x for x, m in zip(column.data.tolist(), np.ma.getmaskarray(column).tolist())]
-    return list(np.asarray(column, dtype=object))
+def _carried_columns(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The optional leg columns that at least one leg has a value in (one pass over the legs)."""
+    names = sorted(set(_OPTIONAL.values()))
+    row = con.execute(f"select {', '.join(f'count({c})' for c in names)} from legs").fetchall()[0]
+    return {c for c, k in zip(names, row) if k}
+
+
+def _codes(column: pa.Array, seen: dict[str, int]) -> np.ndarray:
+    """A batch's labels as codes in first-seen order over all batches (-1 for null)."""
+    encoded = pc.dictionary_encode(column)
+    dictionary = encoded.dictionary.to_pylist()
+    remap = np.fromiter((seen.setdefault(x, len(seen)) for x in dictionary), dtype=np.int32, count=len(dictionary))
+    idx = encoded.indices.to_numpy(zero_copy_only=False)
+    if encoded.indices.null_count:
+        valid = np.asarray(encoded.indices.is_valid())
+        return np.where(valid, remap[np.where(valid, idx, 0).astype(np.int64)] if len(remap) else -1, -1).astype(np.int32)
+    return remap[idx] if len(remap) else np.full(len(idx), -1, np.int32)
+
+
+def _sorted_codes(seen: dict[str, int]) -> tuple[np.ndarray, tuple[str, ...]]:
+    ordered = sorted(seen)
+    remap = np.empty(len(seen), dtype=np.int32)
+    for new, label in enumerate(ordered):
+        remap[seen[label]] = new
+    return remap, tuple(ordered)
+
+
+def _empty_dtype(name: str, spaces: Mapping[str, str]) -> Any:
+    return np.int32 if name in spaces else np.float64
 
 
 def open_run(run_dir: Path) -> duckdb.DuckDBPyConnection:

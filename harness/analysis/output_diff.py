@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -34,7 +33,7 @@ import numpy as np
 
 from ..jsonpath import compile_path
 from . import stats
-from .dataset import ERROR_KINDS_COUNTED, PairData
+from .dataset import ERROR_KINDS_COUNTED, Coded, PairData
 
 __all__ = ["OutputDiffConfig", "OutputComparison", "compare_outputs", "field_diffs", "label_summary",
            "confidence_drift", "aa_field_rates", "llm_overview", "path_steps", "covered_by", "RELATIVE_MARGIN", "ABSOLUTE_MARGIN"]
@@ -64,14 +63,14 @@ class FieldDiffs:
     compared: int
     not_compared: dict[str, int]
     fields: list[dict[str, Any]]  # every (path, kind) seen, reported first
-    request_ids: np.ndarray  # compared pairs
+    order_idx: np.ndarray  # compared pairs, ascending
     differs: np.ndarray  # per compared pair: a reported field differs
 
 
 @dataclass
 class OutputComparison:
     summary: dict[str, Any]
-    field_diff: np.ndarray  # aligned to PairData.request_id
+    field_diff: np.ndarray  # aligned to PairData.order_idx
     field_judged: np.ndarray
     all_fields: list[dict[str, Any]]
 
@@ -119,78 +118,101 @@ def _step_matches(want: str | int | None, step: str | None) -> bool:
 
 # ------------------------------------------------------------------------------------------ fields
 
-def _pairs_sql(kinds: str) -> str:
+_CHUNK_PAIRS = 250_000  # pairs per json_tree pass: bounds DuckDB's working set at any run size
+
+
+def _pairs_sql(kinds: str, where: str = "") -> str:
     return f"""
-        select r.request_id, b.output_json as bj, c.output_json as cj,
+        select r.order_idx, b.output_json as bj, c.output_json as cj,
           (b.status_code between 200 and 299 and c.status_code between 200 and 299
            and coalesce(b.error_kind not in ({kinds}), true) and coalesce(c.error_kind not in ({kinds}), true)) as ok,
           coalesce(json_valid(b.output_json) and json_valid(c.output_json), false) as both_json
         from requests r
         join legs b on b.request_id = r.request_id and b.version = 'baseline'
         join legs c on c.request_id = r.request_id and c.version = 'candidate'
-        where not r.warmup"""
+        where not r.warmup {where}"""
 
 
 def field_diffs(con: duckdb.DuckDBPyConnection, cfg: OutputDiffConfig) -> FieldDiffs:
+    """Counts per (path, kind) and, per compared pair, whether a reported field differs. The answers are
+    walked in chunks of capture order, and only the differences are kept (as DuckDB rows, which spill to
+    disk under the connection's memory limit), so memory does not grow with the run."""
     kinds = ", ".join(f"'{k}'" for k in ERROR_KINDS_COUNTED)
     cur = con.cursor()
     try:
-        cur.execute(f"create or replace temp table _od_pairs as {_pairs_sql(kinds)}")
-        pairs, ok, compared = cur.execute(
-            "select count(*), count(*) filter (where ok), count(*) filter (where ok and both_json) from _od_pairs"
-        ).fetchone()  # type: ignore[misc]
+        pairs, ok, compared, first, last = cur.execute(f"""
+            select count(*), count(*) filter (where ok), count(*) filter (where ok and both_json),
+                   min(order_idx), max(order_idx)
+            from ({_pairs_sql(kinds)})""").fetchone()  # type: ignore[misc]
         not_compared = {"error": int(pairs - ok), "not_json": int(ok - compared)}
-        cur.execute(f"""create or replace temp table _od_nodes as
-            with t as (
-              select p.request_id, 'b' as side, j.* from _od_pairs p, json_tree(p.bj) j where p.ok and p.both_json
-              union all
-              select p.request_id, 'c' as side, j.* from _od_pairs p, json_tree(p.cj) j where p.ok and p.both_json)
-            select t.request_id, t.side, t.fullkey, t.key, t.id, {_JTYPE.format(t='t.type')} as jtype,
-                   t.value::varchar as value, pt.fullkey as pkey, {_JTYPE.format(t='pt.type')} as ptype
-            from t left join t pt on pt.request_id = t.request_id and pt.side = t.side and pt.id = t.parent""")
-        cur.execute("""create or replace temp table _od_cmp as
-            with b as (select * from _od_nodes where side = 'b'), c as (select * from _od_nodes where side = 'c')
-            select coalesce(b.request_id, c.request_id) as request_id, coalesce(b.fullkey, c.fullkey) as fullkey,
-                   coalesce(b.pkey, c.pkey) as pkey,
-                   case when c.fullkey is null then 'missing' when b.fullkey is null then 'extra'
-                        when b.jtype <> c.jtype then 'type'
-                        when b.jtype in ('object', 'array') then null
-                        when b.jtype = 'number' and try_cast(b.value as double) = try_cast(c.value as double) then null
-                        when b.jtype <> 'number' and b.value = c.value then null
-                        else 'value' end as kind
-            from b full outer join c on b.request_id = c.request_id and b.fullkey = c.fullkey""")
-        # A missing or extra node counts once, at the top: its parent must be in both answers, same type.
-        cur.execute("""create or replace temp table _od_diff as
-            select d.request_id, regexp_replace(d.fullkey, '\\[[0-9]+\\]', '[*]', 'g') as path, d.kind
-            from _od_cmp d
-            left join _od_cmp p on p.request_id = d.request_id and p.fullkey = d.pkey
-            where d.kind is not null and (d.kind not in ('missing', 'extra') or d.pkey is null
-                                          or (p.fullkey is not null and p.kind is null))
-            union all
-            select b.request_id, regexp_replace(b.pkey, '\\[[0-9]+\\]', '[*]', 'g') as path, 'order' as kind
-            from (select request_id, pkey, list(key order by id) as keys from _od_nodes
-                  where side = 'b' and ptype = 'object' group by 1, 2) b
-            join (select request_id, pkey, list(key order by id) as keys from _od_nodes
-                  where side = 'c' and ptype = 'object' group by 1, 2) c using (request_id, pkey)
-            where b.keys <> c.keys and list_sort(b.keys) = list_sort(c.keys)""")
-        rows = cur.execute("""select path, kind, count(distinct request_id) as n from _od_diff
+        cur.execute("create or replace temp table _od_diff (order_idx bigint, path varchar, kind varchar)")
+        if compared:
+            for lo in range(int(first), int(last) + 1, _CHUNK_PAIRS):
+                _diff_chunk(cur, kinds, lo, lo + _CHUNK_PAIRS, bool(cfg.key_order_paths))
+        rows = cur.execute("""select path, kind, count(distinct order_idx) as n from _od_diff
                               group by 1, 2 order by 3 desc, 1, 2""").fetchall()
         fields = _judge_fields(rows, int(compared), cfg)
         reported = [(f["path"], f["kind"]) for f in fields if f["reported"]]
         cur.execute("create or replace temp table _od_reported (path varchar, kind varchar)")
         if reported:
             cur.executemany("insert into _od_reported values (?, ?)", reported)
-        got = cur.execute("""
-            select p.request_id, exists (select 1 from _od_diff d join _od_reported r using (path, kind)
-                                         where d.request_id = p.request_id) as differs
-            from _od_pairs p where p.ok and p.both_json""").fetchnumpy()
-        for t in ("_od_pairs", "_od_nodes", "_od_cmp", "_od_diff", "_od_reported"):
+        judged = cur.execute(f"select order_idx from ({_pairs_sql(kinds)}) where ok and both_json order by 1"
+                             ).fetchnumpy()["order_idx"]
+        differing = cur.execute("""select distinct d.order_idx from _od_diff d join _od_reported r using (path, kind)
+                                   order by 1""").fetchnumpy()["order_idx"]
+        for t in ("_od_diff", "_od_reported"):
             cur.execute(f"drop table if exists {t}")
     finally:
         cur.close()
+    judged = np.asarray(judged, dtype=np.int64)
     return FieldDiffs(pairs=int(pairs), compared=int(compared), not_compared=not_compared, fields=fields,
-                      request_ids=np.asarray(got["request_id"], dtype=object),
-                      differs=np.asarray(got["differs"], dtype=bool))
+                      order_idx=judged, differs=np.isin(judged, np.asarray(differing, dtype=np.int64),
+                                                        assume_unique=True))
+
+
+def _diff_chunk(cur: duckdb.DuckDBPyConnection, kinds: str, lo: int, hi: int, key_order: bool) -> None:
+    """The differences of the compared pairs with lo <= order_idx < hi, appended to _od_diff; key order
+    is compared only when the scenario asks for it (output.key_order_paths)."""
+    # json_tree's `path` is the parent's fullkey; a member of an object has a fullkey that does not end
+    # in an array index (keys with brackets are quoted), so no self-join is needed for the parent.
+    pairs = _pairs_sql(kinds, f"and r.order_idx >= {lo} and r.order_idx < {hi}")
+
+    def nodes(column: str) -> str:
+        return f"""
+          select p.order_idx, j.fullkey, j.key, j.id, {_JTYPE.format(t='j.type')} as jtype, j.value::varchar as value,
+                 case when j.parent is not null then j.path end as pkey,
+                 case when j.parent is not null and not suffix(j.fullkey, ']') then 'object' end as ptype
+          from p, json_tree(p.{column}) j where p.ok and p.both_json"""
+
+    # A missing or extra node counts once, at the top: its parent must be in both answers, same type
+    # (a container whose comparison found nothing: `same` below).
+    cur.execute(f"""insert into _od_diff
+        with p as materialized ({pairs}), b as ({nodes('bj')}), c as ({nodes('cj')}),
+        d as materialized (
+          select coalesce(b.order_idx, c.order_idx) as order_idx, coalesce(b.fullkey, c.fullkey) as fullkey,
+                 coalesce(b.pkey, c.pkey) as pkey, b.jtype in ('object', 'array') as container,
+                 case when c.fullkey is null then 'missing' when b.fullkey is null then 'extra'
+                      when b.jtype <> c.jtype then 'type'
+                      when b.jtype in ('object', 'array') then null
+                      when b.jtype = 'number' and try_cast(b.value as double) = try_cast(c.value as double) then null
+                      when b.jtype <> 'number' and b.value = c.value then null
+                      else 'value' end as kind
+          from b full outer join c on b.order_idx = c.order_idx and b.fullkey = c.fullkey),
+        same as (select order_idx, fullkey from d where kind is null and container)
+        select order_idx, regexp_replace(fullkey, '\\[[0-9]+\\]', '[*]', 'g') as path, kind from d
+        where kind = 'type' or kind = 'value' or (kind in ('missing', 'extra') and pkey is null)
+        union all
+        select d.order_idx, regexp_replace(d.fullkey, '\\[[0-9]+\\]', '[*]', 'g') as path, d.kind
+        from d join same s on s.order_idx = d.order_idx and s.fullkey = d.pkey
+        where d.kind in ('missing', 'extra')""")
+    if key_order:
+        cur.execute(f"""insert into _od_diff
+            with p as materialized ({pairs}), b as ({nodes('bj')}), c as ({nodes('cj')})
+            select b.order_idx, regexp_replace(b.pkey, '\\[[0-9]+\\]', '[*]', 'g') as path, 'order' as kind
+            from (select order_idx, pkey, list(key order by id) as keys from b where ptype = 'object' group by 1, 2) b
+            join (select order_idx, pkey, list(key order by id) as keys from c where ptype = 'object' group by 1, 2) c
+              using (order_idx, pkey)
+            where b.keys <> c.keys and list_sort(b.keys) = list_sort(c.keys)""")
 
 
 def _judge_fields(rows: list[tuple[str, str, int]], compared: int, cfg: OutputDiffConfig) -> list[dict[str, Any]]:
@@ -212,50 +234,60 @@ def _judge_fields(rows: list[tuple[str, str, int]], compared: int, cfg: OutputDi
 
 # ------------------------------------------------------------------------------------------ labels
 
-def _label_codes(values: np.ndarray, keep: set[str]) -> list[str]:
-    return [v if v in keep else OTHER for v in values]
-
-
-def label_summary(baseline: np.ndarray, candidate: np.ndarray, segments: Mapping[str, np.ndarray] | None = None
-                  ) -> dict[str, Any] | None:
+def label_summary(baseline: Coded | np.ndarray, candidate: Coded | np.ndarray,
+                  segments: Mapping[str, Coded] | None = None) -> dict[str, Any] | None:
     """Labels seen by each version, the baseline-to-candidate confusion matrix (the most frequent labels,
-    the rest as "(other)"), agreement, Cohen's kappa and flip rates, on pairs where both gave a label."""
-    b = np.asarray(baseline, dtype=object)
-    c = np.asarray(candidate, dtype=object)
-    has_b = np.array([x is not None for x in b], dtype=bool)
-    has_c = np.array([x is not None for x in c], dtype=bool)
+    the rest as "(other)"), agreement, Cohen's kappa and flip rates, on pairs where both gave a label.
+    Counted on label codes, so the cost is a few array passes at any run size."""
+    if not isinstance(baseline, Coded) or not isinstance(candidate, Coded):
+        coded = Coded.joint({"b": baseline, "c": candidate})
+        baseline, candidate = coded["b"], coded["c"]
+    labels = baseline.labels
+    k = len(labels)
+    b, c = baseline.codes, candidate.codes
+    has_b, has_c = b >= 0, c >= 0
     if not has_b.any() and not has_c.any():
         return None
     both = has_b & has_c
-    bb, cc = b[both].astype(str), c[both].astype(str)
+    bb, cc = b[both], c[both]
     n = int(both.sum())
-    seen_b, seen_c = Counter(b[has_b].astype(str).tolist()), Counter(c[has_c].astype(str).tolist())
-    top = {lbl for lbl, _ in (seen_b + seen_c).most_common(MAX_LABELS)}
+    seen_b, seen_c = np.bincount(b[has_b], minlength=k), np.bincount(c[has_c], minlength=k)
+    by_count = lambda counts: {labels[i]: int(counts[i]) for i in sorted(np.flatnonzero(counts),  # noqa: E731
+                                                                          key=lambda i: (-counts[i], labels[i]))}
+    top = sorted(np.flatnonzero(seen_b + seen_c), key=lambda i: (-(seen_b + seen_c)[i], labels[i]))[:MAX_LABELS]
+    cell = np.full(k + 1, k, dtype=np.int64)  # labels outside the top share the "(other)" cell k
+    cell[top] = top
+    pairs = np.bincount(cell[bb] * (k + 1) + cell[cc], minlength=(k + 1) ** 2)
+    name = lambda i: labels[i] if i < k else OTHER  # noqa: E731
     confusion: dict[str, dict[str, int]] = {}
-    for x, y in zip(_label_codes(bb, top), _label_codes(cc, top)):
-        confusion.setdefault(x, {}).setdefault(y, 0)
-        confusion[x][y] += 1
+    for flat in np.flatnonzero(pairs):
+        confusion.setdefault(name(flat // (k + 1)), {})[name(flat % (k + 1))] = int(pairs[flat])
     agree = bb == cc
     flip_rates = {}
-    for lbl, count in Counter(bb.tolist()).most_common(MAX_LABELS):
-        sel = bb == lbl
-        flipped = int((~agree[sel]).sum())
-        to = Counter(cc[sel & ~agree].tolist()).most_common(1)
-        flip_rates[lbl] = {"n": int(count), "flipped": flipped, "rate": flipped / count,
-                           "mostly_to": to[0][0] if to else None}
+    counts_bb = np.bincount(bb, minlength=k)
+    for i in sorted(np.flatnonzero(counts_bb), key=lambda i: (-counts_bb[i], labels[i]))[:MAX_LABELS]:
+        sel = bb == i
+        flipped_to = cc[sel & ~agree]
+        to = np.bincount(flipped_to, minlength=k) if len(flipped_to) else None
+        flip_rates[labels[i]] = {"n": int(counts_bb[i]), "flipped": len(flipped_to),
+                                 "rate": len(flipped_to) / int(counts_bb[i]),
+                                 "mostly_to": labels[int(np.argmax(to))] if to is not None else None}
+    p_e = float(np.dot(counts_bb, np.bincount(cc, minlength=k))) / (n * n) if n else 1.0
+    kappa = (float(agree.mean()) - p_e) / (1 - p_e) if n and p_e < 1.0 else math.nan
     out: dict[str, Any] = {
-        "n": n, "baseline_labels": dict(seen_b.most_common()), "candidate_labels": dict(seen_c.most_common()),
-        "only_baseline": sorted(set(seen_b) - set(seen_c)), "only_candidate": sorted(set(seen_c) - set(seen_b)),
+        "n": n, "baseline_labels": by_count(seen_b), "candidate_labels": by_count(seen_c),
+        "only_baseline": sorted(labels[i] for i in np.flatnonzero((seen_b > 0) & (seen_c == 0))),
+        "only_candidate": sorted(labels[i] for i in np.flatnonzero((seen_c > 0) & (seen_b == 0))),
         "unlabelled": {"baseline": int((~has_b & has_c).sum()), "candidate": int((has_b & ~has_c).sum())},
         "confusion": confusion, "agreement": float(agree.mean()) if n else None,
-        "kappa": _finite(stats.cohen_kappa(bb, cc)) if n else None,
+        "kappa": _finite(kappa) if n else None,
         "flip_rate": float(1 - agree.mean()) if n else None, "flip_rates": flip_rates, "per_segment": [],
     }
-    for name, column in (segments or {}).items():
-        col = np.asarray(column)[both]
-        for value in sorted(set(col.tolist())):
-            sel = col == value
-            out["per_segment"].append({"segment": name, "value": value, "n": int(sel.sum()),
+    for seg_name, column in (segments or {}).items():
+        codes = column.codes[both]
+        for value in column.present(both):
+            sel = codes == column.code(value)
+            out["per_segment"].append({"segment": seg_name, "value": value, "n": int(sel.sum()),
                                        "agreement": float(agree[sel].mean()), "flip_rate": float(1 - agree[sel].mean())})
     return out
 
@@ -271,7 +303,7 @@ def _drift(b: np.ndarray, c: np.ndarray) -> dict[str, Any]:
             "baseline_mean": float(b.mean()), "candidate_mean": float(c.mean())}
 
 
-def confidence_drift(baseline: np.ndarray, candidate: np.ndarray, segments: Mapping[str, np.ndarray] | None = None
+def confidence_drift(baseline: np.ndarray, candidate: np.ndarray, segments: Mapping[str, Coded] | None = None
                      ) -> dict[str, Any] | None:
     """PSI (candidate against the baseline's deciles), KS statistic and mean shift (candidate - baseline)
     on pairs where both gave a confidence, overall and per segment value."""
@@ -281,11 +313,12 @@ def confidence_drift(baseline: np.ndarray, candidate: np.ndarray, segments: Mapp
         return None
     out = _drift(b[ok], c[ok])
     out["per_segment"] = []
+    b, c = b[ok], c[ok]
     for name, column in (segments or {}).items():
-        col = np.asarray(column)[ok]
-        for value in sorted(set(col.tolist())):
-            sel = col == value
-            out["per_segment"].append({"segment": name, "value": value, **_drift(b[ok][sel], c[ok][sel])})
+        codes = column.codes[ok]
+        for value in column.present(ok):
+            sel = codes == column.code(value)
+            out["per_segment"].append({"segment": name, "value": value, **_drift(b[sel], c[sel])})
     return out
 
 
@@ -305,12 +338,11 @@ def compare_outputs(con: duckdb.DuckDBPyConnection, data: PairData, cfg: OutputD
         return OutputComparison({"compared": 0, "fields": [], "labels": None, "confidence": None,
                                  "note": "baseline-only run: nothing to compare"}, field_diff, field_judged, [])
     fd = field_diffs(con, cfg)
-    index = {rid: i for i, rid in enumerate(data.request_id.tolist())}
-    for rid, differs in zip(fd.request_ids.tolist(), fd.differs.tolist()):
-        i = index.get(rid)
-        if i is not None:
-            field_judged[i] = True
-            field_diff[i] = differs
+    # both in capture order: place each compared pair at its row of PairData
+    pos = np.searchsorted(data.order_idx, fd.order_idx)
+    found = (pos < n) & (data.order_idx[np.minimum(pos, n - 1)] == fd.order_idx) if n else np.zeros(0, bool)
+    field_judged[pos[found]] = True
+    field_diff[pos[found]] = fd.differs[found]
     listed = fd.fields[:MAX_FIELDS_LISTED]
     summary: dict[str, Any] = {
         "pairs": fd.pairs, "compared": fd.compared, "not_compared": fd.not_compared,
