@@ -267,7 +267,7 @@ def _size_gate(spec: GateSpec, result: dict[str, Any] | None, con: duckdb.DuckDB
 def _size_latency(spec: GateSpec, result: dict[str, Any] | None, con: duckdb.DuckDBPyConnection, where: str,
                   params: list[Any], alpha: float, power: float, out: dict[str, Any], where_txt: str) -> None:
     sigma, n_legs = _one(con, f"""select stddev_samp(ln(l.latency_ms)), count(*)
-                                  from legs l join requests r using (request_id)
+                                  from legs l join requests r on r.order_idx = l.order_idx
                                   where l.version = 'baseline' and not r.warmup and l.latency_ms > 0 {where}""", params)
     out["latency_log_sd"] = sigma
     if sigma is None or not math.isfinite(sigma):
@@ -330,7 +330,7 @@ def _size_rate(spec: GateSpec, result: dict[str, Any] | None, con: duckdb.DuckDB
     if schema:
         version = "candidate" if _one(con, "select count(*) from legs where version = 'candidate'")[0] else "baseline"
         frac, = _one(con, f"""select avg((l.schema_valid is not null)::int)
-                              from legs l join requests r using (request_id)
+                              from legs l join requests r on r.order_idx = l.order_idx
                               where l.version = '{version}' and not r.warmup {where}""", params)
         judged = float(frac or 0.0)
         out["judged_fraction"] = judged

@@ -7,6 +7,8 @@ least once a second) and the file always opens.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,7 +19,7 @@ import pyarrow as pa
 from .errors import StoreError
 from .replay.leg import EVENT_SCHEMA, LEG_SCHEMA, RESOURCE_SCHEMA
 
-__all__ = ["RunStore", "RunMeta", "open_results", "upgrade_results", "RESERVED_COLUMNS"]
+__all__ = ["RunStore", "RunMeta", "open_results", "analysed_legs", "upgrade_results", "RESERVED_COLUMNS"]
 
 RESERVED_COLUMNS = frozenset({"request_id", "seq", "loop", "source_line", "captured_at", "offset_s", "method", "path",
                               "route", "headers_json", "request_bytes", "warmup", "captured_request_id",
@@ -45,11 +47,36 @@ class RunMeta:
     segments: tuple[str, ...]
 
 
-def open_results(path: Path, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+# DuckDB's default memory limit is 80 % of the machine; the judge holds its numpy columns beside it,
+# so DuckDB gets a fixed share and spills the rest (to the system's temp folder: a run folder may be
+# read-only).
+ANALYSIS_MEMORY_LIMIT = "1GB"
+RECORDER_MEMORY_LIMIT = "256MB"  # during a replay: the recorder only appends
+
+
+def _configure(con: duckdb.DuckDBPyConnection, memory_limit: str) -> None:
+    con.execute(f"set memory_limit = '{memory_limit}'")
+    spill = Path(tempfile.gettempdir()) / f"harness-duckdb-{os.getpid()}"
+    con.execute(f"set temp_directory = '{str(spill).replace(chr(39), chr(39) * 2)}'")
+    con.execute("set enable_progress_bar = false")
+
+
+def analysed_legs(alias: str = "l") -> str:
+    """FROM clause of the legs that are analysed (warm-up requests are sent but not analysed). An anti
+    join on the warm-up order indexes, which are few: joining every leg to its request by its text id
+    costs a hash table of all requests, seconds and hundreds of MB at 10 M pairs."""
+    return (f"legs {alias} anti join (select order_idx from requests where warmup) _warm "
+            f"on _warm.order_idx = {alias}.order_idx")
+
+
+def open_results(path: Path, read_only: bool = True, memory_limit: str = ANALYSIS_MEMORY_LIMIT
+                 ) -> duckdb.DuckDBPyConnection:
     if not path.exists():
         raise StoreError(f"{path}: no results.duckdb there")
     try:
-        return duckdb.connect(str(path), read_only=read_only)
+        con = duckdb.connect(str(path), read_only=read_only)
+        _configure(con, memory_limit)
+        return con
     except duckdb.Error as exc:
         raise StoreError(f"{path}: cannot open: {exc}") from None
 
@@ -63,6 +90,7 @@ class RunStore:
         self.path = path
         try:
             self.con = duckdb.connect(str(path))
+            _configure(self.con, RECORDER_MEMORY_LIMIT)
         except duckdb.Error as exc:
             raise StoreError(f"{path}: cannot create results database: {exc}") from None
 

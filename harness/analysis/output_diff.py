@@ -33,7 +33,9 @@ import numpy as np
 
 from ..jsonpath import compile_path
 from . import stats
+from ..store import analysed_legs
 from .dataset import ERROR_KINDS_COUNTED, Coded, PairData
+from .overview import unpack
 
 __all__ = ["OutputDiffConfig", "OutputComparison", "compare_outputs", "field_diffs", "label_summary",
            "confidence_drift", "aa_field_rates", "llm_overview", "path_steps", "covered_by", "RELATIVE_MARGIN", "ABSOLUTE_MARGIN"]
@@ -366,11 +368,10 @@ def aa_field_rates(comparison: OutputComparison) -> dict[str, Any]:
 def llm_overview(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]] | None:
     """Per version: streaming, token timing, token counts and detector rates (rates over the answers each
     detector judged); None when no leg carries any of them (not a model that talks)."""
-    cur = con.execute("""
+    cur = con.execute(f"""
         select l.version, count(*) as legs, count(*) filter (where streamed) as streamed,
           count(*) filter (where error_kind = 'truncated_stream') as truncated_streams,
-          quantile_cont(time_to_first_token_ms, 0.5) as ttft_p50_ms,
-          quantile_cont(time_to_first_token_ms, 0.95) as ttft_p95_ms,
+          quantile_cont(time_to_first_token_ms, [0.5, 0.95]) as _ttft_q,
           avg(inter_token_ms_mean) as inter_token_ms_mean,
           quantile_cont(inter_token_ms_mean, 0.95) as inter_token_ms_p95,
           avg(prompt_tokens) as prompt_tokens_mean, avg(completion_tokens) as completion_tokens_mean,
@@ -381,10 +382,12 @@ def llm_overview(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]] | 
           avg(tool_calls_valid::int) as tool_call_validity_rate, count(tool_calls_valid) as tool_calls_judged,
           count(time_to_first_token_ms) + count(completion_tokens) + count(abstained) + count(cited)
             + count(fallback_model) + count(tool_calls_valid) as any_value
-        from legs l join requests r using (request_id) where not r.warmup
+        from {analysed_legs()}
         group by 1 order by 1""")
     cols = [d[0] for d in cur.description]
     rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+    for r in rows:
+        unpack(r, "_ttft_q", ("ttft_p50_ms", "ttft_p95_ms"))
     if not any(r["any_value"] for r in rows):
         return None
     out = {}

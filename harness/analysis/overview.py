@@ -8,9 +8,10 @@ from typing import Any
 
 import duckdb
 
+from ..store import analysed_legs
 from .dataset import ERROR_KINDS_COUNTED
 
-__all__ = ["version_overview", "segment_overview", "replay_fidelity", "resource_overview", "accounting"]
+__all__ = ["unpack", "version_overview", "segment_overview", "replay_fidelity", "resource_overview", "accounting"]
 
 _KINDS = ", ".join(f"'{k}'" for k in ERROR_KINDS_COUNTED)
 
@@ -22,10 +23,11 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = N
 
 
 def version_overview(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]]:
+    # One list-valued quantile per column: DuckDB keeps one copy of the values per quantile call.
     rows = _rows(con, f"""
         select l.version, count(*) as legs,
-          quantile_cont(latency_ms, 0.5) as p50_ms, quantile_cont(latency_ms, 0.95) as p95_ms,
-          quantile_cont(latency_ms, 0.99) as p99_ms, avg(latency_ms) as mean_ms, max(latency_ms) as max_ms,
+          quantile_cont(latency_ms, [0.5, 0.95, 0.99]) as _latency_q, avg(latency_ms) as mean_ms,
+          max(latency_ms) as max_ms,
           avg(coalesce(error_kind in ({_KINDS}), false)::int) as error_rate,
           avg(coalesce(error_kind = 'timeout', false)::int) as timeout_rate,
           avg(coalesce(error_kind = 'http_4xx', false)::int) as http_4xx_rate,
@@ -34,33 +36,44 @@ def version_overview(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]
           count(*) filter (where schema_valid = false) as schema_failures,
           avg(schema_valid::int) as schema_pass_rate,
           avg(response_bytes) as mean_response_bytes,
-          quantile_cont(time_to_first_token_ms, 0.5) as ttft_p50_ms,
-          quantile_cont(time_to_first_token_ms, 0.95) as ttft_p95_ms,
+          quantile_cont(time_to_first_token_ms, [0.5, 0.95]) as _ttft_q,
           sum(completion_tokens) as completion_tokens
-        from legs l join requests r using (request_id) where not r.warmup
+        from {analysed_legs()}
         group by 1 order by 1""")
+    for r in rows:
+        unpack(r, "_latency_q", ("p50_ms", "p95_ms", "p99_ms"))
+        unpack(r, "_ttft_q", ("ttft_p50_ms", "ttft_p95_ms"))
     out = {r.pop("version"): r for r in rows}
     for v, score in con.execute("select version, avg(score) from scores group by 1").fetchall():
         out.setdefault(v, {})["review_score"] = score
-    errors = _rows(con, """select version, error_kind, count(*) as n from legs l join requests r using (request_id)
-                           where error_kind is not null and not r.warmup group by 1, 2 order by 1, 3 desc""")
+    errors = _rows(con, f"""select version, error_kind, count(*) as n from {analysed_legs()}
+                            where error_kind is not null group by 1, 2 order by 1, 3 desc""")
     for e in errors:
         out.setdefault(e["version"], {}).setdefault("error_kinds", {})[e["error_kind"]] = e["n"]
     return out
 
 
+def unpack(row: dict[str, Any], key: str, names: tuple[str, ...]) -> None:
+    """Spread a list-valued quantile_cont column over named keys (None where there were no values)."""
+    values = row.pop(key) or [None] * len(names)
+    row.update(zip(names, values))
+
+
 def segment_overview(con: duckdb.DuckDBPyConnection, segments: tuple[str, ...], paired: bool) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
+    cand_join = ("left join legs c on c.order_idx = r.order_idx and c.version = 'candidate'" if paired else "")
     for s in ("route", *[x for x in segments if x != "route"]):
-        cand = f"""quantile_cont(candidate_latency_ms, 0.95) as candidate_p95_ms,
-                  avg(coalesce(candidate_error_kind in ({_KINDS}), false)::int) as candidate_error_rate,
-                  avg(candidate_schema_valid::int) as candidate_schema_pass_rate,""" if paired else ""
+        cand = f"""quantile_cont(c.latency_ms, 0.95) as candidate_p95_ms,
+                  avg(coalesce(c.error_kind in ({_KINDS}), false)::int) as candidate_error_rate,
+                  avg(c.schema_valid::int) as candidate_schema_pass_rate,""" if paired else ""
         rows = _rows(con, f"""
-            select '{s}' as segment_name, "{s}"::varchar as segment_value, count(*) as n,
-              quantile_cont(baseline_latency_ms, 0.95) as baseline_p95_ms,
-              avg(coalesce(baseline_error_kind in ({_KINDS}), false)::int) as baseline_error_rate,
-              avg(baseline_schema_valid::int) as baseline_schema_pass_rate, {cand} 0 as _
-            from pairs where not warmup group by 1, 2 order by 2""")
+            select '{s}' as segment_name, r."{s}"::varchar as segment_value, count(*) as n,
+              quantile_cont(b.latency_ms, 0.95) as baseline_p95_ms,
+              avg(coalesce(b.error_kind in ({_KINDS}), false)::int) as baseline_error_rate,
+              avg(b.schema_valid::int) as baseline_schema_pass_rate, {cand} 0 as _
+            from requests r
+            left join legs b on b.order_idx = r.order_idx and b.version = 'baseline' {cand_join}
+            where not r.warmup group by 1, 2 order by 2""")
         for r in rows:
             r.pop("_")
             r["segment"] = f"{r['segment_name']}={r['segment_value']}"
@@ -69,13 +82,13 @@ def segment_overview(con: duckdb.DuckDBPyConnection, segments: tuple[str, ...], 
 
 
 def replay_fidelity(con: duckdb.DuckDBPyConnection, lag_bound_ms: float) -> dict[str, Any]:
-    row = _rows(con, """select quantile_cont(send_lag_ms, 0.5) as lag_p50_ms, quantile_cont(send_lag_ms, 0.99) as lag_p99_ms,
-                           max(send_lag_ms) as lag_max_ms,
-                           quantile_cont(abs(epoch(c.sent_at) - epoch(b.sent_at)) * 1000, 0.99) as pair_skew_p99_ms
-                        from legs l
-                        left join (select request_id, sent_at from legs where version = 'baseline') b using (request_id)
-                        left join (select request_id, sent_at from legs where version = 'candidate') c using (request_id)
-                        where l.version = 'baseline'""")[0]
+    row = _rows(con, """select quantile_cont(send_lag_ms, [0.5, 0.99]) as _lag_q, max(send_lag_ms) as lag_max_ms
+                        from legs""")[0]
+    unpack(row, "_lag_q", ("lag_p50_ms", "lag_p99_ms"))
+    row["pair_skew_p99_ms"] = con.execute("""
+        select quantile_cont(abs(epoch(c.sent_at) - epoch(b.sent_at)) * 1000, 0.99)
+        from legs b join legs c on c.order_idx = b.order_idx and c.version = 'candidate'
+        where b.version = 'baseline'""").fetchall()[0][0]
     ev = con.execute("select detail from events where kind = 'replay' order by \"at\" desc limit 1").fetchone()
     info = json.loads(ev[0]) if ev else {}
     p99 = row["lag_p99_ms"]

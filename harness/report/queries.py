@@ -13,7 +13,9 @@ from typing import Any
 
 import duckdb
 
+from ..analysis.overview import unpack
 from ..scenario import RedactConfig
+from ..store import analysed_legs
 from ..traffic.redaction import Redactor
 
 __all__ = ["ReportData", "load_report_data", "CDF_LEVELS", "TIME_BUCKETS"]
@@ -68,9 +70,8 @@ def _latency_cdf(con: duckdb.DuckDBPyConnection, data: ReportData) -> None:
     levels = list(CDF_LEVELS)
     literal = "[" + ", ".join(repr(q) for q in levels) + "]"  # quantile levels must be constants in DuckDB
     for version, n, values in con.execute(
-            f"""select l.version, count(*), quantile_cont(l.latency_ms, {literal}) from legs l
-                join requests r using (request_id) where not r.warmup and l.latency_ms is not null
-                group by 1 order by 1""").fetchall():
+            f"""select l.version, count(*), quantile_cont(l.latency_ms, {literal}) from {analysed_legs()}
+                where l.latency_ms is not null group by 1 order by 1""").fetchall():
         data.cdf[version] = [(q, float(v)) for q, v in zip(levels, values) if v is not None]
         data.cdf_n[version] = int(n)
 
@@ -91,13 +92,13 @@ def _latency_over_time(con: duckdb.DuckDBPyConnection, data: ReportData, t0: flo
     width = _nice_width((t1 - t0) / TIME_BUCKETS)
     n_buckets = int((t1 - t0) // width) + 1
     data.bucket_s = width
-    rows = _rows(con, """
+    rows = _rows(con, f"""
         select l.version, least(floor((epoch(l.intended_at) - ?) / ?), ? - 1)::int as bucket, count(*) as n,
-          quantile_cont(l.latency_ms, 0.5) as p50_ms, quantile_cont(l.latency_ms, 0.95) as p95_ms,
-          avg((l.error_kind is not null)::int) as failed_fraction
-        from legs l join requests r using (request_id) where not r.warmup
+          quantile_cont(l.latency_ms, [0.5, 0.95]) as _q, avg((l.error_kind is not null)::int) as failed_fraction
+        from {analysed_legs()}
         group by 1, 2 order by 1, 2""", [t0, width, n_buckets])
     for r in rows:
+        unpack(r, "_q", ("p50_ms", "p95_ms"))
         data.over_time.setdefault(r.pop("version"), []).append(
             {"t_s": (r["bucket"] + 0.5) * width, "n": r["n"], "p50_ms": r["p50_ms"], "p95_ms": r["p95_ms"],
              "failed_fraction": r["failed_fraction"]})
@@ -134,12 +135,11 @@ def _memory_timeline(con: duckdb.DuckDBPyConnection, data: ReportData, origin: f
 
 
 def _error_kinds(con: duckdb.DuckDBPyConnection, data: ReportData) -> None:
-    for version, n in con.execute("""select l.version, count(*) from legs l join requests r using (request_id)
-                                     where not r.warmup group by 1""").fetchall():
+    for version, n in con.execute(f"select l.version, count(*) from {analysed_legs()} group by 1").fetchall():
         data.analysed_legs[version] = int(n)
     for version, kind, n in con.execute(
-            """select l.version, l.error_kind, count(*) from legs l join requests r using (request_id)
-               where not r.warmup and l.error_kind is not null group by 1, 2 order by 1, 3 desc""").fetchall():
+            f"""select l.version, l.error_kind, count(*) from {analysed_legs()}
+                where l.error_kind is not null group by 1, 2 order by 1, 3 desc""").fetchall():
         data.error_kinds.setdefault(version, {})[kind] = int(n)
 
 
@@ -159,7 +159,7 @@ def _failing_examples(con: duckdb.DuckDBPyConnection, data: ReportData, redactor
         with failing as (
           select l.request_id, l.version, r.route, r.method, coalesce(l.error_kind, 'schema') as kind, l.error_kind,
             l.status_code, l.schema_errors, l.error_detail, l.output_json, l.order_idx
-          from legs l join requests r using (request_id)
+          from legs l join requests r on r.order_idx = l.order_idx
           where l.error_kind is not null or l.schema_valid = false),
         ranked as (
           select *, row_number() over (partition by version, kind order by order_idx, request_id) as rn,
@@ -192,18 +192,19 @@ def _bad_records(con: duckdb.DuckDBPyConnection, data: ReportData) -> None:
 def _llm_metrics(con: duckdb.DuckDBPyConnection, data: ReportData) -> None:
     columns = {r[0] for r in con.execute("describe legs").fetchall()}
     # inter-token latency arrived with streaming support; older results.duckdb files have no such column
-    itl = ("quantile_cont(inter_token_ms_mean, 0.5) as itl_p50_ms, quantile_cont(inter_token_ms_mean, 0.95) as itl_p95_ms,"
-           if "inter_token_ms_mean" in columns else "null as itl_p50_ms, null as itl_p95_ms,")
+    itl = ("quantile_cont(inter_token_ms_mean, [0.5, 0.95]) as _itl_q,"
+           if "inter_token_ms_mean" in columns else "null as _itl_q,")
     rows = _rows(con, f"""
         select l.version, count(time_to_first_token_ms) as ttft_n,
-          quantile_cont(time_to_first_token_ms, 0.5) as ttft_p50_ms,
-          quantile_cont(time_to_first_token_ms, 0.95) as ttft_p95_ms, {itl}
+          quantile_cont(time_to_first_token_ms, [0.5, 0.95]) as _ttft_q, {itl}
           avg(prompt_tokens) as mean_prompt_tokens, avg(completion_tokens) as mean_completion_tokens,
           sum(completion_tokens) as completion_tokens,
           sum(completion_tokens) / nullif(sum(service_ms) filter (where completion_tokens is not null), 0) * 1000
             as completion_tokens_per_s
-        from legs l join requests r using (request_id) where not r.warmup group by 1""")
+        from {analysed_legs()} group by 1""")
     for r in rows:
+        unpack(r, "_ttft_q", ("ttft_p50_ms", "ttft_p95_ms"))
+        unpack(r, "_itl_q", ("itl_p50_ms", "itl_p95_ms"))
         version = r.pop("version")
         if r["ttft_n"] or r["completion_tokens"] is not None or r["mean_prompt_tokens"] is not None:
             data.llm[version] = {k: (float(v) if v is not None else None) for k, v in r.items()}
