@@ -28,6 +28,7 @@ import json
 import re
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -35,7 +36,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from ..errors import TrafficError
-from .record import BadRecord, CapturedRequest
+from ..jsonpath import MISSING
+from .record import BadRecord, CapturedRequest, _set_doc
 from .timestamps import TimestampError, parse_ts
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
 ]
 
 GZIP_MAGIC = b"\x1f\x8b"
+_fromisoformat = datetime.fromisoformat
 RECORD_FIELDS = frozenset({"ts", "method", "path", "url", "headers", "body", "body_b64"})
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_TARGET_CHARS = re.compile(r"[\x00-\x20\x7f]")
@@ -181,12 +184,19 @@ def _token(value: str) -> bool:
     return True
 
 
+# Valid methods seen so far -> their upper-case form (the JSONL fast path reads it): a cache, bounded.
+_GOOD_METHODS: dict[str, str] = {}
+
+
 def check_method(value: object) -> str:
     if not isinstance(value, str):
         raise RecordError(f"method must be a string, not {type(value).__name__}")
     if not _token(value):
         raise RecordError(f"invalid method {value[:50]!r}")
-    return value.upper()
+    upper = value.upper()
+    if type(value) is str and len(_GOOD_METHODS) < _GOOD_TOKENS_MAX:
+        _GOOD_METHODS[value] = upper
+    return upper
 
 
 def clean_headers(pairs: Iterable[tuple[object, object]]) -> tuple[tuple[tuple[str, str], ...], str | None]:
@@ -316,6 +326,88 @@ def _parse_line(raw: bytes, source: str, lineno: int) -> CapturedRequest | BadRe
         return BadRecord(source, lineno, str(exc))
 
 
+def _fast_record(obj: dict[str, Any], source: str, lineno: int) -> CapturedRequest | None:
+    """The common record, built with a few whole-field checks; None sends it to request_from_fields.
+
+    Takes only what the general path surely accepts and maps the same way: a string ``path``
+    starting with "/" that is plain printable ASCII without spaces (no ``url``); a known-good method;
+    ``headers`` absent or an object whose names are all known-good tokens and whose values are all
+    strings of printable ASCII (so no pseudo-header, line break, NUL or lone surrogate); ``body``
+    absent, an object or an array (its parsed value becomes the request's json_body(): the line was
+    parsed by orjson, so orjson writes and reads it back unchanged), or a string; no ``body_b64``.
+    Anything else, valid or not, goes the general way, which also words the errors.
+    """
+    if "url" in obj or "body_b64" in obj:
+        return None
+    path = obj.get("path")
+    if type(path) is not str or path[:1] != "/" or not path.isascii() or not path.isprintable() or " " in path:
+        return None
+    method = obj.get("method")
+    if type(method) is not str:
+        return None
+    method = _GOOD_METHODS.get(method)
+    if method is None:
+        return None
+    ts = obj.get("ts")
+    if type(ts) is str and ts[4:5] == "-" and ts[:4].isdigit():
+        # parse_ts's first step, inlined: ISO 8601 text with a zone (see timestamps.parse_ts).
+        try:
+            dt = _fromisoformat(ts)
+        except ValueError:
+            return None
+        if dt.tzinfo is None or dt.utcoffset() is None:
+            return None
+        try:
+            when = dt.timestamp()
+        except (OverflowError, ValueError, OSError):
+            return None
+    else:
+        if ts is None:
+            return None
+        try:
+            when = parse_ts(ts)
+        except TimestampError:
+            return None
+    raw_headers = obj.get("headers")
+    if raw_headers is None:
+        headers: tuple[tuple[str, str], ...] = ()
+    elif type(raw_headers) is dict:
+        if not raw_headers.keys() <= _GOOD_TOKENS.keys():
+            return None
+        try:
+            values = "".join(raw_headers.values())
+        except TypeError:
+            return None
+        if not (values.isascii() and values.isprintable()):
+            return None
+        headers = tuple(raw_headers.items())
+    else:
+        return None
+    value = obj.get("body")
+    doc: Any = MISSING
+    if value is None:
+        body = b""
+    elif type(value) is dict or type(value) is list:
+        try:
+            body = orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            return None
+        doc = value
+    elif type(value) is str:
+        try:
+            body = value.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        doc = None
+    else:
+        return None
+    meta = {} if obj.keys() <= RECORD_FIELDS else {k: v for k, v in obj.items() if k not in RECORD_FIELDS}
+    req = CapturedRequest(source, lineno, when, method, path, headers, body, meta)
+    if doc is not None:
+        _set_doc(req, doc)
+    return req
+
+
 class _Reason(str):
     """Why a line is not JSON (a str subclass, so that a JSON string record stays distinguishable)."""
 
@@ -341,14 +433,45 @@ def _load_record(raw: bytes) -> Any:
 def iter_jsonl(path: Path) -> Iterator[CapturedRequest | BadRecord]:
     """Records of a JSONL (or gzip-compressed JSONL) capture, in file order."""
     source = str(path)
-    for item in iter_raw_lines(path):
-        if isinstance(item, BadRecord):
-            yield item
-            continue
-        lineno, raw = item
-        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
-        raw = raw.rstrip(b"\r\n")
-        if not raw.strip():
-            continue
-        yield _parse_line(raw, source, lineno)
+    fh = open_capture(path)
+    loads, decode_error, fast, parse_line = orjson.loads, orjson.JSONDecodeError, _fast_record, _parse_line
+    lineno = 0
+    try:
+        lines = iter(fh)
+        while True:
+            # Only reading the next line is guarded: a broken gzip stream ends the capture (see iter_raw_lines).
+            try:
+                raw = next(lines)
+            except StopIteration:
+                return
+            except (EOFError, zlib.error, OSError) as exc:
+                if lineno == 0 and isinstance(exc, gzip.BadGzipFile):
+                    raise TrafficError(f"{source}: not a valid gzip file: {exc}") from None
+                yield BadRecord(source, lineno + 1, f"truncated or corrupt stream after line {lineno}: {exc}")
+                return
+            lineno += 1
+            # Fast path: orjson takes the line as it is (JSON allows the trailing newline); a line it
+            # refuses (blank, BOM, not JSON) takes the general path below, which words the reason.
+            try:
+                obj = loads(raw)
+            except decode_error:
+                pass
+            else:
+                if type(obj) is dict:
+                    req = fast(obj, source, lineno)
+                    if req is None:
+                        try:
+                            req = request_from_fields(obj, source, lineno)
+                        except RecordError as exc:
+                            yield BadRecord(source, lineno, str(exc))
+                            continue
+                    yield req
+                    continue
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            raw = raw.rstrip(b"\r\n")
+            if not raw.strip():
+                continue
+            yield parse_line(raw, source, lineno)
+    finally:
+        fh.close()

@@ -4,7 +4,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import orjson
+
+from ..jsonpath import MISSING
+
 __all__ = ["CapturedRequest", "CapturedResponse", "BadRecord"]
+
+
+class _Unset:
+    """Marks a per-record cache that is not filled yet."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET: Any = _Unset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +40,11 @@ class CapturedRequest:
     the payload index for GoReplay. `ts` is epoch seconds (float, UTC). `path` includes the query
     string. `headers` keep their captured order and case; names may repeat. `meta` holds every
     other field of the record (they can feed segments).
+
+    Two caches ride along, outside the fields that compare, print or pickle: the body parsed as JSON
+    (`json_body()`; the JSONL reader hands over the value it parsed already) and a lower-cased header
+    index (`header()`). `dataclasses.replace` starts a copy with empty caches, so a changed body is
+    never answered from the old one's parse.
     """
 
     source: str
@@ -35,13 +56,66 @@ class CapturedRequest:
     body: bytes = b""
     meta: Mapping[str, Any] = field(default_factory=dict)
     response: CapturedResponse | None = None
+    _doc: Any = field(default=_UNSET, init=False, repr=False, compare=False)
+    _hindex: Any = field(default=None, init=False, repr=False, compare=False)
 
     def header(self, name: str) -> str | None:
-        lname = name.lower()
-        for k, v in self.headers:
-            if k.lower() == lname:
-                return v
-        return None
+        """The value of the first header named `name`, whatever the case; None when there is none."""
+        index = self._hindex
+        if index is None:
+            index = self._header_index()
+        return index.get(name.lower())
+
+    def _header_index(self) -> dict[str, str]:
+        """Lower-cased name -> value of its first occurrence; built once, then cached."""
+        index = self._hindex
+        if index is None:
+            # Built from the back, so that earlier headers overwrite later ones: the first one wins.
+            index = {k.lower(): v for k, v in reversed(self.headers)}
+            object.__setattr__(self, "_hindex", index)
+        return index  # type: ignore[no-any-return]
+
+    def json_body(self) -> Any:
+        """The body as a JSON value when it is a JSON object or array (``{``/``[`` first), else
+        ``jsonpath.MISSING``; parsed once, then cached. Callers must not change what it returns."""
+        doc = self._doc
+        if doc is _UNSET:
+            doc = _parse_body(self.body)
+            object.__setattr__(self, "_doc", doc)
+        return doc
+
+    def __getstate__(self) -> list[Any]:
+        # The caches are left out: they are cheap to rebuild and the parse can be large.
+        return [self.source, self.line, self.ts, self.method, self.path, self.headers, self.body, self.meta,
+                self.response]
+
+    def __setstate__(self, state: list[Any]) -> None:
+        for name, value in zip(_STATE_FIELDS, state):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_doc", _UNSET)
+        object.__setattr__(self, "_hindex", None)
+
+
+_STATE_FIELDS = ("source", "line", "ts", "method", "path", "headers", "body", "meta", "response")
+
+
+def _parse_body(body: bytes) -> Any:
+    if body[:1] not in (b"{", b"["):
+        return MISSING
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        import json
+
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            return MISSING
+
+
+def _set_doc(req: CapturedRequest, doc: Any) -> None:
+    """For readers that parsed the body already: `doc` must equal what json_body() would parse."""
+    object.__setattr__(req, "_doc", doc)
 
 
 @dataclass(frozen=True, slots=True)

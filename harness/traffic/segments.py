@@ -10,12 +10,10 @@ from __future__ import annotations
 import bisect
 import json
 import re
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import parse_qsl, urlsplit
 
-import orjson
-
-from ..jsonpath import MISSING, find_first
+from ..jsonpath import MISSING, compile_path, find_first
 from ..scenario import SegmentSpec
 from .record import CapturedRequest
 
@@ -29,15 +27,33 @@ _ID_SEGMENT = re.compile(
     r"|(?=[A-Za-z0-9_\-]*\d)[A-Za-z0-9_\-]{16,})$")
 
 
+# The same id test over a whole path in one pass: "/" then an id-like segment that runs to the next "/" or
+# the end. No alternative can match "/", so each match is exactly one whole segment.
+_ID_IN_PATH = re.compile(
+    r"/(?:\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{12,}"
+    r"|(?=[A-Za-z0-9_\-]{16})(?=[A-Za-z0-9_\-]*\d)[A-Za-z0-9_\-]{16,})(?![^/])")  # length first: cheaper
+_sub_ids = _ID_IN_PATH.sub
+# Paths without an id segment (their own template) repeat from record to record; ids mostly do not.
+_PLAIN_ROUTES: set[str] = set()
+_PLAIN_ROUTES_MAX = 4096
+
+
 def route_template(path: str) -> str:
     """'/v1/accounts/123/score?x=1' -> '/v1/accounts/{id}/score'."""
-    bare = path.split("?", 1)[0].split("#", 1)[0]
+    bare = path.partition("?")[0].partition("#")[0]
+    if bare in _PLAIN_ROUTES:
+        return bare
+    if bare[:1] == "/" and "\n" not in bare:
+        route = _sub_ids("/{id}", bare)
+        if route == bare and len(_PLAIN_ROUTES) < _PLAIN_ROUTES_MAX:
+            _PLAIN_ROUTES.add(bare)
+        return route
+    # Paths from the readers always take the line above; this is the segment-by-segment definition
+    # ("$" also matches before a final newline, which the one-pass pattern does not copy).
     return "/".join("{id}" if _ID_SEGMENT.match(part) else part for part in bare.split("/")) or "/"
 
 
-def bucket_label(value: float, buckets: tuple[float, ...]) -> str:
-    """Buckets [1, 8, 32] -> '<1', '1-7', '8-31', '32+' (integers) or '[a, b)' ranges for floats."""
-    i = bisect.bisect_right(buckets, value)
+def _bucket_label_at(i: int, buckets: tuple[float, ...]) -> str:
     ints = all(float(b).is_integer() for b in buckets)
     fmt = (lambda x: str(int(x))) if ints else (lambda x: f"{x:g}")
     if i == 0:
@@ -50,6 +66,66 @@ def bucket_label(value: float, buckets: tuple[float, ...]) -> str:
     return f"[{fmt(lo)}, {fmt(hi)})"
 
 
+# buckets -> the label of each bisect position (a label depends on the position only): a cache, bounded.
+_LABELS: dict[tuple[float, ...], list[str]] = {}
+
+
+def _bucket_labels(buckets: tuple[float, ...]) -> list[str] | None:
+    """All labels of `buckets`, by bisect position; None when they cannot be cached."""
+    try:
+        labels = _LABELS.get(buckets)
+    except TypeError:  # unhashable (a list)
+        return None
+    if labels is None:
+        try:
+            labels = [_bucket_label_at(i, buckets) for i in range(len(buckets) + 1)]
+        except Exception:  # noqa: BLE001 - bucket_label raises it again, for the one value that needs it
+            return None
+        if len(_LABELS) < 256:
+            _LABELS[buckets] = labels
+    return labels
+
+
+def bucket_label(value: float, buckets: tuple[float, ...]) -> str:
+    """Buckets [1, 8, 32] -> '<1', '1-7', '8-31', '32+' (integers) or '[a, b)' ranges for floats."""
+    i = bisect.bisect_right(buckets, value)
+    labels = _bucket_labels(buckets)
+    return labels[i] if labels is not None else _bucket_label_at(i, buckets)
+
+
+def _first(path: str) -> Callable[[Any], Any]:
+    """find_first(doc, path) as a function of doc; a walk without generators for paths without [*]."""
+    try:
+        steps = compile_path(path)
+    except Exception:  # noqa: BLE001 - find_first raises it at evaluation, as it always did
+        return lambda d: find_first(d, path)
+    if None in steps:
+        return lambda d: find_first(d, path)
+
+    def first(node: Any) -> Any:
+        for step in steps:
+            if type(step) is int:
+                if isinstance(node, list) and -len(node) <= step < len(node):
+                    node = node[step]
+                else:
+                    return MISSING
+            elif isinstance(node, dict) and step in node:
+                node = node[step]
+            else:
+                return MISSING
+        return node
+
+    return first
+
+
+def _admit(seen: set[str], max_values: int, value: str) -> str:
+    """A value not seen yet: kept (and remembered) while the segment has room, else "other"."""
+    if len(seen) >= max_values:
+        return OTHER_VALUE
+    seen.add(value)
+    return value
+
+
 class SegmentEvaluator:
     def __init__(self, specs: Iterable[SegmentSpec]) -> None:
         self.specs = tuple(specs)
@@ -57,27 +133,83 @@ class SegmentEvaluator:
         self._cross = [s for s in self.specs if s.kind == "cross"]
         self._seen: dict[str, set[str]] = {s.name: set() for s in self.specs}
         self._needs_body = any(s.kind in ("json_path", "json_array_length", "present") for s in self.specs)
+        # Each spec compiled once into a function of the request (same values as _raw_value).
+        self._plain_steps = [(s.name, self._compile(s), self._seen[s.name], s.max_values) for s in self._plain]
+        self._cross_steps = [(s.name, tuple(s.arg or ()), self._seen[s.name], s.max_values) for s in self._cross]
+        fast = self._straight_line_values()
+        if fast is not None:
+            self.values = fast  # type: ignore[method-assign]
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.specs)
 
     def values(self, req: CapturedRequest) -> dict[str, str]:
-        doc: Any = MISSING
-        if self._needs_body and req.body[:1] in (b"{", b"["):
-            try:
-                doc = orjson.loads(req.body)
-            except orjson.JSONDecodeError:
-                try:
-                    doc = json.loads(req.body)
-                except (ValueError, RecursionError):
-                    doc = MISSING
         out: dict[str, str] = {}
-        for spec in self._plain:
-            out[spec.name] = self._cap(spec, self._raw_value(spec, req, doc))
-        for spec in self._cross:
-            out[spec.name] = self._cap(spec, " & ".join(out[n] for n in spec.arg or ()))
+        for name, get, seen, cap in self._plain_steps:
+            value = get(req)
+            if value not in seen:  # the cardinality cap, as _cap
+                value = _admit(seen, cap, value)
+            out[name] = value
+        for name, parts, seen, cap in self._cross_steps:
+            value = " & ".join([out[n] for n in parts])
+            if value not in seen:
+                value = _admit(seen, cap, value)
+            out[name] = value
         return out
+
+    def _straight_line_values(self) -> Callable[[CapturedRequest], dict[str, str]] | None:
+        """values() written out for these specs, without the loop (it runs for each of millions of
+        records): the same steps in the same order, the commonest kinds spelled out in place. None when
+        names repeat or a cross names a segment not computed before it: values() then raises or behaves
+        as it always did. Spec names, arguments and objects reach the code only through `env`."""
+        names = [n for n, *_ in self._plain_steps] + [n for n, *_ in self._cross_steps]
+        if len(set(names)) != len(names):
+            return None
+        env: dict[str, Any] = {"_admit": _admit, "route_template": route_template, "MISSING": MISSING,
+                               "NONE_VALUE": NONE_VALUE, "bisect_right": bisect.bisect_right}
+        lines = ["def values(req):"]
+        var: dict[str, str] = {}
+        have_index = have_doc = False
+        for i, (spec, (name, get, seen, cap)) in enumerate(zip(self._plain, self._plain_steps)):
+            env[f"get{i}"], env[f"seen{i}"], env[f"cap{i}"] = get, seen, cap
+            labels = _bucket_labels(spec.buckets or (0,)) if spec.kind == "json_array_length" else None
+            first = _first(str(spec.arg)) if spec.kind == "json_array_length" else None
+            if spec.kind == "path_template":
+                lines.append(f"    v{i} = route_template(req.path)")
+            elif spec.kind == "header" and not spec.buckets:
+                env[f"lname{i}"] = str(spec.arg).lower()
+                if not have_index:
+                    lines += ["    index = req._hindex", "    if index is None:", "        index = req._header_index()"]
+                    have_index = True
+                lines += [f"    v{i} = index.get(lname{i})",
+                          f"    v{i} = NONE_VALUE if v{i} is None or v{i} == '' else str(v{i})[:64]"]
+            elif labels is not None and first is not None:
+                env[f"labels{i}"], env[f"buckets{i}"], env[f"first{i}"] = labels, spec.buckets or (0,), first
+                if not have_doc:
+                    lines.append("    doc = req.json_body()")
+                    have_doc = True
+                lines += ["    if doc is MISSING:", f"        v{i} = NONE_VALUE", "    else:",
+                          f"        x = first{i}(doc)",
+                          f"        v{i} = labels{i}[bisect_right(buckets{i}, "
+                          "len(x) if isinstance(x, (list, str, dict)) else 0)]"]
+            else:
+                lines.append(f"    v{i} = get{i}(req)")
+            lines += [f"    if v{i} not in seen{i}:", f"        v{i} = _admit(seen{i}, cap{i}, v{i})"]
+            var[name] = f"v{i}"
+        for j, (name, parts, seen, cap) in enumerate(self._cross_steps, start=len(self._plain_steps)):
+            if any(p not in var for p in parts):
+                return None
+            env[f"seen{j}"], env[f"cap{j}"] = seen, cap
+            lines += [f"    v{j} = ' & '.join(({''.join(var[p] + ', ' for p in parts)}))", f"    if v{j} not in seen{j}:",
+                      f"        v{j} = _admit(seen{j}, cap{j}, v{j})"]
+            var[name] = f"v{j}"
+        for k, name in enumerate(names):
+            env[f"name{k}"] = name
+        lines.append("    return {" + ", ".join(f"name{k}: {var[n]}" for k, n in enumerate(names)) + "}")
+        self._source = "\n".join(lines)
+        exec(self._source, env)  # noqa: S102 - our own text (see the docstring)
+        return env["values"]  # type: ignore[no-any-return]
 
     def _cap(self, spec: SegmentSpec, value: str) -> str:
         seen = self._seen[spec.name]
@@ -88,7 +220,50 @@ class SegmentEvaluator:
         seen.add(value)
         return value
 
+    def _compile(self, spec: SegmentSpec) -> Callable[[CapturedRequest], str]:
+        kind = spec.kind
+        if kind == "path_template":
+            return lambda req: route_template(req.path)
+        if kind == "header" and not spec.buckets:
+            name = str(spec.arg)
+
+            def header(req: CapturedRequest) -> str:
+                v = req.header(name)
+                return str(v)[:64] if v not in (None, "") else NONE_VALUE
+            return header
+        if kind in ("body_bytes", "json_array_length"):
+            buckets = spec.buckets or (0,)
+            labels = _bucket_labels(buckets)
+            if labels is not None:
+                bisect_right = bisect.bisect_right
+                if kind == "body_bytes":
+                    return lambda req: labels[bisect_right(buckets, len(req.body))]
+                first = _first(str(spec.arg))
+
+                def array_length(req: CapturedRequest) -> str:
+                    doc = req.json_body()
+                    if doc is MISSING:
+                        return NONE_VALUE
+                    v = first(doc)
+                    return labels[bisect_right(buckets, len(v) if isinstance(v, (list, str, dict)) else 0)]
+                return array_length
+        if kind == "json_path":
+            first = _first(str(spec.arg))
+
+            def json_path(req: CapturedRequest) -> str:
+                doc = req.json_body()
+                if doc is MISSING:
+                    return NONE_VALUE
+                v = first(doc)
+                if v is MISSING or v is None:
+                    return NONE_VALUE
+                return _bucketed(v, spec)
+            return json_path
+        needs_body = self._needs_body
+        return lambda req: self._raw_value(spec, req, req.json_body() if needs_body else MISSING)
+
     def _raw_value(self, spec: SegmentSpec, req: CapturedRequest, doc: Any) -> str:
+        """The reference definition of a plain segment's value (values() runs compiled forms of it)."""
         kind = spec.kind
         if kind == "path_template":
             return route_template(req.path)

@@ -21,6 +21,7 @@ from datetime import datetime
 __all__ = ["TimestampError", "parse_ts", "epoch_from_ns"]
 
 _MAX_EPOCH_S = 1e11
+_fromisoformat = datetime.fromisoformat
 _NUMERIC = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 
 
@@ -49,6 +50,15 @@ def _from_datetime(dt: datetime, shown: object) -> float:
 
 def parse_ts(value: object) -> float:
     """Epoch seconds from a captured ``ts`` value; raises TimestampError with the reason."""
+    if type(value) is str and value[4:5] == "-" and value[:4].isdigit():
+        # Fast path for the common ISO 8601 text: four digits then "-" cannot be epoch seconds, and
+        # what fromisoformat takes as it is, it takes the same after strip() below.
+        try:
+            dt = _fromisoformat(value)
+        except ValueError:
+            pass  # the general path below says why (or accepts it once stripped)
+        else:
+            return _from_datetime(dt, value)
     if isinstance(value, bool):
         raise TimestampError(f"ts must be a time, not a boolean: {value!r}")
     if isinstance(value, int):
