@@ -142,15 +142,19 @@ def field_diffs(con: duckdb.DuckDBPyConnection, cfg: OutputDiffConfig) -> FieldD
     kinds = ", ".join(f"'{k}'" for k in ERROR_KINDS_COUNTED)
     cur = con.cursor()
     try:
-        pairs, ok, compared, first, last = cur.execute(f"""
-            select count(*), count(*) filter (where ok), count(*) filter (where ok and both_json),
-                   min(order_idx), max(order_idx)
-            from ({_pairs_sql(kinds)})""").fetchone()  # type: ignore[misc]
+        # one pass over the pairs for the accounting and the compared pairs' order indexes
+        status = cur.execute(f"select order_idx, coalesce(ok, false) as ok, both_json from ({_pairs_sql(kinds)}) "
+                             "order by 1").fetchnumpy()
+        ok_mask = np.asarray(status["ok"], dtype=bool)
+        judged = np.asarray(status["order_idx"], dtype=np.int64)[ok_mask & np.asarray(status["both_json"], dtype=bool)]
+        pairs, ok, compared = len(ok_mask), int(ok_mask.sum()), len(judged)
+        del status, ok_mask
         not_compared = {"error": int(pairs - ok), "not_json": int(ok - compared)}
         cur.execute("create or replace temp table _od_diff (order_idx bigint, path varchar, kind varchar)")
-        if compared:
-            for lo in range(int(first), int(last) + 1, _CHUNK_PAIRS):
-                _diff_chunk(cur, kinds, lo, lo + _CHUNK_PAIRS, bool(cfg.key_order_paths))
+        if compared:  # chunks of about _CHUNK_PAIRS compared pairs each, whatever the gaps in order_idx
+            bounds = judged[::_CHUNK_PAIRS].tolist() + [int(judged[-1]) + 1]
+            for lo, hi in zip(bounds, bounds[1:]):
+                _diff_chunk(cur, kinds, lo, hi, bool(cfg.key_order_paths))
         rows = cur.execute("""select path, kind, count(distinct order_idx) as n from _od_diff
                               group by 1, 2 order by 3 desc, 1, 2""").fetchall()
         fields = _judge_fields(rows, int(compared), cfg)
@@ -158,15 +162,12 @@ def field_diffs(con: duckdb.DuckDBPyConnection, cfg: OutputDiffConfig) -> FieldD
         cur.execute("create or replace temp table _od_reported (path varchar, kind varchar)")
         if reported:
             cur.executemany("insert into _od_reported values (?, ?)", reported)
-        judged = cur.execute(f"select order_idx from ({_pairs_sql(kinds)}) where ok and both_json order by 1"
-                             ).fetchnumpy()["order_idx"]
         differing = cur.execute("""select distinct d.order_idx from _od_diff d join _od_reported r using (path, kind)
                                    order by 1""").fetchnumpy()["order_idx"]
         for t in ("_od_diff", "_od_reported"):
             cur.execute(f"drop table if exists {t}")
     finally:
         cur.close()
-    judged = np.asarray(judged, dtype=np.int64)
     return FieldDiffs(pairs=int(pairs), compared=int(compared), not_compared=not_compared, fields=fields,
                       order_idx=judged, differs=np.isin(judged, np.asarray(differing, dtype=np.int64),
                                                         assume_unique=True))

@@ -732,10 +732,15 @@ def ks_statistic(a: ArrayLike, b: ArrayLike) -> float:
     x, y = np.sort(_as_1d(a, "a")), np.sort(_as_1d(b, "b"))
     if len(x) == 0 or len(y) == 0:
         raise ValueError("ks_statistic needs non-empty samples")
-    grid = np.concatenate([x, y])
-    fx = np.searchsorted(x, grid, side="right") / len(x)
-    fy = np.searchsorted(y, grid, side="right") / len(y)
-    return float(np.max(np.abs(fx - fy)))
+    # Merge the two sorted samples (a stable sort of two sorted runs is a linear merge) and walk
+    # F_a - F_b along it, read only after the last of each run of tied values.
+    merged = np.concatenate([x, y])
+    order = np.argsort(merged, kind="stable")
+    steps = np.where(order < len(x), 1.0 / len(x), -1.0 / len(y))
+    diff = np.cumsum(steps)
+    values = merged[order]
+    last_of_tie = np.append(values[1:] != values[:-1], True)
+    return float(np.max(np.abs(diff[last_of_tie])))
 
 
 def cohen_kappa(labels_a: Sequence[Hashable] | ArrayLike, labels_b: Sequence[Hashable] | ArrayLike) -> float:
