@@ -232,16 +232,21 @@ def _window_bootstrap_quantiles(b: FloatArray, c: FloatArray, q: float, n_resamp
         picks = rng.integers(0, m, size=int(totals.sum()))
         rows = np.repeat(np.arange(k), totals)
         counts = np.bincount(rows * m + picks, minlength=k * m).reshape(k, m)
-        fcounts = counts.astype(np.float64)
         # cells: 0 = both below, 1 = baseline below / candidate above, 2 = b above / c below, 3 = both above
-        start_b = cells[:, 1] + cells[:, 2] + np.rint(fcounts @ below_b).astype(np.int64)
-        start_c = cells[:, 1] + cells[:, 3] + np.rint(fcounts @ below_c).astype(np.int64)
+        start_b = cells[:, 1] + cells[:, 2] + np.bincount(rows, weights=below_b[picks], minlength=k).astype(np.int64)
+        start_c = cells[:, 1] + cells[:, 3] + np.bincount(rows, weights=below_c[picks], minlength=k).astype(np.int64)
         for base, w, v, out in ((start_b, wb, vb, qb), (start_c, wc, vc, qc)):
-            cum = base[:, None] + np.cumsum(counts[:, w], axis=1)
+            cum = np.cumsum(counts[:, w], axis=1)
+            cum += base[:, None]
             if (base > r0).any() or (cum[:, -1] <= r1).any():
                 raise _LeftWindow  # a resample's quantile left the window: the caller retries wider
-            x0 = v[np.argmax(cum > r0, axis=1)]
-            x1 = v[np.argmax(cum > r1, axis=1)]
+            # each row is non-decreasing: offset row i by i * (n + 1) and search the flattened rows at once
+            width = cum.shape[1]
+            offsets = np.arange(k, dtype=np.int64) * (n + 1)
+            cum += offsets[:, None]
+            flat = cum.ravel()
+            x0 = v[np.searchsorted(flat, offsets + r0, side="right") - offsets // (n + 1) * width]
+            x1 = v[np.searchsorted(flat, offsets + r1, side="right") - offsets // (n + 1) * width]
             out[start:start + k] = x0 + frac * (x1 - x0)
     return qb, qc
 
