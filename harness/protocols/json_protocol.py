@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..jsonpath import MISSING, find_first
+import orjson
 
-__all__ = ["OutputRead", "read_json_output", "label_of", "number_of"]
+from ..jsonpath import MISSING, compile_path, find_first
+
+__all__ = ["OutputRead", "read_json_output", "label_of", "number_of", "loads", "first"]
+
+_LONG_DIGITS = re.compile(rb"\d{19}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +41,43 @@ class OutputRead:
     fallback_model: bool | None = None
 
 
+def loads(body: bytes) -> Any:
+    """json.loads, through orjson (several times faster) where it can: what orjson refuses and the standard
+    library accepts (UTF-16/32 bodies, ...) goes to json.loads, and so do bodies with a run of 19+ digits
+    (orjson reads integers past 64 bits as floats; json.loads keeps them exact), so both agree."""
+    if _LONG_DIGITS.search(body):
+        return json.loads(body)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
+def first(doc: Any, path: str) -> Any:
+    """find_first without generators for paths without wildcards (the usual $.a.b[0])."""
+    node = doc
+    for step in compile_path(path):
+        if step is None:
+            return find_first(doc, path)
+        if isinstance(step, int):
+            if isinstance(node, list) and -len(node) <= step < len(node):
+                node = node[step]
+            else:
+                return MISSING
+        elif isinstance(node, dict) and step in node:
+            node = node[step]
+        else:
+            return MISSING
+    return node
+
+
 def parse_body(status: int, body: bytes) -> Any:
     """The answer's JSON document, or the OutputRead that says it has none (empty on a 2xx, or not JSON)."""
     if not body:
         return OutputRead(invalid_json=200 <= status < 300)
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return OutputRead(invalid_json=True)
 
 
@@ -50,9 +85,9 @@ def read_json_output(status: int, body: bytes, prediction_path: str, confidence_
     doc = parse_body(status, body)
     if isinstance(doc, OutputRead):
         return doc
-    return OutputRead(doc=doc, prediction=label_of(find_first(doc, prediction_path)),
-                      confidence=number_of(find_first(doc, confidence_path)),
-                      model_version=label_of(find_first(doc, "$.model_version")))
+    return OutputRead(doc=doc, prediction=label_of(first(doc, prediction_path)),
+                      confidence=number_of(first(doc, confidence_path)),
+                      model_version=label_of(first(doc, "$.model_version")))
 
 
 def label_of(v: Any) -> str | None:

@@ -7,11 +7,10 @@ The scenario's output.prediction / output.confidence JSON paths win where they f
 maximum, for a vector). Tensors may be nested (row-major) or flat; both are flattened."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..jsonpath import MISSING, find_first
-from .json_protocol import OutputRead, label_of, number_of
+from .json_protocol import OutputRead, label_of, loads, number_of
 
 __all__ = ["read_kserve_v2_output"]
 
@@ -22,7 +21,7 @@ _SCORE_NAMES = ("probability", "probabilities", "confidence", "score", "scores",
 def read_kserve_v2_output(status: int, body: bytes, prediction_path: str = "$.prediction",
                           confidence_path: str = "$.confidence") -> OutputRead:
     try:
-        doc = json.loads(body) if body else None
+        doc = loads(body) if body else None
     except (ValueError, UnicodeDecodeError):
         return OutputRead(invalid_json=True)
     if not isinstance(doc, dict):

@@ -1,13 +1,15 @@
 """Open-loop, paired dispatch of a replay schedule.
 
 Each scheduled request has an intended send time, start + offset / speed. The dispatcher sleeps until
-then and spawns one greenlet per leg, both legs of a pair back to back, whatever is already in flight:
+then (a timerfd where Linux has one: gevent's own timers wake up to 1.3 ms late) and spawns one raw
+greenlet per leg, both legs of a pair back to back, in alternating order, whatever is already in flight:
 a stalled target cannot slow the schedule down, so a stall shows in the latencies (no coordinated
 omission). Latency is measured from the intended time; service time from the actual send. A request
 that finds `max_in_flight` pairs in flight is not sent and is recorded as skipped with that reason.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import gevent
-import gevent.pool
+import gevent.event
 import pyarrow.parquet as pq
 
 from ..compat import OutputValidator
@@ -26,7 +28,8 @@ from ..jsonpath import MISSING
 from ..protocols import OutputRead, read_output
 from ..scenario import DetectorConfig
 from ..traffic.redaction import REDACTED, Redactor
-from .http_client import TargetClient
+from .http_client import RequestHead, TargetClient
+from .leg import LEG_SCHEMA
 from .recorder import Recorder
 
 __all__ = ["Dispatcher", "DispatchPlan", "TargetPlan", "DispatchStats", "expand_env", "schedule_rows", "SCHEDULE_COLUMNS"]
@@ -95,6 +98,83 @@ class DispatchStats:
     stopped_early: str | None = None
 
 
+_LEG_COLUMNS = ("request_id", "version", "order_idx", "intended_at", "sent_at", "done_at", "send_lag_ms", "latency_ms",
+                "service_ms", "status_code", "error_kind", "error_detail", "response_bytes", "schema_valid",
+                "schema_errors", "prediction", "confidence", "model_version", "output_json", "time_to_first_token_ms",
+                "prompt_tokens", "completion_tokens", "worker", "streamed", "inter_token_ms_mean", "inter_token_ms_p95",
+                "token_chunks", "finish_reason", "abstained", "cited", "fallback_model", "tool_calls_valid")
+# Legs are handed to the recorder as tuples in LEG_SCHEMA's order (no dict per leg): keep the two in step.
+assert _LEG_COLUMNS == tuple(LEG_SCHEMA.names), "dispatcher leg tuple out of step with LEG_SCHEMA"
+_NO_OUTPUT = (None,) * 9  # streamed ... tool_calls_valid of a leg without an answer
+_HEAD_CACHE_MAX = 4096
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+class _PreciseClock:
+    """Sleeps until a time on the monotonic clock to about 0.1 ms. gevent's timers ride on epoll's
+    millisecond timeout and wake 0-1.3 ms late; a timerfd (Linux) becomes readable on time and wakes the
+    loop through its file descriptor. Without timerfd: sleep to 1.5 ms before, then yield until the time."""
+
+    def __init__(self) -> None:
+        self._fd = -1
+        self._watcher: Any = None
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            create, settime = libc.timerfd_create, libc.timerfd_settime
+            fd = create(time.CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)  # TFD_NONBLOCK, TFD_CLOEXEC
+            if fd < 0:
+                return
+        except (OSError, AttributeError):
+            return
+        self._fd = fd
+        self._settime = settime
+        self._spec = _Itimerspec()
+        self._hub = gevent.get_hub()
+        self._watcher = self._hub.loop.io(fd, 1)
+
+    def sleep_until(self, deadline: float, stopped: Callable[[], bool]) -> None:
+        while True:  # long gaps: plain sleeps, so that a stop is noticed within 0.25 s
+            wait = deadline - time.monotonic()
+            if wait <= 0.003 or stopped():
+                break
+            gevent.sleep(min(wait - 0.002, 0.25))
+        if self._fd < 0:
+            wait = deadline - time.monotonic()
+            if wait > 0.0015:
+                gevent.sleep(wait - 0.0015)
+            while deadline - time.monotonic() > 0:
+                gevent.sleep(0)
+            return
+        if deadline - time.monotonic() <= 0.00002:
+            return
+        sec = int(deadline)
+        spec = self._spec
+        spec.it_value.tv_sec, spec.it_value.tv_nsec = sec, int((deadline - sec) * 1e9)
+        if self._settime(self._fd, 1, ctypes.byref(spec), None) != 0:  # TFD_TIMER_ABSTIME
+            gevent.sleep(max(deadline - time.monotonic(), 0))
+            return
+        self._hub.wait(self._watcher)
+        try:
+            os.read(self._fd, 8)
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class Dispatcher:
     def __init__(self, plan: DispatchPlan, recorder: Recorder,
                  on_leg: Callable[[str, str, float, int, BaseException | None], None] | None = None) -> None:
@@ -110,20 +190,31 @@ class Dispatcher:
                                                  concurrency=max(plan.max_in_flight, 1),
                                                  max_response_bytes=plan.max_response_bytes)
                          for t in plan.targets}
-        self._legs = gevent.pool.Group()
+        # per target: (target, its client); both orders, so that the first leg to leave alternates
+        forward = tuple((t, self._clients[t.version], i) for i, t in enumerate(plan.targets))
+        self._orders = (forward, forward[::-1])
+        self._heads: dict[str, tuple[RequestHead, ...]] = {}  # headers_json -> one checked head per target
+        self._legs_running = 0
+        self._legs_idle = gevent.event.Event()
+        self._legs_idle.set()
 
     def stop(self, reason: str) -> None:
         if not self._stop:
             self._stop = True
             self.stats.stopped_early = reason
 
+    def _stopped(self) -> bool:
+        return self._stop
+
     def run(self, start_epoch: float, rows: Iterable[dict[str, Any]], total: int) -> DispatchStats:
         """Dispatch `rows` (in send order); start_epoch is shared by all workers so their shards interleave."""
         plan = self.plan
         self.stats.total = total
         self.stats.started_at = start_epoch
-        anchor_epoch, anchor_perf = time.time(), time.perf_counter()
+        # Intended times are epoch seconds (what the legs record); waits run on the monotonic clock.
+        to_mono = time.monotonic() - time.time()
         deadline = start_epoch + plan.max_duration_s if plan.max_duration_s else None
+        clock = _PreciseClock()
         try:
             for row in rows:
                 if self._stop:
@@ -132,13 +223,8 @@ class Dispatcher:
                 if deadline is not None and intended > deadline:
                     self.stop(f"replay.max_duration_s ({plan.max_duration_s:g} s) reached")
                     break
-                wait = intended - (anchor_epoch + time.perf_counter() - anchor_perf)
-                # gevent's timer wakes ~0.7 ms late (p99 1.2 ms): sleep to just before the send time, then
-                # yield until it (benchmarks/lag_floor.py measured p99 lag 1.93 -> 0.58 ms at 250 pairs/s)
-                if wait > 0.0015:
-                    gevent.sleep(wait - 0.0015)
-                while intended - (anchor_epoch + time.perf_counter() - anchor_perf) > 0:
-                    gevent.sleep(0)
+                if intended + to_mono > time.monotonic():
+                    clock.sleep_until(intended + to_mono, self._stopped)
                 if self._stop:
                     break
                 if self.stats.in_flight >= plan.max_in_flight:
@@ -146,22 +232,32 @@ class Dispatcher:
                     self.recorder.add_event("skipped_in_flight_limit", row["request_id"])
                     continue
                 self._spawn_pair(row, intended)
-            self._legs.join(timeout=plan.timeout_s + 5)
+            self._legs_idle.wait(timeout=plan.timeout_s + 5)
         finally:
+            clock.close()
             for c in self._clients.values():
                 c.close()
         return self.stats
 
     def _spawn_pair(self, row: dict[str, Any], intended: float) -> None:
-        headers = self._send_headers(json.loads(row["headers_json"]))
+        key = row["headers_json"]
+        heads = self._heads.get(key)
+        if heads is None:  # parsed and checked once per distinct header set, not per leg
+            if len(self._heads) >= _HEAD_CACHE_MAX:
+                self._heads.clear()
+            headers = self._send_headers(json.loads(key))
+            heads = self._heads[key] = tuple(RequestHead(self._apply_overrides(headers, t.headers))
+                                             for t in self.plan.targets)
         self.stats.dispatched += 1
         self.stats.in_flight += 1
-        pending = [len(self.plan.targets)]
-        # Alternate which leg leaves first, so neither version is systematically the later one.
-        targets = self.plan.targets if row["order_idx"] % 2 == 0 else self.plan.targets[::-1]
-        for target in targets:
-            hdrs = self._apply_overrides(headers, target.headers)
-            self._legs.spawn(self._leg, row, target, hdrs, intended, pending)
+        order = self._orders[row["order_idx"] % 2]
+        pending = [len(order)]
+        self._legs_running += len(order)
+        self._legs_idle.clear()
+        # Raw greenlets, started in this order on the loop's next turn: the first leg's send is all that
+        # separates the two sends (pair skew).
+        for target, client, i in order:
+            gevent.spawn_raw(self._leg, row, target, client, heads[i], intended, pending)
 
     @staticmethod
     def _send_headers(captured: list[list[str]]) -> list[tuple[str, str]]:
@@ -176,74 +272,90 @@ class Dispatcher:
         out += [(k, v) for k, v in overrides.items() if v is not None]
         return out
 
-    def _leg(self, row: dict[str, Any], target: TargetPlan, headers: list[tuple[str, str]], intended: float,
+    def _leg(self, row: dict[str, Any], target: TargetPlan, client: TargetClient, head: RequestHead, intended: float,
              pending: list[int]) -> None:
-        sent = time.time()
-        result = self._clients[target.version].send(row["method"], row["path"], headers, row["body"] or b"")
-        done = time.time()
-        pending[0] -= 1
-        if pending[0] == 0:
-            self.stats.in_flight -= 1
-        lag_ms = (sent - intended) * 1000.0
-        out = read_output(target.protocol, result.status or 0, result.body, self.plan.prediction_path,
-                          self.plan.confidence_path, headers=result.headers, arrivals=result.arrivals or (),
-                          detectors=self.plan.detectors) if result.status is not None and result.error_kind != "too_large" else None
+        try:
+            sent = time.time()
+            result = client.send(row["method"], row["path"], head, row["body"] or b"")
+            done = time.time()
+            pending[0] -= 1
+            if pending[0] == 0:
+                self.stats.in_flight -= 1
+            self._finish_leg(row, target, intended, sent, done, result)
+        finally:
+            self._legs_running -= 1
+            if self._legs_running == 0:
+                self._legs_idle.set()
+
+    def _finish_leg(self, row: dict[str, Any], target: TargetPlan, intended: float, sent: float, done: float,
+                    result: Any) -> None:
+        plan = self.plan
+        status = result.status
         kind, detail = result.error_kind, result.error_detail
-        if out is not None and out.truncated_stream and kind is None:
-            kind, detail = "truncated_stream", "the event stream ended without `data: [DONE]`"
         schema_valid: bool | None = None
         schema_errors: str | None = None
         excerpt: str | None = None
-        if out is not None and result.status is not None and 200 <= result.status < 300 and kind != "truncated_stream":
-            if out.invalid_json:
-                kind = kind or "invalid_json"
-                schema_valid, schema_errors = (False, "answer is not JSON") if self._validator.active else (None, None)
-            elif self._validator.active:
-                schema_valid, schema_errors = self._validator.validate(row["route"], out.doc)
-                if schema_valid is False:
-                    kind = kind or "schema"
-        if result.body:
-            excerpt = self._excerpt(out, result.body)
-        self.stats.completed_legs += 1
+        out: OutputRead | None = None
+        try:
+            if status is not None and kind != "too_large":
+                out = read_output(target.protocol, status, result.body, plan.prediction_path, plan.confidence_path,
+                                  headers=result.headers, arrivals=result.arrivals or (), detectors=plan.detectors)
+            if out is not None and out.truncated_stream and kind is None:
+                kind, detail = "truncated_stream", "the event stream ended without `data: [DONE]`"
+            if out is not None and 200 <= status < 300 and kind != "truncated_stream":
+                if out.invalid_json:
+                    kind = kind or "invalid_json"
+                    schema_valid, schema_errors = (False, "answer is not JSON") if self._validator.active else (None, None)
+                elif self._validator.active:
+                    schema_valid, schema_errors = self._validator.validate(row["route"], out.doc)
+                    if schema_valid is False:
+                        kind = kind or "schema"
+            if result.body:
+                excerpt = self._excerpt(out, result.body)
+        except Exception as exc:  # noqa: BLE001 - a reader's bug must not lose the leg: it is recorded as such
+            out, excerpt, schema_valid, schema_errors = None, None, None, None
+            kind, detail = "client", f"the answer could not be read: {type(exc).__name__}: {exc}"[:300]
+        stats = self.stats
+        stats.completed_legs += 1
         if kind is not None and kind != "schema":
-            self.stats.errors += 1
-        lags = self.stats.recent_lag_ms
+            stats.errors += 1
+        lag_ms = (sent - intended) * 1000.0
+        latency_ms = (done - intended) * 1000.0
+        lags = stats.recent_lag_ms
         if len(lags) >= 100_000:  # keep the newest half: the progress line reports recent lag, not the first minute's
             del lags[:50_000]
         lags.append(lag_ms)
-        self.recorder.add_leg({
-            "request_id": row["request_id"], "version": target.version, "order_idx": row["order_idx"],
-            "intended_at": intended, "sent_at": sent, "done_at": done, "send_lag_ms": lag_ms,
-            "latency_ms": (done - intended) * 1000.0, "service_ms": (done - sent) * 1000.0,
-            "status_code": result.status, "error_kind": kind, "error_detail": detail,
-            "response_bytes": result.response_bytes, "schema_valid": schema_valid, "schema_errors": schema_errors,
-            "prediction": out.prediction if out else None, "confidence": out.confidence if out else None,
-            "model_version": out.model_version if out else None, "output_json": excerpt,
-            "time_to_first_token_ms": out.time_to_first_token_ms if out else None,
-            "prompt_tokens": out.prompt_tokens if out else None,
-            "completion_tokens": out.completion_tokens if out else None, "worker": self.plan.worker,
-            **_stream_and_detector_columns(out),
-        })
+        if out is None:
+            tail: tuple[Any, ...] = (None, None, None, None, None, None, None, plan.worker, *_NO_OUTPUT)
+        else:
+            tail = (out.prediction, out.confidence, out.model_version, excerpt, out.time_to_first_token_ms,
+                    out.prompt_tokens, out.completion_tokens, plan.worker, out.streamed, out.inter_token_ms_mean,
+                    out.inter_token_ms_p95, out.token_chunks, out.finish_reason, out.abstained, out.cited,
+                    out.fallback_model, out.tool_calls_valid)
+        if out is None and excerpt is not None:
+            tail = (None, None, None, excerpt, *tail[4:])
+        self.recorder.add_leg_values((
+            row["request_id"], target.version, row["order_idx"], intended, sent, done, lag_ms, latency_ms,
+            (done - sent) * 1000.0, status, kind, detail, result.response_bytes, schema_valid, schema_errors, *tail))
         if self.on_leg is not None:
             exc = RuntimeError(f"{kind}: {detail or ''}") if kind else None
-            self.on_leg(target.version, row["route"], (done - intended) * 1000.0, result.response_bytes, exc)
+            self.on_leg(target.version, row["route"], latency_ms, result.response_bytes, exc)
 
     def _excerpt(self, out: Any, body: bytes) -> str:
         if out is not None and out.doc is not MISSING:
+            if len(body) <= OUTPUT_EXCERPT_CHARS and body[:1] in (b"{", b"["):
+                # A short JSON answer is its own excerpt: no re-serialising (the redaction below parses it
+                # only where a key may name a credential).
+                raw = self._redactor.body(body)
+                try:
+                    return self._redactor.text(raw.decode("utf-8")[:OUTPUT_EXCERPT_CHARS], self.plan.secrets)
+                except UnicodeDecodeError:
+                    pass
             text = _fit_json(out.doc, OUTPUT_EXCERPT_CHARS)
         else:
             text = body[:OUTPUT_EXCERPT_CHARS * 2].decode("utf-8", "replace")
         masked = self._redactor.body(text.encode()).decode("utf-8", "replace")
         return self._redactor.text(masked[:OUTPUT_EXCERPT_CHARS], self.plan.secrets)
-
-
-def _stream_and_detector_columns(out: OutputRead | None) -> dict[str, Any]:
-    if out is None:
-        return {}
-    return {"streamed": out.streamed, "inter_token_ms_mean": out.inter_token_ms_mean,
-            "inter_token_ms_p95": out.inter_token_ms_p95, "token_chunks": out.token_chunks,
-            "finish_reason": out.finish_reason, "abstained": out.abstained, "cited": out.cited,
-            "fallback_model": out.fallback_model, "tool_calls_valid": out.tool_calls_valid}
 
 
 def _fit_json(doc: Any, limit: int) -> str:
@@ -276,7 +388,7 @@ def schedule_rows(path: Path, shard_index: int = 0, shard_count: int = 1) -> tup
     n = pf.metadata.num_rows
 
     def rows() -> Iterator[dict[str, Any]]:
-        for batch in pf.iter_batches(batch_size=4096, columns=SCHEDULE_COLUMNS):
+        for batch in pf.iter_batches(batch_size=512, columns=SCHEDULE_COLUMNS):  # few rows alive at a time
             for row in batch.to_pylist():
                 if row["order_idx"] % shard_count == shard_index:
                     yield row

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .dispatcher import SCHEDULE_COLUMNS, DispatchPlan, TargetPlan
-from .recorder import Recorder, Sinks
+from .recorder import LEG_NAMES, Recorder, Sinks
 from .sequential import PairErrorWatch, StopRule
 from .runner import ReplayOptions, ReplayOutcome, Sampler
 
@@ -86,7 +86,7 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
     from locust.exception import StopUser
 
     from .dispatcher import DispatchStats
-    from .runner import _q, _sample_loop, shut_down
+    from .runner import _q, _sample_loop, freeze_gc, shut_down, thaw_gc
 
     n_workers = expect_workers or processes
     if n_workers < 1:
@@ -110,13 +110,16 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
     legs_seen = [0]
 
     def on_batch(environment: Any, msg: Any) -> None:
-        for row in msg.data.get("legs", []):
-            recorder.add_leg(row)
-            if len(lags) < 200_000:
-                lags.append(row["send_lag_ms"])
-        legs_seen[0] += len(msg.data.get("legs", []))
-        for ev in msg.data.get("events", []):
-            recorder._buffers["events"].append(ev)  # noqa: SLF001 - same process, same schema
+        cols = msg.data.get("leg_columns")  # LEG_SCHEMA's columns, in its order
+        if cols:
+            n = len(cols[0])
+            for values in zip(*cols):
+                recorder.add_leg_values(values)
+            room = 200_000 - len(lags)
+            if room > 0:
+                lags.extend(cols[LEG_NAMES.index("send_lag_ms")][:room])
+            legs_seen[0] += n
+        recorder.add_events(msg.data.get("events", []))
 
     def on_done(environment: Any, msg: Any) -> None:
         done[msg.node_id] = msg.data
@@ -150,6 +153,7 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
     recorder.start()
     samplers = [gevent.spawn(_sample_loop, sampler, recorder, options.sample_every_s)] if sampler else []
     lost: dict[int, int] = {}
+    gc_state: tuple[int, ...] | None = None
     try:
         deadline = time.time() + worker_timeout_s
         log(f"master on {bind_host}:{port}: waiting for {n_workers} worker(s)")
@@ -172,6 +176,7 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
             if time.time() > deadline + worker_timeout_s:
                 raise TimeoutError(f"only {len(ready)} of {n_workers} workers started their replay user")
             gevent.sleep(0.05)
+        gc_state = freeze_gc()
         start_epoch = time.time() + options.start_delay_s
         runner.send_message("harness_start", {"start_epoch": start_epoch})
         stats.total = total
@@ -224,6 +229,8 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
                 _master_progress(log, legs_seen[0], len(plan.targets), total, start_epoch, lags)
     finally:
         shut_down(runner, samplers, sampler, recorder, handlers, web_ui)
+        if gc_state is not None:
+            thaw_gc(gc_state)
         for child in children:
             try:
                 child.wait(timeout=10)
@@ -266,6 +273,7 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
     from locust.exception import StopUser
 
     from .dispatcher import Dispatcher
+    from .runner import freeze_gc, thaw_gc
 
     state: dict[str, Any] = {}
     plan_ready = gevent.event.Event()
@@ -284,7 +292,11 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
                 runner.send_message("harness_batch", {kind: table.to_pylist()})
             return sink
 
-        recorder = Recorder({"legs": send("legs"), "events": send("events"), "resources": send("resources")},
+        def send_legs(table: Any) -> None:
+            # column lists, not a dict per leg: a fraction of the work to pack here and unpack on the master
+            runner.send_message("harness_batch", {"leg_columns": [col.to_pylist() for col in table.columns]})
+
+        recorder = Recorder({"legs": send_legs, "events": send("events"), "resources": send("resources")},
                             use_threadpool=False)
 
         def on_leg(version: str, route: str, latency_ms: float, size: int, exc: BaseException | None) -> None:
@@ -294,6 +306,7 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
 
         dispatcher = Dispatcher(plan, recorder, on_leg=on_leg)
         state["dispatcher"] = dispatcher
+        gc_state = freeze_gc()
         # Ready only once everything slow to create exists: the master starts the clock after this.
         runner.send_message("harness_ready", None)
         started.wait()
@@ -310,6 +323,7 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
             stats = dispatcher.run(state["start_epoch"], rows(), state["total"])
         finally:
             recorder.stop()
+            thaw_gc(gc_state)
         runner.send_message("harness_done", {"dispatched": stats.dispatched, "errors": stats.errors,
                                              "skipped_in_flight": stats.skipped_in_flight,
                                              "stopped_early": stats.stopped_early})

@@ -1,33 +1,55 @@
-"""Sending one leg exactly as captured: geventhttpclient's HTTPClient without its hidden habits.
+"""Sending one leg exactly as captured: geventhttpclient's parser and sockets without its hidden habits.
 
 - No retries: HTTPClient retries idempotent requests when a pooled connection closes (up to pool size
-  + 1 times), which would make a failing candidate look like a slow success. The pool wrapper below
-  hands out one socket per request; a second ask within the same request is refused as a reset.
-- No headers of its own: no User-Agent, no Accept-Encoding; only Host and Content-Length are added.
+  + 1 times), which would make a failing candidate look like a slow success. Here one request gets one
+  socket: a pooled keep-alive connection that the target has closed is noticed before the send (a
+  non-blocking peek) and replaced by a new one; a connection that breaks after the send is a reset.
+- No headers of its own: no User-Agent, no Accept-Encoding; only Host and Content-Length are added
+  (as geventhttpclient adds them: Host with the port unless 80/443, Content-Length for a body and for
+  an empty POST/PUT/PATCH).
 - No cookie jar: every leg carries exactly the captured (redacted, overridden) headers.
+- Request heads are validated as geventhttpclient validates them (method and header names are tokens,
+  no CR/LF in values, no whitespace in the target); an invalid one is a `client` error, never sent.
 - One deadline for the whole exchange (gevent.Timeout), not per socket operation.
 - A body cap: answers over max_response_bytes are cut and recorded as too_large.
 - Event streams (`Content-Type: text/event-stream`) are read as they arrive: each read is recorded as
   (bytes so far, ms since the send) in `arrivals`, from which the protocol reader times the tokens. A
   stream whose connection ends before the HTTP message does (a chunked body without its last chunk,
   a Content-Length not reached, a reset) keeps what arrived and is recorded as truncated_stream.
+
+The request head is built here, once per header set (`head`), and written with the body in one send;
+the answer is parsed by geventhttpclient's HTTPSocketPoolResponse (llhttp). A captured
+`Expect: 100-continue` takes geventhttpclient's HTTPClient.request instead, which implements the
+interim answer (its retries are refused, see _OneSocketPerRequest).
 """
 from __future__ import annotations
 
 import errno
+import re
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import gevent
+import gevent.socket
 from gevent.local import local
 from geventhttpclient import HTTPClient
 from geventhttpclient.header import Headers
+from geventhttpclient.response import HTTPSocketPoolResponse
 
-__all__ = ["TargetClient", "SendResult"]
+__all__ = ["TargetClient", "SendResult", "RequestHead"]
 
 _CHUNK = 65536
+_BLOCK = 16384
+# RFC 9110 tokens and field values, as geventhttpclient checks them (client.py)
+_TOKEN_RE = re.compile(r"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_FIELD_VALUE_RE = re.compile(r"\A[\t\x20-\x7e\x80-\xff]*\Z")
+_REQUEST_TARGET_RE = re.compile(r"\A/[^\x00-\x20\x7f]*\Z")
+_BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
 @dataclass(slots=True)
@@ -41,8 +63,101 @@ class SendResult:
     arrivals: list[tuple[int, float]] | None = None  # streams only: (bytes received so far, ms since the send)
 
 
+class RequestHead:
+    """The header lines of one request as sent (without Host and Content-Length), checked once.
+    `error` is set, and nothing may be sent, when a name or value would break the request head."""
+
+    __slots__ = ("headers", "lines", "error", "expect")
+
+    def __init__(self, headers: list[tuple[str, str]]) -> None:
+        self.headers = headers
+        self.error: str | None = None
+        self.expect = False
+        parts = []
+        for k, v in headers:
+            if not isinstance(k, str) or not _TOKEN_RE.fullmatch(k):
+                self.error = f"ValueError: invalid header field name {k!r}"
+                break
+            v = str(v)
+            if not _FIELD_VALUE_RE.fullmatch(v):
+                self.error = f"ValueError: invalid value for header field {k!r}: {v!r}"
+                break
+            if k.lower() == "expect":
+                self.expect = True
+            parts.append(f"{k}: {v}\r\n")
+        self.lines = "".join(parts)
+
+
+class _LowerHeaders(dict):  # type: ignore[type-arg]
+    """The answer's headers for the parser: lower-case names, the last of repeated ones wins."""
+
+    def add(self, name: str, value: str) -> None:
+        self[name.lower()] = value
+
+
+class _PlainPool:
+    """Idle keep-alive connections to one host, newest first; no size limit of its own (the dispatcher's
+    in-flight bound is the limit). The interface geventhttpclient's responses use to hand sockets back."""
+
+    def __init__(self, host: str, port: int, connect_timeout_s: float, network_timeout_s: float) -> None:
+        self.address = (host, port)
+        self.connect_timeout_s = connect_timeout_s
+        self.network_timeout_s = network_timeout_s
+        self._idle: deque[Any] = deque()
+        self._closed = False
+        self._resolved: list[Any] | None = None
+
+    def get_socket(self) -> Any:
+        idle = self._idle
+        while idle:
+            sock = idle.pop()
+            try:
+                # An idle keep-alive connection has nothing to read; EOF (or stray bytes) means it is done.
+                sock._sock.recv(1, _PEEK)  # noqa: SLF001 - the real socket: a non-blocking peek
+            except BlockingIOError:
+                return sock
+            except OSError:
+                pass
+            sock.close()
+        if self._resolved is None:
+            # resolved once per replay, not per connection (gevent resolves in a thread: a GIL handoff per call)
+            self._resolved = gevent.socket.getaddrinfo(*self.address, 0, socket.SOCK_STREAM)
+        error: OSError | None = None
+        for family, kind, proto, _, sockaddr in self._resolved:
+            sock = gevent.socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(self.connect_timeout_s)
+                sock.connect(sockaddr)
+            except BaseException as exc:
+                sock.close()
+                if not isinstance(exc, OSError):
+                    raise
+                error = error or exc
+                continue
+            sock.settimeout(self.network_timeout_s)
+            return sock
+        raise error or OSError(f"cannot connect to {self.address}")
+
+    def return_socket(self, sock: Any) -> None:
+        if self._closed:
+            sock.close()
+        else:
+            self._idle.append(sock)
+
+    def release_socket(self, sock: Any) -> None:
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._closed = True
+        while self._idle:
+            self._idle.pop().close()
+
+
 class _OneSocketPerRequest:
-    """Wraps a ConnectionPool so that one request gets one socket and no silent retry."""
+    """Wraps a ConnectionPool so that one request gets one socket and no silent retry (HTTPClient path)."""
 
     def __init__(self, pool: object, state: local) -> None:
         self._pool = pool
@@ -65,24 +180,39 @@ class TargetClient:
         self.base_path = parts.path.rstrip("/")
         self.timeout_s = timeout_s
         self.max_response_bytes = max_response_bytes
+        self._timeout_detail = f"no complete answer within {timeout_s:g} s"
         self._state = local()
-        self._client = HTTPClient(parts.hostname or "127.0.0.1", port=parts.port, ssl=parts.scheme == "https",
+        host = parts.hostname or "127.0.0.1"
+        self._client = HTTPClient(host, port=parts.port, ssl=parts.scheme == "https",
                                   insecure=True, connection_timeout=connect_timeout_s, network_timeout=timeout_s,
                                   concurrency=concurrency, headers=Headers())
         self._client.default_headers = Headers()
-        self._client._connection_pool = _OneSocketPerRequest(self._client._connection_pool, self._state)  # type: ignore[assignment]
+        ghc_pool = self._client._connection_pool
+        self._client._connection_pool = _OneSocketPerRequest(ghc_pool, self._state)  # type: ignore[assignment]
+        port = self._client.port
+        # Host as geventhttpclient writes it: brackets for IPv6, the port unless it is 80 or 443.
+        host_port = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        self._host_line = f"Host: {host_port}{'' if port in (80, 443) else f':{port}'}\r\n"
+        self._pool: Any = ghc_pool if self._client.ssl else _PlainPool(host, port, connect_timeout_s, timeout_s)
 
     def close(self) -> None:
+        if isinstance(self._pool, _PlainPool):
+            self._pool.close()
         self._client.close()
 
-    def send(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> SendResult:
-        self._state.taken = False
-        self._state.t0 = time.perf_counter()
+    def send(self, method: str, path: str, head: RequestHead | list[tuple[str, str]], body: bytes) -> SendResult:
+        t0 = time.perf_counter()
+        if not isinstance(head, RequestHead):
+            head = RequestHead(head)
+        timeout = gevent.Timeout._start_new_or_dummy(self.timeout_s)  # noqa: SLF001 - one deadline, one timer
         try:
-            with gevent.Timeout(self.timeout_s):
-                return self._exchange(method, self.base_path + path, headers, body)
-        except gevent.Timeout:
-            return SendResult(None, b"", "timeout", f"no complete answer within {self.timeout_s:g} s", 0)
+            if head.expect:
+                return self._via_httpclient(method, self.base_path + path, head.headers, body, t0)
+            return self._exchange(method, self.base_path + path, head, body, t0)
+        except gevent.Timeout as exc:
+            if exc is not timeout:
+                raise
+            return SendResult(None, b"", "timeout", self._timeout_detail, 0)
         except ConnectionRefusedError as exc:
             return SendResult(None, b"", "connect", str(exc), 0)
         except (ConnectionResetError, BrokenPipeError) as exc:
@@ -96,14 +226,41 @@ class TargetClient:
             name = type(exc).__name__
             kind = "reset" if "Closed" in name or "Parse" in name or "Incomplete" in name else "client"
             return SendResult(None, b"", kind, f"{name}: {exc}"[:300], 0)
+        finally:
+            timeout.close()
 
-    def _exchange(self, method: str, uri: str, headers: list[tuple[str, str]], body: bytes) -> SendResult:
+    def _exchange(self, method: str, uri: str, head: RequestHead, body: bytes, t0: float) -> SendResult:
+        if head.error is not None:
+            raise ValueError(head.error.partition(": ")[2])
+        method = method.upper()
+        if not _TOKEN_RE.fullmatch(method):
+            raise ValueError(f"invalid HTTP method {method!r}")
+        if not _REQUEST_TARGET_RE.fullmatch(uri) or uri.startswith("//"):
+            raise ValueError(f"invalid request URI {uri!r}")
+        length = f"Content-Length: {len(body)}\r\n" if body or method in _BODY_METHODS else ""
+        data = f"{method} {uri} HTTP/1.1\r\n{head.lines}{self._host_line}{length}\r\n".encode("latin-1")
+        pool = self._pool
+        sock = pool.get_socket()
+        try:
+            sock.sendall(data + body if body else data)
+        except BaseException:
+            pool.release_socket(sock)
+            raise
+        # reads the status line and headers (and what came with them); hands the socket back when complete
+        response = HTTPSocketPoolResponse(sock, pool, block_size=_BLOCK, method=method, headers_type=_LowerHeaders)
+        return self._answer(response, response._headers_index, t0)  # noqa: SLF001 - our own _LowerHeaders
+
+    def _via_httpclient(self, method: str, uri: str, headers: list[tuple[str, str]], body: bytes,
+                        t0: float) -> SendResult:
+        self._state.taken = False
         hdrs = Headers()
         for k, v in headers:
             hdrs.add(k, v)
         response = self._client.request(method, uri, body=body, headers=hdrs)
+        return self._answer(response, {k.lower(): v for k, v in response.items()}, t0)
+
+    def _answer(self, response: Any, resp_headers: dict[str, str], t0: float) -> SendResult:
         status = response.status_code
-        resp_headers = {k.lower(): v for k, v in response.items()}
         try:
             declared = int(resp_headers.get("content-length", "-1"))
         except ValueError:
@@ -112,8 +269,17 @@ class TargetClient:
             self._drop(response)
             return SendResult(status, b"", "too_large", f"Content-Length {declared} > cap {self.max_response_bytes}",
                               declared, resp_headers)
-        if resp_headers.get("content-type", "").split(";")[0].strip().lower() == "text/event-stream":
-            return self._read_stream(response, status, resp_headers)
+        ctype = resp_headers.get("content-type")
+        if ctype is not None and ctype.split(";")[0].strip().lower() == "text/event-stream":
+            return self._read_stream(response, status, resp_headers, t0)
+        if response.message_complete:  # the whole answer came with the headers: the common case
+            body = bytes(response._body_buffer)  # noqa: SLF001
+            del response._body_buffer[:]  # noqa: SLF001
+            size = len(body)
+            if size > self.max_response_bytes:
+                return self._over_cap(response, status, size, "body", resp_headers)
+            response.release()
+            return SendResult(status, body, _status_kind(status), None, size, resp_headers)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -127,8 +293,7 @@ class TargetClient:
         response.release()
         return SendResult(status, b"".join(chunks), _status_kind(status), None, size, resp_headers)
 
-    def _read_stream(self, response: object, status: int, resp_headers: dict[str, str]) -> SendResult:
-        t0: float = self._state.t0
+    def _read_stream(self, response: Any, status: int, resp_headers: dict[str, str], t0: float) -> SendResult:
         chunks: list[bytes] = []
         arrivals: list[tuple[int, float]] = []
         size = 0
@@ -156,35 +321,35 @@ class TargetClient:
             arrivals.append((size, (time.perf_counter() - t0) * 1000.0))
         return SendResult(status, b"".join(chunks), kind, detail, size, resp_headers, arrivals)
 
-    def _over_cap(self, response: object, status: int, size: int, what: str,
+    def _over_cap(self, response: Any, status: int, size: int, what: str,
                   resp_headers: dict[str, str]) -> SendResult:
         self._drop(response)
         return SendResult(status, b"", "too_large", f"{what} over the cap of {self.max_response_bytes} bytes", size,
                           resp_headers)
 
     @staticmethod
-    def _drop(response: object) -> None:
+    def _drop(response: Any) -> None:
         # The rest of an oversized body is never read: the connection cannot be reused.
         pool, sock = getattr(response, "_pool", None), getattr(response, "_sock", None)
         if pool is not None and sock is not None:
             pool.release_socket(sock)  # closes it and frees its slot in the pool
-        response._sock = response._pool = None  # type: ignore[attr-defined]
+        response._sock = response._pool = None
 
 
-def _read_available(response: object) -> bytes | None:
+def _read_available(response: Any) -> bytes | None:
     """What the answer has delivered so far, waiting for one socket read if nothing is buffered; None once
     the HTTP message is complete. geventhttpclient's read(n) waits for n bytes, which would hide when
     each event arrived."""
-    buf: bytearray = response._body_buffer  # type: ignore[attr-defined]
+    buf: bytearray = response._body_buffer
     if not buf:
-        if response.message_complete:  # type: ignore[attr-defined]
+        if response.message_complete:
             return None
-        sock = response._sock  # type: ignore[attr-defined]
+        sock = response._sock
         if sock is None:
             raise ConnectionError("connection closed before the end of the answer")
         data = sock.recv(_CHUNK)
-        response.feed(data)  # type: ignore[attr-defined]  # b"" at EOF: completes a close-delimited body, else raises
-        if not data and not response.message_complete:  # type: ignore[attr-defined]
+        response.feed(data)  # b"" at EOF: completes a close-delimited body, else raises
+        if not data and not response.message_complete:
             raise ConnectionError("connection closed before the end of the answer")
     out = bytes(buf)
     del buf[:]

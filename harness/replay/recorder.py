@@ -1,14 +1,20 @@
 """Buffers rows (legs, events, resource samples) and hands them to sinks in batches, at least every
 flush interval.
 
-Sinks run in gevent's native thread pool so that DuckDB's work does not stall the dispatch loop.
+Sinks run in gevent's native thread pool so that DuckDB's work does not stall the dispatch loop. The Arrow
+tables are built on the loop (building one from Python objects holds the GIL wherever it runs, and a
+worker thread holding the GIL stalls the loop for up to the 5 ms switch interval), in small steps: legs
+arrive as tuples in LEG_SCHEMA's order and are sealed into a record batch (one array per column) every
+seal interval (0.1 s: well under a millisecond of the loop's time at thousands of legs/s); a flush hands
+the sealed batches to the sink as one table. Each DuckDB insert costs the loop a GIL stall of a few ms
+whatever its size, so flushes stay at 0.5 s.
 A sink that fails keeps its rows for the next flush and is counted: listeners inside Locust's loop
 must count their own failures, since Locust swallows exceptions there.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import gevent
 import gevent.lock
@@ -21,13 +27,17 @@ __all__ = ["Recorder", "Sinks"]
 Sink = Callable[[pa.Table], None]
 SCHEMAS = {"legs": LEG_SCHEMA, "events": EVENT_SCHEMA, "resources": RESOURCE_SCHEMA}
 Sinks = Mapping[str, Sink]
+LEG_NAMES = tuple(LEG_SCHEMA.names)
+SEAL_INTERVAL_S = 0.1
 
 
 class Recorder:
     def __init__(self, sinks: Sinks, flush_interval_s: float = 0.5, use_threadpool: bool = True) -> None:
         self._sinks = dict(sinks)
         self.flush_interval_s = flush_interval_s
-        self._buffers: dict[str, list[dict[str, Any]]] = {name: [] for name in SCHEMAS}
+        # legs: tuples in LEG_SCHEMA order; events and resources: dicts
+        self._buffers: dict[str, list[Any]] = {name: [] for name in SCHEMAS}
+        self._sealed: list[pa.RecordBatch] = []  # legs already in Arrow form, waiting for the next flush
         self._use_threadpool = use_threadpool
         self._flusher: gevent.Greenlet | None = None
         self._flushing = gevent.lock.Semaphore()  # one flush at a time, so batches land in order
@@ -43,10 +53,20 @@ class Recorder:
     def legs_recorded(self) -> int:
         return self.recorded["legs"]
 
-    def add_leg(self, row: dict[str, Any]) -> None:
-        self._buffers["legs"].append(row)
-        for listener in self.leg_listeners:
-            listener(row)
+    def add_leg(self, row: Mapping[str, Any]) -> None:
+        """One leg as a mapping of LEG_SCHEMA's columns (missing ones are null)."""
+        self.add_leg_values(tuple(row.get(name) for name in LEG_NAMES))
+
+    def add_leg_values(self, values: Sequence[Any]) -> None:
+        """One leg as a tuple in LEG_SCHEMA's order (the dispatcher's fast path)."""
+        self._buffers["legs"].append(values)
+        if self.leg_listeners:
+            row = dict(zip(LEG_NAMES, values))
+            for listener in self.leg_listeners:
+                listener(row)
+
+    def add_events(self, rows: list[dict[str, Any]]) -> None:
+        self._buffers["events"].extend(rows)
 
     def add_resources(self, rows: list[dict[str, Any]]) -> None:
         self._buffers["resources"].extend(rows)
@@ -58,27 +78,62 @@ class Recorder:
         self._flusher = gevent.spawn(self._loop)
 
     def _loop(self) -> None:
+        ticks = max(1, round(self.flush_interval_s / SEAL_INTERVAL_S))
+        step = self.flush_interval_s / ticks
         while True:
-            gevent.sleep(self.flush_interval_s)
+            for _ in range(ticks - 1):
+                gevent.sleep(step)
+                self._seal_legs()
+            gevent.sleep(step)
             self.flush()
+
+    def _seal_legs(self) -> None:
+        rows, self._buffers["legs"] = self._buffers["legs"], []
+        if not rows:
+            return
+        try:
+            self._sealed.append(pa.RecordBatch.from_arrays(
+                [pa.array(col, type=f.type) for col, f in zip(zip(*rows), LEG_SCHEMA)], schema=LEG_SCHEMA))
+        except Exception as exc:  # noqa: BLE001 - a leg that does not fit the schema: counted, like a sink failure
+            self.sink_failures += 1
+            self.last_sink_error = f"{type(exc).__name__}: {exc}"[:500]
+            self._buffers["legs"][:0] = rows
 
     def flush(self) -> None:
         with self._flushing:
             self._flush()
 
     def _flush(self) -> None:
+        self._seal_legs()
         for name, schema in SCHEMAS.items():
+            if name == "legs":
+                batches, self._sealed = self._sealed, []
+                if not batches:
+                    continue
+                n = sum(b.num_rows for b in batches)
+                if self._write(self._sinks[name], pa.Table.from_batches(batches, schema=schema)):
+                    self.recorded[name] += n
+                else:  # kept, in order, for the next flush
+                    self._sealed[:0] = batches
+                continue
             rows, self._buffers[name] = self._buffers[name], []
             if not rows:
                 continue
-            if self._write(self._sinks[name], rows, schema):
+            try:
+                table = pa.Table.from_pylist(rows, schema=schema)
+            except Exception as exc:  # noqa: BLE001
+                self.sink_failures += 1
+                self.last_sink_error = f"{type(exc).__name__}: {exc}"[:500]
+                ok = False
+            else:
+                ok = self._write(self._sinks[name], table)
+            if ok:
                 self.recorded[name] += len(rows)
             else:
                 self._buffers[name][:0] = rows
 
-    def _write(self, sink: Sink, rows: list[dict[str, Any]], schema: pa.Schema) -> bool:
+    def _write(self, sink: Sink, table: pa.Table) -> bool:
         try:
-            table = pa.Table.from_pylist(rows, schema=schema)
             if self._use_threadpool:
                 gevent.get_hub().threadpool.apply(sink, (table,))
             else:
