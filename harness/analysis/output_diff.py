@@ -120,6 +120,8 @@ def _step_matches(want: str | int | None, step: str | None) -> bool:
 
 # ------------------------------------------------------------------------------------------ fields
 
+# array indices folded to [*]; the regular expression only runs on paths that have an index
+_FOLD = "case when contains({k}, '[') then regexp_replace({k}, '\\[[0-9]+\\]', '[*]', 'g') else {k} end"
 _CHUNK_PAIRS = 250_000  # pairs per json_tree pass: bounds DuckDB's working set at any run size
 
 
@@ -202,16 +204,16 @@ def _diff_chunk(cur: duckdb.DuckDBPyConnection, kinds: str, lo: int, hi: int, ke
                       else 'value' end as kind
           from b full outer join c on b.order_idx = c.order_idx and b.fullkey = c.fullkey),
         same as (select order_idx, fullkey from d where kind is null and container)
-        select order_idx, regexp_replace(fullkey, '\\[[0-9]+\\]', '[*]', 'g') as path, kind from d
+        select order_idx, {_FOLD.format(k='fullkey')} as path, kind from d
         where kind = 'type' or kind = 'value' or (kind in ('missing', 'extra') and pkey is null)
         union all
-        select d.order_idx, regexp_replace(d.fullkey, '\\[[0-9]+\\]', '[*]', 'g') as path, d.kind
+        select d.order_idx, {_FOLD.format(k='d.fullkey')} as path, d.kind
         from d join same s on s.order_idx = d.order_idx and s.fullkey = d.pkey
         where d.kind in ('missing', 'extra')""")
     if key_order:
         cur.execute(f"""insert into _od_diff
             with p as materialized ({pairs}), b as ({nodes('bj')}), c as ({nodes('cj')})
-            select b.order_idx, regexp_replace(b.pkey, '\\[[0-9]+\\]', '[*]', 'g') as path, 'order' as kind
+            select b.order_idx, {_FOLD.format(k='b.pkey')} as path, 'order' as kind
             from (select order_idx, pkey, list(key order by id) as keys from b where ptype = 'object' group by 1, 2) b
             join (select order_idx, pkey, list(key order by id) as keys from c where ptype = 'object' group by 1, 2) c
               using (order_idx, pkey)
