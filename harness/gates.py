@@ -390,12 +390,7 @@ def _distribution(spec: GateSpec, data: PairData, mask: np.ndarray, label: str |
         base, cand = float(b.mean()), float(c.mean())
     else:
         value = float(fn(b, c))
-        rng = np.random.default_rng(seed)
-        reps = []
-        for _ in range(min(n_resamples, _DISTRIBUTION_RESAMPLES)):
-            i = rng.integers(0, n, n)
-            reps.append(fn(b[i], c[i]))
-        arr = np.asarray(reps, dtype=float)
+        arr = _distribution_bootstrap(m, b, c, np.random.default_rng(seed), min(n_resamples, _DISTRIBUTION_RESAMPLES))
         arr = arr[np.isfinite(arr)]
         if not np.isfinite(value) or len(arr) == 0:
             return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=n,
@@ -414,6 +409,27 @@ def _distribution(spec: GateSpec, data: PairData, mask: np.ndarray, label: str |
                    effect=(value - thr) if spec.direction == "max" else (thr - value),
                    reason=f"{what.capitalize()}{_where(label)} {value:.3g} ({100 * (1 - alpha):g} % bounds {lo:.3g} to "
                           f"{hi:.3g}, n={n}) vs {spec.threshold_text}: {verdict_txt}.")
+
+
+_TABLE_CELLS_MAX = 10_000  # a confusion table larger than this is resampled pair by pair
+
+
+def _distribution_bootstrap(metric: str, b: np.ndarray, c: np.ndarray, rng: np.random.Generator,
+                            n_resamples: int) -> np.ndarray:
+    """Bootstrap replicates of a pair statistic. Kappa and PSI depend only on a small table of the pairs
+    (confusion matrix; bins of baseline x candidate), so they resample the table (O(cells) each, whatever
+    n); KS, and a label set too large for a table, resample the pairs."""
+    if metric == "label_kappa" and (int(max(b.max(), c.max())) + 1) ** 2 <= _TABLE_CELLS_MAX:
+        return stats.bootstrap_paired_kappa(b, c, n_resamples, rng)
+    if metric == "confidence_psi":
+        return stats.bootstrap_paired_psi(b, c, n_resamples, rng)
+    fn = _kappa_codes if metric == "label_kappa" else stats.ks_statistic
+    n = len(b)
+    out = np.empty(n_resamples)
+    for r in range(n_resamples):
+        i = rng.integers(0, n, n)
+        out[r] = fn(b[i], c[i])
+    return out
 
 
 def _kappa_codes(b: np.ndarray, c: np.ndarray) -> float:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Hashable, Literal, Sequence
+from typing import Any, Hashable, Literal, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -715,20 +715,55 @@ def psi(expected: ArrayLike, actual: ArrayLike, bins: int = 10) -> float:
     e, a = _as_1d(expected, "expected"), _as_1d(actual, "actual")
     if len(e) == 0 or len(a) == 0:
         raise ValueError("psi needs non-empty samples")
+    edges, k = _psi_edges(e, bins)
+    return float(_psi_from_counts(np.bincount(_psi_bin(edges, e), minlength=k),
+                                  np.bincount(_psi_bin(edges, a), minlength=k)))
+
+
+def _psi_edges(e: FloatArray, bins: int) -> tuple[FloatArray, int]:
     if bins < 1:
         raise ValueError("bins must be >= 1")
     edges = np.unique(np.quantile(e, np.linspace(0, 1, bins + 1)[1:-1]))
-    k = 2 * len(edges) + 1
+    return edges, 2 * len(edges) + 1
 
-    def bin_of(x: FloatArray) -> NDArray[np.intp]:
-        i = np.searchsorted(edges, x, side="left")  # edges strictly below x
-        on_edge = edges[np.minimum(i, len(edges) - 1)] == x if len(edges) else np.zeros(len(x), bool)
-        return 2 * i + on_edge
 
-    pe = np.bincount(bin_of(e), minlength=k) / len(e)
-    pa = np.bincount(bin_of(a), minlength=k) / len(a)
-    pe, pa = np.maximum(pe, 1e-4), np.maximum(pa, 1e-4)
-    return float(np.sum((pa - pe) * np.log(pa / pe)))
+def _psi_bin(edges: FloatArray, x: FloatArray) -> NDArray[np.intp]:
+    i = np.searchsorted(edges, x, side="left")  # edges strictly below x
+    on_edge = edges[np.minimum(i, len(edges) - 1)] == x if len(edges) else np.zeros(len(x), bool)
+    return 2 * i + on_edge
+
+
+def _psi_from_counts(ce: NDArray[Any], ca: NDArray[Any]) -> NDArray[np.float64]:
+    """PSI from bin counts; rows of a 2-d input are separate samples."""
+    pe = np.maximum(ce / ce.sum(axis=-1, keepdims=True), 1e-4)
+    pa = np.maximum(ca / ca.sum(axis=-1, keepdims=True), 1e-4)
+    return np.sum((pa - pe) * np.log(pa / pe), axis=-1)
+
+
+def bootstrap_paired_psi(expected: ArrayLike, actual: ArrayLike, n_resamples: int, rng: np.random.Generator,
+                         bins: int = 10) -> FloatArray:
+    """Paired bootstrap of `psi` with the bins of the whole sample held fixed: a resample of pairs is a
+    multinomial draw over the (expected bin, actual bin) table, so each resample costs O(bins^2), not O(n)."""
+    e, a = _as_1d(expected, "expected"), _as_1d(actual, "actual")
+    edges, k = _psi_edges(e, bins)
+    table = np.bincount(_psi_bin(edges, e) * k + _psi_bin(edges, a), minlength=k * k)
+    draws = rng.multinomial(len(e), table / table.sum(), size=n_resamples).reshape(n_resamples, k, k)
+    return _psi_from_counts(draws.sum(axis=2), draws.sum(axis=1))
+
+
+def bootstrap_paired_kappa(codes_a: NDArray[np.integer], codes_b: NDArray[np.integer], n_resamples: int,
+                           rng: np.random.Generator) -> FloatArray:
+    """Paired bootstrap of Cohen's kappa between two labelings coded 0..k-1: kappa depends only on the
+    k x k confusion table, so a resample is a multinomial draw over its cells (O(k^2) each). NaN where a
+    resample has chance agreement 1."""
+    k = int(max(codes_a.max(), codes_b.max())) + 1
+    n = len(codes_a)
+    table = np.bincount(codes_a * k + codes_b, minlength=k * k)
+    draws = rng.multinomial(n, table / n, size=n_resamples).reshape(n_resamples, k, k)
+    p_o = np.trace(draws, axis1=1, axis2=2) / n
+    p_e = np.einsum("ri,ri->r", draws.sum(axis=2), draws.sum(axis=1)) / (n * n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(p_e < 1.0, (p_o - p_e) / (1 - p_e), np.nan)
 
 
 def ks_statistic(a: ArrayLike, b: ArrayLike) -> float:
