@@ -2,7 +2,7 @@
 
 Input: synthetic JSONL captures of 1,000,000 and 5,000,000 records shaped like the demo capture (ISO 8601
 ts, POST to /v1/accounts/<id>/score or /v1/score?client=..., 4 headers, a body with 1-3 transactions of
-8 features; about 390 bytes a line).
+8 features; about 470 bytes a line).
 Measured, each in a fresh process pinned to one core (taskset -c 0):
   - harness: harness.traffic.readers.iter_records(path) + SegmentEvaluator(scenario.segments).values(req)
     for every record, with the demo scenario's five segments (route template, two headers, a JSON array
@@ -11,7 +11,7 @@ Measured, each in a fresh process pinned to one core (taskset -c 0):
   - peak RSS (VmHWM) of each process; goal: the same for 1 M and 5 M records (within 10 %).
 Rates are the best of --tries (default 3); the peak RSS is the largest seen.
 
-    .venv/bin/python benchmarks/read_rate.py               # about 8 minutes (writes ~2.3 GB of temp files)
+    .venv/bin/python benchmarks/read_rate.py               # about 10 minutes (writes ~2.7 GB of temp files)
     .venv/bin/python benchmarks/read_rate.py --sizes 1000000 --tries 1
 """
 from __future__ import annotations

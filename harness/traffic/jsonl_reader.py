@@ -37,7 +37,7 @@ import orjson
 
 from ..errors import TrafficError
 from ..jsonpath import MISSING
-from .record import BadRecord, CapturedRequest, _set_doc
+from .record import _UNSET, BadRecord, CapturedRequest
 from .timestamps import TimestampError, parse_ts
 
 __all__ = [
@@ -349,16 +349,18 @@ def _fast_record(obj: dict[str, Any], source: str, lineno: int) -> CapturedReque
     if method is None:
         return None
     ts = obj.get("ts")
-    if type(ts) is str and ts[4:5] == "-" and ts[:4].isdigit():
-        # parse_ts's first step, inlined: ISO 8601 text with a zone (see timestamps.parse_ts).
+    if type(ts) is str:
+        # ISO 8601 text with a zone, as parse_ts reads it. A string that fromisoformat takes as it is
+        # has no surrounding space (strip() changes nothing) and, when it carries a zone, has a time
+        # part, so it is not epoch seconds: parse_ts would give the same. The rest goes the general way.
         try:
             dt = _fromisoformat(ts)
         except ValueError:
             return None
-        if dt.tzinfo is None or dt.utcoffset() is None:
+        if dt.tzinfo is None:
             return None
         try:
-            when = dt.timestamp()
+            when = dt.timestamp()  # fromisoformat's zones are fixed offsets: utcoffset() is never None
         except (OverflowError, ValueError, OSError):
             return None
     else:
@@ -398,14 +400,11 @@ def _fast_record(obj: dict[str, Any], source: str, lineno: int) -> CapturedReque
             body = value.encode("utf-8")
         except UnicodeEncodeError:
             return None
-        doc = None
+        doc = _UNSET  # parsed when asked
     else:
         return None
     meta = {} if obj.keys() <= RECORD_FIELDS else {k: v for k, v in obj.items() if k not in RECORD_FIELDS}
-    req = CapturedRequest(source, lineno, when, method, path, headers, body, meta)
-    if doc is not None:
-        _set_doc(req, doc)
-    return req
+    return CapturedRequest(source, lineno, when, method, path, headers, body, meta, None, doc)
 
 
 class _Reason(str):

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 
 from ..jsonpath import set_all
 from ..scenario import RedactConfig
-from .record import CapturedRequest
+from .record import CapturedRequest, _keep_doc
 
 __all__ = ["Redactor", "REDACTED", "DEFAULT_SECRET_HEADERS"]
 
@@ -48,6 +48,9 @@ class Redactor:
         return name.lower() in self._headers  # type: ignore[attr-defined]
 
     def headers(self, headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        secret = self._headers  # type: ignore[attr-defined]
+        if not any(k.lower() in secret for k, _ in headers):
+            return tuple(headers)  # nothing to mask: the same tuple when it is one
         return tuple((k, REDACTED if self.header_is_secret(k) else v) for k, v in headers)
 
     def path(self, path: str) -> str:
@@ -99,11 +102,18 @@ class Redactor:
         return _NAME_VALUE.sub(lambda m: m.group(1) + REDACTED if self._query_secret(m.group(2)) else m.group(0), text)
 
     def request(self, req: CapturedRequest) -> CapturedRequest:
-        from dataclasses import replace
-
-        return replace(req, headers=self.headers(req.headers), path=self.path(req.path), body=self.body(req.body),
-                       response=None if req.response is None else replace(
-                           req.response, headers=self.headers(req.response.headers)))
+        headers, path, body = self.headers(req.headers), self.path(req.path), self.body(req.body)
+        response = req.response
+        if response is not None:
+            response_headers = self.headers(response.headers)
+            if response_headers is not response.headers:
+                response = replace(response, headers=response_headers)
+        if headers is req.headers and path is req.path and body is req.body and response is req.response:
+            return req  # nothing to mask (records are immutable): keeps its parsed body for the segments
+        out = replace(req, headers=headers, path=path, body=body, response=response)
+        if body is req.body:
+            _keep_doc(req, out)  # same bytes, same parse
+        return out
 
     def text(self, text: str, extra_secrets: tuple[str, ...] = ()) -> str:
         """Masks known secret values (e.g. the test credentials sent) in free text such as response excerpts."""
