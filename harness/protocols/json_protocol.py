@@ -15,10 +15,12 @@ __all__ = ["OutputRead", "read_json_output", "label_of", "number_of", "loads", "
 _LONG_DIGITS = re.compile(rb"\d{19}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OutputRead:
     """What one answer says, whatever its protocol. Streaming fields are None for answers that did not stream;
-    detector fields are None where a detector is not configured or cannot judge the answer."""
+    detector fields are None where a detector is not configured or cannot judge the answer. Treated as
+    immutable (readers and detectors build new ones with dataclasses.replace); not frozen only because a
+    frozen dataclass's __init__ costs a setattr call per field, once per leg."""
 
     doc: Any = MISSING  # the parsed document (an assembled chat.completion for a stream), MISSING when not JSON
     invalid_json: bool = False

@@ -137,7 +137,8 @@ class _PreciseClock:
         self._settime = settime
         self._spec = _Itimerspec()
         self._hub = gevent.get_hub()
-        self._watcher = self._hub.loop.io(fd, 1)
+        # highest libev priority: among the watchers ready in one loop turn, the send schedule goes first
+        self._watcher = self._hub.loop.io(fd, 1, True, 2)
 
     def sleep_until(self, deadline: float, stopped: Callable[[], bool]) -> None:
         while True:  # long gaps: plain sleeps, so that a stop is noticed within 0.25 s

@@ -193,7 +193,8 @@ class TargetClient:
         # Host as geventhttpclient writes it: brackets for IPv6, the port unless it is 80 or 443.
         host_port = f"[{host}]" if ":" in host and not host.startswith("[") else host
         self._host_line = f"Host: {host_port}{'' if port in (80, 443) else f':{port}'}\r\n"
-        self._pool: Any = ghc_pool if self._client.ssl else _PlainPool(host, port, connect_timeout_s, timeout_s)
+        self._plain = not self._client.ssl
+        self._pool: Any = _PlainPool(host, port, connect_timeout_s, timeout_s) if self._plain else ghc_pool
 
     def close(self) -> None:
         if isinstance(self._pool, _PlainPool):
@@ -241,8 +242,16 @@ class TargetClient:
         data = f"{method} {uri} HTTP/1.1\r\n{head.lines}{self._host_line}{length}\r\n".encode("latin-1")
         pool = self._pool
         sock = pool.get_socket()
+        payload = data + body if body else data
         try:
-            sock.sendall(data + body if body else data)
+            sent = 0
+            if self._plain:  # one non-blocking send on the real socket: the whole request, nearly always
+                try:
+                    sent = sock._sock.send(payload)  # noqa: SLF001
+                except BlockingIOError:
+                    sent = 0
+            if sent < len(payload):
+                sock.sendall(memoryview(payload)[sent:])
         except BaseException:
             pool.release_socket(sock)
             raise
