@@ -23,16 +23,17 @@ import _common as c  # noqa: E402
 
 SPY_VENV = c.OUT_ROOT / "pyspy-venv"
 NOT_REPLAY = ("build_outputs", "prepare_traffic", "_find_and_load", "RunStore.create", "_WorkerGreenlet",
-              "_finish_requests", "RunStore.finish", "check_targets", "load_scenario")
+              "_finish_requests", "RunStore.finish", "check_targets", "load_scenario", "freeze_gc")
 GROUPS = {
     "HTTP client (geventhttpclient + harness http_client)": ("geventhttpclient/", "http_client.py"),
     "output reading, schema, excerpt (protocols, compat, redaction)": ("protocols/", "compat.py", "_excerpt",
                                                                         "redaction.py"),
     "Locust request event + stats": ("locust/stats.py", "locust/event.py", "on_leg", "locust/runners.py"),
     "recorder flush (pyarrow from_pylist, DuckDB insert)": ("recorder.py",),
-    "dispatch loop + spawning (dispatcher run/_spawn_pair, gevent pool)": ("Dispatcher.run", "_spawn_pair",
-                                                                           "gevent/pool.py"),
+    "dispatch loop + spawning (dispatcher run/_spawn_pair, send timer, gevent pool)": (
+        "Dispatcher.run", "_spawn_pair", "gevent/pool.py"),
     "resource sampling (psutil)": ("monitor.py", "psutil/"),
+    "leg bookkeeping (Dispatcher._leg/_finish_leg own time: the leg tuple, stats)": ("_finish_leg", "Dispatcher._leg"),
 }
 
 

@@ -387,3 +387,37 @@ def test_long_answers_keep_a_comparable_json_excerpt() -> None:
     assert text != other and text == _fit_json(json.loads(json.dumps(doc)), OUTPUT_EXCERPT_CHARS)
     short = {"prediction": "legit"}
     assert _fit_json(short, OUTPUT_EXCERPT_CHARS) == '{"prediction":"legit"}'
+
+
+def test_answers_parse_as_the_standard_library_parses_them() -> None:
+    """orjson reads the answers where it agrees with json.loads; where it would not (integers past 64 bits,
+    NaN, UTF-16), the standard library's reading is the one kept."""
+    from harness.protocols.json_protocol import loads
+
+    for body in (b'{"id": 123456789012345678901234567890, "p": 0.1}', b'{"c": NaN}', '{"a": [1, "é"]}'.encode("utf-16"),
+                 b'{"s": "\\ud800"}', b'  [1, 2.5e3, true, null] '):
+        got, want = loads(body), json.loads(body)
+        assert repr(got) == repr(want), body
+    for body in (b"{", b"\xff", b"[1,]"):
+        with pytest.raises(ValueError):
+            loads(body)
+
+
+def test_short_json_answers_are_stored_as_sent_with_secrets_masked() -> None:
+    from harness.protocols import read_output
+    from harness.replay.dispatcher import Dispatcher
+
+    class Plan:
+        secrets = ("test-token-123",)
+
+    d = Dispatcher.__new__(Dispatcher)
+    d.plan = Plan()  # type: ignore[assignment]
+    from harness.traffic.redaction import Redactor
+    d._redactor = Redactor()
+    body = b'{"prediction": "a", "echo": "Bearer test-token-123", "api_key": "sk-live-1"}'
+    out = read_output("json", 200, body, "$.prediction", "$.confidence")
+    text = d._excerpt(out, body)
+    assert "test-token-123" not in text and "sk-live-1" not in text
+    assert json.loads(text)["prediction"] == "a"
+    plain = b'{"prediction": "a",\n "confidence": 0.5}'
+    assert d._excerpt(read_output("json", 200, plain, "$.prediction", "$.confidence"), plain) == plain.decode()

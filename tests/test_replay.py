@@ -123,3 +123,35 @@ def test_timestamps_out_of_order_are_replayed_in_time_order(tmp_path: Path) -> N
         lines = [r[0] for r in con.execute(
             "select r.source_line from legs l join requests r using (request_id) order by l.sent_at").fetchall()]
         assert lines == [1, 2, 4, 3, 5, 6]
+
+
+def test_recorder_keeps_every_leg_in_order_through_a_failing_sink() -> None:
+    """Legs are sealed into Arrow batches between flushes; a sink that fails keeps them, in order, for the
+    next flush, and dict and tuple legs land alike."""
+    from harness.replay.leg import LEG_SCHEMA
+    from harness.replay.recorder import Recorder
+
+    got: list = []
+    fail = [True]
+
+    def sink(table) -> None:  # type: ignore[no-untyped-def]
+        if fail[0]:
+            raise OSError("disk full")
+        got.extend(table.to_pylist())
+
+    rec = Recorder({"legs": sink, "events": lambda t: None, "resources": lambda t: None}, use_threadpool=False)
+    names = LEG_SCHEMA.names
+    for i in range(5):
+        if i % 2:
+            rec.add_leg({"request_id": f"r{i}", "version": "baseline", "order_idx": i, "send_lag_ms": 0.5})
+        else:
+            rec.add_leg_values(tuple({"request_id": f"r{i}", "version": "candidate", "order_idx": i}.get(n) for n in names))
+        if i == 2:
+            rec._seal_legs()  # noqa: SLF001 - as the flusher does between flushes
+    rec.flush()
+    assert rec.sink_failures == 1 and rec.legs_recorded == 0 and not got
+    rec.add_leg({"request_id": "r5", "version": "baseline", "order_idx": 5})
+    fail[0] = False
+    rec.flush()
+    assert [r["request_id"] for r in got] == [f"r{i}" for i in range(6)] and rec.legs_recorded == 6
+    assert got[1]["send_lag_ms"] == 0.5 and got[0]["version"] == "candidate" and got[0]["status_code"] is None

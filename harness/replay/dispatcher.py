@@ -146,6 +146,8 @@ class _PreciseClock:
             if wait <= 0.003 or stopped():
                 break
             gevent.sleep(min(wait - 0.002, 0.25))
+        if stopped():
+            return
         if self._fd < 0:
             wait = deadline - time.monotonic()
             if wait > 0.0015:

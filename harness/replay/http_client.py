@@ -207,9 +207,10 @@ class TargetClient:
             head = RequestHead(head)
         timeout = gevent.Timeout._start_new_or_dummy(self.timeout_s)  # noqa: SLF001 - one deadline, one timer
         try:
-            if head.expect:
-                return self._via_httpclient(method, self.base_path + path, head.headers, body, t0)
-            return self._exchange(method, self.base_path + path, head, body, t0)
+            uri = self.base_path + path
+            if head.expect or not uri.startswith("/"):  # 100-continue; a target geventhttpclient rewrites
+                return self._via_httpclient(method, uri, head.headers, body, t0)
+            return self._exchange(method, uri, head, body, t0)
         except gevent.Timeout as exc:
             if exc is not timeout:
                 raise
