@@ -50,7 +50,7 @@ class RunMeta:
 # DuckDB's default memory limit is 80 % of the machine; the judge holds its numpy columns beside it,
 # so DuckDB gets a fixed share and spills the rest (to the system's temp folder: a run folder may be
 # read-only).
-ANALYSIS_MEMORY_LIMIT = "1GB"
+ANALYSIS_MEMORY_LIMIT = "512MB"
 RECORDER_MEMORY_LIMIT = "256MB"  # during a replay: the recorder only appends
 
 
