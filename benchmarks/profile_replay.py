@@ -25,10 +25,11 @@ SPY_VENV = c.OUT_ROOT / "pyspy-venv"
 NOT_REPLAY = ("build_outputs", "prepare_traffic", "_find_and_load", "RunStore.create", "_WorkerGreenlet",
               "_finish_requests", "RunStore.finish", "check_targets", "load_scenario", "freeze_gc")
 GROUPS = {
-    "HTTP client (geventhttpclient + harness http_client)": ("geventhttpclient/", "http_client.py"),
+    "HTTP client (geventhttpclient + harness http_client, evented)": ("geventhttpclient/", "http_client.py", "evented.py"),
     "output reading, schema, excerpt (protocols, compat, redaction)": ("protocols/", "compat.py", "_excerpt",
                                                                         "redaction.py"),
     "Locust request event + stats": ("locust/stats.py", "locust/event.py", "on_leg", "locust/runners.py"),
+    "finisher queue (yielding to the schedule)": ("_finish_loop", "idle (gevent"),
     "recorder flush (pyarrow from_pylist, DuckDB insert)": ("recorder.py",),
     "dispatch loop + spawning (dispatcher run/_spawn_pair, send timer, gevent pool)": (
         "Dispatcher.run", "_spawn_pair", "gevent/pool.py"),

@@ -1,14 +1,20 @@
 """Open-loop, paired dispatch of a replay schedule.
 
 Each scheduled request has an intended send time, start + offset / speed. The dispatcher sleeps until
-then (a timerfd where Linux has one: gevent's own timers wake up to 1.3 ms late) and spawns one raw
-greenlet per leg, both legs of a pair back to back, in alternating order, whatever is already in flight:
-a stalled target cannot slow the schedule down, so a stall shows in the latencies (no coordinated
-omission). Latency is measured from the intended time; service time from the actual send. A request
-that finds `max_in_flight` pairs in flight is not sent and is recorded as skipped with that reason.
+then (a timerfd where Linux has one: gevent's own timers wake up to 1.3 ms late) and starts both legs of
+the pair back to back, in alternating order, whatever is already in flight: a stalled target cannot slow
+the schedule down, so a stall shows in the latencies (no coordinated omission). Latency is measured from
+the intended time; service time from the actual send. A request that finds `max_in_flight` pairs in
+flight is not sent and is recorded as skipped with that reason.
+
+A plain-HTTP leg is an exchange driven by the loop's callbacks (harness.replay.evented: one non-blocking
+send, so the two legs leave microseconds apart); other legs (TLS, `Expect: 100-continue`) get a raw
+greenlet each. Finished legs queue for one finisher greenlet, which reads, validates and records them and
+steps aside whenever the next send is due: reading answers never delays the schedule.
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import hashlib
 import json
@@ -107,6 +113,8 @@ _LEG_COLUMNS = ("request_id", "version", "order_idx", "intended_at", "sent_at", 
 assert _LEG_COLUMNS == tuple(LEG_SCHEMA.names), "dispatcher leg tuple out of step with LEG_SCHEMA"
 _NO_OUTPUT = (None,) * 9  # streamed ... tool_calls_valid of a leg without an answer
 _HEAD_CACHE_MAX = 4096
+_YIELD_S = 0.0001  # the finisher steps aside when the next send is due within this
+_NEVER = float("inf")
 
 
 class _Timespec(ctypes.Structure):
@@ -180,7 +188,7 @@ class _PreciseClock:
 
 class Dispatcher:
     def __init__(self, plan: DispatchPlan, recorder: Recorder,
-                 on_leg: Callable[[str, str, float, int, BaseException | None], None] | None = None) -> None:
+                 on_leg: Callable[[str, str, float, int, str | None], None] | None = None) -> None:
         self.plan = plan
         self.recorder = recorder
         self.on_leg = on_leg
@@ -194,8 +202,12 @@ class Dispatcher:
                                                  max_response_bytes=plan.max_response_bytes)
                          for t in plan.targets}
         # per target: (target, its client); both orders, so that the first leg to leave alternates
-        forward = tuple((t, self._clients[t.version], i) for i, t in enumerate(plan.targets))
+        self._evented = {t.version: self._clients[t.version].evented() for t in plan.targets}
+        forward = tuple((t, self._clients[t.version], self._evented[t.version], i) for i, t in enumerate(plan.targets))
         self._orders = (forward, forward[::-1])
+        self._finished: collections.deque[tuple[Any, ...]] = collections.deque()  # legs waiting for the finisher
+        self._finish_wake = gevent.event.Event()
+        self._next_send = _NEVER  # monotonic time of the next intended send, for the finisher
         self._heads: dict[str, tuple[RequestHead, ...]] = {}  # headers_json -> one checked head per target
         self._legs_running = 0
         self._legs_idle = gevent.event.Event()
@@ -218,6 +230,13 @@ class Dispatcher:
         to_mono = time.monotonic() - time.time()
         deadline = start_epoch + plan.max_duration_s if plan.max_duration_s else None
         clock = _PreciseClock()
+        for ev in self._evented.values():
+            if ev is not None:
+                try:
+                    ev.resolve()
+                except OSError:
+                    pass  # each leg records the failure as a connect error
+        finisher = gevent.spawn(self._finish_loop)
         try:
             for row in rows:
                 if self._stop:
@@ -227,7 +246,9 @@ class Dispatcher:
                     self.stop(f"replay.max_duration_s ({plan.max_duration_s:g} s) reached")
                     break
                 if intended + to_mono > time.monotonic():
+                    self._next_send = intended + to_mono
                     clock.sleep_until(intended + to_mono, self._stopped)
+                    self._next_send = _NEVER
                 if self._stop:
                     break
                 if self.stats.in_flight >= plan.max_in_flight:
@@ -235,11 +256,17 @@ class Dispatcher:
                     self.recorder.add_event("skipped_in_flight_limit", row["request_id"])
                     continue
                 self._spawn_pair(row, intended)
+            self._next_send = _NEVER
             self._legs_idle.wait(timeout=plan.timeout_s + 5)
         finally:
             clock.close()
+            for ev in self._evented.values():
+                if ev is not None:
+                    ev.close()  # what is still open ends as a timeout, into the finisher's queue
             for c in self._clients.values():
                 c.close()
+            finisher.kill()
+            self._drain()
         return self.stats
 
     def _spawn_pair(self, row: dict[str, Any], intended: float) -> None:
@@ -259,8 +286,15 @@ class Dispatcher:
         self._legs_idle.clear()
         # Raw greenlets, started in this order on the loop's next turn: the first leg's send is all that
         # separates the two sends (pair skew).
-        for target, client, i in order:
-            gevent.spawn_raw(self._leg, row, target, client, heads[i], intended, pending)
+        body = row["body"] or b""
+        for target, client, ev, i in order:
+            head = heads[i]
+            if ev is not None and not head.expect:
+                uri = client.base_path + row["path"]
+                if uri.startswith("/"):
+                    ev.start(row["method"], uri, head, body, self._leg_done, (row, target, intended, time.time(), pending))
+                    continue
+            gevent.spawn_raw(self._leg, row, target, client, head, intended, pending)
 
     @staticmethod
     def _send_headers(captured: list[list[str]]) -> list[tuple[str, str]]:
@@ -277,13 +311,37 @@ class Dispatcher:
 
     def _leg(self, row: dict[str, Any], target: TargetPlan, client: TargetClient, head: RequestHead, intended: float,
              pending: list[int]) -> None:
+        sent = time.time()
+        result = client.send(row["method"], row["path"], head, row["body"] or b"")
+        self._leg_done((row, target, intended, sent, pending), result, time.time())
+
+    def _leg_done(self, token: tuple[Any, ...], result: Any, done: float) -> None:
+        """A leg's answer (or failure) is in; runs in the hub for evented legs, so it only queues."""
+        pending = token[4]
+        pending[0] -= 1
+        if pending[0] == 0:
+            self.stats.in_flight -= 1
+        self._finished.append((token, result, done))
+        self._finish_wake.set()
+
+    def _finish_loop(self) -> None:
+        queue, wake = self._finished, self._finish_wake
+        while True:
+            while queue:
+                if self._next_send - time.monotonic() < _YIELD_S:
+                    gevent.idle()  # the schedule first: back once the loop has nothing else ready
+                    continue
+                self._finish_one(*queue.popleft())
+            wake.clear()
+            wake.wait()
+
+    def _drain(self) -> None:
+        while self._finished:
+            self._finish_one(*self._finished.popleft())
+
+    def _finish_one(self, token: tuple[Any, ...], result: Any, done: float) -> None:
+        row, target, intended, sent, _ = token
         try:
-            sent = time.time()
-            result = client.send(row["method"], row["path"], head, row["body"] or b"")
-            done = time.time()
-            pending[0] -= 1
-            if pending[0] == 0:
-                self.stats.in_flight -= 1
             self._finish_leg(row, target, intended, sent, done, result)
         finally:
             self._legs_running -= 1
@@ -341,8 +399,8 @@ class Dispatcher:
             row["request_id"], target.version, row["order_idx"], intended, sent, done, lag_ms, latency_ms,
             (done - sent) * 1000.0, status, kind, detail, result.response_bytes, schema_valid, schema_errors, *tail))
         if self.on_leg is not None:
-            exc = RuntimeError(f"{kind}: {detail or ''}") if kind else None
-            self.on_leg(target.version, row["route"], latency_ms, result.response_bytes, exc)
+            self.on_leg(target.version, row["route"], latency_ms, result.response_bytes,
+                        f"{kind}: {detail or ''}" if kind else None)
 
     def _excerpt(self, out: Any, body: bytes) -> str:
         if out is not None and out.doc is not MISSING:
@@ -391,9 +449,12 @@ def schedule_rows(path: Path, shard_index: int = 0, shard_count: int = 1) -> tup
     n = pf.metadata.num_rows
 
     def rows() -> Iterator[dict[str, Any]]:
-        for batch in pf.iter_batches(batch_size=512, columns=SCHEDULE_COLUMNS):  # few rows alive at a time
-            for row in batch.to_pylist():
-                if row["order_idx"] % shard_count == shard_index:
-                    yield row
+        # Few rows alive at a time, made column by column (RecordBatch.to_pylist builds them row by row, a
+        # stall of milliseconds in the send loop every batch).
+        for batch in pf.iter_batches(batch_size=256, columns=SCHEDULE_COLUMNS):
+            columns = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+            for values in zip(*columns):
+                if values[0] % shard_count == shard_index:
+                    yield dict(zip(SCHEDULE_COLUMNS, values))
 
     return rows(), len(range(shard_index, n, shard_count))

@@ -273,7 +273,7 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
     from locust.exception import StopUser
 
     from .dispatcher import Dispatcher
-    from .runner import freeze_gc, thaw_gc
+    from .runner import freeze_gc, locust_stats, thaw_gc
 
     state: dict[str, Any] = {}
     plan_ready = gevent.event.Event()
@@ -299,12 +299,8 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
         recorder = Recorder({"legs": send_legs, "events": send("events"), "resources": send("resources")},
                             use_threadpool=False)
 
-        def on_leg(version: str, route: str, latency_ms: float, size: int, exc: BaseException | None) -> None:
-            env_holder["env"].events.request.fire(request_type=version, name=route, response_time=latency_ms,
-                                                  response_length=size, exception=exc, context={}, response=None,
-                                                  url=route, start_time=None)
 
-        dispatcher = Dispatcher(plan, recorder, on_leg=on_leg)
+        dispatcher = Dispatcher(plan, recorder, on_leg=locust_stats(env_holder))
         state["dispatcher"] = dispatcher
         gc_state = freeze_gc()
         # Ready only once everything slow to create exists: the master starts the clock after this.

@@ -40,7 +40,7 @@ from geventhttpclient import HTTPClient
 from geventhttpclient.header import Headers
 from geventhttpclient.response import HTTPSocketPoolResponse
 
-__all__ = ["TargetClient", "SendResult", "RequestHead"]
+__all__ = ["TargetClient", "SendResult", "RequestHead", "request_bytes", "error_result", "status_kind"]
 
 _CHUNK = 65536
 _BLOCK = 16384
@@ -196,6 +196,15 @@ class TargetClient:
         self._plain = not self._client.ssl
         self._pool: Any = _PlainPool(host, port, connect_timeout_s, timeout_s) if self._plain else ghc_pool
 
+    def evented(self) -> Any:
+        """An EventedClient for this target's plain-HTTP legs (None for TLS): see harness.replay.evented."""
+        if not self._plain:
+            return None
+        from .evented import EventedClient
+
+        return EventedClient(*self._pool.address, self._host_line, timeout_s=self.timeout_s,
+                             connect_timeout_s=self._pool.connect_timeout_s, max_response_bytes=self.max_response_bytes)
+
     def close(self) -> None:
         if isinstance(self._pool, _PlainPool):
             self._pool.close()
@@ -215,35 +224,16 @@ class TargetClient:
             if exc is not timeout:
                 raise
             return SendResult(None, b"", "timeout", self._timeout_detail, 0)
-        except ConnectionRefusedError as exc:
-            return SendResult(None, b"", "connect", str(exc), 0)
-        except (ConnectionResetError, BrokenPipeError) as exc:
-            return SendResult(None, b"", "reset", str(exc), 0)
-        except socket.timeout as exc:
-            return SendResult(None, b"", "timeout", str(exc) or "socket timeout", 0)
-        except OSError as exc:
-            kind = "connect" if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH) else "reset"
-            return SendResult(None, b"", kind, f"{type(exc).__name__}: {exc}", 0)
-        except Exception as exc:  # noqa: BLE001 - geventhttpclient's parse errors have no common base
-            name = type(exc).__name__
-            kind = "reset" if "Closed" in name or "Parse" in name or "Incomplete" in name else "client"
-            return SendResult(None, b"", kind, f"{name}: {exc}"[:300], 0)
+        except Exception as exc:  # noqa: BLE001 - mapped to an error kind, never raised
+            return error_result(exc)
         finally:
             timeout.close()
 
     def _exchange(self, method: str, uri: str, head: RequestHead, body: bytes, t0: float) -> SendResult:
-        if head.error is not None:
-            raise ValueError(head.error.partition(": ")[2])
         method = method.upper()
-        if not _TOKEN_RE.fullmatch(method):
-            raise ValueError(f"invalid HTTP method {method!r}")
-        if not _REQUEST_TARGET_RE.fullmatch(uri) or uri.startswith("//"):
-            raise ValueError(f"invalid request URI {uri!r}")
-        length = f"Content-Length: {len(body)}\r\n" if body or method in _BODY_METHODS else ""
-        data = f"{method} {uri} HTTP/1.1\r\n{head.lines}{self._host_line}{length}\r\n".encode("latin-1")
+        payload = request_bytes(method, uri, head, body, self._host_line)
         pool = self._pool
         sock = pool.get_socket()
-        payload = data + body if body else data
         try:
             sent = 0
             if self._plain:  # one non-blocking send on the real socket: the whole request, nearly always
@@ -289,7 +279,7 @@ class TargetClient:
             if size > self.max_response_bytes:
                 return self._over_cap(response, status, size, "body", resp_headers)
             response.release()
-            return SendResult(status, body, _status_kind(status), None, size, resp_headers)
+            return SendResult(status, body, status_kind(status), None, size, resp_headers)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -301,13 +291,13 @@ class TargetClient:
                 return self._over_cap(response, status, size, "body", resp_headers)
             chunks.append(chunk)
         response.release()
-        return SendResult(status, b"".join(chunks), _status_kind(status), None, size, resp_headers)
+        return SendResult(status, b"".join(chunks), status_kind(status), None, size, resp_headers)
 
     def _read_stream(self, response: Any, status: int, resp_headers: dict[str, str], t0: float) -> SendResult:
         chunks: list[bytes] = []
         arrivals: list[tuple[int, float]] = []
         size = 0
-        kind = _status_kind(status)
+        kind = status_kind(status)
         detail = None
         while True:
             try:
@@ -346,6 +336,36 @@ class TargetClient:
         response._sock = response._pool = None
 
 
+def request_bytes(method: str, uri: str, head: RequestHead, body: bytes, host_line: str) -> bytes:
+    """The request as written on the wire (method upper-cased by the caller); ValueError, and nothing is
+    sent, where geventhttpclient would refuse the request."""
+    if head.error is not None:
+        raise ValueError(head.error.partition(": ")[2])
+    if not _TOKEN_RE.fullmatch(method):
+        raise ValueError(f"invalid HTTP method {method!r}")
+    if not _REQUEST_TARGET_RE.fullmatch(uri) or uri.startswith("//"):
+        raise ValueError(f"invalid request URI {uri!r}")
+    length = f"Content-Length: {len(body)}\r\n" if body or method in _BODY_METHODS else ""
+    data = f"{method} {uri} HTTP/1.1\r\n{head.lines}{host_line}{length}\r\n".encode("latin-1")
+    return data + body if body else data
+
+
+def error_result(exc: BaseException) -> SendResult:
+    """An exchange that failed before an answer, as its error kind (see error_kinds)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return SendResult(None, b"", "connect", str(exc), 0)
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+        return SendResult(None, b"", "reset", str(exc), 0)
+    if isinstance(exc, socket.timeout):
+        return SendResult(None, b"", "timeout", str(exc) or "socket timeout", 0)
+    if isinstance(exc, OSError):
+        kind = "connect" if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH) else "reset"
+        return SendResult(None, b"", kind, f"{type(exc).__name__}: {exc}", 0)
+    name = type(exc).__name__  # geventhttpclient's parse errors have no common base
+    kind = "reset" if "Closed" in name or "Parse" in name or "Incomplete" in name else "client"
+    return SendResult(None, b"", kind, f"{name}: {exc}"[:300], 0)
+
+
 def _read_available(response: Any) -> bytes | None:
     """What the answer has delivered so far, waiting for one socket read if nothing is buffered; None once
     the HTTP message is complete. geventhttpclient's read(n) waits for n bytes, which would hide when
@@ -366,5 +386,5 @@ def _read_available(response: Any) -> bytes | None:
     return out
 
 
-def _status_kind(status: int) -> str | None:
+def status_kind(status: int) -> str | None:
     return "http_5xx" if status >= 500 else "http_4xx" if status >= 400 else None

@@ -17,7 +17,7 @@ from .dispatcher import DispatchPlan, DispatchStats
 from .recorder import Recorder, Sinks
 from .sequential import PairErrorWatch, StopRule
 
-__all__ = ["ReplayOptions", "ReplayOutcome", "run_replay"]
+__all__ = ["ReplayOptions", "ReplayOutcome", "run_replay", "locust_stats"]
 
 Sampler = Callable[[], list[dict[str, Any]]]
 
@@ -62,12 +62,8 @@ def run_replay(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions = Replay
     recorder = Recorder(sinks, flush_interval_s=options.flush_interval_s)
     env_holder: dict[str, Any] = {}
 
-    def on_leg(version: str, route: str, latency_ms: float, size: int, exc: BaseException | None) -> None:
-        env_holder["env"].events.request.fire(request_type=version, name=route, response_time=latency_ms,
-                                              response_length=size, exception=exc, context={}, response=None,
-                                              url=route, start_time=None)
 
-    dispatcher = Dispatcher(plan, recorder, on_leg=on_leg)
+    dispatcher = Dispatcher(plan, recorder, on_leg=locust_stats(env_holder))
     if stop_rule is not None:
         recorder.leg_listeners.append(PairErrorWatch(stop_rule, lambda reason: _stop_early(dispatcher, recorder, reason, log),
                                                      versions=len(plan.targets)))
@@ -122,6 +118,20 @@ def run_replay(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions = Replay
         lag_p50_ms=_q(lags, 0.50), lag_p99_ms=_q(lags, 0.99), wall_s=time.time() - t0)
     _progress_line(dispatcher, log, final=True)
     return outcome
+
+
+def locust_stats(env_holder: dict[str, Any]) -> Callable[[str, str, float, int, str | None], None]:
+    """Each leg into Locust's stats (its UI, CSV and the master's totals): type = version, name = route.
+    Straight into the stats, not through events.request: the hook's dispatch was a tenth of a leg's cost,
+    and nothing else listens in a replay's own Environment."""
+
+    def on_leg(version: str, route: str, latency_ms: float, size: int, error: str | None) -> None:
+        stats = env_holder["env"].runner.stats
+        stats.log_request(version, route, latency_ms, size)
+        if error is not None:
+            stats.log_error(version, route, error)
+
+    return on_leg
 
 
 GC_THRESHOLD = (5000, 20, 1000)

@@ -1,0 +1,343 @@
+"""Plain-HTTP legs driven by the event loop's own callbacks: no greenlet, no gevent.Timeout per leg.
+
+A greenlet per leg costs four switches, a timer and a socket wrapper per exchange, more than the
+exchange itself; at thousands of legs/s that set the ceiling of the replay. Here a leg is an `Exchange`
+object: the request is written with one non-blocking send from the dispatcher (so both legs of a pair
+leave microseconds apart), the answer is read by a libev io watcher's callback on the real socket and
+parsed by geventhttpclient's llhttp parser, and deadlines are swept by one timer per client (every
+10 ms) in send order. The callback hands the finished `SendResult` to `done(token, result, done_at)`,
+which runs in the hub and must not block.
+
+The rules of http_client hold here too: no retries (a pooled connection the target closed is noticed by
+a non-blocking peek before the send; one that breaks after it is a reset), no headers of its own, one
+deadline for the whole exchange, a body cap (too_large), event streams timed per read (`arrivals`) and
+kept when cut short (truncated_stream). TLS targets, `Expect: 100-continue` and request targets that do
+not start with "/" take http_client's general path.
+"""
+from __future__ import annotations
+
+import _socket
+import errno
+import socket
+import time
+from typing import Any, Callable
+
+import gevent
+from geventhttpclient.response import HTTPResponse
+
+from .http_client import RequestHead, SendResult, _LowerHeaders, error_result, request_bytes, status_kind
+
+__all__ = ["EventedClient", "Done"]
+
+Done = Callable[[Any, SendResult, float], None]
+_CHUNK = 65536
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+_SWEEP_S = 0.01
+_CONNECTING, _SENDING, _READING, _OVER = 0, 1, 2, 3
+
+
+class _Conn:
+    __slots__ = ("sock", "reader", "writer")
+
+    def __init__(self, sock: Any, loop: Any) -> None:
+        self.sock = sock
+        fd = sock.fileno()
+        self.reader = loop.io(fd, 1)
+        self.writer = loop.io(fd, 2)
+
+    def close(self) -> None:
+        self.reader.stop()
+        self.writer.stop()
+        self.reader.close()
+        self.writer.close()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Exchange:
+    __slots__ = ("conn", "payload", "parser", "done", "token", "t0", "started", "state", "addr_i", "final",
+                 "stream", "chunks", "arrivals", "size")
+
+    def __init__(self, payload: bytes, parser: HTTPResponse, done: Done, token: Any, started: float) -> None:
+        self.conn: _Conn | None = None
+        self.payload: Any = payload
+        self.parser = parser
+        self.done = done
+        self.token = token
+        self.t0 = time.perf_counter()
+        self.started = started  # monotonic, for the deadline sweep
+        self.state = _SENDING
+        self.addr_i = 0
+        self.final = False  # headers of a final (non-1xx) answer parsed
+        self.stream = False
+        self.chunks: list[bytes] = []
+        self.arrivals: list[tuple[int, float]] = []
+        self.size = 0
+
+
+class EventedClient:
+    def __init__(self, host: str, port: int, host_line: str, *, timeout_s: float, connect_timeout_s: float,
+                 max_response_bytes: int) -> None:
+        self.address = (host, port)
+        self.host_line = host_line
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.max_response_bytes = max_response_bytes
+        self._timeout_detail = f"no complete answer within {timeout_s:g} s"
+        self._loop = gevent.get_hub().loop
+        self._idle: list[_Conn] = []
+        self._inflight: dict[Exchange, None] = {}  # in start order: deadlines sweep from the front
+        self._resolved: list[Any] | None = None
+        self._sweeper = self._loop.timer(_SWEEP_S, _SWEEP_S, ref=False)
+        self._sweeper.start(self._sweep)
+        self._closed = False
+
+    def resolve(self) -> None:
+        """Resolve the target once, before the first intended send (gevent resolves in a thread)."""
+        if self._resolved is None:
+            self._resolved = [(f, k, p, a) for f, k, p, _, a in
+                              socket.getaddrinfo(*self.address, 0, socket.SOCK_STREAM)]
+
+    def start(self, method: str, uri: str, head: RequestHead, body: bytes, done: Done, token: Any) -> None:
+        """Send now; `done` is called once, later (or now, for a request that cannot be sent)."""
+        try:
+            method = method.upper()
+            payload = request_bytes(method, uri, head, body, self.host_line)
+        except ValueError as exc:
+            done(token, error_result(exc), time.time())
+            return
+        ex = Exchange(payload, HTTPResponse(method=method, headers_type=_LowerHeaders), done, token,
+                      time.monotonic())
+        self._inflight[ex] = None
+        conn = self._pooled()
+        if conn is None:
+            self._connect(ex)
+        else:
+            ex.conn = conn
+            self._send(ex)
+
+    # -- connections -------------------------------------------------------------------------------------
+    def _pooled(self) -> _Conn | None:
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            try:
+                conn.sock.recv(1, _PEEK)  # an idle keep-alive connection has nothing to read: EOF means closed
+            except BlockingIOError:
+                return conn
+            except OSError:
+                pass
+            conn.close()
+        return None
+
+    def _connect(self, ex: Exchange) -> None:
+        if self._resolved is None:
+            try:
+                self.resolve()
+            except OSError as exc:
+                self._finish(ex, error_result(exc))
+                return
+        assert self._resolved is not None
+        family, kind, proto, addr = self._resolved[ex.addr_i]
+        try:
+            sock = _socket.socket(family, kind, proto)
+        except OSError as exc:
+            self._finish(ex, error_result(exc))
+            return
+        sock.setblocking(False)
+        conn = ex.conn = _Conn(sock, self._loop)
+        ex.state = _CONNECTING
+        err = sock.connect_ex(addr)
+        if err == 0:
+            ex.state = _SENDING
+            self._send(ex)
+        elif err in (errno.EINPROGRESS, errno.EAGAIN):
+            conn.writer.start(self._on_connected, ex)
+        else:
+            self._connect_failed(ex, err)
+
+    def _on_connected(self, ex: Exchange) -> None:
+        conn = ex.conn
+        if ex.state != _CONNECTING or conn is None:
+            return
+        conn.writer.stop()
+        err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._connect_failed(ex, err)
+            return
+        ex.state = _SENDING
+        self._send(ex)
+
+    def _connect_failed(self, ex: Exchange, err: int) -> None:
+        assert ex.conn is not None and self._resolved is not None
+        ex.conn.close()
+        ex.conn = None
+        if ex.addr_i + 1 < len(self._resolved):  # the next address of the name, as socket.create_connection does
+            ex.addr_i += 1
+            self._connect(ex)
+            return
+        cls = ConnectionRefusedError if err == errno.ECONNREFUSED else OSError
+        self._finish(ex, error_result(cls(err, f"[Errno {err}] {errno.errorcode.get(err, '')}: cannot connect to "
+                                               f"{self.address[0]}:{self.address[1]}")))
+
+    # -- the exchange ------------------------------------------------------------------------------------
+    def _send(self, ex: Exchange) -> None:
+        conn = ex.conn
+        assert conn is not None
+        try:
+            n = conn.sock.send(ex.payload)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            self._broken(ex, exc)
+            return
+        if n < len(ex.payload):
+            ex.payload = memoryview(ex.payload)[n:]
+            conn.writer.start(self._on_writable, ex)
+            return
+        ex.payload = None
+        ex.state = _READING
+        conn.reader.start(self._on_readable, ex)
+
+    def _on_writable(self, ex: Exchange) -> None:
+        if ex.state != _SENDING or ex.conn is None:
+            return
+        ex.conn.writer.stop()
+        self._send(ex)
+
+    def _on_readable(self, ex: Exchange) -> None:
+        if ex.state != _READING:
+            return
+        conn = ex.conn
+        assert conn is not None
+        try:
+            data = conn.sock.recv(_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._broken(ex, exc)
+            return
+        parser = ex.parser
+        try:
+            parser.feed(data)  # b"" at EOF: completes a close-delimited body, else raises
+        except Exception as exc:  # noqa: BLE001 - llhttp's parse errors
+            self._broken(ex, exc)
+            return
+        if not data and not parser.message_complete:
+            self._broken(ex, ConnectionResetError(errno.ECONNRESET, "connection closed before the end of the answer"))
+            return
+        if not ex.final:
+            if not parser.headers_complete or parser.get_code() < 200:  # an interim 1xx: the final one follows
+                if not data:
+                    self._broken(ex, ConnectionResetError(errno.ECONNRESET, "connection closed after an interim answer"))
+                return
+            ex.final = True
+            if self._headers_read(ex):
+                return
+        buf = parser._body_buffer  # noqa: SLF001 - the parser's body so far
+        if ex.stream:
+            if buf:
+                ex.size += len(buf)
+                if ex.size > self.max_response_bytes:
+                    self._over_cap(ex, ex.size, "stream")
+                    return
+                ex.chunks.append(bytes(buf))
+                del buf[:]
+                ex.arrivals.append((ex.size, (time.perf_counter() - ex.t0) * 1000.0))
+        elif len(buf) > self.max_response_bytes:
+            self._over_cap(ex, len(buf), "body")
+            return
+        if parser.message_complete:
+            self._complete(ex)
+
+    def _headers_read(self, ex: Exchange) -> bool:
+        """The final answer's headers are in: True when that already ended the exchange (too large)."""
+        headers = ex.parser._headers_index  # noqa: SLF001 - our own _LowerHeaders
+        try:
+            declared = int(headers.get("content-length", "-1"))
+        except ValueError:
+            declared = -1
+        if declared > self.max_response_bytes:
+            self._release(ex, reuse=False)
+            self._finish(ex, SendResult(ex.parser.get_code(), b"", "too_large",
+                                        f"Content-Length {declared} > cap {self.max_response_bytes}", declared,
+                                        headers))
+            return True
+        ctype = headers.get("content-type")
+        ex.stream = ctype is not None and ctype.split(";")[0].strip().lower() == "text/event-stream"
+        return False
+
+    def _complete(self, ex: Exchange) -> None:
+        parser = ex.parser
+        status = parser.get_code()
+        self._release(ex, reuse=not parser.should_close())
+        if ex.stream:
+            body, size, arrivals = b"".join(ex.chunks), ex.size, ex.arrivals
+        else:
+            body = bytes(parser._body_buffer)  # noqa: SLF001
+            size, arrivals = len(body), None
+        self._finish(ex, SendResult(status, body, status_kind(status), None, size, parser._headers_index,  # noqa: SLF001
+                                    arrivals))
+
+    def _broken(self, ex: Exchange, exc: BaseException) -> None:
+        """The connection failed or closed early. A stream keeps what arrived (truncated_stream)."""
+        self._release(ex, reuse=False)
+        if ex.stream and ex.final:
+            detail = f"the stream ended before the answer did: {type(exc).__name__}: {exc}"[:300]
+            self._finish(ex, SendResult(ex.parser.get_code(), b"".join(ex.chunks), "truncated_stream", detail,
+                                        ex.size, ex.parser._headers_index, ex.arrivals))  # noqa: SLF001
+        else:
+            self._finish(ex, error_result(exc))
+
+    def _over_cap(self, ex: Exchange, size: int, what: str) -> None:
+        # The rest of an oversized body is never read: the connection cannot be reused.
+        self._release(ex, reuse=False)
+        self._finish(ex, SendResult(ex.parser.get_code(), b"", "too_large",
+                                    f"{what} over the cap of {self.max_response_bytes} bytes", size,
+                                    ex.parser._headers_index))  # noqa: SLF001
+
+    def _release(self, ex: Exchange, reuse: bool) -> None:
+        conn, ex.conn = ex.conn, None
+        if conn is None:
+            return
+        if reuse and not self._closed:
+            conn.reader.stop()
+            conn.writer.stop()
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    def _finish(self, ex: Exchange, result: SendResult) -> None:
+        if ex.state == _OVER:
+            return
+        ex.state = _OVER
+        self._inflight.pop(ex, None)
+        ex.done(ex.token, result, time.time())
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        shortest = min(self.timeout_s, self.connect_timeout_s)
+        expired = []
+        for ex in self._inflight:  # start order: nothing later can have expired once one is young enough
+            if ex.started + shortest > now:
+                break
+            if ex.started + self.timeout_s <= now:
+                expired.append((ex, self._timeout_detail))
+            elif ex.state == _CONNECTING and ex.started + self.connect_timeout_s <= now:
+                expired.append((ex, f"no connection within {self.connect_timeout_s:g} s"))
+        for ex, detail in expired:
+            self._release(ex, reuse=False)
+            self._finish(ex, SendResult(None, b"", "timeout", detail, 0))
+
+    def close(self) -> None:
+        """Stop the sweep and close every connection; exchanges still open end as timeouts."""
+        self._closed = True
+        for ex in list(self._inflight):
+            self._release(ex, reuse=False)
+            self._finish(ex, SendResult(None, b"", "timeout", self._timeout_detail, 0))
+        self._sweeper.stop()
+        self._sweeper.close()
+        while self._idle:
+            self._idle.pop().close()
