@@ -208,6 +208,7 @@ class Dispatcher:
         self._finished: collections.deque[tuple[Any, ...]] = collections.deque()  # legs waiting for the finisher
         self._finish_wake = gevent.event.Event()
         self._next_send = _NEVER  # monotonic time of the next intended send, for the finisher
+        self._sent = gevent.event.Event()  # set once the due send has left (the finisher waits on it)
         self._heads: dict[str, tuple[RequestHead, ...]] = {}  # headers_json -> one checked head per target
         self._legs_running = 0
         self._legs_idle = gevent.event.Event()
@@ -248,17 +249,19 @@ class Dispatcher:
                 if intended + to_mono > time.monotonic():
                     self._next_send = intended + to_mono
                     clock.sleep_until(intended + to_mono, self._stopped)
-                    self._next_send = _NEVER
                 if self._stop:
                     break
                 if self.stats.in_flight >= plan.max_in_flight:
                     self.stats.skipped_in_flight += 1
                     self.recorder.add_event("skipped_in_flight_limit", row["request_id"])
+                    self._sent_due()
                     continue
                 self._spawn_pair(row, intended)
-            self._next_send = _NEVER
+                self._sent_due()
+            self._sent_due()
             self._legs_idle.wait(timeout=plan.timeout_s + 5)
         finally:
+            self._sent_due()
             clock.close()
             for ev in self._evented.values():
                 if ev is not None:
@@ -324,12 +327,19 @@ class Dispatcher:
         self._finished.append((token, result, done))
         self._finish_wake.set()
 
+    def _sent_due(self) -> None:
+        self._next_send = _NEVER
+        if not self._sent.is_set():
+            self._sent.set()
+
     def _finish_loop(self) -> None:
-        queue, wake = self._finished, self._finish_wake
+        queue, wake, sent = self._finished, self._finish_wake, self._sent
         while True:
             while queue:
                 if self._next_send - time.monotonic() < _YIELD_S:
-                    gevent.idle()  # the schedule first: back once the loop has nothing else ready
+                    sent.clear()  # the schedule first: back once the due pair has left
+                    if self._next_send != _NEVER:
+                        sent.wait()
                     continue
                 self._finish_one(*queue.popleft())
             wake.clear()

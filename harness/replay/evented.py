@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import _socket
 import errno
+import re
 import socket
 import time
 from typing import Any, Callable
@@ -36,14 +37,50 @@ _SWEEP_S = 0.01
 _CONNECTING, _SENDING, _READING, _OVER = 0, 1, 2, 3
 
 
+# A whole, plain answer in one read (the usual small JSON answer): status line, headers, Content-Length body.
+_QUICK_HEAD = re.compile(rb"HTTP/1\.1 ([2-5][0-9][0-9])(?: [\t\x20-\x7e]*)?\r\n"
+                         rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e]*\r\n)*)\r\n")
+
+
+def _quick_answer(data: bytes, method: str) -> tuple[int, dict[str, str], bytes, bool] | None:
+    """(status, headers, body, keep-alive) of an answer that arrived whole in `data` and needs none of the
+    parser's cases: HTTP/1.1, a final status with a body, one Content-Length that the body matches, no
+    Transfer-Encoding, not an event stream, ASCII headers. Anything else: None, and llhttp parses it."""
+    m = _QUICK_HEAD.match(data)
+    if m is None or method == "HEAD":
+        return None
+    status = int(m.group(1))
+    if status in (204, 304):
+        return None
+    headers: dict[str, str] = {}
+    for line in m.group(2).decode("ascii").split("\r\n")[:-1]:  # the pattern let only ASCII through
+        name, _, value = line.partition(":")
+        name = name.lower()
+        if name == "transfer-encoding" or (name == "content-length" and name in headers):
+            return None
+        headers[name] = value.strip(" \t")
+    length = headers.get("content-length")
+    if length is None or not length.isdigit() or int(length) != len(data) - m.end():
+        return None
+    ctype = headers.get("content-type")
+    if ctype is not None and ctype.split(";")[0].strip().lower() == "text/event-stream":
+        return None
+    connection = headers.get("connection", "").lower()
+    return status, headers, data[m.end():], "close" not in connection
+
+
 class _Conn:
-    __slots__ = ("sock", "reader", "writer")
+    """A connection; its reader watches it from connect to close (no watcher start/stop per leg), for the
+    exchange it carries (`ex`) or, idle, for the target closing it."""
+
+    __slots__ = ("sock", "reader", "writer", "ex")
 
     def __init__(self, sock: Any, loop: Any) -> None:
         self.sock = sock
         fd = sock.fileno()
         self.reader = loop.io(fd, 1)
         self.writer = loop.io(fd, 2)
+        self.ex: Exchange | None = None
 
     def close(self) -> None:
         self.reader.stop()
@@ -58,9 +95,12 @@ class _Conn:
 
 class Exchange:
     __slots__ = ("conn", "payload", "parser", "done", "token", "t0", "started", "state", "addr_i", "final",
-                 "stream", "chunks", "arrivals", "size")
+                 "stream", "chunks", "arrivals", "size", "method", "fresh")
 
-    def __init__(self, payload: bytes, parser: HTTPResponse, done: Done, token: Any, started: float) -> None:
+    def __init__(self, method: str, payload: bytes, parser: HTTPResponse, done: Done, token: Any,
+                 started: float) -> None:
+        self.method = method
+        self.fresh = True  # nothing read yet
         self.conn: _Conn | None = None
         self.payload: Any = payload
         self.parser = parser
@@ -108,7 +148,7 @@ class EventedClient:
         except ValueError as exc:
             done(token, error_result(exc), time.time())
             return
-        ex = Exchange(payload, HTTPResponse(method=method, headers_type=_LowerHeaders), done, token,
+        ex = Exchange(method, payload, HTTPResponse(method=method, headers_type=_LowerHeaders), done, token,
                       time.monotonic())
         self._inflight[ex] = None
         conn = self._pooled()
@@ -123,6 +163,8 @@ class EventedClient:
         idle = self._idle
         while idle:
             conn = idle.pop()
+            if conn.sock.fileno() < 0:  # closed while idle
+                continue
             try:
                 conn.sock.recv(1, _PEEK)  # an idle keep-alive connection has nothing to read: EOF means closed
             except BlockingIOError:
@@ -148,6 +190,7 @@ class EventedClient:
             return
         sock.setblocking(False)
         conn = ex.conn = _Conn(sock, self._loop)
+        conn.ex = ex
         ex.state = _CONNECTING
         err = sock.connect_ex(addr)
         if err == 0:
@@ -199,7 +242,9 @@ class EventedClient:
             return
         ex.payload = None
         ex.state = _READING
-        conn.reader.start(self._on_readable, ex)
+        conn.ex = ex
+        if not conn.reader.active:
+            conn.reader.start(self._on_readable, conn)
 
     def _on_writable(self, ex: Exchange) -> None:
         if ex.state != _SENDING or ex.conn is None:
@@ -207,11 +252,14 @@ class EventedClient:
         ex.conn.writer.stop()
         self._send(ex)
 
-    def _on_readable(self, ex: Exchange) -> None:
-        if ex.state != _READING:
+    def _on_readable(self, conn: _Conn) -> None:
+        ex = conn.ex
+        if ex is None:  # idle: the target closed it (or sent bytes nobody asked for)
+            conn.close()
             return
-        conn = ex.conn
-        assert conn is not None
+        if ex.state != _READING:  # an answer before the request is out: read once it is
+            conn.reader.stop()
+            return
         try:
             data = conn.sock.recv(_CHUNK)
         except BlockingIOError:
@@ -220,6 +268,14 @@ class EventedClient:
             self._broken(ex, exc)
             return
         parser = ex.parser
+        if ex.fresh:
+            ex.fresh = False
+            quick = _quick_answer(data, ex.method)
+            if quick is not None and len(quick[2]) <= self.max_response_bytes:
+                status, headers, body, reuse = quick
+                self._release(ex, reuse=reuse)
+                self._finish(ex, SendResult(status, body, status_kind(status), None, len(body), headers))
+                return
         try:
             parser.feed(data)  # b"" at EOF: completes a close-delimited body, else raises
         except Exception as exc:  # noqa: BLE001 - llhttp's parse errors
@@ -302,8 +358,8 @@ class EventedClient:
         conn, ex.conn = ex.conn, None
         if conn is None:
             return
+        conn.ex = None
         if reuse and not self._closed:
-            conn.reader.stop()
             conn.writer.stop()
             self._idle.append(conn)
         else:
