@@ -114,6 +114,7 @@ assert _LEG_COLUMNS == tuple(LEG_SCHEMA.names), "dispatcher leg tuple out of ste
 _NO_OUTPUT = (None,) * 9  # streamed ... tool_calls_valid of a leg without an answer
 _HEAD_CACHE_MAX = 4096
 _YIELD_S = 0.0001  # the finisher steps aside when the next send is due within this
+_SEAL_STEP_S = 0.0005  # and the recorder's seal steps within this
 _NEVER = float("inf")
 
 
@@ -213,6 +214,7 @@ class Dispatcher:
         self._legs_running = 0
         self._legs_idle = gevent.event.Event()
         self._legs_idle.set()
+        recorder.pace = lambda: self.make_way(_SEAL_STEP_S)
 
     def stop(self, reason: str) -> None:
         if not self._stop:
@@ -332,14 +334,19 @@ class Dispatcher:
         if not self._sent.is_set():
             self._sent.set()
 
+    def make_way(self, budget_s: float = _YIELD_S) -> None:
+        """Called by work on the loop between small steps: when the next send is due within `budget_s`, wait
+        until it has left, so that the step after this cannot delay it."""
+        if self._next_send != _NEVER and self._next_send - time.monotonic() < budget_s:
+            self._sent.clear()
+            self._sent.wait()  # once: right after a send the whole gap to the next one is free
+
     def _finish_loop(self) -> None:
-        queue, wake, sent = self._finished, self._finish_wake, self._sent
+        queue, wake = self._finished, self._finish_wake
         while True:
             while queue:
                 if self._next_send - time.monotonic() < _YIELD_S:
-                    sent.clear()  # the schedule first: back once the due pair has left
-                    if self._next_send != _NEVER:
-                        sent.wait()
+                    self.make_way()
                     continue
                 self._finish_one(*queue.popleft())
             wake.clear()

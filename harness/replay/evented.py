@@ -95,15 +95,13 @@ class _Conn:
 
 class Exchange:
     __slots__ = ("conn", "payload", "parser", "done", "token", "t0", "started", "state", "addr_i", "final",
-                 "stream", "chunks", "arrivals", "size", "method", "fresh")
+                 "stream", "chunks", "arrivals", "size", "method")
 
-    def __init__(self, method: str, payload: bytes, parser: HTTPResponse, done: Done, token: Any,
-                 started: float) -> None:
+    def __init__(self, method: str, payload: bytes, done: Done, token: Any, started: float) -> None:
         self.method = method
-        self.fresh = True  # nothing read yet
         self.conn: _Conn | None = None
         self.payload: Any = payload
-        self.parser = parser
+        self.parser: Any = None  # llhttp, made only for an answer that _quick_answer does not take
         self.done = done
         self.token = token
         self.t0 = time.perf_counter()
@@ -148,8 +146,7 @@ class EventedClient:
         except ValueError as exc:
             done(token, error_result(exc), time.time())
             return
-        ex = Exchange(method, payload, HTTPResponse(method=method, headers_type=_LowerHeaders), done, token,
-                      time.monotonic())
+        ex = Exchange(method, payload, done, token, time.monotonic())
         self._inflight[ex] = None
         conn = self._pooled()
         if conn is None:
@@ -268,14 +265,14 @@ class EventedClient:
             self._broken(ex, exc)
             return
         parser = ex.parser
-        if ex.fresh:
-            ex.fresh = False
+        if parser is None:
             quick = _quick_answer(data, ex.method)
             if quick is not None and len(quick[2]) <= self.max_response_bytes:
                 status, headers, body, reuse = quick
                 self._release(ex, reuse=reuse)
                 self._finish(ex, SendResult(status, body, status_kind(status), None, len(body), headers))
                 return
+            parser = ex.parser = HTTPResponse(method=ex.method, headers_type=_LowerHeaders)
         try:
             parser.feed(data)  # b"" at EOF: completes a close-delimited body, else raises
         except Exception as exc:  # noqa: BLE001 - llhttp's parse errors

@@ -29,6 +29,7 @@ SCHEMAS = {"legs": LEG_SCHEMA, "events": EVENT_SCHEMA, "resources": RESOURCE_SCH
 Sinks = Mapping[str, Sink]
 LEG_NAMES = tuple(LEG_SCHEMA.names)
 SEAL_INTERVAL_S = 0.1
+SEAL_CHUNK = 128  # legs sealed in one step (about 0.3 ms); between steps `pace` lets the send schedule go first
 
 
 class Recorder:
@@ -45,6 +46,7 @@ class Recorder:
         self.sink_failures = 0
         self.last_sink_error: str | None = None
         self.leg_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.pace: Callable[[], None] | None = None  # the dispatcher's make_way, called between seal steps
         # The first from_pylist imports pandas lazily (about a second): do it now, not mid-replay.
         for schema in SCHEMAS.values():
             pa.Table.from_pylist([], schema=schema)
@@ -88,16 +90,21 @@ class Recorder:
             self.flush()
 
     def _seal_legs(self) -> None:
+        """Legs buffered so far into record batches, SEAL_CHUNK at a time (legs added meanwhile wait for the
+        next seal, so the order of legs is kept)."""
         rows, self._buffers["legs"] = self._buffers["legs"], []
-        if not rows:
-            return
-        try:
-            self._sealed.append(pa.RecordBatch.from_arrays(
-                [pa.array(col, type=f.type) for col, f in zip(zip(*rows), LEG_SCHEMA)], schema=LEG_SCHEMA))
-        except Exception as exc:  # noqa: BLE001 - a leg that does not fit the schema: counted, like a sink failure
-            self.sink_failures += 1
-            self.last_sink_error = f"{type(exc).__name__}: {exc}"[:500]
-            self._buffers["legs"][:0] = rows
+        for start in range(0, len(rows), SEAL_CHUNK):
+            if start and self.pace is not None:
+                self.pace()
+            chunk = rows[start:start + SEAL_CHUNK]
+            try:
+                self._sealed.append(pa.RecordBatch.from_arrays(
+                    [pa.array(col, type=f.type) for col, f in zip(zip(*chunk), LEG_SCHEMA)], schema=LEG_SCHEMA))
+            except Exception as exc:  # noqa: BLE001 - a leg that does not fit the schema: counted, like a sink failure
+                self.sink_failures += 1
+                self.last_sink_error = f"{type(exc).__name__}: {exc}"[:500]
+                self._buffers["legs"][:0] = rows[start:]
+                return
 
     def flush(self) -> None:
         with self._flushing:
