@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-__all__ = ["compile_path", "find_all", "find_first", "set_all", "MISSING", "JsonPathError"]
+__all__ = ["compile_path", "find_all", "find_first", "first_getter", "set_all", "MISSING", "JsonPathError"]
 
 MISSING = object()
 _TOKEN = re.compile(r"\.([A-Za-z_][A-Za-z0-9_\-]*)|\[(-?\d+)\]|\['([^']*)'\]|\[\"([^\"]*)\"\]|\[(\*)\]|\.(\*)")
@@ -48,6 +48,33 @@ def find_all(doc: Any, path: str) -> Iterator[Any]:
 
 def find_first(doc: Any, path: str, default: Any = MISSING) -> Any:
     return next(find_all(doc, path), default)
+
+
+@lru_cache(maxsize=256)
+def first_getter(path: str) -> Callable[[Any], Any]:
+    """find_first(doc, path) as a function of doc: a plain loop, no generators, for paths without [*] (the
+    usual $.a.b[0]). A path that does not compile raises when the function is called, as find_first does."""
+    try:
+        steps = compile_path(path)
+    except JsonPathError:
+        return lambda doc: find_first(doc, path)
+    if None in steps:
+        return lambda doc: find_first(doc, path)
+
+    def first(node: Any) -> Any:
+        for step in steps:
+            if type(step) is int:
+                if isinstance(node, list) and -len(node) <= step < len(node):
+                    node = node[step]
+                else:
+                    return MISSING
+            elif isinstance(node, dict) and step in node:
+                node = node[step]
+            else:
+                return MISSING
+        return node
+
+    return first
 
 
 def _walk(node: Any, steps: tuple[str | int | None, ...]) -> Iterator[Any]:

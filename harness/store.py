@@ -199,23 +199,12 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-PAIRS_VIEW = """
-create view pairs as
-select r.*,
-  b.status_code as baseline_status_code, c.status_code as candidate_status_code,
-  b.error_kind as baseline_error_kind, c.error_kind as candidate_error_kind,
-  b.latency_ms as baseline_latency_ms, c.latency_ms as candidate_latency_ms,
-  b.service_ms as baseline_service_ms, c.service_ms as candidate_service_ms,
-  b.send_lag_ms as baseline_send_lag_ms, c.send_lag_ms as candidate_send_lag_ms,
-  b.schema_valid as baseline_schema_valid, c.schema_valid as candidate_schema_valid,
-  b.prediction as baseline_prediction, c.prediction as candidate_prediction,
-  b.confidence as baseline_confidence, c.confidence as candidate_confidence,
-  b.model_version as baseline_model_version, c.model_version as candidate_model_version,
-  b.response_bytes as baseline_response_bytes, c.response_bytes as candidate_response_bytes,
-  b.output_json as baseline_output_json, c.output_json as candidate_output_json,
-  b.time_to_first_token_ms as baseline_time_to_first_token_ms,
-  c.time_to_first_token_ms as candidate_time_to_first_token_ms
+# One row per request, every leg column side by side (baseline_*, candidate_*), joined on the order index
+# (the request's integer key) rather than its text id.
+PAIRS_VIEW = "create view pairs as\nselect r.*,\n  " + ",\n  ".join(
+    f"{version[0]}.{name} as {version}_{name}" for version in ("baseline", "candidate")
+    for name in LEG_SCHEMA.names if name not in ("request_id", "version", "order_idx")) + """
 from requests r
-left join legs b on b.request_id = r.request_id and b.version = 'baseline'
-left join legs c on c.request_id = r.request_id and c.version = 'candidate'
+left join legs b on b.order_idx = r.order_idx and b.version = 'baseline'
+left join legs c on c.order_idx = r.order_idx and c.version = 'candidate'
 """

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from ..jsonpath import MISSING, compile_path, find_first
+from ..jsonpath import MISSING, find_first, first_getter
 
 __all__ = ["OutputRead", "read_json_output", "label_of", "number_of", "loads", "first"]
 
@@ -56,21 +56,7 @@ def loads(body: bytes) -> Any:
 
 
 def first(doc: Any, path: str) -> Any:
-    """find_first without generators for paths without wildcards (the usual $.a.b[0])."""
-    node = doc
-    for step in compile_path(path):
-        if step is None:
-            return find_first(doc, path)
-        if isinstance(step, int):
-            if isinstance(node, list) and -len(node) <= step < len(node):
-                node = node[step]
-            else:
-                return MISSING
-        elif isinstance(node, dict) and step in node:
-            node = node[step]
-        else:
-            return MISSING
-    return node
+    return first_getter(path)(doc)
 
 
 def parse_body(status: int, body: bytes) -> Any:

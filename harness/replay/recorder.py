@@ -67,6 +67,14 @@ class Recorder:
             for listener in self.leg_listeners:
                 listener(row)
 
+    def add_leg_table(self, table: pa.Table) -> None:
+        """Legs already in Arrow form (LEG_SCHEMA), as a worker sends them to the master."""
+        self._sealed.extend(table.cast(LEG_SCHEMA).to_batches())
+        if self.leg_listeners:
+            for row in table.to_pylist():
+                for listener in self.leg_listeners:
+                    listener(row)
+
     def add_events(self, rows: list[dict[str, Any]]) -> None:
         self._buffers["events"].extend(rows)
 

@@ -432,45 +432,32 @@ def _load_record(raw: bytes) -> Any:
 def iter_jsonl(path: Path) -> Iterator[CapturedRequest | BadRecord]:
     """Records of a JSONL (or gzip-compressed JSONL) capture, in file order."""
     source = str(path)
-    fh = open_capture(path)
     loads, decode_error, fast, parse_line = orjson.loads, orjson.JSONDecodeError, _fast_record, _parse_line
-    lineno = 0
-    try:
-        lines = iter(fh)
-        while True:
-            # Only reading the next line is guarded: a broken gzip stream ends the capture (see iter_raw_lines).
-            try:
-                raw = next(lines)
-            except StopIteration:
-                return
-            except (EOFError, zlib.error, OSError) as exc:
-                if lineno == 0 and isinstance(exc, gzip.BadGzipFile):
-                    raise TrafficError(f"{source}: not a valid gzip file: {exc}") from None
-                yield BadRecord(source, lineno + 1, f"truncated or corrupt stream after line {lineno}: {exc}")
-                return
-            lineno += 1
-            # Fast path: orjson takes the line as it is (JSON allows the trailing newline); a line it
-            # refuses (blank, BOM, not JSON) takes the general path below, which words the reason.
-            try:
-                obj = loads(raw)
-            except decode_error:
-                pass
-            else:
-                if type(obj) is dict:
-                    req = fast(obj, source, lineno)
-                    if req is None:
-                        try:
-                            req = request_from_fields(obj, source, lineno)
-                        except RecordError as exc:
-                            yield BadRecord(source, lineno, str(exc))
-                            continue
-                    yield req
-                    continue
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            raw = raw.rstrip(b"\r\n")
-            if not raw.strip():
+    for item in iter_raw_lines(path):  # a broken gzip stream ends the capture there
+        if type(item) is not tuple:
+            yield item
+            return
+        lineno, raw = item
+        # Fast path: orjson takes the line as it is (JSON allows the trailing newline); a line it
+        # refuses (blank, BOM, not JSON) takes the general path below, which words the reason.
+        try:
+            obj = loads(raw)
+        except decode_error:
+            pass
+        else:
+            if type(obj) is dict:
+                req = fast(obj, source, lineno)
+                if req is None:
+                    try:
+                        req = request_from_fields(obj, source, lineno)
+                    except RecordError as exc:
+                        yield BadRecord(source, lineno, str(exc))
+                        continue
+                yield req
                 continue
-            yield parse_line(raw, source, lineno)
-    finally:
-        fh.close()
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        raw = raw.rstrip(b"\r\n")
+        if not raw.strip():
+            continue
+        yield parse_line(raw, source, lineno)

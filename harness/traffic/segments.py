@@ -13,7 +13,7 @@ import re
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qsl, urlsplit
 
-from ..jsonpath import MISSING, compile_path, find_first
+from ..jsonpath import MISSING, find_first, first_getter
 from ..scenario import SegmentSpec
 from .record import CapturedRequest
 
@@ -93,29 +93,14 @@ def bucket_label(value: float, buckets: tuple[float, ...]) -> str:
     return labels[i] if labels is not None else _bucket_label_at(i, buckets)
 
 
-def _first(path: str) -> Callable[[Any], Any]:
-    """find_first(doc, path) as a function of doc; a walk without generators for paths without [*]."""
-    try:
-        steps = compile_path(path)
-    except Exception:  # noqa: BLE001 - find_first raises it at evaluation, as it always did
-        return lambda d: find_first(d, path)
-    if None in steps:
-        return lambda d: find_first(d, path)
+def _from_body(path: str, label: Callable[[Any], str]) -> Callable[[CapturedRequest], str]:
+    """A segment read at `path` in the JSON body: label(value found, or MISSING); "none" without a JSON body."""
+    first = first_getter(path)
 
-    def first(node: Any) -> Any:
-        for step in steps:
-            if type(step) is int:
-                if isinstance(node, list) and -len(node) <= step < len(node):
-                    node = node[step]
-                else:
-                    return MISSING
-            elif isinstance(node, dict) and step in node:
-                node = node[step]
-            else:
-                return MISSING
-        return node
-
-    return first
+    def value(req: CapturedRequest) -> str:
+        doc = req.json_body()
+        return NONE_VALUE if doc is MISSING else label(first(doc))
+    return value
 
 
 def _admit(seen: set[str], max_values: int, value: str) -> str:
@@ -174,7 +159,7 @@ class SegmentEvaluator:
         for i, (spec, (name, get, seen, cap)) in enumerate(zip(self._plain, self._plain_steps)):
             env[f"get{i}"], env[f"seen{i}"], env[f"cap{i}"] = get, seen, cap
             labels = _bucket_labels(spec.buckets or (0,)) if spec.kind == "json_array_length" else None
-            first = _first(str(spec.arg)) if spec.kind == "json_array_length" else None
+            first = first_getter(str(spec.arg)) if spec.kind == "json_array_length" else None
             if spec.kind == "path_template":
                 lines.append(f"    v{i} = route_template(req.path)")
             elif spec.kind == "header" and not spec.buckets:
@@ -238,27 +223,10 @@ class SegmentEvaluator:
                 bisect_right = bisect.bisect_right
                 if kind == "body_bytes":
                     return lambda req: labels[bisect_right(buckets, len(req.body))]
-                first = _first(str(spec.arg))
-
-                def array_length(req: CapturedRequest) -> str:
-                    doc = req.json_body()
-                    if doc is MISSING:
-                        return NONE_VALUE
-                    v = first(doc)
-                    return labels[bisect_right(buckets, len(v) if isinstance(v, (list, str, dict)) else 0)]
-                return array_length
+                return _from_body(str(spec.arg), lambda v: labels[bisect_right(
+                    buckets, len(v) if isinstance(v, (list, str, dict)) else 0)])
         if kind == "json_path":
-            first = _first(str(spec.arg))
-
-            def json_path(req: CapturedRequest) -> str:
-                doc = req.json_body()
-                if doc is MISSING:
-                    return NONE_VALUE
-                v = first(doc)
-                if v is MISSING or v is None:
-                    return NONE_VALUE
-                return _bucketed(v, spec)
-            return json_path
+            return _from_body(str(spec.arg), lambda v: NONE_VALUE if v is MISSING or v is None else _bucketed(v, spec))
         needs_body = self._needs_body
         return lambda req: self._raw_value(spec, req, req.json_body() if needs_body else MISSING)
 
