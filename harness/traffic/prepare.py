@@ -215,7 +215,10 @@ def _finish(con: duckdb.DuckDBPyConnection, scenario: Scenario, workdir: Path, p
     """, [cfg.loops, start, span, gap, max_total])
     con.execute("alter table schedule add column warmup boolean")
     con.execute("update schedule set warmup = order_idx < ?", [cfg.warmup_requests])
-    con.execute(f"copy (select * from schedule order by order_idx) to '{_sql_path(schedule_path)}' (format parquet)")
+    # Row groups of 16,384 (DuckDB's default is 122,880): the replay decodes one at a time, and a smaller one
+    # is less memory held and a shorter read ahead of the send schedule.
+    con.execute(f"copy (select * from schedule order by order_idx) to '{_sql_path(schedule_path)}' "
+                "(format parquet, row_group_size 16384)")
     con.execute(f"""copy (select source_line, to_timestamp(ts) as captured_at, method, path, route, skip_reason as reason
                          {seg_cols} from ordered where skip_reason is not null order by time_rank)
                    to '{_sql_path(skipped_path)}' (format parquet)""")
