@@ -289,8 +289,9 @@ class Dispatcher:
         pending = [len(order)]
         self._legs_running += len(order)
         self._legs_idle.clear()
-        # Raw greenlets, started in this order on the loop's next turn: the first leg's send is all that
-        # separates the two sends (pair skew).
+        # Both legs start now, in this order, neither waiting for the other's answer: an evented leg's send is
+        # one non-blocking write, so the first leg's write is all that separates the two sends (pair skew);
+        # a greenlet leg sends on the loop's next turn.
         body = row["body"] or b""
         for target, client, ev, i in order:
             head = heads[i]
