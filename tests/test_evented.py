@@ -1,0 +1,184 @@
+"""The callback-driven HTTP client against a raw TCP server on 127.0.0.1 that writes scripted bytes: the
+answers the quick parse declines (chunked, close-delimited, interim 1xx, HEAD, 204, split across writes),
+connection reuse and closing, and deadlines."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gevent
+import gevent.server
+import pytest
+
+from harness.replay.evented import EventedClient, _quick_answer
+from harness.replay.http_client import RequestHead
+
+OK = b'{"prediction":"ok"}'
+
+
+def _ok(extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s" % (len(OK), extra, OK)
+
+
+class ScriptedServer:
+    """Reads one request head (and its Content-Length body), answers with SCRIPT[path]: a list of byte strings
+    written with a short pause between them, then "close" to close the connection, or keeps it open."""
+
+    def __init__(self, script: dict[str, list[Any]]) -> None:
+        self.script = script
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.server = gevent.server.StreamServer(("127.0.0.1", 0), self._handle)
+
+    def __enter__(self) -> "ScriptedServer":
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(timeout=1)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_port
+
+    def _handle(self, sock: Any, _addr: Any) -> None:
+        self.connections += 1
+        buf = b""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            while len(buf) < length:
+                buf += sock.recv(65536)
+            buf = buf[length:]
+            self.requests.append(head)
+            path = head.split(b" ")[1].decode()
+            for step in self.script[path]:
+                if step == "close":
+                    sock.close()
+                    return
+                if isinstance(step, float):
+                    gevent.sleep(step)
+                    continue
+                sock.sendall(step)
+
+
+def _exchange(client: EventedClient, path: str, method: str = "GET", body: bytes = b"") -> Any:
+    results: list[Any] = []
+    client.start(method, path, RequestHead([("Accept", "application/json")]), body,
+                 lambda token, result, done: results.append(result), None)
+    deadline = time.monotonic() + 5
+    while not results and time.monotonic() < deadline:
+        gevent.sleep(0.005)
+    assert results, "no answer within 5 s"
+    return results[0]
+
+
+def _client(port: int, timeout_s: float = 2.0, max_bytes: int = 1_000_000) -> EventedClient:
+    c = EventedClient("127.0.0.1", port, f"Host: 127.0.0.1:{port}\r\n", timeout_s=timeout_s, connect_timeout_s=1.0,
+                      max_response_bytes=max_bytes)
+    c.resolve()
+    return c
+
+
+@pytest.mark.parametrize("path, answer, status, body", [
+    ("/chunked", [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"],
+     200, b"hello world"),
+    ("/split", [b"HTTP/1.1 200 OK\r\nContent-Length: 19\r\n\r\n", 0.05, OK], 200, OK),
+    ("/interim", [b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", _ok()], 200, OK),
+    ("/no-content", [b"HTTP/1.1 204 No Content\r\n\r\n"], 204, b""),
+    ("/close-delimited", [b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + OK, "close"], 200, OK),
+])
+def test_answers_the_quick_parse_declines_are_read_whole(path: str, answer: list[Any], status: int,
+                                                         body: bytes) -> None:
+    with ScriptedServer({path: answer}) as srv:
+        client = _client(srv.port)
+        try:
+            r = _exchange(client, path)
+        finally:
+            client.close()
+    assert (r.status, r.body, r.error_kind, r.response_bytes) == (status, body, None, len(body))
+
+
+def test_head_answer_has_no_body_even_with_a_content_length() -> None:
+    with ScriptedServer({"/h": [b"HTTP/1.1 200 OK\r\nContent-Length: 19\r\n\r\n"], "/g": [_ok()]}) as srv:
+        client = _client(srv.port)
+        try:
+            r = _exchange(client, "/h", method="HEAD")
+            second = _exchange(client, "/g")
+        finally:
+            client.close()
+    assert (r.status, r.body, r.error_kind) == (200, b"", None)
+    assert (second.status, second.body, second.error_kind) == (200, OK, None)
+    assert srv.connections == 1  # the HEAD answer ended with its headers: the connection went on
+
+
+def test_keep_alive_is_reused_and_connection_close_is_not() -> None:
+    with ScriptedServer({"/keep": [_ok()], "/close": [_ok(b"Connection: close\r\n"), "close"]}) as srv:
+        client = _client(srv.port)
+        try:
+            for _ in range(3):
+                assert _exchange(client, "/keep").body == OK
+            assert srv.connections == 1
+            for _ in range(2):
+                assert _exchange(client, "/close").body == OK
+            assert _exchange(client, "/keep").body == OK
+        finally:
+            client.close()
+    assert srv.connections == 3  # the first, a new one after each Connection: close
+
+
+def test_a_keep_alive_connection_the_target_closed_is_not_reused() -> None:
+    # The target closes after answering without saying so: the next leg must not be sent into the dead socket.
+    with ScriptedServer({"/bye": [_ok(), 0.02, "close"]}) as srv:
+        client = _client(srv.port)
+        try:
+            results = []
+            for _ in range(3):
+                results.append(_exchange(client, "/bye"))
+                gevent.sleep(0.1)
+        finally:
+            client.close()
+    assert [(r.status, r.error_kind) for r in results] == [(200, None)] * 3
+    assert srv.connections == 3
+
+
+def test_deadline_and_cap_and_reset() -> None:
+    script = {"/hang": [1.5, _ok()], "/big": [b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b" " * 5000],
+              "/cut": [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"pre", "close"]}
+    with ScriptedServer(script) as srv:
+        client = _client(srv.port, timeout_s=0.3, max_bytes=1000)
+        try:
+            hang = _exchange(client, "/hang")
+            big = _exchange(client, "/big")
+            cut = _exchange(client, "/cut")
+        finally:
+            client.close()
+    assert (hang.status, hang.error_kind, hang.error_detail) == (None, "timeout", "no complete answer within 0.3 s")
+    assert (big.status, big.error_kind, big.body) == (200, "too_large", b"")
+    assert (cut.status, cut.error_kind) == (None, "reset")
+
+
+def test_quick_parse_takes_only_plain_whole_answers() -> None:
+    assert _quick_answer(_ok(), "GET") == (200, {"content-type": "application/json", "content-length": "19"}, OK, True)
+    assert _quick_answer(_ok(b"Connection: close\r\n"), "GET")[3] is False
+    declined = [
+        _ok()[:-1],  # body not all there yet
+        _ok() + b"x",  # more than the Content-Length
+        _ok(b"Content-Length: 19\r\n"),  # a second Content-Length
+        _ok(b"Transfer-Encoding: chunked\r\n"),
+        _ok().replace(b"HTTP/1.1", b"HTTP/1.0"),
+        _ok().replace(b"application/json", b"text/event-stream"),
+        _ok().replace(b"Content-Type", b"Content Type"),  # not a token
+        _ok(b"X-Name: caf\xc3\xa9\r\n"),  # not ASCII
+    ]
+    assert [_quick_answer(d, "GET") for d in declined] == [None] * len(declined)
+    assert _quick_answer(_ok(), "HEAD") is None
