@@ -51,6 +51,12 @@ class ScriptedServer:
                     return
                 buf += data
             head, _, buf = buf.partition(b"\r\n\r\n")
+            if head.split(b" ")[1].startswith(b"/early"):  # answers before reading the body, then closes
+                self.requests.append(head)
+                sock.sendall(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                gevent.sleep(0.05)
+                sock.close()
+                return
             length = 0
             for line in head.split(b"\r\n")[1:]:
                 name, _, value = line.partition(b":")
@@ -182,3 +188,17 @@ def test_quick_parse_takes_only_plain_whole_answers() -> None:
     ]
     assert [_quick_answer(d, "GET") for d in declined] == [None] * len(declined)
     assert _quick_answer(_ok(), "HEAD") is None
+
+
+def test_a_target_that_closes_while_a_large_request_is_still_going_out_is_a_reset() -> None:
+    # On a reused keep-alive connection (its reader already on), the early answer and close must end the leg
+    # at once as a reset, as the greenlet path records it, not after the whole deadline as a timeout.
+    with ScriptedServer({"/keep": [_ok()]}) as srv:
+        client = _client(srv.port, timeout_s=20.0)
+        try:
+            assert _exchange(client, "/keep").body == OK
+            r = _exchange(client, "/early", method="POST", body=b"x" * (64 << 20))
+        finally:
+            client.close()
+    assert srv.connections == 1
+    assert (r.status, r.error_kind) == (None, "reset")

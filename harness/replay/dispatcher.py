@@ -34,7 +34,7 @@ from ..jsonpath import MISSING
 from ..protocols import OutputRead, read_output
 from ..scenario import DetectorConfig
 from ..traffic.redaction import REDACTED, Redactor
-from .http_client import RequestHead, TargetClient
+from .http_client import RequestHead, TargetClient, error_result
 from .leg import LEG_SCHEMA
 from .recorder import Recorder
 
@@ -318,8 +318,13 @@ class Dispatcher:
     def _leg(self, row: dict[str, Any], target: TargetPlan, client: TargetClient, head: RequestHead, intended: float,
              pending: list[int]) -> None:
         sent = time.time()
-        result = client.send(row["method"], row["path"], head, row["body"] or b"")
-        self._leg_done((row, target, intended, sent, pending), result, time.time())
+        token = (row, target, intended, sent, pending)
+        try:
+            result = client.send(row["method"], row["path"], head, row["body"] or b"")
+        except BaseException as exc:  # killed, or a deadline not ours: the leg is still accounted for
+            self._leg_done(token, error_result(exc), time.time())
+            raise
+        self._leg_done(token, result, time.time())
 
     def _leg_done(self, token: tuple[Any, ...], result: Any, done: float) -> None:
         """A leg's answer (or failure) is in; runs in the hub for evented legs, so it only queues."""
@@ -361,6 +366,9 @@ class Dispatcher:
         row, target, intended, sent, _ = token
         try:
             self._finish_leg(row, target, intended, sent, done, result)
+        except Exception as exc:  # noqa: BLE001 - a listener's or hook's bug: the finisher must go on with the rest
+            self.recorder.add_event("leg_processing_error", f"{row['request_id']} {target.version}: "
+                                    f"{type(exc).__name__}: {exc}"[:500])
         finally:
             self._legs_running -= 1
             if self._legs_running == 0:

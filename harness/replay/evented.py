@@ -128,15 +128,21 @@ class EventedClient:
         self._idle: list[_Conn] = []
         self._inflight: dict[Exchange, None] = {}  # in start order: deadlines sweep from the front
         self._resolved: list[Any] | None = None
+        self._resolve_error: OSError | None = None
         self._sweeper = self._loop.timer(_SWEEP_S, _SWEEP_S, ref=False)
         self._sweeper.start(self._sweep)
         self._closed = False
 
     def resolve(self) -> None:
-        """Resolve the target once, before the first intended send (gevent resolves in a thread)."""
-        if self._resolved is None:
-            self._resolved = [(f, k, p, a) for f, k, p, _, a in
-                              socket.getaddrinfo(*self.address, 0, socket.SOCK_STREAM)]
+        """Resolve the target once, before the first intended send (gevent resolves in a thread). A failure is
+        kept: every leg then fails with it at once, and the send schedule never waits for a lookup again."""
+        if self._resolved is None and self._resolve_error is None:
+            try:
+                self._resolved = [(f, k, p, a) for f, k, p, _, a in
+                                  socket.getaddrinfo(*self.address, 0, socket.SOCK_STREAM)]
+            except OSError as exc:
+                self._resolve_error = exc
+                raise
 
     def start(self, method: str, uri: str, head: RequestHead, body: bytes, done: Done, token: Any) -> None:
         """Send now; `done` is called once, later (or now, for a request that cannot be sent)."""
@@ -152,7 +158,9 @@ class EventedClient:
         if conn is None:
             self._connect(ex)
         else:
-            ex.conn = conn
+            # The connection's reader is still on: from here on it reads for this exchange (a target that
+            # answers or closes before the request is all out must end this leg, not look like an idle close).
+            ex.conn, conn.ex = conn, ex
             self._send(ex)
 
     # -- connections -------------------------------------------------------------------------------------
@@ -175,8 +183,10 @@ class EventedClient:
         if self._resolved is None:
             try:
                 self.resolve()
-            except OSError as exc:
-                self._finish(ex, error_result(exc))
+            except OSError:
+                pass
+            if self._resolve_error is not None:
+                self._finish(ex, error_result(self._resolve_error))
                 return
         assert self._resolved is not None
         family, kind, proto, addr = self._resolved[ex.addr_i]

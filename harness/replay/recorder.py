@@ -69,7 +69,13 @@ class Recorder:
 
     def add_leg_table(self, table: pa.Table) -> None:
         """Legs already in Arrow form (LEG_SCHEMA), as a worker sends them to the master."""
-        self._sealed.extend(table.cast(LEG_SCHEMA).to_batches())
+        try:
+            batches = table.cast(LEG_SCHEMA).to_batches()
+        except Exception as exc:  # noqa: BLE001 - counted like a sink failure, never raised into Locust's loop
+            self.sink_failures += 1
+            self.last_sink_error = f"legs from a worker do not fit the schema: {type(exc).__name__}: {exc}"[:500]
+            return
+        self._sealed.extend(batches)
         if self.leg_listeners:
             for row in table.to_pylist():
                 for listener in self.leg_listeners:
