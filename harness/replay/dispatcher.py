@@ -203,8 +203,9 @@ class Dispatcher:
                                                  max_response_bytes=plan.max_response_bytes)
                          for t in plan.targets}
         # per target: (target, its client); both orders, so that the first leg to leave alternates
-        self._evented = {t.version: self._clients[t.version].evented() for t in plan.targets}
-        forward = tuple((t, self._clients[t.version], self._evented[t.version], i) for i, t in enumerate(plan.targets))
+        evented = {t.version: self._clients[t.version].evented() for t in plan.targets}
+        self._evented = [ev for ev in evented.values() if ev is not None]
+        forward = tuple((t, self._clients[t.version], evented[t.version], i) for i, t in enumerate(plan.targets))
         self._orders = (forward, forward[::-1])
         self._finished: collections.deque[tuple[Any, ...]] = collections.deque()  # legs waiting for the finisher
         self._finish_wake = gevent.event.Event()
@@ -233,12 +234,11 @@ class Dispatcher:
         to_mono = time.monotonic() - time.time()
         deadline = start_epoch + plan.max_duration_s if plan.max_duration_s else None
         clock = _PreciseClock()
-        for ev in self._evented.values():
-            if ev is not None:
-                try:
-                    ev.resolve()
-                except OSError:
-                    pass  # each leg records the failure as a connect error
+        for ev in self._evented:
+            try:
+                ev.resolve()
+            except OSError:
+                pass  # each leg records the failure as a connect error
         finisher = gevent.spawn(self._finish_loop)
         try:
             for row in rows:
@@ -265,9 +265,8 @@ class Dispatcher:
         finally:
             self._sent_due()
             clock.close()
-            for ev in self._evented.values():
-                if ev is not None:
-                    ev.close()  # what is still open ends as a timeout, into the finisher's queue
+            for ev in self._evented:
+                ev.close()  # what is still open ends as a timeout, into the finisher's queue
             for c in self._clients.values():
                 c.close()
             finisher.kill()
@@ -351,9 +350,7 @@ class Dispatcher:
         queue, wake = self._finished, self._finish_wake
         while True:
             while queue:
-                if self._next_send - time.monotonic() < _YIELD_S:
-                    self.make_way()
-                    continue
+                self.make_way()
                 self._finish_one(*queue.popleft())
             wake.clear()
             wake.wait()

@@ -304,7 +304,6 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
         recorder = Recorder({"legs": send_legs, "events": send("events"), "resources": send("resources")},
                             use_threadpool=False)
 
-
         dispatcher = Dispatcher(plan, recorder, on_leg=locust_stats(env_holder))
         state["dispatcher"] = dispatcher
         gc_state = freeze_gc()

@@ -26,13 +26,12 @@ from typing import Any, Callable
 import gevent
 from geventhttpclient.response import HTTPResponse
 
-from .http_client import RequestHead, SendResult, _LowerHeaders, error_result, request_bytes, status_kind
+from .http_client import (_CHUNK, _PEEK, RequestHead, SendResult, _LowerHeaders, declared_too_large, error_result,
+                          is_event_stream, request_bytes, status_kind)
 
 __all__ = ["EventedClient", "Done"]
 
 Done = Callable[[Any, SendResult, float], None]
-_CHUNK = 65536
-_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _SWEEP_S = 0.01
 _CONNECTING, _SENDING, _READING, _OVER = 0, 1, 2, 3
 
@@ -62,8 +61,7 @@ def _quick_answer(data: bytes, method: str) -> tuple[int, dict[str, str], bytes,
     length = headers.get("content-length")
     if length is None or not length.isdigit() or int(length) != len(data) - m.end():
         return None
-    ctype = headers.get("content-type")
-    if ctype is not None and ctype.split(";")[0].strip().lower() == "text/event-stream":
+    if is_event_stream(headers):
         return None
     connection = headers.get("connection", "").lower()
     return status, headers, data[m.end():], "close" not in connection
@@ -249,7 +247,6 @@ class EventedClient:
             return
         ex.payload = None
         ex.state = _READING
-        conn.ex = ex
         if not conn.reader.active:
             conn.reader.start(self._on_readable, conn)
 
@@ -318,18 +315,12 @@ class EventedClient:
     def _headers_read(self, ex: Exchange) -> bool:
         """The final answer's headers are in: True when that already ended the exchange (too large)."""
         headers = ex.parser._headers_index  # noqa: SLF001 - our own _LowerHeaders
-        try:
-            declared = int(headers.get("content-length", "-1"))
-        except ValueError:
-            declared = -1
-        if declared > self.max_response_bytes:
+        refused = declared_too_large(ex.parser.get_code(), headers, self.max_response_bytes)
+        if refused is not None:
             self._release(ex, reuse=False)
-            self._finish(ex, SendResult(ex.parser.get_code(), b"", "too_large",
-                                        f"Content-Length {declared} > cap {self.max_response_bytes}", declared,
-                                        headers))
+            self._finish(ex, refused)
             return True
-        ctype = headers.get("content-type")
-        ex.stream = ctype is not None and ctype.split(";")[0].strip().lower() == "text/event-stream"
+        ex.stream = is_event_stream(headers)
         return False
 
     def _complete(self, ex: Exchange) -> None:

@@ -40,7 +40,8 @@ from geventhttpclient import HTTPClient
 from geventhttpclient.header import Headers
 from geventhttpclient.response import HTTPSocketPoolResponse
 
-__all__ = ["TargetClient", "SendResult", "RequestHead", "request_bytes", "error_result", "status_kind"]
+__all__ = ["TargetClient", "SendResult", "RequestHead", "request_bytes", "error_result", "status_kind",
+           "declared_too_large", "is_event_stream"]
 
 _CHUNK = 65536
 _BLOCK = 16384
@@ -261,16 +262,11 @@ class TargetClient:
 
     def _answer(self, response: Any, resp_headers: dict[str, str], t0: float) -> SendResult:
         status = response.status_code
-        try:
-            declared = int(resp_headers.get("content-length", "-1"))
-        except ValueError:
-            declared = -1
-        if declared > self.max_response_bytes:
+        refused = declared_too_large(status, resp_headers, self.max_response_bytes)
+        if refused is not None:
             self._drop(response)
-            return SendResult(status, b"", "too_large", f"Content-Length {declared} > cap {self.max_response_bytes}",
-                              declared, resp_headers)
-        ctype = resp_headers.get("content-type")
-        if ctype is not None and ctype.split(";")[0].strip().lower() == "text/event-stream":
+            return refused
+        if is_event_stream(resp_headers):
             return self._read_stream(response, status, resp_headers, t0)
         if response.message_complete:  # the whole answer came with the headers: the common case
             body = bytes(response._body_buffer)  # noqa: SLF001
@@ -348,6 +344,23 @@ def request_bytes(method: str, uri: str, head: RequestHead, body: bytes, host_li
     length = f"Content-Length: {len(body)}\r\n" if body or method in _BODY_METHODS else ""
     data = f"{method} {uri} HTTP/1.1\r\n{head.lines}{host_line}{length}\r\n".encode("latin-1")
     return data + body if body else data
+
+
+def declared_too_large(status: int, headers: Any, cap: int) -> SendResult | None:
+    """The answer refused on its headers alone: a declared Content-Length over the cap (None otherwise)."""
+    try:
+        declared = int(headers.get("content-length", "-1"))
+    except ValueError:
+        return None
+    if declared <= cap:
+        return None
+    return SendResult(status, b"", "too_large", f"Content-Length {declared} > cap {cap}", declared, headers)
+
+
+def is_event_stream(headers: Any) -> bool:
+    """Content-Type text/event-stream: read as it arrives, each read timed (lower-case header names)."""
+    ctype = headers.get("content-type")
+    return ctype is not None and ctype.split(";")[0].strip().lower() == "text/event-stream"
 
 
 def error_result(exc: BaseException) -> SendResult:

@@ -63,7 +63,6 @@ def run_replay(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions = Replay
     recorder = Recorder(sinks, flush_interval_s=options.flush_interval_s)
     env_holder: dict[str, Any] = {}
 
-
     dispatcher = Dispatcher(plan, recorder, on_leg=locust_stats(env_holder))
     if stop_rule is not None:
         recorder.leg_listeners.append(PairErrorWatch(stop_rule, lambda reason: _stop_early(dispatcher, recorder, reason, log),
