@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from fault_server import FaultServer
 from harness.replay.sequential import PairErrorWatch
 from replay_helpers import write_capture
@@ -19,7 +21,31 @@ def test_watch_counts_discordant_pairs_and_stops_once() -> None:
     assert (watch.pairs, watch.b, watch.c) == (6, 0, 3) and stops == ["stop"]
 
 
-def test_replay_stops_early_and_says_why(tmp_path: Path) -> None:
+def test_watch_takes_counts_from_workers() -> None:
+    """A worker counts its own shard's pairs (PairErrorCount); the master adds the counts up and checks."""
+    from harness.replay.sequential import PairErrorCount
+
+    stops: list[str] = []
+    total = PairErrorWatch(lambda pairs, b, c: None, stops.append, check_every=1)
+    watch = PairErrorWatch(lambda pairs, b, c: f"stop at {pairs}" if c - b >= 3 else None, stops.append,
+                           check_every=1)
+    counts = [PairErrorCount(), PairErrorCount()]
+    for i in range(10):
+        w = counts[i % 2]
+        w({"request_id": str(i), "version": "candidate", "error_kind": "http_5xx" if i % 2 else None})
+        w({"request_id": str(i), "version": "baseline", "error_kind": "timeout" if i == 2 else None})
+        if i % 3 == 2 or i == 9:
+            for w in counts:
+                delta = w.take()
+                total.add(*delta)
+                watch.add(*delta)
+    assert (total.pairs, total.b, total.c) == (10, 1, 5)
+    assert stops == ["stop at 9"] and watch.pairs == 9  # stopped once; later counts are ignored
+    assert counts[1].take() == (0, 0, 0)
+
+
+@pytest.mark.parametrize("processes", [0, 2])
+def test_replay_stops_early_and_says_why(tmp_path: Path, processes: int) -> None:
     from harness.outputs import build_outputs
     from harness.run import run_scenario
     from harness.scenario import scenario_from_dict
@@ -34,7 +60,7 @@ def test_replay_stops_early_and_says_why(tmp_path: Path) -> None:
             "targets": {"baseline": {"url": good.url + "/base"}, "candidate": {"url": bad.url}},
             "replay": {"allow": ["POST /*"], "stop_early": True},
             "promotion_gates": {"error_rate": {"maximum": 0.01}}})
-        result = run_scenario(scenario, tmp_path / "reports", echo=lambda m: None)
+        result = run_scenario(scenario, tmp_path / "reports", echo=lambda m: None, processes=processes)
     s = result.summary
     assert s["replay"]["stopped_early"] and "mSPRT" in s["replay"]["stopped_early"]
     assert s["counts"]["replayed"] < 1500 and s["counts"]["accounting_ok"]

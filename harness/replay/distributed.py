@@ -2,9 +2,12 @@
 
 The master (this process) reads the schedule once and streams each worker its interleaved shard
 (row i goes to worker i mod n), a few seconds ahead of the send times, over Locust's message channel;
-both legs of a pair are sent by the same worker. Workers stream their legs back in batches; the
-master alone writes results.duckdb, so every leg lands exactly once. A worker that disappears is
-noted with the size of its unfinished shard; the master finishes and writes the results anyway.
+both legs of a pair are sent by the same worker. While they replay, workers send the master only what it
+watches live (legs done, send lags, pair errors for the early stop) and keep their legs in a spool file
+(spool.py); each ships its file once its shard is done, and the master alone writes results.duckdb, so
+every leg lands exactly once. A worker that disappears is noted with the size of its unfinished shard;
+when it ran on the master's machine, the legs in its spool file are recovered; the master finishes and
+writes the results anyway.
 
 `--processes N` starts N local workers (`harness worker`) against a master on 127.0.0.1; for several
 machines, start `harness run ... --master --expect-workers N` and `harness worker --master-host H`.
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,17 +26,20 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import pyarrow as pa
 
 from .dispatcher import SCHEDULE_COLUMNS, DispatchPlan, TargetPlan
 from .recorder import Recorder, Sinks
-from .sequential import PairErrorWatch, StopRule
+from .sequential import PairErrorCount, PairErrorWatch, StopRule
+from .spool import LegSpool, from_ipc, read_spool, to_ipc
 from .runner import ReplayOptions, ReplayOutcome, Sampler
 
 __all__ = ["run_replay_master", "run_worker", "plan_to_message", "plan_from_message"]
 
 ROWS_PER_MESSAGE = 500
 LEAD_S = 3.0  # how far ahead of its send time a row is handed to its worker
+SHIP_WINDOW = 2  # spool chunks a worker may have sent before the master acknowledges one
+ACK_TIMEOUT_S = 120.0
+LAGS_KEPT = 200_000  # send lags the master keeps for the outcome's quantiles
 
 
 def plan_to_message(plan: DispatchPlan) -> dict[str, Any]:
@@ -110,24 +117,41 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
     done: dict[str, dict[str, Any]] = {}
     lags: list[float] = []
     legs_seen = [0]
+    watch: PairErrorWatch | None = None
+    received: dict[str, int] = {}  # legs shipped so far, per worker
+    given_up: set[str] = set()  # lost workers: whatever they still send is ignored
 
     def on_batch(environment: Any, msg: Any) -> None:
-        ipc = msg.data.get("legs_ipc")  # an Arrow IPC stream of LEG_SCHEMA rows
-        if ipc:
-            table = pa.ipc.open_stream(ipc).read_all()
-            recorder.add_leg_table(table)
-            room = 200_000 - len(lags)
+        live = msg.data.get("live")
+        if live:
+            legs_seen[0] += live["legs"]
+            room = LAGS_KEPT - len(lags)
             if room > 0:
-                lags.extend(table.column("send_lag_ms").slice(0, room).to_pylist())
-            legs_seen[0] += table.num_rows
+                lags.extend(x for x in from_ipc(live["lags"]).column(0).slice(0, room).to_pylist() if x is not None)
+            if watch is not None and "pairs" in live:
+                watch.add(*live["pairs"])
         recorder.add_events(msg.data.get("events", []))
+
+    def on_legs(environment: Any, msg: Any) -> None:
+        if msg.node_id in given_up:
+            return
+        table = from_ipc(msg.data)
+        recorder.add_leg_table(table)
+        recorder.flush()  # written before the acknowledgement: the worker's next chunk waits for it
+        received[msg.node_id] = received.get(msg.node_id, 0) + table.num_rows
+        runner.send_message("harness_legs_ack", None, client_id=msg.node_id)
 
     def on_done(environment: Any, msg: Any) -> None:
         done[msg.node_id] = msg.data
 
-    ready: set[str] = set()
-    runner.register_message("harness_ready", lambda environment, msg: ready.add(msg.node_id))
+    ready: dict[str, dict[str, Any]] = {}
+
+    def on_ready(environment: Any, msg: Any) -> None:
+        ready[msg.node_id] = msg.data or {}
+
+    runner.register_message("harness_ready", on_ready)
     runner.register_message("harness_batch", on_batch)
+    runner.register_message("harness_legs", on_legs)
     runner.register_message("harness_done", on_done)
     interrupted: list[str] = []
     stop_feeding = [False]
@@ -141,7 +165,7 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
         log(f"stopping early: {reason}")
 
     if stop_rule is not None:
-        recorder.leg_listeners.append(PairErrorWatch(stop_rule, stop_early, versions=len(plan.targets)))
+        watch = PairErrorWatch(stop_rule, stop_early, versions=len(plan.targets))
 
     def on_signal(signum: int) -> None:
         interrupted.append(signal.Signals(signum).name)
@@ -170,7 +194,8 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
         for i, cid in enumerate(clients):
             runner.send_message("harness_plan", {"plan": message, "shard_index": i,
                                                  "shard_count": n_workers, "total": len(range(i, total, n_workers)),
-                                                 "worker": f"worker-{i}"}, client_id=cid)
+                                                 "worker": f"worker-{i}", "watch_pairs": watch is not None},
+                                client_id=cid)
         runner.start(n_workers, spawn_rate=n_workers)
         # The clock starts once every worker's replay user runs, so nobody starts late.
         while len(ready) < n_workers:
@@ -220,9 +245,13 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
                 client = runner.clients.get(cid)
                 if cid not in done and i not in lost and (client is None or client.state == "missing"):
                     lost[i] = sent_to[i]
+                    given_up.add(cid)
+                    recovered = _recover_spool(ready.get(cid, {}), received.get(cid, 0), recorder)
                     recorder.add_event("worker_lost", json.dumps({"index": i, "shard_count": n_workers,
-                                                                  "rows_sent": sent_to[i]}))
-                    log(f"worker-{i} stopped responding: its unfinished shard is counted as lost")
+                                                                  "rows_sent": sent_to[i],
+                                                                  "legs_recovered": recovered}))
+                    log(f"worker-{i} stopped responding: its unfinished shard is counted as lost"
+                        + (f" ({recovered} legs recovered from its spool file)" if recovered else ""))
             if len(done) + len(lost) >= n_workers:
                 break
             if time.time() - last_progress >= options.progress_every_s:
@@ -237,22 +266,42 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
+    outcome_failures: list[tuple[int, str | None]] = []  # a worker's spool could not take its legs
     for d in done.values():
         stats.dispatched += d["dispatched"]
         stats.errors += d["errors"]
         stats.skipped_in_flight += d["skipped_in_flight"]
         stats.stopped_early = stats.stopped_early or d.get("stopped_early")
+        if d.get("sink_failures"):
+            outcome_failures.append((d["sink_failures"], d.get("last_sink_error")))
     if stopped_early:
         stats.stopped_early = f"stopped early: {stopped_early[0]}"
     lags.sort()
-    outcome = ReplayOutcome(stats=stats, legs_recorded=recorder.legs_recorded, sink_failures=recorder.sink_failures,
-                            last_sink_error=recorder.last_sink_error,
+    outcome = ReplayOutcome(stats=stats, legs_recorded=recorder.legs_recorded,
+                            sink_failures=recorder.sink_failures + sum(n for n, _ in outcome_failures),
+                            last_sink_error=next((e for _, e in outcome_failures if e), recorder.last_sink_error),
                             interrupted=interrupted[0] if interrupted else None,
                             lag_p50_ms=_q(lags, 0.5), lag_p99_ms=_q(lags, 0.99), wall_s=time.time() - t0)
     if lost:
         outcome.notes.append(f"{len(lost)} worker(s) lost: " + ", ".join(f"worker-{i}" for i in sorted(lost)))
     _master_progress(log, legs_seen[0], len(plan.targets), total, start_epoch, lags, final=True)
     return outcome
+
+
+def _recover_spool(ready_info: dict[str, Any], skip: int, recorder: Recorder) -> int:
+    """The legs a lost worker kept in its spool file, past the `skip` it had shipped, when the file is on
+    this machine; its folder is removed after (the worker could not)."""
+    path = Path(ready_info.get("spool") or "/nonexistent")
+    if ready_info.get("host") != socket.gethostname() or not path.is_file():
+        return 0
+    n = 0
+    for table in read_spool(path, skip=skip):
+        recorder.add_leg_table(table)
+        recorder.flush()
+        n += table.num_rows
+    if path.parent.name.startswith("harness-worker-"):
+        shutil.rmtree(path.parent, ignore_errors=True)
+    return n
 
 
 def _master_progress(log: Callable[[str], None], legs: int, per_pair: int, total: int, start_epoch: float,
@@ -280,6 +329,7 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
     plan_ready = gevent.event.Event()
     started = gevent.event.Event()
     rows_q: gevent.queue.Queue[Any] = gevent.queue.Queue()
+    acks: gevent.queue.Queue[None] = gevent.queue.Queue()
     workdir = Path(tempfile.mkdtemp(prefix="harness-worker-"))
     env_holder: dict[str, Any] = {}
 
@@ -293,22 +343,28 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
                 runner.send_message("harness_batch", {kind: table.to_pylist()})
             return sink
 
-        def send_legs(table: Any) -> None:
-            # Arrow's own wire format: no Python object per value here or on the master (lists of columns
-            # took milliseconds of this worker's loop per flush, a stall in its send schedule)
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, table.schema) as writer:
-                writer.write_table(table)
-            runner.send_message("harness_batch", {"legs_ipc": sink.getvalue().to_pybytes()})
+        spool = LegSpool(workdir / "legs.arrows")
+        pair_count = PairErrorCount(len(plan.targets)) if state["watch_pairs"] else None
+        hub = gevent.get_hub()
 
-        recorder = Recorder({"legs": send_legs, "events": send("events"), "resources": send("resources")},
+        def keep_legs(table: Any) -> None:
+            hub.threadpool.apply(spool.write, (table,))
+            live: dict[str, Any] = {"legs": table.num_rows, "lags": to_ipc(table.select(["send_lag_ms"]))}
+            if pair_count is not None:
+                live["pairs"] = pair_count.take()
+            runner.send_message("harness_batch", {"live": live})
+
+        # Not in the thread pool: send_message belongs to the loop (keep_legs puts the file write there).
+        recorder = Recorder({"legs": keep_legs, "events": send("events"), "resources": send("resources")},
                             use_threadpool=False)
+        if pair_count is not None:
+            recorder.leg_listeners.append(pair_count)
 
         dispatcher = Dispatcher(plan, recorder, on_leg=locust_stats(env_holder))
         state["dispatcher"] = dispatcher
         gc_state = freeze_gc()
         # Ready only once everything slow to create exists: the master starts the clock after this.
-        runner.send_message("harness_ready", None)
+        runner.send_message("harness_ready", {"spool": str(spool.path), "host": socket.gethostname()})
         started.wait()
         recorder.start()
 
@@ -324,9 +380,14 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
         finally:
             recorder.stop()
             thaw_gc(gc_state)
+            spool.close()
+            # shipped even when the replay failed: what was recorded is kept
+            shipped, state["keep_workdir"] = _ship_spool(runner, spool.path, acks, log)
         runner.send_message("harness_done", {"dispatched": stats.dispatched, "errors": stats.errors,
                                              "skipped_in_flight": stats.skipped_in_flight,
-                                             "stopped_early": stats.stopped_early})
+                                             "stopped_early": stats.stopped_early, "legs_shipped": shipped,
+                                             "sink_failures": recorder.sink_failures,
+                                             "last_sink_error": recorder.last_sink_error})
         raise StopUser()
 
     env = Environment(user_classes=[_user_class(body)], events=Events())
@@ -338,6 +399,7 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
         d = msg.data
         state["plan"] = replace(plan_from_message(d["plan"], workdir), worker=d["worker"])
         state["total"] = d["total"]
+        state["watch_pairs"] = d.get("watch_pairs", False)
         plan_ready.set()
 
     def on_start(environment: Any, msg: Any) -> None:
@@ -360,11 +422,36 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
     runner.register_message("harness_rows", on_rows)
     runner.register_message("harness_rows_end", on_end)
     runner.register_message("harness_stop", on_stop)
+    runner.register_message("harness_legs_ack", lambda environment, msg: acks.put(None))
     # A worker ignores SIGINT: the master decides when to stop, and a Ctrl-C in the terminal reaches both.
     gevent.signal_handler(signal.SIGINT, lambda: None)
     try:
         runner.greenlet.join()
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not state.get("keep_workdir"):
+            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
+
+
+def _ship_spool(runner: Any, path: Path, acks: Any, log: Callable[[str], None]) -> tuple[int, bool]:
+    """Every leg in the spool file to the master, in chunks, at most SHIP_WINDOW unacknowledged: (legs
+    shipped, whether the file must be kept because the master stopped acknowledging)."""
+    import gevent.queue
+
+    shipped = outstanding = 0
+    try:
+        for table in read_spool(path):
+            while outstanding >= SHIP_WINDOW:
+                acks.get(timeout=ACK_TIMEOUT_S)
+                outstanding -= 1
+            runner.send_message("harness_legs", to_ipc(table))
+            outstanding += 1
+            shipped += table.num_rows
+        while outstanding:
+            acks.get(timeout=ACK_TIMEOUT_S)
+            outstanding -= 1
+    except gevent.queue.Empty:
+        log(f"the master acknowledged no legs for {ACK_TIMEOUT_S:g} s: {shipped} legs sent, the rest stay in {path}")
+        return shipped, True
+    return shipped, False

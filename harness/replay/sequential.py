@@ -11,24 +11,23 @@ from typing import Any, Callable
 
 from ..error_kinds import CONSUMER_ERROR_KINDS
 
-__all__ = ["PairErrorWatch", "StopRule"]
+__all__ = ["PairErrorCount", "PairErrorWatch", "StopRule"]
 
 StopRule = Callable[[int, int, int], "str | None"]  # (pairs, b, c) -> reason to stop, or None
 
 
-class PairErrorWatch:
-    def __init__(self, rule: StopRule, stop: Callable[[str], None], versions: int = 2,
-                 check_every: int = 20) -> None:
-        self.rule = rule
-        self.stop = stop
+class PairErrorCount:
+    """Discordant pairs counted as legs arrive, both legs of a pair in one process (a worker counts its own
+    shard and hands the counts to the master's watch)."""
+
+    def __init__(self, versions: int = 2) -> None:
         self.versions = versions
-        self.check_every = check_every
         self._first: dict[str, bool] = {}
         self.pairs = self.b = self.c = 0
-        self.stopped: str | None = None
+        self._taken = (0, 0, 0)
 
     def __call__(self, row: dict[str, Any]) -> None:
-        if self.stopped is not None or self.versions != 2:
+        if self.versions != 2:
             return
         failed = row["error_kind"] in CONSUMER_ERROR_KINDS
         other = self._first.pop(row["request_id"], None)
@@ -39,7 +38,41 @@ class PairErrorWatch:
         self.pairs += 1
         self.b += b_failed and not c_failed
         self.c += c_failed and not b_failed
-        if self.pairs % self.check_every == 0:
+
+    def take(self) -> tuple[int, int, int]:
+        """(pairs, b, c) counted since the last take."""
+        now = (self.pairs, self.b, self.c)
+        delta = tuple(x - y for x, y in zip(now, self._taken))
+        self._taken = now
+        return delta  # type: ignore[return-value]
+
+
+class PairErrorWatch(PairErrorCount):
+    def __init__(self, rule: StopRule, stop: Callable[[str], None], versions: int = 2,
+                 check_every: int = 20) -> None:
+        super().__init__(versions)
+        self.rule = rule
+        self.stop = stop
+        self.check_every = check_every
+        self._checked_at = 0
+        self.stopped: str | None = None
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        if self.stopped is None:
+            super().__call__(row)
+            self._check()
+
+    def add(self, pairs: int, b: int, c: int) -> None:
+        """Pairs counted elsewhere (a worker's PairErrorCount)."""
+        if self.stopped is None:
+            self.pairs += pairs
+            self.b += b
+            self.c += c
+            self._check()
+
+    def _check(self) -> None:
+        if self.pairs - self._checked_at >= self.check_every:
+            self._checked_at = self.pairs
             reason = self.rule(self.pairs, self.b, self.c)
             if reason is not None:
                 self.stopped = reason
