@@ -77,3 +77,26 @@ def test_every_leg_lands_exactly_once(tmp_path: Path, mode: str) -> None:
     check_exactly_once(run_dir, 600, 2)
     for w in workers:
         assert w.returncode == 0
+
+
+def test_spool_reads_back_whole_batches_past_a_skip_and_stops_at_a_cut(tmp_path: Path) -> None:
+    """A worker's spool file as the master reads it after the worker was killed mid-write."""
+    import pyarrow as pa
+
+    from harness.replay.leg import LEG_SCHEMA
+    from harness.replay.spool import LegSpool, read_spool
+
+    spool = LegSpool(tmp_path / "legs.arrows")
+    for b in range(5):
+        spool.write(pa.Table.from_pylist([{"request_id": f"r{b * 10 + i}", "version": "baseline",
+                                           "order_idx": b * 10 + i} for i in range(10)], schema=LEG_SCHEMA))
+    spool.close()
+    ids = [r for t in read_spool(spool.path, chunk_rows=15) for r in t.column("order_idx").to_pylist()]
+    assert ids == list(range(50))
+    assert [t.num_rows for t in read_spool(spool.path, chunk_rows=15)] == [20, 20, 10]
+    assert [r for t in read_spool(spool.path, skip=23) for r in t.column("order_idx").to_pylist()] == list(range(23, 50))
+    data = spool.path.read_bytes()
+    spool.path.write_bytes(data[:len(data) - 40])  # the last batch cut short
+    assert [r for t in read_spool(spool.path) for r in t.column("order_idx").to_pylist()] == list(range(40))
+    spool.path.write_bytes(data[:10])  # not even the schema
+    assert list(read_spool(spool.path)) == []

@@ -38,7 +38,8 @@ from .http_client import RequestHead, TargetClient, error_result
 from .leg import LEG_SCHEMA
 from .recorder import Recorder
 
-__all__ = ["Dispatcher", "DispatchPlan", "TargetPlan", "DispatchStats", "expand_env", "schedule_rows", "SCHEDULE_COLUMNS"]
+__all__ = ["Dispatcher", "DispatchPlan", "TargetPlan", "DispatchStats", "expand_env", "schedule_rows", "batch_rows",
+           "SCHEDULE_COLUMNS"]
 
 SCHEDULE_COLUMNS = ["order_idx", "request_id", "offset_s", "method", "path", "route", "headers_json", "body"]
 
@@ -466,15 +467,13 @@ def _shorten(node: Any, keep: int) -> Any:
     return node
 
 
-def schedule_rows(path: Path, shard_index: int = 0, shard_count: int = 1) -> tuple[Iterator[dict[str, Any]], int]:
-    """Rows of one interleaved shard of schedule.parquet (row i goes to shard i mod count), streamed."""
+def schedule_rows(path: Path) -> tuple[Iterator[dict[str, Any]], int]:
+    """The rows of schedule.parquet, streamed."""
     pf = pq.ParquetFile(path)
-    n = pf.metadata.num_rows
 
     def rows() -> Iterator[dict[str, Any]]:
-        # Few rows alive at a time, made column by column (RecordBatch.to_pylist builds them row by row, a
-        # stall of milliseconds in the send loop every batch). The next batch is read in gevent's thread pool
-        # while this one is sent: decoding a row group (Arrow releases the GIL) took the loop 5-10 ms.
+        # The next batch is read in gevent's thread pool while this one is sent: decoding a row group
+        # (Arrow releases the GIL) took the loop 5-10 ms.
         batches = pf.iter_batches(batch_size=256, columns=SCHEDULE_COLUMNS)
         pool = gevent.get_hub().threadpool
         ahead = pool.spawn(next, batches, None)
@@ -483,9 +482,14 @@ def schedule_rows(path: Path, shard_index: int = 0, shard_count: int = 1) -> tup
             if batch is None:
                 return
             ahead = pool.spawn(next, batches, None)
-            columns = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
-            for values in zip(*columns):
-                if values[0] % shard_count == shard_index:
-                    yield dict(zip(SCHEDULE_COLUMNS, values))
+            yield from batch_rows(batch)
 
-    return rows(), len(range(shard_index, n, shard_count))
+    return rows(), pf.metadata.num_rows
+
+
+def batch_rows(batch: Any) -> Iterator[dict[str, Any]]:
+    """A schedule batch's rows as dicts, made column by column (RecordBatch.to_pylist builds them row by
+    row, a stall of milliseconds in the send loop every batch)."""
+    columns = [batch.column(name).to_pylist() for name in SCHEDULE_COLUMNS]
+    for values in zip(*columns):
+        yield dict(zip(SCHEDULE_COLUMNS, values))

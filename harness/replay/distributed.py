@@ -1,7 +1,8 @@
 """Scale-out with Locust's own master/worker mode.
 
 The master (this process) reads the schedule once and streams each worker its interleaved shard
-(row i goes to worker i mod n), a few seconds ahead of the send times, over Locust's message channel;
+(row i goes to worker i mod n) as Arrow record batches over Locust's message channel, a few seconds
+ahead of the send times (the first few seconds' rows before the shared clock starts);
 both legs of a pair are sent by the same worker. While they replay, workers send the master only what it
 watches live (legs done, send lags, pair errors for the early stop) and keep their legs in a spool file
 (spool.py); each ships its file once its shard is done, and the master alone writes results.duckdb, so
@@ -26,6 +27,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import pyarrow as pa
 
 from .dispatcher import SCHEDULE_COLUMNS, DispatchPlan, TargetPlan
 from .recorder import Recorder, Sinks
@@ -203,41 +205,40 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
                 raise TimeoutError(f"only {len(ready)} of {n_workers} workers started their replay user")
             gevent.sleep(0.05)
         gc_state = freeze_gc()
-        start_epoch = time.time() + options.start_delay_s
-        runner.send_message("harness_start", {"start_epoch": start_epoch})
         stats.total = total
-        stats.started_at = start_epoch
         sent_to = [0] * n_workers
-        buffers: list[list[dict[str, Any]]] = [[] for _ in clients]
+        start_epoch: float | None = None
 
-        def flush_to(i: int) -> None:
-            if buffers[i]:
-                runner.send_message("harness_rows", buffers[i], client_id=clients[i])
-                sent_to[i] += len(buffers[i])
-                buffers[i] = []
+        def start_clock() -> float:
+            # Once the first LEAD_S of every shard is with its worker: the first rows' hand-over (Arrow
+            # encoding here, decoding there) does not compete with the first sends.
+            epoch = time.time() + options.start_delay_s
+            runner.send_message("harness_start", {"start_epoch": epoch})
+            stats.started_at = epoch
+            return epoch
 
         last_progress = time.time()
-        for batch in pf.iter_batches(batch_size=4096, columns=SCHEDULE_COLUMNS):
-            for row in batch.to_pylist():
-                if stop_feeding[0]:
-                    break
-                i = row["order_idx"] % n_workers
-                buffers[i].append(row)
-                if len(buffers[i]) >= ROWS_PER_MESSAGE:
-                    flush_to(i)
-                ahead = start_epoch + row["offset_s"] / plan.speed - time.time()
-                if ahead > LEAD_S:
-                    for j in range(n_workers):
-                        flush_to(j)
-                    gevent.sleep(ahead - LEAD_S)
-                if time.time() - last_progress >= options.progress_every_s:
-                    last_progress = time.time()
-                    _master_progress(log, legs_seen[0], len(plan.targets), total, start_epoch, lags)
+        for batch in pf.iter_batches(batch_size=ROWS_PER_MESSAGE * n_workers, columns=SCHEDULE_COLUMNS):
             if stop_feeding[0]:
                 break
-        for j in range(n_workers):
-            flush_to(j)
-            runner.send_message("harness_rows_end", None, client_id=clients[j])
+            due = batch.column("offset_s")[0].as_py() / plan.speed
+            if start_epoch is None and due > LEAD_S:
+                start_epoch = start_clock()
+            if start_epoch is not None and start_epoch + due - time.time() > LEAD_S:
+                gevent.sleep(start_epoch + due - time.time() - LEAD_S)
+            shard = batch.column("order_idx").to_numpy() % n_workers
+            for i, cid in enumerate(clients):
+                part = batch.filter(pa.array(shard == i))
+                if part.num_rows:
+                    runner.send_message("harness_rows", to_ipc(part), client_id=cid)
+                    sent_to[i] += part.num_rows
+            if start_epoch is not None and time.time() - last_progress >= options.progress_every_s:
+                last_progress = time.time()
+                _master_progress(log, legs_seen[0], len(plan.targets), total, start_epoch, lags)
+        if start_epoch is None:
+            start_epoch = start_clock()
+        for cid in clients:
+            runner.send_message("harness_rows_end", None, client_id=cid)
         # Wait for every worker's report, or notice that it is gone.
         while len(done) < n_workers:
             gevent.sleep(0.2)
@@ -322,7 +323,7 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
     from locust.event import Events
     from locust.exception import StopUser
 
-    from .dispatcher import Dispatcher
+    from .dispatcher import Dispatcher, batch_rows
     from .runner import freeze_gc, locust_stats, thaw_gc
 
     state: dict[str, Any] = {}
@@ -366,14 +367,15 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
         # Ready only once everything slow to create exists: the master starts the clock after this.
         runner.send_message("harness_ready", {"spool": str(spool.path), "host": socket.gethostname()})
         started.wait()
-        recorder.start()
+        # Workers flush in turn: at the same moment, their flushes and the target left no core for sending.
+        recorder.start(offset_s=state["shard_index"] * recorder.flush_interval_s / state["shard_count"])
 
         def rows() -> Any:
             while True:
                 chunk = rows_q.get()
                 if chunk is None:
                     return
-                yield from chunk
+                yield from batch_rows(from_ipc(chunk))
 
         try:
             stats = dispatcher.run(state["start_epoch"], rows(), state["total"])
@@ -399,6 +401,7 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
         d = msg.data
         state["plan"] = replace(plan_from_message(d["plan"], workdir), worker=d["worker"])
         state["total"] = d["total"]
+        state["shard_index"], state["shard_count"] = d["shard_index"], d["shard_count"]
         state["watch_pairs"] = d.get("watch_pairs", False)
         plan_ready.set()
 

@@ -90,8 +90,9 @@ class Recorder:
     def add_event(self, kind: str, detail: str) -> None:
         self._buffers["events"].append({"at": time.time(), "kind": kind, "detail": detail})
 
-    def start(self) -> None:
-        self._flusher = gevent.spawn(self._loop)
+    def start(self, offset_s: float = 0.0) -> None:
+        """Flushes from `offset_s` on (workers of one replay flush in turn, not all at once)."""
+        self._flusher = gevent.spawn_later(offset_s, self._loop)
 
     def _loop(self) -> None:
         ticks = max(1, round(self.flush_interval_s / SEAL_INTERVAL_S))

@@ -71,11 +71,11 @@ def read_spool(path: Path, skip: int = 0, chunk_rows: int = CHUNK_ROWS) -> Itera
             yield pa.Table.from_batches(pending, schema=LEG_SCHEMA)
 
 
-def to_ipc(table: pa.Table) -> bytes:
+def to_ipc(table: pa.Table | pa.RecordBatch) -> bytes:
     """Arrow's own wire format: no Python object per value on either side."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
+        writer.write(table)
     return sink.getvalue().to_pybytes()
 
 
