@@ -137,10 +137,15 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
     def on_legs(environment: Any, msg: Any) -> None:
         if msg.node_id in given_up:
             return
-        table = from_ipc(msg.data)
-        recorder.add_leg_table(table)
-        recorder.flush()  # written before the acknowledgement: the worker's next chunk waits for it
-        received[msg.node_id] = received.get(msg.node_id, 0) + table.num_rows
+        try:
+            table = from_ipc(msg.data)
+        except Exception as exc:  # noqa: BLE001 - never raised into Locust's listener; the shortfall is counted
+            recorder.sink_failures += 1
+            recorder.last_sink_error = f"legs from a worker could not be read: {type(exc).__name__}: {exc}"[:500]
+        else:
+            recorder.add_leg_table(table)
+            recorder.flush()  # written before the acknowledgement: the worker's next chunk waits for it
+            received[msg.node_id] = received.get(msg.node_id, 0) + table.num_rows
         runner.send_message("harness_legs_ack", None, client_id=msg.node_id)
 
     def on_done(environment: Any, msg: Any) -> None:
@@ -267,8 +272,15 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
-    outcome_failures: list[tuple[int, str | None]] = []  # a worker's spool could not take its legs
-    for d in done.values():
+    outcome_failures: list[tuple[int, str | None]] = []  # legs a worker kept that did not reach results.duckdb
+    for i, cid in enumerate(clients):
+        d = done.get(cid)
+        if d is None:
+            continue
+        missing = d.get("legs_spooled", 0) - received.get(cid, 0)
+        if missing > 0:
+            outcome_failures.append((1, f"worker-{i}: {missing} of its {d['legs_spooled']} legs did not reach the "
+                                        f"master (they stay in its spool file on its machine)"))
         stats.dispatched += d["dispatched"]
         stats.errors += d["errors"]
         stats.skipped_in_flight += d["skipped_in_flight"]
@@ -388,6 +400,7 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
         runner.send_message("harness_done", {"dispatched": stats.dispatched, "errors": stats.errors,
                                              "skipped_in_flight": stats.skipped_in_flight,
                                              "stopped_early": stats.stopped_early, "legs_shipped": shipped,
+                                             "legs_spooled": spool.rows,
                                              "sink_failures": recorder.sink_failures,
                                              "last_sink_error": recorder.last_sink_error})
         raise StopUser()
