@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from ..jsonpath import MISSING, find_first, first_getter
+from ..jsonpath import MISSING, first_getter
 
 __all__ = ["OutputRead", "read_json_output", "label_of", "number_of", "loads", "first"]
 

@@ -396,11 +396,10 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
             thaw_gc(gc_state)
             spool.close()
             # shipped even when the replay failed: what was recorded is kept
-            shipped, state["keep_workdir"] = _ship_spool(runner, spool.path, acks, log)
+            state["keep_workdir"] = not _ship_spool(runner, spool.path, acks, log)
         runner.send_message("harness_done", {"dispatched": stats.dispatched, "errors": stats.errors,
                                              "skipped_in_flight": stats.skipped_in_flight,
-                                             "stopped_early": stats.stopped_early, "legs_shipped": shipped,
-                                             "legs_spooled": spool.rows,
+                                             "stopped_early": stats.stopped_early, "legs_spooled": spool.rows,
                                              "sink_failures": recorder.sink_failures,
                                              "last_sink_error": recorder.last_sink_error})
         raise StopUser()
@@ -449,10 +448,9 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
     return 0
 
 
-
-def _ship_spool(runner: Any, path: Path, acks: Any, log: Callable[[str], None]) -> tuple[int, bool]:
-    """Every leg in the spool file to the master, in chunks, at most SHIP_WINDOW unacknowledged: (legs
-    shipped, whether the file must be kept because the master stopped acknowledging)."""
+def _ship_spool(runner: Any, path: Path, acks: Any, log: Callable[[str], None]) -> bool:
+    """Every leg in the spool file to the master, in chunks, at most SHIP_WINDOW unacknowledged. False when
+    the master stopped acknowledging: the file is then kept."""
     import gevent.queue
 
     shipped = outstanding = 0
@@ -469,5 +467,5 @@ def _ship_spool(runner: Any, path: Path, acks: Any, log: Callable[[str], None]) 
             outstanding -= 1
     except gevent.queue.Empty:
         log(f"the master acknowledged no legs for {ACK_TIMEOUT_S:g} s: {shipped} legs sent, the rest stay in {path}")
-        return shipped, True
-    return shipped, False
+        return False
+    return True

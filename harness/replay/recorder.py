@@ -68,7 +68,8 @@ class Recorder:
                 listener(row)
 
     def add_leg_table(self, table: pa.Table) -> None:
-        """Legs already in Arrow form (LEG_SCHEMA), as a worker sends them to the master."""
+        """Legs already in Arrow form (LEG_SCHEMA), as workers ship them to the master (leg listeners are not
+        called: the master watches workers' counts, not their legs)."""
         try:
             batches = table.cast(LEG_SCHEMA).to_batches()
         except Exception as exc:  # noqa: BLE001 - counted like a sink failure, never raised into Locust's loop
@@ -76,10 +77,6 @@ class Recorder:
             self.last_sink_error = f"legs from a worker do not fit the schema: {type(exc).__name__}: {exc}"[:500]
             return
         self._sealed.extend(batches)
-        if self.leg_listeners:
-            for row in table.to_pylist():
-                for listener in self.leg_listeners:
-                    listener(row)
 
     def add_events(self, rows: list[dict[str, Any]]) -> None:
         self._buffers["events"].extend(rows)
