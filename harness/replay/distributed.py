@@ -98,6 +98,7 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
 
     from .dispatcher import DispatchStats
     from .runner import _q, _sample_loop, freeze_gc, shut_down, thaw_gc
+    from .web_ui import STOPPED_FROM_UI, on_ui_stop, start_web_ui
 
     n_workers = expect_workers or processes
     if n_workers < 1:
@@ -110,7 +111,7 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
     env = Environment(user_classes=[_user_class(never)], events=Events(), host=plan.targets[0].url)
     runner = env.create_master_runner(master_bind_host=bind_host, master_bind_port=bind_port)
     port = runner.master_bind_port if hasattr(runner, "master_bind_port") else bind_port
-    web_ui = env.create_web_ui(options.web_host, options.web_port) if options.web_ui else None
+    web_ui = start_web_ui(env, options.web_host, options.web_port) if options.web_ui else None
     children: list[subprocess.Popen[bytes]] = []
     for _ in range(processes):
         children.append(subprocess.Popen([sys.executable, "-m", "harness", "worker", "--master-host", "127.0.0.1",
@@ -174,13 +175,24 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
     if stop_rule is not None:
         watch = PairErrorWatch(stop_rule, stop_early, versions=len(plan.targets))
 
-    def on_signal(signum: int) -> None:
-        interrupted.append(signal.Signals(signum).name)
+    replay_over = [False]
+
+    def interrupt(name: str) -> bool:
+        if replay_over[0] or interrupted:
+            return False
+        interrupted.append(name)
         stop_feeding[0] = True
         runner.send_message("harness_stop", None)
-        log(f"{interrupted[-1]}: stopping workers; legs already completed are being saved")
+        log(f"{name}: stopping workers; legs already completed are being saved")
+        return True
 
-    handlers = [gevent.signal_handler(s, on_signal, s) for s in (signal.SIGINT, signal.SIGTERM)]
+    if web_ui is not None:
+        # Locust then tells the workers to stop their users: the harness_stop sent first is what ends
+        # their replays (see ReplayOnce).
+        on_ui_stop(web_ui, lambda: interrupt(STOPPED_FROM_UI))
+        log(f"Locust web UI: http://{options.web_host}:{options.web_port}")
+    handlers = [gevent.signal_handler(s, lambda s: interrupt(signal.Signals(s).name), s)
+                for s in (signal.SIGINT, signal.SIGTERM)]
     t0 = time.time()
     recorder.start()
     samplers = [gevent.spawn(_sample_loop, sampler, recorder, options.sample_every_s)] if sampler else []
@@ -264,6 +276,7 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
                 last_progress = time.time()
                 _master_progress(log, legs_seen[0], len(plan.targets), total, start_epoch, lags)
     finally:
+        replay_over[0] = True
         shut_down(runner, samplers, sampler, recorder, handlers, web_ui)
         if gc_state is not None:
             thaw_gc(gc_state)
@@ -272,6 +285,9 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
+    failed = [f"worker-{i}: {done[cid]['error']}" for i, cid in enumerate(clients) if done.get(cid, {}).get("error")]
+    if failed:  # as in one process: the run fails with the replay's error, after what was recorded is flushed
+        raise RuntimeError("a worker's replay failed: " + "; ".join(failed))
     outcome_failures: list[tuple[int, str | None]] = []  # legs a worker kept that did not reach results.duckdb
     for i, cid in enumerate(clients):
         d = done.get(cid)
@@ -337,6 +353,7 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
 
     from .dispatcher import Dispatcher, batch_rows
     from .runner import freeze_gc, locust_stats, thaw_gc
+    from .web_ui import ReplayOnce
 
     state: dict[str, Any] = {}
     plan_ready = gevent.event.Event()
@@ -346,7 +363,7 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
     workdir = Path(tempfile.mkdtemp(prefix="harness-worker-"))
     env_holder: dict[str, Any] = {}
 
-    def body(user: Any) -> None:
+    def replay() -> None:
         plan_ready.wait()
         runner = env_holder["runner"]
         plan: DispatchPlan = state["plan"]
@@ -389,19 +406,29 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
                     return
                 yield from batch_rows(from_ipc(chunk))
 
+        error: str | None = None
         try:
-            stats = dispatcher.run(state["start_epoch"], rows(), state["total"])
+            dispatcher.run(state["start_epoch"], rows(), state["total"])
+        except Exception as exc:  # noqa: BLE001 - reported to the master, which fails the run with it
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            log(f"replay failed: {error}")
         finally:
             recorder.stop()
             thaw_gc(gc_state)
             spool.close()
             # shipped even when the replay failed: what was recorded is kept
             state["keep_workdir"] = not _ship_spool(runner, spool.path, acks, log)
+        stats = dispatcher.stats
         runner.send_message("harness_done", {"dispatched": stats.dispatched, "errors": stats.errors,
                                              "skipped_in_flight": stats.skipped_in_flight,
                                              "stopped_early": stats.stopped_early, "legs_spooled": spool.rows,
                                              "sink_failures": recorder.sink_failures,
-                                             "last_sink_error": recorder.last_sink_error})
+                                             "last_sink_error": recorder.last_sink_error, "error": error})
+
+    once = ReplayOnce(replay)
+
+    def body(user: Any) -> None:
+        once.user_body()
         raise StopUser()
 
     env = Environment(user_classes=[_user_class(body)], events=Events())

@@ -52,13 +52,13 @@ def run_replay(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions = Replay
                stop_rule: StopRule | None = None) -> ReplayOutcome:
     # Imported here: locust patches the standard library with gevent on import.
     import gevent
-    import gevent.event
     from locust import User, constant, task
     from locust.env import Environment
     from locust.event import Events
     from locust.exception import StopUser
 
     from .dispatcher import Dispatcher, schedule_rows
+    from .web_ui import STOPPED_FROM_UI, ReplayOnce, on_ui_stop, start_web_ui
 
     recorder = Recorder(sinks, flush_interval_s=options.flush_interval_s)
     env_holder: dict[str, Any] = {}
@@ -67,39 +67,45 @@ def run_replay(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions = Replay
     if stop_rule is not None:
         recorder.leg_listeners.append(PairErrorWatch(stop_rule, lambda reason: _stop_early(dispatcher, recorder, reason, log),
                                                      versions=len(plan.targets)))
-    done = gevent.event.Event()
     gc_state = freeze_gc()
 
     start_epoch = time.time() + options.start_delay_s
+
+    def replay() -> None:
+        rows, total = schedule_rows(plan.schedule_path)
+        dispatcher.run(start_epoch, rows, total)
+
+    once = ReplayOnce(replay)
+    done = once.finished
 
     class PairedReplayUser(User):
         wait_time = constant(0)
 
         @task
         def replay(self) -> None:
-            try:
-                rows, total = schedule_rows(plan.schedule_path)
-                dispatcher.run(start_epoch, rows, total)
-            finally:
-                done.set()
+            once.user_body()
             raise StopUser()
 
     env = Environment(user_classes=[PairedReplayUser], events=Events(), host=plan.targets[0].url)
     env_holder["env"] = env
     runner = env.create_local_runner()
-    web_ui = env.create_web_ui(options.web_host, options.web_port) if options.web_ui else None
-    if web_ui is not None:
-        log(f"Locust web UI: http://{options.web_host}:{options.web_port}")
 
     interrupted: list[str] = []
 
-    def on_signal(signum: int) -> None:
-        name = signal.Signals(signum).name
+    def interrupt(name: str) -> bool:
+        if done.is_set() or interrupted:
+            return False
         interrupted.append(name)
         dispatcher.stop(f"interrupted by {name}")
         log(f"{name}: stopping; legs already completed are being saved")
+        return True
 
-    handlers = [gevent.signal_handler(s, on_signal, s) for s in (signal.SIGINT, signal.SIGTERM)]
+    web_ui = start_web_ui(env, options.web_host, options.web_port) if options.web_ui else None
+    if web_ui is not None:
+        on_ui_stop(web_ui, lambda: interrupt(STOPPED_FROM_UI))
+        log(f"Locust web UI: http://{options.web_host}:{options.web_port}")
+    handlers = [gevent.signal_handler(s, lambda s: interrupt(signal.Signals(s).name), s)
+                for s in (signal.SIGINT, signal.SIGTERM)]
     recorder.start()
     samplers = [gevent.spawn(_sample_loop, sampler, recorder, options.sample_every_s)] if sampler else []
     progress = gevent.spawn(_progress_loop, dispatcher, options.progress_every_s, log)
@@ -111,6 +117,8 @@ def run_replay(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions = Replay
     finally:
         shut_down(runner, [progress, *samplers], sampler, recorder, handlers, web_ui)
         thaw_gc(gc_state)
+    if once.error is not None:
+        raise once.error  # after everything recorded so far was flushed
     lags = sorted(dispatcher.stats.recent_lag_ms)
     outcome = ReplayOutcome(
         stats=dispatcher.stats, legs_recorded=recorder.legs_recorded, sink_failures=recorder.sink_failures,
