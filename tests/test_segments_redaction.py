@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from hypothesis import given, strategies as st
@@ -70,6 +72,22 @@ def test_redaction_of_headers_query_and_body() -> None:
     assert body == {"card": {"number": REDACTED}, "password": REDACTED, "nested": [{"access_token": REDACTED}],
                     "max_tokens": 5}
 
+
+
+@pytest.mark.parametrize("raw", [
+    rb'{"p\u0061ssword": "hunter2", "x": 1}',  # a JSON escape spells the key in other bytes
+    rb'{"API_KEY": "hunter2"}', rb'[{"Session_Id": "hunter2"}]',
+    b"p%61ssword=hunter2&x=1",  # so does a form's %-escape
+    b"user=a&Client_Secret=hunter2",
+])
+def test_secret_keys_are_masked_however_they_are_spelled(raw: bytes) -> None:
+    out = Redactor().body(raw)
+    assert b"hunter2" not in out and REDACTED.encode() in out.replace(b"%5B", b"[").replace(b"%5D", b"]")
+
+
+def test_bodies_without_secret_names_pass_unchanged() -> None:
+    for raw in (b'{"prediction": "approve", "confidence": 0.9}', b"a=1&b=2", b"plain text with a key word"):
+        assert Redactor().body(raw) is raw
 
 def test_jsonpath() -> None:
     doc = {"a": [{"b": 1}, {"b": 2}], "c": {"d-e": 3}}

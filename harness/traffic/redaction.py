@@ -24,8 +24,21 @@ _SECRET_NAME = re.compile(r"(^|[_\-.])(api[_\-]?key|apikey|access[_\-]?token|ref
                           r"password|passwd|client[_\-]?secret|session[_\-]?id|auth)([_\-.]|$)", re.I)
 
 
-# A superset of what _SECRET_NAME matches, on raw bytes: where it finds nothing, no key can be secret.
-_MAYBE_SECRET_KEY = re.compile(rb"(?i)key|token|secret|passw|session|auth")
+# A superset of what _SECRET_NAME matches, on raw bytes: where none of these is in a body, no key can be
+# secret. A JSON \u escape or a form's %-escape could spell a name in other bytes, so they count as well.
+# Substring tests on the lowered bytes: the same test as a case-insensitive regex took 4 us on a 60-byte
+# answer and 37 us on a 1 kB one, against 2 and 4 us.
+_SECRET_KEY_PARTS = (b"key", b"token", b"secret", b"passw", b"session", b"auth")
+_JSON_PARTS = _SECRET_KEY_PARTS + (b"\\u",)
+_FORM_PARTS = _SECRET_KEY_PARTS + (b"%",)
+
+
+def _may_name_a_secret(body: bytes, parts: tuple[bytes, ...]) -> bool:
+    low = body.lower()
+    for part in parts:
+        if part in low:
+            return True
+    return False
 
 
 _FORM = re.compile(rb"^[A-Za-z0-9_.~%+\-\[\]]+=[^&\s]*(&[A-Za-z0-9_.~%+\-\[\]]+=[^&\s]*)*\s*$")
@@ -74,7 +87,7 @@ class Redactor:
         if body[:1] not in (b"{", b"["):
             return self._form(body)
         # Most bodies hold no credential-like key at all: a byte scan is far cheaper than parsing them.
-        if not self.config.json_paths and not _MAYBE_SECRET_KEY.search(body):
+        if not self.config.json_paths and not _may_name_a_secret(body, _JSON_PARTS):
             return body
         try:
             doc = orjson.loads(body)
@@ -88,7 +101,7 @@ class Redactor:
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode() if changed else body
 
     def _form(self, body: bytes) -> bytes:
-        if not _FORM.match(body) or not _MAYBE_SECRET_KEY.search(body):
+        if not _FORM.match(body) or not _may_name_a_secret(body, _FORM_PARTS):
             return body
         text = body.decode("ascii", "replace")
         pairs = parse_qsl(text, keep_blank_values=True)
