@@ -213,7 +213,8 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
         for i, cid in enumerate(clients):
             runner.send_message("harness_plan", {"plan": message, "shard_index": i,
                                                  "shard_count": n_workers, "total": len(range(i, total, n_workers)),
-                                                 "worker": f"worker-{i}", "watch_pairs": watch is not None},
+                                                 "worker": f"worker-{i}", "watch_pairs": watch is not None,
+                                                 "locust_stats": web_ui is not None},
                                 client_id=cid)
         runner.start(n_workers, spawn_rate=n_workers)
         # The clock starts once every worker's replay user runs, so nobody starts late.
@@ -390,7 +391,8 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
         if pair_count is not None:
             recorder.leg_listeners.append(pair_count)
 
-        dispatcher = Dispatcher(plan, recorder, on_leg=locust_stats(env_holder))
+        # Locust's stats only feed the master's web UI (the workers report them to it every 3 s)
+        dispatcher = Dispatcher(plan, recorder, on_leg=locust_stats(env_holder) if state["locust_stats"] else None)
         state["dispatcher"] = dispatcher
         gc_state = freeze_gc()
         # Ready only once everything slow to create exists: the master starts the clock after this.
@@ -442,6 +444,7 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
         state["total"] = d["total"]
         state["shard_index"], state["shard_count"] = d["shard_index"], d["shard_count"]
         state["watch_pairs"] = d.get("watch_pairs", False)
+        state["locust_stats"] = d.get("locust_stats", True)
         plan_ready.set()
 
     def on_start(environment: Any, msg: Any) -> None:
