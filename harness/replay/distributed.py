@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
+from ..errors import ReplayError
 from .dispatcher import SCHEDULE_COLUMNS, DispatchPlan, TargetPlan
 from .recorder import Recorder, Sinks
 from .sequential import PairErrorCount, PairErrorWatch, StopRule
@@ -219,6 +220,12 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
         runner.start(n_workers, spawn_rate=n_workers)
         # The clock starts once every worker's replay user runs, so nobody starts late.
         while len(ready) < n_workers:
+            if any(d.get("error") for d in done.values()):
+                # a worker could not start its replay: the others are stopped before sending anything,
+                # and the run fails with its error (below)
+                stop_feeding[0] = True
+                runner.send_message("harness_stop", None)
+                break
             if time.time() > deadline + worker_timeout_s:
                 raise TimeoutError(f"only {len(ready)} of {n_workers} workers started their replay user")
             gevent.sleep(0.05)
@@ -288,7 +295,7 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
                 child.kill()
     failed = [f"worker-{i}: {done[cid]['error']}" for i, cid in enumerate(clients) if done.get(cid, {}).get("error")]
     if failed:  # as in one process: the run fails with the replay's error, after what was recorded is flushed
-        raise RuntimeError("a worker's replay failed: " + "; ".join(failed))
+        raise ReplayError("a worker's replay failed: " + "; ".join(failed))
     outcome_failures: list[tuple[int, str | None]] = []  # legs a worker kept that did not reach results.duckdb
     for i, cid in enumerate(clients):
         d = done.get(cid)
@@ -427,7 +434,16 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
                                              "sink_failures": recorder.sink_failures,
                                              "last_sink_error": recorder.last_sink_error, "error": error})
 
-    once = ReplayOnce(replay)
+    def failed_to_start(exc: BaseException) -> None:
+        # before its replay ran (the plan, the spool file): the master is told at once, not left waiting
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        log(f"replay failed: {error}")
+        env_holder["runner"].send_message("harness_done", {"dispatched": 0, "errors": 0, "skipped_in_flight": 0,
+                                                           "stopped_early": None, "legs_spooled": 0,
+                                                           "sink_failures": 0, "last_sink_error": None,
+                                                           "error": error})
+
+    once = ReplayOnce(replay, on_error=failed_to_start)
 
     def body(user: Any) -> None:
         once.user_body()

@@ -63,8 +63,9 @@ class ReplayOnce:
     Users added later from the UI return at once: a second replay of the same schedule would send every
     request twice. What the replay raised is kept in `error` (a Locust task's exception is only logged)."""
 
-    def __init__(self, replay: Callable[[], None]) -> None:
+    def __init__(self, replay: Callable[[], None], on_error: Callable[[BaseException], None] | None = None) -> None:
         self._replay = replay
+        self._on_error = on_error
         self.greenlet: gevent.Greenlet | None = None
         self.finished = gevent.event.Event()
         self.error: BaseException | None = None
@@ -79,5 +80,7 @@ class ReplayOnce:
             self._replay()
         except Exception as exc:  # noqa: BLE001 - handed to whoever waits for the replay, see `error`
             self.error = exc
+            if self._on_error is not None:
+                self._on_error(exc)
         finally:
             self.finished.set()

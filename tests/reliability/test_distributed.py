@@ -132,3 +132,47 @@ def test_ctrl_c_of_a_distributed_run_keeps_every_completed_leg(tmp_path: Path) -
     assert query(run_dir, "select count(*) from legs") == [(hits,)]
     counts = check_accounting(run_dir, "paired")
     assert set(counts["skipped"]) == {"not sent: run interrupted by SIGINT"}, counts["skipped"]
+
+
+def test_a_worker_that_cannot_start_its_replay_fails_the_run_at_once(tmp_path: Path) -> None:
+    """A worker's scratch folder removed before the run (a /tmp cleaner): its replay cannot start. The
+    master is told at once and fails the run with that error (exit 4, status failed), instead of waiting
+    for it; the healthy worker sends nothing; both workers exit."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with FaultServer() as srv:
+        capture = write_jsonl(tmp_path / "c.jsonl", records(N, rate=60))
+        scenario = write_scenario(tmp_path, capture, srv.url, srv.url)
+        tmpdirs = [tmp_path / f"wtmp{i}" for i in range(2)]
+        workers = []
+        for d in tmpdirs:
+            d.mkdir()
+            workers.append(subprocess.Popen([sys.executable, "-m", "harness", "worker", "--master-port", str(port)],
+                                            env={**os.environ, "TMPDIR": str(d)}, stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, text=True))
+        master = None
+        try:
+            wait_for(lambda: all(any(d.glob("harness-worker-*")) for d in tmpdirs), 60, "the workers' scratch folders")
+            shutil.rmtree(next(tmpdirs[0].glob("harness-worker-*")))
+            master = HarnessProc(["run", str(scenario), "--out", str(tmp_path / "reports"), "--master",
+                                  "--expect-workers", "2", "--master-bind-port", str(port)], tmp_path)
+            rc = master.wait(timeout=120)
+            worker_rcs = [w.wait(timeout=60) for w in workers]
+        finally:
+            if master is not None:
+                master.kill_if_running()
+            for w in workers:
+                w.kill()
+        hits = srv.hits["/ok"]
+    assert rc == 4, master.stderr
+    assert "worker" in master.stderr and "FileNotFoundError" in master.stderr, master.stderr
+    status, reason = run_status(the_run_dir(tmp_path / "reports"))
+    assert status == "failed" and "FileNotFoundError" in (reason or ""), (status, reason)
+    assert hits == 0  # stopped before any request left
+    assert worker_rcs == [0, 0]
