@@ -86,7 +86,8 @@ def test_secret_keys_are_masked_however_they_are_spelled(raw: bytes) -> None:
 
 
 def test_bodies_without_secret_names_pass_unchanged() -> None:
-    for raw in (b'{"prediction": "approve", "confidence": 0.9}', b"a=1&b=2", b"plain text with a key word"):
+    cjk = json.dumps({"prompt": "\u4f60\u597d"}).encode()  # \u escapes that cannot spell an ASCII name
+    for raw in (b'{"prediction": "approve", "confidence": 0.9}', cjk, b"a=1&b=2", b"plain text with a key word"):
         assert Redactor().body(raw) is raw
 
 def test_jsonpath() -> None:
