@@ -232,7 +232,7 @@ def main() -> int:
                     print(f"    {name:>18}: {v['rss_before_mb']:>6,} -> {v['peak_mb']:>6,} -> {v['rss_after_mb']:>6,}")
             result["sizes"][n] = entry
             shutil.rmtree(run_dir, ignore_errors=True)
-    print(f"\nresults (median judge time; peak RSS = max VmHWM of the judging process):")
+    print("\nresults (median judge time; peak RSS = max VmHWM of the judging process):")
     for n, e in result["sizes"].items():
         goal = GOALS_S.get(n)
         t = e["judge_s_median"]

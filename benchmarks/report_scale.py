@@ -14,7 +14,6 @@ Median of --tries (default 3).
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time

@@ -10,8 +10,6 @@ import resource
 from pathlib import Path
 from typing import Callable
 
-import pytest
-
 from fault_server import FaultServer
 from reliability_kit import HarnessProc, assert_no_traceback, records, write_jsonl, write_scenario
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import urllib.parse
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
