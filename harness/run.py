@@ -16,7 +16,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from . import __version__
-from .errors import ScenarioError, StoreError, TargetUnreachable, TrafficError
+from .errors import ScenarioError, StoreError, TargetUnreachable, TrafficError, UsageError
 from .monitor import ResourceMonitor, TargetProcess
 from .scenario import Scenario
 from .store import RunMeta, RunStore
@@ -105,6 +105,10 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
     except KeyError as exc:
         raise ScenarioError(f"{scenario.source}: replay.headers uses ${{{exc.args[0]}}} but that environment "
                             "variable is not set") from None
+    if web_ui:
+        _check_port_free("--web-port", "127.0.0.1", web_port, "the web UI")
+    if master and master_bind_port:
+        _check_port_free("--master-bind-port", master_bind_host, master_bind_port, "the Locust master")
     check_targets(scenario)
     if not scenario.traffic.path.exists():
         raise TrafficError(f"{scenario.traffic.path}: capture file not found")
@@ -201,6 +205,18 @@ def _sequential_rule(alpha: float) -> Callable[[int, int, int], str | None]:
                 f"{1 / alpha:.0f}, valid at any stopping time)")
 
     return rule
+
+
+def _check_port_free(flag: str, host: str, port: int, who: str) -> None:
+    """A taken port, found before the run folder is made: Locust's web server binds in the background (it
+    logged a traceback and the run went on without the UI asked for), and its master's bind raised one."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers themselves do
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise UsageError(f"{flag} {port}: {who} cannot listen on {host}:{port} ({exc.strerror}); "
+                             "choose another port") from None
 
 
 def _free_port() -> int:

@@ -67,6 +67,23 @@ targets: {{baseline: {{url: "http://127.0.0.1:{closed_port()}"}}, candidate: {{u
     assert code == 4 and "unreachable" in one_line_error(err)
 
 
+
+def test_port_in_use_exits_3_before_anything(capsys, tmp_path) -> None:
+    p = scenario(tmp_path, f"""name: t
+traffic: {{path: {SAMPLE}}}
+targets: {{baseline: {{url: "http://127.0.0.1:{closed_port()}"}}, candidate: {{url: "http://127.0.0.1:{closed_port()}"}}}}
+""")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = run(capsys, "run", str(p), "--out", str(tmp_path / "r"), "--web-ui", "--web-port", str(port))
+        assert code == 3 and f"--web-port {port}" in one_line_error(err)
+        code, _, err = run(capsys, "run", str(p), "--out", str(tmp_path / "r"), "--master", "--expect-workers", "1", "--master-bind-port",
+                           str(port))
+        assert code == 3 and f"--master-bind-port {port}" in one_line_error(err)
+    assert not (tmp_path / "r").exists()  # checked before the run folder is made
+
 def test_bad_usage_exits_3(capsys) -> None:
     code, _, err = run(capsys, "query")
     assert code == 3 and "the following arguments are required" in one_line_error(err)
