@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from fault_server import FaultServer
@@ -60,8 +61,14 @@ def test_replay_stops_early_and_says_why(tmp_path: Path, processes: int) -> None
             "targets": {"baseline": {"url": good.url + "/base"}, "candidate": {"url": bad.url}},
             "replay": {"allow": ["POST /*"], "stop_early": True},
             "promotion_gates": {"error_rate": {"maximum": 0.01}}})
-        result = run_scenario(scenario, tmp_path / "reports", echo=lambda m: None, processes=processes)
+        said: list[str] = []
+        result = run_scenario(scenario, tmp_path / "reports", echo=said.append, processes=processes)
     s = result.summary
+    # the last progress line counts the errors (the master adds up what its workers report)
+    (done,) = [m for m in said if m.startswith("done:")]
+    (errors,), = duckdb.connect(str(result.run_dir / "results.duckdb"), read_only=True).execute(
+        "select count(*) from legs where error_kind is not null and error_kind <> 'schema'").fetchall()
+    assert errors > 0 and f"errors {errors}" in done, (errors, done)
     assert s["replay"]["stopped_early"] and "mSPRT" in s["replay"]["stopped_early"]
     assert s["counts"]["replayed"] < 1500 and s["counts"]["accounting_ok"]
     assert any("stopped early" in r for r in s["counts"]["skipped"])

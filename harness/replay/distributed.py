@@ -27,6 +27,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pyarrow as pa
 
 from ..errors import ReplayError
@@ -34,7 +35,7 @@ from .dispatcher import SCHEDULE_COLUMNS, DispatchPlan, TargetPlan
 from .recorder import Recorder, Sinks
 from .sequential import PairErrorCount, PairErrorWatch, StopRule
 from .spool import LegSpool, from_ipc, read_spool, to_ipc
-from .runner import ReplayOptions, ReplayOutcome, Sampler
+from .runner import ReplayOptions, ReplayOutcome, Sampler, _q
 
 __all__ = ["run_replay_master", "run_worker", "plan_to_message", "plan_from_message"]
 
@@ -42,7 +43,6 @@ ROWS_PER_MESSAGE = 500
 LEAD_S = 3.0  # how far ahead of its send time a row is handed to its worker
 SHIP_WINDOW = 2  # spool chunks a worker may have sent before the master acknowledges one
 ACK_TIMEOUT_S = 120.0
-LAGS_KEPT = 200_000  # send lags the master keeps for the outcome's quantiles
 
 
 def plan_to_message(plan: DispatchPlan) -> dict[str, Any]:
@@ -98,7 +98,7 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
     from locust.exception import StopUser
 
     from .dispatcher import DispatchStats
-    from .runner import _q, _sample_loop, freeze_gc, shut_down, thaw_gc
+    from .runner import _sample_loop, freeze_gc, shut_down, thaw_gc
     from .web_ui import STOPPED_FROM_UI, on_ui_stop, start_web_ui
 
     n_workers = expect_workers or processes
@@ -119,7 +119,10 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
                                           "--master-port", str(port)], stdin=subprocess.DEVNULL))
     stats = DispatchStats()
     done: dict[str, dict[str, Any]] = {}
-    lags: list[float] = []
+    # Every leg's send lag, as float32 chunks (8 MB a million pairs): the outcome's quantiles cover the whole
+    # run (they used to stop at the first 200,000 legs).
+    lag_chunks: list[np.ndarray] = []
+    errors_by_worker: dict[str, int] = {}  # errors so far, as each worker last reported them
     legs_seen = [0]
     watch: PairErrorWatch | None = None
     received: dict[str, int] = {}  # legs shipped so far, per worker
@@ -129,9 +132,9 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
         live = msg.data.get("live")
         if live:
             legs_seen[0] += live["legs"]
-            room = LAGS_KEPT - len(lags)
-            if room > 0:
-                lags.extend(x for x in from_ipc(live["lags"]).column(0).slice(0, room).to_pylist() if x is not None)
+            lag = from_ipc(live["lags"]).column(0).to_numpy(zero_copy_only=False).astype(np.float32)
+            lag_chunks.append(lag[~np.isnan(lag)])
+            errors_by_worker[msg.node_id] = live.get("errors", 0)
             if watch is not None and "pairs" in live:
                 watch.add(*live["pairs"])
         recorder.add_events(msg.data.get("events", []))
@@ -259,7 +262,8 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
                     sent_to[i] += part.num_rows
             if start_epoch is not None and time.time() - last_progress >= options.progress_every_s:
                 last_progress = time.time()
-                _master_progress(log, legs_seen[0], len(plan.targets), total, start_epoch, lags)
+                _master_progress(log, legs_seen[0], len(plan.targets), total, start_epoch,
+                                 _recent_p99(lag_chunks), sum(errors_by_worker.values()))
         if start_epoch is None:
             start_epoch = start_clock()
         for cid in clients:
@@ -282,7 +286,8 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
                 break
             if time.time() - last_progress >= options.progress_every_s:
                 last_progress = time.time()
-                _master_progress(log, legs_seen[0], len(plan.targets), total, start_epoch, lags)
+                _master_progress(log, legs_seen[0], len(plan.targets), total, start_epoch,
+                                 _recent_p99(lag_chunks), sum(errors_by_worker.values()))
     finally:
         replay_over[0] = True
         shut_down(runner, samplers, sampler, recorder, handlers, web_ui)
@@ -313,15 +318,17 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
             outcome_failures.append((d["sink_failures"], d.get("last_sink_error")))
     if stopped_early:
         stats.stopped_early = f"stopped early: {stopped_early[0]}"
-    lags.sort()
+    lags = np.sort(np.concatenate(lag_chunks)) if lag_chunks else np.empty(0, np.float32)
     outcome = ReplayOutcome(stats=stats, legs_recorded=recorder.legs_recorded,
                             sink_failures=recorder.sink_failures + sum(n for n, _ in outcome_failures),
                             last_sink_error=next((e for _, e in outcome_failures if e), recorder.last_sink_error),
                             interrupted=interrupted[0] if interrupted else None,
-                            lag_p50_ms=_q(lags, 0.5), lag_p99_ms=_q(lags, 0.99), wall_s=time.time() - t0)
+                            lag_p50_ms=_q(lags, 0.5), lag_p99_ms=_q(lags, 0.99),
+                            wall_s=time.time() - t0)
     if lost:
         outcome.notes.append(f"{len(lost)} worker(s) lost: " + ", ".join(f"worker-{i}" for i in sorted(lost)))
-    _master_progress(log, legs_seen[0], len(plan.targets), total, start_epoch, lags, final=True)
+    _master_progress(log, legs_seen[0], len(plan.targets), total, start_epoch, outcome.lag_p99_ms or 0.0,
+                     stats.errors, final=True)
     return outcome
 
 
@@ -341,14 +348,25 @@ def _recover_spool(ready_info: dict[str, Any], skip: int, recorder: Recorder) ->
     return n
 
 
+def _recent_p99(chunks: list[np.ndarray], n: int = 2000) -> float:
+    """Lag p99 of the last `n` legs reported (the progress line's, as in one process)."""
+    recent: list[np.ndarray] = []
+    have = 0
+    for chunk in reversed(chunks):
+        recent.append(chunk)
+        have += len(chunk)
+        if have >= n:
+            break
+    values = np.sort(np.concatenate(recent[::-1])[-n:]) if recent else np.empty(0, np.float32)
+    return _q(values, 0.99) or 0.0
+
+
 def _master_progress(log: Callable[[str], None], legs: int, per_pair: int, total: int, start_epoch: float,
-                     lags: list[float], final: bool = False) -> None:
+                     lag_p99_ms: float, errors: int, final: bool = False) -> None:
     pairs = legs // max(per_pair, 1)
     elapsed = max(time.time() - start_epoch, 1e-9)
-    recent = sorted(lags[-2000:])
-    lag99 = recent[int(0.99 * (len(recent) - 1))] if recent else 0.0
     log(f"{'done:' if final else 'progress:'} {pairs}/{total} pairs recorded ({100 * pairs / max(total, 1):.0f} %), "
-        f"{pairs / elapsed:.1f} pairs/s, send lag p99 {lag99:.1f} ms")
+        f"{pairs / elapsed:.1f} pairs/s, send lag p99 {lag_p99_ms:.1f} ms, errors {errors}")
 
 
 def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = print) -> int:
@@ -387,7 +405,8 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
 
         def keep_legs(table: Any) -> None:
             hub.threadpool.apply(spool.write, (table,))
-            live: dict[str, Any] = {"legs": table.num_rows, "lags": to_ipc(table.select(["send_lag_ms"]))}
+            live: dict[str, Any] = {"legs": table.num_rows, "lags": to_ipc(table.select(["send_lag_ms"])),
+                                    "errors": state["dispatcher"].stats.errors}
             if pair_count is not None:
                 live["pairs"] = pair_count.take()
             runner.send_message("harness_batch", {"live": live})

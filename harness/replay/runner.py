@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .dispatcher import DispatchPlan, DispatchStats
 from .recorder import Recorder, Sinks
@@ -190,10 +190,11 @@ def _stop_early(dispatcher: Any, recorder: Recorder, reason: str, log: Callable[
     dispatcher.stop(f"stopped early: {reason}")
 
 
-def _q(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
+def _q(sorted_values: Sequence[float], q: float) -> float | None:
+    """The q-quantile of sorted values (a list, or a numpy array on the master)."""
+    if len(sorted_values) == 0:
         return None
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+    return float(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))])
 
 
 def _sample_loop(sampler: Sampler, recorder: Recorder, every_s: float) -> None:
