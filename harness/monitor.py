@@ -61,8 +61,8 @@ def find_listener_pid(url: str) -> int | None:
 
 def _off_loop(fn: Any, *args: Any) -> Any:
     """`fn` in gevent's thread pool. The socket scan and the process-tree walk read /proc for every process
-    (11 ms and 1.3-1.9 ms with 66 processes here, far more on a busy host): on the replay's loop each was a
-    stall of the send schedule; in a thread the loop gets the GIL back every switch interval."""
+    (11 ms with 66 processes here, far more on a busy host): on the replay's loop that was a stall in the
+    send schedule every few seconds; in a thread the loop gets the GIL back every switch interval."""
     import gevent
 
     return gevent.get_hub().threadpool.apply(fn, args)
