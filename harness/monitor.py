@@ -59,15 +59,6 @@ def find_listener_pid(url: str) -> int | None:
     return None
 
 
-def _off_loop(fn: Any, *args: Any) -> Any:
-    """`fn` in gevent's thread pool. The socket scan and the process-tree walk read /proc for every process
-    (11 ms with 66 processes here, far more on a busy host): on the replay's loop that was a stall in the
-    send schedule every few seconds; in a thread the loop gets the GIL back every switch interval."""
-    import gevent
-
-    return gevent.get_hub().threadpool.apply(fn, args)
-
-
 class ResourceMonitor:
     def __init__(self, targets: list[TargetProcess]) -> None:
         self.targets = targets
@@ -82,7 +73,7 @@ class ResourceMonitor:
                 return None
         if t.pid is not None:
             return t.pid
-        return _off_loop(find_listener_pid, t.url)
+        return find_listener_pid(t.url)
 
     def _current_pid(self, t: TargetProcess) -> int | None:
         # Scanning sockets for the listener is slow: do it once, and again only when the process is gone.
@@ -116,7 +107,7 @@ class ResourceMonitor:
                         t._proc.cpu_percent(None)
                     if now - t.children_at > 10.0:
                         # children() scans every process of the machine: refresh the list now and then only
-                        t.children = _off_loop(t._proc.children, True)
+                        t.children = t._proc.children(recursive=True)
                         t.children_at = now
                     with t._proc.oneshot():
                         rss = t._proc.memory_info().rss
