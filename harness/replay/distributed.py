@@ -245,6 +245,10 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
             stats.started_at = epoch
             return epoch
 
+        def progress() -> None:
+            _master_progress(log, legs_seen[0], len(plan.targets), total, start_epoch,  # type: ignore[arg-type]
+                             _recent_p99(lag_chunks), sum(errors_by_worker.values()))
+
         last_progress = time.time()
         for batch in pf.iter_batches(batch_size=ROWS_PER_MESSAGE * n_workers, columns=SCHEDULE_COLUMNS):
             if stop_feeding[0]:
@@ -262,8 +266,7 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
                     sent_to[i] += part.num_rows
             if start_epoch is not None and time.time() - last_progress >= options.progress_every_s:
                 last_progress = time.time()
-                _master_progress(log, legs_seen[0], len(plan.targets), total, start_epoch,
-                                 _recent_p99(lag_chunks), sum(errors_by_worker.values()))
+                progress()
         if start_epoch is None:
             start_epoch = start_clock()
         for cid in clients:
@@ -286,8 +289,7 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
                 break
             if time.time() - last_progress >= options.progress_every_s:
                 last_progress = time.time()
-                _master_progress(log, legs_seen[0], len(plan.targets), total, start_epoch,
-                                 _recent_p99(lag_chunks), sum(errors_by_worker.values()))
+                progress()
     finally:
         replay_over[0] = True
         shut_down(runner, samplers, sampler, recorder, handlers, web_ui)
@@ -377,7 +379,7 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
     from locust.event import Events
     from locust.exception import StopUser
 
-    from .dispatcher import Dispatcher, batch_rows
+    from .dispatcher import Dispatcher, DispatchStats, batch_rows
     from .runner import freeze_gc, locust_stats, thaw_gc
     from .web_ui import ReplayOnce
 
@@ -406,7 +408,7 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
         def keep_legs(table: Any) -> None:
             hub.threadpool.apply(spool.write, (table,))
             live: dict[str, Any] = {"legs": table.num_rows, "lags": to_ipc(table.select(["send_lag_ms"])),
-                                    "errors": state["dispatcher"].stats.errors}
+                                    "errors": dispatcher.stats.errors}
             if pair_count is not None:
                 live["pairs"] = pair_count.take()
             runner.send_message("harness_batch", {"live": live})
@@ -446,21 +448,20 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
             spool.close()
             # shipped even when the replay failed: what was recorded is kept
             state["keep_workdir"] = not _ship_spool(runner, spool.path, acks, log)
-        stats = dispatcher.stats
-        runner.send_message("harness_done", {"dispatched": stats.dispatched, "errors": stats.errors,
-                                             "skipped_in_flight": stats.skipped_in_flight,
-                                             "stopped_early": stats.stopped_early, "legs_spooled": spool.rows,
-                                             "sink_failures": recorder.sink_failures,
-                                             "last_sink_error": recorder.last_sink_error, "error": error})
+        send_done(dispatcher.stats, spool.rows, recorder, error)
+
+    def send_done(stats: Any, legs_spooled: int, recorder: Recorder | None, error: str | None) -> None:
+        env_holder["runner"].send_message("harness_done", {
+            "dispatched": stats.dispatched, "errors": stats.errors, "skipped_in_flight": stats.skipped_in_flight,
+            "stopped_early": stats.stopped_early, "legs_spooled": legs_spooled,
+            "sink_failures": recorder.sink_failures if recorder else 0,
+            "last_sink_error": recorder.last_sink_error if recorder else None, "error": error})
 
     def failed_to_start(exc: BaseException) -> None:
         # before its replay ran (the plan, the spool file): the master is told at once, not left waiting
         error = f"{type(exc).__name__}: {exc}"[:500]
         log(f"replay failed: {error}")
-        env_holder["runner"].send_message("harness_done", {"dispatched": 0, "errors": 0, "skipped_in_flight": 0,
-                                                           "stopped_early": None, "legs_spooled": 0,
-                                                           "sink_failures": 0, "last_sink_error": None,
-                                                           "error": error})
+        send_done(DispatchStats(), 0, None, error)
 
     once = ReplayOnce(replay, on_error=failed_to_start)
 

@@ -53,9 +53,7 @@ def read_spool(path: Path, skip: int = 0, chunk_rows: int = CHUNK_ROWS) -> Itera
         while True:
             try:
                 batch = reader.read_next_batch()
-            except StopIteration:
-                break
-            except (pa.ArrowInvalid, OSError):
+            except (StopIteration, pa.ArrowInvalid, OSError):  # the end, or a batch cut short
                 break
             if skip:
                 if batch.num_rows <= skip:
