@@ -4,8 +4,6 @@ flips), confidence drift, the gates on them, and summary["outputs"] from a full 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +15,7 @@ import pytest
 
 from openai_server import OpenAIServer
 from replay_helpers import replay, scenario_dict, write_capture
+from run_folder_contract import assert_meets_contract
 
 from harness.analysis import stats
 from harness.analysis.dataset import PairData, load_pairs
@@ -26,7 +25,6 @@ from harness.gate_config import parse_gates
 from harness.gates import evaluate_gates
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKER = REPO.parent / "shared" / "tools" / "check_run_folder.py"
 T0 = 1_700_000_000.0
 N = 200
 
@@ -256,8 +254,7 @@ def test_aa_noise_is_carried_by_the_aa_summary_and_not_reported(tmp_path: Path) 
     gates = {g["name"]: g["status"] for g in run.summary["gates"] if g["segment"] is None}
     assert gates == {"label_agreement": "fail", "field_diff_rate": "fail"} and run.verdict == "BLOCK"
     assert "aa_field_rates" not in out  # only A/A runs carry them
-    if CHECKER.exists():
-        subprocess.run([sys.executable, str(CHECKER), str(run.run_dir)], check=True, capture_output=True)
+    assert_meets_contract(run.run_dir)
 
 
 def test_llm_metrics_gate_a_slower_abstaining_candidate(tmp_path: Path) -> None:

@@ -22,11 +22,11 @@ import pytest
 from harness.outputs import build_outputs
 from harness.report.queries import BAD_RECORDS_SHOWN, EXAMPLES_PER_KIND
 from harness.store import open_results
+from run_folder_contract import assert_meets_contract
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-CHECK_RUN_FOLDER = REPO.parent / "shared" / "tools" / "check_run_folder.py"
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 MAX_REPORT_BYTES = 3 * 1024 * 1024
 
@@ -162,10 +162,7 @@ def test_renders_from_a_bare_summary_without_the_database(demo_run: Path) -> Non
 
 
 def test_run_folder_contract(demo_run: Path) -> None:
-    if not CHECK_RUN_FOLDER.exists():
-        pytest.skip(f"{CHECK_RUN_FOLDER} is not in this checkout")
-    out = subprocess.run([sys.executable, str(CHECK_RUN_FOLDER), str(demo_run)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert_meets_contract(demo_run)
 
 
 # --- hostile content ---------------------------------------------------------------------------------

@@ -18,9 +18,9 @@ from typing import Any, Callable
 import duckdb
 import yaml
 
+from run_folder_contract import assert_meets_contract
+
 REPO = Path(__file__).resolve().parents[2]
-# CI keeps a copy of shared/ beside the repository clone.
-CHECKER = REPO.parent / "shared" / "tools" / "check_run_folder.py"
 T0 = 1_700_000_000.0
 PER_PAIR = {"paired": 2, "aa": 2, "baseline-only": 1}
 
@@ -164,11 +164,8 @@ def assert_no_traceback(*texts: str) -> None:
 
 
 def check_run_folder(run_dir: Path, mode: str = "paired") -> None:
-    """The shared run-folder contract checker (DESIGN.md), run as CI runs it."""
-    assert CHECKER.exists(), f"{CHECKER} not found: CI keeps shared/ beside the repository"
-    out = subprocess.run([sys.executable, str(CHECKER), str(run_dir), "--mode", mode],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stdout + out.stderr
+    """The run-folder contract (docs/architecture.md)."""
+    assert_meets_contract(run_dir, mode)
 
 
 def check_accounting(run_dir: Path, mode: str = "paired", *, legs_complete: bool = True) -> dict[str, Any]:
