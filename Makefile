@@ -1,4 +1,5 @@
-# Quick start: `make demo` (sets up .venv and runs the demo), `make test` (runs the tests).
+# Quick start: `make demo` (sets up .venv and runs the demo), `make test` (runs every test),
+# `make test-fast` (the unit tier, under a minute).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -20,7 +21,11 @@ demo-clean: setup
 	$(VENV)/bin/harness demo --clean
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
+
+# The unit tier: no server, no subprocess, no replay, no browser; under a minute.
+test-fast: setup
+	$(PY) -m pytest -q -m "not integration" --durations=10
 
 clean:
 	rm -rf $(VENV) reports/*/ .pytest_cache

@@ -58,6 +58,7 @@ promotion_gates: {{latency_p97_ms: {{maximum_regression_percent: 10}}}}
     assert code == 3 and "unknown gate 'latency_p97_ms'" in one_line_error(err)
 
 
+@pytest.mark.integration
 def test_unreachable_target_exits_4_before_sending(capsys, tmp_path) -> None:
     p = scenario(tmp_path, f"""name: t
 traffic: {{path: {SAMPLE}}}
@@ -68,6 +69,7 @@ targets: {{baseline: {{url: "http://127.0.0.1:{closed_port()}"}}, candidate: {{u
 
 
 
+@pytest.mark.integration
 def test_port_in_use_exits_3_before_anything(capsys, tmp_path) -> None:
     p = scenario(tmp_path, f"""name: t
 traffic: {{path: {SAMPLE}}}
@@ -94,6 +96,7 @@ def test_validate_lists_the_gates(capsys) -> None:
     assert code == 0 and "latency_p95_ms: latency_ms p95 <= +10 % vs baseline (blocking)" in out
 
 
+@pytest.mark.integration
 def test_traffic_inspect_counts_and_bad_lines(capsys, tmp_path) -> None:
     png = tmp_path / "rate.png"
     code, out, _ = run(capsys, "traffic", "inspect", str(SAMPLE), "--scenario", str(REPO / "scenarios" / "fraud_demo.yaml"),

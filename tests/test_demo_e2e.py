@@ -11,14 +11,17 @@ import pytest
 from harness.demo.launcher import run_demo
 from run_folder_contract import assert_meets_contract
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[1]
 MALFORMED_LINES = [240, 841, 1562, 2203, 2924, 3645]
 SPEED = 4  # the demo's own speed: the planted effects are sized for it on a 2-core machine
 
 
 @pytest.fixture(scope="module")
-def block_run(tmp_path_factory: pytest.TempPathFactory):
-    return run_demo(clean=False, out_root=tmp_path_factory.mktemp("demo"), speed=SPEED, echo=lambda m: None)
+def block_run(demo_run):
+    """The session's demo run (conftest.py): the sample capture against the candidate with the planted flaws."""
+    return demo_run
 
 
 @pytest.fixture(scope="module")

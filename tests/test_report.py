@@ -24,7 +24,7 @@ from harness.report.queries import BAD_RECORDS_SHOWN, EXAMPLES_PER_KIND
 from harness.store import open_results
 from run_folder_contract import assert_meets_contract
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -35,12 +35,9 @@ IMG = '"><img src=x onerror=alert(1)>'
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from harness.demo.launcher import run_demo
-
-    out = tmp_path_factory.mktemp("report-demo")
-    result = run_demo(max_requests=300, out_root=out, speed=8, echo=lambda _msg: None)
-    return Path(result.run_dir)  # type: ignore[attr-defined]
+def demo_run(demo_run: Any) -> Path:
+    """The session's demo run folder (conftest.py), by its path."""
+    return Path(demo_run.run_dir)
 
 
 def _copy_run(src: Path, dst: Path) -> Path:

@@ -18,6 +18,8 @@ from fault_server import FaultServer
 from reliability_kit import (HarnessProc, assert_no_traceback, check_accounting, query, records, run_status,
                              summary, the_run_dir, wait_for, write_jsonl, write_scenario)
 
+pytestmark = pytest.mark.integration
+
 N = 360
 
 

@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 from fault_server import FaultServer
 from reliability_kit import HarnessProc, closed_port, records, write_jsonl, write_scenario
 
+pytestmark = pytest.mark.integration
+
 
 def _cases(tmp: Path, url: str) -> dict[str, tuple[list[str], dict[str, str] | None, int, list[str]]]:
     """id -> (argv, extra env, expected exit code, fragments the one-line error must contain)."""

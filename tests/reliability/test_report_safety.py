@@ -20,6 +20,8 @@ from fault_server import FaultServer
 from reliability_kit import (T0, HarnessProc, assert_no_traceback, check_accounting, the_run_dir, write_jsonl,
                              write_scenario)
 
+pytestmark = pytest.mark.integration
+
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(1)>'
 

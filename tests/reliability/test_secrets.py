@@ -19,6 +19,8 @@ from fault_server import FaultServer
 from reliability_kit import (T0, HarnessProc, assert_no_traceback, check_accounting, run_harness, the_run_dir,
                              write_jsonl, write_scenario)
 
+pytestmark = pytest.mark.integration
+
 CAPTURED = {
     "bearer": "capbearer-7f3a91c2e4",
     "cookie": "capcookie-52be8d0a17",

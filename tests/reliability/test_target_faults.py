@@ -18,6 +18,8 @@ from fault_server import FaultServer
 from reliability_kit import (T0, HarnessProc, check_accounting, query, records, run_status, summary, the_run_dir,
                              wait_for, write_jsonl, write_scenario)
 
+pytestmark = pytest.mark.integration
+
 # path -> (expected error kind, number of requests); timeout_s is 1 and the body cap 1 MB.
 FAULTS: dict[str, tuple[str | None, int]] = {
     "/ok": (None, 20),

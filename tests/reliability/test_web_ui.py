@@ -16,6 +16,8 @@ from fault_server import FaultServer
 from reliability_kit import (HarnessProc, assert_no_traceback, check_accounting, closed_port, query, records,
                              run_status, the_run_dir, wait_for, write_jsonl, write_scenario)
 
+pytestmark = pytest.mark.integration
+
 RATE = 60  # pairs per second of captured time: 20 s of traffic, stopped from the UI well before its end
 N = 1200
 
