@@ -4,12 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo demo-clean test test-fast clean
+.PHONY: setup demo demo-clean test test-fast lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,lint]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -26,6 +26,11 @@ test: setup
 # The unit tier: no server, no subprocess, no replay, no browser; under a minute.
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration" --durations=10
+
+# ruff and mypy as configured in pyproject.toml (mypy: strict modules, default, and the baseline)
+lint: setup
+	$(VENV)/bin/ruff check harness tests benchmarks
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) reports/*/ .pytest_cache

@@ -94,7 +94,7 @@ class HarnessProc:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=30)
-            raise AssertionError(f"harness did not finish within {timeout:g} s:\n{self.stdout}\n{self.stderr}")
+            raise AssertionError(f"harness did not finish within {timeout:g} s:\n{self.stdout}\n{self.stderr}") from None
         finally:
             self._out.close()
             self._err.close()
