@@ -1,4 +1,4 @@
-"""Issue 7: the report of a 1,000,000-pair run: `harness report RUN_DIR` time (goal <= 20 s) and
+"""The report of a 1,000,000-pair run: `harness report RUN_DIR` time (goal <= 20 s) and
 gate_report.html size (goal <= 3 MB).
 
 Input: a synthetic 1,000,000-pair results.duckdb built by _synth_run.py (demo scenario, planted effects).

@@ -1,4 +1,4 @@
-"""junit.xml (issue 7, CI artifacts): one testcase per gate result, read back with xml.etree from a real run
+"""junit.xml (a CI artifact): one testcase per gate result, read back with xml.etree from a real run
 and checked against summary.json and the exit code, so CI systems count what the verdict counts."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Canary schedule (issue 7): sizes from the run's own evidence, durations, rollback conditions, and exports
+"""Canary schedule: sizes from the run's own evidence, durations, rollback conditions, and exports
 that Argo Rollouts, Flagger and Istio accept.
 
 How the exports are validated. No package from PyPI or Debian here ships the CRD schemas of these projects

@@ -169,7 +169,7 @@ def check_run_folder(run_dir: Path, mode: str = "paired") -> None:
 
 
 def check_accounting(run_dir: Path, mode: str = "paired", *, legs_complete: bool = True) -> dict[str, Any]:
-    """Accounting after a run (issue 8 item 4), from summary.json and cross-checked in results.duckdb:
+    """Accounting after a run, from summary.json and cross-checked in results.duckdb:
     captured = replayed + skipped (each with a reason) + bad, and legs = 2 x replayed in paired mode.
 
     legs_complete=False is for a run killed with SIGKILL, which never reached its end: the capture still

@@ -1,4 +1,4 @@
-"""Issue 8 item 8: a run folder that cannot be written, or a disk that is full, is a clear error (one line,
+"""A run folder that cannot be written, or a disk that is full, is a clear error (one line,
 exit 4) before any traffic is sent: the fault server sees no request.
 
 Tests run as root, for whom permissions do not stop a write, so the faults are ones root cannot get

@@ -1,4 +1,4 @@
-"""Issue 8 item 2: harness itself interrupted mid-replay.
+"""Harness itself interrupted mid-replay.
 
 SIGINT / SIGTERM: every leg that completed is in results.duckdb (the fault server's hit count is the
 witness), the run is marked incomplete, the unsent requests are skipped with the reason, the report

@@ -1,4 +1,4 @@
-"""Issue 8 item 6: hostile strings in requests, headers and responses render as text in the report.
+"""Hostile strings in requests, headers and responses render as text in the report.
 
 The capture carries `<script>alert(1)</script>` in a segment header and `"><img src=x onerror=alert(1)>`
 in the body; the fault server echoes both back, the prediction is read from the echoed body, and an

@@ -1,4 +1,4 @@
-"""Issue 8 item 5: known secrets planted in a capture (bearer token, cookie, API key header, api_key and
+"""Known secrets planted in a capture (bearer token, cookie, API key header, api_key and
 token query parameters, password / api_key / nested access_token body fields) and a test credential
 given through replay.headers with ${ENV} substitution. After a run against a target that echoes back
 everything it receives, no file of the run folder (read as bytes, the DuckDB file and any WAL included,

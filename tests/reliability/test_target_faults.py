@@ -1,4 +1,4 @@
-"""Issue 8 item 1: a misbehaving target during a replay. Each fault becomes the right error kind in
+"""A misbehaving target during a replay. Each fault becomes the right error kind in
 legs, the run still completes, and the report shows the error kinds.
 
 One `harness run` (a subprocess, as a user runs it) replays a capture that visits every fault of the

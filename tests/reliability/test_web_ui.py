@@ -1,4 +1,4 @@
-"""Issue 3 item 6: Locust's web UI during a replay, in one process and as the master of 2 workers.
+"""Locust's web UI during a replay, in one process and as the master of 2 workers.
 
 A user watches the run (the page and its stats show both versions' requests), adds users from the UI
 (the schedule must still be sent once: no leg twice), then presses Stop: the replay stops like Ctrl-C,
