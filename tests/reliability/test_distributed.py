@@ -1,4 +1,4 @@
-"""Issue 8 item 3: `harness run --processes 2` with one worker process SIGKILLed mid-run. The lost shard
+"""`harness run --processes 2` with one worker process SIGKILLed mid-run. The lost shard
 is counted and shown (skipped, with the lost worker named), never silent; the run is incomplete (exit 4);
 the master still writes every leg the surviving worker sent, and the legs the killed one had written to
 its spool file (it ran on the master's machine). And a Ctrl-C of the whole process group
