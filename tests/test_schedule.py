@@ -324,7 +324,7 @@ def _synthetic_requests(offsets_s: list[float]) -> Any:
     c = duckdb.connect()
     c.execute("create table requests (captured_at timestamptz, loop bigint)")
     c.executemany("insert into requests values (to_timestamp(?), 0)", [[1_800_000_000 + t] for t in offsets_s])
-    c.execute('create table events ("at" timestamptz, kind varchar, detail varchar)')
+    c.execute("create table events (occurred_at timestamptz, kind varchar, detail varchar)")
     return c
 
 
