@@ -97,7 +97,7 @@ def replay_fidelity(con: duckdb.DuckDBPyConnection, lag_bound_ms: float) -> dict
                                          "interrupted", "stopped_early")})
     row["lag_bound_ms"] = lag_bound_ms
     row["saturated"] = saturated
-    row["warning"] = (f"load generator saturated: results understate latency (send lag p99 {p99:.1f} ms > "
+    row["warning"] = (f"load generator saturated: results understate latency (send lag p99 (whole run) {p99:.1f} ms > "
                       f"{lag_bound_ms:g} ms)") if saturated else None
     return row
 

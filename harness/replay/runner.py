@@ -218,10 +218,29 @@ def _progress_line(dispatcher: Any, log: Callable[[str], None], final: bool = Fa
     if s.started_at is None:
         return
     elapsed = max(time.time() - s.started_at, 1e-9)
-    recent = s.recent_lag_ms[-2000:]
-    lag99 = sorted(recent)[int(0.99 * (len(recent) - 1))] if recent else 0.0
     pct = 100.0 * s.dispatched / s.total if s.total else 100.0
     prefix = "done:" if final else "progress:"
     log(f"{prefix} sent {s.dispatched}/{s.total} pairs ({pct:.0f} %), {s.dispatched / elapsed:.1f} pairs/s, "
-        f"send lag p99 {lag99:.1f} ms, errors {s.errors}, skipped (in-flight limit) {s.skipped_in_flight}, "
-        f"in flight {s.in_flight}")
+        f"{_lag_text(s.recent_lag_ms, s.completed_legs, final)}, errors {s.errors}, "
+        f"skipped (in-flight limit) {s.skipped_in_flight}, in flight {s.in_flight}")
+
+
+def _lag_text(lags_ms: Sequence[float], completed_legs: int, final: bool) -> str:
+    """While the replay runs: the recent send lag. At the end: the whole run's, interpolated as the
+    summary's quantile_cont over the legs table is, so the last line and the run's note give one figure;
+    when the early legs' lags were dropped to bound memory, no figure rather than a partial one."""
+    if not final:
+        recent = sorted(lags_ms[-_RECENT_LEGS:])
+        if not recent:
+            return "send lag p99 -"
+        return f"send lag p99 (last {len(recent):,} legs) {recent[int(0.99 * (len(recent) - 1))]:.1f} ms"
+    if not lags_ms or len(lags_ms) < completed_legs:
+        return "send lag p99 (whole run) in the summary"
+    values = sorted(lags_ms)
+    pos = 0.99 * (len(values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(values) - 1)
+    return f"send lag p99 (whole run) {values[lo] + (values[hi] - values[lo]) * (pos - lo):.1f} ms"
+
+
+_RECENT_LEGS = 2000
