@@ -22,6 +22,9 @@ def validate_scenario(path: Path) -> list[str]:
              f"  mode {s.replay.mode}: " + ", ".join(f"{v} -> {s.target_for(v).url} ({s.target_for(v).protocol})"
                                                     for v in s.versions),
              f"  segments: {', '.join(x.name for x in s.segments) or '(overall only)'}",
+             f"  outputs: prediction {s.output.prediction} is read as a class label (agreement, flips); "
+             f"confidence {s.output.confidence} as the score (PSI, KS, mean shift): point confidence at a numeric "
+             "score",
              f"  gates: {len(s.gates)}"]
     lines += [f"    {g.name}: {g.metric} {g.aggregation} {g.threshold_text} ({g.severity})" for g in s.gates]
     return lines

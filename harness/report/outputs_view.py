@@ -18,6 +18,19 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def _are_scores(labels: dict[str, Any]) -> bool:
+    """Predictions that are numbers with a fractional part, or more distinct numbers than a label table
+    shows, are scores (a probability, a risk score): a confusion table of them is noise."""
+    seen = {*(labels.get("baseline_labels") or {}), *(labels.get("candidate_labels") or {})}
+    numbers = []
+    for label in seen:
+        try:
+            numbers.append(float(label))
+        except (TypeError, ValueError):
+            return False
+    return bool(numbers) and (len(numbers) > MAX_LABELS or any(not x.is_integer() for x in numbers))
+
+
 def output_diff_view(summary: dict[str, Any]) -> dict[str, Any] | None:
     out = summary.get("outputs")
     if not isinstance(out, dict) or not out.get("pairs"):
@@ -33,10 +46,13 @@ def output_diff_view(summary: dict[str, Any]) -> dict[str, Any] | None:
         "not_compared": ", ".join(f"{k} {v}" for k, v in not_compared.items() if v) or "none",
         "field_diff_rate": fmt_pct(out.get("field_diff_rate")),
         "fields": rows, "fields_hidden": max(0, len(fields) - MAX_FIELDS) + int(out.get("fields_not_listed") or 0),
-        "labels": None,
+        "labels": None, "scores_as_labels": None,
     }
     labels = out.get("labels")
-    if isinstance(labels, dict) and labels.get("n"):
+    if isinstance(labels, dict) and labels.get("n") and _are_scores(labels):
+        seen = {*(labels.get("baseline_labels") or {}), *(labels.get("candidate_labels") or {})}
+        view["scores_as_labels"] = {"n": fmt_int(labels.get("n")), "distinct": fmt_int(len(seen))}
+    elif isinstance(labels, dict) and labels.get("n"):
         confusion = labels.get("confusion") or {}
         names = sorted({*confusion, *[c for row in confusion.values() for c in (row or {})]},
                        key=lambda k: -sum((confusion.get(k) or {}).values()))[:MAX_LABELS]
