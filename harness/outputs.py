@@ -65,7 +65,7 @@ def judge(run_dir: Path) -> dict[str, Any]:
             "verdict": verdict.verdict,
             "verdict_reasons": verdict.reasons,
             "run": _run_block(info.row, scenario),
-            "gates": [r.to_json() for r in results],
+            "gates": [{**r.to_json(), "allowance_used": _clean(_severity(r))} for r in results],
             "worst_segments": worst_segments(results),
             "counts": counts,
             "versions": _clean(version_overview(con)),
@@ -164,13 +164,15 @@ def worst_segments(results: list[GateResult], limit: int = 15) -> list[dict[str,
         rows.append({"segment": r.segment, "gate": r.name, "metric": r.metric, "aggregation": r.aggregation,
                      "baseline": r.baseline, "candidate": r.candidate, "observed": r.observed,
                      "ci": list(r.ci) if r.ci else None, "threshold": r.threshold, "n": r.n, "status": r.status,
-                     "effect": r.effect, "severity": severity, "reason": r.reason})
+                     "effect": r.effect, "severity": severity, "allowance_used": severity, "reason": r.reason})
     rows.sort(key=lambda x: (x["status"] != "fail", -x["severity"]))
     return _clean(rows[:limit])
 
 
 def _severity(r: GateResult) -> float | None:
-    """How much worse the candidate is than the baseline, in multiples of the gate's allowance."""
+    """How much worse the candidate is than the baseline, in multiples of the gate's allowance (1 = at the
+    threshold): summary.json's allowance_used, the one effect the report's heatmap colours and its ranked
+    table ranks."""
     b, c = r.baseline, r.candidate
     if r.metric in LATENCY_LIKE and r.comparison_is_relative and r.observed is not None:
         return (r.observed - 1.0) / r.threshold if r.threshold else None

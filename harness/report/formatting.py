@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 __all__ = ["comparison_of", "fmt_ms", "fmt_pct", "fmt_num", "fmt_int", "fmt_mb", "NBSP", "gate_observed", "gate_interval",
-           "gate_values", "gate_effect", "gate_threshold", "status_label"]
+           "gate_values", "gate_effect", "gate_threshold", "status_label", "fmt_allowance"]
 
 DASH = "—"
 NBSP = "\u00a0"  # between a number and its unit, so "2.25 %" never wraps before the "%"
@@ -33,6 +33,13 @@ def fmt_num(v: Any, digits: int = 3, sign: bool = False) -> str:
     if not _ok(v):
         return DASH
     return f"{v:{'+' if sign else ''}.{digits}f}"
+
+
+def fmt_allowance(v: Any) -> str:
+    """The share of a gate's allowance the candidate uses: 1× is at the threshold."""
+    if not _ok(v):
+        return DASH
+    return f"{v:.2f}×" if abs(v) < 10 else f"{v:.0f}×"
 
 
 def fmt_int(v: Any) -> str:

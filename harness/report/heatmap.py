@@ -2,9 +2,11 @@
 threshold the candidate uses up. Rendered by the template as an HTML table with inline background
 colours (text stays selectable, readable by screen readers, printable), never as an image.
 
-Load of a cell: 0 = no worse than the baseline (or nothing against the limit), 1 = exactly at the gate's
-threshold, above 1 = beyond it. The gate's own status for that segment is printed in the cell too, so
-colour is never the only signal."""
+Load of a cell: the gate result's allowance_used where the gate judged that segment (the same figure the
+ranked table shows), else the same measure on the segment's point estimates: 0 = no worse than the
+baseline, 1 = exactly at the gate's threshold, above 1 = beyond it. An inconclusive cell is never painted
+as beyond the threshold: its interval reaches back inside it. The gate's own status for that segment is
+printed in the cell too, so colour is never the only signal."""
 from __future__ import annotations
 
 import math
@@ -125,8 +127,13 @@ def segment_heatmap(summary: dict[str, Any]) -> dict[str, Any]:
                 cells.append({"text": fmt(b, c), "colour": _NEUTRAL, "band": "too few requests to judge",
                               "detail": _detail(metric, b, c), "status": status, "status_text": "too few"})
                 continue
-            load = load_of(b, c)
-            colour, band = _colour(load)
+            used = _num(gate.get("allowance_used")) if gate else None
+            load = max(0.0, used) if used is not None else load_of(b, c)
+            if status == "inconclusive" and load is not None and load > 1.0:
+                load = 1.0
+                colour, band = LEGEND[1][1], "inconclusive: the estimate is past the threshold, its interval is not"
+            else:
+                colour, band = _colour(load)
             worst = max(worst, load if load is not None else -1.0)
             cells.append({"text": fmt(b, c), "colour": colour, "band": band,
                           "detail": _detail(metric, b, c), "status": status,

@@ -38,7 +38,29 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("harness.report", "."), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["wbr"] = _break_opportunities
+    env.filters["jsonwrap"] = _json_break_opportunities
     return env
+
+
+def _json_break_opportunities(text: Any) -> markupsafe.Markup:
+    """Escapes JSON text and lets the browser wrap it after "," and ":" only, so a line never breaks
+    inside a number (a long string without either still wraps at the box's edge)."""
+    out = markupsafe.escape(str(text))
+    for sep in (",", ":"):
+        out = markupsafe.Markup(out.replace(sep, markupsafe.Markup(sep + "<wbr>")))
+    return out
+
+
+def _by_severity(summary: dict[str, Any]) -> list[str]:
+    """The verdict's reasons, the worst first: by the allowance its gate result uses (1 = at the
+    threshold), reasons without a gate result last, in their order."""
+    used: dict[str, float] = {}
+    for g in summary.get("gates") or []:
+        value = g.get("allowance_used")
+        if isinstance(value, (int, float)) and g.get("reason") is not None:
+            used[str(g["reason"])] = max(float(value), used.get(str(g["reason"]), float("-inf")))
+    reasons = [str(r) for r in summary.get("verdict_reasons") or []]
+    return sorted(reasons, key=lambda r: -used.get(r, float("-inf")))
 
 
 def _report_data(run_dir: Path) -> ReportData | None:
@@ -70,7 +92,7 @@ def render_report(summary: dict[str, Any], data: ReportData | None) -> str:
         "resources": charts.resource_timeline_chart(data.memory) if data else None,
     }
     context = {
-        "reasons": [str(r) for r in summary.get("verdict_reasons") or []],
+        "reasons": _by_severity(summary),
         "counts": summary.get("counts") or {},
         "run": run,
         "verdict": summary.get("verdict") or "UNKNOWN",

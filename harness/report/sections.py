@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .formatting import (DASH, NBSP, fmt_int, fmt_mb, fmt_ms, fmt_num, fmt_pct, gate_effect, gate_interval,
+from .formatting import (DASH, NBSP, fmt_allowance, fmt_int, fmt_mb, fmt_ms, fmt_num, fmt_pct, gate_effect, gate_interval,
                          gate_observed, gate_threshold, gate_values, status_label)
 from .queries import ReportData
 
@@ -134,7 +134,8 @@ def worst_segment_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     for i, w in enumerate(summary.get("worst_segments") or [], 1):
         g = {**_headline_of(summary, w), **w, "name": w.get("gate")}
         out.append({"rank": i, "segment": w.get("segment"), "gate": w.get("gate"), "compare": gate_values(g),
-                    "effect": gate_effect(w), "observed": gate_observed(g), "interval": gate_interval(g),
+                    "effect": gate_effect(w), "allowance_used": fmt_allowance(w.get("allowance_used", w.get("severity"))),
+                    "observed": gate_observed(g), "interval": gate_interval(g),
                     "threshold": gate_threshold(g), "n": fmt_int(w.get("n")), "status": w.get("status"),
                     "status_label": status_label(str(w.get("status"))), "reason": w.get("reason") or ""})
     return out
