@@ -639,6 +639,7 @@ FUZZ = settings(
 )
 
 
+@pytest.mark.integration  # 150 examples x 5 formats: seconds, not a unit test's budget
 @pytest.mark.parametrize("fmt", FORMATS)
 @FUZZ
 @given(data=st.binary(max_size=2000))
@@ -659,6 +660,7 @@ _LINE = st.one_of(
 )
 
 
+@pytest.mark.integration  # 150 examples x 5 formats: seconds, not a unit test's budget
 @pytest.mark.parametrize("fmt", FORMATS)
 @FUZZ
 @given(lines=st.lists(_LINE, max_size=30), newline=st.sampled_from(["\n", "\r\n"]))
@@ -668,6 +670,7 @@ def test_fuzz_text_lines(fuzz_dir: Path, fmt: str, lines: list[str], newline: st
     _survives(path, fmt)
 
 
+@pytest.mark.integration  # 150 examples x 5 formats: seconds, not a unit test's budget
 @pytest.mark.parametrize("fmt", FORMATS)
 @FUZZ
 @given(data=st.data())
