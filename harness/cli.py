@@ -132,7 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("file", type=Path, help="CSV or Parquet with columns request_id (harness's) or "
                     "captured_request_id (the capture's), version (baseline or candidate) and score")
     si.set_defaults(func=_scores_import)
+    _describe(p)
     return p
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """`harness CMD --help` opens with the line `harness --help` lists for CMD."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                sub.description = sub.description or helps.get(name)
+                _describe(sub)
 
 
 def _print_verdict(summary: dict[str, Any], run_dir: Path) -> None:

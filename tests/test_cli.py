@@ -146,6 +146,7 @@ def test_every_command_has_help_and_is_in_the_readme() -> None:
         top = " ".join(name.split()[:2])
         assert top in readme, f"`{top}` is not in the README"
         text = " ".join(parser.format_help().split())  # wrapped lines joined
+        assert parser.description, f"{name} --help does not say what the command does"
         for action in parser._actions:
             if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
                 continue
