@@ -84,3 +84,19 @@ def test_banner_lists_reasons_worst_first_and_json_wraps_only_between_values() -
     wrapped = str(_json_break_opportunities('{"score":0.87312,"label":"<b>"}'))
     assert wrapped == '{&#34;score&#34;:<wbr>0.87312,<wbr>&#34;label&#34;:<wbr>&#34;&lt;b&gt;&#34;}'
     assert "overflow-wrap: anywhere" not in page.split("pre.output {", 1)[1].split("}", 1)[0]
+
+
+def test_ranked_change_is_the_heatmaps_change() -> None:
+    from harness.report.heatmap import segment_heatmap
+    from harness.report.sections import worst_segment_rows
+
+    summary = _summary()
+    for g in summary["gates"] + summary["worst_segments"]:
+        if g.get("metric") == "error_rate":
+            g.update(baseline=0.004, candidate=0.031)
+    for s in summary["segments"]:
+        s.update(baseline_error_rate=0.004, candidate_error_rate=0.031, baseline_p95_ms=10.0, candidate_p95_ms=13.0)
+    heat = {r["segment"]: r["cells"] for r in segment_heatmap(summary)["rows"]}
+    ranked = {(r["segment"], r["gate"]): r["effect"] for r in worst_segment_rows(summary)}
+    assert ranked[("tenant=b", "error_rate")] == heat["tenant=b"][1]["text"] == "+2.70\u00a0pts"
+    assert ranked[("tenant=b", "latency_p95_ms")] == heat["tenant=b"][0]["text"] + " p95" == "+30.0\u00a0% p95"

@@ -132,16 +132,18 @@ def gate_values(gate: dict[str, Any]) -> str:
 
 
 def gate_effect(row: dict[str, Any]) -> str:
-    """The ranked table's effect: how much worse, on the metric's natural scale."""
-    effect = row.get("effect")
-    if not _ok(effect):
+    """The ranked table's change, defined as the heatmap's: candidate against baseline on the metric's
+    natural scale (latency: relative change of the quantile; rates: difference in points; others: the
+    difference)."""
+    b, c = row.get("baseline"), row.get("candidate")
+    if not _ok(b) or not _ok(c):
         return DASH
-    metric = row.get("metric")
-    if metric == "latency_ms":
-        return f"{100 * effect:+.1f}{NBSP}% {row.get('aggregation') or ''}".strip()
-    if metric in ("error_rate", "timeout_rate", "schema_pass_rate"):
-        return f"{100 * effect:+.2f}{NBSP}pts"
-    return fmt_num(effect, sign=True)
+    metric = str(row.get("metric") or "")
+    if metric.endswith("_ms") and b:
+        return f"{100 * (c / b - 1):+.1f}{NBSP}% {row.get('aggregation') or ''}".strip()
+    if metric.endswith("_rate"):
+        return f"{100 * (c - b):+.2f}{NBSP}pts"
+    return fmt_num(c - b, sign=True)
 
 
 def status_label(status: str, severity: str | None = None) -> str:
