@@ -154,7 +154,7 @@ def worst_segments(results: list[GateResult], limit: int = 15) -> list[dict[str,
     """Where the candidate is worse: per-segment results that fail or lean towards failing, ranked by
     effect size in units of the gate's own allowance (2.0 = twice what the gate allows), failures first,
     each with its interval."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for r in results:
         if r.segment is None or r.status == "pass":
             continue

@@ -101,7 +101,7 @@ def parse_score_request(doc: object) -> Batch:
         if not isinstance(tx, dict):
             raise InvalidRequest(f"transactions[{i}] must be an object")
         amount, category, hour, features = (tx.get(k) for k in ("amount", "merchant_category", "hour", "features"))
-        if not _is_number(amount) or amount < 0:
+        if not _is_number(amount) or amount < 0:  # type: ignore[operator]  # _is_number excludes None
             raise InvalidRequest(f"transactions[{i}].amount must be a non-negative number")
         if not isinstance(category, int) or isinstance(category, bool) or category < 0:
             raise InvalidRequest(f"transactions[{i}].merchant_category must be a non-negative integer")

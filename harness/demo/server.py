@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server = make_server(args.variant, args.host, args.port)
-    host, port = server.server_address[:2]
-    shown = f"[{host}]" if ":" in str(host) else host
+    host, port = str(server.server_address[0]), int(server.server_address[1])  # an IP socket: never bytes
+    shown = f"[{host}]" if ":" in host else host
     print(f"listening on http://{shown}:{port}", flush=True)
     if args.port_file:
         _write_port_file(args.port_file, int(port))

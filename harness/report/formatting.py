@@ -138,6 +138,7 @@ def gate_effect(row: dict[str, Any]) -> str:
     b, c = row.get("baseline"), row.get("candidate")
     if not _ok(b) or not _ok(c):
         return DASH
+    b, c = float(b), float(c)  # type: ignore[arg-type]
     metric = str(row.get("metric") or "")
     if metric.endswith("_ms") and b:
         return f"{100 * (c / b - 1):+.1f}{NBSP}% {row.get('aggregation') or ''}".strip()

@@ -193,7 +193,7 @@ def metadata_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             ("Mode", run.get("mode")), ("Speed", f"{speed:g}× the captured rate" if isinstance(speed, (int, float)) else None),
             ("Baseline URL", run.get("baseline_url")), ("Candidate URL", run.get("candidate_url")),
             ("Started", run.get("started_at")), ("Finished", run.get("finished_at")),
-            ("Status", run.get("status") + (f": {run['status_reason']}" if run.get("status_reason") else "")
+            ("Status", f"{run['status']}" + (f": {run['status_reason']}" if run.get("status_reason") else "")
              if run.get("status") else None),
             ("Owner", run.get("owner")), ("Harness version (run)", run.get("harness_version")),
             ("Harness version (report)", run.get("report_harness_version")),
