@@ -208,6 +208,7 @@ def _scores_import(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    args: argparse.Namespace | None = None
     try:
         args = parser.parse_args(argv)
         func: Callable[[argparse.Namespace], int] = args.func
@@ -218,3 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
         return 4
+    except Exception as exc:  # noqa: BLE001 - a bug is exit 4 with its traceback in harness.log, never exit 1
+        from .crash import CRASH_EXIT, record_crash
+
+        folder = getattr(args, "run_dir", None) or getattr(args, "out", None)
+        print(record_crash(exc, folder), file=sys.stderr)
+        return CRASH_EXIT

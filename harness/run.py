@@ -16,7 +16,9 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from . import __version__
-from .errors import ScenarioError, StoreError, TargetUnreachable, TrafficError, UsageError
+from .crash import attach_log
+from .error_kinds import HARNESS_ERROR, HARNESS_ERROR_TOLERANCE
+from .errors import HarnessError, ScenarioError, StoreError, TargetUnreachable, TrafficError, UsageError
 from .monitor import ResourceMonitor, TargetProcess
 from .scenario import Scenario
 from .store import RunMeta, RunStore
@@ -176,14 +178,17 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
         code = 4 if status != "complete" else {"PROMOTE": 0, "BLOCK": 1, "HOLD": 2}[summary["verdict"]]
         return RunResult(run_dir=run_dir, verdict=summary["verdict"], exit_code=code, summary=summary)
     except BaseException as exc:
+        bug = not isinstance(exc, (HarnessError, KeyboardInterrupt, SystemExit))
         if store is not None:
             try:
                 store.finish("failed", f"{type(exc).__name__}: {exc}"[:500])
                 store.close()
             except Exception:  # noqa: BLE001 - the original error is the one to report
                 pass
-        log.error("run failed: %s", exc)
-        nothing_recorded = not (run_dir / "results.duckdb").exists()
+        log.error("run failed: %s: %s", type(exc).__name__, exc, exc_info=exc if bug else None)
+        if bug:  # the CLI names this harness.log; the folder is kept for it
+            attach_log(exc, run_dir / "harness.log", written=True)
+        nothing_recorded = not bug and not (run_dir / "results.duckdb").exists()
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -266,6 +271,12 @@ def _finish_requests(store: RunStore, outcome: object) -> tuple[str, str | None]
         return "incomplete", f"results could not all be written: {outcome.last_sink_error}"  # type: ignore[attr-defined]
     if lost:
         return "incomplete", f"{len(lost)} worker(s) lost during the replay"
+    harness_errors, legs = con.execute(
+        f"select count(*) filter (where error_kind = '{HARNESS_ERROR}'), count(*) from legs").fetchone()  # type: ignore[misc]
+    if legs and harness_errors > HARNESS_ERROR_TOLERANCE * legs:
+        return "incomplete", (f"{harness_errors} of {legs} legs ({100 * harness_errors / legs:.1f} %) failed inside "
+                              f"harness (harness_error, detail in legs.error_detail), above the "
+                              f"{100 * HARNESS_ERROR_TOLERANCE:g} % tolerance")
     if stopped:
         return "complete", stopped
     return "complete", None
