@@ -19,6 +19,7 @@ from . import __version__
 from .crash import attach_log
 from .error_kinds import HARNESS_ERROR, HARNESS_ERROR_TOLERANCE
 from .errors import HarnessError, ScenarioError, StoreError, TargetUnreachable, TrafficError, UsageError
+from .gate_config import unseen_gate_values
 from .monitor import ResourceMonitor, TargetProcess
 from .scenario import Scenario
 from .store import RunMeta, RunStore
@@ -122,6 +123,13 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
     try:
         say(f"harness {__version__}: scenario {scenario.name}, mode {scenario.replay.mode}, run folder {run_dir}")
         prepared = prepare_traffic(scenario, work)
+        nothing = prepared.nothing_to_replay()
+        if nothing is not None:  # an input error (a typo in replay.allow, a window past the capture), not a HOLD
+            raise TrafficError(f"{scenario.source or scenario.name}: {nothing}")
+        unseen = unseen_gate_values(scenario.gates, prepared.segment_values(
+            {k for g in scenario.gates for k in (g.segment or {})}))
+        if unseen:  # such a gate could only end inconclusive, after the whole replay
+            raise ScenarioError(f"{scenario.source or scenario.name}: {unseen[0]}")
         say(f"traffic: {prepared.records_read} records read, {prepared.replayed} to replay, "
             f"{sum(prepared.skipped.values())} skipped, {prepared.bad_records} bad; captured span "
             f"{prepared.span_s:.0f} s at speed {scenario.traffic.speed:g} -> about "
