@@ -102,13 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_verdict(summary: dict[str, Any], run_dir: Path) -> None:
-    print(f"verdict: {summary['verdict']}")
+    if summary["verdict"] == "INCOMPLETE":  # no promote/block line that a script could grep
+        run = summary["run"]
+        print(f"run incomplete ({run.get('status_reason') or run.get('status')}): no verdict, exit 4")
+        print(f"provisional judgement of the legs that completed: {summary.get('provisional_verdict')}")
+    else:
+        print(f"verdict: {summary['verdict']}")
     failing = [g for g in summary["gates"] if g["status"] == "fail"]
     for g in failing[:20]:
         print(f"  FAIL {g['name']} [{g['segment'] or 'overall'}]: {g['reason']}")
     if len(failing) > 20:
         print(f"  ... and {len(failing) - 20} more failing gate results (see summary.json)")
-    if summary["verdict"] == "HOLD":
+    if "HOLD" in (summary["verdict"], summary.get("provisional_verdict")):
         for reason in summary["verdict_reasons"][:10]:
             print(f"  INCONCLUSIVE: {reason}")
     for note in summary.get("notes", []):

@@ -53,16 +53,20 @@ def judge(run_dir: Path) -> dict[str, Any]:
         counts = accounting(con, versions)
         notes = [r[0] for r in con.execute("select detail from events where kind = 'note'").fetchall()]
         if info.status != "complete":
-            notes.insert(0, f"Incomplete run ({info.row.get('status_reason') or info.status}): the judgement covers "
-                            "only the legs that completed.")
+            notes.insert(0, f"Incomplete run ({info.row.get('status_reason') or info.status}): no verdict; the "
+                            f"judgement shown is provisional, on the legs that completed.")
         if fidelity["warning"]:
             notes.append(fidelity["warning"])
         if not counts["accounting_ok"]:
             notes.append(f"Accounting mismatch: {counts['legs']} legs for {counts['replayed']} replayed requests "
                          f"(expected {counts['legs_expected']}); captured {counts['captured']} vs replayed + skipped "
                          f"+ bad.")
+        complete = info.status == "complete"
         summary: dict[str, Any] = {
-            "verdict": verdict.verdict,
+            # An incomplete run has no promote/hold/block verdict: a pipeline reading summary.json must not
+            # act on a judgement of the legs that happened to complete.
+            "verdict": verdict.verdict if complete else "INCOMPLETE",
+            "provisional_verdict": None if complete else verdict.verdict,
             "verdict_reasons": verdict.reasons,
             "run": _run_block(info.row, scenario),
             "gates": [r.to_json() for r in results],

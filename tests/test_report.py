@@ -198,7 +198,8 @@ def test_incomplete_run_banner(demo_run: Path, tmp_path: Path) -> None:
         con.close()
     build_outputs(run_dir)
     page = _report(run_dir)
-    assert "Incomplete run (incomplete)" in page and "interrupted by SIGINT" in page
+    assert "Incomplete run:</strong>\n  interrupted by SIGINT (status incomplete). No verdict" in page
+    assert 'data-verdict="INCOMPLETE"' in page
     assert "Incomplete run" not in _report(demo_run)
 
 
