@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schedule", help="print the canary schedule, or an export of it")
     s.add_argument("run_dir", type=Path)
     s.add_argument("--format", choices=["yaml", "argo", "flagger", "istio"], default="yaml")
+    s.add_argument("--force", action="store_true",
+                   help="export manifests even when the verdict is not PROMOTE (marked harness/forced-export)")
     s.set_defaults(func=_schedule)
 
     q = sub.add_parser("query", help="run SQL against a run's results.duckdb")
@@ -165,9 +167,13 @@ def _report(args: argparse.Namespace) -> int:
 
 def _schedule(args: argparse.Namespace) -> int:
     from .outputs import schedule_for
-    from .schedule import export_schedule
+    from .schedule import export_refusal, export_schedule
 
-    print(export_schedule(schedule_for(args.run_dir), args.format), end="")
+    schedule = schedule_for(args.run_dir)
+    refusal = export_refusal(schedule, args.format)
+    if refusal is not None and not args.force:
+        raise refusal
+    print(export_schedule(schedule, args.format, force=args.force), end="")
     return 0
 
 
