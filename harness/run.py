@@ -16,6 +16,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from . import __version__
+from .aa_reference import read_aa_reference
 from .crash import attach_log
 from .error_kinds import HARNESS_ERROR, HARNESS_ERROR_TOLERANCE
 from .errors import HarnessError, ScenarioError, StoreError, TargetUnreachable, TrafficError, UsageError
@@ -112,6 +113,7 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
         _check_port_free("--web-port", "127.0.0.1", web_port, "the web UI")
     if master and master_bind_port:
         _check_port_free("--master-bind-port", master_bind_host, master_bind_port, "the Locust master")
+    aa_ref = read_aa_reference(scenario.replay.aa_reference) if scenario.replay.aa_reference else None
     check_targets(scenario)
     if not scenario.traffic.path.exists():
         raise TrafficError(f"{scenario.traffic.path}: capture file not found")
@@ -143,6 +145,8 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             candidate_url=scenario.target_for("candidate").url if "candidate" in scenario.versions else None,
             mode=scenario.replay.mode, speed=scenario.traffic.speed, segments=prepared.segment_names)
         store.create(meta, prepared.schedule_path, prepared.skipped_path, prepared.bad_path)
+        if aa_ref is not None:  # judged from this folder alone, whatever happens to the A/A folder later
+            store.con.execute("insert into events values (now(), 'aa_reference', ?)", [json.dumps(aa_ref)])
         store.con.execute("insert into events values (now(), 'traffic', ?)", [json.dumps({
             "records_read": prepared.records_read, "loops": scenario.traffic.loops, "format": prepared.capture_format,
             "span_s": prepared.span_s})])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from .aa_reference import read_aa_reference
 from .compat import OutputValidator
 from .errors import ScenarioError, TrafficError
 from .gate_config import unseen_gate_values
@@ -21,6 +22,8 @@ def validate_scenario(path: Path) -> list[str]:
         raise TrafficError(f"{path}: traffic.path: capture file not found: {s.traffic.path}")
     fmt = detect_format(s.traffic.path, s.traffic.format)
     OutputValidator(s.output.schema, s.output.route_schemas)
+    if s.replay.aa_reference:
+        read_aa_reference(s.replay.aa_reference)
     lines = [f"{path}: valid scenario {s.name!r}",
              f"  traffic: {s.traffic.path} ({fmt}), speed {s.traffic.speed:g}x, on_bad_record {s.traffic.on_bad_record}",
              f"  mode {s.replay.mode}: " + ", ".join(f"{v} -> {s.target_for(v).url} ({s.target_for(v).protocol})"
