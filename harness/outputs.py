@@ -18,6 +18,7 @@ from .analysis.overview import accounting, replay_fidelity, resource_overview, s
 from .aa_reference import field_rates, noise_by_gate, read_aa_reference
 from .errors import ScenarioError, StoreError
 from .gate_config import DETECTOR_RATES, HIGHER_IS_BETTER, LATENCY_LIKE, PAIR_METRICS
+from .fidelity import IN_FLIGHT_REASON, apply_fidelity, assess_fidelity, skipped_in_scope
 from .gates import GateResult, ResourceSummary, decide_verdict, evaluate_gates, natural_delta
 from .scenario import scenario_from_dict
 from .store import open_results, upgrade_results
@@ -50,8 +51,9 @@ def judge(run_dir: Path) -> dict[str, Any]:
         comparison = _compare_outputs(con, data, scenario, aa_ref)
         results = evaluate_gates(scenario.gates, data, resources, alpha=a.alpha, n_resamples=a.bootstrap_resamples,
                                  seed=a.seed, aa_noise=aa_noise)
-        verdict = decide_verdict(results)
         fidelity = replay_fidelity(con, scenario.replay.lag_bound_ms)
+        results = _judge_fidelity(con, results, fidelity, scenario, info.segments)
+        verdict = decide_verdict(results)
         counts = accounting(con, versions)
         notes = [r[0] for r in con.execute("select detail from events where kind = 'note'").fetchall()]
         if info.status != "complete":
@@ -94,6 +96,27 @@ def judge(run_dir: Path) -> dict[str, Any]:
         return summary
     finally:
         con.close()
+
+
+def _judge_fidelity(con: Any, results: list[GateResult], replay: dict[str, Any], scenario: Any,
+                    segments: tuple[str, ...]) -> list[GateResult]:
+    """Gate results re-judged for a load that was not delivered (harness.fidelity); the replay block of
+    the summary gets the verdict on the load and what to change."""
+    recorded = con.execute("select count(*) from skipped where reason = ?", [IN_FLIGHT_REASON]).fetchone()[0]
+    replay["skipped_in_flight"] = max(int(replay.get("skipped_in_flight") or 0), int(recorded))
+    fid = assess_fidelity(replay, speed=scenario.traffic.speed, max_in_flight=scenario.replay.max_in_flight)
+    replay.update(delivered=fid.delivered, problems=list(fid.problems), advice=list(fid.advice),
+                  saturated=not fid.delivered, warning=None if fid.delivered else fid.reason,
+                  skipped_in_flight=fid.skipped_in_flight)
+    if fid.delivered:
+        return results
+    cols = {c for (c,) in con.execute("select column_name from information_schema.columns "
+                                      "where table_name = 'skipped'").fetchall()}
+    seg_cols = [x for x in segments if x in cols]
+    rows = con.execute(f"select {', '.join(f'{chr(34)}{c}{chr(34)}::varchar' for c in seg_cols) or '1'} from skipped "
+                       "where reason = ?", [IN_FLIGHT_REASON]).fetchall()
+    skipped = skipped_in_scope([dict(zip(seg_cols, r)) for r in rows], results, seg_cols)
+    return apply_fidelity(results, fid, skipped, scenario.analysis.alpha)
 
 
 def _aa_reference(con: Any, scenario: Any) -> dict[str, Any] | None:

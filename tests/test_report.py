@@ -227,7 +227,7 @@ def test_baseline_only_run(demo_run: Path, tmp_path: Path) -> None:
 
 def test_saturation_warning_follows_the_summary(demo_run: Path) -> None:
     summary, page = _summary(demo_run), _report(demo_run)
-    assert ("Load generator saturated" in page) == bool(summary["replay"]["saturated"])
+    assert ("Load not delivered" in page) == bool(summary["replay"]["saturated"])
 
 
 # --- real browser --------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ def _saturation(replay: dict[str, Any]) -> str | None:
     if not replay.get("saturated"):
         return None
     text = str(replay.get("warning") or f"send lag p99 above {replay.get('lag_bound_ms')} ms")
-    prefix = "load generator saturated: "
+    prefix = "load not delivered: "
     return text[len(prefix):] if text.startswith(prefix) else text
 
 
