@@ -18,6 +18,7 @@ from .analysis.overview import accounting, replay_fidelity, resource_overview, s
 from .aa_reference import field_rates, noise_by_gate, read_aa_reference
 from .errors import ScenarioError, StoreError
 from .gate_config import DETECTOR_RATES, HIGHER_IS_BETTER, LATENCY_LIKE, PAIR_METRICS
+from .evidence import apply_evidence
 from .fidelity import IN_FLIGHT_REASON, apply_fidelity, assess_fidelity, skipped_in_scope
 from .gates import GateResult, ResourceSummary, decide_verdict, evaluate_gates, natural_delta
 from .scenario import scenario_from_dict
@@ -53,6 +54,7 @@ def judge(run_dir: Path) -> dict[str, Any]:
                                  seed=a.seed, aa_noise=aa_noise)
         fidelity = replay_fidelity(con, scenario.replay.lag_bound_ms)
         results = _judge_fidelity(con, results, fidelity, scenario, info.segments)
+        results = apply_evidence(results, _resource_sources(con), versions)
         verdict = decide_verdict(results)
         counts = accounting(con, versions)
         notes = [r[0] for r in con.execute("select detail from events where kind = 'note'").fetchall()]
@@ -117,6 +119,19 @@ def _judge_fidelity(con: Any, results: list[GateResult], replay: dict[str, Any],
                        "where reason = ?", [IN_FLIGHT_REASON]).fetchall()
     skipped = skipped_in_scope([dict(zip(seg_cols, r)) for r in rows], results, seg_cols)
     return apply_fidelity(results, fid, skipped, scenario.analysis.alpha)
+
+
+def _resource_sources(con: Any) -> dict[str, dict[str, Any]]:
+    """Per version, the resource sources the monitor had (harness.evidence); for runs recorded before the
+    monitor said so, what the resource samples show (the kernel log and OOM counter then count as absent)."""
+    row = con.execute("select detail from events where kind = 'resource_sources' order by \"at\" desc limit 1").fetchone()
+    if row:
+        return json.loads(row[0])
+    return {v: {"process": f"PID {pid}" if pid else None, "prometheus": "its metrics URL" if prom else None,
+                "nvml": bool(gpu), "kernel_log": False, "oom_counter": None}
+            for v, pid, prom, gpu in con.execute(
+                "select version, max(pid) filter (where source = 'psutil'), bool_or(source = 'prometheus'), "
+                "bool_or(gpu_memory_mb is not null) from resources group by 1").fetchall()}
 
 
 def _aa_reference(con: Any, scenario: Any) -> dict[str, Any] | None:

@@ -176,6 +176,7 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             outcome = run_replay(plan, sinks, options, sampler=monitor.sample, log=say, stop_rule=stop_rule)
         for note in monitor.notes:
             store.con.execute("insert into events values (now(), 'note', ?)", [note])
+        store.con.execute("insert into events values (now(), 'resource_sources', ?)", [json.dumps(monitor.sources())])
         status, reason = _finish_requests(store, outcome)
         store.con.execute("insert into events values (now(), 'replay', ?)", [json.dumps({
             "lag_p50_ms": outcome.lag_p50_ms, "lag_p99_ms": outcome.lag_p99_ms, "lag_bound_ms": scenario.replay.lag_bound_ms,

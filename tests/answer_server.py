@@ -9,7 +9,7 @@ __all__ = ["AnswerServer"]
 
 
 class AnswerServer:
-    def __init__(self, body: bytes, status: int = 200, delay_s: float = 0.0) -> None:
+    def __init__(self, body: bytes, status: int = 200, delay_s: float = 0.0, host: str = "127.0.0.1") -> None:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
@@ -30,9 +30,9 @@ class AnswerServer:
 
             do_GET = do_POST = _reply  # noqa: N815 - http.server's naming
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = f"http://{host}:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def __enter__(self) -> "AnswerServer":

@@ -20,14 +20,15 @@ def write_posts(path: Path, n: int, gap_s: float = 0.005) -> Path:
 
 
 def small_run(tmp_path: Path, n: int = 60, *, answer: bytes = OK_ANSWER, candidate_status: int = 200,
-              gates: dict[str, Any] | None = None, delay_s: float = 0.0, gap_s: float = 0.005, **replay: Any) -> Any:
+              gates: dict[str, Any] | None = None, delay_s: float = 0.0, gap_s: float = 0.005, host: str = "127.0.0.1",
+              **replay: Any) -> Any:
     from harness.run import run_scenario
     from harness.scenario import scenario_from_dict
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     capture = write_posts(tmp_path / "c.jsonl", n, gap_s)
-    with AnswerServer(answer, delay_s=delay_s) as baseline, \
-            AnswerServer(answer, candidate_status, delay_s=delay_s) as candidate:
+    with AnswerServer(answer, delay_s=delay_s, host=host) as baseline, \
+            AnswerServer(answer, candidate_status, delay_s=delay_s, host=host) as candidate:
         s = scenario_from_dict({
             "name": "t", "traffic": {"path": str(capture), "speed": 1},
             "segments": {"tenant": {"header": "X-Tenant"}},
