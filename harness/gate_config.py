@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 from .errors import ScenarioError
 
-__all__ = ["GateSpec", "METRICS", "LATENCY_LIKE", "DETECTOR_RATES", "PAIR_METRICS", "HIGHER_IS_BETTER", "parse_gates"]
+__all__ = ["GateSpec", "METRICS", "LATENCY_LIKE", "DETECTOR_RATES", "PAIR_METRICS", "HIGHER_IS_BETTER", "parse_gates",
+           "unseen_gate_values"]
 
 Comparison = Literal["absolute", "relative", "delta"]
 
@@ -116,13 +117,36 @@ class GateSpec:
         return f"{sign} {value}"
 
 
-def parse_gates(raw: Mapping[str, Any] | None, where: str) -> tuple[GateSpec, ...]:
+def parse_gates(raw: Mapping[str, Any] | None, where: str,
+                locate: Callable[[list[str]], str] | None = None) -> tuple[GateSpec, ...]:
+    """`locate(key path)` gives "file:line" for a key of the scenario (where it is known), so that a gate's
+    error names its line like every other scenario error."""
     if not raw:
         return ()
-    return tuple(_parse_one(name, body, f"{where}: promotion_gates.{name}") for name, body in raw.items())
+    at: Callable[[list[str]], str] = locate or (lambda keys: where)
+
+    def key_at(name: str) -> Callable[[str], str]:
+        return lambda key: f"{at(['promotion_gates', name, key])}: promotion_gates.{name}"
+
+    return tuple(_parse_one(name, body, f"{at(['promotion_gates', name])}: promotion_gates.{name}", key_at(name))
+                 for name, body in raw.items())
 
 
-def _parse_one(name: str, body: Any, where: str) -> GateSpec:
+def unseen_gate_values(gates: Iterable[GateSpec], seen: Mapping[str, Iterable[str]]) -> list[str]:
+    """One message per gate scope (`segment: {name: value}`) whose value no replayed request has: such a gate
+    can only end inconclusive, after the whole replay."""
+    out = []
+    for g in gates:
+        for name, value in (g.segment or {}).items():
+            values = sorted(set(seen.get(name, ())))
+            if value not in values:
+                shown = ", ".join(repr(v) for v in values[:20]) + (f", … ({len(values)} in all)" if len(values) > 20 else "")
+                out.append(f"promotion_gates.{g.name}.segment: no request to replay has {name}={value!r} "
+                           f"(values seen: {shown or 'none'})")
+    return out
+
+
+def _parse_one(name: str, body: Any, where: str, where_key: Callable[[str], str] | None = None) -> GateSpec:
     if not isinstance(body, Mapping):
         raise ScenarioError(f"{where}: expected a mapping of condition -> threshold, got {type(body).__name__}")
     if "metric" in body:
@@ -151,7 +175,7 @@ def _parse_one(name: str, body: Any, where: str) -> GateSpec:
     unknown = [k for k in body if k not in CONDITIONS and k not in _GENERAL_KEYS]
     if unknown:
         raise ScenarioError(
-            f"{where}: unknown key {unknown[0]!r} (conditions: {', '.join(CONDITIONS)}; other keys: {', '.join(sorted(_GENERAL_KEYS))})")
+            f"{where_key(unknown[0]) if where_key else where}: unknown key {unknown[0]!r} (conditions: {', '.join(CONDITIONS)}; other keys: {', '.join(sorted(_GENERAL_KEYS))})")
     if len(conditions) != 1:
         raise ScenarioError(f"{where}: needs exactly one condition of {', '.join(CONDITIONS)}, found {conditions or 'none'}")
     key = conditions[0]
