@@ -26,7 +26,8 @@ __all__ = [
     "RatioInterval", "Interval", "SequentialResult",
     "paired_quantile_ratio_ci", "paired_mean_ratio_ci", "quantile_ci",
     "wilson_interval", "clopper_pearson_interval", "binomial_p_above", "mcnemar_exact", "mcnemar_one_sided",
-    "paired_rate_difference_ci", "paired_mean_difference_ci",
+    "paired_rate_difference_ci", "paired_rate_difference_p", "paired_mean_difference_ci",
+    "DifferenceInterval", "paired_quantile_difference_ci", "mean_difference_interval", "mean_ci", "quantile_p_beyond",
     "benjamini_hochberg", "bh_adjusted",
     "n_two_proportions", "n_one_proportion_bound", "n_mcnemar", "n_quantile_ratio", "n_mean_difference",
     "min_segment_n_for_quantile_gate", "msprt_discordant",
@@ -304,26 +305,7 @@ def paired_quantile_ratio_ci(baseline: ArrayLike, candidate: ArrayLike, q: float
                              reason=f"quantile {q:g} is not positive (baseline {bq:g}, candidate {cq:g}); "
                                     "the ratio is undefined")
     estimate = cq / bq
-    rng = np.random.default_rng(seed)
-    boot: tuple[FloatArray, FloatArray] | None = None
-    used = "index"
-    if method == "index" and n > max_n:
-        raise ValueError(f"the index-matrix bootstrap is capped at max_n={max_n} pairs, got {n}")
-    if method != "index":
-        for z in (6.0, 12.0, 24.0):
-            try:
-                boot = _window_bootstrap_quantiles(b, c, q, n_resamples, rng, z)
-                used = "window"
-                break
-            except _LeftWindow:
-                continue
-    if boot is None:
-        # the window would hold most pairs (small n), so the index matrix costs no more. Above ~16,000 pairs
-        # the window always holds under a quarter of them, so this is never reached near max_n.
-        if n > max_n:
-            raise ValueError(f"the index-matrix bootstrap is capped at max_n={max_n} pairs, got {n}")
-        boot, used = _index_bootstrap_quantiles(b, c, q, n_resamples, rng), "index"
-    qb, qc = boot
+    qb, qc, used = _paired_bootstrap_quantiles(b, c, q, n_resamples, seed, max_n, method)
     if (qb <= 0).any() or (qc <= 0).any():
         return RatioInterval(estimate, math.nan, math.nan, n, bq, cq, method=f"paired bootstrap ({used})",
                              reason="some bootstrap quantiles are not positive; the log-ratio interval is undefined")
@@ -331,6 +313,113 @@ def paired_quantile_ratio_ci(baseline: ArrayLike, candidate: ArrayLike, q: float
     lo, hi = _percentile_interval(log_ratios, estimate, confidence, one_sided)
     return RatioInterval(estimate, lo, hi, n, bq, cq, method=f"paired bootstrap percentile on log ratio ({used})",
                          log_ratios=log_ratios)
+
+
+def _paired_bootstrap_quantiles(b: FloatArray, c: FloatArray, q: float, n_resamples: int, seed: int, max_n: int,
+                                method: str) -> tuple[FloatArray, FloatArray, str]:
+    """Bootstrap quantiles of both versions over the same resampled pairs, and which implementation ran."""
+    n = len(b)
+    rng = np.random.default_rng(seed)
+    if method == "index" and n > max_n:
+        raise ValueError(f"the index-matrix bootstrap is capped at max_n={max_n} pairs, got {n}")
+    if method != "index":
+        for z in (6.0, 12.0, 24.0):
+            try:
+                boot = _window_bootstrap_quantiles(b, c, q, n_resamples, rng, z)
+            except _LeftWindow:
+                continue
+            if boot is not None:
+                return boot[0], boot[1], "window"
+            break
+    # the window would hold most pairs (small n), so the index matrix costs no more. Above ~16,000 pairs
+    # the window always holds under a quarter of them, so this is never reached near max_n.
+    if n > max_n:
+        raise ValueError(f"the index-matrix bootstrap is capped at max_n={max_n} pairs, got {n}")
+    qb, qc = _index_bootstrap_quantiles(b, c, q, n_resamples, rng)
+    return qb, qc, "index"
+
+
+@dataclass(frozen=True)
+class DifferenceInterval:
+    """candidate - baseline of a statistic (a quantile or the mean) in the metric's own unit, with its
+    bounds; ``draws`` are the bootstrap differences (None for the t bound of the mean), kept for p-values."""
+
+    estimate: float
+    lower: float
+    upper: float
+    n: int
+    baseline: float
+    candidate: float
+    draws: FloatArray | None = field(default=None, repr=False, compare=False)
+    se: float | None = None
+    df: float | None = None
+
+    def p_above(self, limit: float) -> float:
+        """One-sided p-value for "the true difference exceeds ``limit``" (H0: difference <= limit), dual to
+        the FAIL rule ``lower > limit``."""
+        if self.draws is not None and len(self.draws):
+            return float(np.count_nonzero(self.draws <= limit) / len(self.draws))
+        if self.se and self.df:
+            return float(sps.t.sf((self.estimate - limit) / self.se, self.df))
+        return 0.0 if self.estimate > limit else 1.0
+
+
+def paired_quantile_difference_ci(baseline: ArrayLike, candidate: ArrayLike, q: float, *, confidence: float = 0.95,
+                                  n_resamples: int = 2000, seed: int = 0, one_sided: bool = True,
+                                  max_n: int = 200_000) -> DifferenceInterval:
+    """Paired bootstrap interval for quantile_q(candidate) - quantile_q(baseline), in the data's unit (ms):
+    the same resampled pairs for both versions as `paired_quantile_ratio_ci`, percentile bounds of the
+    difference, widened if needed to contain the estimate."""
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"q must be in (0, 1), got {q}")
+    _check_confidence(confidence)
+    b, c = _paired(baseline, candidate)
+    bq, cq = float(np.quantile(b, q)), float(np.quantile(c, q))
+    qb, qc, _ = _paired_bootstrap_quantiles(b, c, q, n_resamples, seed, max_n, "auto")
+    draws = qc - qb
+    lo_level, hi_level = _tail_levels(confidence, one_sided)
+    lo, hi = np.quantile(draws, [lo_level, hi_level])
+    est = cq - bq
+    return DifferenceInterval(est, float(min(lo, est)), float(max(hi, est)), len(b), bq, cq, draws=draws)
+
+
+def mean_difference_interval(baseline: ArrayLike, candidate: ArrayLike, confidence: float = 0.95,
+                             one_sided: bool = True) -> DifferenceInterval:
+    """`paired_mean_difference_ci` as a `DifferenceInterval` (t bound on the paired differences)."""
+    iv = paired_mean_difference_ci(baseline, candidate, confidence, one_sided)
+    b, c = _paired(baseline, candidate)
+    return DifferenceInterval(iv.estimate, iv.lower, iv.upper, iv.n, float(b.mean()), float(c.mean()),
+                              se=iv.se, df=iv.df)
+
+
+def mean_ci(x: ArrayLike, confidence: float = 0.95, one_sided: bool = True) -> Interval:
+    """t interval for the mean of one sample (an absolute limit on a mean latency); infinite bounds below 2."""
+    _check_confidence(confidence)
+    a = _as_1d(x, "x")
+    n = len(a)
+    if n == 0:
+        return Interval(math.nan, -math.inf, math.inf, 0, math.inf, 0.0)
+    est = float(a.mean())
+    if n < 2:
+        return Interval(est, -math.inf, math.inf, n, math.inf, 0.0)
+    se = float(a.std(ddof=1)) / math.sqrt(n)
+    tq = float(sps.t.ppf(_tail_levels(confidence, one_sided)[1], n - 1))
+    return Interval(est, est - tq * se, est + tq * se, n, se, float(n - 1))
+
+
+def quantile_p_beyond(x: ArrayLike, q: float, limit: float, direction: Literal["max", "min"] = "max") -> float:
+    """Exact one-sided p-value that the q-quantile is beyond ``limit``: for "max", H0: quantile <= limit,
+    under which each observation exceeds the limit with probability at most 1 - q, so
+    p = P(Bin(n, 1-q) >= #{x > limit}); "min" mirrors it. Dual to the order-statistic bounds of `quantile_ci`."""
+    a = _as_1d(x, "x")
+    n = len(a)
+    if n == 0:
+        return 1.0
+    if direction == "max":
+        k = int(np.count_nonzero(a > limit))
+        return binomial_p_above(k, n, 1 - q)
+    k = int(np.count_nonzero(a < limit))
+    return binomial_p_above(k, n, q)
 
 
 def paired_mean_ratio_ci(baseline: ArrayLike, candidate: ArrayLike, *, confidence: float = 0.95,
@@ -481,6 +570,18 @@ def _tango_z(delta: float, b: int, c: int, n: int) -> float:
     if var <= 0:
         return math.copysign(math.inf, num) if num else 0.0
     return num / math.sqrt(var)
+
+
+def paired_rate_difference_p(b: int, c: int, n: int, delta0: float, direction: Literal["max", "min"] = "max") -> float:
+    """One-sided p-value of Tango's score test on the paired rate difference (c - b)/n against the gate's
+    own allowance ``delta0`` (not against 0): "max" tests H0: difference <= delta0, "min" H0: difference >=
+    delta0. Dual to `paired_rate_difference_ci`: its lower bound is above delta0 at confidence 1-a iff
+    the "max" p-value is below a. 1.0 when n == 0."""
+    _check_counts(b + c, n)
+    if n == 0:
+        return 1.0
+    z = _tango_z(delta0, b, c, n)
+    return float(sps.norm.sf(z) if direction == "max" else sps.norm.cdf(z))
 
 
 def paired_rate_difference_ci(b: int, c: int, n: int, confidence: float = 0.95,
