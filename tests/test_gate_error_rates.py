@@ -149,7 +149,7 @@ def test_rate_increase_segments_at_the_allowance_rarely_fail_after_bh() -> None:
         n = 2000 * k
         return make(*lognormal_pairs(rng, n), err_b=rng.random(n) < 0.02, err_c=rng.random(n) < 0.025,
                     segment=np.repeat([f"s{i}" for i in range(k)], 2000))
-    rate = _family_false_fail({"error_rate": {"maximum_increase": 0.005}}, build, reps=80)
+    rate = _family_false_fail({"error_rate": {"maximum_increase": 0.005}}, build, reps=60)
     assert rate <= 0.10, rate
 
 
@@ -160,7 +160,7 @@ def test_absolute_latency_segments_at_the_limit_rarely_fail_after_bh() -> None:
         n = 500 * k
         c = rng.lognormal(math.log(10), 0.5, n)
         return make(c.copy(), c, segment=np.repeat([f"s{i}" for i in range(k)], 500))
-    rate = _family_false_fail({"latency_p95_ms": {"maximum": limit}}, build, reps=80)
+    rate = _family_false_fail({"latency_p95_ms": {"maximum": limit}}, build, reps=60)
     assert rate <= 0.10, rate
 
 
@@ -170,5 +170,37 @@ def test_distribution_segments_at_the_limit_rarely_fail_after_bh() -> None:
         b = rng.beta(8, 2, n)
         return make(*lognormal_pairs(rng, n), segment=np.repeat([f"s{i}" for i in range(k)], 300),
                     conf=(b, b + 0.02 + rng.normal(0, 0.05, n)))
-    rate = _family_false_fail({"confidence_mean_shift": {"maximum": 0.02}}, build, reps=80)
+    rate = _family_false_fail({"confidence_mean_shift": {"maximum": 0.02}}, build, reps=60)
     assert rate <= 0.10, rate
+
+
+# ------------------------------------------------------------------------------------------ 15.7 A/A sizing
+
+def _aa_latencies(shape: str, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A/A: a per-request cost shared by both legs (benchmarks/_shaped_server.py's shapes) times an
+    independent jitter per leg."""
+    z = rng.standard_normal(n)
+    cost = {"unimodal": lambda: 20.0 * np.exp(0.4 * z),
+            "bimodal": lambda: np.where(rng.random(n) < 0.4, 6.0, 45.0) * np.exp(0.08 * z),
+            "heavy": lambda: np.minimum(1500.0, 12.0 * rng.random(n) ** (-1 / 1.8))}[shape]()
+    return cost * rng.lognormal(0, 0.1, n), cost * rng.lognormal(0, 0.1, n)
+
+
+@pytest.mark.parametrize(("shape", "pairs"), [("unimodal", 1000), ("bimodal", 1200), ("heavy", 2000)])
+def test_a_clean_release_promotes_at_a_thousand_pairs(shape: str, pairs: int) -> None:
+    """The sufficiency rule follows the paired evidence (the interval, and 20 observations beyond the
+    quantile), not the unpaired pooled spread: an A/A comparison of 1,000-2,000 pairs over 4 tenants
+    PROMOTEs in >= 95 % of runs (the bimodal design was HOLD in every run: "fewer than the 19,734 pairs
+    this spread needs"). The heavy tail needs the 2,000: at 1,000 its p95 interval straddles +10 % in
+    about 8 % of runs, an honest answer for that spread."""
+    gates = parse_gates({"latency_p95_ms": {"maximum_regression_percent": 10},
+                         "latency_p50_ms": {"maximum_regression_percent": 10},
+                         "error_rate": {"maximum": 0.01}}, "t")
+    reps, promoted = 20, 0
+    for seed in range(reps):
+        rng = np.random.default_rng([seed, 15])
+        n = pairs
+        b, c = _aa_latencies(shape, rng, n)
+        data = make(b, c, segment=np.array([f"t{i % 4}" for i in range(n)]))
+        promoted += decide_verdict(evaluate_gates(gates, data, RES, n_resamples=300, seed=seed)).verdict == "PROMOTE"
+    assert promoted / reps >= 0.95, promoted
