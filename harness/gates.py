@@ -586,12 +586,15 @@ def _resource(spec: GateSpec, res: ResourceSummary | None, n_requests: int, alph
                           f"vs {spec.threshold_text}: {status}.")
 
 
-def decide_verdict(results: list[GateResult]) -> Verdict:
-    """BLOCK if a blocking gate fails anywhere; HOLD if a blocking gate is inconclusive in its own scope
-    (overall, or the segment the gate names); else PROMOTE. Inconclusive diagnostic segments are listed
-    in the report, but do not hold the release on their own."""
+def decide_verdict(results: list[GateResult], stopped_early: str | None = None) -> Verdict:
+    """BLOCK if a blocking gate fails anywhere, or the replay was stopped early (the anytime-valid test
+    showed the error excess beyond its allowance: what is left of the run cannot undo that); HOLD if a
+    blocking gate is inconclusive in its own scope (overall, or the segment the gate names); else PROMOTE.
+    Inconclusive diagnostic segments are listed in the report, but do not hold the release on their own."""
     blocking = [r for r in results if r.severity == "blocking"]
     fails = [r for r in blocking if r.status == "fail"]
+    if stopped_early:
+        return Verdict("BLOCK", [f"Stopped early: {stopped_early}.", *(r.reason for r in fails)])
     if fails:
         return Verdict("BLOCK", [r.reason for r in fails])
     scopes = {}

@@ -48,8 +48,8 @@ def judge(run_dir: Path) -> dict[str, Any]:
         comparison = _compare_outputs(con, data, scenario)
         results = evaluate_gates(scenario.gates, data, resources, alpha=a.alpha, n_resamples=a.bootstrap_resamples,
                                  seed=a.seed, aa_noise=aa_noise)
-        verdict = decide_verdict(results)
         fidelity = replay_fidelity(con, scenario.replay.lag_bound_ms)
+        verdict = decide_verdict(results, stopped_early=fidelity.get("stopped_early"))
         counts = accounting(con, versions)
         notes = [r[0] for r in con.execute("select detail from events where kind = 'note'").fetchall()]
         if info.status != "complete":

@@ -30,7 +30,7 @@ __all__ = [
     "DifferenceInterval", "paired_quantile_difference_ci", "mean_difference_interval", "mean_ci", "quantile_p_beyond",
     "benjamini_hochberg", "bh_adjusted",
     "n_two_proportions", "n_one_proportion_bound", "n_mcnemar", "n_quantile_ratio", "n_mean_difference",
-    "min_segment_n_for_quantile_gate", "msprt_discordant",
+    "min_segment_n_for_quantile_gate", "msprt_discordant", "eprocess_paired_excess",
     "psi", "ks_statistic", "cohen_kappa",
 ]
 
@@ -801,6 +801,34 @@ def msprt_discordant(b: int, c: int, *, alpha: float = 0.05, prior_a: float = 1.
              + (b + c) * math.log(2.0))
     e = math.inf if log_e > 700 else math.exp(log_e)
     return SequentialResult(e_value=e, reject=bool(c > b and log_e >= -math.log(alpha)))
+
+
+_BET_GRID = np.linspace(0.02, 0.98, 25)  # fractions of the largest safe bet, mixed with equal weights
+
+
+def eprocess_paired_excess(pairs: int, b: int, c: int, allowance: float = 0.0, *,
+                           alpha: float = 0.05) -> SequentialResult:
+    """Anytime-valid test that the candidate's paired error excess exceeds its allowance.
+
+    Each pair gives X = 1 (candidate-only error), -1 (baseline-only) or 0, and E[X] = p_c - p_b. Under
+    H0: p_c - p_b <= ``allowance`` (= delta), for every bet 0 <= lam <= 1 / (1 + delta) the product of
+    (1 + lam (X - delta)) over pairs is a nonnegative supermartingale; an equal-weight mixture over a grid
+    of bets is too (Waudby-Smith & Ramdas 2023, betting confidence sequences). It depends only on the
+    counts: e = mean over lam of (1 + lam (1 - delta))^c (1 - lam (1 + delta))^b (1 - lam delta)^(pairs - b - c).
+    Rejecting the first time e >= 1/alpha keeps the error rate <= alpha however often it is checked
+    (Ville's inequality), so a candidate within its allowance is stopped at most alpha of the time.
+    With allowance 0 it is the test of "candidate worse than baseline"."""
+    _check_counts(b + c, pairs)
+    if not 0 < alpha < 1 or not 0 <= allowance < 1:
+        raise ValueError("alpha must be in (0, 1) and the allowance in [0, 1)")
+    lam = _BET_GRID / (1 + allowance)
+    m = pairs - b - c
+    log_terms = (c * np.log1p(lam * (1 - allowance)) + b * np.log1p(-lam * (1 + allowance))
+                 + m * np.log1p(-lam * allowance))
+    top = float(log_terms.max())
+    log_e = top + math.log(float(np.mean(np.exp(log_terms - top))))
+    e = math.inf if log_e > 700 else math.exp(log_e)
+    return SequentialResult(e_value=e, reject=bool(log_e >= -math.log(alpha)))
 
 
 # --------------------------------------------------------------------------------------------- drift
