@@ -204,3 +204,33 @@ def test_a_clean_release_promotes_at_a_thousand_pairs(shape: str, pairs: int) ->
         data = make(b, c, segment=np.array([f"t{i % 4}" for i in range(n)]))
         promoted += decide_verdict(evaluate_gates(gates, data, RES, n_resamples=300, seed=seed)).verdict == "PROMOTE"
     assert promoted / reps >= 0.95, promoted
+
+
+# ------------------------------------------------------------------------------------------ 17.4 review scores
+
+@pytest.mark.parametrize("n", [10, 30, 100])
+def test_review_score_gate_does_not_pass_rare_drops_beyond_the_limit(n: int) -> None:
+    """Scores 0/1, the candidate dropping 0.34 on 10 % of requests: a true delta of -0.034 against a
+    -0.02 limit. The t bound PASSed whenever the sample happened to hold no drop (a third of the runs at
+    n=10); the betting bound may PASS at most alpha of the time at any n."""
+    from dataclasses import replace as dc_replace
+
+    gate = parse_gates({"human_review_score": {"minimum_delta": -0.02}}, "t")
+    rng = np.random.default_rng(n)
+    reps, passes = 200, 0
+    for _ in range(reps):
+        qb = (rng.random(n) < 0.85).astype(float)
+        qc = np.where(rng.random(n) < 0.1, qb - 0.34, qb)
+        data = dc_replace(make(*lognormal_pairs(rng, n)), score={"baseline": qb, "candidate": qc})
+        passes += overall(evaluate_gates(gate, data, RES), "human_review_score").status == "pass"
+    assert passes / reps <= 0.05, passes
+
+
+def test_review_score_needs_ten_pairs() -> None:
+    from dataclasses import replace as dc_replace
+
+    gate = parse_gates({"human_review_score": {"minimum_delta": -0.02}}, "t")
+    data = dc_replace(make(*lognormal_pairs(np.random.default_rng(0), 9)),
+                      score={"baseline": np.ones(9), "candidate": np.ones(9)})
+    r = overall(evaluate_gates(gate, data, RES), "human_review_score")
+    assert r.status == "inconclusive" and "fewer than the 10" in r.reason

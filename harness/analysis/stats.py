@@ -26,7 +26,8 @@ __all__ = [
     "RatioInterval", "Interval", "SequentialResult",
     "paired_quantile_ratio_ci", "paired_mean_ratio_ci", "quantile_ci",
     "wilson_interval", "clopper_pearson_interval", "binomial_p_above", "mcnemar_exact", "mcnemar_one_sided",
-    "paired_rate_difference_ci", "paired_rate_difference_p", "paired_mean_difference_ci",
+    "paired_rate_difference_ci", "paired_rate_difference_p", "paired_mean_difference_ci", "bounded_mean_difference_ci",
+    "bounded_mean_difference_p",
     "DifferenceInterval", "paired_quantile_difference_ci", "mean_difference_interval", "mean_ci", "quantile_p_beyond",
     "benjamini_hochberg", "bh_adjusted",
     "n_two_proportions", "n_one_proportion_bound", "n_mcnemar", "n_quantile_ratio", "n_mean_difference",
@@ -636,6 +637,85 @@ def paired_mean_difference_ci(baseline: ArrayLike, candidate: ArrayLike, confide
     se = float(d.std(ddof=1)) / math.sqrt(n)
     tq = float(sps.t.ppf(_tail_levels(confidence, one_sided)[1], n - 1))
     return Interval(est, est - tq * se, est + tq * se, n, se, float(n - 1))
+
+
+def _betting_log_capital(x: FloatArray, ms: FloatArray, alpha: float) -> FloatArray:
+    """For each candidate mean m (in (0, 1)), the log of the largest capital reached over the sequence
+    by betting that the mean of x exceeds m (see `_betting_lower`)."""
+    n = len(x)
+    t = np.arange(1, n + 1)
+    mu_hat = (0.5 + np.cumsum(x)) / (t + 1)
+    prev_mu = np.concatenate([[0.5], mu_hat[:-1]])
+    s2 = (0.25 + np.cumsum((x - prev_mu) ** 2)) / (t + 1)
+    prev_s2 = np.concatenate([[0.25], s2[:-1]])
+    lam = np.sqrt(2 * math.log(1 / alpha) / (n * prev_s2))
+    m = np.asarray(ms, dtype=np.float64)[:, None]
+    bets = np.minimum(lam[None, :], 0.75 / m)
+    return np.max(np.cumsum(np.log1p(bets * (x[None, :] - m)), axis=1), axis=1)
+
+
+def _betting_lower(x: FloatArray, alpha: float, grid: int) -> float:
+    """Lower confidence bound for the mean of values in [0, 1] by betting (Waudby-Smith & Ramdas 2023,
+    predictable plug-in bets, hedged only upwards): for each candidate mean m the capital
+    prod (1 + lam_i (x_i - m)), lam_i = min(sqrt(2 log(1/alpha) / (n s2_(i-1))), 0.75 / m), is a
+    nonnegative supermartingale when the mean is <= m, so m is excluded once its capital has reached
+    1/alpha (Ville). The bound is the largest excluded m, found on three nested grids (resolution
+    grid^-3, rounded down)."""
+    target = math.log(1 / alpha)
+
+    def largest_excluded(ms: FloatArray) -> float | None:
+        excluded = _betting_log_capital(x, ms, alpha) >= target
+        return float(ms[excluded].max()) if excluded.any() else None
+
+    # coarse to fine: the capital falls as m rises, so the excluded means are those below the bound
+    best, step = 0.0, 1.0
+    for _ in range(3):
+        step /= grid
+        found = largest_excluded(best + step * np.arange(1, grid))
+        if found is None:
+            break
+        best = found
+    return best
+
+
+def bounded_mean_difference_ci(baseline: ArrayLike, candidate: ArrayLike, low: float, high: float,
+                               confidence: float = 0.95, grid: int = 48) -> Interval:
+    """One-sided bounds (each at ``confidence``) for mean(candidate - baseline) when every score lies in
+    [low, high], valid at every n and for any shape: rare drops, skew and ties included (the t bound
+    covered 66 % at n=10 and 89 % at n=30 for rare drops). Each bound is a betting bound on the
+    differences rescaled to [0, 1] (`_betting_lower`), in capture order, rounded outwards. ``se`` is the t standard error, kept for the p-value."""
+    _check_confidence(confidence)
+    b, c = _paired(baseline, candidate)
+    if not high > low:
+        raise ValueError("high must exceed low")
+    span = high - low
+    d = c - b
+    if (np.abs(d) > span * (1 + 1e-9)).any():
+        raise ValueError(f"score differences exceed the range [{low:g}, {high:g}]")
+    x = np.clip((d + span) / (2 * span), 0.0, 1.0)
+    alpha = 1 - confidence
+    lo = _betting_lower(x, alpha, grid) * 2 * span - span
+    hi = (1 - _betting_lower(1 - x, alpha, grid)) * 2 * span - span
+    n = len(d)
+    est = float(d.mean())
+    se = float(d.std(ddof=1)) / math.sqrt(n) if n > 1 else math.inf
+    return Interval(est, min(lo, est), max(hi, est), n, se, float(max(n - 1, 0)))
+
+
+def bounded_mean_difference_p(baseline: ArrayLike, candidate: ArrayLike, low: float, high: float, threshold: float,
+                              direction: Literal["min", "max"] = "min", alpha: float = 0.05) -> float:
+    """p-value dual to `bounded_mean_difference_ci` (1 / the largest capital, capped at 1) for "the mean
+    difference is below ``threshold``" (direction "min", H0: mean >= threshold) or above it ("max")."""
+    b, c = _paired(baseline, candidate)
+    span = high - low
+    x = np.clip((c - b + span) / (2 * span), 0.0, 1.0)
+    m = (threshold + span) / (2 * span)
+    if direction == "min":
+        x, m = 1 - x, 1 - m
+    if not 0 < m < 1:
+        return 1.0 if m >= 1 else 0.0
+    log_k = float(_betting_log_capital(x, np.array([m]), alpha)[0])
+    return float(min(1.0, math.exp(-log_k)))
 
 
 # --------------------------------------------------------------------------------------------- multiplicity
