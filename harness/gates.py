@@ -58,6 +58,12 @@ class GateResult:
     min_n: int | None = None
     effect: float | None = None  # signed "how much worse" on the metric's natural scale, for ranking
     comparison: str = "absolute"
+    # p-value of "no worse than the baseline" (H0: no change), where the gate compares the versions
+    p_worse: float | None = None
+    # a blocking segment result that is inconclusive, beyond the limit by its estimate, and worse than the
+    # baseline after Benjamini-Hochberg across the segment tests: it holds the release
+    suspect: bool = False
+    direction: str = "max"  # the condition's: "max" when a larger value is the worse one
 
     @property
     def comparison_is_relative(self) -> bool:
@@ -156,6 +162,35 @@ def _multiplicity(results: list[GateResult], specs: Iterable[GateSpec], alpha: f
         if r.status == "fail" and not rej:
             out[i] = replace(r, status="inconclusive",
                              reason=r.reason + f" Not significant after Benjamini-Hochberg across {len(idx)} segment tests.")
+    return _suspects(out, overall_labels, alpha)
+
+
+def _beyond_limit(r: GateResult) -> bool:
+    """The point estimate is on the wrong side of the gate's limit."""
+    if r.observed is None or not math.isfinite(r.observed):
+        return False
+    value = r.observed - 1.0 if r.comparison == "relative" and r.metric in LATENCY_LIKE else r.observed
+    return value > r.threshold if r.direction == "max" else value < r.threshold
+
+
+def _suspects(results: list[GateResult], overall_labels: dict[str, str | None], alpha: float) -> list[GateResult]:
+    """A regression confined to one segment is often too small a sample to FAIL there, and BH with one real
+    signal acts like Bonferroni: such a segment would let the release PROMOTE. The screen: test "no worse
+    than the baseline" in every segment of every comparison gate, Benjamini-Hochberg across those tests at
+    alpha; a blocking segment result that is inconclusive, rejected there, and beyond the limit by its
+    estimate is a suspect, and holds the release (docs/judgement.md, "Where is it worse")."""
+    idx = [i for i, r in enumerate(results) if r.segment != overall_labels.get(r.name) and r.p_worse is not None]
+    if not idx:
+        return results
+    rejected = stats.benjamini_hochberg([results[i].p_worse for i in idx], alpha)  # type: ignore[misc]
+    out = list(results)
+    for i, rej in zip(idx, rejected):
+        r = out[i]
+        if rej and r.status == "inconclusive" and r.severity == "blocking" and _beyond_limit(r):
+            out[i] = replace(r, suspect=True, reason=r.reason + (
+                f" Suspected regression: worse than the baseline after Benjamini-Hochberg across {len(idx)} "
+                f"segment tests (p={r.p_worse:.2g}) and beyond the limit by its estimate; held until a larger run "
+                "settles it."))
     return out
 
 
@@ -190,7 +225,7 @@ def _evaluate_one(spec: GateSpec, data: PairData, mask: np.ndarray, label: str |
 def _result(spec: GateSpec, label: str | None, **kw: Any) -> GateResult:
     return GateResult(name=spec.name, metric=spec.metric, aggregation=spec.aggregation, segment=label,
                       threshold=spec.threshold, threshold_text=spec.threshold_text, severity=spec.severity,
-                      unit=spec.unit, comparison=spec.comparison, **kw)
+                      unit=spec.unit, comparison=spec.comparison, direction=spec.direction, **kw)
 
 
 def _where(label: str | None) -> str:
@@ -265,6 +300,7 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
     if spec.comparison == "delta":
         return _latency_delta(spec, label, b, c, q, alpha, n_resamples, seed, n, few, few_txt, pass_floor, what, unit,
                               failed_txt)
+    local = _localized_p(spec, data, mask, series) if label is not None and spec.segment is None else None
     if q is None:
         ratio_ci = stats.paired_mean_ratio_ci(b, c, confidence=1 - alpha, n_resamples=n_resamples, seed=seed)
     else:
@@ -286,10 +322,30 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
     }[status]
     return _result(spec, label, baseline=ratio_ci.baseline_q, candidate=ratio_ci.candidate_q,
                    observed=ratio_ci.estimate, ci=(ratio_ci.lower, ratio_ci.upper), n=n, status=status,
-                   p_value=p_fail, min_n=pass_floor, effect=ratio_ci.estimate - 1,
+                   p_value=p_fail, p_worse=_either(ratio_ci.p_above(1.0), local), min_n=pass_floor,
+                   effect=ratio_ci.estimate - 1,
                    reason=f"{agg} {what}{_where(label)} {ratio_ci.baseline_q:.1f} -> {ratio_ci.candidate_q:.1f} {unit} "
                           f"({change:+.1f} %, {100 * (1 - alpha):g} % bounds {100 * (ratio_ci.lower - 1):+.1f} % to "
                           f"{100 * (ratio_ci.upper - 1):+.1f} %, n={n}): {why}.{failed_txt}")
+
+
+def _localized_p(spec: GateSpec, data: PairData, mask: np.ndarray, series: dict[str, np.ndarray]) -> float:
+    """One-sided p-value that the candidate is slower more often inside the segment than outside it: the
+    share of pairs where the candidate leg took longer (ties left out), segment against the rest, by the
+    two-proportion z test (independent sets of pairs). A regression confined to a segment shifts the whole
+    distribution there, which this sees long before the segment's own p95 interval clears the limit; a
+    shift shared by every segment does not make any one of them suspect."""
+    inside = _latency_pairs(spec, data, mask, series)
+    outside = _latency_pairs(spec, data, ~mask, series)
+    (bi, ci_), (bo, co) = inside[:2], outside[:2]
+    ki, ni = int((ci_ > bi).sum()), int((ci_ != bi).sum())
+    ko, no = int((co > bo).sum()), int((co != bo).sum())
+    return stats.two_proportion_p_above(ki, ni, ko, no)
+
+
+def _either(p: float, q: float | None) -> float:
+    """Bonferroni over two screens of the same hypothesis (no worse than the baseline)."""
+    return p if q is None else min(1.0, 2 * min(p, q))
 
 
 def _bound_status(spec: GateSpec, lo: float, hi: float, few: bool) -> str:
@@ -341,7 +397,7 @@ def _latency_delta(spec: GateSpec, label: str | None, b: np.ndarray, c: np.ndarr
            else f"the interval straddles +{spec.threshold:g} {unit}"}[status]
     return _result(spec, label, baseline=iv.baseline, candidate=iv.candidate, observed=iv.estimate,
                    ci=(iv.lower, iv.upper), n=n, status=status, p_value=iv.p_above(spec.threshold),
-                   min_n=pass_floor, effect=iv.estimate - spec.threshold,
+                   p_worse=iv.p_above(0.0), min_n=pass_floor, effect=iv.estimate - spec.threshold,
                    reason=f"{spec.aggregation} {what}{_where(label)} {iv.baseline:.1f} -> {iv.candidate:.1f} {unit} "
                           f"({iv.estimate:+.1f} {unit}, {100 * (1 - alpha):g} % bounds {iv.lower:+.1f} to "
                           f"{iv.upper:+.1f} {unit}, n={n}): {why}.{failed_txt}")
@@ -406,9 +462,11 @@ def _rate_delta(spec: GateSpec, label: str | None, col: dict[str, np.ndarray], s
         status = "pass" if lo >= thr else "fail" if hi < thr else "inconclusive"
     # The p-value tests the gate's own allowance (Tango's score test at the threshold, the dual of the
     # interval), not "no change": McNemar against 0 would flag a candidate that is within its allowance.
-    p = stats.paired_rate_difference_p(b_only, c_only, n, thr, "max" if spec.direction == "max" else "min")
+    side = "max" if spec.direction == "max" else "min"
+    p = stats.paired_rate_difference_p(b_only, c_only, n, thr, side)
     return _result(spec, label, baseline=rate.get("baseline"), candidate=rate.get("candidate"), observed=diff,
                    ci=(lo, hi), n=n, status=status, p_value=p, effect=diff,
+                   p_worse=stats.paired_rate_difference_p(b_only, c_only, n, 0.0, side),
                    reason=f"Paired {what} change{_where(label)} {100 * diff:+.2f} points ({b_only} baseline-only vs "
                           f"{c_only} candidate-only events in {n} pairs; score test against the allowance p={p:.3g}) "
                           f"vs {spec.threshold_text}: {status}.")
@@ -613,6 +671,7 @@ def decide_verdict(results: list[GateResult], stopped_early: str | None = None) 
     for r in results:
         scopes.setdefault(r.name, r)  # the first result of each gate is its own scope
     inconclusive = [r for r in scopes.values() if r.severity == "blocking" and r.status == "inconclusive"]
-    if inconclusive:
-        return Verdict("HOLD", [r.reason for r in inconclusive])
+    suspects = [r for r in blocking if r.suspect and r not in inconclusive]
+    if inconclusive or suspects:
+        return Verdict("HOLD", [r.reason for r in inconclusive + suspects])
     return Verdict("PROMOTE", [f"All {len(scopes)} gates pass in their scope; no segment fails."])

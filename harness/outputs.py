@@ -164,8 +164,8 @@ def worst_segments(results: list[GateResult], limit: int = 15) -> list[dict[str,
         rows.append({"segment": r.segment, "gate": r.name, "metric": r.metric, "aggregation": r.aggregation,
                      "baseline": r.baseline, "candidate": r.candidate, "observed": r.observed,
                      "ci": list(r.ci) if r.ci else None, "threshold": r.threshold, "n": r.n, "status": r.status,
-                     "effect": r.effect, "severity": severity, "reason": r.reason})
-    rows.sort(key=lambda x: (x["status"] != "fail", -x["severity"]))
+                     "effect": r.effect, "severity": severity, "reason": r.reason, "suspect": r.suspect})
+    rows.sort(key=lambda x: (x["status"] != "fail", not x["suspect"], -x["severity"]))
     return _clean(rows[:limit])
 
 

@@ -25,7 +25,7 @@ from scipy import stats as sps
 __all__ = [
     "RatioInterval", "Interval", "SequentialResult",
     "paired_quantile_ratio_ci", "paired_mean_ratio_ci", "quantile_ci",
-    "wilson_interval", "clopper_pearson_interval", "binomial_p_above", "mcnemar_exact", "mcnemar_one_sided",
+    "wilson_interval", "clopper_pearson_interval", "binomial_p_above", "two_proportion_p_above", "mcnemar_exact", "mcnemar_one_sided",
     "paired_rate_difference_ci", "paired_rate_difference_p", "paired_mean_difference_ci", "bounded_mean_difference_ci",
     "bounded_mean_difference_p",
     "DifferenceInterval", "paired_quantile_difference_ci", "mean_difference_interval", "mean_ci", "quantile_p_beyond",
@@ -538,6 +538,20 @@ def binomial_p_above(k: int, n: int, p0: float) -> float:
     if n == 0 or k == 0:
         return 1.0
     return float(sps.binom.sf(k - 1, n, p0))
+
+
+def two_proportion_p_above(k1: int, n1: int, k2: int, n2: int) -> float:
+    """One-sided p-value that the first proportion exceeds the second (independent samples): the pooled
+    two-proportion z test. 1.0 when either sample is empty or the pooled proportion is 0 or 1."""
+    _check_counts(k1, n1)
+    _check_counts(k2, n2)
+    if n1 == 0 or n2 == 0:
+        return 1.0
+    pooled = (k1 + k2) / (n1 + n2)
+    if pooled in (0.0, 1.0):
+        return 1.0
+    z = (k1 / n1 - k2 / n2) / math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    return float(sps.norm.sf(z))
 
 
 def mcnemar_exact(b: int, c: int) -> float:
