@@ -103,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _print_verdict(summary: dict[str, Any], run_dir: Path) -> None:
     print(f"verdict: {summary['verdict']}")
-    failing = [g for g in summary["gates"] if g["status"] == "fail"]
+    for e in (summary.get("explanations") or [])[:10]:
+        print(f"  {'WHERE' if e['explains'] else 'ALSO'}: {e['text']}")
+    # the segments that explain the regressions first; those a stronger segment explains after them
+    failing = sorted((g for g in summary["gates"] if g["status"] == "fail"), key=lambda g: bool(g.get("explained_by")))
     for g in failing[:20]:
         print(f"  FAIL {g['name']} [{g['segment'] or 'overall'}]: {g['reason']}")
     if len(failing) > 20:

@@ -64,6 +64,7 @@ class GateResult:
     # baseline after Benjamini-Hochberg across the segment tests: it holds the release
     suspect: bool = False
     direction: str = "max"  # the condition's: "max" when a larger value is the worse one
+    explained_by: str | None = None  # a stronger segment without whose requests this one is within the limit
 
     @property
     def comparison_is_relative(self) -> bool:

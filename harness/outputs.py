@@ -17,6 +17,7 @@ from .analysis.output_diff import OutputDiffConfig, aa_field_rates, compare_outp
 from .analysis.overview import accounting, replay_fidelity, resource_overview, segment_overview, version_overview
 from .errors import StoreError
 from .gate_config import DETECTOR_RATES, HIGHER_IS_BETTER, LATENCY_LIKE, PAIR_METRICS
+from .attribution import explain_segments
 from .gates import GateResult, ResourceSummary, decide_verdict, evaluate_gates, natural_delta
 from .scenario import scenario_from_dict
 from .store import open_results, upgrade_results
@@ -48,6 +49,8 @@ def judge(run_dir: Path) -> dict[str, Any]:
         comparison = _compare_outputs(con, data, scenario)
         results = evaluate_gates(scenario.gates, data, resources, alpha=a.alpha, n_resamples=a.bootstrap_resamples,
                                  seed=a.seed, aa_noise=aa_noise)
+        results, explanations = explain_segments(scenario.gates, results, data, resources, alpha=a.alpha,
+                                                 n_resamples=a.bootstrap_resamples, seed=a.seed)
         fidelity = replay_fidelity(con, scenario.replay.lag_bound_ms)
         verdict = decide_verdict(results, stopped_early=fidelity.get("stopped_early"))
         counts = accounting(con, versions)
@@ -66,6 +69,7 @@ def judge(run_dir: Path) -> dict[str, Any]:
             "verdict_reasons": verdict.reasons,
             "run": _run_block(info.row, scenario),
             "gates": [r.to_json() for r in results],
+            "explanations": [e.to_json() for e in explanations],
             "worst_segments": worst_segments(results),
             "counts": counts,
             "versions": _clean(version_overview(con)),
@@ -164,8 +168,10 @@ def worst_segments(results: list[GateResult], limit: int = 15) -> list[dict[str,
         rows.append({"segment": r.segment, "gate": r.name, "metric": r.metric, "aggregation": r.aggregation,
                      "baseline": r.baseline, "candidate": r.candidate, "observed": r.observed,
                      "ci": list(r.ci) if r.ci else None, "threshold": r.threshold, "n": r.n, "status": r.status,
-                     "effect": r.effect, "severity": severity, "reason": r.reason, "suspect": r.suspect})
-    rows.sort(key=lambda x: (x["status"] != "fail", not x["suspect"], -x["severity"]))
+                     "effect": r.effect, "severity": severity, "reason": r.reason, "suspect": r.suspect,
+                     "explained_by": r.explained_by})
+    # the segments that explain a regression lead; those a stronger one explains follow
+    rows.sort(key=lambda x: (x["status"] != "fail", not x["suspect"], x["explained_by"] is not None, -x["severity"]))
     return _clean(rows[:limit])
 
 

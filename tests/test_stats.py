@@ -1,5 +1,6 @@
-"""harness.analysis.stats: properties (hypothesis), reference values from the published formulas (docs/judgement.md, "Methods and sources"),
-and a seeded A/A error-rate check of the latency gate rule. No wall-clock assertions."""
+"""harness.analysis.stats: properties (hypothesis), reference values from the published formulas
+(docs/judgement.md, "Methods and sources"), and a seeded A/A error-rate check of the latency gate rule.
+No wall-clock assertions."""
 from __future__ import annotations
 
 import math
