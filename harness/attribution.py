@@ -67,8 +67,11 @@ def explain_segments(specs: Iterable[GateSpec], results: list[GateResult], data:
         leaders: list[tuple[GateResult, list[str]]] = []
         for i, s in flagged:
             s_mask = masks.get(s.segment)
-            by = None
-            for t, members in leaders if s_mask is not None else []:
+            if s_mask is None:
+                leaders.append((s, []))
+                continue
+            by: str | None = None
+            for t, members in leaders:
                 if _dimension(t.segment or "") == _dimension(s.segment or ""):
                     continue  # values of one segment do not overlap
                 rest = s_mask & ~masks[t.segment]
@@ -82,11 +85,13 @@ def explain_segments(specs: Iterable[GateSpec], results: list[GateResult], data:
                     out[i] = replace(s, explained_by=by, reason=s.reason + (
                         f" Explained by {by}: without its requests, {_short(again)}."))
                     break
-            if by is None and s_mask is not None:
-                by = _explained_by_several(spec, data, s, s_mask, leaders, masks, resources, alpha, n_resamples, seed)
-                if by is not None:
-                    out[i] = replace(s, explained_by=by[0], reason=s.reason + f" Explained by {by[0]} together: "
-                                                                              f"without their requests, {by[1]}.")
+            if by is None:
+                several = _explained_by_several(spec, data, s, s_mask, leaders, masks, resources, alpha, n_resamples,
+                                                seed)
+                if several is not None:
+                    by = several[0]
+                    out[i] = replace(s, explained_by=by, reason=s.reason + f" Explained by {by} together: "
+                                                                           f"without their requests, {several[1]}.")
             if by is None:
                 leaders.append((s, []))
         explanations += [_explanation(spec, t, tuple(members)) for t, members in leaders]

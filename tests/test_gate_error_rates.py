@@ -1,6 +1,7 @@
 """Each gate's error rates as documented (docs/judgement.md): seeded simulations at each gate's hardest
 null (the true value exactly at the limit), settings that mean what they say, and failures that cannot
-make a candidate look fast. Fast enough for the unit tier: a few hundred repetitions of small designs."""
+make a candidate look fast. Simulations over about a second are in the integration tier; the same
+designs with more repetitions are benchmarks/gate_error_rates.py and benchmarks/segment_power.py."""
 from __future__ import annotations
 
 import math
@@ -141,6 +142,7 @@ def _family_false_fail(gate_yaml: dict, build, reps: int, n_seg: int = 20) -> fl
     return hits / reps
 
 
+@pytest.mark.integration  # a seeded simulation of several seconds
 def test_rate_increase_segments_at_the_allowance_rarely_fail_after_bh() -> None:
     """20 segments, each with the candidate exactly 0.5 points worse (the allowance): McNemar against 0
     let some segment FAIL through BH in about half the runs; the score test against the allowance, in
@@ -153,6 +155,7 @@ def test_rate_increase_segments_at_the_allowance_rarely_fail_after_bh() -> None:
     assert rate <= 0.10, rate
 
 
+@pytest.mark.integration  # a seeded simulation of several seconds
 def test_absolute_latency_segments_at_the_limit_rarely_fail_after_bh() -> None:
     limit = 10 * math.exp(0.5 * 1.6448536269514722)  # the p95 of the lognormal below
 
@@ -164,6 +167,7 @@ def test_absolute_latency_segments_at_the_limit_rarely_fail_after_bh() -> None:
     assert rate <= 0.10, rate
 
 
+@pytest.mark.integration  # a seeded simulation of several seconds
 def test_distribution_segments_at_the_limit_rarely_fail_after_bh() -> None:
     def build(rng, k):
         n = 300 * k
@@ -186,6 +190,7 @@ def _aa_latencies(shape: str, rng: np.random.Generator, n: int) -> tuple[np.ndar
     return cost * rng.lognormal(0, 0.1, n), cost * rng.lognormal(0, 0.1, n)
 
 
+@pytest.mark.integration  # a seeded simulation of several seconds
 @pytest.mark.parametrize(("shape", "pairs"), [("unimodal", 1000), ("bimodal", 1200), ("heavy", 2000)])
 def test_a_clean_release_promotes_at_a_thousand_pairs(shape: str, pairs: int) -> None:
     """The sufficiency rule follows the paired evidence (the interval, and 20 observations beyond the
@@ -238,6 +243,7 @@ def test_review_score_needs_ten_pairs() -> None:
 
 # ------------------------------------------------------------------------------------------ 17.7 where is it worse
 
+@pytest.mark.integration  # a seeded simulation of several seconds
 def test_a_regression_confined_to_one_tenant_holds_the_release_and_leads_the_list() -> None:
     """benchmarks/segment_power.py's hardest design, fewer repetitions: 5,000 pairs, pair correlation 0.36,
     one tenant of ten 20 % slower against a +10 % p95 gate. Its segment is rarely a FAIL, and it used to

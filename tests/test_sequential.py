@@ -106,6 +106,7 @@ def _stop_rate(p_b: float, p_c: float, allowance: float, reps: int, n: int = 400
     return stopped / reps
 
 
+@pytest.mark.integration  # a seeded simulation of several seconds
 def test_early_stop_respects_the_allowance() -> None:
     """A candidate exactly at its 0.5-point allowance (1 % -> 1.5 %), watched every 20 pairs: stopped at most
     about alpha of the time (the test against "worse than the baseline" stopped it in about a quarter of

@@ -685,7 +685,7 @@ def _betting_lower(x: FloatArray, alpha: float, grid: int) -> float:
     best, step = 0.0, 1.0
     for _ in range(3):
         step /= grid
-        found = largest_excluded(best + step * np.arange(1, grid))
+        found = largest_excluded(best + step * np.arange(1, grid, dtype=np.float64))
         if found is None:
             break
         best = found
