@@ -151,7 +151,10 @@ def _write_verdict(summary: dict[str, Any], run_dir: Path) -> None:
         print(f"provisional judgement of the legs that completed: {summary.get('provisional_verdict')}")
     else:
         print(f"verdict: {summary['verdict']}")
-    failing = [g for g in summary["gates"] if g["status"] == "fail"]
+    for e in (summary.get("explanations") or [])[:10]:
+        print(f"  {'WHERE' if e['explains'] else 'ALSO'}: {e['text']}")
+    # the segments that explain the regressions first; those a stronger segment explains after them
+    failing = sorted((g for g in summary["gates"] if g["status"] == "fail"), key=lambda g: bool(g.get("explained_by")))
     for g in failing[:20]:
         print(f"  FAIL {g['name']} [{g['segment'] or 'overall'}]: {g['reason']}")
     if len(failing) > 20:

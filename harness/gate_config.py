@@ -113,8 +113,45 @@ class GateSpec:
         sign = "<=" if self.direction == "max" else ">="
         value = f"{self.threshold * 100:g} %" if self.unit == "fraction" else f"{self.threshold:g}"
         if self.comparison == "delta":
-            return f"candidate - baseline {sign} {value}"
+            unit = f" {self.unit}" if self.unit in ("ms", "tokens") else ""
+            return f"candidate - baseline {sign} {value}{unit}"
         return f"{sign} {value}"
+
+
+_RATES = frozenset({"error_rate", "timeout_rate", "schema_pass_rate", *DETECTOR_RATES})
+_COUNTS = frozenset({"gpu_oom_events", "oom_kills", "restarts"})
+_PEAKS = frozenset({"peak_rss_mb", "peak_gpu_memory_mb"})
+
+
+def _refusal(metric: str, key: str) -> str:
+    """Why a condition is refused for a metric: a setting must mean what it says, or not parse at all."""
+    if metric in PAIR_METRICS:
+        return f"{metric} compares the two versions already, so {key} has no baseline to be relative to"
+    if metric in _RATES and key == "maximum_regression_percent":
+        return (f"{metric} is a rate: a percent change of a rate is not judged (write the allowed change in points "
+                "as maximum_increase: 0.005, or an absolute limit as maximum: 0.01)")
+    if metric in LATENCY_LIKE:
+        return f"{metric} has no lower allowance on its change (minimum_delta); a slower candidate is the risk"
+    return f"{key} is not judged for {metric}"
+
+
+def _allowed_conditions(metric: str) -> tuple[str, ...]:
+    """The condition keys that the gates implement for this metric, each with its own test."""
+    if metric in PAIR_METRICS:
+        return ("maximum", "minimum")
+    if metric in LATENCY_LIKE:
+        # maximum_increase: the paired bootstrap of the quantile (or mean) difference, in the metric's unit
+        return ("maximum", "minimum", "maximum_regression_percent", "maximum_increase")
+    if metric in _RATES:
+        return ("maximum", "minimum", "maximum_increase", "minimum_delta")
+    if metric == "review_score":
+        return ("minimum_delta",)
+    if metric in _COUNTS:
+        return ("maximum",)
+    if metric in _PEAKS:
+        return ("maximum", "maximum_regression_percent")
+    return tuple(CONDITIONS)
+
 
 
 def parse_gates(raw: Mapping[str, Any] | None, where: str,
@@ -183,10 +220,9 @@ def _parse_one(name: str, body: Any, where: str, where_key: Callable[[str], str]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ScenarioError(f"{where}.{key}: expected a number, got {value!r}")
     comparison, direction = CONDITIONS[key]
-    if metric in PAIR_METRICS and comparison != "absolute":
-        raise ScenarioError(f"{where}: {metric} compares the two versions already; use maximum or minimum, not {key}")
-    if metric in DETECTOR_RATES and key == "maximum_regression_percent":
-        raise ScenarioError(f"{where}: {metric} is a rate; use maximum, minimum, maximum_increase or minimum_delta")
+    allowed = _allowed_conditions(metric)
+    if key not in allowed:
+        raise ScenarioError(f"{where}.{key}: {_refusal(metric, key)}; use {' or '.join(allowed)}")
     threshold = float(value) / 100.0 if key == "maximum_regression_percent" else float(value)
     severity = body.get("severity", "blocking")
     if severity not in ("blocking", "warning"):

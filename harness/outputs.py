@@ -20,6 +20,7 @@ from .errors import ScenarioError, StoreError
 from .gate_config import DETECTOR_RATES, HIGHER_IS_BETTER, LATENCY_LIKE, PAIR_METRICS
 from .evidence import apply_evidence
 from .fidelity import IN_FLIGHT_REASON, apply_fidelity, assess_fidelity, skipped_in_scope
+from .attribution import explain_segments
 from .gates import GateResult, ResourceSummary, decide_verdict, evaluate_gates, natural_delta
 from .scenario import scenario_from_dict
 from .store import open_results, upgrade_results
@@ -55,7 +56,10 @@ def judge(run_dir: Path) -> dict[str, Any]:
         fidelity = replay_fidelity(con, scenario.replay.lag_bound_ms)
         results = _judge_fidelity(con, results, fidelity, scenario, info.segments)
         results = apply_evidence(results, _resource_sources(con), versions)
-        verdict = decide_verdict(results)
+        # attribution reads the final statuses: a gate that fidelity or evidence made inconclusive explains nothing
+        results, explanations = explain_segments(scenario.gates, results, data, resources, alpha=a.alpha,
+                                                 n_resamples=a.bootstrap_resamples, seed=a.seed)
+        verdict = decide_verdict(results, stopped_early=fidelity.get("stopped_early"))
         counts = accounting(con, versions)
         notes = [r[0] for r in con.execute("select detail from events where kind = 'note'").fetchall()]
         if info.status != "complete":
@@ -76,6 +80,7 @@ def judge(run_dir: Path) -> dict[str, Any]:
             "verdict_reasons": verdict.reasons,
             "run": _run_block(info.row, scenario),
             "gates": [r.to_json() for r in results],
+            "explanations": [e.to_json() for e in explanations],
             "worst_segments": worst_segments(results),
             "counts": counts,
             "versions": _clean(version_overview(con)),
@@ -198,8 +203,10 @@ def worst_segments(results: list[GateResult], limit: int = 15) -> list[dict[str,
         rows.append({"segment": r.segment, "gate": r.name, "metric": r.metric, "aggregation": r.aggregation,
                      "baseline": r.baseline, "candidate": r.candidate, "observed": r.observed,
                      "ci": list(r.ci) if r.ci else None, "threshold": r.threshold, "n": r.n, "status": r.status,
-                     "effect": r.effect, "severity": severity, "reason": r.reason})
-    rows.sort(key=lambda x: (x["status"] != "fail", -x["severity"]))
+                     "effect": r.effect, "severity": severity, "reason": r.reason, "suspect": r.suspect,
+                     "explained_by": r.explained_by})
+    # the segments that explain a regression lead; those a stronger one explains follow
+    rows.sort(key=lambda x: (x["status"] != "fail", not x["suspect"], x["explained_by"] is not None, -x["severity"]))
     return _clean(rows[:limit])
 
 

@@ -163,7 +163,7 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
         monitor = _monitor(scenario, pids or {})
         sinks = {"legs": store.write_legs, "events": store.write_events, "resources": store.write_resources}
         options = ReplayOptions(web_ui=web_ui, web_port=web_port, progress_every_s=progress_every_s)
-        stop_rule = _sequential_rule(scenario.analysis.alpha) if scenario.replay.stop_early else None
+        stop_rule = _AllowanceStop(scenario) if scenario.replay.stop_early else None
         if processes > 1 or master:
             from .replay.distributed import run_replay_master
 
@@ -211,18 +211,30 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _sequential_rule(alpha: float) -> Callable[[int, int, int], str | None]:
-    from .analysis.stats import msprt_discordant
+class _AllowanceStop:
+    """The early stop (replay.stop_early): an anytime-valid e-process on the paired error excess against
+    the allowance of the scenario's error-rate gate (`maximum_increase`, or an absolute `maximum`, which an
+    excess beyond it alone already breaks), so that a candidate within its allowance is stopped at most
+    alpha of the time. Warm-up pairs are not counted (`warmup`, read by the watch)."""
 
-    def rule(pairs: int, b: int, c: int) -> str | None:
-        result = msprt_discordant(b, c, alpha=alpha)
+    def __init__(self, scenario: Scenario) -> None:
+        self.alpha = scenario.analysis.alpha
+        self.warmup = scenario.traffic.warmup_requests
+        gate = next((g for g in scenario.gates if g.metric == "error_rate" and g.segment is None
+                     and g.severity == "blocking" and g.direction == "max"), None)
+        self.allowance = gate.threshold if gate else 0.0
+        self.against = (f"the {gate.name} gate's allowance of {100 * gate.threshold:g} points" if gate
+                        else "the baseline's (no blocking error_rate gate: allowance 0)")
+
+    def __call__(self, pairs: int, b: int, c: int) -> str | None:
+        from .analysis.stats import eprocess_paired_excess
+
+        result = eprocess_paired_excess(pairs, b, c, self.allowance, alpha=self.alpha)
         if not result.reject:
             return None
-        return (f"after {pairs} pairs the candidate's error incidence is worse than the baseline's "
-                f"({c} candidate-only vs {b} baseline-only errors; mSPRT e-value {result.e_value:.0f} >= 1/alpha = "
-                f"{1 / alpha:.0f}, valid at any stopping time)")
-
-    return rule
+        return (f"after {pairs} pairs the candidate's error excess is beyond {self.against} "
+                f"({c} candidate-only vs {b} baseline-only errors; e-value {result.e_value:.0f} >= 1/alpha = "
+                f"{1 / self.alpha:.0f}, valid at any stopping time)")
 
 
 def _check_port_free(flag: str, host: str, port: int, who: str) -> None:

@@ -87,6 +87,7 @@ def render_report(summary: dict[str, Any], data: ReportData | None) -> str:
         "versions": version_table(summary, data),
         "heatmap": segment_heatmap(summary),
         "worst": worst_segment_rows(summary),
+        "explanations": summary.get("explanations") or [],
         "charts": figures,
         "examples": example_groups(data),
         "examples_per_kind": EXAMPLES_PER_KIND,
