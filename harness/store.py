@@ -23,7 +23,7 @@ __all__ = ["RunStore", "RunMeta", "open_results", "analysed_legs", "upgrade_resu
 
 RESERVED_COLUMNS = frozenset({"request_id", "seq", "loop", "source_line", "captured_at", "offset_s", "method", "path",
                               "route", "headers_json", "request_bytes", "warmup", "captured_request_id",
-                              "production_status", "order_idx"})
+                              "production_status", "order_idx", "batch_size"})
 
 _LEG_SELECT = ", ".join(
     f"to_timestamp({f.name}) as {f.name}" if f.name in ("intended_at", "sent_at", "done_at") else f.name
@@ -118,7 +118,7 @@ class RunStore:
                    meta.baseline_url, meta.candidate_url, json.dumps(list(meta.segments))])
         c.execute(f"""create table requests as select request_id, order_idx, seq, loop, source_line, captured_at,
             offset_s, method, path, route {seg_cols}, request_bytes, warmup, headers_json,
-            captured_request_id, production_status from read_parquet(?) order by order_idx""", [str(schedule)])
+            captured_request_id, production_status, batch_size from read_parquet(?) order by order_idx""", [str(schedule)])
         c.execute(f"""create table skipped as select source_line, captured_at, method, path, route, reason
             {seg_cols} from read_parquet(?)""", [str(skipped)])
         c.execute("create table bad_records as select source, line, reason from read_parquet(?)", [str(bad)])
