@@ -129,6 +129,8 @@ class RunStore:
         self._create_typed("events", EVENT_SCHEMA, 'to_timestamp("at") as "at", kind, detail')
         c.execute("create table scores (request_id varchar, version varchar, score double, source varchar)")
         c.execute(PAIRS_VIEW)
+        c.execute(PREDICTION_ROWS_VIEW)
+        c.execute(ROW_PAIRS_VIEW)
         c.execute("checkpoint")
 
     def _create_typed(self, table: str, schema: pa.Schema, select: str) -> None:
@@ -170,7 +172,7 @@ class RunStore:
 
 
 _DUCK_TYPES = {pa.string(): "varchar", pa.float64(): "double", pa.int64(): "bigint", pa.int32(): "integer",
-               pa.bool_(): "boolean"}
+               pa.bool_(): "boolean", pa.list_(pa.string()): "varchar[]", pa.list_(pa.float64()): "double[]"}
 
 
 def upgrade_results(path: Path) -> list[str]:
@@ -190,6 +192,13 @@ def upgrade_results(path: Path) -> list[str]:
             if f.name not in have and f.type in _DUCK_TYPES:
                 con.execute(f'alter table legs add column "{f.name}" {_DUCK_TYPES[f.type]}')
                 added.append(f.name)
+        if added:
+            if "batch_size" not in {r[0] for r in con.execute(
+                    "select column_name from information_schema.columns where table_name = 'requests'").fetchall()}:
+                con.execute("alter table requests add column batch_size bigint")
+            con.execute(PAIRS_VIEW.replace("create view", "create or replace view", 1))
+            con.execute(PREDICTION_ROWS_VIEW.replace("create view", "create or replace view", 1))
+            con.execute(ROW_PAIRS_VIEW.replace("create view", "create or replace view", 1))
         return added
     finally:
         con.close()
@@ -207,4 +216,30 @@ PAIRS_VIEW = "create view pairs as\nselect r.*,\n  " + ",\n  ".join(
 from requests r
 left join legs b on b.order_idx = r.order_idx and b.version = 'baseline'
 left join legs c on c.order_idx = r.order_idx and c.version = 'candidate'
+"""
+
+# One row per predicted row per leg: the answer's row `row_idx` (0-based, its position in the batch) of a
+# request that asked for `batch_size` rows. Invalid rows are there with their reason (label and score null).
+PREDICTION_ROWS_VIEW = """create view prediction_rows as
+select request_id, order_idx, version, row_idx, batch_size, row_count,
+       row_labels[row_idx + 1] as label, row_scores[row_idx + 1] as score, row_invalid[row_idx + 1] as invalid_reason,
+       error_kind
+from (select l.request_id, l.order_idx, l.version, r.batch_size, l.row_count, l.row_labels, l.row_scores,
+             l.row_invalid, l.error_kind, unnest(range(len(l.row_labels))) as row_idx
+      from legs l join requests r on r.order_idx = l.order_idx
+      where l.row_labels is not null)
+"""
+
+# One row per request row: the request's columns (segments included), then each version's label, score and
+# invalid reason for that row, and whether the label flipped (null unless both versions gave a label).
+ROW_PAIRS_VIEW = """create view row_pairs as
+select r.*, coalesce(b.row_idx, c.row_idx) as row_idx,
+       b.label as baseline_label, c.label as candidate_label, b.score as baseline_score, c.score as candidate_score,
+       b.invalid_reason as baseline_invalid_reason, c.invalid_reason as candidate_invalid_reason,
+       b.error_kind as baseline_error_kind, c.error_kind as candidate_error_kind,
+       case when b.label is not null and c.label is not null then b.label <> c.label end as flipped
+from (select * from prediction_rows where version = 'baseline') b
+full outer join (select * from prediction_rows where version = 'candidate') c
+  on b.order_idx = c.order_idx and b.row_idx = c.row_idx
+join requests r on r.order_idx = coalesce(b.order_idx, c.order_idx)
 """
