@@ -231,15 +231,18 @@ from (select l.request_id, l.order_idx, l.version, r.batch_size, l.row_count, l.
 """
 
 # One row per request row: the request's columns (segments included), then each version's label, score and
-# invalid reason for that row, and whether the label flipped (null unless both versions gave a label).
+# invalid reason for that row, each leg's error kind (a row_count_mismatch leg's rows are not comparable), and
+# whether the label flipped (null unless both versions gave a label).
 ROW_PAIRS_VIEW = """create view row_pairs as
 select r.*, coalesce(b.row_idx, c.row_idx) as row_idx,
        b.label as baseline_label, c.label as candidate_label, b.score as baseline_score, c.score as candidate_score,
        b.invalid_reason as baseline_invalid_reason, c.invalid_reason as candidate_invalid_reason,
-       b.error_kind as baseline_error_kind, c.error_kind as candidate_error_kind,
+       lb.error_kind as baseline_error_kind, lc.error_kind as candidate_error_kind,
        case when b.label is not null and c.label is not null then b.label <> c.label end as flipped
 from (select * from prediction_rows where version = 'baseline') b
 full outer join (select * from prediction_rows where version = 'candidate') c
   on b.order_idx = c.order_idx and b.row_idx = c.row_idx
 join requests r on r.order_idx = coalesce(b.order_idx, c.order_idx)
+left join legs lb on lb.order_idx = r.order_idx and lb.version = 'baseline'
+left join legs lc on lc.order_idx = r.order_idx and lc.version = 'candidate'
 """

@@ -223,14 +223,14 @@ def rows_summary(con: duckdb.DuckDBPyConnection, rows: RowData | None, pairs: Pa
     intervals) and a few flipped rows (request id, row, labels, scores: no payload)."""
     if rows is None:
         return None
-    counts = dict(zip(("legs_with_rows", "mismatched_legs", "rows_baseline", "rows_candidate", "invalid_baseline",
-                       "invalid_candidate"), con.execute("""
+    counts = dict(zip(("legs_with_rows", "mismatched_legs", "rows_baseline", "rows_candidate"), con.execute("""
         select count(*) filter (where row_labels is not null), count(*) filter (where error_kind = 'row_count_mismatch'),
                coalesce(sum(len(row_labels)) filter (where version = 'baseline'), 0),
-               coalesce(sum(len(row_labels)) filter (where version = 'candidate'), 0),
-               coalesce(sum(len(list_filter(row_invalid, x -> x is not null))) filter (where version = 'baseline'), 0),
-               coalesce(sum(len(list_filter(row_invalid, x -> x is not null))) filter (where version = 'candidate'), 0)
+               coalesce(sum(len(row_labels)) filter (where version = 'candidate'), 0)
         from legs""").fetchone() or ()))
+    for v, n in con.execute("select version, count(*) filter (where invalid_reason is not null) from prediction_rows "
+                            "group by 1").fetchall():
+        counts[f"invalid_{v}"] = n
     invalid_reasons = [{"version": v, "reason": r, "rows": int(n)} for v, r, n in con.execute("""
         select version, invalid_reason, count(*) from prediction_rows where invalid_reason is not null
         group by 1, 2 order by 3 desc limit 10""").fetchall()]
