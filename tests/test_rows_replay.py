@@ -83,3 +83,10 @@ def test_rows_are_stored_checked_and_judged(tmp_path: Path) -> None:
     assert gates[("row_score_change_p99", None)]["status"] == "pass"
     # the error rate counts the mismatched answers
     assert gates[("error_rate", None)]["candidate"] == pytest.approx(2 / 120)
+    # the report: row confusion matrix, flips per segment, flipped rows without payloads
+    html = (result.run_dir / "gate_report.html").read_text()
+    assert 'id="rows"' in html and "Row flips per segment" in html
+    matrix = rows["confusion"]
+    assert f">{matrix[0][1]}<" in html and f">{matrix[1][0]}<" in html
+    assert rows["examples"] and rows["examples"][0]["request_id"] in html
+    assert "instances" not in html.split('id="rows"')[1].split("</section>")[0]
