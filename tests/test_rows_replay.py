@@ -83,6 +83,10 @@ def test_rows_are_stored_checked_and_judged(tmp_path: Path) -> None:
     assert gates[("row_score_change_p99", None)]["status"] == "pass"
     # the error rate counts the mismatched answers
     assert gates[("error_rate", None)]["candidate"] == pytest.approx(2 / 120)
+    # the canary schedule sizes the row gate in requests, through the design effect and rows per request
+    sizing = {s["gate"]: s for s in summary["schedule"]["sizing"]}
+    assert "design effect" in sizing["row_flip_rate"]["basis"] and sizing["row_flip_rate"]["requests"] >= 10
+    assert "already at or beyond" in sizing["tight"]["basis"]
     # the report: row confusion matrix, flips per segment, flipped rows without payloads
     html = (result.run_dir / "gate_report.html").read_text()
     assert 'id="rows"' in html and "Row flips per segment" in html

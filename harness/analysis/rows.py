@@ -26,7 +26,7 @@ from .clustered import ClusterIndex, cluster_bootstrap, clustered_rate
 from .dataset import Coded, PairData
 
 __all__ = ["RowData", "load_rows", "row_gate", "rows_summary", "batch_size_buckets", "batch_size_segment",
-           "BATCH_BUCKETS", "ROW_MIN_REQUESTS"]
+           "size_row_rate", "BATCH_BUCKETS", "ROW_MIN_REQUESTS"]
 
 BATCH_BUCKETS = ((1, 1), (2, 8), (9, 32), (33, 128), (129, None))
 ROW_MIN_REQUESTS = 10  # fewer requests than this: no interval on rows is trusted (the variance is a guess)
@@ -213,6 +213,44 @@ def _row_distribution(spec: Any, rows: RowData, sel: NDArray[np.bool_], where: s
             "reason": (f"{name.capitalize()}{where} {value:.4g} ({n_rows} rows in {n_req} requests; "
                        f"{100 * (1 - alpha):g} % bounds {lo:.4g}-{hi:.4g} by a bootstrap over requests) vs "
                        f"{spec.threshold_text}: {status}.")}
+
+
+# ----------------------------------------------------------------------------------------------- sizing
+
+def size_row_rate(spec: Any, result: dict[str, Any] | None, con: duckdb.DuckDBPyConnection, where: str,
+                  params: list[Any], alpha: float, power: float) -> dict[str, Any]:
+    """Requests a canary step needs to judge a row rate gate: the one-sided bound's n in rows
+    (stats.n_one_proportion_bound at this run's rate), times this run's design effect (rows of a request
+    are correlated: each carries less than a row's worth of information), over this run's mean rows per
+    request. `where` / `params` select requests (alias r), as the schedule's scope filter."""
+    name = spec.metric
+    event = {"row_flip_rate": "flipped", "row_agreement": "not flipped",
+             "row_invalid_rate": "candidate_invalid_reason is not null"}[name]
+    judged = "flipped is not null" if name != "row_invalid_rate" else "true"
+    per_request = con.execute(f"""
+        select count(*) filter (where {event}) as k, count(*) as n from row_pairs r
+        where not r.warmup and baseline_error_kind is null and candidate_error_kind is null and {judged} {where}
+        group by order_idx""", params).fetchall()
+    if len(per_request) < ROW_MIN_REQUESTS:
+        return {"basis": f"{spec.name}: rows of {len(per_request)} requests in this run: too few to size"}
+    k_j = np.array([k for k, _ in per_request], dtype=np.float64)
+    n_j = np.array([n for _, n in per_request], dtype=np.float64)
+    r = clustered_rate(k_j, n_j, confidence=1 - alpha)
+    bad_rate, limit = (1 - r.estimate, 1 - spec.threshold) if name == "row_agreement" else (r.estimate, spec.threshold)
+    if spec.direction == ("max" if name == "row_agreement" else "min"):
+        return {"basis": f"{spec.name}: a {spec.condition_key} limit on {name} is not sized"}
+    if bad_rate >= limit:
+        return {"basis": f"{spec.name}: this run's rate {bad_rate:.4g} is already at or beyond {limit:g}: no number "
+                         "of requests can show the candidate within it"}
+    rows_n = stats.n_one_proportion_bound(bad_rate, limit, alpha, power)
+    rows_needed = math.ceil(rows_n * r.design_effect)
+    mean_rows = float(n_j.mean())
+    requests = max(math.ceil(rows_needed / mean_rows), ROW_MIN_REQUESTS)  # the gate judges no fewer
+    return {"test": "one-sided clustered bound on the row rate vs the absolute limit", "n": rows_needed,
+            "n_formula": rows_n, "shadow_paired_n": requests, "requests": requests,
+            "basis": (f"n_one_proportion_bound(p_true = {bad_rate:.4g}, limit {limit:g}, alpha {alpha:g}, power "
+                      f"{power:g}) = {rows_n} rows x design effect {r.design_effect:.2f} = {rows_needed} rows / "
+                      f"{mean_rows:.1f} rows per request = {requests} requests (at least {ROW_MIN_REQUESTS})")}
 
 
 # ---------------------------------------------------------------------------------------------- summary
