@@ -134,7 +134,7 @@ def _judge_fidelity(con: Any, results: list[GateResult], replay: dict[str, Any],
 def _resource_sources(con: Any) -> dict[str, dict[str, Any]]:
     """Per version, the resource sources the monitor had (harness.evidence); for runs recorded before the
     monitor said so, what the resource samples show (the kernel log and OOM counter then count as absent)."""
-    row = con.execute("select detail from events where kind = 'resource_sources' order by \"at\" desc limit 1").fetchone()
+    row = con.execute("select detail from events where kind = 'resource_sources' order by occurred_at desc limit 1").fetchone()
     if row:
         return json.loads(row[0])
     return {v: {"process": f"PID {pid}" if pid else None, "prometheus": "its metrics URL" if prom else None,
@@ -149,7 +149,7 @@ def _aa_reference(con: Any, scenario: Any) -> dict[str, Any] | None:
     existed read it from its folder."""
     if not scenario.replay.aa_reference:
         return None
-    row = con.execute("select detail from events where kind = 'aa_reference' order by \"at\" desc limit 1").fetchone()
+    row = con.execute("select detail from events where kind = 'aa_reference' order by occurred_at desc limit 1").fetchone()
     if row:
         return json.loads(row[0])
     try:
