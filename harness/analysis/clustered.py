@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import scipy.stats as sps
@@ -51,7 +51,7 @@ class ClusteredRate:
         return float(sps.beta.sf(limit, k + 1, n - k))
 
 
-def clustered_rate(events: NDArray[np.integer], rows: NDArray[np.integer], confidence: float = 0.95,
+def clustered_rate(events: NDArray[np.number[Any]], rows: NDArray[np.number[Any]], confidence: float = 0.95,
                    one_sided: bool = True) -> ClusteredRate:
     """`events[j]` of `rows[j]` rows in request j (requests with no rows are ignored)."""
     k_j = np.asarray(events, dtype=np.float64)

@@ -54,7 +54,8 @@ class RowData:
 def load_rows(con: duckdb.DuckDBPyConnection, pairs: PairData) -> RowData | None:
     """The analysable pairs' rows where both legs answered without an error; None when no leg has rows."""
     has = con.execute("select count(*) from information_schema.tables where table_name = 'row_pairs'").fetchone()
-    if not has or not has[0] or not con.execute("select count(*) from legs where row_labels is not null").fetchone()[0]:
+    with_rows = con.execute("select count(*) from legs where row_labels is not null").fetchone() if has and has[0] else None
+    if not with_rows or not with_rows[0]:
         return None
     cur = con.execute("""select order_idx, row_idx, batch_size, baseline_label, candidate_label,
                                 baseline_score, candidate_score,
