@@ -24,6 +24,7 @@ def _coverage(rho: float, reps: int, requests: int = 120, p: float = 0.1, seed: 
     return naive / reps, clustered / reps
 
 
+@pytest.mark.integration  # a simulation of about a second
 def test_rows_as_independent_under_cover_when_rows_of_a_request_are_correlated() -> None:
     naive, clustered = _coverage(rho=0.1, reps=400)
     # 400 replications: a coverage's standard error is about 1.1 points at 95 %
@@ -31,6 +32,7 @@ def test_rows_as_independent_under_cover_when_rows_of_a_request_are_correlated()
     assert clustered > 0.90
 
 
+@pytest.mark.integration  # a simulation of about a second
 def test_clustered_interval_is_the_exact_one_for_independent_rows() -> None:
     naive, clustered = _coverage(rho=0.0, reps=400, seed=2)
     assert naive > 0.92 and clustered > 0.92

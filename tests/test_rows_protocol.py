@@ -5,7 +5,7 @@ import json
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.protocols import read_output
@@ -112,6 +112,7 @@ def test_rows_config_is_validated() -> None:
         scenario_from_dict({**base, "output": {"rows": {"colour": 1}}}, check_files=False)
 
 
+@settings(max_examples=60)
 @given(st.lists(st.one_of(st.floats(allow_nan=True), st.integers(), st.text(max_size=3), st.none(),
                           st.lists(st.floats(allow_nan=True), max_size=4)), max_size=20))
 def test_any_prediction_list_gives_one_entry_per_row(preds: list) -> None:
