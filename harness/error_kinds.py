@@ -1,8 +1,9 @@
 """Which leg outcomes count as errors, shared by the replay, the live sequential check and the judgement.
 
 An error is what breaks a consumer: no answer in time, a refused or reset connection, a 5xx, an answer
-that is not JSON, too large, or a cut stream. A 4xx is the request's fault and is counted apart; an
-answer that breaks the output schema is judged by the schema gate.
+that is not JSON, too large, a cut stream, or a batch answered with more or fewer rows than it asked for. A 4xx
+is the request's fault and is counted apart; an answer that breaks the output schema is judged by the schema
+gate.
 
 `harness_error` is a leg that harness itself could not carry out or read (a bug in a reader, a request
 the capture holds that cannot be written): kept in `legs` with its detail, left out of every model gate
@@ -24,7 +25,7 @@ HARNESS_ERROR = "harness_error"
 HARNESS_ERROR_TOLERANCE = 0.001
 
 CONSUMER_ERROR_KINDS = frozenset({"timeout", "connect", "reset", "http_5xx", "invalid_json", "too_large",
-                                  "truncated_stream"})
+                                  "truncated_stream", "row_count_mismatch"})
 
 _CONNECT_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
 
