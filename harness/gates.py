@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .analysis import stats
+from .analysis import llm_metrics, stats
 from .analysis.dataset import PairData
 from .gate_config import DETECTOR_RATES, HIGHER_IS_BETTER, LATENCY_LIKE, GateSpec
 
@@ -164,8 +164,12 @@ def _evaluate_one(spec: GateSpec, data: PairData, mask: np.ndarray, label: str |
     m = spec.metric
     if m in LATENCY_LIKE:
         series = {"latency_ms": data.latency, "time_to_first_token_ms": data.ttft, "inter_token_ms": data.inter_token,
-                  "completion_tokens": data.completion_tokens}[m]
+                  "completion_tokens": data.completion_tokens}.get(m)
+        series = llm_metrics.SERIES[m](data) if series is None else series
         return _latency(spec, data, mask, label, alpha, n_resamples, seed, series)
+    if m == "goodput":
+        good, judged = llm_metrics.goodput(data, spec.slo or {})
+        return _rate(spec, label, good, judged, mask, alpha, higher_is_worse=False)
     if m in DETECTOR_RATES:
         column = DETECTOR_RATES[m]
         if column not in data.detected:
@@ -198,7 +202,9 @@ def _where(label: str | None) -> str:
 
 
 _SERIES_TEXT = {"latency_ms": ("latency", "ms"), "time_to_first_token_ms": ("time to first token", "ms"),
-                "inter_token_ms": ("inter-token gap", "ms"), "completion_tokens": ("completion tokens", "tokens")}
+                "inter_token_ms": ("inter-token gap", "ms"), "completion_tokens": ("completion tokens", "tokens"),
+                "latency_per_token_ms": ("latency per output token", "ms"),
+                "output_tokens_per_s": ("output tokens per second per stream", "tokens/s")}
 
 
 def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None, alpha: float,
@@ -213,9 +219,9 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
     ok = np.isfinite(b) & np.isfinite(c)
     b, c = b[ok], c[ok]
     n = len(b)
-    q = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}.get(spec.aggregation)
+    q = {"p5": 0.05, "p10": 0.1, "p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}.get(spec.aggregation)
     agg = spec.aggregation
-    floor = int(math.ceil(10 / (1 - q))) if q else 30
+    floor = int(math.ceil(10 / min(q, 1 - q))) if q else 30
     if n < floor:
         return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=n, status="inconclusive",
                        reason=f"{agg} {what}{_where(label)}: only {n} pairs; at least {floor} are needed to estimate it.",
@@ -263,7 +269,7 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
 _RATE_TEXT = {"error_rate": "error rate", "timeout_rate": "timeout rate", "schema_pass_rate": "schema pass rate",
               "abstention_rate": "abstention rate", "citation_rate": "citation rate", "fallback_rate": "fallback rate",
               "tool_call_validity_rate": "tool-call validity rate", "label_agreement": "label agreement",
-              "label_flip_rate": "label flip rate", "field_diff_rate": "field diff rate"}
+              "label_flip_rate": "label flip rate", "field_diff_rate": "field diff rate", "goodput": "goodput"}
 
 
 def _rate(spec: GateSpec, label: str | None, col: dict[str, np.ndarray], judged: dict[str, np.ndarray] | None,
@@ -319,7 +325,7 @@ def _rate_delta(spec: GateSpec, label: str | None, col: dict[str, np.ndarray], s
         status = "pass" if lo >= thr else "fail" if hi < thr else "inconclusive"
     # The events counted are failures for error rates and passes for the schema pass rate: "worse" is
     # more candidate-only failures, or more baseline-only passes.
-    p = stats.mcnemar_one_sided(c_only, b_only) if spec.metric == "schema_pass_rate" else \
+    p = stats.mcnemar_one_sided(c_only, b_only) if spec.metric in ("schema_pass_rate", "goodput") else \
         stats.mcnemar_one_sided(b_only, c_only)
     return _result(spec, label, baseline=rate.get("baseline"), candidate=rate.get("candidate"), observed=diff,
                    ci=(lo, hi), n=n, status=status, p_value=p, effect=diff,
