@@ -129,7 +129,7 @@ class Server:
         body, p.buf = p.buf[head_end + 4:end], p.buf[end:]
         try:
             doc = json.loads(body)
-            n = int(doc.get("max_tokens") or 16)
+            n = int(doc.get("max_completion_tokens") or doc.get("max_tokens") or 16)
             prompt = sum(len(str(m.get("content") or "").split()) for m in doc.get("messages") or ())
         except (ValueError, TypeError, AttributeError):
             p.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")  # type: ignore[union-attr]
