@@ -103,7 +103,8 @@ def one(conc: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     load = load_now()
     with stream_servers(args.ttft_ms, args.itl_ms, d) as (urls, stats):
         scen = write_scenario(d / "s.yaml", trace, urls, max_in_flight=2 * conc + 100)
-        run = c.run_harness(["run", str(scen)], out=d / "out", timeout_s=stream_s + args.hold_s + 240,
+        extra = ["--processes", str(args.processes)] if args.processes > 1 else []
+        run = c.run_harness(["run", str(scen), *extra], out=d / "out", timeout_s=stream_s + args.hold_s + 240,
                             measure_rss=True)
     server = [json.loads(s.read_text()) if s.exists() else {} for s in stats]
     res: dict[str, Any] = {"concurrency_pairs": conc, "open_legs_planned": 2 * conc, "pairs": n,
@@ -116,6 +117,7 @@ def one(conc: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if run.run_dir is None or not (run.run_dir / "results.duckdb").exists():
         res["error"] = run.output[-2000:]
         return res
+    res["processes"] = args.processes
     ttft, itl = args.ttft_ms, args.itl_ms
     [row] = c.query(run.run_dir, f"""
         select count(*), count(*) filter (where error_kind is not null),
@@ -128,6 +130,8 @@ def one(conc: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     keys = ["legs", "errors", "legs_with_all_tokens", "ttft_err_p50_ms", "ttft_err_p99_ms", "ttft_err_max_ms",
             "ttft_err_min_ms", "itl_mean_abs_err_p99_ms", "itl_p95_err_p99_ms", "send_lag_p99_ms", "send_lag_max_ms"]
     res.update({k: (round(v, 3) if isinstance(v, float) else v) for k, v in zip(keys, row)})
+    res["error_kinds"] = dict(c.query(run.run_dir, "select error_kind, count(*) from legs where error_kind is not null "
+                                                   "group by 1 order by 2 desc"))
     # against what each server really did for that very stream (joined on the completion id)
     truth = " union all ".join(f"select '{v}' as version, * from read_json_auto('{t}.truth.jsonl')"
                                for v, t in zip(("baseline", "candidate"), stats) if Path(f"{t}.truth.jsonl").exists())
@@ -159,6 +163,7 @@ def main() -> None:
     ap.add_argument("--itl-ms", type=float, default=200.0)
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--hold-s", type=float, default=8.0, help="seconds at full concurrency")
+    ap.add_argument("--processes", type=int, default=1, help="harness run --processes N (1: one process)")
     args = ap.parse_args()
     info = c.machine_info()
     c.print_machine(info)
