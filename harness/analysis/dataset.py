@@ -23,7 +23,7 @@ __all__ = ["Coded", "PairData", "load_pairs", "ERROR_KINDS_COUNTED", "DETECTOR_C
 
 DETECTOR_COLUMNS = ("abstained", "cited", "fallback_model", "tool_calls_valid")
 ERROR_KINDS_COUNTED = ("timeout", "connect", "reset", "http_5xx", "invalid_json", "too_large", "truncated_stream",
-                       "client")
+                       "client", "bad_encoding", "tls")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import pyarrow as pa
 __all__ = ["LEG_SCHEMA", "RESOURCE_SCHEMA", "EVENT_SCHEMA", "ERROR_KINDS"]
 
 ERROR_KINDS = ("timeout", "connect", "reset", "http_4xx", "http_5xx", "invalid_json", "schema", "too_large",
-               "truncated_stream", "skipped_in_flight_limit", "client")
+               "truncated_stream", "skipped_in_flight_limit", "client", "bad_encoding", "tls")
 
 # Times are epoch seconds (float64) here; the store turns them into TIMESTAMPTZ columns.
 LEG_SCHEMA = pa.schema([
@@ -44,6 +44,9 @@ LEG_SCHEMA = pa.schema([
     ("cited", pa.bool_()),
     ("fallback_model", pa.bool_()),
     ("tool_calls_valid", pa.bool_()),
+    # Content-Encoding: response_bytes are the bytes on the wire, decoded_bytes what they decode to
+    ("content_encoding", pa.string()),
+    ("decoded_bytes", pa.int64()),
 ])
 
 RESOURCE_SCHEMA = pa.schema([
