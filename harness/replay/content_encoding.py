@@ -197,8 +197,9 @@ def decode_answer(result: Any, cap: int, pace: Callable[[], None] | None = None)
     if result.decoded_bytes is not None or result.status is None or result.error_kind == "too_large":
         return result
     codings = content_codings(result.headers.get("content-encoding")) if result.body and result.headers else []
-    if not codings:
-        return replace(result, decoded_bytes=len(result.body))
+    if not codings:  # the common case, on every leg: no copy
+        result.decoded_bytes = len(result.body)
+        return result
     try:
         decoder = BodyDecoder(codings, cap, pace)
         body = decoder.feed(result.body)
