@@ -246,7 +246,7 @@ def scenario_from_dict(raw: Any, source: Path | None = None, text: str | None = 
         where = f"{label}:{line}" if line else label
         raise ScenarioError(f"{where}: {'.'.join(keys) or '(top level)'}: {_schema_message(err)}")
     base = source.parent if source else Path.cwd()
-    return _build(raw, base, label, source, check_files)
+    return _build(raw, base, label, source, check_files, text)
 
 
 def _schema_message(err: jsonschema.ValidationError) -> str:
@@ -291,7 +291,8 @@ def _path(base: Path, value: str | None) -> Path | None:
     return p if p.is_absolute() else (base / p)
 
 
-def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, check_files: bool) -> Scenario:
+def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, check_files: bool,
+           text: str | None = None) -> Scenario:
     t = raw["traffic"]
     window = t.get("window", {})
     sample = t.get("sample")
@@ -373,9 +374,21 @@ def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, che
     if list(canary.steps_percent) != sorted(canary.steps_percent):
         raise ScenarioError(f"{label}: canary.steps_percent must increase, got {list(canary.steps_percent)}")
     risk = raw.get("risk", {})
+
+    def locate(keys: list[str]) -> str:
+        line = _line_of(text, keys) if text else None
+        return f"{label}:{line}" if line else label
+
+    gates = parse_gates(raw.get("promotion_gates"), label, locate)
+    for g in gates:
+        for seg in g.segment or {}:
+            if seg not in names:
+                raise ScenarioError(
+                    f"{locate(['promotion_gates', g.name, 'segment', seg])}: promotion_gates.{g.name}.segment: unknown "
+                    f"segment {seg!r} (defined in segments: {', '.join(sorted(names)) or 'none'})")
     return Scenario(
         name=raw["name"], source=source, traffic=traffic, segments=segments, targets=targets,
-        replay=replay_cfg, output=output, gates=parse_gates(raw.get("promotion_gates"), label),
+        replay=replay_cfg, output=output, gates=gates,
         analysis=AnalysisConfig(**raw.get("analysis", {})), canary=canary,
         description=raw.get("description", ""), owner=raw.get("owner"),
         moves_money=bool(risk.get("moves_money", False)), customer_trust=bool(risk.get("customer_trust", False)),

@@ -30,6 +30,7 @@ import gevent.event
 import pyarrow.parquet as pq
 
 from ..compat import OutputValidator
+from ..error_kinds import HARNESS_ERROR
 from ..jsonpath import MISSING
 from ..protocols import OutputRead, read_output
 from ..scenario import DetectorConfig
@@ -404,7 +405,7 @@ class Dispatcher:
                 excerpt = self._excerpt(out, result.body)
         except Exception as exc:  # noqa: BLE001 - a reader's bug must not lose the leg: it is recorded as such
             out, excerpt, schema_valid, schema_errors = None, None, None, None
-            kind, detail = "client", f"the answer could not be read: {type(exc).__name__}: {exc}"[:300]
+            kind, detail = HARNESS_ERROR, f"the answer could not be read: {type(exc).__name__}: {exc}"[:300]
         stats = self.stats
         stats.completed_legs += 1
         if kind is not None and kind != "schema":

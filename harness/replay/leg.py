@@ -6,7 +6,7 @@ import pyarrow as pa
 __all__ = ["LEG_SCHEMA", "RESOURCE_SCHEMA", "EVENT_SCHEMA", "ERROR_KINDS"]
 
 ERROR_KINDS = ("timeout", "connect", "reset", "http_4xx", "http_5xx", "invalid_json", "schema", "too_large",
-               "truncated_stream", "skipped_in_flight_limit", "client", "bad_encoding", "tls")
+               "truncated_stream", "skipped_in_flight_limit", "harness_error", "bad_encoding", "tls")
 
 # Times are epoch seconds (float64) here; the store turns them into TIMESTAMPTZ columns.
 LEG_SCHEMA = pa.schema([
@@ -62,7 +62,7 @@ RESOURCE_SCHEMA = pa.schema([
 ])
 
 EVENT_SCHEMA = pa.schema([
-    ("at", pa.float64()),
+    ("occurred_at", pa.float64()),  # not "at": a reserved word of DuckDB's SQL
     ("kind", pa.string()),
     ("detail", pa.string()),
 ])

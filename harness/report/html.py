@@ -23,7 +23,7 @@ from .sections import (accounting_rows, example_groups, fidelity_rows, gate_sect
 __all__ = ["write_report", "render_report"]
 
 TEMPLATE = "template.html.j2"
-VERDICT_CLASS = {"PROMOTE": "promote", "HOLD": "hold", "BLOCK": "block"}
+VERDICT_CLASS = {"PROMOTE": "promote", "HOLD": "hold", "BLOCK": "block", "INCOMPLETE": "hold"}
 
 
 def _break_opportunities(text: Any) -> markupsafe.Markup:
@@ -56,7 +56,7 @@ def _saturation(replay: dict[str, Any]) -> str | None:
     if not replay.get("saturated"):
         return None
     text = str(replay.get("warning") or f"send lag p99 above {replay.get('lag_bound_ms')} ms")
-    prefix = "load generator saturated: "
+    prefix = "load not delivered: "
     return text[len(prefix):] if text.startswith(prefix) else text
 
 
@@ -74,6 +74,7 @@ def render_report(summary: dict[str, Any], data: ReportData | None) -> str:
         "counts": summary.get("counts") or {},
         "run": run,
         "verdict": summary.get("verdict") or "UNKNOWN",
+        "provisional_verdict": summary.get("provisional_verdict"),
         "verdict_class": VERDICT_CLASS.get(str(summary.get("verdict")), "hold"),
         "incomplete": status != "complete",
         "run_status": status,
@@ -86,6 +87,7 @@ def render_report(summary: dict[str, Any], data: ReportData | None) -> str:
         "versions": version_table(summary, data),
         "heatmap": segment_heatmap(summary),
         "worst": worst_segment_rows(summary),
+        "explanations": summary.get("explanations") or [],
         "charts": figures,
         "examples": example_groups(data),
         "examples_per_kind": EXAMPLES_PER_KIND,

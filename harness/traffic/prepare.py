@@ -52,6 +52,43 @@ class PreparedTraffic:
     span_s: float
     first_ts: float | None
     to_send: int = field(default=0)
+    # skip reason -> its most frequent "METHOD route" with counts (at most three), for messages
+    skipped_examples: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+
+    def counts_lines(self) -> list[str]:
+        """Records read, to replay, skipped by reason (with the requests it hit most), bad: what
+        `harness validate` prints and what a run that would send nothing says."""
+        lines = [f"records read: {self.records_read:,}", f"to replay: {self.replayed:,}"]
+        lines += [f"skipped: {n:,} {reason}{self._examples(reason)}" for reason, n in self.skipped.items()]
+        lines.append(f"bad records: {self.bad_records:,}")
+        return lines
+
+    def nothing_to_replay(self) -> str | None:
+        """None when something would be sent; else the one-line reason, counted by cause."""
+        if self.replayed:
+            return None
+        parts = [f"{n:,} {reason}{self._examples(reason)}" for reason, n in self.skipped.items()]
+        if self.bad_records:
+            parts.append(f"{self.bad_records:,} bad records")
+        return (f"nothing to replay: {self.records_read:,} of {self.records_read:,} records skipped or bad: "
+                + ("; ".join(parts) or "the capture holds no records"))
+
+    def segment_values(self, names: Iterable[str]) -> dict[str, list[str]]:
+        """The values each named segment takes in what will be replayed (warm-up included)."""
+        wanted = [n for n in names if n in self.segment_names]
+        if not wanted:
+            return {}
+        con = duckdb.connect()
+        try:
+            return {n: [v for (v,) in con.execute(f'select distinct "seg__{n}" from read_parquet(?) where '
+                                                   f'"seg__{n}" is not null', [str(self.schedule_path)]).fetchall()]
+                    for n in wanted}
+        finally:
+            con.close()
+
+    def _examples(self, reason: str) -> str:
+        ex = self.skipped_examples.get(reason)
+        return f" ({', '.join(f'{what} {n:,}' for what, n in ex)})" if ex else ""
 
 
 def file_sha256(path: Path) -> str:
@@ -225,13 +262,20 @@ def _finish(con: duckdb.DuckDBPyConnection, scenario: Scenario, workdir: Path, p
     con.execute(f"copy (select * from bad order by line) to '{_sql_path(bad_path)}' (format parquet)")
     skipped = dict(con.execute("select skip_reason, count(*) from ordered where skip_reason is not null "
                                "group by 1 order by 2 desc").fetchall())
+    examples: dict[str, list[tuple[str, int]]] = {}
+    for reason, what, n in con.execute("""select skip_reason, method || ' ' || route, count(*) from ordered
+                                          where skip_reason is not null group by 1, 2
+                                          qualify row_number() over (partition by skip_reason order by count(*) desc,
+                                                                     method || ' ' || route) <= 3
+                                          order by 1, 3 desc, 2""").fetchall():
+        examples.setdefault(reason, []).append((what, int(n)))
     replayed, warmup = con.execute("select count(*), count(*) filter (where warmup) from schedule").fetchone()  # type: ignore[misc]
     n_bad = con.execute("select count(*) from bad").fetchone()[0]  # type: ignore[index]
     return PreparedTraffic(
         schedule_path=schedule_path, skipped_path=skipped_path, bad_path=bad_path, segment_names=seg_names,
         capture_sha256=file_sha256(path), capture_format=fmt, records_read=records_read, bad_records=n_bad,
         skipped=skipped, replayed=replayed, warmup=warmup, span_s=float(span) * cfg.loops, first_ts=first_ts,
-        to_send=replayed)
+        to_send=replayed, skipped_examples=examples)
 
 
 def _sample(con: duckdb.DuckDBPyConnection, fraction: float, seed: int, stratify_by: str | None,
