@@ -2,8 +2,8 @@
 
 An error is what breaks a consumer: no answer in time, a refused or reset connection, a failed TLS
 handshake, a 5xx, an answer that is not JSON, too large, compressed in a way that cannot be decoded
-(bad_encoding), or a cut stream. A 4xx is the request's fault and is counted apart; an
-answer that breaks the output schema is judged by the schema gate.
+(bad_encoding), a cut stream, or a batch answered with more or fewer rows than it asked for. A 4xx is the
+request's fault and is counted apart; an answer that breaks the output schema is judged by the schema gate.
 
 `harness_error` is a leg that harness itself could not carry out or read (a bug in a reader, a request
 the capture holds that cannot be written): kept in `legs` with its detail, left out of every model gate
@@ -26,7 +26,7 @@ HARNESS_ERROR = "harness_error"
 HARNESS_ERROR_TOLERANCE = 0.001
 
 CONSUMER_ERROR_KINDS = frozenset({"timeout", "connect", "reset", "http_5xx", "invalid_json", "too_large",
-                                  "truncated_stream", "bad_encoding", "tls"})
+                                  "truncated_stream", "row_count_mismatch", "bad_encoding", "tls"})
 
 _CONNECT_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
 

@@ -13,8 +13,8 @@ from typing import Any, Callable, Iterable, Literal, Mapping
 
 from .errors import ScenarioError
 
-__all__ = ["GateSpec", "METRICS", "LATENCY_LIKE", "DETECTOR_RATES", "PAIR_METRICS", "HIGHER_IS_BETTER", "parse_gates",
-           "unseen_gate_values"]
+__all__ = ["GateSpec", "METRICS", "LATENCY_LIKE", "DETECTOR_RATES", "PAIR_METRICS", "ROW_METRICS", "HIGHER_IS_BETTER",
+           "parse_gates", "unseen_gate_values"]
 
 Comparison = Literal["absolute", "relative", "delta"]
 
@@ -47,7 +47,17 @@ METRICS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "confidence_psi": (("value",), "value", "PSI"),
     "confidence_ks": (("value",), "value", "KS"),
     "confidence_mean_shift": (("mean",), "mean", "confidence"),
+    # row by row, for batched answers (harness.analysis.rows): intervals over requests, absolute limits only
+    "row_flip_rate": (("rate",), "rate", "fraction"),
+    "row_agreement": (("rate",), "rate", "fraction"),
+    "row_invalid_rate": (("rate",), "rate", "fraction"),
+    "row_score_change": (("mean", "p99"), "mean", "score"),
+    "row_score_psi": (("value",), "value", "PSI"),
+    "row_score_ks": (("value",), "value", "KS"),
 }
+
+ROW_METRICS = frozenset({"row_flip_rate", "row_agreement", "row_invalid_rate", "row_score_change", "row_score_psi",
+                         "row_score_ks"})
 
 LATENCY_LIKE = frozenset({"latency_ms", "time_to_first_token_ms", "inter_token_ms", "completion_tokens"})
 # metric -> legs column of the detector
@@ -55,10 +65,10 @@ DETECTOR_RATES = {"abstention_rate": "abstained", "citation_rate": "cited", "fal
                   "tool_call_validity_rate": "tool_calls_valid"}
 # measured on the pair, not per version: no baseline value to be relative to
 PAIR_METRICS = frozenset({"label_agreement", "label_flip_rate", "field_diff_rate", "label_kappa", "confidence_psi",
-                          "confidence_ks", "confidence_mean_shift"})
+                          "confidence_ks", "confidence_mean_shift"}) | ROW_METRICS
 # where a lower value is the worse one
 HIGHER_IS_BETTER = frozenset({"schema_pass_rate", "review_score", "citation_rate", "tool_call_validity_rate",
-                              "label_agreement", "label_kappa"})
+                              "label_agreement", "label_kappa", "row_agreement"})
 
 # condition key -> (comparison, direction); direction "max" means the observed value must stay <= threshold
 CONDITIONS: dict[str, tuple[Comparison, str]] = {
@@ -84,6 +94,10 @@ _SEED_NAMES = {
                                 "label_agreement", "label_flip_rate", "field_diff_rate")},
     **{m: (m, "value") for m in ("label_kappa", "confidence_psi", "confidence_ks")},
     "confidence_mean_shift": ("confidence_mean_shift", "mean"),
+    **{m: (m, "rate") for m in ("row_flip_rate", "row_agreement", "row_invalid_rate")},
+    **{m: (m, "value") for m in ("row_score_psi", "row_score_ks")},
+    "row_score_change": ("row_score_change", "mean"),
+    "row_score_change_p99": ("row_score_change", "p99"),
 }
 _LATENCY_NAME = re.compile(r"^latency_(p50|p90|p95|p99|mean)_ms$")
 _TTFT_NAME = re.compile(r"^(?:ttft|time_to_first_token)_(p50|p90|p95|p99|mean)_ms$")

@@ -20,7 +20,8 @@ import numpy as np
 
 from .analysis import stats
 from .analysis.dataset import PairData
-from .gate_config import DETECTOR_RATES, HIGHER_IS_BETTER, LATENCY_LIKE, PAIR_METRICS, GateSpec
+from .analysis.rows import row_gate
+from .gate_config import DETECTOR_RATES, HIGHER_IS_BETTER, LATENCY_LIKE, PAIR_METRICS, ROW_METRICS, GateSpec
 
 __all__ = ["GateResult", "Verdict", "ResourceSummary", "evaluate_gates", "decide_verdict"]
 
@@ -198,6 +199,8 @@ def _suspects(results: list[GateResult], overall_labels: dict[str, str | None], 
 def _evaluate_one(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None,
                   resources: ResourceSummary | None, alpha: float, n_resamples: int, seed: int) -> GateResult:
     m = spec.metric
+    if m in ROW_METRICS:
+        return _result(spec, label, **row_gate(spec, data.rows, mask, label, alpha, n_resamples, seed))
     if m in LATENCY_LIKE:
         series = {"latency_ms": data.latency, "time_to_first_token_ms": data.ttft, "inter_token_ms": data.inter_token,
                   "completion_tokens": data.completion_tokens}[m]

@@ -184,7 +184,8 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             max_in_flight=scenario.replay.max_in_flight, max_response_bytes=scenario.replay.max_response_bytes,
             prediction_path=scenario.output.prediction, confidence_path=scenario.output.confidence,
             schema=scenario.output.schema, route_schemas=scenario.output.route_schemas,
-            max_duration_s=scenario.replay.max_duration_s, secrets=secrets, detectors=scenario.output.detectors)
+            max_duration_s=scenario.replay.max_duration_s, secrets=secrets, detectors=scenario.output.detectors,
+            rows=scenario.output.rows)
         monitor = _monitor(scenario, pids or {})
         sinks = {"legs": store.write_legs, "events": store.write_events, "resources": store.write_resources}
         options = ReplayOptions(web_ui=web_ui, web_port=web_port, progress_every_s=progress_every_s)

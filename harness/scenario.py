@@ -29,7 +29,7 @@ __all__ = [
 Mode = Literal["paired", "aa", "baseline-only"]
 _RESERVED_SEGMENT_NAMES = frozenset({"request_id", "seq", "loop", "source_line", "captured_at", "offset_s", "method",
                                      "path", "route", "headers_json", "request_bytes", "warmup", "order_idx",
-                                     "captured_request_id", "production_status"})
+                                     "captured_request_id", "production_status", "batch_size"})
 SEGMENT_KINDS = ("path_template", "header", "query", "json_path", "json_array_length", "body_bytes", "present", "cross")
 
 
@@ -119,6 +119,24 @@ class DetectorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RowsConfig:
+    """output.rows: how an answer's per-row predictions are read (harness.protocols.rows). Plain values
+    only, so a replay plan carries it to workers as JSON. `enabled` None: the protocol's default (on for
+    kserve_v1 and kserve_v2, off for json and openai)."""
+    enabled: bool | None = None
+    path: str | None = None  # JSON path of the row list; kserve_v2: the output tensor's name
+    label: str | None = None  # key of the label in row objects; kserve_v2: the label tensor's name
+    score: str | None = None  # key of the score in row objects; kserve_v2: the score tensor's name
+    positive_class: int | None = None  # index of the class whose probability is the score
+    threshold: float | None = None  # label = positive class when its score is at least this
+
+    def active(self, protocol: str) -> bool:
+        if self.enabled is not None:
+            return self.enabled
+        return protocol in ("kserve_v1", "kserve_v2")
+
+
+@dataclass(frozen=True, slots=True)
 class OutputConfig:
     schema: Path | None = None
     route_schemas: Mapping[str, Path] = field(default_factory=dict)
@@ -127,6 +145,7 @@ class OutputConfig:
     ignore_paths: tuple[str, ...] = ()
     key_order_paths: tuple[str, ...] = ()
     detectors: DetectorConfig = DetectorConfig()
+    rows: RowsConfig = RowsConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +378,7 @@ def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, che
         ignore_paths=tuple(out.get("ignore_paths", ())),
         key_order_paths=tuple(out.get("key_order_paths", ())),
         detectors=_detectors(out.get("detectors", {}), label),
+        rows=_rows(out.get("rows"), label),
     )
     _check_json_paths(output, label)
     for p in [output.schema, *output.route_schemas.values()]:
@@ -434,6 +454,32 @@ def _detectors(raw: dict[str, Any], label: str) -> DetectorConfig:
     if fb and not cfg.fallback_configured:
         raise ScenarioError(f"{label}: output.detectors.fallback_model: needs expected_model or header")
     return cfg
+
+
+def _rows(raw: Any, label: str) -> RowsConfig:
+    if raw is None:
+        return RowsConfig()
+    if isinstance(raw, bool):
+        return RowsConfig(enabled=raw)
+    if not isinstance(raw, Mapping):
+        raise ScenarioError(f"{label}: output.rows: expected true, false or a mapping, got {raw!r}")
+    pos = raw.get("positive_class")
+    if pos is not None and (isinstance(pos, bool) or not isinstance(pos, int) or pos < 0):
+        raise ScenarioError(f"{label}: output.rows.positive_class: expected a class index >= 0, got {pos!r}")
+    thr = raw.get("threshold")
+    if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float))):
+        raise ScenarioError(f"{label}: output.rows.threshold: expected a number, got {thr!r}")
+    for key in ("path", "label", "score"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise ScenarioError(f"{label}: output.rows.{key}: expected a string, got {raw[key]!r}")
+    path = raw.get("path")
+    if isinstance(path, str) and path.startswith("$"):
+        try:
+            compile_path(path)
+        except JsonPathError as exc:
+            raise ScenarioError(f"{label}: output.rows.path: {exc}") from None
+    return RowsConfig(enabled=bool(raw.get("enabled", True)), path=path, label=raw.get("label"),
+                      score=raw.get("score"), positive_class=pos, threshold=None if thr is None else float(thr))
 
 
 def _check_json_paths(output: OutputConfig, label: str) -> None:

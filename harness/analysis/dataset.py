@@ -119,6 +119,8 @@ class PairData:
     # pair-level output comparison (harness.analysis.output_diff), set by the judge; None until then
     field_diff: np.ndarray | None = None
     field_judged: np.ndarray | None = None
+    # batched answers row by row (harness.analysis.rows.RowData), set by the judge; None without rows
+    rows: Any = None
 
     def __post_init__(self) -> None:
         self.segments = {k: v if isinstance(v, Coded) else Coded.from_values(v) for k, v in self.segments.items()}
