@@ -12,8 +12,13 @@
   no CR/LF in values, no whitespace in the target); an invalid one is a `harness_error`, never sent.
 - One deadline for the whole exchange (gevent.Timeout), not per socket operation.
 - A body cap: answers over max_response_bytes are cut and recorded as too_large.
-- Event streams (`Content-Type: text/event-stream`) are read as they arrive: each read is recorded as
-  (bytes so far, ms since the send) in `arrivals`, from which the protocol reader times the tokens. A
+- The answer's bytes are returned as they came (Content-Encoding undone later, by the finisher:
+  harness.replay.content_encoding), so the leg's end time is when the answer was received.
+- TLS verified by default (harness.replay.tls: the target's ca_file, client certificate, server_name);
+  a TLS failure is the `tls` error kind.
+- Event streams (`Content-Type: text/event-stream`) are read as they arrive, decoded piece by piece
+  (StreamBody): each read is recorded as (decoded bytes so far, ms since the send) in `arrivals`, from
+  which the protocol reader times the tokens. A
   stream whose connection ends before the HTTP message does (a chunked body without its last chunk,
   a Content-Length not reached, a reset) keeps what arrived and is recorded as truncated_stream.
 
