@@ -92,6 +92,26 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("-o", "--output", help="output path (default: beside FILE; '-' for standard output)")
     tc.set_defaults(func=_convert)
 
+    cap = sub.add_parser("capture", help="a reverse proxy that writes the traffic passing through it as a capture")
+    cap.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
+    cap.add_argument("--upstream", metavar="URL", help="the model server, e.g. http://127.0.0.1:8000")
+    cap.add_argument("--out", default="captured_traffic/capture-%Y%m%dT%H.jsonl.gz", metavar="PATTERN",
+                     help="output files, strftime pattern in UTC (default: %(default)s)")
+    cap.add_argument("--scenario", help="take redaction rules (traffic.redact) and segments from this scenario")
+    cap.add_argument("--sample", type=float, default=1.0, metavar="FRACTION", help="keep this fraction (default 1)")
+    cap.add_argument("--seed", type=int, default=0, help="seed of the sampling draws")
+    cap.add_argument("--segment", help="with --min-per-segment: the scenario's segment to stratify by")
+    cap.add_argument("--min-per-segment", type=int, default=0, metavar="N",
+                     help="keep at least the first N requests of each value of --segment")
+    cap.add_argument("--max-body-bytes", type=int, default=1 << 20,
+                     help="bodies kept in the capture up to this size (forwarded whole)")
+    cap.add_argument("--rotate-mb", type=float, help="start a new file when the current one reaches this size")
+    cap.add_argument("--timeout", type=float, default=60.0, metavar="S", help="upstream read timeout")
+    cap.add_argument("--sink", action="store_true",
+                     help="also receive KServe inference-logger CloudEvents on POST /kserve-logger")
+    cap.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until stopped)")
+    cap.set_defaults(func=_capture)
+
     sc = sub.add_parser("scores", help="review or business scores")
     ssub = sc.add_subparsers(dest="scores_command", required=True, parser_class=_Parser)
     si = ssub.add_parser("import", help="join scores (CSV or Parquet: request_id, version, score) into a run")
@@ -196,6 +216,19 @@ def _convert(args: argparse.Namespace) -> int:
     if out is not None:
         print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _capture(args: argparse.Namespace) -> int:
+    from .capture.proxy import make_options, run_capture, summary_lines
+
+    stats = run_capture(make_options(
+        listen=args.listen, upstream=args.upstream, out=args.out, scenario_path=args.scenario,
+        sample_fraction=args.sample, seed=args.seed, segment=args.segment, min_per_segment=args.min_per_segment,
+        max_body_bytes=args.max_body_bytes, rotate_mb=args.rotate_mb, timeout_s=args.timeout, sink=args.sink,
+        duration_s=args.duration))
+    for line in summary_lines(stats):
+        print(line)
+    return 4 if stats.error else 0
 
 
 def _scores_import(args: argparse.Namespace) -> int:
