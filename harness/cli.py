@@ -112,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until stopped)")
     cap.set_defaults(func=_capture)
 
+    sh = sub.add_parser("shadow", help="live shadow: answer from the baseline, copy to the candidate, judge as a replay")
+    sh.add_argument("scenario", type=Path)
+    sh.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
+    sh.add_argument("--out", type=Path, default=Path("reports"), help="folder for run folders (default: reports)")
+    sh.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until SIGINT/SIGTERM)")
+    sh.add_argument("--max-requests", type=int, metavar="N", help="stop after mirroring N requests")
+    sh.set_defaults(func=_shadow)
+
     sc = sub.add_parser("scores", help="review or business scores")
     ssub = sc.add_subparsers(dest="scores_command", required=True, parser_class=_Parser)
     si = ssub.add_parser("import", help="join scores (CSV or Parquet: request_id, version, score) into a run")
@@ -229,6 +237,16 @@ def _capture(args: argparse.Namespace) -> int:
     for line in summary_lines(stats):
         print(line)
     return 4 if stats.error else 0
+
+
+def _shadow(args: argparse.Namespace) -> int:
+    from .scenario import load_scenario
+    from .shadow.run import run_shadow
+
+    result = run_shadow(load_scenario(args.scenario), args.listen, args.out, duration_s=args.duration,
+                        max_requests=args.max_requests)
+    _print_verdict(result.summary, result.run_dir)
+    return result.exit_code
 
 
 def _scores_import(args: argparse.Namespace) -> int:
