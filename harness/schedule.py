@@ -140,7 +140,7 @@ def traffic_profile(con: duckdb.DuckDBPyConnection, scenario: Any) -> dict[str, 
     n, first, last, span_s = _one(con, """select count(*), min(captured_at), max(captured_at),
                                               epoch(max(captured_at)) - epoch(min(captured_at))
                                            from requests where loop = 0""")
-    ev = _one(con, "select detail from events where kind = 'traffic' order by \"at\" limit 1")
+    ev = _one(con, "select detail from events where kind = 'traffic' order by occurred_at limit 1")
     event = json.loads(ev[0]) if ev and ev[0] else {}
     sample = scenario.traffic.sample
     fraction = float(sample.fraction) if sample else 1.0

@@ -126,7 +126,7 @@ class RunStore:
         self._create_typed("resources", RESOURCE_SCHEMA,
                            ", ".join("to_timestamp(sampled_at) as sampled_at" if f.name == "sampled_at" else f.name
                                      for f in RESOURCE_SCHEMA))
-        self._create_typed("events", EVENT_SCHEMA, 'to_timestamp("at") as "at", kind, detail')
+        self._create_typed("events", EVENT_SCHEMA, "to_timestamp(occurred_at) as occurred_at, kind, detail")
         c.execute("create table scores (request_id varchar, version varchar, score double, source varchar)")
         c.execute(PAIRS_VIEW)
         c.execute("checkpoint")
@@ -143,7 +143,7 @@ class RunStore:
             "to_timestamp(sampled_at)" if f.name == "sampled_at" else f.name for f in RESOURCE_SCHEMA))
 
     def write_events(self, batch: pa.Table) -> None:
-        self._insert("events", batch, 'to_timestamp("at"), kind, detail')
+        self._insert("events", batch, "to_timestamp(occurred_at), kind, detail")
 
     def _insert(self, table: str, batch: pa.Table, select: str) -> None:
         if batch.num_rows == 0:
@@ -174,22 +174,26 @@ _DUCK_TYPES = {pa.string(): "varchar", pa.float64(): "double", pa.int64(): "bigi
 
 
 def upgrade_results(path: Path) -> list[str]:
-    """Adds the leg columns a results.duckdb written by an older harness lacks (as NULL), so that any
-    run folder can be judged and reported again by this version. Returns the columns added."""
+    """Adds the leg columns a results.duckdb written by an older harness lacks (as NULL) and gives old
+    columns their current names, so that any run folder can be judged and reported again by this
+    version. Returns the columns added or renamed."""
     try:
         con = duckdb.connect(str(path))
     except duckdb.Error as exc:
         raise StoreError(f"{path}: cannot open: {_first_line(exc)}") from None
     try:
+        added = []
         have = {r[0] for r in con.execute(
             "select column_name from information_schema.columns where table_name = 'legs'").fetchall()}
-        if not have:
-            return []
-        added = []
-        for f in LEG_SCHEMA:
+        for f in LEG_SCHEMA if have else ():
             if f.name not in have and f.type in _DUCK_TYPES:
                 con.execute(f'alter table legs add column "{f.name}" {_DUCK_TYPES[f.type]}')
                 added.append(f.name)
+        event_columns = {r[0] for r in con.execute(
+            "select column_name from information_schema.columns where table_name = 'events'").fetchall()}
+        if "at" in event_columns and "occurred_at" not in event_columns:  # written before the rename
+            con.execute('alter table events rename column "at" to occurred_at')
+            added.append("events.occurred_at")
         return added
     finally:
         con.close()

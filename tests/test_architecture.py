@@ -17,7 +17,7 @@ STAGES = {
     "store": 4,
     "analysis": 5,
     "gates": 6,
-    "schedule": 7, "report": 7, "outputs": 8, "scores": 8, "query": 8,
+    "schedule": 7, "report": 7, "outputs": 8, "scores": 8, "query": 8, "run_folder": 8,
     "run": 9, "validate": 9, "cli": 9, "demo": 9,
     "shadow": 9,  # live shadow: every stage, like run, but on asyncio
 }

@@ -45,6 +45,7 @@ def test_watch_takes_counts_from_workers() -> None:
     assert counts[1].take() == (0, 0, 0)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("processes", [0, 2])
 def test_replay_stops_early_and_says_why(tmp_path: Path, processes: int) -> None:
     from harness.outputs import build_outputs

@@ -1,4 +1,4 @@
-"""harness.analysis.stats: properties (hypothesis), reference values from shared/notes/statistics.md,
+"""harness.analysis.stats: properties (hypothesis), reference values from docs/judgement.md,
 and a seeded A/A error-rate check of the latency gate rule. No wall-clock assertions."""
 from __future__ import annotations
 

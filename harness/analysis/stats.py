@@ -2,7 +2,7 @@
 
 Everything here takes numpy arrays or counts and returns numbers or small frozen dataclasses; nothing
 reads files, configuration or the store. Methods and their sources are listed in
-shared/notes/statistics.md; the conventions that the gates rely on:
+docs/judgement.md; the conventions that the gates rely on:
 
 - ``one_sided=True`` (the default wherever a gate uses the bound) means ``lower`` and ``upper`` are
   each a one-sided bound at ``confidence``: for 0.95 they are the 5 % and 95 % points. A gate then

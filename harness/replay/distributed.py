@@ -120,7 +120,7 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
     stats = DispatchStats()
     done: dict[str, dict[str, Any]] = {}
     # Every leg's send lag, as float32 chunks (8 MB a million pairs): the outcome's quantiles cover the whole
-    # run (they used to stop at the first 200,000 legs).
+    # run.
     lag_chunks: list[np.ndarray] = []
     errors_by_worker: dict[str, int] = {}  # errors so far, as each worker last reported them
     legs_seen = [0]

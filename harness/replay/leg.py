@@ -59,7 +59,7 @@ RESOURCE_SCHEMA = pa.schema([
 ])
 
 EVENT_SCHEMA = pa.schema([
-    ("at", pa.float64()),
+    ("occurred_at", pa.float64()),  # not "at": a reserved word of DuckDB's SQL
     ("kind", pa.string()),
     ("detail", pa.string()),
 ])
