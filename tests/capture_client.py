@@ -103,7 +103,7 @@ async def main() -> None:
             batch = list(range(i, min(i + size * 4, len(recs))))
             sem = asyncio.Semaphore(size)
 
-            async def limited(seq: int) -> None:
+            async def limited(seq: int, sem: asyncio.Semaphore = sem) -> None:
                 async with sem:
                     await one(session, seq, recs[seq])
 

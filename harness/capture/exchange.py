@@ -56,10 +56,10 @@ class SampleRule:
 class ExchangeRecords:
     """Exchange -> zero or one capture record. Called by the writer thread only (the sampler's state)."""
 
-    def __init__(self, redact: RedactConfig = RedactConfig(), sample: SampleRule = SampleRule(),
+    def __init__(self, redact: RedactConfig | None = None, sample: SampleRule | None = None,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
-        self.redactor = Redactor(redact)
-        self.sample = sample
+        self.redactor = Redactor(redact or RedactConfig())
+        self.sample = sample = sample or SampleRule()
         self.max_body_bytes = max_body_bytes
         self._rng = random.Random(sample.seed)
         self._segments = SegmentEvaluator((sample.segment,)) if sample.segment is not None else None

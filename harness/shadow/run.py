@@ -97,10 +97,15 @@ async def _serve(scenario: Scenario, host: str, port: int, capture_path: Path, l
             f"candidate {scenario.target_for('candidate').url} gets a copy")
         sys.stdout.flush()
         loop = asyncio.get_running_loop()
+
+        def stop_by(reason: str) -> None:
+            stopped_by[0] = reason
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda s=sig: (stopped_by.__setitem__(0, signal.Signals(s).name), stop.set()))
+            loop.add_signal_handler(sig, stop_by, signal.Signals(sig).name)
         if duration_s is not None:
-            loop.call_later(duration_s, lambda: (stopped_by.__setitem__(0, "duration"), stop.set()))
+            loop.call_later(duration_s, stop_by, "duration")
         await stop.wait()
     finally:
         await runner.cleanup()
