@@ -144,7 +144,7 @@ async def serve(options: CaptureOptions, echo: Callable[[str], None] = print,
         w = writer.close()
         stats.records_written, stats.files, stats.dropped, stats.error = w.records_written, w.files, w.dropped, w.error
         stats.sampled_out = records.sampled_out
-        stats.bad_http = bad.count
+        stats.bad_http += bad.count
     return stats
 
 

@@ -1,6 +1,6 @@
 """Capture readers: pick the format of a capture file and stream its records.
 
-    detect_format(path, declared=None) -> "jsonl" | "csv" | "parquet" | "har" | "gor"
+    detect_format(path, declared=None) -> "jsonl" | "csv" | "parquet" | "har" | "gor" | "sagemaker"
     iter_records(path, fmt=None) -> Iterator[CapturedRequest | BadRecord]
 
 Records come in FILE order (sorting by time is a later stage), in constant memory (HAR: the
@@ -13,7 +13,8 @@ Nothing else is raised for bad input.
 physical line where the record starts, the header is line 1), row index + 1 for Parquet,
 0-based entry index for HAR, 1-based payload index for GoReplay.
 
-Gzip-compressed JSONL, CSV, HAR and GoReplay files are recognised by their magic bytes.
+Gzip-compressed JSONL, CSV, HAR and GoReplay files are recognised by their magic bytes. SageMaker Data
+Capture files (JSONL) are recognised by their first record, or declared as format sagemaker.
 """
 from __future__ import annotations
 
@@ -23,13 +24,14 @@ from pathlib import Path
 from ..errors import TrafficError
 from .goreplay_reader import iter_gor
 from .har_reader import iter_har
-from .jsonl_reader import iter_jsonl
+from .jsonl_reader import iter_jsonl, iter_raw_lines
 from .record import BadRecord, CapturedRequest
+from .sagemaker_reader import is_sagemaker_record, iter_sagemaker
 from .tabular_reader import iter_csv, iter_parquet
 
 __all__ = ["FORMATS", "detect_format", "iter_records"]
 
-FORMATS = ("jsonl", "csv", "parquet", "har", "gor")
+FORMATS = ("jsonl", "csv", "parquet", "har", "gor", "sagemaker")
 
 _SUFFIXES: tuple[tuple[str, str], ...] = (
     (".jsonl", "jsonl"), (".jsonl.gz", "jsonl"), (".ndjson", "jsonl"), (".ndjson.gz", "jsonl"),
@@ -45,6 +47,7 @@ _READERS: dict[str, Callable[[Path], Iterator[CapturedRequest | BadRecord]]] = {
     "parquet": iter_parquet,
     "har": iter_har,
     "gor": iter_gor,
+    "sagemaker": iter_sagemaker,
 }
 
 
@@ -85,4 +88,18 @@ def iter_records(path: Path, fmt: str | None = None) -> Iterator[CapturedRequest
             pass
     except OSError as exc:
         raise TrafficError(f"{path}: cannot open capture: {exc.strerror or exc}") from None
+    if fmt == "jsonl" and _first_line_is_sagemaker(path):
+        fmt = "sagemaker"  # SageMaker Data Capture files are JSONL too: told apart by their first record
     return _READERS[fmt](path)
+
+
+def _first_line_is_sagemaker(path: Path) -> bool:
+    try:
+        for item in iter_raw_lines(path):
+            if isinstance(item, BadRecord):
+                return False
+            if item[1].strip():
+                return is_sagemaker_record(item[1])
+    except TrafficError:
+        return False
+    return False
