@@ -29,9 +29,11 @@ from .record import BadRecord, CapturedRequest
 from .sagemaker_reader import is_sagemaker_record, iter_sagemaker
 from .tabular_reader import iter_csv, iter_parquet
 
-__all__ = ["FORMATS", "detect_format", "iter_records"]
+__all__ = ["FORMATS", "PLATFORM_FORMATS", "detect_format", "iter_records"]
 
-FORMATS = ("jsonl", "csv", "parquet", "har", "gor", "sagemaker")
+FORMATS = ("jsonl", "csv", "parquet", "har", "gor")
+# Platform captures in one of the formats above, told apart by their content or declared by name.
+PLATFORM_FORMATS = ("sagemaker",)
 
 _SUFFIXES: tuple[tuple[str, str], ...] = (
     (".jsonl", "jsonl"), (".jsonl.gz", "jsonl"), (".ndjson", "jsonl"), (".ndjson.gz", "jsonl"),
@@ -55,9 +57,9 @@ def detect_format(path: Path, declared: str | None = None) -> str:
     """The capture format: ``declared`` when given (checked), else from the file name."""
     if declared is not None:
         fmt = declared.strip().lower()
-        if fmt not in FORMATS:
+        if fmt not in FORMATS + PLATFORM_FORMATS:
             raise TrafficError(
-                f"{path}: unknown capture format {declared!r}; expected one of {', '.join(FORMATS)}"
+                f"{path}: unknown capture format {declared!r}; expected one of {', '.join(FORMATS + PLATFORM_FORMATS)}"
             )
         return fmt
     name = Path(path).name.lower()
