@@ -14,11 +14,13 @@ member a previous process was killed inside): the writer picks the next free nam
 Rotation: the output pattern goes through strftime (UTC) at each flush, so `%Y%m%dT%H` starts a new
 file every hour; `rotate_bytes` starts a new one when the current file has reached that size.
 
-A write that fails (disk full, folder removed) prints one error line and stops the capture for good;
+A write that fails (disk full, folder removed) prints one error line and stops the capture for good (a
+short write is cut back to the last whole flush first, so the file still ends on a whole record);
 items put after that are counted as dropped, and serving goes on.
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import queue
@@ -121,7 +123,12 @@ class CaptureWriter:
             data = gzip.compress(data, compresslevel=6, mtime=0)
         try:
             fd = self._file_for(len(data))
-            os.write(fd, data)
+            written = os.write(fd, data)
+            if written != len(data):
+                # A short write (the disk filled part-way): cut back to the last whole flush, so the file
+                # never ends inside a record or a gzip member.
+                os.ftruncate(fd, self._size)
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes): disk full?")
         except OSError as exc:
             self.stats.error = f"{self._name or self.pattern}: {exc.strerror or exc}"
             self.stats.drop("capture stopped after a write error", len(lines))
