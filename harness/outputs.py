@@ -16,6 +16,7 @@ from .analysis.dataset import load_pairs, load_run_info
 from .analysis.output_diff import OutputDiffConfig, aa_field_rates, compare_outputs, llm_overview
 from .analysis.overview import accounting, replay_fidelity, resource_overview, segment_overview, version_overview
 from .aa_reference import field_rates, noise_by_gate, read_aa_reference
+from .analysis.rows import batch_size_segment, load_rows, rows_summary
 from .errors import ScenarioError, StoreError
 from .gate_config import DETECTOR_RATES, HIGHER_IS_BETTER, LATENCY_LIKE, PAIR_METRICS
 from .evidence import apply_evidence
@@ -39,6 +40,9 @@ def judge(run_dir: Path) -> dict[str, Any]:
             raise StoreError(f"{db}: the stored scenario no longer validates: {exc}") from None
         versions = scenario.versions
         data = load_pairs(con, info.segments, versions)
+        data.rows = load_rows(con, data) if "candidate" in versions else None
+        if data.rows is not None and "batch_size" not in data.segments:
+            data.segments["batch_size"] = batch_size_segment(con, data)
         res = resource_overview(con)
         gpu_sampled = any(r.get("peak_gpu_memory_mb") is not None for r in res.values())
         resources = ResourceSummary(
@@ -91,6 +95,7 @@ def judge(run_dir: Path) -> dict[str, Any]:
             "noise_floor": _noise_floor(results) if scenario.replay.mode == "aa" else None,
             "aa_reference": str(scenario.replay.aa_reference) if scenario.replay.aa_reference else None,
             "outputs": _clean(comparison.summary),
+            "rows": _clean(rows_summary(con, data.rows, data, scenario.analysis.alpha)),
             "schedule": None,
         }
         if scenario.replay.mode == "aa":

@@ -37,6 +37,7 @@ import yaml
 
 from .analysis import stats
 from .analysis.dataset import ERROR_KINDS_COUNTED
+from .analysis.rows import size_row_rate
 from .errors import ExportRefused, StoreError, UsageError
 from .gate_config import GateSpec
 
@@ -256,6 +257,11 @@ def _size_gate(spec: GateSpec, result: dict[str, Any] | None, con: duckdb.DuckDB
         _size_rate(spec, result, con, where, params, alpha, power, out, where_txt)
     elif spec.metric == "review_score":
         _size_review(spec, con, alpha, power, out)
+    elif spec.metric in ("row_flip_rate", "row_agreement", "row_invalid_rate"):
+        out.update(size_row_rate(spec, result, con, where, params, alpha, power))
+    elif spec.metric.startswith("row_"):
+        out["basis"] = (f"{spec.name}: {spec.metric} is judged by a bootstrap over requests; it has no sample-size "
+                        "formula here")
     else:
         out["test"] = "event count or peak" if spec.metric in _RESOURCE_METRICS else "none"
         out["basis"] = (f"{spec.metric}: {spec.threshold_text} is checked on every measurement of every step; "
