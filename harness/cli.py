@@ -5,6 +5,7 @@ carried out (targets unreachable, interrupted, internal error)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -17,7 +18,30 @@ __all__ = ["main", "build_parser"]
 VERDICT_EXIT = {"PROMOTE": 0, "BLOCK": 1, "HOLD": 2}
 
 
+EXIT_CODES = """exit codes:
+  0  PROMOTE: every blocking gate passes
+  1  BLOCK: a blocking gate failed
+  2  HOLD: inconclusive, not enough evidence
+  3  invalid usage, scenario or input
+  4  the run could not be carried out (targets unreachable, interrupted, internal error)"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Epilogs as written; every option with a default says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.option_strings and "default" not in text and action.default not in (None, False)
+                and action.default is not argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
 
@@ -28,22 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"harness {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    d = sub.add_parser("demo", help="start the demo model servers, replay the sample capture, write a run folder")
+    d = sub.add_parser("demo", help="start the demo model servers, replay the sample capture, write a run folder",
+                       epilog=EXIT_CODES)
     d.add_argument("--clean", action="store_true", help="use candidate-clean (no planted flaws)")
     d.add_argument("--out", type=Path, default=Path("reports"), help="folder for run folders (default: reports)")
     d.add_argument("--speed", type=float, help="replay speed factor (default: the scenario's)")
     d.add_argument("--max-requests", type=int, help="replay at most this many requests")
     d.set_defaults(func=_demo)
 
-    r = sub.add_parser("run", help="replay a scenario against its targets and judge the candidate")
-    r.add_argument("scenario", type=Path)
+    r = sub.add_parser("run", help="replay a scenario against its targets and judge the candidate",
+                       epilog=EXIT_CODES)
+    r.add_argument("scenario", type=Path, help="the scenario YAML file (see the README's Scenario section)")
     r.add_argument("--out", type=Path, default=Path("reports"), help="folder for run folders (default: reports)")
     r.add_argument("--speed", type=float, help="override traffic.speed")
     r.add_argument("--max-requests", type=int, help="override traffic.max_requests")
     r.add_argument("--mode", choices=["paired", "aa", "baseline-only"], help="override replay.mode")
     r.add_argument("--max-in-flight", type=int, help="override replay.max_in_flight")
     r.add_argument("--web-ui", action="store_true", help="serve Locust's web UI while replaying")
-    r.add_argument("--web-port", type=int, default=8089)
+    r.add_argument("--web-port", type=int, default=8089, help="port of the web UI on 127.0.0.1")
     r.add_argument("--progress-every", type=float, default=5.0, metavar="S", help="progress line every S seconds")
     r.add_argument("--processes", type=int, default=0, metavar="N",
                    help="replay with N local Locust worker processes (Locust master/worker on 127.0.0.1)")
@@ -54,61 +80,86 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_run)
 
     w = sub.add_parser("worker", help="be a Locust worker for a `harness run --master` (or --processes) master")
-    w.add_argument("--master-host", default="127.0.0.1")
-    w.add_argument("--master-port", type=int, default=5557)
+    w.add_argument("--master-host", default="127.0.0.1", help="address of the master")
+    w.add_argument("--master-port", type=int, default=5557, help="port of the master")
     w.set_defaults(func=_worker)
 
-    rep = sub.add_parser("report", help="rebuild summary.json, gate_report.html, schedule and junit.xml from results.duckdb")
-    rep.add_argument("run_dir", type=Path)
+    rep = sub.add_parser("report", help="rebuild summary.json, gate_report.html, schedule and junit.xml from "
+                         "results.duckdb", epilog=EXIT_CODES)
+    rep.add_argument("run_dir", type=Path, help="a run folder written by `harness run`")
     rep.set_defaults(func=_report)
 
     s = sub.add_parser("schedule", help="print the canary schedule, or an export of it")
-    s.add_argument("run_dir", type=Path)
-    s.add_argument("--format", choices=["yaml", "argo", "flagger", "istio"], default="yaml")
+    s.add_argument("run_dir", type=Path, help="a run folder written by `harness run`")
+    s.add_argument("--format", choices=["yaml", "argo", "flagger", "istio"], default="yaml",
+                   help="the schedule itself, or an Argo Rollouts, Flagger or Istio export")
+    s.add_argument("--force", action="store_true",
+                   help="export manifests even when the verdict is not PROMOTE (marked harness/forced-export)")
     s.set_defaults(func=_schedule)
 
     q = sub.add_parser("query", help="run SQL against a run's results.duckdb")
-    q.add_argument("run_dir", type=Path)
-    q.add_argument("sql")
-    q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.add_argument("run_dir", type=Path, help="a run folder written by `harness run`")
+    q.add_argument("sql", help="the query; tables: runs, requests, legs, resources, events, skipped, bad_records, "
+                   "scores; view: pairs")
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
     q.set_defaults(func=_query)
 
     v = sub.add_parser("validate", help="check a scenario, its files and its gates without sending anything")
-    v.add_argument("scenario", type=Path)
+    v.add_argument("scenario", type=Path, help="the scenario YAML file")
     v.set_defaults(func=_validate)
 
     t = sub.add_parser("traffic", help="inspect or convert captured traffic")
     tsub = t.add_subparsers(dest="traffic_command", required=True, parser_class=_Parser)
     ti = tsub.add_parser("inspect", help="records, time span, rate, segments, sizes, bad records")
-    ti.add_argument("file", type=Path)
+    ti.add_argument("file", type=Path, help="a capture: .jsonl[.gz], .csv, .parquet, .har or .gor")
     ti.add_argument("--format", dest="fmt", help="capture format (default: from the extension)")
     ti.add_argument("--scenario", type=Path, help="take segments from this scenario")
     ti.add_argument("--plot", type=Path, metavar="PNG", help="write the rate over time as a PNG")
     ti.set_defaults(func=_inspect)
     tc = tsub.add_parser("convert", help="convert a capture to the JSONL capture format or Parquet")
-    tc.add_argument("file", type=Path)
-    tc.add_argument("--to", choices=["jsonl", "parquet"], required=True)
+    tc.add_argument("file", type=Path, help="a capture: .jsonl[.gz], .csv, .parquet, .har or .gor")
+    tc.add_argument("--to", choices=["jsonl", "parquet"], required=True, help="output format")
     tc.add_argument("--format", dest="fmt", help="input format (default: from the extension)")
     tc.add_argument("-o", "--output", help="output path (default: beside FILE; '-' for standard output)")
+    tc.add_argument("--keep-secrets", action="store_true",
+                    help="copy credentials (Authorization, cookies, API keys, credential-like query parameters and "
+                    "JSON fields) as captured; by default they are masked as before a replay")
     tc.set_defaults(func=_convert)
 
     sc = sub.add_parser("scores", help="review or business scores")
     ssub = sc.add_subparsers(dest="scores_command", required=True, parser_class=_Parser)
-    si = ssub.add_parser("import", help="join scores (CSV or Parquet: request_id, version, score) into a run")
-    si.add_argument("run_dir", type=Path)
-    si.add_argument("file", type=Path)
+    si = ssub.add_parser("import", help="join scores (CSV or Parquet: request_id or captured_request_id, "
+                         "version, score) into a run")
+    si.add_argument("run_dir", type=Path, help="a run folder written by `harness run`")
+    si.add_argument("file", type=Path, help="CSV or Parquet with columns request_id (harness's) or "
+                    "captured_request_id (the capture's), version (baseline or candidate) and score")
     si.set_defaults(func=_scores_import)
     return p
 
 
 def _print_verdict(summary: dict[str, Any], run_dir: Path) -> None:
-    print(f"verdict: {summary['verdict']}")
-    failing = [g for g in summary["gates"] if g["status"] == "fail"]
+    try:
+        _write_verdict(summary, run_dir)
+    except BrokenPipeError:  # `harness run ... | head`: the verdict is still the exit code
+        _stdout_to_devnull()
+
+
+def _write_verdict(summary: dict[str, Any], run_dir: Path) -> None:
+    if summary["verdict"] == "INCOMPLETE":  # no promote/block line that a script could grep
+        run = summary["run"]
+        print(f"run incomplete ({run.get('status_reason') or run.get('status')}): no verdict, exit 4")
+        print(f"provisional judgement of the legs that completed: {summary.get('provisional_verdict')}")
+    else:
+        print(f"verdict: {summary['verdict']}")
+    for e in (summary.get("explanations") or [])[:10]:
+        print(f"  {'WHERE' if e['explains'] else 'ALSO'}: {e['text']}")
+    # the segments that explain the regressions first; those a stronger segment explains after them
+    failing = sorted((g for g in summary["gates"] if g["status"] == "fail"), key=lambda g: bool(g.get("explained_by")))
     for g in failing[:20]:
         print(f"  FAIL {g['name']} [{g['segment'] or 'overall'}]: {g['reason']}")
     if len(failing) > 20:
         print(f"  ... and {len(failing) - 20} more failing gate results (see summary.json)")
-    if summary["verdict"] == "HOLD":
+    if "HOLD" in (summary["verdict"], summary.get("provisional_verdict")):
         for reason in summary["verdict_reasons"][:10]:
             print(f"  INCONCLUSIVE: {reason}")
     for note in summary.get("notes", []):
@@ -160,9 +211,13 @@ def _report(args: argparse.Namespace) -> int:
 
 def _schedule(args: argparse.Namespace) -> int:
     from .outputs import schedule_for
-    from .schedule import export_schedule
+    from .schedule import export_refusal, export_schedule
 
-    print(export_schedule(schedule_for(args.run_dir), args.format), end="")
+    schedule = schedule_for(args.run_dir)
+    refusal = export_refusal(schedule, args.format)
+    if refusal is not None and not args.force:
+        raise refusal
+    print(export_schedule(schedule, args.format, force=args.force), end="")
     return 0
 
 
@@ -192,7 +247,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from .traffic.convert import convert_capture
 
-    out = convert_capture(args.file, to=args.to, fmt=args.fmt, output=args.output)
+    out = convert_capture(args.file, to=args.to, fmt=args.fmt, output=args.output, keep_secrets=args.keep_secrets)
     if out is not None:
         print(f"wrote {out}", file=sys.stderr)
     return 0
@@ -208,6 +263,7 @@ def _scores_import(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    args: argparse.Namespace | None = None
     try:
         args = parser.parse_args(argv)
         func: Callable[[argparse.Namespace], int] = args.func
@@ -218,3 +274,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
         return 4
+    except BrokenPipeError:
+        # The reader of standard output went away (`harness traffic convert ... -o - | head`): it has read
+        # what it wanted, as with any Unix tool.
+        _stdout_to_devnull()
+        return 0
+    except Exception as exc:  # noqa: BLE001 - a bug is exit 4 with its traceback in harness.log, never exit 1
+        from .crash import CRASH_EXIT, record_crash
+
+        folder = getattr(args, "run_dir", None) or getattr(args, "out", None)
+        print(record_crash(exc, folder), file=sys.stderr)
+        return CRASH_EXIT
+
+
+def _stdout_to_devnull() -> None:
+    """After a broken pipe: the interpreter's last flush of stdout at exit must not raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

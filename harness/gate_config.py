@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 from .errors import ScenarioError
 
-__all__ = ["GateSpec", "METRICS", "LATENCY_LIKE", "DETECTOR_RATES", "PAIR_METRICS", "HIGHER_IS_BETTER", "SLO_METRICS",
-           "parse_gates"]
+__all__ = ["GateSpec", "METRICS", "LATENCY_LIKE", "DETECTOR_RATES", "PAIR_METRICS", "ROW_METRICS", "HIGHER_IS_BETTER",
+           "SLO_METRICS", "parse_gates", "unseen_gate_values"]
 
 Comparison = Literal["absolute", "relative", "delta"]
 
@@ -51,7 +51,17 @@ METRICS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "confidence_psi": (("value",), "value", "PSI"),
     "confidence_ks": (("value",), "value", "KS"),
     "confidence_mean_shift": (("mean",), "mean", "confidence"),
+    # row by row, for batched answers (harness.analysis.rows): intervals over requests, absolute limits only
+    "row_flip_rate": (("rate",), "rate", "fraction"),
+    "row_agreement": (("rate",), "rate", "fraction"),
+    "row_invalid_rate": (("rate",), "rate", "fraction"),
+    "row_score_change": (("mean", "p99"), "mean", "score"),
+    "row_score_psi": (("value",), "value", "PSI"),
+    "row_score_ks": (("value",), "value", "KS"),
 }
+
+ROW_METRICS = frozenset({"row_flip_rate", "row_agreement", "row_invalid_rate", "row_score_change", "row_score_psi",
+                         "row_score_ks"})
 
 LATENCY_LIKE = frozenset({"latency_ms", "time_to_first_token_ms", "inter_token_ms", "completion_tokens",
                           "latency_per_token_ms", "output_tokens_per_s"})
@@ -60,10 +70,10 @@ DETECTOR_RATES = {"abstention_rate": "abstained", "citation_rate": "cited", "fal
                   "tool_call_validity_rate": "tool_calls_valid"}
 # measured on the pair, not per version: no baseline value to be relative to
 PAIR_METRICS = frozenset({"label_agreement", "label_flip_rate", "field_diff_rate", "label_kappa", "confidence_psi",
-                          "confidence_ks", "confidence_mean_shift"})
+                          "confidence_ks", "confidence_mean_shift"}) | ROW_METRICS
 # where a lower value is the worse one
 HIGHER_IS_BETTER = frozenset({"schema_pass_rate", "review_score", "citation_rate", "tool_call_validity_rate",
-                              "label_agreement", "label_kappa", "goodput", "output_tokens_per_s"})
+                              "label_agreement", "label_kappa", "row_agreement", "goodput", "output_tokens_per_s"})
 # goodput's `slo` keys: the per-leg series each limit applies to (AIPerf's goodput: all of them at once)
 SLO_METRICS = ("time_to_first_token_ms", "inter_token_ms", "latency_ms")
 
@@ -91,6 +101,10 @@ _SEED_NAMES = {
                                 "label_agreement", "label_flip_rate", "field_diff_rate")},
     **{m: (m, "value") for m in ("label_kappa", "confidence_psi", "confidence_ks")},
     "confidence_mean_shift": ("confidence_mean_shift", "mean"),
+    **{m: (m, "rate") for m in ("row_flip_rate", "row_agreement", "row_invalid_rate")},
+    **{m: (m, "value") for m in ("row_score_psi", "row_score_ks")},
+    "row_score_change": ("row_score_change", "mean"),
+    "row_score_change_p99": ("row_score_change", "p99"),
     "goodput": ("goodput", "rate"),
     "output_tokens_per_s": ("output_tokens_per_s", "p50"),
 }
@@ -124,17 +138,80 @@ class GateSpec:
         sign = "<=" if self.direction == "max" else ">="
         value = f"{self.threshold * 100:g} %" if self.unit == "fraction" else f"{self.threshold:g}"
         if self.comparison == "delta":
-            return f"candidate - baseline {sign} {value}"
+            unit = f" {self.unit}" if self.unit in ("ms", "tokens") else ""
+            return f"candidate - baseline {sign} {value}{unit}"
         return f"{sign} {value}"
 
 
-def parse_gates(raw: Mapping[str, Any] | None, where: str) -> tuple[GateSpec, ...]:
+_RATES = frozenset({"error_rate", "timeout_rate", "schema_pass_rate", "goodput", *DETECTOR_RATES})
+_COUNTS = frozenset({"gpu_oom_events", "oom_kills", "restarts"})
+_PEAKS = frozenset({"peak_rss_mb", "peak_gpu_memory_mb"})
+
+
+def _refusal(metric: str, key: str) -> str:
+    """Why a condition is refused for a metric: a setting must mean what it says, or not parse at all."""
+    if metric in PAIR_METRICS:
+        return f"{metric} compares the two versions already, so {key} has no baseline to be relative to"
+    if metric == "output_tokens_per_s":
+        return ("output_tokens_per_s takes an absolute limit; to compare the versions, gate latency_per_token_ms or "
+                "inter_token_ms (the same speed, as a time)")
+    if metric in _RATES and key == "maximum_regression_percent":
+        return (f"{metric} is a rate: a percent change of a rate is not judged (write the allowed change in points "
+                "as maximum_increase: 0.005, or an absolute limit as maximum: 0.01)")
+    if metric in LATENCY_LIKE:
+        return f"{metric} has no lower allowance on its change (minimum_delta); a slower candidate is the risk"
+    return f"{key} is not judged for {metric}"
+
+
+def _allowed_conditions(metric: str) -> tuple[str, ...]:
+    """The condition keys that the gates implement for this metric, each with its own test."""
+    if metric in PAIR_METRICS or metric == "output_tokens_per_s":
+        return ("maximum", "minimum")
+    if metric in LATENCY_LIKE:
+        # maximum_increase: the paired bootstrap of the quantile (or mean) difference, in the metric's unit
+        return ("maximum", "minimum", "maximum_regression_percent", "maximum_increase")
+    if metric in _RATES:
+        return ("maximum", "minimum", "maximum_increase", "minimum_delta")
+    if metric == "review_score":
+        return ("minimum_delta",)
+    if metric in _COUNTS:
+        return ("maximum",)
+    if metric in _PEAKS:
+        return ("maximum", "maximum_regression_percent")
+    return tuple(CONDITIONS)
+
+
+
+def parse_gates(raw: Mapping[str, Any] | None, where: str,
+                locate: Callable[[list[str]], str] | None = None) -> tuple[GateSpec, ...]:
+    """`locate(key path)` gives "file:line" for a key of the scenario (where it is known), so that a gate's
+    error names its line like every other scenario error."""
     if not raw:
         return ()
-    return tuple(_parse_one(name, body, f"{where}: promotion_gates.{name}") for name, body in raw.items())
+    at: Callable[[list[str]], str] = locate or (lambda keys: where)
+
+    def key_at(name: str) -> Callable[[str], str]:
+        return lambda key: f"{at(['promotion_gates', name, key])}: promotion_gates.{name}"
+
+    return tuple(_parse_one(name, body, f"{at(['promotion_gates', name])}: promotion_gates.{name}", key_at(name))
+                 for name, body in raw.items())
 
 
-def _parse_one(name: str, body: Any, where: str) -> GateSpec:
+def unseen_gate_values(gates: Iterable[GateSpec], seen: Mapping[str, Iterable[str]]) -> list[str]:
+    """One message per gate scope (`segment: {name: value}`) whose value no replayed request has: such a gate
+    can only end inconclusive, after the whole replay."""
+    out = []
+    for g in gates:
+        for name, value in (g.segment or {}).items():
+            values = sorted(set(seen.get(name, ())))
+            if value not in values:
+                shown = ", ".join(repr(v) for v in values[:20]) + (f", … ({len(values)} in all)" if len(values) > 20 else "")
+                out.append(f"promotion_gates.{g.name}.segment: no request to replay has {name}={value!r} "
+                           f"(values seen: {shown or 'none'})")
+    return out
+
+
+def _parse_one(name: str, body: Any, where: str, where_key: Callable[[str], str] | None = None) -> GateSpec:
     if not isinstance(body, Mapping):
         raise ScenarioError(f"{where}: expected a mapping of condition -> threshold, got {type(body).__name__}")
     if "metric" in body:
@@ -166,7 +243,7 @@ def _parse_one(name: str, body: Any, where: str) -> GateSpec:
     unknown = [k for k in body if k not in CONDITIONS and k not in _GENERAL_KEYS]
     if unknown:
         raise ScenarioError(
-            f"{where}: unknown key {unknown[0]!r} (conditions: {', '.join(CONDITIONS)}; other keys: {', '.join(sorted(_GENERAL_KEYS))})")
+            f"{where_key(unknown[0]) if where_key else where}: unknown key {unknown[0]!r} (conditions: {', '.join(CONDITIONS)}; other keys: {', '.join(sorted(_GENERAL_KEYS))})")
     if len(conditions) != 1:
         raise ScenarioError(f"{where}: needs exactly one condition of {', '.join(CONDITIONS)}, found {conditions or 'none'}")
     key = conditions[0]
@@ -174,13 +251,9 @@ def _parse_one(name: str, body: Any, where: str) -> GateSpec:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ScenarioError(f"{where}.{key}: expected a number, got {value!r}")
     comparison, direction = CONDITIONS[key]
-    if metric in PAIR_METRICS and comparison != "absolute":
-        raise ScenarioError(f"{where}: {metric} compares the two versions already; use maximum or minimum, not {key}")
-    if (metric in DETECTOR_RATES or metric == "goodput") and key == "maximum_regression_percent":
-        raise ScenarioError(f"{where}: {metric} is a rate; use maximum, minimum, maximum_increase or minimum_delta")
-    if metric == "output_tokens_per_s" and comparison != "absolute":
-        raise ScenarioError(f"{where}: output_tokens_per_s takes an absolute minimum or maximum; to compare the "
-                            "versions, gate latency_per_token_ms or inter_token_ms (the same speed, as a time)")
+    allowed = _allowed_conditions(metric)
+    if key not in allowed:
+        raise ScenarioError(f"{where}.{key}: {_refusal(metric, key)}; use {' or '.join(allowed)}")
     slo = _slo(body.get("slo"), metric, where)
     threshold = float(value) / 100.0 if key == "maximum_regression_percent" else float(value)
     severity = body.get("severity", "blocking")

@@ -29,7 +29,7 @@ __all__ = [
 Mode = Literal["paired", "aa", "baseline-only"]
 _RESERVED_SEGMENT_NAMES = frozenset({"request_id", "seq", "loop", "source_line", "captured_at", "offset_s", "method",
                                      "path", "route", "headers_json", "request_bytes", "warmup", "order_idx",
-                                     "captured_request_id", "production_status"})
+                                     "captured_request_id", "production_status", "batch_size"})
 SEGMENT_KINDS = ("path_template", "header", "query", "json_path", "json_array_length", "body_bytes", "prompt_tokens",
                  "present", "cross")
 
@@ -134,6 +134,24 @@ class DetectorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RowsConfig:
+    """output.rows: how an answer's per-row predictions are read (harness.protocols.rows). Plain values
+    only, so a replay plan carries it to workers as JSON. `enabled` None: the protocol's default (on for
+    kserve_v1 and kserve_v2, off for json and openai)."""
+    enabled: bool | None = None
+    path: str | None = None  # JSON path of the row list; kserve_v2: the output tensor's name
+    label: str | None = None  # key of the label in row objects; kserve_v2: the label tensor's name
+    score: str | None = None  # key of the score in row objects; kserve_v2: the score tensor's name
+    positive_class: int | None = None  # index of the class whose probability is the score
+    threshold: float | None = None  # label = positive class when its score is at least this
+
+    def active(self, protocol: str) -> bool:
+        if self.enabled is not None:
+            return self.enabled
+        return protocol in ("kserve_v1", "kserve_v2")
+
+
+@dataclass(frozen=True, slots=True)
 class OutputConfig:
     schema: Path | None = None
     route_schemas: Mapping[str, Path] = field(default_factory=dict)
@@ -142,6 +160,7 @@ class OutputConfig:
     ignore_paths: tuple[str, ...] = ()
     key_order_paths: tuple[str, ...] = ()
     detectors: DetectorConfig = DetectorConfig()
+    rows: RowsConfig = RowsConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +280,7 @@ def scenario_from_dict(raw: Any, source: Path | None = None, text: str | None = 
         where = f"{label}:{line}" if line else label
         raise ScenarioError(f"{where}: {'.'.join(keys) or '(top level)'}: {_schema_message(err)}")
     base = source.parent if source else Path.cwd()
-    return _build(raw, base, label, source, check_files)
+    return _build(raw, base, label, source, check_files, text)
 
 
 def _schema_message(err: jsonschema.ValidationError) -> str:
@@ -306,7 +325,8 @@ def _path(base: Path, value: str | None) -> Path | None:
     return p if p.is_absolute() else (base / p)
 
 
-def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, check_files: bool) -> Scenario:
+def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, check_files: bool,
+           text: str | None = None) -> Scenario:
     t = raw["traffic"]
     window = t.get("window", {})
     sample = t.get("sample")
@@ -373,6 +393,7 @@ def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, che
         ignore_paths=tuple(out.get("ignore_paths", ())),
         key_order_paths=tuple(out.get("key_order_paths", ())),
         detectors=_detectors(out.get("detectors", {}), label),
+        rows=_rows(out.get("rows"), label),
     )
     _check_json_paths(output, label)
     for p in [output.schema, *output.route_schemas.values()]:
@@ -388,9 +409,21 @@ def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, che
     if list(canary.steps_percent) != sorted(canary.steps_percent):
         raise ScenarioError(f"{label}: canary.steps_percent must increase, got {list(canary.steps_percent)}")
     risk = raw.get("risk", {})
+
+    def locate(keys: list[str]) -> str:
+        line = _line_of(text, keys) if text else None
+        return f"{label}:{line}" if line else label
+
+    gates = parse_gates(raw.get("promotion_gates"), label, locate)
+    for g in gates:
+        for seg in g.segment or {}:
+            if seg not in names:
+                raise ScenarioError(
+                    f"{locate(['promotion_gates', g.name, 'segment', seg])}: promotion_gates.{g.name}.segment: unknown "
+                    f"segment {seg!r} (defined in segments: {', '.join(sorted(names)) or 'none'})")
     return Scenario(
         name=raw["name"], source=source, traffic=traffic, segments=segments, targets=targets,
-        replay=replay_cfg, output=output, gates=parse_gates(raw.get("promotion_gates"), label),
+        replay=replay_cfg, output=output, gates=gates,
         analysis=AnalysisConfig(**raw.get("analysis", {})), canary=canary,
         description=raw.get("description", ""), owner=raw.get("owner"),
         moves_money=bool(risk.get("moves_money", False)), customer_trust=bool(risk.get("customer_trust", False)),
@@ -436,6 +469,32 @@ def _detectors(raw: dict[str, Any], label: str) -> DetectorConfig:
     if fb and not cfg.fallback_configured:
         raise ScenarioError(f"{label}: output.detectors.fallback_model: needs expected_model or header")
     return cfg
+
+
+def _rows(raw: Any, label: str) -> RowsConfig:
+    if raw is None:
+        return RowsConfig()
+    if isinstance(raw, bool):
+        return RowsConfig(enabled=raw)
+    if not isinstance(raw, Mapping):
+        raise ScenarioError(f"{label}: output.rows: expected true, false or a mapping, got {raw!r}")
+    pos = raw.get("positive_class")
+    if pos is not None and (isinstance(pos, bool) or not isinstance(pos, int) or pos < 0):
+        raise ScenarioError(f"{label}: output.rows.positive_class: expected a class index >= 0, got {pos!r}")
+    thr = raw.get("threshold")
+    if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float))):
+        raise ScenarioError(f"{label}: output.rows.threshold: expected a number, got {thr!r}")
+    for key in ("path", "label", "score"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise ScenarioError(f"{label}: output.rows.{key}: expected a string, got {raw[key]!r}")
+    path = raw.get("path")
+    if isinstance(path, str) and path.startswith("$"):
+        try:
+            compile_path(path)
+        except JsonPathError as exc:
+            raise ScenarioError(f"{label}: output.rows.path: {exc}") from None
+    return RowsConfig(enabled=bool(raw.get("enabled", True)), path=path, label=raw.get("label"),
+                      score=raw.get("score"), positive_class=pos, threshold=None if thr is None else float(thr))
 
 
 def _check_json_paths(output: OutputConfig, label: str) -> None:

@@ -697,6 +697,7 @@ def test_fuzz_mutated_valid_files(
 # streaming: memory does not grow with the file
 
 
+@pytest.mark.integration
 def test_jsonl_reading_is_constant_memory(tmp_path: Path) -> None:
     path = tmp_path / "big.jsonl"
     body = "x" * 300

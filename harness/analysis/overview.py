@@ -9,6 +9,7 @@ from typing import Any
 import duckdb
 
 from ..store import analysed_legs
+from ..error_kinds import HARNESS_ERROR
 from .dataset import ERROR_KINDS_COUNTED
 
 __all__ = ["unpack", "version_overview", "segment_overview", "replay_fidelity", "resource_overview", "accounting"]
@@ -89,7 +90,7 @@ def replay_fidelity(con: duckdb.DuckDBPyConnection, lag_bound_ms: float) -> dict
         select quantile_cont(abs(epoch(c.sent_at) - epoch(b.sent_at)) * 1000, 0.99)
         from legs b join legs c on c.order_idx = b.order_idx and c.version = 'candidate'
         where b.version = 'baseline'""").fetchall()[0][0]
-    ev = con.execute("select detail from events where kind = 'replay' order by \"at\" desc limit 1").fetchone()
+    ev = con.execute("select detail from events where kind = 'replay' order by occurred_at desc limit 1").fetchone()
     info = json.loads(ev[0]) if ev else {}
     p99 = row["lag_p99_ms"]
     saturated = p99 is not None and p99 > lag_bound_ms
@@ -115,6 +116,7 @@ def accounting(con: duckdb.DuckDBPyConnection, versions: tuple[str, ...]) -> dic
     warm = con.execute("select count(*) from requests where warmup").fetchone()[0]  # type: ignore[index]
     n_legs = con.execute("select count(*) from legs").fetchone()[0]  # type: ignore[index]
     n_bad = con.execute("select count(*) from bad_records").fetchone()[0]  # type: ignore[index]
+    n_harness = con.execute(f"select count(*) from legs where error_kind = '{HARNESS_ERROR}'").fetchone()[0]  # type: ignore[index]
     skipped = dict(con.execute("select reason, count(*) from skipped group by 1 order by 2 desc").fetchall())
     ev = con.execute("select detail from events where kind = 'traffic' limit 1").fetchone()
     traffic = json.loads(ev[0]) if ev else {}
@@ -127,6 +129,6 @@ def accounting(con: duckdb.DuckDBPyConnection, versions: tuple[str, ...]) -> dic
     return {
         "captured": captured, "loops": loops, "captured_balanced": balanced,
         "replayed": n_req, "warmup": warm, "analysed": n_req - warm, "skipped": skipped, "skipped_total": n_skip,
-        "bad_records": n_bad, "legs": n_legs, "legs_expected": expected_legs,
+        "bad_records": n_bad, "legs": n_legs, "harness_errors": n_harness, "legs_expected": expected_legs,
         "accounting_ok": n_legs == expected_legs and balanced,
     }

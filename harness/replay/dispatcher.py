@@ -30,9 +30,10 @@ import gevent.event
 import pyarrow.parquet as pq
 
 from ..compat import OutputValidator
+from ..error_kinds import HARNESS_ERROR
 from ..jsonpath import MISSING
 from ..protocols import OutputRead, read_output
-from ..scenario import DetectorConfig
+from ..scenario import DetectorConfig, RowsConfig
 from ..traffic.redaction import REDACTED, Redactor
 from .http_client import RequestHead, TargetClient, error_result
 from .leg import LEG_SCHEMA
@@ -41,7 +42,8 @@ from .recorder import Recorder
 __all__ = ["Dispatcher", "DispatchPlan", "TargetPlan", "DispatchStats", "expand_env", "schedule_rows", "batch_rows",
            "SCHEDULE_COLUMNS"]
 
-SCHEDULE_COLUMNS = ["order_idx", "request_id", "offset_s", "method", "path", "route", "headers_json", "body"]
+SCHEDULE_COLUMNS = ["order_idx", "request_id", "offset_s", "method", "path", "route", "headers_json", "body",
+                    "batch_size"]
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
                         "host", "content-length", "proxy-authenticate", "proxy-authorization"})
@@ -85,11 +87,14 @@ class DispatchPlan:
     worker: str = "local"
     secrets: tuple[str, ...] = ()  # values sent to targets (test credentials) to mask in stored excerpts
     detectors: DetectorConfig | None = None
+    rows: RowsConfig | None = None
 
     def __post_init__(self) -> None:
         # A plan sent to workers travels as JSON (plan_to_message): the detectors arrive as a mapping.
         if isinstance(self.detectors, Mapping):
             object.__setattr__(self, "detectors", DetectorConfig(**self.detectors))
+        if isinstance(self.rows, Mapping):
+            object.__setattr__(self, "rows", RowsConfig(**self.rows))
 
 
 @dataclass
@@ -109,10 +114,11 @@ _LEG_COLUMNS = ("request_id", "version", "order_idx", "intended_at", "sent_at", 
                 "service_ms", "status_code", "error_kind", "error_detail", "response_bytes", "schema_valid",
                 "schema_errors", "prediction", "confidence", "model_version", "output_json", "time_to_first_token_ms",
                 "prompt_tokens", "completion_tokens", "worker", "streamed", "inter_token_ms_mean", "inter_token_ms_p95",
-                "token_chunks", "finish_reason", "abstained", "cited", "fallback_model", "tool_calls_valid")
+                "token_chunks", "finish_reason", "abstained", "cited", "fallback_model", "tool_calls_valid",
+                "row_count", "row_labels", "row_scores", "row_invalid")
 # Legs are handed to the recorder as tuples in LEG_SCHEMA's order (no dict per leg): keep the two in step.
 assert _LEG_COLUMNS == tuple(LEG_SCHEMA.names), "dispatcher leg tuple out of step with LEG_SCHEMA"
-_NO_OUTPUT = (None,) * 9  # streamed ... tool_calls_valid of a leg without an answer
+_NO_OUTPUT = (None,) * 13  # streamed ... row_invalid of a leg without an answer
 _HEAD_CACHE_MAX = 4096
 _YIELD_S = 0.0001  # the finisher steps aside when the next send is due within this
 _SEAL_STEP_S = 0.0005  # and the recorder's seal steps within this
@@ -384,9 +390,12 @@ class Dispatcher:
         try:
             if status is not None and kind != "too_large":
                 out = read_output(target.protocol, status, result.body, plan.prediction_path, plan.confidence_path,
-                                  headers=result.headers, arrivals=result.arrivals or (), detectors=plan.detectors)
+                                  headers=result.headers, arrivals=result.arrivals or (), detectors=plan.detectors,
+                                  rows=plan.rows)
             if out is not None and out.truncated_stream and kind is None:
                 kind, detail = "truncated_stream", "the event stream ended without `data: [DONE]`"
+            if out is not None and (out.row_labels is not None or out.row_error is not None):
+                kind, detail = _row_check(row.get("batch_size"), out, kind, detail)
             if out is not None and 200 <= status < 300 and kind != "truncated_stream":
                 if out.invalid_json:
                     kind = kind or "invalid_json"
@@ -399,7 +408,7 @@ class Dispatcher:
                 excerpt = self._excerpt(out, result.body)
         except Exception as exc:  # noqa: BLE001 - a reader's bug must not lose the leg: it is recorded as such
             out, excerpt, schema_valid, schema_errors = None, None, None, None
-            kind, detail = "client", f"the answer could not be read: {type(exc).__name__}: {exc}"[:300]
+            kind, detail = HARNESS_ERROR, f"the answer could not be read: {type(exc).__name__}: {exc}"[:300]
         stats = self.stats
         stats.completed_legs += 1
         if kind is not None and kind != "schema":
@@ -416,7 +425,8 @@ class Dispatcher:
             tail = (out.prediction, out.confidence, out.model_version, excerpt, out.time_to_first_token_ms,
                     out.prompt_tokens, out.completion_tokens, plan.worker, out.streamed, out.inter_token_ms_mean,
                     out.inter_token_ms_p95, out.token_chunks, out.finish_reason, out.abstained, out.cited,
-                    out.fallback_model, out.tool_calls_valid)
+                    out.fallback_model, out.tool_calls_valid, out.row_count, out.row_labels, out.row_scores,
+                    out.row_invalid)
         if out is None and excerpt is not None:
             tail = (None, None, None, excerpt, *tail[4:])
         self.recorder.add_leg_values((
@@ -441,6 +451,19 @@ class Dispatcher:
             text = body[:OUTPUT_EXCERPT_CHARS * 2].decode("utf-8", "replace")
         masked = self._redactor.body(text.encode()).decode("utf-8", "replace")
         return self._redactor.text(masked[:OUTPUT_EXCERPT_CHARS], self.plan.secrets)
+
+
+def _row_check(asked: int | None, out: OutputRead, kind: str | None, detail: str | None
+               ) -> tuple[str | None, str | None]:
+    """A 2xx batch answer must carry one row per requested row: more or fewer is an error of its own kind
+    (the rows are kept as answered, never aligned)."""
+    if kind is not None or asked is None:
+        return kind, detail
+    if out.row_count is None:
+        return "row_count_mismatch", f"{asked} rows asked for, none readable in the answer: {out.row_error}"
+    if out.row_count != asked:
+        return "row_count_mismatch", f"{asked} rows asked for, {out.row_count} answered"
+    return kind, detail
 
 
 def _fit_json(doc: Any, limit: int) -> str:

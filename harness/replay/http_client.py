@@ -9,7 +9,7 @@
   an empty POST/PUT/PATCH).
 - No cookie jar: every leg carries exactly the captured (redacted, overridden) headers.
 - Request heads are validated as geventhttpclient validates them (method and header names are tokens,
-  no CR/LF in values, no whitespace in the target); an invalid one is a `client` error, never sent.
+  no CR/LF in values, no whitespace in the target); an invalid one is a `harness_error`, never sent.
 - One deadline for the whole exchange (gevent.Timeout), not per socket operation.
 - A body cap: answers over max_response_bytes are cut and recorded as too_large.
 - Event streams (`Content-Type: text/event-stream`) are read as they arrive: each read is recorded as
@@ -39,6 +39,8 @@ from gevent.local import local
 from geventhttpclient import HTTPClient
 from geventhttpclient.header import Headers
 from geventhttpclient.response import HTTPSocketPoolResponse
+
+from ..error_kinds import exception_kind
 
 __all__ = ["TargetClient", "SendResult", "RequestHead", "request_bytes", "error_result", "status_kind",
            "declared_too_large", "is_event_stream"]
@@ -364,19 +366,8 @@ def is_event_stream(headers: Any) -> bool:
 
 
 def error_result(exc: BaseException) -> SendResult:
-    """An exchange that failed before an answer, as its error kind (see error_kinds)."""
-    if isinstance(exc, ConnectionRefusedError):
-        return SendResult(None, b"", "connect", str(exc), 0)
-    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-        return SendResult(None, b"", "reset", str(exc), 0)
-    if isinstance(exc, socket.timeout):
-        return SendResult(None, b"", "timeout", str(exc) or "socket timeout", 0)
-    if isinstance(exc, OSError):
-        kind = "connect" if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH) else "reset"
-        return SendResult(None, b"", kind, f"{type(exc).__name__}: {exc}", 0)
-    name = type(exc).__name__  # geventhttpclient's parse errors have no common base
-    kind = "reset" if "Closed" in name or "Parse" in name or "Incomplete" in name else "client"
-    return SendResult(None, b"", kind, f"{name}: {exc}"[:300], 0)
+    """An exchange that failed before an answer, as its error kind (by type: error_kinds.exception_kind)."""
+    return SendResult(None, b"", exception_kind(exc), f"{type(exc).__name__}: {exc}"[:300], 0)
 
 
 def _read_available(response: Any) -> bytes | None:
