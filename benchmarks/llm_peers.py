@@ -186,11 +186,11 @@ def main() -> None:
             d.mkdir()
             trace = ls.write_trace(d / "trace.jsonl", n, rate, args.tokens)
             tools: list[tuple[str, Callable[[str, Path], dict[str, Any]]]] = [
-                ("harness", lambda url, w: run_harness(trace, url, w, args, conc))]
+                ("harness", lambda url, w, t=trace, k=conc: run_harness(t, url, w, args, k))]
             if aiperf is not None:
-                tools.append(("aiperf", lambda url, w: run_aiperf(aiperf, trace, url, w, args)))
+                tools.append(("aiperf", lambda url, w, t=trace: run_aiperf(aiperf, t, url, w, args)))
             if guidellm is not None:
-                tools.append(("guidellm", lambda url, w: run_guidellm(guidellm, aiperf, trace, url, w, args)))
+                tools.append(("guidellm", lambda url, w, t=trace: run_guidellm(guidellm, aiperf, t, url, w, args)))
             for name, fn in tools:
                 w = d / name
                 w.mkdir()

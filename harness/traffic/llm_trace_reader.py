@@ -262,7 +262,7 @@ def _iter(path: Path, opts: TraceOptions, build: Any) -> Iterator[CapturedReques
     source = str(path)
     maker = PromptMaker(opts.seed, opts.block_tokens)
     for item in iter_raw_lines(path):
-        if type(item) is not tuple:
+        if isinstance(item, BadRecord):
             yield item  # a broken gzip stream: one BadRecord, then the end
             return
         lineno, raw = item
