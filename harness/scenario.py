@@ -100,6 +100,7 @@ class TargetConfig:
     headers: Mapping[str, str | None] = field(default_factory=dict)
     memory_metric: str = "process_resident_memory_bytes"
     oom_counter: str | None = None
+    tls: Mapping[str, Any] | None = None  # https: ca_file, client_cert, client_key (absolute), server_name, verify
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,7 @@ class ReplayConfig:
     headers: Mapping[str, str | None] = field(default_factory=dict)
     aa_reference: Path | None = None
     stop_early: bool = False
+    accept_encoding: str = "captured"  # captured | identity | a value sent with every request
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +368,7 @@ def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, che
     targets_raw = raw["targets"]
     if mode == "paired" and "candidate" not in targets_raw:
         raise ScenarioError(f"{label}: targets.candidate is required in paired mode")
-    targets = {name: _target(name, spec, base) for name, spec in targets_raw.items()}
+    targets = {name: _target(name, spec, base, label, check_files) for name, spec in targets_raw.items()}
     replay_cfg = ReplayConfig(
         mode=mode,
         timeout_s=float(rp.get("timeout_s", 2.0)),
@@ -379,6 +381,7 @@ def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, che
         headers=dict(rp.get("headers", {})),
         aa_reference=_path(base, rp.get("aa_reference")),
         stop_early=bool(rp.get("stop_early", False)),
+        accept_encoding=str(rp.get("accept_encoding", "captured")).strip(),
     )
     for rule in replay_cfg.allow:
         if len(rule.split()) != 2:
@@ -513,10 +516,32 @@ def _check_json_paths(output: OutputConfig, label: str) -> None:
             raise ScenarioError(f"{label}: {key}: {exc}") from None
 
 
-def _target(name: str, spec: dict[str, Any], base: Path) -> TargetConfig:
+def _target(name: str, spec: dict[str, Any], base: Path, label: str, check_files: bool) -> TargetConfig:
+    url = spec["url"].rstrip("/")
     return TargetConfig(
-        name=name, url=spec["url"].rstrip("/"), protocol=spec.get("protocol", "json"), pid=spec.get("pid"),
+        name=name, url=url, protocol=spec.get("protocol", "json"), pid=spec.get("pid"),
         pid_file=_path(base, spec.get("pid_file")), metrics_url=spec.get("metrics_url"),
         headers=dict(spec.get("headers", {})),
         memory_metric=spec.get("memory_metric", "process_resident_memory_bytes"), oom_counter=spec.get("oom_counter"),
+        tls=_tls(name, spec.get("tls"), url, base, label, check_files),
     )
+
+
+def _tls(target: str, raw: dict[str, Any] | None, url: str, base: Path, label: str,
+         check_files: bool) -> Mapping[str, Any] | None:
+    if raw is None:
+        return None
+    where = f"{label}: targets.{target}.tls"
+    if not url.startswith("https://"):
+        raise ScenarioError(f"{where}: set for a target that is not https:// ({url})")
+    if raw.get("client_key") and not raw.get("client_cert"):
+        raise ScenarioError(f"{where}.client_key: needs client_cert")
+    tls: dict[str, Any] = {k: raw[k] for k in ("server_name", "verify") if k in raw}
+    for key in ("ca_file", "client_cert", "client_key"):
+        if raw.get(key):
+            path = _path(base, raw[key])
+            assert path is not None
+            if check_files and not path.is_file():
+                raise ScenarioError(f"{where}.{key}: file not found: {path}")
+            tls[key] = str(path.resolve())
+    return tls
