@@ -23,14 +23,15 @@ from .jsonpath import JsonPathError, compile_path
 
 __all__ = [
     "Scenario", "TrafficConfig", "SegmentSpec", "TargetConfig", "ReplayConfig", "OutputConfig", "DetectorConfig",
-    "AnalysisConfig", "CanaryConfig", "load_scenario", "scenario_from_dict", "scenario_json_schema",
+    "AnalysisConfig", "CanaryConfig", "TraceOptions", "load_scenario", "scenario_from_dict", "scenario_json_schema",
 ]
 
 Mode = Literal["paired", "aa", "baseline-only"]
 _RESERVED_SEGMENT_NAMES = frozenset({"request_id", "seq", "loop", "source_line", "captured_at", "offset_s", "method",
                                      "path", "route", "headers_json", "request_bytes", "warmup", "order_idx",
                                      "captured_request_id", "production_status", "batch_size"})
-SEGMENT_KINDS = ("path_template", "header", "query", "json_path", "json_array_length", "body_bytes", "present", "cross")
+SEGMENT_KINDS = ("path_template", "header", "query", "json_path", "json_array_length", "body_bytes", "prompt_tokens",
+                 "present", "cross")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,21 @@ class RedactConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TraceOptions:
+    """How an LLM trace's records become requests (``traffic.trace``; formats mooncake and openai_log)."""
+
+    seed: int = 0  # synthetic prompts: the same trace and seed give the same bytes
+    model: str = "model"
+    path: str = "/v1/chat/completions"
+    block_tokens: int = 512  # prompt tokens per hash id (Mooncake's KV block)
+    stream: bool | None = None  # None: mooncake streams, openai_log keeps each request's own setting
+    include_usage: bool = True  # stream_options.include_usage: token counts of every stream
+    ignore_eos: bool = False  # vLLM/SGLang extension (min_tokens, ignore_eos): exactly output_length tokens
+    max_prompt_tokens: int = 2_000_000  # beyond it a line is a bad record (no served context is larger)
+    max_output_tokens: int = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
 class TrafficConfig:
     path: Path
     format: str | None = None
@@ -61,6 +77,7 @@ class TrafficConfig:
     warmup_requests: int = 0
     sample: SampleConfig | None = None
     redact: RedactConfig = RedactConfig()
+    trace: TraceOptions = TraceOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +345,7 @@ def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, che
         warmup_requests=int(t.get("warmup_requests", 0)),
         sample=SampleConfig(**sample) if sample else None,
         redact=RedactConfig(**{k: tuple(v) for k, v in redact.items()}),
+        trace=TraceOptions(**t.get("trace", {})),
     )
     if traffic.from_s is not None and traffic.to_s is not None and traffic.to_s <= traffic.from_s:
         raise ScenarioError(f"{label}: traffic.window.to_s must be after from_s")
@@ -423,16 +441,16 @@ def _segment(name: str, spec: dict[str, Any], label: str) -> SegmentSpec:
             f"{label}: segments.{name}: needs exactly one of {', '.join(SEGMENT_KINDS)}, found {kinds or 'none'}")
     kind = kinds[0]
     arg = spec[kind]
-    if kind == "path_template" and arg is not True:
-        raise ScenarioError(f"{label}: segments.{name}.path_template: must be true")
-    if kind in ("json_array_length", "body_bytes") and "buckets" not in spec:
+    if kind in ("path_template", "prompt_tokens") and arg is not True:
+        raise ScenarioError(f"{label}: segments.{name}.{kind}: must be true")
+    if kind in ("json_array_length", "body_bytes", "prompt_tokens") and "buckets" not in spec:
         raise ScenarioError(f"{label}: segments.{name}: {kind} needs `buckets` (e.g. [1, 8, 32])")
     buckets = spec.get("buckets")
     if buckets is not None and list(buckets) != sorted(set(buckets)):
         raise ScenarioError(f"{label}: segments.{name}.buckets must be strictly increasing")
     if kind in ("present", "cross"):
         arg = tuple(arg)
-    elif kind in ("path_template", "body_bytes"):
+    elif kind in ("path_template", "body_bytes", "prompt_tokens"):
         arg = None
     return SegmentSpec(name=name, kind=kind, arg=arg, buckets=tuple(buckets) if buckets else None,
                        max_values=int(spec.get("max_values", 20)))

@@ -232,8 +232,11 @@ def _serve_v1(path: str, model_name: str, port: str) -> None:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", int(port)), Handler)
-    server.daemon_threads = True
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 256  # the default 5 refuses connections when a replay opens many at once
+        daemon_threads = True
+
+    server = Server(("127.0.0.1", int(port)), Handler)
     server.serve_forever()
 
 

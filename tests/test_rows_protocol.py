@@ -108,7 +108,7 @@ def test_rows_config_is_validated() -> None:
     assert s.output.rows == RowsConfig(enabled=True, path="$.p", positive_class=1, threshold=0.3)
     with pytest.raises(ScenarioError, match="positive_class"):
         scenario_from_dict({**base, "output": {"rows": {"positive_class": -1}}}, check_files=False)
-    with pytest.raises(ScenarioError, match="rows"):
+    with pytest.raises(ScenarioError, match="colour"):
         scenario_from_dict({**base, "output": {"rows": {"colour": 1}}}, check_files=False)
 
 

@@ -52,7 +52,8 @@ def _run(tmp_path: Path, name: str, records: list[dict], baseline: str, candidat
     from harness.run import run_scenario
     from harness.scenario import scenario_from_dict
 
-    sc = scenario_dict(write_capture(tmp_path / f"{name}.jsonl", records), baseline, candidate, speed=1, timeout_s=20)
+    sc = scenario_dict(write_capture(tmp_path / f"{name}.jsonl", records), baseline, candidate, speed=1, timeout_s=20,
+                       connect_timeout_s=10)
     sc["name"] = name
     sc["targets"]["baseline"]["protocol"] = sc["targets"]["candidate"]["protocol"] = protocol
     sc["segments"] = {"tenant": {"header": "X-Tenant"}}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 __all__ = ["request_row_count"]
 
 
@@ -17,9 +19,12 @@ def request_row_count(body: bytes | str | None, protocol: str) -> int | None:
     if not body or protocol == "openai":
         return None
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
+        doc = orjson.loads(body)  # once per request of the capture: several times faster than json
+    except orjson.JSONDecodeError:
+        try:
+            doc = json.loads(body)  # what orjson refuses (NaN, UTF-16 bodies, ...)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return None
     if not isinstance(doc, dict):
         return None
     if protocol == "kserve_v2":
