@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", type=Path, help="a run folder written by `harness run`")
     s.add_argument("--format", choices=["yaml", "argo", "flagger", "istio"], default="yaml",
                    help="the schedule itself, or an Argo Rollouts, Flagger or Istio export")
+    s.add_argument("--force", action="store_true",
+                   help="export manifests even when the verdict is not PROMOTE (marked harness/forced-export)")
     s.set_defaults(func=_schedule)
 
     q = sub.add_parser("query", help="run SQL against a run's results.duckdb")
@@ -175,13 +177,21 @@ def _print_verdict(summary: dict[str, Any], run_dir: Path) -> None:
 
 
 def _write_verdict(summary: dict[str, Any], run_dir: Path) -> None:
-    print(f"verdict: {summary['verdict']}")
-    failing = [g for g in summary["gates"] if g["status"] == "fail"]
+    if summary["verdict"] == "INCOMPLETE":  # no promote/block line that a script could grep
+        run = summary["run"]
+        print(f"run incomplete ({run.get('status_reason') or run.get('status')}): no verdict, exit 4")
+        print(f"provisional judgement of the legs that completed: {summary.get('provisional_verdict')}")
+    else:
+        print(f"verdict: {summary['verdict']}")
+    for e in (summary.get("explanations") or [])[:10]:
+        print(f"  {'WHERE' if e['explains'] else 'ALSO'}: {e['text']}")
+    # the segments that explain the regressions first; those a stronger segment explains after them
+    failing = sorted((g for g in summary["gates"] if g["status"] == "fail"), key=lambda g: bool(g.get("explained_by")))
     for g in failing[:20]:
         print(f"  FAIL {g['name']} [{g['segment'] or 'overall'}]: {g['reason']}")
     if len(failing) > 20:
         print(f"  ... and {len(failing) - 20} more failing gate results (see summary.json)")
-    if summary["verdict"] == "HOLD":
+    if "HOLD" in (summary["verdict"], summary.get("provisional_verdict")):
         for reason in summary["verdict_reasons"][:10]:
             print(f"  INCONCLUSIVE: {reason}")
     for note in summary.get("notes", []):
@@ -233,9 +243,13 @@ def _report(args: argparse.Namespace) -> int:
 
 def _schedule(args: argparse.Namespace) -> int:
     from .outputs import schedule_for
-    from .schedule import export_schedule
+    from .schedule import export_refusal, export_schedule
 
-    print(export_schedule(schedule_for(args.run_dir), args.format), end="")
+    schedule = schedule_for(args.run_dir)
+    refusal = export_refusal(schedule, args.format)
+    if refusal is not None and not args.force:
+        raise refusal
+    print(export_schedule(schedule, args.format, force=args.force), end="")
     return 0
 
 
@@ -304,6 +318,7 @@ def _scores_import(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    args: argparse.Namespace | None = None
     try:
         args = parser.parse_args(argv)
         func: Callable[[argparse.Namespace], int] = args.func
@@ -319,6 +334,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # what it wanted, as with any Unix tool.
         _stdout_to_devnull()
         return 0
+    except Exception as exc:  # noqa: BLE001 - a bug is exit 4 with its traceback in harness.log, never exit 1
+        from .crash import CRASH_EXIT, record_crash
+
+        folder = getattr(args, "run_dir", None) or getattr(args, "out", None)
+        print(record_crash(exc, folder), file=sys.stderr)
+        return CRASH_EXIT
 
 
 def _stdout_to_devnull() -> None:

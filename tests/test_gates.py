@@ -166,11 +166,20 @@ def test_aa_false_fail_rate_stays_at_or_below_alpha() -> None:
 
 def test_aa_noise_floor_downgrades_failures_within_it() -> None:
     data = pairs(3000, err_c=0.03)
-    r = overall(evaluate_gates(SEED_GATES[1:2], data, RES), "error_rate")
-    noisy = overall(evaluate_gates(SEED_GATES[1:2], data, RES, aa_noise={("error_rate", None): 0.029}), "error_rate")
-    quiet = overall(evaluate_gates(SEED_GATES[1:2], data, RES, aa_noise={("error_rate", None): 0.001}), "error_rate")
+    gate = parse_gates({"error_rate": {"maximum_increase": 0.005}}, "t")
+    r = overall(evaluate_gates(gate, data, RES), "error_rate")
+    noisy = overall(evaluate_gates(gate, data, RES, aa_noise={("error_rate", None): 0.029}), "error_rate")
+    quiet = overall(evaluate_gates(gate, data, RES, aa_noise={("error_rate", None): 0.001}), "error_rate")
     assert r.status == "fail" and noisy.status == "inconclusive" and quiet.status == "fail"
     assert "A/A noise" in noisy.reason
+
+
+def test_aa_noise_floor_never_excuses_an_absolute_limit() -> None:
+    """Both versions at about 3 % errors against a 1 % limit: the candidate is beyond the limit whatever
+    the noise between the versions, so the FAIL stands."""
+    data = pairs(3000, err_b=0.03, err_c=0.03)
+    r = overall(evaluate_gates(SEED_GATES[1:2], data, RES, aa_noise={("error_rate", None): 0.029}), "error_rate")
+    assert r.status == "fail" and "A/A noise" not in r.reason
 
 
 def test_paired_increase_gates_use_discordant_pairs() -> None:

@@ -124,12 +124,14 @@ def test_p95_requests_come_from_the_observed_baseline_spread(schedule: dict[str,
     lat = con.execute("""select l.latency_ms from legs l join requests r using (request_id)
                          where l.version = 'baseline' and not r.warmup and l.latency_ms > 0""").fetchnumpy()["latency_ms"]
     sigma = float(np.std(np.log(np.asarray(lat, dtype=float)), ddof=1))
-    expected = stats.n_quantile_ratio(sigma, 1.10, 0.95, scenario.analysis.alpha, scenario.canary.power)
+    logs = np.log(np.asarray(lat, dtype=float))
+    expected = stats.n_quantile_ratio_from_sample(logs, 1.10, 0.95, scenario.analysis.alpha, scenario.canary.power)
     p95 = next(s for s in schedule["sizing"] if s["gate"] == "latency_p95_ms")
     assert p95["latency_log_sd"] == pytest.approx(sigma, rel=1e-9)
-    assert p95["n_formula"] == expected
-    assert p95["n"] == p95["requests"] == max(expected, 400)  # 20 requests above the p95
-    assert "n_quantile_ratio" in p95["basis"] and f"{sigma:.3f}" in p95["basis"]
+    assert p95["latency_log_density"] == pytest.approx(stats.log_quantile_density(logs, 0.95), rel=1e-6)
+    assert abs(p95["n_formula"] - expected) <= 1
+    assert p95["n"] == p95["requests"] == max(p95["n_formula"], 400)  # 20 requests above the p95
+    assert "n_quantile_ratio_from_density" in p95["basis"] and "Hall-Sheather" in p95["basis"]
 
 
 @pytest.mark.integration
@@ -210,7 +212,7 @@ def test_segment_scoped_and_delta_gates(summary: dict[str, Any], con: Any) -> No
         "enterprise_p95": {"metric": "latency_ms", "aggregation": "p95", "segment": {"tenant": "enterprise"},
                            "maximum_regression_percent": 10},
         "timeout_increase": {"metric": "timeout_rate", "maximum_increase": 0.005},
-        "nowhere_p95": {"metric": "latency_ms", "segment": {"no_such_segment": "x"}, "maximum_regression_percent": 10},
+        "nowhere_p95": {"metric": "latency_ms", "segment": {"tenant": "no_such_tenant"}, "maximum_regression_percent": 10},
     }
     scenario = scenario_from_dict(config, check_files=False)
     p0 = 0.001
@@ -222,8 +224,8 @@ def test_segment_scoped_and_delta_gates(summary: dict[str, Any], con: Any) -> No
     assert ent["segment"] == "tenant=enterprise" and ent["scope_share"] == pytest.approx(share)
     lat = con.execute("""select l.latency_ms from legs l join requests r using (request_id) where l.version = 'baseline'
                          and not r.warmup and l.latency_ms > 0 and r.tenant = 'enterprise'""").fetchnumpy()["latency_ms"]
-    sigma = float(np.std(np.log(np.asarray(lat, dtype=float)), ddof=1))
-    assert ent["n_formula"] == stats.n_quantile_ratio(sigma, 1.1, 0.95, 0.05, 0.8)
+    expected = stats.n_quantile_ratio_from_sample(np.log(np.asarray(lat, dtype=float)), 1.1, 0.95, 0.05, 0.8)
+    assert abs(ent["n_formula"] - expected) <= 1
     rate = s["traffic"]["production_rps"]
     step = _live(s)[1]
     dur = next(g["duration_s"] for g in step["gates"] if g["gate"] == "enterprise_p95")
@@ -431,7 +433,8 @@ def test_fractional_shares_cannot_be_exported(summary: dict[str, Any], scenario:
 
 @pytest.mark.integration
 def test_cli_schedule_prints_the_argo_export(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["schedule", str(run_dir), "--format", "argo"]) == 0
+    promoted = load_schedule(run_dir)["verdict"] == "PROMOTE"  # else refused without --force (test_schedule_refusal)
+    assert cli.main(["schedule", str(run_dir), "--format", "argo", *([] if promoted else ["--force"])]) == 0
     docs = _docs(capsys.readouterr().out)
     assert [d["kind"] for d in docs][:2] == ["Rollout", "AnalysisTemplate"]
     assert cli.main(["schedule", str(run_dir)]) == 0
