@@ -68,7 +68,7 @@ def _scenario(tmp: Path, baseline: str, candidate: str, max_in_flight: int) -> P
         "traffic": {"path": str(SAMPLE)},  # not read by a shadow run
         "segments": {"route": {"path_template": True}, "tenant": {"header": "X-Tenant-Tier"}},
         "targets": {"baseline": {"url": baseline}, "candidate": {"url": candidate}},
-        "replay": {"allow": ["POST /v1/score", "POST /v1/accounts/*/score"], "timeout_s": 1,
+        "replay": {"allow": ["POST /v1/score", "POST /v1/accounts/*/score"], "timeout_s": 2.5,
                    "max_in_flight": max_in_flight},
         "promotion_gates": {"error_rate": {"maximum": 0.01}, "latency_p95_ms": {"maximum_regression_percent": 50}},
         "analysis": {"bootstrap_resamples": 200},
@@ -83,8 +83,8 @@ def test_shadow_never_costs_the_user_anything(tmp_path: Path, targets: Any, harn
                                               candidate_mode: str) -> None:
     baseline = targets("ok")
     candidate_url = f"http://127.0.0.1:{closed_port()}" if candidate_mode == "down" else targets(candidate_mode).url
-    # slow: a limit of 16 copies in flight against bursts of 64 forces drops
-    scenario = _scenario(tmp_path, baseline.url, candidate_url, 16 if candidate_mode == "slow" else 1000)
+    # slow: a limit of 32 copies in flight against bursts of 64 forces drops
+    scenario = _scenario(tmp_path, baseline.url, candidate_url, 32 if candidate_mode == "slow" else 1000)
     port = closed_port()
     out = tmp_path / "reports"
     shadow = harness_proc(["shadow", scenario, "--listen", f"127.0.0.1:{port}", "--out", out,
@@ -105,7 +105,7 @@ def test_shadow_never_costs_the_user_anything(tmp_path: Path, targets: Any, harn
             assert rc == 4, err
             live = summary(live_dir)
             assert live["run"]["status"] == "incomplete"
-            if live["counts"]["captured"] == N:
+            if live["counts"]["captured"] == N and live["counts"]["replayed"] > 0:
                 break
         time.sleep(0.5)
     assert live["counts"]["replayed"] > 0, live["counts"]
@@ -119,12 +119,6 @@ def test_shadow_never_costs_the_user_anything(tmp_path: Path, targets: Any, harn
     want = {a["seq"]: (a["status"], base64.b64decode(a["body_b64"])) for a in direct}
     assert got == want
     assert all(status == 200 for status, _ in got.values())
-    # ... at the baseline's speed: users did not wait for the slow candidate (1.5 s, timed out at 1 s)
-    if candidate_mode == "slow":
-        # (the median, not the maximum: a cold start or a loaded machine may hold a few answers for long)
-        latencies = sorted(a["latency_ms"] for a in through)
-        assert latencies[len(latencies) // 2] < 500.0, latencies[::30]
-
     run_dir = the_run_dir(out)
     counts = check_accounting(run_dir, "paired")
     skipped = counts["skipped"]
@@ -134,6 +128,16 @@ def test_shadow_never_costs_the_user_anything(tmp_path: Path, targets: Any, harn
     assert baseline_errors == [(0,)]
     if candidate_mode == "slow":
         assert mirrored_errors.get("timeout", 0) == counts["replayed"], mirrored_errors
+        # ... and the users of the mirrored requests did not wait for the candidate's copy (each >= 2.5 s, its
+        # timeout). A loaded machine may hold a few answers for a second (a SYN retried), not that long.
+        mirrored = {int(v) for (h,) in query(run_dir, "select headers_json from requests")
+                    for k, v in json.loads(h) if k.lower() == "x-client-seq"}
+        latency = {a["seq"]: a["latency_ms"] for a in through}
+        assert len(mirrored) == counts["replayed"] >= 30
+        waited = [latency[s] for s in mirrored if latency[s] >= 2500.0]
+        assert len(waited) < 0.1 * len(mirrored), (
+            sorted((s, round(latency[s])) for s in mirrored if latency[s] >= 2500.0),
+            sorted((s, round(v)) for s, v in latency.items() if v >= 2500.0 and s not in mirrored))
         assert skipped.get("not mirrored: copies in flight at replay.max_in_flight", 0) > 0, skipped
     elif candidate_mode == "failing":
         assert mirrored_errors.get("http_5xx", 0) > 0 and mirrored_errors.get("reset", 0) > 0, mirrored_errors
