@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..capture.exchange import ExchangeRecords
-from ..capture.proxy import parse_listen
+from ..capture.proxy import parse_listen, run_loop
 from ..capture.writer import CaptureWriter
 from ..errors import ScenarioError, UsageError
 from ..run import RunResult, _setup_log, check_targets, make_run_dir
@@ -64,7 +64,7 @@ def run_shadow(scenario: Scenario, listen: str, out_root: Path, *, duration_s: f
         legs_path = work / "legs.jsonl"
         live = _Live(scenario, run_dir, capture_path, legs_path,
                      snapshot_every_s if scenario.source is not None else 0.0, say)
-        stats, stopped_by = asyncio.run(live.serve(host, port, duration_s, max_requests))
+        stats, stopped_by = run_loop(live.serve(host, port, duration_s, max_requests))
         say(f"shadow: {stats.requests} requests answered from the baseline, {stats.mirrored} mirrored, "
             f"{stats.not_allowed} not allowed, dropped: {dict(stats.dropped) or 0}; stopped by {stopped_by}")
         summary = build_results(scenario, run_dir / ".final", run_id=run_dir.name, capture_path=capture_path,
