@@ -21,7 +21,7 @@ import numpy as np
 
 from .analysis.dataset import PairData
 from .gate_config import GateSpec
-from .gates import GateResult, ResourceSummary, _beyond_limit, _evaluate_one, _segment_masks
+from .gates import _IMPUTED_CACHE, GateResult, ResourceSummary, _beyond_limit, _evaluate_one, _segment_masks
 
 __all__ = ["Explanation", "explain_segments"]
 
@@ -95,6 +95,7 @@ def explain_segments(specs: Iterable[GateSpec], results: list[GateResult], data:
             if by is None:
                 leaders.append((s, []))
         explanations += [_explanation(spec, t, tuple(members)) for t, members in leaders]
+    _IMPUTED_CACHE.clear()
     explanations.sort(key=lambda e: (e.status != "fail", -len(e.explains)))
     return out, explanations
 

@@ -116,12 +116,15 @@ def evaluate_gates(specs: Iterable[GateSpec], data: PairData, resources: Resourc
     """All gate results: each gate overall first, then per segment value. Per-segment FAILs are
     confirmed by Benjamini-Hochberg over all segment tests; unconfirmed ones become INCONCLUSIVE."""
     results: list[GateResult] = []
-    for spec in specs:
-        for i, (label, mask) in enumerate(_segment_masks(data, spec)):
-            result = _evaluate_one(spec, data, mask, label, resources, alpha, n_resamples, seed)
-            if i > 0 and result.n == 0:
-                continue  # a segment with nothing to judge for this metric (e.g. GET routes: no scores)
-            results.append(result)
+    try:
+        for spec in specs:
+            for i, (label, mask) in enumerate(_segment_masks(data, spec)):
+                result = _evaluate_one(spec, data, mask, label, resources, alpha, n_resamples, seed)
+                if i > 0 and result.n == 0:
+                    continue  # a segment with nothing to judge for this metric (e.g. GET routes: no scores)
+                results.append(result)
+    finally:
+        _IMPUTED_CACHE.clear()  # run-sized arrays: not kept past the judgement
     results = _multiplicity(results, specs, alpha)
     return [_against_noise(r, aa_noise) for r in results] if aa_noise else results
 
@@ -250,27 +253,56 @@ def _pass_floor(q: float | None) -> int:
     return math.ceil(TAIL_OBSERVATIONS_TO_PASS / (1 - q) - 1e-9) if q else 30
 
 
-def _latency_pairs(spec: GateSpec, data: PairData, mask: np.ndarray,
-                   series: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """(baseline, candidate, pairs where both answered, failed legs counted) of the scope.
+@dataclass(frozen=True)
+class _Imputed:
+    """A latency-like series of the whole run with failed legs imputed, and what each pair has."""
 
-    A failed leg (an error that breaks a consumer) counts as no faster than the slowest leg of the run:
+    baseline: np.ndarray
+    candidate: np.ndarray
+    usable: np.ndarray  # both legs have a value (their own, or the imputed one)
+    answered: np.ndarray  # both legs answered with a value of their own
+    failed: np.ndarray  # a leg failed
+    slower: np.ndarray  # usable and the candidate leg took longer
+    differs: np.ndarray  # usable and the legs differ
+
+
+_IMPUTED_CACHE: list[tuple[tuple[Any, ...], _Imputed]] = []  # the last series only: gates loop over segments
+
+
+def _imputed(spec: GateSpec, data: PairData, series: dict[str, np.ndarray]) -> _Imputed:
+    """A failed leg (an error that breaks a consumer) counts as no faster than the slowest leg of the run:
     worst-rank imputation, so a candidate cannot lower its p95 by failing quickly on its slowest requests
     (the failure share itself is the error-rate gate's). Legs that neither failed nor have a value (4xx
-    answers, streams without token timing) are left out, pair by pair."""
+    answers, streams without token timing) are left out, pair by pair. Computed once per series."""
     b, c = series["baseline"], series["candidate"]
-    if spec.metric not in _FAILURE_IS_SLOW:
-        ok = mask & np.isfinite(b) & np.isfinite(c)
-        return b[ok], c[ok], int(ok.sum()), 0
     fb, fc = data.error["baseline"], data.error["candidate"]
+    key = (spec.metric in _FAILURE_IS_SLOW, b, c, fb, fc)
+    for cached_key, value in _IMPUTED_CACHE:
+        if all(x is y for x, y in zip(cached_key, key)):
+            return value
     finite_b, finite_c = np.isfinite(b), np.isfinite(c)
-    tops = [float(x[f].max()) for x, f in ((b, finite_b), (c, finite_c)) if f.any()]
-    ceiling = max(tops) if tops else 1.0
-    ok = mask & (finite_b | fb) & (finite_c | fc)
-    bb = np.where(fb, np.fmax(b, ceiling), b)[ok]
-    cc = np.where(fc, np.fmax(c, ceiling), c)[ok]
-    answered = int((ok & ~fb & ~fc & finite_b & finite_c).sum())
-    return bb, cc, answered, int((fb | fc)[ok].sum())
+    if spec.metric in _FAILURE_IS_SLOW:
+        tops = [float(x[f].max()) for x, f in ((b, finite_b), (c, finite_c)) if f.any()]
+        ceiling = max(tops) if tops else 1.0
+        usable = (finite_b | fb) & (finite_c | fc)
+        bb, cc = np.where(fb, np.fmax(b, ceiling), b), np.where(fc, np.fmax(c, ceiling), c)
+        answered = usable & ~fb & ~fc & finite_b & finite_c
+        failed = fb | fc
+    else:
+        usable = answered = finite_b & finite_c
+        bb, cc, failed = b, c, np.zeros(len(b), bool)
+    with np.errstate(invalid="ignore"):
+        value = _Imputed(bb, cc, usable, answered, failed, usable & (cc > bb), usable & (cc != bb))
+    _IMPUTED_CACHE[:] = [(key, value)]
+    return value
+
+
+def _latency_pairs(spec: GateSpec, data: PairData, mask: np.ndarray,
+                   series: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(baseline, candidate, pairs where both answered, failed legs counted) of the scope (`_imputed`)."""
+    imp = _imputed(spec, data, series)
+    ok = mask & imp.usable
+    return imp.baseline[ok], imp.candidate[ok], int((ok & imp.answered).sum()), int((ok & imp.failed).sum())
 
 
 def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None, alpha: float,
@@ -336,12 +368,10 @@ def _localized_p(spec: GateSpec, data: PairData, mask: np.ndarray, series: dict[
     two-proportion z test (independent sets of pairs). A regression confined to a segment shifts the whole
     distribution there, which this sees long before the segment's own p95 interval clears the limit; a
     shift shared by every segment does not make any one of them suspect."""
-    inside = _latency_pairs(spec, data, mask, series)
-    outside = _latency_pairs(spec, data, ~mask, series)
-    (bi, ci_), (bo, co) = inside[:2], outside[:2]
-    ki, ni = int((ci_ > bi).sum()), int((ci_ != bi).sum())
-    ko, no = int((co > bo).sum()), int((co != bo).sum())
-    return stats.two_proportion_p_above(ki, ni, ko, no)
+    imp = _imputed(spec, data, series)
+    ki, ni = int((imp.slower & mask).sum()), int((imp.differs & mask).sum())
+    k_all, n_all = int(imp.slower.sum()), int(imp.differs.sum())
+    return stats.two_proportion_p_above(ki, ni, k_all - ki, n_all - ni)
 
 
 def _either(p: float, q: float | None) -> float:
