@@ -244,7 +244,7 @@ def scenario_from_dict(raw: Any, source: Path | None = None, text: str | None = 
         where = f"{label}:{line}" if line else label
         raise ScenarioError(f"{where}: {'.'.join(keys) or '(top level)'}: {_schema_message(err)}")
     base = source.parent if source else Path.cwd()
-    return _build(raw, base, label, source, check_files)
+    return _build(raw, base, label, source, check_files, text)
 
 
 def _schema_message(err: jsonschema.ValidationError) -> str:
@@ -256,6 +256,15 @@ def _schema_message(err: jsonschema.ValidationError) -> str:
     if err.validator == "enum":
         return f"{err.instance!r} is not one of {', '.join(map(str, err.validator_value))}"
     return err.message
+
+
+def _gate_error_with_line(exc: ScenarioError, label: str, text: str | None) -> ScenarioError:
+    """A gate error ("LABEL: promotion_gates.NAME.KEY: ...") with the line of its key, like every other
+    scenario error."""
+    message = str(exc)
+    m = re.match(re.escape(label) + r": (promotion_gates\.[^:]+): ", message)
+    line = _line_of(text, m.group(1).split(".")) if m and text else None
+    return ScenarioError(f"{label}:{line}{message[len(label):]}" if line else message)
 
 
 def _line_of(text: str, keys: list[str]) -> int | None:
@@ -289,7 +298,8 @@ def _path(base: Path, value: str | None) -> Path | None:
     return p if p.is_absolute() else (base / p)
 
 
-def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, check_files: bool) -> Scenario:
+def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, check_files: bool,
+           text: str | None = None) -> Scenario:
     t = raw["traffic"]
     window = t.get("window", {})
     sample = t.get("sample")
@@ -370,9 +380,13 @@ def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, che
     if list(canary.steps_percent) != sorted(canary.steps_percent):
         raise ScenarioError(f"{label}: canary.steps_percent must increase, got {list(canary.steps_percent)}")
     risk = raw.get("risk", {})
+    try:
+        gates = parse_gates(raw.get("promotion_gates"), label)
+    except ScenarioError as exc:
+        raise _gate_error_with_line(exc, label, text) from None
     return Scenario(
         name=raw["name"], source=source, traffic=traffic, segments=segments, targets=targets,
-        replay=replay_cfg, output=output, gates=parse_gates(raw.get("promotion_gates"), label),
+        replay=replay_cfg, output=output, gates=gates,
         analysis=AnalysisConfig(**raw.get("analysis", {})), canary=canary,
         description=raw.get("description", ""), owner=raw.get("owner"),
         moves_money=bool(risk.get("moves_money", False)), customer_trust=bool(risk.get("customer_trust", False)),
