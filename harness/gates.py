@@ -58,7 +58,7 @@ class GateResult:
     min_n: int | None = None
     effect: float | None = None  # signed "how much worse" on the metric's natural scale, for ranking
     comparison: str = "absolute"
-    # p-value of "no worse than the baseline" (H0: no change), where the gate compares the versions
+    # latency-like segments: p-value of "the candidate is no more often slower here than in the rest"
     p_worse: float | None = None
     # a blocking segment result that is inconclusive, beyond the limit by its estimate, and worse than the
     # baseline after Benjamini-Hochberg across the segment tests: it holds the release
@@ -179,10 +179,12 @@ def _beyond_limit(r: GateResult) -> bool:
 
 def _suspects(results: list[GateResult], overall_labels: dict[str, str | None], alpha: float) -> list[GateResult]:
     """A regression confined to one segment is often too small a sample to FAIL there, and BH with one real
-    signal acts like Bonferroni: such a segment would let the release PROMOTE. The screen: test "no worse
-    than the baseline" in every segment of every comparison gate, Benjamini-Hochberg across those tests at
-    alpha; a blocking segment result that is inconclusive, rejected there, and beyond the limit by its
-    estimate is a suspect, and holds the release (docs/judgement.md, "Where is it worse")."""
+    signal acts like Bonferroni: such a segment would let the release PROMOTE. The screen: in every segment
+    of every latency-like comparison gate, "the candidate leg is no more often the slower one here than in
+    the rest of the run", Benjamini-Hochberg across those tests at alpha; a blocking segment result that is
+    inconclusive, rejected there, and beyond the limit by its estimate is a suspect, and holds the release
+    (docs/judgement.md, "Segments and multiplicity"). A slowdown shared by every segment, within the
+    allowance, makes none of them suspect."""
     idx = [i for i, r in enumerate(results) if r.segment != overall_labels.get(r.name) and r.p_worse is not None]
     if not idx:
         return results
@@ -355,7 +357,7 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
     }[status]
     return _result(spec, label, baseline=ratio_ci.baseline_q, candidate=ratio_ci.candidate_q,
                    observed=ratio_ci.estimate, ci=(ratio_ci.lower, ratio_ci.upper), n=n, status=status,
-                   p_value=p_fail, p_worse=_either(ratio_ci.p_above(1.0), local), min_n=pass_floor,
+                   p_value=p_fail, p_worse=local, min_n=pass_floor,
                    effect=ratio_ci.estimate - 1,
                    reason=f"{agg} {what}{_where(label)} {ratio_ci.baseline_q:.1f} -> {ratio_ci.candidate_q:.1f} {unit} "
                           f"({change:+.1f} %, {100 * (1 - alpha):g} % bounds {100 * (ratio_ci.lower - 1):+.1f} % to "
@@ -372,11 +374,6 @@ def _localized_p(spec: GateSpec, data: PairData, mask: np.ndarray, series: dict[
     ki, ni = int((imp.slower & mask).sum()), int((imp.differs & mask).sum())
     k_all, n_all = int(imp.slower.sum()), int(imp.differs.sum())
     return stats.two_proportion_p_above(ki, ni, k_all - ki, n_all - ni)
-
-
-def _either(p: float, q: float | None) -> float:
-    """Bonferroni over two screens of the same hypothesis (no worse than the baseline)."""
-    return p if q is None else min(1.0, 2 * min(p, q))
 
 
 def _bound_status(spec: GateSpec, lo: float, hi: float, few: bool) -> str:
@@ -428,7 +425,8 @@ def _latency_delta(spec: GateSpec, label: str | None, b: np.ndarray, c: np.ndarr
            else f"the interval straddles +{spec.threshold:g} {unit}"}[status]
     return _result(spec, label, baseline=iv.baseline, candidate=iv.candidate, observed=iv.estimate,
                    ci=(iv.lower, iv.upper), n=n, status=status, p_value=iv.p_above(spec.threshold),
-                   p_worse=iv.p_above(0.0), min_n=pass_floor, effect=iv.estimate - spec.threshold,
+                   p_worse=_localized_p(spec, data, mask, series) if label is not None and spec.segment is None
+                   else None, min_n=pass_floor, effect=iv.estimate - spec.threshold,
                    reason=f"{spec.aggregation} {what}{_where(label)} {iv.baseline:.1f} -> {iv.candidate:.1f} {unit} "
                           f"({iv.estimate:+.1f} {unit}, {100 * (1 - alpha):g} % bounds {iv.lower:+.1f} to "
                           f"{iv.upper:+.1f} {unit}, n={n}): {why}.{failed_txt}")
@@ -493,11 +491,9 @@ def _rate_delta(spec: GateSpec, label: str | None, col: dict[str, np.ndarray], s
         status = "pass" if lo >= thr else "fail" if hi < thr else "inconclusive"
     # The p-value tests the gate's own allowance (Tango's score test at the threshold, the dual of the
     # interval), not "no change": McNemar against 0 would flag a candidate that is within its allowance.
-    side = "max" if spec.direction == "max" else "min"
-    p = stats.paired_rate_difference_p(b_only, c_only, n, thr, side)
+    p = stats.paired_rate_difference_p(b_only, c_only, n, thr, "max" if spec.direction == "max" else "min")
     return _result(spec, label, baseline=rate.get("baseline"), candidate=rate.get("candidate"), observed=diff,
                    ci=(lo, hi), n=n, status=status, p_value=p, effect=diff,
-                   p_worse=stats.paired_rate_difference_p(b_only, c_only, n, 0.0, side),
                    reason=f"Paired {what} change{_where(label)} {100 * diff:+.2f} points ({b_only} baseline-only vs "
                           f"{c_only} candidate-only events in {n} pairs; score test against the allowance p={p:.3g}) "
                           f"vs {spec.threshold_text}: {status}.")
