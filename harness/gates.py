@@ -332,10 +332,10 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
                f"only {answered} pairs where both versions answered, fewer than the {pass_floor} a PASS needs")
     if spec.comparison == "absolute":
         return _latency_absolute(spec, label, b, c, q, alpha, n, few, few_txt, pass_floor, what, unit, failed_txt)
+    local = _localized_p(spec, data, mask, series) if label is not None and spec.segment is None else None
     if spec.comparison == "delta":
         return _latency_delta(spec, label, b, c, q, alpha, n_resamples, seed, n, few, few_txt, pass_floor, what, unit,
-                              failed_txt)
-    local = _localized_p(spec, data, mask, series) if label is not None and spec.segment is None else None
+                              failed_txt, local)
     if q is None:
         ratio_ci = stats.paired_mean_ratio_ci(b, c, confidence=1 - alpha, n_resamples=n_resamples, seed=seed)
     else:
@@ -411,7 +411,7 @@ def _latency_absolute(spec: GateSpec, label: str | None, b: np.ndarray, c: np.nd
 
 def _latency_delta(spec: GateSpec, label: str | None, b: np.ndarray, c: np.ndarray, q: float | None, alpha: float,
                    n_resamples: int, seed: int, n: int, few: bool, few_txt: str, pass_floor: int, what: str,
-                   unit: str, failed_txt: str) -> GateResult:
+                   unit: str, failed_txt: str, local: float | None) -> GateResult:
     """candidate - baseline in the metric's unit (maximum_increase: 5 = at most 5 ms slower): the paired
     bootstrap of the quantile difference, or the paired t bound of the mean difference."""
     if q:
@@ -425,8 +425,7 @@ def _latency_delta(spec: GateSpec, label: str | None, b: np.ndarray, c: np.ndarr
            else f"the interval straddles +{spec.threshold:g} {unit}"}[status]
     return _result(spec, label, baseline=iv.baseline, candidate=iv.candidate, observed=iv.estimate,
                    ci=(iv.lower, iv.upper), n=n, status=status, p_value=iv.p_above(spec.threshold),
-                   p_worse=_localized_p(spec, data, mask, series) if label is not None and spec.segment is None
-                   else None, min_n=pass_floor, effect=iv.estimate - spec.threshold,
+                   p_worse=local, min_n=pass_floor, effect=iv.estimate - spec.threshold,
                    reason=f"{spec.aggregation} {what}{_where(label)} {iv.baseline:.1f} -> {iv.candidate:.1f} {unit} "
                           f"({iv.estimate:+.1f} {unit}, {100 * (1 - alpha):g} % bounds {iv.lower:+.1f} to "
                           f"{iv.upper:+.1f} {unit}, n={n}): {why}.{failed_txt}")
