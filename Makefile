@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo demo-clean test test-fast lint clean
+.PHONY: setup stacks demo demo-clean test test-fast lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,18 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
+
+# Real serving stacks for the tests (Seldon MLServer). A virtual environment of its own: MLServer pins
+# its own dependencies (FastAPI, pydantic, ...) and must not move harness's. uvloop is pinned because
+# newer wheels break `mlserver start`. Tests that need it skip with a reason when it is absent.
+STACKS_VENV ?= .venv-stacks
+$(STACKS_VENV)/.installed:
+	$(PYTHON) -m venv $(STACKS_VENV)
+	$(STACKS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(STACKS_VENV)/bin/python -m pip install --quiet "mlserver==1.7.1" "mlserver-sklearn==1.7.1" scikit-learn "uvloop==0.21.0"
+	touch $@
+
+stacks: $(STACKS_VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/harness demo; code=$$?; [ $$code -le 2 ] || exit $$code
@@ -33,4 +45,4 @@ lint: setup
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) reports/*/ .pytest_cache
+	rm -rf $(VENV) $(STACKS_VENV) reports/*/ .pytest_cache

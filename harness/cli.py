@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", type=Path, help="a run folder written by `harness run`")
     s.add_argument("--format", choices=["yaml", "argo", "flagger", "istio"], default="yaml",
                    help="the schedule itself, or an Argo Rollouts, Flagger or Istio export")
+    s.add_argument("--force", action="store_true",
+                   help="export manifests even when the verdict is not PROMOTE (marked harness/forced-export)")
     s.set_defaults(func=_schedule)
 
     q = sub.add_parser("query", help="run SQL against a run's results.duckdb")
@@ -124,6 +126,35 @@ def build_parser() -> argparse.ArgumentParser:
                     "JSON fields) as captured; by default they are masked as before a replay")
     tc.set_defaults(func=_convert)
 
+    cap = sub.add_parser("capture", help="a reverse proxy that writes the traffic passing through it as a capture")
+    cap.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="address to serve on (default: 127.0.0.1:8080)")
+    cap.add_argument("--upstream", metavar="URL", help="the model server, e.g. http://127.0.0.1:8000")
+    cap.add_argument("--out", default="captured_traffic/capture-%Y%m%dT%H.jsonl.gz", metavar="PATTERN",
+                     help="output files, a strftime pattern in UTC; .gz compresses (default: %(default)s)")
+    cap.add_argument("--scenario", help="take redaction rules (traffic.redact) and segments from this scenario")
+    cap.add_argument("--sample", type=float, default=1.0, metavar="FRACTION", help="keep this fraction of the requests (default: 1.0)")
+    cap.add_argument("--seed", type=int, default=0, help="seed of the sampling draws (default: 0)")
+    cap.add_argument("--segment", help="with --min-per-segment: the scenario's segment to stratify by")
+    cap.add_argument("--min-per-segment", type=int, default=0, metavar="N",
+                     help="keep at least the first N requests of each value of --segment (default: 0)")
+    cap.add_argument("--max-body-bytes", type=int, default=1 << 20,
+                     help="bodies kept in the capture up to this size, forwarded whole (default: 1048576)")
+    cap.add_argument("--rotate-mb", type=float, help="start a new file when the current one reaches this size")
+    cap.add_argument("--timeout", type=float, default=60.0, metavar="S", help="upstream read timeout (default: 60.0)")
+    cap.add_argument("--sink", action="store_true",
+                     help="also receive KServe inference-logger CloudEvents on POST /kserve-logger")
+    cap.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until stopped)")
+    cap.set_defaults(func=_capture)
+
+    sh = sub.add_parser("shadow", help="live shadow: answer from the baseline, copy to the candidate, judge as a replay")
+    sh.add_argument("scenario", type=Path, help="the scenario YAML file: targets, replay.allow, output, gates")
+    sh.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
+                    help="address the users' traffic comes to (default: 127.0.0.1:8080)")
+    sh.add_argument("--out", type=Path, default=Path("reports"), help="folder for run folders (default: reports)")
+    sh.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until SIGINT/SIGTERM)")
+    sh.add_argument("--max-requests", type=int, metavar="N", help="stop after mirroring N requests")
+    sh.set_defaults(func=_shadow)
+
     sc = sub.add_parser("scores", help="review or business scores")
     ssub = sc.add_subparsers(dest="scores_command", required=True, parser_class=_Parser)
     si = ssub.add_parser("import", help="join scores (CSV or Parquet: request_id or captured_request_id, "
@@ -143,7 +174,12 @@ def _print_verdict(summary: dict[str, Any], run_dir: Path) -> None:
 
 
 def _write_verdict(summary: dict[str, Any], run_dir: Path) -> None:
-    print(f"verdict: {summary['verdict']}")
+    if summary["verdict"] == "INCOMPLETE":  # no promote/block line that a script could grep
+        run = summary["run"]
+        print(f"run incomplete ({run.get('status_reason') or run.get('status')}): no verdict, exit 4")
+        print(f"provisional judgement of the legs that completed: {summary.get('provisional_verdict')}")
+    else:
+        print(f"verdict: {summary['verdict']}")
     for e in (summary.get("explanations") or [])[:10]:
         print(f"  {'WHERE' if e['explains'] else 'ALSO'}: {e['text']}")
     # the segments that explain the regressions first; those a stronger segment explains after them
@@ -152,7 +188,7 @@ def _write_verdict(summary: dict[str, Any], run_dir: Path) -> None:
         print(f"  FAIL {g['name']} [{g['segment'] or 'overall'}]: {g['reason']}")
     if len(failing) > 20:
         print(f"  ... and {len(failing) - 20} more failing gate results (see summary.json)")
-    if summary["verdict"] == "HOLD":
+    if "HOLD" in (summary["verdict"], summary.get("provisional_verdict")):
         for reason in summary["verdict_reasons"][:10]:
             print(f"  INCONCLUSIVE: {reason}")
     for note in summary.get("notes", []):
@@ -204,9 +240,13 @@ def _report(args: argparse.Namespace) -> int:
 
 def _schedule(args: argparse.Namespace) -> int:
     from .outputs import schedule_for
-    from .schedule import export_schedule
+    from .schedule import export_refusal, export_schedule
 
-    print(export_schedule(schedule_for(args.run_dir), args.format), end="")
+    schedule = schedule_for(args.run_dir)
+    refusal = export_refusal(schedule, args.format)
+    if refusal is not None and not args.force:
+        raise refusal
+    print(export_schedule(schedule, args.format, force=args.force), end="")
     return 0
 
 
@@ -242,6 +282,29 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _capture(args: argparse.Namespace) -> int:
+    from .capture.proxy import make_options, run_capture, summary_lines
+
+    stats = run_capture(make_options(
+        listen=args.listen, upstream=args.upstream, out=args.out, scenario_path=args.scenario,
+        sample_fraction=args.sample, seed=args.seed, segment=args.segment, min_per_segment=args.min_per_segment,
+        max_body_bytes=args.max_body_bytes, rotate_mb=args.rotate_mb, timeout_s=args.timeout, sink=args.sink,
+        duration_s=args.duration))
+    for line in summary_lines(stats):
+        print(line)
+    return 4 if stats.error else 0
+
+
+def _shadow(args: argparse.Namespace) -> int:
+    from .scenario import load_scenario
+    from .shadow.run import run_shadow
+
+    result = run_shadow(load_scenario(args.scenario), args.listen, args.out, duration_s=args.duration,
+                        max_requests=args.max_requests)
+    _print_verdict(result.summary, result.run_dir)
+    return result.exit_code
+
+
 def _scores_import(args: argparse.Namespace) -> int:
     from .scores import import_scores
 
@@ -252,6 +315,7 @@ def _scores_import(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    args: argparse.Namespace | None = None
     try:
         args = parser.parse_args(argv)
         func: Callable[[argparse.Namespace], int] = args.func
@@ -267,6 +331,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # what it wanted, as with any Unix tool.
         _stdout_to_devnull()
         return 0
+    except Exception as exc:  # noqa: BLE001 - a bug is exit 4 with its traceback in harness.log, never exit 1
+        from .crash import CRASH_EXIT, record_crash
+
+        folder = getattr(args, "run_dir", None) or getattr(args, "out", None)
+        print(record_crash(exc, folder), file=sys.stderr)
+        return CRASH_EXIT
 
 
 def _stdout_to_devnull() -> None:

@@ -5,6 +5,7 @@
     ├── ScenarioError            scenario YAML, gates, schema files               -> exit 3
     ├── TrafficError             a capture that cannot be read                    -> exit 3
     │   └── BadRecordError       one malformed record (file, line, reason)        -> exit 3
+    ├── ExportRefused            manifests of a run that did not PROMOTE          -> exit 1 BLOCK, 2 HOLD, 4
     ├── StoreError               results.duckdb or the run folder                 -> exit 4
     └── ReplayError              the run could not be carried out                 -> exit 4
         └── TargetUnreachable    a target refused or never answered the probe     -> exit 4
@@ -19,6 +20,7 @@ __all__ = [
     "ScenarioError",
     "TrafficError",
     "BadRecordError",
+    "ExportRefused",
     "StoreError",
     "ReplayError",
     "TargetUnreachable",
@@ -49,6 +51,15 @@ class BadRecordError(TrafficError):
         self.source = source
         self.line = line
         self.reason = reason
+
+
+class ExportRefused(HarnessError):
+    """`harness schedule --format argo|flagger|istio` of a run whose verdict is not PROMOTE (without --force):
+    the exit code is the verdict's, so a pipeline step fails the way the run did."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class StoreError(HarnessError):

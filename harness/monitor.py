@@ -42,6 +42,9 @@ class TargetProcess:
     children: list[psutil.Process] = field(default_factory=list)
     children_at: float = -1e9
     _proc: psutil.Process | None = field(default=None, repr=False)
+    # evidence: which sources gave at least one value during the run
+    prometheus_seen: bool = False
+    gpu_seen: bool = False
 
 
 def find_listener_pid(url: str) -> int | None:
@@ -64,6 +67,7 @@ class ResourceMonitor:
         self.targets = targets
         self.notes: list[str] = []
         self._nvml = _Nvml.try_load(self.notes)
+        self._kernel_log: bool | None = None
 
     def _resolve_pid(self, t: TargetProcess) -> int | None:
         if t.pid_file is not None:
@@ -123,8 +127,10 @@ class ResourceMonitor:
                     t._proc = None
             if self._nvml is not None and pid is not None:
                 row["gpu_memory_mb"] = self._nvml.memory_mb(pid)
+                t.gpu_seen = t.gpu_seen or row["gpu_memory_mb"] is not None
             if t.metrics_url:
                 values = _scrape(t.metrics_url, (t.metric_name, t.oom_counter))
+                t.prometheus_seen = t.prometheus_seen or bool(values)
                 if t.oom_counter and values.get(t.oom_counter) is not None:
                     current = values[t.oom_counter]
                     t.counter_start = current if t.counter_start is None else t.counter_start
@@ -136,6 +142,23 @@ class ResourceMonitor:
             if row["rss_mb"] is not None or row["gpu_memory_mb"] is not None:
                 rows.append(row)
         return rows
+
+    def sources(self) -> dict[str, dict[str, Any]]:
+        """Per version, the sources that gave values (None/False where none did): what the resource gates
+        may judge on (harness.evidence). The kernel log counts only where this user can read it."""
+        if self._kernel_log is None:
+            self._kernel_log = _kernel_log_readable()
+        out: dict[str, dict[str, Any]] = {}
+        for t in self.targets:
+            process = None
+            if t.current_pid is not None:
+                process = (f"PID file {t.pid_file}" if t.pid_file is not None else f"PID {t.pid}" if t.pid is not None
+                           else f"the process listening on {t.url} (PID {t.current_pid})")
+            out[t.version] = {"process": process, "kernel_log": bool(process and self._kernel_log),
+                              "prometheus": t.metrics_url if t.prometheus_seen else None,
+                              "oom_counter": t.oom_counter if t.counter_start is not None else None,
+                              "nvml": t.gpu_seen}
+        return out
 
     def attached(self) -> dict[str, int | None]:
         return {t.version: t.current_pid for t in self.targets}
@@ -158,6 +181,14 @@ def _scrape(url: str, names: tuple[str | None, ...]) -> dict[str, float]:
             except ValueError:
                 continue
     return out
+
+
+def _kernel_log_readable() -> bool:
+    """Whether `dmesg` works for this user: without it an OOM kill cannot be seen."""
+    try:
+        return subprocess.run(["dmesg"], capture_output=True, timeout=2).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 def _oom_killed(pid: int) -> bool:

@@ -15,8 +15,12 @@ from . import __version__
 from .analysis.dataset import load_pairs, load_run_info
 from .analysis.output_diff import OutputDiffConfig, aa_field_rates, compare_outputs, llm_overview
 from .analysis.overview import accounting, replay_fidelity, resource_overview, segment_overview, version_overview
-from .errors import StoreError
+from .aa_reference import field_rates, noise_by_gate, read_aa_reference
+from .analysis.rows import batch_size_segment, load_rows, rows_summary
+from .errors import ScenarioError, StoreError
 from .gate_config import DETECTOR_RATES, HIGHER_IS_BETTER, LATENCY_LIKE, PAIR_METRICS
+from .evidence import apply_evidence
+from .fidelity import IN_FLIGHT_REASON, apply_fidelity, assess_fidelity, skipped_in_scope
 from .attribution import explain_segments
 from .gates import GateResult, ResourceSummary, decide_verdict, evaluate_gates, natural_delta
 from .scenario import scenario_from_dict
@@ -36,6 +40,9 @@ def judge(run_dir: Path) -> dict[str, Any]:
             raise StoreError(f"{db}: the stored scenario no longer validates: {exc}") from None
         versions = scenario.versions
         data = load_pairs(con, info.segments, versions)
+        data.rows = load_rows(con, data) if "candidate" in versions else None
+        if data.rows is not None and "batch_size" not in data.segments:
+            data.segments["batch_size"] = batch_size_segment(con, data)
         res = resource_overview(con)
         gpu_sampled = any(r.get("peak_gpu_memory_mb") is not None for r in res.values())
         resources = ResourceSummary(
@@ -45,27 +52,35 @@ def judge(run_dir: Path) -> dict[str, Any]:
             peak_gpu_memory_mb={v: res.get(_res_key(v, res), {}).get("peak_gpu_memory_mb") for v in versions},
             gpu_sampled=gpu_sampled, samples={v: int(res.get(_res_key(v, res), {}).get("samples") or 0) for v in versions})
         a = scenario.analysis
-        aa_noise = _aa_noise(scenario.replay.aa_reference) if scenario.replay.aa_reference else None
-        comparison = _compare_outputs(con, data, scenario)
+        aa_ref = _aa_reference(con, scenario)
+        aa_noise = noise_by_gate(aa_ref) if aa_ref else None
+        comparison = _compare_outputs(con, data, scenario, aa_ref)
         results = evaluate_gates(scenario.gates, data, resources, alpha=a.alpha, n_resamples=a.bootstrap_resamples,
                                  seed=a.seed, aa_noise=aa_noise)
+        fidelity = replay_fidelity(con, scenario.replay.lag_bound_ms)
+        results = _judge_fidelity(con, results, fidelity, scenario, info.segments)
+        results = apply_evidence(results, _resource_sources(con), versions)
+        # attribution reads the final statuses: a gate that fidelity or evidence made inconclusive explains nothing
         results, explanations = explain_segments(scenario.gates, results, data, resources, alpha=a.alpha,
                                                  n_resamples=a.bootstrap_resamples, seed=a.seed)
-        fidelity = replay_fidelity(con, scenario.replay.lag_bound_ms)
         verdict = decide_verdict(results, stopped_early=fidelity.get("stopped_early"))
         counts = accounting(con, versions)
         notes = [r[0] for r in con.execute("select detail from events where kind = 'note'").fetchall()]
         if info.status != "complete":
-            notes.insert(0, f"Incomplete run ({info.row.get('status_reason') or info.status}): the judgement covers "
-                            "only the legs that completed.")
+            notes.insert(0, f"Incomplete run ({info.row.get('status_reason') or info.status}): no verdict; the "
+                            f"judgement shown is provisional, on the legs that completed.")
         if fidelity["warning"]:
             notes.append(fidelity["warning"])
         if not counts["accounting_ok"]:
             notes.append(f"Accounting mismatch: {counts['legs']} legs for {counts['replayed']} replayed requests "
                          f"(expected {counts['legs_expected']}); captured {counts['captured']} vs replayed + skipped "
                          f"+ bad.")
+        complete = info.status == "complete"
         summary: dict[str, Any] = {
-            "verdict": verdict.verdict,
+            # An incomplete run has no promote/hold/block verdict: a pipeline reading summary.json must not
+            # act on a judgement of the legs that happened to complete.
+            "verdict": verdict.verdict if complete else "INCOMPLETE",
+            "provisional_verdict": None if complete else verdict.verdict,
             "verdict_reasons": verdict.reasons,
             "run": _run_block(info.row, scenario),
             "gates": [r.to_json() for r in results],
@@ -80,6 +95,7 @@ def judge(run_dir: Path) -> dict[str, Any]:
             "noise_floor": _noise_floor(results) if scenario.replay.mode == "aa" else None,
             "aa_reference": str(scenario.replay.aa_reference) if scenario.replay.aa_reference else None,
             "outputs": _clean(comparison.summary),
+            "rows": _clean(rows_summary(con, data.rows, data, scenario.analysis.alpha)),
             "schedule": None,
         }
         if scenario.replay.mode == "aa":
@@ -94,11 +110,59 @@ def judge(run_dir: Path) -> dict[str, Any]:
         con.close()
 
 
-def _compare_outputs(con: Any, data: Any, scenario: Any) -> Any:
+def _judge_fidelity(con: Any, results: list[GateResult], replay: dict[str, Any], scenario: Any,
+                    segments: tuple[str, ...]) -> list[GateResult]:
+    """Gate results re-judged for a load that was not delivered (harness.fidelity); the replay block of
+    the summary gets the verdict on the load and what to change."""
+    recorded = con.execute("select count(*) from skipped where reason = ?", [IN_FLIGHT_REASON]).fetchone()[0]
+    replay["skipped_in_flight"] = max(int(replay.get("skipped_in_flight") or 0), int(recorded))
+    fid = assess_fidelity(replay, speed=scenario.traffic.speed, max_in_flight=scenario.replay.max_in_flight)
+    replay.update(delivered=fid.delivered, problems=list(fid.problems), advice=list(fid.advice),
+                  saturated=not fid.delivered, warning=None if fid.delivered else fid.reason,
+                  skipped_in_flight=fid.skipped_in_flight)
+    if fid.delivered:
+        return results
+    cols = {c for (c,) in con.execute("select column_name from information_schema.columns "
+                                      "where table_name = 'skipped'").fetchall()}
+    seg_cols = [x for x in segments if x in cols]
+    rows = con.execute(f"select {', '.join(f'{chr(34)}{c}{chr(34)}::varchar' for c in seg_cols) or '1'} from skipped "
+                       "where reason = ?", [IN_FLIGHT_REASON]).fetchall()
+    skipped = skipped_in_scope([dict(zip(seg_cols, r)) for r in rows], results, seg_cols)
+    return apply_fidelity(results, fid, skipped, scenario.analysis.alpha)
+
+
+def _resource_sources(con: Any) -> dict[str, dict[str, Any]]:
+    """Per version, the resource sources the monitor had (harness.evidence); for runs recorded before the
+    monitor said so, what the resource samples show (the kernel log and OOM counter then count as absent)."""
+    row = con.execute("select detail from events where kind = 'resource_sources' order by occurred_at desc limit 1").fetchone()
+    if row:
+        return json.loads(row[0])
+    return {v: {"process": f"PID {pid}" if pid else None, "prometheus": "its metrics URL" if prom else None,
+                "nvml": bool(gpu), "kernel_log": False, "oom_counter": None}
+            for v, pid, prom, gpu in con.execute(
+                "select version, max(pid) filter (where source = 'psutil'), bool_or(source = 'prometheus'), "
+                "bool_or(gpu_memory_mb is not null) from resources group by 1").fetchall()}
+
+
+def _aa_reference(con: Any, scenario: Any) -> dict[str, Any] | None:
+    """The A/A reference as copied into results.duckdb when the run was made; runs made before that copy
+    existed read it from its folder."""
+    if not scenario.replay.aa_reference:
+        return None
+    row = con.execute("select detail from events where kind = 'aa_reference' order by occurred_at desc limit 1").fetchone()
+    if row:
+        return json.loads(row[0])
+    try:
+        return read_aa_reference(scenario.replay.aa_reference)
+    except ScenarioError as exc:
+        raise StoreError(str(exc)) from None
+
+
+def _compare_outputs(con: Any, data: Any, scenario: Any, aa_ref: dict[str, Any] | None) -> Any:
     """Field, label and confidence comparison (summary["outputs"]); sets the per-pair field-diff flags the
     field_diff_rate gate reads."""
-    ref = scenario.replay.aa_reference
-    rates, pairs, note = _aa_field_rates(ref) if ref is not None and scenario.replay.mode != "aa" else (None, None, None)
+    use = aa_ref is not None and scenario.replay.mode != "aa"
+    rates, pairs, note = field_rates(aa_ref) if use else (None, None, None)  # type: ignore[arg-type]
     cfg = OutputDiffConfig(ignore_paths=scenario.output.ignore_paths, key_order_paths=scenario.output.key_order_paths,
                            aa_rates=rates, aa_pairs=pairs)
     comparison = compare_outputs(con, data, cfg)
@@ -109,34 +173,10 @@ def _compare_outputs(con: Any, data: Any, scenario: Any) -> Any:
     return comparison
 
 
-def _aa_field_rates(ref: Path) -> tuple[dict[tuple[str, str], float] | None, int | None, str | None]:
-    path = ref / "summary.json" if ref.is_dir() else ref
-    try:
-        aa = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{path}: cannot read the A/A reference (replay.aa_reference): {exc}") from None
-    block = (aa.get("outputs") or {}).get("aa_field_rates")
-    if not block:
-        return None, None, (f"The A/A reference {path} carries no per-field A/A rates (made by an older harness): "
-                            "output field differences are reported without a noise floor.")
-    return {(f["path"], f["kind"]): float(f["rate"]) for f in block["fields"]}, int(block["pairs"]), None
-
-
 def _noise_floor(results: list[GateResult]) -> list[dict[str, Any]]:
     """In an A/A run every difference is noise: this is what a paired run can reference."""
     return [{"gate": r.name, "segment": r.segment, "delta": natural_delta(r), "ci": list(r.ci) if r.ci else None,
              "n": r.n} for r in results if natural_delta(r) is not None]
-
-
-def _aa_noise(ref: Path) -> dict[tuple[str, str | None], float]:
-    path = ref / "summary.json" if ref.is_dir() else ref
-    try:
-        aa = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{path}: cannot read the A/A reference (replay.aa_reference): {exc}") from None
-    if aa.get("run", {}).get("mode") != "aa" or not aa.get("noise_floor"):
-        raise StoreError(f"{path}: replay.aa_reference must be the run folder of an A/A run (replay.mode: aa)")
-    return {(x["gate"], x["segment"]): float(x["delta"]) for x in aa["noise_floor"] if x["delta"] is not None}
 
 
 def _res_key(version: str, res: dict[str, Any]) -> str:

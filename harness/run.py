@@ -16,7 +16,11 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from . import __version__
-from .errors import ScenarioError, StoreError, TargetUnreachable, TrafficError, UsageError
+from .aa_reference import read_aa_reference
+from .crash import attach_log
+from .error_kinds import HARNESS_ERROR, HARNESS_ERROR_TOLERANCE
+from .errors import HarnessError, ScenarioError, StoreError, TargetUnreachable, TrafficError, UsageError
+from .gate_config import unseen_gate_values
 from .monitor import ResourceMonitor, TargetProcess
 from .scenario import Scenario
 from .store import RunMeta, RunStore
@@ -55,15 +59,33 @@ def make_run_dir(out_root: Path, name: str) -> Path:
 
 
 def check_targets(scenario: Scenario, timeout_s: float = 2.0) -> None:
+    """Each target accepts a connection; an https one completes a TLS handshake as the replay will do it
+    (certificate, name, client certificate), else TargetUnreachable naming the cause (exit 4)."""
+    from .replay.tls import check_tls
+
     for version in scenario.versions:
-        url = scenario.target_for(version).url
+        target = scenario.target_for(version)
+        url = target.url
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+        if parts.scheme == "https":
+            named = "baseline" if scenario.replay.mode == "aa" else version  # A/A: the candidate leg is the baseline
+            problem = check_tls(host, port, target.tls, timeout_s, f"targets.{named}.tls")
+            if problem is not None:
+                raise TargetUnreachable(f"{version} target {url}: TLS: {problem}")
+            continue
         try:
             with socket.create_connection((host, port), timeout=timeout_s):
                 pass
         except OSError as exc:
             raise TargetUnreachable(f"{version} target {url} is unreachable: {exc.strerror or exc}") from None
+
+
+def _accept_encoding(setting: str, overrides: dict[str, str | None]) -> dict[str, str]:
+    """replay.accept_encoding as a header override (none for `captured`, or where headers set it already)."""
+    if setting == "captured" or any(k.lower() == "accept-encoding" for k in overrides):
+        return {}
+    return {"Accept-Encoding": setting}
 
 
 def _git_commit() -> str | None:
@@ -109,6 +131,7 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
         _check_port_free("--web-port", "127.0.0.1", web_port, "the web UI")
     if master and master_bind_port:
         _check_port_free("--master-bind-port", master_bind_host, master_bind_port, "the Locust master")
+    aa_ref = read_aa_reference(scenario.replay.aa_reference) if scenario.replay.aa_reference else None
     check_targets(scenario)
     if not scenario.traffic.path.exists():
         raise TrafficError(f"{scenario.traffic.path}: capture file not found")
@@ -120,6 +143,13 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
     try:
         say(f"harness {__version__}: scenario {scenario.name}, mode {scenario.replay.mode}, run folder {run_dir}")
         prepared = prepare_traffic(scenario, work)
+        nothing = prepared.nothing_to_replay()
+        if nothing is not None:  # an input error (a typo in replay.allow, a window past the capture), not a HOLD
+            raise TrafficError(f"{scenario.source or scenario.name}: {nothing}")
+        unseen = unseen_gate_values(scenario.gates, prepared.segment_values(
+            {k for g in scenario.gates for k in (g.segment or {})}))
+        if unseen:  # such a gate could only end inconclusive, after the whole replay
+            raise ScenarioError(f"{scenario.source or scenario.name}: {unseen[0]}")
         say(f"traffic: {prepared.records_read} records read, {prepared.replayed} to replay, "
             f"{sum(prepared.skipped.values())} skipped, {prepared.bad_records} bad; captured span "
             f"{prepared.span_s:.0f} s at speed {scenario.traffic.speed:g} -> about "
@@ -133,19 +163,29 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             candidate_url=scenario.target_for("candidate").url if "candidate" in scenario.versions else None,
             mode=scenario.replay.mode, speed=scenario.traffic.speed, segments=prepared.segment_names)
         store.create(meta, prepared.schedule_path, prepared.skipped_path, prepared.bad_path)
+        if aa_ref is not None:  # judged from this folder alone, whatever happens to the A/A folder later
+            store.con.execute("insert into events values (now(), 'aa_reference', ?)", [json.dumps(aa_ref)])
         store.con.execute("insert into events values (now(), 'traffic', ?)", [json.dumps({
             "records_read": prepared.records_read, "loops": scenario.traffic.loops, "format": prepared.capture_format,
             "span_s": prepared.span_s})])
         secrets = tuple(v for group in overrides.values() for v in group.values() if v)
         targets = tuple(TargetPlan(version=v, url=scenario.target_for(v).url, protocol=scenario.target_for(v).protocol,
-                                   headers={**overrides["replay"], **overrides[v]}) for v in scenario.versions)
+                                   headers={**_accept_encoding(scenario.replay.accept_encoding,
+                                                               {**overrides["replay"], **overrides[v]}),
+                                            **overrides["replay"], **overrides[v]},
+                                   tls=scenario.target_for(v).tls) for v in scenario.versions)
+        for t in targets:
+            if t.tls and t.tls.get("verify") is False:
+                say(f"warning: {t.version} target {t.url}: TLS certificates are not verified (tls.verify: false)")
+                store.con.execute("insert into events values (now(), 'tls_unverified', ?)", [t.version])
         plan = DispatchPlan(
             schedule_path=prepared.schedule_path, targets=targets, speed=scenario.traffic.speed,
             timeout_s=scenario.replay.timeout_s, connect_timeout_s=scenario.replay.connect_timeout_s,
             max_in_flight=scenario.replay.max_in_flight, max_response_bytes=scenario.replay.max_response_bytes,
             prediction_path=scenario.output.prediction, confidence_path=scenario.output.confidence,
             schema=scenario.output.schema, route_schemas=scenario.output.route_schemas,
-            max_duration_s=scenario.replay.max_duration_s, secrets=secrets, detectors=scenario.output.detectors)
+            max_duration_s=scenario.replay.max_duration_s, secrets=secrets, detectors=scenario.output.detectors,
+            rows=scenario.output.rows)
         monitor = _monitor(scenario, pids or {})
         sinks = {"legs": store.write_legs, "events": store.write_events, "resources": store.write_resources}
         options = ReplayOptions(web_ui=web_ui, web_port=web_port, progress_every_s=progress_every_s)
@@ -162,6 +202,7 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             outcome = run_replay(plan, sinks, options, sampler=monitor.sample, log=say, stop_rule=stop_rule)
         for note in monitor.notes:
             store.con.execute("insert into events values (now(), 'note', ?)", [note])
+        store.con.execute("insert into events values (now(), 'resource_sources', ?)", [json.dumps(monitor.sources())])
         status, reason = _finish_requests(store, outcome)
         store.con.execute("insert into events values (now(), 'replay', ?)", [json.dumps({
             "lag_p50_ms": outcome.lag_p50_ms, "lag_p99_ms": outcome.lag_p99_ms, "lag_bound_ms": scenario.replay.lag_bound_ms,
@@ -176,14 +217,17 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
         code = 4 if status != "complete" else {"PROMOTE": 0, "BLOCK": 1, "HOLD": 2}[summary["verdict"]]
         return RunResult(run_dir=run_dir, verdict=summary["verdict"], exit_code=code, summary=summary)
     except BaseException as exc:
+        bug = not isinstance(exc, (HarnessError, KeyboardInterrupt, SystemExit))
         if store is not None:
             try:
                 store.finish("failed", f"{type(exc).__name__}: {exc}"[:500])
                 store.close()
             except Exception:  # noqa: BLE001 - the original error is the one to report
                 pass
-        log.error("run failed: %s", exc)
-        nothing_recorded = not (run_dir / "results.duckdb").exists()
+        log.error("run failed: %s: %s", type(exc).__name__, exc, exc_info=exc if bug else None)
+        if bug:  # the CLI names this harness.log; the folder is kept for it
+            attach_log(exc, run_dir / "harness.log", written=True)
+        nothing_recorded = not bug and not (run_dir / "results.duckdb").exists()
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -278,6 +322,12 @@ def _finish_requests(store: RunStore, outcome: object) -> tuple[str, str | None]
         return "incomplete", f"results could not all be written: {outcome.last_sink_error}"  # type: ignore[attr-defined]
     if lost:
         return "incomplete", f"{len(lost)} worker(s) lost during the replay"
+    harness_errors, legs = con.execute(
+        f"select count(*) filter (where error_kind = '{HARNESS_ERROR}'), count(*) from legs").fetchone()  # type: ignore[misc]
+    if legs and harness_errors > HARNESS_ERROR_TOLERANCE * legs:
+        return "incomplete", (f"{harness_errors} of {legs} legs ({100 * harness_errors / legs:.1f} %) failed inside "
+                              f"harness (harness_error, detail in legs.error_detail), above the "
+                              f"{100 * HARNESS_ERROR_TOLERANCE:g} % tolerance")
     if stopped:
         return "complete", stopped
     return "complete", None

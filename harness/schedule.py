@@ -37,10 +37,11 @@ import yaml
 
 from .analysis import stats
 from .analysis.dataset import ERROR_KINDS_COUNTED
-from .errors import StoreError, UsageError
+from .analysis.rows import size_row_rate
+from .errors import ExportRefused, StoreError, UsageError
 from .gate_config import GateSpec
 
-__all__ = ["build_schedule", "write_schedule", "load_schedule", "export_schedule", "EXPORT_FORMATS",
+__all__ = ["build_schedule", "write_schedule", "load_schedule", "export_schedule", "export_refusal", "EXPORT_FORMATS",
            "traffic_profile", "format_duration"]
 
 EXPORT_FORMATS = ("yaml", "argo", "flagger", "istio")
@@ -256,6 +257,11 @@ def _size_gate(spec: GateSpec, result: dict[str, Any] | None, con: duckdb.DuckDB
         _size_rate(spec, result, con, where, params, alpha, power, out, where_txt)
     elif spec.metric == "review_score":
         _size_review(spec, con, alpha, power, out)
+    elif spec.metric in ("row_flip_rate", "row_agreement", "row_invalid_rate"):
+        out.update(size_row_rate(spec, result, con, where, params, alpha, power))
+    elif spec.metric.startswith("row_"):
+        out["basis"] = (f"{spec.name}: {spec.metric} is judged by a bootstrap over requests; it has no sample-size "
+                        "formula here")
     else:
         out["test"] = "event count or peak" if spec.metric in _RESOURCE_METRICS else "none"
         out["basis"] = (f"{spec.metric}: {spec.threshold_text} is checked on every measurement of every step; "
@@ -665,8 +671,22 @@ def load_schedule(run_dir: Path) -> dict[str, Any]:
                      f"`harness report {run_dir}`")
 
 
-def export_schedule(schedule: dict[str, Any], fmt: str) -> str:
-    """The schedule as canary_schedule.yaml text ("yaml") or as manifests for Argo Rollouts, Flagger or Istio."""
+def export_refusal(schedule: dict[str, Any], fmt: str) -> ExportRefused | None:
+    """Why manifests of this schedule must not be exported without --force (None when they may): applied by
+    kubectl they would start a canary of a candidate that did not PROMOTE. The yaml schedule says so itself."""
+    verdict = str(schedule.get("verdict"))
+    if fmt == "yaml" or verdict == "PROMOTE":
+        return None
+    reasons = list(schedule.get("verdict_reasons") or [])
+    why = f": {_join_reasons(reasons, limit=1)}" if reasons else ""
+    return ExportRefused(f"run {schedule.get('run_id')}: verdict {verdict}{why}; no {fmt} export of a candidate that "
+                         "did not PROMOTE (--force exports it, marked as forced in every object)",
+                         {"BLOCK": 1, "HOLD": 2}.get(verdict, 4))
+
+
+def export_schedule(schedule: dict[str, Any], fmt: str, *, force: bool = False) -> str:
+    """The schedule as canary_schedule.yaml text ("yaml") or as manifests for Argo Rollouts, Flagger or Istio.
+    With `force`, manifests of a run that did not PROMOTE carry the annotation harness/forced-export."""
     if fmt == "yaml":
         head = f"# canary schedule for {schedule.get('scenario')} (harness); every number has a basis\n"
         head += f"# {schedule.get('banner')}\n"
@@ -675,6 +695,11 @@ def export_schedule(schedule: dict[str, Any], fmt: str) -> str:
     if fmt not in builders:
         raise UsageError(f"unknown schedule format {fmt!r} (choose from {', '.join(EXPORT_FORMATS)})")
     docs, comments = builders[fmt](schedule)
+    if force and export_refusal(schedule, fmt) is not None:
+        mark = f"verdict {schedule.get('verdict')}: exported with --force, not a promoted candidate"
+        for doc in docs:
+            doc.setdefault("metadata", {}).setdefault("annotations", {})["harness/forced-export"] = mark
+        comments = [f"FORCED EXPORT: {mark}", *comments]
     head = "".join(f"# {c}\n" for c in [f"{fmt} export of the canary schedule for {schedule.get('scenario')} "
                                         f"(run {schedule.get('run_id')}) by harness", str(schedule.get("banner")),
                                         *comments])

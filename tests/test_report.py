@@ -191,7 +191,8 @@ def test_incomplete_run_banner(demo_run: Path, tmp_path: Path) -> None:
         con.close()
     build_outputs(run_dir)
     page = _report(run_dir)
-    assert "Incomplete run (incomplete)" in page and "interrupted by SIGINT" in page
+    assert "Incomplete run:</strong>\n  interrupted by SIGINT (status incomplete). No verdict" in page
+    assert 'data-verdict="INCOMPLETE"' in page
     assert "Incomplete run" not in _report(demo_run)
 
 
@@ -219,7 +220,7 @@ def test_baseline_only_run(demo_run: Path, tmp_path: Path) -> None:
 
 def test_saturation_warning_follows_the_summary(demo_run: Path) -> None:
     summary, page = _summary(demo_run), _report(demo_run)
-    assert ("Load generator saturated" in page) == bool(summary["replay"]["saturated"])
+    assert ("Load not delivered" in page) == bool(summary["replay"]["saturated"])
 
 
 # --- real browser --------------------------------------------------------------------------------------

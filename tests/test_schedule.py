@@ -212,7 +212,7 @@ def test_segment_scoped_and_delta_gates(summary: dict[str, Any], con: Any) -> No
         "enterprise_p95": {"metric": "latency_ms", "aggregation": "p95", "segment": {"tenant": "enterprise"},
                            "maximum_regression_percent": 10},
         "timeout_increase": {"metric": "timeout_rate", "maximum_increase": 0.005},
-        "nowhere_p95": {"metric": "latency_ms", "segment": {"no_such_segment": "x"}, "maximum_regression_percent": 10},
+        "nowhere_p95": {"metric": "latency_ms", "segment": {"tenant": "no_such_tenant"}, "maximum_regression_percent": 10},
     }
     scenario = scenario_from_dict(config, check_files=False)
     p0 = 0.001
@@ -433,7 +433,8 @@ def test_fractional_shares_cannot_be_exported(summary: dict[str, Any], scenario:
 
 @pytest.mark.integration
 def test_cli_schedule_prints_the_argo_export(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["schedule", str(run_dir), "--format", "argo"]) == 0
+    promoted = load_schedule(run_dir)["verdict"] == "PROMOTE"  # else refused without --force (test_schedule_refusal)
+    assert cli.main(["schedule", str(run_dir), "--format", "argo", *([] if promoted else ["--force"])]) == 0
     docs = _docs(capsys.readouterr().out)
     assert [d["kind"] for d in docs][:2] == ["Rollout", "AnalysisTemplate"]
     assert cli.main(["schedule", str(run_dir)]) == 0

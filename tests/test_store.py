@@ -29,3 +29,23 @@ def test_an_old_events_table_gets_its_current_column_name(tmp_path: Path) -> Non
     assert con.execute("select kind from events order by occurred_at").fetchall() == [("replay",)]
     con.close()
     assert upgrade_results(path) == []
+
+
+def test_an_old_legs_table_gets_the_row_columns_and_views(tmp_path: Path) -> None:
+    """A run folder written before rows were read: the row columns arrive as NULL, batch_size too, and the
+    row views exist (empty), so the run is judged and reported again."""
+    path = tmp_path / "results.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("create table requests (request_id varchar, order_idx bigint, warmup boolean)")
+    con.execute("insert into requests values ('r1', 0, false)")
+    old = [f for f in LEG_SCHEMA if not f.name.startswith("row_")]
+    con.execute("create table legs (" + ", ".join(f'"{f.name}" varchar' for f in old) + ")")
+    con.execute("insert into legs (request_id, order_idx, version) values ('r1', '0', 'baseline')")
+    con.close()
+    added = upgrade_results(path)
+    assert {"row_count", "row_labels", "row_scores", "row_invalid"} <= set(added)
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("select baseline_row_labels, batch_size from pairs").fetchall() == [(None, None)]
+    assert con.execute("select count(*) from prediction_rows").fetchone() == (0,)
+    assert con.execute("select count(*) from row_pairs").fetchone() == (0,)
+    con.close()

@@ -1,7 +1,8 @@
 """What the judgement reads from results.duckdb: one row per analysable pair, as numpy columns.
 
 Warm-up requests are sent but never analysed. DuckDB does the joins and the per-leg classification;
-Python receives flat arrays. `error` counts what breaks a consumer (timeouts, refused or reset
+Python receives flat arrays. Pairs with a harness_error leg are left out (harness, not a model, failed
+there). `error` counts what breaks a consumer (timeouts, refused or reset
 connections, 5xx, answers that are not JSON, over-size or truncated answers); 4xx answers are the
 request's fault and are counted separately. Schema validity is judged on 2xx answers only.
 """
@@ -17,13 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..error_kinds import CONSUMER_ERROR_KINDS, HARNESS_ERROR
+from ..errors import StoreError
 from ..store import open_results
 
 __all__ = ["Coded", "PairData", "load_pairs", "ERROR_KINDS_COUNTED", "DETECTOR_COLUMNS", "RunInfo", "load_run_info"]
 
 DETECTOR_COLUMNS = ("abstained", "cited", "fallback_model", "tool_calls_valid")
-ERROR_KINDS_COUNTED = ("timeout", "connect", "reset", "http_5xx", "invalid_json", "too_large", "truncated_stream",
-                       "client")
+ERROR_KINDS_COUNTED = tuple(sorted(CONSUMER_ERROR_KINDS))
 
 
 @dataclass(frozen=True)
@@ -111,12 +113,15 @@ class PairData:
     ttft: dict[str, np.ndarray] = field(default_factory=dict)
     inter_token: dict[str, np.ndarray] = field(default_factory=dict)  # per-leg mean gap between token events
     completion_tokens: dict[str, np.ndarray] = field(default_factory=dict)
+    service: dict[str, np.ndarray] = field(default_factory=dict)  # service_ms: from the actual send
     # detectors: DETECTOR_COLUMNS name -> version -> bool; judged is False where the detector said nothing
     detected: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     detector_judged: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     # pair-level output comparison (harness.analysis.output_diff), set by the judge; None until then
     field_diff: np.ndarray | None = None
     field_judged: np.ndarray | None = None
+    # batched answers row by row (harness.analysis.rows.RowData), set by the judge; None without rows
+    rows: Any = None
 
     def __post_init__(self) -> None:
         self.segments = {k: v if isinstance(v, Coded) else Coded.from_values(v) for k, v in self.segments.items()}
@@ -129,7 +134,7 @@ def load_run_info(con: duckdb.DuckDBPyConnection) -> RunInfo:
     cols = [d[0] for d in cur.description]
     values = cur.fetchone()
     if values is None:
-        raise ValueError("results.duckdb has no run")
+        raise StoreError("results.duckdb has no run row (the run never started recording)")
     row = dict(zip(cols, values))
     config = json.loads(row["config"]) if row.get("config") else {}
     segments = tuple(json.loads(row["segments"])) if row.get("segments") else ()
@@ -138,7 +143,7 @@ def load_run_info(con: duckdb.DuckDBPyConnection) -> RunInfo:
 
 
 _OPTIONAL = {"confidence": "confidence", "ttft": "time_to_first_token_ms", "itl": "inter_token_ms_mean",
-             "completion_tokens": "completion_tokens", **{d: d for d in DETECTOR_COLUMNS}}
+             "completion_tokens": "completion_tokens", "service": "service_ms", **{d: d for d in DETECTOR_COLUMNS}}
 _BATCH_ROWS = 1 << 20
 
 
@@ -171,9 +176,11 @@ def load_pairs(con: duckdb.DuckDBPyConnection, segments: tuple[str, ...], versio
         join legs {v[0]} on {v[0]}.request_id = r.request_id and {v[0]}.version = '{v}'
         left join (select request_id, avg(score) as score from scores where version = '{v}' group by 1) s_{v[0]}
                on s_{v[0]}.request_id = r.request_id""" for v in versions)
+    # A pair with a leg harness could not carry out says nothing about either model (error_kinds).
+    harness_ok = "".join(f" and {v[0]}.error_kind is distinct from '{HARNESS_ERROR}'" for v in versions)
     sql = f"""select r.order_idx {seg_cols}, {", ".join(per_version)}
               from requests r {joins}
-              where not r.warmup
+              where not r.warmup {harness_ok}
               order by r.order_idx"""
     chunks: dict[str, list[np.ndarray]] = {}
     labels: dict[str, dict[str, int]] = {}  # label space -> label -> first-seen code
@@ -216,7 +223,7 @@ def load_pairs(con: duckdb.DuckDBPyConnection, segments: tuple[str, ...], versio
         out.score[v] = cols.pop(f"{v}_score").astype(float, copy=False)
         out.prediction[v] = recode(f"{v}_prediction")
         for key, target in (("confidence", out.confidence), ("ttft", out.ttft), ("itl", out.inter_token),
-                            ("completion_tokens", out.completion_tokens)):
+                            ("completion_tokens", out.completion_tokens), ("service", out.service)):
             col = cols.pop(f"{v}_{key}", None)
             target[v] = nan if col is None else col.astype(float, copy=False)
         for d in DETECTOR_COLUMNS:

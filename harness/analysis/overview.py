@@ -9,6 +9,7 @@ from typing import Any
 import duckdb
 
 from ..store import analysed_legs
+from ..error_kinds import HARNESS_ERROR
 from .dataset import ERROR_KINDS_COUNTED
 
 __all__ = ["unpack", "version_overview", "segment_overview", "replay_fidelity", "resource_overview", "accounting"]
@@ -115,6 +116,7 @@ def accounting(con: duckdb.DuckDBPyConnection, versions: tuple[str, ...]) -> dic
     warm = con.execute("select count(*) from requests where warmup").fetchone()[0]  # type: ignore[index]
     n_legs = con.execute("select count(*) from legs").fetchone()[0]  # type: ignore[index]
     n_bad = con.execute("select count(*) from bad_records").fetchone()[0]  # type: ignore[index]
+    n_harness = con.execute(f"select count(*) from legs where error_kind = '{HARNESS_ERROR}'").fetchone()[0]  # type: ignore[index]
     skipped = dict(con.execute("select reason, count(*) from skipped group by 1 order by 2 desc").fetchall())
     ev = con.execute("select detail from events where kind = 'traffic' limit 1").fetchone()
     traffic = json.loads(ev[0]) if ev else {}
@@ -127,6 +129,6 @@ def accounting(con: duckdb.DuckDBPyConnection, versions: tuple[str, ...]) -> dic
     return {
         "captured": captured, "loops": loops, "captured_balanced": balanced,
         "replayed": n_req, "warmup": warm, "analysed": n_req - warm, "skipped": skipped, "skipped_total": n_skip,
-        "bad_records": n_bad, "legs": n_legs, "legs_expected": expected_legs,
+        "bad_records": n_bad, "legs": n_legs, "harness_errors": n_harness, "legs_expected": expected_legs,
         "accounting_ok": n_legs == expected_legs and balanced,
     }

@@ -86,8 +86,9 @@ def run_demo(clean: bool = False, out_root: Path = Path("reports"), speed: float
     scenario = load_scenario(DEMO_SCENARIO).with_overrides(speed=speed, max_requests=max_requests)
     variant = "candidate-clean" if clean else "candidate"
     with demo_servers(variant) as (baseline, candidate):
-        targets = {"baseline": replace(scenario.targets["baseline"], url=baseline.url),
-                   "candidate": replace(scenario.targets["candidate"], url=candidate.url)}
+        targets = {v: replace(scenario.targets[v], url=server.url,
+                              metrics_url=server.url + "/metrics" if scenario.targets[v].metrics_url else None)
+                   for v, server in (("baseline", baseline), ("candidate", candidate))}
         name = scenario.name + ("-clean" if clean else "")
         scenario = replace(scenario, targets=targets, name=name)
         result = run_scenario(scenario, out_root, echo=echo,  # type: ignore[arg-type]

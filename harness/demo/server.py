@@ -9,6 +9,7 @@ Routes (JSON in and out):
     POST /v1/accounts/{account_id}/score   same body, same answer
     GET  /v1/models/fraud                  {"name": "fraud", "model_version": ..., "inputs": 16}
     GET  /healthz                          {"status": "ok"}
+    GET  /metrics                          Prometheus text: demo_oom_events_total (MemoryErrors while scoring)
 
 Segment headers read by the candidate's planted flaws: ``X-Tenant-Tier`` and ``X-Geo-Region``.
 It listens on loopback only, says ``listening on http://HOST:PORT`` on stdout, writes the port to
@@ -40,7 +41,7 @@ __all__ = ["main", "make_server", "DemoHTTPServer"]
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 _ACCOUNT_SCORE = re.compile(r"/v1/accounts/[A-Za-z0-9_.~-]+/score")
-_ROUTES: dict[str, str] = {"/v1/score": "POST", "/v1/models/fraud": "GET", "/healthz": "GET"}
+_ROUTES: dict[str, str] = {"/v1/score": "POST", "/v1/models/fraud": "GET", "/healthz": "GET", "/metrics": "GET"}
 
 
 class DemoHTTPServer(ThreadingHTTPServer):
@@ -55,6 +56,9 @@ class DemoHTTPServer(ThreadingHTTPServer):
         # per-process jitter source; numpy Generators are not thread-safe, hence the lock
         self._rng = np.random.default_rng()
         self._rng_lock = threading.Lock()
+        # the server's own out-of-memory counter, as a GPU server counts CUDA OOMs: the evidence the
+        # demo scenario's gpu_oom_events gate reads (targets.X.oom_counter)
+        self.oom_events = 0
 
     def standard_normal(self) -> float:
         with self._rng_lock:
@@ -150,6 +154,14 @@ class DemoHandler(BaseHTTPRequestHandler):
             self._score(route, body)
         elif path == "/healthz":
             self._send(200, {"status": "ok"})
+        elif path == "/metrics":
+            text = ("# TYPE demo_oom_events_total counter\n"
+                    f"demo_oom_events_total {self.server.oom_events}\n").encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(text)))
+            self.end_headers()
+            self.wfile.write(text)
         else:
             model = self.server.model
             self._send(200, {"name": "fraud", "model_version": model.model_version, "inputs": N_FEATURES})
@@ -166,6 +178,10 @@ class DemoHandler(BaseHTTPRequestHandler):
                                            self.headers.get("X-Tenant-Tier"), self.headers.get("X-Geo-Region"))
         except InvalidRequest as exc:
             self._send(400, {"error": str(exc)})
+            return
+        except MemoryError:
+            self.server.oom_events += 1
+            self._send(503, {"error": "out of memory"})
             return
         # the modelled service time includes the real compute above: sleep only what is left
         target_s = jittered_ms(outcome.service_ms, self.server.standard_normal()) / 1000.0

@@ -16,6 +16,7 @@ from ..store import open_results
 from . import charts
 from .heatmap import segment_heatmap
 from .outputs_view import noise_floor_view, output_diff_view, schedule_view
+from .rows_view import rows_view
 from .queries import BAD_RECORDS_SHOWN, EXAMPLE_OUTPUT_CHARS, EXAMPLES_PER_KIND, ReportData, load_report_data
 from .sections import (accounting_rows, example_groups, fidelity_rows, gate_sections, metadata_rows,
                        version_table, worst_segment_rows)
@@ -23,7 +24,7 @@ from .sections import (accounting_rows, example_groups, fidelity_rows, gate_sect
 __all__ = ["write_report", "render_report"]
 
 TEMPLATE = "template.html.j2"
-VERDICT_CLASS = {"PROMOTE": "promote", "HOLD": "hold", "BLOCK": "block"}
+VERDICT_CLASS = {"PROMOTE": "promote", "HOLD": "hold", "BLOCK": "block", "INCOMPLETE": "hold"}
 
 
 def _break_opportunities(text: Any) -> markupsafe.Markup:
@@ -56,7 +57,7 @@ def _saturation(replay: dict[str, Any]) -> str | None:
     if not replay.get("saturated"):
         return None
     text = str(replay.get("warning") or f"send lag p99 above {replay.get('lag_bound_ms')} ms")
-    prefix = "load generator saturated: "
+    prefix = "load not delivered: "
     return text[len(prefix):] if text.startswith(prefix) else text
 
 
@@ -74,6 +75,7 @@ def render_report(summary: dict[str, Any], data: ReportData | None) -> str:
         "counts": summary.get("counts") or {},
         "run": run,
         "verdict": summary.get("verdict") or "UNKNOWN",
+        "provisional_verdict": summary.get("provisional_verdict"),
         "verdict_class": VERDICT_CLASS.get(str(summary.get("verdict")), "hold"),
         "incomplete": status != "complete",
         "run_status": status,
@@ -99,6 +101,7 @@ def render_report(summary: dict[str, Any], data: ReportData | None) -> str:
         "metadata": metadata_rows(summary),
         "schedule": schedule_view(summary),
         "outputs": output_diff_view(summary),
+        "rows": rows_view(summary),
         "noise": noise_floor_view(summary),
         "has_db": data is not None,
     }

@@ -13,11 +13,17 @@ def write_junit(path: Path, summary: dict[str, Any]) -> None:
     failures = sum(1 for g in gates if g["status"] == "fail" and g.get("severity") == "blocking")
     skipped = sum(1 for g in gates if g["status"] == "inconclusive" or
                   (g["status"] == "fail" and g.get("severity") != "blocking"))
-    suite = ET.Element("testsuite", name=f"harness gates: {summary['run'].get('scenario')}", tests=str(len(gates)),
-                       failures=str(failures), errors="0", skipped=str(skipped))
+    incomplete = summary["verdict"] == "INCOMPLETE"
+    suite = ET.Element("testsuite", name=f"harness gates: {summary['run'].get('scenario')}",
+                       tests=str(len(gates) + incomplete), failures=str(failures), errors=str(int(incomplete)),
+                       skipped=str(skipped))
     props = ET.SubElement(suite, "properties")
     for key, value in (("verdict", summary["verdict"]), ("run", summary["run"].get("id"))):
         ET.SubElement(props, "property", name=key, value=str(value))
+    if incomplete:  # the run itself is an error: CI must not read its provisional gates as the verdict
+        why = f"incomplete run: {summary['run'].get('status_reason') or summary['run'].get('status')}"
+        case = ET.SubElement(suite, "testcase", classname="harness.run", name="run complete")
+        ET.SubElement(case, "error", message=why, type="run_incomplete").text = why
     for g in gates:
         scope = g["segment"] or "overall"
         case = ET.SubElement(suite, "testcase", classname=f"gates.{g['name']}", name=f"{g['name']} [{scope}]")

@@ -164,6 +164,10 @@ def fidelity_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     for key, label in (("interrupted", "Interrupted"), ("stopped_early", "Stopped early")):
         if r.get(key):
             rows.append((label, str(r[key])))
+    if r.get("delivered") is not None:
+        rows.append(("Load delivered", "yes" if r["delivered"] else "no: " + "; ".join(r.get("problems") or [])))
+    for i, advice in enumerate(r.get("advice") or []):
+        rows.append(("What to change" if i == 0 else "", advice))
     return rows
 
 

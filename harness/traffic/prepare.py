@@ -28,6 +28,7 @@ from .readers import detect_format, iter_records
 from .record import BadRecord, CapturedRequest
 from .redaction import Redactor
 from .segments import SegmentEvaluator, route_template
+from .request_rows import request_row_count
 
 __all__ = ["PreparedTraffic", "prepare_traffic", "SAFE_METHODS", "is_allowed", "file_sha256"]
 
@@ -52,6 +53,43 @@ class PreparedTraffic:
     span_s: float
     first_ts: float | None
     to_send: int = field(default=0)
+    # skip reason -> its most frequent "METHOD route" with counts (at most three), for messages
+    skipped_examples: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+
+    def counts_lines(self) -> list[str]:
+        """Records read, to replay, skipped by reason (with the requests it hit most), bad: what
+        `harness validate` prints and what a run that would send nothing says."""
+        lines = [f"records read: {self.records_read:,}", f"to replay: {self.replayed:,}"]
+        lines += [f"skipped: {n:,} {reason}{self._examples(reason)}" for reason, n in self.skipped.items()]
+        lines.append(f"bad records: {self.bad_records:,}")
+        return lines
+
+    def nothing_to_replay(self) -> str | None:
+        """None when something would be sent; else the one-line reason, counted by cause."""
+        if self.replayed:
+            return None
+        parts = [f"{n:,} {reason}{self._examples(reason)}" for reason, n in self.skipped.items()]
+        if self.bad_records:
+            parts.append(f"{self.bad_records:,} bad records")
+        return (f"nothing to replay: {self.records_read:,} of {self.records_read:,} records skipped or bad: "
+                + ("; ".join(parts) or "the capture holds no records"))
+
+    def segment_values(self, names: Iterable[str]) -> dict[str, list[str]]:
+        """The values each named segment takes in what will be replayed (warm-up included)."""
+        wanted = [n for n in names if n in self.segment_names]
+        if not wanted:
+            return {}
+        con = duckdb.connect()
+        try:
+            return {n: [v for (v,) in con.execute(f'select distinct "seg__{n}" from read_parquet(?) where '
+                                                   f'"seg__{n}" is not null', [str(self.schedule_path)]).fetchall()]
+                    for n in wanted}
+        finally:
+            con.close()
+
+    def _examples(self, reason: str) -> str:
+        ex = self.skipped_examples.get(reason)
+        return f" ({', '.join(f'{what} {n:,}' for what, n in ex)})" if ex else ""
 
 
 def file_sha256(path: Path) -> str:
@@ -80,7 +118,7 @@ def _schema(seg_names: tuple[str, ...]) -> pa.Schema:
         ("seq", pa.int64()), ("source_line", pa.int64()), ("ts", pa.float64()), ("method", pa.string()),
         ("path", pa.string()), ("route", pa.string()), ("headers_json", pa.string()), ("body", pa.binary()),
         ("request_bytes", pa.int64()), ("deny_reason", pa.string()), ("captured_request_id", pa.string()),
-        ("production_status", pa.int32()),
+        ("production_status", pa.int32()), ("batch_size", pa.int64()),
         *[(f"seg__{n}", pa.string()) for n in seg_names],
     ])
 
@@ -109,7 +147,7 @@ def prepare_traffic(scenario: Scenario, workdir: Path) -> PreparedTraffic:
         rows: list[dict[str, Any]] = []
         bad_rows: list[tuple[str, int, str]] = []
         records_read = 0
-        for item in iter_records(path, fmt):
+        for item in iter_records(path, fmt, cfg.trace):
             records_read += 1
             if isinstance(item, BadRecord):
                 reason = redactor.reason(item.reason)  # a reason may quote the record, secrets included
@@ -159,10 +197,19 @@ def _row(seq: int, req: CapturedRequest, redactor: Redactor, segments: SegmentEv
         "request_bytes": len(req.body), "deny_reason": deny,
         "captured_request_id": str(req.meta.get("request_id")) if req.meta.get("request_id") is not None else None,
         "production_status": req.response.status if req.response else None,
+        "batch_size": _batch_size(req.body, scenario),
     }
     for name, value in segments.values(req).items():
         row[f"seg__{name}"] = value
     return row
+
+
+def _batch_size(body: bytes, scenario: Scenario) -> int | None:
+    """The rows the request asks predictions for, where the answers are read row by row (output.rows)."""
+    protocol = scenario.target_for("baseline").protocol
+    if not scenario.output.rows.active(protocol):
+        return None
+    return request_row_count(body, protocol)
 
 
 def _finish(con: duckdb.DuckDBPyConnection, scenario: Scenario, workdir: Path, path: Path, fmt: str,
@@ -209,8 +256,8 @@ def _finish(con: duckdb.DuckDBPyConnection, scenario: Scenario, workdir: Path, p
                case when loop = 0 then 'r' || lpad(seq::varchar, greatest(7, length(seq::varchar))::integer, '0')
                     else 'r' || lpad(seq::varchar, greatest(7, length(seq::varchar))::integer, '0') || '-' || loop end as request_id,
                seq, loop, source_line, to_timestamp(ts) as captured_at, replay_offset_s as offset_s,
-               method, path, route, headers_json, body, request_bytes, captured_request_id, production_status
-               {seg_cols}
+               method, path, route, headers_json, body, request_bytes, captured_request_id, production_status,
+               batch_size {seg_cols}
         from sent qualify order_idx < ?
     """, [cfg.loops, start, span, gap, max_total])
     con.execute("alter table schedule add column warmup boolean")
@@ -225,13 +272,20 @@ def _finish(con: duckdb.DuckDBPyConnection, scenario: Scenario, workdir: Path, p
     con.execute(f"copy (select * from bad order by line) to '{_sql_path(bad_path)}' (format parquet)")
     skipped = dict(con.execute("select skip_reason, count(*) from ordered where skip_reason is not null "
                                "group by 1 order by 2 desc").fetchall())
+    examples: dict[str, list[tuple[str, int]]] = {}
+    for reason, what, n in con.execute("""select skip_reason, method || ' ' || route, count(*) from ordered
+                                          where skip_reason is not null group by 1, 2
+                                          qualify row_number() over (partition by skip_reason order by count(*) desc,
+                                                                     method || ' ' || route) <= 3
+                                          order by 1, 3 desc, 2""").fetchall():
+        examples.setdefault(reason, []).append((what, int(n)))
     replayed, warmup = con.execute("select count(*), count(*) filter (where warmup) from schedule").fetchone()  # type: ignore[misc]
     n_bad = con.execute("select count(*) from bad").fetchone()[0]  # type: ignore[index]
     return PreparedTraffic(
         schedule_path=schedule_path, skipped_path=skipped_path, bad_path=bad_path, segment_names=seg_names,
         capture_sha256=file_sha256(path), capture_format=fmt, records_read=records_read, bad_records=n_bad,
         skipped=skipped, replayed=replayed, warmup=warmup, span_s=float(span) * cfg.loops, first_ts=first_ts,
-        to_send=replayed)
+        to_send=replayed, skipped_examples=examples)
 
 
 def _sample(con: duckdb.DuckDBPyConnection, fraction: float, seed: int, stratify_by: str | None,

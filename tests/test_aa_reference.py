@@ -1,0 +1,27 @@
+"""Item 10 of issue 15: a run with replay.aa_reference is judged from its own folder."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from harness.cli import main
+
+from small_run import small_run
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_noise_floor_is_copied_into_the_run(capsys, tmp_path) -> None:
+    aa = small_run(tmp_path / "aa", mode="aa").run_dir
+    paired = small_run(tmp_path / "p", aa_reference=str(aa)).run_dir
+    before = json.loads((paired / "summary.json").read_text())
+    assert "A/A noise for this gate and scope" in before["gates"][0]["reason"]
+    shutil.rmtree(aa)  # the A/A folder is gone (another machine, cleaned up): the run judges the same
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(paired, moved)
+    capsys.readouterr()
+    assert main(["report", str(moved)]) == 0
+    after = json.loads((moved / "summary.json").read_text())
+    assert after["verdict"] == before["verdict"] and after["gates"] == before["gates"]

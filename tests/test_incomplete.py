@@ -1,0 +1,33 @@
+"""Item 8 of issue 15: an incomplete run prints no promote/block verdict, only a provisional judgement, exit 4."""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+import json
+
+import duckdb
+import pytest
+
+from harness.cli import main
+
+from small_run import small_run
+
+pytestmark = pytest.mark.integration
+
+
+def test_an_incomplete_run_has_no_verdict(capsys, tmp_path) -> None:
+    result = small_run(tmp_path)
+    con = duckdb.connect(str(result.run_dir / "results.duckdb"))
+    con.execute("update runs set status = 'incomplete', status_reason = 'interrupted by SIGINT'")
+    con.close()
+    capsys.readouterr()
+    code = main(["report", str(result.run_dir)])
+    out = capsys.readouterr().out
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert code == 4
+    assert "verdict:" not in out and "PROMOTE" not in out.split("provisional")[0]
+    assert "run incomplete (interrupted by SIGINT): no verdict" in out
+    assert "provisional judgement of the legs that completed: PROMOTE" in out
+    assert summary["verdict"] == "INCOMPLETE" and summary["provisional_verdict"] == "PROMOTE"
+    assert summary["schedule"]["start_allowed"] is False
+    suite = ET.parse(result.run_dir / "junit.xml").getroot()
+    assert suite.get("errors") == "1" and suite.find("testcase/error").get("type") == "run_incomplete"
