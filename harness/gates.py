@@ -699,7 +699,9 @@ def decide_verdict(results: list[GateResult], stopped_early: str | None = None) 
     blocking = [r for r in results if r.severity == "blocking"]
     fails = [r for r in blocking if r.status == "fail"]
     if stopped_early:
-        return Verdict("BLOCK", [f"Stopped early: {stopped_early}.", *(r.reason for r in fails)])
+        text = stopped_early.rstrip(".")
+        text = text[0].upper() + text[1:] if text.lower().startswith("stopped early") else f"Stopped early: {text}"
+        return Verdict("BLOCK", [f"{text}.", *(r.reason for r in fails)])
     if fails:
         return Verdict("BLOCK", [r.reason for r in fails])
     scopes = {}
