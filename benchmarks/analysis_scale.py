@@ -1,4 +1,4 @@
-"""Issue 5: analysis and gates over 1,000,000 and 10,000,000 pairs: harness.outputs.judge(run_dir) time
+"""Analysis and gates over 1,000,000 and 10,000,000 pairs: harness.outputs.judge(run_dir) time
 (goal <= 30 s for 1 M, <= 5 min for 10 M) and peak RSS (goal <= 4 GB), and where the time goes.
 
 Input: a synthetic results.duckdb per size, built by _synth_run.py through harness.store.RunStore.create

@@ -1,4 +1,4 @@
-"""Issue 3: latency accuracy. Against a target that holds every request exactly 20 ms, the harness p50
+"""Latency accuracy. Against a target that holds every request exactly 20 ms, the harness p50
 must be within 0.5 ms of 20 ms + the p50 it measures against the same target with no delay.
 
 Target: benchmarks/_delay_server.py (asyncio, no uvloop; one process serving the baseline and candidate

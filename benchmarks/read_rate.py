@@ -1,4 +1,4 @@
-"""Issue 4: JSONL reading + segmenting, records/s on one core, and peak memory that does not grow with the file.
+"""JSONL reading + segmenting, records/s on one core, and peak memory that does not grow with the file.
 
 Input: synthetic JSONL captures of 1,000,000 and 5,000,000 records shaped like the demo capture (ISO 8601
 ts, POST to /v1/accounts/<id>/score or /v1/score?client=..., 4 headers, a body with 1-3 transactions of

@@ -1,4 +1,4 @@
-"""Issue 3: peak RSS of the harness process tree while replaying a 1,000,000-request capture
+"""Peak RSS of the harness process tree while replaying a 1,000,000-request capture
 (goal <= 500 MB: the capture is streamed, not loaded whole).
 
 Capture: 1,000,000 JSONL lines (POST /score, tiny JSON body, 1,000 requests/s captured). The whole file

@@ -1,4 +1,4 @@
-"""Issue 3: the highest paired rate the harness keeps on time, against raw Locust and wrk on the same target.
+"""The highest paired rate the harness keeps on time, against raw Locust and wrk on the same target.
 
 Target: nginx (Debian's nginx-light, one worker) answering POST with a 36-byte JSON answer on two ports
 (baseline, candidate). Peers, on the same nginx, each measured N times before and N times after the

@@ -1,10 +1,10 @@
-"""Issue 7: the report of a 1,000,000-pair run: `harness report RUN_DIR` time (goal <= 20 s) and
+"""The report of a 1,000,000-pair run: `harness report RUN_DIR` time (goal <= 20 s) and
 gate_report.html size (goal <= 3 MB).
 
 Input: a synthetic 1,000,000-pair results.duckdb built by _synth_run.py (demo scenario, planted effects).
 Measured: wall time of the CLI `harness report RUN_DIR` (judge + summary.json + canary_schedule.yaml +
 junit.xml + gate_report.html, in a fresh process, interpreter start included), its peak RSS, the size of
-gate_report.html, and that the run folder passes ../shared/tools/check_run_folder.py. Peer, same data in
+gate_report.html, and that the run folder passes tests/run_folder_contract.py. Peer, same data in
 the same run: harness.outputs.judge(run_dir) alone in a fresh process (the analysis the report needs
 before it renders anything), so report - judge is the rendering's own cost.
 Median of --tries (default 3).
@@ -25,7 +25,7 @@ import _common as c  # noqa: E402
 
 GOAL_S = 20.0
 GOAL_MB = 3.0
-CHECKER = c.ROOT.parent / "shared" / "tools" / "check_run_folder.py"
+CHECKER = c.ROOT / "tests" / "run_folder_contract.py"
 
 
 def judge_only(run_dir: Path) -> float:
@@ -80,10 +80,8 @@ def main() -> int:
                   f"(machine {busy:.0%} busy before)", flush=True)
             if r["rc"] not in (0, 1, 2):
                 print(r["output_tail"])
-        check = subprocess.run([c.PY, str(CHECKER), str(run_dir)], capture_output=True, text=True) \
-            if CHECKER.exists() else None
-        result["check_run_folder"] = None if check is None else {"rc": check.returncode,
-                                                                 "output": (check.stdout + check.stderr)[-1500:]}
+        check = subprocess.run([c.PY, str(CHECKER), str(run_dir)], capture_output=True, text=True)
+        result["check_run_folder"] = {"rc": check.returncode, "output": (check.stdout + check.stderr)[-1500:]}
         html = (run_dir / "gate_report.html").read_text(errors="replace") if (run_dir / "gate_report.html").exists() else ""
         result["html_has_images"] = html.count("data:image/")
         result["html_has_script"] = "<script" in html.lower()
@@ -98,7 +96,7 @@ def main() -> int:
           f"{result['html_has_images']} inline images, script tags: {result['html_has_script']}; "
           f"report module {result['report_module_lines']} lines")
     if result["check_run_folder"] is not None:
-        print(f"  check_run_folder.py: exit {result['check_run_folder']['rc']} "
+        print(f"  run_folder_contract.py: exit {result['check_run_folder']['rc']} "
               f"{result['check_run_folder']['output'].strip()[:300]}")
     c.save_result("report_scale", result)
     return 0

@@ -1,4 +1,4 @@
-"""Issue 3: a 1 s stall of the target at 200 req/s: harness (open loop, timed from the intended send time)
+"""A 1 s stall of the target at 200 req/s: harness (open loop, timed from the intended send time)
 against plain Locust (closed loop, constant_throughput users), which hides the stall (coordinated omission).
 
 Target: nginx (one worker) answering POST with a small JSON body. The stall is SIGSTOP of the nginx worker,

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__", "HarnessError", "UsageError", "ScenarioError", "TrafficError", "BadRecordError", "StoreError",
-    "ReplayError", "TargetUnreachable", "load_scenario", "run_scenario", "build_outputs",
+    "ReplayError", "TargetUnreachable", "load_scenario", "run_scenario", "build_outputs", "open_run", "RunFolder",
 ]
 
 
@@ -23,6 +23,10 @@ def __getattr__(name: str) -> object:
         from .run import run_scenario
 
         return run_scenario
+    if name in ("open_run", "RunFolder"):
+        from . import run_folder
+
+        return getattr(run_folder, name)
     if name == "build_outputs":
         from .outputs import build_outputs
 

@@ -13,8 +13,8 @@ from typing import Any, Callable, Iterable, Literal, Mapping
 
 from .errors import ScenarioError
 
-__all__ = ["GateSpec", "METRICS", "LATENCY_LIKE", "DETECTOR_RATES", "PAIR_METRICS", "HIGHER_IS_BETTER", "parse_gates",
-           "unseen_gate_values"]
+__all__ = ["GateSpec", "METRICS", "LATENCY_LIKE", "DETECTOR_RATES", "PAIR_METRICS", "ROW_METRICS", "HIGHER_IS_BETTER",
+           "SLO_METRICS", "parse_gates", "unseen_gate_values"]
 
 Comparison = Literal["absolute", "relative", "delta"]
 
@@ -34,6 +34,10 @@ METRICS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "time_to_first_token_ms": (("p50", "p90", "p95", "p99", "mean"), "p95", "ms"),
     "inter_token_ms": (("p50", "p90", "p95", "p99", "mean"), "p95", "ms"),  # over each leg's mean token gap
     "completion_tokens": (("p50", "p90", "p95", "mean"), "mean", "tokens"),
+    # LLM serving (harness.analysis.llm_metrics): per stream, and the share of requests meeting the SLOs
+    "latency_per_token_ms": (("p50", "p90", "p95", "p99", "mean"), "p95", "ms"),  # end-to-end / output tokens
+    "output_tokens_per_s": (("p5", "p10", "p50", "mean"), "p50", "tokens/s"),  # per stream, after the first token
+    "goodput": (("rate",), "rate", "fraction"),  # share of requests meeting every `slo` together
     # detectors (output.detectors; tool calls always): share of judged answers
     "abstention_rate": (("rate",), "rate", "fraction"),
     "citation_rate": (("rate",), "rate", "fraction"),
@@ -47,18 +51,31 @@ METRICS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "confidence_psi": (("value",), "value", "PSI"),
     "confidence_ks": (("value",), "value", "KS"),
     "confidence_mean_shift": (("mean",), "mean", "confidence"),
+    # row by row, for batched answers (harness.analysis.rows): intervals over requests, absolute limits only
+    "row_flip_rate": (("rate",), "rate", "fraction"),
+    "row_agreement": (("rate",), "rate", "fraction"),
+    "row_invalid_rate": (("rate",), "rate", "fraction"),
+    "row_score_change": (("mean", "p99"), "mean", "score"),
+    "row_score_psi": (("value",), "value", "PSI"),
+    "row_score_ks": (("value",), "value", "KS"),
 }
 
-LATENCY_LIKE = frozenset({"latency_ms", "time_to_first_token_ms", "inter_token_ms", "completion_tokens"})
+ROW_METRICS = frozenset({"row_flip_rate", "row_agreement", "row_invalid_rate", "row_score_change", "row_score_psi",
+                         "row_score_ks"})
+
+LATENCY_LIKE = frozenset({"latency_ms", "time_to_first_token_ms", "inter_token_ms", "completion_tokens",
+                          "latency_per_token_ms", "output_tokens_per_s"})
 # metric -> legs column of the detector
 DETECTOR_RATES = {"abstention_rate": "abstained", "citation_rate": "cited", "fallback_rate": "fallback_model",
                   "tool_call_validity_rate": "tool_calls_valid"}
 # measured on the pair, not per version: no baseline value to be relative to
 PAIR_METRICS = frozenset({"label_agreement", "label_flip_rate", "field_diff_rate", "label_kappa", "confidence_psi",
-                          "confidence_ks", "confidence_mean_shift"})
+                          "confidence_ks", "confidence_mean_shift"}) | ROW_METRICS
 # where a lower value is the worse one
 HIGHER_IS_BETTER = frozenset({"schema_pass_rate", "review_score", "citation_rate", "tool_call_validity_rate",
-                              "label_agreement", "label_kappa"})
+                              "label_agreement", "label_kappa", "row_agreement", "goodput", "output_tokens_per_s"})
+# goodput's `slo` keys: the per-leg series each limit applies to (AIPerf's goodput: all of them at once)
+SLO_METRICS = ("time_to_first_token_ms", "inter_token_ms", "latency_ms")
 
 # condition key -> (comparison, direction); direction "max" means the observed value must stay <= threshold
 CONDITIONS: dict[str, tuple[Comparison, str]] = {
@@ -84,11 +101,18 @@ _SEED_NAMES = {
                                 "label_agreement", "label_flip_rate", "field_diff_rate")},
     **{m: (m, "value") for m in ("label_kappa", "confidence_psi", "confidence_ks")},
     "confidence_mean_shift": ("confidence_mean_shift", "mean"),
+    **{m: (m, "rate") for m in ("row_flip_rate", "row_agreement", "row_invalid_rate")},
+    **{m: (m, "value") for m in ("row_score_psi", "row_score_ks")},
+    "row_score_change": ("row_score_change", "mean"),
+    "row_score_change_p99": ("row_score_change", "p99"),
+    "goodput": ("goodput", "rate"),
+    "output_tokens_per_s": ("output_tokens_per_s", "p50"),
 }
 _LATENCY_NAME = re.compile(r"^latency_(p50|p90|p95|p99|mean)_ms$")
 _TTFT_NAME = re.compile(r"^(?:ttft|time_to_first_token)_(p50|p90|p95|p99|mean)_ms$")
 _ITL_NAME = re.compile(r"^inter_token_(p50|p90|p95|p99|mean)_ms$")
-_GENERAL_KEYS = {"metric", "aggregation", "segment", "severity", "per_segment", "description"}
+_PER_TOKEN_NAME = re.compile(r"^latency_per_token_(p50|p90|p95|p99|mean)_ms$")
+_GENERAL_KEYS = {"metric", "aggregation", "segment", "severity", "per_segment", "description", "slo"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +129,7 @@ class GateSpec:
     severity: Literal["blocking", "warning"] = "blocking"
     unit: str = ""
     description: str = field(default="")
+    slo: Mapping[str, float] | None = None  # goodput only: SLO_METRICS name -> limit (ms)
 
     @property
     def threshold_text(self) -> str:
@@ -113,8 +138,45 @@ class GateSpec:
         sign = "<=" if self.direction == "max" else ">="
         value = f"{self.threshold * 100:g} %" if self.unit == "fraction" else f"{self.threshold:g}"
         if self.comparison == "delta":
-            return f"candidate - baseline {sign} {value}"
+            unit = f" {self.unit}" if self.unit in ("ms", "tokens") else ""
+            return f"candidate - baseline {sign} {value}{unit}"
         return f"{sign} {value}"
+
+
+_RATES = frozenset({"error_rate", "timeout_rate", "schema_pass_rate", "goodput", *DETECTOR_RATES})
+_COUNTS = frozenset({"gpu_oom_events", "oom_kills", "restarts"})
+_PEAKS = frozenset({"peak_rss_mb", "peak_gpu_memory_mb"})
+
+
+def _refusal(metric: str, key: str) -> str:
+    """Why a condition is refused for a metric: a setting must mean what it says, or not parse at all."""
+    if metric in PAIR_METRICS:
+        return f"{metric} compares the two versions already, so {key} has no baseline to be relative to"
+    if metric in _RATES and key == "maximum_regression_percent":
+        return (f"{metric} is a rate: a percent change of a rate is not judged (write the allowed change in points "
+                "as maximum_increase: 0.005, or an absolute limit as maximum: 0.01)")
+    if metric in LATENCY_LIKE:
+        return f"{metric} has no lower allowance on its change (minimum_delta); a slower candidate is the risk"
+    return f"{key} is not judged for {metric}"
+
+
+def _allowed_conditions(metric: str) -> tuple[str, ...]:
+    """The condition keys that the gates implement for this metric, each with its own test."""
+    if metric in PAIR_METRICS:
+        return ("maximum", "minimum")
+    if metric in LATENCY_LIKE:
+        # maximum_increase: the paired bootstrap of the quantile (or mean) difference, in the metric's unit
+        return ("maximum", "minimum", "maximum_regression_percent", "maximum_increase")
+    if metric in _RATES:
+        return ("maximum", "minimum", "maximum_increase", "minimum_delta")
+    if metric == "review_score":
+        return ("minimum_delta",)
+    if metric in _COUNTS:
+        return ("maximum",)
+    if metric in _PEAKS:
+        return ("maximum", "maximum_regression_percent")
+    return tuple(CONDITIONS)
+
 
 
 def parse_gates(raw: Mapping[str, Any] | None, where: str,
@@ -123,9 +185,12 @@ def parse_gates(raw: Mapping[str, Any] | None, where: str,
     error names its line like every other scenario error."""
     if not raw:
         return ()
-    at = locate or (lambda keys: where)
-    return tuple(_parse_one(name, body, f"{at(['promotion_gates', name])}: promotion_gates.{name}",
-                            lambda key, n=name: f"{at(['promotion_gates', n, key])}: promotion_gates.{n}")
+    at: Callable[[list[str]], str] = locate or (lambda keys: where)
+
+    def key_at(name: str) -> Callable[[str], str]:
+        return lambda key: f"{at(['promotion_gates', name, key])}: promotion_gates.{name}"
+
+    return tuple(_parse_one(name, body, f"{at(['promotion_gates', name])}: promotion_gates.{name}", key_at(name))
                  for name, body in raw.items())
 
 
@@ -154,15 +219,18 @@ def _parse_one(name: str, body: Any, where: str, where_key: Callable[[str], str]
     else:
         m = _LATENCY_NAME.match(name)
         t = _TTFT_NAME.match(name) or _ITL_NAME.match(name)
+        per_token = _PER_TOKEN_NAME.match(name)
         if m:
             metric, aggregation = "latency_ms", m.group(1)
+        elif per_token:
+            metric, aggregation = "latency_per_token_ms", per_token.group(1)
         elif t:
             metric, aggregation = ("time_to_first_token_ms" if t.re is _TTFT_NAME else "inter_token_ms"), t.group(1)
         elif name in _SEED_NAMES:
             metric, aggregation = _SEED_NAMES[name]
         else:
             known = sorted(["latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "ttft_p95_ms", "inter_token_p95_ms",
-                            *_SEED_NAMES])
+                            "latency_per_token_p95_ms", *_SEED_NAMES])
             raise ScenarioError(
                 f"{where}: unknown gate {name!r}; use one of {', '.join(known)} or give `metric:` explicitly")
     aggs, _, unit = METRICS[metric]
@@ -180,10 +248,13 @@ def _parse_one(name: str, body: Any, where: str, where_key: Callable[[str], str]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ScenarioError(f"{where}.{key}: expected a number, got {value!r}")
     comparison, direction = CONDITIONS[key]
-    if metric in PAIR_METRICS and comparison != "absolute":
-        raise ScenarioError(f"{where}: {metric} compares the two versions already; use maximum or minimum, not {key}")
-    if metric in DETECTOR_RATES and key == "maximum_regression_percent":
-        raise ScenarioError(f"{where}: {metric} is a rate; use maximum, minimum, maximum_increase or minimum_delta")
+    allowed = _allowed_conditions(metric)
+    if key not in allowed:
+        raise ScenarioError(f"{where}.{key}: {_refusal(metric, key)}; use {' or '.join(allowed)}")
+    if metric == "output_tokens_per_s" and comparison != "absolute":
+        raise ScenarioError(f"{where}: output_tokens_per_s takes an absolute minimum or maximum; to compare the "
+                            "versions, gate latency_per_token_ms or inter_token_ms (the same speed, as a time)")
+    slo = _slo(body.get("slo"), metric, where)
     threshold = float(value) / 100.0 if key == "maximum_regression_percent" else float(value)
     severity = body.get("severity", "blocking")
     if severity not in ("blocking", "warning"):
@@ -198,4 +269,23 @@ def _parse_one(name: str, body: Any, where: str, where_key: Callable[[str], str]
     return GateSpec(name=name, metric=metric, aggregation=aggregation, comparison=comparison, direction=direction,
                     threshold=threshold, condition_key=key, segment=dict(segment) if segment else None,
                     per_segment=per_segment, severity=severity, unit=unit,
-                    description=str(body.get("description", "")))
+                    description=str(body.get("description", "")), slo=slo)
+
+
+def _slo(raw: Any, metric: str, where: str) -> dict[str, float] | None:
+    """goodput's SLOs: {time_to_first_token_ms: 500, inter_token_ms: 50, latency_ms: ...}, at least one."""
+    if metric != "goodput":
+        if raw is not None:
+            raise ScenarioError(f"{where}.slo: only the goodput metric takes SLOs")
+        return None
+    if not isinstance(raw, Mapping) or not raw:
+        raise ScenarioError(f"{where}: goodput needs `slo:` with limits in ms for one or more of "
+                            f"{', '.join(SLO_METRICS)}, e.g. {{time_to_first_token_ms: 500, inter_token_ms: 50}}")
+    out: dict[str, float] = {}
+    for key, value in raw.items():
+        if key not in SLO_METRICS:
+            raise ScenarioError(f"{where}.slo: unknown key {key!r} (known: {', '.join(SLO_METRICS)})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ScenarioError(f"{where}.slo.{key}: expected a positive number of ms, got {value!r}")
+        out[key] = float(value)
+    return out

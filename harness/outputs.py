@@ -16,10 +16,12 @@ from .analysis.dataset import load_pairs, load_run_info
 from .analysis.output_diff import OutputDiffConfig, aa_field_rates, compare_outputs, llm_overview
 from .analysis.overview import accounting, replay_fidelity, resource_overview, segment_overview, version_overview
 from .aa_reference import field_rates, noise_by_gate, read_aa_reference
+from .analysis.rows import batch_size_segment, load_rows, rows_summary
 from .errors import ScenarioError, StoreError
 from .gate_config import DETECTOR_RATES, HIGHER_IS_BETTER, LATENCY_LIKE, PAIR_METRICS
 from .evidence import apply_evidence
 from .fidelity import IN_FLIGHT_REASON, apply_fidelity, assess_fidelity, skipped_in_scope
+from .attribution import explain_segments
 from .gates import GateResult, ResourceSummary, decide_verdict, evaluate_gates, natural_delta
 from .scenario import scenario_from_dict
 from .store import open_results, upgrade_results
@@ -38,6 +40,9 @@ def judge(run_dir: Path) -> dict[str, Any]:
             raise StoreError(f"{db}: the stored scenario no longer validates: {exc}") from None
         versions = scenario.versions
         data = load_pairs(con, info.segments, versions)
+        data.rows = load_rows(con, data) if "candidate" in versions else None
+        if data.rows is not None and "batch_size" not in data.segments:
+            data.segments["batch_size"] = batch_size_segment(con, data)
         res = resource_overview(con)
         gpu_sampled = any(r.get("peak_gpu_memory_mb") is not None for r in res.values())
         resources = ResourceSummary(
@@ -55,7 +60,10 @@ def judge(run_dir: Path) -> dict[str, Any]:
         fidelity = replay_fidelity(con, scenario.replay.lag_bound_ms)
         results = _judge_fidelity(con, results, fidelity, scenario, info.segments)
         results = apply_evidence(results, _resource_sources(con), versions)
-        verdict = decide_verdict(results)
+        # attribution reads the final statuses: a gate that fidelity or evidence made inconclusive explains nothing
+        results, explanations = explain_segments(scenario.gates, results, data, resources, alpha=a.alpha,
+                                                 n_resamples=a.bootstrap_resamples, seed=a.seed)
+        verdict = decide_verdict(results, stopped_early=fidelity.get("stopped_early"))
         counts = accounting(con, versions)
         notes = [r[0] for r in con.execute("select detail from events where kind = 'note'").fetchall()]
         if info.status != "complete":
@@ -76,6 +84,7 @@ def judge(run_dir: Path) -> dict[str, Any]:
             "verdict_reasons": verdict.reasons,
             "run": _run_block(info.row, scenario),
             "gates": [r.to_json() for r in results],
+            "explanations": [e.to_json() for e in explanations],
             "worst_segments": worst_segments(results),
             "counts": counts,
             "versions": _clean(version_overview(con)),
@@ -86,6 +95,7 @@ def judge(run_dir: Path) -> dict[str, Any]:
             "noise_floor": _noise_floor(results) if scenario.replay.mode == "aa" else None,
             "aa_reference": str(scenario.replay.aa_reference) if scenario.replay.aa_reference else None,
             "outputs": _clean(comparison.summary),
+            "rows": _clean(rows_summary(con, data.rows, data, scenario.analysis.alpha)),
             "schedule": None,
         }
         if scenario.replay.mode == "aa":
@@ -124,7 +134,7 @@ def _judge_fidelity(con: Any, results: list[GateResult], replay: dict[str, Any],
 def _resource_sources(con: Any) -> dict[str, dict[str, Any]]:
     """Per version, the resource sources the monitor had (harness.evidence); for runs recorded before the
     monitor said so, what the resource samples show (the kernel log and OOM counter then count as absent)."""
-    row = con.execute("select detail from events where kind = 'resource_sources' order by \"at\" desc limit 1").fetchone()
+    row = con.execute("select detail from events where kind = 'resource_sources' order by occurred_at desc limit 1").fetchone()
     if row:
         return json.loads(row[0])
     return {v: {"process": f"PID {pid}" if pid else None, "prometheus": "its metrics URL" if prom else None,
@@ -139,7 +149,7 @@ def _aa_reference(con: Any, scenario: Any) -> dict[str, Any] | None:
     existed read it from its folder."""
     if not scenario.replay.aa_reference:
         return None
-    row = con.execute("select detail from events where kind = 'aa_reference' order by \"at\" desc limit 1").fetchone()
+    row = con.execute("select detail from events where kind = 'aa_reference' order by occurred_at desc limit 1").fetchone()
     if row:
         return json.loads(row[0])
     try:
@@ -198,8 +208,10 @@ def worst_segments(results: list[GateResult], limit: int = 15) -> list[dict[str,
         rows.append({"segment": r.segment, "gate": r.name, "metric": r.metric, "aggregation": r.aggregation,
                      "baseline": r.baseline, "candidate": r.candidate, "observed": r.observed,
                      "ci": list(r.ci) if r.ci else None, "threshold": r.threshold, "n": r.n, "status": r.status,
-                     "effect": r.effect, "severity": severity, "reason": r.reason})
-    rows.sort(key=lambda x: (x["status"] != "fail", -x["severity"]))
+                     "effect": r.effect, "severity": severity, "reason": r.reason, "suspect": r.suspect,
+                     "explained_by": r.explained_by})
+    # the segments that explain a regression lead; those a stronger one explains follow
+    rows.sort(key=lambda x: (x["status"] != "fail", not x["suspect"], x["explained_by"] is not None, -x["severity"]))
     return _clean(rows[:limit])
 
 

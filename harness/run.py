@@ -59,15 +59,33 @@ def make_run_dir(out_root: Path, name: str) -> Path:
 
 
 def check_targets(scenario: Scenario, timeout_s: float = 2.0) -> None:
+    """Each target accepts a connection; an https one completes a TLS handshake as the replay will do it
+    (certificate, name, client certificate), else TargetUnreachable naming the cause (exit 4)."""
+    from .replay.tls import check_tls
+
     for version in scenario.versions:
-        url = scenario.target_for(version).url
+        target = scenario.target_for(version)
+        url = target.url
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+        if parts.scheme == "https":
+            named = "baseline" if scenario.replay.mode == "aa" else version  # A/A: the candidate leg is the baseline
+            problem = check_tls(host, port, target.tls, timeout_s, f"targets.{named}.tls")
+            if problem is not None:
+                raise TargetUnreachable(f"{version} target {url}: TLS: {problem}")
+            continue
         try:
             with socket.create_connection((host, port), timeout=timeout_s):
                 pass
         except OSError as exc:
             raise TargetUnreachable(f"{version} target {url} is unreachable: {exc.strerror or exc}") from None
+
+
+def _accept_encoding(setting: str, overrides: dict[str, str | None]) -> dict[str, str]:
+    """replay.accept_encoding as a header override (none for `captured`, or where headers set it already)."""
+    if setting == "captured" or any(k.lower() == "accept-encoding" for k in overrides):
+        return {}
+    return {"Accept-Encoding": setting}
 
 
 def _git_commit() -> str | None:
@@ -152,18 +170,26 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             "span_s": prepared.span_s})])
         secrets = tuple(v for group in overrides.values() for v in group.values() if v)
         targets = tuple(TargetPlan(version=v, url=scenario.target_for(v).url, protocol=scenario.target_for(v).protocol,
-                                   headers={**overrides["replay"], **overrides[v]}) for v in scenario.versions)
+                                   headers={**_accept_encoding(scenario.replay.accept_encoding,
+                                                               {**overrides["replay"], **overrides[v]}),
+                                            **overrides["replay"], **overrides[v]},
+                                   tls=scenario.target_for(v).tls) for v in scenario.versions)
+        for t in targets:
+            if t.tls and t.tls.get("verify") is False:
+                say(f"warning: {t.version} target {t.url}: TLS certificates are not verified (tls.verify: false)")
+                store.con.execute("insert into events values (now(), 'tls_unverified', ?)", [t.version])
         plan = DispatchPlan(
             schedule_path=prepared.schedule_path, targets=targets, speed=scenario.traffic.speed,
             timeout_s=scenario.replay.timeout_s, connect_timeout_s=scenario.replay.connect_timeout_s,
             max_in_flight=scenario.replay.max_in_flight, max_response_bytes=scenario.replay.max_response_bytes,
             prediction_path=scenario.output.prediction, confidence_path=scenario.output.confidence,
             schema=scenario.output.schema, route_schemas=scenario.output.route_schemas,
-            max_duration_s=scenario.replay.max_duration_s, secrets=secrets, detectors=scenario.output.detectors)
+            max_duration_s=scenario.replay.max_duration_s, secrets=secrets, detectors=scenario.output.detectors,
+            rows=scenario.output.rows)
         monitor = _monitor(scenario, pids or {})
         sinks = {"legs": store.write_legs, "events": store.write_events, "resources": store.write_resources}
         options = ReplayOptions(web_ui=web_ui, web_port=web_port, progress_every_s=progress_every_s)
-        stop_rule = _sequential_rule(scenario.analysis.alpha) if scenario.replay.stop_early else None
+        stop_rule = _AllowanceStop(scenario) if scenario.replay.stop_early else None
         if processes > 1 or master:
             from .replay.distributed import run_replay_master
 
@@ -211,18 +237,30 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _sequential_rule(alpha: float) -> Callable[[int, int, int], str | None]:
-    from .analysis.stats import msprt_discordant
+class _AllowanceStop:
+    """The early stop (replay.stop_early): an anytime-valid e-process on the paired error excess against
+    the allowance of the scenario's error-rate gate (`maximum_increase`, or an absolute `maximum`, which an
+    excess beyond it alone already breaks), so that a candidate within its allowance is stopped at most
+    alpha of the time. Warm-up pairs are not counted (`warmup`, read by the watch)."""
 
-    def rule(pairs: int, b: int, c: int) -> str | None:
-        result = msprt_discordant(b, c, alpha=alpha)
+    def __init__(self, scenario: Scenario) -> None:
+        self.alpha = scenario.analysis.alpha
+        self.warmup = scenario.traffic.warmup_requests
+        gate = next((g for g in scenario.gates if g.metric == "error_rate" and g.segment is None
+                     and g.severity == "blocking" and g.direction == "max"), None)
+        self.allowance = gate.threshold if gate else 0.0
+        self.against = (f"the {gate.name} gate's allowance of {100 * gate.threshold:g} points" if gate
+                        else "the baseline's (no blocking error_rate gate: allowance 0)")
+
+    def __call__(self, pairs: int, b: int, c: int) -> str | None:
+        from .analysis.stats import eprocess_paired_excess
+
+        result = eprocess_paired_excess(pairs, b, c, self.allowance, alpha=self.alpha)
         if not result.reject:
             return None
-        return (f"after {pairs} pairs the candidate's error incidence is worse than the baseline's "
-                f"({c} candidate-only vs {b} baseline-only errors; mSPRT e-value {result.e_value:.0f} >= 1/alpha = "
-                f"{1 / alpha:.0f}, valid at any stopping time)")
-
-    return rule
+        return (f"after {pairs} pairs the candidate's error excess is beyond {self.against} "
+                f"({c} candidate-only vs {b} baseline-only errors; e-value {result.e_value:.0f} >= 1/alpha = "
+                f"{1 / self.alpha:.0f}, valid at any stopping time)")
 
 
 def _check_port_free(flag: str, host: str, port: int, who: str) -> None:

@@ -5,9 +5,10 @@
 - requests: for each gate, the candidate requests a live step needs to tell the gate's threshold apart
   from the baseline behaviour observed in this run, at ``analysis.alpha`` (one-sided) and
   ``canary.power``. A live canary compares two *independent* arms (canary vs stable traffic), so:
-  quantile latency gates use `stats.n_quantile_ratio` with the log-sd of the baseline latencies;
-  absolute rate limits use `stats.n_one_proportion_bound` (the candidate's bound must clear the limit
-  when its true rate is the baseline's); rate increases over the baseline use `stats.n_two_proportions`;
+  quantile latency gates use `stats.n_quantile_ratio_from_density` with the density of the baseline's
+  log latency at the quantile, measured from this run (the lognormal `stats.n_quantile_ratio` only
+  where the run cannot give one); absolute rate limits use the exact `stats.n_one_proportion_bound`
+  (the candidate's bound must clear the limit when its true rate is the baseline's); rate increases over the baseline use `stats.n_two_proportions`;
   review-score deltas use `stats.n_mean_difference`. The shadow step records the paired sizes
   (McNemar for rate increases) next to what the replay had.
 - duration: requests / (share x production rate x share of the gate's scope), where the production rate
@@ -36,6 +37,7 @@ import yaml
 
 from .analysis import stats
 from .analysis.dataset import ERROR_KINDS_COUNTED
+from .analysis.rows import size_row_rate
 from .errors import ExportRefused, StoreError, UsageError
 from .gate_config import GateSpec
 
@@ -140,7 +142,7 @@ def traffic_profile(con: duckdb.DuckDBPyConnection, scenario: Any) -> dict[str, 
     n, first, last, span_s = _one(con, """select count(*), min(captured_at), max(captured_at),
                                               epoch(max(captured_at)) - epoch(min(captured_at))
                                            from requests where loop = 0""")
-    ev = _one(con, "select detail from events where kind = 'traffic' order by \"at\" limit 1")
+    ev = _one(con, "select detail from events where kind = 'traffic' order by occurred_at limit 1")
     event = json.loads(ev[0]) if ev and ev[0] else {}
     sample = scenario.traffic.sample
     fraction = float(sample.fraction) if sample else 1.0
@@ -255,6 +257,11 @@ def _size_gate(spec: GateSpec, result: dict[str, Any] | None, con: duckdb.DuckDB
         _size_rate(spec, result, con, where, params, alpha, power, out, where_txt)
     elif spec.metric == "review_score":
         _size_review(spec, con, alpha, power, out)
+    elif spec.metric in ("row_flip_rate", "row_agreement", "row_invalid_rate"):
+        out.update(size_row_rate(spec, result, con, where, params, alpha, power))
+    elif spec.metric.startswith("row_"):
+        out["basis"] = (f"{spec.name}: {spec.metric} is judged by a bootstrap over requests; it has no sample-size "
+                        "formula here")
     else:
         out["test"] = "event count or peak" if spec.metric in _RESOURCE_METRICS else "none"
         out["basis"] = (f"{spec.metric}: {spec.threshold_text} is checked on every measurement of every step; "
@@ -298,13 +305,30 @@ def _size_latency(spec: GateSpec, result: dict[str, Any] | None, con: duckdb.Duc
         out["basis"] = (f"{spec.name}: the baseline {spec.aggregation} already reaches the limit ({what}): no number "
                         "of requests can show the candidate within it")
         return
-    n_formula = stats.n_quantile_ratio(sigma, ratio, q, alpha, power)
+    # The density of ln(latency) at the quantile, from the run's own latencies (no lognormal assumed):
+    # a heavy tail is sized for the power asked for, not a fraction of it.
+    h = stats.hall_sheather_bandwidth(int(n_legs), q) if n_legs and n_legs >= 20 else None
+    lo_hi = _one(con, f"""select quantile_cont(ln(l.latency_ms), [{q - h!r}, {q + h!r}])
+                          from legs l join requests r on r.order_idx = l.order_idx
+                          where l.version = 'baseline' and not r.warmup and l.latency_ms > 0 {where}""",
+                 params)[0] if h else None
+    density = 2 * h / (lo_hi[1] - lo_hi[0]) if h and lo_hi and lo_hi[1] > lo_hi[0] else math.nan
+    n_density = stats.n_quantile_ratio_from_density(density, ratio, q, alpha, power)
     floor = math.ceil(20 / (1 - q) - 1e-9)
+    if n_density is not None:
+        n_formula = n_density
+        out["latency_log_density"] = density
+        test = "quantile ratio, density at the quantile from this run's latencies, independent arms"
+        basis = (f"n_quantile_ratio_from_density(f = {density:.3f}: density of ln(latency) at the baseline "
+                 f"{spec.aggregation}{where_txt}, Hall-Sheather sparsity over {n_legs} legs; {what}, q {q:g}, "
+                 f"alpha {alpha:g}, power {power:g}) = {n_formula}")
+    else:
+        n_formula = stats.n_quantile_ratio(sigma, ratio, q, alpha, power)
+        test = "quantile ratio (lognormal), independent arms"
+        basis = f"n_quantile_ratio({spread}, {what}, q {q:g}, alpha {alpha:g}, power {power:g}) = {n_formula}"
     n = max(n_formula, floor)
-    out.update(test="quantile ratio (lognormal), independent arms", n=n, n_formula=n_formula, requests=n,
-               shadow_paired_n=(result or {}).get("min_n"),
-               basis=f"n_quantile_ratio({spread}, {what}, q {q:g}, alpha {alpha:g}, power {power:g}) = {n_formula}"
-                     f"; floor {floor} (20 requests above the {spec.aggregation})"
+    out.update(test=test, n=n, n_formula=n_formula, requests=n, shadow_paired_n=(result or {}).get("min_n"),
+               basis=basis + f"; floor {floor} (20 requests above the {spec.aggregation})"
                      + ("" if spec.comparison == "relative" else "; one-sample use of a two-arm formula: conservative"))
 
 

@@ -23,7 +23,7 @@ __all__ = ["RunStore", "RunMeta", "open_results", "analysed_legs", "upgrade_resu
 
 RESERVED_COLUMNS = frozenset({"request_id", "seq", "loop", "source_line", "captured_at", "offset_s", "method", "path",
                               "route", "headers_json", "request_bytes", "warmup", "captured_request_id",
-                              "production_status", "order_idx"})
+                              "production_status", "order_idx", "batch_size"})
 
 _LEG_SELECT = ", ".join(
     f"to_timestamp({f.name}) as {f.name}" if f.name in ("intended_at", "sent_at", "done_at") else f.name
@@ -118,7 +118,7 @@ class RunStore:
                    meta.baseline_url, meta.candidate_url, json.dumps(list(meta.segments))])
         c.execute(f"""create table requests as select request_id, order_idx, seq, loop, source_line, captured_at,
             offset_s, method, path, route {seg_cols}, request_bytes, warmup, headers_json,
-            captured_request_id, production_status from read_parquet(?) order by order_idx""", [str(schedule)])
+            captured_request_id, production_status, batch_size from read_parquet(?) order by order_idx""", [str(schedule)])
         c.execute(f"""create table skipped as select source_line, captured_at, method, path, route, reason
             {seg_cols} from read_parquet(?)""", [str(skipped)])
         c.execute("create table bad_records as select source, line, reason from read_parquet(?)", [str(bad)])
@@ -126,9 +126,11 @@ class RunStore:
         self._create_typed("resources", RESOURCE_SCHEMA,
                            ", ".join("to_timestamp(sampled_at) as sampled_at" if f.name == "sampled_at" else f.name
                                      for f in RESOURCE_SCHEMA))
-        self._create_typed("events", EVENT_SCHEMA, 'to_timestamp("at") as "at", kind, detail')
+        self._create_typed("events", EVENT_SCHEMA, "to_timestamp(occurred_at) as occurred_at, kind, detail")
         c.execute("create table scores (request_id varchar, version varchar, score double, source varchar)")
         c.execute(PAIRS_VIEW)
+        c.execute(PREDICTION_ROWS_VIEW)
+        c.execute(ROW_PAIRS_VIEW)
         c.execute("checkpoint")
 
     def _create_typed(self, table: str, schema: pa.Schema, select: str) -> None:
@@ -143,7 +145,7 @@ class RunStore:
             "to_timestamp(sampled_at)" if f.name == "sampled_at" else f.name for f in RESOURCE_SCHEMA))
 
     def write_events(self, batch: pa.Table) -> None:
-        self._insert("events", batch, 'to_timestamp("at"), kind, detail')
+        self._insert("events", batch, "to_timestamp(occurred_at), kind, detail")
 
     def _insert(self, table: str, batch: pa.Table, select: str) -> None:
         if batch.num_rows == 0:
@@ -170,26 +172,37 @@ class RunStore:
 
 
 _DUCK_TYPES = {pa.string(): "varchar", pa.float64(): "double", pa.int64(): "bigint", pa.int32(): "integer",
-               pa.bool_(): "boolean"}
+               pa.bool_(): "boolean", pa.list_(pa.string()): "varchar[]", pa.list_(pa.float64()): "double[]"}
 
 
 def upgrade_results(path: Path) -> list[str]:
-    """Adds the leg columns a results.duckdb written by an older harness lacks (as NULL), so that any
-    run folder can be judged and reported again by this version. Returns the columns added."""
+    """Adds the leg columns a results.duckdb written by an older harness lacks (as NULL) and gives old
+    columns their current names, so that any run folder can be judged and reported again by this
+    version. Returns the columns added or renamed."""
     try:
         con = duckdb.connect(str(path))
     except duckdb.Error as exc:
         raise StoreError(f"{path}: cannot open: {_first_line(exc)}") from None
     try:
+        added = []
         have = {r[0] for r in con.execute(
             "select column_name from information_schema.columns where table_name = 'legs'").fetchall()}
-        if not have:
-            return []
-        added = []
-        for f in LEG_SCHEMA:
+        for f in LEG_SCHEMA if have else ():
             if f.name not in have and f.type in _DUCK_TYPES:
                 con.execute(f'alter table legs add column "{f.name}" {_DUCK_TYPES[f.type]}')
                 added.append(f.name)
+        event_columns = {r[0] for r in con.execute(
+            "select column_name from information_schema.columns where table_name = 'events'").fetchall()}
+        if "at" in event_columns and "occurred_at" not in event_columns:  # written before the rename
+            con.execute('alter table events rename column "at" to occurred_at')
+            added.append("events.occurred_at")
+        if have and [a for a in added if "." not in a]:  # new leg columns: the views over them are rebuilt
+            if "batch_size" not in {r[0] for r in con.execute(
+                    "select column_name from information_schema.columns where table_name = 'requests'").fetchall()}:
+                con.execute("alter table requests add column batch_size bigint")
+            con.execute(PAIRS_VIEW.replace("create view", "create or replace view", 1))
+            con.execute(PREDICTION_ROWS_VIEW.replace("create view", "create or replace view", 1))
+            con.execute(ROW_PAIRS_VIEW.replace("create view", "create or replace view", 1))
         return added
     finally:
         con.close()
@@ -207,4 +220,33 @@ PAIRS_VIEW = "create view pairs as\nselect r.*,\n  " + ",\n  ".join(
 from requests r
 left join legs b on b.order_idx = r.order_idx and b.version = 'baseline'
 left join legs c on c.order_idx = r.order_idx and c.version = 'candidate'
+"""
+
+# One row per predicted row per leg: the answer's row `row_idx` (0-based, its position in the batch) of a
+# request that asked for `batch_size` rows. Invalid rows are there with their reason (label and score null).
+PREDICTION_ROWS_VIEW = """create view prediction_rows as
+select request_id, order_idx, version, row_idx, batch_size, row_count,
+       row_labels[row_idx + 1] as label, row_scores[row_idx + 1] as score, row_invalid[row_idx + 1] as invalid_reason,
+       error_kind
+from (select l.request_id, l.order_idx, l.version, r.batch_size, l.row_count, l.row_labels, l.row_scores,
+             l.row_invalid, l.error_kind, unnest(range(len(l.row_labels))) as row_idx
+      from legs l join requests r on r.order_idx = l.order_idx
+      where l.row_labels is not null)
+"""
+
+# One row per request row: the request's columns (segments included), then each version's label, score and
+# invalid reason for that row, each leg's error kind (a row_count_mismatch leg's rows are not comparable), and
+# whether the label flipped (null unless both versions gave a label).
+ROW_PAIRS_VIEW = """create view row_pairs as
+select r.*, coalesce(b.row_idx, c.row_idx) as row_idx,
+       b.label as baseline_label, c.label as candidate_label, b.score as baseline_score, c.score as candidate_score,
+       b.invalid_reason as baseline_invalid_reason, c.invalid_reason as candidate_invalid_reason,
+       lb.error_kind as baseline_error_kind, lc.error_kind as candidate_error_kind,
+       case when b.label is not null and c.label is not null then b.label <> c.label end as flipped
+from (select * from prediction_rows where version = 'baseline') b
+full outer join (select * from prediction_rows where version = 'candidate') c
+  on b.order_idx = c.order_idx and b.row_idx = c.row_idx
+join requests r on r.order_idx = coalesce(b.order_idx, c.order_idx)
+left join legs lb on lb.order_idx = r.order_idx and lb.version = 'baseline'
+left join legs lc on lc.order_idx = r.order_idx and lc.version = 'candidate'
 """

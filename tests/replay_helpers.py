@@ -56,7 +56,8 @@ def replay(tmp_path: Path, scenario: dict[str, Any], sampler: Any = None) -> tup
         max_in_flight=s.replay.max_in_flight, max_response_bytes=s.replay.max_response_bytes,
         prediction_path=s.output.prediction, confidence_path=s.output.confidence, schema=s.output.schema,
         route_schemas=s.output.route_schemas, max_duration_s=s.replay.max_duration_s,
-        secrets=tuple(v for v in s.replay.headers.values() if v), detectors=s.output.detectors)
+        secrets=tuple(v for v in s.replay.headers.values() if v), detectors=s.output.detectors,
+        rows=s.output.rows)
     outcome = run_replay(plan, {"legs": store.write_legs, "events": store.write_events,
                                 "resources": store.write_resources},
                          ReplayOptions(progress_every_s=60), sampler=sampler, log=lambda m: None)

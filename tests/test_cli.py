@@ -2,6 +2,7 @@
 library and the DuckDB file, not by scraping text."""
 from __future__ import annotations
 
+import argparse
 import json
 import socket
 from pathlib import Path
@@ -58,6 +59,7 @@ promotion_gates: {{latency_p97_ms: {{maximum_regression_percent: 10}}}}
     assert code == 3 and "unknown gate 'latency_p97_ms'" in one_line_error(err)
 
 
+@pytest.mark.integration
 def test_unreachable_target_exits_4_before_sending(capsys, tmp_path) -> None:
     p = scenario(tmp_path, f"""name: t
 traffic: {{path: {SAMPLE}}}
@@ -68,6 +70,7 @@ targets: {{baseline: {{url: "http://127.0.0.1:{closed_port()}"}}, candidate: {{u
 
 
 
+@pytest.mark.integration
 def test_port_in_use_exits_3_before_anything(capsys, tmp_path) -> None:
     p = scenario(tmp_path, f"""name: t
 traffic: {{path: {SAMPLE}}}
@@ -94,6 +97,7 @@ def test_validate_lists_the_gates(capsys) -> None:
     assert code == 0 and "latency_p95_ms: latency_ms p95 <= +10 % vs baseline (blocking)" in out
 
 
+@pytest.mark.integration
 def test_traffic_inspect_counts_and_bad_lines(capsys, tmp_path) -> None:
     png = tmp_path / "rate.png"
     code, out, _ = run(capsys, "traffic", "inspect", str(SAMPLE), "--scenario", str(REPO / "scenarios" / "fraud_demo.yaml"),
@@ -121,15 +125,37 @@ def test_traffic_convert_to_stdout(capsys) -> None:
     assert code == 0 and [json.loads(x)["method"] for x in out.splitlines()] == ["GET", "POST"]
 
 
+def _commands(parser: argparse.ArgumentParser, prefix: str = "harness") -> dict[str, argparse.ArgumentParser]:
+    """Every command and subcommand parser, by its full name ("harness traffic convert")."""
+    out: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                assert helps.get(name), f"{prefix} {name} has no help line"
+                out[f"{prefix} {name}"] = sub
+                out.update(_commands(sub, f"{prefix} {name}"))
+    return out
+
+
 def test_every_command_has_help_and_is_in_the_readme() -> None:
     readme = (REPO / "README.md").read_text()
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    for name, p in sub.choices.items():  # type: ignore[union-attr]
-        assert p.description or sub._choices_actions, name
-        help_text = next(a.help for a in sub._choices_actions if a.dest == name)
-        assert help_text, f"{name} has no help"
-        assert f"harness {name}" in readme, f"`harness {name}` is not in the README"
+    commands = _commands(build_parser())
+    assert {"harness run", "harness traffic convert", "harness scores import"} <= set(commands)
+    for name, parser in commands.items():
+        top = " ".join(name.split()[:2])
+        assert top in readme, f"`{top}` is not in the README"
+        text = " ".join(parser.format_help().split())  # wrapped lines joined
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest}: no help"
+            if action.option_strings and action.default not in (None, False):
+                assert f"(default: {action.default})" in text or "default:" in (action.help or ""), \
+                    f"{name} {action.option_strings[0]}: the default {action.default!r} is not shown"
+    for name in ("harness run", "harness demo", "harness report"):
+        codes = commands[name].format_help().split("exit codes:", 1)[1]
+        assert [ln.split()[0] for ln in codes.strip().splitlines()] == ["0", "1", "2", "3", "4"], name
 
 
 def test_query_formats(capsys, tmp_path) -> None:

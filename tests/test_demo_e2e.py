@@ -3,24 +3,25 @@ gates, report. One run with the planted flaws, one against candidate-clean."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
 import pytest
 
 from harness.demo.launcher import run_demo
+from run_folder_contract import assert_meets_contract
+
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKER = REPO.parent / "shared" / "tools" / "check_run_folder.py"
 MALFORMED_LINES = [240, 841, 1562, 2203, 2924, 3645]
 SPEED = 4  # the demo's own speed: the planted effects are sized for it on a 2-core machine
 
 
 @pytest.fixture(scope="module")
-def block_run(tmp_path_factory: pytest.TempPathFactory):
-    return run_demo(clean=False, out_root=tmp_path_factory.mktemp("demo"), speed=SPEED, echo=lambda m: None)
+def block_run(demo_run):
+    """The session's demo run (conftest.py): the sample capture against the candidate with the planted flaws."""
+    return demo_run
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +74,7 @@ def test_every_leg_and_every_bad_line_is_in_duckdb(block_run) -> None:
 
 
 def test_run_folder_meets_the_contract(block_run) -> None:
-    if not CHECKER.exists():
-        pytest.skip(f"{CHECKER} not found (shared/ is not beside the repository)")
-    out = subprocess.run([sys.executable, str(CHECKER), str(block_run.run_dir)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert_meets_contract(block_run.run_dir)
 
 
 def test_captured_credentials_never_reach_the_run_folder(block_run) -> None:

@@ -124,6 +124,7 @@ def schema_broken(answer: Any) -> bool:
 
 @pytest.mark.parametrize("variant,version", [("baseline", "fraud-lr-1.4.2"), ("candidate", "fraud-mlp-2.0.0"),
                                              ("candidate-clean", "fraud-mlp-2.0.1-clean")])
+@pytest.mark.integration
 def test_valid_answers(servers: dict[str, Server], variant: str, version: str) -> None:
     url = servers[variant].url
     assert call(url + "/healthz")[:2] == (200, {"status": "ok"})
@@ -144,6 +145,7 @@ def test_valid_answers(servers: dict[str, Server], variant: str, version: str) -
     assert call(url + "/v1/accounts/42017/score", "POST", body, {"X-Geo-Region": "us-east"})[:2] == (200, answer)
 
 
+@pytest.mark.integration
 def test_bad_requests_are_answered_with_their_reason(servers: dict[str, Server]) -> None:
     url = servers["baseline"].url
     rng = np.random.default_rng(5)
@@ -165,6 +167,7 @@ def test_bad_requests_are_answered_with_their_reason(servers: dict[str, Server])
     assert call(url + "/healthz", "POST", b"{}")[0] == 405
 
 
+@pytest.mark.integration
 def test_keep_alive_connection_serves_several_requests(servers: dict[str, Server]) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", servers["baseline"].port, timeout=10)
     try:
@@ -184,6 +187,7 @@ def test_keep_alive_connection_serves_several_requests(servers: dict[str, Server
 # planted flaws: candidate only, each in its segment
 
 
+@pytest.mark.integration
 def test_candidate_breaks_the_schema_for_ap_south_only(servers: dict[str, Server]) -> None:
     payloads = bodies(600, seed=18)  # 19 of them (3.2%) are hit
     answers = call_many(servers["candidate"].url + "/v1/score", payloads, {"X-Geo-Region": "ap-south"})
@@ -199,6 +203,7 @@ def test_candidate_breaks_the_schema_for_ap_south_only(servers: dict[str, Server
     assert not [a for _, a in elsewhere if schema_broken(a)]
 
 
+@pytest.mark.integration
 def test_candidate_times_out_on_the_account_route_only(servers: dict[str, Server]) -> None:
     payloads = bodies(600, seed=25)  # 27 of them (4.5%) are hit
     answers = call_many(servers["candidate"].url + "/v1/accounts/1234/score", payloads, {"X-Geo-Region": "us-east"})
@@ -210,6 +215,7 @@ def test_candidate_times_out_on_the_account_route_only(servers: dict[str, Server
     assert sum(status >= 500 for status, _ in other_route) <= 2  # the rare blip every variant has
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("variant", ["baseline", "candidate-clean"])
 def test_baseline_and_clean_candidate_have_no_flaws(servers: dict[str, Server], variant: str) -> None:
     payloads = bodies(600, seed=13)
@@ -219,6 +225,7 @@ def test_baseline_and_clean_candidate_have_no_flaws(servers: dict[str, Server], 
     assert not [a for status, a in answers if status == 200 and schema_broken(a)]
 
 
+@pytest.mark.integration
 def test_candidate_holds_much_more_memory(servers: dict[str, Server]) -> None:
     rss = {v: psutil.Process(s.proc.pid).memory_info().rss for v, s in servers.items()}
     assert rss["candidate"] - rss["baseline"] >= 100 * MB, {v: r // MB for v, r in rss.items()}
@@ -248,6 +255,7 @@ def test_model_refuses_bad_transactions_in_process() -> None:
 # process behaviour
 
 
+@pytest.mark.integration
 def test_announces_its_url_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     server = Server("baseline", tmp_path)
     try:
@@ -260,6 +268,7 @@ def test_announces_its_url_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert err == ""  # quiet: no request log
 
 
+@pytest.mark.integration
 def test_refuses_a_non_loopback_host(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "harness.demo.server", "--variant", "baseline",
                            "--host", "0.0.0.0", "--port-file", str(tmp_path / "port")],
@@ -272,6 +281,7 @@ def test_refuses_a_non_loopback_host(tmp_path: Path) -> None:
 # the sample capture
 
 
+@pytest.mark.integration
 def test_make_capture_is_deterministic(tmp_path: Path) -> None:
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     for out in (first, second):

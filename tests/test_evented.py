@@ -13,6 +13,8 @@ import pytest
 from harness.replay.evented import EventedClient, _quick_answer
 from harness.replay.http_client import RequestHead
 
+pytestmark = pytest.mark.integration
+
 OK = b'{"prediction":"ok"}'
 
 

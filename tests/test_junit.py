@@ -1,4 +1,4 @@
-"""junit.xml (issue 7, CI artifacts): one testcase per gate result, read back with xml.etree from a real run
+"""junit.xml (a CI artifact): one testcase per gate result, read back with xml.etree from a real run
 and checked against summary.json and the exit code, so CI systems count what the verdict counts."""
 from __future__ import annotations
 
@@ -11,13 +11,6 @@ import pytest
 
 from harness.cli import VERDICT_EXIT
 from harness.report.junit import write_junit
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from harness.demo.launcher import run_demo
-
-    return run_demo(max_requests=300, out_root=tmp_path_factory.mktemp("junit-demo"), speed=8, echo=lambda _msg: None)
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +29,7 @@ def _blocking_fails(gates: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [g for g in gates if g["status"] == "fail" and g["severity"] == "blocking"]
 
 
+@pytest.mark.integration
 def test_counts_match_summary(suite: ET.Element, summary: dict[str, Any]) -> None:
     gates = summary["gates"]
     cases = suite.findall("testcase")
@@ -48,6 +42,7 @@ def test_counts_match_summary(suite: ET.Element, summary: dict[str, Any]) -> Non
     assert len(passed) == sum(1 for g in gates if g["status"] == "pass")
 
 
+@pytest.mark.integration
 def test_one_testcase_per_gate_result_in_order(suite: ET.Element, summary: dict[str, Any]) -> None:
     for case, g in zip(suite.findall("testcase"), summary["gates"], strict=True):
         assert case.get("classname") == f"gates.{g['name']}"
@@ -63,6 +58,7 @@ def test_one_testcase_per_gate_result_in_order(suite: ET.Element, summary: dict[
             assert skipped is not None and skipped.get("message") == f"inconclusive: {g['reason']}"
 
 
+@pytest.mark.integration
 def test_properties_carry_verdict_and_run(suite: ET.Element, summary: dict[str, Any], demo_run: Any) -> None:
     props = {p.get("name"): p.get("value") for p in suite.findall("properties/property")}
     assert props == {"verdict": summary["verdict"], "run": summary["run"]["id"]}

@@ -13,6 +13,8 @@ import pytest
 from fault_server import FaultServer
 from replay_helpers import write_capture
 
+pytestmark = pytest.mark.integration
+
 T0 = 1_700_000_000.0
 
 

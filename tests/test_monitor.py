@@ -6,9 +6,12 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psutil
+import pytest
 
 from harness.demo.launcher import start_server
 from harness.monitor import ResourceMonitor, TargetProcess, find_listener_pid
+
+pytestmark = pytest.mark.integration
 
 
 class Metrics:

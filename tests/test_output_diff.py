@@ -4,8 +4,6 @@ flips), confidence drift, the gates on them, and summary["outputs"] from a full 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +15,7 @@ import pytest
 
 from openai_server import OpenAIServer
 from replay_helpers import replay, scenario_dict, write_capture
+from run_folder_contract import assert_meets_contract
 
 from harness.analysis import stats
 from harness.analysis.dataset import PairData, load_pairs
@@ -26,7 +25,6 @@ from harness.gate_config import parse_gates
 from harness.gates import evaluate_gates
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKER = REPO.parent / "shared" / "tools" / "check_run_folder.py"
 T0 = 1_700_000_000.0
 N = 200
 
@@ -106,6 +104,7 @@ def by_key(fields: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]
 
 # ------------------------------------------------------------------------------------------ fields, labels
 
+@pytest.mark.integration
 def test_a_renamed_label_and_a_dropped_field_are_found(tmp_path: Path) -> None:
     con, data = paired(tmp_path, baseline_answer, candidate_answer)
     cmp = compare_outputs(con, data, OutputDiffConfig())
@@ -132,6 +131,7 @@ def test_a_renamed_label_and_a_dropped_field_are_found(tmp_path: Path) -> None:
     assert cmp.field_judged.all() and cmp.field_diff.all()
 
 
+@pytest.mark.integration
 def test_ignore_paths_key_order_and_type_changes(tmp_path: Path) -> None:
     def reordered(req: dict[str, Any]) -> dict[str, Any]:
         out = baseline_answer(req)
@@ -151,6 +151,7 @@ def test_ignore_paths_key_order_and_type_changes(tmp_path: Path) -> None:
     assert not field_diffs(con, cfg).differs.any()  # nothing else differs: every pair is clean
 
 
+@pytest.mark.integration
 def test_array_elements_fold_and_count_once(tmp_path: Path) -> None:
     con, _ = paired(tmp_path, lambda r: {"items": [{"a": 1, "b": [1, 2]}, {"a": 2}], "n": 1},
                     lambda r: {"items": [{"a": 1, "b": [1, 2, 3]}], "n": 1.0}, n=20)
@@ -201,6 +202,7 @@ def _gate_status(con: Any, data: PairData, cfg: OutputDiffConfig) -> dict[str, s
     return {r.name: r.status for r in results if r.segment is None}
 
 
+@pytest.mark.integration
 def test_output_gates_fail_on_the_incompatible_candidate_and_pass_on_itself(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -231,6 +233,7 @@ def _run(scenario: dict[str, Any], out: Path) -> Any:
     return run_scenario(scenario_from_dict(scenario), out, echo=lambda m: None, progress_every_s=60)
 
 
+@pytest.mark.integration
 def test_aa_noise_is_carried_by_the_aa_summary_and_not_reported(tmp_path: Path) -> None:
     """A field that differs in A/A too (a per-answer id) is noise; the dropped field and renamed label
     are not. The A/A run's summary carries its per-field rates for the paired run to read."""
@@ -256,10 +259,10 @@ def test_aa_noise_is_carried_by_the_aa_summary_and_not_reported(tmp_path: Path) 
     gates = {g["name"]: g["status"] for g in run.summary["gates"] if g["segment"] is None}
     assert gates == {"label_agreement": "fail", "field_diff_rate": "fail"} and run.verdict == "BLOCK"
     assert "aa_field_rates" not in out  # only A/A runs carry them
-    if CHECKER.exists():
-        subprocess.run([sys.executable, str(CHECKER), str(run.run_dir)], check=True, capture_output=True)
+    assert_meets_contract(run.run_dir)
 
 
+@pytest.mark.integration
 def test_llm_metrics_gate_a_slower_abstaining_candidate(tmp_path: Path) -> None:
     with OpenAIServer(ttft_ms=2) as b, OpenAIServer(ttft_ms=40, mode="abstain") as c:
         recs = [{"ts": T0 + i * 0.01, "method": "POST", "path": "/v1/chat/completions",

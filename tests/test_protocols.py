@@ -166,6 +166,7 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
                            max_leaves=12)
 
 
+@pytest.mark.integration
 @settings(max_examples=300, deadline=None)
 @given(chunks=st.lists(json_values, max_size=5), done=st.booleans())
 def test_no_stream_of_odd_chunks_crashes_the_openai_reader(chunks: list, done: bool) -> None:
@@ -177,6 +178,7 @@ def test_no_stream_of_odd_chunks_crashes_the_openai_reader(chunks: list, done: b
 
 # ------------------------------------------------------------------------------------------ OpenAI, for real
 
+@pytest.mark.integration
 def test_openai_streaming_replay_records_timing_tokens_and_detectors(tmp_path: Path) -> None:
     ttft_ms, token_ms = 60.0, 15.0
     with OpenAIServer(ttft_ms=ttft_ms, token_ms=token_ms) as srv:
@@ -216,6 +218,7 @@ def test_openai_streaming_replay_records_timing_tokens_and_detectors(tmp_path: P
     assert plain["prompt_tokens"] == 5 and plain["completion_tokens"] == 5 and plain["abstained"] is False
 
 
+@pytest.mark.integration
 def test_truncated_streams_and_answers_that_are_not_json(tmp_path: Path) -> None:
     with OpenAIServer(token_ms=5) as srv:
         recs = [chat("truncate", stream=True, i=0), chat("no_done", stream=True, i=1),
@@ -233,6 +236,7 @@ def test_truncated_streams_and_answers_that_are_not_json(tmp_path: Path) -> None
     assert outcome.stats.completed_legs == 5  # the run went on
 
 
+@pytest.mark.integration
 def test_a_20_mb_answer_is_too_large_under_a_smaller_cap_and_the_run_goes_on(tmp_path: Path) -> None:
     cap_bytes = 2 * 1024 * 1024
     with OpenAIServer(huge_mb=20) as srv, FaultServer() as fault:
@@ -268,6 +272,7 @@ def test_detectors_and_protocols_are_scenario_keys() -> None:
             scenario_from_dict({**base, "output": bad}, check_files=False)
 
 
+@pytest.mark.integration
 def test_detectors_travel_to_distributed_workers(tmp_path: Path) -> None:
     from harness.replay.dispatcher import DispatchPlan, TargetPlan
     from harness.replay.distributed import plan_from_message, plan_to_message
@@ -304,6 +309,7 @@ def get(url: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
+@pytest.mark.integration
 def test_kserve_v2_replay_extracts_label_and_probability(tmp_path: Path) -> None:
     """Against tests/kserve_v2_server.py: a server of our own that follows the Open Inference Protocol
     (kserve itself is too heavy a test dependency; see that module, and the opt-in test below)."""
@@ -338,6 +344,7 @@ def _free_port() -> int:
 KSERVE_PYTHON = os.environ.get("HARNESS_KSERVE_PYTHON")
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not KSERVE_PYTHON, reason="set HARNESS_KSERVE_PYTHON to a Python with kserve installed")
 def test_faithful_server_matches_real_kserve(tmp_path: Path) -> None:
     """Real KServe (kserve from PyPI, in its own interpreter) serving the same model: its answers match

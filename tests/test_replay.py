@@ -12,6 +12,8 @@ import pytest
 from fault_server import FaultServer
 from replay_helpers import replay, scenario_dict, write_capture
 
+pytestmark = pytest.mark.integration
+
 T0 = 1_700_000_000.0
 
 

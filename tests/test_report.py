@@ -12,7 +12,6 @@ import re
 import select
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,11 @@ import pytest
 from harness.outputs import build_outputs
 from harness.report.queries import BAD_RECORDS_SHOWN, EXAMPLES_PER_KIND
 from harness.store import open_results
+from run_folder_contract import assert_meets_contract
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
-CHECK_RUN_FOLDER = REPO.parent / "shared" / "tools" / "check_run_folder.py"
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 MAX_REPORT_BYTES = 3 * 1024 * 1024
 
@@ -35,12 +34,9 @@ IMG = '"><img src=x onerror=alert(1)>'
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from harness.demo.launcher import run_demo
-
-    out = tmp_path_factory.mktemp("report-demo")
-    result = run_demo(max_requests=300, out_root=out, speed=8, echo=lambda _msg: None)
-    return Path(result.run_dir)  # type: ignore[attr-defined]
+def demo_run(demo_run: Any) -> Path:
+    """The session's demo run folder (conftest.py), by its path."""
+    return Path(demo_run.run_dir)
 
 
 def _copy_run(src: Path, dst: Path) -> Path:
@@ -162,10 +158,7 @@ def test_renders_from_a_bare_summary_without_the_database(demo_run: Path) -> Non
 
 
 def test_run_folder_contract(demo_run: Path) -> None:
-    if not CHECK_RUN_FOLDER.exists():
-        pytest.skip(f"{CHECK_RUN_FOLDER} is not in this checkout")
-    out = subprocess.run([sys.executable, str(CHECK_RUN_FOLDER), str(demo_run)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert_meets_contract(demo_run)
 
 
 # --- hostile content ---------------------------------------------------------------------------------

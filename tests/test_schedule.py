@@ -1,4 +1,4 @@
-"""Canary schedule (issue 7): sizes from the run's own evidence, durations, rollback conditions, and exports
+"""Canary schedule: sizes from the run's own evidence, durations, rollback conditions, and exports
 that Argo Rollouts, Flagger and Istio accept.
 
 How the exports are validated. No package from PyPI or Debian here ships the CRD schemas of these projects
@@ -50,14 +50,6 @@ REPO = Path(__file__).resolve().parents[1]
 # ------------------------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from harness.demo.launcher import run_demo
-
-    return run_demo(max_requests=300, out_root=tmp_path_factory.mktemp("schedule-demo"), speed=8,
-                    echo=lambda _msg: None)
-
-
-@pytest.fixture(scope="module")
 def run_dir(demo_run: Any) -> Path:
     return Path(demo_run.run_dir)
 
@@ -106,6 +98,7 @@ def _live(schedule: dict[str, Any]) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------- the schedule
 
+@pytest.mark.integration
 def test_steps_in_order_with_the_scenarios_shares(schedule: dict[str, Any], scenario: Scenario) -> None:
     steps = schedule["steps"]
     assert steps[0]["name"] == "shadow" and steps[0]["traffic_percent"] == 0 and steps[0]["status"] == "done"
@@ -114,6 +107,7 @@ def test_steps_in_order_with_the_scenarios_shares(schedule: dict[str, Any], scen
     assert schedule["owner"] == scenario.owner == "fraud-ml-oncall"
 
 
+@pytest.mark.integration
 def test_shadow_step_records_the_replays_evidence(schedule: dict[str, Any], summary: dict[str, Any]) -> None:
     ev = schedule["steps"][0]["evidence"]
     assert ev["requests_replayed"] == summary["counts"]["replayed"]
@@ -124,19 +118,23 @@ def test_shadow_step_records_the_replays_evidence(schedule: dict[str, Any], summ
         assert g["status"] == first[g["gate"]]["status"] and g["n"] == first[g["gate"]]["n"]
 
 
+@pytest.mark.integration
 def test_p95_requests_come_from_the_observed_baseline_spread(schedule: dict[str, Any], con: Any,
                                                               scenario: Scenario) -> None:
     lat = con.execute("""select l.latency_ms from legs l join requests r using (request_id)
                          where l.version = 'baseline' and not r.warmup and l.latency_ms > 0""").fetchnumpy()["latency_ms"]
     sigma = float(np.std(np.log(np.asarray(lat, dtype=float)), ddof=1))
-    expected = stats.n_quantile_ratio(sigma, 1.10, 0.95, scenario.analysis.alpha, scenario.canary.power)
+    logs = np.log(np.asarray(lat, dtype=float))
+    expected = stats.n_quantile_ratio_from_sample(logs, 1.10, 0.95, scenario.analysis.alpha, scenario.canary.power)
     p95 = next(s for s in schedule["sizing"] if s["gate"] == "latency_p95_ms")
     assert p95["latency_log_sd"] == pytest.approx(sigma, rel=1e-9)
-    assert p95["n_formula"] == expected
-    assert p95["n"] == p95["requests"] == max(expected, 400)  # 20 requests above the p95
-    assert "n_quantile_ratio" in p95["basis"] and f"{sigma:.3f}" in p95["basis"]
+    assert p95["latency_log_density"] == pytest.approx(stats.log_quantile_density(logs, 0.95), rel=1e-6)
+    assert abs(p95["n_formula"] - expected) <= 1
+    assert p95["n"] == p95["requests"] == max(p95["n_formula"], 400)  # 20 requests above the p95
+    assert "n_quantile_ratio_from_density" in p95["basis"] and "Hall-Sheather" in p95["basis"]
 
 
+@pytest.mark.integration
 def test_rate_and_score_gates_are_sized_from_observed_values(schedule: dict[str, Any], summary: dict[str, Any],
                                                              scenario: Scenario, con: Any) -> None:
     first = {g["name"]: g for g in reversed(summary["gates"])}
@@ -157,6 +155,7 @@ def test_rate_and_score_gates_are_sized_from_observed_values(schedule: dict[str,
         assert review["requests"] is None and "scores import" in review["basis"]
 
 
+@pytest.mark.integration
 def test_durations_are_requests_over_share_times_rate(schedule: dict[str, Any], con: Any) -> None:
     n, span = con.execute("""select count(*), epoch(max(captured_at)) - epoch(min(captured_at))
                              from requests where loop = 0""").fetchone()
@@ -171,6 +170,7 @@ def test_durations_are_requests_over_share_times_rate(schedule: dict[str, Any], 
         assert step["min_duration_s"] % 60 == 0 and step["min_duration"] == format_duration(step["min_duration_s"])
 
 
+@pytest.mark.integration
 def test_moves_money_lengthens_the_first_live_step(summary: dict[str, Any], scenario: Scenario, con: Any) -> None:
     assert scenario.moves_money  # the demo scenario: risk: {moves_money: true}
     risky = _live(build_schedule(summary, scenario, con))
@@ -182,6 +182,7 @@ def test_moves_money_lengthens_the_first_live_step(summary: dict[str, Any], scen
     assert [s["min_duration_s"] for s in risky[1:]] == [s["min_duration_s"] for s in plain[1:]]
 
 
+@pytest.mark.integration
 def test_resource_heavy_candidate_soaks_every_live_step(summary: dict[str, Any], scenario: Scenario, con: Any) -> None:
     light, heavy = copy.deepcopy(summary), copy.deepcopy(summary)
     base = {"peak_rss_mb": 100.0, "peak_gpu_memory_mb": None}
@@ -195,6 +196,7 @@ def test_resource_heavy_candidate_soaks_every_live_step(summary: dict[str, Any],
     assert any(s["min_duration_s"] < RESOURCE_SOAK_S for s in _live(s_light))  # the short, high-share steps
 
 
+@pytest.mark.integration
 def test_production_rps_overrides_the_captured_rate(summary: dict[str, Any], scenario: Scenario, con: Any) -> None:
     fast = replace(scenario, canary=replace(scenario.canary, production_rps=500.0), moves_money=False)
     s = build_schedule(summary, fast, con)
@@ -203,6 +205,7 @@ def test_production_rps_overrides_the_captured_rate(summary: dict[str, Any], sce
     assert step["statistical_duration_s"] == pytest.approx(step["requests_needed"] / (0.01 * 500.0), abs=0.06)
 
 
+@pytest.mark.integration
 def test_segment_scoped_and_delta_gates(summary: dict[str, Any], con: Any) -> None:
     config = copy.deepcopy(load_run_info(con).config)
     config["promotion_gates"] = {
@@ -221,8 +224,8 @@ def test_segment_scoped_and_delta_gates(summary: dict[str, Any], con: Any) -> No
     assert ent["segment"] == "tenant=enterprise" and ent["scope_share"] == pytest.approx(share)
     lat = con.execute("""select l.latency_ms from legs l join requests r using (request_id) where l.version = 'baseline'
                          and not r.warmup and l.latency_ms > 0 and r.tenant = 'enterprise'""").fetchnumpy()["latency_ms"]
-    sigma = float(np.std(np.log(np.asarray(lat, dtype=float)), ddof=1))
-    assert ent["n_formula"] == stats.n_quantile_ratio(sigma, 1.1, 0.95, 0.05, 0.8)
+    expected = stats.n_quantile_ratio_from_sample(np.log(np.asarray(lat, dtype=float)), 1.1, 0.95, 0.05, 0.8)
+    assert abs(ent["n_formula"] - expected) <= 1
     rate = s["traffic"]["production_rps"]
     step = _live(s)[1]
     dur = next(g["duration_s"] for g in step["gates"] if g["gate"] == "enterprise_p95")
@@ -243,6 +246,7 @@ def test_segment_scoped_and_delta_gates(summary: dict[str, Any], con: Any) -> No
             _validate(doc, schema)
 
 
+@pytest.mark.integration
 def test_smallest_segment_and_how_long_each_step_needs_for_it(schedule: dict[str, Any],
                                                               summary: dict[str, Any]) -> None:
     totals: dict[str, int] = {}
@@ -259,6 +263,7 @@ def test_smallest_segment_and_how_long_each_step_needs_for_it(schedule: dict[str
         assert ss["covered_in_step"] == (ss["duration_s"] <= step["min_duration_s"])
 
 
+@pytest.mark.integration
 def test_verdict_other_than_promote_says_do_not_start(schedule: dict[str, Any], summary: dict[str, Any],
                                                      scenario: Scenario, con: Any) -> None:
     if summary["verdict"] == "PROMOTE":
@@ -275,6 +280,7 @@ def test_verdict_other_than_promote_says_do_not_start(schedule: dict[str, Any], 
     assert export_schedule(blocked, "yaml").splitlines()[1] == "# do not start: verdict BLOCK — error rate 2 % > 1 %"
 
 
+@pytest.mark.integration
 def test_rollback_conditions_carry_live_thresholds_and_the_owner(schedule: dict[str, Any]) -> None:
     rb = schedule["rollback"]
     assert rb["owner"] == "fraud-ml-oncall"
@@ -290,6 +296,7 @@ def test_rollback_conditions_carry_live_thresholds_and_the_owner(schedule: dict[
     assert all(c["basis"] for c in rb["conditions"])
 
 
+@pytest.mark.integration
 def test_every_number_has_a_basis(schedule: dict[str, Any]) -> None:
     for block in (schedule["traffic"], schedule["traffic"]["burstiness"], schedule["resources"], schedule["risk"],
                   schedule["parameters"], schedule["smallest_segment"], *schedule["sizing"], *schedule["steps"],
@@ -297,6 +304,7 @@ def test_every_number_has_a_basis(schedule: dict[str, Any]) -> None:
         assert isinstance(block.get("basis"), str) and block["basis"], block
 
 
+@pytest.mark.integration
 def test_run_folder_schedule_round_trips(run_dir: Path, summary: dict[str, Any], schedule: dict[str, Any],
                                          tmp_path: Path) -> None:
     loaded = load_schedule(run_dir)
@@ -318,7 +326,7 @@ def _synthetic_requests(offsets_s: list[float]) -> Any:
     c = duckdb.connect()
     c.execute("create table requests (captured_at timestamptz, loop bigint)")
     c.executemany("insert into requests values (to_timestamp(?), 0)", [[1_800_000_000 + t] for t in offsets_s])
-    c.execute('create table events ("at" timestamptz, kind varchar, detail varchar)')
+    c.execute("create table events (occurred_at timestamptz, kind varchar, detail varchar)")
     return c
 
 
@@ -341,6 +349,7 @@ def test_format_duration() -> None:
 
 # ------------------------------------------------------------------------------------------- exports
 
+@pytest.mark.integration
 def test_argo_export_validates_and_follows_the_steps(schedule: dict[str, Any]) -> None:
     docs = _docs(export_schedule(schedule, "argo"))
     rollout, templates = docs[0], docs[1:]
@@ -362,6 +371,7 @@ def test_argo_export_validates_and_follows_the_steps(schedule: dict[str, Any]) -
     assert all(m["provider"]["prometheus"]["query"].startswith("# TEMPLATE") for m in gates["spec"]["metrics"])
 
 
+@pytest.mark.integration
 def test_flagger_export_validates(schedule: dict[str, Any]) -> None:
     docs = _docs(export_schedule(schedule, "flagger"))
     canary, templates = docs[0], docs[1:]
@@ -377,6 +387,7 @@ def test_flagger_export_validates(schedule: dict[str, Any]) -> None:
     assert {m["templateRef"]["name"] for m in analysis["metrics"]} == {t["metadata"]["name"] for t in templates}
 
 
+@pytest.mark.integration
 def test_istio_export_has_one_virtualservice_per_step_summing_to_100(schedule: dict[str, Any]) -> None:
     docs = _docs(export_schedule(schedule, "istio"))
     live = _live(schedule)
@@ -390,6 +401,7 @@ def test_istio_export_has_one_virtualservice_per_step_summing_to_100(schedule: d
         assert doc["metadata"]["annotations"]["harness/min-duration"] == step["min_duration"]
 
 
+@pytest.mark.integration
 def test_schemas_reject_what_the_tools_would(schedule: dict[str, Any]) -> None:
     rollout = _docs(export_schedule(schedule, "argo"))[0]
     bad = copy.deepcopy(rollout)
@@ -408,6 +420,7 @@ def test_schemas_reject_what_the_tools_would(schedule: dict[str, Any]) -> None:
     assert list(_validator("istio-virtualservice.schema.json").iter_errors(bad))
 
 
+@pytest.mark.integration
 def test_fractional_shares_cannot_be_exported(summary: dict[str, Any], scenario: Scenario, con: Any) -> None:
     s = build_schedule(summary, replace(scenario, canary=replace(scenario.canary, steps_percent=(0.5, 10.0, 100.0))),
                        con)
@@ -418,6 +431,7 @@ def test_fractional_shares_cannot_be_exported(summary: dict[str, Any], scenario:
             export_schedule(s, fmt)
 
 
+@pytest.mark.integration
 def test_cli_schedule_prints_the_argo_export(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     promoted = load_schedule(run_dir)["verdict"] == "PROMOTE"  # else refused without --force (test_schedule_refusal)
     assert cli.main(["schedule", str(run_dir), "--format", "argo", *([] if promoted else ["--force"])]) == 0

@@ -1,5 +1,6 @@
-"""harness.analysis.stats: properties (hypothesis), reference values from shared/notes/statistics.md,
-and a seeded A/A error-rate check of the latency gate rule. No wall-clock assertions."""
+"""harness.analysis.stats: properties (hypothesis), reference values from the published formulas
+(docs/judgement.md, "Methods and sources"), and a seeded A/A error-rate check of the latency gate rule.
+No wall-clock assertions."""
 from __future__ import annotations
 
 import math
@@ -293,7 +294,7 @@ def test_n_two_proportions(p0: float, p1: float, expected: int) -> None:
 
 
 def test_n_one_proportion_mcnemar_and_mean() -> None:
-    assert S.n_one_proportion_bound(0.005, 0.01) == pytest.approx(1990, rel=0.02)
+    assert S.n_one_proportion_bound(0.005, 0.01) == 1941  # exact; the normal approximation says 1990
     assert S.n_mcnemar(0.001, 0.011) == pytest.approx(740, rel=0.02)
     assert S.n_mean_difference(0.2, 0.02) == pytest.approx(618, rel=0.02)
 

@@ -90,7 +90,7 @@ def replay_fidelity(con: duckdb.DuckDBPyConnection, lag_bound_ms: float) -> dict
         select quantile_cont(abs(epoch(c.sent_at) - epoch(b.sent_at)) * 1000, 0.99)
         from legs b join legs c on c.order_idx = b.order_idx and c.version = 'candidate'
         where b.version = 'baseline'""").fetchall()[0][0]
-    ev = con.execute("select detail from events where kind = 'replay' order by \"at\" desc limit 1").fetchone()
+    ev = con.execute("select detail from events where kind = 'replay' order by occurred_at desc limit 1").fetchone()
     info = json.loads(ev[0]) if ev else {}
     p99 = row["lag_p99_ms"]
     saturated = p99 is not None and p99 > lag_bound_ms

@@ -1,28 +1,35 @@
 """How to read a target's answer: one reader per protocol, each returning an OutputRead.
 
 - json: the answer is a JSON document; prediction and confidence by JSON path;
+- kserve_v1: TF Serving / KServe V1 / MLflow predict: `{"predictions": [...]}`, one entry per row;
 - kserve_v2: Open Inference Protocol (`POST /v2/models/{name}/infer`): outputs[].data;
 - openai: chat/completions, plain or streamed (SSE), with token timing and usage.
-The configured detectors (output.detectors) then run on every 2xx answer that is JSON."""
+The configured detectors (output.detectors) then run on every 2xx answer that is JSON, and batched
+answers are read row by row (output.rows; harness.protocols.rows)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping, Sequence
 
-from ..scenario import DetectorConfig
+from ..scenario import DetectorConfig, RowsConfig
 from .json_protocol import OutputRead, read_json_output
 
 __all__ = ["OutputRead", "read_output", "PROTOCOLS"]
 
-PROTOCOLS = ("json", "kserve_v2", "openai")
+PROTOCOLS = ("json", "kserve_v1", "kserve_v2", "openai")
 
 
 def read_output(protocol: str, status: int, body: bytes, prediction_path: str, confidence_path: str, *,
                 headers: Mapping[str, str] | None = None, arrivals: Sequence[tuple[int, float]] = (),
-                detectors: DetectorConfig | None = None) -> OutputRead:
+                detectors: DetectorConfig | None = None, rows: RowsConfig | None = None) -> OutputRead:
     """`headers` are the answer's (lower-case names); `arrivals` the client's (bytes so far, ms since send)
     record of a streamed answer."""
     if protocol == "json":
         out = read_json_output(status, body, prediction_path, confidence_path)
+    elif protocol == "kserve_v1":
+        from .kserve_v1 import read_kserve_v1_output  # noqa: PLC0415 - optional protocols load on use
+
+        out = read_kserve_v1_output(status, body, prediction_path, confidence_path)
     elif protocol == "kserve_v2":
         from .kserve_v2 import read_kserve_v2_output  # noqa: PLC0415 - optional protocols load on use
 
@@ -38,4 +45,25 @@ def read_output(protocol: str, status: int, body: bytes, prediction_path: str, c
         from .detectors import apply_detectors  # noqa: PLC0415
 
         out = apply_detectors(out, detectors, headers)
+    if rows is not None and rows.active(protocol) and 200 <= status < 300 and not out.invalid_json:
+        out = _with_rows(protocol, out, rows, prediction_path, confidence_path)
     return out
+
+
+def _with_rows(protocol: str, out: OutputRead, cfg: RowsConfig, prediction_path: str,
+               confidence_path: str) -> OutputRead:
+    from .rows import read_rows  # noqa: PLC0415
+
+    got = read_rows(protocol, out.doc, cfg)
+    extra: dict[str, object] = {"row_count": got.count, "row_labels": got.labels, "row_scores": got.scores,
+                                "row_invalid": got.invalid, "row_error": got.error}
+    if protocol == "kserve_v2" and got.count is not None and got.count > 1:
+        # One prediction for a batch is meaningless (the first label of 32, the largest of 64 probabilities):
+        # a batch is judged row by row; the request-level values stay only where the scenario's paths name them.
+        from ..jsonpath import MISSING, find_first  # noqa: PLC0415
+
+        if find_first(out.doc, prediction_path) in (MISSING, None):
+            extra["prediction"] = None
+        if find_first(out.doc, confidence_path) in (MISSING, None):
+            extra["confidence"] = None
+    return dataclasses.replace(out, **extra)  # type: ignore[arg-type]

@@ -41,6 +41,12 @@ class OutputRead:
     abstained: bool | None = None
     cited: bool | None = None
     fallback_model: bool | None = None
+    # batched answers read row by row (output.rows): None where rows are not read
+    row_count: int | None = None
+    row_labels: tuple[str | None, ...] | None = None
+    row_scores: tuple[float | None, ...] | None = None
+    row_invalid: tuple[str | None, ...] | None = None
+    row_error: str | None = None  # the answer has no readable rows
 
 
 def loads(body: bytes) -> Any:

@@ -33,8 +33,9 @@ from ..compat import OutputValidator
 from ..error_kinds import HARNESS_ERROR
 from ..jsonpath import MISSING
 from ..protocols import OutputRead, read_output
-from ..scenario import DetectorConfig
+from ..scenario import DetectorConfig, RowsConfig
 from ..traffic.redaction import REDACTED, Redactor
+from .content_encoding import decode_answer
 from .http_client import RequestHead, TargetClient, error_result
 from .leg import LEG_SCHEMA
 from .recorder import Recorder
@@ -42,7 +43,8 @@ from .recorder import Recorder
 __all__ = ["Dispatcher", "DispatchPlan", "TargetPlan", "DispatchStats", "expand_env", "schedule_rows", "batch_rows",
            "SCHEDULE_COLUMNS"]
 
-SCHEDULE_COLUMNS = ["order_idx", "request_id", "offset_s", "method", "path", "route", "headers_json", "body"]
+SCHEDULE_COLUMNS = ["order_idx", "request_id", "offset_s", "method", "path", "route", "headers_json", "body",
+                    "batch_size"]
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
                         "host", "content-length", "proxy-authenticate", "proxy-authorization"})
@@ -67,6 +69,7 @@ class TargetPlan:
     url: str
     protocol: str
     headers: Mapping[str, str | None]  # overrides, already expanded; None removes the header
+    tls: Mapping[str, Any] | None = None  # https: see harness.replay.tls (file paths must exist where it runs)
 
 
 @dataclass(frozen=True)
@@ -86,11 +89,14 @@ class DispatchPlan:
     worker: str = "local"
     secrets: tuple[str, ...] = ()  # values sent to targets (test credentials) to mask in stored excerpts
     detectors: DetectorConfig | None = None
+    rows: RowsConfig | None = None
 
     def __post_init__(self) -> None:
         # A plan sent to workers travels as JSON (plan_to_message): the detectors arrive as a mapping.
         if isinstance(self.detectors, Mapping):
             object.__setattr__(self, "detectors", DetectorConfig(**self.detectors))
+        if isinstance(self.rows, Mapping):
+            object.__setattr__(self, "rows", RowsConfig(**self.rows))
 
 
 @dataclass
@@ -110,10 +116,12 @@ _LEG_COLUMNS = ("request_id", "version", "order_idx", "intended_at", "sent_at", 
                 "service_ms", "status_code", "error_kind", "error_detail", "response_bytes", "schema_valid",
                 "schema_errors", "prediction", "confidence", "model_version", "output_json", "time_to_first_token_ms",
                 "prompt_tokens", "completion_tokens", "worker", "streamed", "inter_token_ms_mean", "inter_token_ms_p95",
-                "token_chunks", "finish_reason", "abstained", "cited", "fallback_model", "tool_calls_valid")
+                "token_chunks", "finish_reason", "abstained", "cited", "fallback_model", "tool_calls_valid",
+                "row_count", "row_labels", "row_scores", "row_invalid",
+                "content_encoding", "decoded_bytes")
 # Legs are handed to the recorder as tuples in LEG_SCHEMA's order (no dict per leg): keep the two in step.
 assert _LEG_COLUMNS == tuple(LEG_SCHEMA.names), "dispatcher leg tuple out of step with LEG_SCHEMA"
-_NO_OUTPUT = (None,) * 9  # streamed ... tool_calls_valid of a leg without an answer
+_NO_OUTPUT = (None,) * 13  # streamed ... row_invalid of a leg without an answer
 _HEAD_CACHE_MAX = 4096
 _YIELD_S = 0.0001  # the finisher steps aside when the next send is due within this
 _SEAL_STEP_S = 0.0005  # and the recorder's seal steps within this
@@ -202,7 +210,7 @@ class Dispatcher:
         self._clients = {t.version: TargetClient(t.url, timeout_s=plan.timeout_s,
                                                  connect_timeout_s=plan.connect_timeout_s,
                                                  concurrency=max(plan.max_in_flight, 1),
-                                                 max_response_bytes=plan.max_response_bytes)
+                                                 max_response_bytes=plan.max_response_bytes, tls=t.tls)
                          for t in plan.targets}
         # per target: (target, its client); both orders, so that the first leg to leave alternates
         evented = {t.version: self._clients[t.version].evented() for t in plan.targets}
@@ -217,7 +225,7 @@ class Dispatcher:
         self._legs_running = 0
         self._legs_idle = gevent.event.Event()
         self._legs_idle.set()
-        recorder.pace = lambda: self.make_way(_SEAL_STEP_S)
+        self._pace = recorder.pace = lambda: self.make_way(_SEAL_STEP_S)
 
     def stop(self, reason: str) -> None:
         if not self._stop:
@@ -376,6 +384,8 @@ class Dispatcher:
     def _finish_leg(self, row: dict[str, Any], target: TargetPlan, intended: float, sent: float, done: float,
                     result: Any) -> None:
         plan = self.plan
+        # after the leg's end time: latency is receiving the answer, not inflating it (in steps that let sends go first)
+        result = decode_answer(result, plan.max_response_bytes, self._pace)
         status = result.status
         kind, detail = result.error_kind, result.error_detail
         schema_valid: bool | None = None
@@ -385,9 +395,12 @@ class Dispatcher:
         try:
             if status is not None and kind != "too_large":
                 out = read_output(target.protocol, status, result.body, plan.prediction_path, plan.confidence_path,
-                                  headers=result.headers, arrivals=result.arrivals or (), detectors=plan.detectors)
+                                  headers=result.headers, arrivals=result.arrivals or (), detectors=plan.detectors,
+                                  rows=plan.rows)
             if out is not None and out.truncated_stream and kind is None:
                 kind, detail = "truncated_stream", "the event stream ended without `data: [DONE]`"
+            if out is not None and (out.row_labels is not None or out.row_error is not None):
+                kind, detail = _row_check(row.get("batch_size"), out, kind, detail)
             if out is not None and 200 <= status < 300 and kind != "truncated_stream":
                 if out.invalid_json:
                     kind = kind or "invalid_json"
@@ -417,12 +430,14 @@ class Dispatcher:
             tail = (out.prediction, out.confidence, out.model_version, excerpt, out.time_to_first_token_ms,
                     out.prompt_tokens, out.completion_tokens, plan.worker, out.streamed, out.inter_token_ms_mean,
                     out.inter_token_ms_p95, out.token_chunks, out.finish_reason, out.abstained, out.cited,
-                    out.fallback_model, out.tool_calls_valid)
+                    out.fallback_model, out.tool_calls_valid, out.row_count, out.row_labels, out.row_scores,
+                    out.row_invalid)
         if out is None and excerpt is not None:
             tail = (None, None, None, excerpt, *tail[4:])
         self.recorder.add_leg_values((
             row["request_id"], target.version, row["order_idx"], intended, sent, done, lag_ms, latency_ms,
-            (done - sent) * 1000.0, status, kind, detail, result.response_bytes, schema_valid, schema_errors, *tail))
+            (done - sent) * 1000.0, status, kind, detail, result.response_bytes, schema_valid, schema_errors, *tail,
+            (result.headers or {}).get("content-encoding"), result.decoded_bytes))
         if self.on_leg is not None:
             self.on_leg(target.version, row["route"], latency_ms, result.response_bytes,
                         f"{kind}: {detail or ''}" if kind else None)
@@ -442,6 +457,19 @@ class Dispatcher:
             text = body[:OUTPUT_EXCERPT_CHARS * 2].decode("utf-8", "replace")
         masked = self._redactor.body(text.encode()).decode("utf-8", "replace")
         return self._redactor.text(masked[:OUTPUT_EXCERPT_CHARS], self.plan.secrets)
+
+
+def _row_check(asked: int | None, out: OutputRead, kind: str | None, detail: str | None
+               ) -> tuple[str | None, str | None]:
+    """A 2xx batch answer must carry one row per requested row: more or fewer is an error of its own kind
+    (the rows are kept as answered, never aligned)."""
+    if kind is not None or asked is None:
+        return kind, detail
+    if out.row_count is None:
+        return "row_count_mismatch", f"{asked} rows asked for, none readable in the answer: {out.row_error}"
+    if out.row_count != asked:
+        return "row_count_mismatch", f"{asked} rows asked for, {out.row_count} answered"
+    return kind, detail
 
 
 def _fit_json(doc: Any, limit: int) -> str:

@@ -120,7 +120,7 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
     stats = DispatchStats()
     done: dict[str, dict[str, Any]] = {}
     # Every leg's send lag, as float32 chunks (8 MB a million pairs): the outcome's quantiles cover the whole
-    # run (they used to stop at the first 200,000 legs).
+    # run.
     lag_chunks: list[np.ndarray] = []
     errors_by_worker: dict[str, int] = {}  # errors so far, as each worker last reported them
     legs_seen = [0]
@@ -218,6 +218,7 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
             runner.send_message("harness_plan", {"plan": message, "shard_index": i,
                                                  "shard_count": n_workers, "total": len(range(i, total, n_workers)),
                                                  "worker": f"worker-{i}", "watch_pairs": watch is not None,
+                                                 "warmup": watch.warmup if watch else 0,
                                                  "locust_stats": web_ui is not None},
                                 client_id=cid)
         runner.start(n_workers, spawn_rate=n_workers)
@@ -402,7 +403,7 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
             return sink
 
         spool = LegSpool(workdir / "legs.arrows")
-        pair_count = PairErrorCount(len(plan.targets)) if state["watch_pairs"] else None
+        pair_count = PairErrorCount(len(plan.targets), state.get("warmup", 0)) if state["watch_pairs"] else None
         hub = gevent.get_hub()
 
         def keep_legs(table: Any) -> None:
@@ -480,6 +481,7 @@ def run_worker(master_host: str, master_port: int, log: Callable[[str], None] = 
         state["total"] = d["total"]
         state["shard_index"], state["shard_count"] = d["shard_index"], d["shard_count"]
         state["watch_pairs"] = d.get("watch_pairs", False)
+        state["warmup"] = int(d.get("warmup", 0))
         state["locust_stats"] = d.get("locust_stats", True)
         plan_ready.set()
 

@@ -85,7 +85,7 @@ class Recorder:
         self._buffers["resources"].extend(rows)
 
     def add_event(self, kind: str, detail: str) -> None:
-        self._buffers["events"].append({"at": time.time(), "kind": kind, "detail": detail})
+        self._buffers["events"].append({"occurred_at": time.time(), "kind": kind, "detail": detail})
 
     def start(self, offset_s: float = 0.0) -> None:
         """Flushes from `offset_s` on (workers of one replay flush in turn, not all at once)."""

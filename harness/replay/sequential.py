@@ -13,21 +13,24 @@ from ..error_kinds import CONSUMER_ERROR_KINDS
 
 __all__ = ["PairErrorCount", "PairErrorWatch", "StopRule"]
 
-StopRule = Callable[[int, int, int], "str | None"]  # (pairs, b, c) -> reason to stop, or None
+# (pairs, b, c) -> reason to stop, or None. A rule may carry `warmup` (int): pairs whose order_idx is
+# below it are warm-up requests, sent but never judged, so they are not counted either.
+StopRule = Callable[[int, int, int], "str | None"]
 
 
 class PairErrorCount:
     """Discordant pairs counted as legs arrive, both legs of a pair in one process (a worker counts its own
     shard and hands the counts to the master's watch)."""
 
-    def __init__(self, versions: int = 2) -> None:
+    def __init__(self, versions: int = 2, warmup: int = 0) -> None:
         self.versions = versions
+        self.warmup = warmup
         self._first: dict[str, bool] = {}
         self.pairs = self.b = self.c = 0
         self._taken = (0, 0, 0)
 
     def __call__(self, row: dict[str, Any]) -> None:
-        if self.versions != 2:
+        if self.versions != 2 or row.get("order_idx", self.warmup) < self.warmup:
             return
         failed = row["error_kind"] in CONSUMER_ERROR_KINDS
         other = self._first.pop(row["request_id"], None)
@@ -50,7 +53,7 @@ class PairErrorCount:
 class PairErrorWatch(PairErrorCount):
     def __init__(self, rule: StopRule, stop: Callable[[str], None], versions: int = 2,
                  check_every: int = 20) -> None:
-        super().__init__(versions)
+        super().__init__(versions, int(getattr(rule, "warmup", 0)))
         self.rule = rule
         self.stop = stop
         self.check_every = check_every

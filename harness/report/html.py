@@ -16,6 +16,7 @@ from ..store import open_results
 from . import charts
 from .heatmap import segment_heatmap
 from .outputs_view import noise_floor_view, output_diff_view, schedule_view
+from .rows_view import rows_view
 from .queries import BAD_RECORDS_SHOWN, EXAMPLE_OUTPUT_CHARS, EXAMPLES_PER_KIND, ReportData, load_report_data
 from .sections import (accounting_rows, example_groups, fidelity_rows, gate_sections, metadata_rows,
                        version_table, worst_segment_rows)
@@ -87,6 +88,7 @@ def render_report(summary: dict[str, Any], data: ReportData | None) -> str:
         "versions": version_table(summary, data),
         "heatmap": segment_heatmap(summary),
         "worst": worst_segment_rows(summary),
+        "explanations": summary.get("explanations") or [],
         "charts": figures,
         "examples": example_groups(data),
         "examples_per_kind": EXAMPLES_PER_KIND,
@@ -99,6 +101,7 @@ def render_report(summary: dict[str, Any], data: ReportData | None) -> str:
         "metadata": metadata_rows(summary),
         "schedule": schedule_view(summary),
         "outputs": output_diff_view(summary),
+        "rows": rows_view(summary),
         "noise": noise_floor_view(summary),
         "has_db": data is not None,
     }

@@ -1,7 +1,10 @@
 """`harness traffic convert FILE --to jsonl|parquet`: any capture into the capture record format.
 
-Bodies that are valid UTF-8 JSON are written as JSON values, other UTF-8 text as strings, anything else
-as body_b64. Nothing is redacted here: a conversion is a copy of the capture, kept where it was.
+Round trips are faithful: a body is written as a JSON value only where reading that value back gives the
+very same bytes, otherwise as the text it was (or as body_b64 when it is not UTF-8), so JSONL -> Parquet ->
+JSONL keeps every body byte for byte; metadata fields stay fields (one Parquet column each).
+Secrets are masked as they are before a replay (traffic/redaction.py) unless keep_secrets is set: a
+converted capture is a new copy, and copies of credentials are how they leak.
 Bad records are reported on standard error with their lines and left out."""
 from __future__ import annotations
 
@@ -10,18 +13,21 @@ import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import TrafficError
+from .jsonl_reader import compact_json
 from .readers import detect_format, iter_records
 from .record import BadRecord, CapturedRequest
+from .redaction import Redactor
 
 __all__ = ["convert_capture", "to_capture_record"]
 
 _BATCH = 10_000
+_FIELDS = ("ts", "method", "path", "headers", "body", "body_b64")
 
 
 def to_capture_record(req: CapturedRequest) -> dict[str, Any]:
@@ -30,18 +36,31 @@ def to_capture_record(req: CapturedRequest) -> dict[str, Any]:
     if req.body:
         try:
             text = req.body.decode("utf-8")
-            try:
-                rec["body"] = json.loads(text)
-            except ValueError:
-                rec["body"] = text
         except UnicodeDecodeError:
             rec["body_b64"] = base64.b64encode(req.body).decode()
+        else:
+            rec["body"] = _body_value(text, req.body)
     for k, v in req.meta.items():
         if k not in rec:
             rec[k] = v
     if req.response is not None:
         rec["production_status"] = req.response.status
     return rec
+
+
+def _body_value(text: str, raw: bytes) -> Any:
+    """The body as a JSON value where a reader turns that value back into exactly `raw`, else as text."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(value, (dict, list)):
+        try:
+            if compact_json(value) == raw:
+                return value
+        except (TypeError, ValueError):
+            pass
+    return text
 
 
 def _headers(headers: tuple[tuple[str, str], ...]) -> dict[str, str]:
@@ -51,12 +70,18 @@ def _headers(headers: tuple[tuple[str, str], ...]) -> dict[str, str]:
     return out
 
 
-def convert_capture(path: Path, to: str, fmt: str | None = None, output: str | None = None) -> Path | None:
+def convert_capture(path: Path, to: str, fmt: str | None = None, output: str | None = None,
+                    keep_secrets: bool = False) -> Path | None:
     fmt = detect_format(path, fmt)
+    redact = (lambda req: req) if keep_secrets else Redactor().request
+
+    def records() -> Iterator[dict[str, Any]]:
+        return _records(path, fmt, redact)
+
     if output == "-":
         if to == "parquet":
             raise TrafficError("parquet cannot be written to standard output; give -o FILE")
-        _write_jsonl(_records(path, fmt), sys.stdout)
+        _write_jsonl(records(), sys.stdout)
         return None
     out = Path(output) if output else path.with_name(_stem(path) + (".jsonl" if to == "jsonl" else ".parquet"))
     if out.resolve() == path.resolve():
@@ -65,9 +90,9 @@ def convert_capture(path: Path, to: str, fmt: str | None = None, output: str | N
     try:
         if to == "jsonl":
             with open(tmp, "w", encoding="utf-8") as f:
-                _write_jsonl(_records(path, fmt), f)
+                _write_jsonl(records(), f)
         else:
-            _write_parquet(_records(path, fmt), tmp)
+            _write_parquet(records, tmp)
         tmp.replace(out)
     except OSError as exc:
         raise TrafficError(f"{out}: cannot write: {exc.strerror or exc}") from None
@@ -83,12 +108,13 @@ def _stem(path: Path) -> str:
     return name.rsplit(".", 1)[0]
 
 
-def _records(path: Path, fmt: str) -> Iterator[dict[str, Any]]:
+def _records(path: Path, fmt: str, redact: Callable[[CapturedRequest], CapturedRequest]
+             ) -> Iterator[dict[str, Any]]:
     for item in iter_records(path, fmt):
         if isinstance(item, BadRecord):
             print(f"{item.source}:{item.line}: skipped bad record: {item.reason}", file=sys.stderr)
             continue
-        yield to_capture_record(item)
+        yield to_capture_record(redact(item))
 
 
 def _write_jsonl(records: Iterator[dict[str, Any]], f: TextIO) -> None:
@@ -96,26 +122,50 @@ def _write_jsonl(records: Iterator[dict[str, Any]], f: TextIO) -> None:
         f.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
 
 
-_PARQUET_SCHEMA = pa.schema([("ts", pa.string()), ("method", pa.string()), ("path", pa.string()),
-                             ("headers", pa.string()), ("body", pa.string()), ("body_b64", pa.string()),
-                             ("meta", pa.string())])
-
-
-def _write_parquet(records: Iterator[dict[str, Any]], out: Path) -> None:
-    writer = pq.ParquetWriter(out, _PARQUET_SCHEMA)
+def _write_parquet(records: Callable[[], Iterator[dict[str, Any]]], out: Path) -> None:
+    """Two passes over the capture: the first finds the metadata fields and their types (a Parquet file
+    has one schema), the second writes. Memory stays at one batch."""
+    meta_types: dict[str, pa.DataType] = {}
+    for rec in records():
+        for k, v in rec.items():
+            if k not in _FIELDS:
+                meta_types[k] = _widen(meta_types.get(k), v)
+    schema = pa.schema([("ts", pa.string()), ("method", pa.string()), ("path", pa.string()),
+                        ("headers", pa.string()), ("body", pa.string()), ("body_b64", pa.string())]
+                       + [(k, t if t != pa.null() else pa.string()) for k, t in meta_types.items()])
+    json_columns = {k for k, t in meta_types.items() if t == pa.string()}
+    writer = pq.ParquetWriter(out, schema)
     batch: list[dict[str, Any]] = []
     try:
-        for rec in records:
+        for rec in records():
             body = rec.get("body")
-            meta = {k: v for k, v in rec.items() if k not in ("ts", "method", "path", "headers", "body", "body_b64")}
-            batch.append({"ts": rec["ts"], "method": rec["method"], "path": rec["path"],
-                          "headers": json.dumps(rec["headers"]),
-                          "body": None if body is None else body if isinstance(body, str) else json.dumps(body),
-                          "body_b64": rec.get("body_b64"), "meta": json.dumps(meta) if meta else None})
+            row = {k: rec.get(k) for k in meta_types}
+            for k in json_columns:
+                if row[k] is not None and not isinstance(row[k], str):
+                    row[k] = json.dumps(row[k], ensure_ascii=False, separators=(",", ":"))
+            row.update(ts=rec["ts"], method=rec["method"], path=rec["path"], headers=json.dumps(rec["headers"]),
+                       body=None if body is None else body if isinstance(body, str)
+                       else compact_json(body).decode("utf-8"),
+                       body_b64=rec.get("body_b64"))
+            batch.append(row)
             if len(batch) >= _BATCH:
-                writer.write_table(pa.Table.from_pylist(batch, schema=_PARQUET_SCHEMA))
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
                 batch.clear()
         if batch:
-            writer.write_table(pa.Table.from_pylist(batch, schema=_PARQUET_SCHEMA))
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
     finally:
         writer.close()
+
+
+def _widen(seen: pa.DataType | None, value: Any) -> pa.DataType:
+    """The column type that holds every value seen so far: bool, int64, float64, else text (other
+    values, lists and objects as JSON text)."""
+    if value is None:
+        return seen or pa.null()
+    kind = (pa.bool_() if isinstance(value, bool) else pa.int64() if isinstance(value, int)
+            else pa.float64() if isinstance(value, float) else pa.string())
+    if seen is None or seen == pa.null() or seen == kind:
+        return kind
+    if {seen, kind} == {pa.int64(), pa.float64()}:
+        return pa.float64()
+    return pa.string()

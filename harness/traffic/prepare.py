@@ -28,6 +28,7 @@ from .readers import detect_format, iter_records
 from .record import BadRecord, CapturedRequest
 from .redaction import Redactor
 from .segments import SegmentEvaluator, route_template
+from .request_rows import request_row_count
 
 __all__ = ["PreparedTraffic", "prepare_traffic", "SAFE_METHODS", "is_allowed", "file_sha256"]
 
@@ -117,7 +118,7 @@ def _schema(seg_names: tuple[str, ...]) -> pa.Schema:
         ("seq", pa.int64()), ("source_line", pa.int64()), ("ts", pa.float64()), ("method", pa.string()),
         ("path", pa.string()), ("route", pa.string()), ("headers_json", pa.string()), ("body", pa.binary()),
         ("request_bytes", pa.int64()), ("deny_reason", pa.string()), ("captured_request_id", pa.string()),
-        ("production_status", pa.int32()),
+        ("production_status", pa.int32()), ("batch_size", pa.int64()),
         *[(f"seg__{n}", pa.string()) for n in seg_names],
     ])
 
@@ -146,7 +147,7 @@ def prepare_traffic(scenario: Scenario, workdir: Path) -> PreparedTraffic:
         rows: list[dict[str, Any]] = []
         bad_rows: list[tuple[str, int, str]] = []
         records_read = 0
-        for item in iter_records(path, fmt):
+        for item in iter_records(path, fmt, cfg.trace):
             records_read += 1
             if isinstance(item, BadRecord):
                 reason = redactor.reason(item.reason)  # a reason may quote the record, secrets included
@@ -196,10 +197,19 @@ def _row(seq: int, req: CapturedRequest, redactor: Redactor, segments: SegmentEv
         "request_bytes": len(req.body), "deny_reason": deny,
         "captured_request_id": str(req.meta.get("request_id")) if req.meta.get("request_id") is not None else None,
         "production_status": req.response.status if req.response else None,
+        "batch_size": _batch_size(req.body, scenario),
     }
     for name, value in segments.values(req).items():
         row[f"seg__{name}"] = value
     return row
+
+
+def _batch_size(body: bytes, scenario: Scenario) -> int | None:
+    """The rows the request asks predictions for, where the answers are read row by row (output.rows)."""
+    protocol = scenario.target_for("baseline").protocol
+    if not scenario.output.rows.active(protocol):
+        return None
+    return request_row_count(body, protocol)
 
 
 def _finish(con: duckdb.DuckDBPyConnection, scenario: Scenario, workdir: Path, path: Path, fmt: str,
@@ -246,8 +256,8 @@ def _finish(con: duckdb.DuckDBPyConnection, scenario: Scenario, workdir: Path, p
                case when loop = 0 then 'r' || lpad(seq::varchar, greatest(7, length(seq::varchar))::integer, '0')
                     else 'r' || lpad(seq::varchar, greatest(7, length(seq::varchar))::integer, '0') || '-' || loop end as request_id,
                seq, loop, source_line, to_timestamp(ts) as captured_at, replay_offset_s as offset_s,
-               method, path, route, headers_json, body, request_bytes, captured_request_id, production_status
-               {seg_cols}
+               method, path, route, headers_json, body, request_bytes, captured_request_id, production_status,
+               batch_size {seg_cols}
         from sent qualify order_idx < ?
     """, [cfg.loops, start, span, gap, max_total])
     con.execute("alter table schedule add column warmup boolean")

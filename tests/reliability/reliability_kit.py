@@ -18,9 +18,9 @@ from typing import Any, Callable
 import duckdb
 import yaml
 
+from run_folder_contract import assert_meets_contract
+
 REPO = Path(__file__).resolve().parents[2]
-# CI keeps a copy of shared/ beside the repository clone.
-CHECKER = REPO.parent / "shared" / "tools" / "check_run_folder.py"
 T0 = 1_700_000_000.0
 PER_PAIR = {"paired": 2, "aa": 2, "baseline-only": 1}
 
@@ -94,7 +94,7 @@ class HarnessProc:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=30)
-            raise AssertionError(f"harness did not finish within {timeout:g} s:\n{self.stdout}\n{self.stderr}")
+            raise AssertionError(f"harness did not finish within {timeout:g} s:\n{self.stdout}\n{self.stderr}") from None
         finally:
             self._out.close()
             self._err.close()
@@ -164,15 +164,12 @@ def assert_no_traceback(*texts: str) -> None:
 
 
 def check_run_folder(run_dir: Path, mode: str = "paired") -> None:
-    """The shared run-folder contract checker (DESIGN.md), run as CI runs it."""
-    assert CHECKER.exists(), f"{CHECKER} not found: CI keeps shared/ beside the repository"
-    out = subprocess.run([sys.executable, str(CHECKER), str(run_dir), "--mode", mode],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stdout + out.stderr
+    """The run-folder contract (docs/architecture.md)."""
+    assert_meets_contract(run_dir, mode)
 
 
 def check_accounting(run_dir: Path, mode: str = "paired", *, legs_complete: bool = True) -> dict[str, Any]:
-    """Accounting after a run (issue 8 item 4), from summary.json and cross-checked in results.duckdb:
+    """Accounting after a run, from summary.json and cross-checked in results.duckdb:
     captured = replayed + skipped (each with a reason) + bad, and legs = 2 x replayed in paired mode.
 
     legs_complete=False is for a run killed with SIGKILL, which never reached its end: the capture still

@@ -1,4 +1,4 @@
-"""Issue 8 item 3: `harness run --processes 2` with one worker process SIGKILLed mid-run. The lost shard
+"""`harness run --processes 2` with one worker process SIGKILLed mid-run. The lost shard
 is counted and shown (skipped, with the lost worker named), never silent; the run is incomplete (exit 4);
 the master still writes every leg the surviving worker sent, and the legs the killed one had written to
 its spool file (it ran on the master's machine). And a Ctrl-C of the whole process group
@@ -17,6 +17,8 @@ import pytest
 from fault_server import FaultServer
 from reliability_kit import (HarnessProc, assert_no_traceback, check_accounting, query, records, run_status,
                              summary, the_run_dir, wait_for, write_jsonl, write_scenario)
+
+pytestmark = pytest.mark.integration
 
 N = 360
 

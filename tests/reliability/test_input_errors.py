@@ -1,4 +1,4 @@
-"""Issue 8 item 7: input errors through the real command line. Each is one line on stderr that names the
+"""Input errors through the real command line. Each is one line on stderr that names the
 problem (file, key or URL), no traceback, exit 3 (invalid usage, scenario or input) or 4 (the run could
 not be carried out), as DESIGN.md says. Fuzzed captures never crash `harness traffic inspect`.
 
@@ -24,6 +24,8 @@ from hypothesis import strategies as st
 
 from fault_server import FaultServer
 from reliability_kit import HarnessProc, closed_port, records, write_jsonl, write_scenario
+
+pytestmark = pytest.mark.integration
 
 
 def _cases(tmp: Path, url: str) -> dict[str, tuple[list[str], dict[str, str] | None, int, list[str]]]:

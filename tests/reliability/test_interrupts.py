@@ -1,4 +1,4 @@
-"""Issue 8 item 2: harness itself interrupted mid-replay.
+"""Harness itself interrupted mid-replay.
 
 SIGINT / SIGTERM: every leg that completed is in results.duckdb (the fault server's hit count is the
 witness), the run is marked incomplete, the unsent requests are skipped with the reason, the report
@@ -17,6 +17,8 @@ import pytest
 from fault_server import FaultServer
 from reliability_kit import (HarnessProc, assert_no_traceback, check_accounting, query, records, run_harness,
                              run_status, summary, the_run_dir, wait_for, write_jsonl, write_scenario)
+
+pytestmark = pytest.mark.integration
 
 RATE = 80  # pairs per second of captured time, replayed at speed 1
 

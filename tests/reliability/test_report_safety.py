@@ -1,4 +1,4 @@
-"""Issue 8 item 6: hostile strings in requests, headers and responses render as text in the report.
+"""Hostile strings in requests, headers and responses render as text in the report.
 
 The capture carries `<script>alert(1)</script>` in a segment header and `"><img src=x onerror=alert(1)>`
 in the body; the fault server echoes both back, the prediction is read from the echoed body, and an
@@ -19,6 +19,8 @@ import pytest
 from fault_server import FaultServer
 from reliability_kit import (T0, HarnessProc, assert_no_traceback, check_accounting, the_run_dir, write_jsonl,
                              write_scenario)
+
+pytestmark = pytest.mark.integration
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(1)>'

@@ -1,4 +1,4 @@
-"""Issue 8 item 5: known secrets planted in a capture (bearer token, cookie, API key header, api_key and
+"""Known secrets planted in a capture (bearer token, cookie, API key header, api_key and
 token query parameters, password / api_key / nested access_token body fields) and a test credential
 given through replay.headers with ${ENV} substitution. After a run against a target that echoes back
 everything it receives, no file of the run folder (read as bytes, the DuckDB file and any WAL included,
@@ -18,6 +18,8 @@ import pytest
 from fault_server import FaultServer
 from reliability_kit import (T0, HarnessProc, assert_no_traceback, check_accounting, run_harness, the_run_dir,
                              write_jsonl, write_scenario)
+
+pytestmark = pytest.mark.integration
 
 CAPTURED = {
     "bearer": "capbearer-7f3a91c2e4",

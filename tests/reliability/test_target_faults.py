@@ -1,4 +1,4 @@
-"""Issue 8 item 1: a misbehaving target during a replay. Each fault becomes the right error kind in
+"""A misbehaving target during a replay. Each fault becomes the right error kind in
 legs, the run still completes, and the report shows the error kinds.
 
 One `harness run` (a subprocess, as a user runs it) replays a capture that visits every fault of the
@@ -17,6 +17,8 @@ import pytest
 from fault_server import FaultServer
 from reliability_kit import (T0, HarnessProc, check_accounting, query, records, run_status, summary, the_run_dir,
                              wait_for, write_jsonl, write_scenario)
+
+pytestmark = pytest.mark.integration
 
 # path -> (expected error kind, number of requests); timeout_s is 1 and the body cap 1 MB.
 FAULTS: dict[str, tuple[str | None, int]] = {

@@ -1,4 +1,4 @@
-"""Issue 3 item 6: Locust's web UI during a replay, in one process and as the master of 2 workers.
+"""Locust's web UI during a replay, in one process and as the master of 2 workers.
 
 A user watches the run (the page and its stats show both versions' requests), adds users from the UI
 (the schedule must still be sent once: no leg twice), then presses Stop: the replay stops like Ctrl-C,
@@ -15,6 +15,8 @@ import pytest
 from fault_server import FaultServer
 from reliability_kit import (HarnessProc, assert_no_traceback, check_accounting, closed_port, query, records,
                              run_status, the_run_dir, wait_for, write_jsonl, write_scenario)
+
+pytestmark = pytest.mark.integration
 
 RATE = 60  # pairs per second of captured time: 20 s of traffic, stopped from the UI well before its end
 N = 1200

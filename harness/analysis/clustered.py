@@ -1,0 +1,118 @@
+"""Statistics for rows clustered in requests: the rows of one batch are not independent (same caller,
+same moment, often the same account), so intervals and tests resample or weigh requests, never rows.
+
+- rates (row flips, invalid rows): Korn & Graubard's (1998) Clopper-Pearson interval with an effective
+  sample size: the ratio estimator's linearised (between-request) variance gives the design effect
+  deff = var_clustered / var_independent (floored at 1), n_eff = n / deff, further shrunk by
+  (z / t_{J-1})^2 for J requests; exact beta bounds at (p * n_eff, n_eff). Zero events keep an upper
+  bound of about 3 / n_eff.
+- anything else (score change mean or p99, PSI, KS): a percentile bootstrap over requests (each
+  resample draws J requests with replacement and keeps all their rows).
+
+docs/judgement.md ("Rows of a batch") has the coverage simulation behind this choice."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import scipy.stats as sps
+from numpy.typing import NDArray
+
+__all__ = ["ClusteredRate", "clustered_rate", "naive_rate", "ClusterIndex", "cluster_bootstrap"]
+
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class ClusteredRate:
+    estimate: float
+    lower: float
+    upper: float
+    events: int
+    n: int  # rows
+    clusters: int  # requests
+    design_effect: float
+    n_effective: float
+
+    def p_above(self, limit: float) -> float:
+        """One-sided p-value for "the rate exceeds `limit`", dual to the lower bound."""
+        k, n = self.estimate * self.n_effective, self.n_effective
+        if n <= 0 or k <= 0:
+            return 1.0
+        return float(sps.beta.cdf(limit, k, n - k + 1))
+
+    def p_below(self, limit: float) -> float:
+        """One-sided p-value for "the rate is below `limit`", dual to the upper bound."""
+        k, n = self.estimate * self.n_effective, self.n_effective
+        if n <= 0 or k >= n:
+            return 1.0
+        return float(sps.beta.sf(limit, k + 1, n - k))
+
+
+def clustered_rate(events: NDArray[np.number[Any]], rows: NDArray[np.number[Any]], confidence: float = 0.95,
+                   one_sided: bool = True) -> ClusteredRate:
+    """`events[j]` of `rows[j]` rows in request j (requests with no rows are ignored)."""
+    k_j = np.asarray(events, dtype=np.float64)
+    n_j = np.asarray(rows, dtype=np.float64)
+    keep = n_j > 0
+    k_j, n_j = k_j[keep], n_j[keep]
+    big_j = len(n_j)
+    n, k = float(n_j.sum()), float(k_j.sum())
+    if n == 0:
+        return ClusteredRate(math.nan, 0.0, 1.0, 0, 0, 0, 1.0, 0.0)
+    p = k / n
+    deff = 1.0
+    if 0 < p < 1 and big_j > 1:
+        v_clustered = big_j / (big_j - 1) * float(np.sum((k_j - p * n_j) ** 2)) / (n * n)
+        v_independent = p * (1 - p) / n
+        deff = max(1.0, v_clustered / v_independent)
+    n_eff = n / deff
+    if big_j > 1:  # few requests: the variance itself is uncertain (t with J - 1 degrees of freedom)
+        tail = 1 - confidence if one_sided else (1 - confidence) / 2
+        n_eff *= (sps.norm.ppf(1 - tail) / sps.t.ppf(1 - tail, big_j - 1)) ** 2
+    n_eff = min(n_eff, n)
+    lo, hi = _beta_bounds(p * n_eff, n_eff, confidence, one_sided)
+    return ClusteredRate(p, lo, hi, int(round(k)), int(n), big_j, deff, n_eff)
+
+
+def naive_rate(events: int, n: int, confidence: float = 0.95, one_sided: bool = True) -> tuple[float, float]:
+    """Clopper-Pearson on rows as if independent: what the clustered interval replaces (kept for the
+    coverage simulation)."""
+    return _beta_bounds(float(events), float(n), confidence, one_sided)
+
+
+def _beta_bounds(k: float, n: float, confidence: float, one_sided: bool) -> tuple[float, float]:
+    if n <= 0:
+        return 0.0, 1.0
+    tail = 1 - confidence if one_sided else (1 - confidence) / 2
+    lower = 0.0 if k <= 0 else float(sps.beta.ppf(tail, k, n - k + 1))
+    upper = 1.0 if k >= n else float(sps.beta.ppf(1 - tail, k + 1, n - k))
+    return lower, upper
+
+
+class ClusterIndex:
+    """Rows grouped by request, for resampling requests: `cluster` gives each row's request (any ids)."""
+
+    def __init__(self, cluster: NDArray[np.integer]) -> None:
+        cluster = np.asarray(cluster)
+        self.order = np.argsort(cluster, kind="stable")
+        _, self.starts, self.lengths = np.unique(cluster[self.order], return_index=True, return_counts=True)
+        self.clusters = len(self.starts)
+
+    def resample(self, rng: np.random.Generator) -> NDArray[np.intp]:
+        """Row positions of one resample: J requests drawn with replacement, all rows of each."""
+        picks = rng.integers(self.clusters, size=self.clusters)
+        lengths = self.lengths[picks]
+        total = int(lengths.sum())
+        offsets = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        within = np.arange(total) - offsets
+        return self.order[np.repeat(self.starts[picks], lengths) + within]
+
+
+def cluster_bootstrap(statistic: Callable[[NDArray[np.intp]], float], index: ClusterIndex, n_resamples: int,
+                      seed: int) -> FloatArray:
+    """`statistic(rows)` over `n_resamples` resamples of requests (NaN where it is undefined)."""
+    rng = np.random.default_rng(seed)
+    return np.array([statistic(index.resample(rng)) for _ in range(n_resamples)], dtype=np.float64)

@@ -1,0 +1,139 @@
+"""Which segments explain a regression: segments overlap (a route's error flaw shows up in a tenant, a
+geography, two size buckets and their crosses), so listing every failing segment as if independent
+hides where the problem is.
+
+For each gate, the failing and suspect segments are taken strongest first (FAILs before suspects, then
+by p-value). A segment S is *explained* by a stronger one T of another dimension when the gate, judged
+again on the requests of S without those of T, is neither a FAIL nor beyond its limit: the excess in S
+vanishes once T is taken out. Segments that nothing stronger explains are the leaders; each leader is
+reported with the segments it explains. This is the explanation step of the multi-dimensional
+root-cause methods (Adtributor's "surprise" ranking of single dimensions, HotSpot's and iDice's search
+for the smallest set of attribute values that accounts for the anomaly, MacroBase's removal of an
+attribute combination to test its explanatory power), reduced to one question per pair of segments and
+judged by the gate's own test.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Iterable
+
+import numpy as np
+
+from .analysis.dataset import PairData
+from .gate_config import GateSpec
+from .gates import GateResult, ResourceSummary, _beyond_limit, _evaluate_one, _segment_masks
+
+__all__ = ["Explanation", "explain_segments"]
+
+_METRIC_TEXT = {"error_rate": "error rate", "timeout_rate": "timeout rate", "schema_pass_rate": "schema pass rate",
+                "latency_ms": "latency", "review_score": "review score"}
+
+
+@dataclass(frozen=True)
+class Explanation:
+    gate: str
+    metric: str
+    segment: str  # the leader
+    status: str  # fail | suspect
+    explains: tuple[str, ...]
+    text: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"gate": self.gate, "metric": self.metric, "segment": self.segment, "status": self.status,
+                "explains": list(self.explains), "text": self.text}
+
+
+def _dimension(label: str) -> str:
+    """The segment names a label is made of ("tenant=pro, route=/x" -> "route,tenant")."""
+    return ",".join(sorted(part.split("=", 1)[0] for part in label.split(", ")))
+
+
+def explain_segments(specs: Iterable[GateSpec], results: list[GateResult], data: PairData,
+                     resources: ResourceSummary | None, *, alpha: float = 0.05, n_resamples: int = 2000,
+                     seed: int = 0) -> tuple[list[GateResult], list[Explanation]]:
+    """(results with `explained_by` set on every explained segment, the leaders with what they explain)."""
+    out = list(results)
+    explanations: list[Explanation] = []
+    for spec in specs:
+        own = ", ".join(f"{k}={v}" for k, v in spec.segment.items()) if spec.segment else None
+        flagged = [(i, r) for i, r in enumerate(out) if r.name == spec.name and r.segment not in (None, own)
+                   and (r.status == "fail" or r.suspect)]
+        if len(flagged) < 2:
+            if flagged:
+                explanations.append(_explanation(spec, flagged[0][1], ()))
+            continue
+        masks = {label: mask for label, mask in _segment_masks(data, spec)}
+        flagged.sort(key=lambda ir: (ir[1].status != "fail", _evidence(ir[1]), -ir[1].n))
+        leaders: list[tuple[GateResult, list[str]]] = []
+        for i, s in flagged:
+            s_mask = masks.get(s.segment)
+            if s_mask is None:
+                leaders.append((s, []))
+                continue
+            by: str | None = None
+            for t, members in leaders:
+                if _dimension(t.segment or "") == _dimension(s.segment or ""):
+                    continue  # values of one segment do not overlap
+                rest = s_mask & ~masks[t.segment]
+                if int(rest.sum()) == int(s_mask.sum()):
+                    continue
+                again = _evaluate_one(spec, data, rest, f"{s.segment} without {t.segment}", resources, alpha,
+                                      n_resamples, seed)
+                if again.status != "fail" and not _beyond_limit(again):
+                    by = t.segment
+                    members.append(s.segment or "")
+                    out[i] = replace(s, explained_by=by, reason=s.reason + (
+                        f" Explained by {by}: without its requests, {_short(again)}."))
+                    break
+            if by is None:
+                several = _explained_by_several(spec, data, s, s_mask, leaders, masks, resources, alpha, n_resamples,
+                                                seed)
+                if several is not None:
+                    by = several[0]
+                    out[i] = replace(s, explained_by=by, reason=s.reason + f" Explained by {by} together: "
+                                                                           f"without their requests, {several[1]}.")
+            if by is None:
+                leaders.append((s, []))
+        explanations += [_explanation(spec, t, tuple(members)) for t, members in leaders]
+    explanations.sort(key=lambda e: (e.status != "fail", -len(e.explains)))
+    return out, explanations
+
+
+def _explained_by_several(spec: GateSpec, data: PairData, s: GateResult, s_mask: np.ndarray,
+                          leaders: list[tuple[GateResult, list[str]]], masks: dict[str | None, np.ndarray],
+                          resources: ResourceSummary | None, alpha: float, n_resamples: int,
+                          seed: int) -> tuple[str, str] | None:
+    """Two flaws can each leave S beyond its limit when the other is taken out: try all the stronger
+    leaders of other dimensions at once."""
+    others = [(t, members) for t, members in leaders if _dimension(t.segment or "") != _dimension(s.segment or "")]
+    if len(others) < 2:
+        return None
+    rest = s_mask.copy()
+    for t, _ in others:
+        rest &= ~masks[t.segment]
+    names = " + ".join(t.segment or "" for t, _ in others)
+    again = _evaluate_one(spec, data, rest, f"{s.segment} without {names}", resources, alpha, n_resamples, seed)
+    if again.status == "fail" or _beyond_limit(again):
+        return None
+    for _, members in others:
+        members.append(s.segment or "")
+    return names, _short(again)
+
+
+def _evidence(r: GateResult) -> float:
+    p = r.p_value if r.status == "fail" else r.p_worse
+    return 1.0 if p is None or not np.isfinite(p) else float(p)
+
+
+def _short(r: GateResult) -> str:
+    if r.observed is None:
+        return f"too little is left to judge (n={r.n})"
+    return f"{r.status} at n={r.n} (observed {r.observed:.4g} vs {r.threshold_text})"
+
+
+def _explanation(spec: GateSpec, leader: GateResult, members: tuple[str, ...]) -> Explanation:
+    what = _METRIC_TEXT.get(spec.metric, spec.metric.replace("_", " "))
+    status = "fail" if leader.status == "fail" else "suspect"
+    text = (f"{spec.name} ({what}): {leader.segment} explains the excess in {', '.join(members)}" if members
+            else f"{spec.name} ({what}): {leader.segment}, explained by no stronger segment")
+    return Explanation(spec.name, spec.metric, leader.segment or "", status, members, text)

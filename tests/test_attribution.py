@@ -1,0 +1,59 @@
+"""Which segment explains a regression that shows up in overlapping segments (issue 17, item 8)."""
+from __future__ import annotations
+
+import numpy as np
+
+from harness.analysis.dataset import PairData
+from harness.attribution import explain_segments
+from harness.gate_config import parse_gates
+from harness.gates import ResourceSummary, evaluate_gates
+from harness.outputs import worst_segments
+
+RES = ResourceSummary(peak_rss_mb={}, restarts={}, oom_events={}, peak_gpu_memory_mb={}, gpu_sampled=False, samples={})
+
+
+def _data(n: int = 6000, seed: int = 4) -> PairData:
+    """Errors planted on one route only; tenants are spread over the routes unevenly, so two tenants
+    fail too, through that route alone."""
+    rng = np.random.default_rng(seed)
+    route = rng.choice(["/bad", "/a", "/b"], n, p=[0.3, 0.35, 0.35])
+    tenant = np.where(route == "/bad", rng.choice(["pro", "free"], n, p=[0.7, 0.3]),
+                      rng.choice(["pro", "free", "ent"], n))
+    lat = rng.lognormal(3, 0.4, n)
+    no = np.zeros(n, bool)
+    ec = (route == "/bad") & (rng.random(n) < 0.06)
+    return PairData(order_idx=np.arange(n), segments={"route": route, "tenant": tenant},
+                    latency={"baseline": lat, "candidate": lat * rng.lognormal(0, 0.05, n)},
+                    error={"baseline": no, "candidate": ec}, timeout={"baseline": no, "candidate": no},
+                    schema_judged={"baseline": ~no, "candidate": ~ec}, schema_valid={"baseline": ~no, "candidate": ~ec},
+                    status_4xx={"baseline": no, "candidate": no},
+                    score={"baseline": np.full(n, np.nan), "candidate": np.full(n, np.nan)}, n=n)
+
+
+def test_the_route_explains_the_tenants_and_leads() -> None:
+    gates = parse_gates({"error_rate": {"maximum": 0.01}}, "t")
+    data = _data()
+    results = evaluate_gates(gates, data, RES, n_resamples=200)
+    failing = {r.segment for r in results if r.segment and r.status == "fail"}
+    assert {"route=/bad", "tenant=pro", "tenant=free"} <= failing
+    results, explanations = explain_segments(gates, results, data, RES, n_resamples=200)
+    assert explanations[0].segment == "route=/bad"
+    assert set(explanations[0].explains) == {"tenant=pro", "tenant=free"}
+    assert "route=/bad explains the excess in" in explanations[0].text
+    by = {r.segment: r.explained_by for r in results if r.segment}
+    assert by["tenant=pro"] == by["tenant=free"] == "route=/bad" and by["route=/bad"] is None
+    worst = worst_segments(results)
+    assert worst[0]["segment"] == "route=/bad" and all(w["explained_by"] for w in worst[1:3])
+
+
+def test_a_segment_with_its_own_flaw_is_not_explained_away() -> None:
+    """A second flaw of its own in tenant=ent (outside the bad route): it stays a leader."""
+    gates = parse_gates({"error_rate": {"maximum": 0.01}}, "t")
+    data = _data()
+    rng = np.random.default_rng(9)
+    ent = data.segments["tenant"].equals("ent")
+    data.error["candidate"] = data.error["candidate"] | (ent & (rng.random(data.n) < 0.05))
+    results, explanations = explain_segments(gates, evaluate_gates(gates, data, RES, n_resamples=200), data, RES,
+                                             n_resamples=200)
+    leaders = {e.segment for e in explanations}
+    assert {"route=/bad", "tenant=ent"} <= leaders
