@@ -10,7 +10,8 @@ import duckdb
 import pytest
 
 from batch_v1_server import BatchV1Server, probability
-from replay_helpers import scenario_dict, write_capture
+from kserve_v2_server import KServeV2Server, score_rows
+from replay_helpers import replay, scenario_dict, write_capture
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +95,30 @@ def test_rows_are_stored_checked_and_judged(tmp_path: Path) -> None:
     assert f">{matrix[0][1]}<" in html and f">{matrix[1][0]}<" in html
     assert rows["examples"] and rows["examples"][0]["request_id"] in html
     assert "instances" not in html.split('id="rows"')[1].split("</section>")[0]
+
+
+def test_v2_batches_are_read_row_by_row(tmp_path: Path) -> None:
+    """Against the project's own Open Inference Protocol server (tests/kserve_v2_server.py): label and
+    probability tensors of shape [N] give N rows; a request whose inputs disagree on N has no batch size."""
+    rng = random.Random(5)
+    batches = [[[rng.uniform(0, 30) for _ in range(4)] for _ in range(rng.randint(1, 6))] for _ in range(30)]
+    recs = [{"ts": T0 + i * 0.02, "method": "POST", "path": "/v2/models/fraud/infer",
+             "headers": {"Content-Type": "application/json"},
+             "body": {"inputs": [{"name": "features", "shape": [len(b), 4], "datatype": "FP32", "data": b}]}}
+            for i, b in enumerate(batches)]
+    with KServeV2Server() as b, KServeV2Server(label_names={"fraud": "FRAUD"}) as c:
+        sc = scenario_dict(write_capture(tmp_path / "c.jsonl", recs), b.url, c.url)
+        sc["targets"]["baseline"]["protocol"] = sc["targets"]["candidate"]["protocol"] = "kserve_v2"
+        con, _ = replay(tmp_path, sc)
+    got = con.execute("""select r.seq, p.row_idx, p.batch_size, p.baseline_label, p.candidate_label, p.baseline_score,
+                                p.candidate_score, p.baseline_error_kind from row_pairs p join requests r using (order_idx)
+                         order by 1, 2""").fetchall()
+    assert len(got) == sum(len(b) for b in batches)
+    for seq, row, size, bl, cl, bs, cs, err in got:
+        label, p = score_rows(batches[seq - 1])[row]
+        assert (size, bl, bs, cs, err) == (len(batches[seq - 1]), label, pytest.approx(p), pytest.approx(p), None)
+        assert cl == {"fraud": "FRAUD"}.get(label, label)
+    # a batch has no single prediction: the request-level columns stay empty for N > 1
+    multi = con.execute("select count(*) filter (where prediction is not null) from legs l join requests r "
+                        "using (order_idx) where r.batch_size > 1").fetchone()
+    assert multi == (0,)
