@@ -126,6 +126,35 @@ def build_parser() -> argparse.ArgumentParser:
                     "JSON fields) as captured; by default they are masked as before a replay")
     tc.set_defaults(func=_convert)
 
+    cap = sub.add_parser("capture", help="a reverse proxy that writes the traffic passing through it as a capture")
+    cap.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="address to serve on (default: 127.0.0.1:8080)")
+    cap.add_argument("--upstream", metavar="URL", help="the model server, e.g. http://127.0.0.1:8000")
+    cap.add_argument("--out", default="captured_traffic/capture-%Y%m%dT%H.jsonl.gz", metavar="PATTERN",
+                     help="output files, a strftime pattern in UTC; .gz compresses (default: %(default)s)")
+    cap.add_argument("--scenario", help="take redaction rules (traffic.redact) and segments from this scenario")
+    cap.add_argument("--sample", type=float, default=1.0, metavar="FRACTION", help="keep this fraction of the requests (default: 1.0)")
+    cap.add_argument("--seed", type=int, default=0, help="seed of the sampling draws (default: 0)")
+    cap.add_argument("--segment", help="with --min-per-segment: the scenario's segment to stratify by")
+    cap.add_argument("--min-per-segment", type=int, default=0, metavar="N",
+                     help="keep at least the first N requests of each value of --segment (default: 0)")
+    cap.add_argument("--max-body-bytes", type=int, default=1 << 20,
+                     help="bodies kept in the capture up to this size, forwarded whole (default: 1048576)")
+    cap.add_argument("--rotate-mb", type=float, help="start a new file when the current one reaches this size")
+    cap.add_argument("--timeout", type=float, default=60.0, metavar="S", help="upstream read timeout (default: 60.0)")
+    cap.add_argument("--sink", action="store_true",
+                     help="also receive KServe inference-logger CloudEvents on POST /kserve-logger")
+    cap.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until stopped)")
+    cap.set_defaults(func=_capture)
+
+    sh = sub.add_parser("shadow", help="live shadow: answer from the baseline, copy to the candidate, judge as a replay")
+    sh.add_argument("scenario", type=Path, help="the scenario YAML file: targets, replay.allow, output, gates")
+    sh.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
+                    help="address the users' traffic comes to (default: 127.0.0.1:8080)")
+    sh.add_argument("--out", type=Path, default=Path("reports"), help="folder for run folders (default: reports)")
+    sh.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until SIGINT/SIGTERM)")
+    sh.add_argument("--max-requests", type=int, metavar="N", help="stop after mirroring N requests")
+    sh.set_defaults(func=_shadow)
+
     sc = sub.add_parser("scores", help="review or business scores")
     ssub = sc.add_subparsers(dest="scores_command", required=True, parser_class=_Parser)
     si = ssub.add_parser("import", help="join scores (CSV or Parquet: request_id or captured_request_id, "
@@ -251,6 +280,29 @@ def _convert(args: argparse.Namespace) -> int:
     if out is not None:
         print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _capture(args: argparse.Namespace) -> int:
+    from .capture.proxy import make_options, run_capture, summary_lines
+
+    stats = run_capture(make_options(
+        listen=args.listen, upstream=args.upstream, out=args.out, scenario_path=args.scenario,
+        sample_fraction=args.sample, seed=args.seed, segment=args.segment, min_per_segment=args.min_per_segment,
+        max_body_bytes=args.max_body_bytes, rotate_mb=args.rotate_mb, timeout_s=args.timeout, sink=args.sink,
+        duration_s=args.duration))
+    for line in summary_lines(stats):
+        print(line)
+    return 4 if stats.error else 0
+
+
+def _shadow(args: argparse.Namespace) -> int:
+    from .scenario import load_scenario
+    from .shadow.run import run_shadow
+
+    result = run_shadow(load_scenario(args.scenario), args.listen, args.out, duration_s=args.duration,
+                        max_requests=args.max_requests)
+    _print_verdict(result.summary, result.run_dir)
+    return result.exit_code
 
 
 def _scores_import(args: argparse.Namespace) -> int:

@@ -1,9 +1,9 @@
 """Which leg outcomes count as errors, shared by the replay, the live sequential check and the judgement.
 
-An error is what breaks a consumer: no answer in time, a refused or reset connection, a 5xx, an answer
-that is not JSON, too large, a cut stream, or a batch answered with more or fewer rows than it asked for. A 4xx
-is the request's fault and is counted apart; an answer that breaks the output schema is judged by the schema
-gate.
+An error is what breaks a consumer: no answer in time, a refused or reset connection, a failed TLS
+handshake, a 5xx, an answer that is not JSON, too large, compressed in a way that cannot be decoded
+(bad_encoding), a cut stream, or a batch answered with more or fewer rows than it asked for. A 4xx is the
+request's fault and is counted apart; an answer that breaks the output schema is judged by the schema gate.
 
 `harness_error` is a leg that harness itself could not carry out or read (a bug in a reader, a request
 the capture holds that cannot be written): kept in `legs` with its detail, left out of every model gate
@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import http.client
 import socket
+import ssl
 
 __all__ = ["CONSUMER_ERROR_KINDS", "HARNESS_ERROR", "HARNESS_ERROR_TOLERANCE", "exception_kind"]
 
@@ -25,7 +26,7 @@ HARNESS_ERROR = "harness_error"
 HARNESS_ERROR_TOLERANCE = 0.001
 
 CONSUMER_ERROR_KINDS = frozenset({"timeout", "connect", "reset", "http_5xx", "invalid_json", "too_large",
-                                  "truncated_stream", "row_count_mismatch"})
+                                  "truncated_stream", "row_count_mismatch", "bad_encoding", "tls"})
 
 _CONNECT_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
 
@@ -33,6 +34,9 @@ _CONNECT_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETU
 def exception_kind(exc: BaseException) -> str:
     """The error kind of an exchange that raised before an answer was complete. Only failures of the
     connection or of the target's HTTP are the target's; anything else is harness_error."""
+    if isinstance(exc, ssl.SSLError):  # before OSError, its base
+        # the peer closing the connection is a reset; a refused certificate or handshake is tls
+        return "reset" if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)) else "tls"
     if isinstance(exc, ConnectionRefusedError):
         return "connect"
     if isinstance(exc, (socket.timeout, TimeoutError)):

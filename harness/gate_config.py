@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping
 from .errors import ScenarioError
 
 __all__ = ["GateSpec", "METRICS", "LATENCY_LIKE", "DETECTOR_RATES", "PAIR_METRICS", "ROW_METRICS", "HIGHER_IS_BETTER",
-           "parse_gates", "unseen_gate_values"]
+           "SLO_METRICS", "parse_gates", "unseen_gate_values"]
 
 Comparison = Literal["absolute", "relative", "delta"]
 
@@ -34,6 +34,10 @@ METRICS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "time_to_first_token_ms": (("p50", "p90", "p95", "p99", "mean"), "p95", "ms"),
     "inter_token_ms": (("p50", "p90", "p95", "p99", "mean"), "p95", "ms"),  # over each leg's mean token gap
     "completion_tokens": (("p50", "p90", "p95", "mean"), "mean", "tokens"),
+    # LLM serving (harness.analysis.llm_metrics): per stream, and the share of requests meeting the SLOs
+    "latency_per_token_ms": (("p50", "p90", "p95", "p99", "mean"), "p95", "ms"),  # end-to-end / output tokens
+    "output_tokens_per_s": (("p5", "p10", "p50", "mean"), "p50", "tokens/s"),  # per stream, after the first token
+    "goodput": (("rate",), "rate", "fraction"),  # share of requests meeting every `slo` together
     # detectors (output.detectors; tool calls always): share of judged answers
     "abstention_rate": (("rate",), "rate", "fraction"),
     "citation_rate": (("rate",), "rate", "fraction"),
@@ -59,7 +63,8 @@ METRICS: dict[str, tuple[tuple[str, ...], str, str]] = {
 ROW_METRICS = frozenset({"row_flip_rate", "row_agreement", "row_invalid_rate", "row_score_change", "row_score_psi",
                          "row_score_ks"})
 
-LATENCY_LIKE = frozenset({"latency_ms", "time_to_first_token_ms", "inter_token_ms", "completion_tokens"})
+LATENCY_LIKE = frozenset({"latency_ms", "time_to_first_token_ms", "inter_token_ms", "completion_tokens",
+                          "latency_per_token_ms", "output_tokens_per_s"})
 # metric -> legs column of the detector
 DETECTOR_RATES = {"abstention_rate": "abstained", "citation_rate": "cited", "fallback_rate": "fallback_model",
                   "tool_call_validity_rate": "tool_calls_valid"}
@@ -68,7 +73,9 @@ PAIR_METRICS = frozenset({"label_agreement", "label_flip_rate", "field_diff_rate
                           "confidence_ks", "confidence_mean_shift"}) | ROW_METRICS
 # where a lower value is the worse one
 HIGHER_IS_BETTER = frozenset({"schema_pass_rate", "review_score", "citation_rate", "tool_call_validity_rate",
-                              "label_agreement", "label_kappa", "row_agreement"})
+                              "label_agreement", "label_kappa", "row_agreement", "goodput", "output_tokens_per_s"})
+# goodput's `slo` keys: the per-leg series each limit applies to (AIPerf's goodput: all of them at once)
+SLO_METRICS = ("time_to_first_token_ms", "inter_token_ms", "latency_ms")
 
 # condition key -> (comparison, direction); direction "max" means the observed value must stay <= threshold
 CONDITIONS: dict[str, tuple[Comparison, str]] = {
@@ -98,11 +105,14 @@ _SEED_NAMES = {
     **{m: (m, "value") for m in ("row_score_psi", "row_score_ks")},
     "row_score_change": ("row_score_change", "mean"),
     "row_score_change_p99": ("row_score_change", "p99"),
+    "goodput": ("goodput", "rate"),
+    "output_tokens_per_s": ("output_tokens_per_s", "p50"),
 }
 _LATENCY_NAME = re.compile(r"^latency_(p50|p90|p95|p99|mean)_ms$")
 _TTFT_NAME = re.compile(r"^(?:ttft|time_to_first_token)_(p50|p90|p95|p99|mean)_ms$")
 _ITL_NAME = re.compile(r"^inter_token_(p50|p90|p95|p99|mean)_ms$")
-_GENERAL_KEYS = {"metric", "aggregation", "segment", "severity", "per_segment", "description"}
+_PER_TOKEN_NAME = re.compile(r"^latency_per_token_(p50|p90|p95|p99|mean)_ms$")
+_GENERAL_KEYS = {"metric", "aggregation", "segment", "severity", "per_segment", "description", "slo"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +129,7 @@ class GateSpec:
     severity: Literal["blocking", "warning"] = "blocking"
     unit: str = ""
     description: str = field(default="")
+    slo: Mapping[str, float] | None = None  # goodput only: SLO_METRICS name -> limit (ms)
 
     @property
     def threshold_text(self) -> str:
@@ -132,7 +143,7 @@ class GateSpec:
         return f"{sign} {value}"
 
 
-_RATES = frozenset({"error_rate", "timeout_rate", "schema_pass_rate", *DETECTOR_RATES})
+_RATES = frozenset({"error_rate", "timeout_rate", "schema_pass_rate", "goodput", *DETECTOR_RATES})
 _COUNTS = frozenset({"gpu_oom_events", "oom_kills", "restarts"})
 _PEAKS = frozenset({"peak_rss_mb", "peak_gpu_memory_mb"})
 
@@ -208,15 +219,18 @@ def _parse_one(name: str, body: Any, where: str, where_key: Callable[[str], str]
     else:
         m = _LATENCY_NAME.match(name)
         t = _TTFT_NAME.match(name) or _ITL_NAME.match(name)
+        per_token = _PER_TOKEN_NAME.match(name)
         if m:
             metric, aggregation = "latency_ms", m.group(1)
+        elif per_token:
+            metric, aggregation = "latency_per_token_ms", per_token.group(1)
         elif t:
             metric, aggregation = ("time_to_first_token_ms" if t.re is _TTFT_NAME else "inter_token_ms"), t.group(1)
         elif name in _SEED_NAMES:
             metric, aggregation = _SEED_NAMES[name]
         else:
             known = sorted(["latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "ttft_p95_ms", "inter_token_p95_ms",
-                            *_SEED_NAMES])
+                            "latency_per_token_p95_ms", *_SEED_NAMES])
             raise ScenarioError(
                 f"{where}: unknown gate {name!r}; use one of {', '.join(known)} or give `metric:` explicitly")
     aggs, _, unit = METRICS[metric]
@@ -237,6 +251,10 @@ def _parse_one(name: str, body: Any, where: str, where_key: Callable[[str], str]
     allowed = _allowed_conditions(metric)
     if key not in allowed:
         raise ScenarioError(f"{where}.{key}: {_refusal(metric, key)}; use {' or '.join(allowed)}")
+    if metric == "output_tokens_per_s" and comparison != "absolute":
+        raise ScenarioError(f"{where}: output_tokens_per_s takes an absolute minimum or maximum; to compare the "
+                            "versions, gate latency_per_token_ms or inter_token_ms (the same speed, as a time)")
+    slo = _slo(body.get("slo"), metric, where)
     threshold = float(value) / 100.0 if key == "maximum_regression_percent" else float(value)
     severity = body.get("severity", "blocking")
     if severity not in ("blocking", "warning"):
@@ -251,4 +269,23 @@ def _parse_one(name: str, body: Any, where: str, where_key: Callable[[str], str]
     return GateSpec(name=name, metric=metric, aggregation=aggregation, comparison=comparison, direction=direction,
                     threshold=threshold, condition_key=key, segment=dict(segment) if segment else None,
                     per_segment=per_segment, severity=severity, unit=unit,
-                    description=str(body.get("description", "")))
+                    description=str(body.get("description", "")), slo=slo)
+
+
+def _slo(raw: Any, metric: str, where: str) -> dict[str, float] | None:
+    """goodput's SLOs: {time_to_first_token_ms: 500, inter_token_ms: 50, latency_ms: ...}, at least one."""
+    if metric != "goodput":
+        if raw is not None:
+            raise ScenarioError(f"{where}.slo: only the goodput metric takes SLOs")
+        return None
+    if not isinstance(raw, Mapping) or not raw:
+        raise ScenarioError(f"{where}: goodput needs `slo:` with limits in ms for one or more of "
+                            f"{', '.join(SLO_METRICS)}, e.g. {{time_to_first_token_ms: 500, inter_token_ms: 50}}")
+    out: dict[str, float] = {}
+    for key, value in raw.items():
+        if key not in SLO_METRICS:
+            raise ScenarioError(f"{where}.slo: unknown key {key!r} (known: {', '.join(SLO_METRICS)})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ScenarioError(f"{where}.slo.{key}: expected a positive number of ms, got {value!r}")
+        out[key] = float(value)
+    return out

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .analysis import stats
+from .analysis import llm_metrics, stats
 from .analysis.dataset import PairData
 from .analysis.rows import row_gate
 from .gate_config import DETECTOR_RATES, HIGHER_IS_BETTER, LATENCY_LIKE, PAIR_METRICS, ROW_METRICS, GateSpec
@@ -203,8 +203,12 @@ def _evaluate_one(spec: GateSpec, data: PairData, mask: np.ndarray, label: str |
         return _result(spec, label, **row_gate(spec, data.rows, mask, label, alpha, n_resamples, seed))
     if m in LATENCY_LIKE:
         series = {"latency_ms": data.latency, "time_to_first_token_ms": data.ttft, "inter_token_ms": data.inter_token,
-                  "completion_tokens": data.completion_tokens}[m]
+                  "completion_tokens": data.completion_tokens}.get(m)
+        series = llm_metrics.SERIES[m](data) if series is None else series
         return _latency(spec, data, mask, label, alpha, n_resamples, seed, series)
+    if m == "goodput":
+        good, judged = llm_metrics.goodput(data, spec.slo or {})
+        return _rate(spec, label, good, judged, mask, alpha, higher_is_worse=False)
     if m in DETECTOR_RATES:
         column = DETECTOR_RATES[m]
         if column not in data.detected:
@@ -237,7 +241,9 @@ def _where(label: str | None) -> str:
 
 
 _SERIES_TEXT = {"latency_ms": ("latency", "ms"), "time_to_first_token_ms": ("time to first token", "ms"),
-                "inter_token_ms": ("inter-token gap", "ms"), "completion_tokens": ("completion tokens", "tokens")}
+                "inter_token_ms": ("inter-token gap", "ms"), "completion_tokens": ("completion tokens", "tokens"),
+                "latency_per_token_ms": ("latency per output token", "ms"),
+                "output_tokens_per_s": ("output tokens per second per stream", "tokens/s")}
 
 
 # Series where a failed leg has no honest value of its own: a quick 503 is not a fast answer.
@@ -248,9 +254,9 @@ TAIL_OBSERVATIONS_TO_JUDGE = 10  # ... before it is judged at all
 
 def _pass_floor(q: float | None) -> int:
     """Pairs where both versions answered that a latency-like gate needs before it may PASS: 20 observations
-    beyond the quantile (400 for a p95, 2,000 for a p99), 30 for a mean. This is the only size rule: whether
-    n is enough is otherwise decided by the paired interval itself."""
-    return math.ceil(TAIL_OBSERVATIONS_TO_PASS / (1 - q) - 1e-9) if q else 30
+    beyond the quantile (400 for a p95, 2,000 for a p99; on the low side for a p5 or p10), 30 for a mean.
+    This is the only size rule: whether n is enough is otherwise decided by the paired interval itself."""
+    return math.ceil(TAIL_OBSERVATIONS_TO_PASS / min(q, 1 - q) - 1e-9) if q else 30
 
 
 def _latency_pairs(spec: GateSpec, data: PairData, mask: np.ndarray,
@@ -285,9 +291,9 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
                        status="inconclusive", reason="No candidate legs (baseline-only run).")
     b, c, answered, failed = _latency_pairs(spec, data, mask, series)
     n = len(b)
-    q = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}.get(spec.aggregation)
+    q = {"p5": 0.05, "p10": 0.1, "p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}.get(spec.aggregation)
     agg = spec.aggregation
-    floor = int(math.ceil(TAIL_OBSERVATIONS_TO_JUDGE / (1 - q))) if q else 30
+    floor = int(math.ceil(TAIL_OBSERVATIONS_TO_JUDGE / min(q, 1 - q))) if q else 30
     if n < floor:
         return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=n, status="inconclusive",
                        reason=f"{agg} {what}{_where(label)}: only {n} pairs; at least {floor} are needed to estimate it.",
@@ -410,7 +416,7 @@ def _latency_delta(spec: GateSpec, label: str | None, b: np.ndarray, c: np.ndarr
 _RATE_TEXT = {"error_rate": "error rate", "timeout_rate": "timeout rate", "schema_pass_rate": "schema pass rate",
               "abstention_rate": "abstention rate", "citation_rate": "citation rate", "fallback_rate": "fallback rate",
               "tool_call_validity_rate": "tool-call validity rate", "label_agreement": "label agreement",
-              "label_flip_rate": "label flip rate", "field_diff_rate": "field diff rate"}
+              "label_flip_rate": "label flip rate", "field_diff_rate": "field diff rate", "goodput": "goodput"}
 
 
 def _rate(spec: GateSpec, label: str | None, col: dict[str, np.ndarray], judged: dict[str, np.ndarray] | None,

@@ -59,15 +59,33 @@ def make_run_dir(out_root: Path, name: str) -> Path:
 
 
 def check_targets(scenario: Scenario, timeout_s: float = 2.0) -> None:
+    """Each target accepts a connection; an https one completes a TLS handshake as the replay will do it
+    (certificate, name, client certificate), else TargetUnreachable naming the cause (exit 4)."""
+    from .replay.tls import check_tls
+
     for version in scenario.versions:
-        url = scenario.target_for(version).url
+        target = scenario.target_for(version)
+        url = target.url
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+        if parts.scheme == "https":
+            named = "baseline" if scenario.replay.mode == "aa" else version  # A/A: the candidate leg is the baseline
+            problem = check_tls(host, port, target.tls, timeout_s, f"targets.{named}.tls")
+            if problem is not None:
+                raise TargetUnreachable(f"{version} target {url}: TLS: {problem}")
+            continue
         try:
             with socket.create_connection((host, port), timeout=timeout_s):
                 pass
         except OSError as exc:
             raise TargetUnreachable(f"{version} target {url} is unreachable: {exc.strerror or exc}") from None
+
+
+def _accept_encoding(setting: str, overrides: dict[str, str | None]) -> dict[str, str]:
+    """replay.accept_encoding as a header override (none for `captured`, or where headers set it already)."""
+    if setting == "captured" or any(k.lower() == "accept-encoding" for k in overrides):
+        return {}
+    return {"Accept-Encoding": setting}
 
 
 def _git_commit() -> str | None:
@@ -152,7 +170,14 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             "span_s": prepared.span_s})])
         secrets = tuple(v for group in overrides.values() for v in group.values() if v)
         targets = tuple(TargetPlan(version=v, url=scenario.target_for(v).url, protocol=scenario.target_for(v).protocol,
-                                   headers={**overrides["replay"], **overrides[v]}) for v in scenario.versions)
+                                   headers={**_accept_encoding(scenario.replay.accept_encoding,
+                                                               {**overrides["replay"], **overrides[v]}),
+                                            **overrides["replay"], **overrides[v]},
+                                   tls=scenario.target_for(v).tls) for v in scenario.versions)
+        for t in targets:
+            if t.tls and t.tls.get("verify") is False:
+                say(f"warning: {t.version} target {t.url}: TLS certificates are not verified (tls.verify: false)")
+                store.con.execute("insert into events values (now(), 'tls_unverified', ?)", [t.version])
         plan = DispatchPlan(
             schedule_path=prepared.schedule_path, targets=targets, speed=scenario.traffic.speed,
             timeout_s=scenario.replay.timeout_s, connect_timeout_s=scenario.replay.connect_timeout_s,

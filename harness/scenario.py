@@ -23,14 +23,15 @@ from .jsonpath import JsonPathError, compile_path
 
 __all__ = [
     "Scenario", "TrafficConfig", "SegmentSpec", "TargetConfig", "ReplayConfig", "OutputConfig", "DetectorConfig",
-    "AnalysisConfig", "CanaryConfig", "load_scenario", "scenario_from_dict", "scenario_json_schema",
+    "AnalysisConfig", "CanaryConfig", "TraceOptions", "load_scenario", "scenario_from_dict", "scenario_json_schema",
 ]
 
 Mode = Literal["paired", "aa", "baseline-only"]
 _RESERVED_SEGMENT_NAMES = frozenset({"request_id", "seq", "loop", "source_line", "captured_at", "offset_s", "method",
                                      "path", "route", "headers_json", "request_bytes", "warmup", "order_idx",
                                      "captured_request_id", "production_status", "batch_size"})
-SEGMENT_KINDS = ("path_template", "header", "query", "json_path", "json_array_length", "body_bytes", "present", "cross")
+SEGMENT_KINDS = ("path_template", "header", "query", "json_path", "json_array_length", "body_bytes", "prompt_tokens",
+                 "present", "cross")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,21 @@ class RedactConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TraceOptions:
+    """How an LLM trace's records become requests (``traffic.trace``; formats mooncake and openai_log)."""
+
+    seed: int = 0  # synthetic prompts: the same trace and seed give the same bytes
+    model: str = "model"
+    path: str = "/v1/chat/completions"
+    block_tokens: int = 512  # prompt tokens per hash id (Mooncake's KV block)
+    stream: bool | None = None  # None: mooncake streams, openai_log keeps each request's own setting
+    include_usage: bool = True  # stream_options.include_usage: token counts of every stream
+    ignore_eos: bool = False  # vLLM/SGLang extension (min_tokens, ignore_eos): exactly output_length tokens
+    max_prompt_tokens: int = 2_000_000  # beyond it a line is a bad record (no served context is larger)
+    max_output_tokens: int = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
 class TrafficConfig:
     path: Path
     format: str | None = None
@@ -61,6 +77,7 @@ class TrafficConfig:
     warmup_requests: int = 0
     sample: SampleConfig | None = None
     redact: RedactConfig = RedactConfig()
+    trace: TraceOptions = TraceOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +100,7 @@ class TargetConfig:
     headers: Mapping[str, str | None] = field(default_factory=dict)
     memory_metric: str = "process_resident_memory_bytes"
     oom_counter: str | None = None
+    tls: Mapping[str, Any] | None = None  # https: ca_file, client_cert, client_key (absolute), server_name, verify
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +116,7 @@ class ReplayConfig:
     headers: Mapping[str, str | None] = field(default_factory=dict)
     aa_reference: Path | None = None
     stop_early: bool = False
+    accept_encoding: str = "captured"  # captured | identity | a value sent with every request
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +345,7 @@ def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, che
         warmup_requests=int(t.get("warmup_requests", 0)),
         sample=SampleConfig(**sample) if sample else None,
         redact=RedactConfig(**{k: tuple(v) for k, v in redact.items()}),
+        trace=TraceOptions(**t.get("trace", {})),
     )
     if traffic.from_s is not None and traffic.to_s is not None and traffic.to_s <= traffic.from_s:
         raise ScenarioError(f"{label}: traffic.window.to_s must be after from_s")
@@ -348,7 +368,7 @@ def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, che
     targets_raw = raw["targets"]
     if mode == "paired" and "candidate" not in targets_raw:
         raise ScenarioError(f"{label}: targets.candidate is required in paired mode")
-    targets = {name: _target(name, spec, base) for name, spec in targets_raw.items()}
+    targets = {name: _target(name, spec, base, label, check_files) for name, spec in targets_raw.items()}
     replay_cfg = ReplayConfig(
         mode=mode,
         timeout_s=float(rp.get("timeout_s", 2.0)),
@@ -361,6 +381,7 @@ def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, che
         headers=dict(rp.get("headers", {})),
         aa_reference=_path(base, rp.get("aa_reference")),
         stop_early=bool(rp.get("stop_early", False)),
+        accept_encoding=str(rp.get("accept_encoding", "captured")).strip(),
     )
     for rule in replay_cfg.allow:
         if len(rule.split()) != 2:
@@ -420,16 +441,16 @@ def _segment(name: str, spec: dict[str, Any], label: str) -> SegmentSpec:
             f"{label}: segments.{name}: needs exactly one of {', '.join(SEGMENT_KINDS)}, found {kinds or 'none'}")
     kind = kinds[0]
     arg = spec[kind]
-    if kind == "path_template" and arg is not True:
-        raise ScenarioError(f"{label}: segments.{name}.path_template: must be true")
-    if kind in ("json_array_length", "body_bytes") and "buckets" not in spec:
+    if kind in ("path_template", "prompt_tokens") and arg is not True:
+        raise ScenarioError(f"{label}: segments.{name}.{kind}: must be true")
+    if kind in ("json_array_length", "body_bytes", "prompt_tokens") and "buckets" not in spec:
         raise ScenarioError(f"{label}: segments.{name}: {kind} needs `buckets` (e.g. [1, 8, 32])")
     buckets = spec.get("buckets")
     if buckets is not None and list(buckets) != sorted(set(buckets)):
         raise ScenarioError(f"{label}: segments.{name}.buckets must be strictly increasing")
     if kind in ("present", "cross"):
         arg = tuple(arg)
-    elif kind in ("path_template", "body_bytes"):
+    elif kind in ("path_template", "body_bytes", "prompt_tokens"):
         arg = None
     return SegmentSpec(name=name, kind=kind, arg=arg, buckets=tuple(buckets) if buckets else None,
                        max_values=int(spec.get("max_values", 20)))
@@ -495,10 +516,32 @@ def _check_json_paths(output: OutputConfig, label: str) -> None:
             raise ScenarioError(f"{label}: {key}: {exc}") from None
 
 
-def _target(name: str, spec: dict[str, Any], base: Path) -> TargetConfig:
+def _target(name: str, spec: dict[str, Any], base: Path, label: str, check_files: bool) -> TargetConfig:
+    url = spec["url"].rstrip("/")
     return TargetConfig(
-        name=name, url=spec["url"].rstrip("/"), protocol=spec.get("protocol", "json"), pid=spec.get("pid"),
+        name=name, url=url, protocol=spec.get("protocol", "json"), pid=spec.get("pid"),
         pid_file=_path(base, spec.get("pid_file")), metrics_url=spec.get("metrics_url"),
         headers=dict(spec.get("headers", {})),
         memory_metric=spec.get("memory_metric", "process_resident_memory_bytes"), oom_counter=spec.get("oom_counter"),
+        tls=_tls(name, spec.get("tls"), url, base, label, check_files),
     )
+
+
+def _tls(target: str, raw: dict[str, Any] | None, url: str, base: Path, label: str,
+         check_files: bool) -> Mapping[str, Any] | None:
+    if raw is None:
+        return None
+    where = f"{label}: targets.{target}.tls"
+    if not url.startswith("https://"):
+        raise ScenarioError(f"{where}: set for a target that is not https:// ({url})")
+    if raw.get("client_key") and not raw.get("client_cert"):
+        raise ScenarioError(f"{where}.client_key: needs client_cert")
+    tls: dict[str, Any] = {k: raw[k] for k in ("server_name", "verify") if k in raw}
+    for key in ("ca_file", "client_cert", "client_key"):
+        if raw.get(key):
+            path = _path(base, raw[key])
+            assert path is not None
+            if check_files and not path.is_file():
+                raise ScenarioError(f"{where}.{key}: file not found: {path}")
+            tls[key] = str(path.resolve())
+    return tls

@@ -18,8 +18,15 @@ token chunks. Behaviour by `mode` (the server's, or a request's `X-Test-Mode` he
 - truncate: the stream stops after two token chunks and the connection closes (no last HTTP chunk);
 - no_done: the stream ends cleanly (last HTTP chunk sent) but without `data: [DONE]`;
 - not_json: a 200 HTML page;
-- huge: `huge_mb` MB of answer (a stream of 64 KiB content chunks, or one JSON body).
-Tokens are whitespace-separated words; prompt tokens count the words of every message's content.
+- huge: `huge_mb` MB of answer (a stream of 64 KiB content chunks, or one JSON body);
+- stall: the stream opens (headers and the role chunk) but no token ever comes (until the server stops).
+Tokens are whitespace-separated words; prompt tokens count the words of every message's content. With
+`fill_max_tokens` a request's `max_tokens` sets the answer's length (words "w0 w1 ..."), as a trace replay
+asks: the answer has exactly that many tokens.
+
+The server's own truth, per streamed answer, is in `truth[completion id]`: the perf_counter times at
+which the request was read (`received`), and each token chunk was written (`token_at`), with the
+prompt and completion token counts.
 """
 from __future__ import annotations
 
@@ -40,8 +47,11 @@ TOOL_ARGS = '{"city": "Paris", "unit": "celsius"}'
 class OpenAIServer:
     def __init__(self, *, model: str = "tiny-chat-1", reply: str = "The answer is 42 .", ttft_ms: float = 0.0,
                  token_ms: float = 0.0, mode: str = "normal", fallback_model: str = "tiny-chat-fallback",
-                 huge_mb: float = 20.0) -> None:
+                 huge_mb: float = 20.0, fill_max_tokens: bool = False) -> None:
         self.model, self.reply, self.mode = model, reply, mode
+        self.fill_max_tokens = fill_max_tokens
+        self.truth: dict[str, dict[str, Any]] = {}
+        self._stop = threading.Event()
         self.ttft_ms, self.token_ms = ttft_ms, token_ms
         self.fallback_model, self.huge_mb = fallback_model, huge_mb
         self.requests: list[dict[str, Any]] = []
@@ -62,6 +72,7 @@ class OpenAIServer:
                         return
                     if req is None:
                         return
+                    req["received"] = time.perf_counter()
                     try:
                         keep = server._answer(self.wfile, req)
                     except (ConnectionError, OSError):
@@ -100,6 +111,7 @@ class OpenAIServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stop.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -143,13 +155,17 @@ class OpenAIServer:
         tool = mode in ("tool", "bad_tool")
         args = TOOL_ARGS if mode == "tool" else TOOL_ARGS[:14]
         prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in messages if isinstance(m, dict))
+        if self.fill_max_tokens and isinstance(body.get("max_tokens"), int) and not tool:
+            text = " ".join(f"w{i}" for i in range(body["max_tokens"]))
         tokens = _tokens(args if tool else text, by_size=mode == "huge")
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(tokens),
                  "total_tokens": prompt_tokens + len(tokens)}
         if not body.get("stream"):
             return self._plain(w, cid, model, text, tool, args, usage, extra, mode)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return self._stream(w, cid, model, tokens, tool, usage if include_usage else None, extra, mode)
+        truth = self.truth[cid] = {"received": req["received"], "token_at": [], "prompt_tokens": prompt_tokens,
+                                   "completion_tokens": len(tokens)}
+        return self._stream(w, cid, model, tokens, tool, usage if include_usage else None, extra, mode, truth)
 
     def _plain(self, w: Any, cid: str, model: str, text: str, tool: bool, args: str, usage: dict[str, int],
                extra: str, mode: str) -> bool:
@@ -169,7 +185,7 @@ class OpenAIServer:
         return True
 
     def _stream(self, w: Any, cid: str, model: str, tokens: list[str], tool: bool, usage: dict[str, int] | None,
-                extra: str, mode: str) -> bool:
+                extra: str, mode: str, truth: dict[str, Any]) -> bool:
         w.write(("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n"
                  f"Transfer-Encoding: chunked\r\n{extra}\r\n").encode())
         created = int(time.time())
@@ -186,6 +202,9 @@ class OpenAIServer:
             _chunk(w, f"data: {json.dumps(chunk)}\n\n".encode())
 
         event({"role": "assistant", "content": "" if not tool else None, "refusal": None})
+        if mode == "stall":
+            self._stop.wait(60)
+            return False
         for i, tok in enumerate(tokens):
             time.sleep((self.ttft_ms if i == 0 else self.token_ms) / 1000)
             if mode == "truncate" and i == 2:
@@ -198,6 +217,7 @@ class OpenAIServer:
                 event({"tool_calls": [call]})
             else:
                 event({"content": tok})
+            truth["token_at"].append(time.perf_counter())
         event({}, "tool_calls" if tool else "stop")
         if usage is not None:
             chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,

@@ -12,12 +12,14 @@ STAGES = {
     "__init__": 9, "__main__": 9,  # the public facade, lazily importing every stage
     "traffic": 1,
     "protocols": 2, "compat": 2,
+    "capture": 2,  # production -> capture files: reads the record format and redaction, nothing later
     "replay": 3, "monitor": 3,
     "store": 4,
     "analysis": 5,
     "gates": 6, "fidelity": 6, "evidence": 6, "attribution": 6,
     "schedule": 7, "report": 7, "outputs": 8, "aa_reference": 8, "scores": 8, "query": 8, "run_folder": 8,
     "run": 9, "validate": 9, "cli": 9, "demo": 9,
+    "shadow": 9,  # live shadow: every stage, like run, but on asyncio
 }
 
 
@@ -72,4 +74,29 @@ def test_only_replay_imports_locust() -> None:
     offenders = [str(p.relative_to(PKG.parent)) for p in PKG.rglob("*.py")
                  if _stage_of(p) != "replay" and any(m.split(".")[0] in ("locust", "gevent", "geventhttpclient")
                                                      for m in _imports(p))]
+    assert not offenders, offenders
+
+
+# The proxies run on asyncio (aiohttp); gevent's monkey patching must never be in their process.
+ASYNCIO_PARTS = ("capture", "shadow")
+
+
+def test_the_proxies_never_load_gevent() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, harness.cli, harness.capture.proxy, harness.capture.logger_sink, harness.shadow.run; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('locust', 'gevent', 'geventhttpclient')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_proxies_import_no_replay_module_that_patches() -> None:
+    offenders = []
+    for part in ASYNCIO_PARTS:
+        for path in (PKG / part).rglob("*.py"):
+            for mod in _imports(path):
+                if mod.startswith("harness.replay") and mod != "harness.replay.leg":
+                    offenders.append(f"{path.relative_to(PKG.parent)} imports {mod}")
     assert not offenders, offenders

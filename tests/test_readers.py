@@ -79,7 +79,7 @@ def test_detect_format_declared_wins_and_is_checked() -> None:
         detect_format(Path("capture.log"), "pcap")
     with pytest.raises(TrafficError, match=r"capture\.json.*cannot tell the capture format"):
         detect_format(Path("capture.json"))
-    assert set(FORMATS) == {"jsonl", "csv", "parquet", "har", "gor"}
+    assert set(FORMATS) == {"jsonl", "csv", "parquet", "har", "gor", "mooncake", "openai_log"}
 
 
 def test_missing_or_unreadable_file_is_a_traffic_error(tmp_path: Path) -> None:
@@ -624,6 +624,13 @@ def valid_samples(fuzz_dir: Path) -> dict[str, list[bytes]]:
         "har": [(HAR / "har_mitmproxy_export_post_form.har").read_bytes(),
                 (HAR / "har_chrome_postdata_with_bom.har").read_bytes()],
         "gor": [(DATA / "gor" / "quirks.gor").read_bytes()],
+        "mooncake": [b'{"timestamp": 0, "input_length": 700, "output_length": 5, "hash_ids": [1, 2]}\n'
+                     b'{"timestamp": 20.5, "input_length": 12, "output_length": 3}\n'
+                     b'{"timestamp": 40, "text_input": "hi", "messages": [{"role": "user", "content": "x"}]}\n'],
+        "openai_log": [b'{"timestamp": 1, "request": {"messages": [{"role": "user", "content": "q"}]}, '
+                       b'"response": {"usage": {"prompt_tokens": 3, "completion_tokens": 4}}}\n'
+                       b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "ts": 2, '
+                       b'"body": {"model": "m"}, "response": {"created": 3, "usage": {"prompt_tokens": 9}}}\n'],
     }
 
 

@@ -113,6 +113,7 @@ class PairData:
     ttft: dict[str, np.ndarray] = field(default_factory=dict)
     inter_token: dict[str, np.ndarray] = field(default_factory=dict)  # per-leg mean gap between token events
     completion_tokens: dict[str, np.ndarray] = field(default_factory=dict)
+    service: dict[str, np.ndarray] = field(default_factory=dict)  # service_ms: from the actual send
     # detectors: DETECTOR_COLUMNS name -> version -> bool; judged is False where the detector said nothing
     detected: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     detector_judged: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
@@ -142,7 +143,7 @@ def load_run_info(con: duckdb.DuckDBPyConnection) -> RunInfo:
 
 
 _OPTIONAL = {"confidence": "confidence", "ttft": "time_to_first_token_ms", "itl": "inter_token_ms_mean",
-             "completion_tokens": "completion_tokens", **{d: d for d in DETECTOR_COLUMNS}}
+             "completion_tokens": "completion_tokens", "service": "service_ms", **{d: d for d in DETECTOR_COLUMNS}}
 _BATCH_ROWS = 1 << 20
 
 
@@ -222,7 +223,7 @@ def load_pairs(con: duckdb.DuckDBPyConnection, segments: tuple[str, ...], versio
         out.score[v] = cols.pop(f"{v}_score").astype(float, copy=False)
         out.prediction[v] = recode(f"{v}_prediction")
         for key, target in (("confidence", out.confidence), ("ttft", out.ttft), ("itl", out.inter_token),
-                            ("completion_tokens", out.completion_tokens)):
+                            ("completion_tokens", out.completion_tokens), ("service", out.service)):
             col = cols.pop(f"{v}_{key}", None)
             target[v] = nan if col is None else col.astype(float, copy=False)
         for d in DETECTOR_COLUMNS:

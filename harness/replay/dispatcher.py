@@ -35,6 +35,7 @@ from ..jsonpath import MISSING
 from ..protocols import OutputRead, read_output
 from ..scenario import DetectorConfig, RowsConfig
 from ..traffic.redaction import REDACTED, Redactor
+from .content_encoding import decode_answer
 from .http_client import RequestHead, TargetClient, error_result
 from .leg import LEG_SCHEMA
 from .recorder import Recorder
@@ -68,6 +69,7 @@ class TargetPlan:
     url: str
     protocol: str
     headers: Mapping[str, str | None]  # overrides, already expanded; None removes the header
+    tls: Mapping[str, Any] | None = None  # https: see harness.replay.tls (file paths must exist where it runs)
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,8 @@ _LEG_COLUMNS = ("request_id", "version", "order_idx", "intended_at", "sent_at", 
                 "schema_errors", "prediction", "confidence", "model_version", "output_json", "time_to_first_token_ms",
                 "prompt_tokens", "completion_tokens", "worker", "streamed", "inter_token_ms_mean", "inter_token_ms_p95",
                 "token_chunks", "finish_reason", "abstained", "cited", "fallback_model", "tool_calls_valid",
-                "row_count", "row_labels", "row_scores", "row_invalid")
+                "row_count", "row_labels", "row_scores", "row_invalid",
+                "content_encoding", "decoded_bytes")
 # Legs are handed to the recorder as tuples in LEG_SCHEMA's order (no dict per leg): keep the two in step.
 assert _LEG_COLUMNS == tuple(LEG_SCHEMA.names), "dispatcher leg tuple out of step with LEG_SCHEMA"
 _NO_OUTPUT = (None,) * 13  # streamed ... row_invalid of a leg without an answer
@@ -207,7 +210,7 @@ class Dispatcher:
         self._clients = {t.version: TargetClient(t.url, timeout_s=plan.timeout_s,
                                                  connect_timeout_s=plan.connect_timeout_s,
                                                  concurrency=max(plan.max_in_flight, 1),
-                                                 max_response_bytes=plan.max_response_bytes)
+                                                 max_response_bytes=plan.max_response_bytes, tls=t.tls)
                          for t in plan.targets}
         # per target: (target, its client); both orders, so that the first leg to leave alternates
         evented = {t.version: self._clients[t.version].evented() for t in plan.targets}
@@ -222,7 +225,7 @@ class Dispatcher:
         self._legs_running = 0
         self._legs_idle = gevent.event.Event()
         self._legs_idle.set()
-        recorder.pace = lambda: self.make_way(_SEAL_STEP_S)
+        self._pace = recorder.pace = lambda: self.make_way(_SEAL_STEP_S)
 
     def stop(self, reason: str) -> None:
         if not self._stop:
@@ -381,6 +384,8 @@ class Dispatcher:
     def _finish_leg(self, row: dict[str, Any], target: TargetPlan, intended: float, sent: float, done: float,
                     result: Any) -> None:
         plan = self.plan
+        # after the leg's end time: latency is receiving the answer, not inflating it (in steps that let sends go first)
+        result = decode_answer(result, plan.max_response_bytes, self._pace)
         status = result.status
         kind, detail = result.error_kind, result.error_detail
         schema_valid: bool | None = None
@@ -431,7 +436,8 @@ class Dispatcher:
             tail = (None, None, None, excerpt, *tail[4:])
         self.recorder.add_leg_values((
             row["request_id"], target.version, row["order_idx"], intended, sent, done, lag_ms, latency_ms,
-            (done - sent) * 1000.0, status, kind, detail, result.response_bytes, schema_valid, schema_errors, *tail))
+            (done - sent) * 1000.0, status, kind, detail, result.response_bytes, schema_valid, schema_errors, *tail,
+            (result.headers or {}).get("content-encoding"), result.decoded_bytes))
         if self.on_leg is not None:
             self.on_leg(target.version, row["route"], latency_ms, result.response_bytes,
                         f"{kind}: {detail or ''}" if kind else None)

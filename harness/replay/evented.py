@@ -10,8 +10,9 @@ which runs in the hub and must not block.
 
 The rules of http_client hold here too: no retries (a pooled connection the target closed is noticed by
 a non-blocking peek before the send; one that breaks after it is a reset), no headers of its own, one
-deadline for the whole exchange, a body cap (too_large), event streams timed per read (`arrivals`) and
-kept when cut short (truncated_stream). TLS targets, `Expect: 100-continue` and request targets that do
+deadline for the whole exchange, a body cap (too_large), answers returned with their Content-Encoding (the
+finisher decodes them), event streams decoded and timed per read (`arrivals`) and kept when cut short
+(truncated_stream). TLS targets, `Expect: 100-continue` and request targets that do
 not start with "/" take http_client's general path.
 """
 from __future__ import annotations
@@ -26,8 +27,8 @@ from typing import Any, Callable
 import gevent
 from geventhttpclient.response import HTTPResponse
 
-from .http_client import (_CHUNK, _PEEK, RequestHead, SendResult, _LowerHeaders, declared_too_large, error_result,
-                          is_event_stream, request_bytes, status_kind)
+from .http_client import (_CHUNK, _PEEK, RequestHead, SendResult, StreamBody, _LowerHeaders, declared_too_large,
+                          error_result, is_event_stream, request_bytes, status_kind)
 
 __all__ = ["EventedClient", "Done"]
 
@@ -93,7 +94,7 @@ class _Conn:
 
 class Exchange:
     __slots__ = ("conn", "payload", "parser", "done", "token", "t0", "started", "state", "addr_i", "final",
-                 "stream", "chunks", "arrivals", "size", "method")
+                 "stream", "chunks", "arrivals", "sbody", "method")
 
     def __init__(self, method: str, payload: bytes, done: Done, token: Any, started: float) -> None:
         self.method = method
@@ -110,7 +111,7 @@ class Exchange:
         self.stream = False
         self.chunks: list[bytes] = []
         self.arrivals: list[tuple[int, float]] = []
-        self.size = 0
+        self.sbody: StreamBody | None = None  # an event stream's body: wire and decoded sizes, the decoder
 
 
 class EventedClient:
@@ -299,13 +300,19 @@ class EventedClient:
         buf = parser._body_buffer  # noqa: SLF001 - the parser's body so far
         if ex.stream:
             if buf:
-                ex.size += len(buf)
-                if ex.size > self.max_response_bytes:
-                    self._over_cap(ex, ex.size, "stream")
-                    return
-                ex.chunks.append(bytes(buf))
+                at_ms = (time.perf_counter() - ex.t0) * 1000.0
+                piece = bytes(buf)
                 del buf[:]
-                ex.arrivals.append((ex.size, (time.perf_counter() - ex.t0) * 1000.0))
+                sbody = ex.sbody
+                assert sbody is not None
+                refused = sbody.add(piece, parser.get_code(), parser._headers_index)  # noqa: SLF001
+                if refused is not None:
+                    self._release(ex, reuse=False)
+                    self._finish(ex, refused)
+                    return
+                if sbody.last:
+                    ex.chunks.append(sbody.last)
+                    ex.arrivals.append((sbody.decoded, at_ms))
         elif len(buf) > self.max_response_bytes:
             self._over_cap(ex, len(buf), "body")
             return
@@ -321,27 +328,31 @@ class EventedClient:
             self._finish(ex, refused)
             return True
         ex.stream = is_event_stream(headers)
+        if ex.stream:
+            ex.sbody = StreamBody(headers, self.max_response_bytes)
         return False
 
     def _complete(self, ex: Exchange) -> None:
         parser = ex.parser
         status = parser.get_code()
         self._release(ex, reuse=not parser.should_close())
-        if ex.stream:
-            body, size, arrivals = b"".join(ex.chunks), ex.size, ex.arrivals
-        else:
-            body = bytes(parser._body_buffer)  # noqa: SLF001
-            size, arrivals = len(body), None
-        self._finish(ex, SendResult(status, body, status_kind(status), None, size, parser._headers_index,  # noqa: SLF001
-                                    arrivals))
+        headers = parser._headers_index  # noqa: SLF001
+        if ex.sbody is not None:
+            ended = ex.sbody.end(status, headers)
+            self._finish(ex, ended or SendResult(status, b"".join(ex.chunks), status_kind(status), None, ex.sbody.wire,
+                                                 headers, ex.arrivals, ex.sbody.decoded))
+            return
+        body = bytes(parser._body_buffer)  # noqa: SLF001
+        self._finish(ex, SendResult(status, body, status_kind(status), None, len(body), headers))
 
     def _broken(self, ex: Exchange, exc: BaseException) -> None:
         """The connection failed or closed early. A stream keeps what arrived (truncated_stream)."""
         self._release(ex, reuse=False)
-        if ex.stream and ex.final:
+        if ex.sbody is not None and ex.final:
             detail = f"the stream ended before the answer did: {type(exc).__name__}: {exc}"[:300]
             self._finish(ex, SendResult(ex.parser.get_code(), b"".join(ex.chunks), "truncated_stream", detail,
-                                        ex.size, ex.parser._headers_index, ex.arrivals))  # noqa: SLF001
+                                        ex.sbody.wire, ex.parser._headers_index, ex.arrivals,  # noqa: SLF001
+                                        ex.sbody.decoded))
         else:
             self._finish(ex, error_result(exc))
 

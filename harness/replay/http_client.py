@@ -12,8 +12,13 @@
   no CR/LF in values, no whitespace in the target); an invalid one is a `harness_error`, never sent.
 - One deadline for the whole exchange (gevent.Timeout), not per socket operation.
 - A body cap: answers over max_response_bytes are cut and recorded as too_large.
-- Event streams (`Content-Type: text/event-stream`) are read as they arrive: each read is recorded as
-  (bytes so far, ms since the send) in `arrivals`, from which the protocol reader times the tokens. A
+- The answer's bytes are returned as they came (Content-Encoding undone later, by the finisher:
+  harness.replay.content_encoding), so the leg's end time is when the answer was received.
+- TLS verified by default (harness.replay.tls: the target's ca_file, client certificate, server_name);
+  a TLS failure is the `tls` error kind.
+- Event streams (`Content-Type: text/event-stream`) are read as they arrive, decoded piece by piece
+  (StreamBody): each read is recorded as (decoded bytes so far, ms since the send) in `arrivals`, from
+  which the protocol reader times the tokens. A
   stream whose connection ends before the HTTP message does (a chunked body without its last chunk,
   a Content-Length not reached, a reset) keeps what arrived and is recorded as truncated_stream.
 
@@ -30,19 +35,22 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 import gevent
 import gevent.socket
+import gevent.ssl
 from gevent.local import local
 from geventhttpclient import HTTPClient
 from geventhttpclient.header import Headers
 from geventhttpclient.response import HTTPSocketPoolResponse
 
 from ..error_kinds import exception_kind
+from .content_encoding import DecodedTooLarge, EncodingError, decoder_for
+from .tls import client_context
 
-__all__ = ["TargetClient", "SendResult", "RequestHead", "request_bytes", "error_result", "status_kind",
+__all__ = ["TargetClient", "SendResult", "RequestHead", "StreamBody", "request_bytes", "error_result", "status_kind",
            "declared_too_large", "is_event_stream"]
 
 _CHUNK = 65536
@@ -63,7 +71,8 @@ class SendResult:
     error_detail: str | None
     response_bytes: int
     headers: dict[str, str] | None = None
-    arrivals: list[tuple[int, float]] | None = None  # streams only: (bytes received so far, ms since the send)
+    arrivals: list[tuple[int, float]] | None = None  # streams only: (decoded bytes so far, ms since the send)
+    decoded_bytes: int | None = None  # None until the Content-Encoding is undone (content_encoding.decode_answer)
 
 
 class RequestHead:
@@ -178,7 +187,7 @@ class _OneSocketPerRequest:
 
 class TargetClient:
     def __init__(self, url: str, *, timeout_s: float, connect_timeout_s: float, concurrency: int,
-                 max_response_bytes: int) -> None:
+                 max_response_bytes: int, tls: Mapping[str, Any] | None = None) -> None:
         parts = urlsplit(url)
         self.base_path = parts.path.rstrip("/")
         self.timeout_s = timeout_s
@@ -186,9 +195,15 @@ class TargetClient:
         self._timeout_detail = f"no complete answer within {timeout_s:g} s"
         self._state = local()
         host = parts.hostname or "127.0.0.1"
-        self._client = HTTPClient(host, port=parts.port, ssl=parts.scheme == "https",
-                                  insecure=True, connection_timeout=connect_timeout_s, network_timeout=timeout_s,
-                                  concurrency=concurrency, headers=Headers())
+        https = parts.scheme == "https"
+        tls_kw: dict[str, Any] = {}
+        if https:  # verified unless the target says verify: false (see harness.replay.tls)
+            ctx = client_context(tls, gevent.ssl)
+            tls_kw = {"ssl_context_factory": lambda *_a, **_k: ctx, "insecure": not ctx.check_hostname}
+            if tls and tls.get("server_name"):
+                tls_kw["ssl_options"] = {"server_hostname": tls["server_name"]}
+        self._client = HTTPClient(host, port=parts.port, ssl=https, connection_timeout=connect_timeout_s,
+                                  network_timeout=timeout_s, concurrency=concurrency, headers=Headers(), **tls_kw)
         self._client.default_headers = Headers()
         ghc_pool = self._client._connection_pool
         self._client._connection_pool = _OneSocketPerRequest(ghc_pool, self._state)  # type: ignore[assignment]
@@ -294,7 +309,7 @@ class TargetClient:
     def _read_stream(self, response: Any, status: int, resp_headers: dict[str, str], t0: float) -> SendResult:
         chunks: list[bytes] = []
         arrivals: list[tuple[int, float]] = []
-        size = 0
+        stream = StreamBody(resp_headers, self.max_response_bytes)
         kind = status_kind(status)
         detail = None
         while True:
@@ -312,12 +327,18 @@ class TargetClient:
                 break
             if not piece:
                 continue
-            size += len(piece)
-            if size > self.max_response_bytes:
-                return self._over_cap(response, status, size, "stream", resp_headers)
-            chunks.append(piece)
-            arrivals.append((size, (time.perf_counter() - t0) * 1000.0))
-        return SendResult(status, b"".join(chunks), kind, detail, size, resp_headers, arrivals)
+            at_ms = (time.perf_counter() - t0) * 1000.0
+            refused = stream.add(piece, status, resp_headers)
+            if refused is not None:
+                self._drop(response)
+                return refused
+            if stream.last:
+                chunks.append(stream.last)
+                arrivals.append((stream.decoded, at_ms))
+        ended = stream.end(status, resp_headers) if kind != "truncated_stream" else None
+        if ended is not None:
+            return ended
+        return SendResult(status, b"".join(chunks), kind, detail, stream.wire, resp_headers, arrivals, stream.decoded)
 
     def _over_cap(self, response: Any, status: int, size: int, what: str,
                   resp_headers: dict[str, str]) -> SendResult:
@@ -346,6 +367,57 @@ def request_bytes(method: str, uri: str, head: RequestHead, body: bytes, host_li
     length = f"Content-Length: {len(body)}\r\n" if body or method in _BODY_METHODS else ""
     data = f"{method} {uri} HTTP/1.1\r\n{head.lines}{host_line}{length}\r\n".encode("latin-1")
     return data + body if body else data
+
+
+class StreamBody:
+    """An event stream's body as it arrives: bytes on the wire counted, decoded piece by piece (so that the
+    arrival times refer to decoded bytes), the cap on the decoded size. `add` and `end` return the leg's
+    result when they end it (too_large, bad_encoding), else None; `last` is the decoded piece just added."""
+
+    __slots__ = ("cap", "wire", "decoded", "last", "_decoder", "_error")
+
+    def __init__(self, headers: Any, cap: int) -> None:
+        self.cap = cap
+        self.wire = self.decoded = 0
+        self.last = b""
+        self._error: str | None = None
+        try:
+            self._decoder = decoder_for(headers, cap)
+        except EncodingError as exc:
+            self._decoder, self._error = None, str(exc)
+
+    def add(self, piece: bytes, status: int, headers: Any) -> SendResult | None:
+        self.wire += len(piece)
+        if self._error is not None:
+            return self._bad(status, headers)
+        if self._decoder is not None:
+            try:
+                piece = self._decoder.feed(piece)
+            except DecodedTooLarge as exc:
+                return self._too_large(status, headers, exc.decoded)
+            except EncodingError as exc:
+                self._error = str(exc)
+                return self._bad(status, headers)
+        self.decoded += len(piece)
+        if self.wire > self.cap or self.decoded > self.cap:
+            return self._too_large(status, headers, self.decoded)
+        self.last = piece
+        return None
+
+    def end(self, status: int, headers: Any) -> SendResult | None:
+        if self._error is None and self._decoder is not None:
+            try:
+                self._decoder.finish()
+            except EncodingError as exc:
+                self._error = str(exc)
+        return self._bad(status, headers) if self._error is not None else None
+
+    def _too_large(self, status: int, headers: Any, decoded: int) -> SendResult:
+        return SendResult(status, b"", "too_large", f"stream over the cap of {self.cap} bytes", self.wire, headers,
+                          None, decoded)
+
+    def _bad(self, status: int, headers: Any) -> SendResult:
+        return SendResult(status, b"", status_kind(status) or "bad_encoding", self._error, self.wire, headers, None, 0)
 
 
 def declared_too_large(status: int, headers: Any, cap: int) -> SendResult | None:

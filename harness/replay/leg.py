@@ -6,7 +6,8 @@ import pyarrow as pa
 __all__ = ["LEG_SCHEMA", "RESOURCE_SCHEMA", "EVENT_SCHEMA", "ERROR_KINDS"]
 
 ERROR_KINDS = ("timeout", "connect", "reset", "http_4xx", "http_5xx", "invalid_json", "schema", "too_large",
-               "truncated_stream", "skipped_in_flight_limit", "harness_error", "row_count_mismatch")
+               "truncated_stream", "skipped_in_flight_limit", "harness_error", "row_count_mismatch", "bad_encoding",
+               "tls")
 
 # Times are epoch seconds (float64) here; the store turns them into TIMESTAMPTZ columns.
 LEG_SCHEMA = pa.schema([
@@ -50,6 +51,9 @@ LEG_SCHEMA = pa.schema([
     ("row_labels", pa.list_(pa.string())),
     ("row_scores", pa.list_(pa.float64())),
     ("row_invalid", pa.list_(pa.string())),
+    # Content-Encoding: response_bytes are the bytes on the wire, decoded_bytes what they decode to
+    ("content_encoding", pa.string()),
+    ("decoded_bytes", pa.int64()),
 ])
 
 RESOURCE_SCHEMA = pa.schema([

@@ -69,14 +69,17 @@ def inspect_capture(path: Path, fmt: str | None = None, scenario_path: Path | No
                     plot: Path | None = None) -> Inspection:
     fmt = detect_format(path, fmt)
     segments = None
+    trace = None
     if scenario_path is not None:
         from ..scenario import load_scenario
 
-        segments = SegmentEvaluator(load_scenario(scenario_path).segments)
+        scenario = load_scenario(scenario_path)
+        segments = SegmentEvaluator(scenario.segments)
+        trace = scenario.traffic.trace
     redactor = Redactor()
     ins = Inspection(path=path, format=fmt)
     last = None
-    for item in iter_records(path, fmt):
+    for item in iter_records(path, fmt, trace):
         if isinstance(item, BadRecord):
             ins.bad += 1
             if len(ins.bad_listed) < MAX_BAD_LISTED:

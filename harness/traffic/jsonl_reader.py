@@ -37,7 +37,7 @@ import orjson
 
 from ..errors import TrafficError
 from ..jsonpath import MISSING
-from .record import _UNSET, BadRecord, CapturedRequest
+from .record import _UNSET, BadRecord, CapturedRequest, CapturedResponse
 from .timestamps import TimestampError, parse_ts
 
 __all__ = [
@@ -306,8 +306,19 @@ def request_from_fields(
         meta["host"] = host
     return CapturedRequest(
         source=source, line=line, ts=ts, method=method, path=path,
-        headers=headers, body=body, meta=meta,
+        headers=headers, body=body, meta=meta, response=_production(meta),
     )
+
+
+def _production(meta: Mapping[str, Any]) -> CapturedResponse | None:
+    """The production answer a record carries (``production_status``, ``production_body``: what
+    `harness capture` and `harness traffic convert` write) as the production reference."""
+    status = meta.get("production_status")
+    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+        return None
+    answer = meta.get("production_body")
+    body = b"" if answer is None else answer.encode("utf-8") if isinstance(answer, str) else compact_json(answer)
+    return CapturedResponse(status=status, body=body)
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,7 +415,8 @@ def _fast_record(obj: dict[str, Any], source: str, lineno: int) -> CapturedReque
     else:
         return None
     meta = {} if obj.keys() <= RECORD_FIELDS else {k: v for k, v in obj.items() if k not in RECORD_FIELDS}
-    return CapturedRequest(source, lineno, when, method, path, headers, body, meta, None, doc)
+    response = _production(meta) if "production_status" in meta else None
+    return CapturedRequest(source, lineno, when, method, path, headers, body, meta, response, doc)
 
 
 class _Reason(str):

@@ -147,7 +147,7 @@ def prepare_traffic(scenario: Scenario, workdir: Path) -> PreparedTraffic:
         rows: list[dict[str, Any]] = []
         bad_rows: list[tuple[str, int, str]] = []
         records_read = 0
-        for item in iter_records(path, fmt):
+        for item in iter_records(path, fmt, cfg.trace):
             records_read += 1
             if isinstance(item, BadRecord):
                 reason = redactor.reason(item.reason)  # a reason may quote the record, secrets included

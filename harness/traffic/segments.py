@@ -17,7 +17,7 @@ from ..jsonpath import MISSING, find_first, first_getter
 from ..scenario import SegmentSpec
 from .record import CapturedRequest
 
-__all__ = ["SegmentEvaluator", "route_template", "bucket_label", "NONE_VALUE", "OTHER_VALUE"]
+__all__ = ["SegmentEvaluator", "route_template", "bucket_label", "prompt_tokens", "NONE_VALUE", "OTHER_VALUE"]
 
 NONE_VALUE = "(none)"
 OTHER_VALUE = "other"
@@ -117,7 +117,7 @@ class SegmentEvaluator:
         self._plain = [s for s in self.specs if s.kind != "cross"]
         self._cross = [s for s in self.specs if s.kind == "cross"]
         self._seen: dict[str, set[str]] = {s.name: set() for s in self.specs}
-        self._needs_body = any(s.kind in ("json_path", "json_array_length", "present") for s in self.specs)
+        self._needs_body = any(s.kind in ("json_path", "json_array_length", "present", "prompt_tokens") for s in self.specs)
         # Each spec compiled once into a function of the request (same values as _raw_value).
         self._plain_steps = [(s.name, self._compile(s), self._seen[s.name], s.max_values) for s in self._plain]
         self._cross_steps = [(s.name, tuple(s.arg or ()), self._seen[s.name], s.max_values) for s in self._cross]
@@ -216,6 +216,9 @@ class SegmentEvaluator:
                 v = req.header(name)
                 return str(v)[:64] if v not in (None, "") else NONE_VALUE
             return header
+        if kind == "prompt_tokens":
+            buckets = spec.buckets or (0,)
+            return lambda req: bucket_label(prompt_tokens(req), buckets)
         if kind in ("body_bytes", "json_array_length"):
             buckets = spec.buckets or (0,)
             labels = _bucket_labels(buckets)
@@ -246,6 +249,8 @@ class SegmentEvaluator:
             return NONE_VALUE
         if kind == "body_bytes":
             return bucket_label(len(req.body), spec.buckets or (0,))
+        if kind == "prompt_tokens":
+            return bucket_label(prompt_tokens(req), spec.buckets or (0,))
         if doc is MISSING:
             return NONE_VALUE if kind != "present" else _present_label(spec, MISSING)
         if kind == "json_path":
@@ -260,6 +265,30 @@ class SegmentEvaluator:
         if kind == "present":
             return _present_label(spec, doc)
         raise AssertionError(kind)
+
+
+def prompt_tokens(req: CapturedRequest) -> int:
+    """A request's prompt length in tokens: the trace's own `input_length` when the record has one (LLM
+    traces state it), else the whitespace-separated words of the chat messages' text or of `prompt`
+    (an estimate: real tokenizers count roughly 1.3 tokens per English word); 0 without either."""
+    stated = req.meta.get("input_length")
+    if isinstance(stated, int) and not isinstance(stated, bool):
+        return stated
+    doc = req.json_body()
+    if not isinstance(doc, dict):
+        return 0
+    texts: list[str] = []
+    messages = doc.get("messages")
+    for m in messages if isinstance(messages, list) else ():
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    prompt = doc.get("prompt")
+    if isinstance(prompt, str):
+        texts.append(prompt)
+    return sum(len(t.split()) for t in texts)
 
 
 def _present_label(spec: SegmentSpec, doc: Any) -> str:

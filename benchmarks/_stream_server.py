@@ -1,0 +1,239 @@
+"""An OpenAI-compatible streaming chat/completions server whose timing is the truth: every stream sends
+its first token `--ttft-ms` after its request was read and each next one `--itl-ms` later (scheduled
+from the read time, so lateness never accumulates), `max_tokens` tokens, then the usage chunk and
+`data: [DONE]`. Used by llm_streams.py. Standard library only (asyncio, no uvloop), one process per port
+list, 127.0.0.1 only.
+
+    python _stream_server.py --ports 8001 --ttft-ms 200 --itl-ms 200 --stats-file F
+
+Timing: asyncio's own timers round their timeout up to a whole millisecond (0-1 ms late), too coarse for
+a truth measured to 1 ms. A timer thread waits on a condition variable (nanosecond timeouts) for the
+earliest due token, takes every token due within the next `--quantum-ms` (0.2) and hands the batch to
+the event loop in one call_soon_threadsafe; the loop writes the pre-encoded chunks. The server records,
+for every token written, its lateness (written - scheduled; negative up to the quantum: early), and
+writes the distribution, the token writes per second and the most streams open at once to
+--stats-file on SIGTERM, so its own error can be told apart from the client's; and, per stream, what it
+really did (TTFT from the read to the first token written, mean and p95 gap between token writes) to
+STATS_FILE.truth.jsonl, keyed by the completion id the client sees.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import heapq
+import json
+import signal
+import sys
+import threading
+import time
+from array import array
+from typing import Any
+
+HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n")
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class Stream:
+    __slots__ = ("transport", "token", "left", "t0", "n", "tail", "proto", "cid", "written")
+
+    def __init__(self, proto: "Proto", transport: asyncio.Transport, token: bytes, n: int, t0: float, tail: bytes,
+                 cid: str):
+        self.proto, self.transport, self.token, self.left, self.n, self.t0, self.tail = proto, transport, token, n, n, t0, tail
+        self.cid, self.written = cid, array("d")
+
+
+class Wheel(threading.Thread):
+    """Due tokens -> batches handed to the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, quantum_s: float, write: Any) -> None:
+        super().__init__(daemon=True)
+        self.loop, self.quantum_s, self.write = loop, quantum_s, write
+        self.heap: list[tuple[float, int, Stream]] = []
+        self.cond = threading.Condition()
+        self.seq = 0
+
+    def add(self, due: float, s: Stream) -> None:
+        with self.cond:
+            self.seq += 1
+            heapq.heappush(self.heap, (due, self.seq, s))
+            if self.heap[0][2] is s:
+                self.cond.notify()
+
+    def run(self) -> None:
+        heap, cond = self.heap, self.cond
+        while True:
+            with cond:
+                while not heap:
+                    cond.wait()
+                now = time.perf_counter()
+                due = heap[0][0]
+                if due > now + self.quantum_s:
+                    cond.wait(due - now - self.quantum_s / 2)
+                    continue
+                horizon = now + self.quantum_s
+                batch = []
+                while heap and heap[0][0] <= horizon:
+                    d, _, s = heapq.heappop(heap)
+                    batch.append((d, s))
+            self.loop.call_soon_threadsafe(self.write, batch)
+
+
+class Proto(asyncio.Protocol):
+    server: "Server"
+
+    def __init__(self, server: "Server") -> None:
+        self.server, self.buf, self.transport, self.busy = server, b"", None, False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self.server.next_request(self)
+
+
+class Server:
+    def __init__(self, ttft_s: float, itl_s: float, quantum_s: float) -> None:
+        self.ttft_s, self.itl_s = ttft_s, itl_s
+        self.loop = asyncio.get_running_loop()
+        self.wheel = Wheel(self.loop, quantum_s, self.write_batch)
+        self.wheel.start()
+        self.late_us = array("i")
+        self.open = self.max_open = self.streams = self.writes = 0
+        self.first_write = self.last_write = 0.0
+        self.n = 0
+        self.done: list[tuple[str, float, array]] = []  # (completion id, read time, token write times)
+
+    def next_request(self, p: Proto) -> None:
+        if p.busy:
+            return  # pipelined: read after the current stream ends
+        head_end = p.buf.find(b"\r\n\r\n")
+        if head_end < 0:
+            return
+        t_read = time.perf_counter()
+        head = p.buf[:head_end]
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        end = head_end + 4 + length
+        if len(p.buf) < end:
+            return
+        body, p.buf = p.buf[head_end + 4:end], p.buf[end:]
+        try:
+            doc = json.loads(body)
+            n = int(doc.get("max_completion_tokens") or doc.get("max_tokens") or 16)
+            prompt = sum(len(str(m.get("content") or "").split()) for m in doc.get("messages") or ())
+        except (ValueError, TypeError, AttributeError):
+            p.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")  # type: ignore[union-attr]
+            return
+        self.n += 1
+        cid = f"chatcmpl-{self.n}"
+        pre = '{"id":"%s","object":"chat.completion.chunk","created":0,"model":"m","choices":[' % cid
+        role = _chunk(b"data: " + (pre + '{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}').encode() + b"\n\n")
+        token = _chunk(b"data: " + (pre + '{"index":0,"delta":{"content":" w"},"finish_reason":null}]}').encode() + b"\n\n")
+        usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
+        tail = (_chunk(b"data: " + (pre + '{"index":0,"delta":{},"finish_reason":"length"}]}').encode() + b"\n\n")
+                + _chunk(b"data: " + (pre + '],"usage":' + json.dumps(usage) + "}").encode() + b"\n\n")
+                + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        p.busy = True
+        p.transport.write(HEAD + role)  # type: ignore[union-attr]
+        self.open += 1
+        self.streams += 1
+        self.max_open = max(self.max_open, self.open)
+        self.wheel.add(t_read + self.ttft_s, Stream(p, p.transport, token, n, t_read, tail, cid))  # type: ignore[arg-type]
+
+    def write_batch(self, batch: list[tuple[float, Stream]]) -> None:
+        itl, wheel = self.itl_s, self.wheel
+        for due, s in batch:
+            now = time.perf_counter()
+            self.late_us.append(int((now - due) * 1e6))
+            if not self.first_write:
+                self.first_write = now
+            self.last_write = now
+            self.writes += 1
+            s.left -= 1
+            s.written.append(now)
+            if s.proto.transport is None:
+                self.open -= 1
+                continue
+            if s.left:
+                s.transport.write(s.token)
+                wheel.add(s.t0 + self.ttft_s + (s.n - s.left) * itl, s)
+            else:
+                s.transport.write(s.token + s.tail)
+                self.done.append((s.cid, s.t0, s.written))
+                self.open -= 1
+                s.proto.busy = False
+                if s.proto.buf:
+                    self.next_request(s.proto)
+
+    def truth(self) -> list[dict[str, Any]]:
+        """Per completed stream, what the server really did: TTFT (read -> first token written) and the
+        mean and p95 of its gaps between token writes, in ms."""
+        out = []
+        for cid, t0, written in self.done:
+            gaps = sorted(b - a for a, b in zip(written, written[1:]))
+            out.append({"id": cid, "ttft_ms": (written[0] - t0) * 1000,
+                        "itl_mean_ms": 1000 * sum(gaps) / len(gaps) if gaps else None,
+                        "itl_p95_ms": 1000 * _q(gaps, 0.95) if gaps else None})
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        late = sorted(self.late_us)
+
+        def q(p: float) -> float | None:
+            return late[min(len(late) - 1, int(p * len(late)))] / 1000.0 if late else None
+
+        span = self.last_write - self.first_write
+        return {"streams": self.streams, "token_writes": self.writes, "max_open_streams": self.max_open,
+                "writes_per_s": self.writes / span if span > 0 else None, "late_p50_ms": q(0.5),
+                "late_p99_ms": q(0.99), "late_max_ms": late[-1] / 1000.0 if late else None,
+                "early_max_ms": -late[0] / 1000.0 if late else None}
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ports", type=int, nargs="+", required=True)
+    ap.add_argument("--ttft-ms", type=float, required=True)
+    ap.add_argument("--itl-ms", type=float, required=True)
+    ap.add_argument("--quantum-ms", type=float, default=0.2)
+    ap.add_argument("--stats-file")
+    args = ap.parse_args()
+    # The timer thread and the loop hand the GIL to each other on every batch: the default 5 ms switch
+    # interval would be 5 ms of lateness whenever the other thread is busy.
+    sys.setswitchinterval(0.0002)
+    server = Server(args.ttft_ms / 1000, args.itl_ms / 1000, args.quantum_ms / 1000)
+    loop = asyncio.get_running_loop()
+    listeners = [await loop.create_server(lambda: Proto(server), "127.0.0.1", port, backlog=8192)
+                 for port in args.ports]
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    for s in listeners:
+        s.close()
+    if args.stats_file:
+        with open(args.stats_file, "w") as f:
+            json.dump(server.stats(), f)
+        with open(args.stats_file + ".truth.jsonl", "w") as f:
+            f.writelines(json.dumps(t) + "\n" for t in server.truth())
+
+
+def _q(s: list[float], q: float) -> float:
+    """numpy's default (linear) quantile of a sorted list, as the harness computes a leg's p95 gap."""
+    pos = (len(s) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,187 @@
+"""Issue 20, item 3: streams at scale. A paired replay of a Mooncake-style trace against two OpenAI-compatible
+streaming servers with an injected time to first token and inter-token gap (benchmarks/_stream_server.py,
+one process per version): at each concurrency, how far the harness's per-leg TTFT and inter-token gaps are
+from the injected truth, whether every leg was recorded, the send lag, and the memory per open stream.
+
+Concurrency C (pairs of streams open at once, 2C legs) is set by the arrival rate: each stream lasts
+D = TTFT + (tokens - 1) x ITL, so requests arrive at C / D pairs per second for D + --hold-s seconds.
+The servers report their own lateness per token write and the most streams they had open at once, so
+the servers' error is told apart from the client's and the concurrency reached is counted, not assumed.
+Two errors per leg: against the injected truth (server lateness included), and against what the server
+really did for that stream (joined on the completion id: the client's own error).
+Memory per open stream: the difference of the harness process tree's peak RSS between the highest and the
+lowest concurrency, divided by the difference in open legs.
+
+    flock /tmp/heavy.lock .venv/bin/python benchmarks/llm_streams.py                     # 100 .. 2000
+    flock /tmp/heavy.lock .venv/bin/python benchmarks/llm_streams.py --concurrency 250 1000
+
+The machine's load (load average, and CPU busy and steal over 1 s from /proc/stat) is recorded before
+each run: on a shared machine it says whether a figure is the code's or the neighbours'.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as c  # noqa: E402
+
+SERVER = Path(__file__).resolve().parent / "_stream_server.py"
+GOAL_MS = 1.0
+
+
+def load_now(interval_s: float = 1.0) -> dict[str, float]:
+    """Load average, and the share of CPU time busy and stolen (by the hypervisor) over interval_s."""
+    def read() -> list[int]:
+        return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+
+    a = read()
+    time.sleep(interval_s)
+    b = read()
+    d = [y - x for x, y in zip(a, b)]
+    total = max(sum(d[:8]), 1)
+    return {"loadavg_1m": round(__import__("os").getloadavg()[0], 2),
+            "busy": round(1 - (d[3] + d[4]) / total, 3), "steal": round(d[7] / total, 4) if len(d) > 7 else 0.0}
+
+
+@contextlib.contextmanager
+def stream_servers(ttft_ms: float, itl_ms: float, stats_dir: Path) -> Iterator[tuple[list[str], list[Path]]]:
+    ports = [c.free_port(), c.free_port()]
+    stats = [stats_dir / f"server-{p}.json" for p in ports]
+    procs = [subprocess.Popen([c.PY, str(SERVER), "--ports", str(p), "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms),
+                               "--stats-file", str(s)]) for p, s in zip(ports, stats)]
+    try:
+        for p in ports:
+            c.wait_port(p)
+        yield [f"http://127.0.0.1:{p}" for p in ports], stats
+    finally:
+        for proc in procs:
+            c.stop_process(proc)
+
+
+def write_trace(path: Path, n: int, rate: float, tokens: int) -> Path:
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"timestamp": round(i * 1000.0 / rate, 3), "input_length": 32,
+                                "output_length": tokens, "hash_ids": [i % 8]}) + "\n")
+    return path
+
+
+def write_scenario(path: Path, trace: Path, urls: list[str], max_in_flight: int) -> Path:
+    path.write_text(f"""name: llm-streams
+traffic:
+  path: {trace}
+  format: mooncake
+  trace: {{seed: 1, model: m}}
+targets:
+  baseline:  {{url: "{urls[0]}", protocol: openai}}
+  candidate: {{url: "{urls[1]}", protocol: openai}}
+replay:
+  mode: paired
+  timeout_s: 60
+  max_in_flight: {max_in_flight}
+  allow: ["POST /v1/chat/completions"]
+promotion_gates:
+  error_rate: {{maximum: 0.01}}
+""")
+    return path
+
+
+def one(conc: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    stream_s = (args.ttft_ms + (args.tokens - 1) * args.itl_ms) / 1000.0
+    rate = conc / stream_s
+    n = int(rate * (stream_s + args.hold_s))
+    d = work / f"c{conc}"
+    d.mkdir()
+    trace = write_trace(d / "trace.jsonl", n, rate, args.tokens)
+    load = load_now()
+    with stream_servers(args.ttft_ms, args.itl_ms, d) as (urls, stats):
+        scen = write_scenario(d / "s.yaml", trace, urls, max_in_flight=2 * conc + 100)
+        extra = ["--processes", str(args.processes)] if args.processes > 1 else []
+        run = c.run_harness(["run", str(scen), *extra], out=d / "out", timeout_s=stream_s + args.hold_s + 240,
+                            measure_rss=True)
+    server = [json.loads(s.read_text()) if s.exists() else {} for s in stats]
+    res: dict[str, Any] = {"concurrency_pairs": conc, "open_legs_planned": 2 * conc, "pairs": n,
+                           "rate_pairs_per_s": round(rate, 1), "load_before": load, "rc": run.rc,
+                           "wall_s": round(run.wall_s, 1), "peak_rss_mb": run.peak_rss_mb,
+                           "server_max_open": [s.get("max_open_streams") for s in server],
+                           "server_writes_per_s": [round(s.get("writes_per_s") or 0) for s in server],
+                           "server_late_p99_ms": [s.get("late_p99_ms") for s in server],
+                           "server_late_max_ms": [s.get("late_max_ms") for s in server]}
+    if run.run_dir is None or not (run.run_dir / "results.duckdb").exists():
+        res["error"] = run.output[-2000:]
+        return res
+    res["processes"] = args.processes
+    ttft, itl = args.ttft_ms, args.itl_ms
+    [row] = c.query(run.run_dir, f"""
+        select count(*), count(*) filter (where error_kind is not null),
+               count(*) filter (where completion_tokens = {args.tokens} and token_chunks = {args.tokens}),
+               quantile_cont(time_to_first_token_ms - {ttft}, 0.5), quantile_cont(time_to_first_token_ms - {ttft}, 0.99),
+               max(time_to_first_token_ms - {ttft}), min(time_to_first_token_ms - {ttft}),
+               quantile_cont(abs(inter_token_ms_mean - {itl}), 0.99), quantile_cont(inter_token_ms_p95 - {itl}, 0.99),
+               quantile_cont(send_lag_ms, 0.99), max(send_lag_ms)
+        from legs""")
+    keys = ["legs", "errors", "legs_with_all_tokens", "ttft_err_p50_ms", "ttft_err_p99_ms", "ttft_err_max_ms",
+            "ttft_err_min_ms", "itl_mean_abs_err_p99_ms", "itl_p95_err_p99_ms", "send_lag_p99_ms", "send_lag_max_ms"]
+    res.update({k: (round(v, 3) if isinstance(v, float) else v) for k, v in zip(keys, row)})
+    res["error_kinds"] = dict(c.query(run.run_dir, "select error_kind, count(*) from legs where error_kind is not null "
+                                                   "group by 1 order by 2 desc"))
+    # against what each server really did for that very stream (joined on the completion id)
+    truth = " union all ".join(f"select '{v}' as version, * from read_json_auto('{t}.truth.jsonl')"
+                               for v, t in zip(("baseline", "candidate"), stats) if Path(f"{t}.truth.jsonl").exists())
+    if truth:
+        [row] = c.query(run.run_dir, f"""
+            with t as ({truth}),
+            j as (select l.time_to_first_token_ms - t.ttft_ms as ttft_err, l.inter_token_ms_mean - t.itl_mean_ms as mean_err,
+                         l.inter_token_ms_p95 - t.itl_p95_ms as p95_err, t.ttft_ms - {ttft} as server_ttft_err
+                  from legs l join t on t.version = l.version and t.id = json_extract_string(l.output_json, '$.id'))
+            select count(*), quantile_cont(ttft_err, 0.5), quantile_cont(ttft_err, 0.99), max(ttft_err), min(ttft_err),
+                   quantile_cont(abs(mean_err), 0.99), quantile_cont(abs(p95_err), 0.99),
+                   quantile_cont(server_ttft_err, 0.99) from j""")
+        keys = ["legs_matched_to_server_truth", "ttft_err_vs_served_p50_ms", "ttft_err_vs_served_p99_ms",
+                "ttft_err_vs_served_max_ms", "ttft_err_vs_served_min_ms", "itl_mean_abs_err_vs_served_p99_ms",
+                "itl_p95_abs_err_vs_served_p99_ms", "server_ttft_late_p99_ms"]
+        res.update({k: (round(v, 3) if isinstance(v, float) else v) for k, v in zip(keys, row)})
+    res["accurate_vs_injected"] = bool(res["legs"] == 2 * n and res["errors"] == 0 and res["ttft_err_p99_ms"] is not None
+                                       and abs(res["ttft_err_p99_ms"]) <= GOAL_MS and res["itl_p95_err_p99_ms"] <= GOAL_MS)
+    served = [res.get(k) for k in ("ttft_err_vs_served_p99_ms", "itl_p95_abs_err_vs_served_p99_ms")]
+    res["accurate_vs_served"] = bool(res["legs"] == 2 * n and res["errors"] == 0 and None not in served
+                                     and all(abs(x) <= GOAL_MS for x in served))  # type: ignore[arg-type]
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[100, 250, 500, 1000, 2000])
+    ap.add_argument("--ttft-ms", type=float, default=200.0)
+    ap.add_argument("--itl-ms", type=float, default=200.0)
+    ap.add_argument("--tokens", type=int, default=20)
+    ap.add_argument("--hold-s", type=float, default=8.0, help="seconds at full concurrency")
+    ap.add_argument("--processes", type=int, default=1, help="harness run --processes N (1: one process)")
+    args = ap.parse_args()
+    info = c.machine_info()
+    c.print_machine(info)
+    results = []
+    with c.scratch_dir("llm-streams-") as work:
+        for conc in args.concurrency:
+            r = one(conc, args, work)
+            results.append(r)
+            print(json.dumps(r), flush=True)
+    lo, hi = results[0], results[-1]
+    per_stream_kb = None
+    if lo.get("peak_rss_mb") and hi.get("peak_rss_mb") and hi["concurrency_pairs"] > lo["concurrency_pairs"]:
+        per_stream_kb = round((hi["peak_rss_mb"] - lo["peak_rss_mb"]) * 1024
+                              / (2 * (hi["concurrency_pairs"] - lo["concurrency_pairs"])), 1)
+    print(f"memory per open stream (leg): {per_stream_kb} KiB")
+    c.save_result("llm_streams", {"machine": info, "args": vars(args), "runs": results,
+                                  "memory_per_open_leg_kib": per_stream_kb})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""One request and the upstream's answer, as the proxy, the middleware and the logger sink saw them, and
+how it becomes a capture record: sampled, redacted, its bodies cut at the capture limit.
+
+The record is the capture record format (captured_traffic/README.md) with the production answer as
+metadata, which the JSONL reader turns back into the production reference:
+
+    production_status, production_latency_ms, production_bytes, production_body (a JSON value or a
+    string, cut at the limit), production_error (why there is no answer: connect, timeout, ...),
+    body_truncated / production_body_truncated with body_bytes (the size that was forwarded)
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from ..scenario import RedactConfig, SegmentSpec
+from ..traffic.convert import to_capture_record
+from ..traffic.record import CapturedRequest
+from ..traffic.redaction import Redactor
+from ..traffic.segments import SegmentEvaluator
+
+__all__ = ["Exchange", "ExchangeRecords", "SampleRule", "DEFAULT_MAX_BODY_BYTES"]
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+
+
+@dataclass(slots=True)
+class Exchange:
+    ts: float  # arrival, epoch seconds
+    method: str
+    path: str  # with the query string
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    status: int | None = None
+    latency_ms: float | None = None
+    response_headers: tuple[tuple[str, str], ...] = ()
+    response_body: bytes = b""
+    response_bytes: int = 0
+    error: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SampleRule:
+    """Keep a `fraction` of the requests (seeded draws, one per request in arrival order), and in any case
+    the first `min_per_segment` of each value of the `segment` (rare segments keep enough to judge)."""
+
+    fraction: float = 1.0
+    seed: int = 0
+    segment: SegmentSpec | None = None
+    min_per_segment: int = 0
+
+
+class ExchangeRecords:
+    """Exchange -> zero or one capture record. Called by the writer thread only (the sampler's state)."""
+
+    def __init__(self, redact: RedactConfig | None = None, sample: SampleRule | None = None,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+        self.redactor = Redactor(redact or RedactConfig())
+        self.sample = sample = sample or SampleRule()
+        self.max_body_bytes = max_body_bytes
+        self._rng = random.Random(sample.seed)
+        self._segments = SegmentEvaluator((sample.segment,)) if sample.segment is not None else None
+        self._seen: dict[str | None, int] = {}
+        self.sampled_out = 0
+
+    def __call__(self, ex: Exchange) -> Iterator[dict[str, Any]]:
+        req = CapturedRequest("capture", 0, ex.ts, ex.method, ex.path, ex.headers, ex.body)
+        if not self._keep(req):
+            self.sampled_out += 1
+            return
+        req = self.redactor.request(req)
+        body = req.body
+        if len(body) > self.max_body_bytes:
+            # cut after redaction: a cut JSON body could no longer be parsed to mask its secrets
+            req = CapturedRequest(req.source, req.line, req.ts, req.method, req.path, req.headers,
+                                  body[: self.max_body_bytes])
+        rec = to_capture_record(req)
+        if len(body) > self.max_body_bytes:
+            rec["body_truncated"] = True
+            rec["body_bytes"] = len(ex.body)
+        rec.update(ex.meta)
+        if ex.status is not None:
+            rec["production_status"] = ex.status
+        if ex.latency_ms is not None:
+            rec["production_latency_ms"] = round(ex.latency_ms, 3)
+        if ex.error is not None:
+            rec["production_error"] = ex.error
+        if ex.status is not None:
+            rec["production_bytes"] = ex.response_bytes
+            rec.update(self._answer(ex))
+        yield rec
+
+    def _keep(self, req: CapturedRequest) -> bool:
+        # One draw per request whatever the outcome: the same traffic and seed keep the same requests.
+        drawn = self._rng.random() < self.sample.fraction
+        if self._segments is None or self.sample.min_per_segment <= 0:
+            return drawn
+        value = self._segments.values(req).get(self._segments.names[0])
+        seen = self._seen.get(value, 0)
+        if seen < self.sample.min_per_segment or drawn:
+            self._seen[value] = seen + 1
+            return True
+        return False
+
+    def _answer(self, ex: Exchange) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in ex.response_headers:
+            if k.lower() == "content-type":
+                out["production_content_type"] = v
+                break
+        body = ex.response_body
+        if not body:
+            return out
+        if len(body) > self.max_body_bytes or ex.response_bytes > len(body):
+            # A cut answer cannot be parsed, so its secrets could not be masked: it is left out.
+            out["production_body_truncated"] = True
+            return out
+        body = self.redactor.body(body)
+        text = body.decode("utf-8", "replace")
+        try:
+            out["production_body"] = json.loads(text)
+        except ValueError:
+            out["production_body"] = text
+        return out

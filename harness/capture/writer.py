@@ -1,0 +1,175 @@
+"""Rotating capture files, written off the request path.
+
+`CaptureWriter.put(item)` never blocks: it hands the item to a writer thread through a bounded queue
+(full: the item is dropped and counted). The thread turns items into capture records (a `to_records`
+callable: redaction and serialisation cost CPU, which the serving loop should not pay), buffers their
+lines and appends them at least every `flush_s` (0.5 s): one killed process loses at most the last
+flush interval, well under the one second promised.
+
+A `.gz` file is a series of complete gzip members, one per flush, each appended with one write call:
+gzip readers read concatenated members as one stream, and a file cut by a kill ends after its last
+whole member rather than inside one. A file that exists already is never appended to (it may end in a
+member a previous process was killed inside): the writer picks the next free name (`-1`, `-2`, ...).
+
+Rotation: the output pattern goes through strftime (UTC) at each flush, so `%Y%m%dT%H` starts a new
+file every hour; `rotate_bytes` starts a new one when the current file has reached that size.
+
+A write that fails (disk full, folder removed) prints one error line and stops the capture for good (a
+short write is cut back to the last whole flush first, so the file still ends on a whole record);
+items put after that are counted as dropped, and serving goes on.
+"""
+from __future__ import annotations
+
+import errno
+import gzip
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, TextIO
+
+import orjson
+
+__all__ = ["CaptureWriter", "WriterStats"]
+
+_STOP = object()
+
+
+@dataclass
+class WriterStats:
+    records_written: int = 0
+    files: list[str] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+
+class CaptureWriter:
+    def __init__(self, pattern: str, to_records: Callable[[Any], Iterable[dict[str, Any]]], *,
+                 rotate_bytes: int | None = None, flush_s: float = 0.5, max_queue: int = 100_000,
+                 stderr: TextIO | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.pattern = pattern
+        self.gzip = pattern.endswith(".gz")
+        self.rotate_bytes = rotate_bytes
+        self.flush_s = flush_s
+        self.stats = WriterStats()
+        self._to_records = to_records
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self._stderr = stderr or sys.stderr
+        self._clock = clock
+        self._fd: int | None = None
+        self._name: str | None = None  # the pattern's expansion the open file belongs to
+        self._size = 0
+        self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, item: Any) -> None:
+        if self.stats.error is not None:
+            self.stats.drop("capture stopped after a write error")
+            return
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self.stats.drop("writer queue full")
+
+    def close(self, timeout_s: float = 30.0) -> WriterStats:
+        """Writes what is queued, closes the file and returns the counts."""
+        try:
+            self._queue.put(_STOP, timeout=timeout_s)
+        except queue.Full:
+            pass
+        self._thread.join(timeout_s)
+        return self.stats
+
+    # -- the writer thread
+
+    def _run(self) -> None:
+        lines: list[bytes] = []
+        next_flush = self._clock() + self.flush_s
+        stopping = False
+        while not stopping:
+            try:
+                item = self._queue.get(timeout=max(0.0, next_flush - self._clock()))
+                if item is _STOP:
+                    stopping = True
+                elif self.stats.error is None:
+                    self._convert(item, lines)
+            except queue.Empty:
+                pass
+            if stopping or self._clock() >= next_flush:
+                if lines and self.stats.error is None:
+                    self._flush(lines)
+                lines = []
+                next_flush = self._clock() + self.flush_s
+        self._close_file()
+
+    def _convert(self, item: Any, lines: list[bytes]) -> None:
+        try:
+            for rec in self._to_records(item):
+                lines.append(orjson.dumps(rec, option=orjson.OPT_NON_STR_KEYS) + b"\n")
+        except Exception as exc:  # noqa: BLE001 - one record that cannot be written must not end the capture
+            self.stats.drop(f"record could not be written: {type(exc).__name__}")
+
+    def _flush(self, lines: list[bytes]) -> None:
+        data = b"".join(lines)
+        if self.gzip:
+            # mtime=0: the same records make the same bytes
+            data = gzip.compress(data, compresslevel=6, mtime=0)
+        try:
+            fd = self._file_for(len(data))
+            written = os.write(fd, data)
+            if written != len(data):
+                # A short write (the disk filled part-way): cut back to the last whole flush, so the file
+                # never ends inside a record or a gzip member.
+                os.ftruncate(fd, self._size)
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes): disk full?")
+        except OSError as exc:
+            self.stats.error = f"{self._name or self.pattern}: {exc.strerror or exc}"
+            self.stats.drop("capture stopped after a write error", len(lines))
+            print(f"harness capture: cannot write the capture ({self.stats.error}); capture stopped, "
+                  "the proxy keeps serving", file=self._stderr, flush=True)
+            self._close_file()
+            return
+        self._size += len(data)
+        self.stats.records_written += len(lines)
+
+    def _file_for(self, incoming: int) -> int:
+        name = datetime.fromtimestamp(self._clock(), timezone.utc).strftime(self.pattern)
+        full = self.rotate_bytes is not None and self._size > 0 and self._size + incoming > self.rotate_bytes
+        if self._fd is None or name != self._name or full:
+            self._close_file()
+            path = _free_name(Path(name))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            self._name, self._size = name, 0
+            self.stats.files.append(str(path))
+        return self._fd
+
+    def _close_file(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+
+
+def _free_name(path: Path) -> Path:
+    if not path.exists():
+        return path
+    name = path.name
+    stem, ext = name, ""
+    for suffix in (".jsonl.gz", ".ndjson.gz", ".jsonl", ".ndjson", ".gz"):
+        if name.endswith(suffix):
+            stem, ext = name[: -len(suffix)], suffix
+            break
+    i = 1
+    while (candidate := path.with_name(f"{stem}-{i}{ext}")).exists():
+        i += 1
+    return candidate

@@ -1,0 +1,124 @@
+"""TLS for https targets: the client context from a target's `tls` settings, and the pre-run handshake check.
+
+Certificates are verified by default (the system's trust store, or `ca_file`), with the host name checked
+against `server_name` (default: the URL's host, also sent as SNI). `verify: false` turns both off; the run
+says so and records it. `client_cert` / `client_key` present a client certificate (mutual TLS).
+
+`check_tls` does one real handshake before anything is sent and names the cause of a failure in one line:
+an untrusted or expired certificate, a name mismatch, a server that does not speak TLS, a handshake that
+hangs. A server that asks for a client certificate cannot be told apart, from the handshake alone, from one
+that requires it (nginx completes the handshake and answers 400 to each request), so then, and only then,
+the check sends one `HEAD /` and reads its status.
+"""
+from __future__ import annotations
+
+import socket
+import ssl
+from typing import Any, Mapping
+
+__all__ = ["client_context", "check_tls", "TLS_KEYS"]
+
+TLS_KEYS = ("ca_file", "client_cert", "client_key", "server_name", "verify")
+
+_EXPIRED = 10
+_UNTRUSTED = frozenset({2, 18, 19, 20, 21, 27})  # no issuer, self-signed, self-signed in chain, local issuer, untrusted
+_NAME_MISMATCH = frozenset({62, 64})  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+_CERTIFICATE_REQUEST = 13  # TLS handshake message type
+
+
+def client_context(tls: Mapping[str, Any] | None, ssl_module: Any = ssl) -> ssl.SSLContext:
+    """The SSLContext for a target (`tls` as in TargetConfig.tls; None: verify with the system's CAs).
+    `ssl_module`: gevent.ssl for the replay's cooperative sockets."""
+    tls = tls or {}
+    ctx = ssl_module.create_default_context(cafile=tls.get("ca_file"))
+    if tls.get("verify", True) is False:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if tls.get("client_cert"):
+        ctx.load_cert_chain(tls["client_cert"], tls.get("client_key"))
+    return ctx
+
+
+def check_tls(host: str, port: int, tls: Mapping[str, Any] | None, timeout_s: float, where: str) -> str | None:
+    """One handshake with the target as the replay will do it: None when it succeeds, else one line naming
+    the cause (`where` names the target and its setting, e.g. "targets.baseline.tls")."""
+    tls = tls or {}
+    name = tls.get("server_name") or host
+    ctx = client_context(tls)
+    asked: list[bool] = []
+
+    def seen(_conn: Any, direction: str, _version: Any, _content: Any, msg_type: Any, _data: Any) -> None:
+        if direction == "read" and msg_type == _CERTIFICATE_REQUEST:
+            asked.append(True)
+
+    if hasattr(ctx, "_msg_callback"):  # CPython's debug hook; without it the client-certificate probe is skipped
+        ctx._msg_callback = seen  # noqa: SLF001
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout_s)
+    except OSError as exc:
+        return f"cannot connect: {exc.strerror or exc}"
+    try:
+        try:
+            sock = ctx.wrap_socket(raw, server_hostname=name)
+        except ssl.SSLCertVerificationError as exc:
+            return _verify_failure(exc, name, where)
+        except ssl.SSLError as exc:
+            return _handshake_failure(exc, where)
+        except (socket.timeout, TimeoutError):
+            return f"the TLS handshake did not finish within {timeout_s:g} s"
+        except OSError as exc:
+            return f"the TLS handshake failed: {exc.strerror or exc} (is the port serving TLS?)"
+        if not asked:
+            sock.close()
+            return None
+        try:
+            return _probe_client_certificate(sock, host, port, bool(tls.get("client_cert")), where)
+        finally:
+            sock.close()
+    finally:
+        raw.close()
+
+
+def _verify_failure(exc: ssl.SSLCertVerificationError, name: str, where: str) -> str:
+    code, message = exc.verify_code, exc.verify_message
+    if code == _EXPIRED:
+        return f"the server's certificate has expired ({message}); renew it, or set {where}.verify: false to test anyway"
+    if code in _UNTRUSTED:
+        return (f"the server's certificate is not trusted ({message}); set {where}.ca_file to the CA that signed "
+                "it, or verify: false to test anyway")
+    if code in _NAME_MISMATCH:
+        return (f"the server's certificate does not match the name {name!r} ({message}); set {where}.server_name "
+                "to a name the certificate carries")
+    return f"the server's certificate was refused: {message or exc}"
+
+
+def _handshake_failure(exc: ssl.SSLError, where: str) -> str:
+    reason = exc.reason or str(exc)
+    text = reason.lower()
+    if "wrong_version_number" in text or "wrong version number" in text or "record layer failure" in text:
+        return "the server does not speak TLS on this port (use http:// for a plain HTTP target)"
+    if "certificate required" in text or "certificate_required" in text or "handshake failure" in text:
+        return f"the server requires a client certificate and did not accept one ({reason}); set {where}.client_cert"
+    if "unknown ca" in text or "bad certificate" in text or "certificate unknown" in text:
+        return f"the server refused the client certificate ({reason}); check {where}.client_cert and client_key"
+    return f"the TLS handshake failed: {reason}"
+
+
+def _probe_client_certificate(sock: ssl.SSLSocket, host: str, port: int, have_cert: bool, where: str) -> str | None:
+    host_port = f"[{host}]" if ":" in host else host
+    try:
+        sock.sendall(f"HEAD / HTTP/1.1\r\nHost: {host_port}:{port}\r\nConnection: close\r\n\r\n".encode("latin-1"))
+        head = sock.recv(4096)
+    except ssl.SSLError as exc:  # TLS 1.3: the server's refusal of the certificate arrives after the handshake
+        return _handshake_failure(exc, where)
+    except OSError:
+        return None  # the server closed the probe: the replay will record what it does
+    parts = head.split(b" ", 2)
+    status = parts[1] if len(parts) > 1 else b""
+    if status in (b"400", b"495", b"496"):
+        if have_cert:
+            return (f"the server asked for a client certificate and answered {status.decode()} with the one given: "
+                    f"check {where}.client_cert and client_key (is it signed by a CA the server trusts?)")
+        return (f"the server requires a client certificate (it answered {status.decode()} without one); set "
+                f"{where}.client_cert and {where}.client_key")
+    return None

@@ -1,0 +1,140 @@
+"""The live shadow proxy: every request is answered from the baseline (streamed back unchanged), and a
+copy goes to the candidate in the background.
+
+The candidate can never delay, alter or fail the user's answer: the copy is its own task on its own
+connection pool, started after the request body is read (both legs leave together, as in a paired
+replay), and nothing the user gets waits for it. Copies in flight are bounded (replay.max_in_flight):
+beyond it a request is not mirrored and the drop is counted with its reason. Only routes in
+replay.allow, plus GET/HEAD/OPTIONS, are mirrored (side-effect safety, as for a replay).
+
+What is recorded goes through two writer threads (harness.capture.writer): the requests as a capture
+(redacted, with their shadow id as `request_id`) and the legs, built off the serving loop
+(legs.LegBuilder: output validation, extraction). run.py turns both into the run folder.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from ..capture.exchange import Exchange
+from ..capture.forward import HOP_BY_HOP, Answer, Forwarder
+from ..capture.writer import CaptureWriter
+from ..scenario import Scenario
+from ..traffic.prepare import is_allowed
+from ..traffic.segments import route_template
+from .legs import LegBuilder
+
+__all__ = ["ShadowStats", "ShadowApp", "USER_TIMEOUT_S"]
+
+USER_TIMEOUT_S = 60.0  # the user's request to the baseline: a proxy's timeout, not the replay's
+
+
+@dataclass
+class ShadowStats:
+    requests: int = 0
+    mirrored: int = 0
+    not_allowed: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    drop_reasons: dict[str, str] = field(default_factory=dict)  # shadow id -> reason
+    candidate_errors: dict[str, int] = field(default_factory=dict)
+    started_at: float = 0.0
+
+    def drop(self, rid: str, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        self.drop_reasons[rid] = reason
+
+
+class ShadowApp:
+    def __init__(self, scenario: Scenario, capture: CaptureWriter, legs: CaptureWriter,
+                 max_requests: int | None, stop: asyncio.Event) -> None:
+        self.scenario = scenario
+        self.capture = capture
+        self.legs = legs
+        self.max_requests = max_requests
+        self.stop = stop
+        self.stats = ShadowStats(started_at=time.time())
+        self.copies: set[asyncio.Task[None]] = set()
+        self._seq = 0
+        self._keep = scenario.replay.max_response_bytes
+        self._baseline: Forwarder | None = None
+        self._candidate: Forwarder | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1 << 30)
+        app.on_startup.append(self._start)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def _start(self, _app: web.Application) -> None:
+        self._baseline = Forwarder(self.scenario.target_for("baseline").url, timeout_s=USER_TIMEOUT_S)
+        replay = self.scenario.replay
+        self._candidate = Forwarder(self.scenario.target_for("candidate").url, timeout_s=replay.timeout_s,
+                                    connect_timeout_s=replay.connect_timeout_s)
+
+    async def close(self, drain_s: float) -> None:
+        """Waits up to drain_s for the copies in flight, cancels the rest, closes the pools."""
+        if self.copies:
+            await asyncio.wait(set(self.copies), timeout=drain_s)
+        for t in list(self.copies):
+            t.cancel()
+        if self.copies:
+            await asyncio.wait(set(self.copies), timeout=1.0)
+        for f in (self._baseline, self._candidate):
+            if f is not None:
+                await f.close()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        assert self._baseline is not None and self._candidate is not None
+        arrived = time.time()
+        body = await request.read()
+        self._seq += 1
+        rid = f"s{self._seq:09d}"
+        stats = self.stats
+        stats.requests += 1
+        raw_path = request.raw_path
+        route = route_template(raw_path)
+        mirror = False
+        if not is_allowed(request.method, raw_path, route, self.scenario.replay.allow):
+            stats.not_allowed += 1
+        elif self.stop.is_set():
+            stats.drop(rid, "not mirrored: the shadow run was stopping")
+        elif len(self.copies) >= self.scenario.replay.max_in_flight:
+            stats.drop(rid, "not mirrored: copies in flight at replay.max_in_flight")
+        else:
+            mirror = True
+            stats.mirrored += 1
+            headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+            task = asyncio.create_task(self._copy(rid, route, request.method, raw_path, headers, body, arrived))
+            self.copies.add(task)
+            task.add_done_callback(self.copies.discard)
+            if self.max_requests is not None and stats.mirrored >= self.max_requests:
+                self.stop.set()
+        resp, answer = await self._baseline.relay(request, body, self._keep)
+        self.capture.put(Exchange(arrived, request.method, raw_path, tuple(request.headers.items()), body,
+                                  answer.status, (answer.done_at - arrived) * 1000.0, answer.headers, answer.body,
+                                  answer.size, answer.error, meta={"request_id": rid}))
+        if mirror:
+            self.legs.put(("baseline", rid, route, arrived, answer))
+        return resp
+
+    async def _copy(self, rid: str, route: str, method: str, raw_path: str, headers: list[tuple[str, str]],
+                    body: bytes, arrived: float) -> None:
+        assert self._candidate is not None
+        answer = await self._candidate.fetch(method, raw_path, headers, body, self._keep)
+        if answer.error is not None:
+            self.stats.candidate_errors[answer.error] = self.stats.candidate_errors.get(answer.error, 0) + 1
+        self.legs.put(("candidate", rid, route, arrived, answer))
+
+
+def leg_records(builder: LegBuilder, max_bytes: int) -> Any:
+    """The legs writer's conversion: (version, shadow id, route, arrival, Answer) -> one leg row."""
+    def convert(item: tuple[str, str, str, float, Answer]) -> list[dict[str, Any]]:
+        version, rid, route, arrived, a = item
+        return [builder.leg(rid, version, route, arrived, a.sent_at, a.done_at, a.status, a.error, a.headers,
+                            a.body, a.size, max_bytes)]
+
+    return convert

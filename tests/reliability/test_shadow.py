@@ -1,0 +1,131 @@
+"""`harness shadow` with a candidate that is slow, that fails, and that is down: the users get the
+baseline's answers, byte for byte, at the baseline's speed; copies beyond the in-flight limit are
+dropped and counted; the run folder is a replay's (accounting, the contract checker, `harness report`)."""
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from reliability_kit import REPO, check_accounting, closed_port, query, run_harness, summary, the_run_dir
+
+pytestmark = pytest.mark.integration
+
+SAMPLE = REPO / "captured_traffic" / "fraud_sample.jsonl"
+TARGET = REPO / "tests" / "shadow_target.py"
+CLIENT = REPO / "tests" / "capture_client.py"
+N = 300
+
+
+class Target:
+    def __init__(self, tmp: Path, mode: str) -> None:
+        port_file = tmp / f"{mode}-{time.monotonic_ns()}.port"
+        self.proc = subprocess.Popen([sys.executable, str(TARGET), str(port_file), "--mode", mode])
+        deadline = time.monotonic() + 20
+        while not port_file.exists():
+            assert self.proc.poll() is None and time.monotonic() < deadline, "target did not start"
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{port_file.read_text()}"
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def targets(tmp_path: Path) -> Iterator[Any]:
+    started: list[Target] = []
+
+    def start(mode: str) -> Target:
+        t = Target(tmp_path, mode)
+        started.append(t)
+        return t
+
+    yield start
+    for t in started:
+        t.stop()
+
+
+def _client(url: str, out: Path) -> list[dict[str, Any]]:
+    proc = subprocess.run([sys.executable, str(CLIENT), url, str(SAMPLE), str(N), str(out), "--secret",
+                           "sk-shadow-secret-1234567890"], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [json.loads(x) for x in (out / "answered.jsonl").read_text().splitlines()]
+
+
+def _scenario(tmp: Path, baseline: str, candidate: str, max_in_flight: int) -> Path:
+    d = {
+        "name": "live",
+        "traffic": {"path": str(SAMPLE)},  # not read by a shadow run
+        "segments": {"route": {"path_template": True}, "tenant": {"header": "X-Tenant-Tier"}},
+        "targets": {"baseline": {"url": baseline}, "candidate": {"url": candidate}},
+        "replay": {"allow": ["POST /v1/score", "POST /v1/accounts/*/score"], "timeout_s": 1,
+                   "max_in_flight": max_in_flight},
+        "promotion_gates": {"error_rate": {"maximum": 0.01}, "latency_p95_ms": {"maximum_regression_percent": 50}},
+        "analysis": {"bootstrap_resamples": 200},
+    }
+    path = tmp / "live.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("candidate_mode", ["slow", "failing", "down"])
+def test_shadow_never_costs_the_user_anything(tmp_path: Path, targets: Any, harness_proc: Any,
+                                              candidate_mode: str) -> None:
+    baseline = targets("ok")
+    candidate_url = f"http://127.0.0.1:{closed_port()}" if candidate_mode == "down" else targets(candidate_mode).url
+    # slow: a limit of 16 copies in flight against bursts of 64 forces drops
+    scenario = _scenario(tmp_path, baseline.url, candidate_url, 16 if candidate_mode == "slow" else 1000)
+    port = closed_port()
+    out = tmp_path / "reports"
+    shadow = harness_proc(["shadow", scenario, "--listen", f"127.0.0.1:{port}", "--out", out],
+                          tmp_path)
+    deadline = time.monotonic() + 30
+    while "listening on" not in shadow.stdout:
+        assert shadow.proc.poll() is None and time.monotonic() < deadline, shadow.stdout + shadow.stderr
+        time.sleep(0.05)
+    through = _client(f"http://127.0.0.1:{port}", tmp_path / "through")
+    direct = _client(baseline.url, tmp_path / "direct")
+    shadow.signal(signal.SIGTERM)
+    code = shadow.wait(120)
+    assert code in (0, 1, 2), shadow.stdout + shadow.stderr
+
+    # the users' answers are the baseline's, byte for byte
+    assert len(through) == len(direct) == N
+    got = {a["seq"]: (a["status"], base64.b64decode(a["body_b64"])) for a in through}
+    want = {a["seq"]: (a["status"], base64.b64decode(a["body_b64"])) for a in direct}
+    assert got == want
+    assert all(status == 200 for status, _ in got.values())
+    # ... at the baseline's speed: no user waited for the slow candidate (1.5 s, timed out at 1 s)
+    if candidate_mode == "slow":
+        assert max(a["latency_ms"] for a in through) < 1000.0, (sorted(a["latency_ms"] for a in through)[-10:], sorted(a["latency_ms"] for a in direct)[-10:], [(a["seq"], a["latency_ms"]) for a in through if a["latency_ms"] > 500])
+
+    run_dir = the_run_dir(out)
+    counts = check_accounting(run_dir, "paired")
+    skipped = counts["skipped"]
+    mirrored_errors = dict(query(run_dir, "select error_kind, count(*) from legs where version = 'candidate' "
+                                          "group by 1"))
+    baseline_errors = query(run_dir, "select count(*) from legs where version = 'baseline' and error_kind is not null")
+    assert baseline_errors == [(0,)]
+    if candidate_mode == "slow":
+        assert mirrored_errors.get("timeout", 0) == counts["replayed"], mirrored_errors
+        assert skipped.get("not mirrored: copies in flight at replay.max_in_flight", 0) > 0, skipped
+    elif candidate_mode == "failing":
+        assert mirrored_errors.get("http_5xx", 0) > 0 and mirrored_errors.get("reset", 0) > 0, mirrored_errors
+    else:
+        assert mirrored_errors == {"connect": counts["replayed"]}, mirrored_errors
+    assert summary(run_dir)["verdict"] == "BLOCK"
+    # the judgement is rebuilt from results.duckdb alone, as for a replay
+    rc, _, err = run_harness(["report", run_dir], tmp_path)
+    assert rc == 1, err
+    # the shadow capture is kept, redacted, and replayable
+    assert b"sk-shadow-secret" not in gzip.decompress((run_dir / "shadow_traffic.jsonl.gz").read_bytes())

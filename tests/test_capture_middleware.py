@@ -1,0 +1,69 @@
+"""CaptureMiddleware in a real Starlette app served by uvicorn (its own process)."""
+from __future__ import annotations
+
+import gzip
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+SERVER = Path(__file__).parent / "asgi_model_server.py"
+SECRET = "sk-mw-secret-5566778899"
+
+
+def _post(url: str, i: int) -> tuple[int, bytes]:
+    body = json.dumps({"transactions": [{"amount": i}] * (1 + i % 3), "api_key": SECRET}).encode()
+    req = urllib.request.Request(f"{url}/v1/score?client=web&i={i}", data=body, method="POST", headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {SECRET}", "X-Seq": str(i)})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.status, r.read()
+
+
+def test_middleware_writes_every_request_redacted(tmp_path: Path) -> None:
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen([sys.executable, str(SERVER), str(port_file), str(tmp_path / "cap" / "mw.jsonl.gz")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.02)
+        url = f"http://127.0.0.1:{port_file.read_text()}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                _post(url, 0)
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda i: _post(url, i), range(1, 201)))
+        assert all(status == 200 for status, _ in answers)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert out.strip(), err
+    stats = json.loads(out.strip().splitlines()[-1])
+    assert stats["written"] == 201 and stats["dropped"] == {}, (stats, err)
+    data = b"".join(gzip.decompress(Path(f).read_bytes()) for f in stats["files"])
+    assert SECRET.encode() not in data and b"srv-secret-x1" not in data
+    records = [json.loads(x) for x in data.splitlines()]
+    seqs = sorted(int(r["headers"]["x-seq"]) for r in records if "x-seq" in r["headers"])
+    assert seqs == list(range(0, 201))
+    r = next(r for r in records if r["headers"].get("x-seq") == "7")
+    assert r["method"] == "POST" and r["path"] == "/v1/score?client=web&i=7"
+    assert r["body"]["transactions"] == [{"amount": 7}, {"amount": 7}] and r["body"]["api_key"] == "[REDACTED]"
+    assert r["headers"]["authorization"] == "[REDACTED]"
+    assert r["production_status"] == 200 and r["production_body"]["n"] == 2
+    assert r["production_body"]["token"] == "[REDACTED]"

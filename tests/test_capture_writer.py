@@ -1,0 +1,78 @@
+"""The capture writer: bounded, never blocking, whole gzip members, rotation, never appending."""
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+from harness.capture.exchange import Exchange, ExchangeRecords, SampleRule
+from harness.capture.writer import CaptureWriter
+
+
+def _identity(item: Any) -> Iterator[dict[str, Any]]:
+    yield item
+
+
+def test_a_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
+    release, taken = threading.Event(), threading.Event()
+
+    def slow(item: Any) -> Iterator[dict[str, Any]]:
+        taken.set()
+        release.wait(10)
+        yield item
+
+    w = CaptureWriter(str(tmp_path / "c.jsonl"), slow, max_queue=2)
+    w.put({"i": 0})
+    assert taken.wait(10)
+    for i in range(1, 10):  # the thread holds one, the queue two: the other seven are dropped
+        w.put({"i": i})
+    assert w.stats.dropped == {"writer queue full": 7}
+    release.set()
+    stats = w.close()
+    assert stats.records_written == 3
+    assert [json.loads(x)["i"] for x in Path(stats.files[0]).read_text().splitlines()] == [0, 1, 2]
+
+
+def test_gzip_members_rotate_by_size_and_never_append(tmp_path: Path) -> None:
+    pattern = str(tmp_path / "out" / "c.jsonl.gz")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "c.jsonl.gz").write_bytes(b"left by a killed process")
+    w = CaptureWriter(pattern, _identity, rotate_bytes=2000, flush_s=0.01)
+    for i in range(300):
+        w.put({"i": i, "pad": "x" * (i % 50)})
+    stats = w.close()
+    assert stats.records_written == 300
+    assert str(tmp_path / "out" / "c.jsonl.gz") not in stats.files
+    assert stats.files[0] == str(tmp_path / "out" / "c-1.jsonl.gz")
+    got = [json.loads(x)["i"] for f in stats.files for x in gzip.decompress(Path(f).read_bytes()).splitlines()]
+    assert got == list(range(300))
+    assert (tmp_path / "out" / "c.jsonl.gz").read_bytes() == b"left by a killed process"
+
+
+def test_sampling_is_seeded_and_keeps_a_minimum_per_segment() -> None:
+    from harness.scenario import SegmentSpec
+
+    spec = SegmentSpec(name="tenant", kind="header", arg="X-Tenant")
+
+    def kept(seed: int) -> list[int]:
+        records = ExchangeRecords(sample=SampleRule(0.1, seed, spec, 5))
+        out = []
+        for i in range(1000):
+            tenant = "rare" if i % 100 == 0 else "common"
+            ex = Exchange(1.7e9 + i, "GET", f"/x?i={i}", (("X-Tenant", tenant),), b"")
+            out += [i for _ in records(ex)]
+        return out
+
+    a, b = kept(1), kept(1)
+    assert a == b and a != kept(2)
+    assert sum(1 for i in a if i % 100 == 0) >= 5  # the rare tenant keeps its first five at least
+    assert 60 < len(a) < 160  # about a tenth of the common tenant's 990
+
+
+def test_a_body_over_the_limit_is_cut_after_redaction_and_says_so() -> None:
+    body = json.dumps({"password": "hunter2", "data": "y" * 500}).encode()
+    (rec,) = ExchangeRecords(max_body_bytes=100)(Exchange(1.7e9, "POST", "/x", (), body, 200, 1.0, (), b"{}", 2))
+    assert rec["body_truncated"] is True and rec["body_bytes"] == len(body)
+    assert "hunter2" not in json.dumps(rec) and len(rec["body"]) == 100

@@ -1,0 +1,81 @@
+"""The https path of the replay client (TargetClient over TLS) against a scripted TLS server on 127.0.0.1:
+the HTTP details a real client gets right (chunked, split, interim 1xx, 204, close-delimited, HEAD with a
+Content-Length), a compressed answer returned as received, verification on by default, and a TLS failure
+as the `tls` error kind."""
+from __future__ import annotations
+
+import gzip
+import ssl
+from pathlib import Path
+from typing import Any
+
+import gevent.server
+import pytest
+
+from harness.replay.content_encoding import decode_answer
+from harness.replay.http_client import RequestHead, TargetClient
+from stacks import make_pki
+from test_evented import OK, ScriptedServer, _ok
+
+pytestmark = pytest.mark.integration
+
+
+class TLSScriptedServer(ScriptedServer):
+    def __init__(self, script: dict[str, list[Any]], cert: Path, key: Path) -> None:
+        super().__init__(script)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(cert), str(key))
+        self.server = gevent.server.StreamServer(("127.0.0.1", 0), self._handle, ssl_context=ctx)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def _send(pki: dict[str, Path], script: dict[str, list[Any]], path: str, method: str = "GET",
+          tls: dict[str, Any] | None = None) -> Any:
+    with TLSScriptedServer(script, pki["server"], pki["server_key"]) as srv:
+        client = TargetClient(f"https://127.0.0.1:{srv.port}", timeout_s=3, connect_timeout_s=1, concurrency=4,
+                              max_response_bytes=1_000_000, tls={"ca_file": str(pki["ca"])} if tls is None else tls)
+        try:
+            return client.send(method, path, RequestHead([("Accept", "application/json")]), b"")
+        finally:
+            client.close()
+
+
+@pytest.mark.parametrize("path, answer, status, body", [
+    ("/chunked", [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"],
+     200, b"hello world"),
+    ("/split", [b"HTTP/1.1 200 OK\r\nContent-Length: 19\r\n\r\n", 0.05, OK], 200, OK),
+    ("/interim", [b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", _ok()], 200, OK),
+    ("/no-content", [b"HTTP/1.1 204 No Content\r\n\r\n"], 204, b""),
+    ("/close-delimited", [b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + OK, "close"], 200, OK),
+])
+def test_http_details_over_tls(pki: dict[str, Path], path: str, answer: list[Any], status: int, body: bytes) -> None:
+    r = _send(pki, {path: answer}, path)
+    assert (r.status, r.body, r.error_kind, r.response_bytes) == (status, body, None, len(body))
+
+
+def test_head_with_a_content_length_over_tls(pki: dict[str, Path]) -> None:
+    r = _send(pki, {"/h": [b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"]}, "/h", method="HEAD")
+    assert (r.status, r.body, r.error_kind) == (200, b"", None)
+
+
+def test_a_compressed_answer_over_tls_is_decoded_after_receipt(pki: dict[str, Path]) -> None:
+    wire = gzip.compress(OK * 100)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(wire), wire)
+    r = _send(pki, {"/z": [answer]}, "/z")
+    assert (r.body, r.response_bytes, r.decoded_bytes) == (wire, len(wire), None)  # as received
+    d = decode_answer(r, cap=1_000_000)
+    assert (d.body, d.response_bytes, d.decoded_bytes) == (OK * 100, len(wire), len(OK) * 100)
+
+
+def test_verification_is_on_by_default_and_its_failure_is_the_tls_kind(pki: dict[str, Path]) -> None:
+    script = {"/ok": [_ok()]}
+    untrusted = _send(pki, script, "/ok", tls={})  # the system's CAs do not know the test's CA
+    assert untrusted.error_kind == "tls" and "CERTIFICATE_VERIFY_FAILED" in untrusted.error_detail
+    wrong_name = _send(pki, script, "/ok", tls={"ca_file": str(pki["ca"]), "server_name": "model.internal"})
+    assert wrong_name.error_kind == "tls" and "model.internal" in wrong_name.error_detail
+    unverified = _send(pki, script, "/ok", tls={"verify": False})
+    assert (unverified.status, unverified.error_kind) == (200, None)
