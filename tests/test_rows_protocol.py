@@ -98,6 +98,10 @@ def test_read_output_adds_rows_where_active_and_clears_batch_level_guesses() -> 
     assert read_output("kserve_v2", 500, body, "$.p", "$.c", rows=DEFAULT).row_labels is None
     one = read_output("kserve_v1", 200, b'{"predictions": [[0.25, 0.75]]}', "$.p", "$.c", rows=DEFAULT)
     assert (one.prediction, one.confidence, one.row_count) == ("1", 0.75, 1)
+    # a one-row V2 answer: its row's label and the positive class's probability, not the largest probability
+    one_v2 = json.dumps(v2({"name": "predict_proba", "shape": [1, 2], "data": [0.7, 0.3]})).encode()
+    out = read_output("kserve_v2", 200, one_v2, "$.prediction", "$.confidence", rows=DEFAULT)
+    assert (out.prediction, out.confidence) == ("0", 0.3)
 
 
 def test_rows_config_is_validated() -> None:
