@@ -19,11 +19,12 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from . import stats
 from .clustered import ClusterIndex, cluster_bootstrap, clustered_rate
-from .dataset import Coded, PairData
+from .dataset import Coded, PairData, _codes, _sorted_codes
 
 __all__ = ["RowData", "load_rows", "row_gate", "rows_summary", "batch_size_buckets", "batch_size_segment",
            "size_row_rate", "BATCH_BUCKETS", "ROW_MIN_REQUESTS"]
@@ -53,36 +54,41 @@ class RowData:
 
 def load_rows(con: duckdb.DuckDBPyConnection, pairs: PairData) -> RowData | None:
     """The analysable pairs' rows where both legs answered without an error; None when no leg has rows."""
-    has = con.execute("select count(*) from information_schema.tables where table_name = 'row_pairs'").fetchone()
-    with_rows = con.execute("select count(*) from legs where row_labels is not null").fetchone() if has and has[0] else None
-    if not with_rows or not with_rows[0]:
+    # fetchall, not fetchone: a result left unfinished blocks the connection's next query
+    has = con.execute("select count(*) from information_schema.tables where table_name = 'row_pairs'").fetchall()
+    if not has[0][0] or not con.execute("select count(*) from legs where row_labels is not null").fetchall()[0][0]:
         return None
-    cur = con.execute("""select order_idx, row_idx, batch_size, baseline_label, candidate_label,
-                                baseline_score, candidate_score,
-                                baseline_invalid_reason is not null, candidate_invalid_reason is not null
-                         from row_pairs
-                         where not warmup and baseline_error_kind is null and candidate_error_kind is null
-                           and row_idx is not null
-                         order by order_idx, row_idx""")
-    cols = list(zip(*cur.fetchall())) or [()] * 9
-    order_idx = np.asarray(cols[0], dtype=np.int64)
+    # Arrow straight to numpy and label codes: a run's rows are many times its requests.
+    table = con.sql("""select order_idx, row_idx, batch_size::double as batch_size, baseline_label,
+                                  candidate_label, baseline_score, candidate_score,
+                                  baseline_invalid_reason is not null as baseline_invalid,
+                                  candidate_invalid_reason is not null as candidate_invalid
+                           from row_pairs
+                           where not warmup and baseline_error_kind is null and candidate_error_kind is null
+                             and row_idx is not null
+                           order by order_idx, row_idx""").to_arrow_table()
+
+    def col(name: str, fill: Any) -> NDArray[Any]:
+        return np.asarray(pc.fill_null(table[name], fill).to_numpy())
+
+    order_idx = col("order_idx", -1).astype(np.int64)
     pos = np.searchsorted(pairs.order_idx, order_idx)
-    found = (pos < len(pairs.order_idx)) & (pairs.order_idx[np.minimum(pos, max(len(pairs.order_idx) - 1, 0))]
-                                            == order_idx) if len(pairs.order_idx) else np.zeros(len(order_idx), bool)
+    n_pairs = len(pairs.order_idx)
+    found = (pos < n_pairs) & (pairs.order_idx[np.minimum(pos, max(n_pairs - 1, 0))] == order_idx) if n_pairs \
+        else np.zeros(len(order_idx), bool)
     keep = np.flatnonzero(found)
-    labels = Coded.joint({"baseline": np.asarray(cols[3], dtype=object)[keep],
-                          "candidate": np.asarray(cols[4], dtype=object)[keep]})
-
-    def num(i: int) -> NDArray[np.float64]:
-        return np.array([math.nan if v is None else float(v) for v in np.asarray(cols[i], dtype=object)[keep]],
-                        dtype=np.float64)
-
-    invalid = {"baseline": np.asarray(cols[7], dtype=bool)[keep], "candidate": np.asarray(cols[8], dtype=bool)[keep]}
-    score = {"baseline": num(5), "candidate": num(6)}
+    seen: dict[str, int] = {}
+    raw = {v: _codes(table[f"{v}_label"].combine_chunks(), seen)[keep] for v in ("baseline", "candidate")}
+    remap, ordered = _sorted_codes(seen)
+    labels = {v: Coded(np.where(r >= 0, remap[np.maximum(r, 0)] if len(remap) else -1, -1).astype(np.int32), ordered)
+              for v, r in raw.items()}
+    invalid = {v: col(f"{v}_invalid", False).astype(bool)[keep] for v in ("baseline", "candidate")}
+    score = {v: col(f"{v}_score", math.nan).astype(np.float64)[keep] for v in ("baseline", "candidate")}
     for v in score:
         score[v][invalid[v]] = math.nan
     return RowData(request_pos=pos[keep].astype(np.intp), order_idx=order_idx[keep],
-                   row_idx=np.asarray(cols[1], dtype=np.int64)[keep], batch_size=num(2), label=labels, score=score,
+                   row_idx=col("row_idx", -1).astype(np.int64)[keep],
+                   batch_size=col("batch_size", math.nan).astype(np.float64)[keep], label=labels, score=score,
                    invalid=invalid)
 
 
@@ -266,7 +272,7 @@ def rows_summary(con: duckdb.DuckDBPyConnection, rows: RowData | None, pairs: Pa
         select count(*) filter (where row_labels is not null), count(*) filter (where error_kind = 'row_count_mismatch'),
                coalesce(sum(len(row_labels)) filter (where version = 'baseline'), 0),
                coalesce(sum(len(row_labels)) filter (where version = 'candidate'), 0)
-        from legs""").fetchone() or ()))
+        from legs""").fetchall()[0]))
     for v, n in con.execute("select version, count(*) filter (where invalid_reason is not null) from prediction_rows "
                             "group by 1").fetchall():
         counts[f"invalid_{v}"] = n
