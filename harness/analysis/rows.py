@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from . import stats
-from .clustered import ClusterIndex, cluster_bootstrap, clustered_rate
+from .clustered import cluster_weights, clustered_rate
 from .dataset import Coded, PairData, _codes, _sorted_codes
 
 __all__ = ["RowData", "load_rows", "row_gate", "rows_summary", "batch_size_buckets", "batch_size_segment",
@@ -190,19 +190,10 @@ def _row_distribution(spec: Any, rows: RowData, sel: NDArray[np.bool_], where: s
                         f"{_DISTRIBUTION_MIN_ROWS} rows in {ROW_MIN_REQUESTS} requests are needed.", n_rows),
                 "min_n": _DISTRIBUTION_MIN_ROWS}
     bs, cs = b[idx], c[idx]
+    requests, cluster = np.unique(rows.order_idx[idx], return_inverse=True)
+    value, draws = _bootstrap_over_requests(spec.metric, spec.aggregation, bs, cs, cluster, len(requests),
+                                            min(n_resamples, _DISTRIBUTION_RESAMPLES), seed)
     m, agg = spec.metric, spec.aggregation
-
-    def statistic(i: NDArray[np.intp]) -> float:
-        if m == "row_score_change":
-            d = np.abs(cs[i] - bs[i])
-            return float(np.mean(d)) if agg == "mean" else float(np.quantile(d, 0.99))
-        if m == "row_score_psi":
-            return stats.psi(bs[i], cs[i])
-        return stats.ks_statistic(bs[i], cs[i])
-
-    value = statistic(np.arange(n_rows))
-    draws = cluster_bootstrap(statistic, ClusterIndex(rows.order_idx[idx]), min(n_resamples, _DISTRIBUTION_RESAMPLES),
-                              seed)
     draws = draws[np.isfinite(draws)]
     lo, hi = float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))
     lo, hi = min(lo, value), max(hi, value)
@@ -220,6 +211,52 @@ def _row_distribution(spec: Any, rows: RowData, sel: NDArray[np.bool_], where: s
             "reason": (f"{name.capitalize()}{where} {value:.4g} ({n_rows} rows in {n_req} requests; "
                        f"{100 * (1 - alpha):g} % bounds {lo:.4g}-{hi:.4g} by a bootstrap over requests) vs "
                        f"{spec.threshold_text}: {status}.")}
+
+
+def _bootstrap_over_requests(metric: str, aggregation: str, bs: NDArray[np.float64], cs: NDArray[np.float64],
+                             cluster: NDArray[np.intp], n_clusters: int, n_resamples: int, seed: int
+                             ) -> tuple[float, NDArray[np.float64]]:
+    """The statistic on all rows and over resamples of requests, each resample as request weights
+    (clustered.cluster_weights) applied to per-request totals: sums for the mean, bin counts for PSI and
+    KS (the bins of the whole sample held fixed; KS on a grid of 256 pooled quantiles) and for the p99 (1,024
+    bins of the top 10 % of changes, each resample's p99 read to its bin's upper edge)."""
+    draws: list[NDArray[np.float64]] = []
+    if metric == "row_score_change":
+        d = np.abs(cs - bs)
+        if aggregation == "mean":
+            sums, counts = np.bincount(cluster, d, n_clusters), np.bincount(cluster, minlength=n_clusters)
+            for w in cluster_weights(n_clusters, n_resamples, seed):
+                draws.append((w @ sums) / (w @ counts))
+            return float(np.mean(d)), np.concatenate(draws)
+        # a resample's p99 lies in the top tail: 1,024 bins above the whole sample's p90 place it to 0.01 %
+        edges = np.unique(np.quantile(d, np.linspace(0.9, 1.0, 1025)))
+        k = len(edges) + 1
+        tail = np.bincount(cluster * k + np.searchsorted(edges, d, side="left"),
+                           minlength=n_clusters * k).reshape(n_clusters, k)
+        upper = np.append(edges, edges[-1])
+        for w in cluster_weights(n_clusters, n_resamples, seed, width=max(n_clusters, k)):
+            cum = np.cumsum(w @ tail, axis=1)
+            draws.append(upper[np.argmax(cum >= 0.99 * cum[:, -1:], axis=1)])
+        return float(np.quantile(d, 0.99)), np.concatenate(draws)
+    if metric == "row_score_psi":
+        edges, k = stats._psi_edges(bs, 10)
+        value = stats.psi(bs, cs)
+        binned = (stats._psi_bin(edges, bs), stats._psi_bin(edges, cs))
+    else:
+        grid = np.unique(np.quantile(np.concatenate([bs, cs]), np.linspace(0, 1, 257)))
+        k = len(grid) + 1
+        value = stats.ks_statistic(bs, cs)
+        binned = (np.searchsorted(grid, bs, side="left"), np.searchsorted(grid, cs, side="left"))
+    per_request = [np.bincount(cluster * k + x, minlength=n_clusters * k).reshape(n_clusters, k) for x in binned]
+    for w in cluster_weights(n_clusters, n_resamples, seed, width=max(n_clusters, k)):
+        cb, cc = w @ per_request[0], w @ per_request[1]
+        if metric == "row_score_psi":
+            draws.append(stats._psi_from_counts(cb, cc))
+        else:
+            fb = np.cumsum(cb, axis=1) / cb.sum(axis=1, keepdims=True)
+            fc = np.cumsum(cc, axis=1) / cc.sum(axis=1, keepdims=True)
+            draws.append(np.max(np.abs(fb - fc), axis=1))
+    return value, np.concatenate(draws)
 
 
 # ----------------------------------------------------------------------------------------------- sizing
