@@ -330,6 +330,9 @@ def rows_summary(con: duckdb.DuckDBPyConnection, rows: RowData | None, pairs: Pa
                 segments.append({"segment": f"{name}={value}", **r})
     segments.sort(key=lambda s: -s["flip_rate"])
     flipped = np.flatnonzero(judged & (b.codes != c.codes))
+    # examples from as many requests as possible: the first flipped row of each request first
+    _, first = np.unique(rows.order_idx[flipped], return_index=True)
+    flipped = np.concatenate([flipped[np.sort(first)], np.setdiff1d(flipped, flipped[first])])
     rid = {}
     if len(flipped):
         ids = ", ".join(str(int(x)) for x in np.unique(rows.order_idx[flipped[:examples]]))
