@@ -122,3 +122,25 @@ def test_v2_batches_are_read_row_by_row(tmp_path: Path) -> None:
     multi = con.execute("select count(*) filter (where prediction is not null) from legs l join requests r "
                         "using (order_idx) where r.batch_size > 1").fetchone()
     assert multi == (0,)
+
+
+def test_requests_skipped_at_the_in_flight_limit_count_as_rows_in_row_gates(tmp_path: Path) -> None:
+    """A load that was not delivered re-judges rate gates with the skipped requests as unknown outcomes; a
+    row gate counts rows, so each skipped request weighs as many rows as an answered one holds."""
+    from harness.run import run_scenario
+    from harness.scenario import scenario_from_dict
+
+    recs = [r for i, r in enumerate(records(60)) if i not in FAULTS]
+    with BatchV1Server(BASE_W, delay_s=0.06) as b, BatchV1Server(CAND_W, delay_s=0.06) as c:
+        sc = scenario_dict(write_capture(tmp_path / "c.jsonl", recs), b.url, c.url, speed=1, max_in_flight=1)
+        sc["targets"]["baseline"]["protocol"] = sc["targets"]["candidate"]["protocol"] = "kserve_v1"
+        sc["promotion_gates"] = {"row_flip_rate": {"maximum": 0.95, "per_segment": False}}
+        result = run_scenario(scenario_from_dict(sc), tmp_path / "out", echo=lambda m: None, progress_every_s=60)
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    skipped = summary["counts"]["skipped"]
+    assert skipped and summary["replay"]["delivered"] is False
+    (gate,) = [g for g in summary["gates"] if g["name"] == "row_flip_rate"]
+    n_skipped = sum(skipped.values())
+    rows = summary["rows"]["overall"]
+    per_request = rows["rows"] / rows["requests"]
+    assert f" {n_skipped:,} requests ({round(n_skipped * per_request):,} rows) of this scope" in gate["reason"]
