@@ -1,6 +1,6 @@
 """Issue 20, item 4: harness against NVIDIA AIPerf (and GuideLLM where it installs) on the same streaming
 server (benchmarks/_stream_server.py, injected TTFT and inter-token gap) and the same Mooncake-style trace,
-one tool after the other in the same run: per-request TTFT and inter-token error against the injected
+one tool after the other in the same run (a fresh server for each): per-request TTFT and inter-token error against the injected
 truth, every request recorded, the streams the server saw open at once, and the CPU seconds each tool
 spent per stream (its process tree's user + system time, from the rusage of the reaped children).
 
@@ -9,7 +9,9 @@ their own dependencies): aiperf==0.13.0, guidellm==0.8.1. Offline, AIPerf needs 
 load in offline mode: a byte-level BPE trained here with the `tokenizers` package on the repository's own
 text, laid out as a HuggingFace cache entry `local/tok` (a plain folder path is rejected in offline mode).
 harness replays the trace baseline-only against the same one server (the paired figures are in
-llm_streams.py). AIPerf replays the trace with its fixed schedule (timestamps), as harness does.
+llm_streams.py). AIPerf replays the trace with its fixed schedule (timestamps), as harness does; GuideLLM
+with its replay profile (schedule_turn timestamp; its mooncake reader reads timestamps as seconds, so
+time_scale 0.001). A tool's "records" are the requests it reported; the server counts what was sent.
 
     flock /tmp/heavy.lock .venv/bin/python benchmarks/llm_peers.py --concurrency 50 200 500
 """
@@ -134,6 +136,34 @@ def run_aiperf(aiperf: Path, trace: Path, url: str, work: Path, args: argparse.N
                      [v(m, "inter_token_latency") for m in ok if v(m, "inter_token_latency") is not None], p95, args)}
 
 
+def run_guidellm(guidellm: Path, aiperf: Path | None, trace: Path, url: str, work: Path,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    """GuideLLM's trace replay (profile replay, schedule_turn timestamp) of the same Mooncake trace. Its
+    mooncake reader takes the timestamps as seconds: time_scale 0.001 makes them the trace's milliseconds."""
+    if aiperf is None:
+        return {"error": "no tokenizer (it is trained with the aiperf venv's tokenizers package)"}
+    tok = next((hf_home(aiperf) / "hub" / "models--local--tok" / "snapshots").iterdir())
+    cfg = work / "guidellm.json"
+    cfg.write_text(json.dumps({"metadata": {"name": "harness-peer", "description": "mooncake replay"}, "spec": {
+        "backend": {"kind": "openai_http", "target": url, "model": "m"},
+        "profile": {"kind": "replay", "schedule_turn": "timestamp", "time_scale": 0.001},
+        "data": [{"kind": "mooncake", "source": {"kind": "json_file", "path": str(trace)}}],
+        "tokenizer": {"kind": "huggingface_auto", "model": str(tok)}}, "benchmarks": [{}]}))
+    out = work / "guidellm_out.json"
+    cmd = [str(guidellm / "bin" / "guidellm"), "run", "-c", str(cfg), "--output", f"kind=json,path={out}",
+           "--disable-console-interactive"]
+    proc, cpu = cpu_of(lambda: subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
+                                              text=True, timeout=900))
+    if not out.exists():
+        return {"error": (proc.stdout + proc.stderr)[-1000:], "cpu_s": cpu}
+    reqs = json.loads(out.read_text())["benchmarks"][0]["requests"]
+    ok = [r for r in reqs.get("successful") or [] if r.get("time_to_first_token_ms") is not None]
+    bad = len(reqs.get("errored") or []) + len(reqs.get("incomplete") or [])
+    return {"records": len(ok) + bad, "errors": bad, "cpu_s": round(cpu, 2),
+            **errors([r["time_to_first_token_ms"] for r in ok],
+                     [r["inter_token_latency_ms"] for r in ok if r.get("inter_token_latency_ms") is not None], [], args)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[50, 200, 500])
@@ -145,6 +175,7 @@ def main() -> None:
     info = c.machine_info()
     c.print_machine(info)
     aiperf = venv("aiperf", AIPERF)
+    guidellm = venv("guidellm", GUIDELLM)
     results = []
     with c.scratch_dir("llm-peers-") as work:
         for conc in args.concurrency:
@@ -155,9 +186,11 @@ def main() -> None:
             d.mkdir()
             trace = ls.write_trace(d / "trace.jsonl", n, rate, args.tokens)
             tools: list[tuple[str, Callable[[str, Path], dict[str, Any]]]] = [
-                ("harness", lambda url, w, trace=trace, conc=conc: run_harness(trace, url, w, args, conc))]
+                ("harness", lambda url, w, t=trace, k=conc: run_harness(t, url, w, args, k))]
             if aiperf is not None:
-                tools.append(("aiperf", lambda url, w, trace=trace: run_aiperf(aiperf, trace, url, w, args)))
+                tools.append(("aiperf", lambda url, w, t=trace: run_aiperf(aiperf, t, url, w, args)))
+            if guidellm is not None:
+                tools.append(("guidellm", lambda url, w, t=trace: run_guidellm(guidellm, aiperf, t, url, w, args)))
             for name, fn in tools:
                 w = d / name
                 w.mkdir()

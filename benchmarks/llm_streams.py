@@ -164,11 +164,14 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--hold-s", type=float, default=8.0, help="seconds at full concurrency")
     ap.add_argument("--processes", type=int, default=1, help="harness run --processes N (1: one process)")
+    ap.add_argument("--keep", type=Path, help="keep the traces and run folders in this (new) folder")
     args = ap.parse_args()
     info = c.machine_info()
     c.print_machine(info)
     results = []
-    with c.scratch_dir("llm-streams-") as work:
+    if args.keep:
+        args.keep.mkdir(parents=True)
+    with (contextlib.nullcontext(args.keep) if args.keep else c.scratch_dir("llm-streams-")) as work:
         for conc in args.concurrency:
             r = one(conc, args, work)
             results.append(r)

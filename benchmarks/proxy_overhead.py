@@ -147,11 +147,14 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(PROXIES))
     args = ap.parse_args()
     c.ensure_apt({"nginx": "nginx-light", "wrk": "wrk"})
-    results: dict[str, Any] = {}
+    info = c.machine_info()
+    c.print_machine(info)
+    results: dict[str, Any] = {"machine": info, "rate": args.rate, "seconds": args.seconds}
     with c.Nginx(ports=2, workers=1) as up, c.scratch_dir("bench-proxy-") as work:
         upstream, mirror = up.urls
+        busy = c.wait_quiet(max_wait_s=30)
         direct = asyncio.run(open_loop(upstream, args.rate, args.seconds))
-        results["direct"] = {"p50_ms": pct(direct, 0.5), "p99_ms": pct(direct, 0.99)}
+        results["direct"] = {"p50_ms": pct(direct, 0.5), "p99_ms": pct(direct, 0.99), "busy_before": busy}
         print(f"direct: p50 {results['direct']['p50_ms']:.3f} ms, p99 {results['direct']['p99_ms']:.3f} ms", flush=True)
         for name in args.only.split(","):
             if name in ("nginx", "nginx-mirror"):
@@ -159,16 +162,17 @@ def main() -> None:
             else:
                 ctx = harness_proxy(name, upstream, mirror, work)
             with ctx as (url, pids):
+                busy = c.wait_quiet(max_wait_s=30)
                 lat = asyncio.run(open_loop(url, args.rate, args.seconds))
                 rps, rate_per_core = per_core(url, pids, args.wrk_seconds)
             r = {"p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99),
                  "added_p50_ms": pct(lat, 0.5) - results["direct"]["p50_ms"],
                  "added_p99_ms": pct(lat, 0.99) - results["direct"]["p99_ms"],
-                 "wrk_rps": rps, "requests_per_cpu_second": rate_per_core}
+                 "wrk_rps": rps, "requests_per_cpu_second": rate_per_core, "busy_before": busy}
             results[name] = r
             print(f"{name}: added p50 {r['added_p50_ms']:+.3f} ms, p99 {r['added_p99_ms']:+.3f} ms at "
                   f"{args.rate:g}/s; wrk {rps:,.0f} req/s, {rate_per_core:,.0f} req per CPU-second", flush=True)
-    print(json.dumps(results, indent=1))
+    c.save_result(f"proxy_overhead-{args.rate:g}", results)
 
 
 if __name__ == "__main__":

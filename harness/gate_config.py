@@ -152,6 +152,9 @@ def _refusal(metric: str, key: str) -> str:
     """Why a condition is refused for a metric: a setting must mean what it says, or not parse at all."""
     if metric in PAIR_METRICS:
         return f"{metric} compares the two versions already, so {key} has no baseline to be relative to"
+    if metric == "output_tokens_per_s":
+        return ("output_tokens_per_s takes an absolute limit; to compare the versions, gate latency_per_token_ms or "
+                "inter_token_ms (the same speed, as a time)")
     if metric in _RATES and key == "maximum_regression_percent":
         return (f"{metric} is a rate: a percent change of a rate is not judged (write the allowed change in points "
                 "as maximum_increase: 0.005, or an absolute limit as maximum: 0.01)")
@@ -162,7 +165,7 @@ def _refusal(metric: str, key: str) -> str:
 
 def _allowed_conditions(metric: str) -> tuple[str, ...]:
     """The condition keys that the gates implement for this metric, each with its own test."""
-    if metric in PAIR_METRICS:
+    if metric in PAIR_METRICS or metric == "output_tokens_per_s":
         return ("maximum", "minimum")
     if metric in LATENCY_LIKE:
         # maximum_increase: the paired bootstrap of the quantile (or mean) difference, in the metric's unit
@@ -251,9 +254,6 @@ def _parse_one(name: str, body: Any, where: str, where_key: Callable[[str], str]
     allowed = _allowed_conditions(metric)
     if key not in allowed:
         raise ScenarioError(f"{where}.{key}: {_refusal(metric, key)}; use {' or '.join(allowed)}")
-    if metric == "output_tokens_per_s" and comparison != "absolute":
-        raise ScenarioError(f"{where}: output_tokens_per_s takes an absolute minimum or maximum; to compare the "
-                            "versions, gate latency_per_token_ms or inter_token_ms (the same speed, as a time)")
     slo = _slo(body.get("slo"), metric, where)
     threshold = float(value) / 100.0 if key == "maximum_regression_percent" else float(value)
     severity = body.get("severity", "blocking")

@@ -254,9 +254,9 @@ TAIL_OBSERVATIONS_TO_JUDGE = 10  # ... before it is judged at all
 
 def _pass_floor(q: float | None) -> int:
     """Pairs where both versions answered that a latency-like gate needs before it may PASS: 20 observations
-    beyond the quantile (400 for a p95, 2,000 for a p99; on the low side for a p5 or p10), 30 for a mean.
-    This is the only size rule: whether n is enough is otherwise decided by the paired interval itself."""
-    return math.ceil(TAIL_OBSERVATIONS_TO_PASS / min(q, 1 - q) - 1e-9) if q else 30
+    beyond the quantile (400 for a p95, 2,000 for a p99), 30 for a mean. This is the only size rule: whether
+    n is enough is otherwise decided by the paired interval itself."""
+    return math.ceil(TAIL_OBSERVATIONS_TO_PASS / (1 - q) - 1e-9) if q else 30
 
 
 def _latency_pairs(spec: GateSpec, data: PairData, mask: np.ndarray,
@@ -293,7 +293,7 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
     n = len(b)
     q = {"p5": 0.05, "p10": 0.1, "p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}.get(spec.aggregation)
     agg = spec.aggregation
-    floor = int(math.ceil(TAIL_OBSERVATIONS_TO_JUDGE / min(q, 1 - q))) if q else 30
+    floor = int(math.ceil(TAIL_OBSERVATIONS_TO_JUDGE / min(q, 1 - q))) if q else 30  # p5, p10: the low tail
     if n < floor:
         return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=n, status="inconclusive",
                        reason=f"{agg} {what}{_where(label)}: only {n} pairs; at least {floor} are needed to estimate it.",

@@ -4,7 +4,7 @@ always gets the same bytes), and on request a candidate that is slow or that fai
     python tests/shadow_target.py PORT_FILE --mode ok|slow|failing [--slow-ms N]
 
 ok: 200 with {"prediction", "confidence", "digest"} computed from the body. slow: the same after N ms
-(default 1500). failing: every other request 500, every fifth one a connection closed mid-answer.
+(default 3000). failing: every other request 500, every fifth one a connection closed mid-answer.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("port_file", type=Path)
     ap.add_argument("--mode", choices=["ok", "slow", "failing"], default="ok")
-    ap.add_argument("--slow-ms", type=float, default=1500.0)
+    ap.add_argument("--slow-ms", type=float, default=3000.0)
     args = ap.parse_args()
     count = [0]
     lock = threading.Lock()

@@ -85,7 +85,8 @@ def test_the_proxies_never_load_gevent() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, harness.cli, harness.capture.proxy, harness.capture.logger_sink, harness.shadow.run; "
+    code = ("import sys, harness.cli, harness.capture.proxy, harness.capture.logger_sink, harness.capture.middleware, "
+            "harness.shadow.run, harness.shadow.snapshot; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('locust', 'gevent', 'geventhttpclient')); "
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -76,3 +76,26 @@ def test_a_body_over_the_limit_is_cut_after_redaction_and_says_so() -> None:
     (rec,) = ExchangeRecords(max_body_bytes=100)(Exchange(1.7e9, "POST", "/x", (), body, 200, 1.0, (), b"{}", 2))
     assert rec["body_truncated"] is True and rec["body_bytes"] == len(body)
     assert "hunter2" not in json.dumps(rec) and len(rec["body"]) == 100
+
+
+def test_capture_options_are_checked_at_the_edge(tmp_path: Path) -> None:
+    import pytest
+
+    from harness.capture.proxy import make_options
+    from harness.errors import UsageError
+
+    for kwargs, words in [
+        ({"upstream": None}, "--upstream"),
+        ({"upstream": "127.0.0.1:8000"}, "http://"),
+        ({"listen": "8080"}, "HOST:PORT"),
+        ({"sample_fraction": 0.0}, "fraction"),
+        ({"out": str(tmp_path / "x.csv")}, ".jsonl"),
+        ({"segment": "tenant"}, "--scenario"),
+    ]:
+        args = {"listen": "127.0.0.1:8080", "upstream": "http://127.0.0.1:8000", "out": str(tmp_path / "c.jsonl"),
+                **kwargs}
+        with pytest.raises(UsageError, match=words.replace("+", r"\+").replace(".", r"\.")):
+            make_options(**args)  # type: ignore[arg-type]
+    ok = make_options(listen="0.0.0.0:9000", upstream="http://127.0.0.1:8000", out=str(tmp_path / "c.jsonl.gz"),
+                      rotate_mb=1.5)
+    assert (ok.listen_host, ok.listen_port, ok.rotate_bytes) == ("0.0.0.0", 9000, int(1.5 * 1024 * 1024))

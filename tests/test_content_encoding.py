@@ -59,6 +59,11 @@ def test_chained_codings_are_undone_right_to_left() -> None:
 def test_several_gzip_members_and_zstd_frames() -> None:
     assert _feed_all(BodyDecoder(["gzip"], 100), gzip.compress(b"ab") + gzip.compress(b"cd"), 5) == b"abcd"
     assert _feed_all(BodyDecoder(["zstd"], 100), zstd.compress(b"ab") + zstd.compress(b"cd"), 5) == b"abcd"
+    for coding in ("gzip", "zstd"):  # a member or frame that ends exactly where a piece of the body ends
+        first, second = ENCODERS[coding](b"ab"), ENCODERS[coding](b"cd")
+        decoder = BodyDecoder([coding], 100)
+        assert decoder.feed(first) + decoder.feed(second) == b"abcd"
+        decoder.finish()
 
 
 @given(st.binary(max_size=5000), st.sampled_from(sorted(ENCODERS)), st.integers(1, 600))

@@ -143,8 +143,9 @@ def test_codings_bombs_and_lies_through_a_replay(tmp_path: Path, server: Encodin
     assert kind == "bad_encoding" and detail.startswith("Content-Encoding gzip: the answer is not gzip data")
 
 
-def test_a_gzip_event_stream_is_decoded_as_it_arrives(tmp_path: Path, server: EncodingServer) -> None:
-    cap = write_capture(tmp_path / "c.jsonl", _records(["/sse-gzip"] * 3))
+@pytest.mark.parametrize("expect", [False, True], ids=["evented", "greenlet"])
+def test_a_gzip_event_stream_is_decoded_as_it_arrives(tmp_path: Path, server: EncodingServer, expect: bool) -> None:
+    cap = write_capture(tmp_path / "c.jsonl", _records(["/sse-gzip"] * 3, {"Expect": "100-continue"} if expect else None))
     s = scenario_dict(cap, server.url, None, timeout_s=10)
     s["targets"]["baseline"]["protocol"] = "openai"
     con, _ = replay(tmp_path, s)

@@ -174,3 +174,21 @@ def test_no_trace_line_crashes_a_reader(tmp_path_factory, line: dict) -> None:  
     for read in (iter_mooncake, iter_openai_log):
         for item in read(path, TraceOptions(max_prompt_tokens=10_000)):
             assert isinstance(item, (CapturedRequest, BadRecord)) and item.line == 1
+
+
+def test_inspect_and_convert_read_a_declared_trace(tmp_path: Path) -> None:
+    from harness.traffic.convert import convert_capture
+    from harness.traffic.inspect import inspect_capture
+
+    cap = write_capture(tmp_path / "t.jsonl", [
+        {"timestamp": 500, "input_length": 40, "output_length": 3},
+        {"timestamp": 0, "input_length": 50, "output_length": 4},
+        {"timestamp": 900, "input_length": 0, "output_length": 4}])
+    ins = inspect_capture(cap, "mooncake")
+    assert (ins.records, ins.bad, ins.out_of_order) == (2, 1, 1)
+    out = convert_capture(cap, "jsonl", "mooncake", str(tmp_path / "out.jsonl"))
+    assert out is not None
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["body"]["max_tokens"] for r in recs] == [3, 4]
+    assert [len(r["body"]["messages"][0]["content"].split(" ")) for r in recs] == [40, 50]
+    assert recs[0]["input_length"] == 40  # kept as metadata: the prompt_tokens segment reads it back

@@ -108,3 +108,25 @@ def test_published_schema_is_valid_json_schema() -> None:
     import jsonschema
 
     jsonschema.Draft202012Validator.check_schema(scenario_json_schema())
+
+
+def test_tls_settings_are_checked_and_resolved(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("x")
+    https = BASE.replace('"http://127.0.0.1:2"}', '"https://127.0.0.1:2", tls: {ca_file: ca.pem, server_name: m.internal}}')
+    s = load_scenario(write(tmp_path, https))
+    assert s.targets["candidate"].tls == {"ca_file": str((tmp_path / "ca.pem").resolve()), "server_name": "m.internal"}
+    assert s.targets["baseline"].tls is None  # verified with the system's CAs
+    with pytest.raises(ScenarioError, match=r"targets.candidate.tls.client_cert: file not found: .*nope.pem"):
+        load_scenario(write(tmp_path, https.replace("ca_file: ca.pem", "client_cert: nope.pem")))
+    with pytest.raises(ScenarioError, match="targets.candidate.tls.client_key: needs client_cert"):
+        load_scenario(write(tmp_path, https.replace("ca_file: ca.pem", "client_key: ca.pem")))
+    with pytest.raises(ScenarioError, match=r"targets.baseline.tls: set for a target that is not https://"):
+        load_scenario(write(tmp_path, BASE.replace('"http://127.0.0.1:1"}', '"http://127.0.0.1:1", tls: {verify: false}}')))
+    with pytest.raises(ScenarioError, match="verify"):
+        load_scenario(write(tmp_path, https.replace("server_name: m.internal", "verify: no-thanks")))
+
+
+def test_accept_encoding(tmp_path: Path) -> None:
+    assert load_scenario(write(tmp_path, BASE)).replay.accept_encoding == "captured"
+    s = load_scenario(write(tmp_path, BASE + "replay: {accept_encoding: identity}\n"))
+    assert s.replay.accept_encoding == "identity"

@@ -79,3 +79,43 @@ def test_verification_is_on_by_default_and_its_failure_is_the_tls_kind(pki: dict
     assert wrong_name.error_kind == "tls" and "model.internal" in wrong_name.error_detail
     unverified = _send(pki, script, "/ok", tls={"verify": False})
     assert (unverified.status, unverified.error_kind) == (200, None)
+
+
+def test_a_handshake_that_hangs_mid_run_is_a_timeout_and_the_loop_goes_on(pki: dict[str, Path]) -> None:
+    import socket
+
+    import gevent
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # the kernel accepts; nobody answers the ClientHello
+    ticks = [0]
+
+    def tick() -> None:
+        while True:
+            ticks[0] += 1
+            gevent.sleep(0.01)
+
+    ticker = gevent.spawn(tick)
+    client = TargetClient(f"https://127.0.0.1:{listener.getsockname()[1]}", timeout_s=0.5, connect_timeout_s=0.5,
+                          concurrency=4, max_response_bytes=1000, tls={"ca_file": str(pki["ca"])})
+    try:
+        r = client.send("GET", "/", RequestHead([]), b"")
+    finally:
+        client.close()
+        ticker.kill()
+        listener.close()
+    assert r.error_kind == "timeout"
+    assert ticks[0] >= 5  # other work ran on the loop while the handshake hung (a stall would leave 1)
+
+
+def test_keep_alive_is_reused_over_tls(pki: dict[str, Path]) -> None:
+    with TLSScriptedServer({"/ok": [_ok()]}, pki["server"], pki["server_key"]) as srv:
+        client = TargetClient(f"https://127.0.0.1:{srv.port}", timeout_s=3, connect_timeout_s=1, concurrency=4,
+                              max_response_bytes=1000, tls={"ca_file": str(pki["ca"])})
+        try:
+            results = [client.send("GET", "/ok", RequestHead([]), b"") for _ in range(5)]
+        finally:
+            client.close()
+    assert [(r.status, r.body) for r in results] == [(200, OK)] * 5
+    assert srv.connections == 1  # one handshake, not one per leg (TLS 1.3 session tickets do not spoil the pool)

@@ -40,6 +40,12 @@ _STOP = object()
 
 
 @dataclass
+class _Barrier:
+    done: threading.Event
+    result: list[Any]
+
+
+@dataclass
 class WriterStats:
     records_written: int = 0
     files: list[str] = field(default_factory=list)
@@ -87,6 +93,16 @@ class CaptureWriter:
         self._thread.join(timeout_s)
         return self.stats
 
+    def barrier(self, timeout_s: float = 30.0) -> tuple[str | None, int]:
+        """Flushes what was put before this call and returns (the current file, its size): a prefix of the
+        capture that ends on a whole flush, for a consistent snapshot while writing goes on. Blocks the
+        caller (not the writer) until then."""
+        done = threading.Event()
+        result: list[Any] = [None, 0]
+        self._queue.put(_Barrier(done, result), timeout=timeout_s)
+        done.wait(timeout_s)
+        return result[0], result[1]
+
     # -- the writer thread
 
     def _run(self) -> None:
@@ -98,6 +114,13 @@ class CaptureWriter:
                 item = self._queue.get(timeout=max(0.0, next_flush - self._clock()))
                 if item is _STOP:
                     stopping = True
+                elif isinstance(item, _Barrier):
+                    if lines and self.stats.error is None:
+                        self._flush(lines)
+                    lines = []
+                    item.result[:] = [self.stats.files[-1] if self.stats.files else None, self._size]
+                    item.done.set()
+                    continue
                 elif self.stats.error is None:
                     self._convert(item, lines)
             except queue.Empty:

@@ -115,6 +115,8 @@ class _Zstd:
 
     def steps(self, data: bytes, limit: int) -> Any:
         d = self._d
+        if d.eof:  # the last frame ended with the last piece: this piece starts the next frame
+            d = self._d = zstd.ZstdDecompressor()
         while True:
             yield d.decompress(data, min(limit, _STEP))
             data = b""

@@ -185,6 +185,28 @@ class _OneSocketPerRequest:
         return getattr(self._pool, name)
 
 
+def _tls_connect(ctx: Any, server_hostname: str) -> Any:
+    """The connect + handshake of an https connection. geventhttpclient's closes the socket when they fail
+    with an OSError, not when the leg's deadline (gevent.Timeout, a BaseException) interrupts the handshake:
+    that socket was left open. Here the handshake is explicit and its socket closed on any exit."""
+
+    def connect(sock: Any, address: Any) -> Any:
+        try:
+            sock.connect(address)
+            tls = ctx.wrap_socket(sock, server_hostname=server_hostname, do_handshake_on_connect=False)
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            tls.do_handshake()
+        except BaseException:
+            tls.close()
+            raise
+        return tls
+
+    return connect
+
+
 class TargetClient:
     def __init__(self, url: str, *, timeout_s: float, connect_timeout_s: float, concurrency: int,
                  max_response_bytes: int, tls: Mapping[str, Any] | None = None) -> None:
@@ -200,12 +222,13 @@ class TargetClient:
         if https:  # verified unless the target says verify: false (see harness.replay.tls)
             ctx = client_context(tls, gevent.ssl)
             tls_kw = {"ssl_context_factory": lambda *_a, **_k: ctx, "insecure": not ctx.check_hostname}
-            if tls and tls.get("server_name"):
-                tls_kw["ssl_options"] = {"server_hostname": tls["server_name"]}
         self._client = HTTPClient(host, port=parts.port, ssl=https, connection_timeout=connect_timeout_s,
                                   network_timeout=timeout_s, concurrency=concurrency, headers=Headers(), **tls_kw)
         self._client.default_headers = Headers()
         ghc_pool = self._client._connection_pool
+        if https:
+            ghc_pool._connect_socket = _tls_connect(  # type: ignore[method-assign]
+                ctx, (tls or {}).get("server_name") or host)
         self._client._connection_pool = _OneSocketPerRequest(ghc_pool, self._state)  # type: ignore[assignment]
         port = self._client.port
         # Host as geventhttpclient writes it: brackets for IPv6, the port unless it is 80 or 443.
