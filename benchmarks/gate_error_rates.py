@@ -114,27 +114,27 @@ def main() -> int:
 
     def r(k: int) -> int:
         return max(1, int(k * a.scale))
-    rows: list[tuple[str, Callable[[], str]]] = [
-        ("mean latency, absolute limit, true mean at the limit (n=1000, 400 reps)", lambda: mean_at_limit(r(400))),
-        ("candidate +18 % shedding its slowest 3 % as quick 503s, p95 gate only (200 reps)", lambda: fail_fast(r(200))),
-        ("20 segments at the allowance, error_rate maximum_increase 0.5 pt (400 reps)", lambda: family("rate", r(400))),
-        ("20 segments at the limit, absolute p95 limit (400 reps)", lambda: family("latency", r(400))),
-        ("20 segments at the limit, confidence_mean_shift (400 reps)", lambda: family("distribution", r(400))),
-        ("review score, rare drops, true delta -0.034 vs -0.02, n=10 (400 reps)", lambda: review(10, r(400))),
-        ("review score, same, n=30 (400 reps)", lambda: review(30, r(400))),
-        ("review score, same, n=100 (400 reps)", lambda: review(100, r(400))),
-        ("early stop, candidate at its 0.5 pt allowance, checked every 20 pairs (400 reps)",
-         lambda: early_stop(r(400))),
-        ("A/A unimodal, 1,000 pairs, 4 tenants (200 reps)", lambda: aa("unimodal", 1000, r(200))),
-        ("A/A bimodal, 1,200 pairs (200 reps)", lambda: aa("bimodal", 1200, r(200))),
-        ("A/A heavy-tailed, 2,000 pairs (200 reps)", lambda: aa("heavy", 2000, r(200))),
+    rows: list[tuple[str, int, Callable[[int], str]]] = [
+        ("mean latency, absolute limit, true mean at the limit (n=1000)", 400, lambda k: mean_at_limit(k)),
+        ("candidate +18 % shedding its slowest 3 % as quick 503s, p95 gate only", 200, lambda k: fail_fast(k)),
+        ("20 segments at the allowance, error_rate maximum_increase 0.5 pt", 400, lambda k: family("rate", k)),
+        ("20 segments at the limit, absolute p95 limit", 400, lambda k: family("latency", k)),
+        ("20 segments at the limit, confidence_mean_shift", 400, lambda k: family("distribution", k)),
+        ("review score, rare drops, true delta -0.034 vs -0.02, n=10", 400, lambda k: review(10, k)),
+        ("review score, same, n=30", 400, lambda k: review(30, k)),
+        ("review score, same, n=100", 400, lambda k: review(100, k)),
+        ("early stop, candidate at its 0.5 pt allowance, checked every 20 pairs", 400, lambda k: early_stop(k)),
+        ("A/A unimodal, 1,000 pairs, 4 tenants", 200, lambda k: aa("unimodal", 1000, k)),
+        ("A/A bimodal, 1,200 pairs", 200, lambda k: aa("bimodal", 1200, k)),
+        ("A/A heavy-tailed, 2,000 pairs", 200, lambda k: aa("heavy", 2000, k)),
     ]
-    for name, fn in rows:
+    for name, reps, fn in rows:
+        k = r(reps)
         try:
-            value = fn()
+            value = fn(k)
         except Exception as exc:  # noqa: BLE001 - an older version lacks a function: say so and go on
             value = f"{type(exc).__name__}: {exc}"[:120]
-        print(f"{name}: {value}", flush=True)
+        print(f"{name} ({k} runs): {value}", flush=True)
     return 0
 
 

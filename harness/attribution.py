@@ -21,9 +21,11 @@ import numpy as np
 
 from .analysis.dataset import PairData
 from .gate_config import GateSpec
-from .gates import GateResult, ResourceSummary, _beyond_limit, _evaluate_one, _segment_masks
+from .gates import _IMPUTED_CACHE, GateResult, ResourceSummary, _beyond_limit, _evaluate_one, _segment_masks
 
-__all__ = ["Explanation", "explain_segments"]
+__all__ = ["Explanation", "explain_segments", "MAX_EXAMINED"]
+
+MAX_EXAMINED = 20  # the strongest failing or suspect segments of a gate that are examined
 
 _METRIC_TEXT = {"error_rate": "error rate", "timeout_rate": "timeout rate", "schema_pass_rate": "schema pass rate",
                 "latency_ms": "latency", "review_score": "review score"}
@@ -64,6 +66,7 @@ def explain_segments(specs: Iterable[GateSpec], results: list[GateResult], data:
             continue
         masks = {label: mask for label, mask in _segment_masks(data, spec)}
         flagged.sort(key=lambda ir: (ir[1].status != "fail", _evidence(ir[1]), -ir[1].n))
+        flagged = flagged[:MAX_EXAMINED]  # each check is a judgement again: bounded per gate
         leaders: list[tuple[GateResult, list[str]]] = []
         for i, s in flagged:
             s_mask = masks.get(s.segment)
@@ -95,6 +98,7 @@ def explain_segments(specs: Iterable[GateSpec], results: list[GateResult], data:
             if by is None:
                 leaders.append((s, []))
         explanations += [_explanation(spec, t, tuple(members)) for t, members in leaders]
+    _IMPUTED_CACHE.clear()
     explanations.sort(key=lambda e: (e.status != "fail", -len(e.explains)))
     return out, explanations
 

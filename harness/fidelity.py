@@ -124,8 +124,11 @@ def _latency(r: GateResult, f: Fidelity) -> GateResult:
 
 def _rate(r: GateResult, s: int, alpha: float) -> GateResult:
     """A rate result with s requests of its scope never sent: re-judged with them as unknown outcomes."""
-    if s == 0 or r.observed is None or r.status == "inconclusive" or r.n == 0:
+    if s == 0 or r.observed is None or r.n == 0:
         return r
+    note = f" {s:,} requests of this scope were skipped at the in-flight limit and count as unknown outcomes"
+    if r.status == "inconclusive":
+        return replace(r, reason=r.reason + note + ".")
     n, thr = r.n, r.threshold
     worse_is_higher = "<=" in r.threshold_text
     if r.comparison == "delta":
@@ -140,7 +143,6 @@ def _rate(r: GateResult, s: int, alpha: float) -> GateResult:
         lo_best, hi_best = stats.clopper_pearson_interval(k if worse_is_higher else k + s, n + s, conf, True)
         worst_ok = hi_worst <= thr if worse_is_higher else lo_worst >= thr
         best_bad = lo_best > thr if worse_is_higher else hi_best < thr
-    note = f" {s:,} requests of this scope were skipped at the in-flight limit and count as unknown outcomes"
     if (r.status == "pass" and worst_ok) or (r.status == "fail" and best_bad):
         return replace(r, reason=r.reason + note + f"; the {r.status.upper()} holds whatever they would have been.")
     return replace(r, status="inconclusive", reason=r.reason + note + f"; counted {'against' if r.status == 'pass' else 'for'}"

@@ -253,7 +253,8 @@ def _parse_one(name: str, body: Any, where: str, where_key: Callable[[str], str]
     comparison, direction = CONDITIONS[key]
     allowed = _allowed_conditions(metric)
     if key not in allowed:
-        raise ScenarioError(f"{where}.{key}: {_refusal(metric, key)}; use {' or '.join(allowed)}")
+        raise ScenarioError(f"{where_key(key) if where_key else where}.{key}: {_refusal(metric, key)}; "
+                            f"use {' or '.join(allowed)}")
     slo = _slo(body.get("slo"), metric, where)
     threshold = float(value) / 100.0 if key == "maximum_regression_percent" else float(value)
     severity = body.get("severity", "blocking")

@@ -59,7 +59,7 @@ class GateResult:
     min_n: int | None = None
     effect: float | None = None  # signed "how much worse" on the metric's natural scale, for ranking
     comparison: str = "absolute"
-    # p-value of "no worse than the baseline" (H0: no change), where the gate compares the versions
+    # latency-like segments: p-value of "the candidate is no more often slower here than in the rest"
     p_worse: float | None = None
     # a blocking segment result that is inconclusive, beyond the limit by its estimate, and worse than the
     # baseline after Benjamini-Hochberg across the segment tests: it holds the release
@@ -117,12 +117,15 @@ def evaluate_gates(specs: Iterable[GateSpec], data: PairData, resources: Resourc
     """All gate results: each gate overall first, then per segment value. Per-segment FAILs are
     confirmed by Benjamini-Hochberg over all segment tests; unconfirmed ones become INCONCLUSIVE."""
     results: list[GateResult] = []
-    for spec in specs:
-        for i, (label, mask) in enumerate(_segment_masks(data, spec)):
-            result = _evaluate_one(spec, data, mask, label, resources, alpha, n_resamples, seed)
-            if i > 0 and result.n == 0:
-                continue  # a segment with nothing to judge for this metric (e.g. GET routes: no scores)
-            results.append(result)
+    try:
+        for spec in specs:
+            for i, (label, mask) in enumerate(_segment_masks(data, spec)):
+                result = _evaluate_one(spec, data, mask, label, resources, alpha, n_resamples, seed)
+                if i > 0 and result.n == 0:
+                    continue  # a segment with nothing to judge for this metric (e.g. GET routes: no scores)
+                results.append(result)
+    finally:
+        _IMPUTED_CACHE.clear()  # run-sized arrays: not kept past the judgement
     results = _multiplicity(results, specs, alpha)
     return [_against_noise(r, aa_noise) for r in results] if aa_noise else results
 
@@ -177,10 +180,12 @@ def _beyond_limit(r: GateResult) -> bool:
 
 def _suspects(results: list[GateResult], overall_labels: dict[str, str | None], alpha: float) -> list[GateResult]:
     """A regression confined to one segment is often too small a sample to FAIL there, and BH with one real
-    signal acts like Bonferroni: such a segment would let the release PROMOTE. The screen: test "no worse
-    than the baseline" in every segment of every comparison gate, Benjamini-Hochberg across those tests at
-    alpha; a blocking segment result that is inconclusive, rejected there, and beyond the limit by its
-    estimate is a suspect, and holds the release (docs/judgement.md, "Where is it worse")."""
+    signal acts like Bonferroni: such a segment would let the release PROMOTE. The screen: in every segment
+    of every latency-like comparison gate, "the candidate leg is no more often the slower one here than in
+    the rest of the run", Benjamini-Hochberg across those tests at alpha; a blocking segment result that is
+    inconclusive, rejected there, and beyond the limit by its estimate is a suspect, and holds the release
+    (docs/judgement.md, "Segments and multiplicity"). A slowdown shared by every segment, within the
+    allowance, makes none of them suspect."""
     idx = [i for i, r in enumerate(results) if r.segment != overall_labels.get(r.name) and r.p_worse is not None]
     if not idx:
         return results
@@ -247,7 +252,7 @@ _SERIES_TEXT = {"latency_ms": ("latency", "ms"), "time_to_first_token_ms": ("tim
 
 
 # Series where a failed leg has no honest value of its own: a quick 503 is not a fast answer.
-_FAILURE_IS_SLOW = frozenset({"latency_ms", "time_to_first_token_ms", "inter_token_ms"})
+_FAILURE_IS_SLOW = frozenset({"latency_ms", "time_to_first_token_ms", "inter_token_ms", "latency_per_token_ms"})
 TAIL_OBSERVATIONS_TO_PASS = 20  # observations beyond the quantile before a quantile gate may PASS
 TAIL_OBSERVATIONS_TO_JUDGE = 10  # ... before it is judged at all
 
@@ -259,27 +264,56 @@ def _pass_floor(q: float | None) -> int:
     return math.ceil(TAIL_OBSERVATIONS_TO_PASS / (1 - q) - 1e-9) if q else 30
 
 
-def _latency_pairs(spec: GateSpec, data: PairData, mask: np.ndarray,
-                   series: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """(baseline, candidate, pairs where both answered, failed legs counted) of the scope.
+@dataclass(frozen=True)
+class _Imputed:
+    """A latency-like series of the whole run with failed legs imputed, and what each pair has."""
 
-    A failed leg (an error that breaks a consumer) counts as no faster than the slowest leg of the run:
+    baseline: np.ndarray
+    candidate: np.ndarray
+    usable: np.ndarray  # both legs have a value (their own, or the imputed one)
+    answered: np.ndarray  # both legs answered with a value of their own
+    failed: np.ndarray  # a leg failed
+    slower: np.ndarray  # usable and the candidate leg took longer
+    differs: np.ndarray  # usable and the legs differ
+
+
+_IMPUTED_CACHE: list[tuple[tuple[Any, ...], _Imputed]] = []  # the last series only: gates loop over segments
+
+
+def _imputed(spec: GateSpec, data: PairData, series: dict[str, np.ndarray]) -> _Imputed:
+    """A failed leg (an error that breaks a consumer) counts as no faster than the slowest leg of the run:
     worst-rank imputation, so a candidate cannot lower its p95 by failing quickly on its slowest requests
     (the failure share itself is the error-rate gate's). Legs that neither failed nor have a value (4xx
-    answers, streams without token timing) are left out, pair by pair."""
+    answers, streams without token timing) are left out, pair by pair. Computed once per series."""
     b, c = series["baseline"], series["candidate"]
-    if spec.metric not in _FAILURE_IS_SLOW:
-        ok = mask & np.isfinite(b) & np.isfinite(c)
-        return b[ok], c[ok], int(ok.sum()), 0
     fb, fc = data.error["baseline"], data.error["candidate"]
+    key = (spec.metric in _FAILURE_IS_SLOW, b, c, fb, fc)
+    for cached_key, value in _IMPUTED_CACHE:
+        if all(x is y for x, y in zip(cached_key, key)):
+            return value
     finite_b, finite_c = np.isfinite(b), np.isfinite(c)
-    tops = [float(x[f].max()) for x, f in ((b, finite_b), (c, finite_c)) if f.any()]
-    ceiling = max(tops) if tops else 1.0
-    ok = mask & (finite_b | fb) & (finite_c | fc)
-    bb = np.where(fb, np.fmax(b, ceiling), b)[ok]
-    cc = np.where(fc, np.fmax(c, ceiling), c)[ok]
-    answered = int((ok & ~fb & ~fc & finite_b & finite_c).sum())
-    return bb, cc, answered, int((fb | fc)[ok].sum())
+    if spec.metric in _FAILURE_IS_SLOW:
+        tops = [float(x[f].max()) for x, f in ((b, finite_b), (c, finite_c)) if f.any()]
+        ceiling = max(tops) if tops else 1.0
+        usable = (finite_b | fb) & (finite_c | fc)
+        bb, cc = np.where(fb, np.fmax(b, ceiling), b), np.where(fc, np.fmax(c, ceiling), c)
+        answered = usable & ~fb & ~fc & finite_b & finite_c
+        failed = fb | fc
+    else:
+        usable = answered = finite_b & finite_c
+        bb, cc, failed = b, c, np.zeros(len(b), bool)
+    with np.errstate(invalid="ignore"):
+        value = _Imputed(bb, cc, usable, answered, failed, usable & (cc > bb), usable & (cc != bb))
+    _IMPUTED_CACHE[:] = [(key, value)]
+    return value
+
+
+def _latency_pairs(spec: GateSpec, data: PairData, mask: np.ndarray,
+                   series: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(baseline, candidate, pairs where both answered, failed legs counted) of the scope (`_imputed`)."""
+    imp = _imputed(spec, data, series)
+    ok = mask & imp.usable
+    return imp.baseline[ok], imp.candidate[ok], int((ok & imp.answered).sum()), int((ok & imp.failed).sum())
 
 
 def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None, alpha: float,
@@ -307,10 +341,10 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
                f"only {answered} pairs where both versions answered, fewer than the {pass_floor} a PASS needs")
     if spec.comparison == "absolute":
         return _latency_absolute(spec, label, b, c, q, alpha, n, few, few_txt, pass_floor, what, unit, failed_txt)
+    local = _localized_p(spec, data, mask, series) if label is not None and spec.segment is None else None
     if spec.comparison == "delta":
         return _latency_delta(spec, label, b, c, q, alpha, n_resamples, seed, n, few, few_txt, pass_floor, what, unit,
-                              failed_txt)
-    local = _localized_p(spec, data, mask, series) if label is not None and spec.segment is None else None
+                              failed_txt, local)
     if q is None:
         ratio_ci = stats.paired_mean_ratio_ci(b, c, confidence=1 - alpha, n_resamples=n_resamples, seed=seed)
     else:
@@ -332,7 +366,7 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
     }[status]
     return _result(spec, label, baseline=ratio_ci.baseline_q, candidate=ratio_ci.candidate_q,
                    observed=ratio_ci.estimate, ci=(ratio_ci.lower, ratio_ci.upper), n=n, status=status,
-                   p_value=p_fail, p_worse=_either(ratio_ci.p_above(1.0), local), min_n=pass_floor,
+                   p_value=p_fail, p_worse=local, min_n=pass_floor,
                    effect=ratio_ci.estimate - 1,
                    reason=f"{agg} {what}{_where(label)} {ratio_ci.baseline_q:.1f} -> {ratio_ci.candidate_q:.1f} {unit} "
                           f"({change:+.1f} %, {100 * (1 - alpha):g} % bounds {100 * (ratio_ci.lower - 1):+.1f} % to "
@@ -345,17 +379,10 @@ def _localized_p(spec: GateSpec, data: PairData, mask: np.ndarray, series: dict[
     two-proportion z test (independent sets of pairs). A regression confined to a segment shifts the whole
     distribution there, which this sees long before the segment's own p95 interval clears the limit; a
     shift shared by every segment does not make any one of them suspect."""
-    inside = _latency_pairs(spec, data, mask, series)
-    outside = _latency_pairs(spec, data, ~mask, series)
-    (bi, ci_), (bo, co) = inside[:2], outside[:2]
-    ki, ni = int((ci_ > bi).sum()), int((ci_ != bi).sum())
-    ko, no = int((co > bo).sum()), int((co != bo).sum())
-    return stats.two_proportion_p_above(ki, ni, ko, no)
-
-
-def _either(p: float, q: float | None) -> float:
-    """Bonferroni over two screens of the same hypothesis (no worse than the baseline)."""
-    return p if q is None else min(1.0, 2 * min(p, q))
+    imp = _imputed(spec, data, series)
+    ki, ni = int((imp.slower & mask).sum()), int((imp.differs & mask).sum())
+    k_all, n_all = int(imp.slower.sum()), int(imp.differs.sum())
+    return stats.two_proportion_p_above(ki, ni, k_all - ki, n_all - ni)
 
 
 def _bound_status(spec: GateSpec, lo: float, hi: float, few: bool) -> str:
@@ -393,7 +420,7 @@ def _latency_absolute(spec: GateSpec, label: str | None, b: np.ndarray, c: np.nd
 
 def _latency_delta(spec: GateSpec, label: str | None, b: np.ndarray, c: np.ndarray, q: float | None, alpha: float,
                    n_resamples: int, seed: int, n: int, few: bool, few_txt: str, pass_floor: int, what: str,
-                   unit: str, failed_txt: str) -> GateResult:
+                   unit: str, failed_txt: str, local: float | None) -> GateResult:
     """candidate - baseline in the metric's unit (maximum_increase: 5 = at most 5 ms slower): the paired
     bootstrap of the quantile difference, or the paired t bound of the mean difference."""
     if q:
@@ -407,7 +434,7 @@ def _latency_delta(spec: GateSpec, label: str | None, b: np.ndarray, c: np.ndarr
            else f"the interval straddles +{spec.threshold:g} {unit}"}[status]
     return _result(spec, label, baseline=iv.baseline, candidate=iv.candidate, observed=iv.estimate,
                    ci=(iv.lower, iv.upper), n=n, status=status, p_value=iv.p_above(spec.threshold),
-                   p_worse=iv.p_above(0.0), min_n=pass_floor, effect=iv.estimate - spec.threshold,
+                   p_worse=local, min_n=pass_floor, effect=iv.estimate - spec.threshold,
                    reason=f"{spec.aggregation} {what}{_where(label)} {iv.baseline:.1f} -> {iv.candidate:.1f} {unit} "
                           f"({iv.estimate:+.1f} {unit}, {100 * (1 - alpha):g} % bounds {iv.lower:+.1f} to "
                           f"{iv.upper:+.1f} {unit}, n={n}): {why}.{failed_txt}")
@@ -472,11 +499,9 @@ def _rate_delta(spec: GateSpec, label: str | None, col: dict[str, np.ndarray], s
         status = "pass" if lo >= thr else "fail" if hi < thr else "inconclusive"
     # The p-value tests the gate's own allowance (Tango's score test at the threshold, the dual of the
     # interval), not "no change": McNemar against 0 would flag a candidate that is within its allowance.
-    side = "max" if spec.direction == "max" else "min"
-    p = stats.paired_rate_difference_p(b_only, c_only, n, thr, side)
+    p = stats.paired_rate_difference_p(b_only, c_only, n, thr, "max" if spec.direction == "max" else "min")
     return _result(spec, label, baseline=rate.get("baseline"), candidate=rate.get("candidate"), observed=diff,
                    ci=(lo, hi), n=n, status=status, p_value=p, effect=diff,
-                   p_worse=stats.paired_rate_difference_p(b_only, c_only, n, 0.0, side),
                    reason=f"Paired {what} change{_where(label)} {100 * diff:+.2f} points ({b_only} baseline-only vs "
                           f"{c_only} candidate-only events in {n} pairs; score test against the allowance p={p:.3g}) "
                           f"vs {spec.threshold_text}: {status}.")
@@ -674,7 +699,9 @@ def decide_verdict(results: list[GateResult], stopped_early: str | None = None) 
     blocking = [r for r in results if r.severity == "blocking"]
     fails = [r for r in blocking if r.status == "fail"]
     if stopped_early:
-        return Verdict("BLOCK", [f"Stopped early: {stopped_early}.", *(r.reason for r in fails)])
+        text = stopped_early.rstrip(".")
+        text = text[0].upper() + text[1:] if text.lower().startswith("stopped early") else f"Stopped early: {text}"
+        return Verdict("BLOCK", [f"{text}.", *(r.reason for r in fails)])
     if fails:
         return Verdict("BLOCK", [r.reason for r in fails])
     scopes = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from .analysis.overview import accounting, replay_fidelity, resource_overview, s
 from .aa_reference import field_rates, noise_by_gate, read_aa_reference
 from .analysis.rows import batch_size_segment, load_rows, rows_summary
 from .errors import ScenarioError, StoreError
-from .gate_config import DETECTOR_RATES, HIGHER_IS_BETTER, LATENCY_LIKE, PAIR_METRICS
+from .gate_config import DETECTOR_RATES, HIGHER_IS_BETTER, LATENCY_LIKE, PAIR_METRICS, ROW_METRICS
 from .evidence import apply_evidence
 from .fidelity import IN_FLIGHT_REASON, apply_fidelity, assess_fidelity, skipped_in_scope
 from .attribution import explain_segments
@@ -58,7 +59,7 @@ def judge(run_dir: Path) -> dict[str, Any]:
         results = evaluate_gates(scenario.gates, data, resources, alpha=a.alpha, n_resamples=a.bootstrap_resamples,
                                  seed=a.seed, aa_noise=aa_noise)
         fidelity = replay_fidelity(con, scenario.replay.lag_bound_ms)
-        results = _judge_fidelity(con, results, fidelity, scenario, info.segments)
+        results = _judge_fidelity(con, results, fidelity, scenario, info.segments, data.rows)
         results = apply_evidence(results, _resource_sources(con), versions)
         # attribution reads the final statuses: a gate that fidelity or evidence made inconclusive explains nothing
         results, explanations = explain_segments(scenario.gates, results, data, resources, alpha=a.alpha,
@@ -111,7 +112,7 @@ def judge(run_dir: Path) -> dict[str, Any]:
 
 
 def _judge_fidelity(con: Any, results: list[GateResult], replay: dict[str, Any], scenario: Any,
-                    segments: tuple[str, ...]) -> list[GateResult]:
+                    segments: tuple[str, ...], row_data: Any = None) -> list[GateResult]:
     """Gate results re-judged for a load that was not delivered (harness.fidelity); the replay block of
     the summary gets the verdict on the load and what to change."""
     recorded = con.execute("select count(*) from skipped where reason = ?", [IN_FLIGHT_REASON]).fetchone()[0]
@@ -128,7 +129,28 @@ def _judge_fidelity(con: Any, results: list[GateResult], replay: dict[str, Any],
     rows = con.execute(f"select {', '.join(f'{chr(34)}{c}{chr(34)}::varchar' for c in seg_cols) or '1'} from skipped "
                        "where reason = ?", [IN_FLIGHT_REASON]).fetchall()
     skipped = skipped_in_scope([dict(zip(seg_cols, r)) for r in rows], results, seg_cols)
-    return apply_fidelity(results, fid, skipped, scenario.analysis.alpha)
+    judged = apply_fidelity(results, fid, skipped, scenario.analysis.alpha)
+    return _row_results_in_rows(results, judged, fid, skipped, scenario.analysis.alpha, row_data)
+
+
+def _row_results_in_rows(results: list[GateResult], judged: list[GateResult], fid: Any, skipped: dict[str | None, int],
+                         alpha: float, row_data: Any) -> list[GateResult]:
+    """Row gates count rows, not requests: a skipped request is as many unknown outcomes as an answered
+    request holds rows on average, so row results are re-judged with the skipped requests in rows."""
+    if row_data is None or not row_data.n or not any(r.metric in ROW_METRICS for r in results):
+        return judged
+    per_request = row_data.n / len(np.unique(row_data.order_idx))
+    in_rows = {k: round(v * per_request) for k, v in skipped.items()}
+    as_rows = apply_fidelity(results, fid, in_rows, alpha)
+    out = []
+    for r, plain, rows_based in zip(results, judged, as_rows):
+        if r.metric not in ROW_METRICS:
+            out.append(plain)
+            continue
+        s, s_rows = skipped.get(r.segment, 0), in_rows.get(r.segment, 0)
+        out.append(replace(rows_based, reason=rows_based.reason.replace(
+            f" {s_rows:,} requests of this scope were skipped", f" {s:,} requests ({s_rows:,} rows) of this scope were skipped")))
+    return out
 
 
 def _resource_sources(con: Any) -> dict[str, dict[str, Any]]:

@@ -4,12 +4,13 @@
 
 With `faults=True` a request may ask for a planted fault in its `fault` field: "short" answers one row
 fewer, "long" one more, "nan" gives row 0 a NaN probability, "badsum" gives row 0 probabilities summing to
-1.5, "ragged" gives row 0 three classes. tests/mlserver_kit.py serves real scikit-learn models instead."""
+1.5, "ragged" gives row 0 three classes. `delay_s` answers that much later. tests/mlserver_kit.py serves real scikit-learn models instead."""
 from __future__ import annotations
 
 import json
 import math
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Sequence
 
@@ -21,8 +22,8 @@ def probability(weights: Sequence[float], bias: float, row: Sequence[float]) -> 
 
 
 class BatchV1Server:
-    def __init__(self, weights: Sequence[float], bias: float = 0.0, faults: bool = False) -> None:
-        self.weights, self.bias, self.faults = list(weights), bias, faults
+    def __init__(self, weights: Sequence[float], bias: float = 0.0, faults: bool = False, delay_s: float = 0.0) -> None:
+        self.weights, self.bias, self.faults, self.delay_s = list(weights), bias, faults, delay_s
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -31,6 +32,8 @@ class BatchV1Server:
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 doc = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                if owner.delay_s:
+                    time.sleep(owner.delay_s)
                 preds: list[Any] = [[1 - (p := probability(owner.weights, owner.bias, r)), p] for r in doc["instances"]]
                 fault = doc.get("fault") if owner.faults else None
                 if fault == "short":

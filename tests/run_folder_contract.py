@@ -75,7 +75,12 @@ def _database_problems(path: Path, mode: str) -> list[str]:
 
 def _summary_problems(s: dict) -> list[str]:
     found: list[str] = []
-    if s.get("verdict") not in VERDICTS:
+    complete = (s.get("run") or {}).get("status", "complete") == "complete"
+    if not complete:  # an incomplete run has no verdict, only a provisional one
+        if s.get("verdict") != "INCOMPLETE" or s.get("provisional_verdict") not in VERDICTS:
+            found.append(f"summary.json: an incomplete run's verdict is INCOMPLETE with a provisional_verdict, got "
+                         f"{s.get('verdict')!r} / {s.get('provisional_verdict')!r}")
+    elif s.get("verdict") not in VERDICTS:
         found.append(f"summary.json: verdict {s.get('verdict')!r} not one of {sorted(VERDICTS)}")
     found += [f"summary.json: no {key}" for key in ("gates", "worst_segments", "counts") if key not in s]
     for i, g in enumerate(s.get("gates", [])):

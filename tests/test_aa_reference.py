@@ -14,8 +14,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_the_noise_floor_is_copied_into_the_run(capsys, tmp_path) -> None:
-    aa = small_run(tmp_path / "aa", mode="aa").run_dir
-    paired = small_run(tmp_path / "p", aa_reference=str(aa)).run_dir
+    gates = {"error_increase": {"metric": "error_rate", "maximum_increase": 0.05}}  # relative to the baseline
+    aa = small_run(tmp_path / "aa", gates=gates, mode="aa").run_dir
+    paired = small_run(tmp_path / "p", gates=gates, aa_reference=str(aa)).run_dir
     before = json.loads((paired / "summary.json").read_text())
     assert "A/A noise for this gate and scope" in before["gates"][0]["reason"]
     shutil.rmtree(aa)  # the A/A folder is gone (another machine, cleaned up): the run judges the same

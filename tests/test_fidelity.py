@@ -55,10 +55,10 @@ def test_rate_gates_count_skipped_requests_as_unknown_outcomes() -> None:
 
 @pytest.mark.integration
 def test_requests_skipped_at_the_in_flight_limit_hold_the_release(tmp_path) -> None:
-    # 400 pairs arriving at 200/s against servers that take 20 ms, at most 2 pairs in flight: about half are
-    # skipped. Without the fidelity rule this run PROMOTEs.
+    # 400 pairs arriving at 200/s against servers that take 20 ms, at most 2 pairs in flight: half or more
+    # are skipped. Without the fidelity rule this run PROMOTEs (no errors in the pairs sent).
     result = small_run(tmp_path, 400, delay_s=0.02, max_in_flight=2,
-                       gates={"latency_p50_ms": {"maximum_regression_percent": 50}, "error_rate": {"maximum": 0.05}})
+                       gates={"latency_p50_ms": {"maximum_regression_percent": 50}, "error_rate": {"maximum": 0.2}})
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["replay"]["skipped_in_flight"] > 50 and not summary["replay"]["delivered"]
     overall = {g["name"]: g for g in summary["gates"] if g["segment"] is None}

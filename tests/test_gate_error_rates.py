@@ -267,3 +267,24 @@ def test_a_regression_confined_to_one_tenant_holds_the_release_and_leads_the_lis
         clean += decide_verdict(evaluate_gates(GATES, design(rng, 0.36, "lognormal", 1.0), RES, n_resamples=300,
                                                seed=r)).verdict == "PROMOTE"
     assert held >= 17 and first >= 17 and clean >= 18, (held, first, clean)
+
+
+def test_a_refused_setting_names_its_file_and_line(tmp_path) -> None:
+    from harness.scenario import load_scenario
+
+    capture = tmp_path / "c.jsonl"
+    capture.write_text('{"ts": 1, "method": "POST", "path": "/s", "headers": {}, "body": {}}\n')
+    path = tmp_path / "s.yaml"
+    path.write_text(f"""name: x
+traffic: {{path: {capture}}}
+targets:
+  baseline: {{url: "http://127.0.0.1:1"}}
+  candidate: {{url: "http://127.0.0.1:2"}}
+promotion_gates:
+  latency_p95_ms: {{maximum_regression_percent: 10}}
+  error_rate:
+    maximum_regression_percent: 20
+""")
+    with pytest.raises(ScenarioError, match=rf"^{path}:9: promotion_gates\.error_rate\.maximum_regression_percent: "
+                                            r"error_rate is a rate"):
+        load_scenario(path)

@@ -74,3 +74,33 @@ def test_row_gates_parse_in_both_forms_and_refuse_relative_conditions() -> None:
 def test_batch_size_buckets() -> None:
     assert batch_size_buckets(np.array([1, 2, 8, 9, 32, 33, 128, 129, np.nan, 0])) == [
         "1", "2-8", "2-8", "9-32", "9-32", "33-128", "33-128", "129+", None, None]
+
+
+@pytest.mark.parametrize("metric,aggregation", [("row_score_change", "mean"), ("row_score_change", "p99"),
+                                                ("row_score_psi", "value"), ("row_score_ks", "value")])
+def test_weighted_bootstrap_agrees_with_resampling_requests(metric: str, aggregation: str) -> None:
+    """The fast form (request weights on per-request totals and bins) gives the interval that resampling
+    whole requests' rows gives, within the bootstrap's own noise."""
+    from harness.analysis import stats
+    from harness.analysis.clustered import ClusterIndex, cluster_bootstrap
+    from harness.analysis.rows import _bootstrap_over_requests
+
+    rng = np.random.default_rng(3)
+    sizes = rng.integers(1, 20, size=300)
+    cluster = np.repeat(np.arange(300), sizes)
+    shift = rng.normal(0, 0.1, size=300)[cluster]  # rows of a request move together
+    bs = rng.beta(2, 5, size=len(cluster))
+    cs = np.clip(bs + shift + rng.normal(0, 0.02, size=len(cluster)), 0, 1)
+    value, fast = _bootstrap_over_requests(metric, aggregation, bs, cs, cluster, 300, 600, 1)
+
+    def statistic(i: np.ndarray) -> float:
+        if metric == "row_score_change":
+            d = np.abs(cs[i] - bs[i])
+            return float(np.mean(d) if aggregation == "mean" else np.quantile(d, 0.99))
+        return stats.psi(bs[i], cs[i]) if metric == "row_score_psi" else stats.ks_statistic(bs[i], cs[i])
+
+    slow = cluster_bootstrap(statistic, ClusterIndex(cluster), 600, 2)
+    assert value == pytest.approx(statistic(np.arange(len(cluster))))
+    spread = np.quantile(slow, 0.95) - np.quantile(slow, 0.05)
+    for q in (0.05, 0.5, 0.95):
+        assert abs(np.quantile(fast, q) - np.quantile(slow, q)) < 0.25 * spread, q

@@ -98,6 +98,10 @@ def test_read_output_adds_rows_where_active_and_clears_batch_level_guesses() -> 
     assert read_output("kserve_v2", 500, body, "$.p", "$.c", rows=DEFAULT).row_labels is None
     one = read_output("kserve_v1", 200, b'{"predictions": [[0.25, 0.75]]}', "$.p", "$.c", rows=DEFAULT)
     assert (one.prediction, one.confidence, one.row_count) == ("1", 0.75, 1)
+    # a one-row V2 answer: its row's label and the positive class's probability, not the largest probability
+    one_v2 = json.dumps(v2({"name": "predict_proba", "shape": [1, 2], "data": [0.7, 0.3]})).encode()
+    out = read_output("kserve_v2", 200, one_v2, "$.prediction", "$.confidence", rows=DEFAULT)
+    assert (out.prediction, out.confidence) == ("0", 0.3)
 
 
 def test_rows_config_is_validated() -> None:
@@ -121,3 +125,15 @@ def test_any_prediction_list_gives_one_entry_per_row(preds: list) -> None:
     for s, bad in zip(r.scores, r.invalid):
         assert s is None or math.isfinite(s)
         assert bad is None or s is None
+
+
+@settings(max_examples=60)
+@given(st.integers(0, 8), st.integers(1, 4), st.data())
+def test_v2_tensors_read_the_same_flat_or_nested(n: int, k: int, data: st.DataObject) -> None:
+    values = data.draw(st.lists(st.floats(0, 1), min_size=n * k, max_size=n * k))
+    flat = v2({"name": "predict_proba", "shape": [n, k], "data": values})
+    nested = v2({"name": "predict_proba", "shape": [n, k], "data": [values[i * k:(i + 1) * k] for i in range(n)]})
+    a, b = read_rows("kserve_v2", flat, DEFAULT), read_rows("kserve_v2", nested, DEFAULT)
+    assert a == b and a.count == n
+    short = v2({"name": "predict_proba", "shape": [n + 1, k], "data": values})
+    assert read_rows("kserve_v2", short, DEFAULT).count is None  # a tensor shorter than its shape: unreadable

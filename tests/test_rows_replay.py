@@ -10,7 +10,8 @@ import duckdb
 import pytest
 
 from batch_v1_server import BatchV1Server, probability
-from replay_helpers import scenario_dict, write_capture
+from kserve_v2_server import KServeV2Server, score_rows
+from replay_helpers import replay, scenario_dict, write_capture
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +95,52 @@ def test_rows_are_stored_checked_and_judged(tmp_path: Path) -> None:
     assert f">{matrix[0][1]}<" in html and f">{matrix[1][0]}<" in html
     assert rows["examples"] and rows["examples"][0]["request_id"] in html
     assert "instances" not in html.split('id="rows"')[1].split("</section>")[0]
+
+
+def test_v2_batches_are_read_row_by_row(tmp_path: Path) -> None:
+    """Against the project's own Open Inference Protocol server (tests/kserve_v2_server.py): label and
+    probability tensors of shape [N] give N rows; a request whose inputs disagree on N has no batch size."""
+    rng = random.Random(5)
+    batches = [[[rng.uniform(0, 30) for _ in range(4)] for _ in range(rng.randint(1, 6))] for _ in range(30)]
+    recs = [{"ts": T0 + i * 0.02, "method": "POST", "path": "/v2/models/fraud/infer",
+             "headers": {"Content-Type": "application/json"},
+             "body": {"inputs": [{"name": "features", "shape": [len(b), 4], "datatype": "FP32", "data": b}]}}
+            for i, b in enumerate(batches)]
+    with KServeV2Server() as b, KServeV2Server(label_names={"fraud": "FRAUD"}) as c:
+        sc = scenario_dict(write_capture(tmp_path / "c.jsonl", recs), b.url, c.url)
+        sc["targets"]["baseline"]["protocol"] = sc["targets"]["candidate"]["protocol"] = "kserve_v2"
+        con, _ = replay(tmp_path, sc)
+    got = con.execute("""select r.seq, p.row_idx, p.batch_size, p.baseline_label, p.candidate_label, p.baseline_score,
+                                p.candidate_score, p.baseline_error_kind from row_pairs p join requests r using (order_idx)
+                         order by 1, 2""").fetchall()
+    assert len(got) == sum(len(b) for b in batches)
+    for seq, row, size, bl, cl, bs, cs, err in got:
+        label, p = score_rows(batches[seq - 1])[row]
+        assert (size, bl, bs, cs, err) == (len(batches[seq - 1]), label, pytest.approx(p), pytest.approx(p), None)
+        assert cl == {"fraud": "FRAUD"}.get(label, label)
+    # a batch has no single prediction: the request-level columns stay empty for N > 1
+    multi = con.execute("select count(*) filter (where prediction is not null) from legs l join requests r "
+                        "using (order_idx) where r.batch_size > 1").fetchone()
+    assert multi == (0,)
+
+
+def test_requests_skipped_at_the_in_flight_limit_count_as_rows_in_row_gates(tmp_path: Path) -> None:
+    """A load that was not delivered re-judges rate gates with the skipped requests as unknown outcomes; a
+    row gate counts rows, so each skipped request weighs as many rows as an answered one holds."""
+    from harness.run import run_scenario
+    from harness.scenario import scenario_from_dict
+
+    recs = [r for i, r in enumerate(records(60)) if i not in FAULTS]
+    with BatchV1Server(BASE_W, delay_s=0.06) as b, BatchV1Server(CAND_W, delay_s=0.06) as c:
+        sc = scenario_dict(write_capture(tmp_path / "c.jsonl", recs), b.url, c.url, speed=1, max_in_flight=1)
+        sc["targets"]["baseline"]["protocol"] = sc["targets"]["candidate"]["protocol"] = "kserve_v1"
+        sc["promotion_gates"] = {"row_flip_rate": {"maximum": 0.95, "per_segment": False}}
+        result = run_scenario(scenario_from_dict(sc), tmp_path / "out", echo=lambda m: None, progress_every_s=60)
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    skipped = summary["counts"]["skipped"]
+    assert skipped and summary["replay"]["delivered"] is False
+    (gate,) = [g for g in summary["gates"] if g["name"] == "row_flip_rate"]
+    n_skipped = sum(skipped.values())
+    rows = summary["rows"]["overall"]
+    per_request = rows["rows"] / rows["requests"]
+    assert f" {n_skipped:,} requests ({round(n_skipped * per_request):,} rows) of this scope" in gate["reason"]

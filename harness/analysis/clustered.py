@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import scipy.stats as sps
 from numpy.typing import NDArray
 
-__all__ = ["ClusteredRate", "clustered_rate", "naive_rate", "ClusterIndex", "cluster_bootstrap"]
+__all__ = ["ClusteredRate", "clustered_rate", "naive_rate", "ClusterIndex", "cluster_bootstrap", "cluster_weights"]
 
 FloatArray = NDArray[np.float64]
 
@@ -116,3 +116,20 @@ def cluster_bootstrap(statistic: Callable[[NDArray[np.intp]], float], index: Clu
     """`statistic(rows)` over `n_resamples` resamples of requests (NaN where it is undefined)."""
     rng = np.random.default_rng(seed)
     return np.array([statistic(index.resample(rng)) for _ in range(n_resamples)], dtype=np.float64)
+
+
+def cluster_weights(n_clusters: int, n_resamples: int, seed: int, width: int | None = None,
+                    cells: int = 4_000_000) -> Iterator[FloatArray]:
+    """The bootstrap over requests as weights: for each resample, how many times each of the J requests was
+    drawn (multinomial, J draws), in chunks of resamples sized so that a chunk times `width` (J, or the
+    number of rows when the caller spreads weights to rows) stays near `cells` numbers. A statistic that
+    is a function of per-request totals (sums, bin counts) then costs a matrix product per chunk instead
+    of a pass over resampled rows."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, cells // max(width or n_clusters, 1))
+    p = np.full(n_clusters, 1.0 / n_clusters)
+    done = 0
+    while done < n_resamples:
+        size = min(chunk, n_resamples - done)
+        yield rng.multinomial(n_clusters, p, size=size).astype(np.float64)
+        done += size

@@ -19,11 +19,12 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from . import stats
-from .clustered import ClusterIndex, cluster_bootstrap, clustered_rate
-from .dataset import Coded, PairData
+from .clustered import cluster_weights, clustered_rate
+from .dataset import Coded, PairData, _codes, _sorted_codes
 
 __all__ = ["RowData", "load_rows", "row_gate", "rows_summary", "batch_size_buckets", "batch_size_segment",
            "size_row_rate", "BATCH_BUCKETS", "ROW_MIN_REQUESTS"]
@@ -53,36 +54,41 @@ class RowData:
 
 def load_rows(con: duckdb.DuckDBPyConnection, pairs: PairData) -> RowData | None:
     """The analysable pairs' rows where both legs answered without an error; None when no leg has rows."""
-    has = con.execute("select count(*) from information_schema.tables where table_name = 'row_pairs'").fetchone()
-    with_rows = con.execute("select count(*) from legs where row_labels is not null").fetchone() if has and has[0] else None
-    if not with_rows or not with_rows[0]:
+    # fetchall, not fetchone: a result left unfinished blocks the connection's next query
+    has = con.execute("select count(*) from information_schema.tables where table_name = 'row_pairs'").fetchall()
+    if not has[0][0] or not con.execute("select count(*) from legs where row_labels is not null").fetchall()[0][0]:
         return None
-    cur = con.execute("""select order_idx, row_idx, batch_size, baseline_label, candidate_label,
-                                baseline_score, candidate_score,
-                                baseline_invalid_reason is not null, candidate_invalid_reason is not null
-                         from row_pairs
-                         where not warmup and baseline_error_kind is null and candidate_error_kind is null
-                           and row_idx is not null
-                         order by order_idx, row_idx""")
-    cols = list(zip(*cur.fetchall())) or [()] * 9
-    order_idx = np.asarray(cols[0], dtype=np.int64)
+    # Arrow straight to numpy and label codes: a run's rows are many times its requests.
+    table = con.sql("""select order_idx, row_idx, batch_size::double as batch_size, baseline_label,
+                                  candidate_label, baseline_score, candidate_score,
+                                  baseline_invalid_reason is not null as baseline_invalid,
+                                  candidate_invalid_reason is not null as candidate_invalid
+                           from row_pairs
+                           where not warmup and baseline_error_kind is null and candidate_error_kind is null
+                             and row_idx is not null
+                           order by order_idx, row_idx""").to_arrow_table()
+
+    def col(name: str, fill: Any) -> NDArray[Any]:
+        return np.asarray(pc.fill_null(table[name], fill).to_numpy())
+
+    order_idx = col("order_idx", -1).astype(np.int64)
     pos = np.searchsorted(pairs.order_idx, order_idx)
-    found = (pos < len(pairs.order_idx)) & (pairs.order_idx[np.minimum(pos, max(len(pairs.order_idx) - 1, 0))]
-                                            == order_idx) if len(pairs.order_idx) else np.zeros(len(order_idx), bool)
+    n_pairs = len(pairs.order_idx)
+    found = (pos < n_pairs) & (pairs.order_idx[np.minimum(pos, max(n_pairs - 1, 0))] == order_idx) if n_pairs \
+        else np.zeros(len(order_idx), bool)
     keep = np.flatnonzero(found)
-    labels = Coded.joint({"baseline": np.asarray(cols[3], dtype=object)[keep],
-                          "candidate": np.asarray(cols[4], dtype=object)[keep]})
-
-    def num(i: int) -> NDArray[np.float64]:
-        return np.array([math.nan if v is None else float(v) for v in np.asarray(cols[i], dtype=object)[keep]],
-                        dtype=np.float64)
-
-    invalid = {"baseline": np.asarray(cols[7], dtype=bool)[keep], "candidate": np.asarray(cols[8], dtype=bool)[keep]}
-    score = {"baseline": num(5), "candidate": num(6)}
+    seen: dict[str, int] = {}
+    raw = {v: _codes(table[f"{v}_label"].combine_chunks(), seen)[keep] for v in ("baseline", "candidate")}
+    remap, ordered = _sorted_codes(seen)
+    labels = {v: Coded(np.where(r >= 0, remap[np.maximum(r, 0)] if len(remap) else -1, -1).astype(np.int32), ordered)
+              for v, r in raw.items()}
+    invalid = {v: col(f"{v}_invalid", False).astype(bool)[keep] for v in ("baseline", "candidate")}
+    score = {v: col(f"{v}_score", math.nan).astype(np.float64)[keep] for v in ("baseline", "candidate")}
     for v in score:
         score[v][invalid[v]] = math.nan
     return RowData(request_pos=pos[keep].astype(np.intp), order_idx=order_idx[keep],
-                   row_idx=np.asarray(cols[1], dtype=np.int64)[keep], batch_size=num(2), label=labels, score=score,
+                   row_idx=col("row_idx", -1).astype(np.int64)[keep],
+                   batch_size=col("batch_size", math.nan).astype(np.float64)[keep], label=labels, score=score,
                    invalid=invalid)
 
 
@@ -184,19 +190,10 @@ def _row_distribution(spec: Any, rows: RowData, sel: NDArray[np.bool_], where: s
                         f"{_DISTRIBUTION_MIN_ROWS} rows in {ROW_MIN_REQUESTS} requests are needed.", n_rows),
                 "min_n": _DISTRIBUTION_MIN_ROWS}
     bs, cs = b[idx], c[idx]
+    requests, cluster = np.unique(rows.order_idx[idx], return_inverse=True)
+    value, draws = _bootstrap_over_requests(spec.metric, spec.aggregation, bs, cs, cluster, len(requests),
+                                            min(n_resamples, _DISTRIBUTION_RESAMPLES), seed)
     m, agg = spec.metric, spec.aggregation
-
-    def statistic(i: NDArray[np.intp]) -> float:
-        if m == "row_score_change":
-            d = np.abs(cs[i] - bs[i])
-            return float(np.mean(d)) if agg == "mean" else float(np.quantile(d, 0.99))
-        if m == "row_score_psi":
-            return stats.psi(bs[i], cs[i])
-        return stats.ks_statistic(bs[i], cs[i])
-
-    value = statistic(np.arange(n_rows))
-    draws = cluster_bootstrap(statistic, ClusterIndex(rows.order_idx[idx]), min(n_resamples, _DISTRIBUTION_RESAMPLES),
-                              seed)
     draws = draws[np.isfinite(draws)]
     lo, hi = float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))
     lo, hi = min(lo, value), max(hi, value)
@@ -214,6 +211,52 @@ def _row_distribution(spec: Any, rows: RowData, sel: NDArray[np.bool_], where: s
             "reason": (f"{name.capitalize()}{where} {value:.4g} ({n_rows} rows in {n_req} requests; "
                        f"{100 * (1 - alpha):g} % bounds {lo:.4g}-{hi:.4g} by a bootstrap over requests) vs "
                        f"{spec.threshold_text}: {status}.")}
+
+
+def _bootstrap_over_requests(metric: str, aggregation: str, bs: NDArray[np.float64], cs: NDArray[np.float64],
+                             cluster: NDArray[np.intp], n_clusters: int, n_resamples: int, seed: int
+                             ) -> tuple[float, NDArray[np.float64]]:
+    """The statistic on all rows and over resamples of requests, each resample as request weights
+    (clustered.cluster_weights) applied to per-request totals: sums for the mean, bin counts for PSI and
+    KS (the bins of the whole sample held fixed; KS on a grid of 256 pooled quantiles) and for the p99 (1,024
+    bins of the top 10 % of changes, each resample's p99 read to its bin's upper edge)."""
+    draws: list[NDArray[np.float64]] = []
+    if metric == "row_score_change":
+        d = np.abs(cs - bs)
+        if aggregation == "mean":
+            sums, counts = np.bincount(cluster, d, n_clusters), np.bincount(cluster, minlength=n_clusters)
+            for w in cluster_weights(n_clusters, n_resamples, seed):
+                draws.append((w @ sums) / (w @ counts))
+            return float(np.mean(d)), np.concatenate(draws)
+        # a resample's p99 lies in the top tail: 1,024 bins above the whole sample's p90 place it to 0.01 %
+        edges = np.unique(np.quantile(d, np.linspace(0.9, 1.0, 1025)))
+        k = len(edges) + 1
+        tail = np.bincount(cluster * k + np.searchsorted(edges, d, side="left"),
+                           minlength=n_clusters * k).reshape(n_clusters, k)
+        upper = np.append(edges, edges[-1])
+        for w in cluster_weights(n_clusters, n_resamples, seed, width=max(n_clusters, k)):
+            cum = np.cumsum(w @ tail, axis=1)
+            draws.append(upper[np.argmax(cum >= 0.99 * cum[:, -1:], axis=1)])
+        return float(np.quantile(d, 0.99)), np.concatenate(draws)
+    if metric == "row_score_psi":
+        edges, k = stats._psi_edges(bs, 10)
+        value = stats.psi(bs, cs)
+        binned = (stats._psi_bin(edges, bs), stats._psi_bin(edges, cs))
+    else:
+        grid = np.unique(np.quantile(np.concatenate([bs, cs]), np.linspace(0, 1, 257)))
+        k = len(grid) + 1
+        value = stats.ks_statistic(bs, cs)
+        binned = (np.searchsorted(grid, bs, side="left"), np.searchsorted(grid, cs, side="left"))
+    per_request = [np.bincount(cluster * k + x, minlength=n_clusters * k).reshape(n_clusters, k) for x in binned]
+    for w in cluster_weights(n_clusters, n_resamples, seed, width=max(n_clusters, k)):
+        cb, cc = w @ per_request[0], w @ per_request[1]
+        if metric == "row_score_psi":
+            draws.append(stats._psi_from_counts(cb, cc))
+        else:
+            fb = np.cumsum(cb, axis=1) / cb.sum(axis=1, keepdims=True)
+            fc = np.cumsum(cc, axis=1) / cc.sum(axis=1, keepdims=True)
+            draws.append(np.max(np.abs(fb - fc), axis=1))
+    return value, np.concatenate(draws)
 
 
 # ----------------------------------------------------------------------------------------------- sizing
@@ -266,7 +309,7 @@ def rows_summary(con: duckdb.DuckDBPyConnection, rows: RowData | None, pairs: Pa
         select count(*) filter (where row_labels is not null), count(*) filter (where error_kind = 'row_count_mismatch'),
                coalesce(sum(len(row_labels)) filter (where version = 'baseline'), 0),
                coalesce(sum(len(row_labels)) filter (where version = 'candidate'), 0)
-        from legs""").fetchone() or ()))
+        from legs""").fetchall()[0]))
     for v, n in con.execute("select version, count(*) filter (where invalid_reason is not null) from prediction_rows "
                             "group by 1").fetchall():
         counts[f"invalid_{v}"] = n
@@ -287,6 +330,9 @@ def rows_summary(con: duckdb.DuckDBPyConnection, rows: RowData | None, pairs: Pa
                 segments.append({"segment": f"{name}={value}", **r})
     segments.sort(key=lambda s: -s["flip_rate"])
     flipped = np.flatnonzero(judged & (b.codes != c.codes))
+    # examples from as many requests as possible: the first flipped row of each request first
+    _, first = np.unique(rows.order_idx[flipped], return_index=True)
+    flipped = np.concatenate([flipped[np.sort(first)], np.setdiff1d(flipped, flipped[first])])
     rid = {}
     if len(flipped):
         ids = ", ".join(str(int(x)) for x in np.unique(rows.order_idx[flipped[:examples]]))

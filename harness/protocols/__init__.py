@@ -57,13 +57,15 @@ def _with_rows(protocol: str, out: OutputRead, cfg: RowsConfig, prediction_path:
     got = read_rows(protocol, out.doc, cfg)
     extra: dict[str, object] = {"row_count": got.count, "row_labels": got.labels, "row_scores": got.scores,
                                 "row_invalid": got.invalid, "row_error": got.error}
-    if protocol == "kserve_v2" and got.count is not None and got.count > 1:
+    if protocol == "kserve_v2" and got.count is not None:
         # One prediction for a batch is meaningless (the first label of 32, the largest of 64 probabilities):
-        # a batch is judged row by row; the request-level values stay only where the scenario's paths name them.
+        # a batch is judged row by row, and a one-row answer's prediction is its row's. The request-level
+        # values stay as read only where the scenario's paths name them.
         from ..jsonpath import MISSING, find_first  # noqa: PLC0415
 
+        single = got.count == 1 and got.invalid[0] is None
         if find_first(out.doc, prediction_path) in (MISSING, None):
-            extra["prediction"] = None
+            extra["prediction"] = got.labels[0] if single else None
         if find_first(out.doc, confidence_path) in (MISSING, None):
-            extra["confidence"] = None
+            extra["confidence"] = got.scores[0] if single else None
     return dataclasses.replace(out, **extra)  # type: ignore[arg-type]

@@ -4,7 +4,11 @@ The scenario's output.prediction / output.confidence JSON paths win where they f
 `$.outputs[1].data[0]`). Otherwise the first output named like a label
 ("label", "prediction", "class") gives the prediction, and the first named like a score ("probability",
 "confidence", "score") or else the first numeric output with values in [0, 1] gives the confidence (its
-maximum, for a vector). Tensors may be nested (row-major) or flat; both are flattened."""
+maximum, for a vector). Tensors may be nested (row-major) or flat; both are flattened.
+
+These are the values of a run whose answers are not read row by row (output.rows: false). Otherwise
+(the default for this protocol) harness.protocols.read_output replaces them with the single row's label
+and score, or with nothing for a batch: a batch is judged row by row (harness.protocols.rows)."""
 from __future__ import annotations
 
 from typing import Any
