@@ -82,7 +82,8 @@ def explain_segments(specs: Iterable[GateSpec], results: list[GateResult], data:
                     continue
                 again = _evaluate_one(spec, data, rest, f"{s.segment} without {t.segment}", resources, alpha,
                                       n_resamples, seed)
-                if again.status != "fail" and not _beyond_limit(again):
+                # "too little left to judge" is no evidence that the excess vanishes: not an explanation
+                if again.observed is not None and again.status != "fail" and not _beyond_limit(again):
                     by = t.segment
                     members.append(s.segment or "")
                     out[i] = replace(s, explained_by=by, reason=s.reason + (
@@ -117,7 +118,7 @@ def _explained_by_several(spec: GateSpec, data: PairData, s: GateResult, s_mask:
         rest &= ~masks[t.segment]
     names = " + ".join(t.segment or "" for t, _ in others)
     again = _evaluate_one(spec, data, rest, f"{s.segment} without {names}", resources, alpha, n_resamples, seed)
-    if again.status == "fail" or _beyond_limit(again):
+    if again.observed is None or again.status == "fail" or _beyond_limit(again):
         return None
     for _, members in others:
         members.append(s.segment or "")

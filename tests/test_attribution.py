@@ -57,3 +57,28 @@ def test_a_segment_with_its_own_flaw_is_not_explained_away() -> None:
                                              n_resamples=200)
     leaders = {e.segment for e in explanations}
     assert {"route=/bad", "tenant=ent"} <= leaders
+
+
+def test_too_little_left_to_judge_is_not_an_explanation() -> None:
+    """tenant=ent lies almost wholly inside the slow route: without the route's requests, 5 pairs are left,
+    too few to judge a p95. That is no evidence that the tenant's excess vanishes, so it is not explained."""
+    rng = np.random.default_rng(5)
+    n = 6000
+    route = rng.choice(["/slow", "/a"], n, p=[0.3, 0.7])
+    tenant = np.full(n, "free", dtype=object)
+    tenant[np.flatnonzero(route == "/slow")[:400]] = "ent"
+    tenant[np.flatnonzero(route == "/a")[:5]] = "ent"
+    lat = rng.lognormal(3, 0.4, n)
+    no = np.zeros(n, bool)
+    data = PairData(order_idx=np.arange(n), segments={"route": route, "tenant": tenant.astype(str)},
+                    latency={"baseline": lat, "candidate": lat * np.where(route == "/slow", 1.5, 1.0)},
+                    error={"baseline": no, "candidate": no}, timeout={"baseline": no, "candidate": no},
+                    schema_judged={"baseline": ~no, "candidate": ~no}, schema_valid={"baseline": ~no, "candidate": ~no},
+                    status_4xx={"baseline": no, "candidate": no},
+                    score={"baseline": np.full(n, np.nan), "candidate": np.full(n, np.nan)}, n=n)
+    gates = parse_gates({"latency_p95_ms": {"maximum_regression_percent": 10}}, "t")
+    results = evaluate_gates(gates, data, RES, n_resamples=200)
+    assert {"route=/slow", "tenant=ent"} <= {r.segment for r in results if r.segment and r.status == "fail"}
+    results, _ = explain_segments(gates, results, data, RES, n_resamples=200)
+    ent = next(r for r in results if r.segment == "tenant=ent")
+    assert ent.explained_by is None, ent.reason
