@@ -63,6 +63,18 @@ def legs(con, cols: str) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------ schema
 
+def test_mlserver_sklearn_outputs_give_label_and_score_without_rows() -> None:
+    """MLServer's scikit-learn runtime names its outputs predict / predict_proba; with output.rows off the
+    label comes from predict and the confidence from predict_proba, never from the 0/1 label tensor."""
+    from harness.protocols.kserve_v2 import read_kserve_v2_output
+
+    body = json.dumps({"model_name": "m", "outputs": [
+        {"name": "predict", "shape": [1, 1], "datatype": "INT64", "data": [1]},
+        {"name": "predict_proba", "shape": [1, 2], "datatype": "FP64", "data": [0.3, 0.7]}]}).encode()
+    out = read_kserve_v2_output(200, body)
+    assert (out.prediction, out.confidence) == ("1", 0.7)
+
+
 def test_the_seed_output_schema_ships_and_judges() -> None:
     v = OutputValidator(None, {"/v1/score": SEED_SCHEMA})
     assert v.validate("/v1/score", {"prediction": "legit", "confidence": 0.2, "model_version": "1.4"}) == (True, None)

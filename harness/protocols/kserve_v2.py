@@ -18,8 +18,9 @@ from .json_protocol import OutputRead, label_of, loads, number_of
 
 __all__ = ["read_kserve_v2_output"]
 
-_LABEL_NAMES = ("label", "labels", "prediction", "predictions", "class", "classes")
-_SCORE_NAMES = ("probability", "probabilities", "confidence", "score", "scores", "proba")
+# MLServer's scikit-learn runtime names its outputs after the method: predict, predict_proba
+_LABEL_NAMES = ("label", "labels", "prediction", "predictions", "predict", "class", "classes")
+_SCORE_NAMES = ("probability", "probabilities", "confidence", "score", "scores", "proba", "predict_proba")
 
 
 def read_kserve_v2_output(status: int, body: bytes, prediction_path: str = "$.prediction",
@@ -43,7 +44,7 @@ def read_kserve_v2_output(status: int, body: bytes, prediction_path: str = "$.pr
         if prediction is None and name in _LABEL_NAMES:
             prediction = str(data[0])
         numeric = [float(x) for x in data if isinstance(x, (int, float)) and not isinstance(x, bool)]
-        if confidence is None and numeric and (name in _SCORE_NAMES or prediction is not None or name not in _LABEL_NAMES):
+        if confidence is None and numeric and name not in _LABEL_NAMES:  # a label tensor of 0/1 is no score
             if name in _SCORE_NAMES or all(0.0 <= x <= 1.0 for x in numeric):
                 confidence = max(numeric)
     by_path = find_first(doc, prediction_path)
