@@ -37,7 +37,7 @@ import yaml
 
 from .analysis import stats
 from .analysis.dataset import ERROR_KINDS_COUNTED
-from .analysis.rows import size_row_rate
+from .analysis.rows import BATCH_BUCKETS, size_row_rate
 from .errors import ExportRefused, StoreError, UsageError
 from .gate_config import GateSpec
 
@@ -230,7 +230,18 @@ def _scope_where(spec: GateSpec, columns: set[str]) -> tuple[str, list[Any]]:
         return "", []
     if not set(spec.segment) <= columns:
         return " and false", []  # a segment this run did not record: nothing is in scope
-    return "".join(f' and r."{k}"::varchar = ?' for k in spec.segment), list(spec.segment.values())
+    return "".join(f" and {_segment_sql(k)} = ?" for k in spec.segment), list(spec.segment.values())
+
+
+def _segment_sql(name: str) -> str:
+    """The segment's value per request as the gates see it: batch_size is stored as a row count and
+    judged by its bucket label (harness.analysis.rows.batch_size_buckets)."""
+    if name != "batch_size":
+        return f'r."{name}"::varchar'
+    whens = " ".join(f"when r.batch_size >= {lo}" + (f" and r.batch_size <= {hi}" if hi is not None else "")
+                     + f" then '{lo if lo == hi else f'{lo}+' if hi is None else f'{lo}-{hi}'}'"
+                     for lo, hi in BATCH_BUCKETS)
+    return f"(case {whens} end)"
 
 
 def _scope_label(spec: GateSpec) -> str | None:

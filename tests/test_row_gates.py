@@ -104,3 +104,17 @@ def test_weighted_bootstrap_agrees_with_resampling_requests(metric: str, aggrega
     spread = np.quantile(slow, 0.95) - np.quantile(slow, 0.05)
     for q in (0.05, 0.5, 0.95):
         assert abs(np.quantile(fast, q) - np.quantile(slow, q)) < 0.25 * spread, q
+
+
+def test_the_schedule_scopes_batch_size_gates_by_the_same_buckets_as_the_gates() -> None:
+    """A gate's `segment: {batch_size: "33-128"}` is sized on the requests the gate judges: the schedule's SQL
+    gives each stored row count the bucket label that batch_size_buckets gives it."""
+    import duckdb
+
+    from harness.schedule import _segment_sql
+
+    sizes = [0, 1, 2, 7, 8, 9, 31, 32, 33, 64, 128, 129, 4096, None]
+    con = duckdb.connect()
+    got = [v for (v,) in con.execute(f"select {_segment_sql('batch_size')} from "
+                                      f"(select unnest(?::bigint[]) as batch_size) r", [sizes]).fetchall()]
+    assert got == batch_size_buckets(np.array([np.nan if s is None else s for s in sizes], dtype=np.float64))
