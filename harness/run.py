@@ -23,6 +23,7 @@ from .errors import HarnessError, ScenarioError, StoreError, TargetUnreachable, 
 from .gate_config import unseen_gate_values
 from .monitor import ResourceMonitor, TargetProcess
 from .scenario import Scenario
+from .send_headers import header_overrides
 from .store import RunMeta, RunStore
 from .traffic.prepare import prepare_traffic
 
@@ -116,17 +117,11 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
                  expect_workers: int | None = None, master_bind_host: str = "127.0.0.1",
                  master_bind_port: int | None = None) -> RunResult:
     from .outputs import build_outputs
-    from .replay.dispatcher import DispatchPlan, TargetPlan, expand_env
+    from .replay.dispatcher import DispatchPlan, TargetPlan
     from .replay.runner import ReplayOptions, run_replay
 
     # Everything that can be checked is checked before the first request leaves.
-    try:
-        overrides = {"replay": {k: expand_env(v) if v is not None else None for k, v in scenario.replay.headers.items()},
-                     **{v: {k: expand_env(x) if x is not None else None for k, x in scenario.target_for(v).headers.items()}
-                        for v in scenario.versions}}
-    except KeyError as exc:
-        raise ScenarioError(f"{scenario.source}: replay.headers uses ${{{exc.args[0]}}} but that environment "
-                            "variable is not set") from None
+    overrides = header_overrides(scenario)
     if web_ui:
         _check_port_free("--web-port", "127.0.0.1", web_port, "the web UI")
     if master and master_bind_port:
@@ -170,9 +165,8 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             "span_s": prepared.span_s})])
         secrets = tuple(v for group in overrides.values() for v in group.values() if v)
         targets = tuple(TargetPlan(version=v, url=scenario.target_for(v).url, protocol=scenario.target_for(v).protocol,
-                                   headers={**_accept_encoding(scenario.replay.accept_encoding,
-                                                               {**overrides["replay"], **overrides[v]}),
-                                            **overrides["replay"], **overrides[v]},
+                                   headers={**_accept_encoding(scenario.replay.accept_encoding, overrides[v]),
+                                            **overrides[v]},
                                    tls=scenario.target_for(v).tls) for v in scenario.versions)
         for t in targets:
             if t.tls and t.tls.get("verify") is False:

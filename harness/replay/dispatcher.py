@@ -19,7 +19,6 @@ import ctypes
 import hashlib
 import json
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from ..error_kinds import HARNESS_ERROR
 from ..jsonpath import MISSING
 from ..protocols import OutputRead, read_output
 from ..scenario import DetectorConfig, RowsConfig
+from ..send_headers import expand_env
 from ..traffic.redaction import REDACTED, Redactor
 from .content_encoding import decode_answer
 from .http_client import RequestHead, TargetClient, error_result
@@ -48,19 +48,7 @@ SCHEDULE_COLUMNS = ["order_idx", "request_id", "offset_s", "method", "path", "ro
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
                         "host", "content-length", "proxy-authenticate", "proxy-authorization"})
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 OUTPUT_EXCERPT_CHARS = 2000
-
-
-def expand_env(value: str, environ: Mapping[str, str] | None = None) -> str:
-    env = os.environ if environ is None else environ
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(1) not in env:
-            raise KeyError(m.group(1))
-        return env[m.group(1)]
-
-    return _ENV.sub(sub, value)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from ..capture.exchange import Exchange
 from ..capture.forward import HOP_BY_HOP, Answer, Forwarder
 from ..capture.writer import CaptureWriter
 from ..scenario import Scenario
+from ..send_headers import header_overrides
 from ..traffic.prepare import is_allowed
 from ..traffic.segments import route_template
 from .legs import LegBuilder
@@ -62,6 +63,9 @@ class ShadowApp:
         self._keep = scenario.replay.max_response_bytes
         self._baseline: Forwarder | None = None
         self._candidate: Forwarder | None = None
+        # The copy carries the candidate's test credentials (replay.headers, then the target's), as a replay
+        # would; the user's request to the baseline passes through as the user sent it.
+        self._candidate_headers = header_overrides(scenario)["candidate"]
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1 << 30)
@@ -107,7 +111,8 @@ class ShadowApp:
         else:
             mirror = True
             stats.mirrored += 1
-            headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+            headers = _with_overrides([(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP],
+                                      self._candidate_headers)
             task = asyncio.create_task(self._copy(rid, route, request.method, raw_path, headers, body, arrived))
             self.copies.add(task)
             task.add_done_callback(self.copies.discard)
@@ -128,6 +133,15 @@ class ShadowApp:
         if answer.error is not None:
             self.stats.candidate_errors[answer.error] = self.stats.candidate_errors.get(answer.error, 0) + 1
         self.legs.put(("candidate", rid, route, arrived, answer))
+
+
+def _with_overrides(headers: list[tuple[str, str]], overrides: dict[str, str | None]) -> list[tuple[str, str]]:
+    """Captured headers with the scenario's replaced (a null override removes the header)."""
+    if not overrides:
+        return headers
+    lower = {k.lower() for k in overrides}
+    return [(k, v) for k, v in headers if k.lower() not in lower] + [(k, v) for k, v in overrides.items()
+                                                                      if v is not None]
 
 
 def leg_records(builder: LegBuilder, max_bytes: int) -> Any:

@@ -29,6 +29,7 @@ from ..capture.proxy import parse_listen, run_loop
 from ..capture.writer import CaptureWriter
 from ..errors import ScenarioError, UsageError
 from ..run import RunResult, _setup_log, check_targets, make_run_dir
+from ..send_headers import header_overrides
 from ..scenario import Scenario
 from .legs import LegBuilder
 from .proxy import ShadowApp, ShadowStats, leg_records
@@ -46,6 +47,7 @@ def run_shadow(scenario: Scenario, listen: str, out_root: Path, *, duration_s: f
                echo: Callable[[str], None] = print) -> RunResult:
     if scenario.replay.mode != "paired" or "candidate" not in scenario.versions:
         raise ScenarioError(f"{scenario.source}: harness shadow needs replay.mode: paired and a candidate target")
+    header_overrides(scenario)  # an unset ${VAR} in the test credentials is a usage error before anything starts
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:

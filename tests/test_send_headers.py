@@ -1,0 +1,38 @@
+"""The headers a scenario sends: replay.headers, then each target's, from the environment at send time;
+live shadow's candidate copies get the candidate's set over what the user sent."""
+from __future__ import annotations
+
+import pytest
+
+from harness.errors import ScenarioError
+from harness.scenario import scenario_from_dict
+from harness.send_headers import header_overrides
+from harness.shadow.proxy import _with_overrides
+
+
+def _scenario(env_var: str = "HARNESS_TEST_TOKEN") -> object:
+    return scenario_from_dict({
+        "name": "h", "traffic": {"path": "x.jsonl"},
+        "targets": {"baseline": {"url": "http://127.0.0.1:1"},
+                    "candidate": {"url": "http://127.0.0.1:2", "headers": {"X-Model": "v2", "Cookie": None}}},
+        "replay": {"headers": {"Authorization": f"Bearer ${{{env_var}}}", "X-Model": "v1"}},
+    })
+
+
+def test_target_headers_override_replay_headers_per_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARNESS_TEST_TOKEN", "t0k")
+    got = header_overrides(_scenario())  # type: ignore[arg-type]
+    assert got["baseline"] == {"Authorization": "Bearer t0k", "X-Model": "v1"}
+    assert got["candidate"] == {"Authorization": "Bearer t0k", "X-Model": "v2", "Cookie": None}
+
+
+def test_an_unset_variable_is_one_scenario_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HARNESS_UNSET_VAR", raising=False)
+    with pytest.raises(ScenarioError, match=r"replay.headers uses \$\{HARNESS_UNSET_VAR\}"):
+        header_overrides(_scenario("HARNESS_UNSET_VAR"))  # type: ignore[arg-type]
+
+
+def test_the_shadow_copy_carries_the_candidate_headers_over_the_users() -> None:
+    user = [("Authorization", "Bearer user"), ("cookie", "session=1"), ("X-Tenant-Tier", "pro")]
+    out = _with_overrides(user, {"Authorization": "Bearer test", "Cookie": None, "X-Model": "v2"})
+    assert sorted(out) == [("Authorization", "Bearer test"), ("X-Model", "v2"), ("X-Tenant-Tier", "pro")]
