@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __version__
-from .errors import HarnessError, UsageError
+from .errors import VERDICT_EXIT, HarnessError, UsageError
 
 __all__ = ["main", "build_parser"]
 
-VERDICT_EXIT = {"PROMOTE": 0, "BLOCK": 1, "HOLD": 2}
 
 
 EXIT_CODES = """exit codes:

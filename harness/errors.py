@@ -15,6 +15,7 @@ Bugs are not HarnessErrors and are never caught.
 from __future__ import annotations
 
 __all__ = [
+    "VERDICT_EXIT",
     "HarnessError",
     "UsageError",
     "ScenarioError",
@@ -72,3 +73,8 @@ class ReplayError(HarnessError):
 
 class TargetUnreachable(ReplayError):
     exit_code = 4
+
+
+# The exit code of each summary.json verdict (README's table); INCOMPLETE is a run that could not be
+# carried out whole.
+VERDICT_EXIT = {"PROMOTE": 0, "BLOCK": 1, "HOLD": 2, "INCOMPLETE": 4}

@@ -19,7 +19,7 @@ from . import __version__
 from .aa_reference import read_aa_reference
 from .crash import attach_log
 from .error_kinds import HARNESS_ERROR, HARNESS_ERROR_TOLERANCE
-from .errors import HarnessError, ScenarioError, StoreError, TargetUnreachable, TrafficError, UsageError
+from .errors import VERDICT_EXIT, HarnessError, ScenarioError, StoreError, TargetUnreachable, TrafficError, UsageError
 from .gate_config import unseen_gate_values
 from .monitor import ResourceMonitor, TargetProcess
 from .scenario import Scenario
@@ -208,7 +208,7 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
         store = None
         summary = build_outputs(run_dir)
         say(f"verdict {summary['verdict']}; report {run_dir / 'gate_report.html'}")
-        code = 4 if status != "complete" else {"PROMOTE": 0, "BLOCK": 1, "HOLD": 2}[summary["verdict"]]
+        code = 4 if status != "complete" else VERDICT_EXIT[summary["verdict"]]
         return RunResult(run_dir=run_dir, verdict=summary["verdict"], exit_code=code, summary=summary)
     except BaseException as exc:
         bug = not isinstance(exc, (HarnessError, KeyboardInterrupt, SystemExit))

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import ReplayError, UsageError
+from ..errors import VERDICT_EXIT, ReplayError, UsageError
 
 __all__ = ["run_demo", "demo_servers", "start_server", "REPO_ROOT", "DEMO_SCENARIO"]
 
@@ -100,4 +100,4 @@ def run_demo(clean: bool = False, out_root: Path = Path("reports"), speed: float
     echo(f"review panel: {n} graded answers imported; judging again")  # type: ignore[operator]
     summary = build_outputs(result.run_dir)
     return replace(result, summary=summary, verdict=summary["verdict"],
-                   exit_code={"PROMOTE": 0, "BLOCK": 1, "HOLD": 2}[summary["verdict"]])
+                   exit_code=VERDICT_EXIT[summary["verdict"]])

@@ -27,7 +27,7 @@ from .. import __version__
 from ..capture.exchange import ExchangeRecords
 from ..capture.proxy import parse_listen, run_loop
 from ..capture.writer import CaptureWriter
-from ..errors import ScenarioError, UsageError
+from ..errors import VERDICT_EXIT, ScenarioError, UsageError
 from ..run import RunResult, _setup_log, check_targets, make_run_dir
 from ..send_headers import header_overrides
 from ..scenario import Scenario
@@ -76,7 +76,7 @@ def run_shadow(scenario: Scenario, listen: str, out_root: Path, *, duration_s: f
         publish(run_dir / ".final", run_dir)
         say(f"verdict {summary['verdict']}; report {run_dir / 'gate_report.html'}")
         return RunResult(run_dir=run_dir, verdict=summary["verdict"],
-                         exit_code={"PROMOTE": 0, "BLOCK": 1, "HOLD": 2}[summary["verdict"]], summary=summary)
+                         exit_code=VERDICT_EXIT[summary["verdict"]], summary=summary)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         log.removeHandler(handler)
