@@ -643,14 +643,7 @@ def paired_mean_difference_ci(baseline: ArrayLike, candidate: ArrayLike, confide
     Returns an `Interval`; with fewer than 2 pairs the bounds are -inf/+inf and se is inf."""
     _check_confidence(confidence)
     b, c = _paired(baseline, candidate)
-    d = c - b
-    n = len(d)
-    est = float(d.mean())
-    if n < 2:
-        return Interval(est, -math.inf, math.inf, n, math.inf, 0.0)
-    se = float(d.std(ddof=1)) / math.sqrt(n)
-    tq = float(sps.t.ppf(_tail_levels(confidence, one_sided)[1], n - 1))
-    return Interval(est, est - tq * se, est + tq * se, n, se, float(n - 1))
+    return mean_ci(c - b, confidence, one_sided)
 
 
 def _betting_log_capital(x: FloatArray, ms: FloatArray, alpha: float) -> FloatArray:
