@@ -14,6 +14,10 @@ lowest concurrency, divided by the difference in open legs.
 
     flock /tmp/heavy.lock .venv/bin/python benchmarks/llm_streams.py                     # 100 .. 2000
     flock /tmp/heavy.lock .venv/bin/python benchmarks/llm_streams.py --concurrency 250 1000
+    flock /tmp/heavy.lock .venv/bin/python benchmarks/llm_streams.py --concurrency 1000 --profile   # where the time goes
+
+--profile samples the harness process with py-spy (--nonblocking: the replay is never paused) from the
+`traffic:` line to the end of the replay and prints where the Python time went (profile_replay.py's summary).
 
 The machine's load (load average, and CPU busy and steal over 1 s from /proc/stat) is recorded before
 each run: on a shared machine it says whether a figure is the code's or the neighbours'.
@@ -65,6 +69,22 @@ def stream_servers(ttft_ms: float, itl_ms: float, stats_dir: Path) -> Iterator[t
             c.stop_process(proc)
 
 
+class _Profiler:
+    """py-spy on the harness process for the replay's duration, started at its `traffic:` line."""
+
+    def __init__(self, raw: Path, seconds: float, rate_hz: int = 250) -> None:
+        import profile_replay
+        self.exe, self.raw, self.seconds, self.rate_hz = profile_replay.pyspy(), raw, seconds, rate_hz
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def on_line(self, line: str, proc: subprocess.Popen[str]) -> None:
+        if self.proc is None and line.startswith("traffic:"):
+            self.raw.parent.mkdir(parents=True, exist_ok=True)
+            self.proc = subprocess.Popen([self.exe, "record", "--pid", str(proc.pid), "-r", str(self.rate_hz), "--gil",
+                                          "--nonblocking", "-f", "raw", "-d", str(int(self.seconds) + 1), "-o",
+                                          str(self.raw)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def write_trace(path: Path, n: int, rate: float, tokens: int) -> Path:
     with open(path, "w") as f:
         for i in range(n):
@@ -104,8 +124,11 @@ def one(conc: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     with stream_servers(args.ttft_ms, args.itl_ms, d) as (urls, stats):
         scen = write_scenario(d / "s.yaml", trace, urls, max_in_flight=2 * conc + 100)
         extra = ["--processes", str(args.processes)] if args.processes > 1 else []
+        spy = _Profiler(c.OUT_ROOT / f"llm_streams_profile_c{conc}.txt", stream_s + args.hold_s) if args.profile else None
         run = c.run_harness(["run", str(scen), *extra], out=d / "out", timeout_s=stream_s + args.hold_s + 240,
-                            measure_rss=True)
+                            measure_rss=True, on_line=spy.on_line if spy else None)
+    if args.keep:
+        (d / "harness-output.txt").write_text(run.output)
     server = [json.loads(s.read_text()) if s.exists() else {} for s in stats]
     res: dict[str, Any] = {"concurrency_pairs": conc, "open_legs_planned": 2 * conc, "pairs": n,
                            "rate_pairs_per_s": round(rate, 1), "load_before": load, "rc": run.rc,
@@ -118,6 +141,11 @@ def one(conc: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         res["error"] = run.output[-2000:]
         return res
     res["processes"] = args.processes
+    if spy is not None and spy.proc is not None:
+        import profile_replay
+        spy.proc.wait(timeout=spy.seconds + 30)
+        (legs,), = c.query(run.run_dir, "select count(*) from legs")
+        profile_replay.summarize(spy.raw, spy.seconds, spy.rate_hz, legs, 25)
     ttft, itl = args.ttft_ms, args.itl_ms
     [row] = c.query(run.run_dir, f"""
         select count(*), count(*) filter (where error_kind is not null),
@@ -164,6 +192,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--hold-s", type=float, default=8.0, help="seconds at full concurrency")
     ap.add_argument("--processes", type=int, default=1, help="harness run --processes N (1: one process)")
+    ap.add_argument("--profile", action="store_true", help="sample the replay with py-spy and print where time goes")
     ap.add_argument("--keep", type=Path, help="keep the traces and run folders in this (new) folder")
     args = ap.parse_args()
     info = c.machine_info()

@@ -204,3 +204,57 @@ def test_a_target_that_closes_while_a_large_request_is_still_going_out_is_a_rese
             client.close()
     assert srv.connections == 1
     assert (r.status, r.error_kind) == (None, "reset")
+
+
+_STREAM_SERVER = r"""
+import socket, sys, time
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen()
+print(srv.getsockname()[1], flush=True)
+conn, _ = srv.accept()
+buf = b""
+while b"\r\n\r\n" not in buf:
+    buf += conn.recv(65536)
+read_at = time.perf_counter()
+conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+             b"a\r\ndata: {}\n\n\r\n")
+time.sleep(0.05)
+conn.sendall(b"9\r\ndata: 1\n\n\r\n")
+token_at = time.perf_counter()
+time.sleep(0.4)
+conn.sendall(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+print((token_at - read_at) * 1000.0, flush=True)
+conn.recv(1)
+"""
+
+
+def test_stream_arrivals_are_the_kernel_receive_times_not_when_a_busy_loop_read_them() -> None:
+    import subprocess
+    import sys
+
+    import gevent.monkey
+
+    block = gevent.monkey.get_original("time", "sleep")  # the test session is monkey-patched (conftest)
+    server = subprocess.Popen([sys.executable, "-c", _STREAM_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        client = _client(port)
+        results: list[Any] = []
+        client.start("GET", "/stream", RequestHead([]), b"", lambda token, result, done: results.append(result), None)
+        gevent.sleep(0.01)
+        block(0.2)  # the loop is busy while the first token arrives (50 ms after the request was read)
+        while not results:
+            gevent.sleep(0.005)
+        served_ms = float(server.stdout.readline())
+        client.close()
+    finally:
+        server.kill()
+        server.wait()
+    result = results[0]
+    assert result.error_kind is None, result.error_detail
+    token_bytes = len(b"data: {}\n\n") + len(b"data: 1\n\n")
+    first_token_ms = next(at for size, at in result.arrivals if size >= token_bytes)
+    # read when the loop was free again, about 210 ms after the send; received about 50 ms after it
+    assert abs(first_token_ms - served_ms) < 10.0, (first_token_ms, served_ms, result.arrivals)

@@ -21,6 +21,8 @@ import _socket
 import errno
 import re
 import socket
+import struct
+import sys
 import time
 from typing import Any, Callable
 
@@ -35,6 +37,12 @@ __all__ = ["EventedClient", "Done"]
 Done = Callable[[Any, SendResult, float], None]
 _SWEEP_S = 0.01
 _CONNECTING, _SENDING, _READING, _OVER = 0, 1, 2, 3
+# The kernel's receive time of the bytes each read returns (SO_TIMESTAMPNS, Linux): an event stream's arrival
+# times are when its bytes reached this machine, not when a loop busy with other legs (or a process the
+# scheduler left waiting) got round to reading them.
+# (Python names the option on no platform; 35 is its number in Linux on x86 and ARM)
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform == "linux" else None)
+_STAMP_SPACE = socket.CMSG_SPACE(16)
 
 
 # A whole, plain answer in one read (the usual small JSON answer): status line, headers, Content-Length body.
@@ -76,6 +84,11 @@ class _Conn:
 
     def __init__(self, sock: Any, loop: Any) -> None:
         self.sock = sock
+        if _SO_TIMESTAMPNS is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            except OSError:
+                pass  # no stamps: arrival times are read times
         fd = sock.fileno()
         self.reader = loop.io(fd, 1)
         self.writer = loop.io(fd, 2)
@@ -126,6 +139,9 @@ class EventedClient:
         self._loop = gevent.get_hub().loop
         self._idle: list[_Conn] = []
         self._inflight: dict[Exchange, None] = {}  # in start order: deadlines sweep from the front
+        # still connecting: few, swept whole (the sweep of _inflight stops at the first leg younger than the
+        # whole timeout, never walking every open stream older than the connect timeout)
+        self._connecting: dict[Exchange, None] = {}
         self._resolved: list[Any] | None = None
         self._resolve_error: OSError | None = None
         self._sweeper = self._loop.timer(_SWEEP_S, _SWEEP_S, ref=False)
@@ -198,9 +214,11 @@ class EventedClient:
         conn = ex.conn = _Conn(sock, self._loop)
         conn.ex = ex
         ex.state = _CONNECTING
+        self._connecting[ex] = None
         err = sock.connect_ex(addr)
         if err == 0:
             ex.state = _SENDING
+            self._connecting.pop(ex, None)
             self._send(ex)
         elif err in (errno.EINPROGRESS, errno.EAGAIN):
             conn.writer.start(self._on_connected, ex)
@@ -217,6 +235,7 @@ class EventedClient:
             self._connect_failed(ex, err)
             return
         ex.state = _SENDING
+        self._connecting.pop(ex, None)
         self._send(ex)
 
     def _connect_failed(self, ex: Exchange, err: int) -> None:
@@ -248,6 +267,9 @@ class EventedClient:
             return
         ex.payload = None
         ex.state = _READING
+        # Arrival times count from here, the request's last byte handed to the kernel: a connection still
+        # being set up, or a loop late to write, is not time the server took to its first token.
+        ex.t0 = time.perf_counter()
         if not conn.reader.active:
             conn.reader.start(self._on_readable, conn)
 
@@ -266,7 +288,7 @@ class EventedClient:
             conn.reader.stop()
             return
         try:
-            data = conn.sock.recv(_CHUNK)
+            data, stamp, _, _ = conn.sock.recvmsg(_CHUNK, _STAMP_SPACE)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -301,6 +323,11 @@ class EventedClient:
         if ex.stream:
             if buf:
                 at_ms = (time.perf_counter() - ex.t0) * 1000.0
+                if stamp and stamp[0][1] == _SO_TIMESTAMPNS:  # minus how long the bytes waited in the kernel
+                    sec, nsec = struct.unpack_from("qq", stamp[0][2])
+                    waited = time.time() - (sec + nsec * 1e-9)
+                    if waited > 0:
+                        at_ms = max(at_ms - waited * 1000.0, 0.0)
                 piece = bytes(buf)
                 del buf[:]
                 sbody = ex.sbody
@@ -379,18 +406,18 @@ class EventedClient:
             return
         ex.state = _OVER
         self._inflight.pop(ex, None)
+        self._connecting.pop(ex, None)
         ex.done(ex.token, result, time.time())
 
     def _sweep(self) -> None:
         now = time.monotonic()
-        shortest = min(self.timeout_s, self.connect_timeout_s)
         expired = []
         for ex in self._inflight:  # start order: nothing later can have expired once one is young enough
-            if ex.started + shortest > now:
+            if ex.started + self.timeout_s > now:
                 break
-            if ex.started + self.timeout_s <= now:
-                expired.append((ex, self._timeout_detail))
-            elif ex.state == _CONNECTING and ex.started + self.connect_timeout_s <= now:
+            expired.append((ex, self._timeout_detail))
+        for ex in self._connecting:
+            if ex.started + self.connect_timeout_s <= now < ex.started + self.timeout_s:
                 expired.append((ex, f"no connection within {self.connect_timeout_s:g} s"))
         for ex, detail in expired:
             self._release(ex, reuse=False)
