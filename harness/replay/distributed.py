@@ -6,7 +6,8 @@ ahead of the send times (the first few seconds' rows before the shared clock sta
 both legs of a pair are sent by the same worker. While they replay, workers send the master only what it
 watches live (legs done, send lags, pair errors for the early stop) and keep their legs in a spool file
 (spool.py); each ships its file once its shard is done, and the master alone writes results.duckdb, so
-every leg lands exactly once. A worker that disappears is noted with the size of its unfinished shard;
+every leg lands exactly once. A worker that disappears (no heartbeat for the worker timeout, 60 s: a
+worker starved of the CPU for a few seconds is waited for) is noted with the size of its unfinished shard;
 when it ran on the master's machine, the legs in its spool file are recovered; the master finishes and
 writes the results anyway.
 
@@ -109,6 +110,7 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
     def never(user: Any) -> None:
         raise StopUser()
 
+    _tolerate_silent_workers(worker_timeout_s)
     env = Environment(user_classes=[_user_class(never)], events=Events(), host=plan.targets[0].url)
     runner = env.create_master_runner(master_bind_host=bind_host, master_bind_port=bind_port)
     port = runner.master_bind_port if hasattr(runner, "master_bind_port") else bind_port
@@ -334,6 +336,16 @@ def run_replay_master(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions, 
     _master_progress(log, legs_seen[0], len(plan.targets), total, start_epoch,
                      float(np.quantile(lags, 0.99)) if len(lags) else 0.0, stats.errors, final=True)
     return outcome
+
+
+def _tolerate_silent_workers(timeout_s: float) -> None:
+    """A worker is missing, to Locust, after 3 s without a heartbeat, and once every worker is missing Locust stops
+    the test. A replaying worker on a loaded machine can be starved of the CPU for that long and then carry on:
+    the run waits for it for `timeout_s` (the loss check below goes by Locust's missing state)."""
+    import locust.runners
+
+    locust.runners.HEARTBEAT_LIVENESS = max(locust.runners.HEARTBEAT_LIVENESS,
+                                            round(timeout_s / locust.runners.HEARTBEAT_INTERVAL))
 
 
 def _recover_spool(ready_info: dict[str, Any], skip: int, recorder: Recorder) -> int:

@@ -76,6 +76,14 @@ def _quick_answer(data: bytes, method: str) -> tuple[int, dict[str, str], bytes,
     return status, headers, data[m.end():], "close" not in connection
 
 
+def _connected(sock: Any) -> bool:
+    try:
+        sock.getpeername()
+    except OSError:  # ENOTCONN: the handshake is still going on (or failed)
+        return False
+    return True
+
+
 class _Conn:
     """A connection; its reader watches it from connect to close (no watcher start/stop per leg), for the
     exchange it carries (`ex`) or, idle, for the target closing it."""
@@ -418,6 +426,8 @@ class EventedClient:
             expired.append((ex, self._timeout_detail))
         for ex in self._connecting:
             if ex.started + self.connect_timeout_s <= now < ex.started + self.timeout_s:
+                if ex.conn is not None and _connected(ex.conn.sock):
+                    continue  # the kernel finished the handshake; a loop late to notice is no connect timeout
                 expired.append((ex, f"no connection within {self.connect_timeout_s:g} s"))
         for ex, detail in expired:
             self._release(ex, reuse=False)
