@@ -7,7 +7,9 @@ into the chat.completion document a non-streaming call would have returned, so s
 the output diff treat both alike.
 
 Timing comes from the client's arrival record: `arrivals` lists (bytes received so far, ms since the
-request was sent) per read, so an event's arrival time is that of the read that completed it.
+request's last byte was written) per read, so an event's arrival time is that of the read that completed it
+(plain HTTP on Linux: the kernel's receive time of that read's bytes, however late the client's loop read
+them; TLS: the read time).
 - time_to_first_token_ms: from the send to the first event carrying generated tokens (content,
   reasoning content, refusal, legacy `text`, or tool-call name/arguments); the opening `role` event is
   not a token;

@@ -11,7 +11,7 @@ which runs in the hub and must not block.
 The rules of http_client hold here too: no retries (a pooled connection the target closed is noticed by
 a non-blocking peek before the send; one that breaks after it is a reset), no headers of its own, one
 deadline for the whole exchange, a body cap (too_large), answers returned with their Content-Encoding (the
-finisher decodes them), event streams decoded and timed per read (`arrivals`) and kept when cut short
+finisher decodes them), event streams decoded and timed per read (`arrivals`, the kernel's receive times) and kept when cut short
 (truncated_stream). TLS targets, `Expect: 100-continue` and request targets that do
 not start with "/" take http_client's general path.
 """
