@@ -67,3 +67,29 @@ def test_prometheus_gauge_and_oom_counter() -> None:
     finally:
         m.server.shutdown()
         m.server.server_close()
+
+
+def test_descendants_are_the_whole_process_tree() -> None:
+    import subprocess
+    import sys
+    import time
+
+    from harness.monitor import _descendants
+
+    tree = ("import subprocess, sys, time; "
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); time.sleep(30)")
+    kids = [subprocess.Popen([sys.executable, "-c", tree]) for _ in range(2)]
+    try:
+        me = psutil.Process()
+        deadline = time.monotonic() + 20
+        while len(me.children(recursive=True)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        expected = sorted(c.pid for c in me.children(recursive=True))
+        assert len(expected) == 4  # two children, each with one of its own
+        assert sorted(c.pid for c in _descendants(me)) == expected
+    finally:
+        for k in kids:
+            for c in psutil.Process(k.pid).children(recursive=True):
+                c.kill()
+            k.kill()
+            k.wait()
