@@ -6,8 +6,9 @@ harness in this run (best kept):
   - wrk -t1 -c50 (what the target can take),
   - raw Locust FastHttpUser, 50 users, no wait, one process and --processes 2 (Locust's own maximum).
 Harness: synthetic JSONL captures (POST /score, tiny JSON body, timestamps spaced 1/rate) replayed with
-`harness run SCENARIO --speed 1` (and `--processes 2`). A rate passes when, in the best of N tries, every
-leg is recorded (legs = 2 x requests, nothing skipped) and the send lag p99 from results.duckdb is <= 2 ms.
+`harness run SCENARIO --speed 1` (and `--processes 2`). A rate passes when, in the best of N tries (with
+--all-of: in every one of them), every leg is recorded (legs = 2 x requests, nothing skipped) and the send
+lag p99 from results.duckdb is <= 2 ms.
 Rates are tried on a ladder (125 ... 6000 pairs/s) until the replay collapses, then bisected to --resolution.
 Before every measurement the script waits (up to 90 s) for the shared machine to be <= 25 % busy for 2 s,
 and records how busy it was.
@@ -18,6 +19,7 @@ goal <= 1 ms) at the worst unsaturated rate.
 
     .venv/bin/python benchmarks/replay_throughput.py            # about 10-15 minutes
     .venv/bin/python benchmarks/replay_throughput.py --quick    # 1 try per rate, shorter replays
+    flock /tmp/heavy.lock .venv/bin/python benchmarks/replay_throughput.py --all-of --processes 1 --rates 500 1000 1500
 """
 from __future__ import annotations
 
@@ -71,19 +73,40 @@ def trial(nginx: c.Nginx, work: Path, rate: int, duration_s: float, processes: i
     return res
 
 
+def _try(nginx: c.Nginx, work: Path, rate: int, duration_s: float, processes: int, i: int,
+         log: list[dict[str, Any]]) -> dict[str, Any]:
+    r = trial(nginx, work, rate, duration_s, processes)
+    r["try"] = i + 1
+    r["processes"] = processes
+    log.append(r)
+    print(f"  processes={processes or 1} rate={rate:>6} pairs/s try {i + 1}: "
+          + (f"lag p50/p99/max {r['lag_p50_ms']}/{r['lag_p99_ms']}/{r['lag_max_ms']} ms, "
+             f"skew p99 {r['skew_p99_ms']} ms, legs {r['legs']}/{2 * r['requests']}"
+             if "legs" in r else "") + f" [machine {r['machine_busy_before']:.0%} busy before]" + (" PASS" if r["ok"] else f" FAIL ({r.get('why', '')[:200]})"), flush=True)
+    return r
+
+
+def all_of(nginx: c.Nginx, work: Path, rate: int, duration_s: float, processes: int, tries: int,
+           log: list[dict[str, Any]]) -> dict[str, Any]:
+    """A rate passes only if every one of `tries` replays passes (the house rule for a figure: 3 of 3); the
+    worst try stands for the rate, with every try's lag p99 beside it."""
+    runs = []
+    for i in range(tries):
+        runs.append(_try(nginx, work, rate, duration_s, processes, i, log))
+        if not runs[-1]["ok"]:
+            break  # one failure fails the rate
+    failed = [r for r in runs if not r["ok"]]
+    worst = dict(failed[0] if failed else max(runs, key=lambda r: r.get("lag_p99_ms", 1e9)))
+    worst["lag_p99_tries"] = [r.get("lag_p99_ms") for r in runs]
+    return worst
+
+
 def best_of(nginx: c.Nginx, work: Path, rate: int, duration_s: float, processes: int, tries: int,
             log: list[dict[str, Any]]) -> dict[str, Any]:
     """A rate passes if one of `tries` replays passes (the machine is shared: noise only ever hurts)."""
     best: dict[str, Any] | None = None
     for i in range(tries):
-        r = trial(nginx, work, rate, duration_s, processes)
-        r["try"] = i + 1
-        r["processes"] = processes
-        log.append(r)
-        print(f"  processes={processes or 1} rate={rate:>6} pairs/s try {i + 1}: "
-              + (f"lag p50/p99/max {r['lag_p50_ms']}/{r['lag_p99_ms']}/{r['lag_max_ms']} ms, "
-                 f"skew p99 {r['skew_p99_ms']} ms, legs {r['legs']}/{2 * r['requests']}"
-                 if "legs" in r else "") + f" [machine {r['machine_busy_before']:.0%} busy before]" + (" PASS" if r["ok"] else f" FAIL ({r.get('why', '')[:200]})"), flush=True)
+        r = _try(nginx, work, rate, duration_s, processes, i, log)
         if r["ok"]:
             return r
         hopeless = not r.get("all_legs_recorded") or r.get("lag_p99_ms", 1e9) > 15.0  # noise does not make up that much
@@ -105,7 +128,7 @@ def search(nginx: c.Nginx, work: Path, args: argparse.Namespace, processes: int,
     for rate in args.rates:
         if rate > args.max_rate:
             break
-        r = best_of(nginx, work, rate, args.duration_s, processes, args.tries, log)
+        r = args.rule(nginx, work, rate, args.duration_s, processes, args.tries, log)
         ladder.append(r)
         if not r.get("all_legs_recorded") or r.get("lag_p99_ms", 1e9) > args.collapse_ms:
             break
@@ -115,7 +138,7 @@ def search(nginx: c.Nginx, work: Path, args: argparse.Namespace, processes: int,
         lo, hi = max(p["rate_pairs_s"] for p in passed), min(f["rate_pairs_s"] for f in failed)
         while hi - lo > max(args.resolution, lo * 0.1):
             mid = (lo + hi) // 2
-            r = best_of(nginx, work, mid, args.duration_s, processes, args.tries, log)
+            r = args.rule(nginx, work, mid, args.duration_s, processes, args.tries, log)
             ladder.append(r)
             if r["ok"]:
                 lo = mid
@@ -145,14 +168,18 @@ def main() -> int:
     ap.add_argument("--peer-seconds", type=int, default=8, help="length of each peer measurement (default 8)")
     ap.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts to measure")
     ap.add_argument("--quick", action="store_true", help="1 try, 4 s replays, coarser search")
+    ap.add_argument("--all-of", action="store_true",
+                    help="a rate passes only when all --tries pass (3 of 3), not the best of them")
     args = ap.parse_args()
+    args.rule = all_of if args.all_of else best_of
     if args.quick:
         args.tries, args.duration_s, args.resolution, args.peer_seconds = 1, 4.0, 250, 5
         args.rates = [250, 1000, 3000]
     info = c.machine_info()
     c.print_machine(info)
     c.ensure_apt({"nginx": "nginx-light", "wrk": "wrk"})
-    result: dict[str, Any] = {"machine": info, "args": vars(args), "trials": []}
+    result: dict[str, Any] = {"machine": info, "args": {k: v for k, v in vars(args).items() if k != "rule"},
+                              "trials": []}
     with c.Nginx(ports=2, workers=1) as nginx, c.scratch_dir("bench-throughput-") as work:
         print(f"target: nginx 1 worker at {nginx.urls}", flush=True)
         peers: dict[str, list[float]] = {"wrk -t1 -c50": []}
@@ -188,11 +215,16 @@ def main() -> int:
                                    "ladder": [{k: r.get(k) for k in ("rate_pairs_s", "lag_p50_ms", "lag_p99_ms",
                                                                       "lag_max_ms", "skew_p99_ms", "all_legs_recorded",
                                                                       "errors")} for r in found["ladder"]]}
+            tries = sorted(peers[f"locust FastHttpUser x{p}"])
             for key in ("lag_2ms", "lag_5ms", "all_recorded"):
                 best = found[key]
                 rate = best["rate_pairs_s"] if best else 0
+                # against the peer's best, median and worst try: how far the peer itself moved in this run
                 row[key] = {"rate_pairs_s": rate, "legs_s": 2 * rate, "ratio": round(2 * rate / raw, 3),
-                            "lag_p99_ms": best and best["lag_p99_ms"], "skew_p99_ms": best and best["skew_p99_ms"]}
+                            "ratio_vs_peer_median": round(2 * rate / tries[len(tries) // 2], 3),
+                            "ratio_vs_peer_worst": round(2 * rate / tries[0], 3),
+                            "lag_p99_ms": best and best["lag_p99_ms"], "skew_p99_ms": best and best["skew_p99_ms"],
+                            "lag_p99_tries": best and best.get("lag_p99_tries")}
             row["ratio_goal_met"] = row["lag_2ms"]["ratio"] >= RATIO_GOAL
             skews = [r["skew_p99_ms"] for r in found["ladder"] if r.get("skew_p99_ms") is not None and
                      r.get("lag_p99_ms", 1e9) <= 5.0]
@@ -200,7 +232,7 @@ def main() -> int:
             row["skew_goal_met"] = bool(skews) and max(skews) <= SKEW_GOAL_MS
             summary.append(row)
         result["summary"] = summary
-    print(f"\nresults (best of {args.tries} per rate; legs/s = 2 x pairs/s; a rate counts only with every leg recorded)")
+    print(f"\nresults ({'all' if args.all_of else 'best'} of {args.tries} per rate; legs/s = 2 x pairs/s; a rate counts only with every leg recorded)")
     print(f"  peers (best of {2 * args.tries}, before and after): wrk -t1 -c50 {result['peers']['wrk -t1 -c50']['best']:,} req/s; " + "; ".join(
         f"raw FastHttpUser x{p} {result['peers'][f'locust FastHttpUser x{p}']['best']:,} req/s" for p in args.processes))
     for row in summary:
@@ -212,7 +244,9 @@ def main() -> int:
                            ("all_recorded", "every leg recorded, any lag")):
             f = row[key]
             print(f"    highest rate with {label}: {f['legs_s']:,} legs/s ({f['rate_pairs_s']:,} pairs/s) -> "
-                  f"{f['ratio']:.2f} x raw FastHttpUser x{p}")
+                  f"{f['ratio']:.2f} x raw FastHttpUser x{p} (x{f['ratio_vs_peer_median']:.2f} its median try, "
+                  f"x{f['ratio_vs_peer_worst']:.2f} its worst)"
+                  + (f"; lag p99 of the tries {f['lag_p99_tries']} ms" if f.get("lag_p99_tries") else ""))
         print(f"    goal legs/s >= {RATIO_GOAL} x raw FastHttpUser: {'met' if row['ratio_goal_met'] else 'NOT met'}; "
               f"pair skew p99 (worst unsaturated rate) {row['skew_p99_ms_worst_unsaturated']} ms, goal <= "
               f"{SKEW_GOAL_MS} ms: {'met' if row['skew_goal_met'] else 'NOT met'}")
