@@ -19,12 +19,9 @@ import pyarrow as pa
 from .error_kinds import HARNESS_ERROR
 from .errors import StoreError
 from .replay.leg import EVENT_SCHEMA, LEG_SCHEMA, RESOURCE_SCHEMA
+from .scenario import RESERVED_COLUMNS
 
 __all__ = ["RunStore", "RunMeta", "open_results", "analysed_legs", "upgrade_results", "RESERVED_COLUMNS"]
-
-RESERVED_COLUMNS = frozenset({"request_id", "seq", "loop", "source_line", "captured_at", "offset_s", "method", "path",
-                              "route", "headers_json", "request_bytes", "warmup", "captured_request_id",
-                              "production_status", "order_idx", "batch_size"})
 
 _LEG_SELECT = ", ".join(
     f"to_timestamp({f.name}) as {f.name}" if f.name in ("intended_at", "sent_at", "done_at") else f.name
