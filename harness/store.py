@@ -21,7 +21,8 @@ from .errors import StoreError
 from .replay.leg import EVENT_SCHEMA, LEG_SCHEMA, RESOURCE_SCHEMA
 from .scenario import RESERVED_COLUMNS
 
-__all__ = ["RunStore", "RunMeta", "open_results", "analysed_legs", "upgrade_results", "RESERVED_COLUMNS"]
+__all__ = ["RunStore", "RunMeta", "open_results", "analysed_legs", "upgrade_results", "RESERVED_COLUMNS", "event_details",
+           "latest_event_detail", "count_skipped", "skipped_segment_values", "resource_sources_sampled"]
 
 _LEG_SELECT = ", ".join(
     f"to_timestamp({f.name}) as {f.name}" if f.name in ("intended_at", "sent_at", "done_at") else f.name
@@ -77,6 +78,39 @@ def open_results(path: Path, read_only: bool = True, memory_limit: str = ANALYSI
         return con
     except duckdb.Error as exc:
         raise StoreError(f"{path}: cannot open: {exc}") from None
+
+
+def event_details(con: duckdb.DuckDBPyConnection, kind: str) -> list[str]:
+    """The detail of every event of this kind, in the order they were written."""
+    return [d for (d,) in con.execute("select detail from events where kind = ?", [kind]).fetchall()]
+
+
+def latest_event_detail(con: duckdb.DuckDBPyConnection, kind: str) -> str | None:
+    row = con.execute("select detail from events where kind = ? order by occurred_at desc limit 1", [kind]).fetchone()
+    return row[0] if row else None
+
+
+def count_skipped(con: duckdb.DuckDBPyConnection, reason: str) -> int:
+    row = con.execute("select count(*) from skipped where reason = ?", [reason]).fetchone()
+    return int(row[0]) if row else 0
+
+
+def skipped_segment_values(con: duckdb.DuckDBPyConnection, reason: str,
+                           segments: Sequence[str]) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """(the segments `skipped` has, of those named; each skipped request's values of them, as text) for the
+    requests skipped for `reason`."""
+    cols = {c for (c,) in con.execute("select column_name from information_schema.columns "
+                                      "where table_name = 'skipped'").fetchall()}
+    seg_cols = [x for x in segments if x in cols]
+    rows = con.execute(f"select {', '.join(f'{chr(34)}{c}{chr(34)}::varchar' for c in seg_cols) or '1'} from skipped "
+                       "where reason = ?", [reason]).fetchall()
+    return seg_cols, rows
+
+
+def resource_sources_sampled(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int | None, bool, bool]]:
+    """Per version: (version, the PID psutil sampled, whether Prometheus was sampled, whether GPU memory was)."""
+    return con.execute("select version, max(pid) filter (where source = 'psutil'), bool_or(source = 'prometheus'), "
+                       "bool_or(gpu_memory_mb is not null) from resources group by 1").fetchall()
 
 
 class RunStore:
@@ -173,8 +207,7 @@ class RunStore:
         self.con.execute("insert into events values (now(), ?, ?)", [kind, detail])
 
     def event_details(self, kind: str) -> list[str]:
-        """The detail of every event of this kind, in the order they were written."""
-        return [d for (d,) in self.con.execute("select detail from events where kind = ?", [kind]).fetchall()]
+        return event_details(self.con, kind)
 
     def write_legs_by_captured_id(self, spool: pa.Table) -> None:
         """Legs keyed by the capture's request id (a shadow run's spool), written for the requests that have
