@@ -331,78 +331,18 @@ def _path(base: Path, value: str | None) -> Path | None:
 
 def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, check_files: bool,
            text: str | None = None) -> Scenario:
-    t = raw["traffic"]
-    window = t.get("window", {})
-    sample = t.get("sample")
-    redact = t.get("redact", {})
-    traffic = TrafficConfig(
-        path=_path(base, t["path"]) or Path(t["path"]),
-        from_s=window.get("from_s"),
-        to_s=window.get("to_s"),
-        sample=SampleConfig(**sample) if sample else None,
-        redact=RedactConfig(**{k: tuple(v) for k, v in redact.items()}),
-        trace=TraceOptions(**t.get("trace", {})),
-        **_given(t, format=_as_is, speed=float, on_bad_record=_as_is, max_requests=_as_is, loops=int,
-                 warmup_requests=int),
-    )
-    if traffic.from_s is not None and traffic.to_s is not None and traffic.to_s <= traffic.from_s:
-        raise ScenarioError(f"{label}: traffic.window.to_s must be after from_s")
-
-    segments = tuple(_segment(name, spec, label) for name, spec in (raw.get("segments") or {}).items())
+    traffic = _traffic_config(raw["traffic"], base, label)
+    segments = _segment_specs(raw.get("segments") or {}, raw["traffic"].get("sample"), label)
     names = {s.name for s in segments}
-    for s in segments:
-        if s.name in RESERVED_COLUMNS and not (s.name == "route" and s.kind == "path_template"):
-            raise ScenarioError(f"{label}: segments.{s.name}: the name is a column of the requests table; choose another")
-    for s in segments:
-        if s.kind == "cross":
-            missing = [n for n in s.arg or () if n not in names or n == s.name]
-            if missing:
-                raise ScenarioError(f"{label}: segments.{s.name}.cross: unknown segment {missing[0]!r}")
-    if sample and sample.get("stratify_by") and sample["stratify_by"] not in names:
-        raise ScenarioError(f"{label}: traffic.sample.stratify_by: unknown segment {sample['stratify_by']!r}")
-
     rp = raw.get("replay", {})
     mode = rp.get("mode", _default(ReplayConfig, "mode"))
     targets_raw = raw["targets"]
     if mode == "paired" and "candidate" not in targets_raw:
         raise ScenarioError(f"{label}: targets.candidate is required in paired mode")
     targets = {name: _target(name, spec, base, label, check_files) for name, spec in targets_raw.items()}
-    timeout_s = float(rp.get("timeout_s", _default(ReplayConfig, "timeout_s")))
-    replay_cfg = ReplayConfig(
-        mode=mode,
-        timeout_s=timeout_s,
-        # no longer than the whole exchange may take
-        connect_timeout_s=float(rp.get("connect_timeout_s", min(_default(ReplayConfig, "connect_timeout_s"), timeout_s))),
-        allow=tuple(rp.get("allow", ())),
-        headers=dict(rp.get("headers", {})),
-        aa_reference=_path(base, rp.get("aa_reference")),
-        **_given(rp, max_in_flight=int, lag_bound_ms=float, max_duration_s=_as_is, max_response_bytes=int,
-                 stop_early=bool, accept_encoding=lambda v: str(v).strip()),
-    )
-    for rule in replay_cfg.allow:
-        if len(rule.split()) != 2:
-            raise ScenarioError(f"{label}: replay.allow: {rule!r} should be 'METHOD /path-pattern', e.g. 'POST /v1/score'")
-
-    out = raw.get("output", {})
-    output = OutputConfig(
-        schema=_path(base, out.get("schema")),
-        route_schemas={k: _path(base, v) for k, v in out.get("route_schemas", {}).items()},  # type: ignore[misc]
-        ignore_paths=tuple(out.get("ignore_paths", ())),
-        key_order_paths=tuple(out.get("key_order_paths", ())),
-        detectors=_detectors(out.get("detectors", {}), label),
-        rows=_rows(out.get("rows"), label),
-        **_given(out, prediction=_as_is, confidence=_as_is),
-    )
-    _check_json_paths(output, label)
-    for p in [output.schema, *output.route_schemas.values()]:
-        if check_files and p is not None and not p.exists():
-            raise ScenarioError(f"{label}: output schema file not found: {p}")
-
-    canary_raw = raw.get("canary", {})
-    canary = CanaryConfig(**_given(canary_raw, steps_percent=lambda v: tuple(float(x) for x in v), power=float,
-                                   production_rps=_as_is))
-    if list(canary.steps_percent) != sorted(canary.steps_percent):
-        raise ScenarioError(f"{label}: canary.steps_percent must increase, got {list(canary.steps_percent)}")
+    replay_cfg = _replay_config(rp, mode, base, label)
+    output = _output_config(raw.get("output", {}), base, label, check_files)
+    canary = _canary_config(raw.get("canary", {}), label)
     risk = raw.get("risk", {})
 
     def locate(keys: list[str]) -> str:
@@ -422,6 +362,85 @@ def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, che
         analysis=AnalysisConfig(**raw.get("analysis", {})), canary=canary,
         raw=raw, **_given(raw, description=_as_is, owner=_as_is), **_given(risk, moves_money=bool, customer_trust=bool),
     )
+
+
+def _traffic_config(t: dict[str, Any], base: Path, label: str) -> TrafficConfig:
+    window = t.get("window", {})
+    sample = t.get("sample")
+    redact = t.get("redact", {})
+    traffic = TrafficConfig(
+        path=_path(base, t["path"]) or Path(t["path"]),
+        from_s=window.get("from_s"),
+        to_s=window.get("to_s"),
+        sample=SampleConfig(**sample) if sample else None,
+        redact=RedactConfig(**{k: tuple(v) for k, v in redact.items()}),
+        trace=TraceOptions(**t.get("trace", {})),
+        **_given(t, format=_as_is, speed=float, on_bad_record=_as_is, max_requests=_as_is, loops=int,
+                 warmup_requests=int),
+    )
+    if traffic.from_s is not None and traffic.to_s is not None and traffic.to_s <= traffic.from_s:
+        raise ScenarioError(f"{label}: traffic.window.to_s must be after from_s")
+    return traffic
+
+
+def _segment_specs(raw: dict[str, Any], sample: dict[str, Any] | None, label: str) -> tuple[SegmentSpec, ...]:
+    segments = tuple(_segment(name, spec, label) for name, spec in raw.items())
+    names = {s.name for s in segments}
+    for s in segments:
+        if s.name in RESERVED_COLUMNS and not (s.name == "route" and s.kind == "path_template"):
+            raise ScenarioError(f"{label}: segments.{s.name}: the name is a column of the requests table; choose another")
+    for s in segments:
+        if s.kind == "cross":
+            missing = [n for n in s.arg or () if n not in names or n == s.name]
+            if missing:
+                raise ScenarioError(f"{label}: segments.{s.name}.cross: unknown segment {missing[0]!r}")
+    if sample and sample.get("stratify_by") and sample["stratify_by"] not in names:
+        raise ScenarioError(f"{label}: traffic.sample.stratify_by: unknown segment {sample['stratify_by']!r}")
+    return segments
+
+
+def _replay_config(rp: dict[str, Any], mode: Mode, base: Path, label: str) -> ReplayConfig:
+    timeout_s = float(rp.get("timeout_s", _default(ReplayConfig, "timeout_s")))
+    replay_cfg = ReplayConfig(
+        mode=mode,
+        timeout_s=timeout_s,
+        # no longer than the whole exchange may take
+        connect_timeout_s=float(rp.get("connect_timeout_s", min(_default(ReplayConfig, "connect_timeout_s"), timeout_s))),
+        allow=tuple(rp.get("allow", ())),
+        headers=dict(rp.get("headers", {})),
+        aa_reference=_path(base, rp.get("aa_reference")),
+        **_given(rp, max_in_flight=int, lag_bound_ms=float, max_duration_s=_as_is, max_response_bytes=int,
+                 stop_early=bool, accept_encoding=lambda v: str(v).strip()),
+    )
+    for rule in replay_cfg.allow:
+        if len(rule.split()) != 2:
+            raise ScenarioError(f"{label}: replay.allow: {rule!r} should be 'METHOD /path-pattern', e.g. 'POST /v1/score'")
+    return replay_cfg
+
+
+def _output_config(out: dict[str, Any], base: Path, label: str, check_files: bool) -> OutputConfig:
+    output = OutputConfig(
+        schema=_path(base, out.get("schema")),
+        route_schemas={k: _path(base, v) for k, v in out.get("route_schemas", {}).items()},  # type: ignore[misc]
+        ignore_paths=tuple(out.get("ignore_paths", ())),
+        key_order_paths=tuple(out.get("key_order_paths", ())),
+        detectors=_detectors(out.get("detectors", {}), label),
+        rows=_rows(out.get("rows"), label),
+        **_given(out, prediction=_as_is, confidence=_as_is),
+    )
+    _check_json_paths(output, label)
+    for p in [output.schema, *output.route_schemas.values()]:
+        if check_files and p is not None and not p.exists():
+            raise ScenarioError(f"{label}: output schema file not found: {p}")
+    return output
+
+
+def _canary_config(canary_raw: dict[str, Any], label: str) -> CanaryConfig:
+    canary = CanaryConfig(**_given(canary_raw, steps_percent=lambda v: tuple(float(x) for x in v), power=float,
+                                   production_rps=_as_is))
+    if list(canary.steps_percent) != sorted(canary.steps_percent):
+        raise ScenarioError(f"{label}: canary.steps_percent must increase, got {list(canary.steps_percent)}")
+    return canary
 
 
 def _default(cls: Any, name: str) -> Any:
