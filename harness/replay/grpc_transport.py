@@ -166,7 +166,13 @@ class GrpcClient:
         return self
 
     def resolve(self) -> None:
-        """Nothing to do ahead: the channel resolves and connects on its own."""
+        """Connect before the first intended send (the dispatcher calls this once, before the schedule starts):
+        a first call that had to connect the channel would leave late and hold the sends behind it. A target
+        that cannot be reached is left to the legs, each recording its failure."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=min(self.connect_timeout_s, 2.0))
+        except grpc.FutureTimeoutError:
+            pass
 
     def _call(self, path: str) -> Any:
         call = self._calls.get(path)
