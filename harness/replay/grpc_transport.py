@@ -78,6 +78,7 @@ _NO_CONNECTION = re.compile(r"(?i)failed to connect|connection refused|connect f
                             r"dns resolution failed|unreachable")
 _TLS = re.compile(r"(?i)handshake|ssl|certificate|tls")
 _gevent_ready = False
+_READY_WAIT_S = 0.25
 
 
 def init_grpc_gevent() -> None:
@@ -156,6 +157,7 @@ class GrpcClient:
             self._channel = grpc.secure_channel(self.target, _credentials(tls), options=options)
         else:
             self._channel = grpc.insecure_channel(self.target, options=options)
+        self._ready = grpc.channel_ready_future(self._channel)  # starts connecting now, without waiting
         self._calls: dict[str, Any] = {}
         self._inflight: dict[Any, None] = {}
         self._closing = False
@@ -166,11 +168,12 @@ class GrpcClient:
         return self
 
     def resolve(self) -> None:
-        """Connect before the first intended send (the dispatcher calls this once, before the schedule starts):
-        a first call that had to connect the channel would leave late and hold the sends behind it. A target
-        that cannot be reached is left to the legs, each recording its failure."""
+        """Wait, briefly, for the channel that started connecting when the client was made: a first call that
+        had to connect the channel would leave late and hold the sends behind it. The dispatcher calls this
+        once, inside the replay's start delay (0.3 s), so the wait is bounded below it; a target that cannot
+        be reached by then is left to the legs, each recording its failure."""
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=min(self.connect_timeout_s, 2.0))
+            self._ready.result(timeout=_READY_WAIT_S)
         except grpc.FutureTimeoutError:
             pass
 
@@ -258,8 +261,12 @@ class GrpcClient:
         return box[0] if box else SendResult(None, b"", "timeout", f"no answer within {self.timeout_s:g} s", 0)
 
     def close(self) -> None:
-        """Cancel what is still open (those legs end as timeouts) and close the channel."""
+        """Cancel what is still open (those legs end as timeouts) and close the channel; once (the dispatcher
+        closes a client as its evented side and as its client)."""
+        if self._closing:
+            return
         self._closing = True
+        self._ready.cancel()
         for future in list(self._inflight):
             future.cancel()
         self._channel.close()
