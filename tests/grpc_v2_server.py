@@ -1,5 +1,5 @@
 """A small Open Inference Protocol gRPC server for tests (grpcio, in its own process): `python
-grpc_v2_server.py PORT`. ModelInfer answers by the model name asked for:
+grpc_v2_server.py PORT [CERT KEY]` (with a certificate and key: TLS). ModelInfer answers by the model name asked for:
 
 - `echo`: one FP64 output `predict_proba` of shape [rows, 2] (p, 1 - p with p = the row's first value,
   clipped to [0, 1]) in typed contents; `echo-raw`: the same in raw_output_contents;
@@ -68,14 +68,18 @@ def _handlers() -> grpc.GenericRpcHandler:
     })
 
 
-def main(port: int) -> None:
+def main(port: int, cert: str | None = None, key: str | None = None) -> None:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
                          options=[("grpc.max_send_message_length", -1)])
     server.add_generic_rpc_handlers((_handlers(),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    if cert and key:
+        creds = grpc.ssl_server_credentials([(Path(key).read_bytes(), Path(cert).read_bytes())])
+        server.add_secure_port(f"127.0.0.1:{port}", creds)
+    else:
+        server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     server.wait_for_termination()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), *sys.argv[2:4])

@@ -94,3 +94,44 @@ def test_answers_statuses_and_error_kinds(tmp_path: Path, grpc_server: str) -> N
     # the schedule was kept: no leg left late because another one was waiting for its answer
     lags = [v["send_lag_ms"] for v in legs.values()]
     assert max(lags) < 50, sorted(lags)[-5:]
+
+
+def test_grpcs_verified_and_its_failures_named_before_sending(tmp_path: Path) -> None:
+    from harness.errors import TargetUnreachable
+    from harness.run import check_targets
+    from harness.scenario import scenario_from_dict
+    from stacks import make_pki
+
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(HERE / "grpc_v2_server.py"), str(port), str(pki["server"]),
+                             str(pki["server_key"])], stderr=subprocess.PIPE)
+    try:
+        wait_port(port, proc)
+        url = f"grpcs://127.0.0.1:{port}"
+        records = [_rest(i, "echo") for i in range(10)]
+
+        def scenario(tls: dict[str, Any] | None, target: str = url) -> dict[str, Any]:
+            sc = scenario_dict(write_capture(tmp_path / "c.jsonl", records), target, None, speed=1, timeout_s=2)
+            sc["targets"]["baseline"]["protocol"] = "kserve_v2_grpc"
+            if tls is not None:
+                sc["targets"]["baseline"]["tls"] = tls
+            return sc
+
+        check_targets(scenario_from_dict(scenario({"ca_file": str(pki["ca"])})))
+        (tmp_path / "ok").mkdir()
+        (tmp_path / "bad").mkdir()
+        con, _ = replay(tmp_path / "ok", scenario({"ca_file": str(pki["ca"])}))
+        got = con.execute("select status_code, error_kind, count(*) from legs group by all").fetchall()
+        assert got == [(200, None, 10)]
+        with pytest.raises(TargetUnreachable, match="certificate is not trusted"):
+            check_targets(scenario_from_dict(scenario(None)))
+        with pytest.raises(TargetUnreachable, match="serves TLS \\(use a grpcs:// url"):
+            check_targets(scenario_from_dict(scenario(None, url.replace("grpcs://", "grpc://"))))
+        # mid-run, an untrusted certificate is the tls kind on every leg
+        con, _ = replay(tmp_path / "bad", scenario({"ca_file": str(pki["other_ca"])}))
+        assert con.execute("select error_kind, count(*) from legs group by all").fetchall() == [("tls", 10)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
