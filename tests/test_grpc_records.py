@@ -240,3 +240,13 @@ def test_scenario_rules_for_grpc_targets(tmp_path: Path, url: str, protocol: str
     assert words in str(info.value) and "targets.baseline" in str(info.value)
     ok = scenario_from_dict(_scenario(tmp_path, "grpc://127.0.0.1:1", "kserve_v2_grpc"))
     assert ok.targets["baseline"].protocol == "kserve_v2_grpc"
+
+
+def test_harness_shadow_refuses_grpc_targets_by_name(tmp_path: Path) -> None:
+    from harness.shadow.run import run_shadow
+
+    sc = _scenario(tmp_path, "grpc://127.0.0.1:1", "kserve_v2_grpc")
+    sc["targets"]["candidate"] = {"url": "http://127.0.0.1:2"}
+    sc["replay"]["mode"] = "paired"
+    with pytest.raises(ScenarioError, match="targets.baseline: harness shadow proxies HTTP only"):
+        run_shadow(scenario_from_dict(sc), "127.0.0.1:0", tmp_path / "out")
