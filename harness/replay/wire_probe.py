@@ -23,6 +23,7 @@ __all__ = ["probe_http", "probe_grpc", "H2_PREFACE"]
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
 _H2_SETTINGS, _H2_GOAWAY = 4, 7
 _READ_BYTES = 512
+_HTTP_WAIT_S = 1.0
 
 
 def _exchange(host: str, port: int, payload: bytes, timeout_s: float) -> bytes | None:
@@ -76,8 +77,10 @@ def _speaks_tls(host: str, port: int, timeout_s: float) -> bool:
 def probe_http(host: str, port: int, timeout_s: float) -> str | None:
     """None when the port answers HTTP/1.x (or cannot be told); else why it is not a plain HTTP port."""
     host_port = f"[{host}]" if ":" in host else host
+    # A server that takes its time over `HEAD /` is no mismatch: the wait is short, so that it never holds
+    # the start long.
     data = _exchange(host, port, f"HEAD / HTTP/1.1\r\nHost: {host_port}:{port}\r\nConnection: close\r\n\r\n"
-                     .encode("latin-1"), timeout_s)
+                     .encode("latin-1"), min(timeout_s, _HTTP_WAIT_S))
     if data is None:
         return None
     if _is_h2_frame(data):
