@@ -76,6 +76,8 @@ def test_pipelined_requests_head_and_keep_alive_on_one_connection(tmp_path: Path
     finally:
         proc.kill()
     assert first[0] == 200 and json.loads(first[2])["target"] == "/echo?n=1" and json.loads(first[2])["body"] == "first"
+    seen = [tuple(h) for h in json.loads(first[2])["headers"]]  # what the upstream got
+    assert ("X-Forwarded-For", "127.0.0.1") in seen and ("Host", upstream.url.split("//")[1]) in seen
     assert status.startswith(b"HTTP/1.1 200") and int(head_headers["content-length"]) > 0
     assert json.loads(third[2])["target"] == "/echo?n=3" and json.loads(third[2])["body"] == "third!"
     assert fourth[0] == 200

@@ -360,11 +360,14 @@ class _Exchange:
 
     def head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], framing: str) -> None:
         self.status = status
-        self.headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        kept = []
         for k, v in headers:
-            if k.decode("latin-1").lower() not in RESPONSE_DROP:
-                parts.append(k + b": " + v + b"\r\n")
+            ks = k.decode("latin-1")
+            kept.append((ks, v.decode("latin-1")))
+            if ks.lower() not in RESPONSE_DROP:
+                parts += (k, b": ", v, b"\r\n")
+        self.headers = tuple(kept)
         if framing != "length":
             if self.http10:
                 self.keep_alive = False  # no chunked framing for HTTP/1.0: the answer ends with the connection
@@ -560,11 +563,18 @@ class ProxyServer:
         req = ex.req
         self.in_flight += 1
         ex.token = self.hooks.request(req)
-        headers = [(k, v) for k, v in req.headers if k.lower() not in _DROP_TO_UPSTREAM]
+        headers = []
+        prior = None
+        for k, v in req.headers:
+            lk = k.lower()
+            if lk == "x-forwarded-for":
+                prior = v
+            elif lk not in _DROP_TO_UPSTREAM:
+                headers.append((k, v))
         if req.peer:
-            prior = next((v for k, v in req.headers if k.lower() == "x-forwarded-for"), None)
-            headers = [(k, v) for k, v in headers if k.lower() != "x-forwarded-for"]
             headers.append(("X-Forwarded-For", f"{prior}, {req.peer}" if prior else req.peer))
+        elif prior is not None:
+            headers.append(("X-Forwarded-For", prior))
         ex.sent_at = time.time()
         self.upstream.send(self.upstream.head(req.method, req.raw_path, headers, len(req.body)), req.body, ex,
                            head_only=req.method == "HEAD")
