@@ -195,11 +195,7 @@ class Dispatcher:
         self._stop = False
         self._validator = OutputValidator(plan.schema, plan.route_schemas)
         self._redactor = Redactor()
-        self._clients = {t.version: TargetClient(t.url, timeout_s=plan.timeout_s,
-                                                 connect_timeout_s=plan.connect_timeout_s,
-                                                 concurrency=max(plan.max_in_flight, 1),
-                                                 max_response_bytes=plan.max_response_bytes, tls=t.tls)
-                         for t in plan.targets}
+        self._clients = {t.version: _client_for(t, plan) for t in plan.targets}
         # per target: (target, its client); both orders, so that the first leg to leave alternates
         evented = {t.version: self._clients[t.version].evented() for t in plan.targets}
         self._evented = [ev for ev in evented.values() if ev is not None]
@@ -447,6 +443,17 @@ class Dispatcher:
         return self._redactor.text(masked[:OUTPUT_EXCERPT_CHARS], self.plan.secrets)
 
 
+def _client_for(target: TargetPlan, plan: DispatchPlan) -> Any:
+    if target.protocol == "kserve_v2_grpc":  # gRPC legs: harness.replay.grpc_transport
+        from .grpc_transport import GrpcClient  # noqa: PLC0415 - grpcio loads only for gRPC targets
+
+        return GrpcClient(target.url, timeout_s=plan.timeout_s, connect_timeout_s=plan.connect_timeout_s,
+                          max_response_bytes=plan.max_response_bytes, tls=target.tls)
+    return TargetClient(target.url, timeout_s=plan.timeout_s, connect_timeout_s=plan.connect_timeout_s,
+                        concurrency=max(plan.max_in_flight, 1), max_response_bytes=plan.max_response_bytes,
+                        tls=target.tls)
+
+
 def _row_check(asked: int | None, out: OutputRead, kind: str | None, detail: str | None
                ) -> tuple[str | None, str | None]:
     """A 2xx batch answer must carry one row per requested row: more or fewer is an error of its own kind
@@ -462,25 +469,42 @@ def _row_check(asked: int | None, out: OutputRead, kind: str | None, detail: str
 
 def _fit_json(doc: Any, limit: int) -> str:
     """The document as compact JSON, kept valid JSON when it is longer than `limit`: long strings are cut to
-    a prefix plus a digest of the whole (so equal strings stay equal and different ones stay different)
-    before the text is cut, so the output diff can still compare the answer's structure."""
+    a prefix plus a digest of the whole (so equal strings stay equal and different ones stay different),
+    then long arrays and objects keep their first items plus a marker with the count and a digest of the
+    rest (a 10,000-number answer), so the output diff can still compare the answer's structure."""
     text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
-    for keep in (200, 40, 8):
+    for keep, items in ((200, None), (40, None), (8, 64), (8, 16), (8, 4), (8, 1)):
         if len(text) <= limit:
-            break
-        text = json.dumps(_shorten(doc, keep), separators=(",", ":"), ensure_ascii=False)
-    return text
+            return text
+        text = json.dumps(_shorten(doc, keep, items), separators=(",", ":"), ensure_ascii=False)
+    if len(text) <= limit:
+        return text
+    # Still too long (thousands of keys at the top level): a valid JSON string that says so.
+    return json.dumps(f"…{len(text)} characters #{_digest(text)}", ensure_ascii=False)
 
 
-def _shorten(node: Any, keep: int) -> Any:
+def _digest(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), ensure_ascii=False,
+                                                           default=str)
+    return hashlib.sha1(text.encode("utf-8", "replace")).hexdigest()[:12]
+
+
+def _shorten(node: Any, keep: int, items: int | None = None) -> Any:
     if isinstance(node, str):
         if len(node) <= keep + 16:
             return node
-        return f"{node[:keep]}…#{hashlib.sha1(node.encode('utf-8', 'replace')).hexdigest()[:12]}"
+        return f"{node[:keep]}…#{_digest(node)}"
     if isinstance(node, dict):
-        return {k: _shorten(v, keep) for k, v in node.items()}
+        pairs = list(node.items())
+        out = {k: _shorten(v, keep, items) for k, v in pairs[:items]}
+        if items is not None and len(pairs) > items:
+            out["…"] = f"+{len(pairs) - items} keys #{_digest(dict(pairs[items:]))}"
+        return out
     if isinstance(node, list):
-        return [_shorten(v, keep) for v in node]
+        head = [_shorten(v, keep, items) for v in node[:items]]
+        if items is not None and len(node) > items:
+            head.append(f"…+{len(node) - items} items #{_digest(node[items:])}")
+        return head
     return node
 
 
