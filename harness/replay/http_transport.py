@@ -174,13 +174,39 @@ class HttpTransport:
             if conn.sock.fileno() < 0:  # closed while idle
                 continue
             try:
-                conn.sock.recv(1, PEEK)  # an idle keep-alive connection has nothing to read: EOF means closed
+                # an idle keep-alive connection has nothing to read: EOF means closed
+                peeked = conn.sock.recv(1, PEEK)
             except BlockingIOError:
                 return conn
             except OSError:
-                pass
+                peeked = b""
+            if peeked and self._idle_ok(conn):
+                return conn
             conn.close()
         return None
+
+    @staticmethod
+    def _idle_ok(conn: _Conn) -> bool:
+        """Bytes arrived on an idle connection: still usable when they were TLS records without application
+        data (TLS 1.3 session tickets arrive after the answer); stray bytes or a close end it."""
+        if conn.tls is None:
+            return False
+        try:
+            data = conn.sock.recv(CHUNK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        conn.inbio.write(data)
+        try:
+            conn.tls.read(1)
+        except ssl.SSLWantReadError:
+            return True
+        except (ssl.SSLError, OSError):
+            return False
+        return False
 
     def _connect(self, ex: _Exchange) -> None:
         if self._resolved is None:
@@ -243,10 +269,13 @@ class HttpTransport:
             conn.tls.do_handshake()
         except ssl.SSLWantReadError:
             conn.wbuf = conn.outbio.read()
-            self._flush(ex)
+            try:
+                self._flush(ex)
+            except OSError as exc:
+                self._broken(ex, exc)
             return
         except (ssl.SSLError, OSError) as exc:
-            self._broken(ex, exc if isinstance(exc, ssl.SSLError) else ssl.SSLError(f"TLS handshake: {exc}"))
+            self._broken(ex, exc)
             return
         conn.wbuf = conn.outbio.read()
         ex.state = _SENDING
@@ -320,13 +349,13 @@ class HttpTransport:
 
     def _on_writable(self, ex: _Exchange) -> None:
         conn = ex.conn
-        if conn is None or ex.state not in (_HANDSHAKING, _SENDING):
+        if conn is None or conn.ex is not ex:
             return
         conn.writer.stop()
         if ex.state == _SENDING:
             self._send(ex)
             return
-        try:
+        try:  # TLS bytes of the handshake, or for the peer while reading (a key update)
             self._flush(ex)
         except OSError as exc:
             self._broken(ex, exc)
@@ -354,14 +383,17 @@ class HttpTransport:
             if not out[-1]:
                 eof = True
                 break
-        if conn.outbio.pending:  # a key update or alert for the peer
+        if conn.outbio.pending:  # a key update for the peer
             conn.wbuf = bytes(conn.wbuf) + conn.outbio.read()
+            if conn.ex is not None and conn.ex.state != _SENDING:  # a send flushes it anyway
+                self._flush(conn.ex)
         return b"".join(out), eof
 
     def _on_readable(self, conn: _Conn) -> None:
         ex = conn.ex
-        if ex is None:  # idle: the target closed it (or sent bytes nobody asked for)
-            conn.close()
+        if ex is None:  # idle: the target closed it, sent bytes nobody asked for, or (TLS) a session ticket
+            if not self._idle_ok(conn):
+                conn.close()
             return
         if ex.state == _HANDSHAKING:
             try:
