@@ -28,6 +28,7 @@ returned with their Content-Encoding (the finisher decodes them), event streams 
 from __future__ import annotations
 
 import _socket
+import collections
 import errno
 import socket
 import ssl
@@ -47,7 +48,11 @@ __all__ = ["HttpTransport"]
 _SWEEP_S = 0.01
 _CONTINUE_WAIT_S = 1.0
 _TLS_SLICE = 262144  # plaintext encrypted per step: a large body is not copied whole into ciphertext at once
-_CONNECTING, _HANDSHAKING, _SENDING, _CONTINUE, _READING, _OVER = range(6)
+# TLS connections in their handshake at once, per target; further legs wait for one of them or for a pooled
+# connection. A handshake costs the loop (and a co-located target) far more CPU than an exchange: opening
+# one per leg while the first ones are still in their handshakes feeds on itself until every leg times out.
+_MAX_OPENING_TLS = 8
+_QUEUED, _CONNECTING, _HANDSHAKING, _SENDING, _CONTINUE, _READING, _OVER = range(7)
 
 
 class _Conn:
@@ -55,7 +60,7 @@ class _Conn:
     exchange it carries (`ex`) or, idle, for the target closing it. `tls`: the SSLObject of an https one;
     `wbuf`: bytes for the socket not yet written."""
 
-    __slots__ = ("sock", "reader", "writer", "ex", "tls", "inbio", "outbio", "wbuf")
+    __slots__ = ("sock", "reader", "writer", "ex", "tls", "inbio", "outbio", "wbuf", "opening")
 
     def __init__(self, sock: Any, loop: Any) -> None:
         self.sock = sock
@@ -67,6 +72,7 @@ class _Conn:
         self.inbio: Any = None
         self.outbio: Any = None
         self.wbuf: Any = b""
+        self.opening = True  # connecting, or in its TLS handshake
 
     def close(self) -> None:
         self.reader.stop()
@@ -129,6 +135,10 @@ class HttpTransport:
         self._idle: list[_Conn] = []
         self._inflight: dict[_Exchange, None] = {}  # in start order: deadlines sweep from the front
         self._continues: dict[_Exchange, None] = {}  # heads out, waiting for 100 Continue
+        self._opening = 0  # connections connecting or in their TLS handshake
+        self._max_opening = _MAX_OPENING_TLS if https else 1 << 30
+        self._waiting: collections.deque[_Exchange] = collections.deque()  # legs waiting for a connection
+        self._drain_due = False
         self._resolved: list[Any] | None = None
         self._resolve_error: OSError | None = None
         self._sweeper = self._loop.timer(_SWEEP_S, _SWEEP_S, ref=False)
@@ -159,6 +169,10 @@ class HttpTransport:
         self._inflight[ex] = None
         conn = self._pooled()
         if conn is None:
+            if self._opening >= self._max_opening:
+                ex.state = _QUEUED
+                self._waiting.append(ex)
+                return
             self._connect(ex)
         else:
             # The connection's reader is still on: from here on it reads for this exchange (a target that
@@ -223,6 +237,7 @@ class HttpTransport:
             return
         sock.setblocking(False)
         conn = ex.conn = _Conn(sock, self._loop)
+        self._opening += 1
         conn.ex = ex
         ex.state = _CONNECTING
         err = sock.connect_ex(addr)
@@ -249,6 +264,7 @@ class HttpTransport:
         assert conn is not None
         conn.reader.start(self._on_readable, conn)
         if self._tls_context is None:
+            self._opened(conn)
             ex.state = _SENDING
             self._send(ex)
             return
@@ -278,11 +294,13 @@ class HttpTransport:
             self._broken(ex, exc)
             return
         conn.wbuf = conn.outbio.read()
+        self._opened(conn)
         ex.state = _SENDING
         self._send(ex)
 
     def _connect_failed(self, ex: _Exchange, err: int) -> None:
         assert ex.conn is not None and self._resolved is not None
+        self._opened(ex.conn)
         ex.conn.close()
         ex.conn = None
         if ex.addr_i + 1 < len(self._resolved):  # the next address of the name, as socket.create_connection does
@@ -292,6 +310,38 @@ class HttpTransport:
         cls = ConnectionRefusedError if err == errno.ECONNREFUSED else OSError
         self._finish(ex, error_result(cls(err, f"[Errno {err}] {errno.errorcode.get(err, '')}: cannot connect to "
                                                f"{self.address[0]}:{self.address[1]}")))
+
+    def _opened(self, conn: _Conn) -> None:
+        """The connection is out of its connect and handshake (ready, failed or closed)."""
+        if conn.opening:
+            conn.opening = False
+            self._opening -= 1
+            self._drain_soon()
+
+    def _drain_soon(self) -> None:
+        if self._waiting and not self._drain_due:
+            self._drain_due = True
+            self._loop.run_callback(self._drain)
+
+    def _drain(self) -> None:
+        """Legs waiting for a connection: a pooled one, or a new one while fewer than the limit are opening."""
+        self._drain_due = False
+        waiting = self._waiting
+        while waiting:
+            ex = waiting[0]
+            if ex.state != _QUEUED:  # ended meanwhile (its deadline)
+                waiting.popleft()
+                continue
+            conn = self._pooled()
+            if conn is None and self._opening >= self._max_opening:
+                return
+            waiting.popleft()
+            if conn is None:
+                self._connect(ex)
+            else:
+                ex.conn, conn.ex = conn, ex
+                ex.state = _SENDING
+                self._send(ex)
 
     # -- writing -----------------------------------------------------------------------------------------
     def _flush(self, ex: _Exchange) -> bool:
@@ -519,10 +569,12 @@ class HttpTransport:
         if conn is None:
             return
         conn.ex = None
+        self._opened(conn)
         # A request not all out (an early answer, or one to a 100-continue head) leaves the connection unusable.
         if reuse and not self._closed and ex.state == _READING and not conn.wbuf:
             conn.writer.stop()
             self._idle.append(conn)
+            self._drain_soon()
         else:
             conn.close()
 
@@ -559,6 +611,7 @@ class HttpTransport:
         for ex in list(self._inflight):
             self._release(ex, reuse=False)
             self._finish(ex, SendResult(None, b"", "timeout", self._timeout_detail, 0))
+        self._waiting.clear()
         self._sweeper.stop()
         self._sweeper.close()
         while self._idle:
