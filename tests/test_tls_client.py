@@ -157,3 +157,32 @@ def test_mutual_tls_presents_the_client_certificate(pki: dict[str, Path]) -> Non
             without.close()
     assert (good.status, good.body) == (200, OK)
     assert (refused.status, refused.error_kind) == (None, "tls"), refused
+
+
+def test_a_burst_of_legs_opens_a_bounded_number_of_tls_connections_at_once(pki: dict[str, Path]) -> None:
+    # 40 legs at once on an empty pool: at most 8 connections in their handshake at a time, the other legs
+    # wait, and all are answered (one handshake per leg at once would feed on itself under load).
+    results: list[Any] = []
+    opening: list[int] = []
+    queued: list[int] = []
+    with TLSScriptedServer({"/ok": [0.02, _ok()]}, pki["server"], pki["server_key"]) as srv:
+        client = HttpTransport(f"https://127.0.0.1:{srv.port}", Limits(5, 2, 1000), {"ca_file": str(pki["ca"])})
+
+        def watch() -> None:
+            while True:
+                opening.append(client._opening)  # noqa: SLF001 - the bound under test
+                queued.append(len(client._waiting))  # noqa: SLF001
+                gevent.sleep(0.0005)
+
+        watcher = gevent.spawn(watch)
+        try:
+            for _ in range(40):
+                client.start("GET", "/ok", RequestHead([]), b"", lambda _t, r, _d: results.append(r), None)
+            with gevent.Timeout(8):
+                while len(results) < 40:
+                    gevent.sleep(0.01)
+        finally:
+            watcher.kill()
+            client.close()
+    assert [(r.status, r.body) for r in results] == [(200, OK)] * 40
+    assert max(opening) == 8 and max(queued) == 32

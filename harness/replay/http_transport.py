@@ -12,7 +12,9 @@ and the records are driven by the same callbacks, so a handshake that hangs is a
 deadline covers it), never a stall of the send loop. The context is harness.replay.tls's (verified by
 default, ca_file, client certificate, server_name as SNI and checked name, verify: false). A TLS failure
 is the `tls` error kind; a peer that closes without close_notify ends the stream as a plain close does
-(as ssl's suppress_ragged_eofs), so close-delimited bodies work over TLS.
+(as ssl's suppress_ragged_eofs), so close-delimited bodies work over TLS. At most _MAX_OPENING_TLS
+connections per target are in their handshake at once; further legs wait (state _QUEUED) for one of
+them or for a pooled connection.
 
 What a real client gets right, here too: interim 1xx answers (100 Continue, 103 Early Hints) are skipped
 for the final one; a captured `Expect: 100-continue` sends the head, then the body on 100 Continue or
