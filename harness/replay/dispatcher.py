@@ -202,7 +202,7 @@ class Dispatcher:
         self._redactor = Redactor()
         if transports is None:
             limits = Limits(plan.timeout_s, plan.connect_timeout_s, plan.max_response_bytes)
-            transports = {t.version: open_transport(t.url, limits, t.tls) for t in plan.targets}
+            transports = {t.version: _transport_for(t, limits) for t in plan.targets}
         self._transports = transports
         # per target: (target, its transport, its index); both orders, so that the first leg to leave alternates
         forward = tuple((t, transports[t.version], i) for i, t in enumerate(plan.targets))
@@ -425,6 +425,15 @@ class Dispatcher:
             text = body[:OUTPUT_EXCERPT_CHARS * 2].decode("utf-8", "replace")
         masked = self._redactor.body(text.encode()).decode("utf-8", "replace")
         return self._redactor.text(masked[:OUTPUT_EXCERPT_CHARS], self.plan.secrets)
+
+
+def _transport_for(target: TargetPlan, limits: Limits) -> Transport:
+    if target.protocol == "kserve_v2_grpc":  # gRPC legs: harness.replay.grpc_transport
+        from .grpc_transport import GrpcClient  # noqa: PLC0415 - grpcio loads only for gRPC targets
+
+        return GrpcClient(target.url, timeout_s=limits.timeout_s, connect_timeout_s=limits.connect_timeout_s,
+                          max_response_bytes=limits.max_response_bytes, tls=target.tls)
+    return open_transport(target.url, limits, target.tls)
 
 
 def _row_check(asked: int | None, out: OutputRead, kind: str | None, detail: str | None

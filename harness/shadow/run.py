@@ -47,6 +47,10 @@ def run_shadow(scenario: Scenario, listen: str, out_root: Path, *, duration_s: f
                echo: Callable[[str], None] = print) -> RunResult:
     if scenario.replay.mode != "paired" or "candidate" not in scenario.versions:
         raise ScenarioError(f"{scenario.source}: harness shadow needs replay.mode: paired and a candidate target")
+    grpc = [v for v in scenario.versions if scenario.target_for(v).protocol == "kserve_v2_grpc"]
+    if grpc:  # the live proxy speaks HTTP/1.1 to its users and targets
+        raise ScenarioError(f"{scenario.source}: targets.{grpc[0]}: harness shadow proxies HTTP only; gRPC targets "
+                            "(protocol kserve_v2_grpc) are replayed with harness run")
     header_overrides(scenario)  # an unset ${VAR} in the test credentials is a usage error before anything starts
     try:
         host, port = parse_listen(listen)
