@@ -167,22 +167,35 @@ class Nginx:
     """nginx from Debian, one worker, answering every method on every path with a small JSON body
     (a `return 200` location: POST to a static file would be 405). One server block per port."""
 
-    def __init__(self, ports: int = 2, workers: int = 1) -> None:
+    def __init__(self, ports: int = 2, workers: int = 1, tls: bool = False) -> None:
         self.ports = [free_port() for _ in range(ports)]
         self.workers = workers
+        self.tls = tls  # https on every port, with a certificate for 127.0.0.1 from a CA made here (`ca_file`)
         self.dir = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
+        self.ca_file: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def urls(self) -> list[str]:
-        return [f"http://127.0.0.1:{p}" for p in self.ports]
+        return [f"{'https' if self.tls else 'http'}://127.0.0.1:{p}" for p in self.ports]
 
     def __enter__(self) -> "Nginx":
         ensure_apt({"nginx": "nginx-light"})
         os.chmod(self.dir, 0o755)
+        ssl_conf = ""
+        if self.tls:
+            sys.path.insert(0, str(ROOT / "tests"))
+            from stacks import make_pki  # the tests' CA and certificates (needs the [test] extra)
+
+            (self.dir / "pki").mkdir()
+            pki = make_pki(self.dir / "pki")
+            self.ca_file = pki["ca"]
+            ssl_conf = (f"ssl_certificate {pki['server']}; ssl_certificate_key {pki['server_key']}; "
+                        "ssl_session_cache shared:SSL:1m;")
         servers = "\n".join(f"""
     server {{
-        listen 127.0.0.1:{p} backlog=4096;
+        listen 127.0.0.1:{p} backlog=4096{' ssl' if self.tls else ''};
+        {ssl_conf}
         location / {{ default_type application/json; return 200 '{TINY_ANSWER}'; }}
     }}""" for p in self.ports)
         self.proc = start_nginx(self.dir, self.workers, servers)
@@ -294,8 +307,9 @@ def write_capture(path: Path, n: int, rate_per_s: float, *, method: str = "POST"
 
 def write_scenario(path: Path, capture: Path, baseline_url: str, candidate_url: str, *, name: str = "bench",
                    speed: float = 1.0, replay: dict[str, Any] | None = None, segments: str = "",
-                   gates: str = "  error_rate: {maximum: 0.01}\n") -> Path:
+                   gates: str = "  error_rate: {maximum: 0.01}\n", ca_file: Path | None = None) -> Path:
     rep = {"mode": "paired", "timeout_s": 2, "allow": ["POST /*"], **(replay or {})}
+    tls = f", tls: {{ca_file: {json.dumps(str(ca_file))}}}" if ca_file else ""
     rep_lines = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in rep.items())
     path.write_text(f"""name: {name}
 traffic:
@@ -303,8 +317,8 @@ traffic:
   speed: {speed}
   on_bad_record: skip
 {segments}targets:
-  baseline:  {{url: "{baseline_url}", protocol: json}}
-  candidate: {{url: "{candidate_url}", protocol: json}}
+  baseline:  {{url: "{baseline_url}", protocol: json{tls}}}
+  candidate: {{url: "{candidate_url}", protocol: json{tls}}}
 replay:
 {rep_lines}promotion_gates:
 {gates}""")

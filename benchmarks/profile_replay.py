@@ -25,7 +25,7 @@ SPY_VENV = c.OUT_ROOT / "pyspy-venv"
 NOT_REPLAY = ("build_outputs", "prepare_traffic", "_find_and_load", "RunStore.create", "_WorkerGreenlet",
               "_finish_requests", "RunStore.finish", "check_targets", "load_scenario", "freeze_gc")
 GROUPS = {
-    "HTTP client (geventhttpclient + harness http_client, evented)": ("geventhttpclient/", "http_client.py", "evented.py"),
+    "HTTP transport (geventhttpclient parser + harness http_transport, wire)": ("geventhttpclient/", "http_transport.py", "wire.py"),
     "output reading, schema, excerpt (protocols, compat, redaction)": ("protocols/", "compat.py", "_excerpt",
                                                                         "redaction.py"),
     "Locust request event + stats": ("locust/stats.py", "locust/event.py", "on_leg", "locust/runners.py"),

@@ -1,7 +1,8 @@
 """The highest paired rate the harness keeps on time, against raw Locust and wrk on the same target.
 
 Target: nginx (Debian's nginx-light, one worker) answering POST with a 36-byte JSON answer on two ports
-(baseline, candidate). Peers, on the same nginx, each measured N times before and N times after the
+(baseline, candidate); with --tls over https (certificates from a CA made for the run, verified by the
+harness with `tls.ca_file`; the peers speak https to the same ports). Peers, on the same nginx, each measured N times before and N times after the
 harness in this run (best kept):
   - wrk -t1 -c50 (what the target can take),
   - raw Locust FastHttpUser, 50 users, no wait, one process and --processes 2 (Locust's own maximum).
@@ -19,6 +20,7 @@ goal <= 1 ms) at the worst unsaturated rate.
 
     .venv/bin/python benchmarks/replay_throughput.py            # about 10-15 minutes
     .venv/bin/python benchmarks/replay_throughput.py --quick    # 1 try per rate, shorter replays
+    .venv/bin/python benchmarks/replay_throughput.py --tls      # the same over https
     flock /tmp/heavy.lock .venv/bin/python benchmarks/replay_throughput.py --all-of --processes 1 --rates 500 1000 1500
 """
 from __future__ import annotations
@@ -43,7 +45,7 @@ def trial(nginx: c.Nginx, work: Path, rate: int, duration_s: float, processes: i
     d.mkdir()
     cap = c.write_capture(d / "capture.jsonl", n, rate)
     scenario = c.write_scenario(d / "scenario.yaml", cap, nginx.urls[0], nginx.urls[1], name="throughput",
-                                replay={"max_in_flight": 10000})
+                                replay={"max_in_flight": 10000}, ca_file=nginx.ca_file)
     args = ["run", str(scenario), "--speed", "1", "--progress-every", "60"]
     if processes > 1:
         args += ["--processes", str(processes)]
@@ -170,6 +172,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="1 try, 4 s replays, coarser search")
     ap.add_argument("--all-of", action="store_true",
                     help="a rate passes only when all --tries pass (3 of 3), not the best of them")
+    ap.add_argument("--tls", action="store_true",
+                    help="nginx serves https (a CA made for the run; the harness verifies with it as ca_file), and "
+                         "the peers (wrk, raw FastHttpUser) speak https to it too")
     args = ap.parse_args()
     args.rule = all_of if args.all_of else best_of
     if args.quick:
@@ -180,7 +185,7 @@ def main() -> int:
     c.ensure_apt({"nginx": "nginx-light", "wrk": "wrk"})
     result: dict[str, Any] = {"machine": info, "args": {k: v for k, v in vars(args).items() if k != "rule"},
                               "trials": []}
-    with c.Nginx(ports=2, workers=1) as nginx, c.scratch_dir("bench-throughput-") as work:
+    with c.Nginx(ports=2, workers=1, tls=args.tls) as nginx, c.scratch_dir("bench-throughput-") as work:
         print(f"target: nginx 1 worker at {nginx.urls}", flush=True)
         peers: dict[str, list[float]] = {"wrk -t1 -c50": []}
         for p in args.processes:
@@ -250,7 +255,7 @@ def main() -> int:
         print(f"    goal legs/s >= {RATIO_GOAL} x raw FastHttpUser: {'met' if row['ratio_goal_met'] else 'NOT met'}; "
               f"pair skew p99 (worst unsaturated rate) {row['skew_p99_ms_worst_unsaturated']} ms, goal <= "
               f"{SKEW_GOAL_MS} ms: {'met' if row['skew_goal_met'] else 'NOT met'}")
-    c.save_result("replay_throughput", result)
+    c.save_result("replay_throughput_tls" if args.tls else "replay_throughput", result)
     return 0
 
 

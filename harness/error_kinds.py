@@ -9,7 +9,7 @@ request's fault and is counted apart; an answer that breaks the output schema is
 the capture holds that cannot be written): kept in `legs` with its detail, left out of every model gate
 (the pair is not judged), counted in the report, and above HARNESS_ERROR_TOLERANCE of the legs the run is
 incomplete (exit 4). Which exception is which kind is decided by type in `exception_kind`, the one place
-the transport boundary (harness.replay.http_client.error_result) asks."""
+the transport boundary (harness.replay.wire.error_result) asks."""
 from __future__ import annotations
 
 import errno

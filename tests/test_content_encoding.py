@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from harness.replay.content_encoding import (BodyDecoder, DecodedTooLarge, EncodingError, content_codings,
                                              decode_answer)
-from harness.replay.http_client import SendResult, error_result
+from harness.replay.wire import SendResult, error_result
 
 if sys.version_info >= (3, 14):
     from compression import zstd

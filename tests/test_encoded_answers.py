@@ -1,5 +1,5 @@
-"""Compressed answers through real replays, on both clients (the evented plain-HTTP path and the greenlet
-path that `Expect: 100-continue` takes): a bomb is too_large at bounded memory and the run goes on, a lying
+"""Compressed answers through real replays, with and without `Expect: 100-continue` (the body then waits
+for the interim answer): a bomb is too_large at bounded memory and the run goes on, a lying
 Content-Encoding is bad_encoding, chunked and streamed (SSE) compressed answers are decoded as they arrive."""
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def _records(paths: list[str], headers: dict[str, str] | None = None) -> list[di
              "headers": {"Accept-Encoding": "gzip, deflate, br", **(headers or {})}} for i, p in enumerate(paths)]
 
 
-@pytest.mark.parametrize("expect", [False, True], ids=["evented", "greenlet"])
+@pytest.mark.parametrize("expect", [False, True], ids=["plain", "expect-100"])
 def test_codings_bombs_and_lies_through_a_replay(tmp_path: Path, server: EncodingServer, expect: bool) -> None:
     paths = ["/gzip", "/br", "/deflate", "/chunked-gzip", "/bomb", "/lying", "/gzip"]
     cap = write_capture(tmp_path / "c.jsonl", _records(paths, {"Expect": "100-continue"} if expect else None))
@@ -143,7 +143,7 @@ def test_codings_bombs_and_lies_through_a_replay(tmp_path: Path, server: Encodin
     assert kind == "bad_encoding" and detail.startswith("Content-Encoding gzip: the answer is not gzip data")
 
 
-@pytest.mark.parametrize("expect", [False, True], ids=["evented", "greenlet"])
+@pytest.mark.parametrize("expect", [False, True], ids=["plain", "expect-100"])
 def test_a_gzip_event_stream_is_decoded_as_it_arrives(tmp_path: Path, server: EncodingServer, expect: bool) -> None:
     cap = write_capture(tmp_path / "c.jsonl", _records(["/sse-gzip"] * 3, {"Expect": "100-continue"} if expect else None))
     s = scenario_dict(cap, server.url, None, timeout_s=10)

@@ -1,6 +1,6 @@
-"""The callback-driven HTTP client against a raw TCP server on 127.0.0.1 that writes scripted bytes: the
+"""The callback-driven HTTP transport against a raw TCP server on 127.0.0.1 that writes scripted bytes: the
 answers the quick parse declines (chunked, close-delimited, interim 1xx, HEAD, 204, split across writes),
-connection reuse and closing, and deadlines."""
+Expect: 100-continue, an answer before the request is all out, connection reuse and closing, and deadlines."""
 from __future__ import annotations
 
 import time
@@ -10,8 +10,9 @@ import gevent
 import gevent.server
 import pytest
 
-from harness.replay.evented import EventedClient, _quick_answer
-from harness.replay.http_client import RequestHead
+from harness.replay.http_transport import HttpTransport
+from harness.replay.transport import Limits
+from harness.replay.wire import RequestHead, quick_answer
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +31,8 @@ class ScriptedServer:
         self.script = script
         self.connections = 0
         self.requests: list[bytes] = []
+        self.bodies: list[tuple[bytes, float]] = []  # each request body, and when it was all in
+        self.heads_at: list[float] = []  # when each Expect: 100-continue head was in
         self.server = gevent.server.StreamServer(("127.0.0.1", 0), self._handle)
 
     def __enter__(self) -> "ScriptedServer":
@@ -64,11 +67,23 @@ class ScriptedServer:
                 name, _, value = line.partition(b":")
                 if name.strip().lower() == b"content-length":
                     length = int(value)
+            path = head.split(b" ")[1].decode()
+            if b"\r\nexpect: 100-continue" in head.lower():
+                self.heads_at.append(time.monotonic())
+                if path.startswith("/refuse"):  # the final answer instead of 100 Continue; the body is not wanted
+                    self.requests.append(head)
+                    sock.sendall(b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n")
+                    continue
+                if not path.startswith("/silent"):  # /silent: reads the body without saying 100 Continue
+                    sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             while len(buf) < length:
-                buf += sock.recv(65536)
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buf += data
+            self.bodies.append((buf[:length], time.monotonic()))
             buf = buf[length:]
             self.requests.append(head)
-            path = head.split(b" ")[1].decode()
             for step in self.script[path]:
                 if step == "close":
                     sock.close()
@@ -79,9 +94,10 @@ class ScriptedServer:
                 sock.sendall(step)
 
 
-def _exchange(client: EventedClient, path: str, method: str = "GET", body: bytes = b"") -> Any:
+def _exchange(client: HttpTransport, path: str, method: str = "GET", body: bytes = b"",
+              headers: list[tuple[str, str]] | None = None) -> Any:
     results: list[Any] = []
-    client.start(method, path, RequestHead([("Accept", "application/json")]), body,
+    client.start(method, path, RequestHead([("Accept", "application/json")] + (headers or [])), body,
                  lambda token, result, done: results.append(result), None)
     deadline = time.monotonic() + 5
     while not results and time.monotonic() < deadline:
@@ -90,10 +106,9 @@ def _exchange(client: EventedClient, path: str, method: str = "GET", body: bytes
     return results[0]
 
 
-def _client(port: int, timeout_s: float = 2.0, max_bytes: int = 1_000_000) -> EventedClient:
-    c = EventedClient("127.0.0.1", port, f"Host: 127.0.0.1:{port}\r\n", timeout_s=timeout_s, connect_timeout_s=1.0,
-                      max_response_bytes=max_bytes)
-    c.resolve()
+def _client(port: int, timeout_s: float = 2.0, max_bytes: int = 1_000_000) -> HttpTransport:
+    c = HttpTransport(f"http://127.0.0.1:{port}", Limits(timeout_s, 1.0, max_bytes))
+    c.prepare()
     return c
 
 
@@ -102,6 +117,9 @@ def _client(port: int, timeout_s: float = 2.0, max_bytes: int = 1_000_000) -> Ev
      200, b"hello world"),
     ("/split", [b"HTTP/1.1 200 OK\r\nContent-Length: 19\r\n\r\n", 0.05, OK], 200, OK),
     ("/interim", [b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", _ok()], 200, OK),
+    ("/interims", [b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", 0.02, _ok()],
+     200, OK),
+    ("/http10", [b"HTTP/1.0 200 OK\r\n\r\n" + OK, "close"], 200, OK),
     ("/no-content", [b"HTTP/1.1 204 No Content\r\n\r\n"], 204, b""),
     ("/close-delimited", [b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + OK, "close"], 200, OK),
 ])
@@ -176,8 +194,8 @@ def test_deadline_and_cap_and_reset() -> None:
 
 
 def test_quick_parse_takes_only_plain_whole_answers() -> None:
-    assert _quick_answer(_ok(), "GET") == (200, {"content-type": "application/json", "content-length": "19"}, OK, True)
-    assert _quick_answer(_ok(b"Connection: close\r\n"), "GET")[3] is False
+    assert quick_answer(_ok(), "GET") == (200, {"content-type": "application/json", "content-length": "19"}, OK, True)
+    assert quick_answer(_ok(b"Connection: close\r\n"), "GET")[3] is False
     declined = [
         _ok()[:-1],  # body not all there yet
         _ok() + b"x",  # more than the Content-Length
@@ -188,22 +206,73 @@ def test_quick_parse_takes_only_plain_whole_answers() -> None:
         _ok().replace(b"Content-Type", b"Content Type"),  # not a token
         _ok(b"X-Name: caf\xc3\xa9\r\n"),  # not ASCII
     ]
-    assert [_quick_answer(d, "GET") for d in declined] == [None] * len(declined)
-    assert _quick_answer(_ok(), "HEAD") is None
+    assert [quick_answer(d, "GET") for d in declined] == [None] * len(declined)
+    assert quick_answer(_ok(), "HEAD") is None
 
 
-def test_a_target_that_closes_while_a_large_request_is_still_going_out_is_a_reset() -> None:
-    # On a reused keep-alive connection (its reader already on), the early answer and close must end the leg
-    # at once as a reset, as the greenlet path records it, not after the whole deadline as a timeout.
+@pytest.mark.parametrize("reused", [True, False], ids=["keep-alive", "new connection"])
+def test_an_answer_while_a_large_request_is_still_going_out_ends_the_leg_with_that_answer(reused: bool) -> None:
+    # The target answers 413 after the head and closes: the leg is that answer, at once (not a reset, not a
+    # timeout after the whole deadline), and the connection, its request never finished, is not reused.
     with ScriptedServer({"/keep": [_ok()]}) as srv:
         client = _client(srv.port, timeout_s=20.0)
         try:
-            assert _exchange(client, "/keep").body == OK
+            if reused:
+                assert _exchange(client, "/keep").body == OK
+            t0 = time.monotonic()
             r = _exchange(client, "/early", method="POST", body=b"x" * (64 << 20))
+            took = time.monotonic() - t0
+            after = _exchange(client, "/keep")
         finally:
             client.close()
-    assert srv.connections == 1
-    assert (r.status, r.error_kind) == (None, "reset")
+    assert (r.status, r.error_kind, r.body) == (413, "http_4xx", b"")
+    assert took < 10.0
+    assert after.body == OK
+    assert srv.connections == 2  # /early's connection closed, /keep on a new one
+
+
+EXPECT = [("Expect", "100-continue"), ("Content-Type", "application/json")]
+
+
+def test_expect_100_continue_sends_the_body_after_the_interim_answer() -> None:
+    with ScriptedServer({"/c": [_ok()]}) as srv:
+        client = _client(srv.port)
+        try:
+            r = _exchange(client, "/c", method="POST", body=b'{"x": 1}', headers=EXPECT)
+            again = _exchange(client, "/c", method="POST", body=b'{"x": 2}', headers=EXPECT)
+        finally:
+            client.close()
+    assert [(x.status, x.body, x.error_kind) for x in (r, again)] == [(200, OK, None)] * 2
+    assert [b for b, _ in srv.bodies] == [b'{"x": 1}', b'{"x": 2}']
+    assert b"content-length: 8" in srv.requests[0].lower()
+    assert srv.connections == 1  # the 100 Continue and the final answer both read: the connection went on
+
+
+def test_expect_100_continue_without_an_interim_answer_sends_the_body_after_a_second() -> None:
+    with ScriptedServer({"/silent": [_ok()]}) as srv:
+        client = _client(srv.port, timeout_s=5.0)
+        try:
+            r = _exchange(client, "/silent", method="PUT", body=b'{"x": 1}', headers=EXPECT)
+        finally:
+            client.close()
+    assert (r.status, r.body, r.error_kind) == (200, OK, None)
+    (body, body_at), = srv.bodies
+    assert body == b'{"x": 1}'
+    assert 0.9 <= body_at - srv.heads_at[0] < 3.0  # waited for a 100 Continue, as curl waits, then sent it
+
+
+def test_expect_100_continue_refused_by_a_final_answer_never_sends_the_body() -> None:
+    with ScriptedServer({"/refuse": [], "/keep": [_ok()]}) as srv:
+        client = _client(srv.port, timeout_s=5.0)
+        try:
+            r = _exchange(client, "/refuse", method="POST", body=b'{"x": 1}', headers=EXPECT)
+            gevent.sleep(1.2)  # past the wait for 100 Continue: nothing may be sent late
+            after = _exchange(client, "/keep")
+        finally:
+            client.close()
+    assert (r.status, r.error_kind) == (417, "http_4xx")
+    assert srv.bodies == [(b"", srv.bodies[0][1])]  # only /keep's (empty) body arrived
+    assert after.body == OK and srv.connections == 2  # the refused request's connection was not reused
 
 
 _STREAM_SERVER = r"""

@@ -16,7 +16,7 @@ from harness.protocols import read_output
 from harness.protocols.grpc_v2 import grpc_predict_v2_pb2 as pb
 from harness.protocols.kserve_v2_grpc import GrpcRequestError, answer_doc, grpc_path, request_for
 from harness.replay.grpc_transport import metadata_of, status_result
-from harness.replay.http_client import RequestHead
+from harness.replay.wire import RequestHead
 from harness.scenario import RowsConfig, scenario_from_dict
 from harness.traffic.convert import convert_capture
 from harness.traffic.inspect import inspect_capture

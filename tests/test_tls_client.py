@@ -1,7 +1,8 @@
-"""The https path of the replay client (TargetClient over TLS) against a scripted TLS server on 127.0.0.1:
-the HTTP details a real client gets right (chunked, split, interim 1xx, 204, close-delimited, HEAD with a
-Content-Length), a compressed answer returned as received, verification on by default, and a TLS failure
-as the `tls` error kind."""
+"""The https path of the replay's HTTP transport (the same callback-driven engine as plain HTTP, TLS over
+memory BIOs) against a scripted TLS server on 127.0.0.1: the HTTP details a real client gets right (chunked,
+split, interim 1xx, 204, close-delimited, HEAD with a Content-Length, Expect: 100-continue, an answer before
+the request is all out), a compressed answer returned as received, verification on by default, mutual TLS,
+a TLS failure as the `tls` error kind, and a handshake that hangs as a timeout that stalls nothing."""
 from __future__ import annotations
 
 import gzip
@@ -13,7 +14,9 @@ import gevent.server
 import pytest
 
 from harness.replay.content_encoding import decode_answer
-from harness.replay.http_client import RequestHead, TargetClient
+from harness.replay.http_transport import HttpTransport
+from harness.replay.transport import Limits, send_one
+from harness.replay.wire import RequestHead
 from stacks import make_pki
 from test_evented import OK, ScriptedServer, _ok
 
@@ -34,12 +37,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _send(pki: dict[str, Path], script: dict[str, list[Any]], path: str, method: str = "GET",
-          tls: dict[str, Any] | None = None) -> Any:
+          tls: dict[str, Any] | None = None, body: bytes = b"", headers: list[tuple[str, str]] | None = None) -> Any:
     with TLSScriptedServer(script, pki["server"], pki["server_key"]) as srv:
-        client = TargetClient(f"https://127.0.0.1:{srv.port}", timeout_s=3, connect_timeout_s=1, concurrency=4,
-                              max_response_bytes=1_000_000, tls={"ca_file": str(pki["ca"])} if tls is None else tls)
+        client = HttpTransport(f"https://127.0.0.1:{srv.port}", Limits(3, 1, 1_000_000),
+                               {"ca_file": str(pki["ca"])} if tls is None else tls)
         try:
-            return client.send(method, path, RequestHead([("Accept", "application/json")]), b"")
+            return send_one(client, method, path, RequestHead([("Accept", "application/json")] + (headers or [])),
+                            body)
         finally:
             client.close()
 
@@ -49,6 +53,8 @@ def _send(pki: dict[str, Path], script: dict[str, list[Any]], path: str, method:
      200, b"hello world"),
     ("/split", [b"HTTP/1.1 200 OK\r\nContent-Length: 19\r\n\r\n", 0.05, OK], 200, OK),
     ("/interim", [b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", _ok()], 200, OK),
+    ("/interims", [b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", 0.02, _ok()],
+     200, OK),
     ("/no-content", [b"HTTP/1.1 204 No Content\r\n\r\n"], 204, b""),
     ("/close-delimited", [b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + OK, "close"], 200, OK),
 ])
@@ -97,25 +103,86 @@ def test_a_handshake_that_hangs_mid_run_is_a_timeout_and_the_loop_goes_on(pki: d
             gevent.sleep(0.01)
 
     ticker = gevent.spawn(tick)
-    client = TargetClient(f"https://127.0.0.1:{listener.getsockname()[1]}", timeout_s=0.5, connect_timeout_s=0.5,
-                          concurrency=4, max_response_bytes=1000, tls={"ca_file": str(pki["ca"])})
+    client = HttpTransport(f"https://127.0.0.1:{listener.getsockname()[1]}", Limits(0.5, 0.5, 1000),
+                           {"ca_file": str(pki["ca"])})
     try:
-        r = client.send("GET", "/", RequestHead([]), b"")
+        r = send_one(client, "GET", "/", [])
     finally:
         client.close()
         ticker.kill()
         listener.close()
-    assert r.error_kind == "timeout"
+    assert (r.error_kind, r.error_detail) == ("timeout", "no TLS handshake within 0.5 s")
     assert ticks[0] >= 5  # other work ran on the loop while the handshake hung (a stall would leave 1)
 
 
 def test_keep_alive_is_reused_over_tls(pki: dict[str, Path]) -> None:
     with TLSScriptedServer({"/ok": [_ok()]}, pki["server"], pki["server_key"]) as srv:
-        client = TargetClient(f"https://127.0.0.1:{srv.port}", timeout_s=3, connect_timeout_s=1, concurrency=4,
-                              max_response_bytes=1000, tls={"ca_file": str(pki["ca"])})
+        client = HttpTransport(f"https://127.0.0.1:{srv.port}", Limits(3, 1, 1000), {"ca_file": str(pki["ca"])})
         try:
-            results = [client.send("GET", "/ok", RequestHead([]), b"") for _ in range(5)]
+            results = [send_one(client, "GET", "/ok", []) for _ in range(5)]
         finally:
             client.close()
     assert [(r.status, r.body) for r in results] == [(200, OK)] * 5
     assert srv.connections == 1  # one handshake, not one per leg (TLS 1.3 session tickets do not spoil the pool)
+
+
+def test_expect_100_continue_and_an_early_answer_over_tls(pki: dict[str, Path]) -> None:
+    expect = [("Expect", "100-continue")]
+    r = _send(pki, {"/c": [_ok()]}, "/c", method="POST", body=b'{"x": 1}', headers=expect)
+    assert (r.status, r.body, r.error_kind) == (200, OK, None)
+    refused = _send(pki, {"/refuse": []}, "/refuse", method="POST", body=b'{"x": 1}', headers=expect)
+    assert (refused.status, refused.error_kind) == (417, "http_4xx")
+    early = _send(pki, {}, "/early", method="POST", body=b"x" * (16 << 20))
+    assert (early.status, early.error_kind) == (413, "http_4xx")
+
+
+def test_mutual_tls_presents_the_client_certificate(pki: dict[str, Path]) -> None:
+    class MutualServer(TLSScriptedServer):
+        def __init__(self, script: dict[str, list[Any]]) -> None:
+            super().__init__(script, pki["server"], pki["server_key"])
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki["ca"]))
+            ctx.load_cert_chain(str(pki["server"]), str(pki["server_key"]))
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            self.server = gevent.server.StreamServer(("127.0.0.1", 0), self._handle, ssl_context=ctx)
+
+    tls = {"ca_file": str(pki["ca"]), "client_cert": str(pki["client"]), "client_key": str(pki["client_key"])}
+    with MutualServer({"/ok": [_ok()]}) as srv:
+        with_cert = HttpTransport(f"https://127.0.0.1:{srv.port}", Limits(3, 1, 1000), tls)
+        without = HttpTransport(f"https://127.0.0.1:{srv.port}", Limits(3, 1, 1000), {"ca_file": str(pki["ca"])})
+        try:
+            good = send_one(with_cert, "GET", "/ok", [])
+            refused = send_one(without, "GET", "/ok", [])
+        finally:
+            with_cert.close()
+            without.close()
+    assert (good.status, good.body) == (200, OK)
+    assert (refused.status, refused.error_kind) == (None, "tls"), refused
+
+
+def test_a_burst_of_legs_opens_a_bounded_number_of_tls_connections_at_once(pki: dict[str, Path]) -> None:
+    # 40 legs at once on an empty pool: at most 8 connections in their handshake at a time, the other legs
+    # wait, and all are answered (one handshake per leg at once would feed on itself under load).
+    results: list[Any] = []
+    opening: list[int] = []
+    queued: list[int] = []
+    with TLSScriptedServer({"/ok": [0.02, _ok()]}, pki["server"], pki["server_key"]) as srv:
+        client = HttpTransport(f"https://127.0.0.1:{srv.port}", Limits(5, 2, 1000), {"ca_file": str(pki["ca"])})
+
+        def watch() -> None:
+            while True:
+                opening.append(client._opening)  # noqa: SLF001 - the bound under test
+                queued.append(len(client._waiting))  # noqa: SLF001
+                gevent.sleep(0.0005)
+
+        watcher = gevent.spawn(watch)
+        try:
+            for _ in range(40):
+                client.start("GET", "/ok", RequestHead([]), b"", lambda _t, r, _d: results.append(r), None)
+            with gevent.Timeout(8):
+                while len(results) < 40:
+                    gevent.sleep(0.01)
+        finally:
+            watcher.kill()
+            client.close()
+    assert [(r.status, r.body) for r in results] == [(200, OK)] * 40
+    assert max(opening) == 8 and max(queued) == 32

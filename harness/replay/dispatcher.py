@@ -7,10 +7,11 @@ the schedule down, so a stall shows in the latencies (no coordinated omission). 
 the intended time; service time from the actual send. A request that finds `max_in_flight` pairs in
 flight is not sent and is recorded as skipped with that reason.
 
-A plain-HTTP leg is an exchange driven by the loop's callbacks (harness.replay.evented: one non-blocking
-send, so the two legs leave microseconds apart); other legs (TLS, `Expect: 100-continue`) get a raw
-greenlet each. Finished legs queue for one finisher greenlet, which reads, validates and records them and
-steps aside whenever the next send is due: reading answers never delays the schedule.
+Each target's legs go through its transport (harness.replay.transport; http and https:
+harness.replay.http_transport, exchanges driven by the loop's callbacks, one non-blocking send each, so
+the two legs leave microseconds apart). Finished legs queue for one finisher greenlet, which reads,
+validates and records them and steps aside whenever the next send is due: reading answers never delays
+the schedule.
 """
 from __future__ import annotations
 
@@ -36,9 +37,10 @@ from ..scenario import DetectorConfig, RowsConfig
 from ..send_headers import expand_env
 from ..traffic.redaction import REDACTED, Redactor
 from .content_encoding import decode_answer
-from .http_client import RequestHead, TargetClient, error_result
 from .leg import LEG_SCHEMA
 from .recorder import Recorder
+from .transport import Limits, Transport, open_transport
+from .wire import RequestHead
 
 __all__ = ["Dispatcher", "DispatchPlan", "TargetPlan", "DispatchStats", "expand_env", "schedule_rows", "batch_rows",
            "SCHEDULE_COLUMNS"]
@@ -187,7 +189,10 @@ class _PreciseClock:
 
 class Dispatcher:
     def __init__(self, plan: DispatchPlan, recorder: Recorder,
-                 on_leg: Callable[[str, str, float, int, str | None], None] | None = None) -> None:
+                 on_leg: Callable[[str, str, float, int, str | None], None] | None = None,
+                 transports: Mapping[str, Transport] | None = None) -> None:
+        """`transports`: a transport per target version (tests: transport.MockTransport); by default each
+        target's URL picks its own (transport.open_transport)."""
         self.plan = plan
         self.recorder = recorder
         self.on_leg = on_leg
@@ -195,11 +200,12 @@ class Dispatcher:
         self._stop = False
         self._validator = OutputValidator(plan.schema, plan.route_schemas)
         self._redactor = Redactor()
-        self._clients = {t.version: _client_for(t, plan) for t in plan.targets}
-        # per target: (target, its client); both orders, so that the first leg to leave alternates
-        evented = {t.version: self._clients[t.version].evented() for t in plan.targets}
-        self._evented = [ev for ev in evented.values() if ev is not None]
-        forward = tuple((t, self._clients[t.version], evented[t.version], i) for i, t in enumerate(plan.targets))
+        if transports is None:
+            limits = Limits(plan.timeout_s, plan.connect_timeout_s, plan.max_response_bytes)
+            transports = {t.version: _transport_for(t, limits) for t in plan.targets}
+        self._transports = transports
+        # per target: (target, its transport, its index); both orders, so that the first leg to leave alternates
+        forward = tuple((t, transports[t.version], i) for i, t in enumerate(plan.targets))
         self._orders = (forward, forward[::-1])
         self._finished: collections.deque[tuple[Any, ...]] = collections.deque()  # legs waiting for the finisher
         self._finish_wake = gevent.event.Event()
@@ -228,11 +234,8 @@ class Dispatcher:
         to_mono = time.monotonic() - time.time()
         deadline = start_epoch + plan.max_duration_s if plan.max_duration_s else None
         clock = _PreciseClock()
-        for ev in self._evented:
-            try:
-                ev.resolve()
-            except OSError:
-                pass  # each leg records the failure as a connect error
+        for transport in self._transports.values():
+            transport.prepare()  # a failure is kept: each leg records it
         finisher = gevent.spawn(self._finish_loop)
         try:
             for row in rows:
@@ -259,10 +262,8 @@ class Dispatcher:
         finally:
             self._sent_due()
             clock.close()
-            for ev in self._evented:
-                ev.close()  # what is still open ends as a timeout, into the finisher's queue
-            for c in self._clients.values():
-                c.close()
+            for transport in self._transports.values():
+                transport.close()  # what is still open ends as a timeout, into the finisher's queue
             finisher.kill()
             self._drain()
         return self.stats
@@ -282,18 +283,12 @@ class Dispatcher:
         pending = [len(order)]
         self._legs_running += len(order)
         self._legs_idle.clear()
-        # Both legs start now, in this order, neither waiting for the other's answer: an evented leg's send is
-        # one non-blocking write, so the first leg's write is all that separates the two sends (pair skew);
-        # a greenlet leg sends on the loop's next turn.
+        # Both legs start now, in this order, neither waiting for the other's answer: a leg's send is one
+        # non-blocking write, so the first leg's write is all that separates the two sends (pair skew).
         body = row["body"] or b""
-        for target, client, ev, i in order:
-            head = heads[i]
-            if ev is not None and not head.expect:
-                uri = client.base_path + row["path"]
-                if uri.startswith("/"):
-                    ev.start(row["method"], uri, head, body, self._leg_done, (row, target, intended, time.time(), pending))
-                    continue
-            gevent.spawn_raw(self._leg, row, target, client, head, intended, pending)
+        for target, transport, i in order:
+            transport.start(row["method"], row["path"], heads[i], body, self._leg_done,
+                            (row, target, intended, time.time(), pending))
 
     @staticmethod
     def _send_headers(captured: list[list[str]]) -> list[tuple[str, str]]:
@@ -308,19 +303,8 @@ class Dispatcher:
         out += [(k, v) for k, v in overrides.items() if v is not None]
         return out
 
-    def _leg(self, row: dict[str, Any], target: TargetPlan, client: TargetClient, head: RequestHead, intended: float,
-             pending: list[int]) -> None:
-        sent = time.time()
-        token = (row, target, intended, sent, pending)
-        try:
-            result = client.send(row["method"], row["path"], head, row["body"] or b"")
-        except BaseException as exc:  # killed, or a deadline not ours: the leg is still accounted for
-            self._leg_done(token, error_result(exc), time.time())
-            raise
-        self._leg_done(token, result, time.time())
-
     def _leg_done(self, token: tuple[Any, ...], result: Any, done: float) -> None:
-        """A leg's answer (or failure) is in; runs in the hub for evented legs, so it only queues."""
+        """A leg's answer (or failure) is in; runs in the hub (a transport's callback), so it only queues."""
         pending = token[4]
         pending[0] -= 1
         if pending[0] == 0:
@@ -443,15 +427,13 @@ class Dispatcher:
         return self._redactor.text(masked[:OUTPUT_EXCERPT_CHARS], self.plan.secrets)
 
 
-def _client_for(target: TargetPlan, plan: DispatchPlan) -> Any:
+def _transport_for(target: TargetPlan, limits: Limits) -> Transport:
     if target.protocol == "kserve_v2_grpc":  # gRPC legs: harness.replay.grpc_transport
         from .grpc_transport import GrpcClient  # noqa: PLC0415 - grpcio loads only for gRPC targets
 
-        return GrpcClient(target.url, timeout_s=plan.timeout_s, connect_timeout_s=plan.connect_timeout_s,
-                          max_response_bytes=plan.max_response_bytes, tls=target.tls)
-    return TargetClient(target.url, timeout_s=plan.timeout_s, connect_timeout_s=plan.connect_timeout_s,
-                        concurrency=max(plan.max_in_flight, 1), max_response_bytes=plan.max_response_bytes,
-                        tls=target.tls)
+        return GrpcClient(target.url, timeout_s=limits.timeout_s, connect_timeout_s=limits.connect_timeout_s,
+                          max_response_bytes=limits.max_response_bytes, tls=target.tls)
+    return open_transport(target.url, limits, target.tls)
 
 
 def _row_check(asked: int | None, out: OutputRead, kind: str | None, detail: str | None

@@ -2,7 +2,7 @@
 
 A leg is one unary call started with `future()` from the dispatcher's send loop (it returns at once: the
 call is queued to grpcio's core, which owns the HTTP/2 connection) and finished by the future's done
-callback, which hands the `SendResult` to `done(token, result, done_at)` like an evented HTTP leg. grpcio
+callback, which hands the `SendResult` to `done(token, result, done_at)` like an HTTP leg. grpcio
 runs under gevent through `grpc.experimental.gevent.init_gevent()` (called once, before the first channel):
 its completion queue is polled cooperatively, so a call in flight never blocks the loop (the replay process
 is monkey-patched by Locust; without init_gevent grpcio's polling thread would hold the hub).
@@ -39,18 +39,18 @@ import base64
 import binascii
 import re
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 import grpc
 
 from ..error_kinds import HARNESS_ERROR
 from ..protocols.kserve_v2_grpc import GrpcRequestError, request_for
-from .http_client import RequestHead, SendResult
+from .transport import Done
+from .wire import RequestHead, SendResult
 
 __all__ = ["GrpcClient", "init_grpc_gevent", "status_result", "metadata_of"]
 
-Done = Callable[[Any, SendResult, float], None]
 
 _DROP = frozenset({"content-type", "content-length", "te", "host", "user-agent", "accept", "accept-encoding",
                    "connection", "keep-alive", "transfer-encoding", "upgrade", "expect"})
@@ -128,10 +128,7 @@ def status_result(code: grpc.StatusCode, details: str, closing: bool = False) ->
 
 
 class GrpcClient:
-    """One target's channel; `evented()` is itself, so the dispatcher starts its legs as it starts evented
-    HTTP legs (no greenlet per leg)."""
-
-    base_path = ""
+    """One target's channel: a transport (harness.replay.transport), each leg started without a greenlet."""
 
     def __init__(self, url: str, *, timeout_s: float, connect_timeout_s: float, max_response_bytes: int,
                  tls: Mapping[str, Any] | None = None) -> None:
@@ -164,10 +161,7 @@ class GrpcClient:
         self._last: tuple[Any, str, str, tuple[str, bytes] | GrpcRequestError] | None = None
         self._metadata: dict[int, tuple[RequestHead, Any]] = {}
 
-    def evented(self) -> GrpcClient:
-        return self
-
-    def resolve(self) -> None:
+    def prepare(self) -> None:
         """Wait, briefly, for the channel that started connecting when the client was made: a first call that
         had to connect the channel would leave late and hold the sends behind it. The dispatcher calls this
         once, inside the replay's start delay (0.3 s), so the wait is bounded below it; a target that cannot
@@ -245,24 +239,8 @@ class GrpcClient:
         done(token, SendResult(200, raw, None, None, len(raw), {":path": path, "content-type": "application/grpc"},
                                None, len(raw)), done_at)
 
-    def send(self, method: str, path: str, head: RequestHead, body: bytes) -> SendResult:
-        """One call, waiting for its end (the dispatcher's greenlet path; cooperative under init_gevent)."""
-        import gevent.event  # noqa: PLC0415
-
-        box: list[SendResult] = []
-        ready = gevent.event.Event()
-
-        def got(_token: Any, result: SendResult, _done_at: float) -> None:
-            box.append(result)
-            ready.set()
-
-        self.start(method, path, head, body, got, None)
-        ready.wait(self.timeout_s + 5)
-        return box[0] if box else SendResult(None, b"", "timeout", f"no answer within {self.timeout_s:g} s", 0)
-
     def close(self) -> None:
-        """Cancel what is still open (those legs end as timeouts) and close the channel; once (the dispatcher
-        closes a client as its evented side and as its client)."""
+        """Cancel what is still open (those legs end as timeouts) and close the channel; once."""
         if self._closing:
             return
         self._closing = True

@@ -26,11 +26,11 @@ _NAME_MISMATCH = frozenset({62, 64})  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR
 _CERTIFICATE_REQUEST = 13  # TLS handshake message type
 
 
-def client_context(tls: Mapping[str, Any] | None, ssl_module: Any = ssl) -> ssl.SSLContext:
-    """The SSLContext for a target (`tls` as in TargetConfig.tls; None: verify with the system's CAs).
-    `ssl_module`: gevent.ssl for the replay's cooperative sockets."""
+def client_context(tls: Mapping[str, Any] | None) -> ssl.SSLContext:
+    """The SSLContext for a target (`tls` as in TargetConfig.tls; None: verify with the system's CAs), for
+    the pre-run check's blocking socket and the replay's memory BIOs alike."""
     tls = tls or {}
-    ctx = ssl_module.create_default_context(cafile=tls.get("ca_file"))
+    ctx = ssl.create_default_context(cafile=tls.get("ca_file"))
     if tls.get("verify", True) is False:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
