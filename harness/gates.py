@@ -64,6 +64,8 @@ class GateResult:
     # a blocking segment result that is inconclusive, beyond the limit by its estimate, and worse than the
     # baseline after Benjamini-Hochberg across the segment tests: it holds the release
     suspect: bool = False
+    # the screen above rejected after Benjamini-Hochberg (suspect or not): ranks the segment in worst_segments
+    worse_here: bool = False
     direction: str = "max"  # the condition's: "max" when a larger value is the worse one
     explained_by: str | None = None  # a stronger segment without whose requests this one is within the limit
 
@@ -157,17 +159,26 @@ def _against_noise(r: GateResult, aa_noise: dict[tuple[str, str | None], float])
 def _multiplicity(results: list[GateResult], specs: Iterable[GateSpec], alpha: float) -> list[GateResult]:
     overall_labels = {s.name: (", ".join(f"{k}={v}" for k, v in s.segment.items()) if s.segment else None)
                       for s in specs}
-    idx = [i for i, r in enumerate(results) if r.segment != overall_labels.get(r.name) and r.p_value is not None]
-    if not idx:
-        return results
-    rejected = stats.benjamini_hochberg([results[i].p_value for i in idx], alpha)  # type: ignore[misc]
     out = list(results)
-    for i, rej in zip(idx, rejected):
+    rejected = _segment_bh(out, overall_labels, "p_value", alpha)
+    for i, rej in rejected.items():
         r = out[i]
         if r.status == "fail" and not rej:
-            out[i] = replace(r, status="inconclusive",
-                             reason=r.reason + f" Not significant after Benjamini-Hochberg across {len(idx)} segment tests.")
+            out[i] = replace(r, status="inconclusive", reason=r.reason + (
+                f" Not significant after Benjamini-Hochberg across {len(rejected)} segment tests."))
     return _suspects(out, overall_labels, alpha)
+
+
+def _segment_bh(results: list[GateResult], overall_labels: dict[str, str | None], p_field: str,
+                alpha: float) -> dict[int, bool]:
+    """Benjamini-Hochberg at alpha across the per-segment results (not a gate's own scope) that carry the
+    p-value `p_field`: {index in results: rejected}."""
+    idx = [i for i, r in enumerate(results)
+           if r.segment != overall_labels.get(r.name) and getattr(results[i], p_field) is not None]
+    if not idx:
+        return {}
+    rejected = stats.benjamini_hochberg([getattr(results[i], p_field) for i in idx], alpha)
+    return {i: bool(rej) for i, rej in zip(idx, rejected)}
 
 
 def _beyond_limit(r: GateResult) -> bool:
@@ -186,16 +197,13 @@ def _suspects(results: list[GateResult], overall_labels: dict[str, str | None], 
     inconclusive, rejected there, and beyond the limit by its estimate is a suspect, and holds the release
     (docs/judgement.md, "Segments and multiplicity"). A slowdown shared by every segment, within the
     allowance, makes none of them suspect."""
-    idx = [i for i, r in enumerate(results) if r.segment != overall_labels.get(r.name) and r.p_worse is not None]
-    if not idx:
-        return results
-    rejected = stats.benjamini_hochberg([results[i].p_worse for i in idx], alpha)  # type: ignore[misc]
     out = list(results)
-    for i, rej in zip(idx, rejected):
-        r = out[i]
+    rejected = _segment_bh(out, overall_labels, "p_worse", alpha)
+    for i, rej in rejected.items():
+        r = out[i] = replace(out[i], worse_here=rej)
         if rej and r.status == "inconclusive" and r.severity == "blocking" and _beyond_limit(r):
             out[i] = replace(r, suspect=True, reason=r.reason + (
-                f" Suspected regression: worse than the baseline after Benjamini-Hochberg across {len(idx)} "
+                f" Suspected regression: worse than the baseline after Benjamini-Hochberg across {len(rejected)} "
                 f"segment tests (p={r.p_worse:.2g}) and beyond the limit by its estimate; held until a larger run "
                 "settles it."))
     return out
