@@ -32,7 +32,7 @@ __all__ = [
     "benjamini_hochberg", "bh_adjusted",
     "n_two_proportions", "n_one_proportion_bound", "n_mcnemar", "n_quantile_ratio", "n_mean_difference",
     "hall_sheather_bandwidth", "log_quantile_density", "n_quantile_ratio_from_density", "n_quantile_ratio_from_sample",
-    "min_segment_n_for_quantile_gate", "msprt_discordant", "eprocess_paired_excess",
+    "eprocess_paired_excess",
     "psi", "ks_statistic", "cohen_kappa",
 ]
 
@@ -946,54 +946,7 @@ def n_mean_difference(sd_diff: float, margin: float, alpha: float = 0.05, power:
     return math.ceil(((za + zb) * sd_diff / margin) ** 2)
 
 
-def min_segment_n_for_quantile_gate(log_latencies_baseline: ArrayLike, log_latencies_candidate: ArrayLike,
-                                    ratio_threshold: float, q: float = 0.95, alpha: float = 0.05,
-                                    power: float = 0.8) -> int:
-    """Pairs a segment needs before its quantile-ratio gate may PASS.
-
-    The spread comes from the pooled log latencies, robustly: sigma = IQR / 1.349 (a normal's IQR in
-    sd units), so a few outliers do not inflate it. The power part is `n_quantile_ratio(sigma,
-    ratio_threshold, q)` (true ratio 1 vs the threshold; conservative for paired data). It is floored at
-    ceil(20 / (1 - q)) so that at least ~20 observations lie above the quantile (400 for a p95): fewer
-    and the sample quantile is a handful of extreme values. A threshold of exactly 1 (no allowed
-    regression) has no finite power-based size; the floor alone is returned."""
-    if not 0 < q < 1:
-        raise ValueError("q must be in (0, 1)")
-    floor = math.ceil(20 / (1 - q) - 1e-9)
-    pooled = np.concatenate([_as_1d(log_latencies_baseline, "log_latencies_baseline"),
-                             _as_1d(log_latencies_candidate, "log_latencies_candidate")])
-    pooled = pooled[np.isfinite(pooled)]
-    if len(pooled) < 2 or ratio_threshold <= 0 or ratio_threshold == 1:
-        return floor
-    q75, q25 = np.quantile(pooled, [0.75, 0.25])
-    sigma = float(q75 - q25) / 1.349
-    if sigma == 0:
-        return floor
-    return max(floor, n_quantile_ratio(sigma, ratio_threshold, q, alpha, power))
-
-
 # --------------------------------------------------------------------------------------------- sequential
-
-def msprt_discordant(b: int, c: int, *, alpha: float = 0.05, prior_a: float = 1.0,
-                     prior_b: float = 1.0) -> SequentialResult:
-    """Anytime-valid mixture SPRT on discordant pairs: is the candidate failing more often than the baseline?
-
-    Under H0 each discordant pair is candidate-only (c) with probability 1/2. The e-value is the
-    Beta(prior_a, prior_b) mixture likelihood ratio
-        e = B(prior_a + c, prior_b + b) / B(prior_a, prior_b) * 2^(b + c),
-    a nonnegative martingale under H0, so rejecting the first time e >= 1/alpha keeps the error rate
-    <= alpha however often it is checked (Ville's inequality). The mixture also grows when the
-    candidate is *better* (c < b); we only reject when c > b, a subset of the rejection region, so the
-    guarantee still holds for the one-sided claim "candidate worse"."""
-    _check_counts(0, b)
-    _check_counts(0, c)
-    if not 0 < alpha < 1 or prior_a <= 0 or prior_b <= 0:
-        raise ValueError("alpha must be in (0, 1) and the prior parameters positive")
-    log_e = (float(special.betaln(prior_a + c, prior_b + b)) - float(special.betaln(prior_a, prior_b))
-             + (b + c) * math.log(2.0))
-    e = math.inf if log_e > 700 else math.exp(log_e)
-    return SequentialResult(e_value=e, reject=bool(c > b and log_e >= -math.log(alpha)))
-
 
 _BET_GRID = np.linspace(0.02, 0.98, 25)  # fractions of the largest safe bet, mixed with equal weights
 
