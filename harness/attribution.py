@@ -21,7 +21,10 @@ import numpy as np
 
 from .analysis.dataset import PairData
 from .gate_config import GateSpec
-from .gates import _IMPUTED_CACHE, GateResult, ResourceSummary, _beyond_limit, _evaluate_one, _segment_masks
+from .gates import GateResult, ResourceSummary
+from .gates.evaluate import _evaluate_one, _segment_masks
+from .gates.latency import _IMPUTED_CACHE
+from .gates.multiplicity import _beyond_limit
 
 __all__ = ["Explanation", "explain_segments", "MAX_EXAMINED"]
 

@@ -439,3 +439,26 @@ def test_short_json_answers_are_stored_as_sent_with_secrets_masked() -> None:
     assert json.loads(text)["prediction"] == "a"
     plain = b'{"prediction": "a",\n "confidence": 0.5}'
     assert d._excerpt(read_output("json", 200, plain, "$.prediction", "$.confidence"), plain) == plain.decode()
+
+
+def test_long_numeric_answers_keep_a_valid_json_excerpt() -> None:
+    from harness.replay.dispatcher import OUTPUT_EXCERPT_CHARS, _fit_json
+
+    # A KServe V2 answer with 10,000 floats, an embedding-like list of lists, and an object with many keys:
+    # each excerpt parses, fits, keeps the leading values, and differs when the tail differs.
+    v2 = {"model_name": "m", "outputs": [{"name": "predict_proba", "shape": [5000, 2], "datatype": "FP64",
+                                           "data": [i / 10000 for i in range(10000)]}]}
+    text = _fit_json(v2, OUTPUT_EXCERPT_CHARS)
+    doc = json.loads(text)
+    assert len(text) <= OUTPUT_EXCERPT_CHARS
+    assert doc["model_name"] == "m" and doc["outputs"][0]["shape"] == [5000, 2]
+    assert doc["outputs"][0]["data"][:2] == [0.0, 0.0001]
+    changed = json.loads(json.dumps(v2))
+    changed["outputs"][0]["data"][-1] = 5.0
+    assert _fit_json(changed, OUTPUT_EXCERPT_CHARS) != text
+    nested = {"embeddings": [[float(i + j) for j in range(384)] for i in range(64)]}
+    assert len(_fit_json(nested, OUTPUT_EXCERPT_CHARS)) <= OUTPUT_EXCERPT_CHARS
+    json.loads(_fit_json(nested, OUTPUT_EXCERPT_CHARS))
+    wide = {f"feature_{i}": i for i in range(5000)}
+    wide_text = _fit_json(wide, OUTPUT_EXCERPT_CHARS)
+    assert len(wide_text) <= OUTPUT_EXCERPT_CHARS and json.loads(wide_text)["feature_0"] == 0

@@ -35,7 +35,11 @@ def test_a_stall_shows_in_latency_from_the_intended_time(tmp_path: Path) -> None
 
         def stall() -> None:
             import time
-            time.sleep(1.2)
+            # Starts once the replay is under way (not at a fixed time from now: a loaded machine can take
+            # longer than that to start the replay, and the stall would fall before the first request).
+            deadline = time.monotonic() + 60
+            while len(srv.received) < 400 and time.monotonic() < deadline:
+                time.sleep(0.005)
             srv.stall.set()
             time.sleep(1.0)
             srv.stall.clear()

@@ -111,7 +111,7 @@ def test_the_schedule_scopes_batch_size_gates_by_the_same_buckets_as_the_gates()
     gives each stored row count the bucket label that batch_size_buckets gives it."""
     import duckdb
 
-    from harness.schedule import _segment_sql
+    from harness.schedule.sizing import _segment_sql
 
     sizes = [0, 1, 2, 7, 8, 9, 31, 32, 33, 64, 128, 129, 4096, None]
     con = duckdb.connect()

@@ -462,25 +462,42 @@ def _row_check(asked: int | None, out: OutputRead, kind: str | None, detail: str
 
 def _fit_json(doc: Any, limit: int) -> str:
     """The document as compact JSON, kept valid JSON when it is longer than `limit`: long strings are cut to
-    a prefix plus a digest of the whole (so equal strings stay equal and different ones stay different)
-    before the text is cut, so the output diff can still compare the answer's structure."""
+    a prefix plus a digest of the whole (so equal strings stay equal and different ones stay different),
+    then long arrays and objects keep their first items plus a marker with the count and a digest of the
+    rest (a 10,000-number answer), so the output diff can still compare the answer's structure."""
     text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
-    for keep in (200, 40, 8):
+    for keep, items in ((200, None), (40, None), (8, 64), (8, 16), (8, 4), (8, 1)):
         if len(text) <= limit:
-            break
-        text = json.dumps(_shorten(doc, keep), separators=(",", ":"), ensure_ascii=False)
-    return text
+            return text
+        text = json.dumps(_shorten(doc, keep, items), separators=(",", ":"), ensure_ascii=False)
+    if len(text) <= limit:
+        return text
+    # Still too long (thousands of keys at the top level): a valid JSON string that says so.
+    return json.dumps(f"…{len(text)} characters #{_digest(text)}", ensure_ascii=False)
 
 
-def _shorten(node: Any, keep: int) -> Any:
+def _digest(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), ensure_ascii=False,
+                                                           default=str)
+    return hashlib.sha1(text.encode("utf-8", "replace")).hexdigest()[:12]
+
+
+def _shorten(node: Any, keep: int, items: int | None = None) -> Any:
     if isinstance(node, str):
         if len(node) <= keep + 16:
             return node
-        return f"{node[:keep]}…#{hashlib.sha1(node.encode('utf-8', 'replace')).hexdigest()[:12]}"
+        return f"{node[:keep]}…#{_digest(node)}"
     if isinstance(node, dict):
-        return {k: _shorten(v, keep) for k, v in node.items()}
+        pairs = list(node.items())
+        out = {k: _shorten(v, keep, items) for k, v in pairs[:items]}
+        if items is not None and len(pairs) > items:
+            out["…"] = f"+{len(pairs) - items} keys #{_digest(dict(pairs[items:]))}"
+        return out
     if isinstance(node, list):
-        return [_shorten(v, keep) for v in node]
+        head = [_shorten(v, keep, items) for v in node[:items]]
+        if items is not None and len(node) > items:
+            head.append(f"…+{len(node) - items} items #{_digest(node[items:])}")
+        return head
     return node
 
 

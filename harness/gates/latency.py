@@ -1,0 +1,205 @@
+"""Latency-like gates: paired bootstrap of the quantile ratio or difference, or the candidate against a
+fixed limit; failed legs imputed as the slowest."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..analysis import stats
+from ..analysis.dataset import PairData
+from ..gate_config import GateSpec
+from .result import GateResult, _bound_status, _result, _where
+
+
+_SERIES_TEXT = {"latency_ms": ("latency", "ms"), "time_to_first_token_ms": ("time to first token", "ms"),
+                "inter_token_ms": ("inter-token gap", "ms"), "completion_tokens": ("completion tokens", "tokens"),
+                "latency_per_token_ms": ("latency per output token", "ms"),
+                "output_tokens_per_s": ("output tokens per second per stream", "tokens/s")}
+
+
+# Series where a failed leg has no honest value of its own: a quick 503 is not a fast answer.
+_FAILURE_IS_SLOW = frozenset({"latency_ms", "time_to_first_token_ms", "inter_token_ms", "latency_per_token_ms"})
+_INTEGER_SERIES = frozenset({"completion_tokens"})  # counts: their quantiles are judged jittered (stats)
+TAIL_OBSERVATIONS_TO_PASS = 20  # observations beyond the quantile before a quantile gate may PASS
+TAIL_OBSERVATIONS_TO_JUDGE = 10  # ... before it is judged at all
+
+
+def _pass_floor(q: float | None) -> int:
+    """Pairs where both versions answered that a latency-like gate needs before it may PASS: 20 observations
+    beyond the quantile, on its tail's side (400 for a p95 or a p5, 2,000 for a p99), 30 for a mean. This
+    is the only size rule: whether n is enough is otherwise decided by the paired interval itself."""
+    return math.ceil(TAIL_OBSERVATIONS_TO_PASS / min(q, 1 - q) - 1e-9) if q else 30
+
+
+@dataclass(frozen=True)
+class _Imputed:
+    """A latency-like series of the whole run with failed legs imputed, and what each pair has."""
+
+    baseline: np.ndarray
+    candidate: np.ndarray
+    usable: np.ndarray  # both legs have a value (their own, or the imputed one)
+    answered: np.ndarray  # both legs answered with a value of their own
+    failed: np.ndarray  # a leg failed
+    slower: np.ndarray  # usable and the candidate leg took longer
+    differs: np.ndarray  # usable and the legs differ
+
+
+_IMPUTED_CACHE: list[tuple[tuple[Any, ...], _Imputed]] = []  # the last series only: gates loop over segments
+
+
+def _imputed(spec: GateSpec, data: PairData, series: dict[str, np.ndarray]) -> _Imputed:
+    """A failed leg (an error that breaks a consumer) counts as no faster than the slowest leg of the run:
+    worst-rank imputation, so a candidate cannot lower its p95 by failing quickly on its slowest requests
+    (the failure share itself is the error-rate gate's). Legs that neither failed nor have a value (4xx
+    answers, streams without token timing) are left out, pair by pair. Computed once per series."""
+    b, c = series["baseline"], series["candidate"]
+    fb, fc = data.error["baseline"], data.error["candidate"]
+    key = (spec.metric in _FAILURE_IS_SLOW, b, c, fb, fc)
+    for cached_key, value in _IMPUTED_CACHE:
+        if all(x is y for x, y in zip(cached_key, key)):
+            return value
+    finite_b, finite_c = np.isfinite(b), np.isfinite(c)
+    if spec.metric in _FAILURE_IS_SLOW:
+        tops = [float(x[f].max()) for x, f in ((b, finite_b), (c, finite_c)) if f.any()]
+        ceiling = max(tops) if tops else 1.0
+        usable = (finite_b | fb) & (finite_c | fc)
+        bb, cc = np.where(fb, np.fmax(b, ceiling), b), np.where(fc, np.fmax(c, ceiling), c)
+        answered = usable & ~fb & ~fc & finite_b & finite_c
+        failed = fb | fc
+    else:
+        usable = answered = finite_b & finite_c
+        bb, cc, failed = b, c, np.zeros(len(b), bool)
+    with np.errstate(invalid="ignore"):
+        value = _Imputed(bb, cc, usable, answered, failed, usable & (cc > bb), usable & (cc != bb))
+    _IMPUTED_CACHE[:] = [(key, value)]
+    return value
+
+
+def _latency_pairs(spec: GateSpec, data: PairData, mask: np.ndarray,
+                   series: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(baseline, candidate, pairs where both answered, failed legs counted) of the scope (`_imputed`)."""
+    imp = _imputed(spec, data, series)
+    ok = mask & imp.usable
+    return imp.baseline[ok], imp.candidate[ok], int((ok & imp.answered).sum()), int((ok & imp.failed).sum())
+
+
+def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None, alpha: float,
+             n_resamples: int, seed: int, series: dict[str, np.ndarray] | None = None) -> GateResult:
+    series = data.latency if series is None else series
+    what, unit = _SERIES_TEXT[spec.metric]
+    if "candidate" not in series:
+        return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=0,
+                       status="inconclusive", reason="No candidate legs (baseline-only run).")
+    b, c, answered, failed = _latency_pairs(spec, data, mask, series)
+    n = len(b)
+    q = {"p5": 0.05, "p10": 0.1, "p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}.get(spec.aggregation)
+    agg = spec.aggregation
+    floor = int(math.ceil(TAIL_OBSERVATIONS_TO_JUDGE / min(q, 1 - q))) if q else 30  # p5, p10: the low tail
+    if n < floor:
+        return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=n, status="inconclusive",
+                       reason=f"{agg} {what}{_where(label)}: only {n} pairs; at least {floor} are needed to estimate it.",
+                       min_n=floor)
+    pass_floor = _pass_floor(q)
+    failed_txt = (f" {failed} pairs with a failed leg count it as no faster than the slowest leg of the run."
+                  if failed else "")
+    few = answered < pass_floor
+    few_txt = (f"only {answered} pairs where both versions answered, fewer than the {pass_floor} a PASS needs "
+               f"({TAIL_OBSERVATIONS_TO_PASS} beyond the {agg})" if q else
+               f"only {answered} pairs where both versions answered, fewer than the {pass_floor} a PASS needs")
+    if spec.comparison == "absolute":
+        return _latency_absolute(spec, label, b, c, q, alpha, n, few, few_txt, pass_floor, what, unit, failed_txt)
+    local = _localized_p(spec, data, mask, series) if label is not None and spec.segment is None else None
+    if spec.comparison == "delta":
+        return _latency_delta(spec, label, b, c, q, alpha, n_resamples, seed, n, few, few_txt, pass_floor, what, unit,
+                              failed_txt, local)
+    if q is None:
+        ratio_ci = stats.paired_mean_ratio_ci(b, c, confidence=1 - alpha, n_resamples=n_resamples, seed=seed)
+    else:
+        ratio_ci = stats.paired_quantile_ratio_ci(b, c, q, confidence=1 - alpha, n_resamples=n_resamples, seed=seed,
+                                                  jitter=spec.metric in _INTEGER_SERIES)
+    limit = 1.0 + spec.threshold
+    p_fail = ratio_ci.p_above(limit)
+    if ratio_ci.lower > limit:
+        status = "fail"
+    elif ratio_ci.upper <= limit and not few:
+        status = "pass"
+    else:
+        status = "inconclusive"
+    change = (ratio_ci.estimate - 1) * 100
+    why = {
+        "fail": f"the whole interval is above +{spec.threshold * 100:g} %",
+        "pass": f"the interval stays within +{spec.threshold * 100:g} %",
+        "inconclusive": (few_txt if few and ratio_ci.upper <= limit
+                         else f"the interval straddles +{spec.threshold * 100:g} %"),
+    }[status]
+    return _result(spec, label, baseline=ratio_ci.baseline_q, candidate=ratio_ci.candidate_q,
+                   observed=ratio_ci.estimate, ci=(ratio_ci.lower, ratio_ci.upper), n=n, status=status,
+                   p_value=p_fail, p_worse=local, min_n=pass_floor,
+                   effect=ratio_ci.estimate - 1,
+                   reason=f"{agg} {what}{_where(label)} {ratio_ci.baseline_q:.1f} -> {ratio_ci.candidate_q:.1f} {unit} "
+                          f"({change:+.1f} %, {100 * (1 - alpha):g} % bounds {100 * (ratio_ci.lower - 1):+.1f} % to "
+                          f"{100 * (ratio_ci.upper - 1):+.1f} %, n={n}): {why}.{failed_txt}")
+
+
+def _localized_p(spec: GateSpec, data: PairData, mask: np.ndarray, series: dict[str, np.ndarray]) -> float:
+    """One-sided p-value that the candidate is slower more often inside the segment than outside it: the
+    share of pairs where the candidate leg took longer (ties left out), segment against the rest, by the
+    two-proportion z test (independent sets of pairs). A regression confined to a segment shifts the whole
+    distribution there, which this sees long before the segment's own p95 interval clears the limit; a
+    shift shared by every segment does not make any one of them suspect."""
+    imp = _imputed(spec, data, series)
+    ki, ni = int((imp.slower & mask).sum()), int((imp.differs & mask).sum())
+    k_all, n_all = int(imp.slower.sum()), int(imp.differs.sum())
+    return stats.two_proportion_p_above(ki, ni, k_all - ki, n_all - ni)
+
+
+def _latency_absolute(spec: GateSpec, label: str | None, b: np.ndarray, c: np.ndarray, q: float | None, alpha: float,
+                      n: int, few: bool, few_txt: str, pass_floor: int, what: str, unit: str,
+                      failed_txt: str) -> GateResult:
+    """The candidate's quantile (order-statistic bounds, exact binomial p-value) or mean (t bound) against a
+    fixed limit."""
+    agg = spec.aggregation
+    if q:
+        value = float(np.quantile(c, q))
+        lo, hi = stats.quantile_ci(c, q, confidence=1 - alpha)
+        p = stats.quantile_p_beyond(c, q, spec.threshold, "max" if spec.direction == "max" else "min")
+        base = float(np.quantile(b, q))
+    else:
+        iv = stats.mean_ci(c, confidence=1 - alpha)
+        value, lo, hi = iv.estimate, iv.lower, iv.upper
+        p = iv.p_above(spec.threshold) if spec.direction == "max" else iv.p_below(spec.threshold)
+        base = float(np.mean(b))
+    status = _bound_status(spec, lo, hi, few)
+    tail = f": {few_txt}" if status == "inconclusive" and few and not (lo > spec.threshold or hi < spec.threshold) else ""
+    return _result(spec, label, baseline=base, candidate=value, observed=value, ci=(lo, hi), n=n, status=status,
+                   p_value=p, min_n=pass_floor,
+                   effect=(value - spec.threshold) if spec.direction == "max" else (spec.threshold - value),
+                   reason=f"Candidate {agg} {what} {value:.1f} {unit}{_where(label)} (interval {lo:.1f}-{hi:.1f}) "
+                          f"vs limit {spec.threshold:g} {unit}: {status}{tail}.{failed_txt}")
+
+
+def _latency_delta(spec: GateSpec, label: str | None, b: np.ndarray, c: np.ndarray, q: float | None, alpha: float,
+                   n_resamples: int, seed: int, n: int, few: bool, few_txt: str, pass_floor: int, what: str,
+                   unit: str, failed_txt: str, local: float | None) -> GateResult:
+    """candidate - baseline in the metric's unit (maximum_increase: 5 = at most 5 ms slower): the paired
+    bootstrap of the quantile difference, or the paired t bound of the mean difference."""
+    if q:
+        iv = stats.paired_quantile_difference_ci(b, c, q, confidence=1 - alpha, n_resamples=n_resamples, seed=seed,
+                                                 jitter=spec.metric in _INTEGER_SERIES)
+    else:
+        iv = stats.mean_difference_interval(b, c, confidence=1 - alpha)
+    status = _bound_status(spec, iv.lower, iv.upper, few)
+    why = {"fail": f"the whole interval is above +{spec.threshold:g} {unit}",
+           "pass": f"the interval stays within +{spec.threshold:g} {unit}",
+           "inconclusive": few_txt if few and iv.upper <= spec.threshold
+           else f"the interval straddles +{spec.threshold:g} {unit}"}[status]
+    return _result(spec, label, baseline=iv.baseline, candidate=iv.candidate, observed=iv.estimate,
+                   ci=(iv.lower, iv.upper), n=n, status=status, p_value=iv.p_above(spec.threshold),
+                   p_worse=local, min_n=pass_floor, effect=iv.estimate - spec.threshold,
+                   reason=f"{spec.aggregation} {what}{_where(label)} {iv.baseline:.1f} -> {iv.candidate:.1f} {unit} "
+                          f"({iv.estimate:+.1f} {unit}, {100 * (1 - alpha):g} % bounds {iv.lower:+.1f} to "
+                          f"{iv.upper:+.1f} {unit}, n={n}): {why}.{failed_txt}")
+

@@ -1,0 +1,79 @@
+"""Segment results across many tests: Benjamini-Hochberg, suspects, and the A/A noise floor."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Iterable
+
+from ..analysis import stats
+from ..gate_config import HIGHER_IS_BETTER, LATENCY_LIKE, PAIR_METRICS, GateSpec
+from .result import GateResult, natural_delta
+
+
+def _against_noise(r: GateResult, aa_noise: dict[tuple[str, str | None], float]) -> GateResult:
+    """Diffy's rule against an A/A run: a FAIL stands only where the difference exceeds the A/A
+    difference of the same gate and scope by a relative margin (25 %) and an absolute one."""
+    noise = aa_noise.get((r.name, r.segment))
+    delta = natural_delta(r)
+    if noise is None or delta is None or (r.comparison == "absolute" and r.metric not in PAIR_METRICS):
+        return r  # an absolute limit judges the candidate alone: noise between the versions does not excuse it
+    note = f" A/A noise for this gate and scope: {noise:+.4g}."
+    worse_is_lower = r.metric in HIGHER_IS_BETTER
+    d, n = (-delta, -noise) if worse_is_lower else (delta, noise)
+    if r.status == "fail" and (d <= max(n, 0.0) * 1.25 or d - max(n, 0.0) < 1e-3):
+        return replace(r, status="inconclusive", reason=r.reason + note + " The difference is within it.")
+    return replace(r, reason=r.reason + note)
+
+
+def _multiplicity(results: list[GateResult], specs: Iterable[GateSpec], alpha: float) -> list[GateResult]:
+    overall_labels = {s.name: (", ".join(f"{k}={v}" for k, v in s.segment.items()) if s.segment else None)
+                      for s in specs}
+    out = list(results)
+    rejected = _segment_bh(out, overall_labels, "p_value", alpha)
+    for i, rej in rejected.items():
+        r = out[i]
+        if r.status == "fail" and not rej:
+            out[i] = replace(r, status="inconclusive", reason=r.reason + (
+                f" Not significant after Benjamini-Hochberg across {len(rejected)} segment tests."))
+    return _suspects(out, overall_labels, alpha)
+
+
+def _segment_bh(results: list[GateResult], overall_labels: dict[str, str | None], p_field: str,
+                alpha: float) -> dict[int, bool]:
+    """Benjamini-Hochberg at alpha across the per-segment results (not a gate's own scope) that carry the
+    p-value `p_field`: {index in results: rejected}."""
+    idx = [i for i, r in enumerate(results)
+           if r.segment != overall_labels.get(r.name) and getattr(results[i], p_field) is not None]
+    if not idx:
+        return {}
+    rejected = stats.benjamini_hochberg([getattr(results[i], p_field) for i in idx], alpha)
+    return {i: bool(rej) for i, rej in zip(idx, rejected)}
+
+
+def _beyond_limit(r: GateResult) -> bool:
+    """The point estimate is on the wrong side of the gate's limit."""
+    if r.observed is None or not math.isfinite(r.observed):
+        return False
+    value = r.observed - 1.0 if r.comparison == "relative" and r.metric in LATENCY_LIKE else r.observed
+    return value > r.threshold if r.direction == "max" else value < r.threshold
+
+
+def _suspects(results: list[GateResult], overall_labels: dict[str, str | None], alpha: float) -> list[GateResult]:
+    """A regression confined to one segment is often too small a sample to FAIL there, and BH with one real
+    signal acts like Bonferroni: such a segment would let the release PROMOTE. The screen: in every segment
+    of every latency-like comparison gate, "the candidate leg is no more often the slower one here than in
+    the rest of the run", Benjamini-Hochberg across those tests at alpha; a blocking segment result that is
+    inconclusive, rejected there, and beyond the limit by its estimate is a suspect, and holds the release
+    (docs/judgement.md, "Segments and multiplicity"). A slowdown shared by every segment, within the
+    allowance, makes none of them suspect."""
+    out = list(results)
+    rejected = _segment_bh(out, overall_labels, "p_worse", alpha)
+    for i, rej in rejected.items():
+        r = out[i] = replace(out[i], worse_here=rej)
+        if rej and r.status == "inconclusive" and r.severity == "blocking" and _beyond_limit(r):
+            out[i] = replace(r, suspect=True, reason=r.reason + (
+                f" Suspected regression: worse than the baseline after Benjamini-Hochberg across {len(rejected)} "
+                f"segment tests (p={r.p_worse:.2g}) and beyond the limit by its estimate; held until a larger run "
+                "settles it."))
+    return out
+
