@@ -271,9 +271,10 @@ def test_a_regression_confined_to_one_tenant_holds_the_release_and_leads_the_lis
 
 def test_the_screen_ranks_the_regressed_tenant_before_a_noisier_estimate() -> None:
     """Heavy tails, correlation 0.36, run 7 of benchmarks/segment_power.py: the regressed tenant's p95
-    estimate (+7.5 %) is within the +10 % gate, so it is no suspect, and two clean tenants' estimates are
-    beyond it by noise; the localized screen has the regressed tenant at p ~ 1e-11. Ranked by the estimate
-    alone, a clean tenant led worst_segments (1 run in 10 on this design); the screen puts t3 first."""
+    estimate is within the +10 % gate and clean tenants' estimates are beyond it by noise, while the
+    localized screen has the regressed tenant at p ~ 1e-11. It is a suspect (slower than the baseline, its
+    interval does not rule out the limit) and leads; as a warning gate (no suspects) the screen still puts
+    it before the noisier estimates."""
     import sys
     from pathlib import Path
 
@@ -282,13 +283,16 @@ def test_the_screen_ranks_the_regressed_tenant_before_a_noisier_estimate() -> No
 
     from harness.outputs import worst_segments
 
-    results = evaluate_gates(GATES, design(np.random.default_rng([7, 36, True]), 0.36, "heavy", 1.2), RES,
-                             n_resamples=300, seed=7)
-    t3 = next(r for r in results if r.segment == "tenant=t3")
-    assert t3.worse_here and not t3.suspect and t3.status == "inconclusive"
-    worst = worst_segments(results)
-    assert worst[0]["segment"] == "tenant=t3"
-    assert any(w["severity"] > worst[0]["severity"] and not w["worse_here"] for w in worst[1:])
+    data = design(np.random.default_rng([7, 36, True]), 0.36, "heavy", 1.2)
+    warning = parse_gates({"latency_p95_ms": {"maximum_regression_percent": 10, "severity": "warning"}}, "t")
+    for gates, suspect in ((GATES, True), (warning, False)):
+        results = evaluate_gates(gates, data, RES, n_resamples=300, seed=7)
+        t3 = next(r for r in results if r.segment == "tenant=t3")
+        assert t3.worse_here and t3.suspect is suspect and t3.status == "inconclusive" and t3.observed < 1.10
+        worst = worst_segments(results)
+        assert worst[0]["segment"] == "tenant=t3"
+        assert any(w["severity"] > worst[0]["severity"] and not w["worse_here"] for w in worst[1:])
+    assert decide_verdict(evaluate_gates(GATES, data, RES, n_resamples=300, seed=7)).verdict == "HOLD"
 
 
 def test_a_refused_setting_names_its_file_and_line(tmp_path) -> None:
