@@ -142,6 +142,27 @@ def wait_port(port: int, timeout_s: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
 
 
+def start_nginx(d: Path, workers: int, http: str) -> subprocess.Popen[bytes]:
+    """nginx in the foreground with everything it writes under `d`, keep-alive without limits, no access log;
+    `http` is the rest of its http block (upstreams, servers)."""
+    conf = f"""
+worker_processes {workers};
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+    keepalive_requests 100000000; keepalive_timeout 120s;
+    {http}
+}}
+"""
+    (d / "nginx.conf").write_text(conf)
+    return subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 class Nginx:
     """nginx from Debian, one worker, answering every method on every path with a small JSON body
     (a `return 200` location: POST to a static file would be 405). One server block per port."""
@@ -164,23 +185,7 @@ class Nginx:
         listen 127.0.0.1:{p} backlog=4096;
         location / {{ default_type application/json; return 200 '{TINY_ANSWER}'; }}
     }}""" for p in self.ports)
-        d = self.dir
-        conf = f"""
-worker_processes {self.workers};
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-    keepalive_requests 100000000; keepalive_timeout 120s;
-    {servers}
-}}
-"""
-        (d / "nginx.conf").write_text(conf)
-        self.proc = subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = start_nginx(self.dir, self.workers, servers)
         for p in self.ports:
             wait_port(p)
         return self

@@ -41,16 +41,7 @@ def nginx_proxy(upstream_port: int, mirror_port: int, mirror: bool) -> Iterator[
     d = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     os.chmod(d, 0o755)
     mirror_conf = "mirror /__mirror; mirror_request_body on;" if mirror else ""
-    conf = f"""
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-    keepalive_requests 100000000; keepalive_timeout 120s;
+    proc = c.start_nginx(d, 1, f"""
     upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
     upstream copy {{ server 127.0.0.1:{mirror_port}; keepalive 64; }}
     server {{
@@ -58,12 +49,7 @@ http {{
         location / {{ {mirror_conf} proxy_http_version 1.1; proxy_set_header Connection ""; proxy_pass http://up; }}
         location = /__mirror {{ internal; proxy_http_version 1.1; proxy_set_header Connection "";
                                 proxy_pass http://copy$request_uri; }}
-    }}
-}}
-"""
-    (d / "nginx.conf").write_text(conf)
-    proc = subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    }}""")
     try:
         c.wait_port(port)
         import psutil

@@ -17,7 +17,8 @@ import http.client
 import socket
 import ssl
 
-__all__ = ["CONSUMER_ERROR_KINDS", "HARNESS_ERROR", "HARNESS_ERROR_TOLERANCE", "exception_kind"]
+__all__ = ["ERROR_KINDS", "CONSUMER_ERROR_KINDS", "CONSUMER_ERROR_KINDS_SQL", "HARNESS_ERROR", "HARNESS_ERROR_TOLERANCE",
+           "exception_kind"]
 
 HARNESS_ERROR = "harness_error"
 # The share of legs that may end in harness_error before the run is incomplete: one in a thousand lets a
@@ -25,8 +26,14 @@ HARNESS_ERROR = "harness_error"
 # the verdict.
 HARNESS_ERROR_TOLERANCE = 0.001
 
+# Every kind a leg's error_kind can hold (null: the exchange succeeded).
+ERROR_KINDS = ("timeout", "connect", "reset", "http_4xx", "http_5xx", "invalid_json", "schema", "too_large",
+               "truncated_stream", "skipped_in_flight_limit", HARNESS_ERROR, "row_count_mismatch", "bad_encoding",
+               "tls")
 CONSUMER_ERROR_KINDS = frozenset({"timeout", "connect", "reset", "http_5xx", "invalid_json", "too_large",
                                   "truncated_stream", "row_count_mismatch", "bad_encoding", "tls"})
+# as a SQL list, for `error_kind in (...)`
+CONSUMER_ERROR_KINDS_SQL = ", ".join(f"'{k}'" for k in sorted(CONSUMER_ERROR_KINDS))
 
 _CONNECT_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
 

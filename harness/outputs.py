@@ -25,7 +25,8 @@ from .fidelity import IN_FLIGHT_REASON, apply_fidelity, assess_fidelity, skipped
 from .attribution import explain_segments
 from .gates import GateResult, ResourceSummary, decide_verdict, evaluate_gates, natural_delta
 from .scenario import scenario_from_dict
-from .store import open_results, upgrade_results
+from .store import (count_skipped, event_details, latest_event_detail, open_results, resource_sources_sampled,
+                    skipped_segment_values, upgrade_results)
 
 __all__ = ["build_outputs", "judge", "worst_segments"]
 
@@ -66,7 +67,7 @@ def judge(run_dir: Path) -> dict[str, Any]:
                                                  n_resamples=a.bootstrap_resamples, seed=a.seed)
         verdict = decide_verdict(results, stopped_early=fidelity.get("stopped_early"))
         counts = accounting(con, versions)
-        notes = [r[0] for r in con.execute("select detail from events where kind = 'note'").fetchall()]
+        notes = event_details(con, "note")
         if info.status != "complete":
             notes.insert(0, f"Incomplete run ({info.row.get('status_reason') or info.status}): no verdict; the "
                             f"judgement shown is provisional, on the legs that completed.")
@@ -115,7 +116,7 @@ def _judge_fidelity(con: Any, results: list[GateResult], replay: dict[str, Any],
                     segments: tuple[str, ...], row_data: Any = None) -> list[GateResult]:
     """Gate results re-judged for a load that was not delivered (harness.fidelity); the replay block of
     the summary gets the verdict on the load and what to change."""
-    recorded = con.execute("select count(*) from skipped where reason = ?", [IN_FLIGHT_REASON]).fetchone()[0]
+    recorded = count_skipped(con, IN_FLIGHT_REASON)
     replay["skipped_in_flight"] = max(int(replay.get("skipped_in_flight") or 0), int(recorded))
     fid = assess_fidelity(replay, speed=scenario.traffic.speed, max_in_flight=scenario.replay.max_in_flight)
     replay.update(delivered=fid.delivered, problems=list(fid.problems), advice=list(fid.advice),
@@ -123,11 +124,7 @@ def _judge_fidelity(con: Any, results: list[GateResult], replay: dict[str, Any],
                   skipped_in_flight=fid.skipped_in_flight)
     if fid.delivered:
         return results
-    cols = {c for (c,) in con.execute("select column_name from information_schema.columns "
-                                      "where table_name = 'skipped'").fetchall()}
-    seg_cols = [x for x in segments if x in cols]
-    rows = con.execute(f"select {', '.join(f'{chr(34)}{c}{chr(34)}::varchar' for c in seg_cols) or '1'} from skipped "
-                       "where reason = ?", [IN_FLIGHT_REASON]).fetchall()
+    seg_cols, rows = skipped_segment_values(con, IN_FLIGHT_REASON, segments)
     skipped = skipped_in_scope([dict(zip(seg_cols, r)) for r in rows], results, seg_cols)
     judged = apply_fidelity(results, fid, skipped, scenario.analysis.alpha)
     return _row_results_in_rows(results, judged, fid, skipped, scenario.analysis.alpha, row_data)
@@ -156,14 +153,12 @@ def _row_results_in_rows(results: list[GateResult], judged: list[GateResult], fi
 def _resource_sources(con: Any) -> dict[str, dict[str, Any]]:
     """Per version, the resource sources the monitor had (harness.evidence); for runs recorded before the
     monitor said so, what the resource samples show (the kernel log and OOM counter then count as absent)."""
-    row = con.execute("select detail from events where kind = 'resource_sources' order by occurred_at desc limit 1").fetchone()
-    if row:
-        return json.loads(row[0])
+    detail = latest_event_detail(con, "resource_sources")
+    if detail is not None:
+        return json.loads(detail)
     return {v: {"process": f"PID {pid}" if pid else None, "prometheus": "its metrics URL" if prom else None,
                 "nvml": bool(gpu), "kernel_log": False, "oom_counter": None}
-            for v, pid, prom, gpu in con.execute(
-                "select version, max(pid) filter (where source = 'psutil'), bool_or(source = 'prometheus'), "
-                "bool_or(gpu_memory_mb is not null) from resources group by 1").fetchall()}
+            for v, pid, prom, gpu in resource_sources_sampled(con)}
 
 
 def _aa_reference(con: Any, scenario: Any) -> dict[str, Any] | None:
@@ -171,9 +166,9 @@ def _aa_reference(con: Any, scenario: Any) -> dict[str, Any] | None:
     existed read it from its folder."""
     if not scenario.replay.aa_reference:
         return None
-    row = con.execute("select detail from events where kind = 'aa_reference' order by occurred_at desc limit 1").fetchone()
-    if row:
-        return json.loads(row[0])
+    detail = latest_event_detail(con, "aa_reference")
+    if detail is not None:
+        return json.loads(detail)
     try:
         return read_aa_reference(scenario.replay.aa_reference)
     except ScenarioError as exc:

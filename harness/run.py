@@ -12,13 +12,13 @@ import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlsplit
 
 from . import __version__
 from .aa_reference import read_aa_reference
 from .crash import attach_log
-from .error_kinds import HARNESS_ERROR, HARNESS_ERROR_TOLERANCE
+from .error_kinds import HARNESS_ERROR_TOLERANCE
 from .errors import VERDICT_EXIT, HarnessError, ScenarioError, StoreError, TargetUnreachable, TrafficError, UsageError
 from .gate_config import unseen_gate_values
 from .monitor import ResourceMonitor, TargetProcess
@@ -26,6 +26,10 @@ from .scenario import Scenario
 from .send_headers import header_overrides
 from .store import RunMeta, RunStore
 from .traffic.prepare import prepare_traffic
+
+if TYPE_CHECKING:
+    from .replay.dispatcher import DispatchPlan
+    from .traffic.prepare import PreparedTraffic
 
 __all__ = ["run_scenario", "RunResult", "make_run_dir", "check_targets"]
 
@@ -117,8 +121,7 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
                  expect_workers: int | None = None, master_bind_host: str = "127.0.0.1",
                  master_bind_port: int | None = None) -> RunResult:
     from .outputs import build_outputs
-    from .replay.dispatcher import DispatchPlan, TargetPlan
-    from .replay.runner import ReplayOptions, run_replay
+    from .replay.runner import ReplayOptions
 
     # Everything that can be checked is checked before the first request leaves.
     overrides = header_overrides(scenario)
@@ -150,36 +153,18 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             f"{prepared.span_s:.0f} s at speed {scenario.traffic.speed:g} -> about "
             f"{prepared.span_s / scenario.traffic.speed:.0f} s")
         store = RunStore(run_dir / "results.duckdb")
-        meta = RunMeta(
-            run_id=run_dir.name, scenario=scenario.name, scenario_sha256=scenario.sha256,
-            config_json=json.dumps(scenario.stored_config(), default=str), capture_path=str(scenario.traffic.path),
-            capture_sha256=prepared.capture_sha256, harness_version=__version__, git_commit=_git_commit(),
-            baseline_url=scenario.target_for("baseline").url,
-            candidate_url=scenario.target_for("candidate").url if "candidate" in scenario.versions else None,
-            mode=scenario.replay.mode, speed=scenario.traffic.speed, segments=prepared.segment_names)
-        store.create(meta, prepared.schedule_path, prepared.skipped_path, prepared.bad_path)
+        store.create(_run_meta(run_dir.name, scenario, prepared), prepared.schedule_path, prepared.skipped_path,
+                     prepared.bad_path)
         if aa_ref is not None:  # judged from this folder alone, whatever happens to the A/A folder later
-            store.con.execute("insert into events values (now(), 'aa_reference', ?)", [json.dumps(aa_ref)])
-        store.con.execute("insert into events values (now(), 'traffic', ?)", [json.dumps({
+            store.add_event("aa_reference", json.dumps(aa_ref))
+        store.add_event("traffic", json.dumps({
             "records_read": prepared.records_read, "loops": scenario.traffic.loops, "format": prepared.capture_format,
-            "span_s": prepared.span_s})])
-        secrets = tuple(v for group in overrides.values() for v in group.values() if v)
-        targets = tuple(TargetPlan(version=v, url=scenario.target_for(v).url, protocol=scenario.target_for(v).protocol,
-                                   headers={**_accept_encoding(scenario.replay.accept_encoding, overrides[v]),
-                                            **overrides[v]},
-                                   tls=scenario.target_for(v).tls) for v in scenario.versions)
-        for t in targets:
+            "span_s": prepared.span_s}))
+        plan = _dispatch_plan(scenario, prepared.schedule_path, overrides)
+        for t in plan.targets:
             if t.tls and t.tls.get("verify") is False:
                 say(f"warning: {t.version} target {t.url}: TLS certificates are not verified (tls.verify: false)")
-                store.con.execute("insert into events values (now(), 'tls_unverified', ?)", [t.version])
-        plan = DispatchPlan(
-            schedule_path=prepared.schedule_path, targets=targets, speed=scenario.traffic.speed,
-            timeout_s=scenario.replay.timeout_s, connect_timeout_s=scenario.replay.connect_timeout_s,
-            max_in_flight=scenario.replay.max_in_flight, max_response_bytes=scenario.replay.max_response_bytes,
-            prediction_path=scenario.output.prediction, confidence_path=scenario.output.confidence,
-            schema=scenario.output.schema, route_schemas=scenario.output.route_schemas,
-            max_duration_s=scenario.replay.max_duration_s, secrets=secrets, detectors=scenario.output.detectors,
-            rows=scenario.output.rows)
+                store.add_event("tls_unverified", t.version)
         monitor = _monitor(scenario, pids or {})
         sinks = {"legs": store.write_legs, "events": store.write_events, "resources": store.write_resources}
         options = ReplayOptions(web_ui=web_ui, web_port=web_port, progress_every_s=progress_every_s)
@@ -193,16 +178,18 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
                                         bind_host=master_bind_host, bind_port=master_bind_port or _free_port(),
                                         stop_rule=stop_rule)
         else:
+            from .replay.runner import run_replay
+
             outcome = run_replay(plan, sinks, options, sampler=monitor.sample, log=say, stop_rule=stop_rule)
         for note in monitor.notes:
-            store.con.execute("insert into events values (now(), 'note', ?)", [note])
-        store.con.execute("insert into events values (now(), 'resource_sources', ?)", [json.dumps(monitor.sources())])
+            store.add_event("note", note)
+        store.add_event("resource_sources", json.dumps(monitor.sources()))
         status, reason = _finish_requests(store, outcome)
-        store.con.execute("insert into events values (now(), 'replay', ?)", [json.dumps({
+        store.add_event("replay", json.dumps({
             "lag_p50_ms": outcome.lag_p50_ms, "lag_p99_ms": outcome.lag_p99_ms, "lag_bound_ms": scenario.replay.lag_bound_ms,
             "wall_s": outcome.wall_s, "sink_failures": outcome.sink_failures, "last_sink_error": outcome.last_sink_error,
             "dispatched": outcome.stats.dispatched, "skipped_in_flight": outcome.stats.skipped_in_flight,
-            "interrupted": outcome.interrupted, "stopped_early": outcome.stats.stopped_early})])
+            "interrupted": outcome.interrupted, "stopped_early": outcome.stats.stopped_early}))
         store.finish(status, reason)
         store.close()
         store = None
@@ -229,6 +216,36 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
         handler.close()
         if nothing_recorded:  # e.g. a bad record with on_bad_record: fail: no half-made run folder is left
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _run_meta(run_id: str, scenario: Scenario, prepared: PreparedTraffic) -> RunMeta:
+    return RunMeta(
+        run_id=run_id, scenario=scenario.name, scenario_sha256=scenario.sha256,
+        config_json=json.dumps(scenario.stored_config(), default=str), capture_path=str(scenario.traffic.path),
+        capture_sha256=prepared.capture_sha256, harness_version=__version__, git_commit=_git_commit(),
+        baseline_url=scenario.target_for("baseline").url,
+        candidate_url=scenario.target_for("candidate").url if "candidate" in scenario.versions else None,
+        mode=scenario.replay.mode, speed=scenario.traffic.speed, segments=prepared.segment_names)
+
+
+def _dispatch_plan(scenario: Scenario, schedule_path: Path,
+                   overrides: dict[str, dict[str, str | None]]) -> DispatchPlan:
+    """What the replay sends, where and how; the header overrides' values are the secrets kept out of the legs."""
+    from .replay.dispatcher import DispatchPlan, TargetPlan
+
+    secrets = tuple(v for group in overrides.values() for v in group.values() if v)
+    targets = tuple(TargetPlan(version=v, url=scenario.target_for(v).url, protocol=scenario.target_for(v).protocol,
+                               headers={**_accept_encoding(scenario.replay.accept_encoding, overrides[v]),
+                                        **overrides[v]},
+                               tls=scenario.target_for(v).tls) for v in scenario.versions)
+    return DispatchPlan(
+        schedule_path=schedule_path, targets=targets, speed=scenario.traffic.speed,
+        timeout_s=scenario.replay.timeout_s, connect_timeout_s=scenario.replay.connect_timeout_s,
+        max_in_flight=scenario.replay.max_in_flight, max_response_bytes=scenario.replay.max_response_bytes,
+        prediction_path=scenario.output.prediction, confidence_path=scenario.output.confidence,
+        schema=scenario.output.schema, route_schemas=scenario.output.route_schemas,
+        max_duration_s=scenario.replay.max_duration_s, secrets=secrets, detectors=scenario.output.detectors,
+        rows=scenario.output.rows)
 
 
 class _AllowanceStop:
@@ -292,22 +309,9 @@ def _monitor(scenario: Scenario, pids: dict[str, int]) -> ResourceMonitor:
 def _finish_requests(store: RunStore, outcome: object) -> tuple[str, str | None]:
     """Requests that were scheduled but not sent move from `requests` to `skipped`, each with its reason,
     so that captured = replayed + skipped + bad and legs = 2 x requests hold at the end of every run."""
-    con = store.con
-    seg_cols = [r[0] for r in con.execute(
-        "select column_name from information_schema.columns where table_name = 'skipped' "
-        "and column_name not in ('source_line', 'captured_at', 'method', 'path', 'route', 'reason')").fetchall()]
-    cols = "".join(f', r."{c}"' for c in seg_cols)
-    lost = [json.loads(d) for (d,) in con.execute("select detail from events where kind = 'worker_lost'").fetchall()]
-    lost_case = "".join(
-        f" when r.order_idx % {int(x['shard_count'])} = {int(x['index'])} then "
-        f"'lost: worker-{int(x['index'])} stopped before finishing its shard'" for x in lost)
-    con.execute(f"""insert into skipped select r.source_line, r.captured_at, r.method, r.path, r.route,
-        case when r.request_id in (select detail from events where kind = 'skipped_in_flight_limit')
-               then 'in-flight limit reached (replay.max_in_flight)' {lost_case}
-             else ? end {cols}
-        from requests r where not exists (select 1 from legs l where l.request_id = r.request_id)""",
-                [_unsent_reason(outcome)])
-    con.execute("delete from requests r where not exists (select 1 from legs l where l.request_id = r.request_id)")
+    lost = [json.loads(d) for d in store.event_details("worker_lost")]
+    store.move_unsent_to_skipped(_unsent_reason(outcome),
+                                 lost_shards=[(int(x["shard_count"]), int(x["index"])) for x in lost])
     interrupted = getattr(outcome, "interrupted", None)
     stopped = getattr(outcome.stats, "stopped_early", None)  # type: ignore[attr-defined]
     if interrupted:
@@ -316,8 +320,7 @@ def _finish_requests(store: RunStore, outcome: object) -> tuple[str, str | None]
         return "incomplete", f"results could not all be written: {outcome.last_sink_error}"  # type: ignore[attr-defined]
     if lost:
         return "incomplete", f"{len(lost)} worker(s) lost during the replay"
-    harness_errors, legs = con.execute(
-        f"select count(*) filter (where error_kind = '{HARNESS_ERROR}'), count(*) from legs").fetchone()  # type: ignore[misc]
+    harness_errors, legs = store.count_legs_by_harness_error()
     if legs and harness_errors > HARNESS_ERROR_TOLERANCE * legs:
         return "incomplete", (f"{harness_errors} of {legs} legs ({100 * harness_errors / legs:.1f} %) failed inside "
                               f"harness (harness_error, detail in legs.error_detail), above the "

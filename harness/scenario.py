@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import jsonschema
 import yaml
@@ -23,13 +23,15 @@ from .jsonpath import JsonPathError, compile_path
 
 __all__ = [
     "Scenario", "TrafficConfig", "SegmentSpec", "TargetConfig", "ReplayConfig", "OutputConfig", "DetectorConfig",
-    "AnalysisConfig", "CanaryConfig", "TraceOptions", "load_scenario", "scenario_from_dict", "scenario_json_schema",
+    "AnalysisConfig", "CanaryConfig", "TraceOptions", "RESERVED_COLUMNS", "load_scenario", "scenario_from_dict",
+    "scenario_json_schema",
 ]
 
 Mode = Literal["paired", "aa", "baseline-only"]
-_RESERVED_SEGMENT_NAMES = frozenset({"request_id", "seq", "loop", "source_line", "captured_at", "offset_s", "method",
-                                     "path", "route", "headers_json", "request_bytes", "warmup", "order_idx",
-                                     "captured_request_id", "production_status", "batch_size"})
+# The fixed columns of the requests table: no segment may take one of their names.
+RESERVED_COLUMNS = frozenset({"request_id", "seq", "loop", "source_line", "captured_at", "offset_s", "method", "path",
+                              "route", "headers_json", "request_bytes", "warmup", "captured_request_id",
+                              "production_status", "order_idx", "batch_size"})
 SEGMENT_KINDS = ("path_template", "header", "query", "json_path", "json_array_length", "body_bytes", "prompt_tokens",
                  "present", "cross")
 
@@ -329,88 +331,18 @@ def _path(base: Path, value: str | None) -> Path | None:
 
 def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, check_files: bool,
            text: str | None = None) -> Scenario:
-    t = raw["traffic"]
-    window = t.get("window", {})
-    sample = t.get("sample")
-    redact = t.get("redact", {})
-    traffic = TrafficConfig(
-        path=_path(base, t["path"]) or Path(t["path"]),
-        format=t.get("format"),
-        speed=float(t.get("speed", 1.0)),
-        on_bad_record=t.get("on_bad_record", "skip"),
-        from_s=window.get("from_s"),
-        to_s=window.get("to_s"),
-        max_requests=t.get("max_requests"),
-        loops=int(t.get("loops", 1)),
-        warmup_requests=int(t.get("warmup_requests", 0)),
-        sample=SampleConfig(**sample) if sample else None,
-        redact=RedactConfig(**{k: tuple(v) for k, v in redact.items()}),
-        trace=TraceOptions(**t.get("trace", {})),
-    )
-    if traffic.from_s is not None and traffic.to_s is not None and traffic.to_s <= traffic.from_s:
-        raise ScenarioError(f"{label}: traffic.window.to_s must be after from_s")
-
-    segments = tuple(_segment(name, spec, label) for name, spec in (raw.get("segments") or {}).items())
+    traffic = _traffic_config(raw["traffic"], base, label)
+    segments = _segment_specs(raw.get("segments") or {}, raw["traffic"].get("sample"), label)
     names = {s.name for s in segments}
-    for s in segments:
-        if s.name in _RESERVED_SEGMENT_NAMES and not (s.name == "route" and s.kind == "path_template"):
-            raise ScenarioError(f"{label}: segments.{s.name}: the name is a column of the requests table; choose another")
-    for s in segments:
-        if s.kind == "cross":
-            missing = [n for n in s.arg or () if n not in names or n == s.name]
-            if missing:
-                raise ScenarioError(f"{label}: segments.{s.name}.cross: unknown segment {missing[0]!r}")
-    if sample and sample.get("stratify_by") and sample["stratify_by"] not in names:
-        raise ScenarioError(f"{label}: traffic.sample.stratify_by: unknown segment {sample['stratify_by']!r}")
-
     rp = raw.get("replay", {})
-    mode = rp.get("mode", "paired")
+    mode = rp.get("mode", _default(ReplayConfig, "mode"))
     targets_raw = raw["targets"]
     if mode == "paired" and "candidate" not in targets_raw:
         raise ScenarioError(f"{label}: targets.candidate is required in paired mode")
     targets = {name: _target(name, spec, base, label, check_files) for name, spec in targets_raw.items()}
-    replay_cfg = ReplayConfig(
-        mode=mode,
-        timeout_s=float(rp.get("timeout_s", 2.0)),
-        connect_timeout_s=float(rp.get("connect_timeout_s", min(1.0, float(rp.get("timeout_s", 2.0))))),
-        allow=tuple(rp.get("allow", ())),
-        max_in_flight=int(rp.get("max_in_flight", 1000)),
-        lag_bound_ms=float(rp.get("lag_bound_ms", 5.0)),
-        max_duration_s=rp.get("max_duration_s"),
-        max_response_bytes=int(rp.get("max_response_bytes", 10 * 1024 * 1024)),
-        headers=dict(rp.get("headers", {})),
-        aa_reference=_path(base, rp.get("aa_reference")),
-        stop_early=bool(rp.get("stop_early", False)),
-        accept_encoding=str(rp.get("accept_encoding", "captured")).strip(),
-    )
-    for rule in replay_cfg.allow:
-        if len(rule.split()) != 2:
-            raise ScenarioError(f"{label}: replay.allow: {rule!r} should be 'METHOD /path-pattern', e.g. 'POST /v1/score'")
-
-    out = raw.get("output", {})
-    output = OutputConfig(
-        schema=_path(base, out.get("schema")),
-        route_schemas={k: _path(base, v) for k, v in out.get("route_schemas", {}).items()},  # type: ignore[misc]
-        prediction=out.get("prediction", "$.prediction"),
-        confidence=out.get("confidence", "$.confidence"),
-        ignore_paths=tuple(out.get("ignore_paths", ())),
-        key_order_paths=tuple(out.get("key_order_paths", ())),
-        detectors=_detectors(out.get("detectors", {}), label),
-        rows=_rows(out.get("rows"), label),
-    )
-    _check_json_paths(output, label)
-    for p in [output.schema, *output.route_schemas.values()]:
-        if check_files and p is not None and not p.exists():
-            raise ScenarioError(f"{label}: output schema file not found: {p}")
-
-    canary_raw = raw.get("canary", {})
-    canary = CanaryConfig(
-        steps_percent=tuple(float(x) for x in canary_raw.get("steps_percent", (1, 5, 25, 50, 100))),
-        power=float(canary_raw.get("power", 0.8)),
-        production_rps=canary_raw.get("production_rps"),
-    )
-    if list(canary.steps_percent) != sorted(canary.steps_percent):
-        raise ScenarioError(f"{label}: canary.steps_percent must increase, got {list(canary.steps_percent)}")
+    replay_cfg = _replay_config(rp, mode, base, label)
+    output = _output_config(raw.get("output", {}), base, label, check_files)
+    canary = _canary_config(raw.get("canary", {}), label)
     risk = raw.get("risk", {})
 
     def locate(keys: list[str]) -> str:
@@ -428,10 +360,101 @@ def _build(raw: dict[str, Any], base: Path, label: str, source: Path | None, che
         name=raw["name"], source=source, traffic=traffic, segments=segments, targets=targets,
         replay=replay_cfg, output=output, gates=gates,
         analysis=AnalysisConfig(**raw.get("analysis", {})), canary=canary,
-        description=raw.get("description", ""), owner=raw.get("owner"),
-        moves_money=bool(risk.get("moves_money", False)), customer_trust=bool(risk.get("customer_trust", False)),
-        raw=raw,
+        raw=raw, **_given(raw, description=_as_is, owner=_as_is), **_given(risk, moves_money=bool, customer_trust=bool),
     )
+
+
+def _traffic_config(t: dict[str, Any], base: Path, label: str) -> TrafficConfig:
+    window = t.get("window", {})
+    sample = t.get("sample")
+    redact = t.get("redact", {})
+    traffic = TrafficConfig(
+        path=_path(base, t["path"]) or Path(t["path"]),
+        from_s=window.get("from_s"),
+        to_s=window.get("to_s"),
+        sample=SampleConfig(**sample) if sample else None,
+        redact=RedactConfig(**{k: tuple(v) for k, v in redact.items()}),
+        trace=TraceOptions(**t.get("trace", {})),
+        **_given(t, format=_as_is, speed=float, on_bad_record=_as_is, max_requests=_as_is, loops=int,
+                 warmup_requests=int),
+    )
+    if traffic.from_s is not None and traffic.to_s is not None and traffic.to_s <= traffic.from_s:
+        raise ScenarioError(f"{label}: traffic.window.to_s must be after from_s")
+    return traffic
+
+
+def _segment_specs(raw: dict[str, Any], sample: dict[str, Any] | None, label: str) -> tuple[SegmentSpec, ...]:
+    segments = tuple(_segment(name, spec, label) for name, spec in raw.items())
+    names = {s.name for s in segments}
+    for s in segments:
+        if s.name in RESERVED_COLUMNS and not (s.name == "route" and s.kind == "path_template"):
+            raise ScenarioError(f"{label}: segments.{s.name}: the name is a column of the requests table; choose another")
+    for s in segments:
+        if s.kind == "cross":
+            missing = [n for n in s.arg or () if n not in names or n == s.name]
+            if missing:
+                raise ScenarioError(f"{label}: segments.{s.name}.cross: unknown segment {missing[0]!r}")
+    if sample and sample.get("stratify_by") and sample["stratify_by"] not in names:
+        raise ScenarioError(f"{label}: traffic.sample.stratify_by: unknown segment {sample['stratify_by']!r}")
+    return segments
+
+
+def _replay_config(rp: dict[str, Any], mode: Mode, base: Path, label: str) -> ReplayConfig:
+    timeout_s = float(rp.get("timeout_s", _default(ReplayConfig, "timeout_s")))
+    replay_cfg = ReplayConfig(
+        mode=mode,
+        timeout_s=timeout_s,
+        # no longer than the whole exchange may take
+        connect_timeout_s=float(rp.get("connect_timeout_s", min(_default(ReplayConfig, "connect_timeout_s"), timeout_s))),
+        allow=tuple(rp.get("allow", ())),
+        headers=dict(rp.get("headers", {})),
+        aa_reference=_path(base, rp.get("aa_reference")),
+        **_given(rp, max_in_flight=int, lag_bound_ms=float, max_duration_s=_as_is, max_response_bytes=int,
+                 stop_early=bool, accept_encoding=lambda v: str(v).strip()),
+    )
+    for rule in replay_cfg.allow:
+        if len(rule.split()) != 2:
+            raise ScenarioError(f"{label}: replay.allow: {rule!r} should be 'METHOD /path-pattern', e.g. 'POST /v1/score'")
+    return replay_cfg
+
+
+def _output_config(out: dict[str, Any], base: Path, label: str, check_files: bool) -> OutputConfig:
+    output = OutputConfig(
+        schema=_path(base, out.get("schema")),
+        route_schemas={k: _path(base, v) for k, v in out.get("route_schemas", {}).items()},  # type: ignore[misc]
+        ignore_paths=tuple(out.get("ignore_paths", ())),
+        key_order_paths=tuple(out.get("key_order_paths", ())),
+        detectors=_detectors(out.get("detectors", {}), label),
+        rows=_rows(out.get("rows"), label),
+        **_given(out, prediction=_as_is, confidence=_as_is),
+    )
+    _check_json_paths(output, label)
+    for p in [output.schema, *output.route_schemas.values()]:
+        if check_files and p is not None and not p.exists():
+            raise ScenarioError(f"{label}: output schema file not found: {p}")
+    return output
+
+
+def _canary_config(canary_raw: dict[str, Any], label: str) -> CanaryConfig:
+    canary = CanaryConfig(**_given(canary_raw, steps_percent=lambda v: tuple(float(x) for x in v), power=float,
+                                   production_rps=_as_is))
+    if list(canary.steps_percent) != sorted(canary.steps_percent):
+        raise ScenarioError(f"{label}: canary.steps_percent must increase, got {list(canary.steps_percent)}")
+    return canary
+
+
+def _default(cls: Any, name: str) -> Any:
+    """The default of a field of one of the dataclasses above: the one place a scenario's defaults are written."""
+    return cls.__dataclass_fields__[name].default
+
+
+def _given(raw: Mapping[str, Any], **convert: Callable[[Any], Any]) -> dict[str, Any]:
+    """The keys the scenario sets, converted; a key it leaves out keeps its dataclass default."""
+    return {k: f(raw[k]) for k, f in convert.items() if k in raw}
+
+
+def _as_is(value: Any) -> Any:
+    return value
 
 
 def _segment(name: str, spec: dict[str, Any], label: str) -> SegmentSpec:
@@ -453,14 +476,14 @@ def _segment(name: str, spec: dict[str, Any], label: str) -> SegmentSpec:
     elif kind in ("path_template", "body_bytes", "prompt_tokens"):
         arg = None
     return SegmentSpec(name=name, kind=kind, arg=arg, buckets=tuple(buckets) if buckets else None,
-                       max_values=int(spec.get("max_values", 20)))
+                       **_given(spec, max_values=int))
 
 
 def _detectors(raw: dict[str, Any], label: str) -> DetectorConfig:
     ab, ci, fb = raw.get("abstention", {}), raw.get("citations", {}), raw.get("fallback_model", {})
     cfg = DetectorConfig(content=raw.get("content"), abstention_pattern=ab.get("pattern"),
                          citation_pattern=ci.get("pattern"), citation_field=ci.get("field"),
-                         expected_model=fb.get("expected_model"), model_field=fb.get("field", "$.model"),
+                         expected_model=fb.get("expected_model"), model_field=fb.get("field", _default(DetectorConfig, "model_field")),
                          fallback_header=fb.get("header"))
     for key, pattern in (("abstention.pattern", cfg.abstention_pattern), ("citations.pattern", cfg.citation_pattern),
                          ("fallback_model.expected_model", cfg.expected_model)):
@@ -519,11 +542,9 @@ def _check_json_paths(output: OutputConfig, label: str) -> None:
 def _target(name: str, spec: dict[str, Any], base: Path, label: str, check_files: bool) -> TargetConfig:
     url = spec["url"].rstrip("/")
     return TargetConfig(
-        name=name, url=url, protocol=spec.get("protocol", "json"), pid=spec.get("pid"),
-        pid_file=_path(base, spec.get("pid_file")), metrics_url=spec.get("metrics_url"),
-        headers=dict(spec.get("headers", {})),
-        memory_metric=spec.get("memory_metric", "process_resident_memory_bytes"), oom_counter=spec.get("oom_counter"),
+        name=name, url=url, pid_file=_path(base, spec.get("pid_file")), headers=dict(spec.get("headers", {})),
         tls=_tls(name, spec.get("tls"), url, base, label, check_files),
+        **_given(spec, protocol=_as_is, pid=_as_is, metrics_url=_as_is, memory_metric=_as_is, oom_counter=_as_is),
     )
 
 

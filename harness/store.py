@@ -11,19 +11,18 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import duckdb
 import pyarrow as pa
 
+from .error_kinds import HARNESS_ERROR
 from .errors import StoreError
 from .replay.leg import EVENT_SCHEMA, LEG_SCHEMA, RESOURCE_SCHEMA
+from .scenario import RESERVED_COLUMNS
 
-__all__ = ["RunStore", "RunMeta", "open_results", "analysed_legs", "upgrade_results", "RESERVED_COLUMNS"]
-
-RESERVED_COLUMNS = frozenset({"request_id", "seq", "loop", "source_line", "captured_at", "offset_s", "method", "path",
-                              "route", "headers_json", "request_bytes", "warmup", "captured_request_id",
-                              "production_status", "order_idx", "batch_size"})
+__all__ = ["RunStore", "RunMeta", "open_results", "analysed_legs", "upgrade_results", "RESERVED_COLUMNS", "event_details",
+           "latest_event_detail", "count_skipped", "skipped_segment_values", "resource_sources_sampled"]
 
 _LEG_SELECT = ", ".join(
     f"to_timestamp({f.name}) as {f.name}" if f.name in ("intended_at", "sent_at", "done_at") else f.name
@@ -79,6 +78,39 @@ def open_results(path: Path, read_only: bool = True, memory_limit: str = ANALYSI
         return con
     except duckdb.Error as exc:
         raise StoreError(f"{path}: cannot open: {exc}") from None
+
+
+def event_details(con: duckdb.DuckDBPyConnection, kind: str) -> list[str]:
+    """The detail of every event of this kind, in the order they were written."""
+    return [d for (d,) in con.execute("select detail from events where kind = ?", [kind]).fetchall()]
+
+
+def latest_event_detail(con: duckdb.DuckDBPyConnection, kind: str) -> str | None:
+    row = con.execute("select detail from events where kind = ? order by occurred_at desc limit 1", [kind]).fetchone()
+    return row[0] if row else None
+
+
+def count_skipped(con: duckdb.DuckDBPyConnection, reason: str) -> int:
+    row = con.execute("select count(*) from skipped where reason = ?", [reason]).fetchone()
+    return int(row[0]) if row else 0
+
+
+def skipped_segment_values(con: duckdb.DuckDBPyConnection, reason: str,
+                           segments: Sequence[str]) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """(the segments `skipped` has, of those named; each skipped request's values of them, as text) for the
+    requests skipped for `reason`."""
+    cols = {c for (c,) in con.execute("select column_name from information_schema.columns "
+                                      "where table_name = 'skipped'").fetchall()}
+    seg_cols = [x for x in segments if x in cols]
+    rows = con.execute(f"select {', '.join(f'{chr(34)}{c}{chr(34)}::varchar' for c in seg_cols) or '1'} from skipped "
+                       "where reason = ?", [reason]).fetchall()
+    return seg_cols, rows
+
+
+def resource_sources_sampled(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int | None, bool, bool]]:
+    """Per version: (version, the PID psutil sampled, whether Prometheus was sampled, whether GPU memory was)."""
+    return con.execute("select version, max(pid) filter (where source = 'psutil'), bool_or(source = 'prometheus'), "
+                       "bool_or(gpu_memory_mb is not null) from resources group by 1").fetchall()
 
 
 class RunStore:
@@ -169,6 +201,65 @@ class RunStore:
 
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         return self.con.execute(sql, params or []).fetchall()
+
+    def add_event(self, kind: str, detail: str) -> None:
+        """One row of `events`, stamped now."""
+        self.con.execute("insert into events values (now(), ?, ?)", [kind, detail])
+
+    def event_details(self, kind: str) -> list[str]:
+        return event_details(self.con, kind)
+
+    def write_legs_by_captured_id(self, spool: pa.Table) -> None:
+        """Legs keyed by the capture's request id (a shadow run's spool), written for the requests that have
+        a leg of every version, with the run's own request id and order index."""
+        con = self.con
+        con.register("spool", spool)
+        try:
+            con.execute("create temp table paired as select request_id from spool group by 1 "
+                        "having count(distinct version) = 2")
+            cols = ", ".join("r.request_id" if n == "request_id" else "r.order_idx" if n == "order_idx" else f"s.{n}"
+                             for n in LEG_SCHEMA.names)
+            legs = con.sql(f"""select {cols} from spool s join requests r on r.captured_request_id = s.request_id
+                               where s.request_id in (select request_id from paired)""").to_arrow_table()
+        finally:
+            con.unregister("spool")
+        self.write_legs(legs.cast(LEG_SCHEMA))
+
+    def move_unsent_to_skipped(self, default_reason: str, *, lost_shards: Sequence[tuple[int, int]] = (),
+                               reasons_by_captured_id: Mapping[str, str] | None = None) -> None:
+        """Requests without a leg move from `requests` to `skipped`, each with its reason: the in-flight limit
+        (request ids in `skipped_in_flight_limit` events), a lost worker's shard (`lost_shards`: (shard count,
+        index) of each), the reason given for its captured request id, else `default_reason`. Then
+        captured = replayed + skipped + bad holds, and legs = versions x requests."""
+        con = self.con
+        seg_cols = [r[0] for r in con.execute(
+            "select column_name from information_schema.columns where table_name = 'skipped' "
+            "and column_name not in ('source_line', 'captured_at', 'method', 'path', 'route', 'reason')").fetchall()]
+        cols = "".join(f', r."{c}"' for c in seg_cols)
+        lost_case = "".join(
+            f" when r.order_idx % {int(count)} = {int(index)} then "
+            f"'lost: worker-{int(index)} stopped before finishing its shard'" for count, index in lost_shards)
+        reasons = reasons_by_captured_id or {}
+        drops = pa.table({"rid": list(reasons), "reason": list(reasons.values())},
+                         schema=pa.schema([("rid", pa.string()), ("reason", pa.string())]))
+        con.register("drops", drops)
+        try:
+            con.execute(f"""insert into skipped select r.source_line, r.captured_at, r.method, r.path, r.route,
+                case when r.request_id in (select detail from events where kind = 'skipped_in_flight_limit')
+                       then 'in-flight limit reached (replay.max_in_flight)' {lost_case}
+                     when d.reason is not null then d.reason
+                     else ? end {cols}
+                from requests r left join drops d on d.rid = r.captured_request_id
+                where not exists (select 1 from legs l where l.order_idx = r.order_idx)""", [default_reason])
+        finally:
+            con.unregister("drops")
+        con.execute("delete from requests r where not exists (select 1 from legs l where l.order_idx = r.order_idx)")
+
+    def count_legs_by_harness_error(self) -> tuple[int, int]:
+        """(legs that failed inside harness, all legs)."""
+        row = self.con.execute(
+            f"select count(*) filter (where error_kind = '{HARNESS_ERROR}'), count(*) from legs").fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 _DUCK_TYPES = {pa.string(): "varchar", pa.float64(): "double", pa.int64(): "bigint", pa.int32(): "integer",

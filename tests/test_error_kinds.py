@@ -10,7 +10,7 @@ import duckdb
 import pytest
 from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError
 
-from harness.error_kinds import CONSUMER_ERROR_KINDS, HARNESS_ERROR, exception_kind
+from harness.error_kinds import CONSUMER_ERROR_KINDS, CONSUMER_ERROR_KINDS_SQL, ERROR_KINDS, HARNESS_ERROR, exception_kind
 
 from answer_server import AnswerServer
 
@@ -33,6 +33,12 @@ def test_exceptions_map_by_type(exc: BaseException, kind: str) -> None:
 
 def test_harness_error_is_not_a_consumer_error() -> None:
     assert HARNESS_ERROR not in CONSUMER_ERROR_KINDS and "client" not in CONSUMER_ERROR_KINDS
+
+
+def test_every_kind_is_in_the_one_list() -> None:
+    assert CONSUMER_ERROR_KINDS < set(ERROR_KINDS) and HARNESS_ERROR in ERROR_KINDS
+    assert len(set(ERROR_KINDS)) == len(ERROR_KINDS)
+    assert CONSUMER_ERROR_KINDS_SQL.count("'") == 2 * len(CONSUMER_ERROR_KINDS) and "'http_5xx'" in CONSUMER_ERROR_KINDS_SQL
 
 
 @pytest.mark.integration

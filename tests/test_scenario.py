@@ -6,7 +6,8 @@ import pytest
 
 from harness.errors import ScenarioError
 from harness.gate_config import parse_gates
-from harness.scenario import load_scenario, scenario_json_schema
+from harness.scenario import (RESERVED_COLUMNS, AnalysisConfig, CanaryConfig, OutputConfig, ReplayConfig, SegmentSpec,
+                              TargetConfig, TrafficConfig, load_scenario, scenario_json_schema)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,3 +131,22 @@ def test_accept_encoding(tmp_path: Path) -> None:
     assert load_scenario(write(tmp_path, BASE)).replay.accept_encoding == "captured"
     s = load_scenario(write(tmp_path, BASE + "replay: {accept_encoding: identity}\n"))
     assert s.replay.accept_encoding == "identity"
+
+
+def test_what_a_scenario_leaves_out_takes_the_dataclass_defaults(tmp_path: Path) -> None:
+    s = load_scenario(write(tmp_path, BASE + "segments: {tier: {header: X-Tier}}\n"))
+    assert s.traffic == TrafficConfig(path=tmp_path / "cap.jsonl")
+    assert s.replay == ReplayConfig()
+    assert s.output == OutputConfig() and s.analysis == AnalysisConfig() and s.canary == CanaryConfig()
+    assert s.targets["baseline"] == TargetConfig(name="baseline", url="http://127.0.0.1:1")
+    assert s.segments == (SegmentSpec(name="tier", kind="header", arg="X-Tier"),)
+    assert (s.description, s.owner, s.moves_money, s.customer_trust) == ("", None, False, False)
+    # the connect timeout defaults to no more than the whole exchange's
+    quick = load_scenario(write(tmp_path, BASE + "replay: {timeout_s: 0.4}\n"))
+    assert quick.replay.connect_timeout_s == 0.4
+
+
+@pytest.mark.parametrize("name", sorted(RESERVED_COLUMNS - {"route"}))
+def test_a_segment_cannot_take_a_column_name(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ScenarioError, match=f"segments.{name}: the name is a column of the requests table"):
+        load_scenario(write(tmp_path, BASE + f"segments: {{{name}: {{header: X-A}}}}\n"))

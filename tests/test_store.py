@@ -4,10 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from harness.replay.leg import EVENT_SCHEMA, LEG_SCHEMA, RESOURCE_SCHEMA
-from harness.store import upgrade_results
+from harness.scenario import scenario_from_dict
+from harness.store import RunMeta, RunStore, upgrade_results
+from harness.traffic.prepare import prepare_traffic
+from replay_helpers import scenario_dict, write_capture
 
 
 @pytest.mark.parametrize("schema", [LEG_SCHEMA, EVENT_SCHEMA, RESOURCE_SCHEMA], ids=["legs", "events", "resources"])
@@ -49,3 +53,48 @@ def test_an_old_legs_table_gets_the_row_columns_and_views(tmp_path: Path) -> Non
     assert con.execute("select count(*) from prediction_rows").fetchone() == (0,)
     assert con.execute("select count(*) from row_pairs").fetchone() == (0,)
     con.close()
+
+
+def _store_of(tmp_path: Path, n: int) -> RunStore:
+    """A run's results.duckdb with `n` requests (order_idx 0..n-1, captured ids c0..) and no legs yet."""
+    capture = write_capture(tmp_path / "c.jsonl", [
+        {"ts": 1_700_000_000 + i, "method": "POST", "path": "/p", "headers": {}, "body": {"i": i}, "request_id": f"c{i}"}
+        for i in range(n)])
+    s = scenario_from_dict(scenario_dict(capture, "http://127.0.0.1:1", "http://127.0.0.1:2"))
+    p = prepare_traffic(s, tmp_path / ".work")
+    store = RunStore(tmp_path / "results.duckdb")
+    store.create(RunMeta("t", "t", "", "{}", "", "", "0", None, "", None, s.replay.mode, 1.0, p.segment_names),
+                 p.schedule_path, p.skipped_path, p.bad_path)
+    return store
+
+
+def _legs(rows: list[dict[str, object]]) -> pa.Table:
+    return pa.Table.from_pylist([{**{f.name: None for f in LEG_SCHEMA}, **r} for r in rows], schema=LEG_SCHEMA)
+
+
+def test_unsent_requests_move_to_skipped_each_with_its_reason(tmp_path: Path) -> None:
+    store = _store_of(tmp_path, 6)
+    ids = dict(store.query("select order_idx, request_id from requests"))
+    store.write_legs(_legs([{"request_id": ids[0], "order_idx": 0, "version": v, "error_kind": k}
+                            for v, k in (("baseline", None), ("candidate", "harness_error"))]))
+    store.add_event("skipped_in_flight_limit", ids[1])
+    store.move_unsent_to_skipped("not sent", lost_shards=[(2, 1)], reasons_by_captured_id={"c2": "dropped: late"})
+    reasons = dict(store.query("select source_line, reason from skipped"))
+    assert reasons == {2: "in-flight limit reached (replay.max_in_flight)", 3: "dropped: late",
+                       4: "lost: worker-1 stopped before finishing its shard", 5: "not sent",
+                       6: "lost: worker-1 stopped before finishing its shard"}
+    assert store.query("select order_idx from requests") == [(0,)]
+    assert store.count_legs_by_harness_error() == (1, 2)
+    assert store.event_details("skipped_in_flight_limit") == [ids[1]]
+    store.close()
+
+
+def test_shadow_legs_are_written_for_the_requests_both_versions_answered(tmp_path: Path) -> None:
+    store = _store_of(tmp_path, 3)
+    store.write_legs_by_captured_id(_legs([{"request_id": "c0", "version": "baseline"},
+                                           {"request_id": "c0", "version": "candidate"},
+                                           {"request_id": "c1", "version": "baseline"}]))
+    ids = dict(store.query("select order_idx, request_id from requests"))
+    assert sorted(store.query("select request_id, order_idx, version from legs")) == [
+        (ids[0], 0, "baseline"), (ids[0], 0, "candidate")]
+    store.close()

@@ -18,14 +18,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..error_kinds import CONSUMER_ERROR_KINDS, HARNESS_ERROR
+from ..error_kinds import CONSUMER_ERROR_KINDS_SQL, HARNESS_ERROR
 from ..errors import StoreError
 from ..store import open_results
 
-__all__ = ["Coded", "PairData", "load_pairs", "ERROR_KINDS_COUNTED", "DETECTOR_COLUMNS", "RunInfo", "load_run_info"]
+__all__ = ["Coded", "PairData", "load_pairs", "DETECTOR_COLUMNS", "RunInfo", "load_run_info"]
 
 DETECTOR_COLUMNS = ("abstained", "cited", "fallback_model", "tool_calls_valid")
-ERROR_KINDS_COUNTED = tuple(sorted(CONSUMER_ERROR_KINDS))
 
 
 @dataclass(frozen=True)
@@ -150,7 +149,7 @@ _BATCH_ROWS = 1 << 20
 def load_pairs(con: duckdb.DuckDBPyConnection, segments: tuple[str, ...], versions: tuple[str, ...]) -> PairData:
     """Analysable pairs, streamed out of DuckDB in Arrow batches so that no copy of the whole result is
     ever held: numbers go straight to numpy, labels to codes."""
-    kinds = ", ".join(f"'{k}'" for k in ERROR_KINDS_COUNTED)
+    kinds = CONSUMER_ERROR_KINDS_SQL
     carried = _carried_columns(con)
     seg_cols = "".join(f', r."{s}"::varchar as "seg__{s}"' for s in segments)
     per_version = []

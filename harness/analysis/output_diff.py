@@ -34,7 +34,8 @@ import numpy as np
 from ..jsonpath import compile_path
 from . import stats
 from ..store import analysed_legs
-from .dataset import ERROR_KINDS_COUNTED, Coded, PairData
+from ..error_kinds import CONSUMER_ERROR_KINDS_SQL
+from .dataset import Coded, PairData
 from .overview import unpack
 
 __all__ = ["OutputDiffConfig", "OutputComparison", "compare_outputs", "field_diffs", "label_summary",
@@ -141,7 +142,7 @@ def field_diffs(con: duckdb.DuckDBPyConnection, cfg: OutputDiffConfig) -> FieldD
     """Counts per (path, kind) and, per compared pair, whether a reported field differs. The answers are
     walked in chunks of capture order, and only the differences are kept (as DuckDB rows, which spill to
     disk under the connection's memory limit), so memory does not grow with the run."""
-    kinds = ", ".join(f"'{k}'" for k in ERROR_KINDS_COUNTED)
+    kinds = CONSUMER_ERROR_KINDS_SQL
     cur = con.cursor()
     try:
         # one pass over the pairs for the accounting and the compared pairs' order indexes

@@ -8,13 +8,11 @@ from typing import Any
 
 import duckdb
 
-from ..store import analysed_legs
+from ..error_kinds import CONSUMER_ERROR_KINDS_SQL as _KINDS
 from ..error_kinds import HARNESS_ERROR
-from .dataset import ERROR_KINDS_COUNTED
+from ..store import analysed_legs
 
 __all__ = ["unpack", "version_overview", "segment_overview", "replay_fidelity", "resource_overview", "accounting"]
-
-_KINDS = ", ".join(f"'{k}'" for k in ERROR_KINDS_COUNTED)
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:

@@ -3,11 +3,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["LEG_SCHEMA", "RESOURCE_SCHEMA", "EVENT_SCHEMA", "ERROR_KINDS"]
-
-ERROR_KINDS = ("timeout", "connect", "reset", "http_4xx", "http_5xx", "invalid_json", "schema", "too_large",
-               "truncated_stream", "skipped_in_flight_limit", "harness_error", "row_count_mismatch", "bad_encoding",
-               "tls")
+__all__ = ["LEG_SCHEMA", "RESOURCE_SCHEMA", "EVENT_SCHEMA"]
 
 # Times are epoch seconds (float64) here; the store turns them into TIMESTAMPTZ columns.
 LEG_SCHEMA = pa.schema([

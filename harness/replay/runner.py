@@ -12,11 +12,14 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .dispatcher import DispatchPlan, DispatchStats
 from .recorder import Recorder, Sinks
 from .sequential import PairErrorWatch, StopRule
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["ReplayOptions", "ReplayOutcome", "run_replay", "locust_stats"]
 
@@ -190,7 +193,7 @@ def _stop_early(dispatcher: Any, recorder: Recorder, reason: str, log: Callable[
     dispatcher.stop(f"stopped early: {reason}")
 
 
-def _q(sorted_values: Sequence[float], q: float) -> float | None:
+def _q(sorted_values: Sequence[float] | np.ndarray, q: float) -> float | None:
     """The q-quantile of sorted values (a list, or a numpy array on the master)."""
     if len(sorted_values) == 0:
         return None

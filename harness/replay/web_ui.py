@@ -15,7 +15,7 @@ from typing import Any, Callable
 import gevent
 import gevent.event
 
-__all__ = ["STOPPED_FROM_UI", "ReplayOnce", "start_web_ui", "on_ui_stop"]
+__all__ = ["STOPPED_FROM_UI", "ReplayOnce", "replay_user_class", "start_web_ui", "on_ui_stop"]
 
 STOPPED_FROM_UI = "the Locust web UI (Stop)"
 
@@ -53,6 +53,20 @@ def on_ui_stop(web_ui: Any, stop: Callable[[], bool]) -> None:
             web_ui.stop_requests.append(gevent.getcurrent())
 
     web_ui.environment.events.test_stopping.add_listener(listener)
+
+
+def replay_user_class(body: Callable[[Any], None]) -> type:
+    """A Locust user class whose one task is `body(user)`, with no wait between runs."""
+    from locust import User, constant, task
+
+    class PairedReplayUser(User):
+        wait_time = constant(0)
+
+        @task
+        def replay(self) -> None:
+            body(self)
+
+    return PairedReplayUser
 
 
 class ReplayOnce:

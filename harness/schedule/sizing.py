@@ -7,14 +7,13 @@ from typing import Any
 import duckdb
 
 from ..analysis import stats
-from ..analysis.dataset import ERROR_KINDS_COUNTED
 from ..analysis.rows import BATCH_BUCKETS, size_row_rate
+from ..error_kinds import CONSUMER_ERROR_KINDS_SQL as _KINDS
 from ..gate_config import GateSpec
 from .policy import _QUANTILES, _RESOURCE_METRICS
 from .profile import _one
 
 
-_KINDS = ", ".join(f"'{k}'" for k in ERROR_KINDS_COUNTED)
 
 
 

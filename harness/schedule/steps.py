@@ -58,26 +58,7 @@ def _live_step(pct: float, first: bool, rate: float | None, sizing: list[dict[st
     step["driving_gate"] = driving["gate"] if driving else None
     stat_s = driving["duration_s"] if driving else None
     step["statistical_duration_s"] = stat_s
-    adjustments: list[dict[str, Any]] = []
-    duration = stat_s or 0.0
-    if stat_s is not None:
-        burst = traffic["burstiness"]
-        if burst["bursty"] and pct <= LOW_SHARE_PERCENT:
-            duration = stat_s * burst["factor_at_low_shares"]
-            adjustments.append({"kind": "bursty traffic", "factor": burst["factor_at_low_shares"],
-                                "basis": f"low share (<= {LOW_SHARE_PERCENT:g} %) of bursty traffic: "
-                                         "see traffic.burstiness"})
-        floors = [("minimum step", MIN_STEP_S, f"no live step shorter than {MIN_STEP_S // 60} min (enough "
-                                               "Prometheus scrapes for rate windows)")]
-        if heavy["heavy"]:
-            floors.append(("resource-heavy candidate", RESOURCE_SOAK_S, "soak window: see resources"))
-        if first and risk["first_live_step_floor_s"]:
-            floors.append(("risk", risk["first_live_step_floor_s"],
-                           "full daily cycle at the first live step: see risk"))
-        for kind, floor_s, basis in floors:
-            if floor_s > duration:
-                duration = float(floor_s)
-                adjustments.append({"kind": kind, "floor_s": floor_s, "basis": basis})
+    duration, adjustments = _adjusted_duration(stat_s, pct, first, traffic, heavy, risk)
     step["adjustments"] = adjustments
     if rate is None or driving is None:
         step["min_duration_s"] = None
@@ -96,19 +77,49 @@ def _live_step(pct: float, first: bool, rate: float | None, sizing: list[dict[st
                                    f"({format_duration(g['duration_s'])} of canary traffic at this share), judged "
                                    "offline: it does not hold the step" for g in per_gate
                                    if g["manual"] and g["duration_s"] is not None))
-    if segment:
-        seg_s = segment["requests_needed"] / (w * rate * segment["share"]) if rate else None
-        step["smallest_segment"] = {"segment": segment["segment"], "share": segment["share"],
-                                    "requests_needed": segment["requests_needed"],
-                                    "duration_s": round(seg_s, 1) if seg_s is not None else None,
-                                    "duration": format_duration(seg_s) if seg_s is not None else None,
-                                    "covered_in_step": bool(seg_s is not None and step["min_duration_s"] is not None
-                                                            and seg_s <= step["min_duration_s"]),
-                                    "basis": f"{segment['requests_needed']} / ({pct:g} % x rate x segment share "
-                                             f"{segment['share']:.4f})"}
-    else:
-        step["smallest_segment"] = None
+    step["smallest_segment"] = _segment_in_step(segment, pct, rate, step["min_duration_s"]) if segment else None
     return step
+
+
+def _adjusted_duration(stat_s: float | None, pct: float, first: bool, traffic: dict[str, Any], heavy: dict[str, Any],
+                       risk: dict[str, Any]) -> tuple[float, list[dict[str, Any]]]:
+    """(duration, adjustments): the statistical duration lengthened at a low share of bursty traffic, then
+    held to the floors (minimum step, soak window of a resource-heavy candidate, daily cycle of a risky one)."""
+    adjustments: list[dict[str, Any]] = []
+    duration = stat_s or 0.0
+    if stat_s is None:
+        return duration, adjustments
+    burst = traffic["burstiness"]
+    if burst["bursty"] and pct <= LOW_SHARE_PERCENT:
+        duration = stat_s * burst["factor_at_low_shares"]
+        adjustments.append({"kind": "bursty traffic", "factor": burst["factor_at_low_shares"],
+                            "basis": f"low share (<= {LOW_SHARE_PERCENT:g} %) of bursty traffic: "
+                                     "see traffic.burstiness"})
+    floors = [("minimum step", MIN_STEP_S, f"no live step shorter than {MIN_STEP_S // 60} min (enough "
+                                           "Prometheus scrapes for rate windows)")]
+    if heavy["heavy"]:
+        floors.append(("resource-heavy candidate", RESOURCE_SOAK_S, "soak window: see resources"))
+    if first and risk["first_live_step_floor_s"]:
+        floors.append(("risk", risk["first_live_step_floor_s"],
+                       "full daily cycle at the first live step: see risk"))
+    for kind, floor_s, basis in floors:
+        if floor_s > duration:
+            duration = float(floor_s)
+            adjustments.append({"kind": kind, "floor_s": floor_s, "basis": basis})
+    return duration, adjustments
+
+
+def _segment_in_step(segment: dict[str, Any], pct: float, rate: float | None,
+                     min_duration_s: int | None) -> dict[str, Any]:
+    """How long the step takes to see the smallest segment's requests, and whether its duration covers that."""
+    seg_s = segment["requests_needed"] / (pct / 100.0 * rate * segment["share"]) if rate else None
+    return {"segment": segment["segment"], "share": segment["share"],
+            "requests_needed": segment["requests_needed"],
+            "duration_s": round(seg_s, 1) if seg_s is not None else None,
+            "duration": format_duration(seg_s) if seg_s is not None else None,
+            "covered_in_step": bool(seg_s is not None and min_duration_s is not None and seg_s <= min_duration_s),
+            "basis": f"{segment['requests_needed']} / ({pct:g} % x rate x segment share "
+                     f"{segment['share']:.4f})"}
 
 
 def _share_of(sizing: list[dict[str, Any]], gate: str) -> float:

@@ -54,34 +54,12 @@ def build_results(scenario: Scenario, build_dir: Path, *, run_id: str, capture_p
             baseline_url=scenario.target_for("baseline").url, candidate_url=scenario.target_for("candidate").url,
             mode="paired", speed=1.0, segments=prepared.segment_names)
         store.create(meta, prepared.schedule_path, prepared.skipped_path, prepared.bad_path)
-        con = store.con
-        con.execute("insert into events values (now(), 'traffic', ?)", [json.dumps({
+        store.add_event("traffic", json.dumps({
             "records_read": prepared.records_read, "loops": 1, "format": "jsonl", "span_s": prepared.span_s,
-            "source": "live shadow"})])
-        spool = read_legs(legs_path)  # noqa: F841 - read by DuckDB through the name
-        con.register("spool", spool)
-        con.execute("create temp table paired as select request_id from spool group by 1 "
-                    "having count(distinct version) = 2")
-        cols = ", ".join("r.request_id" if n == "request_id" else "r.order_idx" if n == "order_idx" else f"s.{n}"
-                         for n in LEG_SCHEMA.names)
-        legs = con.sql(f"""select {cols} from spool s join requests r on r.captured_request_id = s.request_id
-                           where s.request_id in (select request_id from paired)""").to_arrow_table()
-        store.write_legs(legs.cast(LEG_SCHEMA))
-        con.unregister("spool")
-        drop_table = pa.table({"rid": list(drops), "reason": list(drops.values())},  # noqa: F841
-                              schema=pa.schema([("rid", pa.string()), ("reason", pa.string())]))
-        con.register("drops", drop_table)
-        seg_cols = [r[0] for r in con.execute(
-            "select column_name from information_schema.columns where table_name = 'skipped' and column_name not in "
-            "('source_line', 'captured_at', 'method', 'path', 'route', 'reason')").fetchall()]
-        extra = "".join(f', r."{c}"' for c in seg_cols)
-        con.execute(f"""insert into skipped select r.source_line, r.captured_at, r.method, r.path, r.route,
-            coalesce(d.reason, ?) {extra}
-            from requests r left join drops d on d.rid = r.captured_request_id
-            where not exists (select 1 from legs l where l.order_idx = r.order_idx)""", [UNFINISHED])
-        con.execute("delete from requests r where not exists (select 1 from legs l where l.order_idx = r.order_idx)")
-        con.unregister("drops")
-        con.execute("insert into events values (now(), 'replay', ?)", [json.dumps(replay_event)])
+            "source": "live shadow"}))
+        store.write_legs_by_captured_id(read_legs(legs_path))
+        store.move_unsent_to_skipped(UNFINISHED, reasons_by_captured_id=drops)
+        store.add_event("replay", json.dumps(replay_event))
         store.finish(status, reason)
     except BaseException as exc:
         store.finish("failed", f"{type(exc).__name__}: {exc}"[:500])
