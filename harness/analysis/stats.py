@@ -318,8 +318,9 @@ def paired_quantile_ratio_ci(baseline: ArrayLike, candidate: ArrayLike, q: float
     single order statistics, highly correlated pairs (0.96) gave one-sided 95 % bounds that covered 98 %
     (docs/judgement.md, "Coverage of the paired quantile interval"). ``jitter`` (integer series such as
     token counts) adds an independent, seeded uniform(-1/2, 1/2) to every value first: the quantile is
-    then of a continuous variable (between two integers it interpolates as Parzen's mid-quantile does),
-    which a bootstrap covers at its nominal rate, where ties of a lattice do not.
+    then of a continuous variable (it equals Parzen's mid-quantile wherever q is a mid-distribution value,
+    and is continuous between them), which a bootstrap covers at its nominal rate, where the ties of a
+    lattice do not.
     ``lower``/``upper`` are percentile bounds of the bootstrap distribution of the log ratio (one-sided
     bounds at ``confidence`` each if ``one_sided``, else a two-sided interval), widened if needed to
     contain the estimate. Resampling is by pair (the same indices for both arrays), so the correlation
