@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# Real serving stacks for the tests (Seldon MLServer). A virtual environment of its own: MLServer pins
+# Real serving stacks for the tests (Seldon MLServer, KServe). A virtual environment of its own: MLServer pins
 # its own dependencies (FastAPI, pydantic, ...) and must not move harness's. uvloop is pinned because
 # newer wheels break `mlserver start`. Tests that need it skip with a reason when it is absent.
 STACKS_VENV ?= .venv-stacks
@@ -24,7 +24,16 @@ $(STACKS_VENV)/.installed:
 	$(STACKS_VENV)/bin/python -m pip install --quiet "mlserver==1.7.1" "mlserver-sklearn==1.7.1" scikit-learn "uvloop==0.21.0"
 	touch $@
 
-stacks: $(STACKS_VENV)/.installed
+# KServe's Python ModelServer (REST and gRPC), in a venv of its own too: kserve pins fastapi, protobuf and
+# grpcio versions of its own. About 75 s to install on the 2-core machine (2026-12-04).
+KSERVE_VENV ?= .venv-kserve
+$(KSERVE_VENV)/.installed:
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(KSERVE_VENV)/bin/python -m pip install --quiet "kserve==0.21.0"
+	touch $@
+
+stacks: $(STACKS_VENV)/.installed $(KSERVE_VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/harness demo; code=$$?; [ $$code -le 2 ] || exit $$code
@@ -45,4 +54,4 @@ lint: setup
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) $(STACKS_VENV) reports/*/ .pytest_cache
+	rm -rf $(VENV) $(STACKS_VENV) $(KSERVE_VENV) reports/*/ .pytest_cache

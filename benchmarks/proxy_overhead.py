@@ -9,28 +9,28 @@ is the mirror / candidate target. Proxies, one at a time, each in front of that 
 - `harness shadow` (one process): answers from the upstream, copies to the second port, records legs.
 
 Two measurements per proxy:
-1. added latency at a fixed open-loop rate (default 1,000 req/s for 10 s): an asyncio client sends each
-   request at its scheduled time whatever is in flight and measures from that time; the same client
-   straight to the upstream is the reference; added = proxy percentile - direct percentile (p50, p99);
+1. added latency at fixed open-loop rates (default 300 and 1,000 req/s, 8 s each): _open_loop.py, a
+   raw-socket client in 2 processes, sends each request at its scheduled time whatever is in flight
+   and measures from that time; the same client straight to the upstream is the reference; added =
+   proxy percentile - direct percentile (p50, p99). The client's own send lag is printed with it;
 2. rate per core: wrk -t1 -c50 for 5 s through the proxy; requests / CPU seconds the proxy's processes
    used in that time (psutil), so that a shared machine's other load does not count.
 
-    .venv/bin/python benchmarks/proxy_overhead.py [--rate 1000] [--seconds 10] [--only nginx,capture,...]
+    .venv/bin/python benchmarks/proxy_overhead.py [--rates 300,1000] [--seconds 8] [--only nginx,capture,...]
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import _common as c
+import _open_loop
 
 PROXIES = ("nginx", "nginx-mirror", "capture", "shadow")
 
@@ -81,27 +81,6 @@ def harness_proxy(kind: str, upstream: str, mirror: str, work: Path) -> Iterator
         c.stop_process(proc, timeout_s=120)
 
 
-async def open_loop(url: str, rate: float, seconds: float) -> list[float]:
-    import aiohttp
-
-    n = int(rate * seconds)
-    lat: list[float] = []
-    body = c.TINY_BODY.encode()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as s:
-        async def one(at: float) -> None:
-            await asyncio.sleep(max(0.0, at - time.perf_counter()))
-            async with s.post(url + "/score", data=body, headers={"Content-Type": "application/json"}) as r:
-                await r.read()
-            lat.append((time.perf_counter() - at) * 1000.0)
-
-        for _ in range(50):  # warm the pool
-            await one(time.perf_counter())
-        lat.clear()
-        t0 = time.perf_counter() + 0.1
-        await asyncio.gather(*(one(t0 + i / rate) for i in range(n)))
-    return lat
-
-
 def pct(values: list[float], q: float) -> float:
     v = sorted(values)
     return v[min(len(v) - 1, int(q * len(v)))]
@@ -125,40 +104,62 @@ def per_core(url: str, pids: list[int], seconds: int) -> tuple[float, float]:
     return rps, rps * seconds / used if used > 0 else float("nan")
 
 
+def latency(url: str, rate: float, seconds: float) -> dict[str, float]:
+    lat, lag, failed = _open_loop.run(url + "/score", rate=rate, seconds=seconds, body=c.TINY_BODY.encode())
+    return {"p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99), "send_lag_p99_ms": pct(lag, 0.99),
+            "answered": len(lat), "failed": failed}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rate", type=float, default=1000.0)
-    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rates", default="300,1000")
+    ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--wrk-seconds", type=int, default=5)
     ap.add_argument("--only", default=",".join(PROXIES))
     args = ap.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
     c.ensure_apt({"nginx": "nginx-light", "wrk": "wrk"})
     info = c.machine_info()
     c.print_machine(info)
-    results: dict[str, Any] = {"machine": info, "rate": args.rate, "seconds": args.seconds}
+    results: dict[str, Any] = {"machine": info, "rates": rates, "seconds": args.seconds}
     with c.Nginx(ports=2, workers=1) as up, c.scratch_dir("bench-proxy-") as work:
         upstream, mirror = up.urls
-        busy = c.wait_quiet(max_wait_s=30)
-        direct = asyncio.run(open_loop(upstream, args.rate, args.seconds))
-        results["direct"] = {"p50_ms": pct(direct, 0.5), "p99_ms": pct(direct, 0.99), "busy_before": busy}
-        print(f"direct: p50 {results['direct']['p50_ms']:.3f} ms, p99 {results['direct']['p99_ms']:.3f} ms", flush=True)
+        results["direct"] = {"load_before": os.getloadavg()[0], "busy_before": c.wait_quiet(max_wait_s=5)}
+        for rate in rates:
+            d = results["direct"][f"{rate:g}"] = latency(upstream, rate, args.seconds)
+            print(f"direct at {rate:g}/s: p50 {d['p50_ms']:.3f} ms, p99 {d['p99_ms']:.3f} ms "
+                  f"(client send lag p99 {d['send_lag_p99_ms']:.3f} ms, {d['failed']} failed)", flush=True)
         for name in args.only.split(","):
             if name in ("nginx", "nginx-mirror"):
                 ctx = nginx_proxy(up.ports[0], up.ports[1], mirror=name == "nginx-mirror")
             else:
                 ctx = harness_proxy(name, upstream, mirror, work)
+            r: dict[str, Any] = {}
             with ctx as (url, pids):
-                busy = c.wait_quiet(max_wait_s=30)
-                lat = asyncio.run(open_loop(url, args.rate, args.seconds))
-                rps, rate_per_core = per_core(url, pids, args.wrk_seconds)
-            r = {"p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99),
-                 "added_p50_ms": pct(lat, 0.5) - results["direct"]["p50_ms"],
-                 "added_p99_ms": pct(lat, 0.99) - results["direct"]["p99_ms"],
-                 "wrk_rps": rps, "requests_per_cpu_second": rate_per_core, "busy_before": busy}
+                r["load_before"] = os.getloadavg()[0]
+                r["busy_before"] = c.wait_quiet(max_wait_s=5)
+                for rate in rates:
+                    m = latency(url, rate, args.seconds)
+                    direct = results["direct"][f"{rate:g}"]
+                    m["added_p50_ms"] = m["p50_ms"] - direct["p50_ms"]
+                    m["added_p99_ms"] = m["p99_ms"] - direct["p99_ms"]
+                    r[f"{rate:g}"] = m
+                    print(f"{name} at {rate:g}/s: added p50 {m['added_p50_ms']:+.3f} ms, p99 {m['added_p99_ms']:+.3f} ms "
+                          f"(p99 {m['p99_ms']:.3f} ms; client send lag p99 {m['send_lag_p99_ms']:.3f} ms, "
+                          f"{m['failed']} failed)", flush=True)
+                r["wrk_rps"], r["requests_per_cpu_second"] = per_core(url, pids, args.wrk_seconds)
             results[name] = r
-            print(f"{name}: added p50 {r['added_p50_ms']:+.3f} ms, p99 {r['added_p99_ms']:+.3f} ms at "
-                  f"{args.rate:g}/s; wrk {rps:,.0f} req/s, {rate_per_core:,.0f} req per CPU-second", flush=True)
-    c.save_result(f"proxy_overhead-{args.rate:g}", results)
+            print(f"{name}: wrk {r['wrk_rps']:,.0f} req/s, {r['requests_per_cpu_second']:,.0f} req per CPU-second "
+                  f"(load average before {r['load_before']:.2f})", flush=True)
+    for name in args.only.split(","):
+        if name.startswith("nginx"):
+            continue
+        peer = "nginx-mirror" if name == "shadow" and "nginx-mirror" in results else "nginx"
+        if peer in results:
+            ratio = results[name]["requests_per_cpu_second"] / results[peer]["requests_per_cpu_second"]
+            results[name]["per_core_vs_" + peer] = ratio
+            print(f"{name} / {peer} per core: {ratio:.3f}x", flush=True)
+    c.save_result("proxy_overhead", results)
 
 
 if __name__ == "__main__":

@@ -64,16 +64,19 @@ def make_run_dir(out_root: Path, name: str) -> Path:
 
 
 def check_targets(scenario: Scenario, timeout_s: float = 2.0) -> None:
-    """Each target accepts a connection; an https one completes a TLS handshake as the replay will do it
-    (certificate, name, client certificate), else TargetUnreachable naming the cause (exit 4)."""
+    """Each target accepts a connection and its port speaks what the URL says (harness.replay.wire_probe:
+    plain HTTP/1.1, HTTP/2 for gRPC, TLS); an https (grpcs) one completes a TLS handshake as the replay will
+    do it (certificate, name, client certificate); else TargetUnreachable naming the cause (exit 4)."""
     from .replay.tls import check_tls
+    from .replay.wire_probe import probe_grpc, probe_http
 
     for version in scenario.versions:
         target = scenario.target_for(version)
         url = target.url
         parts = urlsplit(url)
-        host, port = parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
-        if parts.scheme == "https":
+        secure = parts.scheme in ("https", "grpcs")
+        host, port = parts.hostname or "127.0.0.1", parts.port or (443 if secure else 80)
+        if secure:
             named = "baseline" if scenario.replay.mode == "aa" else version  # A/A: the candidate leg is the baseline
             problem = check_tls(host, port, target.tls, timeout_s, f"targets.{named}.tls")
             if problem is not None:
@@ -84,6 +87,9 @@ def check_targets(scenario: Scenario, timeout_s: float = 2.0) -> None:
                 pass
         except OSError as exc:
             raise TargetUnreachable(f"{version} target {url} is unreachable: {exc.strerror or exc}") from None
+        problem = probe_grpc(host, port, timeout_s) if parts.scheme == "grpc" else probe_http(host, port, timeout_s)
+        if problem is not None:
+            raise TargetUnreachable(f"{version} target {url}: {problem}")
 
 
 def _accept_encoding(setting: str, overrides: dict[str, str | None]) -> dict[str, str]:

@@ -152,7 +152,7 @@ class RowsConfig:
     def active(self, protocol: str) -> bool:
         if self.enabled is not None:
             return self.enabled
-        return protocol in ("kserve_v1", "kserve_v2")
+        return protocol in ("kserve_v1", "kserve_v2", "kserve_v2_grpc")
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,6 +541,10 @@ def _check_json_paths(output: OutputConfig, label: str) -> None:
 
 def _target(name: str, spec: dict[str, Any], base: Path, label: str, check_files: bool) -> TargetConfig:
     url = spec["url"].rstrip("/")
+    grpc_url = url.startswith(("grpc://", "grpcs://"))
+    if (spec.get("protocol") == "kserve_v2_grpc") != grpc_url:
+        raise ScenarioError(f"{label}: targets.{name}: protocol kserve_v2_grpc and a grpc:// (or grpcs://) url go "
+                            f"together (url {url}, protocol {spec.get('protocol', 'json')})")
     return TargetConfig(
         name=name, url=url, pid_file=_path(base, spec.get("pid_file")), headers=dict(spec.get("headers", {})),
         tls=_tls(name, spec.get("tls"), url, base, label, check_files),
@@ -553,8 +557,11 @@ def _tls(target: str, raw: dict[str, Any] | None, url: str, base: Path, label: s
     if raw is None:
         return None
     where = f"{label}: targets.{target}.tls"
-    if not url.startswith("https://"):
-        raise ScenarioError(f"{where}: set for a target that is not https:// ({url})")
+    if not url.startswith(("https://", "grpcs://")):
+        raise ScenarioError(f"{where}: set for a target that is not https:// or grpcs:// ({url})")
+    if url.startswith("grpcs://") and raw.get("verify") is False:
+        raise ScenarioError(f"{where}.verify: false is not available for gRPC (grpcio always verifies); set "
+                            "ca_file to the CA that signed the server's certificate")
     if raw.get("client_key") and not raw.get("client_cert"):
         raise ScenarioError(f"{where}.client_key: needs client_cert")
     tls: dict[str, Any] = {k: raw[k] for k in ("server_name", "verify") if k in raw}

@@ -56,6 +56,7 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     log: Path
+    grpc_url: str | None = None  # MLServer: its gRPC port (grpc://127.0.0.1:PORT)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -112,6 +113,7 @@ class StacksKit:
         url = f"http://127.0.0.1:{http_port}"
         server = self._start([str(MLSERVER_BIN), "start", str(folder)], folder / "mlserver.log", url,
                              f"{url}/v2/models/{model_name}/ready")
+        server.grpc_url = f"grpc://127.0.0.1:{grpc_port}"
         try:
             yield server
         finally:

@@ -50,8 +50,8 @@ def replay(tmp_path: Path, scenario: dict[str, Any], sampler: Any = None) -> tup
                  p.schedule_path, p.skipped_path, p.bad_path)
     plan = DispatchPlan(
         schedule_path=p.schedule_path,
-        targets=tuple(TargetPlan(v, s.target_for(v).url, s.target_for(v).protocol, dict(s.replay.headers))
-                      for v in s.versions),
+        targets=tuple(TargetPlan(v, s.target_for(v).url, s.target_for(v).protocol, dict(s.replay.headers),
+                                 s.target_for(v).tls) for v in s.versions),
         speed=s.traffic.speed, timeout_s=s.replay.timeout_s, connect_timeout_s=s.replay.connect_timeout_s,
         max_in_flight=s.replay.max_in_flight, max_response_bytes=s.replay.max_response_bytes,
         prediction_path=s.output.prediction, confidence_path=s.output.confidence, schema=s.output.schema,

@@ -353,11 +353,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-KSERVE_PYTHON = os.environ.get("HARNESS_KSERVE_PYTHON")
+_KSERVE_VENV_PYTHON = Path(__file__).resolve().parents[1] / ".venv-kserve" / "bin" / "python"
+KSERVE_PYTHON = os.environ.get("HARNESS_KSERVE_PYTHON") or (str(_KSERVE_VENV_PYTHON) if _KSERVE_VENV_PYTHON.exists()
+                                                            else None)
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not KSERVE_PYTHON, reason="set HARNESS_KSERVE_PYTHON to a Python with kserve installed")
+@pytest.mark.skipif(not KSERVE_PYTHON, reason="no .venv-kserve (make stacks) and no HARNESS_KSERVE_PYTHON: a Python "
+                    "with kserve installed")
 def test_faithful_server_matches_real_kserve(tmp_path: Path) -> None:
     """Real KServe (kserve from PyPI, in its own interpreter) serving the same model: its answers match
     tests/kserve_v2_server.py's, and a replay against it reads the same labels and confidences."""

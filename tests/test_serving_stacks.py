@@ -218,6 +218,20 @@ def test_tls_failures_are_one_line_and_exit_4_before_sending(tmp_path: Path, ngi
 
 
 @needs_nginx
+def test_an_http_url_on_a_tls_port_is_one_line_and_exit_4(tmp_path: Path, nginx_stack: Any,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    ports = nginx_stack["ports"]
+    for i, port in enumerate((ports["tls"], ports["mtls"])):  # nginx answers plain HTTP there with a 400
+        line = _tls_refused(tmp_path / str(i), capsys, {"url": f"http://127.0.0.1:{port}"})
+        assert "the port serves TLS, not plain HTTP" in line and "use an https:// url" in line, line
+    # and a plain HTTP port stays accepted by the same check
+    capture = _capture(tmp_path / "c.jsonl", _get_records(3))
+    scenario = _scenario(tmp_path, capture, {"url": f"http://127.0.0.1:{ports['plain']}"}, None, mode="baseline-only")
+    code, run_dir, err = _run(scenario, tmp_path / "out-plain", capsys)
+    assert run_dir is not None, err
+
+
+@needs_nginx
 def test_verify_false_warns_and_is_recorded(tmp_path: Path, nginx_stack: Any,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     ports = nginx_stack["ports"]

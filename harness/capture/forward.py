@@ -1,6 +1,7 @@
-"""Forwarding one request to an upstream and streaming its answer back to the client, unchanged, as it
-arrives; a copy of the answer (up to a limit) is kept for the record. Shared by `harness capture` and
-`harness shadow` (which forwards to the baseline).
+"""Forwarding one request to an upstream through aiohttp and streaming its answer back to the client,
+unchanged, as it arrives; a copy of the answer (up to a limit) is kept for the record. Used by
+`harness capture --sink --upstream` (the logger receiver's aiohttp routes and the proxy on one port);
+the proxy alone and `harness shadow` run on http11.py.
 
 aiohttp on asyncio: a production data path wants a maintained, fast, streaming HTTP/1.1 client and
 server in one library, with no monkey patching (the replay's gevent must never be in this process).
@@ -15,12 +16,12 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-__all__ = ["Answer", "Forwarder", "HOP_BY_HOP"]
+__all__ = ["Answer", "Forwarder", "HOP_BY_HOP", "RESPONSE_DROP"]
 
 # RFC 9110 7.6.1 connection-specific fields, plus those the proxy's own framing sets.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
                         "upgrade", "host", "content-length"})
-_RESPONSE_DROP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+RESPONSE_DROP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
                             "upgrade"})
 
 
@@ -57,23 +58,6 @@ class Forwarder:
     def _url(self, raw_path: str) -> URL:
         return URL(self.base_url + raw_path, encoded=True)
 
-    async def fetch(self, method: str, raw_path: str, headers: list[tuple[str, str]], body: bytes,
-                    keep_bytes: int) -> Answer:
-        """The whole answer, nobody to stream it to (the shadow's candidate copy)."""
-        sent = time.time()
-        try:
-            async with self.session.request(method, self._url(raw_path), headers=headers, data=body or None,
-                                            allow_redirects=False) as up:
-                kept = bytearray()
-                size = 0
-                async for chunk in up.content.iter_any():
-                    size += len(chunk)
-                    if len(kept) <= keep_bytes:
-                        kept += chunk[: keep_bytes + 1 - len(kept)]
-                return Answer(up.status, tuple(up.headers.items()), bytes(kept), size, sent, time.time())
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            return Answer(None, (), b"", 0, sent, time.time(), error=error_kind(exc))
-
     async def relay(self, request: web.Request, body: bytes, keep_bytes: int) -> tuple[web.StreamResponse, Answer]:
         """Forwards `request` (its body read already) and streams the answer to the client."""
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
@@ -90,7 +74,7 @@ class Forwarder:
                                             data=body or None, allow_redirects=False) as up:
                 resp = web.StreamResponse(status=up.status, reason=up.reason)
                 for k, v in up.headers.items():
-                    if k.lower() not in _RESPONSE_DROP:
+                    if k.lower() not in RESPONSE_DROP:
                         resp.headers.add(k, v)
                 await resp.prepare(request)
                 async for chunk in up.content.iter_any():

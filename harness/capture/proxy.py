@@ -3,7 +3,11 @@
 The client gets the upstream's answer unchanged (status, headers, bytes, streamed as they arrive); the
 capture happens after the answer has gone, in the writer's thread (writer.py). An upstream that is down
 answers 502 (504 on a timeout) as any proxy would, and the record says so (`production_error`).
-Unparseable HTTP from a client is refused with 400 by the HTTP parser and counted.
+Unparseable HTTP from a client is refused with 400 and counted.
+
+The proxy alone runs on the lean HTTP/1.1 path (http11.py: asyncio Protocols and httptools); with the
+KServe logger receiver (`--sink`) the port serves aiohttp routes, and the proxy behind it aiohttp's
+client (forward.py).
 """
 from __future__ import annotations
 
@@ -20,13 +24,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ..scenario import RedactConfig
 from .exchange import DEFAULT_MAX_BODY_BYTES, Exchange, ExchangeRecords, SampleRule
-from .forward import Forwarder
+from .forward import Answer, Forwarder
+from .http11 import MAX_REQUEST_BYTES, ProxyServer, Request, Upstream
 from .writer import CaptureWriter
 
 __all__ = ["CaptureOptions", "CaptureStats", "run_capture", "serve", "parse_listen", "summary_lines"]
 
 T = TypeVar("T")
-MAX_REQUEST_BYTES = 1 << 30  # forwarded whole whatever the capture limit
+
 
 
 @dataclass(frozen=True)
@@ -113,11 +118,30 @@ def build_app(options: CaptureOptions, writer: CaptureWriter, stats: CaptureStat
     return app
 
 
+class _CaptureHooks:
+    """The lean path's hooks: count the request, record the exchange once the answer has gone."""
+
+    def __init__(self, writer: CaptureWriter, stats: CaptureStats) -> None:
+        self.writer, self.stats = writer, stats
+
+    def request(self, req: Request) -> None:
+        self.stats.requests += 1
+
+    def answered(self, req: Request, token: None, answer: Answer) -> None:
+        if answer.error is not None:
+            self.stats.upstream_errors[answer.error] = self.stats.upstream_errors.get(answer.error, 0) + 1
+        self.writer.put(Exchange(req.arrived, req.method, req.raw_path, tuple(req.headers), req.body, answer.status,
+                                 (answer.done_at - req.arrived) * 1000.0, answer.headers, answer.body, answer.size,
+                                 answer.error))
+
+
 async def serve(options: CaptureOptions, echo: Callable[[str], None] = print,
                 stop: asyncio.Event | None = None) -> CaptureStats:
     stats = CaptureStats()
     records = ExchangeRecords(options.redact, options.sample, options.max_body_bytes)
     writer = CaptureWriter(options.out, records, rotate_bytes=options.rotate_bytes)
+    if options.upstream and not options.sink:
+        return await _serve_lean(options, echo, stop, stats, records, writer)
     bad = BadRequestCounter()
     server_log = logging.getLogger("aiohttp.server")
     server_log.addHandler(bad)
@@ -130,23 +154,49 @@ async def serve(options: CaptureOptions, echo: Callable[[str], None] = print,
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []  # noqa: SLF001 - the bound port, for port 0
         port = sockets[0].getsockname()[1] if sockets else options.listen_port
-        echo(f"listening on http://{options.listen_host}:{port}"
-             + (f" -> {options.upstream}" if options.upstream else "") + f"; capture to {options.out}")
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        if options.duration_s is not None:
-            loop.call_later(options.duration_s, stop.set)
-        await stop.wait()
+        await _announce_and_wait(options, port, echo, stop)
     finally:
         await runner.cleanup()
         server_log.removeHandler(bad)
-        w = writer.close()
-        stats.records_written, stats.files, stats.dropped, stats.error = w.records_written, w.files, w.dropped, w.error
-        stats.sampled_out = records.sampled_out
+        _closed(stats, records, writer)
         stats.bad_http += bad.count
     return stats
+
+
+async def _serve_lean(options: CaptureOptions, echo: Callable[[str], None], stop: asyncio.Event | None,
+                      stats: CaptureStats, records: ExchangeRecords, writer: CaptureWriter) -> CaptureStats:
+    assert options.upstream is not None
+    server: ProxyServer | None = None
+    try:
+        server = ProxyServer(Upstream(options.upstream, timeout_s=options.timeout_s), _CaptureHooks(writer, stats),
+                             options.max_body_bytes)
+        port = await server.start(options.listen_host, options.listen_port)
+        await _announce_and_wait(options, port, echo, stop)
+    finally:
+        if server is not None:
+            await server.close()
+            stats.bad_http += server.bad_http
+        _closed(stats, records, writer)
+    return stats
+
+
+async def _announce_and_wait(options: CaptureOptions, port: int, echo: Callable[[str], None],
+                             stop: asyncio.Event | None) -> None:
+    echo(f"listening on http://{options.listen_host}:{port}"
+         + (f" -> {options.upstream}" if options.upstream else "") + f"; capture to {options.out}")
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if options.duration_s is not None:
+        loop.call_later(options.duration_s, stop.set)
+    await stop.wait()
+
+
+def _closed(stats: CaptureStats, records: ExchangeRecords, writer: CaptureWriter) -> None:
+    w = writer.close()
+    stats.records_written, stats.files, stats.dropped, stats.error = w.records_written, w.files, w.dropped, w.error
+    stats.sampled_out = records.sampled_out
 
 
 def run_capture(options: CaptureOptions, echo: Callable[[str], None] = print) -> CaptureStats:

@@ -3,6 +3,8 @@
 - json: the answer is a JSON document; prediction and confidence by JSON path;
 - kserve_v1: TF Serving / KServe V1 / MLflow predict: `{"predictions": [...]}`, one entry per row;
 - kserve_v2: Open Inference Protocol (`POST /v2/models/{name}/infer`): outputs[].data;
+- kserve_v2_grpc: the same protocol over gRPC (inference.GRPCInferenceService): the answer message is read
+  into the V2 JSON form, then as kserve_v2 (harness.protocols.kserve_v2_grpc);
 - openai: chat/completions, plain or streamed (SSE), with token timing and usage.
 The configured detectors (output.detectors) then run on every 2xx answer that is JSON, and batched
 answers are read row by row (output.rows; harness.protocols.rows)."""
@@ -16,7 +18,7 @@ from .json_protocol import OutputRead, read_json_output
 
 __all__ = ["OutputRead", "read_output", "PROTOCOLS"]
 
-PROTOCOLS = ("json", "kserve_v1", "kserve_v2", "openai")
+PROTOCOLS = ("json", "kserve_v1", "kserve_v2", "kserve_v2_grpc", "openai")
 
 
 def read_output(protocol: str, status: int, body: bytes, prediction_path: str, confidence_path: str, *,
@@ -34,6 +36,10 @@ def read_output(protocol: str, status: int, body: bytes, prediction_path: str, c
         from .kserve_v2 import read_kserve_v2_output  # noqa: PLC0415 - optional protocols load on use
 
         out = read_kserve_v2_output(status, body, prediction_path, confidence_path)
+    elif protocol == "kserve_v2_grpc":
+        from .kserve_v2_grpc import read_kserve_v2_grpc_output  # noqa: PLC0415
+
+        out = read_kserve_v2_grpc_output(status, body, prediction_path, confidence_path, headers)
     elif protocol == "openai":
         from .openai import read_openai_output  # noqa: PLC0415
 
@@ -54,6 +60,8 @@ def _with_rows(protocol: str, out: OutputRead, cfg: RowsConfig, prediction_path:
                confidence_path: str) -> OutputRead:
     from .rows import read_rows  # noqa: PLC0415
 
+    if protocol == "kserve_v2_grpc":  # the answer is in the V2 JSON form by now
+        protocol = "kserve_v2"
     got = read_rows(protocol, out.doc, cfg)
     extra: dict[str, object] = {"row_count": got.count, "row_labels": got.labels, "row_scores": got.scores,
                                 "row_invalid": got.invalid, "row_error": got.error}

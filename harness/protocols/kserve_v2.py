@@ -16,7 +16,7 @@ from typing import Any
 from ..jsonpath import MISSING, find_first
 from .json_protocol import OutputRead, label_of, loads, number_of
 
-__all__ = ["read_kserve_v2_output"]
+__all__ = ["read_kserve_v2_output", "read_kserve_v2_doc"]
 
 # MLServer's scikit-learn runtime names its outputs after the method: predict, predict_proba
 _LABEL_NAMES = ("label", "labels", "prediction", "predictions", "predict", "class", "classes")
@@ -31,6 +31,12 @@ def read_kserve_v2_output(status: int, body: bytes, prediction_path: str = "$.pr
         return OutputRead(invalid_json=True)
     if not isinstance(doc, dict):
         return OutputRead(doc=doc, invalid_json=doc is None and 200 <= status < 300)
+    return read_kserve_v2_doc(doc, prediction_path, confidence_path)
+
+
+def read_kserve_v2_doc(doc: dict[str, Any], prediction_path: str = "$.prediction",
+                       confidence_path: str = "$.confidence") -> OutputRead:
+    """An answer already parsed (over REST: the JSON body; over gRPC: the message in the V2 JSON form)."""
     outputs = doc.get("outputs") if isinstance(doc.get("outputs"), list) else []
     prediction: str | None = None
     confidence: float | None = None

@@ -195,11 +195,7 @@ class Dispatcher:
         self._stop = False
         self._validator = OutputValidator(plan.schema, plan.route_schemas)
         self._redactor = Redactor()
-        self._clients = {t.version: TargetClient(t.url, timeout_s=plan.timeout_s,
-                                                 connect_timeout_s=plan.connect_timeout_s,
-                                                 concurrency=max(plan.max_in_flight, 1),
-                                                 max_response_bytes=plan.max_response_bytes, tls=t.tls)
-                         for t in plan.targets}
+        self._clients = {t.version: _client_for(t, plan) for t in plan.targets}
         # per target: (target, its client); both orders, so that the first leg to leave alternates
         evented = {t.version: self._clients[t.version].evented() for t in plan.targets}
         self._evented = [ev for ev in evented.values() if ev is not None]
@@ -445,6 +441,17 @@ class Dispatcher:
             text = body[:OUTPUT_EXCERPT_CHARS * 2].decode("utf-8", "replace")
         masked = self._redactor.body(text.encode()).decode("utf-8", "replace")
         return self._redactor.text(masked[:OUTPUT_EXCERPT_CHARS], self.plan.secrets)
+
+
+def _client_for(target: TargetPlan, plan: DispatchPlan) -> Any:
+    if target.protocol == "kserve_v2_grpc":  # gRPC legs: harness.replay.grpc_transport
+        from .grpc_transport import GrpcClient  # noqa: PLC0415 - grpcio loads only for gRPC targets
+
+        return GrpcClient(target.url, timeout_s=plan.timeout_s, connect_timeout_s=plan.connect_timeout_s,
+                          max_response_bytes=plan.max_response_bytes, tls=target.tls)
+    return TargetClient(target.url, timeout_s=plan.timeout_s, connect_timeout_s=plan.connect_timeout_s,
+                        concurrency=max(plan.max_in_flight, 1), max_response_bytes=plan.max_response_bytes,
+                        tls=target.tls)
 
 
 def _row_check(asked: int | None, out: OutputRead, kind: str | None, detail: str | None

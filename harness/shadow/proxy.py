@@ -1,15 +1,17 @@
 """The live shadow proxy: every request is answered from the baseline (streamed back unchanged), and a
 copy goes to the candidate in the background.
 
-The candidate can never delay, alter or fail the user's answer: the copy is its own task on its own
-connection pool, started after the request body is read (both legs leave together, as in a paired
-replay), and nothing the user gets waits for it. Copies in flight are bounded (replay.max_in_flight):
-beyond it a request is not mirrored and the drop is counted with its reason. Only routes in
-replay.allow, plus GET/HEAD/OPTIONS, are mirrored (side-effect safety, as for a replay).
+The candidate can never delay, alter or fail the user's answer: the copy goes out on its own
+connection pool once the request body is read (both legs leave together, as in a paired replay), and
+nothing the user gets waits for it. Copies in flight are bounded (replay.max_in_flight): beyond it a
+request is not mirrored and the drop is counted with its reason. Only routes in replay.allow, plus
+GET/HEAD/OPTIONS, are mirrored (side-effect safety, as for a replay).
 
-What is recorded goes through two writer threads (harness.capture.writer): the requests as a capture
-(redacted, with their shadow id as `request_id`) and the legs, built off the serving loop
-(legs.LegBuilder: output validation, extraction). run.py turns both into the run folder.
+Serving and copying run on the lean HTTP/1.1 path (harness.capture.http11): the hooks below decide
+and record, the copy is a callback-driven exchange (no task per request). What is recorded goes through
+two writer threads (harness.capture.writer): the requests as a capture (redacted, with their shadow id
+as `request_id`) and the legs, built off the serving loop (legs.LegBuilder: output validation,
+extraction). run.py turns both into the run folder.
 """
 from __future__ import annotations
 
@@ -18,10 +20,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
 from ..capture.exchange import Exchange
-from ..capture.forward import HOP_BY_HOP, Answer, Forwarder
+from ..capture.forward import HOP_BY_HOP, Answer
+from ..capture.http11 import Collect, ProxyServer, Request, Upstream
 from ..capture.writer import CaptureWriter
 from ..scenario import Scenario
 from ..send_headers import header_overrides
@@ -50,6 +51,8 @@ class ShadowStats:
 
 
 class ShadowApp:
+    """The proxy's hooks (harness.capture.http11.Hooks) and its two upstreams."""
+
     def __init__(self, scenario: Scenario, capture: CaptureWriter, legs: CaptureWriter,
                  max_requests: int | None, stop: asyncio.Event) -> None:
         self.scenario = scenario
@@ -58,81 +61,83 @@ class ShadowApp:
         self.max_requests = max_requests
         self.stop = stop
         self.stats = ShadowStats(started_at=time.time())
-        self.copies: set[asyncio.Task[None]] = set()
+        self.copies = 0  # in flight
+        self._closed = False
         self._seq = 0
         self._keep = scenario.replay.max_response_bytes
-        self._baseline: Forwarder | None = None
-        self._candidate: Forwarder | None = None
+        self._server: ProxyServer | None = None
+        self._candidate: Upstream | None = None
         # The copy carries the candidate's test credentials (replay.headers, then the target's), as a replay
         # would; the user's request to the baseline passes through as the user sent it.
         self._candidate_headers = header_overrides(scenario)["candidate"]
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=1 << 30)
-        app.on_startup.append(self._start)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
-
-    async def _start(self, _app: web.Application) -> None:
-        self._baseline = Forwarder(self.scenario.target_for("baseline").url, timeout_s=USER_TIMEOUT_S)
+    async def start(self, host: str, port: int) -> int:
         replay = self.scenario.replay
-        self._candidate = Forwarder(self.scenario.target_for("candidate").url, timeout_s=replay.timeout_s,
-                                    connect_timeout_s=replay.connect_timeout_s)
+        self._candidate = Upstream(self.scenario.target_for("candidate").url, timeout_s=replay.timeout_s,
+                                   connect_timeout_s=replay.connect_timeout_s)
+        self._server = ProxyServer(Upstream(self.scenario.target_for("baseline").url, timeout_s=USER_TIMEOUT_S),
+                                   self, self._keep)
+        return await self._server.start(host, port)
 
     async def close(self, drain_s: float) -> None:
-        """Waits up to drain_s for the copies in flight, cancels the rest, closes the pools."""
-        if self.copies:
-            await asyncio.wait(set(self.copies), timeout=drain_s)
-        for t in list(self.copies):
-            t.cancel()
-        if self.copies:
-            await asyncio.wait(set(self.copies), timeout=1.0)
-        for f in (self._baseline, self._candidate):
-            if f is not None:
-                await f.close()
+        """Stops serving (answers in flight finish), waits up to drain_s for the copies in flight; those
+        still out then are left unrecorded (the run counts them as unfinished)."""
+        if self._server is not None:
+            await self._server.close()
+        deadline = time.monotonic() + drain_s
+        while self.copies > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        self._closed = True
+        if self._candidate is not None:
+            self._candidate.close()
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        assert self._baseline is not None and self._candidate is not None
-        arrived = time.time()
-        body = await request.read()
+    # -- hooks
+    def request(self, req: Request) -> tuple[str, str, bool]:
         self._seq += 1
         rid = f"s{self._seq:09d}"
         stats = self.stats
         stats.requests += 1
-        raw_path = request.raw_path
-        route = route_template(raw_path)
+        route = route_template(req.raw_path)
         mirror = False
-        if not is_allowed(request.method, raw_path, route, self.scenario.replay.allow):
+        if not is_allowed(req.method, req.raw_path, route, self.scenario.replay.allow):
             stats.not_allowed += 1
         elif self.stop.is_set():
             stats.drop(rid, "not mirrored: the shadow run was stopping")
-        elif len(self.copies) >= self.scenario.replay.max_in_flight:
+        elif self.copies >= self.scenario.replay.max_in_flight:
             stats.drop(rid, "not mirrored: copies in flight at replay.max_in_flight")
         else:
             mirror = True
             stats.mirrored += 1
-            headers = _with_overrides([(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP],
-                                      self._candidate_headers)
-            task = asyncio.create_task(self._copy(rid, route, request.method, raw_path, headers, body, arrived))
-            self.copies.add(task)
-            task.add_done_callback(self.copies.discard)
+            self._copy(rid, route, req)
             if self.max_requests is not None and stats.mirrored >= self.max_requests:
                 self.stop.set()
-        resp, answer = await self._baseline.relay(request, body, self._keep)
-        self.capture.put(Exchange(arrived, request.method, raw_path, tuple(request.headers.items()), body,
-                                  answer.status, (answer.done_at - arrived) * 1000.0, answer.headers, answer.body,
+        return rid, route, mirror
+
+    def answered(self, req: Request, token: tuple[str, str, bool], answer: Answer) -> None:
+        rid, route, mirror = token
+        self.capture.put(Exchange(req.arrived, req.method, req.raw_path, tuple(req.headers), req.body,
+                                  answer.status, (answer.done_at - req.arrived) * 1000.0, answer.headers, answer.body,
                                   answer.size, answer.error, meta={"request_id": rid}))
         if mirror:
-            self.legs.put(("baseline", rid, route, arrived, answer))
-        return resp
+            self.legs.put(("baseline", rid, route, req.arrived, answer))
 
-    async def _copy(self, rid: str, route: str, method: str, raw_path: str, headers: list[tuple[str, str]],
-                    body: bytes, arrived: float) -> None:
+    def _copy(self, rid: str, route: str, req: Request) -> None:
         assert self._candidate is not None
-        answer = await self._candidate.fetch(method, raw_path, headers, body, self._keep)
-        if answer.error is not None:
-            self.stats.candidate_errors[answer.error] = self.stats.candidate_errors.get(answer.error, 0) + 1
-        self.legs.put(("candidate", rid, route, arrived, answer))
+        headers = _with_overrides([(k, v) for k, v in req.headers if k.lower() not in HOP_BY_HOP],
+                                  self._candidate_headers)
+
+        def done(answer: Answer) -> None:
+            self.copies -= 1
+            if self._closed:
+                return
+            if answer.error is not None:
+                self.stats.candidate_errors[answer.error] = self.stats.candidate_errors.get(answer.error, 0) + 1
+            self.legs.put(("candidate", rid, route, req.arrived, answer))
+
+        self.copies += 1
+        c = self._candidate
+        c.send(c.head(req.method, req.raw_path, headers, len(req.body)), req.body, Collect(self._keep, done),
+               head_only=req.method == "HEAD")
 
 
 def _with_overrides(headers: list[tuple[str, str]], overrides: dict[str, str | None]) -> list[tuple[str, str]]:

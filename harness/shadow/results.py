@@ -24,7 +24,7 @@ from ..replay.leg import LEG_SCHEMA
 from ..run import _git_commit
 from ..scenario import Scenario, TrafficConfig
 from ..store import RunMeta, RunStore
-from ..traffic.prepare import prepare_traffic
+from ..traffic.prepare import PreparedTraffic, prepare_traffic
 
 __all__ = ["build_results", "publish", "UNFINISHED", "OUTPUT_FILES"]
 
@@ -34,17 +34,20 @@ OUTPUT_FILES = ("results.duckdb", "summary.json", "gate_report.html", "canary_sc
 
 def build_results(scenario: Scenario, build_dir: Path, *, run_id: str, capture_path: Path, capture_recorded: Path,
                   legs_path: Path, drops: dict[str, str], replay_event: dict[str, Any], status: str,
-                  reason: str | None) -> dict[str, Any]:
-    """Makes results.duckdb and the outputs in build_dir; returns the summary."""
+                  reason: str | None, prepared: PreparedTraffic | None = None,
+                  spool: pa.Table | None = None) -> dict[str, Any]:
+    """Makes results.duckdb and the outputs in build_dir; returns the summary. `prepared` and `spool`: the
+    capture prepared and the legs read already (a snapshot's cache), instead of capture_path and legs_path."""
     from ..outputs import build_outputs
 
     build_dir.mkdir(parents=True, exist_ok=True)
     work = build_dir / ".work"
-    if not capture_path.exists():  # nothing came yet: an empty capture, still a run folder
-        capture_path.write_bytes(b"")
-    live = replace(scenario, traffic=TrafficConfig(path=capture_path, format="jsonl", speed=1.0,
-                                                   redact=scenario.traffic.redact))
-    prepared = prepare_traffic(live, work)
+    if prepared is None:
+        if not capture_path.exists():  # nothing came yet: an empty capture, still a run folder
+            capture_path.write_bytes(b"")
+        live = replace(scenario, traffic=TrafficConfig(path=capture_path, format="jsonl", speed=1.0,
+                                                       redact=scenario.traffic.redact))
+        prepared = prepare_traffic(live, work)
     store = RunStore(build_dir / "results.duckdb")
     try:
         meta = RunMeta(
@@ -57,7 +60,7 @@ def build_results(scenario: Scenario, build_dir: Path, *, run_id: str, capture_p
         store.add_event("traffic", json.dumps({
             "records_read": prepared.records_read, "loops": 1, "format": "jsonl", "span_s": prepared.span_s,
             "source": "live shadow"}))
-        store.write_legs_by_captured_id(read_legs(legs_path))
+        store.write_legs_by_captured_id(spool if spool is not None else read_legs(legs_path))
         store.move_unsent_to_skipped(UNFINISHED, reasons_by_captured_id=drops)
         store.add_event("replay", json.dumps(replay_event))
         store.finish(status, reason)

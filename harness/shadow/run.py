@@ -47,6 +47,10 @@ def run_shadow(scenario: Scenario, listen: str, out_root: Path, *, duration_s: f
                echo: Callable[[str], None] = print) -> RunResult:
     if scenario.replay.mode != "paired" or "candidate" not in scenario.versions:
         raise ScenarioError(f"{scenario.source}: harness shadow needs replay.mode: paired and a candidate target")
+    grpc = [v for v in scenario.versions if scenario.target_for(v).protocol == "kserve_v2_grpc"]
+    if grpc:  # the live proxy speaks HTTP/1.1 to its users and targets
+        raise ScenarioError(f"{scenario.source}: targets.{grpc[0]}: harness shadow proxies HTTP only; gRPC targets "
+                            "(protocol kserve_v2_grpc) are replayed with harness run")
     header_overrides(scenario)  # an unset ${VAR} in the test credentials is a usage error before anything starts
     try:
         host, port = parse_listen(listen)
@@ -100,8 +104,6 @@ class _Live:
 
     async def serve(self, host: str, port: int, duration_s: float | None,
                     max_requests: int | None) -> tuple[ShadowStats, str]:
-        from aiohttp import web
-
         scenario, say = self.scenario, self.say
         # literal paths: the writer's strftime must leave them as they are
         capture = CaptureWriter(str(self.capture_path).replace("%", "%%"),
@@ -110,14 +112,11 @@ class _Live:
                              leg_records(LegBuilder(scenario), scenario.replay.max_response_bytes))
         stop = asyncio.Event()
         shadow = ShadowApp(scenario, capture, legs, max_requests, stop)
-        runner = web.AppRunner(shadow.app(), access_log=None, handle_signals=False, shutdown_timeout=5.0)
-        await runner.setup()
         stopped_by = ["max-requests"]
         snapshots: asyncio.Task[None] | None = None
         try:
-            site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
-            await site.start()
-            say(f"listening on http://{host}:{port}: baseline {scenario.target_for('baseline').url} answers, "
+            bound = await shadow.start(host, port)
+            say(f"listening on http://{host}:{bound}: baseline {scenario.target_for('baseline').url} answers, "
                 f"candidate {scenario.target_for('candidate').url} gets a copy")
             sys.stdout.flush()
             loop = asyncio.get_running_loop()
@@ -137,7 +136,6 @@ class _Live:
             if snapshots is not None:
                 snapshots.cancel()
                 await asyncio.gather(snapshots, return_exceptions=True)
-            await runner.cleanup()
             await shadow.close(scenario.replay.timeout_s + 1.0)
             capture.close()
             legs.close()

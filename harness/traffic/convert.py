@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import TrafficError
+from .grpc_record import grpc_record_fields
 from .jsonl_reader import compact_json
 from .readers import detect_format, iter_records
 from .record import BadRecord, CapturedRequest
@@ -30,9 +31,16 @@ _BATCH = 10_000
 _FIELDS = ("ts", "method", "path", "headers", "body", "body_b64")
 
 
-def to_capture_record(req: CapturedRequest) -> dict[str, Any]:
+def to_capture_record(req: CapturedRequest, grpc_form: bool = True) -> dict[str, Any]:
+    """The record of one request. A gRPC call (traffic/grpc_record.py) is written in the gRPC form where
+    `grpc_form` (JSONL), else in its HTTP form with grpc_service and grpc_method as fields (Parquet: one
+    schema for every row); the reader takes either."""
     rec: dict[str, Any] = {"ts": datetime.fromtimestamp(req.ts, timezone.utc).isoformat(), "method": req.method,
                            "path": req.path, "headers": _headers(req.headers)}
+    if grpc_form and req.method == "POST" and "grpc_method" in req.meta:
+        grpc = _grpc_record(req, rec["ts"])
+        if grpc is not None:
+            return grpc
     if req.body:
         try:
             text = req.body.decode("utf-8")
@@ -40,6 +48,27 @@ def to_capture_record(req: CapturedRequest) -> dict[str, Any]:
             rec["body_b64"] = base64.b64encode(req.body).decode()
         else:
             rec["body"] = _body_value(text, req.body)
+    for k, v in req.meta.items():
+        if k not in rec:
+            rec[k] = v
+    if req.response is not None:
+        rec["production_status"] = req.response.status
+    return rec
+
+
+def _grpc_record(req: CapturedRequest, ts: str) -> dict[str, Any] | None:
+    body: Any = None
+    if req.body:
+        try:
+            body = json.loads(req.body)
+        except ValueError:
+            return None  # a message that is not JSON is kept byte for byte in the HTTP form
+        if not isinstance(body, dict):
+            return None
+    grpc = grpc_record_fields(req.meta, req.path, _headers(req.headers), body)
+    if grpc is None:
+        return None
+    rec: dict[str, Any] = {"ts": ts, **grpc}
     for k, v in req.meta.items():
         if k not in rec:
             rec[k] = v
@@ -76,7 +105,7 @@ def convert_capture(path: Path, to: str, fmt: str | None = None, output: str | N
     redact = (lambda req: req) if keep_secrets else Redactor().request
 
     def records() -> Iterator[dict[str, Any]]:
-        return _records(path, fmt, redact)
+        return _records(path, fmt, redact, grpc_form=to == "jsonl")
 
     if output == "-":
         if to == "parquet":
@@ -108,13 +137,13 @@ def _stem(path: Path) -> str:
     return name.rsplit(".", 1)[0]
 
 
-def _records(path: Path, fmt: str, redact: Callable[[CapturedRequest], CapturedRequest]
+def _records(path: Path, fmt: str, redact: Callable[[CapturedRequest], CapturedRequest], grpc_form: bool = True
              ) -> Iterator[dict[str, Any]]:
     for item in iter_records(path, fmt):
         if isinstance(item, BadRecord):
             print(f"{item.source}:{item.line}: skipped bad record: {item.reason}", file=sys.stderr)
             continue
-        yield to_capture_record(redact(item))
+        yield to_capture_record(redact(item), grpc_form)
 
 
 def _write_jsonl(records: Iterator[dict[str, Any]], f: TextIO) -> None:

@@ -93,7 +93,7 @@ def inspect_capture(path: Path, fmt: str | None = None, scenario_path: Path | No
         ins.first_ts = ts if ins.first_ts is None else min(ins.first_ts, ts)
         ins.last_ts = ts if ins.last_ts is None else max(ins.last_ts, ts)
         ins.per_second[int(math.floor(ts))] += 1
-        ins.methods[item.method] += 1
+        ins.methods["gRPC" if "grpc_method" in item.meta else item.method] += 1
         route = route_template(item.path)
         if route in ins.routes or len(ins.routes) < MAX_ROUTES:
             ins.routes[route] += 1

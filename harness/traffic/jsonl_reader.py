@@ -14,6 +14,8 @@ One JSON object per line (the "Capture record" of DESIGN.md)::
 * ``body``: a JSON value -> ``json.dumps(value, separators=(",", ":"))`` as bytes; a string -> its
   UTF-8 bytes as is; null or absent -> ``b""``. ``body_b64``: base64 -> bytes (not both).
 * every other top-level field goes into ``meta``.
+* a gRPC call's record (``grpc_service``, ``grpc_method``, ``metadata``, ``message``) is read as the
+  HTTP/2 request it is: see grpc_record.py.
 
 Reading streams line by line (constant memory); ``.gz`` input is recognised by its magic bytes,
 whatever the name. Blank lines are skipped. A bad line yields a BadRecord (1-based line number);
@@ -37,6 +39,7 @@ import orjson
 
 from ..errors import TrafficError
 from ..jsonpath import MISSING
+from .grpc_record import grpc_to_http_fields, is_grpc_record
 from .record import _UNSET, BadRecord, CapturedRequest, CapturedResponse
 from .timestamps import TimestampError, parse_ts
 
@@ -278,6 +281,11 @@ def request_from_fields(
     """
     if not fields:
         raise RecordError("empty record")
+    if is_grpc_record(fields):
+        try:
+            fields = grpc_to_http_fields(fields)
+        except ValueError as exc:
+            raise RecordError(str(exc)) from None
     for name in ("ts", "method"):
         if fields.get(name) is None:
             raise RecordError(f"missing field {name!r}")

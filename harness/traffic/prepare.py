@@ -15,7 +15,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -129,10 +129,7 @@ def prepare_traffic(scenario: Scenario, workdir: Path) -> PreparedTraffic:
     if not path.exists():
         raise TrafficError(f"{path}: capture file not found")
     fmt = detect_format(path, cfg.format)
-    redactor = Redactor(cfg.redact)
-    segments = SegmentEvaluator(scenario.segments)
-    seg_names = segments.names
-    schema = _schema(seg_names)
+    seg_names = SegmentEvaluator(scenario.segments).names
     workdir.mkdir(parents=True, exist_ok=True)
     scratch = workdir / "prepare.duckdb"
     scratch.unlink(missing_ok=True)
@@ -142,33 +139,63 @@ def prepare_traffic(scenario: Scenario, workdir: Path) -> PreparedTraffic:
     con.execute(f"set temp_directory = '{_sql_path(workdir / 'spill')}'")
     con.execute("set preserve_insertion_order = false")
     try:
-        con.execute(f"create table staged ({_ddl(schema)})")
-        con.execute("create table bad (source varchar, line bigint, reason varchar)")
-        rows: list[dict[str, Any]] = []
-        bad_rows: list[tuple[str, int, str]] = []
-        records_read = 0
-        for item in iter_records(path, fmt, cfg.trace):
-            records_read += 1
-            if isinstance(item, BadRecord):
-                reason = redactor.reason(item.reason)  # a reason may quote the record, secrets included
-                if cfg.on_bad_record == "fail":
-                    raise TrafficError(f"{item.source}:{item.line}: {reason} (traffic.on_bad_record: fail)")
-                bad_rows.append((item.source, item.line, reason))
-                if len(bad_rows) >= _BATCH:
-                    con.executemany("insert into bad values (?, ?, ?)", bad_rows)
-                    bad_rows.clear()
-                continue
-            rows.append(_row(records_read, item, redactor, segments, scenario))
-            if len(rows) >= _BATCH:
-                _flush(con, rows, schema)
-        _flush(con, rows, schema)
-        if bad_rows:
-            con.executemany("insert into bad values (?, ?, ?)", bad_rows)
+        create_staging(con, scenario)
+        records_read = stage_records(con, scenario, iter_records(path, fmt, cfg.trace))
         return _finish(con, scenario, workdir, path, fmt, seg_names, records_read)
     finally:
         con.close()
         scratch.unlink(missing_ok=True)
         Path(str(scratch) + ".wal").unlink(missing_ok=True)
+
+
+def create_staging(con: duckdb.DuckDBPyConnection, scenario: Scenario) -> None:
+    """The tables stage_records fills: `staged` (one row per request) and `bad`."""
+    con.execute(f"create table staged ({_ddl(_schema(SegmentEvaluator(scenario.segments).names))})")
+    con.execute("create table bad (source varchar, line bigint, reason varchar)")
+
+
+def stage_records(con: duckdb.DuckDBPyConnection, scenario: Scenario,
+                  items: Iterable[CapturedRequest | BadRecord], *, records_read: int = 0, line_offset: int = 0,
+                  source: str | None = None) -> int:
+    """Stages records (redaction, routes, segments, the side-effect rules) into `staged` and `bad`: the
+    per-record work of preparing a capture. Returns the number of records read, counting on from
+    `records_read` (each row's seq); `line_offset` and `source` place records read from a piece of a
+    capture (a live shadow's snapshot reads only what was appended) in the whole file."""
+    cfg = scenario.traffic
+    redactor = Redactor(cfg.redact)
+    segments = SegmentEvaluator(scenario.segments)
+    schema = _schema(segments.names)
+    rows: list[dict[str, Any]] = []
+    bad_rows: list[tuple[str, int, str]] = []
+    for item in items:
+        records_read += 1
+        if isinstance(item, BadRecord):
+            reason = redactor.reason(item.reason)  # a reason may quote the record, secrets included
+            if cfg.on_bad_record == "fail":
+                raise TrafficError(f"{source or item.source}:{item.line + line_offset}: {reason} "
+                                   "(traffic.on_bad_record: fail)")
+            bad_rows.append((source or item.source, item.line + line_offset, reason))
+            if len(bad_rows) >= _BATCH:
+                con.executemany("insert into bad values (?, ?, ?)", bad_rows)
+                bad_rows.clear()
+            continue
+        if line_offset:
+            item = replace(item, line=item.line + line_offset)
+        rows.append(_row(records_read, item, redactor, segments, scenario))
+        if len(rows) >= _BATCH:
+            _flush(con, rows, schema)
+    _flush(con, rows, schema)
+    if bad_rows:
+        con.executemany("insert into bad values (?, ?, ?)", bad_rows)
+    return records_read
+
+
+def finish_staged(con: duckdb.DuckDBPyConnection, scenario: Scenario, workdir: Path, path: Path,
+                  records_read: int, capture_sha256: str) -> PreparedTraffic:
+    """prepare_traffic's second half on tables that stage_records filled: order, windows, sampling, the
+    schedule and skipped files in workdir."""
+    return _finish(con, scenario, workdir, path, "jsonl", SegmentEvaluator(scenario.segments).names, records_read,
+                   capture_sha256)
 
 
 def _ddl(schema: pa.Schema) -> str:
@@ -213,7 +240,7 @@ def _batch_size(body: bytes, scenario: Scenario) -> int | None:
 
 
 def _finish(con: duckdb.DuckDBPyConnection, scenario: Scenario, workdir: Path, path: Path, fmt: str,
-            seg_names: tuple[str, ...], records_read: int) -> PreparedTraffic:
+            seg_names: tuple[str, ...], records_read: int, capture_sha256: str | None = None) -> PreparedTraffic:
     cfg = scenario.traffic
     first_ts = con.execute("select min(ts) from staged").fetchone()[0]  # type: ignore[index]
     con.execute("create temp table ordered as select *, ts - ? as offset_s, "
@@ -283,7 +310,7 @@ def _finish(con: duckdb.DuckDBPyConnection, scenario: Scenario, workdir: Path, p
     n_bad = con.execute("select count(*) from bad").fetchone()[0]  # type: ignore[index]
     return PreparedTraffic(
         schedule_path=schedule_path, skipped_path=skipped_path, bad_path=bad_path, segment_names=seg_names,
-        capture_sha256=file_sha256(path), capture_format=fmt, records_read=records_read, bad_records=n_bad,
+        capture_sha256=capture_sha256 or file_sha256(path), capture_format=fmt, records_read=records_read, bad_records=n_bad,
         skipped=skipped, replayed=replayed, warmup=warmup, span_s=float(span) * cfg.loops, first_ts=first_ts,
         to_send=replayed, skipped_examples=examples)
 

@@ -1,6 +1,8 @@
 """How many rows a request asks predictions for (its batch size), read from its body.
 
-- kserve_v2: `inputs[].shape[0]`; every input must agree, else the request is malformed (no count);
+- kserve_v2 (and kserve_v2_grpc: the V2 JSON request, or ModelInferRequest in protobuf's JSON mapping, where
+  an int64 may be written as a string): `inputs[].shape[0]`; every input must agree, else the request is
+  malformed (no count);
 - kserve_v1 / TF Serving / MLflow / json: `instances` (rows), `inputs` (a list of rows, or columnar: a
   mapping of name -> list), `dataframe_split.data`, `dataframe_records`.
 None when the body says nothing about rows (not JSON, another shape, or a protocol without rows): such a
@@ -27,7 +29,7 @@ def request_row_count(body: bytes | str | None, protocol: str) -> int | None:
             return None
     if not isinstance(doc, dict):
         return None
-    if protocol == "kserve_v2":
+    if protocol in ("kserve_v2", "kserve_v2_grpc"):
         return _v2_rows(doc)
     return _list_rows(doc)
 
@@ -39,9 +41,14 @@ def _v2_rows(doc: dict[str, Any]) -> int | None:
     firsts = set()
     for i in inputs:
         shape = i.get("shape") if isinstance(i, dict) else None
-        if not isinstance(shape, list) or not shape or isinstance(shape[0], bool) or not isinstance(shape[0], int):
+        if not isinstance(shape, list) or not shape or isinstance(shape[0], bool):
             return None
-        firsts.add(shape[0])
+        first = shape[0]
+        if isinstance(first, str) and first.isdigit():
+            first = int(first)
+        if not isinstance(first, int):
+            return None
+        firsts.add(first)
     return firsts.pop() if len(firsts) == 1 else None
 
 

@@ -2,7 +2,9 @@
 
 Columns:
 
-* ``ts``, ``method``, ``path`` (or ``url``): required; a file without them is a TrafficError.
+* ``ts``, ``method``, ``path`` (or ``url``): required; a file without them is a TrafficError. gRPC calls:
+  ``grpc_service`` and ``grpc_method`` instead of method and path, ``metadata`` and ``message`` (JSON text)
+  instead of headers and body (traffic/grpc_record.py).
 * ``headers``: a JSON object string (CSV), or a MAP / STRUCT / JSON string / list of
   ``{name, value}`` (Parquet). Columns named ``header.<Name>`` add the header ``<Name>`` (after
   ``headers``, in column order); an empty or null cell adds nothing.
@@ -67,8 +69,9 @@ def _check_columns(source: str, kind: str, names: list[str]) -> None:
         seen.add(name)
         if name.startswith(_HEADER_PREFIX) and not _TOKEN.fullmatch(name[len(_HEADER_PREFIX):]):
             raise TrafficError(f"{source}: {kind} column {name!r} does not name a valid header")
-    missing = [c for c in ("ts", "method") if c not in seen]
-    if "path" not in seen and "url" not in seen:
+    grpc = {"grpc_service", "grpc_method"} <= seen  # gRPC calls (traffic/grpc_record.py): no method or path
+    missing = [c for c in ("ts", "method") if c not in seen and not (grpc and c == "method")]
+    if "path" not in seen and "url" not in seen and not grpc:
         missing.append("path")
     if missing:
         shown = ", ".join(repr(n) for n in names[:20])

@@ -1,0 +1,596 @@
+"""A lean HTTP/1.1 reverse proxy on asyncio Protocols, parsed by httptools (llhttp, the parser uvicorn
+uses). Shared by `harness capture` and `harness shadow`: it is their serving path.
+
+Why not a framework: per request aiohttp's server and client cost about 330 us of CPU (request and
+response objects, routing, a task, timers, three or four socket writes), most of it outside what a
+proxy needs (benchmarks/proxy_overhead.py, docs/benchmarks.md). Here a request is parsed straight
+into a `Request`, forwarded on a pooled keep-alive upstream connection in one write, and whatever one
+read from the upstream brings (status line, headers, body bytes) is parsed and passed to the client in
+one write as it arrives: the answer streams through unchanged (status, reason, headers but the
+hop-by-hop ones, body bytes; a chunked answer is re-chunked as it comes).
+
+What the proxy does with a request happens in two hooks, called on the event loop and expected to
+return at once: `request(req)` when the request has been read whole (before it is forwarded), and
+`answered(req, token, answer)` when the answer has been passed on (or failed).
+
+Failures, as a proxy answers them: an upstream that refuses or cannot be reached -> 502, no answer
+within `timeout_s` between reads -> 504, a connection cut before the answer started -> 502; cut after
+it started, the client's connection is closed so that it sees a cut answer, never a whole-looking one.
+Unparseable HTTP from a client -> 400 and the connection closed, counted (`bad_http`). An idle pooled
+connection the upstream closed while a request was being written to it is retried once on a new one.
+"""
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+from urllib.parse import urlsplit
+
+import httptools
+
+from .forward import RESPONSE_DROP, HOP_BY_HOP, Answer
+
+__all__ = ["Request", "Hooks", "Upstream", "ProxyServer", "Collect", "request_head"]
+
+MAX_REQUEST_BYTES = 1 << 30  # forwarded whole whatever the capture limit
+MAX_HEAD_BYTES = 1 << 20
+_NO_BODY_STATUS = frozenset({204, 304})
+_DROP_TO_UPSTREAM = HOP_BY_HOP | {"expect"}  # the proxy reads the body whole first: it answers 100 itself
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    raw_path: str  # with the query string, as sent
+    headers: list[tuple[str, str]]  # as received
+    body: bytes
+    arrived: float  # epoch seconds, when the request line came
+    peer: str | None
+
+
+class Hooks(Protocol):
+    def request(self, req: Request) -> Any: ...
+
+    def answered(self, req: Request, token: Any, answer: Answer) -> None: ...
+
+
+class Sink(Protocol):
+    """Where an upstream connection passes what it reads (an exchange with a client, or a Collect)."""
+
+    def head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], framing: str) -> None: ...
+
+    def body(self, chunk: bytes) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def end(self) -> None: ...
+
+    def fail(self, kind: str) -> None: ...
+
+
+def request_head(method: str, raw_path: str, host: str, headers: list[tuple[str, str]], body_len: int) -> bytes:
+    lines = [f"{method} {raw_path} HTTP/1.1\r\nHost: {host}\r\n"]
+    lines += [f"{k}: {v}\r\n" for k, v in headers]
+    if body_len or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {body_len}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+# ---------------------------------------------------------------------------------------------- upstream
+class _UpConn(asyncio.Protocol):
+    def __init__(self, pool: "Upstream") -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.sink: Sink | None = None
+        self.sent: tuple[bytes, bytes, bool] = (b"", b"", False)
+        self.reused = False
+        self.got = False
+        self.head_only = False
+        self.informational = False
+        self.framing = "length"
+        self.started = False  # the answer's head was passed on
+        self.last_io = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+
+    # -- the pool's side
+    def start(self, head: bytes, body: bytes, sink: Sink, head_only: bool, reused: bool) -> None:
+        assert self.transport is not None
+        self.sink, self.sent, self.head_only, self.reused = sink, (head, body, head_only), head_only, reused
+        self.got = self.started = False
+        self.last_io = time.monotonic()
+        self.timer = self.pool.loop.call_at(self.pool.loop.time() + self.pool.timeout_s, self._check_timeout)
+        if len(body) < 65536:
+            self.transport.write(head + body)
+        else:
+            self.transport.write(head)
+            self.transport.write(body)
+        if isinstance(sink, _Exchange):
+            sink.up = self
+
+    def _check_timeout(self) -> None:
+        # The timer is armed once per request and moved on only when it fires: no timer call per read.
+        self.timer = None
+        if self.sink is None:
+            return
+        idle = time.monotonic() - self.last_io
+        if idle < self.pool.timeout_s:
+            self.timer = self.pool.loop.call_at(self.pool.loop.time() + self.pool.timeout_s - idle,
+                                                self._check_timeout)
+            return
+        sink, self.sink = self.sink, None
+        self._idle()
+        if self.transport is not None:
+            self.transport.abort()
+        sink.fail("timeout")
+
+    # -- asyncio
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.got = True
+        self.last_io = time.monotonic()
+        sink = self.sink
+        if sink is None:  # bytes with no request: the connection cannot be trusted any more
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._lost_with(sink, "reset")
+            if self.transport is not None:
+                self.transport.abort()
+        finally:
+            sink.flush()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.pool.forget(self)
+        sink, self.sink = self.sink, None
+        if sink is None:
+            return
+        self._idle()
+        if self.started and self.framing == "close":
+            sink.end()  # an answer that ends with its connection
+            sink.flush()
+            return
+        if self.reused and not self.got and not getattr(sink, "retried", True):
+            sink.retried = True  # type: ignore[attr-defined]
+            head, body, head_only = self.sent
+            self.pool.send(head, body, sink, head_only)
+            return
+        self._lost_with(sink, "reset")
+
+    def _lost_with(self, sink: Sink, kind: str) -> None:
+        self.sink = None
+        self._idle()
+        sink.fail(kind)
+
+    def _idle(self) -> None:
+        """The request is over (answered, failed or given up): no timer."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    # -- httptools callbacks
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        self.informational = status < 200
+        if self.informational or self.sink is None:
+            return
+        headers = self._headers
+        framing = "length"
+        for k, v in headers:
+            lk = k.lower()
+            if lk == b"transfer-encoding" and b"chunked" in v.lower():
+                framing = "chunked"
+                break
+            if lk == b"content-length":
+                break
+        else:
+            if status not in _NO_BODY_STATUS and not self.head_only:
+                framing = "close"
+        self.framing = framing
+        self.started = True
+        self.sink.head(status, self._reason, headers, framing)
+        if self.head_only:
+            # llhttp cannot be told the answer to HEAD has no body: the connection is not reused
+            sink, self.sink = self.sink, None
+            self._idle()
+            sink.end()
+            sink.flush()
+            if self.transport is not None:
+                self.transport.close()
+
+    def on_body(self, chunk: bytes) -> None:
+        if self.sink is not None:
+            self.sink.body(chunk)
+
+    def on_message_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+            return
+        sink, self.sink = self.sink, None
+        self._idle()
+        if sink is None:
+            return
+        if self.parser.should_keep_alive() and self.framing != "close":
+            self.pool.idle.append(self)
+        elif self.transport is not None:
+            self.transport.close()
+        sink.end()
+
+
+class Upstream:
+    """One upstream, a pool of keep-alive connections (unbounded, as many as requests in flight), a read
+    timeout between reads. Use inside a running event loop."""
+
+    def __init__(self, url: str, *, timeout_s: float = 60.0, connect_timeout_s: float = 5.0) -> None:
+        u = urlsplit(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"{url!r}: expected http://HOST:PORT")
+        self.host = u.hostname
+        self.port = u.port or (443 if u.scheme == "https" else 80)
+        self.netloc = u.netloc
+        self.prefix = u.path.rstrip("/")
+        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if u.scheme == "https" else None
+        self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
+        self.idle: list[_UpConn] = []
+        self._all: set[_UpConn] = set()
+        self.loop = self._loop = asyncio.get_running_loop()
+
+    def head(self, method: str, raw_path: str, headers: list[tuple[str, str]], body_len: int) -> bytes:
+        return request_head(method, self.prefix + raw_path, self.netloc, headers, body_len)
+
+    def send(self, head: bytes, body: bytes, sink: Sink, head_only: bool = False) -> None:
+        while self.idle:
+            conn = self.idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.start(head, body, sink, head_only, reused=True)
+                return
+        self._loop.create_task(self._connect_and_send(head, body, sink, head_only))
+
+    async def _connect_and_send(self, head: bytes, body: bytes, sink: Sink, head_only: bool) -> None:
+        try:
+            _, conn = await asyncio.wait_for(
+                self._loop.create_connection(lambda: _UpConn(self), self.host, self.port, ssl=self.ssl),
+                self.connect_timeout_s)
+        except asyncio.TimeoutError:
+            sink.fail("timeout")
+            return
+        except OSError:
+            sink.fail("connect")
+            return
+        self._all.add(conn)
+        conn.start(head, body, sink, head_only, reused=False)
+
+    def forget(self, conn: _UpConn) -> None:
+        self._all.discard(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def close(self) -> None:
+        for conn in list(self._all):
+            conn.sink = None
+            conn._idle()
+            if conn.transport is not None:
+                conn.transport.close()
+        self.idle.clear()
+
+
+class Collect:
+    """A sink that keeps the answer (up to keep_bytes + 1 bytes) and calls `done(answer)` at its end."""
+
+    __slots__ = ("keep_bytes", "done", "sent_at", "status", "headers", "kept", "size", "retried")
+
+    def __init__(self, keep_bytes: int, done: Callable[[Answer], None]) -> None:
+        self.keep_bytes, self.done = keep_bytes, done
+        self.sent_at = time.time()
+        self.status: int | None = None
+        self.headers: tuple[tuple[str, str], ...] = ()
+        self.kept = bytearray()
+        self.size = 0
+        self.retried = False
+
+    def head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], framing: str) -> None:
+        self.status = status
+        self.headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)
+
+    def body(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if len(self.kept) <= self.keep_bytes:
+            self.kept += chunk[: self.keep_bytes + 1 - len(self.kept)]
+
+    def flush(self) -> None:
+        pass
+
+    def end(self) -> None:
+        self.done(Answer(self.status, self.headers, bytes(self.kept), self.size, self.sent_at, time.time()))
+
+    def fail(self, kind: str) -> None:
+        self.done(Answer(None, (), b"", 0, self.sent_at, time.time(), error=kind))
+
+
+# ---------------------------------------------------------------------------------------------- the client side
+_REASONS = {400: b"Bad Request", 413: b"Content Too Large", 431: b"Request Header Fields Too Large",
+            501: b"Not Implemented", 502: b"Bad Gateway", 504: b"Gateway Timeout"}
+
+
+def _simple(status: int, text: bytes, close: bool) -> bytes:
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s\r\n"
+            % (status, _REASONS[status], len(text), b"Connection: close\r\n" if close else b"")) + text
+
+
+class _Exchange:
+    """One request of a client connection and its answer: the sink its upstream connection feeds."""
+
+    __slots__ = ("conn", "req", "keep_alive", "http10", "token", "sent_at", "status", "headers", "kept", "size",
+                 "out", "chunked", "started", "retried", "up", "keep_bytes")
+
+    def __init__(self, conn: "_ClientConn", req: Request, keep_alive: bool, http10: bool, keep_bytes: int) -> None:
+        self.conn, self.req, self.keep_alive, self.http10, self.keep_bytes = conn, req, keep_alive, http10, keep_bytes
+        self.token: Any = None
+        self.sent_at = 0.0
+        self.status: int | None = None
+        self.headers: tuple[tuple[str, str], ...] = ()
+        self.kept = bytearray()
+        self.size = 0
+        self.out: list[bytes] = []
+        self.chunked = False
+        self.started = False
+        self.retried = False
+        self.up: _UpConn | None = None
+
+    def head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], framing: str) -> None:
+        self.status = status
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        kept = []
+        for k, v in headers:
+            ks = k.decode("latin-1")
+            kept.append((ks, v.decode("latin-1")))
+            if ks.lower() not in RESPONSE_DROP:
+                parts += (k, b": ", v, b"\r\n")
+        self.headers = tuple(kept)
+        if framing != "length":
+            if self.http10:
+                self.keep_alive = False  # no chunked framing for HTTP/1.0: the answer ends with the connection
+            else:
+                self.chunked = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+        if not self.keep_alive:
+            parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\n")
+        self.out.append(b"".join(parts))
+        self.started = True
+
+    def body(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if len(self.kept) <= self.keep_bytes:
+            self.kept += chunk[: self.keep_bytes + 1 - len(self.kept)]
+        if self.chunked:
+            self.out.append(b"%x\r\n%s\r\n" % (len(chunk), chunk) if len(chunk) < 65536 else b"%x\r\n" % len(chunk))
+            if len(chunk) >= 65536:
+                self.out += (chunk, b"\r\n")
+        else:
+            self.out.append(chunk)
+
+    def flush(self) -> None:
+        if self.out:
+            t = self.conn.transport
+            if t is not None and not t.is_closing():
+                t.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
+            self.out.clear()
+
+    def end(self) -> None:
+        if self.chunked and self.req.method != "HEAD":
+            self.out.append(b"0\r\n\r\n")
+        self.conn.finished(self, Answer(self.status, self.headers, bytes(self.kept), self.size, self.sent_at,
+                                        time.time()))
+
+    def fail(self, kind: str) -> None:
+        done = time.time()
+        if self.started:
+            # Too late for a status: the client's connection is closed so that it sees a cut answer.
+            self.flush()
+            self.keep_alive = False
+            if self.conn.transport is not None:
+                self.conn.transport.abort()
+            answer = Answer(self.status, self.headers, bytes(self.kept), self.size, self.sent_at, done, error=kind)
+        else:
+            status = 504 if kind == "timeout" else 502
+            self.out.append(_simple(status, f"upstream {kind}\n".encode(), not self.keep_alive))
+            answer = Answer(status, (), b"", 0, self.sent_at, done, error=kind)
+        self.conn.finished(self, answer)
+        self.flush()
+
+
+class _ClientConn(asyncio.Protocol):
+    def __init__(self, server: "ProxyServer") -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer: str | None = None
+        self.queue: deque[tuple[Request, bool, bool]] = deque()
+        self.current: _Exchange | None = None
+        self.closed = False
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        self._body: list[bytes] = []
+        self._size = 0
+        self._arrived = 0.0
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.closed = True
+        self.queue.clear()
+        self.server.connections.discard(self)
+        if self.current is not None and self.current.up is not None and self.current.up.transport is not None:
+            self.current.up.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        up = self.current.up if self.current is not None else None
+        if up is not None and up.transport is not None:
+            up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        up = self.current.up if self.current is not None else None
+        if up is not None and up.transport is not None:
+            up.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(501, b"upgrade is not supported by this proxy\n", counted=False)
+        except httptools.HttpParserError:
+            self._refuse(400, b"bad request\n", counted=True)
+
+    def _refuse(self, status: int, text: bytes, counted: bool) -> None:
+        if counted:
+            self.server.bad_http += 1
+        self.queue.clear()
+        t = self.transport
+        if t is not None and not t.is_closing():
+            if self.current is None:
+                t.write(_simple(status, text, True))
+                t.close()
+            else:  # an answer is on its way: it ends the connection once sent
+                self.current.keep_alive = False
+        self.parser = httptools.HttpRequestParser(self)  # nothing more is read from this connection
+        if t is not None:
+            t.pause_reading()
+
+    # -- httptools callbacks
+    def on_message_begin(self) -> None:
+        self._arrived = time.time()
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > MAX_HEAD_BYTES:
+            raise httptools.HttpParserError("request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._size += len(name) + len(value)
+        if self._size > MAX_HEAD_BYTES:
+            raise httptools.HttpParserError("headers too large")
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self._size = 0
+        if self.parser.get_http_version() == "1.1":
+            for k, v in self._headers:
+                if k.lower() == "expect" and v.lower() == "100-continue" and self.transport is not None:
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > MAX_REQUEST_BYTES:
+            raise httptools.HttpParserError("request body too large")
+        self._body.append(chunk)
+
+    def on_message_complete(self) -> None:
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        req = Request(self.parser.get_method().decode("latin-1"), self._url.decode("latin-1"), self._headers, body,
+                      self._arrived, self.peer)
+        self.queue.append((req, self.parser.should_keep_alive(), self.parser.get_http_version() == "1.0"))
+        if self.current is None:
+            self._next()
+
+    # -- exchanges, one at a time per connection (pipelined requests wait their turn)
+    def _next(self) -> None:
+        if not self.queue or self.closed:
+            return
+        req, keep_alive, http10 = self.queue.popleft()
+        self.current = ex = _Exchange(self, req, keep_alive, http10, self.server.keep_bytes)
+        self.server.forward(ex)
+
+    def finished(self, ex: _Exchange, answer: Answer) -> None:
+        self.current = None
+        ex.flush()
+        self.server.answered(ex, answer)
+        if not ex.keep_alive:
+            if self.transport is not None:
+                self.transport.close()
+            self.closed = True
+        else:
+            self._next()
+
+
+class ProxyServer:
+    """Serves clients on host:port, forwarding every request to `upstream`; `hooks` sees each one."""
+
+    def __init__(self, upstream: Upstream, hooks: Hooks, keep_bytes: int) -> None:
+        self.upstream, self.hooks, self.keep_bytes = upstream, hooks, keep_bytes
+        self.connections: set[_ClientConn] = set()
+        self.in_flight = 0
+        self.bad_http = 0
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        """Listens; returns the bound port (for port 0)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _ClientConn(self), host, port, backlog=1024,
+                                                reuse_address=True)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def forward(self, ex: _Exchange) -> None:
+        req = ex.req
+        self.in_flight += 1
+        ex.token = self.hooks.request(req)
+        headers = []
+        prior = None
+        for k, v in req.headers:
+            lk = k.lower()
+            if lk == "x-forwarded-for":
+                prior = v
+            elif lk not in _DROP_TO_UPSTREAM:
+                headers.append((k, v))
+        if req.peer:
+            headers.append(("X-Forwarded-For", f"{prior}, {req.peer}" if prior else req.peer))
+        elif prior is not None:
+            headers.append(("X-Forwarded-For", prior))
+        ex.sent_at = time.time()
+        self.upstream.send(self.upstream.head(req.method, req.raw_path, headers, len(req.body)), req.body, ex,
+                           head_only=req.method == "HEAD")
+
+    def answered(self, ex: _Exchange, answer: Answer) -> None:
+        self.in_flight -= 1
+        self.hooks.answered(ex.req, ex.token, answer)
+
+    async def close(self, drain_s: float = 5.0) -> None:
+        """Stops listening, lets the answers in flight finish (up to drain_s), closes every connection."""
+        if self._server is not None:
+            self._server.close()
+        deadline = time.monotonic() + drain_s
+        while self.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        self.upstream.close()

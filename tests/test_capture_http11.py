@@ -1,0 +1,147 @@
+"""`harness capture` on its HTTP/1.1 path (harness/capture/http11.py) against a real misbehaving
+upstream: answers stream through as they arrive, pipelined requests keep their order on one
+connection, HEAD and keep-alive work, unparseable HTTP is refused and counted, an upstream that stops
+answering is a 504 and one that cuts its answer cuts the client's."""
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import pytest
+
+from fault_server import FaultServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def upstream() -> Iterator[FaultServer]:
+    with FaultServer() as server:
+        yield server
+
+
+def _capture(upstream: str, out: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "capture", "--listen", f"127.0.0.1:{port}",
+                             "--upstream", upstream, "--out", str(out), *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().startswith("listening on")
+    return proc, port
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    return out
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def _read_answer(f: BinaryIO) -> tuple[int, dict[str, str], bytes]:
+    status = int(f.readline().split()[1])
+    headers: dict[str, str] = {}
+    while (line := f.readline()) not in (b"\r\n", b""):
+        k, v = line.decode("latin-1").split(":", 1)
+        headers[k.strip().lower()] = v.strip()
+    return status, headers, f.read(int(headers.get("content-length", "0")))
+
+
+def test_pipelined_requests_head_and_keep_alive_on_one_connection(tmp_path: Path, upstream: FaultServer) -> None:
+    proc, port = _capture(upstream.url, tmp_path / "c.jsonl")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /echo?n=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nfirst"
+                      b"HEAD /ok HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"POST /echo?n=3 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nthird!\r\n0\r\n\r\n")
+            f = s.makefile("rb")
+            first = _read_answer(f)
+            status, head_headers = f.readline(), {}
+            while (line := f.readline()) != b"\r\n":
+                k, v = line.decode("latin-1").split(":", 1)
+                head_headers[k.strip().lower()] = v.strip()
+            third = _read_answer(f)
+            s.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")  # the connection is still usable
+            fourth = _read_answer(f)
+        out = _stop(proc)
+    finally:
+        proc.kill()
+    assert first[0] == 200 and json.loads(first[2])["target"] == "/echo?n=1" and json.loads(first[2])["body"] == "first"
+    seen = [tuple(h) for h in json.loads(first[2])["headers"]]  # what the upstream got
+    assert ("X-Forwarded-For", "127.0.0.1") in seen and ("Host", upstream.url.split("//")[1]) in seen
+    assert status.startswith(b"HTTP/1.1 200") and int(head_headers["content-length"]) > 0
+    assert json.loads(third[2])["target"] == "/echo?n=3" and json.loads(third[2])["body"] == "third!"
+    assert fourth[0] == 200
+    assert [r["path"] for r in _records(tmp_path / "c.jsonl")] == ["/echo?n=1", "/ok", "/echo?n=3", "/ok"]
+    assert "requests: 4;" in out and "unparseable HTTP refused: 0" in out
+
+
+def test_unparseable_http_is_refused_with_400_and_counted(tmp_path: Path, upstream: FaultServer) -> None:
+    proc, port = _capture(upstream.url, tmp_path / "c.jsonl")
+    try:
+        for garbage in (b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(garbage)
+                answer = s.makefile("rb").read()
+            assert answer.startswith(b"HTTP/1.1 400 "), answer
+        out = _stop(proc)
+    finally:
+        proc.kill()
+    assert "unparseable HTTP refused: 2" in out
+    assert upstream.hits == {}
+
+
+def test_an_answer_streams_through_as_it_arrives(tmp_path: Path, upstream: FaultServer) -> None:
+    proc, port = _capture(upstream.url, tmp_path / "c.jsonl")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /trickle?ms=20 HTTP/1.1\r\nHost: x\r\n\r\n")
+            data, reads, first_body_at = b"", 0, None
+            while not data.endswith(b"}"):
+                chunk = s.recv(65536)
+                assert chunk, data
+                reads += 1
+                data += chunk
+                if first_body_at is None and b"\r\n\r\n" in data and not data.endswith(b"\r\n\r\n"):
+                    first_body_at = time.monotonic()
+            done_at = time.monotonic()
+        _stop(proc)
+    finally:
+        proc.kill()
+    body = data.split(b"\r\n\r\n", 1)[1]
+    assert json.loads(body)["prediction"] == "legit"
+    # one byte every 20 ms upstream: the client saw the body in many pieces, the first long before the last
+    assert reads > len(body) // 4, reads
+    assert first_body_at is not None and done_at - first_body_at > 0.5
+    (rec,) = _records(tmp_path / "c.jsonl")
+    assert rec["production_status"] == 200 and rec["production_bytes"] == len(body)
+
+
+def test_a_silent_upstream_is_a_504_and_a_cut_answer_cuts_the_clients(tmp_path: Path, upstream: FaultServer) -> None:
+    proc, port = _capture(upstream.url, tmp_path / "c.jsonl", "--timeout", "1")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /hang?s=5 HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, text = _read_answer(s.makefile("rb"))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /reset HTTP/1.1\r\nHost: x\r\n\r\n")
+            cut = s.makefile("rb").read()  # ends when the proxy closes the connection
+        out = _stop(proc)
+    finally:
+        proc.kill()
+    assert (status, text) == (504, b"upstream timeout\n")
+    head, body = cut.split(b"\r\n\r\n", 1)
+    assert b"Content-Length: 100" in head and len(body) < 100  # the client can tell the answer was cut
+    hang, reset = _records(tmp_path / "c.jsonl")
+    assert (hang["production_status"], hang["production_error"]) == (504, "timeout")
+    assert (reset["production_status"], reset["production_error"]) == (200, "reset")
+    assert "upstream errors: reset 1, timeout 1" in out

@@ -1,0 +1,137 @@
+"""gRPC legs against a real grpcio server (tests/grpc_v2_server.py): answers in typed and raw contents read
+into the V2 JSON form, metadata sent, gRPC statuses mapped to error kinds (DEADLINE_EXCEEDED -> timeout,
+NOT_FOUND -> http_4xx 404, INTERNAL -> http_5xx 500, an answer over the cap -> too_large, a port nobody
+listens on -> connect), a request that cannot become a call -> harness_error, and the send loop on time."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from replay_helpers import replay, scenario_dict, write_capture
+from stacks import free_port, wait_port
+
+pytestmark = pytest.mark.integration
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def grpc_server() -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(HERE / "grpc_v2_server.py"), str(port)], stderr=subprocess.PIPE)
+    try:
+        wait_port(port, proc)
+        yield f"grpc://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _rest(i: int, model: str, rows: int = 2) -> dict[str, Any]:
+    data = [round(0.1 * ((i + r) % 10), 3) for r in range(rows) for _ in range(3)]
+    return {"ts": 1_700_000_000 + i * 0.02, "method": "POST", "path": f"/v2/models/{model}/infer",
+            "headers": {"Content-Type": "application/json", "X-Echo-Tenant": f"t{i}", "Authorization": "Bearer s3"},
+            "body": {"id": f"r{i}", "inputs": [{"name": "x", "shape": [rows, 3], "datatype": "FP64", "data": data}]},
+            "request_id": f"{model}-{i}"}
+
+
+def _grpc(i: int, model: str) -> dict[str, Any]:
+    return {"ts": 1_700_000_000 + i * 0.02, "grpc_service": "inference.GRPCInferenceService",
+            "grpc_method": "ModelInfer", "metadata": {"x-echo-tenant": f"g{i}"}, "request_id": f"grpc-{model}-{i}",
+            "message": {"model_name": model, "inputs": [{"name": "x", "datatype": "FP64", "shape": ["1", "3"],
+                                                         "contents": {"fp64_contents": [0.25, 1, 2]}}]}}
+
+
+def _legs(con: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    cur = con.execute("select l.*, r.captured_request_id from legs l join requests r using (request_id)")
+    names = [d[0] for d in cur.description]
+    return {(row["captured_request_id"], row["version"]): row for row in (dict(zip(names, r)) for r in cur.fetchall())}
+
+
+def test_answers_statuses_and_error_kinds(tmp_path: Path, grpc_server: str) -> None:
+    records = ([_rest(i, "echo") for i in range(10)] + [_rest(i, "echo-raw") for i in range(10, 20)]
+               + [_grpc(i, "echo") for i in range(20, 25)]
+               + [_rest(25, "slow"), _rest(26, "missing"), _rest(27, "broken"), _rest(28, "huge"),
+                  {"ts": 1_700_000_000.6, "method": "GET", "path": "/v2/models/echo/ready", "request_id": "ready"},
+                  {"ts": 1_700_000_000.6, "method": "POST", "path": "/predict", "body": {"x": 1}, "request_id": "rest"}])
+    dead = f"grpc://127.0.0.1:{free_port()}"
+    sc = scenario_dict(write_capture(tmp_path / "c.jsonl", records), grpc_server, dead, speed=1, timeout_s=1,
+                       max_response_bytes=1_000_000)
+    sc["targets"]["baseline"]["protocol"] = sc["targets"]["candidate"]["protocol"] = "kserve_v2_grpc"
+    con, _ = replay(tmp_path, sc)
+    legs = _legs(con)
+    assert len(legs) == 2 * len(records)
+    base = {k[0]: v for k, v in legs.items() if k[1] == "baseline"}
+    for i in range(20):
+        leg = base[f"echo-{i}" if i < 10 else f"echo-raw-{i}"]
+        assert (leg["status_code"], leg["error_kind"]) == (200, None), leg
+        doc = json.loads(leg["output_json"])
+        p = round(0.1 * (i % 10), 3)
+        assert doc["outputs"][0]["data"][:2] == pytest.approx([p, 1 - p])  # typed and raw contents alike
+        assert doc["outputs"][0]["shape"] == [2, 2] and doc["id"] == f"r{i}"
+        assert doc["parameters"] == {"tenant": f"t{i}"}  # the captured header went as metadata
+        assert leg["row_count"] == 2 and leg["row_scores"][0] == pytest.approx(1 - p)  # class 1 of two
+        assert leg["response_bytes"] > 0 and leg["latency_ms"] > 0
+    for i in range(20, 25):
+        leg = base[f"grpc-echo-{i}"]
+        assert (leg["status_code"], leg["error_kind"], leg["row_count"]) == (200, None, 1)
+        assert json.loads(leg["output_json"])["parameters"] == {"tenant": f"g{i}"}
+    kinds = {name: (base[name]["status_code"], base[name]["error_kind"]) for name in
+             ("slow-25", "missing-26", "broken-27", "huge-28", "ready", "rest")}
+    assert kinds == {"slow-25": (None, "timeout"), "missing-26": (404, "http_4xx"), "broken-27": (500, "http_5xx"),
+                     "huge-28": (None, "too_large"), "ready": (200, None), "rest": (None, "harness_error")}
+    assert "NOT_FOUND" in base["missing-26"]["error_detail"] and "DEADLINE" in base["slow-25"]["error_detail"]
+    assert json.loads(base["ready"]["output_json"]) == {"ready": True}
+    assert "neither a inference.GRPCInferenceService call" in base["rest"]["error_detail"]
+    # every leg to the port nobody listens on is a connect error, except the one harness could not build
+    candidate = [v for k, v in legs.items() if k[1] == "candidate" and k[0] != "rest"]
+    assert {leg["error_kind"] for leg in candidate} == {"connect"}, {leg["error_detail"] for leg in candidate}
+    # the schedule was kept: no leg left late because another one was waiting for its answer
+    lags = [v["send_lag_ms"] for v in legs.values()]
+    assert max(lags) < 50, sorted(lags)[-5:]
+
+
+def test_grpcs_verified_and_its_failures_named_before_sending(tmp_path: Path) -> None:
+    from harness.errors import TargetUnreachable
+    from harness.run import check_targets
+    from harness.scenario import scenario_from_dict
+    from stacks import make_pki
+
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(HERE / "grpc_v2_server.py"), str(port), str(pki["server"]),
+                             str(pki["server_key"])], stderr=subprocess.PIPE)
+    try:
+        wait_port(port, proc)
+        url = f"grpcs://127.0.0.1:{port}"
+        records = [_rest(i, "echo") for i in range(10)]
+
+        def scenario(tls: dict[str, Any] | None, target: str = url) -> dict[str, Any]:
+            sc = scenario_dict(write_capture(tmp_path / "c.jsonl", records), target, None, speed=1, timeout_s=2)
+            sc["targets"]["baseline"]["protocol"] = "kserve_v2_grpc"
+            if tls is not None:
+                sc["targets"]["baseline"]["tls"] = tls
+            return sc
+
+        check_targets(scenario_from_dict(scenario({"ca_file": str(pki["ca"])})))
+        (tmp_path / "ok").mkdir()
+        (tmp_path / "bad").mkdir()
+        con, _ = replay(tmp_path / "ok", scenario({"ca_file": str(pki["ca"])}))
+        got = con.execute("select status_code, error_kind, count(*) from legs group by all").fetchall()
+        assert got == [(200, None, 10)]
+        with pytest.raises(TargetUnreachable, match="certificate is not trusted"):
+            check_targets(scenario_from_dict(scenario(None)))
+        with pytest.raises(TargetUnreachable, match="serves TLS \\(use a grpcs:// url"):
+            check_targets(scenario_from_dict(scenario(None, url.replace("grpcs://", "grpc://"))))
+        # mid-run, an untrusted certificate is the tls kind on every leg
+        con, _ = replay(tmp_path / "bad", scenario({"ca_file": str(pki["other_ca"])}))
+        assert con.execute("select error_kind, count(*) from legs group by all").fetchall() == [("tls", 10)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
