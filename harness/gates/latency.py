@@ -22,15 +22,16 @@ _SERIES_TEXT = {"latency_ms": ("latency", "ms"), "time_to_first_token_ms": ("tim
 
 # Series where a failed leg has no honest value of its own: a quick 503 is not a fast answer.
 _FAILURE_IS_SLOW = frozenset({"latency_ms", "time_to_first_token_ms", "inter_token_ms", "latency_per_token_ms"})
+_INTEGER_SERIES = frozenset({"completion_tokens"})  # counts: their quantiles are judged jittered (stats)
 TAIL_OBSERVATIONS_TO_PASS = 20  # observations beyond the quantile before a quantile gate may PASS
 TAIL_OBSERVATIONS_TO_JUDGE = 10  # ... before it is judged at all
 
 
 def _pass_floor(q: float | None) -> int:
     """Pairs where both versions answered that a latency-like gate needs before it may PASS: 20 observations
-    beyond the quantile (400 for a p95, 2,000 for a p99), 30 for a mean. This is the only size rule: whether
-    n is enough is otherwise decided by the paired interval itself."""
-    return math.ceil(TAIL_OBSERVATIONS_TO_PASS / (1 - q) - 1e-9) if q else 30
+    beyond the quantile, on its tail's side (400 for a p95 or a p5, 2,000 for a p99), 30 for a mean. This
+    is the only size rule: whether n is enough is otherwise decided by the paired interval itself."""
+    return math.ceil(TAIL_OBSERVATIONS_TO_PASS / min(q, 1 - q) - 1e-9) if q else 30
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,8 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
     if q is None:
         ratio_ci = stats.paired_mean_ratio_ci(b, c, confidence=1 - alpha, n_resamples=n_resamples, seed=seed)
     else:
-        ratio_ci = stats.paired_quantile_ratio_ci(b, c, q, confidence=1 - alpha, n_resamples=n_resamples, seed=seed)
+        ratio_ci = stats.paired_quantile_ratio_ci(b, c, q, confidence=1 - alpha, n_resamples=n_resamples, seed=seed,
+                                                  jitter=spec.metric in _INTEGER_SERIES)
     limit = 1.0 + spec.threshold
     p_fail = ratio_ci.p_above(limit)
     if ratio_ci.lower > limit:
@@ -185,7 +187,8 @@ def _latency_delta(spec: GateSpec, label: str | None, b: np.ndarray, c: np.ndarr
     """candidate - baseline in the metric's unit (maximum_increase: 5 = at most 5 ms slower): the paired
     bootstrap of the quantile difference, or the paired t bound of the mean difference."""
     if q:
-        iv = stats.paired_quantile_difference_ci(b, c, q, confidence=1 - alpha, n_resamples=n_resamples, seed=seed)
+        iv = stats.paired_quantile_difference_ci(b, c, q, confidence=1 - alpha, n_resamples=n_resamples, seed=seed,
+                                                 jitter=spec.metric in _INTEGER_SERIES)
     else:
         iv = stats.mean_difference_interval(b, c, confidence=1 - alpha)
     status = _bound_status(spec, iv.lower, iv.upper, few)

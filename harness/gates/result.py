@@ -36,9 +36,11 @@ class GateResult:
     comparison: str = "absolute"
     # latency-like segments: p-value of "the candidate is no more often slower here than in the rest"
     p_worse: float | None = None
-    # a blocking segment result that is inconclusive, beyond the limit by its estimate, and worse than the
+    # a blocking segment result that is inconclusive, slower than the baseline by its estimate, and worse than the
     # baseline after Benjamini-Hochberg across the segment tests: it holds the release
     suspect: bool = False
+    # the screen above rejected after Benjamini-Hochberg (suspect or not): ranks the segment in worst_segments
+    worse_here: bool = False
     direction: str = "max"  # the condition's: "max" when a larger value is the worse one
     explained_by: str | None = None  # a stronger segment without whose requests this one is within the limit
 
