@@ -327,3 +327,28 @@ def test_stream_arrivals_are_the_kernel_receive_times_not_when_a_busy_loop_read_
     first_token_ms = next(at for size, at in result.arrivals if size >= token_bytes)
     # read when the loop was free again, about 210 ms after the send; received about 50 ms after it
     assert abs(first_token_ms - served_ms) < 10.0, (first_token_ms, served_ms, result.arrivals)
+
+
+def test_connected_legs_leave_the_connect_sweep_and_the_answer_deadline_still_holds() -> None:
+    """With many slow answers open, the connect-timeout sweep walks only legs still connecting (it walked every
+    open leg every 10 ms); a connected leg still ends at the answer deadline, a slow one answered in time not."""
+    with ScriptedServer({"/slow": [0.6, _ok()], "/hang": [3.0, _ok()]}) as srv:
+        client = _client(srv.port, timeout_s=1.5)
+        results: list[Any] = []
+        try:
+            for i in range(40):
+                client.start("GET", "/hang" if i % 4 == 0 else "/slow", RequestHead([]), b"",
+                             lambda token, result, done: results.append((token, result)), i)
+            deadline = time.monotonic() + 0.4
+            while time.monotonic() < deadline and client._connecting:
+                gevent.sleep(0.02)
+            assert not client._connecting and len(client._inflight) == 40 - len(results)
+            deadline = time.monotonic() + 5
+            while len(results) < 40 and time.monotonic() < deadline:
+                gevent.sleep(0.02)
+        finally:
+            client.close()
+    kinds = {token: (r.status, r.error_kind, r.error_detail) for token, r in results}
+    assert len(kinds) == 40
+    assert all(kinds[i] == (None, "timeout", "no complete answer within 1.5 s") for i in range(0, 40, 4))
+    assert all(kinds[i] == (200, None, None) for i in range(40) if i % 4)

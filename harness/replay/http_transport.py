@@ -159,6 +159,10 @@ class HttpTransport:
         self._idle: list[_Conn] = []
         self._inflight: dict[_Exchange, None] = {}  # in start order: deadlines sweep from the front
         self._continues: dict[_Exchange, None] = {}  # heads out, waiting for 100 Continue
+        # Legs that opened a connection, for the connect timeout: few at a time, swept whole, so the sweep of
+        # _inflight can stop at the first leg younger than the answer timeout (with long streams open, a
+        # sweep of every leg older than the connect timeout walked them all every 10 ms).
+        self._connecting: dict[_Exchange, None] = {}
         self._opening = 0  # connections connecting or in their TLS handshake
         self._max_opening = _MAX_OPENING_TLS if https else 1 << 30
         self._waiting: collections.deque[_Exchange] = collections.deque()  # legs waiting for a connection
@@ -264,6 +268,7 @@ class HttpTransport:
         self._opening += 1
         conn.ex = ex
         ex.state = _CONNECTING
+        self._connecting[ex] = None
         err = sock.connect_ex(addr)
         if err == 0:
             self._connected(ex)
@@ -618,27 +623,28 @@ class HttpTransport:
         ex.state = _OVER
         self._inflight.pop(ex, None)
         self._continues.pop(ex, None)
+        self._connecting.pop(ex, None)
         ex.done(ex.token, result, time.time())
 
     def _sweep(self) -> None:
         now = time.monotonic()
         for ex in [e for e in self._continues if e.head_out_at + _CONTINUE_WAIT_S <= now]:
             self._send_body(ex)  # no 100 Continue in time: the body goes anyway, as curl sends it
-        shortest = min(self.timeout_s, self.connect_timeout_s)
-        expired = []
-        for ex in self._inflight:  # start order: nothing later can have expired once one is young enough
-            if ex.started + shortest > now:
-                break
-            connecting = ex.state in (_CONNECTING, _HANDSHAKING) and ex.started + self.connect_timeout_s <= now
-            if (connecting and ex.state == _CONNECTING and ex.started + self.timeout_s > now and ex.conn is not None
-                    and _peer_connected(ex.conn.sock)):
-                continue  # the kernel finished the handshake; a loop late to notice is no connect timeout
-            if connecting:
+        expired: dict[_Exchange, str] = {}
+        for ex in list(self._connecting):
+            if ex.state not in (_CONNECTING, _HANDSHAKING):
+                del self._connecting[ex]  # connected (or over): the answer timeout alone applies now
+            elif ex.started + self.connect_timeout_s <= now:
+                if (ex.state == _CONNECTING and ex.started + self.timeout_s > now and ex.conn is not None
+                        and _peer_connected(ex.conn.sock)):
+                    continue  # the kernel finished the handshake; a loop late to notice is no connect timeout
                 what = "connection" if ex.state == _CONNECTING else "TLS handshake"
-                expired.append((ex, f"no {what} within {self.connect_timeout_s:g} s"))
-            elif ex.started + self.timeout_s <= now:
-                expired.append((ex, self._timeout_detail))
-        for ex, detail in expired:
+                expired[ex] = f"no {what} within {self.connect_timeout_s:g} s"
+        for ex in self._inflight:  # start order: nothing later can have expired once one is young enough
+            if ex.started + self.timeout_s > now:
+                break
+            expired.setdefault(ex, self._timeout_detail)
+        for ex, detail in expired.items():
             self._release(ex, reuse=False)
             self._finish(ex, SendResult(None, b"", "timeout", detail, 0))
 
