@@ -48,12 +48,7 @@ def to_capture_record(req: CapturedRequest, grpc_form: bool = True) -> dict[str,
             rec["body_b64"] = base64.b64encode(req.body).decode()
         else:
             rec["body"] = _body_value(text, req.body)
-    for k, v in req.meta.items():
-        if k not in rec:
-            rec[k] = v
-    if req.response is not None:
-        rec["production_status"] = req.response.status
-    return rec
+    return _with_meta(rec, req)
 
 
 def _grpc_record(req: CapturedRequest, ts: str) -> dict[str, Any] | None:
@@ -69,6 +64,11 @@ def _grpc_record(req: CapturedRequest, ts: str) -> dict[str, Any] | None:
     if grpc is None:
         return None
     rec: dict[str, Any] = {"ts": ts, **grpc}
+    return _with_meta(rec, req)
+
+
+def _with_meta(rec: dict[str, Any], req: CapturedRequest) -> dict[str, Any]:
+    """The record's own fields first; metadata never overwrites them."""
     for k, v in req.meta.items():
         if k not in rec:
             rec[k] = v
