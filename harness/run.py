@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from .replay.dispatcher import DispatchPlan
     from .traffic.prepare import PreparedTraffic
 
-__all__ = ["run_scenario", "RunResult", "make_run_dir", "check_targets"]
+__all__ = ["run_scenario", "RunResult", "make_run_dir", "check_out_root", "check_targets"]
 
 log = logging.getLogger("harness")
 
@@ -42,6 +43,20 @@ class RunResult:
     verdict: str
     exit_code: int
     summary: dict
+
+
+def check_out_root(out_root: Path) -> None:
+    """--out can hold a run folder (for live shadow, which checks its targets before it makes one): a bad
+    --out or a full disk sends nothing to them, not even the check's handshake or HEAD /."""
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+        probe = out_root / f".write-test-{os.getpid()}"
+        try:
+            probe.write_bytes(b"\0" * 65536)
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as exc:
+        raise StoreError(f"{out_root}: cannot write the run folder there: {exc.strerror or exc}") from None
 
 
 def make_run_dir(out_root: Path, name: str) -> Path:
@@ -70,26 +85,30 @@ def check_targets(scenario: Scenario, timeout_s: float = 2.0) -> None:
     from .replay.tls import check_tls
     from .replay.wire_probe import probe_grpc, probe_http
 
+    ends = []
     for version in scenario.versions:
         target = scenario.target_for(version)
-        url = target.url
-        parts = urlsplit(url)
+        parts = urlsplit(target.url)
         secure = parts.scheme in ("https", "grpcs")
-        host, port = parts.hostname or "127.0.0.1", parts.port or (443 if secure else 80)
-        if secure:
-            named = "baseline" if scenario.replay.mode == "aa" else version  # A/A: the candidate leg is the baseline
-            problem = check_tls(host, port, target.tls, timeout_s, f"targets.{named}.tls")
-            if problem is not None:
-                raise TargetUnreachable(f"{version} target {url}: TLS: {problem}")
-            continue
+        ends.append((version, target, parts, secure, parts.hostname or "127.0.0.1",
+                     parts.port or (443 if secure else 80)))
+    # Every target accepts a connection before any is sent a byte: a down candidate costs the baseline nothing.
+    for version, target, _, _, host, port in ends:
         try:
             with socket.create_connection((host, port), timeout=timeout_s):
                 pass
         except OSError as exc:
-            raise TargetUnreachable(f"{version} target {url} is unreachable: {exc.strerror or exc}") from None
+            raise TargetUnreachable(f"{version} target {target.url} is unreachable: {exc.strerror or exc}") from None
+    for version, target, parts, secure, host, port in ends:
+        if secure:
+            named = "baseline" if scenario.replay.mode == "aa" else version  # A/A: the candidate leg is the baseline
+            problem = check_tls(host, port, target.tls, timeout_s, f"targets.{named}.tls")
+            if problem is not None:
+                raise TargetUnreachable(f"{version} target {target.url}: TLS: {problem}")
+            continue
         problem = probe_grpc(host, port, timeout_s) if parts.scheme == "grpc" else probe_http(host, port, timeout_s)
         if problem is not None:
-            raise TargetUnreachable(f"{version} target {url}: {problem}")
+            raise TargetUnreachable(f"{version} target {target.url}: {problem}")
 
 
 def _accept_encoding(setting: str, overrides: dict[str, str | None]) -> dict[str, str]:
@@ -136,7 +155,6 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
     if master and master_bind_port:
         _check_port_free("--master-bind-port", master_bind_host, master_bind_port, "the Locust master")
     aa_ref = read_aa_reference(scenario.replay.aa_reference) if scenario.replay.aa_reference else None
-    check_targets(scenario)
     if not scenario.traffic.path.exists():
         raise TrafficError(f"{scenario.traffic.path}: capture file not found")
     run_dir = make_run_dir(out_root, scenario.name)
@@ -171,6 +189,8 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             if t.tls and t.tls.get("verify") is False:
                 say(f"warning: {t.version} target {t.url}: TLS certificates are not verified (tls.verify: false)")
                 store.add_event("tls_unverified", t.version)
+        # The targets last: an input error found above sends them nothing, not even this check's HEAD /.
+        check_targets(scenario)
         monitor = _monitor(scenario, pids or {})
         sinks = {"legs": store.write_legs, "events": store.write_events, "resources": store.write_resources}
         options = ReplayOptions(web_ui=web_ui, web_port=web_port, progress_every_s=progress_every_s)
@@ -214,7 +234,8 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
         log.error("run failed: %s: %s", type(exc).__name__, exc, exc_info=exc if bug else None)
         if bug:  # the CLI names this harness.log; the folder is kept for it
             attach_log(exc, run_dir / "harness.log", written=True)
-        nothing_recorded = not bug and not (run_dir / "results.duckdb").exists()
+        # Nothing was sent before the pre-run check of the targets: no half-made run folder is left.
+        nothing_recorded = not bug and (isinstance(exc, TargetUnreachable) or not (run_dir / "results.duckdb").exists())
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

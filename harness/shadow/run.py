@@ -28,7 +28,7 @@ from ..capture.exchange import ExchangeRecords
 from ..capture.proxy import parse_listen, run_loop
 from ..capture.writer import CaptureWriter
 from ..errors import VERDICT_EXIT, ScenarioError, UsageError
-from ..run import RunResult, _setup_log, check_targets, make_run_dir
+from ..run import RunResult, _setup_log, check_out_root, check_targets, make_run_dir
 from ..send_headers import header_overrides
 from ..scenario import Scenario
 from .legs import LegBuilder
@@ -59,6 +59,7 @@ def run_shadow(scenario: Scenario, listen: str, out_root: Path, *, duration_s: f
     if snapshot_every_s < 0:
         raise UsageError("harness shadow: --snapshot-every must be >= 0 (0: no snapshots)")
     # The baseline answers the users: it must be up. The candidate may be down: that is recorded, not fatal.
+    check_out_root(out_root)
     check_targets(replace(scenario, replay=replace(scenario.replay, mode="baseline-only")))
     run_dir = make_run_dir(out_root, scenario.name)
     handler, say = _setup_log(run_dir, echo)
