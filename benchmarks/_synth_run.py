@@ -52,7 +52,8 @@ def build_run(run_dir: Path, n_pairs: int, threads: int | None = None) -> dict[s
                seg__tenant || ' & ' || seg__request_size as seg__tenant_x_size,
                200 + h1 as request_bytes, false as warmup,
                '[["Content-Type","application/json"],["X-Tenant-Tier","' || seg__tenant || '"]]' as headers_json,
-               null::varchar as captured_request_id, null::integer as production_status
+               null::varchar as captured_request_id, null::integer as production_status,
+               null::bigint as batch_size
         from base) to '{sched}' (format parquet)""")
     con.execute(f"""copy (select 0::bigint as source_line, now() as captured_at, 'GET' as method, '/' as path,
                     '/' as route, 'x' as reason, 'x' as seg__tenant, 'x' as seg__geography, 'x' as seg__request_size,
