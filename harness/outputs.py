@@ -226,13 +226,18 @@ def worst_segments(results: list[GateResult], limit: int = 15) -> list[dict[str,
                      "baseline": r.baseline, "candidate": r.candidate, "observed": r.observed,
                      "ci": list(r.ci) if r.ci else None, "threshold": r.threshold, "n": r.n, "status": r.status,
                      "effect": r.effect, "severity": severity, "allowance_used": severity, "reason": r.reason,
-                     "suspect": r.suspect, "worse_here": r.worse_here, "explained_by": r.explained_by})
+                     "suspect": r.suspect, "worse_here": r.worse_here, "explained_by": r.explained_by,
+                     "_screened_worse": r.worse_here or r.p_worse is None})
     # the segments that explain a regression lead; those a stronger one explains follow. Among the rest, a
     # segment the localized screen finds worse comes first: on a segment's few hundred pairs the quantile
     # estimate is noisy, and a clean segment's estimate often lies further beyond the limit than the
     # regressed one's (docs/judgement.md, "Segments and multiplicity")
+    # The screen exists for latency-like gates only: a gate without it (an error rate) is not ranked below the
+    # screened ones for want of a screen.
     rows.sort(key=lambda x: (x["status"] != "fail", not x["suspect"], x["explained_by"] is not None,
-                             not x["worse_here"], -x["severity"]))
+                             not x["_screened_worse"], -x["severity"]))
+    for x in rows:
+        del x["_screened_worse"]
     return _clean(rows[:limit])
 
 

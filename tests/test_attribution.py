@@ -82,3 +82,22 @@ def test_too_little_left_to_judge_is_not_an_explanation() -> None:
     results, _ = explain_segments(gates, results, data, RES, n_resamples=200)
     ent = next(r for r in results if r.segment == "tenant=ent")
     assert ent.explained_by is None, ent.reason
+
+
+def test_a_gate_without_the_latency_screen_is_not_ranked_below_screened_failures() -> None:
+    """worse_here comes from the latency screen only: an error-rate FAIL (no screen, no p_worse) ranks by its
+    severity among the latency FAILs the screen confirmed, never below all of them for want of a screen."""
+    from dataclasses import replace
+
+    gates = parse_gates({"error_rate": {"maximum": 0.01}, "latency_p95_ms": {"maximum_regression_percent": 10}},
+                        "t")
+    results = evaluate_gates(gates, _data(), RES, n_resamples=200)
+    rate_fail = next(r for r in results if r.name == "error_rate" and r.segment == "route=/bad")
+    assert rate_fail.status == "fail" and rate_fail.p_worse is None and not rate_fail.worse_here
+    template = next(r for r in results if r.name == "latency_p95_ms" and r.segment)
+    # many latency FAILs confirmed by the screen, each milder than the error-rate FAIL
+    latency_fails = [replace(template, segment=f"tenant_x_geo=t{i}", status="fail", observed=1.15, threshold=0.10,
+                             worse_here=True, p_worse=1e-6, explained_by=None)
+                     for i in range(10)]
+    worst = worst_segments(latency_fails + [rate_fail])
+    assert worst[0]["gate"] == "error_rate" and worst[0]["severity"] > worst[1]["severity"]
