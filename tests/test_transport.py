@@ -111,3 +111,45 @@ def test_request_bytes_with_and_without_the_body() -> None:
     bad = RequestHead([("X-Bad", "a\r\nInjected: 1")])
     with pytest.raises(ValueError, match="invalid value for header field"):
         request_bytes("GET", "/", bad, b"", "Host: m\r\n")
+
+
+def test_the_finisher_lets_the_loop_read_sockets_between_its_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finished legs are read in slices: bytes that arrive while the finisher works are read before it goes on
+    (a stream's next token read late by more than a gap would share its arrival time with the one after)."""
+    import socket
+
+    import gevent
+
+    from harness.replay import dispatcher as dispatcher_module
+
+    monkeypatch.setattr(dispatcher_module, "_FINISH_SLICE_S", 0.0)  # a slice of one leg
+    transports = {"baseline": MockTransport(lambda *a: _answer(200, {"prediction": "cat", "confidence": 0.9}))}
+    recorder = Recorder({"legs": lambda t: None, "events": lambda t: None, "resources": lambda t: None},
+                        use_threadpool=False)
+    a, b = socket.socketpair()
+    finished: list[str] = []
+    read_after: list[int] = []
+
+    def on_leg(version: str, route: str, latency_ms: float, size: int, error: str | None) -> None:
+        finished.append(version)
+        if len(finished) == 1:
+            a.send(b"token")  # arrives while the finisher still has legs to read
+
+    def readable() -> None:
+        b.recv(64)
+        read_after.append(len(finished))
+        watcher.stop()
+
+    watcher = gevent.get_hub().loop.io(b.fileno(), 1)
+    watcher.start(readable)
+    try:
+        dispatcher = Dispatcher(_plan((TargetPlan("baseline", "mock://b", "json", {}),)), recorder, on_leg=on_leg,
+                                transports=transports)
+        stats = dispatcher.run(0.0, _rows(8), 8)  # every send due at once: 8 legs queue for the finisher
+    finally:
+        watcher.close()
+        recorder.stop()
+        a.close()
+        b.close()
+    assert stats.completed_legs == 8
+    assert read_after == [1]  # read right after the leg during which it arrived, not after all 8

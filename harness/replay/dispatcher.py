@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import gevent
 import gevent.event
+from gevent.hub import Waiter
 import pyarrow.parquet as pq
 
 from ..compat import OutputValidator
@@ -115,6 +116,13 @@ _NO_OUTPUT = (None,) * 13  # streamed ... row_invalid of a leg without an answer
 _HEAD_CACHE_MAX = 4096
 _YIELD_S = 0.0001  # the finisher steps aside when the next send is due within this
 _SEAL_STEP_S = 0.0005  # and the recorder's seal steps within this
+# The finisher reads finished legs for at most _FINISH_SLICE_S at a time, then lets the loop read the sockets:
+# it waits until the loop has nothing ready (at most _FINISH_WAIT_S), or, with legs waiting longer than
+# _FINISH_BEHIND_S, for one turn of the loop. A stream's arrival times are the kernel's, so a read a few ms
+# late costs nothing; a read late by more than the gap between two tokens joins them into one arrival.
+_FINISH_SLICE_S = 0.002
+_FINISH_WAIT_S = 0.02
+_FINISH_BEHIND_S = 1.0
 _NEVER = float("inf")
 
 
@@ -326,10 +334,15 @@ class Dispatcher:
 
     def _finish_loop(self) -> None:
         queue, wake = self._finished, self._finish_wake
+        loop = gevent.get_hub().loop
         while True:
+            end = time.monotonic() + _FINISH_SLICE_S
             while queue:
                 self.make_way()
                 self._finish_one(*queue.popleft())
+                if queue and time.monotonic() >= end:
+                    _let_reads_in(loop, queue[0][2])
+                    end = time.monotonic() + _FINISH_SLICE_S
             wake.clear()
             wake.wait()
 
@@ -425,6 +438,25 @@ class Dispatcher:
             text = body[:OUTPUT_EXCERPT_CHARS * 2].decode("utf-8", "replace")
         masked = self._redactor.body(text.encode()).decode("utf-8", "replace")
         return self._redactor.text(masked[:OUTPUT_EXCERPT_CHARS], self.plan.secrets)
+
+
+def _let_reads_in(loop: Any, oldest_done: float) -> None:
+    """Step aside for the sockets: until the loop has nothing ready to read (an idle watcher runs only then),
+    at most _FINISH_WAIT_S; when the oldest leg waiting finished over _FINISH_BEHIND_S ago, for one turn of the
+    loop only (what is ready is read, then the next slice), so a loop that never goes idle cannot starve the
+    finisher. gevent.sleep(0) would not do: the loop runs the callbacks it queues for up to 50 in a row
+    before it looks at the sockets again."""
+    waiter = Waiter()
+    behind = time.time() - oldest_done > _FINISH_BEHIND_S
+    watchers = [loop.timer(0.0 if behind else _FINISH_WAIT_S)] + ([] if behind else [loop.idle()])
+    for w in watchers:
+        w.start(waiter.switch, None)
+    try:
+        waiter.get()
+    finally:
+        for w in watchers:
+            w.stop()
+            w.close()
 
 
 def _transport_for(target: TargetPlan, limits: Limits) -> Transport:
