@@ -9,12 +9,18 @@ list, 127.0.0.1 only.
 Timing: asyncio's own timers round their timeout up to a whole millisecond (0-1 ms late), too coarse for
 a truth measured to 1 ms. A timer thread waits on a condition variable (nanosecond timeouts) for the
 earliest due token, takes every token due within the next `--quantum-ms` (0.2) and hands the batch to
-the event loop in one call_soon_threadsafe; the loop writes the pre-encoded chunks. The server records,
-for every token written, its lateness (written - scheduled; negative up to the quantum: early), and
-writes the distribution, the token writes per second and the most streams open at once to
---stats-file on SIGTERM, so its own error can be told apart from the client's; and, per stream, what it
-really did (TTFT from the read to the first token written, mean and p95 gap between token writes) to
-STATS_FILE.truth.jsonl, keyed by the completion id the client sees.
+the event loop in one call_soon_threadsafe; the loop sends the pre-encoded chunks.
+
+The truth is what the kernel saw, not when this process got round to it: a request's time is the kernel's
+receive time of its bytes (SO_TIMESTAMPNS on the connection, read with recvmsg: the sockets are plain
+non-blocking ones read by loop.add_reader, since asyncio's transports drop ancillary data), and a token's is
+the time right after its send() returned (on loopback the bytes are in the client's receive queue by then).
+The schedule counts from the request's kernel time too. The server records, for every token sent, its
+lateness (sent - scheduled; negative up to the quantum: early), and writes the distribution, the token
+sends per second and the most streams open at once to --stats-file on SIGTERM, so its own error is told
+apart from the client's; and, per stream, what it really did (TTFT from the request's arrival to the first
+token sent, mean and p95 gap between token sends) to STATS_FILE.truth.jsonl, keyed by the completion id the
+client sees.
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ import asyncio
 import heapq
 import json
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
@@ -31,6 +39,8 @@ from typing import Any
 
 HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n")
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux's number where Python does not name it
+STAMP_SPACE = socket.CMSG_SPACE(16)
 
 
 def _chunk(data: bytes) -> bytes:
@@ -38,12 +48,11 @@ def _chunk(data: bytes) -> bytes:
 
 
 class Stream:
-    __slots__ = ("transport", "token", "left", "t0", "n", "tail", "proto", "cid", "written")
+    __slots__ = ("conn", "token", "left", "t0", "n", "tail", "cid", "written", "arrived")
 
-    def __init__(self, proto: "Proto", transport: asyncio.Transport, token: bytes, n: int, t0: float, tail: bytes,
-                 cid: str):
-        self.proto, self.transport, self.token, self.left, self.n, self.t0, self.tail = proto, transport, token, n, n, t0, tail
-        self.cid, self.written = cid, array("d")
+    def __init__(self, conn: "Conn", token: bytes, n: int, t0: float, tail: bytes, cid: str, arrived: float):
+        self.conn, self.token, self.left, self.n, self.t0, self.tail = conn, token, n, n, t0, tail
+        self.cid, self.written, self.arrived = cid, array("d"), arrived
 
 
 class Wheel(threading.Thread):
@@ -82,21 +91,80 @@ class Wheel(threading.Thread):
             self.loop.call_soon_threadsafe(self.write, batch)
 
 
-class Proto(asyncio.Protocol):
-    server: "Server"
+class Conn:
+    """A client connection on a plain non-blocking socket: read with recvmsg for the kernel's receive time,
+    written with send (what the socket does not take waits in `out` for a writer callback)."""
 
-    def __init__(self, server: "Server") -> None:
-        self.server, self.buf, self.transport, self.busy = server, b"", None, False
+    __slots__ = ("server", "sock", "fd", "buf", "busy", "open", "out", "stamp")
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def __init__(self, server: "Server", sock: socket.socket) -> None:
+        self.server, self.sock, self.fd = server, sock, sock.fileno()
+        self.buf, self.busy, self.open, self.out, self.stamp = b"", False, True, b"", 0.0
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:
+            pass  # no stamps: a request's time is when it was read
+        server.loop.add_reader(self.fd, self.readable)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-
-    def data_received(self, data: bytes) -> None:
+    def readable(self) -> None:
+        try:
+            data, anc, _, _ = self.sock.recvmsg(65536, STAMP_SPACE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data, anc = b"", []
+        if not data:
+            self.close()
+            return
+        now = time.time()
+        stamp = now
+        for level, kind, raw in anc:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                sec, nsec = struct.unpack_from("qq", raw)
+                stamp = min(sec + nsec * 1e-9, now)
+        if not self.buf:
+            self.stamp = stamp  # a request's time: when its first bytes arrived
         self.buf += data
         self.server.next_request(self)
+
+    def write(self, data: bytes) -> None:
+        if not self.open:
+            return
+        if self.out:
+            self.out += data
+            return
+        try:
+            n = self.sock.send(data)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            self.close()
+            return
+        if n < len(data):
+            self.out = data[n:]
+            self.server.loop.add_writer(self.fd, self.writable)
+
+    def writable(self) -> None:
+        try:
+            n = self.sock.send(self.out)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close()
+            return
+        self.out = self.out[n:]
+        if not self.out:
+            self.server.loop.remove_writer(self.fd)
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            self.server.loop.remove_reader(self.fd)
+            if self.out:
+                self.server.loop.remove_writer(self.fd)
+            self.sock.close()
 
 
 class Server:
@@ -109,15 +177,33 @@ class Server:
         self.open = self.max_open = self.streams = self.writes = 0
         self.first_write = self.last_write = 0.0
         self.n = 0
-        self.done: list[tuple[str, float, array]] = []  # (completion id, read time, token write times)
+        self.done: list[tuple[str, float, array]] = []  # (completion id, request arrival, token send times), epoch s
 
-    def next_request(self, p: Proto) -> None:
+    def listen(self, port: int) -> socket.socket:
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lsock.bind(("127.0.0.1", port))
+        lsock.listen(8192)
+        lsock.setblocking(False)
+        self.loop.add_reader(lsock.fileno(), self.accept, lsock)
+        return lsock
+
+    def accept(self, lsock: socket.socket) -> None:
+        for _ in range(256):
+            try:
+                sock, _ = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            Conn(self, sock)
+
+    def next_request(self, p: Conn) -> None:
         if p.busy:
             return  # pipelined: read after the current stream ends
         head_end = p.buf.find(b"\r\n\r\n")
         if head_end < 0:
             return
-        t_read = time.perf_counter()
         head = p.buf[:head_end]
         length = 0
         for line in head.split(b"\r\n")[1:]:
@@ -126,11 +212,14 @@ class Server:
         end = head_end + 4 + length
         if len(p.buf) < end:
             return
+        arrived = p.stamp
         body, p.buf = p.buf[head_end + 4:end], p.buf[end:]
+        if p.buf:
+            p.stamp = time.time()  # a pipelined request's bytes came with this one's: no time of their own
         if head[:4] == b"GET ":  # /health, /v1/models: the peers check the server before they start
             answer = b'{"object":"list","data":[{"id":"m","object":"model","created":0,"owned_by":"bench"}]}'
-            p.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"  # type: ignore[union-attr]
-                              % (len(answer), answer))
+            p.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(answer), answer))
             if p.buf:
                 self.next_request(p)
             return
@@ -139,7 +228,7 @@ class Server:
             n = int(doc.get("max_completion_tokens") or doc.get("max_tokens") or 16)
             prompt = sum(len(str(m.get("content") or "").split()) for m in doc.get("messages") or ())
         except (ValueError, TypeError, AttributeError):
-            p.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")  # type: ignore[union-attr]
+            p.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
             return
         self.n += 1
         cid = f"chatcmpl-{self.n}"
@@ -151,40 +240,46 @@ class Server:
                 + _chunk(b"data: " + (pre + '],"usage":' + json.dumps(usage) + "}").encode() + b"\n\n")
                 + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
         p.busy = True
-        p.transport.write(HEAD + role)  # type: ignore[union-attr]
+        p.write(HEAD + role)
         self.open += 1
         self.streams += 1
         self.max_open = max(self.max_open, self.open)
-        self.wheel.add(t_read + self.ttft_s, Stream(p, p.transport, token, n, t_read, tail, cid))  # type: ignore[arg-type]
+        # the schedule counts from the request's arrival in the kernel, on the perf_counter clock
+        t0 = time.perf_counter() - (time.time() - arrived)
+        self.wheel.add(t0 + self.ttft_s, Stream(p, token, n, t0, tail, cid, arrived))
 
     def write_batch(self, batch: list[tuple[float, Stream]]) -> None:
         itl, wheel = self.itl_s, self.wheel
         for due, s in batch:
+            s.left -= 1
+            conn = s.conn
+            if not conn.open:
+                self.open -= 1
+                continue
+            if s.left:
+                conn.write(s.token)
+            else:
+                conn.write(s.token + s.tail)
+            sent = time.time()  # right after send(): the bytes are in the client's receive queue
             now = time.perf_counter()
             self.late_us.append(int((now - due) * 1e6))
             if not self.first_write:
                 self.first_write = now
             self.last_write = now
             self.writes += 1
-            s.left -= 1
-            s.written.append(now)
-            if s.proto.transport is None:
-                self.open -= 1
-                continue
+            s.written.append(sent)
             if s.left:
-                s.transport.write(s.token)
                 wheel.add(s.t0 + self.ttft_s + (s.n - s.left) * itl, s)
             else:
-                s.transport.write(s.token + s.tail)
-                self.done.append((s.cid, s.t0, s.written))
+                self.done.append((s.cid, s.arrived, s.written))
                 self.open -= 1
-                s.proto.busy = False
-                if s.proto.buf:
-                    self.next_request(s.proto)
+                conn.busy = False
+                if conn.buf:
+                    self.next_request(conn)
 
     def truth(self) -> list[dict[str, Any]]:
-        """Per completed stream, what the server really did: TTFT (read -> first token written) and the
-        mean and p95 of its gaps between token writes, in ms."""
+        """Per completed stream, what the server really did: TTFT (the request's arrival -> first token sent)
+        and the mean and p95 of its gaps between token sends, in ms."""
         out = []
         for cid, t0, written in self.done:
             gaps = sorted(b - a for a, b in zip(written, written[1:]))
@@ -219,13 +314,13 @@ async def main() -> None:
     sys.setswitchinterval(0.0002)
     server = Server(args.ttft_ms / 1000, args.itl_ms / 1000, args.quantum_ms / 1000)
     loop = asyncio.get_running_loop()
-    listeners = [await loop.create_server(lambda: Proto(server), "127.0.0.1", port, backlog=8192)
-                 for port in args.ports]
+    listeners = [server.listen(port) for port in args.ports]
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     await stop.wait()
     for s in listeners:
+        loop.remove_reader(s.fileno())
         s.close()
     if args.stats_file:
         with open(args.stats_file, "w") as f:
