@@ -39,7 +39,12 @@ from typing import Any
 
 HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n")
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux's number where Python does not name it
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux's numbers where Python does not name them
+SO_TIMESTAMPING = getattr(socket, "SO_TIMESTAMPING", 37)
+# a software timestamp when each send()'s last byte leaves for the device (loopback: into the peer's receive
+# queue), keyed by that byte's offset in the stream (OPT_ID), without the packet (OPT_TSONLY)
+TX_STAMPS = (1 << 1) | (1 << 4) | (1 << 7) | (1 << 11)  # TX_SOFTWARE | SOFTWARE | OPT_ID | OPT_TSONLY
+RECVERR = ((socket.IPPROTO_IP, 11), (socket.IPPROTO_IPV6, 25))  # IP_RECVERR, IPV6_RECVERR
 STAMP_SPACE = socket.CMSG_SPACE(16)
 
 
@@ -95,20 +100,49 @@ class Conn:
     """A client connection on a plain non-blocking socket: read with recvmsg for the kernel's receive time,
     written with send (what the socket does not take waits in `out` for a writer callback)."""
 
-    __slots__ = ("server", "sock", "fd", "buf", "busy", "open", "out", "stamp")
+    __slots__ = ("server", "sock", "fd", "buf", "busy", "open", "out", "stamp", "queued", "pending", "tx")
 
     def __init__(self, server: "Server", sock: socket.socket) -> None:
         self.server, self.sock, self.fd = server, sock, sock.fileno()
         self.buf, self.busy, self.open, self.out, self.stamp = b"", False, True, b"", 0.0
+        self.queued = 0  # bytes handed to write() so far: a send's OPT_ID key is its last byte's offset
+        self.pending: dict[int, tuple[array, int]] = {}  # key -> (a stream's token send times, which token)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         except OSError:
             pass  # no stamps: a request's time is when it was read
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, TX_STAMPS)
+            self.tx = True
+        except OSError:
+            self.tx = False  # a token's time is the time right after its send()
         server.loop.add_reader(self.fd, self.readable)
 
+    def tx_stamps(self) -> None:
+        """The kernel's send times waiting in the error queue (it makes the socket readable): each replaces
+        the time taken right after that token's send()."""
+        while True:
+            try:
+                _, anc, _, _ = self.sock.recvmsg(0, 512, socket.MSG_ERRQUEUE)
+            except OSError:  # BlockingIOError included: none left
+                return
+            at = key = None
+            for level, kind, raw in anc:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING:
+                    sec, nsec = struct.unpack_from("qq", raw)
+                    at = sec + nsec * 1e-9
+                elif (level, kind) in RECVERR:
+                    key = struct.unpack_from("I", raw, 12)[0]  # sock_extended_err.ee_data
+            tag = self.pending.pop(key, None) if key is not None else None
+            if tag is not None and at:
+                tag[0][tag[1]] = at
+                self.server.tx_stamped += 1
+
     def readable(self) -> None:
+        if self.tx:
+            self.tx_stamps()
         try:
             data, anc, _, _ = self.sock.recvmsg(65536, STAMP_SPACE)
         except BlockingIOError:
@@ -129,9 +163,13 @@ class Conn:
         self.buf += data
         self.server.next_request(self)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, times: array | None = None) -> None:
+        """`times`: a stream's token send times, whose last entry the kernel's send time of `data` replaces."""
         if not self.open:
             return
+        self.queued += len(data)
+        if times is not None and self.tx:
+            self.pending[self.queued - 1] = (times, len(times) - 1)
         if self.out:
             self.out += data
             return
@@ -178,6 +216,7 @@ class Server:
         self.first_write = self.last_write = 0.0
         self.n = 0
         self.done: list[tuple[str, float, array]] = []  # (completion id, request arrival, token send times), epoch s
+        self.tx_stamped = 0  # token send times that are the kernel's
 
     def listen(self, port: int) -> socket.socket:
         lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -256,18 +295,17 @@ class Server:
             if not conn.open:
                 self.open -= 1
                 continue
-            if s.left:
-                conn.write(s.token)
-            else:
-                conn.write(s.token + s.tail)
-            sent = time.time()  # right after send(): the bytes are in the client's receive queue
+            s.written.append(0.0)
+            conn.write(s.token if s.left else s.token + s.tail, s.written)
+            sent = time.time()  # right after send(), until the kernel's send time replaces it
             now = time.perf_counter()
             self.late_us.append(int((now - due) * 1e6))
             if not self.first_write:
                 self.first_write = now
             self.last_write = now
             self.writes += 1
-            s.written.append(sent)
+            if not s.written[-1]:
+                s.written[-1] = sent
             if s.left:
                 wheel.add(s.t0 + self.ttft_s + (s.n - s.left) * itl, s)
             else:
@@ -295,7 +333,7 @@ class Server:
             return late[min(len(late) - 1, int(p * len(late)))] / 1000.0 if late else None
 
         span = self.last_write - self.first_write
-        return {"streams": self.streams, "token_writes": self.writes, "max_open_streams": self.max_open,
+        return {"streams": self.streams, "token_writes": self.writes, "token_sends_kernel_stamped": self.tx_stamped, "max_open_streams": self.max_open,
                 "writes_per_s": self.writes / span if span > 0 else None, "late_p50_ms": q(0.5),
                 "late_p99_ms": q(0.99), "late_max_ms": late[-1] / 1000.0 if late else None,
                 "early_max_ms": -late[0] / 1000.0 if late else None}

@@ -122,7 +122,7 @@ class _Exchange:
         self.parser: Any = None  # llhttp, made only for an answer that quick_answer does not take
         self.done = done
         self.token = token
-        self.t0 = time.perf_counter()
+        self.t0 = time.time()  # the wall clock, as the kernel's receive times of a stream's reads
         self.started = started  # monotonic, for the deadline sweep
         self.head_out_at = 0.0  # monotonic: when an Expect: 100-continue head was out
         self.state = _SENDING
@@ -420,7 +420,7 @@ class HttpTransport:
             ex.state = _READING
             # Arrival times count from here, the request's last byte handed over: a connection still being set
             # up, or a loop late to write, is not time the server took to its first token.
-            ex.t0 = time.perf_counter()
+            ex.t0 = time.time()
 
     def _send_body(self, ex: _Exchange) -> None:
         """The body of an Expect: 100-continue request: on 100 Continue, or when none came in time."""
@@ -534,13 +534,12 @@ class HttpTransport:
         buf = parser._body_buffer  # noqa: SLF001 - the parser's body so far
         if ex.stream:
             if buf:
-                at_ms = (time.perf_counter() - ex.t0) * 1000.0
                 stamp = conn.stamp
-                if stamp and stamp[0][1] == _SO_TIMESTAMPNS:  # minus how long the bytes waited in the kernel
+                if stamp and stamp[0][1] == _SO_TIMESTAMPNS:  # when the bytes reached the kernel, not the read
                     sec, nsec = struct.unpack_from("qq", stamp[0][2])
-                    waited = time.time() - (sec + nsec * 1e-9)
-                    if waited > 0:
-                        at_ms = max(at_ms - waited * 1000.0, 0.0)
+                    at_ms = max((sec + nsec * 1e-9 - ex.t0) * 1000.0, 0.0)
+                else:
+                    at_ms = (time.time() - ex.t0) * 1000.0
                 piece = bytes(buf)
                 del buf[:]
                 sbody = ex.sbody
