@@ -200,9 +200,13 @@ def main() -> None:
                     res = fn(urls[0], w)
                     wall = time.perf_counter() - t0
                 server = json.loads(stats[0].read_text()) if stats[0].exists() else {}
+                truth = Path(f"{stats[0]}.truth.jsonl")
+                served = [json.loads(line)["ttft_ms"] - args.ttft_ms for line in truth.read_text().splitlines()
+                          ] if truth.exists() else []
                 res.update({"tool": name, "concurrency_pairs_asked": conc, "requests": n, "wall_s": round(wall, 1),
                             "load_before": load, "server_max_open": server.get("max_open_streams"),
                             "server_late_p99_ms": server.get("late_p99_ms"),
+                            "server_ttft_late_p50_ms": q(served, 0.5), "server_ttft_late_p99_ms": q(served, 0.99),
                             "cpu_ms_per_stream": round(1000 * res.get("cpu_s", 0) / n, 2) if n else None})
                 results.append(res)
                 print(json.dumps(res), flush=True)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -57,8 +58,26 @@ def load_now(interval_s: float = 1.0) -> dict[str, float]:
             "busy": round(1 - (d[3] + d[4]) / total, 3), "steal": round(d[7] / total, 4) if len(d) > 7 else 0.0}
 
 
+def cpu_times() -> list[int]:
+    """/proc/stat's first line: user, nice, system, idle, iowait, irq, softirq, steal (clock ticks)."""
+    return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+
+
+def busy_since(before: list[int]) -> float:
+    d = [y - x for x, y in zip(before, cpu_times())]
+    return round(1 - (d[3] + d[4]) / max(sum(d), 1), 3)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def stream_servers(ttft_ms: float, itl_ms: float, stats_dir: Path) -> Iterator[tuple[list[str], list[Path]]]:
+def stream_servers(ttft_ms: float, itl_ms: float, stats_dir: Path,
+                   cpu_s: list[float] | None = None) -> Iterator[tuple[list[str], list[Path]]]:
+    """Two stream servers; `cpu_s` gets each one's CPU seconds when they stop."""
     ports = [c.free_port(), c.free_port()]
     stats = [stats_dir / f"server-{p}.json" for p in ports]
     procs = [subprocess.Popen([c.PY, str(SERVER), "--ports", str(p), "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms),
@@ -69,6 +88,8 @@ def stream_servers(ttft_ms: float, itl_ms: float, stats_dir: Path) -> Iterator[t
         yield [f"http://127.0.0.1:{p}" for p in ports], stats
     finally:
         for proc in procs:
+            if cpu_s is not None and proc.poll() is None:
+                cpu_s.append(round(process_cpu_s(proc.pid), 1))
             c.stop_process(proc)
 
 
@@ -124,17 +145,21 @@ def one(conc: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     d.mkdir()
     trace = write_trace(d / "trace.jsonl", n, rate, args.tokens)
     load = load_now()
-    with stream_servers(args.ttft_ms, args.itl_ms, d) as (urls, stats):
+    server_cpu: list[float] = []
+    with stream_servers(args.ttft_ms, args.itl_ms, d, server_cpu) as (urls, stats):
         scen = write_scenario(d / "s.yaml", trace, urls, max_in_flight=2 * conc + 100)
         extra = ["--processes", str(args.processes)] if args.processes > 1 else []
         spy = _Profiler(c.OUT_ROOT / f"llm_streams_profile_c{conc}.txt", stream_s + args.hold_s) if args.profile else None
+        ticks = cpu_times()
         run = c.run_harness(["run", str(scen), *extra], out=d / "out", timeout_s=stream_s + args.hold_s + 240,
                             measure_rss=True, on_line=spy.on_line if spy else None)
+        busy = busy_since(ticks)
     if args.keep:
         (d / "harness-output.txt").write_text(run.output)
     server = [json.loads(s.read_text()) if s.exists() else {} for s in stats]
     res: dict[str, Any] = {"concurrency_pairs": conc, "open_legs_planned": 2 * conc, "pairs": n,
-                           "rate_pairs_per_s": round(rate, 1), "load_before": load, "rc": run.rc,
+                           "rate_pairs_per_s": round(rate, 1), "load_before": load, "cpu_busy_during": busy,
+                           "server_cpu_s": server_cpu, "rc": run.rc,
                            "wall_s": round(run.wall_s, 1), "peak_rss_mb": run.peak_rss_mb,
                            "server_max_open": [s.get("max_open_streams") for s in server],
                            "server_writes_per_s": [round(s.get("writes_per_s") or 0) for s in server],
