@@ -380,6 +380,9 @@ class HttpTransport:
         wbuf = conn.wbuf
         if not wbuf:
             return True
+        # Arrival times count from just before the request's last bytes go to the kernel: read after the send,
+        # the clock waits for the GIL the send released whenever another thread (the recorder's) is running.
+        ex.t0 = time.time()
         try:
             n = conn.sock.send(wbuf)
         except BlockingIOError:
@@ -417,10 +420,9 @@ class HttpTransport:
             ex.head_out_at = time.monotonic()
             self._continues[ex] = None
         else:
+            # Arrival times count from the request's last send (_flush): a connection still being set up, or a
+            # loop late to write, is not time the server took to its first token.
             ex.state = _READING
-            # Arrival times count from here, the request's last byte handed over: a connection still being set
-            # up, or a loop late to write, is not time the server took to its first token.
-            ex.t0 = time.time()
 
     def _send_body(self, ex: _Exchange) -> None:
         """The body of an Expect: 100-continue request: on 100 Continue, or when none came in time."""
