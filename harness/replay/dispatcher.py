@@ -10,8 +10,8 @@ flight is not sent and is recorded as skipped with that reason.
 Each target's legs go through its transport (harness.replay.transport; http and https:
 harness.replay.http_transport, exchanges driven by the loop's callbacks, one non-blocking send each, so
 the two legs leave microseconds apart). Finished legs queue for one finisher greenlet, which reads,
-validates and records them and steps aside whenever the next send is due: reading answers never delays
-the schedule.
+validates and records them and steps aside whenever the next send is due, and every 2 ms for the sockets:
+reading answers never delays the schedule, nor the reads of the streams still open.
 """
 from __future__ import annotations
 
