@@ -377,12 +377,14 @@ class HarnessRun:
 
 
 def run_harness(args: Sequence[str], *, out: Path, timeout_s: float, measure_rss: bool = False,
-                on_line: Any = None, taskset: str | None = None) -> HarnessRun:
+                on_line: Any = None, taskset: str | None = None, nice: int = 0) -> HarnessRun:
     """`harness <args> --out OUT`, output captured; the run folder is the one it created under OUT."""
     before = set(out.iterdir()) if out.exists() else set()
     cmd = [*HARNESS, *args, "--out", str(out)]
     if taskset:
         cmd = ["taskset", "-c", taskset, *cmd]
+    if nice:
+        cmd = ["nice", "-n", str(nice), *cmd]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             start_new_session=True)

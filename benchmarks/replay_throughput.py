@@ -43,6 +43,7 @@ RATIO_GOAL = 0.8
 
 QUIET_BUSY = 0.25  # the machine counts as quiet below this share of all CPUs busy (plus --background-load's)
 _quiet = QUIET_BUSY
+_harness_nice = 0
 
 
 def quiet_start() -> dict[str, float]:
@@ -63,7 +64,7 @@ def trial(nginx: c.Nginx, work: Path, rate: int, duration_s: float, processes: i
     if processes > 1:
         args += ["--processes", str(processes)]
     load = quiet_start()
-    run = c.run_harness(args, out=d / "out", timeout_s=duration_s * 10 + 120)
+    run = c.run_harness(args, out=d / "out", timeout_s=duration_s * 10 + 120, nice=_harness_nice)
     res: dict[str, Any] = {"rate_pairs_s": rate, "requests": n, "rc": run.rc, "wall_s": round(run.wall_s, 1),
                            "machine_busy_before": load["busy"], "steal_before": load["steal"],
                            "loadavg_before": load["loadavg_1m"]}
@@ -190,13 +191,17 @@ def main() -> int:
     ap.add_argument("--background-load", type=float, default=0.0, metavar="SHARE",
                     help="run a process that keeps SHARE of one core busy (0.5: half a core) for the whole run, "
                          "peers and harness alike: a reproducible shared, noisy machine")
+    ap.add_argument("--harness-nice", type=int, default=0, metavar="N",
+                    help="run the harness under `nice -n N` (negative: ahead of other work; needs root), the peers "
+                         "as they are: does the lag tail under --background-load come from waiting for a core?")
     ap.add_argument("--tls", action="store_true",
                     help="nginx serves https (a CA made for the run; the harness verifies with it as ca_file), and "
                          "the peers (wrk, raw FastHttpUser) speak https to it too")
     args = ap.parse_args()
     args.rule = all_of if args.all_of else best_of
-    global _quiet
+    global _quiet, _harness_nice
     _quiet = QUIET_BUSY + args.background_load / (os.cpu_count() or 1)
+    _harness_nice = args.harness_nice
     if args.quick:
         args.tries, args.duration_s, args.resolution, args.peer_seconds = 1, 4.0, 250, 5
         args.rates = [250, 1000, 3000]
