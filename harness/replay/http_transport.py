@@ -197,7 +197,10 @@ class HttpTransport:
         with an empty pool opens dozens at once in its first milliseconds, each on the send path (send lag
         p99 of 3-5 ms at 600 pairs/s came from that burst). At most _MAX_OPENING_TLS handshake at once, as
         for legs; a failure is dropped (the legs that follow meet it and record it). The first send takes
-        the pool as it is: warming connections not yet started are dropped then."""
+        the pool as it is: warming connections not yet started are dropped then. Plain HTTP is not warmed:
+        a plain connect costs tens of microseconds, and its start was not measured to need it."""
+        if self._tls_context is None:
+            return
         for _ in range(connections):
             ex = _Exchange("", b"", None, _ignore, None, time.monotonic())
             ex.warm = True
