@@ -113,6 +113,46 @@ def cpu_busy(interval_s: float = 1.0) -> float:
     return 1.0 - (i1 - i0) / max(t1 - t0, 1)
 
 
+def load_now(interval_s: float = 1.0) -> dict[str, float]:
+    """The 1-minute load average, and the share of all CPUs' time busy and stolen (by the hypervisor: time
+    this guest was ready to run and did not) over interval_s, from /proc/stat."""
+    def read() -> list[int]:
+        return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+
+    a = read()
+    time.sleep(interval_s)
+    d = [y - x for x, y in zip(a, read())]
+    total = max(sum(d[:8]), 1)
+    return {"loadavg_1m": round(os.getloadavg()[0], 2), "busy": round(1 - (d[3] + d[4]) / total, 3),
+            "steal": round(d[7] / total, 4) if len(d) > 7 else 0.0}
+
+
+_BURNER = """
+import os, sys, time
+share, period = float(sys.argv[1]), 0.01
+while True:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < share * period:
+        pass
+    time.sleep(max(period - (time.perf_counter() - t0), 0.0))
+"""
+
+
+@contextlib.contextmanager
+def background_load(share: float) -> Iterator[None]:
+    """A process that keeps `share` of one core busy (busy `share` of every 10 ms, asleep the rest) for the
+    whole block, not pinned: the other work of a shared machine, the same for the harness and its peers.
+    share 0: nothing started."""
+    if share <= 0:
+        yield
+        return
+    proc = subprocess.Popen([PY, "-c", _BURNER, str(share)], start_new_session=True)
+    try:
+        yield
+    finally:
+        stop_process(proc, timeout_s=5)
+
+
 def wait_quiet(max_busy: float = 0.25, max_wait_s: float = 90.0) -> float:
     """Wait (at most max_wait_s) until the machine is at most max_busy busy for 2 s in a row, since it is
     shared; returns the last busy fraction seen, which the caller records next to its figures."""
@@ -337,12 +377,14 @@ class HarnessRun:
 
 
 def run_harness(args: Sequence[str], *, out: Path, timeout_s: float, measure_rss: bool = False,
-                on_line: Any = None, taskset: str | None = None) -> HarnessRun:
+                on_line: Any = None, taskset: str | None = None, nice: int = 0) -> HarnessRun:
     """`harness <args> --out OUT`, output captured; the run folder is the one it created under OUT."""
     before = set(out.iterdir()) if out.exists() else set()
     cmd = [*HARNESS, *args, "--out", str(out)]
     if taskset:
         cmd = ["taskset", "-c", taskset, *cmd]
+    if nice:
+        cmd = ["nice", "-n", str(nice), *cmd]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             start_new_session=True)

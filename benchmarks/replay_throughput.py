@@ -11,8 +11,8 @@ Harness: synthetic JSONL captures (POST /score, tiny JSON body, timestamps space
 --all-of: in every one of them), every leg is recorded (legs = 2 x requests, nothing skipped) and the send
 lag p99 from results.duckdb is <= 2 ms.
 Rates are tried on a ladder (125 ... 6000 pairs/s) until the replay collapses, then bisected to --resolution.
-Before every measurement the script waits (up to 90 s) for the shared machine to be <= 25 % busy for 2 s,
-and records how busy it was.
+Before every measurement the script waits (up to 90 s) for the shared machine to be <= 25 % busy for 2 s
+(plus the --background-load share), and records its load average and how busy and how stolen (steal) it was.
 Reported: harness legs/s at the highest passing rate / raw FastHttpUser req/s (goal >= 0.8); for
 context the same ratio at lag p99 <= 5 ms (harness's own saturation bound) and at "every leg recorded";
 the lag p50/p99 of every rate tried; and the pair skew (p99 of |sent_at baseline - sent_at candidate|,
@@ -22,10 +22,12 @@ goal <= 1 ms) at the worst unsaturated rate.
     .venv/bin/python benchmarks/replay_throughput.py --quick    # 1 try per rate, shorter replays
     .venv/bin/python benchmarks/replay_throughput.py --tls      # the same over https
     flock /tmp/heavy.lock .venv/bin/python benchmarks/replay_throughput.py --all-of --processes 1 --rates 500 1000 1500
+    ... --background-load 0.5    # the same with half a core kept busy by another process, the whole run
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +41,18 @@ SKEW_GOAL_MS = 1.0
 RATIO_GOAL = 0.8
 
 
+QUIET_BUSY = 0.25  # the machine counts as quiet below this share of all CPUs busy (plus --background-load's)
+_quiet = QUIET_BUSY
+_harness_nice = 0
+
+
+def quiet_start() -> dict[str, float]:
+    """Wait for a quiet machine (the background load aside), then record how loaded it is: load average,
+    CPUs busy and stolen over 0.5 s."""
+    c.wait_quiet(max_busy=_quiet)
+    return c.load_now(0.5)
+
+
 def trial(nginx: c.Nginx, work: Path, rate: int, duration_s: float, processes: int) -> dict[str, Any]:
     n = max(int(rate * duration_s), 100)
     d = work / f"r{rate}-p{processes}-{time.monotonic_ns()}"
@@ -49,10 +63,11 @@ def trial(nginx: c.Nginx, work: Path, rate: int, duration_s: float, processes: i
     args = ["run", str(scenario), "--speed", "1", "--progress-every", "60"]
     if processes > 1:
         args += ["--processes", str(processes)]
-    busy = c.wait_quiet()
-    run = c.run_harness(args, out=d / "out", timeout_s=duration_s * 10 + 120)
+    load = quiet_start()
+    run = c.run_harness(args, out=d / "out", timeout_s=duration_s * 10 + 120, nice=_harness_nice)
     res: dict[str, Any] = {"rate_pairs_s": rate, "requests": n, "rc": run.rc, "wall_s": round(run.wall_s, 1),
-                           "machine_busy_before": round(busy, 2)}
+                           "machine_busy_before": load["busy"], "steal_before": load["steal"],
+                           "loadavg_before": load["loadavg_1m"]}
     if run.rc not in (0, 1, 2) or run.run_dir is None or not (run.run_dir / "results.duckdb").exists():
         res.update(ok=False, why=f"harness exited {run.rc}: {run.output[-800:]}")
         return res
@@ -84,7 +99,8 @@ def _try(nginx: c.Nginx, work: Path, rate: int, duration_s: float, processes: in
     print(f"  processes={processes or 1} rate={rate:>6} pairs/s try {i + 1}: "
           + (f"lag p50/p99/max {r['lag_p50_ms']}/{r['lag_p99_ms']}/{r['lag_max_ms']} ms, "
              f"skew p99 {r['skew_p99_ms']} ms, legs {r['legs']}/{2 * r['requests']}"
-             if "legs" in r else "") + f" [machine {r['machine_busy_before']:.0%} busy before]" + (" PASS" if r["ok"] else f" FAIL ({r.get('why', '')[:200]})"), flush=True)
+             if "legs" in r else "") + f" [before: {r['machine_busy_before']:.0%} busy, steal {r['steal_before']:.1%}, "
+             f"load {r['loadavg_before']}]" + (" PASS" if r["ok"] else f" FAIL ({r.get('why', '')[:200]})"), flush=True)
     return r
 
 
@@ -172,11 +188,20 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="1 try, 4 s replays, coarser search")
     ap.add_argument("--all-of", action="store_true",
                     help="a rate passes only when all --tries pass (3 of 3), not the best of them")
+    ap.add_argument("--background-load", type=float, default=0.0, metavar="SHARE",
+                    help="run a process that keeps SHARE of one core busy (0.5: half a core) for the whole run, "
+                         "peers and harness alike: a reproducible shared, noisy machine")
+    ap.add_argument("--harness-nice", type=int, default=0, metavar="N",
+                    help="run the harness under `nice -n N` (negative: ahead of other work; needs root), the peers "
+                         "as they are: does the lag tail under --background-load come from waiting for a core?")
     ap.add_argument("--tls", action="store_true",
                     help="nginx serves https (a CA made for the run; the harness verifies with it as ca_file), and "
                          "the peers (wrk, raw FastHttpUser) speak https to it too")
     args = ap.parse_args()
     args.rule = all_of if args.all_of else best_of
+    global _quiet, _harness_nice
+    _quiet = QUIET_BUSY + args.background_load / (os.cpu_count() or 1)
+    _harness_nice = args.harness_nice
     if args.quick:
         args.tries, args.duration_s, args.resolution, args.peer_seconds = 1, 4.0, 250, 5
         args.rates = [250, 1000, 3000]
@@ -185,22 +210,29 @@ def main() -> int:
     c.ensure_apt({"nginx": "nginx-light", "wrk": "wrk"})
     result: dict[str, Any] = {"machine": info, "args": {k: v for k, v in vars(args).items() if k != "rule"},
                               "trials": []}
-    with c.Nginx(ports=2, workers=1, tls=args.tls) as nginx, c.scratch_dir("bench-throughput-") as work:
+    with c.background_load(args.background_load), c.Nginx(ports=2, workers=1, tls=args.tls) as nginx, \
+            c.scratch_dir("bench-throughput-") as work:
+        if args.background_load:
+            print(f"background load: {args.background_load:g} of one core, for the whole run", flush=True)
         print(f"target: nginx 1 worker at {nginx.urls}", flush=True)
         peers: dict[str, list[float]] = {"wrk -t1 -c50": []}
+        peer_loads: list[list[dict[str, float]]] = []
         for p in args.processes:
             peers[f"locust FastHttpUser x{p}"] = []
 
         def measure_peers(when: str) -> None:
             for i in range(args.tries):  # interleaved, so a busy minute on the machine hits every peer alike
-                c.wait_quiet()
+                quiet_start()
                 peers["wrk -t1 -c50"].append(c.wrk_rps(nginx.urls[0] + "/score", duration_s=args.peer_seconds))
+                loads = []
                 for p in args.processes:
-                    c.wait_quiet()
+                    loads.append(quiet_start())
                     r = c.locust_fast_rps(nginx.urls[0], duration_s=args.peer_seconds, processes=p if p > 1 else 0)
                     peers[f"locust FastHttpUser x{p}"].append(r["rps"])
-                print(f"peers {when} try {i + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} req/s" for k, v in peers.items()),
-                      flush=True)
+                peer_loads.append(loads)
+                print(f"peers {when} try {i + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} req/s" for k, v in peers.items())
+                      + " [before FastHttpUser: " + "; ".join(f"{x['busy']:.0%} busy, steal {x['steal']:.1%}, load "
+                                                             f"{x['loadavg_1m']}" for x in loads) + "]", flush=True)
 
         # The peers are measured before and after the harness, and the best of all tries is the peer: a slow
         # stretch of the shared machine during one round cannot flatter the ratio.
@@ -211,6 +243,7 @@ def main() -> int:
             found_by_p[p] = search(nginx, work, args, p, result["trials"])
         measure_peers("after")
         result["peers"] = {k: {"tries": [round(x) for x in v], "best": round(max(v))} for k, v in peers.items()}
+        result["peer_load_before"] = peer_loads
         summary = []
         for p in args.processes:
             found = found_by_p[p]

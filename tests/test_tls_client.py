@@ -6,10 +6,12 @@ a TLS failure as the `tls` error kind, and a handshake that hangs as a timeout t
 from __future__ import annotations
 
 import gzip
+import time
 import ssl
 from pathlib import Path
 from typing import Any
 
+import gevent
 import gevent.server
 import pytest
 
@@ -186,3 +188,101 @@ def test_a_burst_of_legs_opens_a_bounded_number_of_tls_connections_at_once(pki: 
             client.close()
     assert [(r.status, r.body) for r in results] == [(200, OK)] * 40
     assert max(opening) == 8 and max(queued) == 32
+
+
+class _CountingTLSServer(TLSScriptedServer):
+    """Records, per connection, when it was accepted and whether its handshake resumed a session."""
+
+    def __init__(self, script: dict[str, list[Any]], pki: dict[str, Path]) -> None:
+        super().__init__(script, pki["server"], pki["server_key"])
+        self.accepted_at: list[float] = []
+        self.resumed: list[bool] = []
+
+    def _handle(self, sock: Any, addr: Any) -> None:
+        self.accepted_at.append(time.monotonic())
+        self.resumed.append(sock.session_reused)
+        super()._handle(sock, addr)
+
+
+def _wait(cond: Any, what: str) -> None:
+    with gevent.Timeout(5, AssertionError(f"not within 5 s: {what}")):
+        while not cond():
+            gevent.sleep(0.005)
+
+
+def test_warmed_connections_send_nothing_and_carry_the_first_legs(pki: dict[str, Path]) -> None:
+    results: list[Any] = []
+    with _CountingTLSServer({"/ok": [0.02, _ok()]}, pki) as srv:
+        client = HttpTransport(f"https://127.0.0.1:{srv.port}", Limits(3, 1, 1000), {"ca_file": str(pki["ca"])})
+        try:
+            client.warm(3)
+            _wait(lambda: len(client._idle) == 3, "3 warmed connections in the pool")  # noqa: SLF001
+            gevent.sleep(0.05)
+            assert (srv.connections, srv.requests) == (3, [])  # handshakes only: nothing was sent on them
+            for _ in range(3):  # three at once: each on a warmed connection, none opened
+                client.start("GET", "/ok", RequestHead([]), b"", lambda _t, r, _d: results.append(r), None)
+            _wait(lambda: len(results) == 3, "3 answers")
+        finally:
+            client.close()
+    assert [(r.status, r.body) for r in results] == [(200, OK)] * 3
+    assert srv.connections == 3
+
+
+def test_the_first_leg_does_not_wait_for_warming_not_yet_started(pki: dict[str, Path]) -> None:
+    results: list[Any] = []
+    with _CountingTLSServer({"/ok": [_ok()]}, pki) as srv:
+        client = HttpTransport(f"https://127.0.0.1:{srv.port}", Limits(3, 1, 1000), {"ca_file": str(pki["ca"])})
+        try:
+            client.warm(30)  # 8 handshake at once; the other 22 wait for a turn
+            assert (client._opening, len(client._waiting)) == (8, 22)  # noqa: SLF001
+            client.start("GET", "/ok", RequestHead([]), b"", lambda _t, r, _d: results.append(r), None)
+            assert [ex.warm for ex in client._waiting] == [False]  # noqa: SLF001 - the leg, first in line
+            _wait(lambda: len(results) == 1, "the answer")
+            _wait(lambda: client._opening == 0, "the handshakes under way to end")  # noqa: SLF001
+        finally:
+            client.close()
+    assert (results[0].status, results[0].body) == (200, OK)
+    assert srv.connections == 8  # the warming still queued was dropped
+
+
+def test_new_connections_resume_the_tls_session(pki: dict[str, Path]) -> None:
+    with _CountingTLSServer({"/ok": [_ok()]}, pki) as srv:
+        client = HttpTransport(f"https://127.0.0.1:{srv.port}", Limits(3, 1, 1000), {"ca_file": str(pki["ca"])})
+        try:
+            first = send_one(client, "GET", "/ok", [])
+            client.warm(2)
+            _wait(lambda: len(client._idle) == 3, "3 connections in the pool")  # noqa: SLF001
+            again = send_one(client, "GET", "/ok", [])
+        finally:
+            client.close()
+    assert [(r.status, r.body) for r in (first, again)] == [(200, OK)] * 2
+    assert srv.resumed == [False, True, True]  # one full handshake; the connections after it resume its session
+
+
+def test_the_dispatcher_warms_the_pool_before_the_first_send(pki: dict[str, Path]) -> None:
+    import json
+
+    import pyarrow as pa
+
+    from harness.replay.dispatcher import DispatchPlan, Dispatcher, TargetPlan
+    from harness.replay.recorder import Recorder
+
+    rows = [{"order_idx": i, "request_id": f"r{i}", "offset_s": i * 0.001, "method": "POST", "path": "/ok",
+             "route": "POST /ok", "headers_json": json.dumps([["Content-Type", "application/json"]]),
+             "body": b"{}", "batch_size": None} for i in range(40)]  # 21 of them in the first 20 ms
+    tables: list[pa.Table] = []
+    with _CountingTLSServer({"/ok": [_ok()]}, pki) as srv:
+        tls = {"ca_file": str(pki["ca"])}
+        target = TargetPlan("baseline", f"https://127.0.0.1:{srv.port}", "json", {}, tls)
+        plan = DispatchPlan(schedule_path=Path("unused.parquet"), targets=(target,), speed=1.0, timeout_s=3.0,
+                            connect_timeout_s=1.0, max_in_flight=100, max_response_bytes=1_000_000,
+                            prediction_path="$.prediction", confidence_path="$.confidence", schema=None,
+                            route_schemas={}, max_duration_s=None)
+        recorder = Recorder({"legs": tables.append, "events": lambda t: None, "resources": lambda t: None},
+                            use_threadpool=False)
+        stats = Dispatcher(plan, recorder).run(time.time() + 0.5, rows, len(rows))
+        recorder.stop()
+        first_request = min(at for _, at in srv.bodies)
+    legs = pa.concat_tables(tables).to_pylist()
+    assert (stats.completed_legs, sorted({leg["status_code"] for leg in legs})) == (40, [200])
+    assert srv.connections == 21 and max(srv.accepted_at) < first_request

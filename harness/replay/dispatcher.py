@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -124,6 +125,12 @@ _FINISH_SLICE_S = 0.002
 _FINISH_WAIT_S = 0.02
 _FINISH_BEHIND_S = 1.0
 _NEVER = float("inf")
+# Connections each target's pool opens before the first send (transports that can: HttpTransport.warm): as
+# many as pairs the schedule sends in its first _WARM_WINDOW_S, at most _WARM_MAX, and no more than fit in the
+# time left before the first send at _WARM_COST_S each (a TLS handshake, client and target side on one machine).
+_WARM_WINDOW_S = 0.02
+_WARM_MAX = 32
+_WARM_COST_S = 0.003
 
 
 class _Timespec(ctypes.Structure):
@@ -244,6 +251,7 @@ class Dispatcher:
         clock = _PreciseClock()
         for transport in self._transports.values():
             transport.prepare()  # a failure is kept: each leg records it
+        rows = self._warm(iter(rows), start_epoch)
         finisher = gevent.spawn(self._finish_loop)
         try:
             for row in rows:
@@ -275,6 +283,30 @@ class Dispatcher:
             finisher.kill()
             self._drain()
         return self.stats
+
+    def _warm(self, rows: Iterator[dict[str, Any]], start_epoch: float) -> Iterator[dict[str, Any]]:
+        """Open each target's first connections while the loop waits for the first send (the handshakes run
+        on the loop as callbacks meanwhile); returns the rows, the ones looked at included."""
+        plan = self.plan
+        warmers = [w for w in (getattr(t, "warm", None) for t in self._transports.values()) if w is not None]
+        ahead: list[dict[str, Any]] = []
+        if not warmers:
+            return rows
+        for row in rows:
+            ahead.append(row)
+            if ((row["offset_s"] - ahead[0]["offset_s"]) / plan.speed > _WARM_WINDOW_S
+                    or len(ahead) > _WARM_MAX):
+                break
+        if not ahead:
+            return rows
+        first = ahead[0]["offset_s"]
+        early = sum(1 for r in ahead if (r["offset_s"] - first) / plan.speed <= _WARM_WINDOW_S)
+        fit = int((start_epoch + first / plan.speed - time.time()) / (_WARM_COST_S * len(warmers)))
+        n = min(early, _WARM_MAX, plan.max_in_flight, fit)
+        if n > 0:
+            for warm in warmers:
+                warm(n)
+        return itertools.chain(ahead, rows)
 
     def _spawn_pair(self, row: dict[str, Any], intended: float) -> None:
         key = row["headers_json"]
