@@ -11,6 +11,9 @@ A transport:
 - caps the answer at `max_response_bytes` (too_large) and returns it as received (the finisher decodes it),
 - maps every failure to an error kind (harness.error_kinds): it never raises from `start`.
 
+A transport that starts something slow (the gRPC transport's process) may also have `wait_started()`: the
+dispatcher calls it once when it is made, before the replay's clock starts.
+
 Transports by URL scheme: `TRANSPORTS` (http and https: harness.replay.http_transport). Another wire
 (gRPC) registers its scheme there with a factory of the same signature. `MockTransport` answers from a
 function, without sockets, for tests that drive the dispatcher.
