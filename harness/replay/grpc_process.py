@@ -1,4 +1,4 @@
-"""The process that owns a gRPC target's channel (harness.replay.grpc_transport starts one per target).
+"""The process that owns the gRPC channels of a replay's process (harness.replay.grpc_transport starts it).
 
 Why a process of its own: the replay's process is monkey-patched by gevent (Locust), so every thread grpcio
 starts there (the channel's completion-queue poller, grpc.aio's poller) is a greenlet, and a poller blocked
@@ -6,20 +6,24 @@ in the completion queue holds its whole thread. grpcio's gevent mode gets around
 completion-queue poll to gevent's thread pool and starting a poller greenlet whenever a channel goes from
 idle to busy: about 0.27 ms of the send loop per call. Here grpcio runs as it is meant to: grpc.aio on an
 asyncio loop, its completion queue polled by one real thread. The replay's side of a call is one pickled
-frame written to a pipe; the outcomes of a loop turn go back in one write, to one io watcher. (grpc.aio
+frame written to a pipe (the two legs of a pair in one write); the outcomes of a loop turn go back in one
+write, to one io watcher. (grpc.aio
 rather than the synchronous `future()`: measured here, it costs about 0.07 ms per call started against
 0.3-0.5 ms, since `future()` starts a poller thread whenever the channel was idle.)
 
 Frames (a 4-byte little-endian length, then a pickle; both ends are this package, same interpreter):
-- to the process: the settings (first frame: a dict), `("c", id, path, message, metadata)` a call,
-  `("x",)` close: cancel what is open, report it, exit;
-- from it: `("up",)` once the channel exists, `("ready",)` once it is connected, `("d", id, sent_at,
-  done_at, code, details, message, trailing_metadata)` a call's end (code 0: OK), `("e", id, sent_at,
-  done_at, detail)` a call grpcio refused (nothing was sent), `("b",)` closed.
+- to the process: `("o", channel, settings)` open a channel (one per target), `("c", channel, id, path,
+  message, metadata)` a call, `("x", channel)` close a channel: cancel its open calls, report them, close
+  it; `("q",)` exit;
+- from it: `("up", channel)` the channel exists, `("ready", channel)` it is connected, `("d", id,
+  sent_at, done_at, code, details, message, trailing_metadata)` a call's end (code 0: OK), `("e", id,
+  sent_at, done_at, detail)` a call grpcio refused (nothing was sent), `("b", channel)` the channel is
+  closed.
 `sent_at` is the epoch time the call is handed to grpcio, `done_at` when its outcome is in.
 
-Run as `python grpc_process.py READ_FD WRITE_FD`; it imports grpcio and the standard library only, and ends
-when its input pipe closes (the replay's process is gone) or on `("x",)`. Ctrl-C is the replay's to handle.
+Run as `python grpc_process.py READ_FD WRITE_FD`; it imports grpcio, uvloop and the standard library only,
+and ends when its input pipe closes (the replay's process is gone) or on `("q",)`. Ctrl-C is the replay's
+to handle.
 """
 from __future__ import annotations
 
@@ -66,7 +70,35 @@ class FrameReader:
 
 def main(read_fd: int, write_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import uvloop  # noqa: PLC0415 - a declared dependency where it installs: less of each call's CPU
+
+        uvloop.install()
+    except ImportError:
+        pass
     asyncio.run(_serve(read_fd, write_fd))
+
+
+class _Channel:
+    def __init__(self, grpc: Any, settings: dict[str, Any]) -> None:
+        aio = grpc.aio
+        if settings.get("secure"):
+            credentials = grpc.ssl_channel_credentials(root_certificates=settings.get("root_certificates"),
+                                                       private_key=settings.get("private_key"),
+                                                       certificate_chain=settings.get("certificate_chain"))
+            self.channel = aio.secure_channel(settings["target"], credentials, options=settings["options"])
+        else:
+            self.channel = aio.insecure_channel(settings["target"], options=settings["options"])
+        self.timeout_s = settings["timeout_s"]
+        self.calls: dict[str, Any] = {}
+        self.inflight: dict[int, asyncio.Task[None]] = {}
+        self.ready: asyncio.Task[None] | None = None
+
+    def call(self, path: str) -> Any:
+        call = self.calls.get(path)
+        if call is None:  # bytes in, bytes out: the messages are built and read by the replay's process
+            call = self.calls[path] = self.channel.unary_unary(path, _registered_method=True)
+        return call
 
 
 async def _serve(read_fd: int, write_fd: int) -> None:
@@ -76,7 +108,9 @@ async def _serve(read_fd: int, write_fd: int) -> None:
     loop = asyncio.get_running_loop()
     reader = FrameReader()
     out = bytearray()
-    ended = loop.create_future()
+    ended: asyncio.Future[None] = loop.create_future()
+    channels: dict[int, _Channel] = {}
+    cancelled = grpc.StatusCode.CANCELLED.value[0]
 
     def flush() -> None:  # once per loop turn: the outcomes of a turn go back in one write
         data = memoryview(bytes(out))
@@ -93,38 +127,14 @@ async def _serve(read_fd: int, write_fd: int) -> None:
             loop.call_soon(flush)
         out.extend(frame(message))
 
-    settings: dict[str, Any] | None = None
-    pending: list[Any] = []
-    while settings is None:
-        chunk = os.read(read_fd, 65536)
-        if not chunk:
-            return
-        got = reader.feed(chunk)
-        if got:
-            settings, pending = got[0], got[1:]
-    if settings.get("secure"):
-        credentials = grpc.ssl_channel_credentials(root_certificates=settings.get("root_certificates"),
-                                                   private_key=settings.get("private_key"),
-                                                   certificate_chain=settings.get("certificate_chain"))
-        channel = grpc.aio.secure_channel(settings["target"], credentials, options=settings["options"])
-    else:
-        channel = grpc.aio.insecure_channel(settings["target"], options=settings["options"])
-    timeout_s = settings["timeout_s"]
-    calls: dict[str, Any] = {}
-    inflight: dict[int, asyncio.Task[None]] = {}
-    cancelled = grpc.StatusCode.CANCELLED.value[0]
-
-    async def connected() -> None:
+    async def connected(chan: int, channel: Any) -> None:
         await channel.channel_ready()  # starts connecting now
-        send(("ready",))
+        send(("ready", chan))
 
-    async def run(call_id: int, path: str, message: bytes, metadata: Any) -> None:
-        call = calls.get(path)
-        if call is None:  # bytes in, bytes out: the messages are built and read by the replay's process
-            call = calls[path] = channel.unary_unary(path, _registered_method=True)
+    async def run(chan: _Channel, call_id: int, path: str, message: bytes, metadata: Any) -> None:
         sent_at = time.time()
         try:
-            answer = await call(message, timeout=timeout_s, metadata=metadata or None)
+            answer = await chan.call(path)(message, timeout=chan.timeout_s, metadata=metadata or None)
         except grpc.aio.AioRpcError as exc:
             trailing = tuple((k, v) for k, v in (exc.trailing_metadata() or ()))
             send(("d", call_id, sent_at, time.time(), exc.code().value[0], exc.details() or "", b"", trailing))
@@ -135,28 +145,33 @@ async def _serve(read_fd: int, write_fd: int) -> None:
         else:
             send(("d", call_id, sent_at, time.time(), 0, "", answer, ()))
         finally:
-            inflight.pop(call_id, None)
+            chan.inflight.pop(call_id, None)
 
-    async def close() -> None:
-        ready.cancel()
-        for task in list(inflight.values()):
+    async def close(number: int) -> None:
+        chan = channels.pop(number)
+        if chan.ready is not None:
+            chan.ready.cancel()
+        for task in list(chan.inflight.values()):
             task.cancel()
-        if inflight:
-            await asyncio.wait(list(inflight.values()), timeout=_CLOSE_WAIT_S)
-        await channel.close()
-        send(("b",))
-        await asyncio.sleep(0)  # the flush
-        if not ended.done():
-            ended.set_result(None)
+        if chan.inflight:
+            await asyncio.wait(list(chan.inflight.values()), timeout=_CLOSE_WAIT_S)
+        await chan.channel.close()
+        send(("b", number))
 
     def handle(messages: list[Any]) -> None:
         for message in messages:
-            if message[0] == "c":
-                inflight[message[1]] = loop.create_task(run(*message[1:]))
-            elif message[0] == "x":
-                loop.remove_reader(read_fd)
-                loop.create_task(close())
-                return
+            kind = message[0]
+            if kind == "c":
+                chan = channels[message[1]]
+                chan.inflight[message[2]] = loop.create_task(run(chan, *message[2:]))
+            elif kind == "o":
+                chan = channels[message[1]] = _Channel(grpc, message[2])
+                chan.ready = loop.create_task(connected(message[1], chan.channel))
+                send(("up", message[1]))
+            elif kind == "x":
+                loop.create_task(close(message[1]))
+            elif kind == "q" and not ended.done():
+                ended.set_result(None)
 
     def readable() -> None:
         try:
@@ -170,12 +185,13 @@ async def _serve(read_fd: int, write_fd: int) -> None:
             return
         handle(reader.feed(chunk))
 
-    ready = loop.create_task(connected())
-    send(("up",))
     os.set_blocking(read_fd, False)
     loop.add_reader(read_fd, readable)
-    handle(pending)
     await ended
+    loop.remove_reader(read_fd)
+    for number in list(channels):
+        await close(number)
+    flush()
 
 
 if __name__ == "__main__":

@@ -154,8 +154,173 @@ def status_result(code: grpc.StatusCode, details: str, closing: bool = False,
     return SendResult(status, error_body(code, details, trailing), kind, detail, 0, headers, None, 0, sent_at)
 
 
+class _GrpcProcess:
+    """The gRPC process of this replay process (harness.replay.grpc_process), shared by its gRPC targets:
+    the legs of a pair go to it in one write, and it is woken once for both."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, tuple[GrpcClient, Done, Any, str]] = {}
+        self.clients: dict[int, GrpcClient] = {}
+        self.failed: str | None = None
+        self._next_call = 0
+        self._next_channel = 0
+        self._frames = FrameReader()
+        self._out = bytearray()
+        self._flushing = False
+        to_child, self._child_in = os.pipe()
+        self._child_out, from_child = os.pipe()
+        self._proc = subprocess.Popen([sys.executable, str(_PROCESS), str(to_child), str(from_child)],
+                                      pass_fds=(to_child, from_child), stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL)
+        os.close(to_child)
+        os.close(from_child)
+        os.set_blocking(self._child_in, False)
+        os.set_blocking(self._child_out, False)
+        self._loop = gevent.get_hub().loop
+        self._reading = self._loop.io(self._child_out, 1)
+        self._reading.start(self._readable)
+        self._writing = self._loop.io(self._child_in, 2)
+
+    def open(self, client: GrpcClient, settings: dict[str, Any]) -> int:
+        number = self._next_channel
+        self._next_channel += 1
+        self.clients[number] = client
+        self.send(("o", number, settings))
+        return number
+
+    def call(self, client: GrpcClient, path: str, payload: bytes, metadata: Any, done: Done, token: Any) -> None:
+        call_id = self._next_call
+        self._next_call += 1
+        self.pending[call_id] = (client, done, token, path)
+        self.send(("c", client.channel, call_id, path, payload, metadata))
+
+    def send(self, message: Any) -> None:
+        if self.failed is not None:
+            return
+        self._out += frame(message)
+        if self._writing.active:  # the pipe was full: the write watcher sends the rest, in order
+            return
+        if len(self._out) >= 65536:
+            self._flush()
+        elif not self._flushing:  # at the end of this loop turn: the other leg of the pair goes in the same write
+            self._flushing = True
+            self._loop.run_callback(self._flush)
+
+    def _flush(self) -> None:
+        self._flushing = False
+        if not self._out or self.failed is not None:
+            return
+        try:
+            sent = os.write(self._child_in, self._out)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self.lost(f"the gRPC client process cannot be written to: {exc.strerror or exc}")
+            return
+        del self._out[:sent]
+        if self._out and not self._writing.active:
+            self._writing.start(self._flush)
+        elif not self._out and self._writing.active:
+            self._writing.stop()
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._child_out, 1 << 20)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.lost(f"the gRPC client process cannot be read from: {exc.strerror or exc}")
+                return
+            if not chunk:
+                code = self._proc.poll()
+                self.lost("the gRPC client process exited" + (f" (code {code})" if code is not None else ""))
+                return
+            for message in self._frames.feed(chunk):
+                self._handle(message)
+
+    def _handle(self, message: Any) -> None:
+        kind = message[0]
+        if kind == "d":
+            _, call_id, sent_at, done_at, number, details, answer, trailing = message
+            entry = self.pending.pop(call_id, None)
+            if entry is None:
+                return
+            client, done, token, path = entry
+            if number == 0:
+                result = SendResult(200, answer, None, None, len(answer), {":path": path, "content-type": "application/grpc"},
+                                    None, len(answer), sent_at)
+            else:
+                code = _BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
+                result = status_result(code, details, client.closing, trailing, sent_at)
+            done(token, result, done_at)
+        elif kind == "e":
+            _, call_id, sent_at, done_at, detail = message
+            entry = self.pending.pop(call_id, None)
+            if entry is not None:
+                entry[1](entry[2], SendResult(None, b"", HARNESS_ERROR, detail, 0, None, None, None, sent_at), done_at)
+        elif kind in ("up", "ready", "b"):
+            target = self.clients.get(message[1])
+            if target is not None:
+                {"up": target.up, "ready": target.ready, "b": target.ended}[kind].set()
+
+    def lost(self, why: str) -> None:
+        """The process is gone: every open leg ends now (as a timeout where its target is closing)."""
+        global _shared
+        if _shared is self:
+            _shared = None
+        self.failed = why
+        self._reading.stop()
+        self._writing.stop()
+        for client in self.clients.values():
+            client.up.set()
+            client.ended.set()
+        self.end_pending(None)
+
+    def end_pending(self, client: GrpcClient | None) -> None:
+        """End the open legs of `client` (all of them: None) without their answers."""
+        now = time.time()
+        for call_id, (owner, done, token, _) in list(self.pending.items()):
+            if client is None or owner is client:
+                del self.pending[call_id]
+                done(token, _closed() if owner.closing else SendResult(None, b"", HARNESS_ERROR, self.failed or "", 0), now)
+
+    def release(self, client: GrpcClient) -> None:
+        """`client` is closed: the process ends with the last one."""
+        global _shared
+        self.clients.pop(client.channel, None)
+        if self.clients:
+            return
+        if _shared is self:
+            _shared = None
+        self.send(("q",))
+        self._flush()
+        self._reading.stop()
+        self._writing.stop()
+        for fd in (self._child_in, self._child_out):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            self._proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(timeout=2)
+
+
+_shared: _GrpcProcess | None = None
+
+
+def _process() -> _GrpcProcess:
+    global _shared
+    if _shared is None:
+        _shared = _GrpcProcess()
+    return _shared
+
+
 class GrpcClient:
-    """One target's gRPC process and its pipes: a transport (harness.replay.transport)."""
+    """One target's channel in the gRPC process: a transport (harness.replay.transport)."""
 
     def __init__(self, url: str, *, timeout_s: float, connect_timeout_s: float, max_response_bytes: int,
                  tls: Mapping[str, Any] | None = None) -> None:
@@ -167,17 +332,13 @@ class GrpcClient:
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.max_response_bytes = max_response_bytes
-        self._failed: SendResult | None = None  # set: every leg ends so (the process or the pinning failed)
-        self._pending: dict[int, tuple[Done, Any, str]] = {}
-        self._next_id = 0
-        self._closing = False
+        self.closing = False
+        self.up = gevent.event.Event()
+        self.ready = gevent.event.Event()
+        self.ended = gevent.event.Event()
+        self._failed: SendResult | None = None  # set: every leg ends so (the certificate could not be pinned)
         self._last: tuple[Any, str, str, tuple[str, bytes] | GrpcRequestError] | None = None
         self._metadata: dict[int, tuple[RequestHead, Any]] = {}
-        self._up = gevent.event.Event()
-        self._ready = gevent.event.Event()
-        self._ended = gevent.event.Event()
-        self._frames = FrameReader()
-        self._out = bytearray()
         settings: dict[str, Any] = {"target": self.target, "secure": secure, "timeout_s": timeout_s, "options": [
             ("grpc.max_receive_message_length", max(min(max_response_bytes, 2**31 - 1), 1)),
             ("grpc.max_send_message_length", -1),
@@ -193,34 +354,22 @@ class GrpcClient:
                 settings.update(secured)
             except (OSError, ValueError) as exc:
                 self._failed = SendResult(None, b"", "tls", f"TLS: {exc}"[:300], 0)
-        to_child, self._child_in = os.pipe()
-        self._child_out, from_child = os.pipe()
-        self._proc = subprocess.Popen([sys.executable, str(_PROCESS), str(to_child), str(from_child)],
-                                      pass_fds=(to_child, from_child), stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.DEVNULL)
-        os.close(to_child)
-        os.close(from_child)
-        os.set_blocking(self._child_in, False)
-        os.set_blocking(self._child_out, False)
-        loop = gevent.get_hub().loop
-        self._reading = loop.io(self._child_out, 1)
-        self._reading.start(self._readable)
-        self._writing = loop.io(self._child_in, 2)
-        self._send(settings)
+        self._process = _process()
+        self.channel = self._process.open(self, settings)
 
     def wait_started(self) -> None:
-        """Wait (bounded) for the gRPC process to be up and, briefly, for its channel to connect: called when
-        the dispatcher is made, before the replay's clock starts, so that a process slow to start on a busy
-        machine does not make the first legs late."""
-        if self._up.wait(timeout=_START_WAIT_S):
-            self._ready.wait(timeout=_READY_WAIT_S)
+        """Wait (bounded) for the gRPC process and this target's channel to be up and, briefly, for the
+        channel to connect: called when the dispatcher is made, before the replay's clock starts, so that a
+        process slow to start on a busy machine does not make the first legs late."""
+        if self.up.wait(timeout=_START_WAIT_S):
+            self.ready.wait(timeout=_READY_WAIT_S)
 
     def prepare(self) -> None:
-        """Wait, briefly, for the channel that started connecting when the process started: a first call that
-        had to connect the channel would leave late and hold the sends behind it. The dispatcher calls this
-        once, inside the replay's start delay (0.3 s), so the wait is bounded below it; a target that cannot
-        be reached by then is left to the legs, each recording its failure."""
-        self._ready.wait(timeout=_READY_WAIT_S)
+        """Wait, briefly, for the channel that started connecting when it was opened: a first call that had
+        to connect the channel would leave late and hold the sends behind it. The dispatcher calls this once,
+        inside the replay's start delay (0.3 s), so the wait is bounded below it; a target that cannot be
+        reached by then is left to the legs, each recording its failure."""
+        self.ready.wait(timeout=_READY_WAIT_S)
 
     def _request(self, method: str, uri: str, body: bytes) -> tuple[str, bytes]:
         # Both legs of a pair carry the very same body object: it is translated once.
@@ -248,8 +397,8 @@ class GrpcClient:
         return meta
 
     def start(self, method: str, uri: str, head: RequestHead, body: bytes, done: Done, token: Any) -> None:
-        """Hand the call to the gRPC process now; `done` is called once, later (or now, for a request that
-        cannot be sent)."""
+        """Hand the call to the gRPC process (it leaves at the end of this loop turn); `done` is called once,
+        later (or now, for a request that cannot be sent)."""
         try:
             if head.error is not None:
                 raise ValueError(head.error)
@@ -258,122 +407,24 @@ class GrpcClient:
         except ValueError as exc:
             done(token, SendResult(None, b"", HARNESS_ERROR, f"{type(exc).__name__}: {exc}"[:300], 0), time.time())
             return
-        if self._failed is not None or self._closing:
-            done(token, self._failed or _closed(), time.time())
+        failed = self._failed
+        if failed is None and self._process.failed is not None:
+            failed = SendResult(None, b"", HARNESS_ERROR, self._process.failed, 0)
+        if failed is not None or self.closing:
+            done(token, failed or _closed(), time.time())
             return
-        call_id = self._next_id
-        self._next_id += 1
-        self._pending[call_id] = (done, token, path)
-        self._send(("c", call_id, path, payload, metadata))
-
-    def _send(self, message: Any) -> None:
-        data = frame(message)
-        if self._out:  # the pipe was full: keep the order
-            self._out += data
-            return
-        try:
-            sent = os.write(self._child_in, data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            self._lost(f"the gRPC client process cannot be written to: {exc.strerror or exc}")
-            return
-        if sent < len(data):
-            self._out += data[sent:]
-            self._writing.start(self._writable)
-
-    def _writable(self) -> None:
-        try:
-            sent = os.write(self._child_in, self._out)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._lost(f"the gRPC client process cannot be written to: {exc.strerror or exc}")
-            return
-        del self._out[:sent]
-        if not self._out:
-            self._writing.stop()
-
-    def _readable(self) -> None:
-        while True:
-            try:
-                chunk = os.read(self._child_out, 1 << 20)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                self._lost(f"the gRPC client process cannot be read from: {exc.strerror or exc}")
-                return
-            if not chunk:
-                code = self._proc.poll()
-                self._lost(f"the gRPC client process exited ({'code ' + str(code) if code is not None else 'its pipe closed'})")
-                return
-            for message in self._frames.feed(chunk):
-                self._handle(message)
-
-    def _handle(self, message: Any) -> None:
-        kind = message[0]
-        if kind == "d":
-            _, call_id, sent_at, done_at, number, details, answer, trailing = message
-            entry = self._pending.pop(call_id, None)
-            if entry is None:
-                return
-            done, token, path = entry
-            if number == 0:
-                result = SendResult(200, answer, None, None, len(answer), {":path": path, "content-type": "application/grpc"},
-                                    None, len(answer), sent_at)
-            else:
-                code = _BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
-                result = status_result(code, details, self._closing, trailing, sent_at)
-            done(token, result, done_at)
-        elif kind == "e":
-            _, call_id, sent_at, done_at, detail = message
-            entry = self._pending.pop(call_id, None)
-            if entry is not None:
-                entry[0](entry[1], SendResult(None, b"", HARNESS_ERROR, detail, 0, None, None, None, sent_at), done_at)
-        elif kind == "up":
-            self._up.set()
-        elif kind == "ready":
-            self._ready.set()
-        elif kind == "b":
-            self._ended.set()
-
-    def _lost(self, why: str) -> None:
-        """The gRPC process is gone: what is open ends now (as a timeout once the replay is closing)."""
-        self._reading.stop()
-        self._writing.stop()
-        self._up.set()
-        self._ended.set()
-        if self._failed is None:
-            self._failed = SendResult(None, b"", HARNESS_ERROR, why, 0)
-        self._end_pending()
-
-    def _end_pending(self) -> None:
-        pending, self._pending = self._pending, {}
-        now = time.time()
-        for done, token, _ in pending.values():
-            done(token, _closed() if self._closing else self._failed or _closed(), now)
+        self._process.call(self, path, payload, metadata, done, token)
 
     def close(self) -> None:
-        """Cancel what is still open (those legs end as timeouts), stop the gRPC process; once."""
-        if self._closing:
+        """Cancel what is still open (those legs end as timeouts), close the channel; once."""
+        if self.closing:
             return
-        self._closing = True
-        if not self._ended.is_set():
-            self._send(("x",))
-            self._ended.wait(timeout=_CLOSE_WAIT_S)
-        self._reading.stop()
-        self._writing.stop()
-        self._end_pending()
-        for fd in (self._child_in, self._child_out):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        try:
-            self._proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(timeout=2)
+        self.closing = True
+        if self._process.failed is None:
+            self._process.send(("x", self.channel))
+            self.ended.wait(timeout=_CLOSE_WAIT_S)
+        self._process.end_pending(self)
+        self._process.release(self)
 
 
 def _closed() -> SendResult:
