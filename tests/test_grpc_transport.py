@@ -174,3 +174,34 @@ def test_grpcs_verified_and_its_failures_named_before_sending(tmp_path: Path,
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_closing_ends_open_calls_as_timeouts_and_a_lost_process_fails_legs_not_the_run(grpc_server: str) -> None:
+    import gevent
+
+    from harness.replay.grpc_transport import GrpcClient
+    from harness.replay.transport import send_one
+    from harness.replay.wire import RequestHead
+
+    body = json.dumps(_rest(0, "slow")["body"]).encode()
+    got: list[Any] = []
+    client = GrpcClient(grpc_server, timeout_s=5, connect_timeout_s=2, max_response_bytes=1_000_000)
+    client.wait_started()
+    ok = send_one(client, "POST", "/v2/models/echo/infer", [], json.dumps(_rest(1, "echo")["body"]).encode())
+    assert (ok.status, ok.error_kind) == (200, None) and ok.sent_at is not None
+    client.start("POST", "/v2/models/slow/infer", RequestHead([]), body, lambda _t, r, _d: got.append(r), None)
+    gevent.sleep(0.3)  # the call is open on the server
+    client.close()
+    assert [(r.error_kind, r.error_detail) for r in got] == [("timeout", "gRPC CANCELLED: still open when the replay ended")]
+    # the gRPC process dies mid-run: its open legs and every later one are harness errors naming it
+    got.clear()
+    client = GrpcClient(grpc_server, timeout_s=5, connect_timeout_s=2, max_response_bytes=1_000_000)
+    client.wait_started()
+    client.start("POST", "/v2/models/slow/infer", RequestHead([]), body, lambda _t, r, _d: got.append(r), None)
+    gevent.sleep(0.3)
+    client._process._proc.kill()  # noqa: SLF001 - the failure under test
+    gevent.sleep(0.5)
+    later = send_one(client, "POST", "/v2/models/echo/infer", [], body)
+    assert [r.error_kind for r in got] == ["harness_error"] and "gRPC client process exited" in got[0].error_detail
+    assert later.error_kind == "harness_error" and "exited" in (later.error_detail or "")
+    client.close()

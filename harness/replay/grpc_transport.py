@@ -169,7 +169,8 @@ class _GrpcProcess:
         self._flushing = False
         to_child, self._child_in = os.pipe()
         self._child_out, from_child = os.pipe()
-        self._proc = subprocess.Popen([sys.executable, str(_PROCESS), str(to_child), str(from_child)],
+        # -P: the script's folder (this package's modules) stays off the process's import path
+        self._proc = subprocess.Popen([sys.executable, "-P", str(_PROCESS), str(to_child), str(from_child)],
                                       pass_fds=(to_child, from_child), stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL)
         os.close(to_child)
