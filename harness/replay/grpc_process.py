@@ -28,6 +28,7 @@ to handle.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import pickle
 import signal
@@ -105,6 +106,10 @@ async def _serve(read_fd: int, write_fd: int) -> None:
     import grpc  # noqa: PLC0415 - the replay's process imports this module for its frames, not for grpcio
     import grpc.aio  # noqa: PLC0415
 
+    # What the imports made lives as long as the process: out of the collector's sight, so that a full
+    # collection (every few thousand calls) does not walk it while calls wait.
+    gc.collect()
+    gc.freeze()
     loop = asyncio.get_running_loop()
     reader = FrameReader()
     out = bytearray()
