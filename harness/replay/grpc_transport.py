@@ -1,8 +1,9 @@
-"""gRPC legs (protocol kserve_v2_grpc): unary calls through grpcio, in a process of their own per target.
+"""gRPC legs (protocol kserve_v2_grpc): unary calls through grpcio, made by a gRPC process of their own.
 
-A leg is one unary call. `start` (on the dispatcher's send loop) builds the message, writes one frame to the
-pipe of the target's gRPC process (harness.replay.grpc_process), which owns the channel and starts the call
-with grpcio's `future()`; outcomes come back in batches through one io watcher and are handed to
+A leg is one unary call. `start` (on the dispatcher's send loop) builds the message and queues one frame
+for the gRPC process (harness.replay.grpc_process; one per replay process, a channel per target), written
+at the end of the loop turn (both legs of a pair in one write); that process starts the call with grpc.aio;
+outcomes come back in batches through one io watcher and are handed to
 `done(token, result, done_at)` like an HTTP leg's. The send loop never runs grpcio: under gevent (the
 replay's process is monkey-patched by Locust) grpcio can only run in its gevent mode, which costs each call
 a thread-pool hand-off and often a new greenlet (about 0.27 ms of the send loop per call). The leg's
