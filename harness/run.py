@@ -109,7 +109,7 @@ def check_targets(scenario: Scenario, timeout_s: float = 2.0) -> None:
     for version, target, parts, secure, host, port in ends:
         if secure:
             named = "baseline" if scenario.replay.mode == "aa" else version  # A/A: the candidate leg is the baseline
-            problem = check_tls(host, port, target.tls, timeout_s, f"targets.{named}.tls")
+            problem = check_tls(host, port, target.tls, timeout_s, f"targets.{named}.tls", pin=parts.scheme == "grpcs")
             if problem is not None:
                 raise TargetUnreachable(f"{version} target {target.url}: TLS: {problem}")
             continue

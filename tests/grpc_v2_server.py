@@ -3,7 +3,8 @@ grpc_v2_server.py PORT [CERT KEY]` (with a certificate and key: TLS). ModelInfer
 
 - `echo`: one FP64 output `predict_proba` of shape [rows, 2] (p, 1 - p with p = the row's first value,
   clipped to [0, 1]) in typed contents; `echo-raw`: the same in raw_output_contents;
-- `slow`: the same after 2 s; `missing`: NOT_FOUND; `broken`: INTERNAL; `huge`: an answer of 4 MB;
+- `slow`: the same after 2 s; `missing`: NOT_FOUND; `broken`: INTERNAL (with trailing metadata
+  x-model-error and authorization); `huge`: an answer of 4 MB;
 - the metadata `x-echo-tenant` comes back as the answer's parameter `tenant`.
 Every other method of the service answers as a healthy server does."""
 from __future__ import annotations
@@ -27,6 +28,7 @@ def _infer(request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse
     if name == "missing":
         context.abort(grpc.StatusCode.NOT_FOUND, "Model missing not found")
     if name == "broken":
+        context.set_trailing_metadata((("x-model-error", "ValueError"), ("authorization", "Bearer leaked")))
         context.abort(grpc.StatusCode.INTERNAL, "the model raised")
     if name == "slow":
         time.sleep(2)

@@ -144,6 +144,32 @@ def test_grpc_statuses_map_to_error_kinds(code: grpc.StatusCode, details: str, k
     assert status_result(grpc.StatusCode.CANCELLED, "", closing=True).error_kind == "timeout"
 
 
+def test_a_failed_call_keeps_why_as_its_body() -> None:
+    trailing = (("x-request-id", "abc"), ("authorization", "Bearer s3cret"), ("trace-bin", b"\x00\x01"))
+    result = status_result(grpc.StatusCode.NOT_FOUND, "Model m not found", trailing=trailing, sent_at=5.0)
+    assert (result.status, result.error_kind, result.response_bytes, result.decoded_bytes, result.sent_at) == \
+        (404, "http_4xx", 0, 0, 5.0)
+    doc = json.loads(result.body)
+    assert doc == {"grpc_status": "NOT_FOUND", "grpc_code": 5, "details": "Model m not found",
+                   "trailing_metadata": {"x-request-id": "abc", "authorization": "[REDACTED]", "trace-bin": "AAE="}}
+    assert read_output("kserve_v2_grpc", 404, result.body, "$.p", "$.c", headers=result.headers).doc == doc
+    big = status_result(grpc.StatusCode.INTERNAL, "boom", trailing=(("x-stack", "y" * 5000),))
+    assert json.loads(big.body) == {"grpc_status": "INTERNAL", "grpc_code": 13, "details": "boom",
+                                    "trailing_metadata_chars": 5015}
+    assert json.loads(status_result(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded").body)["grpc_code"] == 4
+
+
+def test_frames_survive_any_split() -> None:
+    from harness.replay.grpc_process import FrameReader, frame
+
+    messages = [("c", i, "/a/B", bytes(range(i % 7)) * 50, (("k", "v"),)) for i in range(20)] + [("x",)]
+    data = b"".join(frame(m) for m in messages)
+    for step in (1, 3, 64, len(data)):
+        reader = FrameReader()
+        got = [m for i in range(0, len(data), step) for m in reader.feed(data[i:i + step])]
+        assert got == messages
+
+
 def test_metadata_from_captured_headers() -> None:
     head = RequestHead([("Content-Type", "application/json"), ("X-Tenant", "acme"), ("User-Agent", "curl"),
                         ("grpc-timeout", "1S"), ("Trace-Bin", "AAEC"), ("Accept-Encoding", "gzip")])
@@ -231,7 +257,6 @@ def _scenario(tmp_path: Path, url: str, protocol: str | None, tls: dict[str, Any
     ("grpc://127.0.0.1:1", "kserve_v2", None, "protocol kserve_v2_grpc and a grpc:// (or grpcs://) url go together"),
     ("http://127.0.0.1:1", "kserve_v2_grpc", None, "go together"),
     ("grpc://127.0.0.1:1", "kserve_v2_grpc", {"server_name": "x"}, "not https:// or grpcs://"),
-    ("grpcs://127.0.0.1:1", "kserve_v2_grpc", {"verify": False}, "verify: false is not available for gRPC"),
 ])
 def test_scenario_rules_for_grpc_targets(tmp_path: Path, url: str, protocol: str, tls: dict[str, Any] | None,
                                          words: str) -> None:
@@ -240,6 +265,9 @@ def test_scenario_rules_for_grpc_targets(tmp_path: Path, url: str, protocol: str
     assert words in str(info.value) and "targets.baseline" in str(info.value)
     ok = scenario_from_dict(_scenario(tmp_path, "grpc://127.0.0.1:1", "kserve_v2_grpc"))
     assert ok.targets["baseline"].protocol == "kserve_v2_grpc"
+    # verify: false is taken for grpcs:// (the server's certificate is pinned: tests/test_grpc_transport.py)
+    pinned = scenario_from_dict(_scenario(tmp_path, "grpcs://127.0.0.1:1", "kserve_v2_grpc", {"verify": False}))
+    assert pinned.targets["baseline"].tls == {"verify": False}
 
 
 def test_harness_shadow_refuses_grpc_targets_by_name(tmp_path: Path) -> None:

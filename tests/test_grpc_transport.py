@@ -1,7 +1,9 @@
 """gRPC legs against a real grpcio server (tests/grpc_v2_server.py): answers in typed and raw contents read
 into the V2 JSON form, metadata sent, gRPC statuses mapped to error kinds (DEADLINE_EXCEEDED -> timeout,
 NOT_FOUND -> http_4xx 404, INTERNAL -> http_5xx 500, an answer over the cap -> too_large, a port nobody
-listens on -> connect), a request that cannot become a call -> harness_error, and the send loop on time."""
+listens on -> connect), a request that cannot become a call -> harness_error, a failed call's status, details
+and trailing metadata (credentials masked) kept as its answer, the send loop on time; grpcs:// verified, its
+failures named before sending, and verify: false pinning the server's certificate (warned and recorded)."""
 from __future__ import annotations
 
 import json
@@ -86,6 +88,16 @@ def test_answers_statuses_and_error_kinds(tmp_path: Path, grpc_server: str) -> N
     assert kinds == {"slow-25": (None, "timeout"), "missing-26": (404, "http_4xx"), "broken-27": (500, "http_5xx"),
                      "huge-28": (None, "too_large"), "ready": (200, None), "rest": (None, "harness_error")}
     assert "NOT_FOUND" in base["missing-26"]["error_detail"] and "DEADLINE" in base["slow-25"]["error_detail"]
+    # a failed call keeps why as its answer: status, details, the trailing metadata with credentials masked
+    assert json.loads(base["missing-26"]["output_json"]) == {"grpc_status": "NOT_FOUND", "grpc_code": 5,
+                                                             "details": "Model missing not found"}
+    assert json.loads(base["broken-27"]["output_json"]) == {
+        "grpc_status": "INTERNAL", "grpc_code": 13, "details": "the model raised",
+        "trailing_metadata": {"x-model-error": "ValueError", "authorization": "[REDACTED]"}}
+    assert json.loads(base["slow-25"]["output_json"])["grpc_status"] == "DEADLINE_EXCEEDED"
+    assert base["slow-25"]["latency_ms"] >= 1000 and base["missing-26"]["response_bytes"] == 0
+    # sent_at is when the call was handed to grpcio: after the intended time, before the answer
+    assert all(v["intended_at"] <= v["sent_at"] <= v["done_at"] for v in legs.values())
     assert json.loads(base["ready"]["output_json"]) == {"ready": True}
     assert "neither a inference.GRPCInferenceService call" in base["rest"]["error_detail"]
     # every leg to the port nobody listens on is a connect error, except the one harness could not build
@@ -93,10 +105,14 @@ def test_answers_statuses_and_error_kinds(tmp_path: Path, grpc_server: str) -> N
     assert {leg["error_kind"] for leg in candidate} == {"connect"}, {leg["error_detail"] for leg in candidate}
     # the schedule was kept: no leg left late because another one was waiting for its answer
     lags = [v["send_lag_ms"] for v in legs.values()]
-    assert max(lags) < 50, sorted(lags)[-5:]
+    assert max(lags) < 50, sorted((round(v["send_lag_ms"]), k) for k, v in legs.items())[-5:]
 
 
-def test_grpcs_verified_and_its_failures_named_before_sending(tmp_path: Path) -> None:
+def test_grpcs_verified_and_its_failures_named_before_sending(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import duckdb
+
+    from harness.cli import main
     from harness.errors import TargetUnreachable
     from harness.run import check_targets
     from harness.scenario import scenario_from_dict
@@ -125,6 +141,16 @@ def test_grpcs_verified_and_its_failures_named_before_sending(tmp_path: Path) ->
         con, _ = replay(tmp_path / "ok", scenario({"ca_file": str(pki["ca"])}))
         got = con.execute("select status_code, error_kind, count(*) from legs group by all").fetchall()
         assert got == [(200, None, 10)]
+        # verify: false pins the certificate the server presents, warns and is recorded, as for https
+        check_targets(scenario_from_dict(scenario({"verify": False})))
+        (tmp_path / "unverified.yaml").write_text(json.dumps(scenario({"verify": False})))
+        assert main(["run", str(tmp_path / "unverified.yaml"), "--out", str(tmp_path / "out")]) in (0, 2)
+        assert "TLS certificates are not verified" in capsys.readouterr().out
+        con = duckdb.connect(str(next((tmp_path / "out").iterdir()) / "results.duckdb"), read_only=True)
+        assert con.execute("select detail from events where kind = 'tls_unverified'").fetchall() == [("baseline",)]
+        assert con.execute("select status_code, error_kind, count(*) from legs group by all").fetchall() == \
+            [(200, None, 10)]
+        con.close()
         with pytest.raises(TargetUnreachable, match="certificate is not trusted"):
             check_targets(scenario_from_dict(scenario(None)))
         with pytest.raises(TargetUnreachable, match="serves TLS \\(use a grpcs:// url"):
@@ -135,3 +161,47 @@ def test_grpcs_verified_and_its_failures_named_before_sending(tmp_path: Path) ->
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+    # grpcio checks the dates of a pinned certificate too: an expired one is named before anything is sent
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(HERE / "grpc_v2_server.py"), str(port), str(pki["expired"]),
+                             str(pki["expired_key"])], stderr=subprocess.PIPE)
+    try:
+        wait_port(port, proc)
+        expired = scenario({"verify": False}, f"grpcs://127.0.0.1:{port}")
+        with pytest.raises(TargetUnreachable, match="has expired .*gRPC checks its dates even with "
+                                                    "targets.baseline.tls.verify: false"):
+            check_targets(scenario_from_dict(expired))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_closing_ends_open_calls_as_timeouts_and_a_lost_process_fails_legs_not_the_run(grpc_server: str) -> None:
+    import gevent
+
+    from harness.replay.grpc_transport import GrpcClient
+    from harness.replay.transport import send_one
+    from harness.replay.wire import RequestHead
+
+    body = json.dumps(_rest(0, "slow")["body"]).encode()
+    got: list[Any] = []
+    client = GrpcClient(grpc_server, timeout_s=5, connect_timeout_s=2, max_response_bytes=1_000_000)
+    client.wait_started()
+    ok = send_one(client, "POST", "/v2/models/echo/infer", [], json.dumps(_rest(1, "echo")["body"]).encode())
+    assert (ok.status, ok.error_kind) == (200, None) and ok.sent_at is not None
+    client.start("POST", "/v2/models/slow/infer", RequestHead([]), body, lambda _t, r, _d: got.append(r), None)
+    gevent.sleep(0.3)  # the call is open on the server
+    client.close()
+    assert [(r.error_kind, r.error_detail) for r in got] == [("timeout", "gRPC CANCELLED: still open when the replay ended")]
+    # the gRPC process dies mid-run: its open legs and every later one are harness errors naming it
+    got.clear()
+    client = GrpcClient(grpc_server, timeout_s=5, connect_timeout_s=2, max_response_bytes=1_000_000)
+    client.wait_started()
+    client.start("POST", "/v2/models/slow/infer", RequestHead([]), body, lambda _t, r, _d: got.append(r), None)
+    gevent.sleep(0.3)
+    client._process._proc.kill()  # noqa: SLF001 - the failure under test
+    gevent.sleep(0.5)
+    later = send_one(client, "POST", "/v2/models/echo/infer", [], body)
+    assert [r.error_kind for r in got] == ["harness_error"] and "gRPC client process exited" in got[0].error_detail
+    assert later.error_kind == "harness_error" and "exited" in (later.error_detail or "")
+    client.close()

@@ -254,9 +254,13 @@ def read_kserve_v2_grpc_output(status: int, body: bytes, prediction_path: str, c
                                headers: Mapping[str, str] | None = None) -> OutputRead:
     """A gRPC answer (the response message's bytes; the method in the `:path` header the transport keeps)
     read as kserve_v2 reads the same answer over REST. An answer that is not the method's message is
-    invalid_json, the kind every protocol gives an unreadable answer."""
+    invalid_json, the kind every protocol gives an unreadable answer. A failed call's body is the JSON the
+    transport made of its status, details and trailing metadata."""
     if not 200 <= status < 300:
-        return OutputRead(doc=None)
+        try:
+            return OutputRead(doc=loads(body) if body else None)
+        except (ValueError, UnicodeDecodeError):
+            return OutputRead(doc=None)
     path = (headers or {}).get(":path", grpc_path("ModelInfer"))
     try:
         doc = answer_doc(path, body)

@@ -219,6 +219,10 @@ class Dispatcher:
             limits = Limits(plan.timeout_s, plan.connect_timeout_s, plan.max_response_bytes)
             transports = {t.version: _transport_for(t, limits) for t in plan.targets}
         self._transports = transports
+        for transport in transports.values():  # optional: a transport with a process of its own to start (gRPC)
+            wait_started = getattr(transport, "wait_started", None)
+            if wait_started is not None:
+                wait_started()
         # per target: (target, its transport, its index); both orders, so that the first leg to leave alternates
         forward = tuple((t, transports[t.version], i) for i, t in enumerate(plan.targets))
         self._orders = (forward, forward[::-1])
@@ -384,6 +388,8 @@ class Dispatcher:
 
     def _finish_one(self, token: tuple[Any, ...], result: Any, done: float) -> None:
         row, target, intended, sent, _ = token
+        if result.sent_at is not None:  # the call left later than start(), from another process (gRPC)
+            sent = result.sent_at
         try:
             self._finish_leg(row, target, intended, sent, done, result)
         except Exception as exc:  # noqa: BLE001 - a listener's or hook's bug: the finisher must go on with the rest

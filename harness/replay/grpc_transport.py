@@ -1,11 +1,14 @@
-"""gRPC legs (protocol kserve_v2_grpc): unary calls through grpcio, started without a greenlet per leg.
+"""gRPC legs (protocol kserve_v2_grpc): unary calls through grpcio, made by a gRPC process of their own.
 
-A leg is one unary call started with `future()` from the dispatcher's send loop (it returns at once: the
-call is queued to grpcio's core, which owns the HTTP/2 connection) and finished by the future's done
-callback, which hands the `SendResult` to `done(token, result, done_at)` like an HTTP leg. grpcio
-runs under gevent through `grpc.experimental.gevent.init_gevent()` (called once, before the first channel):
-its completion queue is polled cooperatively, so a call in flight never blocks the loop (the replay process
-is monkey-patched by Locust; without init_gevent grpcio's polling thread would hold the hub).
+A leg is one unary call. `start` (on the dispatcher's send loop) builds the message and queues one frame
+for the gRPC process (harness.replay.grpc_process; one per replay process, a channel per target), written
+at the end of the loop turn (both legs of a pair in one write); that process starts the call with grpc.aio;
+outcomes come back in batches through one io watcher and are handed to
+`done(token, result, done_at)` like an HTTP leg's. The send loop never runs grpcio: under gevent (the
+replay's process is monkey-patched by Locust) grpcio can only run in its gevent mode, which costs each call
+a thread-pool hand-off and often a new greenlet (about 0.27 ms of the send loop per call). The leg's
+`sent_at` and `done_at` are taken in the gRPC process, right before the call is handed to grpcio and when
+its outcome is in: send lag includes the hand-off, latency is not stretched by the replay's own work.
 
 One channel per target, one HTTP/2 connection, calls multiplexed on it as a gRPC client does. No retries
 (`grpc.enable_retries` 0, no `wait_for_ready`: a call to a target that is down fails at once), one deadline
@@ -13,6 +16,12 @@ per call (replay.timeout_s), the answer capped at max_response_bytes (`grpc.max_
 a larger message is `too_large`). Captured headers become the call's metadata, lower-cased, without the
 ones gRPC owns or HTTP/1.1 alone means (content-type, te, host, user-agent, accept*, grpc-*); a `-bin`
 header's value is base64 as captured and sent as bytes.
+
+TLS (grpcs://): verified against `tls.ca_file` (else the system's roots), `tls.server_name` as the name
+checked, `client_cert`/`client_key` for mutual TLS. grpcio cannot turn verification off, so `verify: false`
+pins the certificate the server presents: it is fetched without verification when the transport is made
+and becomes the channel's only root, with a name it carries as `grpc.ssl_target_name_override`. Its dates
+are still checked (an expired certificate is refused by grpcio, and named so by the pre-run check).
 
 The gRPC status of a failed call maps to the error kinds (and to `status_code`, by the HTTP mapping of
 google.rpc.Code):
@@ -30,26 +39,39 @@ google.rpc.Code):
 | UNIMPLEMENTED | http_5xx | 501 |
 | UNKNOWN, INTERNAL, DATA_LOSS | http_5xx | 500 |
 
-`response_bytes` is the response message's serialized size; the answer is read into the V2 JSON form by
-the protocol reader (harness.protocols.kserve_v2_grpc), in the finisher, like every answer.
+A failed call's body (the leg's `output_json`) says why, as JSON: `{"grpc_status": name, "grpc_code": n,
+"details": ..., "trailing_metadata": {...}}`, the trailing metadata only when it is small (up to 1 kB), with
+credential-like keys masked as captured headers are (harness.traffic.redaction) and `-bin` values in base64.
+`response_bytes` is the response message's serialized size (0 for a failed call); the answer is read into
+the V2 JSON form by the protocol reader (harness.protocols.kserve_v2_grpc), in the finisher, like every answer.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+import os
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+import gevent
+import gevent.event
 import grpc
 
 from ..error_kinds import HARNESS_ERROR
 from ..protocols.kserve_v2_grpc import GrpcRequestError, request_for
+from ..traffic.redaction import Redactor
+from .grpc_process import FrameReader, frame
+from .tls import pinned_certificate
 from .transport import Done
 from .wire import RequestHead, SendResult
 
-__all__ = ["GrpcClient", "init_grpc_gevent", "status_result", "metadata_of"]
+__all__ = ["GrpcClient", "status_result", "metadata_of", "error_body"]
 
 
 _DROP = frozenset({"content-type", "content-length", "te", "host", "user-agent", "accept", "accept-encoding",
@@ -73,27 +95,17 @@ _CODES: dict[grpc.StatusCode, tuple[str | None, int | None]] = {
     grpc.StatusCode.UNAVAILABLE: ("reset", None),
     grpc.StatusCode.CANCELLED: ("reset", None),
 }
+_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 _TOO_LARGE = re.compile(r"(?i)received message larger than max|message larger than max")
 _NO_CONNECTION = re.compile(r"(?i)failed to connect|connection refused|connect failed|no route|name resolution|"
                             r"dns resolution failed|unreachable")
 _TLS = re.compile(r"(?i)handshake|ssl|certificate|tls")
-_gevent_ready = False
 _READY_WAIT_S = 0.25
-
-
-def init_grpc_gevent() -> None:
-    """grpcio's gevent integration, once per process and before any channel exists. Only where gevent has
-    patched the standard library (the replay's processes): grpcio polls with gevent's primitives then."""
-    global _gevent_ready
-    if _gevent_ready:
-        return
-    from gevent import monkey  # noqa: PLC0415
-
-    if monkey.is_module_patched("threading"):
-        from grpc.experimental import gevent as grpc_gevent  # noqa: PLC0415
-
-        grpc_gevent.init_gevent()
-    _gevent_ready = True
+_START_WAIT_S = 5.0
+_CLOSE_WAIT_S = 5.0  # the gRPC process reports the calls it cancels, then exits
+_TRAILING_MAX = 1024
+_PROCESS = Path(__file__).with_name("grpc_process.py")
+_REDACTOR = Redactor()
 
 
 def metadata_of(head: RequestHead) -> tuple[tuple[str, str | bytes], ...]:
@@ -113,7 +125,23 @@ def metadata_of(head: RequestHead) -> tuple[tuple[str, str | bytes], ...]:
     return tuple(out)
 
 
-def status_result(code: grpc.StatusCode, details: str, closing: bool = False) -> SendResult:
+def error_body(code: grpc.StatusCode, details: str, trailing: tuple[tuple[str, str | bytes], ...] = ()) -> bytes:
+    """What a failed call's leg keeps as its body: the status, its message and, when small, the trailing
+    metadata (credential-like keys masked; `-bin` values in base64)."""
+    doc: dict[str, Any] = {"grpc_status": code.name, "grpc_code": code.value[0], "details": details[:1000]}
+    if trailing:
+        pairs = tuple((k, base64.b64encode(v).decode() if isinstance(v, bytes) else str(v)) for k, v in trailing)
+        shown = dict(_REDACTOR.headers(pairs))
+        text = json.dumps(shown, ensure_ascii=False)
+        if len(text) <= _TRAILING_MAX:
+            doc["trailing_metadata"] = shown
+        else:
+            doc["trailing_metadata_chars"] = len(text)
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def status_result(code: grpc.StatusCode, details: str, closing: bool = False,
+                  trailing: tuple[tuple[str, str | bytes], ...] = (), sent_at: float | None = None) -> SendResult:
     """The SendResult of a call that ended with a status other than OK."""
     kind, status = _CODES.get(code, ("http_5xx", 500))
     detail = f"gRPC {code.name}: {details}"[:300]
@@ -122,17 +150,182 @@ def status_result(code: grpc.StatusCode, details: str, closing: bool = False) ->
     elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE.search(details):
         kind, status = "too_large", None
     elif code == grpc.StatusCode.CANCELLED and closing:
-        kind = "timeout"
-    headers = {"grpc-status": str(code.value[0]), "grpc-message": details[:300]}
-    return SendResult(status, b"", kind, detail, 0, headers)
+        kind, detail = "timeout", f"gRPC {code.name}: still open when the replay ended"
+    headers = {"grpc-status": str(code.value[0]), "grpc-message": details[:300], "content-type": "application/json"}
+    return SendResult(status, error_body(code, details, trailing), kind, detail, 0, headers, None, 0, sent_at)
+
+
+class _GrpcProcess:
+    """The gRPC process of this replay process (harness.replay.grpc_process), shared by its gRPC targets:
+    the legs of a pair go to it in one write, and it is woken once for both."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, tuple[GrpcClient, Done, Any, str]] = {}
+        self.clients: dict[int, GrpcClient] = {}
+        self.failed: str | None = None
+        self._next_call = 0
+        self._next_channel = 0
+        self._frames = FrameReader()
+        self._out = bytearray()
+        self._flushing = False
+        to_child, self._child_in = os.pipe()
+        self._child_out, from_child = os.pipe()
+        # -P: the script's folder (this package's modules) stays off the process's import path
+        self._proc = subprocess.Popen([sys.executable, "-P", str(_PROCESS), str(to_child), str(from_child)],
+                                      pass_fds=(to_child, from_child), stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL)
+        os.close(to_child)
+        os.close(from_child)
+        os.set_blocking(self._child_in, False)
+        os.set_blocking(self._child_out, False)
+        self._loop = gevent.get_hub().loop
+        self._reading = self._loop.io(self._child_out, 1)
+        self._reading.start(self._readable)
+        self._writing = self._loop.io(self._child_in, 2)
+
+    def open(self, client: GrpcClient, settings: dict[str, Any]) -> int:
+        number = self._next_channel
+        self._next_channel += 1
+        self.clients[number] = client
+        self.send(("o", number, settings))
+        return number
+
+    def call(self, client: GrpcClient, path: str, payload: bytes, metadata: Any, done: Done, token: Any) -> None:
+        call_id = self._next_call
+        self._next_call += 1
+        self.pending[call_id] = (client, done, token, path)
+        self.send(("c", client.channel, call_id, path, payload, metadata))
+
+    def send(self, message: Any) -> None:
+        if self.failed is not None:
+            return
+        self._out += frame(message)
+        if self._writing.active:  # the pipe was full: the write watcher sends the rest, in order
+            return
+        if len(self._out) >= 65536:
+            self._flush()
+        elif not self._flushing:  # at the end of this loop turn: the other leg of the pair goes in the same write
+            self._flushing = True
+            self._loop.run_callback(self._flush)
+
+    def _flush(self) -> None:
+        self._flushing = False
+        if not self._out or self.failed is not None:
+            return
+        try:
+            sent = os.write(self._child_in, self._out)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self.lost(f"the gRPC client process cannot be written to: {exc.strerror or exc}")
+            return
+        del self._out[:sent]
+        if self._out and not self._writing.active:
+            self._writing.start(self._flush)
+        elif not self._out and self._writing.active:
+            self._writing.stop()
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._child_out, 1 << 20)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.lost(f"the gRPC client process cannot be read from: {exc.strerror or exc}")
+                return
+            if not chunk:
+                code = self._proc.poll()
+                self.lost("the gRPC client process exited" + (f" (code {code})" if code is not None else ""))
+                return
+            for message in self._frames.feed(chunk):
+                self._handle(message)
+
+    def _handle(self, message: Any) -> None:
+        kind = message[0]
+        if kind == "d":
+            _, call_id, sent_at, done_at, number, details, answer, trailing = message
+            entry = self.pending.pop(call_id, None)
+            if entry is None:
+                return
+            client, done, token, path = entry
+            if number == 0:
+                result = SendResult(200, answer, None, None, len(answer), {":path": path, "content-type": "application/grpc"},
+                                    None, len(answer), sent_at)
+            else:
+                code = _BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
+                result = status_result(code, details, client.closing, trailing, sent_at)
+            done(token, result, done_at)
+        elif kind == "e":
+            _, call_id, sent_at, done_at, detail = message
+            entry = self.pending.pop(call_id, None)
+            if entry is not None:
+                entry[1](entry[2], SendResult(None, b"", HARNESS_ERROR, detail, 0, None, None, None, sent_at), done_at)
+        elif kind in ("up", "ready", "b"):
+            target = self.clients.get(message[1])
+            if target is not None:
+                {"up": target.up, "ready": target.ready, "b": target.ended}[kind].set()
+
+    def lost(self, why: str) -> None:
+        """The process is gone: every open leg ends now (as a timeout where its target is closing)."""
+        global _shared
+        if _shared is self:
+            _shared = None
+        self.failed = why
+        self._reading.stop()
+        self._writing.stop()
+        for client in self.clients.values():
+            client.up.set()
+            client.ended.set()
+        self.end_pending(None)
+
+    def end_pending(self, client: GrpcClient | None) -> None:
+        """End the open legs of `client` (all of them: None) without their answers."""
+        now = time.time()
+        for call_id, (owner, done, token, _) in list(self.pending.items()):
+            if client is None or owner is client:
+                del self.pending[call_id]
+                done(token, _closed() if owner.closing else SendResult(None, b"", HARNESS_ERROR, self.failed or "", 0), now)
+
+    def release(self, client: GrpcClient) -> None:
+        """`client` is closed: the process ends with the last one."""
+        global _shared
+        self.clients.pop(client.channel, None)
+        if self.clients:
+            return
+        if _shared is self:
+            _shared = None
+        self.send(("q",))
+        self._flush()
+        self._reading.stop()
+        self._writing.stop()
+        for fd in (self._child_in, self._child_out):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            self._proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(timeout=2)
+
+
+_shared: _GrpcProcess | None = None
+
+
+def _process() -> _GrpcProcess:
+    global _shared
+    if _shared is None:
+        _shared = _GrpcProcess()
+    return _shared
 
 
 class GrpcClient:
-    """One target's channel: a transport (harness.replay.transport), each leg started without a greenlet."""
+    """One target's channel in the gRPC process: a transport (harness.replay.transport)."""
 
     def __init__(self, url: str, *, timeout_s: float, connect_timeout_s: float, max_response_bytes: int,
                  tls: Mapping[str, Any] | None = None) -> None:
-        init_grpc_gevent()
         parts = urlsplit(url)
         host = parts.hostname or "127.0.0.1"
         secure = parts.scheme == "grpcs"
@@ -141,41 +334,44 @@ class GrpcClient:
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.max_response_bytes = max_response_bytes
-        options: list[tuple[str, Any]] = [
+        self.closing = False
+        self.up = gevent.event.Event()
+        self.ready = gevent.event.Event()
+        self.ended = gevent.event.Event()
+        self._failed: SendResult | None = None  # set: every leg ends so (the certificate could not be pinned)
+        self._last: tuple[Any, str, str, tuple[str, bytes] | GrpcRequestError] | None = None
+        self._metadata: dict[int, tuple[RequestHead, Any]] = {}
+        settings: dict[str, Any] = {"target": self.target, "secure": secure, "timeout_s": timeout_s, "options": [
             ("grpc.max_receive_message_length", max(min(max_response_bytes, 2**31 - 1), 1)),
             ("grpc.max_send_message_length", -1),
             ("grpc.enable_retries", 0),
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
-        ]
+        ]}
         if secure:
-            options.extend(_tls_options(tls))
-            self._channel = grpc.secure_channel(self.target, _credentials(tls), options=options)
-        else:
-            self._channel = grpc.insecure_channel(self.target, options=options)
-        self._ready = grpc.channel_ready_future(self._channel)  # starts connecting now, without waiting
-        self._calls: dict[str, Any] = {}
-        self._inflight: dict[Any, None] = {}
-        self._closing = False
-        self._last: tuple[Any, str, str, tuple[str, bytes] | GrpcRequestError] | None = None
-        self._metadata: dict[int, tuple[RequestHead, Any]] = {}
+            try:
+                secured = _tls_settings(host, port, tls, connect_timeout_s)
+                settings["options"] += secured.pop("options")
+                settings.update(secured)
+            except (OSError, ValueError) as exc:
+                self._failed = SendResult(None, b"", "tls", f"TLS: {exc}"[:300], 0)
+        self._process = _process()
+        self.channel = self._process.open(self, settings)
+
+    def wait_started(self) -> None:
+        """Wait (bounded) for the gRPC process and this target's channel to be up and, briefly, for the
+        channel to connect: called when the dispatcher is made, before the replay's clock starts, so that a
+        process slow to start on a busy machine does not make the first legs late."""
+        if self.up.wait(timeout=_START_WAIT_S):
+            self.ready.wait(timeout=_READY_WAIT_S)
 
     def prepare(self) -> None:
-        """Wait, briefly, for the channel that started connecting when the client was made: a first call that
-        had to connect the channel would leave late and hold the sends behind it. The dispatcher calls this
-        once, inside the replay's start delay (0.3 s), so the wait is bounded below it; a target that cannot
-        be reached by then is left to the legs, each recording its failure."""
-        try:
-            self._ready.result(timeout=_READY_WAIT_S)
-        except grpc.FutureTimeoutError:
-            pass
-
-    def _call(self, path: str) -> Any:
-        call = self._calls.get(path)
-        if call is None:  # bytes in, bytes out: the messages are built and read outside the call
-            call = self._calls[path] = self._channel.unary_unary(path, _registered_method=True)
-        return call
+        """Wait, briefly, for the channel that started connecting when it was opened: a first call that had
+        to connect the channel would leave late and hold the sends behind it. The dispatcher calls this once,
+        inside the replay's start delay (0.3 s), so the wait is bounded below it; a target that cannot be
+        reached by then is left to the legs, each recording its failure."""
+        self.ready.wait(timeout=_READY_WAIT_S)
 
     def _request(self, method: str, uri: str, body: bytes) -> tuple[str, bytes]:
         # Both legs of a pair carry the very same body object: it is translated once.
@@ -203,7 +399,8 @@ class GrpcClient:
         return meta
 
     def start(self, method: str, uri: str, head: RequestHead, body: bytes, done: Done, token: Any) -> None:
-        """Start the call now; `done` is called once, later (or now, for a request that cannot be sent)."""
+        """Hand the call to the gRPC process (it leaves at the end of this loop turn); `done` is called once,
+        later (or now, for a request that cannot be sent)."""
         try:
             if head.error is not None:
                 raise ValueError(head.error)
@@ -212,45 +409,33 @@ class GrpcClient:
         except ValueError as exc:
             done(token, SendResult(None, b"", HARNESS_ERROR, f"{type(exc).__name__}: {exc}"[:300], 0), time.time())
             return
-        try:
-            future = self._call(path).future(payload, timeout=self.timeout_s, metadata=metadata or None)
-        except Exception as exc:  # noqa: BLE001 - grpcio refusing the call (bad metadata): nothing was sent
-            done(token, SendResult(None, b"", HARNESS_ERROR, f"{type(exc).__name__}: {exc}"[:300], 0), time.time())
+        failed = self._failed
+        if failed is None and self._process.failed is not None:
+            failed = SendResult(None, b"", HARNESS_ERROR, self._process.failed, 0)
+        if failed is not None or self.closing:
+            done(token, failed or _closed(), time.time())
             return
-        self._inflight[future] = None
-        future.add_done_callback(lambda f: self._finished(f, path, done, token))
-
-    def _finished(self, future: Any, path: str, done: Done, token: Any) -> None:
-        done_at = time.time()
-        self._inflight.pop(future, None)
-        try:
-            raw = future.result()
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-            details = (exc.details() if hasattr(exc, "details") else None) or ""
-            done(token, status_result(code, details, self._closing), done_at)
-            return
-        except grpc.FutureCancelledError:
-            done(token, status_result(grpc.StatusCode.CANCELLED, "cancelled", self._closing), done_at)
-            return
-        except Exception as exc:  # noqa: BLE001 - any other failure of the call is still this leg's end
-            done(token, SendResult(None, b"", HARNESS_ERROR, f"{type(exc).__name__}: {exc}"[:300], 0), done_at)
-            return
-        done(token, SendResult(200, raw, None, None, len(raw), {":path": path, "content-type": "application/grpc"},
-                               None, len(raw)), done_at)
+        self._process.call(self, path, payload, metadata, done, token)
 
     def close(self) -> None:
-        """Cancel what is still open (those legs end as timeouts) and close the channel; once."""
-        if self._closing:
+        """Cancel what is still open (those legs end as timeouts), close the channel; once."""
+        if self.closing:
             return
-        self._closing = True
-        self._ready.cancel()
-        for future in list(self._inflight):
-            future.cancel()
-        self._channel.close()
+        self.closing = True
+        if self._process.failed is None:
+            self._process.send(("x", self.channel))
+            self.ended.wait(timeout=_CLOSE_WAIT_S)
+        self._process.end_pending(self)
+        self._process.release(self)
 
 
-def _credentials(tls: Mapping[str, Any] | None) -> grpc.ChannelCredentials:
+def _closed() -> SendResult:
+    return status_result(grpc.StatusCode.CANCELLED, "still open when the replay ended", closing=True)
+
+
+def _tls_settings(host: str, port: int, tls: Mapping[str, Any] | None, timeout_s: float) -> dict[str, Any]:
+    """The channel's credentials and name override (OSError / ValueError when the pinned certificate cannot
+    be fetched)."""
     tls = tls or {}
 
     def read(key: str) -> bytes | None:
@@ -260,10 +445,11 @@ def _credentials(tls: Mapping[str, Any] | None) -> grpc.ChannelCredentials:
         with open(path, "rb") as f:
             return f.read()
 
-    return grpc.ssl_channel_credentials(root_certificates=read("ca_file"), private_key=read("client_key"),
-                                        certificate_chain=read("client_cert"))
-
-
-def _tls_options(tls: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
-    name = (tls or {}).get("server_name")
-    return [("grpc.ssl_target_name_override", name)] if name else []
+    out: dict[str, Any] = {"private_key": read("client_key"), "certificate_chain": read("client_cert"),
+                           "root_certificates": read("ca_file")}
+    name = tls.get("server_name")
+    if tls.get("verify", True) is False:
+        pem, name = pinned_certificate(host, port, tls, timeout_s)
+        out["root_certificates"] = pem.encode()
+    out["options"] = [("grpc.ssl_target_name_override", name)] if name else []
+    return out

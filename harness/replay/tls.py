@@ -6,7 +6,9 @@ says so and records it. `client_cert` / `client_key` present a client certificat
 
 `check_tls` does one real handshake before anything is sent and names the cause of a failure in one line:
 an untrusted or expired certificate, a name mismatch, a server that does not speak TLS, a handshake that
-hangs. A server that asks for a client certificate cannot be told apart, from the handshake alone, from one
+hangs. For a gRPC target with `verify: false` (`pin=True`: grpcio cannot turn verification off, so the
+certificate the server presents is pinned, see `pinned_certificate`) it checks what grpcio will check of
+it: its dates. A server that asks for a client certificate cannot be told apart, from the handshake alone, from one
 that requires it (nginx completes the handshake and answers 400 to each request), so then, and only then,
 the check sends one `HEAD /` and reads its status.
 """
@@ -16,7 +18,7 @@ import socket
 import ssl
 from typing import Any, Mapping
 
-__all__ = ["client_context", "check_tls", "TLS_KEYS"]
+__all__ = ["client_context", "check_tls", "pinned_certificate", "TLS_KEYS"]
 
 TLS_KEYS = ("ca_file", "client_cert", "client_key", "server_name", "verify")
 
@@ -39,10 +41,28 @@ def client_context(tls: Mapping[str, Any] | None) -> ssl.SSLContext:
     return ctx
 
 
-def check_tls(host: str, port: int, tls: Mapping[str, Any] | None, timeout_s: float, where: str) -> str | None:
+def check_tls(host: str, port: int, tls: Mapping[str, Any] | None, timeout_s: float, where: str,
+              pin: bool = False) -> str | None:
     """One handshake with the target as the replay will do it: None when it succeeds, else one line naming
-    the cause (`where` names the target and its setting, e.g. "targets.baseline.tls")."""
+    the cause (`where` names the target and its setting, e.g. "targets.baseline.tls"). `pin`: the client
+    pins the server's certificate where `verify` is false (gRPC)."""
     tls = tls or {}
+    problem = _check_handshake(host, port, tls, timeout_s, where)
+    if problem is not None or not pin or tls.get("verify", True) is not False:
+        return problem
+    try:
+        pinned_certificate(host, port, tls, timeout_s)
+    except ssl.SSLCertVerificationError as exc:
+        if exc.verify_code == _EXPIRED:
+            return (f"the server's certificate has expired ({exc.verify_message}); gRPC checks its dates even with "
+                    f"{where}.verify: false (grpcio cannot turn verification off): renew it")
+        return f"the server's certificate cannot be pinned for {where}.verify: false: {exc.verify_message or exc}"
+    except (OSError, ssl.SSLError) as exc:
+        return f"the server's certificate cannot be pinned for {where}.verify: false: {exc}"
+    return None
+
+
+def _check_handshake(host: str, port: int, tls: Mapping[str, Any], timeout_s: float, where: str) -> str | None:
     name = tls.get("server_name") or host
     ctx = client_context(tls)
     asked: list[bool] = []
@@ -122,3 +142,36 @@ def _probe_client_certificate(sock: ssl.SSLSocket, host: str, port: int, have_ce
         return (f"the server requires a client certificate (it answered {status.decode()} without one); set "
                 f"{where}.client_cert and {where}.client_key")
     return None
+
+
+def pinned_certificate(host: str, port: int, tls: Mapping[str, Any] | None, timeout_s: float) -> tuple[str, str]:
+    """The certificate a server presents (PEM), fetched without verification, and a name it carries (a DNS
+    name of its subjectAltName, else its common name, else an IP address), for a client that can only verify:
+    with it as the only root and that name as the one checked, that client trusts this server and no other.
+    Its dates are checked (ssl.SSLCertVerificationError for an expired one). OSError when it cannot be fetched."""
+    tls = dict(tls or {}, verify=False)
+    name = tls.get("server_name") or host
+    with socket.create_connection((host, port), timeout=timeout_s) as raw:
+        with client_context(tls).wrap_socket(raw, server_hostname=name) as sock:
+            der = sock.getpeercert(binary_form=True)
+    if not der:
+        raise OSError("the server presented no certificate")
+    pem = ssl.DER_cert_to_PEM_cert(der)
+    # Python decodes a certificate's names only from a verified handshake: one more, trusting just this one.
+    ctx = ssl.create_default_context(cadata=pem)
+    ctx.check_hostname = False
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a server's own certificate as the root
+    if tls.get("client_cert"):
+        ctx.load_cert_chain(tls["client_cert"], tls.get("client_key"))
+    with socket.create_connection((host, port), timeout=timeout_s) as raw:
+        with ctx.wrap_socket(raw, server_hostname=name) as sock:
+            cert: Any = sock.getpeercert() or {}
+    alt: Any = cert.get("subjectAltName", ())
+    names = [str(v) for k, v in alt if k == "DNS" and "*" not in v]
+    names += [str(v) for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
+    names += [str(v) for k, v in alt if k == "IP Address"]
+    if tls.get("server_name") in names:
+        return pem, str(tls["server_name"])
+    if not names:
+        raise OSError("the server's certificate carries no name to check it by")
+    return pem, str(names[0])

@@ -13,6 +13,8 @@ A transport:
 
 A transport may also have `warm(n)`: open n connections ahead of the first send, sending nothing on them (the
 dispatcher calls it, when present, while it waits for the first intended send).
+A transport that starts something slow (the gRPC transport's process) may also have `wait_started()`: the
+dispatcher calls it once when it is made, before the replay's clock starts.
 
 Transports by URL scheme: `TRANSPORTS` (http and https: harness.replay.http_transport). Another wire
 (gRPC) registers its scheme there with a factory of the same signature. `MockTransport` answers from a

@@ -49,6 +49,7 @@ class SendResult:
     headers: dict[str, str] | None = None
     arrivals: list[tuple[int, float]] | None = None  # streams only: (decoded bytes so far, ms since the send)
     decoded_bytes: int | None = None  # None until the Content-Encoding is undone (content_encoding.decode_answer)
+    sent_at: float | None = None  # epoch time of the send where the transport hands the leg on (gRPC): else start()'s
 
 
 class RequestHead:
