@@ -46,6 +46,9 @@ __all__ = ["CaptureWriter", "WriterStats"]
 
 _STOP = object()
 _DUMPS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
+# Level 1: on the sample capture's 3 kB records it took about 7x less CPU than level 6 for files about
+# 25 % larger (2.9x against 3.6x smaller than the JSONL); the proxy's CPU is the scarcer of the two.
+_GZIP_LEVEL = 1
 
 
 @dataclass
@@ -154,7 +157,7 @@ class CaptureWriter:
         data = b"".join(lines)
         if self.gzip:
             # mtime=0: the same records make the same bytes
-            data = gzip.compress(data, compresslevel=6, mtime=0)
+            data = gzip.compress(data, compresslevel=_GZIP_LEVEL, mtime=0)
         try:
             fd = self._file_for(len(data))
             written = os.write(fd, data)
