@@ -6,6 +6,8 @@ is the mirror / candidate target. Proxies, one at a time, each in front of that 
 - nginx, one worker, plain reverse proxy (`proxy_pass`, upstream keep-alive);
 - nginx, one worker, `mirror` module: the same, plus a copy of every request to the second port;
 - `harness capture` (one process), writing every request to a .jsonl.gz capture;
+- `capture-asyncio` (only when named in --only): the same on the standard library's event loop, uvloop
+  kept from importing, to show what uvloop brings;
 - `harness shadow` (one process): answers from the upstream, copies to the second port, records legs.
 
 Two measurements per proxy:
@@ -33,6 +35,8 @@ import _common as c
 import _open_loop
 
 PROXIES = ("nginx", "nginx-mirror", "capture", "shadow")
+# harness run with uvloop kept from importing: the capture falls back to the standard library's loop
+NO_UVLOOP = [c.PY, "-c", "import sys; sys.modules['uvloop'] = None; from harness.cli import main; sys.exit(main())"]
 
 
 @contextlib.contextmanager
@@ -62,7 +66,7 @@ def nginx_proxy(upstream_port: int, mirror_port: int, mirror: bool) -> Iterator[
 @contextlib.contextmanager
 def harness_proxy(kind: str, upstream: str, mirror: str, work: Path) -> Iterator[tuple[str, list[int]]]:
     port = c.free_port()
-    if kind == "capture":
+    if kind in ("capture", "capture-asyncio"):
         args = ["capture", "--listen", f"127.0.0.1:{port}", "--upstream", upstream,
                 "--out", str(work / "bench-%Y%m%dT%H.jsonl.gz")]
     else:
@@ -73,7 +77,8 @@ def harness_proxy(kind: str, upstream: str, mirror: str, work: Path) -> Iterator
             "replay": {"allow": ["POST /*"], "timeout_s": 2},
             "promotion_gates": {"error_rate": {"maximum": 0.01}}, "analysis": {"bootstrap_resamples": 200}}))
         args = ["shadow", str(scenario), "--listen", f"127.0.0.1:{port}", "--out", str(work / "reports")]
-    proc = subprocess.Popen([*c.HARNESS, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=work)
+    harness = NO_UVLOOP if kind == "capture-asyncio" else c.HARNESS
+    proc = subprocess.Popen([*harness, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=work)
     try:
         c.wait_port(port)
         yield f"http://127.0.0.1:{port}", [proc.pid]

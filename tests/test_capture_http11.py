@@ -100,6 +100,30 @@ def test_unparseable_http_is_refused_with_400_and_counted(tmp_path: Path, upstre
     assert upstream.hits == {}
 
 
+def test_the_upstream_gets_the_clients_headers_in_order_less_the_hop_by_hop_ones(tmp_path: Path,
+                                                                                upstream: FaultServer) -> None:
+    proc, port = _capture(upstream.url, tmp_path / "c.jsonl")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /echo?q=1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nConnection: keep-alive\r\n"
+                      b"Keep-Alive: timeout=5\r\nX-Forwarded-For: 10.0.0.1\r\nExpect: 100-continue\r\nTE: trailers\r\n"
+                      b"Authorization: Bearer s3cret\r\nX-B: 2\r\nContent-Length: 4\r\n\r\n")
+            f = s.makefile("rb")
+            assert f.readline() == b"HTTP/1.1 100 Continue\r\n" and f.readline() == b"\r\n"
+            s.sendall(b"body")
+            status, headers, body = _read_answer(f)
+        _stop(proc)
+    finally:
+        proc.kill()
+    assert status == 200 and "connection" not in headers and int(headers["content-length"]) == len(body)
+    seen = [tuple(h) for h in json.loads(body)["headers"]]
+    assert seen == [("Host", upstream.url.split("//")[1]), ("X-A", "1"), ("Authorization", "Bearer s3cret"),
+                    ("X-B", "2"), ("X-Forwarded-For", "10.0.0.1, 127.0.0.1"), ("Content-Length", "4")]
+    (rec,) = _records(tmp_path / "c.jsonl")
+    assert rec["headers"]["Authorization"] == "[REDACTED]" and rec["headers"]["X-A"] == "1"
+    assert rec["body"] == "body" and rec["production_content_type"] == "application/json"
+
+
 def test_an_answer_streams_through_as_it_arrives(tmp_path: Path, upstream: FaultServer) -> None:
     proc, port = _capture(upstream.url, tmp_path / "c.jsonl")
     try:

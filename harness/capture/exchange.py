@@ -15,6 +15,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+import orjson
+
 from ..scenario import RedactConfig, SegmentSpec
 from ..traffic.convert import to_capture_record
 from ..traffic.record import CapturedRequest
@@ -119,9 +121,12 @@ class ExchangeRecords:
             out["production_body_truncated"] = True
             return out
         body = self.redactor.body(body)
-        text = body.decode("utf-8", "replace")
         try:
-            out["production_body"] = json.loads(text)
-        except ValueError:
-            out["production_body"] = text
+            out["production_body"] = orjson.loads(body)  # json takes what orjson refuses (NaN, big integers)
+        except orjson.JSONDecodeError:
+            text = body.decode("utf-8", "replace")
+            try:
+                out["production_body"] = json.loads(text)
+            except ValueError:
+                out["production_body"] = text
         return out

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -25,17 +24,36 @@ RESPONSE_DROP = frozenset({"connection", "keep-alive", "proxy-connection", "te",
                             "upgrade"})
 
 
-@dataclass(slots=True)
 class Answer:
-    """What the upstream answered, as the proxy passed it on."""
+    """What the upstream answered, as the proxy passed it on. The lean path (http11.py) hands over the
+    headers as parsed (`raw_headers`, bytes); `headers` decodes them on first use, off the serving loop
+    where the reader is a writer thread."""
 
-    status: int | None
-    headers: tuple[tuple[str, str], ...]
-    body: bytes  # up to the keep limit
-    size: int  # bytes passed to the client
-    sent_at: float
-    done_at: float
-    error: str | None = None  # connect | timeout | reset: the client got 502/504 from the proxy
+    __slots__ = ("status", "_headers", "raw_headers", "body", "size", "sent_at", "done_at", "error")
+
+    def __init__(self, status: int | None, headers: tuple[tuple[str, str], ...] | None, body: bytes, size: int,
+                 sent_at: float, done_at: float, error: str | None = None, *,
+                 raw_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.status = status
+        self._headers = headers
+        self.raw_headers = raw_headers
+        self.body = body  # up to the keep limit
+        self.size = size  # bytes passed to the client
+        self.sent_at = sent_at
+        self.done_at = done_at
+        self.error = error  # connect | timeout | reset: the client got 502/504 from the proxy
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        h = self._headers
+        if h is None:
+            raw = self.raw_headers or ()
+            h = self._headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
+        return h
+
+    def __repr__(self) -> str:
+        return (f"Answer(status={self.status}, headers={self.headers}, body={self.body[:60]!r}, size={self.size}, "
+                f"error={self.error})")
 
 
 class Forwarder:

@@ -18,6 +18,13 @@ within `timeout_s` between reads -> 504, a connection cut before the answer star
 it started, the client's connection is closed so that it sees a cut answer, never a whole-looking one.
 Unparseable HTTP from a client -> 400 and the connection closed, counted (`bad_http`). An idle pooled
 connection the upstream closed while a request was being written to it is retried once on a new one.
+
+Per request the serving loop does as little as it can, since the proxy's CPU a request is its rate per
+core: the upstream request head is built in bytes as the headers are parsed (nothing decoded to str,
+nothing re-serialised), the answer's head is passed on from the parsed bytes, each direction is one
+socket write, and the upstream read timeout is one sweep timer per pool rather than a timer per
+request. Headers are decoded to str only when a hook reads them (`Request.headers`, `Answer.headers`),
+which for `harness capture` is in the writer's thread.
 """
 from __future__ import annotations
 
@@ -25,7 +32,6 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
@@ -39,16 +45,40 @@ MAX_REQUEST_BYTES = 1 << 30  # forwarded whole whatever the capture limit
 MAX_HEAD_BYTES = 1 << 20
 _NO_BODY_STATUS = frozenset({204, 304})
 _DROP_TO_UPSTREAM = HOP_BY_HOP | {"expect"}  # the proxy reads the body whole first: it answers 100 itself
+# Request headers the head to the upstream leaves out or rewrites (lower-cased bytes, as parsed).
+_DROP_TO_UPSTREAM_B = frozenset(k.encode() for k in _DROP_TO_UPSTREAM | {"x-forwarded-for"})
+_RESPONSE_DROP_B = frozenset(k.encode() for k in RESPONSE_DROP)
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
 
-@dataclass(slots=True)
+def _decoded(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+
+
 class Request:
-    method: str
-    raw_path: str  # with the query string, as sent
-    headers: list[tuple[str, str]]  # as received
-    body: bytes
-    arrived: float  # epoch seconds, when the request line came
-    peer: str | None
+    """One request as the client sent it; `headers` (str) are decoded from `raw_headers` on first use."""
+
+    __slots__ = ("method", "raw_path", "raw_headers", "body", "arrived", "peer", "_headers")
+
+    def __init__(self, method: str, raw_path: str, raw_headers: list[tuple[bytes, bytes]], body: bytes,
+                 arrived: float, peer: str | None) -> None:
+        self.method = method
+        self.raw_path = raw_path  # with the query string, as sent
+        self.raw_headers = raw_headers  # as received
+        self.body = body
+        self.arrived = arrived  # epoch seconds, when the request line came
+        self.peer = peer
+        self._headers: list[tuple[str, str]] | None = None
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        h = self._headers
+        if h is None:
+            h = self._headers = _decoded(self.raw_headers)
+        return h
+
+    def __repr__(self) -> str:
+        return f"Request({self.method} {self.raw_path}, {len(self.body)} bytes)"
 
 
 class Hooks(Protocol):
@@ -59,6 +89,9 @@ class Hooks(Protocol):
 
 class Sink(Protocol):
     """Where an upstream connection passes what it reads (an exchange with a client, or a Collect)."""
+
+    retried: bool  # sent once more on a new connection after a pooled one was found closed
+    up: "_UpConn | None"  # the upstream connection serving it
 
     def head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], framing: str) -> None: ...
 
@@ -94,8 +127,7 @@ class _UpConn(asyncio.Protocol):
         self.informational = False
         self.framing = "length"
         self.started = False  # the answer's head was passed on
-        self.last_io = 0.0
-        self.timer: asyncio.TimerHandle | None = None
+        self.last_io = 0.0  # monotonic; the pool's sweep times a request out from it
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
 
@@ -105,27 +137,18 @@ class _UpConn(asyncio.Protocol):
         self.sink, self.sent, self.head_only, self.reused = sink, (head, body, head_only), head_only, reused
         self.got = self.started = False
         self.last_io = time.monotonic()
-        self.timer = self.pool.loop.call_at(self.pool.loop.time() + self.pool.timeout_s, self._check_timeout)
+        self.pool.watch()
+        sink.up = self
         if len(body) < 65536:
-            self.transport.write(head + body)
+            self.transport.write(head + body if body else head)
         else:
             self.transport.write(head)
             self.transport.write(body)
-        if isinstance(sink, _Exchange):
-            sink.up = self
 
-    def _check_timeout(self) -> None:
-        # The timer is armed once per request and moved on only when it fires: no timer call per read.
-        self.timer = None
-        if self.sink is None:
-            return
-        idle = time.monotonic() - self.last_io
-        if idle < self.pool.timeout_s:
-            self.timer = self.pool.loop.call_at(self.pool.loop.time() + self.pool.timeout_s - idle,
-                                                self._check_timeout)
-            return
+    def timed_out(self) -> None:
         sink, self.sink = self.sink, None
-        self._idle()
+        if sink is None:
+            return
         if self.transport is not None:
             self.transport.abort()
         sink.fail("timeout")
@@ -156,13 +179,12 @@ class _UpConn(asyncio.Protocol):
         sink, self.sink = self.sink, None
         if sink is None:
             return
-        self._idle()
         if self.started and self.framing == "close":
             sink.end()  # an answer that ends with its connection
             sink.flush()
             return
-        if self.reused and not self.got and not getattr(sink, "retried", True):
-            sink.retried = True  # type: ignore[attr-defined]
+        if self.reused and not self.got and not sink.retried:
+            sink.retried = True
             head, body, head_only = self.sent
             self.pool.send(head, body, sink, head_only)
             return
@@ -170,14 +192,7 @@ class _UpConn(asyncio.Protocol):
 
     def _lost_with(self, sink: Sink, kind: str) -> None:
         self.sink = None
-        self._idle()
         sink.fail(kind)
-
-    def _idle(self) -> None:
-        """The request is over (answered, failed or given up): no timer."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
     # -- httptools callbacks
     def on_message_begin(self) -> None:
@@ -213,7 +228,6 @@ class _UpConn(asyncio.Protocol):
         if self.head_only:
             # llhttp cannot be told the answer to HEAD has no body: the connection is not reused
             sink, self.sink = self.sink, None
-            self._idle()
             sink.end()
             sink.flush()
             if self.transport is not None:
@@ -228,10 +242,9 @@ class _UpConn(asyncio.Protocol):
             self.informational = False
             return
         sink, self.sink = self.sink, None
-        self._idle()
         if sink is None:
             return
-        if self.parser.should_keep_alive() and self.framing != "close":
+        if self.framing != "close" and self.parser.should_keep_alive():
             self.pool.idle.append(self)
         elif self.transport is not None:
             self.transport.close()
@@ -240,7 +253,11 @@ class _UpConn(asyncio.Protocol):
 
 class Upstream:
     """One upstream, a pool of keep-alive connections (unbounded, as many as requests in flight), a read
-    timeout between reads. Use inside a running event loop."""
+    timeout between reads. Use inside a running event loop.
+
+    The read timeout is one sweep per pool, armed while connections are open, rather than a timer armed
+    and cancelled per request: a request times out between timeout_s and timeout_s plus a sweep interval
+    (a tenth of timeout_s, at most one second) after its last read."""
 
     def __init__(self, url: str, *, timeout_s: float = 60.0, connect_timeout_s: float = 5.0) -> None:
         u = urlsplit(url)
@@ -250,18 +267,22 @@ class Upstream:
         self.port = u.port or (443 if u.scheme == "https" else 80)
         self.netloc = u.netloc
         self.prefix = u.path.rstrip("/")
+        self.netloc_b, self.prefix_b = self.netloc.encode("latin-1"), self.prefix.encode("latin-1")
         self.ssl: ssl.SSLContext | None = ssl.create_default_context() if u.scheme == "https" else None
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
         self.idle: list[_UpConn] = []
         self._all: set[_UpConn] = set()
         self.loop = self._loop = asyncio.get_running_loop()
+        self._sweep_s = min(1.0, timeout_s / 10)
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def head(self, method: str, raw_path: str, headers: list[tuple[str, str]], body_len: int) -> bytes:
         return request_head(method, self.prefix + raw_path, self.netloc, headers, body_len)
 
     def send(self, head: bytes, body: bytes, sink: Sink, head_only: bool = False) -> None:
-        while self.idle:
-            conn = self.idle.pop()
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
             if conn.transport is not None and not conn.transport.is_closing():
                 conn.start(head, body, sink, head_only, reused=True)
                 return
@@ -281,15 +302,34 @@ class Upstream:
         self._all.add(conn)
         conn.start(head, body, sink, head_only, reused=False)
 
+    def watch(self) -> None:
+        """Makes sure the sweep runs while a request is out."""
+        if self._sweeper is None:
+            self._sweeper = self._loop.call_later(self._sweep_s, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = time.monotonic()
+        busy = False
+        for conn in [c for c in self._all if c.sink is not None]:
+            if now - conn.last_io >= self.timeout_s:
+                conn.timed_out()
+            else:
+                busy = True
+        if busy:
+            self.watch()
+
     def forget(self, conn: _UpConn) -> None:
         self._all.discard(conn)
         if conn in self.idle:
             self.idle.remove(conn)
 
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in list(self._all):
             conn.sink = None
-            conn._idle()
             if conn.transport is not None:
                 conn.transport.close()
         self.idle.clear()
@@ -298,34 +338,47 @@ class Upstream:
 class Collect:
     """A sink that keeps the answer (up to keep_bytes + 1 bytes) and calls `done(answer)` at its end."""
 
-    __slots__ = ("keep_bytes", "done", "sent_at", "status", "headers", "kept", "size", "retried")
+    __slots__ = ("keep_bytes", "done", "sent_at", "status", "raw_headers", "kept", "size", "retried", "up")
 
     def __init__(self, keep_bytes: int, done: Callable[[Answer], None]) -> None:
         self.keep_bytes, self.done = keep_bytes, done
         self.sent_at = time.time()
         self.status: int | None = None
-        self.headers: tuple[tuple[str, str], ...] = ()
-        self.kept = bytearray()
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.kept: list[bytes] = []
         self.size = 0
         self.retried = False
+        self.up: _UpConn | None = None
 
     def head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], framing: str) -> None:
         self.status = status
-        self.headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)
+        self.raw_headers = headers
 
     def body(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if len(self.kept) <= self.keep_bytes:
-            self.kept += chunk[: self.keep_bytes + 1 - len(self.kept)]
+        _keep(self, chunk)
 
     def flush(self) -> None:
         pass
 
     def end(self) -> None:
-        self.done(Answer(self.status, self.headers, bytes(self.kept), self.size, self.sent_at, time.time()))
+        self.done(Answer(self.status, None, _kept(self.kept), self.size, self.sent_at, time.time(),
+                         raw_headers=self.raw_headers))
 
     def fail(self, kind: str) -> None:
         self.done(Answer(None, (), b"", 0, self.sent_at, time.time(), error=kind))
+
+
+def _keep(sink: "Collect | _Exchange", chunk: bytes) -> None:
+    """Counts a body chunk and keeps it while fewer than keep_bytes + 1 bytes are kept (no copy)."""
+    kept_before = sink.size if sink.size <= sink.keep_bytes else sink.keep_bytes + 1
+    sink.size += len(chunk)
+    room = sink.keep_bytes + 1 - kept_before
+    if room > 0:
+        sink.kept.append(chunk if len(chunk) <= room else chunk[:room])
+
+
+def _kept(parts: list[bytes]) -> bytes:
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------- the client side
@@ -341,16 +394,18 @@ def _simple(status: int, text: bytes, close: bool) -> bytes:
 class _Exchange:
     """One request of a client connection and its answer: the sink its upstream connection feeds."""
 
-    __slots__ = ("conn", "req", "keep_alive", "http10", "token", "sent_at", "status", "headers", "kept", "size",
-                 "out", "chunked", "started", "retried", "up", "keep_bytes")
+    __slots__ = ("conn", "req", "up_head", "keep_alive", "http10", "token", "sent_at", "status", "raw_headers",
+                 "kept", "size", "out", "chunked", "started", "retried", "up", "keep_bytes")
 
-    def __init__(self, conn: "_ClientConn", req: Request, keep_alive: bool, http10: bool, keep_bytes: int) -> None:
-        self.conn, self.req, self.keep_alive, self.http10, self.keep_bytes = conn, req, keep_alive, http10, keep_bytes
+    def __init__(self, conn: "_ClientConn", req: Request, up_head: bytes, keep_alive: bool, http10: bool,
+                 keep_bytes: int) -> None:
+        self.conn, self.req, self.up_head, self.keep_alive, self.http10 = conn, req, up_head, keep_alive, http10
+        self.keep_bytes = keep_bytes
         self.token: Any = None
         self.sent_at = 0.0
         self.status: int | None = None
-        self.headers: tuple[tuple[str, str], ...] = ()
-        self.kept = bytearray()
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.kept: list[bytes] = []
         self.size = 0
         self.out: list[bytes] = []
         self.chunked = False
@@ -360,14 +415,11 @@ class _Exchange:
 
     def head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], framing: str) -> None:
         self.status = status
+        self.raw_headers = headers
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        kept = []
         for k, v in headers:
-            ks = k.decode("latin-1")
-            kept.append((ks, v.decode("latin-1")))
-            if ks.lower() not in RESPONSE_DROP:
+            if k.lower() not in _RESPONSE_DROP_B:
                 parts += (k, b": ", v, b"\r\n")
-        self.headers = tuple(kept)
         if framing != "length":
             if self.http10:
                 self.keep_alive = False  # no chunked framing for HTTP/1.0: the answer ends with the connection
@@ -381,9 +433,7 @@ class _Exchange:
         self.started = True
 
     def body(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if len(self.kept) <= self.keep_bytes:
-            self.kept += chunk[: self.keep_bytes + 1 - len(self.kept)]
+        _keep(self, chunk)
         if self.chunked:
             self.out.append(b"%x\r\n%s\r\n" % (len(chunk), chunk) if len(chunk) < 65536 else b"%x\r\n" % len(chunk))
             if len(chunk) >= 65536:
@@ -392,17 +442,18 @@ class _Exchange:
             self.out.append(chunk)
 
     def flush(self) -> None:
-        if self.out:
+        out = self.out
+        if out:
             t = self.conn.transport
             if t is not None and not t.is_closing():
-                t.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
-            self.out.clear()
+                t.write(b"".join(out) if len(out) > 1 else out[0])
+            out.clear()
 
     def end(self) -> None:
         if self.chunked and self.req.method != "HEAD":
             self.out.append(b"0\r\n\r\n")
-        self.conn.finished(self, Answer(self.status, self.headers, bytes(self.kept), self.size, self.sent_at,
-                                        time.time()))
+        self.conn.finished(self, Answer(self.status, None, _kept(self.kept), self.size, self.sent_at, time.time(),
+                                        raw_headers=self.raw_headers))
 
     def fail(self, kind: str) -> None:
         done = time.time()
@@ -412,7 +463,8 @@ class _Exchange:
             self.keep_alive = False
             if self.conn.transport is not None:
                 self.conn.transport.abort()
-            answer = Answer(self.status, self.headers, bytes(self.kept), self.size, self.sent_at, done, error=kind)
+            answer = Answer(self.status, None, _kept(self.kept), self.size, self.sent_at, done, error=kind,
+                            raw_headers=self.raw_headers)
         else:
             status = 504 if kind == "timeout" else 502
             self.out.append(_simple(status, f"upstream {kind}\n".encode(), not self.keep_alive))
@@ -427,19 +479,24 @@ class _ClientConn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer: str | None = None
-        self.queue: deque[tuple[Request, bool, bool]] = deque()
+        self.queue: deque[tuple[Request, bytes, bool, bool]] = deque()
         self.current: _Exchange | None = None
         self.closed = False
         self._url = b""
-        self._headers: list[tuple[str, str]] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head = b""  # the request head to the upstream, less its Content-Length and final CRLF
         self._body: list[bytes] = []
         self._size = 0
         self._arrived = 0.0
+        self._peer_b = b""
+        self._xff = b""
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        self._peer_b = self.peer.encode() if self.peer else b""
+        self._xff = b"X-Forwarded-For: %s\r\n" % self._peer_b
         self.server.connections.add(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -499,14 +556,35 @@ class _ClientConn(asyncio.Protocol):
         self._size += len(name) + len(value)
         if self._size > MAX_HEAD_BYTES:
             raise httptools.HttpParserError("headers too large")
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        """Builds the head to the upstream (the client's headers in their order, less the hop-by-hop ones,
+        with the upstream's Host and X-Forwarded-For) and answers `Expect: 100-continue`."""
         self._size = 0
-        if self.parser.get_http_version() == "1.1":
-            for k, v in self._headers:
-                if k.lower() == "expect" and v.lower() == "100-continue" and self.transport is not None:
-                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        up = self.server.upstream
+        parts = [self.parser.get_method(), b" ", up.prefix_b, self._url, b" HTTP/1.1\r\nHost: ", up.netloc_b, b"\r\n"]
+        prior = None
+        expect = False
+        for k, v in self._headers:
+            lk = k.lower()
+            if lk in _DROP_TO_UPSTREAM_B:
+                if lk == b"x-forwarded-for":
+                    prior = v
+                elif lk == b"expect":
+                    expect = v.lower() == b"100-continue"
+                continue
+            parts += (k, b": ", v, b"\r\n")
+        if self._peer_b:
+            if prior is None:
+                parts.append(self._xff)
+            else:
+                parts += (b"X-Forwarded-For: ", prior, b", ", self._peer_b, b"\r\n")
+        elif prior is not None:
+            parts += (b"X-Forwarded-For: ", prior, b"\r\n")
+        self._head = b"".join(parts)
+        if expect and self.transport is not None and self.parser.get_http_version() == "1.1":
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, chunk: bytes) -> None:
         self._size += len(chunk)
@@ -515,10 +593,18 @@ class _ClientConn(asyncio.Protocol):
         self._body.append(chunk)
 
     def on_message_complete(self) -> None:
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        req = Request(self.parser.get_method().decode("latin-1"), self._url.decode("latin-1"), self._headers, body,
-                      self._arrived, self.peer)
-        self.queue.append((req, self.parser.should_keep_alive(), self.parser.get_http_version() == "1.0"))
+        parser = self.parser
+        chunks = self._body
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        method = parser.get_method()
+        head = self._head
+        if body or method in _BODY_METHODS:
+            head += b"Content-Length: %d\r\n\r\n" % len(body)
+        else:
+            head += b"\r\n"
+        req = Request(method.decode("latin-1"), self._url.decode("latin-1"), self._headers, body, self._arrived,
+                      self.peer)
+        self.queue.append((req, head, parser.should_keep_alive(), parser.get_http_version() == "1.0"))
         if self.current is None:
             self._next()
 
@@ -526,8 +612,8 @@ class _ClientConn(asyncio.Protocol):
     def _next(self) -> None:
         if not self.queue or self.closed:
             return
-        req, keep_alive, http10 = self.queue.popleft()
-        self.current = ex = _Exchange(self, req, keep_alive, http10, self.server.keep_bytes)
+        req, head, keep_alive, http10 = self.queue.popleft()
+        self.current = ex = _Exchange(self, req, head, keep_alive, http10, self.server.keep_bytes)
         self.server.forward(ex)
 
     def finished(self, ex: _Exchange, answer: Answer) -> None:
@@ -563,21 +649,8 @@ class ProxyServer:
         req = ex.req
         self.in_flight += 1
         ex.token = self.hooks.request(req)
-        headers = []
-        prior = None
-        for k, v in req.headers:
-            lk = k.lower()
-            if lk == "x-forwarded-for":
-                prior = v
-            elif lk not in _DROP_TO_UPSTREAM:
-                headers.append((k, v))
-        if req.peer:
-            headers.append(("X-Forwarded-For", f"{prior}, {req.peer}" if prior else req.peer))
-        elif prior is not None:
-            headers.append(("X-Forwarded-For", prior))
         ex.sent_at = time.time()
-        self.upstream.send(self.upstream.head(req.method, req.raw_path, headers, len(req.body)), req.body, ex,
-                           head_only=req.method == "HEAD")
+        self.upstream.send(ex.up_head, req.body, ex, head_only=req.method == "HEAD")
 
     def answered(self, ex: _Exchange, answer: Answer) -> None:
         self.in_flight -= 1

@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine, TypeVar
+from typing import Any, Callable, Coroutine, Iterator, TypeVar
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -118,8 +118,20 @@ def build_app(options: CaptureOptions, writer: CaptureWriter, stats: CaptureStat
     return app
 
 
+def lean_records(records: ExchangeRecords) -> Callable[[tuple[Request, Answer]], Iterator[dict[str, Any]]]:
+    """The lean path's writer conversion: the serving loop hands over (request, answer) as they are, and
+    the writer thread decodes their headers and builds the Exchange and its record."""
+    def convert(item: tuple[Request, Answer]) -> Iterator[dict[str, Any]]:
+        req, answer = item
+        return records(Exchange(req.arrived, req.method, req.raw_path, tuple(req.headers), req.body, answer.status,
+                                (answer.done_at - req.arrived) * 1000.0, answer.headers, answer.body, answer.size,
+                                answer.error))
+
+    return convert
+
+
 class _CaptureHooks:
-    """The lean path's hooks: count the request, record the exchange once the answer has gone."""
+    """The lean path's hooks: count the request, hand the exchange to the writer once the answer has gone."""
 
     def __init__(self, writer: CaptureWriter, stats: CaptureStats) -> None:
         self.writer, self.stats = writer, stats
@@ -130,18 +142,17 @@ class _CaptureHooks:
     def answered(self, req: Request, token: None, answer: Answer) -> None:
         if answer.error is not None:
             self.stats.upstream_errors[answer.error] = self.stats.upstream_errors.get(answer.error, 0) + 1
-        self.writer.put(Exchange(req.arrived, req.method, req.raw_path, tuple(req.headers), req.body, answer.status,
-                                 (answer.done_at - req.arrived) * 1000.0, answer.headers, answer.body, answer.size,
-                                 answer.error))
+        self.writer.put((req, answer))
 
 
 async def serve(options: CaptureOptions, echo: Callable[[str], None] = print,
                 stop: asyncio.Event | None = None) -> CaptureStats:
     stats = CaptureStats()
     records = ExchangeRecords(options.redact, options.sample, options.max_body_bytes)
-    writer = CaptureWriter(options.out, records, rotate_bytes=options.rotate_bytes)
     if options.upstream and not options.sink:
-        return await _serve_lean(options, echo, stop, stats, records, writer)
+        return await _serve_lean(options, echo, stop, stats, records,
+                                 CaptureWriter(options.out, lean_records(records), rotate_bytes=options.rotate_bytes))
+    writer = CaptureWriter(options.out, records, rotate_bytes=options.rotate_bytes)
     bad = BadRequestCounter()
     server_log = logging.getLogger("aiohttp.server")
     server_log.addHandler(bad)

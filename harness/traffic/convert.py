@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -80,9 +81,12 @@ def _with_meta(rec: dict[str, Any], req: CapturedRequest) -> dict[str, Any]:
 def _body_value(text: str, raw: bytes) -> Any:
     """The body as a JSON value where a reader turns that value back into exactly `raw`, else as text."""
     try:
-        value = json.loads(text)
-    except ValueError:
-        return text
+        value = orjson.loads(raw)  # several times faster; json takes what orjson refuses (NaN, big integers)
+    except orjson.JSONDecodeError:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text
     if isinstance(value, (dict, list)):
         try:
             if compact_json(value) == raw:
