@@ -18,6 +18,10 @@ within `timeout_s` between reads -> 504, a connection cut before the answer star
 it started, the client's connection is closed so that it sees a cut answer, never a whole-looking one.
 Unparseable HTTP from a client -> 400 and the connection closed, counted (`bad_http`). An idle pooled
 connection the upstream closed while a request was being written to it is retried once on a new one.
+
+Client keep-alive: a client connection with no answer pending that sends nothing for
+`keepalive_timeout_s` (75 s by default, as nginx's keepalive_timeout) is closed, so idle clients cannot
+hold connections (and their memory) for ever.
 """
 from __future__ import annotations
 
@@ -33,10 +37,11 @@ import httptools
 
 from .forward import RESPONSE_DROP, HOP_BY_HOP, Answer
 
-__all__ = ["Request", "Hooks", "Upstream", "ProxyServer", "Collect", "request_head"]
+__all__ = ["Request", "Hooks", "Upstream", "ProxyServer", "Collect", "request_head", "KEEPALIVE_TIMEOUT_S"]
 
 MAX_REQUEST_BYTES = 1 << 30  # forwarded whole whatever the capture limit
 MAX_HEAD_BYTES = 1 << 20
+KEEPALIVE_TIMEOUT_S = 75.0  # client keep-alive idle timeout, nginx's default
 _NO_BODY_STATUS = frozenset({204, 304})
 _DROP_TO_UPSTREAM = HOP_BY_HOP | {"expect"}  # the proxy reads the body whole first: it answers 100 itself
 
@@ -435,14 +440,42 @@ class _ClientConn(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._arrived = 0.0
+        self.last_read = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else None
         self.server.connections.add(self)
+        self.last_read = time.monotonic()
+        self._arm_idle(self.server.keepalive_timeout_s)
+
+    # -- the keep-alive idle timeout
+    def _arm_idle(self, delay: float) -> None:
+        if self.server.keepalive_timeout_s > 0:
+            self._idle_timer = asyncio.get_running_loop().call_later(delay, self._check_idle)
+
+    def _check_idle(self) -> None:
+        # Armed once and moved on only when it fires (as _UpConn's read timeout): no timer call per request.
+        self._idle_timer = None
+        if self.closed or self.transport is None:
+            return
+        limit = self.server.keepalive_timeout_s
+        if self.current is not None or self.queue:
+            self._arm_idle(limit)  # an answer is pending: the upstream's timeout rules meanwhile
+            return
+        idle = time.monotonic() - self.last_read
+        if idle < limit:
+            self._arm_idle(limit - idle)
+            return
+        self.server.idle_closed += 1
+        self.transport.close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         self.closed = True
         self.queue.clear()
         self.server.connections.discard(self)
@@ -460,6 +493,7 @@ class _ClientConn(asyncio.Protocol):
             up.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        self.last_read = time.monotonic()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -545,11 +579,15 @@ class _ClientConn(asyncio.Protocol):
 class ProxyServer:
     """Serves clients on host:port, forwarding every request to `upstream`; `hooks` sees each one."""
 
-    def __init__(self, upstream: Upstream, hooks: Hooks, keep_bytes: int) -> None:
+    def __init__(self, upstream: Upstream, hooks: Hooks, keep_bytes: int, *,
+                 keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S) -> None:
+        """`keepalive_timeout_s`: idle client connections are closed after it (0: never)."""
         self.upstream, self.hooks, self.keep_bytes = upstream, hooks, keep_bytes
+        self.keepalive_timeout_s = keepalive_timeout_s
         self.connections: set[_ClientConn] = set()
         self.in_flight = 0
         self.bad_http = 0
+        self.idle_closed = 0  # client connections closed by the keep-alive idle timeout
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str, port: int) -> int:
