@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--snapshot-every", type=float, default=30.0, metavar="S",
                     help="refresh the run folder every S seconds while running, for `harness report`; 0: never "
                          "(default: 30.0)")
+    sh.add_argument("--keepalive-timeout", type=float, default=75.0, metavar="S",
+                    help="close a client's keep-alive connection after S seconds idle; 0: never (default: 75.0)")
     sh.set_defaults(func=_shadow)
 
     sc = sub.add_parser("scores", help="review or business scores")
@@ -315,7 +317,8 @@ def _shadow(args: argparse.Namespace) -> int:
     from .shadow.run import run_shadow
 
     result = run_shadow(load_scenario(args.scenario), args.listen, args.out, duration_s=args.duration,
-                        max_requests=args.max_requests, snapshot_every_s=args.snapshot_every)
+                        max_requests=args.max_requests, snapshot_every_s=args.snapshot_every,
+                        keepalive_timeout_s=args.keepalive_timeout)
     _print_verdict(result.summary, result.run_dir)
     return result.exit_code
 
