@@ -41,9 +41,11 @@ class RecorderChannel:
     async def start(self, scenario: Scenario, capture_path: Path, legs_path: Path, timeout_s: float = 60.0) -> None:
         """Starts the recorder and waits until it is ready to take exchanges."""
         self._loop = asyncio.get_running_loop()
+        # a session of its own: a terminal's Ctrl-C (sent to the whole process group) never reaches it; it
+        # ends when told to, or when its stdin ends (the proxy is gone)
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "harness.shadow.recorder", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE)
+            stdout=asyncio.subprocess.PIPE, start_new_session=True)
         self._frame((scenario, str(capture_path), str(legs_path)))
         if await self._answer(timeout_s) is None:
             raise RuntimeError("harness shadow: the recorder process did not start (see its error above)")

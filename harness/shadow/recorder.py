@@ -14,9 +14,10 @@ the same exchange takes that parse, masked (Exchange.response_doc).
 Protocol (stdin, from the proxy): frames of a 4-byte big-endian length and a pickle; the first is
 (scenario, capture path, legs path), then ("items", [item, ...]), ("barrier",) and ("stop",). Items are
 plain tuples (channel.py builds them). Stdout carries one JSON line per answer: {"ready": true} once
-started, the cut of each barrier, the counts at the end. SIGINT and SIGTERM are ignored (a terminal's
-Ctrl-C reaches the whole process group): the proxy stops it with ("stop",), and an end of stdin (the
-proxy died) ends it the same way, with everything it was given written.
+started, the cut of each barrier, the counts at the end. It runs in a session of its own and ignores
+SIGINT and SIGTERM (a terminal's Ctrl-C reaches the whole process group): the proxy stops it with
+("stop",), and an end of stdin (the proxy died) ends it the same way, with everything it was given
+written.
 """
 from __future__ import annotations
 
