@@ -215,30 +215,27 @@ def worst_segments(results: list[GateResult], limit: int = 15) -> list[dict[str,
     """Where the candidate is worse: per-segment results that fail or lean towards failing, ranked by
     effect size in units of the gate's own allowance (2.0 = twice what the gate allows), failures first,
     each with its interval."""
-    rows: list[dict[str, Any]] = []
+    ranked: list[tuple[tuple[bool, bool, bool, bool, float], dict[str, Any]]] = []
     for r in results:
         if r.segment is None or r.status == "pass":
             continue
         severity = _severity(r)
         if severity is None or severity <= 0:
             continue
-        rows.append({"segment": r.segment, "gate": r.name, "metric": r.metric, "aggregation": r.aggregation,
+        # the segments that explain a regression lead; those a stronger one explains follow. Among the rest, a
+        # segment the localized screen finds worse comes first: on a segment's few hundred pairs the quantile
+        # estimate is noisy, and a clean segment's estimate often lies further beyond the limit than the
+        # regressed one's (docs/judgement.md, "Segments and multiplicity"). The screen exists for latency-like
+        # gates only: a gate without it (an error rate) is not ranked below the screened ones for want of one.
+        screened_worse = r.worse_here or r.p_worse is None
+        key = (r.status != "fail", not r.suspect, r.explained_by is not None, not screened_worse, -severity)
+        ranked.append((key, {"segment": r.segment, "gate": r.name, "metric": r.metric, "aggregation": r.aggregation,
                      "baseline": r.baseline, "candidate": r.candidate, "observed": r.observed,
                      "ci": list(r.ci) if r.ci else None, "threshold": r.threshold, "n": r.n, "status": r.status,
                      "effect": r.effect, "severity": severity, "allowance_used": severity, "reason": r.reason,
-                     "suspect": r.suspect, "worse_here": r.worse_here, "explained_by": r.explained_by,
-                     "_screened_worse": r.worse_here or r.p_worse is None})
-    # the segments that explain a regression lead; those a stronger one explains follow. Among the rest, a
-    # segment the localized screen finds worse comes first: on a segment's few hundred pairs the quantile
-    # estimate is noisy, and a clean segment's estimate often lies further beyond the limit than the
-    # regressed one's (docs/judgement.md, "Segments and multiplicity")
-    # The screen exists for latency-like gates only: a gate without it (an error rate) is not ranked below the
-    # screened ones for want of a screen.
-    rows.sort(key=lambda x: (x["status"] != "fail", not x["suspect"], x["explained_by"] is not None,
-                             not x["_screened_worse"], -x["severity"]))
-    for x in rows:
-        del x["_screened_worse"]
-    return _clean(rows[:limit])
+                     "suspect": r.suspect, "worse_here": r.worse_here, "explained_by": r.explained_by}))
+    ranked.sort(key=lambda kr: kr[0])
+    return _clean([row for _, row in ranked[:limit]])
 
 
 def _severity(r: GateResult) -> float | None:

@@ -45,18 +45,27 @@ class RunResult:
     summary: dict
 
 
+def _write_probe(folder: Path) -> None:
+    """A full disk or a read-only --out fails here, before any target is sent anything."""
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"\0" * 65536)
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def _unwritable(out_root: Path, exc: OSError) -> StoreError:
+    return StoreError(f"{out_root}: cannot write the run folder there: {exc.strerror or exc}")
+
+
 def check_out_root(out_root: Path) -> None:
     """--out can hold a run folder (for live shadow, which checks its targets before it makes one): a bad
     --out or a full disk sends nothing to them, not even the check's handshake or HEAD /."""
     try:
         out_root.mkdir(parents=True, exist_ok=True)
-        probe = out_root / f".write-test-{os.getpid()}"
-        try:
-            probe.write_bytes(b"\0" * 65536)
-        finally:
-            probe.unlink(missing_ok=True)
+        _write_probe(out_root)
     except OSError as exc:
-        raise StoreError(f"{out_root}: cannot write the run folder there: {exc.strerror or exc}") from None
+        raise _unwritable(out_root, exc) from None
 
 
 def make_run_dir(out_root: Path, name: str) -> Path:
@@ -70,11 +79,9 @@ def make_run_dir(out_root: Path, name: str) -> Path:
                 break
             except FileExistsError:
                 continue
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"\0" * 65536)  # a full disk fails here, before any traffic is sent
-        probe.unlink()
+        _write_probe(run_dir)
     except OSError as exc:
-        raise StoreError(f"{out_root}: cannot write the run folder there: {exc.strerror or exc}") from None
+        raise _unwritable(out_root, exc) from None
     return run_dir
 
 

@@ -16,6 +16,9 @@ pytestmark = pytest.mark.integration
 
 def test_an_incomplete_run_has_no_verdict(capsys, tmp_path) -> None:
     result = small_run(tmp_path)
+    # the complete run's verdict (PROMOTE on a quiet machine; a loaded one can HOLD on replay fidelity)
+    judged = result.verdict
+    assert judged in ("PROMOTE", "HOLD")
     con = duckdb.connect(str(result.run_dir / "results.duckdb"))
     con.execute("update runs set status = 'incomplete', status_reason = 'interrupted by SIGINT'")
     con.close()
@@ -24,10 +27,10 @@ def test_an_incomplete_run_has_no_verdict(capsys, tmp_path) -> None:
     out = capsys.readouterr().out
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert code == 4
-    assert "verdict:" not in out and "PROMOTE" not in out.split("provisional")[0]
+    assert "verdict:" not in out and judged not in out.split("provisional")[0]
     assert "run incomplete (interrupted by SIGINT): no verdict" in out
-    assert "provisional judgement of the legs that completed: PROMOTE" in out
-    assert summary["verdict"] == "INCOMPLETE" and summary["provisional_verdict"] == "PROMOTE"
+    assert f"provisional judgement of the legs that completed: {judged}" in out
+    assert summary["verdict"] == "INCOMPLETE" and summary["provisional_verdict"] == judged
     assert summary["schedule"]["start_allowed"] is False
     suite = ET.parse(result.run_dir / "junit.xml").getroot()
     assert suite.get("errors") == "1" and suite.find("testcase/error").get("type") == "run_incomplete"

@@ -73,7 +73,9 @@ def test_every_leg_lands_exactly_once(tmp_path: Path, mode: str) -> None:
             proc = subprocess.CompletedProcess(master.args, master.returncode, stdout, stderr)
             for w in workers:
                 w.wait(timeout=30)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        # PROMOTE, or HOLD when a loaded machine made the replay unfaithful (send lag): what is tested here is
+        # that every leg lands exactly once, which a HOLD does not excuse
+        assert proc.returncode in (0, 2), proc.stdout[-2000:] + proc.stderr[-2000:]
         assert b.hits["/slow"] == 600 and c.hits["/slow"] == 600  # sent once each: no loss, no duplicate
     (run_dir,) = out.iterdir()
     check_exactly_once(run_dir, 600, 2)

@@ -4,6 +4,7 @@ No HTML here (the template escapes everything it is given); no judgement either:
 and reasons come from the gate results as they are."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from .formatting import (DASH, NBSP, fmt_allowance, fmt_int, fmt_mb, fmt_ms, fmt_num, fmt_pct, gate_effect, gate_interval,
@@ -58,75 +59,117 @@ def _points_change(b: Any, c: Any) -> str:
     return ""
 
 
+@dataclass
+class _VersionColumns:
+    """What the side-by-side table reads for each version shown."""
+    present: list[str]
+    aa: bool
+    versions: dict[str, Any]
+    resources: dict[str, dict[str, Any]]
+    legs: dict[str, Any]
+    kinds: dict[str, dict[str, int]]
+    llm: dict[str, dict[str, Any]]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, summary: dict[str, Any], data: ReportData | None) -> "_VersionColumns":
+        versions = summary.get("versions") or {}
+        resources = summary.get("resources") or {}
+        # a version with scores but no legs (scores imported for a version not replayed) is not a column
+        present = [v for v in VERSIONS if (versions.get(v) or {}).get("legs")] or [v for v in versions if v in VERSIONS]
+        aa = (summary.get("run") or {}).get("mode") == "aa"
+        # A/A mode samples one server, stored under baseline
+        res = {v: resources.get(v) or (resources.get("baseline") if aa else None) or {} for v in present}
+        legs = {v: (data.analysed_legs.get(v) if data else None) or versions[v].get("legs") for v in present}
+        kinds = {v: (data.error_kinds.get(v) if data else None) or versions[v].get("error_kinds") or {}
+                 for v in present}
+        return cls(present, aa, versions, res, legs, kinds, (data.llm if data else {}) or {})
+
+    def add(self, label: str, values: dict[str, Any], fmt: Any, change: Any = None, group: str = "") -> None:
+        """One row, left out when every version lacks the value."""
+        if all(values.get(v) is None for v in self.present):
+            return
+        shown = [fmt(values.get(v)) if values.get(v) is not None else DASH for v in self.present]
+        delta = change(values.get("baseline"), values.get("candidate")) if change and len(self.present) == 2 else ""
+        self.rows.append({"label": label, "cells": shown, "change": delta, "group": group})
+
+    def summary_of(self, key: str) -> dict[str, Any]:
+        return {v: self.versions[v].get(key) for v in self.present}
+
+    def resource(self, key: str) -> dict[str, Any]:
+        return {v: self.resources[v].get(key) for v in self.present}
+
+    def llm_of(self, key: str) -> dict[str, Any]:
+        return {v: (self.llm.get(v) or {}).get(key) for v in self.present}
+
+
+def _size(v: float) -> str:
+    return f"{v:,.0f} B".replace(",", "\u202f")
+
+
+def _tenths(x: float) -> str:
+    return f"{x:.1f}"
+
+
+def _latency_rows(t: _VersionColumns) -> None:
+    t.add("Requests analysed", t.legs, fmt_int, group="Volume")
+    t.add("Latency p50", t.summary_of("p50_ms"), fmt_ms, _ratio_change, "Latency (from intended send time)")
+    for q in ("p95", "p99", "max"):
+        t.add(f"Latency {q}", t.summary_of(f"{q}_ms"), fmt_ms, _ratio_change)
+
+
+def _failure_rows(t: _VersionColumns) -> None:
+    timeouts = {v: (t.kinds[v].get("timeout", 0) / t.legs[v]) if t.legs[v] else None for v in t.present}
+    t.add("Timeout rate", timeouts, fmt_pct, _points_change, "Failures")
+    t.add("Error rate", t.summary_of("error_rate"), fmt_pct, _points_change)
+    t.add("Error kinds", dict(t.kinds), lambda k: ", ".join(f"{name} {n}" for name, n in k.items()) or "none")
+    failures = {v: (t.versions[v].get("schema_failures"), t.versions[v].get("schema_judged")) for v in t.present}
+    t.add("Output validation failures", {v: f if f[1] else None for v, f in failures.items()},
+          lambda f: f"{fmt_int(f[0])} of {fmt_int(f[1])} ({fmt_pct(f[0] / f[1])})",
+          lambda b, c: _points_change(b[0] / b[1], c[0] / c[1]) if b and c else "")
+
+
+def _quality_rows(t: _VersionColumns) -> None:
+    scores = t.summary_of("review_score")
+    if all(x is None for x in scores.values()):
+        t.rows.append({"label": "Review score (mean)", "cells": ["not imported"] * len(t.present), "change": "",
+                       "group": "Quality"})
+    t.add("Review score (mean)", scores, fmt_num,
+          lambda b, c: f"{c - b:+.3f}" if b is not None and c is not None else "", "Quality")
+    t.add("Mean response size", t.summary_of("mean_response_bytes"), _size, _ratio_change)
+
+
+_LLM_ROWS = (("Time to first token p50", "ttft_p50_ms", fmt_ms), ("Time to first token p95", "ttft_p95_ms", fmt_ms),
+             ("Inter-token latency p50 (per-answer mean)", "itl_p50_ms", fmt_ms),
+             ("Inter-token latency p95 (per-answer mean)", "itl_p95_ms", fmt_ms),
+             ("Prompt tokens (mean)", "mean_prompt_tokens", _tenths),
+             ("Completion tokens (mean)", "mean_completion_tokens", _tenths),
+             ("Completion tokens per second", "completion_tokens_per_s", _tenths))
+
+
+def _llm_rows(t: _VersionColumns) -> None:
+    for i, (label, key, fmt) in enumerate(_LLM_ROWS):
+        t.add(label, t.llm_of(key), fmt, _ratio_change, "LLM" if i == 0 else "")
+
+
+def _resource_rows(t: _VersionColumns) -> None:
+    t.add("Peak resident memory", t.resource("peak_rss_mb"), fmt_mb, _ratio_change, "Resources")
+    t.add("Mean resident memory", t.resource("mean_rss_mb"), fmt_mb, _ratio_change)
+    t.add("Peak CPU", t.resource("peak_cpu_percent"), lambda x: f"{x:.0f}{NBSP}%")
+    t.add("Peak GPU memory", t.resource("peak_gpu_memory_mb"), fmt_mb, _ratio_change)
+    t.add("Restarts", t.resource("restarts"), fmt_int)
+    t.add("OOM events", t.resource("oom_events"), fmt_int)
+    t.add("Resource samples", t.resource("samples"), fmt_int)
+
+
 def version_table(summary: dict[str, Any], data: ReportData | None) -> dict[str, Any]:
     """Baseline and candidate side by side. Rows whose values are absent in every version are left out."""
-    versions = summary.get("versions") or {}
-    resources = summary.get("resources") or {}
-    # a version with scores but no legs (scores imported for a version not replayed) is not a column
-    present = [v for v in VERSIONS if (versions.get(v) or {}).get("legs")] or [v for v in versions if v in VERSIONS]
-    aa = (summary.get("run") or {}).get("mode") == "aa"
-    # A/A mode samples one server, stored under baseline
-    res = {v: resources.get(v) or (resources.get("baseline") if aa else None) or {} for v in present}
-    legs = {v: (data.analysed_legs.get(v) if data else None) or versions[v].get("legs") for v in present}
-    kinds = {v: (data.error_kinds.get(v) if data else None) or versions[v].get("error_kinds") or {} for v in present}
-    rows: list[dict[str, Any]] = []
-
-    def add(label: str, values: dict[str, Any], fmt: Any, change: Any = None, group: str = "") -> None:
-        if all(values.get(v) is None for v in present):
-            return
-        shown = [fmt(values.get(v)) if values.get(v) is not None else DASH for v in present]
-        delta = change(values.get("baseline"), values.get("candidate")) if change and len(present) == 2 else ""
-        rows.append({"label": label, "cells": shown, "change": delta, "group": group})
-
-    get = lambda key: {v: versions[v].get(key) for v in present}  # noqa: E731
-    add("Requests analysed", legs, fmt_int, group="Volume")
-    add("Latency p50", get("p50_ms"), fmt_ms, _ratio_change, "Latency (from intended send time)")
-    add("Latency p95", get("p95_ms"), fmt_ms, _ratio_change)
-    add("Latency p99", get("p99_ms"), fmt_ms, _ratio_change)
-    add("Latency max", get("max_ms"), fmt_ms, _ratio_change)
-    timeouts = {v: (kinds[v].get("timeout", 0) / legs[v]) if legs[v] else None for v in present}
-    add("Timeout rate", timeouts, fmt_pct, _points_change, "Failures")
-    add("Error rate", get("error_rate"), fmt_pct, _points_change)
-    add("Error kinds", {v: kinds[v] for v in present},
-        lambda k: ", ".join(f"{name} {n}" for name, n in k.items()) or "none")
-    failures = {v: (versions[v].get("schema_failures"), versions[v].get("schema_judged")) for v in present}
-    add("Output validation failures",
-        {v: f if f[1] else None for v, f in failures.items()},
-        lambda f: f"{fmt_int(f[0])} of {fmt_int(f[1])} ({fmt_pct(f[0] / f[1])})",
-        lambda b, c: _points_change(b[0] / b[1], c[0] / c[1]) if b and c else "")
-    scores = get("review_score")
-    if all(x is None for x in scores.values()):
-        rows.append({"label": "Review score (mean)", "cells": ["not imported"] * len(present), "change": "",
-                     "group": "Quality"})
-    add("Review score (mean)", scores, fmt_num,
-        lambda b, c: f"{c - b:+.3f}" if b is not None and c is not None else "", "Quality")
-    add("Mean response size", get("mean_response_bytes"), lambda v: f"{v:,.0f} B".replace(",", "\u202f"),
-        _ratio_change)
-    llm = (data.llm if data else {}) or {}
-    add("Time to first token p50", {v: (llm.get(v) or {}).get("ttft_p50_ms") for v in present}, fmt_ms,
-        _ratio_change, "LLM")
-    add("Time to first token p95", {v: (llm.get(v) or {}).get("ttft_p95_ms") for v in present}, fmt_ms,
-        _ratio_change)
-    add("Inter-token latency p50 (per-answer mean)", {v: (llm.get(v) or {}).get("itl_p50_ms") for v in present},
-        fmt_ms, _ratio_change)
-    add("Inter-token latency p95 (per-answer mean)", {v: (llm.get(v) or {}).get("itl_p95_ms") for v in present},
-        fmt_ms, _ratio_change)
-    add("Prompt tokens (mean)", {v: (llm.get(v) or {}).get("mean_prompt_tokens") for v in present},
-        lambda x: f"{x:.1f}", _ratio_change)
-    add("Completion tokens (mean)", {v: (llm.get(v) or {}).get("mean_completion_tokens") for v in present},
-        lambda x: f"{x:.1f}", _ratio_change)
-    add("Completion tokens per second", {v: (llm.get(v) or {}).get("completion_tokens_per_s") for v in present},
-        lambda x: f"{x:.1f}", _ratio_change)
-    rget = lambda key: {v: res[v].get(key) for v in present}  # noqa: E731
-    add("Peak resident memory", rget("peak_rss_mb"), fmt_mb, _ratio_change, "Resources")
-    add("Mean resident memory", rget("mean_rss_mb"), fmt_mb, _ratio_change)
-    add("Peak CPU", rget("peak_cpu_percent"), lambda x: f"{x:.0f}{NBSP}%")
-    add("Peak GPU memory", rget("peak_gpu_memory_mb"), fmt_mb, _ratio_change)
-    add("Restarts", rget("restarts"), fmt_int)
-    add("OOM events", rget("oom_events"), fmt_int)
-    add("Resource samples", rget("samples"), fmt_int)
-    labels = {"baseline": "baseline A" if aa else "baseline", "candidate": "baseline A′ (A/A)" if aa else "candidate"}
-    return {"columns": [labels.get(v, v) for v in present], "rows": rows, "paired": len(present) == 2}
+    t = _VersionColumns.of(summary, data)
+    for section in (_latency_rows, _failure_rows, _quality_rows, _llm_rows, _resource_rows):
+        section(t)
+    labels = {"baseline": "baseline A" if t.aa else "baseline",
+              "candidate": "baseline A′ (A/A)" if t.aa else "candidate"}
+    return {"columns": [labels.get(v, v) for v in t.present], "rows": t.rows, "paired": len(t.present) == 2}
 
 
 def worst_segment_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
