@@ -16,7 +16,8 @@ Two measurements per proxy:
    and measures from that time; the same client straight to the upstream is the reference; added =
    proxy percentile - direct percentile (p50, p99). The client's own send lag is printed with it;
 2. rate per core: wrk -t1 -c50 for 5 s through the proxy; requests / CPU seconds the proxy's processes
-   used in that time (psutil), so that a shared machine's other load does not count.
+   (with their children: nginx's workers, harness shadow's recorder and snapshots) used in that time
+   (psutil), so that a shared machine's other load does not count.
 
     .venv/bin/python benchmarks/proxy_overhead.py [--rates 300,1000] [--seconds 8] [--only nginx,capture,...]
 """
@@ -92,13 +93,23 @@ def pct(values: list[float], q: float) -> float:
 
 
 def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds of the processes and their children: the live ones, and those that ended (counted in
+    their parent's children times once reaped), so that a proxy's helper processes count as its own."""
     import psutil
 
     total = 0.0
+    seen: set[int] = set()
     for pid in pids:
         with contextlib.suppress(psutil.NoSuchProcess):
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
+            proc = psutil.Process(pid)
+            t = proc.cpu_times()
+            total += t.children_user + t.children_system
+            for p in (proc, *proc.children(recursive=True)):
+                if p.pid not in seen:
+                    seen.add(p.pid)
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        c = p.cpu_times()
+                        total += c.user + c.system
     return total
 
 

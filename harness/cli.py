@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--sink", action="store_true",
                      help="also receive KServe inference-logger CloudEvents on POST /kserve-logger")
     cap.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until stopped)")
+    cap.add_argument("--keepalive-timeout", type=float, default=75.0, metavar="S",
+                     help="close a client's keep-alive connection after S seconds idle; 0: never (default: 75.0)")
     cap.set_defaults(func=_capture)
 
     sh = sub.add_parser("shadow", help="live shadow: answer from the baseline, copy to the candidate, judge as a replay")
@@ -155,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--snapshot-every", type=float, default=30.0, metavar="S",
                     help="refresh the run folder every S seconds while running, for `harness report`; 0: never "
                          "(default: 30.0)")
+    sh.add_argument("--keepalive-timeout", type=float, default=75.0, metavar="S",
+                    help="close a client's keep-alive connection after S seconds idle; 0: never (default: 75.0)")
     sh.set_defaults(func=_shadow)
 
     sc = sub.add_parser("scores", help="review or business scores")
@@ -302,7 +306,7 @@ def _capture(args: argparse.Namespace) -> int:
         listen=args.listen, upstream=args.upstream, out=args.out, scenario_path=args.scenario,
         sample_fraction=args.sample, seed=args.seed, segment=args.segment, min_per_segment=args.min_per_segment,
         max_body_bytes=args.max_body_bytes, rotate_mb=args.rotate_mb, timeout_s=args.timeout, sink=args.sink,
-        duration_s=args.duration))
+        duration_s=args.duration, keepalive_timeout_s=args.keepalive_timeout))
     for line in summary_lines(stats):
         print(line)
     return 4 if stats.error else 0
@@ -313,7 +317,8 @@ def _shadow(args: argparse.Namespace) -> int:
     from .shadow.run import run_shadow
 
     result = run_shadow(load_scenario(args.scenario), args.listen, args.out, duration_s=args.duration,
-                        max_requests=args.max_requests, snapshot_every_s=args.snapshot_every)
+                        max_requests=args.max_requests, snapshot_every_s=args.snapshot_every,
+                        keepalive_timeout_s=args.keepalive_timeout)
     _print_verdict(result.summary, result.run_dir)
     return result.exit_code
 

@@ -169,3 +169,36 @@ def test_a_silent_upstream_is_a_504_and_a_cut_answer_cuts_the_clients(tmp_path: 
     assert (hang["production_status"], hang["production_error"]) == (504, "timeout")
     assert (reset["production_status"], reset["production_error"]) == (200, "reset")
     assert "upstream errors: reset 1, timeout 1" in out
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_timeout(tmp_path: Path, upstream: FaultServer) -> None:
+    proc, port = _capture(upstream.url, tmp_path / "c.jsonl", "--keepalive-timeout", "1")
+    try:
+        # busy: a request every 0.1 s for 2.5 s (the timeout is 1 s) keeps its connection
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as busy:
+            f = busy.makefile("rb")
+            statuses = []
+            for _ in range(25):
+                busy.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+                statuses.append(_read_answer(f)[0])
+                time.sleep(0.1)
+            # an answer pending for longer than the timeout is waited for, not cut
+            busy.sendall(b"GET /slow?ms=2500 HTTP/1.1\r\nHost: x\r\n\r\n")
+            slow = _read_answer(f)[0]
+        # idle: answered, then silent; the proxy closes it (an end of stream, no bytes)
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as idle:
+            idle.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+            f = idle.makefile("rb")
+            assert _read_answer(f)[0] == 200
+            started = time.monotonic()
+            rest = f.read()  # blocks until the proxy closes the connection
+            waited = time.monotonic() - started
+        # a connection that never sent anything is closed the same way
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as silent:
+            assert silent.recv(1) == b""
+        out = _stop(proc)
+    finally:
+        proc.kill()
+    assert statuses == [200] * 25 and slow == 200
+    assert rest == b"" and 0.5 <= waited < 15, waited
+    assert "requests: 27;" in out

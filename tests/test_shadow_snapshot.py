@@ -15,8 +15,7 @@ from harness.capture.exchange import Exchange, ExchangeRecords
 from harness.capture.forward import Answer
 from harness.capture.writer import CaptureWriter
 from harness.scenario import load_scenario
-from harness.shadow.legs import LegBuilder
-from harness.shadow.proxy import leg_records
+from harness.shadow.legs import LegBuilder, leg_records
 from harness.shadow.results import build_results
 from harness.shadow.snapshot import make_snapshot
 

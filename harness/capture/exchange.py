@@ -10,17 +10,16 @@ metadata, which the JSONL reader turns back into the production reference:
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-import orjson
-
+from ..jsonpath import MISSING
+from ..protocols.json_protocol import loads
 from ..scenario import RedactConfig, SegmentSpec
 from ..traffic.convert import to_capture_record
 from ..traffic.record import CapturedRequest
-from ..traffic.redaction import Redactor
+from ..traffic.redaction import PARSE, Redactor
 from ..traffic.segments import SegmentEvaluator
 
 __all__ = ["Exchange", "ExchangeRecords", "SampleRule", "DEFAULT_MAX_BODY_BYTES"]
@@ -42,6 +41,8 @@ class Exchange:
     response_bytes: int = 0
     error: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # the answer's JSON value parsed and masked already (a shadow run's leg parsed it; MISSING: not JSON)
+    response_doc: Any = PARSE
 
 
 @dataclass(frozen=True)
@@ -69,16 +70,21 @@ class ExchangeRecords:
         self.sampled_out = 0
 
     def __call__(self, ex: Exchange) -> Iterator[dict[str, Any]]:
-        req = CapturedRequest("capture", 0, ex.ts, ex.method, ex.path, ex.headers, ex.body)
+        # The body is parsed once here; sampling, redaction and the record all read that parse.
+        doc = _parse(ex.body) if ex.body[:1] in (b"{", b"[") else MISSING
+        req = CapturedRequest("capture", 0, ex.ts, ex.method, ex.path, ex.headers, ex.body, _doc=doc)
         if not self._keep(req):
             self.sampled_out += 1
             return
-        req = self.redactor.request(req)
-        body = req.body
+        r = self.redactor
+        body = r.body(ex.body, doc)  # masks doc in place: this request object goes no further
         if len(body) > self.max_body_bytes:
             # cut after redaction: a cut JSON body could no longer be parsed to mask its secrets
-            req = CapturedRequest(req.source, req.line, req.ts, req.method, req.path, req.headers,
-                                  body[: self.max_body_bytes])
+            req = CapturedRequest("capture", 0, ex.ts, ex.method, r.path(ex.path), r.headers(ex.headers),
+                                  body[: self.max_body_bytes], _doc=MISSING)
+        else:
+            req = CapturedRequest("capture", 0, ex.ts, ex.method, r.path(ex.path), r.headers(ex.headers), body,
+                                  _doc=doc)
         rec = to_capture_record(req)
         if len(body) > self.max_body_bytes:
             rec["body_truncated"] = True
@@ -120,13 +126,19 @@ class ExchangeRecords:
             # A cut answer cannot be parsed, so its secrets could not be masked: it is left out.
             out["production_body_truncated"] = True
             return out
-        body = self.redactor.body(body)
-        try:
-            out["production_body"] = orjson.loads(body)  # json takes what orjson refuses (NaN, big integers)
-        except orjson.JSONDecodeError:
-            text = body.decode("utf-8", "replace")
-            try:
-                out["production_body"] = json.loads(text)
-            except ValueError:
-                out["production_body"] = text
+        doc = ex.response_doc
+        if doc is PARSE:
+            doc = _parse(body)
+            if doc is not MISSING and self.redactor.may_mask_json(body):
+                self.redactor.mask_doc(doc)
+        out["production_body"] = doc if doc is not MISSING else \
+            self.redactor.body(body, MISSING).decode("utf-8", "replace")
         return out
+
+
+def _parse(body: bytes) -> Any:
+    """Any JSON value (exact integers, as the answer readers read them), or MISSING."""
+    try:
+        return loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return MISSING

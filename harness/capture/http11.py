@@ -25,6 +25,10 @@ nothing re-serialised), the answer's head is passed on from the parsed bytes, ea
 socket write, and the upstream read timeout is one sweep timer per pool rather than a timer per
 request. Headers are decoded to str only when a hook reads them (`Request.headers`, `Answer.headers`),
 which for `harness capture` is in the writer's thread.
+
+Client keep-alive: a client connection with no answer pending that sends nothing for
+`keepalive_timeout_s` (75 s by default, as nginx's keepalive_timeout) is closed, so idle clients cannot
+hold connections (and their memory) for ever.
 """
 from __future__ import annotations
 
@@ -39,10 +43,11 @@ import httptools
 
 from .forward import RESPONSE_DROP, HOP_BY_HOP, Answer
 
-__all__ = ["Request", "Hooks", "Upstream", "ProxyServer", "Collect", "request_head"]
+__all__ = ["Request", "Hooks", "Upstream", "ProxyServer", "Collect", "request_head", "KEEPALIVE_TIMEOUT_S"]
 
 MAX_REQUEST_BYTES = 1 << 30  # forwarded whole whatever the capture limit
 MAX_HEAD_BYTES = 1 << 20
+KEEPALIVE_TIMEOUT_S = 75.0  # client keep-alive idle timeout, nginx's default
 _NO_BODY_STATUS = frozenset({204, 304})
 _DROP_TO_UPSTREAM = HOP_BY_HOP | {"expect"}  # the proxy reads the body whole first: it answers 100 itself
 # Request headers the head to the upstream leaves out or rewrites (lower-cased bytes, as parsed).
@@ -490,6 +495,8 @@ class _ClientConn(asyncio.Protocol):
         self._arrived = 0.0
         self._peer_b = b""
         self._xff = b""
+        self.last_read = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -498,8 +505,34 @@ class _ClientConn(asyncio.Protocol):
         self._peer_b = self.peer.encode() if self.peer else b""
         self._xff = b"X-Forwarded-For: %s\r\n" % self._peer_b
         self.server.connections.add(self)
+        self.last_read = time.monotonic()
+        self._arm_idle(self.server.keepalive_timeout_s)
+
+    # -- the keep-alive idle timeout
+    def _arm_idle(self, delay: float) -> None:
+        if self.server.keepalive_timeout_s > 0:
+            self._idle_timer = asyncio.get_running_loop().call_later(delay, self._check_idle)
+
+    def _check_idle(self) -> None:
+        # Armed once and moved on only when it fires (as _UpConn's read timeout): no timer call per request.
+        self._idle_timer = None
+        if self.closed or self.transport is None:
+            return
+        limit = self.server.keepalive_timeout_s
+        if self.current is not None or self.queue:
+            self._arm_idle(limit)  # an answer is pending: the upstream's timeout rules meanwhile
+            return
+        idle = time.monotonic() - self.last_read
+        if idle < limit:
+            self._arm_idle(limit - idle)
+            return
+        self.server.idle_closed += 1
+        self.transport.close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         self.closed = True
         self.queue.clear()
         self.server.connections.discard(self)
@@ -517,6 +550,7 @@ class _ClientConn(asyncio.Protocol):
             up.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        self.last_read = time.monotonic()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -631,11 +665,15 @@ class _ClientConn(asyncio.Protocol):
 class ProxyServer:
     """Serves clients on host:port, forwarding every request to `upstream`; `hooks` sees each one."""
 
-    def __init__(self, upstream: Upstream, hooks: Hooks, keep_bytes: int) -> None:
+    def __init__(self, upstream: Upstream, hooks: Hooks, keep_bytes: int, *,
+                 keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S) -> None:
+        """`keepalive_timeout_s`: idle client connections are closed after it (0: never)."""
         self.upstream, self.hooks, self.keep_bytes = upstream, hooks, keep_bytes
+        self.keepalive_timeout_s = keepalive_timeout_s
         self.connections: set[_ClientConn] = set()
         self.in_flight = 0
         self.bad_http = 0
+        self.idle_closed = 0  # client connections closed by the keep-alive idle timeout
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str, port: int) -> int:

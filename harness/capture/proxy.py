@@ -25,7 +25,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from ..scenario import RedactConfig
 from .exchange import DEFAULT_MAX_BODY_BYTES, Exchange, ExchangeRecords, SampleRule
 from .forward import Answer, Forwarder
-from .http11 import MAX_REQUEST_BYTES, ProxyServer, Request, Upstream
+from .http11 import KEEPALIVE_TIMEOUT_S, MAX_REQUEST_BYTES, ProxyServer, Request, Upstream
 from .writer import CaptureWriter
 
 __all__ = ["CaptureOptions", "CaptureStats", "run_capture", "serve", "parse_listen", "summary_lines"]
@@ -47,6 +47,7 @@ class CaptureOptions:
     timeout_s: float = 60.0
     sink: bool = False  # serve POST /kserve-logger (KServe inference logger CloudEvents)
     duration_s: float | None = None
+    keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S  # idle client connections closed after it (0: never)
 
 
 @dataclass
@@ -180,7 +181,7 @@ async def _serve_lean(options: CaptureOptions, echo: Callable[[str], None], stop
     server: ProxyServer | None = None
     try:
         server = ProxyServer(Upstream(options.upstream, timeout_s=options.timeout_s), _CaptureHooks(writer, stats),
-                             options.max_body_bytes)
+                             options.max_body_bytes, keepalive_timeout_s=options.keepalive_timeout_s)
         port = await server.start(options.listen_host, options.listen_port)
         await _announce_and_wait(options, port, echo, stop)
     finally:
@@ -244,7 +245,8 @@ def summary_lines(stats: CaptureStats) -> list[str]:
 def make_options(*, listen: str, upstream: str | None, out: str, scenario_path: str | None = None,
                  sample_fraction: float = 1.0, seed: int = 0, segment: str | None = None, min_per_segment: int = 0,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, rotate_mb: float | None = None,
-                 timeout_s: float = 60.0, sink: bool = False, duration_s: float | None = None) -> CaptureOptions:
+                 timeout_s: float = 60.0, sink: bool = False, duration_s: float | None = None,
+                 keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S) -> CaptureOptions:
     """The command line's values, checked, as CaptureOptions: redaction rules and segments come from the
     scenario when one is given."""
     from ..errors import UsageError
@@ -258,6 +260,8 @@ def make_options(*, listen: str, upstream: str | None, out: str, scenario_path: 
         raise UsageError("harness capture: give --upstream URL (a proxy), --sink (the KServe logger receiver), or both")
     if upstream is not None and not upstream.startswith(("http://", "https://")):
         raise UsageError(f"harness capture: --upstream {upstream!r}: expected http://HOST:PORT")
+    if keepalive_timeout_s < 0:
+        raise UsageError("harness capture: --keepalive-timeout must be >= 0 (0: never)")
     if not 0.0 < sample_fraction <= 1.0:
         raise UsageError(f"harness capture: --sample {sample_fraction}: expected a fraction in (0, 1]")
     if not out.endswith((".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")):
@@ -280,4 +284,4 @@ def make_options(*, listen: str, upstream: str | None, out: str, scenario_path: 
     return CaptureOptions(listen_host=host, listen_port=port, upstream=upstream, out=out, redact=redact,
                           sample=SampleRule(sample_fraction, seed, spec, min_per_segment), max_body_bytes=max_body_bytes,
                           rotate_bytes=int(rotate_mb * 1024 * 1024) if rotate_mb else None, timeout_s=timeout_s,
-                          sink=sink, duration_s=duration_s)
+                          sink=sink, duration_s=duration_s, keepalive_timeout_s=keepalive_timeout_s)

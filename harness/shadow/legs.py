@@ -11,9 +11,9 @@ from ..jsonpath import MISSING
 from ..protocols import OutputRead, read_output
 from ..replay.leg import LEG_SCHEMA
 from ..scenario import Scenario
-from ..traffic.redaction import Redactor
+from ..traffic.redaction import PARSE, Redactor
 
-__all__ = ["LegBuilder", "LEG_NAMES"]
+__all__ = ["LegBuilder", "LEG_NAMES", "leg_records"]
 
 LEG_NAMES = tuple(LEG_SCHEMA.names)
 EXCERPT_CHARS = 2000  # as the replay's output_json
@@ -29,8 +29,17 @@ class LegBuilder:
     def leg(self, request_id: str, version: str, route: str, intended: float, sent: float, done: float,
             status: int | None, error: str | None, headers: tuple[tuple[str, str], ...], body: bytes,
             size: int, max_bytes: int) -> dict[str, Any]:
-        """`error`: connect | timeout | reset when there was no complete answer; `body` the answer up to
+        return self.leg_and_doc(request_id, version, route, intended, sent, done, status, error, headers, body,
+                                size, max_bytes)[0]
+
+    def leg_and_doc(self, request_id: str, version: str, route: str, intended: float, sent: float, done: float,
+                    status: int | None, error: str | None, headers: tuple[tuple[str, str], ...], body: bytes,
+                    size: int, max_bytes: int) -> tuple[dict[str, Any], Any]:
+        """The leg row, and the answer's JSON value as parsed for it, masked (MISSING: the answer is not JSON;
+        PARSE: it was not parsed), so that the capture record of the same answer need not parse it again.
+        `error`: connect | timeout | reset when there was no complete answer; `body` the answer up to
         `max_bytes` + 1 bytes (more: too_large)."""
+        body_doc: Any = PARSE
         kind: str | None = error
         detail: str | None = None
         schema_valid: bool | None = None
@@ -58,8 +67,9 @@ class LegBuilder:
                                 kind = "schema"
                     if body:
                         excerpt = self._excerpt(out, body)
+                        body_doc = MISSING if out.streamed or out.doc is MISSING else out.doc
                 except Exception as exc:  # noqa: BLE001 - a reader's bug must not lose the leg: it is recorded
-                    out, excerpt, schema_valid, schema_errors = None, None, None, None
+                    out, excerpt, schema_valid, schema_errors, body_doc = None, None, None, None, PARSE
                     kind, detail = "client", f"the answer could not be read: {type(exc).__name__}: {exc}"[:300]
         elif error is not None:
             detail = {"connect": "connection refused or unreachable", "timeout": "no answer within replay.timeout_s",
@@ -77,12 +87,30 @@ class LegBuilder:
                        inter_token_ms_mean=out.inter_token_ms_mean, inter_token_ms_p95=out.inter_token_ms_p95,
                        token_chunks=out.token_chunks, finish_reason=out.finish_reason, abstained=out.abstained,
                        cited=out.cited, fallback_model=out.fallback_model, tool_calls_valid=out.tool_calls_valid)
-        return row
+        return row, body_doc
 
-    def _excerpt(self, out: OutputRead | None, body: bytes) -> str:
-        # masked whole, then cut: a cut JSON text could not be parsed to find its secrets
-        if out is not None and out.doc is not MISSING:
-            raw = json.dumps(out.doc, separators=(",", ":"), ensure_ascii=False).encode()
-        else:
-            raw = body
-        return self._redactor.body(raw).decode("utf-8", "replace")[:EXCERPT_CHARS]
+    def _excerpt(self, out: OutputRead, body: bytes) -> str:
+        """Masked whole, then cut (a cut JSON text could not be parsed to find its secrets). The document
+        is masked in place, after validation and extraction have read it."""
+        doc = out.doc
+        if doc is MISSING:
+            return self._redactor.body(body, MISSING).decode("utf-8", "replace")[:EXCERPT_CHARS]
+        raw = None
+        if out.streamed:  # an assembled document: its keys are not in the body's bytes as such
+            raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+        if self._redactor.may_mask_json(raw.encode() if raw is not None else body) and self._redactor.mask_doc(doc):
+            raw = None
+        if raw is None:
+            raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+        # a lone surrogate (a JSON \ud800 escape) cannot be stored as UTF-8: replaced, as a body's bad bytes are
+        return raw[:EXCERPT_CHARS].encode("utf-8", "replace").decode("utf-8")
+
+
+def leg_records(builder: LegBuilder, max_bytes: int) -> Any:
+    """A legs writer's conversion of (version, shadow id, route, arrival, Answer) -> one leg row."""
+    def convert(item: tuple[str, str, str, float, Any]) -> list[dict[str, Any]]:
+        version, rid, route, arrived, a = item
+        return [builder.leg(rid, version, route, arrived, a.sent_at, a.done_at, a.status, a.error, a.headers,
+                            a.body, a.size, max_bytes)]
+
+    return convert

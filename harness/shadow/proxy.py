@@ -8,27 +8,24 @@ request is not mirrored and the drop is counted with its reason. Only routes in 
 GET/HEAD/OPTIONS, are mirrored (side-effect safety, as for a replay).
 
 Serving and copying run on the lean HTTP/1.1 path (harness.capture.http11): the hooks below decide
-and record, the copy is a callback-driven exchange (no task per request). What is recorded goes through
-two writer threads (harness.capture.writer): the requests as a capture (redacted, with their shadow id
-as `request_id`) and the legs, built off the serving loop (legs.LegBuilder: output validation,
-extraction). run.py turns both into the run folder.
+and record, the copy is a callback-driven exchange (no task per request). What is recorded leaves this
+process raw (bytes, headers, timestamps) through channel.RecorderChannel: the recorder process
+(recorder.py) builds the capture records (redacted, with their shadow id as `request_id`) and the legs
+(legs.LegBuilder: output validation, extraction) and writes them. run.py turns both into the run folder.
 """
 from __future__ import annotations
 
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-from ..capture.exchange import Exchange
 from ..capture.forward import HOP_BY_HOP, Answer
-from ..capture.http11 import Collect, ProxyServer, Request, Upstream
-from ..capture.writer import CaptureWriter
+from ..capture.http11 import KEEPALIVE_TIMEOUT_S, Collect, ProxyServer, Request, Upstream
 from ..scenario import Scenario
 from ..send_headers import header_overrides
 from ..traffic.prepare import is_allowed
 from ..traffic.segments import route_template
-from .legs import LegBuilder
+from .channel import RecorderChannel
 
 __all__ = ["ShadowStats", "ShadowApp", "USER_TIMEOUT_S"]
 
@@ -53,11 +50,11 @@ class ShadowStats:
 class ShadowApp:
     """The proxy's hooks (harness.capture.http11.Hooks) and its two upstreams."""
 
-    def __init__(self, scenario: Scenario, capture: CaptureWriter, legs: CaptureWriter,
-                 max_requests: int | None, stop: asyncio.Event) -> None:
+    def __init__(self, scenario: Scenario, channel: RecorderChannel, max_requests: int | None,
+                 stop: asyncio.Event, keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S) -> None:
         self.scenario = scenario
-        self.capture = capture
-        self.legs = legs
+        self.channel = channel
+        self.keepalive_timeout_s = keepalive_timeout_s
         self.max_requests = max_requests
         self.stop = stop
         self.stats = ShadowStats(started_at=time.time())
@@ -76,7 +73,7 @@ class ShadowApp:
         self._candidate = Upstream(self.scenario.target_for("candidate").url, timeout_s=replay.timeout_s,
                                    connect_timeout_s=replay.connect_timeout_s)
         self._server = ProxyServer(Upstream(self.scenario.target_for("baseline").url, timeout_s=USER_TIMEOUT_S),
-                                   self, self._keep)
+                                   self, self._keep, keepalive_timeout_s=self.keepalive_timeout_s)
         return await self._server.start(host, port)
 
     async def close(self, drain_s: float) -> None:
@@ -115,11 +112,9 @@ class ShadowApp:
 
     def answered(self, req: Request, token: tuple[str, str, bool], answer: Answer) -> None:
         rid, route, mirror = token
-        self.capture.put(Exchange(req.arrived, req.method, req.raw_path, tuple(req.headers), req.body,
-                                  answer.status, (answer.done_at - req.arrived) * 1000.0, answer.headers, answer.body,
-                                  answer.size, answer.error, meta={"request_id": rid}))
-        if mirror:
-            self.legs.put(("baseline", rid, route, req.arrived, answer))
+        self.channel.put(("b", rid, route, mirror, req.method, req.raw_path, req.headers, req.body, req.arrived,
+                          answer.status, answer.headers, answer.body, answer.size, answer.sent_at, answer.done_at,
+                          answer.error))
 
     def _copy(self, rid: str, route: str, req: Request) -> None:
         assert self._candidate is not None
@@ -132,7 +127,8 @@ class ShadowApp:
                 return
             if answer.error is not None:
                 self.stats.candidate_errors[answer.error] = self.stats.candidate_errors.get(answer.error, 0) + 1
-            self.legs.put(("candidate", rid, route, req.arrived, answer))
+            self.channel.put(("c", rid, route, req.arrived, answer.status, answer.headers, answer.body, answer.size,
+                              answer.sent_at, answer.done_at, answer.error))
 
         self.copies += 1
         c = self._candidate
@@ -148,12 +144,3 @@ def _with_overrides(headers: list[tuple[str, str]], overrides: dict[str, str | N
     return [(k, v) for k, v in headers if k.lower() not in lower] + [(k, v) for k, v in overrides.items()
                                                                       if v is not None]
 
-
-def leg_records(builder: LegBuilder, max_bytes: int) -> Any:
-    """The legs writer's conversion: (version, shadow id, route, arrival, Answer) -> one leg row."""
-    def convert(item: tuple[str, str, str, float, Answer]) -> list[dict[str, Any]]:
-        version, rid, route, arrived, a = item
-        return [builder.leg(rid, version, route, arrived, a.sent_at, a.done_at, a.status, a.error, a.headers,
-                            a.body, a.size, max_bytes)]
-
-    return convert

@@ -1,7 +1,8 @@
 """`harness shadow SCENARIO --listen HOST:PORT`: live shadow traffic into a run folder like a replay's.
 
-While it runs, the proxy (proxy.py) writes the requests as a capture (`shadow_traffic.jsonl.gz` in the
-run folder, redacted) and the legs to a spool. At the end (SIGINT/SIGTERM, --duration, --max-requests)
+While it runs, the proxy (proxy.py) hands every exchange to the recorder process (channel.py,
+recorder.py), which writes the requests as a capture (`shadow_traffic.jsonl.gz` in the run folder,
+redacted) and the legs to a spool. At the end (SIGINT/SIGTERM, --duration, --max-requests)
 results.py makes the results database and the outputs from them as for a replay; `harness report`,
 gates and the schedule work on it unchanged, and `harness run` can replay shadow_traffic.jsonl.gz later.
 
@@ -24,15 +25,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import __version__
-from ..capture.exchange import ExchangeRecords
+from ..capture.http11 import KEEPALIVE_TIMEOUT_S
 from ..capture.proxy import parse_listen, run_loop
-from ..capture.writer import CaptureWriter
 from ..errors import VERDICT_EXIT, ScenarioError, UsageError
 from ..run import RunResult, _setup_log, check_out_root, check_targets, make_run_dir
 from ..send_headers import header_overrides
 from ..scenario import Scenario
-from .legs import LegBuilder
-from .proxy import ShadowApp, ShadowStats, leg_records
+from .channel import RecorderChannel
+from .proxy import ShadowApp, ShadowStats
 from .results import build_results, publish
 
 __all__ = ["run_shadow", "CAPTURE_NAME"]
@@ -44,7 +44,7 @@ log = logging.getLogger("harness")
 
 def run_shadow(scenario: Scenario, listen: str, out_root: Path, *, duration_s: float | None = None,
                max_requests: int | None = None, snapshot_every_s: float = 30.0,
-               echo: Callable[[str], None] = print) -> RunResult:
+               keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S, echo: Callable[[str], None] = print) -> RunResult:
     if scenario.replay.mode != "paired" or "candidate" not in scenario.versions:
         raise ScenarioError(f"{scenario.source}: harness shadow needs replay.mode: paired and a candidate target")
     grpc = [v for v in scenario.versions if scenario.target_for(v).protocol == "kserve_v2_grpc"]
@@ -58,6 +58,8 @@ def run_shadow(scenario: Scenario, listen: str, out_root: Path, *, duration_s: f
         raise UsageError(f"harness shadow: {exc}") from None
     if snapshot_every_s < 0:
         raise UsageError("harness shadow: --snapshot-every must be >= 0 (0: no snapshots)")
+    if keepalive_timeout_s < 0:
+        raise UsageError("harness shadow: --keepalive-timeout must be >= 0 (0: never)")
     # The baseline answers the users: it must be up. The candidate may be down: that is recorded, not fatal.
     check_out_root(out_root)
     check_targets(replace(scenario, replay=replace(scenario.replay, mode="baseline-only")))
@@ -70,13 +72,13 @@ def run_shadow(scenario: Scenario, listen: str, out_root: Path, *, duration_s: f
         capture_path = run_dir / CAPTURE_NAME
         legs_path = work / "legs.jsonl"
         live = _Live(scenario, run_dir, capture_path, legs_path,
-                     snapshot_every_s if scenario.source is not None else 0.0, say)
-        stats, stopped_by = run_loop(live.serve(host, port, duration_s, max_requests))
+                     snapshot_every_s if scenario.source is not None else 0.0, say, keepalive_timeout_s)
+        stats, stopped_by, recorded = run_loop(live.serve(host, port, duration_s, max_requests))
         say(f"shadow: {stats.requests} requests answered from the baseline, {stats.mirrored} mirrored, "
             f"{stats.not_allowed} not allowed, dropped: {dict(stats.dropped) or 0}; stopped by {stopped_by}")
         summary = build_results(scenario, run_dir / ".final", run_id=run_dir.name, capture_path=capture_path,
                                 capture_recorded=capture_path, legs_path=legs_path, drops=stats.drop_reasons,
-                                replay_event=_replay_event(stats, stopped_by), status="complete",
+                                replay_event=_replay_event(stats, stopped_by, recorded), status="complete",
                                 reason=f"live shadow, stopped by {stopped_by}")
         publish(run_dir / ".final", run_dir)
         say(f"verdict {summary['verdict']}; report {run_dir / 'gate_report.html'}")
@@ -88,33 +90,42 @@ def run_shadow(scenario: Scenario, listen: str, out_root: Path, *, duration_s: f
         handler.close()
 
 
-def _replay_event(stats: ShadowStats, stopped_by: str | None) -> dict[str, Any]:
-    return {"mode": "live shadow", "wall_s": time.time() - stats.started_at, "dispatched": stats.mirrored,
-            "requests": stats.requests, "not_allowed": stats.not_allowed, "dropped": dict(stats.dropped),
-            "candidate_errors": dict(stats.candidate_errors),
-            "skipped_in_flight": stats.dropped.get(IN_FLIGHT_DROP, 0), "interrupted": None,
-            "stopped_by": stopped_by, "sink_failures": 0}
+def _replay_event(stats: ShadowStats, stopped_by: str | None, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`recorded`: the recorder's counts at the end (what it could not build or write)."""
+    event = {"mode": "live shadow", "wall_s": time.time() - stats.started_at, "dispatched": stats.mirrored,
+             "requests": stats.requests, "not_allowed": stats.not_allowed, "dropped": dict(stats.dropped),
+             "candidate_errors": dict(stats.candidate_errors),
+             "skipped_in_flight": stats.dropped.get(IN_FLIGHT_DROP, 0), "interrupted": None,
+             "stopped_by": stopped_by, "sink_failures": 0}
+    if recorded is not None:
+        event["recorder"] = recorded
+    return event
 
 
 class _Live:
     def __init__(self, scenario: Scenario, run_dir: Path, capture_path: Path, legs_path: Path,
-                 snapshot_every_s: float, say: Callable[[str], None]) -> None:
+                 snapshot_every_s: float, say: Callable[[str], None], keepalive_timeout_s: float) -> None:
         self.scenario, self.run_dir, self.say = scenario, run_dir, say
         self.capture_path, self.legs_path = capture_path, legs_path
         self.snapshot_every_s = snapshot_every_s
+        self.keepalive_timeout_s = keepalive_timeout_s
 
     async def serve(self, host: str, port: int, duration_s: float | None,
-                    max_requests: int | None) -> tuple[ShadowStats, str]:
+                    max_requests: int | None) -> tuple[ShadowStats, str, dict[str, Any] | None]:
         scenario, say = self.scenario, self.say
-        # literal paths: the writer's strftime must leave them as they are
-        capture = CaptureWriter(str(self.capture_path).replace("%", "%%"),
-                                ExchangeRecords(scenario.traffic.redact, max_body_bytes=1 << 24))
-        legs = CaptureWriter(str(self.legs_path).replace("%", "%%"),
-                             leg_records(LegBuilder(scenario), scenario.replay.max_response_bytes))
         stop = asyncio.Event()
-        shadow = ShadowApp(scenario, capture, legs, max_requests, stop)
+        shadow: ShadowApp | None = None
+
+        def dropped(item: tuple[Any, ...], reason: str) -> None:
+            if shadow is not None:
+                shadow.stats.drop(item[1], reason)  # item[1]: the shadow id
+
+        channel = RecorderChannel(dropped)
+        await channel.start(scenario, self.capture_path, self.legs_path)
+        shadow = ShadowApp(scenario, channel, max_requests, stop, self.keepalive_timeout_s)
         stopped_by = ["max-requests"]
         snapshots: asyncio.Task[None] | None = None
+        recorded: dict[str, Any] | None = None
         try:
             bound = await shadow.start(host, port)
             say(f"listening on http://{host}:{bound}: baseline {scenario.target_for('baseline').url} answers, "
@@ -131,28 +142,35 @@ class _Live:
             if duration_s is not None:
                 loop.call_later(duration_s, stop_by, "duration")
             if self.snapshot_every_s > 0:
-                snapshots = asyncio.create_task(self._snapshots(shadow, capture, legs))
+                snapshots = asyncio.create_task(self._snapshots(shadow, channel))
             await stop.wait()
         finally:
             if snapshots is not None:
                 snapshots.cancel()
                 await asyncio.gather(snapshots, return_exceptions=True)
             await shadow.close(scenario.replay.timeout_s + 1.0)
-            capture.close()
-            legs.close()
-        for w, what in ((capture, "capture"), (legs, "legs")):
-            if w.stats.error or w.stats.dropped:
-                say(f"shadow: {what} writer: dropped {w.stats.dropped}{'; ' + w.stats.error if w.stats.error else ''}")
-        return shadow.stats, stopped_by[0]
+            recorded = await channel.close()
+        if recorded is None:
+            say("shadow: the recorder process did not finish in time; what it wrote is kept")
+        else:
+            for what in ("capture", "legs"):
+                w = recorded[what]
+                if w["error"] or w["dropped"]:
+                    say(f"shadow: {what} writer: dropped {w['dropped']}{'; ' + w['error'] if w['error'] else ''}")
+            if recorded["dropped"]:
+                say(f"shadow: recorder: dropped {recorded['dropped']}")
+        if channel.dropped:
+            say(f"shadow: not recorded (the recorder's channel): {channel.dropped}")
+        return shadow.stats, stopped_by[0], recorded
 
-    async def _snapshots(self, shadow: ShadowApp, capture: CaptureWriter, legs: CaptureWriter) -> None:
+    async def _snapshots(self, shadow: ShadowApp, channel: RecorderChannel) -> None:
         while True:
             await asyncio.sleep(self.snapshot_every_s)
-            # the legs are cut first: every leg in the cut has its request in the capture cut after it
-            legs_file, legs_size = await asyncio.to_thread(legs.barrier)
-            capture_file, capture_size = await asyncio.to_thread(capture.barrier)
-            args = {"run_dir": str(self.run_dir), "scenario": str(self.scenario.source),
-                    "capture": capture_file, "capture_size": capture_size, "legs": legs_file, "legs_size": legs_size,
+            cut = await channel.barrier()
+            if cut is None:
+                self.say("shadow: the recorder did not answer; no snapshot this time")
+                continue
+            args = {"run_dir": str(self.run_dir), "scenario": str(self.scenario.source), **cut,
                     "capture_recorded": str(self.capture_path), "drops": dict(shadow.stats.drop_reasons),
                     "replay_event": _replay_event(shadow.stats, None),
                     "reason": f"live shadow still running (snapshot at {time.strftime('%H:%M:%S', time.gmtime())} UTC)"}

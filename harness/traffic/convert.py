@@ -20,11 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import TrafficError
+from ..jsonpath import MISSING
 from .grpc_record import grpc_record_fields
 from .jsonl_reader import compact_json
 from .readers import detect_format, iter_records
 from .record import BadRecord, CapturedRequest
-from .redaction import Redactor
+from .redaction import PARSE, Redactor
 
 __all__ = ["convert_capture", "to_capture_record"]
 
@@ -48,7 +49,7 @@ def to_capture_record(req: CapturedRequest, grpc_form: bool = True) -> dict[str,
         except UnicodeDecodeError:
             rec["body_b64"] = base64.b64encode(req.body).decode()
         else:
-            rec["body"] = _body_value(text, req.body)
+            rec["body"] = _body_value(text, req.body, req.parsed_body())
     return _with_meta(rec, req)
 
 
@@ -78,15 +79,21 @@ def _with_meta(rec: dict[str, Any], req: CapturedRequest) -> dict[str, Any]:
     return rec
 
 
-def _body_value(text: str, raw: bytes) -> Any:
-    """The body as a JSON value where a reader turns that value back into exactly `raw`, else as text."""
-    try:
-        value = orjson.loads(raw)  # several times faster; json takes what orjson refuses (NaN, big integers)
-    except orjson.JSONDecodeError:
+def _body_value(text: str, raw: bytes, parsed: Any = PARSE) -> Any:
+    """The body as a JSON value where a reader turns that value back into exactly `raw`, else as text.
+    `parsed`: the body's JSON value where it was parsed already (MISSING: not a JSON object or array)."""
+    if parsed is PARSE:
         try:
-            value = json.loads(text)
-        except ValueError:
-            return text
+            value = orjson.loads(raw)  # several times faster; json takes what orjson refuses (NaN, big integers)
+        except orjson.JSONDecodeError:
+            try:
+                value = json.loads(text)
+            except ValueError:
+                return text
+    elif parsed is MISSING:
+        return text
+    else:
+        value = parsed
     if isinstance(value, (dict, list)):
         try:
             if compact_json(value) == raw:

@@ -21,6 +21,7 @@ class _Unset:
 
 
 _UNSET: Any = _Unset()
+NOT_PARSED: Any = _UNSET  # CapturedRequest.parsed_body(): the body was not parsed yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,11 @@ class CapturedRequest:
             doc = _parse_body(self.body)
             object.__setattr__(self, "_doc", doc)
         return doc
+
+    def parsed_body(self) -> Any:
+        """json_body() where the body was parsed already (by a reader or a caller), else NOT_PARSED: for
+        writers that would otherwise parse it a second time."""
+        return self._doc
 
     def __getstate__(self) -> list[Any]:
         # The caches are left out: they are cheap to rebuild and the parse can be large.

@@ -6,17 +6,19 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 
-from ..jsonpath import set_all
+from ..jsonpath import MISSING, set_all
 from ..scenario import RedactConfig
-from .record import CapturedRequest, _keep_doc
+from .record import NOT_PARSED, CapturedRequest, _keep_doc
 
-__all__ = ["Redactor", "REDACTED", "DEFAULT_SECRET_HEADERS"]
+__all__ = ["Redactor", "REDACTED", "DEFAULT_SECRET_HEADERS", "PARSE"]
 
 REDACTED = "[REDACTED]"
+PARSE: Any = NOT_PARSED  # Redactor.body: the body has not been parsed yet
 DEFAULT_SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
                           "api-key", "x-auth-token", "x-amz-security-token")
 # Query parameters and JSON keys whose values are credentials whatever the scenario says.
@@ -80,26 +82,40 @@ class Redactor:
     def _query_secret(self, name: str) -> bool:
         return name.lower() in self._query or is_secret_name(name)  # type: ignore[attr-defined]
 
-    def body(self, body: bytes) -> bytes:
+    def body(self, body: bytes, doc: Any = PARSE) -> bytes:
         """Masks configured JSON paths and credential-named keys of JSON bodies, and credential-named
-        fields of form-encoded bodies (`user=a&password=...`); other bodies pass unchanged."""
+        fields of form-encoded bodies (`user=a&password=...`); other bodies pass unchanged.
+
+        `doc`: the body parsed already by the caller (MISSING: it is not JSON), which is then masked in
+        place rather than parsed again; the caller must own it (no cache shared with others)."""
         if not body:
             return body
         if body[:1] not in (b"{", b"["):
             return self._form(body)
-        # Most bodies hold no credential-like key at all: a byte scan is far cheaper than parsing them.
-        if not self.config.json_paths and not _may_name_a_secret(body, _JSON_PARTS):
+        if not self.may_mask_json(body):
             return body
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
+        if doc is PARSE:
             try:
-                doc = json.loads(body)
-            except (ValueError, RecursionError):
-                return body
-        changed = sum(set_all(doc, p, REDACTED) for p in self.config.json_paths)
-        changed += _mask_secret_keys(doc)
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                try:
+                    doc = json.loads(body)
+                except (ValueError, RecursionError):
+                    return body
+        elif doc is MISSING:
+            return body
+        changed = self.mask_doc(doc)
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode() if changed else body
+
+    def may_mask_json(self, raw: bytes) -> bool:
+        """False where the JSON text `raw` certainly has nothing to mask. Most bodies hold no credential-like
+        key at all: a byte scan is far cheaper than parsing them."""
+        return bool(self.config.json_paths) or _may_name_a_secret(raw, _JSON_PARTS)
+
+    def mask_doc(self, doc: Any) -> int:
+        """Masks a parsed JSON document in place; returns how many values were masked."""
+        changed = sum(set_all(doc, p, REDACTED) for p in self.config.json_paths)
+        return changed + _mask_secret_keys(doc)
 
     def _form(self, body: bytes) -> bytes:
         if not _FORM.match(body) or not _may_name_a_secret(body, _FORM_PARTS):

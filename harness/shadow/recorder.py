@@ -1,0 +1,132 @@
+"""The shadow run's recorder: a process of its own that turns the proxy's raw exchanges into the capture
+records and the leg rows, and writes them (the capture and the legs spool, harness.capture.writer):
+
+    python -m harness.shadow.recorder     (started by channel.py; not a command for users)
+
+Why a process: building a leg (output reading, validation against the scenario's schemas, the masked
+excerpt) and a capture record (redaction, the record, orjson, gzip) is Python work that holds the GIL.
+In the proxy's process it made the serving loop wait for the GIL in bursts (py-spy: the tail of the
+user's answer at 1,000 requests/s); here it costs the proxy nothing but the hand-over.
+
+Each answer's JSON is parsed once: the baseline's answer is read for its leg, and the capture record of
+the same exchange takes that parse, masked (Exchange.response_doc).
+
+Protocol (stdin, from the proxy): frames of a 4-byte big-endian length and a pickle; the first is
+(scenario, capture path, legs path), then ("items", [item, ...]), ("barrier",) and ("stop",). Items are
+plain tuples (channel.py builds them). Stdout carries one JSON line per answer: {"ready": true} once
+started, the cut of each barrier, the counts at the end. It runs in a session of its own and ignores
+SIGINT and SIGTERM (a terminal's Ctrl-C reaches the whole process group): the proxy stops it with
+("stop",), and an end of stdin (the proxy died) ends it the same way, with everything it was given
+written.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import signal
+import struct
+import sys
+from typing import Any, BinaryIO, Iterable, TextIO
+
+from ..capture.exchange import Exchange, ExchangeRecords
+from ..capture.writer import CaptureWriter
+from ..scenario import Scenario
+from ..traffic.redaction import PARSE
+from .legs import LegBuilder
+
+__all__ = ["Recorder", "FRAME", "read_frame", "main"]
+
+FRAME = struct.Struct(">I")
+CAPTURE_MAX_BODY_BYTES = 1 << 24
+
+
+def read_frame(f: BinaryIO) -> Any:
+    """The next message, or None at the end of the stream (a cut frame included)."""
+    head = f.read(FRAME.size)
+    if len(head) < FRAME.size:
+        return None
+    (n,) = FRAME.unpack(head)
+    data = f.read(n)
+    return pickle.loads(data) if len(data) == n else None
+
+
+def _one(record: dict[str, Any]) -> Iterable[dict[str, Any]]:
+    return (record,)
+
+
+class Recorder:
+    def __init__(self, scenario: Scenario, capture_path: str, legs_path: str) -> None:
+        self.records = ExchangeRecords(scenario.traffic.redact, max_body_bytes=CAPTURE_MAX_BODY_BYTES)
+        self.builder = LegBuilder(scenario)
+        self.max_bytes = scenario.replay.max_response_bytes
+        # literal paths: the writer's strftime must leave them as they are
+        self.capture = CaptureWriter(capture_path.replace("%", "%%"), _one)
+        self.legs = CaptureWriter(legs_path.replace("%", "%%"), _one)
+        self.dropped: dict[str, int] = {}
+
+    def handle(self, item: tuple[Any, ...]) -> None:
+        try:
+            if item[0] == "b":
+                self._baseline(*item[1:])
+            else:
+                _, rid, route, arrived, status, rh, rb, size, sent, done, error = item
+                self.legs.put(self.builder.leg(rid, "candidate", route, arrived, sent, done, status, error, rh, rb,
+                                               size, self.max_bytes))
+        except Exception as exc:  # noqa: BLE001 - one exchange that cannot be recorded must not end the run
+            reason = f"record could not be built: {type(exc).__name__}"
+            self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def _baseline(self, rid: str, route: str, mirror: bool, method: str, path: str, headers: list[tuple[str, str]],
+                  body: bytes, arrived: float, status: int | None, rh: tuple[tuple[str, str], ...], rb: bytes,
+                  size: int, sent: float, done: float, error: str | None) -> None:
+        doc: Any = PARSE
+        if mirror:
+            row, doc = self.builder.leg_and_doc(rid, "baseline", route, arrived, sent, done, status, error, rh, rb,
+                                                size, self.max_bytes)
+            self.legs.put(row)
+        ex = Exchange(arrived, method, path, tuple(headers), body, status, (done - arrived) * 1000.0, rh, rb, size,
+                      error, meta={"request_id": rid}, response_doc=doc)
+        for rec in self.records(ex):
+            self.capture.put(rec)
+
+    def barrier(self) -> dict[str, Any]:
+        # the legs are cut first: every leg in the cut has its request in the capture cut after it
+        legs_file, legs_size = self.legs.barrier()
+        capture_file, capture_size = self.capture.barrier()
+        return {"legs": legs_file, "legs_size": legs_size, "capture": capture_file, "capture_size": capture_size}
+
+    def close(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"dropped": self.dropped}
+        for name, w in (("capture", self.capture), ("legs", self.legs)):
+            s = w.close()
+            out[name] = {"records_written": s.records_written, "dropped": s.dropped, "error": s.error}
+        return out
+
+
+def _reply(out: TextIO, msg: dict[str, Any]) -> None:
+    try:
+        out.write(json.dumps(msg) + "\n")
+        out.flush()
+    except (BrokenPipeError, ValueError):  # the proxy is gone: what was given is written all the same
+        pass
+
+
+def main(inp: BinaryIO, out: TextIO) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    config = read_frame(inp)
+    if config is None:
+        return
+    rec = Recorder(*config)
+    _reply(out, {"ready": True})
+    while (msg := read_frame(inp)) is not None and msg[0] != "stop":
+        if msg[0] == "items":
+            for item in msg[1]:
+                rec.handle(item)
+        elif msg[0] == "barrier":
+            _reply(out, rec.barrier())
+    _reply(out, rec.close())
+
+
+if __name__ == "__main__":
+    main(sys.stdin.buffer, sys.stdout)

@@ -1,0 +1,119 @@
+"""The shadow run's recorder: each answer's JSON is parsed once for its leg and its capture record, both
+masked; the recorder process takes raw exchanges over a channel that never blocks the proxy (full or
+gone: dropped and counted by reason), ignores the terminal's SIGINT and writes everything it was given."""
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from harness.scenario import Scenario, load_scenario
+from harness.shadow.channel import CHANNEL_FULL, RECORDER_GONE, RecorderChannel
+from harness.shadow.recorder import Recorder
+
+T0 = 1_790_000_000.0
+SECRET = "sk-recorder-secret-123456"
+REQUEST = json.dumps({"amount": 12, "api_key": SECRET}).encode()
+ANSWER = json.dumps({"prediction": "ok", "confidence": 0.9, "session_token": SECRET}).encode()
+JSON = (("Content-Type", "application/json"),)
+
+
+def _scenario(tmp: Path) -> Scenario:
+    path = tmp / "live.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "live", "traffic": {"path": str(tmp / "unused.jsonl")},
+        "targets": {"baseline": {"url": "http://127.0.0.1:9"}, "candidate": {"url": "http://127.0.0.1:9"}},
+        "replay": {"allow": ["POST /v1/score"]},
+        "promotion_gates": {"error_rate": {"maximum": 0.01}}}))
+    return load_scenario(path)
+
+
+def _items(i: int, body: bytes = REQUEST) -> list[tuple[Any, ...]]:
+    rid, ts = f"s{i + 1:09d}", T0 + i * 0.01
+    headers = [("Content-Type", "application/json"), ("Authorization", f"Bearer {SECRET}")]
+    return [("b", rid, "/v1/score", True, "POST", "/v1/score", headers, body, ts, 200, JSON, ANSWER, len(ANSWER),
+             ts, ts + 0.005, None),
+            ("c", rid, "/v1/score", ts, 200, JSON, ANSWER, len(ANSWER), ts, ts + 0.006, None)]
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    data = path.read_bytes()
+    return [json.loads(x) for x in (gzip.decompress(data) if path.suffix == ".gz" else data).splitlines()]
+
+
+def test_each_body_is_parsed_once_and_the_leg_and_the_record_are_masked(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = Recorder(_scenario(tmp_path), str(tmp_path / "c.jsonl.gz"), str(tmp_path / "legs.jsonl"))
+    parses = []
+    for module, name in ((orjson, "loads"), (json, "loads")):
+        real = getattr(module, name)
+
+        def spy(data: Any, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            parses.append(bytes(data) if not isinstance(data, str) else data.encode())
+            return _real(data, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    for item in _items(0):
+        rec.handle(item)
+    monkeypatch.undo()
+    counts = rec.close()
+    # the request body once, the baseline's answer once (its leg and its record), the candidate's once
+    assert sorted(parses) == sorted([REQUEST, ANSWER, ANSWER]), parses
+    assert counts["dropped"] == {} and counts["capture"]["records_written"] == 1
+    assert counts["legs"]["records_written"] == 2
+    (record,) = _lines(tmp_path / "c.jsonl.gz")
+    legs = _lines(tmp_path / "legs.jsonl")
+    assert record["body"] == {"amount": 12, "api_key": "[REDACTED]"}
+    assert record["production_body"] == {"prediction": "ok", "confidence": 0.9, "session_token": "[REDACTED]"}
+    assert record["headers"]["Authorization"] == "[REDACTED]" and record["request_id"] == "s000000001"
+    assert sorted(leg["version"] for leg in legs) == ["baseline", "candidate"]
+    for leg in legs:
+        assert leg["prediction"] == "ok" and leg["confidence"] == 0.9 and leg["error_kind"] is None
+        assert json.loads(leg["output_json"]) == record["production_body"]
+    assert SECRET not in json.dumps([record, legs])
+
+
+@pytest.mark.integration
+def test_the_recorder_process_writes_all_it_was_given_and_drops_are_counted(tmp_path: Path) -> None:
+    scenario = _scenario(tmp_path)
+    capture, legs = tmp_path / "c.jsonl.gz", tmp_path / "legs.jsonl"
+
+    async def main() -> tuple[Any, ...]:
+        dropped: list[tuple[str, str]] = []
+        channel = RecorderChannel(lambda item, reason: dropped.append((item[1], reason)), max_buffered_bytes=0)
+        await channel.start(scenario, capture, legs)
+        assert channel._proc is not None
+        os.kill(channel._proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches it too: it keeps going
+        for i in range(200):
+            for item in _items(i):
+                channel.put(item)
+        cut = await channel.barrier()
+        # over the bound (0 bytes waiting here): a 4 MiB batch fills the pipe, the batch after it is dropped
+        big = b'{"x":"' + b"y" * (4 << 20) + b'"}'
+        for i in (200, 201):
+            channel.put(_items(i, big)[0])
+            channel.send()
+        counts = await channel.close()
+        gone = RecorderChannel(lambda item, reason: dropped.append((item[1], reason)))
+        gone._proc, gone._loop = channel._proc, asyncio.get_running_loop()
+        gone.put(_items(300)[0])
+        gone.send()
+        return cut, counts, dropped, dict(channel.dropped), dict(gone.dropped)
+
+    cut, counts, dropped, full, after = asyncio.run(main())
+    assert cut is not None and cut["capture"] == str(capture) and cut["capture_size"] > 0 and cut["legs_size"] > 0
+    assert counts is not None and counts["dropped"] == {}
+    assert counts["capture"]["records_written"] == 201 and counts["legs"]["records_written"] == 401
+    assert full == {CHANNEL_FULL: 1} and after == {RECORDER_GONE: 1}
+    assert dropped == [("s000000202", CHANNEL_FULL), ("s000000301", RECORDER_GONE)]
+    records = _lines(capture)
+    assert [r["request_id"] for r in records] == [f"s{i + 1:09d}" for i in range(201)]
+    assert len(_lines(legs)) == 401 and SECRET not in capture.read_bytes().decode("latin-1")
