@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 
 from ..jsonpath import MISSING, first_getter
+from ..traffic.jsonl_reader import loads
 
 __all__ = ["OutputRead", "read_json_output", "label_of", "number_of", "loads", "first"]
 
-_LONG_DIGITS = re.compile(rb"\d{19}")
 
 
 @dataclass(slots=True)
@@ -47,18 +45,6 @@ class OutputRead:
     row_scores: tuple[float | None, ...] | None = None
     row_invalid: tuple[str | None, ...] | None = None
     row_error: str | None = None  # the answer has no readable rows
-
-
-def loads(body: bytes) -> Any:
-    """json.loads, through orjson (several times faster) where it can: what orjson refuses and the standard
-    library accepts (UTF-16/32 bodies, ...) goes to json.loads, and so do bodies with a run of 19+ digits
-    (orjson reads integers past 64 bits as floats; json.loads keeps them exact), so both agree."""
-    if _LONG_DIGITS.search(body):
-        return json.loads(body)
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return json.loads(body)
 
 
 def first(doc: Any, path: str) -> Any:

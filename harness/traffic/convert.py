@@ -15,14 +15,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
-import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import TrafficError
 from ..jsonpath import MISSING
 from .grpc_record import grpc_record_fields
-from .jsonl_reader import compact_json
+from .jsonl_reader import compact_json, loads
 from .readers import detect_format, iter_records
 from .record import BadRecord, CapturedRequest
 from .redaction import PARSE, Redactor
@@ -84,12 +83,9 @@ def _body_value(text: str, raw: bytes, parsed: Any = PARSE) -> Any:
     `parsed`: the body's JSON value where it was parsed already (MISSING: not a JSON object or array)."""
     if parsed is PARSE:
         try:
-            value = orjson.loads(raw)  # several times faster; json takes what orjson refuses (NaN, big integers)
-        except orjson.JSONDecodeError:
-            try:
-                value = json.loads(text)
-            except ValueError:
-                return text
+            value = loads(raw)
+        except ValueError:
+            return text
     elif parsed is MISSING:
         return text
     else:

@@ -44,6 +44,7 @@ from .record import _UNSET, BadRecord, CapturedRequest, CapturedResponse
 from .timestamps import TimestampError, parse_ts
 
 __all__ = [
+    "loads",
     "RecordError",
     "iter_jsonl",
     "open_capture",
@@ -62,6 +63,21 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_TARGET_CHARS = re.compile(r"[\x00-\x20\x7f]")
 _BAD_HEADER_VALUE_CHARS = re.compile(r"[\x00\r\n]")
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # == json.dumps(v, separators=(",", ":"))
+
+
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
+
+def loads(body: bytes) -> Any:
+    """json.loads, through orjson (several times faster) where it can: what orjson refuses and the standard
+    library accepts (UTF-16/32 bodies, ...) goes to json.loads, and so do bodies with a run of 19+ digits
+    (orjson reads integers past 64 bits as floats; json.loads keeps them exact), so both agree."""
+    if _LONG_DIGITS.search(body):
+        return json.loads(body)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
 
 
 def compact_json(value: Any) -> bytes:
