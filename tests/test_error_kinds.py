@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import socket
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -42,13 +44,24 @@ def test_every_kind_is_in_the_one_list() -> None:
 
 
 @pytest.mark.integration
-def test_a_reader_that_trips_is_harness_error_and_the_run_is_incomplete(tmp_path: Path) -> None:
+def test_a_reader_that_trips_is_harness_error_and_the_run_is_incomplete(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.replay import dispatcher
     from harness.run import run_scenario
     from harness.scenario import scenario_from_dict
 
     ok = json.dumps({"outputs": [{"name": "score", "datatype": "FP64", "shape": [1], "data": [0.5]}]}).encode()
-    # a 400-digit integer: valid JSON that the KServe reader cannot turn into a float (OverflowError)
-    odd = b'{"outputs": [{"name": "score", "datatype": "INT64", "shape": [1], "data": [' + b"9" * 400 + b"]}]}"
+    odd = json.dumps({"outputs": [{"name": "score", "datatype": "FP64", "shape": [1], "data": [0.7]}]}).encode()
+    real = dispatcher.read_output
+
+    def tripping(protocol: str, status: int, body: bytes, *args: Any, **kwargs: Any) -> Any:
+        # a reader bug, injected (no answer trips the readers: test_no_answer_trips_a_reader); the replay
+        # runs in this process
+        if body == odd:
+            raise OverflowError("int too large to convert to float")
+        return real(protocol, status, body, *args, **kwargs)
+
+    monkeypatch.setattr(dispatcher, "read_output", tripping)
     capture = tmp_path / "c.jsonl"
     capture.write_text("".join(json.dumps({"ts": 1_700_000_000 + i * 0.01, "method": "POST", "path": "/infer",
                                            "body": {"x": i}}) + "\n" for i in range(60)))
@@ -71,3 +84,41 @@ def test_a_reader_that_trips_is_harness_error_and_the_run_is_incomplete(tmp_path
     assert result.summary["counts"]["harness_errors"] == 60
     error_gate = result.summary["gates"][0]
     assert error_gate["name"] == "error_rate" and error_gate["status"] != "fail" and error_gate["n"] == 0
+
+
+BIG = "9" * 400
+DEEP = "[" * 5000 + "]" * 5000
+ODD_VALUES = [BIG, "-" + BIG, "1e400", "NaN", "-Infinity", DEEP, '"x"', "true", "null", "[]", "{}", '[1, "a", null]',
+              "[[1, 2], [3]]", f'{{"a": {BIG}}}', "0.5", f"[{BIG}, {BIG}]", f"[{DEEP}]"]
+ANSWER_SHAPES = ['{"outputs": [{"name": "score", "datatype": "INT64", "shape": [1], "data": %s}]}',
+                 '{"outputs": [{"name": "label", "datatype": "INT64", "shape": [1], "data": %s}]}',
+                 '{"outputs": [{"name": "predict_proba", "datatype": "FP64", "shape": [1, 2], "data": %s}]}',
+                 '{"predictions": %s}', '{"predictions": [%s]}', '{"prediction": %s, "confidence": %s}',
+                 '{"choices": [{"message": {"content": %s}, "logprobs": %s}], "usage": {"prompt_tokens": %s}}',
+                 "%s", '{"model_version": %s}', 'data: {"choices": [{"delta": {"content": %s}}]}\n\ndata: [DONE]\n\n']
+
+
+def test_no_answer_trips_a_reader() -> None:
+    """Valid JSON of any shape or size (a 400-digit integer, 5,000 levels deep) is read or called invalid,
+    never raised: a raise would be a harness_error that makes the run incomplete (exit 4)."""
+    from harness.protocols import PROTOCOLS, read_output
+    from harness.scenario import RowsConfig
+
+    for protocol in PROTOCOLS:
+        for shape in ANSWER_SHAPES:
+            for value in ODD_VALUES:
+                body = (shape % ((value,) * shape.count("%s"))).encode()
+                for rows in (None, RowsConfig()):
+                    for status in (200, 500):
+                        read_output(protocol, status, body, "$.prediction", "$.confidence", rows=rows,
+                                    headers={"content-type": "text/event-stream" if body.startswith(b"data:")
+                                             else "application/json"})
+
+
+def test_an_integer_past_the_float_range_reads_as_infinity() -> None:
+    from harness.protocols import read_output
+
+    body = ('{"outputs": [{"name": "score", "datatype": "INT64", "shape": [1], "data": [%s]}]}' % BIG).encode()
+    assert read_output("kserve_v2", 200, body, "$.prediction", "$.confidence").confidence == math.inf
+    body = ('{"prediction": "a", "confidence": -%s}' % BIG).encode()
+    assert read_output("json", 200, body, "$.prediction", "$.confidence").confidence == -math.inf
