@@ -122,3 +122,62 @@ def test_an_integer_past_the_float_range_reads_as_infinity() -> None:
     assert read_output("kserve_v2", 200, body, "$.prediction", "$.confidence").confidence == math.inf
     body = ('{"prediction": "a", "confidence": -%s}' % BIG).encode()
     assert read_output("json", 200, body, "$.prediction", "$.confidence").confidence == -math.inf
+
+
+def test_a_4xx_is_an_error_only_where_the_other_version_took_the_request() -> None:
+    from harness.error_kinds import failed_sql, pair_failed
+
+    kinds = [None, *ERROR_KINDS]
+    con = duckdb.connect()
+    con.execute("create table legs (order_idx int, version varchar, error_kind varchar)")
+    rows = []
+    for i, (a, b) in enumerate((a, b) for a in kinds for b in kinds):
+        rows += [(i, "baseline", a), (i, "candidate", b)]
+    rows.append((len(rows), "baseline", "http_4xx"))  # a leg with no pair: a single-version run's 4xx
+    con.executemany("insert into legs values (?, ?, ?)", rows)
+    got = dict(((i, v), f) for i, v, f in con.execute(f"""
+        select l.order_idx, l.version, {failed_sql("l", "o")} from legs l
+        left join legs o on o.order_idx = l.order_idx and o.version <> l.version""").fetchall())
+    for i, (a, b) in enumerate((a, b) for a in kinds for b in kinds):
+        assert got[(i, "baseline")] == pair_failed(a, b) and got[(i, "candidate")] == pair_failed(b, a), (a, b)
+    assert got[(len(rows) - 1, "baseline")] is False and not pair_failed("http_4xx", None, paired=False)
+    assert pair_failed("http_4xx", None) and not pair_failed("http_4xx", "http_4xx")
+    assert pair_failed("timeout", "timeout") and not pair_failed("schema", None) and not pair_failed(None, "http_4xx")
+
+
+@pytest.mark.integration
+def test_a_candidate_that_refuses_what_the_baseline_takes_is_blocked(tmp_path: Path) -> None:
+    """One request in ten answered 4xx by the candidate and 200 by the baseline: error_rate fails and says why.
+    The same capture against two targets that both refuse those requests (the capture's own bad requests):
+    nobody's error."""
+    from fault_server import FaultServer
+
+    from harness.run import run_scenario
+    from harness.scenario import scenario_from_dict
+
+    ok = json.dumps({"prediction": "legit", "confidence": 0.25}).encode()
+    capture = tmp_path / "c.jsonl"
+    paths = ["/status?code=400" if i % 20 == 0 else "/status?code=429" if i % 20 == 10 else "/ok" for i in range(400)]
+    capture.write_text("".join(json.dumps({"ts": 1_700_000_000 + i * 0.005, "method": "POST", "path": p,
+                                           "body": {"x": i}}) + "\n" for i, p in enumerate(paths)))
+
+    def run(baseline: str, candidate: str, name: str) -> Any:
+        s = scenario_from_dict({
+            "name": name, "traffic": {"path": str(capture), "speed": 1},
+            "targets": {"baseline": {"url": baseline}, "candidate": {"url": candidate}},
+            "replay": {"allow": ["POST /*"]}, "promotion_gates": {"error_rate": {"maximum_increase": 0.01}}})
+        return run_scenario(s, tmp_path / name, echo=lambda m: None)
+
+    with AnswerServer(ok) as baseline, FaultServer() as candidate, FaultServer() as twin:
+        refused = run(baseline.url, candidate.url, "refused")
+        both = run(twin.url, candidate.url, "both")
+    gate = refused.summary["gates"][0]
+    assert (gate["name"], gate["status"], refused.exit_code) == ("error_rate", "fail", 1)
+    assert gate["observed"] == pytest.approx(40 / 400)  # the 400s and the 429s, which the baseline answered
+    assert "4xx answers to requests the other version took: 0 baseline, 40 candidate" in gate["reason"]
+    assert refused.summary["versions"]["candidate"]["error_rate"] == pytest.approx(40 / 400)
+    assert refused.summary["versions"]["baseline"]["error_rate"] == 0
+    gate = both.summary["gates"][0]
+    assert gate["status"] == "pass" and gate["observed"] == 0 and "4xx" not in gate["reason"]
+    assert both.summary["versions"]["candidate"]["error_rate"] == 0
+    assert both.summary["versions"]["candidate"]["http_4xx_rate"] == pytest.approx(40 / 400)
