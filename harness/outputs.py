@@ -105,6 +105,8 @@ def judge(run_dir: Path) -> dict[str, Any]:
         if comparison.summary.get("noise_note"):
             notes.append(comparison.summary["noise_note"])
         notes.extend(ungated_breaks(comparison.summary, scenario.gates))
+        if scenario.self_comparison():
+            notes.insert(0, f"Warning: {scenario.self_comparison()}")
         from .schedule import build_schedule
 
         summary["schedule"] = build_schedule(summary, scenario, con)
