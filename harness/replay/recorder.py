@@ -1,7 +1,10 @@
 """Buffers rows (legs, events, resource samples) and hands them to sinks in batches, at least every
 flush interval.
 
-Sinks run in gevent's native thread pool so that DuckDB's work does not stall the dispatch loop. The Arrow
+Sinks run in a native thread of the recorder's own, so that DuckDB's work does not stall the dispatch loop,
+at a lower scheduling priority (nice +SINK_NICE, Linux): on a machine whose cores are busy with other work, an
+insert (tens of ms of CPU at thousands of legs/s) otherwise takes the core the send loop would run on next, and
+the loop waits in the run queue (measured with benchmarks/lag_tail.py). The Arrow
 tables are built on the loop (building one from Python objects holds the GIL wherever it runs, and a
 worker thread holding the GIL stalls the loop for up to the 5 ms switch interval), in small steps: legs
 arrive as tuples in LEG_SCHEMA's order and are sealed into a record batch (one array per column) every
@@ -13,11 +16,15 @@ must count their own failures, since Locust swallows exceptions there.
 """
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
 
 import gevent
 import gevent.lock
+import gevent.threadpool
 import pyarrow as pa
 
 from .leg import EVENT_SCHEMA, LEG_SCHEMA, RESOURCE_SCHEMA
@@ -30,6 +37,7 @@ Sinks = Mapping[str, Sink]
 LEG_NAMES = tuple(LEG_SCHEMA.names)
 SEAL_INTERVAL_S = 0.1
 SEAL_CHUNK = 128  # legs sealed in one step (about 0.3 ms); between steps `pace` lets the send schedule go first
+SINK_NICE = 10
 
 
 class Recorder:
@@ -39,7 +47,7 @@ class Recorder:
         # legs: tuples in LEG_SCHEMA order; events and resources: dicts
         self._buffers: dict[str, list[Any]] = {name: [] for name in SCHEMAS}
         self._sealed: list[pa.RecordBatch] = []  # legs already in Arrow form, waiting for the next flush
-        self._use_threadpool = use_threadpool
+        self._pool = gevent.threadpool.ThreadPool(1) if use_threadpool else None  # one thread: batches land in order
         self._flusher: gevent.Greenlet | None = None
         self._flushing = gevent.lock.Semaphore()  # one flush at a time, so batches land in order
         self.recorded = {name: 0 for name in SCHEMAS}
@@ -153,8 +161,8 @@ class Recorder:
 
     def _write(self, sink: Sink, table: pa.Table) -> bool:
         try:
-            if self._use_threadpool:
-                gevent.get_hub().threadpool.apply(sink, (table,))
+            if self._pool is not None:
+                self._pool.apply(_lowered, (sink, table))
             else:
                 sink(table)
             return True
@@ -169,3 +177,22 @@ class Recorder:
                 self._flusher.kill()
             self._flusher = None
         self.flush()
+        if self._pool is not None:
+            self._pool.kill()
+            self._pool = None
+
+
+_lowered_threads: set[int] = set()
+
+
+def _lowered(sink: Sink, table: pa.Table) -> None:
+    """The sink, on a thread whose nice value is raised by SINK_NICE the first time (Linux: the nice value is a
+    thread's own; elsewhere it would be the whole process's, so it is left alone)."""
+    tid = threading.get_native_id()
+    if tid not in _lowered_threads and sys.platform == "linux":
+        _lowered_threads.add(tid)
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + SINK_NICE))
+        except OSError:
+            pass
+    sink(table)
