@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import subprocess
 import sys
 import threading
 import time
@@ -120,7 +120,6 @@ def one(nginx: c.Nginx, d: Path, args: argparse.Namespace, variant: str) -> dict
     load = c.load_now(0.5)
     trace = d / "trace.json"
     out = d / "out"
-    import subprocess
     proc = subprocess.Popen([c.PY, "-c", CHILD, str(trace), variant, "run", str(scenario), "--speed", "1",
                              "--progress-every", "60", "--out", str(out)], cwd=c.ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -171,6 +170,14 @@ def analyse(legs: list[tuple[Any, ...]], events: list[list[Any]], sched: list[tu
     counts = {k: sum(1 for leg in late if overlaps(spans[k], leg[0], leg[1])) for k in kinds}
     wait_spans = [(a, b) for a, b, w in waits if w > 0.5]
     counts["runqueue_wait>0.5ms"] = sum(1 for leg in late if overlaps(wait_spans, leg[0], leg[1]))
+    # how much likelier a leg is late when its wait overlaps the kind: (late share there) / (late share overall)
+    enrichment = {}
+    for k, sl in [*((k, spans[k]) for k in kinds), ("runqueue_wait>0.5ms", wait_spans)]:
+        inside = [leg for leg in legs if overlaps(sl, leg[0], leg[1])]
+        if inside and late:
+            enrichment[k] = {"legs_overlapping": len(inside),
+                             "late_share_when_overlapping": round(sum(leg[2] > late_ms for leg in inside) / len(inside), 3),
+                             "late_share_otherwise": round((len(late) - counts[k]) / max(1, len(legs) - len(inside)), 3)}
     loop_kinds = [k for k in kinds if k not in ("flush",)]  # a flush waits for its insert; the insert is the cost
     none = [leg for leg in late if not any(overlaps(spans[k], leg[0], leg[1]) for k in loop_kinds)
             and not overlaps(wait_spans, leg[0], leg[1])]
@@ -179,7 +186,7 @@ def analyse(legs: list[tuple[Any, ...]], events: list[list[Any]], sched: list[tu
     lags = [leg[2] for leg in legs]
     res = {"rate": rate, "legs": len(legs), "lag_p50_ms": _p(lags, 0.5), "lag_p99_ms": _p(lags, 0.99),
            "lag_max_ms": _p(lags, 1.0), "late_ms": late_ms, "late_legs": len(late),
-           "late_legs_overlapping": counts, "late_legs_overlapping_nothing": len(none),
+           "late_legs_overlapping": counts, "late_share_by_overlap": enrichment, "late_legs_overlapping_nothing": len(none),
            "lag_p99_of_those_ms": _p([leg[2] for leg in none], 0.99), "events": durations,
            "replay_s": round(t_last - t_first, 2), "main_thread_cpu_ms": round(ran_ms, 1),
            "main_thread_runqueue_wait_ms": round(sum(w for _, _, w in waits), 1),
