@@ -5,7 +5,8 @@ Sinks run in a native thread of the recorder's own, so that DuckDB's work does n
 at a lower scheduling priority (nice +SINK_NICE, Linux): when other work keeps the cores busy, the send loop's
 late legs are the ones that waited for a core, and legs sent during an insert (15-35 ms each at 2,000 pairs/s
 on a busy 2-core machine) were late 2-15 times as often as the others (benchmarks/lag_tail.py), so the insert
-gives way to the loop rather than compete with it for a core.
+is kept from taking a core ahead of the loop. (How much of the insert's share this removes is within the
+machine's run-to-run noise: lag_tail.py --variants as-is before.)
 The Arrow tables are built on the loop (building one from Python objects holds the GIL wherever it runs, and a
 worker thread holding the GIL stalls the loop for up to the 5 ms switch interval), in small steps: legs
 arrive as tuples in LEG_SCHEMA's order and are sealed into a record batch (one array per column) every
