@@ -189,3 +189,47 @@ def test_recorder_sinks_run_on_one_lowered_thread_off_the_loop_and_keep_order() 
     assert {nice for _, nice, _ in seen} == {min(19, loop_nice + SINK_NICE)}
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_nice  # the loop's own is untouched
     assert rec.legs_recorded == 6
+
+
+def test_a_kept_alive_connection_the_target_closed_is_resent_once(tmp_path: Path) -> None:
+    """The target drops each kept-alive connection's second request unanswered (its keep-alive timeout crossing
+    the request): each such leg is sent once more on a new connection and succeeds, saying so in error_detail.
+    A request that fails on a new connection is not resent: a real failure stays one."""
+    with FaultServer() as srv:
+        cap = write_capture(tmp_path / "c.jsonl", records(200, rate=100, path="/idle_close")
+                            + [dict(r, ts=r["ts"] + 3.0) for r in records(20, rate=100, path="/drop")])
+        con, _ = replay(tmp_path, scenario_dict(cap, srv.url, srv.url, timeout_s=5))
+        rows = con.execute("""
+            select r.path, l.error_kind, coalesce(l.error_detail like 'resent once on a new connection%', false), count(*)
+            from legs l join requests r using (order_idx) group by all order by all""").fetchall()
+        by = {(path, kind, resent): n for path, kind, resent, n in rows}
+        # every /idle_close leg is answered: the first on each new connection at once, every later one (its
+        # kept-alive connection dropped it) on a new connection
+        assert by[("/idle_close", None, False)] + by[("/idle_close", None, True)] == 400
+        assert by[("/idle_close", None, True)] >= 300 and srv.hits["/idle_close"] == 400 + by[("/idle_close", None, True)]
+        # /drop fails on every connection: resent at most once (when it found a kept-alive one), then recorded
+        drop_resent = by.get(("/drop", "reset", True), 0)
+        assert by.get(("/drop", "reset", False), 0) + drop_resent == 40 and srv.hits["/drop"] == 40 + drop_resent
+        assert {k for k in by if k[0] == "/drop"} <= {("/drop", "reset", False), ("/drop", "reset", True)}
+
+
+def test_a_candidate_that_degrades_as_it_runs_is_worst_in_the_last_phase(tmp_path: Path) -> None:
+    """The candidate answers the last quarter of the run 30 ms late (FaultServer /slow; the baseline's URL has a
+    base path, so its requests land on paths it answers at once): the run_phase segment names the stretch,
+    and the gate fails there and in no earlier one."""
+    from harness.run import run_scenario
+    from harness.scenario import scenario_from_dict
+
+    recs = records(1000, rate=200, path="/ok")
+    for r in recs[750:]:
+        r["path"] = "/slow?ms=30"
+    cap = write_capture(tmp_path / "c.jsonl", recs)
+    with FaultServer() as baseline, FaultServer() as candidate:
+        s = scenario_from_dict({**scenario_dict(cap, baseline.url + "/fast", candidate.url, timeout_s=5),
+                                "segments": {"phase": {"run_phase": 4}},
+                                "promotion_gates": {"latency_p95_ms": {"maximum_regression_percent": 50}}})
+        result = run_scenario(s, tmp_path / "r", echo=lambda m: None)
+    by_scope = {g.get("segment"): g["status"] for g in result.summary["gates"]}
+    assert by_scope["phase=4 of 4"] == "fail"
+    assert all(by_scope[f"phase={i} of 4"] != "fail" for i in (1, 2, 3)), by_scope
+    assert result.summary["worst_segments"][0]["segment"] == "phase=4 of 4"

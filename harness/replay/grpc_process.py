@@ -11,7 +11,7 @@ write, to one io watcher. (grpc.aio
 rather than the synchronous `future()`: measured here, it costs about 0.07 ms per call started against
 0.3-0.5 ms, since `future()` starts a poller thread whenever the channel was idle.)
 
-Frames (a 4-byte little-endian length, then a pickle; both ends are this package, same interpreter):
+Frames (harness.frames: a 4-byte length, then a pickle):
 - to the process: `("o", channel, settings)` open a channel (one per target), `("c", channel, id, path,
   message, metadata)` a call, `("x", channel)` close a channel: cancel its open calls, report them, close
   it; `("q",)` exit;
@@ -21,7 +21,8 @@ Frames (a 4-byte little-endian length, then a pickle; both ends are this package
   closed.
 `sent_at` is the epoch time the call is handed to grpcio, `done_at` when its outcome is in.
 
-Run as `python grpc_process.py READ_FD WRITE_FD`; it imports grpcio, uvloop and the standard library only,
+Run as `python -P -m harness.replay.grpc_process READ_FD WRITE_FD`; it imports grpcio, uvloop, harness.frames
+and the standard library only (harness.replay's own package imports nothing, so no gevent),
 and ends when its input pipe closes (the replay's process is gone) or on `("q",)`. Ctrl-C is the replay's
 to handle.
 """
@@ -30,43 +31,16 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import pickle
 import signal
-import struct
 import sys
 import time
 from typing import Any
 
-__all__ = ["frame", "FrameReader", "main"]
+from ..frames import FrameReader, frame
 
-_HEAD = struct.Struct("<I")
+__all__ = ["main"]
+
 _CLOSE_WAIT_S = 2.0  # for the cancelled calls' callbacks, once the replay has closed
-
-
-def frame(message: Any) -> bytes:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEAD.pack(len(data)) + data
-
-
-class FrameReader:
-    """Frames out of a byte stream read in arbitrary pieces."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[Any]:
-        buf = self._buf
-        buf += data
-        out = []
-        pos, end = 0, len(buf)
-        while end - pos >= 4:
-            (size,) = _HEAD.unpack_from(buf, pos)
-            if end - pos - 4 < size:
-                break
-            out.append(pickle.loads(buf[pos + 4:pos + 4 + size]))
-            pos += 4 + size
-        del buf[:pos]
-        return out
 
 
 def main(read_fd: int, write_fd: int) -> None:

@@ -55,7 +55,6 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
@@ -66,7 +65,7 @@ import grpc
 from ..error_kinds import HARNESS_ERROR
 from ..protocols.kserve_v2_grpc import GrpcRequestError, request_for
 from ..traffic.redaction import Redactor
-from .grpc_process import FrameReader, frame
+from ..frames import FrameReader, child_env, frame
 from .tls import pinned_certificate
 from .transport import Done
 from .wire import RequestHead, SendResult
@@ -104,7 +103,6 @@ _READY_WAIT_S = 0.25
 _START_WAIT_S = 5.0
 _CLOSE_WAIT_S = 5.0  # the gRPC process reports the calls it cancels, then exits
 _TRAILING_MAX = 1024
-_PROCESS = Path(__file__).with_name("grpc_process.py")
 _REDACTOR = Redactor()
 
 
@@ -170,8 +168,9 @@ class _GrpcProcess:
         self._flushing = False
         to_child, self._child_in = os.pipe()
         self._child_out, from_child = os.pipe()
-        # -P: the script's folder (this package's modules) stays off the process's import path
-        self._proc = subprocess.Popen([sys.executable, "-P", str(_PROCESS), str(to_child), str(from_child)],
+        # -P: the working folder stays off the process's import path (a stray grpc.py there must not win)
+        self._proc = subprocess.Popen([sys.executable, "-P", "-m", "harness.replay.grpc_process", str(to_child),
+                                       str(from_child)], env=child_env(),
                                       pass_fds=(to_child, from_child), stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL)
         os.close(to_child)
