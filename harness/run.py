@@ -204,6 +204,7 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
         sinks = {"legs": store.write_legs, "events": store.write_events, "resources": store.write_resources}
         options = ReplayOptions(web_ui=web_ui, web_port=web_port, progress_every_s=progress_every_s)
         stop_rule = _AllowanceStop(scenario) if scenario.replay.stop_early else None
+        store.recording(True)
         if processes > 1 or master:
             from .replay.distributed import run_replay_master
 
@@ -216,6 +217,7 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             from .replay.runner import run_replay
 
             outcome = run_replay(plan, sinks, options, sampler=monitor.sample, log=say, stop_rule=stop_rule)
+        store.recording(False)
         for note in monitor.notes:
             store.add_event("note", note)
         store.add_event("resource_sources", json.dumps(monitor.sources()))
