@@ -7,6 +7,7 @@ failures named before sending, and verify: false pinning the server's certificat
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,7 @@ def test_grpcs_verified_and_its_failures_named_before_sending(tmp_path: Path,
 
     from harness.cli import main
     from harness.errors import TargetUnreachable
+    from harness.replay.grpc_transport import _tls_settings
     from harness.run import check_targets
     from harness.scenario import scenario_from_dict
     from stacks import make_pki
@@ -142,7 +144,18 @@ def test_grpcs_verified_and_its_failures_named_before_sending(tmp_path: Path,
         got = con.execute("select status_code, error_kind, count(*) from legs group by all").fetchall()
         assert got == [(200, None, 10)]
         # verify: false pins the certificate the server presents, warns and is recorded, as for https
-        check_targets(scenario_from_dict(scenario({"verify": False})))
+        pins = check_targets(scenario_from_dict(scenario({"verify": False})))
+        pem, name = pins["baseline"]
+        presented = ssl.PEM_cert_to_DER_cert(pki["server"].read_text().split("-----END CERTIFICATE-----")[0]
+                                             + "-----END CERTIFICATE-----\n")
+        assert ssl.PEM_cert_to_DER_cert(pem) == presented and name in ("localhost", "127.0.0.1")
+        # a replay process given the pin trusts it without fetching it again (nothing listens on this port)
+        given = _tls_settings("127.0.0.1", free_port(), {"verify": False, "pinned_certificate": pem,
+                                                         "pinned_name": name}, 0.5)
+        assert given["root_certificates"] == pem.encode()
+        assert given["options"] == [("grpc.ssl_target_name_override", name)]
+        with pytest.raises(OSError):
+            _tls_settings("127.0.0.1", free_port(), {"verify": False}, 0.5)
         (tmp_path / "unverified.yaml").write_text(json.dumps(scenario({"verify": False})))
         assert main(["run", str(tmp_path / "unverified.yaml"), "--out", str(tmp_path / "out")]) in (0, 2)
         assert "TLS certificates are not verified" in capsys.readouterr().out
