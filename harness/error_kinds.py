@@ -3,7 +3,10 @@
 An error is what breaks a consumer: no answer in time, a refused or reset connection, a failed TLS
 handshake, a 5xx, an answer that is not JSON, too large, compressed in a way that cannot be decoded
 (bad_encoding), a cut stream, or a batch answered with more or fewer rows than it asked for. A 4xx is the
-request's fault and is counted apart; an answer that breaks the output schema is judged by the schema gate.
+request's fault and is counted apart, except in a paired run where the other version answered the same
+request without a 4xx: then it is a request production accepts and this version refuses (a stricter input
+check, a route gone, a 429 under the load the other one took), and it is this version's error
+(`pair_failed`, `failed_sql`). An answer that breaks the output schema is judged by the schema gate.
 
 `harness_error` is a leg that harness itself could not carry out or read (a bug in a reader, a request
 the capture holds that cannot be written): kept in `legs` with its detail, left out of every model gate
@@ -18,7 +21,7 @@ import socket
 import ssl
 
 __all__ = ["ERROR_KINDS", "CONSUMER_ERROR_KINDS", "CONSUMER_ERROR_KINDS_SQL", "HARNESS_ERROR", "HARNESS_ERROR_TOLERANCE",
-           "exception_kind"]
+           "exception_kind", "pair_failed", "failed_sql"]
 
 HARNESS_ERROR = "harness_error"
 # The share of legs that may end in harness_error before the run is incomplete: one in a thousand lets a
@@ -34,6 +37,25 @@ CONSUMER_ERROR_KINDS = frozenset({"timeout", "connect", "reset", "http_5xx", "in
                                   "truncated_stream", "row_count_mismatch", "bad_encoding", "tls"})
 # as a SQL list, for `error_kind in (...)`
 CONSUMER_ERROR_KINDS_SQL = ", ".join(f"'{k}'" for k in sorted(CONSUMER_ERROR_KINDS))
+
+
+
+def pair_failed(kind: str | None, other: str | None, paired: bool = True) -> bool:
+    """Whether a leg failed, given its pair's other leg (`paired`: there is one)."""
+    if kind in CONSUMER_ERROR_KINDS:
+        return True
+    return paired and kind == "http_4xx" and other != "http_4xx"
+
+
+def failed_sql(leg: str, other: str | None = None) -> str:
+    """pair_failed in SQL, for the legs aliased `leg` and, where the run is paired, `other` (left joined: a
+    missing other leg is no pair)."""
+    own = f"coalesce({leg}.error_kind in ({CONSUMER_ERROR_KINDS_SQL}), false)"
+    if other is None:
+        return own
+    return (f"coalesce({own} or ({leg}.error_kind = 'http_4xx' and {other}.order_idx is not null"
+            f" and {other}.error_kind is distinct from 'http_4xx'), false)")
+
 
 _CONNECT_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
 

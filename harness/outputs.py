@@ -104,12 +104,40 @@ def judge(run_dir: Path) -> dict[str, Any]:
             summary["outputs"]["aa_field_rates"] = _clean(aa_field_rates(comparison))
         if comparison.summary.get("noise_note"):
             notes.append(comparison.summary["noise_note"])
+        notes.extend(ungated_breaks(comparison.summary, scenario.gates))
+        if scenario.self_comparison():
+            notes.insert(0, f"Warning: {scenario.self_comparison()}")
         from .schedule import build_schedule
 
         summary["schedule"] = build_schedule(summary, scenario, con)
         return summary
     finally:
         con.close()
+
+
+# A field the baseline's answers carry that the candidate's lack (or carry with another type) in at least this
+# share of the compared pairs is named next to the verdict when no gate judges the answers' shape.
+UNGATED_BREAK_SHARE = 0.01
+_SHAPE_GATES = frozenset({"field_diff_rate", "schema_pass_rate"})
+
+
+def ungated_breaks(outputs: dict[str, Any], gates: Any) -> list[str]:
+    """Notes for what would break a consumer of the candidate's answers that no gate of the scenario judges:
+    the verdict stays the gates' (written before the run), and these lines say what it did not look at."""
+    if any(g.metric in _SHAPE_GATES for g in gates):
+        return []
+    compared = int(outputs.get("compared") or 0)
+    out = []
+    for f in outputs.get("fields") or []:
+        if f.get("kind") not in ("missing", "type") or not f.get("reported") or not compared:
+            continue
+        n = int(f.get("n") or 0)
+        if n / compared >= UNGATED_BREAK_SHARE:
+            what = "missing from" if f["kind"] == "missing" else "of another type in"
+            out.append(f"Not gated: {f['path']} is {what} {100 * n / compared:.1f} % of the candidate's answers "
+                       f"({n:,} of {compared:,} compared pairs) where the baseline's had it; a field_diff_rate or "
+                       f"schema_pass_rate gate would judge it")
+    return out
 
 
 def _judge_fidelity(con: Any, results: list[GateResult], replay: dict[str, Any], scenario: Any,

@@ -213,6 +213,17 @@ class Scenario:
             return replace(self.targets["baseline"], name="candidate")
         return self.targets[version]
 
+    def self_comparison(self) -> str | None:
+        """A note when a paired run's two targets are one and the same (url, protocol, headers, TLS): the run
+        compares a server with itself, most often a copied line not edited."""
+        if self.replay.mode != "paired" or "candidate" not in self.targets:
+            return None
+        b, c = self.targets["baseline"], self.targets["candidate"]
+        if replace(c, name=b.name, url=c.url.rstrip("/")) != replace(b, url=b.url.rstrip("/")):
+            return None
+        return (f"targets.baseline and targets.candidate are the same target ({b.url}): this paired run compares a "
+                f"server with itself (replay.mode: aa says so, and records the noise floor)")
+
     def stored_config(self) -> dict[str, Any]:
         """The scenario as a run stores it: paths made absolute, so that the run folder can be judged
         again from anywhere, and command-line overrides applied."""

@@ -2,7 +2,9 @@
 
 Behaviour by path (query parameters tune it): /ok, /echo (answers with what it received), /slow?ms=N,
 /hang (never answers), /reset (closes mid-answer), /trickle?ms=N (body one byte per N ms),
-/status?code=N, /invalid_json, /big?mb=N, /schema_break. `stall` (threading.Event) holds every answer
+/status?code=N, /invalid_json, /big?mb=N, /schema_break, /idle_close (a kept-alive connection's next request
+is read and dropped: the connection closes without an answer, as when a server's keep-alive timeout closes a
+connection just as a request arrives), /drop (every request is read and dropped). `stall` (threading.Event) holds every answer
 while set, like a SIGSTOPped process. Every request is counted per path so tests can see retries."""
 from __future__ import annotations
 
@@ -91,6 +93,9 @@ class FaultServer:
         self.received.append(req)
         while self.stall.is_set():
             time.sleep(0.005)
+        if path == "/drop" or (path == "/idle_close" and getattr(h, "answered", False)):
+            return False
+        h.answered = True
         if path == "/slow":
             time.sleep(float(q.get("ms", "20")) / 1000)
         if path == "/hang":

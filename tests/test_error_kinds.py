@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import socket
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -42,13 +44,24 @@ def test_every_kind_is_in_the_one_list() -> None:
 
 
 @pytest.mark.integration
-def test_a_reader_that_trips_is_harness_error_and_the_run_is_incomplete(tmp_path: Path) -> None:
+def test_a_reader_that_trips_is_harness_error_and_the_run_is_incomplete(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.replay import dispatcher
     from harness.run import run_scenario
     from harness.scenario import scenario_from_dict
 
     ok = json.dumps({"outputs": [{"name": "score", "datatype": "FP64", "shape": [1], "data": [0.5]}]}).encode()
-    # a 400-digit integer: valid JSON that the KServe reader cannot turn into a float (OverflowError)
-    odd = b'{"outputs": [{"name": "score", "datatype": "INT64", "shape": [1], "data": [' + b"9" * 400 + b"]}]}"
+    odd = json.dumps({"outputs": [{"name": "score", "datatype": "FP64", "shape": [1], "data": [0.7]}]}).encode()
+    real = dispatcher.read_output
+
+    def tripping(protocol: str, status: int, body: bytes, *args: Any, **kwargs: Any) -> Any:
+        # a reader bug, injected (no answer trips the readers: test_no_answer_trips_a_reader); the replay
+        # runs in this process
+        if body == odd:
+            raise OverflowError("int too large to convert to float")
+        return real(protocol, status, body, *args, **kwargs)
+
+    monkeypatch.setattr(dispatcher, "read_output", tripping)
     capture = tmp_path / "c.jsonl"
     capture.write_text("".join(json.dumps({"ts": 1_700_000_000 + i * 0.01, "method": "POST", "path": "/infer",
                                            "body": {"x": i}}) + "\n" for i in range(60)))
@@ -71,3 +84,100 @@ def test_a_reader_that_trips_is_harness_error_and_the_run_is_incomplete(tmp_path
     assert result.summary["counts"]["harness_errors"] == 60
     error_gate = result.summary["gates"][0]
     assert error_gate["name"] == "error_rate" and error_gate["status"] != "fail" and error_gate["n"] == 0
+
+
+BIG = "9" * 400
+DEEP = "[" * 5000 + "]" * 5000
+ODD_VALUES = [BIG, "-" + BIG, "1e400", "NaN", "-Infinity", DEEP, '"x"', "true", "null", "[]", "{}", '[1, "a", null]',
+              "[[1, 2], [3]]", f'{{"a": {BIG}}}', "0.5", f"[{BIG}, {BIG}]", f"[{DEEP}]"]
+ANSWER_SHAPES = ['{"outputs": [{"name": "score", "datatype": "INT64", "shape": [1], "data": %s}]}',
+                 '{"outputs": [{"name": "label", "datatype": "INT64", "shape": [1], "data": %s}]}',
+                 '{"outputs": [{"name": "predict_proba", "datatype": "FP64", "shape": [1, 2], "data": %s}]}',
+                 '{"predictions": %s}', '{"predictions": [%s]}', '{"prediction": %s, "confidence": %s}',
+                 '{"choices": [{"message": {"content": %s}, "logprobs": %s}], "usage": {"prompt_tokens": %s}}',
+                 "%s", '{"model_version": %s}', 'data: {"choices": [{"delta": {"content": %s}}]}\n\ndata: [DONE]\n\n']
+
+
+def test_no_answer_trips_a_reader() -> None:
+    """Valid JSON of any shape or size (a 400-digit integer, 5,000 levels deep) is read or called invalid,
+    never raised: a raise would be a harness_error that makes the run incomplete (exit 4)."""
+    from harness.protocols import PROTOCOLS, read_output
+    from harness.scenario import RowsConfig
+
+    for protocol in PROTOCOLS:
+        for shape in ANSWER_SHAPES:
+            for value in ODD_VALUES:
+                body = (shape % ((value,) * shape.count("%s"))).encode()
+                for rows in (None, RowsConfig()):
+                    for status in (200, 500):
+                        read_output(protocol, status, body, "$.prediction", "$.confidence", rows=rows,
+                                    headers={"content-type": "text/event-stream" if body.startswith(b"data:")
+                                             else "application/json"})
+
+
+def test_an_integer_past_the_float_range_reads_as_infinity() -> None:
+    from harness.protocols import read_output
+
+    body = ('{"outputs": [{"name": "score", "datatype": "INT64", "shape": [1], "data": [%s]}]}' % BIG).encode()
+    assert read_output("kserve_v2", 200, body, "$.prediction", "$.confidence").confidence == math.inf
+    body = ('{"prediction": "a", "confidence": -%s}' % BIG).encode()
+    assert read_output("json", 200, body, "$.prediction", "$.confidence").confidence == -math.inf
+
+
+def test_a_4xx_is_an_error_only_where_the_other_version_took_the_request() -> None:
+    from harness.error_kinds import failed_sql, pair_failed
+
+    kinds = [None, *ERROR_KINDS]
+    con = duckdb.connect()
+    con.execute("create table legs (order_idx int, version varchar, error_kind varchar)")
+    rows = []
+    for i, (a, b) in enumerate((a, b) for a in kinds for b in kinds):
+        rows += [(i, "baseline", a), (i, "candidate", b)]
+    rows.append((len(rows), "baseline", "http_4xx"))  # a leg with no pair: a single-version run's 4xx
+    con.executemany("insert into legs values (?, ?, ?)", rows)
+    got = dict(((i, v), f) for i, v, f in con.execute(f"""
+        select l.order_idx, l.version, {failed_sql("l", "o")} from legs l
+        left join legs o on o.order_idx = l.order_idx and o.version <> l.version""").fetchall())
+    for i, (a, b) in enumerate((a, b) for a in kinds for b in kinds):
+        assert got[(i, "baseline")] == pair_failed(a, b) and got[(i, "candidate")] == pair_failed(b, a), (a, b)
+    assert got[(len(rows) - 1, "baseline")] is False and not pair_failed("http_4xx", None, paired=False)
+    assert pair_failed("http_4xx", None) and not pair_failed("http_4xx", "http_4xx")
+    assert pair_failed("timeout", "timeout") and not pair_failed("schema", None) and not pair_failed(None, "http_4xx")
+
+
+@pytest.mark.integration
+def test_a_candidate_that_refuses_what_the_baseline_takes_is_blocked(tmp_path: Path) -> None:
+    """One request in ten answered 4xx by the candidate and 200 by the baseline: error_rate fails and says why.
+    The same capture against two targets that both refuse those requests (the capture's own bad requests):
+    nobody's error."""
+    from fault_server import FaultServer
+
+    from harness.run import run_scenario
+    from harness.scenario import scenario_from_dict
+
+    ok = json.dumps({"prediction": "legit", "confidence": 0.25}).encode()
+    capture = tmp_path / "c.jsonl"
+    paths = ["/status?code=400" if i % 20 == 0 else "/status?code=429" if i % 20 == 10 else "/ok" for i in range(400)]
+    capture.write_text("".join(json.dumps({"ts": 1_700_000_000 + i * 0.005, "method": "POST", "path": p,
+                                           "body": {"x": i}}) + "\n" for i, p in enumerate(paths)))
+
+    def run(baseline: str, candidate: str, name: str) -> Any:
+        s = scenario_from_dict({
+            "name": name, "traffic": {"path": str(capture), "speed": 1},
+            "targets": {"baseline": {"url": baseline}, "candidate": {"url": candidate}},
+            "replay": {"allow": ["POST /*"]}, "promotion_gates": {"error_rate": {"maximum_increase": 0.01}}})
+        return run_scenario(s, tmp_path / name, echo=lambda m: None)
+
+    with AnswerServer(ok) as baseline, FaultServer() as candidate, FaultServer() as twin:
+        refused = run(baseline.url, candidate.url, "refused")
+        both = run(twin.url, candidate.url, "both")
+    gate = refused.summary["gates"][0]
+    assert (gate["name"], gate["status"], refused.exit_code) == ("error_rate", "fail", 1)
+    assert gate["observed"] == pytest.approx(40 / 400)  # the 400s and the 429s, which the baseline answered
+    assert "4xx answers to requests the other version took: 0 baseline, 40 candidate" in gate["reason"]
+    assert refused.summary["versions"]["candidate"]["error_rate"] == pytest.approx(40 / 400)
+    assert refused.summary["versions"]["baseline"]["error_rate"] == 0
+    gate = both.summary["gates"][0]
+    assert gate["status"] == "pass" and gate["observed"] == 0 and "4xx" not in gate["reason"]
+    assert both.summary["versions"]["candidate"]["error_rate"] == 0
+    assert both.summary["versions"]["candidate"]["http_4xx_rate"] == pytest.approx(40 / 400)

@@ -159,17 +159,6 @@ def test_a_failed_call_keeps_why_as_its_body() -> None:
     assert json.loads(status_result(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded").body)["grpc_code"] == 4
 
 
-def test_frames_survive_any_split() -> None:
-    from harness.replay.grpc_process import FrameReader, frame
-
-    messages = [("c", i, "/a/B", bytes(range(i % 7)) * 50, (("k", "v"),)) for i in range(20)] + [("x",)]
-    data = b"".join(frame(m) for m in messages)
-    for step in (1, 3, 64, len(data)):
-        reader = FrameReader()
-        got = [m for i in range(0, len(data), step) for m in reader.feed(data[i:i + step])]
-        assert got == messages
-
-
 def test_metadata_from_captured_headers() -> None:
     head = RequestHead([("Content-Type", "application/json"), ("X-Tenant", "acme"), ("User-Agent", "curl"),
                         ("grpc-timeout", "1S"), ("Trace-Bin", "AAEC"), ("Accept-Encoding", "gzip")])

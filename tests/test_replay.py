@@ -161,3 +161,25 @@ def test_recorder_keeps_every_leg_in_order_through_a_failing_sink() -> None:
     rec.flush()
     assert [r["request_id"] for r in got] == [f"r{i}" for i in range(6)] and rec.legs_recorded == 6
     assert got[1]["send_lag_ms"] == 0.5 and got[0]["version"] == "candidate" and got[0]["status_code"] is None
+
+
+def test_a_kept_alive_connection_the_target_closed_is_resent_once(tmp_path: Path) -> None:
+    """The target drops each kept-alive connection's second request unanswered (its keep-alive timeout crossing
+    the request): each such leg is sent once more on a new connection and succeeds, saying so in error_detail.
+    A request that fails on a new connection is not resent: a real failure stays one."""
+    with FaultServer() as srv:
+        cap = write_capture(tmp_path / "c.jsonl", records(200, rate=100, path="/idle_close")
+                            + [dict(r, ts=r["ts"] + 3.0) for r in records(20, rate=100, path="/drop")])
+        con, _ = replay(tmp_path, scenario_dict(cap, srv.url, srv.url, timeout_s=5))
+        rows = con.execute("""
+            select r.path, l.error_kind, coalesce(l.error_detail like 'resent once on a new connection%', false), count(*)
+            from legs l join requests r using (order_idx) group by all order by all""").fetchall()
+        by = {(path, kind, resent): n for path, kind, resent, n in rows}
+        # every /idle_close leg is answered: the first on each new connection at once, every later one (its
+        # kept-alive connection dropped it) on a new connection
+        assert by[("/idle_close", None, False)] + by[("/idle_close", None, True)] == 400
+        assert by[("/idle_close", None, True)] >= 300 and srv.hits["/idle_close"] == 400 + by[("/idle_close", None, True)]
+        # /drop fails on every connection: resent at most once (when it found a kept-alive one), then recorded
+        drop_resent = by.get(("/drop", "reset", True), 0)
+        assert by.get(("/drop", "reset", False), 0) + drop_resent == 40 and srv.hits["/drop"] == 40 + drop_resent
+        assert {k for k in by if k[0] == "/drop"} <= {("/drop", "reset", False), ("/drop", "reset", True)}

@@ -150,3 +150,18 @@ def test_what_a_scenario_leaves_out_takes_the_dataclass_defaults(tmp_path: Path)
 def test_a_segment_cannot_take_a_column_name(tmp_path: Path, name: str) -> None:
     with pytest.raises(ScenarioError, match=f"segments.{name}: the name is a column of the requests table"):
         load_scenario(write(tmp_path, BASE + f"segments: {{{name}: {{header: X-A}}}}\n"))
+
+
+def test_a_paired_run_of_one_target_against_itself_is_named() -> None:
+    from harness.scenario import scenario_from_dict
+
+    def scenario(candidate: dict[str, object], mode: str = "paired") -> object:
+        return scenario_from_dict({"name": "t", "traffic": {"path": "c.jsonl"}, "replay": {"mode": mode},
+                                   "targets": {"baseline": {"url": "http://127.0.0.1:8001"}, "candidate": candidate}},
+                                  check_files=False)
+
+    assert "same target (http://127.0.0.1:8001)" in scenario({"url": "http://127.0.0.1:8001/"}).self_comparison()
+    assert scenario({"url": "http://127.0.0.1:8002"}).self_comparison() is None
+    # one load balancer, the version chosen by a header: two targets
+    assert scenario({"url": "http://127.0.0.1:8001", "headers": {"X-Model": "v2"}}).self_comparison() is None
+    assert scenario({"url": "http://127.0.0.1:8001"}, mode="aa").self_comparison() is None

@@ -228,6 +228,10 @@ def load_pairs(con: duckdb.DuckDBPyConnection, segments: tuple[str, ...], versio
         for d in DETECTOR_COLUMNS:
             out.detected.setdefault(d, {})[v] = cols.pop(f"{v}_{d}", false)
             out.detector_judged.setdefault(d, {})[v] = cols.pop(f"{v}_{d}_judged", false)
+    if len(versions) == 2:  # a 4xx to a request the other version took is a refusal (error_kinds.pair_failed)
+        x, y = versions
+        refused_x, refused_y = out.status_4xx[x] & ~out.status_4xx[y], out.status_4xx[y] & ~out.status_4xx[x]
+        out.error[x], out.error[y] = out.error[x] | refused_x, out.error[y] | refused_y
     return out
 
 

@@ -8,8 +8,7 @@ from typing import Any
 
 import duckdb
 
-from ..error_kinds import CONSUMER_ERROR_KINDS_SQL as _KINDS
-from ..error_kinds import HARNESS_ERROR
+from ..error_kinds import HARNESS_ERROR, failed_sql
 from ..store import analysed_legs
 
 __all__ = ["unpack", "version_overview", "segment_overview", "replay_fidelity", "resource_overview", "accounting"]
@@ -25,19 +24,20 @@ def version_overview(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]
     # One list-valued quantile per column: DuckDB keeps one copy of the values per quantile call.
     rows = _rows(con, f"""
         select l.version, count(*) as legs,
-          quantile_cont(latency_ms, [0.5, 0.95, 0.99]) as _latency_q, avg(latency_ms) as mean_ms,
-          max(latency_ms) as max_ms,
-          avg(coalesce(error_kind in ({_KINDS}), false)::int) as error_rate,
-          avg(coalesce(error_kind = 'timeout', false)::int) as timeout_rate,
-          avg(coalesce(error_kind = 'http_4xx', false)::int) as http_4xx_rate,
-          avg(coalesce(error_kind = 'http_5xx', false)::int) as http_5xx_rate,
-          count(*) filter (where schema_valid is not null) as schema_judged,
-          count(*) filter (where schema_valid = false) as schema_failures,
-          avg(schema_valid::int) as schema_pass_rate,
-          avg(response_bytes) as mean_response_bytes,
-          quantile_cont(time_to_first_token_ms, [0.5, 0.95]) as _ttft_q,
-          sum(completion_tokens) as completion_tokens
+          quantile_cont(l.latency_ms, [0.5, 0.95, 0.99]) as _latency_q, avg(l.latency_ms) as mean_ms,
+          max(l.latency_ms) as max_ms,
+          avg({failed_sql("l", "o")}::int) as error_rate,
+          avg(coalesce(l.error_kind = 'timeout', false)::int) as timeout_rate,
+          avg(coalesce(l.error_kind = 'http_4xx', false)::int) as http_4xx_rate,
+          avg(coalesce(l.error_kind = 'http_5xx', false)::int) as http_5xx_rate,
+          count(*) filter (where l.schema_valid is not null) as schema_judged,
+          count(*) filter (where l.schema_valid = false) as schema_failures,
+          avg(l.schema_valid::int) as schema_pass_rate,
+          avg(l.response_bytes) as mean_response_bytes,
+          quantile_cont(l.time_to_first_token_ms, [0.5, 0.95]) as _ttft_q,
+          sum(l.completion_tokens) as completion_tokens
         from {analysed_legs()}
+          left join legs o on o.order_idx = l.order_idx and o.version <> l.version
         group by 1 order by 1""")
     for r in rows:
         unpack(r, "_latency_q", ("p50_ms", "p95_ms", "p99_ms"))
@@ -63,12 +63,12 @@ def segment_overview(con: duckdb.DuckDBPyConnection, segments: tuple[str, ...], 
     cand_join = ("left join legs c on c.order_idx = r.order_idx and c.version = 'candidate'" if paired else "")
     for s in ("route", *[x for x in segments if x != "route"]):
         cand = f"""quantile_cont(c.latency_ms, 0.95) as candidate_p95_ms,
-                  avg(coalesce(c.error_kind in ({_KINDS}), false)::int) as candidate_error_rate,
+                  avg({failed_sql("c", "b")}::int) as candidate_error_rate,
                   avg(c.schema_valid::int) as candidate_schema_pass_rate,""" if paired else ""
         rows = _rows(con, f"""
             select '{s}' as segment_name, r."{s}"::varchar as segment_value, count(*) as n,
               quantile_cont(b.latency_ms, 0.95) as baseline_p95_ms,
-              avg(coalesce(b.error_kind in ({_KINDS}), false)::int) as baseline_error_rate,
+              avg({failed_sql("b", "c" if paired else None)}::int) as baseline_error_rate,
               avg(b.schema_valid::int) as baseline_schema_pass_rate, {cand} 0 as _
             from requests r
             left join legs b on b.order_idx = r.order_idx and b.version = 'baseline' {cand_join}

@@ -21,9 +21,9 @@ import base64
 import time
 from typing import Any
 
-import orjson
 from aiohttp import web
 
+from ..traffic.jsonl_reader import compact_json, loads
 from ..traffic.timestamps import TimestampError, parse_ts
 from .exchange import Exchange
 from .writer import CaptureWriter
@@ -83,8 +83,8 @@ def _event(headers: Any, body: bytes) -> dict[str, Any]:
     ctype = headers.get("Content-Type", "")
     if ctype.startswith("application/cloudevents+json"):
         try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
+            doc = loads(body)
+        except (ValueError, RecursionError):
             raise ValueError("structured CloudEvent is not JSON") from None
         if not isinstance(doc, dict):
             raise ValueError("structured CloudEvent is not an object")
@@ -94,7 +94,7 @@ def _event(headers: Any, body: bytes) -> dict[str, Any]:
         elif isinstance(doc.get("data"), str):
             payload = doc["data"].encode()
         else:
-            payload = orjson.dumps(doc.get("data")) if "data" in doc else b""
+            payload = compact_json(doc.get("data")) if "data" in doc else b""
         payload_type = attrs.get("datacontenttype", "application/json")
     else:
         attrs = {k.lower()[3:]: v for k, v in headers.items() if k.lower().startswith("ce-")}

@@ -77,8 +77,9 @@ def _evaluate_one(spec: GateSpec, data: PairData, mask: np.ndarray, label: str |
     if m in ("label_kappa", "confidence_psi", "confidence_ks", "confidence_mean_shift"):
         return _distribution(spec, data, mask, label, alpha, n_resamples, seed)
     if m in ("error_rate", "timeout_rate"):
-        col = data.error if m == "error_rate" else data.timeout
-        return _rate(spec, label, col, None, mask, alpha, higher_is_worse=True)
+        if m == "error_rate":
+            return _rate(spec, label, data.error, None, mask, alpha, higher_is_worse=True, status_4xx=data.status_4xx)
+        return _rate(spec, label, data.timeout, None, mask, alpha, higher_is_worse=True)
     if m == "schema_pass_rate":
         return _rate(spec, label, data.schema_valid, data.schema_judged, mask, alpha, higher_is_worse=False)
     if m == "review_score":

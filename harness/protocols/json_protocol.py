@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,7 +78,12 @@ def label_of(v: Any) -> str | None:
 
 
 def number_of(v: Any) -> float | None:
+    """A JSON number as a float, None for anything else. An integer past the float range is +-inf, as the
+    same number written with an exponent (1e400) already reads: an answer's value must never trip a reader."""
     # A confidence sent as a string is a contract break the schema catches; it is not a number here.
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
-    return float(v)
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf

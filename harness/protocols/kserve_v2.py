@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..jsonpath import MISSING, find_first
-from .json_protocol import OutputRead, label_of, loads, number_of
+from .json_protocol import OutputRead, label_of, number_of, parse_body
 
 __all__ = ["read_kserve_v2_output", "read_kserve_v2_doc"]
 
@@ -25,12 +25,11 @@ _SCORE_NAMES = ("probability", "probabilities", "confidence", "score", "scores",
 
 def read_kserve_v2_output(status: int, body: bytes, prediction_path: str = "$.prediction",
                           confidence_path: str = "$.confidence") -> OutputRead:
-    try:
-        doc = loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
-        return OutputRead(invalid_json=True)
+    doc = parse_body(status, body)
+    if isinstance(doc, OutputRead):
+        return doc
     if not isinstance(doc, dict):
-        return OutputRead(doc=doc, invalid_json=doc is None and 200 <= status < 300)
+        return OutputRead(doc=doc)
     return read_kserve_v2_doc(doc, prediction_path, confidence_path)
 
 
@@ -49,7 +48,7 @@ def read_kserve_v2_doc(doc: dict[str, Any], prediction_path: str = "$.prediction
             continue
         if prediction is None and name in _LABEL_NAMES:
             prediction = str(data[0])
-        numeric = [float(x) for x in data if isinstance(x, (int, float)) and not isinstance(x, bool)]
+        numeric = [x for x in map(number_of, data) if x is not None]
         if confidence is None and numeric and name not in _LABEL_NAMES:  # a label tensor of 0/1 is no score
             if name in _SCORE_NAMES or all(0.0 <= x <= 1.0 for x in numeric):
                 confidence = max(numeric)

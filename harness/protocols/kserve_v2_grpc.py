@@ -259,7 +259,7 @@ def read_kserve_v2_grpc_output(status: int, body: bytes, prediction_path: str, c
     if not 200 <= status < 300:
         try:
             return OutputRead(doc=loads(body) if body else None)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return OutputRead(doc=None)
     path = (headers or {}).get(":path", grpc_path("ModelInfer"))
     try:

@@ -81,7 +81,7 @@ def tool_calls_valid(calls: list[Any] | None) -> bool | None:
         try:
             if not isinstance(json.loads(args), dict):
                 return False
-        except ValueError:
+        except (ValueError, RecursionError):
             return False
     return True
 
@@ -149,7 +149,7 @@ def _read_stream(body: bytes, arrivals: Sequence[tuple[int, float]], prediction_
             break
         try:
             chunk = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             return OutputRead(invalid_json=True, streamed=True)
         if not isinstance(chunk, dict):
             return OutputRead(invalid_json=True, streamed=True)

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..jsonpath import MISSING, find_first
 from ..scenario import RowsConfig
+from .json_protocol import number_of
 
 __all__ = ["RowsRead", "read_rows", "PROBABILITY_SUM_TOLERANCE"]
 
@@ -121,7 +122,7 @@ def _probabilities(v: list[Any], cfg: RowsConfig) -> Row:
         return None, None, "empty probability vector"
     if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in v):
         return None, None, "non-numeric probability vector"
-    p = [float(x) for x in v]
+    p = [number_of(x) or 0.0 for x in v]
     if not all(math.isfinite(x) for x in p):
         return None, None, "NaN or infinite probability"
     if len(p) == 1:
@@ -152,7 +153,7 @@ def _row_object(v: dict[str, Any], cfg: RowsConfig, width: int | None) -> Row:
     if isinstance(score_v, list):
         label, score, invalid = _probabilities(score_v, cfg)
     elif isinstance(score_v, (int, float)) and not isinstance(score_v, bool):
-        label, score, invalid = _score(float(score_v), cfg)
+        label, score, invalid = _score(number_of(score_v) or 0.0, cfg)
     elif score_v is not MISSING and score_v is not None:
         invalid = "non-numeric score"
     if label_v is not MISSING and label_v is not None:

@@ -5,14 +5,14 @@ starts there (the channel's completion-queue poller, grpc.aio's poller) is a gre
 in the completion queue holds its whole thread. grpcio's gevent mode gets around that by handing every
 completion-queue poll to gevent's thread pool and starting a poller greenlet whenever a channel goes from
 idle to busy: about 0.27 ms of the send loop per call. Here grpcio runs as it is meant to: grpc.aio on an
-asyncio loop, its completion queue polled by one real thread. The replay's side of a call is one pickled
-frame written to a pipe (the two legs of a pair in one write); the outcomes of a loop turn go back in one
-write, to one io watcher. (grpc.aio
+asyncio loop, its completion queue polled by one real thread. The replay hands calls over ahead of their
+time (up to grpc_transport's lead_s), the messages of a loop turn in one frame; this process starts each at
+its time from a timerfd, the legs of a pair in one callback, so that neither the replay's loop nor the pipe is
+between the schedule and the send. The outcomes of a loop turn go back in one frame, to one io watcher. (grpc.aio
 rather than the synchronous `future()`: measured here, it costs about 0.07 ms per call started against
 0.3-0.5 ms, since `future()` starts a poller thread whenever the channel was idle.)
 
-Frames (a 4-byte little-endian length, then a pickle of a list of messages, those of one loop turn; both
-ends are this package, same interpreter):
+Frames (harness.frames: a 4-byte length, then a pickle), each the list of messages of one loop turn:
 - to the process: `("o", channel, settings)` open a channel (one per target), `("c", channel, id, path,
   message, metadata, at)` a call, started at `at` (epoch seconds, on a timer of this process; None or past:
   at once), `("x", channel)` close a channel: cancel its open and its waiting calls, report them, close it;
@@ -23,7 +23,8 @@ ends are this package, same interpreter):
   closed.
 `sent_at` is the epoch time the call is handed to grpcio, `done_at` when its outcome is in.
 
-Run as `python grpc_process.py READ_FD WRITE_FD`; it imports grpcio, uvloop and the standard library only,
+Run as `python -P -m harness.replay.grpc_process READ_FD WRITE_FD`; it imports grpcio, uvloop, harness.frames
+and the standard library only (harness.replay's own package imports nothing, so no gevent),
 and ends when its input pipe closes (the replay's process is gone) or on `("q",)`. Ctrl-C is the replay's
 to handle.
 """
@@ -34,16 +35,15 @@ import ctypes
 import gc
 import heapq
 import os
-import pickle
 import signal
-import struct
 import sys
 import time
 from typing import Any
 
-__all__ = ["frame", "FrameReader", "main"]
+from ..frames import FrameReader, frame
 
-_HEAD = struct.Struct("<I")
+__all__ = ["main"]
+
 _CLOSE_WAIT_S = 2.0  # for the cancelled calls' callbacks, once the replay has closed
 _EARLY_S = 0.00002  # a call due within this starts now
 
@@ -95,32 +95,6 @@ class _Alarm:
             self._loop.remove_reader(self._fd)
             os.close(self._fd)
             self._fd = -1
-
-
-def frame(message: Any) -> bytes:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEAD.pack(len(data)) + data
-
-
-class FrameReader:
-    """Frames out of a byte stream read in arbitrary pieces."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[Any]:
-        buf = self._buf
-        buf += data
-        out = []
-        pos, end = 0, len(buf)
-        while end - pos >= 4:
-            (size,) = _HEAD.unpack_from(buf, pos)
-            if end - pos - 4 < size:
-                break
-            out.append(pickle.loads(buf[pos + 4:pos + 4 + size]))
-            pos += 4 + size
-        del buf[:pos]
-        return out
 
 
 def main(read_fd: int, write_fd: int) -> None:

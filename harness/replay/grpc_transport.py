@@ -1,9 +1,11 @@
 """gRPC legs (protocol kserve_v2_grpc): unary calls through grpcio, made by a gRPC process of their own.
 
-A leg is one unary call. `start` (on the dispatcher's send loop) builds the message and queues one frame
-for the gRPC process (harness.replay.grpc_process; one per replay process, a channel per target), written
-at the end of the loop turn (both legs of a pair in one write); that process starts the call with grpc.aio;
-outcomes come back in batches through one io watcher and are handed to
+A leg is one unary call. `start` (on the dispatcher's send loop) builds the message and queues it for the
+gRPC process (harness.replay.grpc_process; one per replay process, a channel per target), written at the end
+of the loop turn (the calls of a turn in one frame, one write). The dispatcher hands a pair over up to
+`lead_s` (20 ms) before its time with `start(..., at=intended)`; that process starts the call with grpc.aio
+at that time, on a timer of its own, so the send loop's pauses (the finisher, a recorder flush) do not delay
+sends. Outcomes come back in batches through one io watcher and are handed to
 `done(token, result, done_at)` like an HTTP leg's. The send loop never runs grpcio: under gevent (the
 replay's process is monkey-patched by Locust) grpcio can only run in its gevent mode, which costs each call
 a thread-pool hand-off and often a new greenlet (about 0.27 ms of the send loop per call). The leg's
@@ -57,7 +59,6 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
@@ -68,7 +69,7 @@ import grpc
 from ..error_kinds import HARNESS_ERROR
 from ..protocols.kserve_v2_grpc import GrpcRequestError, request_for
 from ..traffic.redaction import Redactor
-from .grpc_process import FrameReader, frame
+from ..frames import FrameReader, child_env, frame
 from .tls import pinned_certificate
 from .transport import Done
 from .wire import RequestHead, SendResult
@@ -110,7 +111,6 @@ _TRAILING_MAX = 1024
 # so the send loop's pauses up to this long (the finisher, a recorder flush, the machine's other work) never
 # delay a send, and one wake and one pipe write carry the calls of about lead_s / 2.
 _LEAD_S = 0.02
-_PROCESS = Path(__file__).with_name("grpc_process.py")
 _REDACTOR = Redactor()
 
 
@@ -177,8 +177,9 @@ class _GrpcProcess:
         self._flushing = False
         to_child, self._child_in = os.pipe()
         self._child_out, from_child = os.pipe()
-        # -P: the script's folder (this package's modules) stays off the process's import path
-        self._proc = subprocess.Popen([sys.executable, "-P", str(_PROCESS), str(to_child), str(from_child)],
+        # -P: the working folder stays off the process's import path (a stray grpc.py there must not win)
+        self._proc = subprocess.Popen([sys.executable, "-P", "-m", "harness.replay.grpc_process", str(to_child),
+                                       str(from_child)], env=child_env(),
                                       pass_fds=(to_child, from_child), stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL)
         os.close(to_child)

@@ -117,7 +117,8 @@ def _ignore(_token: Any, _result: SendResult, _at: float) -> None:
 
 class _Exchange:
     __slots__ = ("conn", "payload", "later", "parser", "done", "token", "t0", "started", "state", "addr_i",
-                 "final", "stream", "chunks", "arrivals", "sbody", "method", "head_out_at", "warm")
+                 "final", "stream", "chunks", "arrivals", "sbody", "method", "head_out_at", "warm", "again", "reused",
+                 "answered", "resent")
 
     def __init__(self, method: str, payload: bytes, later: bytes | None, done: Done, token: Any,
                  started: float) -> None:
@@ -139,6 +140,11 @@ class _Exchange:
         self.arrivals: list[tuple[int, float]] = []
         self.sbody: StreamBody | None = None  # an event stream's body: wire and decoded sizes, the decoder
         self.warm = False  # opens a connection for the pool and sends nothing (HttpTransport.warm)
+        # The request once more, for a resend (_broken); not for an Expect: 100-continue one (sent in two parts)
+        self.again: bytes | None = payload if later is None else None
+        self.reused = False  # on a kept-alive connection from the pool
+        self.answered = False  # a byte of the answer arrived
+        self.resent: str | None = None  # why it was sent a second time
 
 
 class HttpTransport:
@@ -244,7 +250,7 @@ class HttpTransport:
         else:
             # The connection's reader is still on: from here on it reads for this exchange (a target that
             # answers or closes before the request is all out ends this leg, not an idle close).
-            ex.conn, conn.ex = conn, ex
+            ex.conn, conn.ex, ex.reused = conn, ex, True
             self._send(ex)
 
     # -- connections -------------------------------------------------------------------------------------
@@ -304,6 +310,7 @@ class HttpTransport:
             return
         sock.setblocking(False)
         conn = ex.conn = _Conn(sock, self._loop)
+        ex.reused = False
         self._opening += 1
         conn.ex = ex
         ex.state = _CONNECTING
@@ -421,7 +428,7 @@ class HttpTransport:
             if conn is None:
                 self._connect(ex)
             else:
-                ex.conn, conn.ex = conn, ex
+                ex.conn, conn.ex, ex.reused = conn, ex, True
                 ex.state = _SENDING
                 self._send(ex)
 
@@ -566,6 +573,8 @@ class HttpTransport:
             return
         if not data and not eof:  # TLS records without application data (session tickets)
             return
+        if data:
+            ex.answered = True
         parser = ex.parser
         if parser is None:
             quick = quick_answer(data, ex.method) if not eof else None
@@ -652,6 +661,9 @@ class HttpTransport:
     def _broken(self, ex: _Exchange, exc: BaseException) -> None:
         """The connection failed or closed early. A stream keeps what arrived (truncated_stream)."""
         self._release(ex, reuse=False)
+        if ex.reused and not ex.answered and ex.again is not None and not self._closed:
+            self._resend(ex, exc)
+            return
         if ex.sbody is not None and ex.final:
             detail = f"the stream ended before the answer did: {type(exc).__name__}: {exc}"[:300]
             self._finish(ex, SendResult(ex.parser.get_code(), b"".join(ex.chunks), "truncated_stream", detail,
@@ -659,6 +671,18 @@ class HttpTransport:
                                         ex.sbody.decoded))
         else:
             self._finish(ex, error_result(exc))
+
+    def _resend(self, ex: _Exchange, exc: BaseException) -> None:
+        """Once more, for a request whose kept-alive connection failed before a byte of the answer came: the
+        target closed it while idle (its keep-alive timeout) just as the request left, so the request was never
+        read. Browsers resend in this case, whatever the method; without it, a candidate behind a server with a
+        short keep-alive timeout (uvicorn's 5 s, say) shows resets that production clients never see. The leg's
+        latency still counts from its intended time, and its error_detail says it was resent."""
+        ex.payload, ex.again, ex.parser, ex.final, ex.reused = ex.again, None, None, False, False
+        ex.resent = f"resent once on a new connection: the kept-alive one failed first ({type(exc).__name__})"
+        ex.state = _QUEUED
+        self._waiting.appendleft(ex)
+        self._drain_soon()
 
     def _over_cap(self, ex: _Exchange, size: int, what: str) -> None:
         # The rest of an oversized body is never read: the connection cannot be reused.
@@ -690,6 +714,8 @@ class HttpTransport:
         self._inflight.pop(ex, None)
         self._continues.pop(ex, None)
         self._connecting.pop(ex, None)
+        if ex.resent is not None:
+            result.error_detail = ex.resent if result.error_detail is None else f"{ex.resent}; {result.error_detail}"
         ex.done(ex.token, result, time.time())
 
     def _sweep(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..error_kinds import CONSUMER_ERROR_KINDS
+from ..error_kinds import pair_failed
 
 __all__ = ["PairErrorCount", "PairErrorWatch", "StopRule"]
 
@@ -25,19 +25,20 @@ class PairErrorCount:
     def __init__(self, versions: int = 2, warmup: int = 0) -> None:
         self.versions = versions
         self.warmup = warmup
-        self._first: dict[str, bool] = {}
+        self._first: dict[str, str | None] = {}
         self.pairs = self.b = self.c = 0
         self._taken = (0, 0, 0)
 
     def __call__(self, row: dict[str, Any]) -> None:
         if self.versions != 2 or row.get("order_idx", self.warmup) < self.warmup:
             return
-        failed = row["error_kind"] in CONSUMER_ERROR_KINDS
-        other = self._first.pop(row["request_id"], None)
-        if other is None:
-            self._first[row["request_id"]] = failed
+        kind = row["error_kind"]
+        if row["request_id"] not in self._first:
+            self._first[row["request_id"]] = kind
             return
-        b_failed, c_failed = (other, failed) if row["version"] == "candidate" else (failed, other)
+        other = self._first.pop(row["request_id"])
+        failed, other_failed = pair_failed(kind, other), pair_failed(other, kind)
+        b_failed, c_failed = (other_failed, failed) if row["version"] == "candidate" else (failed, other_failed)
         self.pairs += 1
         self.b += b_failed and not c_failed
         self.c += c_failed and not b_failed

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import pickle
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from ..frames import child_env, frame
 from ..scenario import Scenario
-from .recorder import FRAME
 
 __all__ = ["RecorderChannel", "CHANNEL_FULL", "RECORDER_GONE"]
 
@@ -45,7 +44,7 @@ class RecorderChannel:
         # ends when told to, or when its stdin ends (the proxy is gone)
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "harness.shadow.recorder", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, start_new_session=True)
+            stdout=asyncio.subprocess.PIPE, start_new_session=True, env=child_env())
         self._frame((scenario, str(capture_path), str(legs_path)))
         if await self._answer(timeout_s) is None:
             raise RuntimeError("harness shadow: the recorder process did not start (see its error above)")
@@ -109,8 +108,7 @@ class RecorderChannel:
         stdin = proc.stdin
         if bounded and stdin.transport.get_write_buffer_size() > self.max_buffered_bytes:
             return CHANNEL_FULL
-        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-        stdin.write(FRAME.pack(len(data)) + data)
+        stdin.write(frame(msg))
         return None
 
     async def _answer(self, timeout_s: float) -> dict[str, Any] | None:

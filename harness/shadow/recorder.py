@@ -11,7 +11,7 @@ user's answer at 1,000 requests/s); here it costs the proxy nothing but the hand
 Each answer's JSON is parsed once: the baseline's answer is read for its leg, and the capture record of
 the same exchange takes that parse, masked (Exchange.response_doc).
 
-Protocol (stdin, from the proxy): frames of a 4-byte big-endian length and a pickle; the first is
+Protocol (stdin, from the proxy): frames (harness.frames); the first is
 (scenario, capture path, legs path), then ("items", [item, ...]), ("barrier",) and ("stop",). Items are
 plain tuples (channel.py builds them). Stdout carries one JSON line per answer: {"ready": true} once
 started, the cut of each barrier, the counts at the end. It runs in a session of its own and ignores
@@ -22,32 +22,20 @@ written.
 from __future__ import annotations
 
 import json
-import pickle
 import signal
-import struct
 import sys
 from typing import Any, BinaryIO, Iterable, TextIO
 
 from ..capture.exchange import Exchange, ExchangeRecords
 from ..capture.writer import CaptureWriter
+from ..frames import read_frame
 from ..scenario import Scenario
 from ..traffic.redaction import PARSE
 from .legs import LegBuilder
 
-__all__ = ["Recorder", "FRAME", "read_frame", "main"]
+__all__ = ["Recorder", "main"]
 
-FRAME = struct.Struct(">I")
 CAPTURE_MAX_BODY_BYTES = 1 << 24
-
-
-def read_frame(f: BinaryIO) -> Any:
-    """The next message, or None at the end of the stream (a cut frame included)."""
-    head = f.read(FRAME.size)
-    if len(head) < FRAME.size:
-        return None
-    (n,) = FRAME.unpack(head)
-    data = f.read(n)
-    return pickle.loads(data) if len(data) == n else None
 
 
 def _one(record: dict[str, Any]) -> Iterable[dict[str, Any]]:

@@ -178,7 +178,8 @@ def _entry(entry: object, source: str, index: int) -> CapturedRequest:
         meta["host"] = host
     if isinstance(req.get("httpVersion"), str) and req["httpVersion"]:
         meta["http_version"] = req["httpVersion"]
-    if isinstance(entry.get("time"), (int, float)) and not isinstance(entry.get("time"), bool):
+    if isinstance(entry.get("time"), (int, float)) and not isinstance(entry.get("time"), bool) and \
+            abs(entry["time"]) < 1e300:  # an integer past the float range is no duration
         meta["har_time_ms"] = float(entry["time"])
     if isinstance(entry.get("pageref"), str):
         meta["har_page"] = entry["pageref"]

@@ -37,8 +37,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Mapping
 
-import orjson
-
 from ..scenario import TraceOptions
 from .jsonl_reader import RecordError, _load_record, _Reason, compact_json, iter_raw_lines, split_target
 from .record import BadRecord, CapturedRequest, CapturedResponse
@@ -116,6 +114,11 @@ def synthetic_prompt(n_tokens: int, *, seed: int = 0, hash_ids: list[int] | None
     return PromptMaker(seed, block_tokens).prompt(n_tokens, list(hash_ids or ()), unique_key)
 
 
+def _finite(x: int | float) -> bool:
+    # an integer past the float range is as unusable as an infinite float (and math.isfinite raises on it)
+    return abs(x) < 1e300 if isinstance(x, int) else math.isfinite(x)
+
+
 def _length(obj: Mapping[str, Any], key: str, limit: int, *, required: bool) -> int | None:
     value = obj.get(key)
     if value is None:
@@ -165,7 +168,7 @@ def _mooncake_record(obj: dict[str, Any], source: str, lineno: int, opts: TraceO
     ts_ms = obj.get("timestamp")
     if ts_ms is None:
         raise RecordError("missing field 'timestamp' (milliseconds from the start of the trace)")
-    if isinstance(ts_ms, bool) or not isinstance(ts_ms, (int, float)) or not math.isfinite(ts_ms) or ts_ms < 0:
+    if isinstance(ts_ms, bool) or not isinstance(ts_ms, (int, float)) or not _finite(ts_ms) or ts_ms < 0:
         raise RecordError(f"timestamp must be a number of milliseconds >= 0, not {ts_ms!r}")
     has_text = any(obj.get(k) is not None for k in ("text_input", "messages", "payload"))
     n_in = _length(obj, "input_length", opts.max_prompt_tokens, required=not has_text)
@@ -250,7 +253,7 @@ def _log_record(obj: dict[str, Any], source: str, lineno: int, opts: TraceOption
     for key in ("prompt_tokens", "completion_tokens"):
         if isinstance(usage.get(key), int):
             meta["input_length" if key == "prompt_tokens" else "output_length"] = usage[key]
-    captured = CapturedResponse(status=200, body=orjson.dumps(response)) if response is not None else None
+    captured = CapturedResponse(status=200, body=compact_json(response)) if response is not None else None
     method = obj.get("method", "POST")
     if not isinstance(method, str) or method.upper() != "POST":
         raise RecordError(f"method must be POST for an OpenAI call, not {method!r}")
