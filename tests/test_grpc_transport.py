@@ -10,6 +10,7 @@ import json
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -203,9 +204,18 @@ def test_closing_ends_open_calls_as_timeouts_and_a_lost_process_fails_legs_not_t
     ok = send_one(client, "POST", "/v2/models/echo/infer", [], json.dumps(_rest(1, "echo")["body"]).encode())
     assert (ok.status, ok.error_kind) == (200, None) and ok.sent_at is not None
     client.start("POST", "/v2/models/slow/infer", RequestHead([]), body, lambda _t, r, _d: got.append(r), None)
+    # handed over for a time that has not come when the replay ends: it ends as the open call does, not before
+    # its time, and never leaves
+    later_at = time.time() + 30
+    ends: list[float] = []
+    client.start("POST", "/v2/models/echo/infer", RequestHead([]), body,
+                 lambda _t, r, d: (got.append(r), ends.append(d)), None, at=later_at)
     gevent.sleep(0.3)  # the call is open on the server
     client.close()
-    assert [(r.error_kind, r.error_detail) for r in got] == [("timeout", "gRPC CANCELLED: still open when the replay ended")]
+    assert sorted((r.error_kind, r.error_detail, r.sent_at is None) for r in got) == [
+        ("timeout", "gRPC CANCELLED: still open when the replay ended", False),
+        ("timeout", "gRPC CANCELLED: still open when the replay ended", True)]
+    assert ends == [later_at]
     # the gRPC process dies mid-run: its open legs and every later one are harness errors naming it
     got.clear()
     client = GrpcClient(grpc_server, timeout_s=5, connect_timeout_s=2, max_response_bytes=1_000_000)

@@ -263,14 +263,14 @@ class _GrpcProcess:
             entry = self.pending.pop(call_id, None)
             if entry is None:
                 return
-            client, done, token, path, _ = entry
+            client, done, token, path, at = entry
             if number == 0:
                 result = SendResult(200, answer, None, None, len(answer), {":path": path, "content-type": "application/grpc"},
                                     None, len(answer), sent_at)
             else:
                 code = _BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
                 result = status_result(code, details, client.closing, trailing, sent_at)
-            done(token, result, done_at)
+            done(token, result, done_at if sent_at is not None else max(done_at, at))  # never sent: not before its time
         elif kind == "e":
             _, call_id, sent_at, done_at, detail = message
             entry = self.pending.pop(call_id, None)
