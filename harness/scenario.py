@@ -33,7 +33,10 @@ RESERVED_COLUMNS = frozenset({"request_id", "seq", "loop", "source_line", "captu
                               "route", "headers_json", "request_bytes", "warmup", "captured_request_id",
                               "production_status", "order_idx", "batch_size"})
 SEGMENT_KINDS = ("path_template", "header", "query", "json_path", "json_array_length", "body_bytes", "prompt_tokens",
-                 "present", "cross")
+                 "present", "cross", "run_phase")
+# run_phase: N equal stretches of the replay's time, "1 of N" ... (traffic.prepare sets them once the
+# schedule is known): a candidate that degrades as it runs (a leak, a cache filling) is worse in the last one.
+RUN_PHASES_MAX = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,13 +403,20 @@ def _segment_specs(raw: dict[str, Any], sample: dict[str, Any] | None, label: st
     for s in segments:
         if s.name in RESERVED_COLUMNS and not (s.name == "route" and s.kind == "path_template"):
             raise ScenarioError(f"{label}: segments.{s.name}: the name is a column of the requests table; choose another")
+    phases = {s.name for s in segments if s.kind == "run_phase"}
     for s in segments:
         if s.kind == "cross":
             missing = [n for n in s.arg or () if n not in names or n == s.name]
             if missing:
                 raise ScenarioError(f"{label}: segments.{s.name}.cross: unknown segment {missing[0]!r}")
+            if phases & set(s.arg or ()):
+                raise ScenarioError(f"{label}: segments.{s.name}.cross: a run_phase segment is known only once the "
+                                    f"schedule is, so it cannot be crossed ({sorted(phases & set(s.arg or ()))[0]!r})")
     if sample and sample.get("stratify_by") and sample["stratify_by"] not in names:
         raise ScenarioError(f"{label}: traffic.sample.stratify_by: unknown segment {sample['stratify_by']!r}")
+    if sample and sample.get("stratify_by") in phases:
+        raise ScenarioError(f"{label}: traffic.sample.stratify_by: {sample['stratify_by']!r} is a run_phase segment, "
+                            f"known only after sampling")
     return segments
 
 
@@ -477,6 +487,11 @@ def _segment(name: str, spec: dict[str, Any], label: str) -> SegmentSpec:
     arg = spec[kind]
     if kind in ("path_template", "prompt_tokens") and arg is not True:
         raise ScenarioError(f"{label}: segments.{name}.{kind}: must be true")
+    if kind == "run_phase":
+        if isinstance(arg, bool) or not isinstance(arg, int) or not 2 <= arg <= RUN_PHASES_MAX:
+            raise ScenarioError(f"{label}: segments.{name}.run_phase: the number of equal stretches of the run, "
+                                f"2 to {RUN_PHASES_MAX} (e.g. 4), not {arg!r}")
+        return SegmentSpec(name=name, kind=kind, arg=str(arg))
     if kind in ("json_array_length", "body_bytes", "prompt_tokens") and "buckets" not in spec:
         raise ScenarioError(f"{label}: segments.{name}: {kind} needs `buckets` (e.g. [1, 8, 32])")
     buckets = spec.get("buckets")

@@ -73,3 +73,33 @@ def test_loops_and_warmup(tmp_path: Path) -> None:
     assert {r["loop"] for r in rows} == {0, 1}
     second = [r for r in rows if r["loop"] == 1]
     assert second[0]["request_id"].endswith("-1") and second[0]["offset_s"] > rows[9]["offset_s"]
+
+
+def test_run_phases_cut_the_replayed_time_in_equal_stretches(tmp_path: Path) -> None:
+    import pytest
+
+    from harness.errors import ScenarioError
+
+    cap = capture(tmp_path)
+    base = {"name": "t", "traffic": {"path": str(cap), "loops": 2},
+            "targets": {"baseline": {"url": "http://127.0.0.1:1"}, "candidate": {"url": "http://127.0.0.1:2"}},
+            "replay": {"allow": ["POST /v1/items/*/score"]}}
+    s = scenario_from_dict({**base, "segments": {"tier": {"header": "X-Tier"}, "phase": {"run_phase": 4}}})
+    p = prepare_traffic(s, tmp_path / "work")
+    con = duckdb.connect()
+    rows = con.execute(f"""select "seg__phase", count(*), min(offset_s), max(offset_s)
+                           from read_parquet('{p.schedule_path}') group by 1 order by 1""").fetchall()
+    span = con.execute(f"select max(offset_s) from read_parquet('{p.schedule_path}')").fetchone()[0]
+    assert [r[0] for r in rows] == ["1 of 4", "2 of 4", "3 of 4", "4 of 4"]
+    for i, (_, n, lo, hi) in enumerate(rows):  # two loops of 990 POSTs every 0.1 s: 495 a quarter
+        assert abs(n - 495) <= 2 and i * span / 4 <= lo <= hi <= (i + 1) * span / 4
+    skipped = con.execute(f"select distinct seg__phase from read_parquet('{p.skipped_path}')").fetchall()
+    assert skipped == [("(none)",)]  # the DELETEs, never replayed, are in no phase
+    for segments, match in (({"phase": {"run_phase": 1}}, "run_phase"), ({"phase": {"run_phase": True}}, "run_phase"),
+                            ({"phase": {"run_phase": 4}, "t": {"header": "X-Tier"}, "x": {"cross": ["phase", "t"]}},
+                             "cannot be crossed")):
+        with pytest.raises(ScenarioError, match=match):
+            scenario_from_dict({**base, "segments": segments})
+    with pytest.raises(ScenarioError, match="known only after sampling"):
+        scenario_from_dict({**base, "segments": {"phase": {"run_phase": 4}},
+                            "traffic": {"path": str(cap), "sample": {"fraction": 0.5, "stratify_by": "phase"}}})

@@ -183,3 +183,25 @@ def test_a_kept_alive_connection_the_target_closed_is_resent_once(tmp_path: Path
         drop_resent = by.get(("/drop", "reset", True), 0)
         assert by.get(("/drop", "reset", False), 0) + drop_resent == 40 and srv.hits["/drop"] == 40 + drop_resent
         assert {k for k in by if k[0] == "/drop"} <= {("/drop", "reset", False), ("/drop", "reset", True)}
+
+
+def test_a_candidate_that_degrades_as_it_runs_is_worst_in_the_last_phase(tmp_path: Path) -> None:
+    """The candidate answers the last quarter of the run 30 ms late (FaultServer /slow; the baseline's URL has a
+    base path, so its requests land on paths it answers at once): the run_phase segment names the stretch,
+    and the gate fails there and in no earlier one."""
+    from harness.run import run_scenario
+    from harness.scenario import scenario_from_dict
+
+    recs = records(1000, rate=200, path="/ok")
+    for r in recs[750:]:
+        r["path"] = "/slow?ms=30"
+    cap = write_capture(tmp_path / "c.jsonl", recs)
+    with FaultServer() as baseline, FaultServer() as candidate:
+        s = scenario_from_dict({**scenario_dict(cap, baseline.url + "/fast", candidate.url, timeout_s=5),
+                                "segments": {"phase": {"run_phase": 4}},
+                                "promotion_gates": {"latency_p95_ms": {"maximum_regression_percent": 50}}})
+        result = run_scenario(s, tmp_path / "r", echo=lambda m: None)
+    by_scope = {g.get("segment"): g["status"] for g in result.summary["gates"]}
+    assert by_scope["phase=4 of 4"] == "fail"
+    assert all(by_scope[f"phase={i} of 4"] != "fail" for i in (1, 2, 3)), by_scope
+    assert result.summary["worst_segments"][0]["segment"] == "phase=4 of 4"

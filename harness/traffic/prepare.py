@@ -27,7 +27,7 @@ from ..scenario import Scenario
 from .readers import detect_format, iter_records
 from .record import BadRecord, CapturedRequest
 from .redaction import Redactor
-from .segments import SegmentEvaluator, route_template
+from .segments import NONE_VALUE, SegmentEvaluator, route_template
 from .request_rows import request_row_count
 
 __all__ = ["PreparedTraffic", "prepare_traffic", "SAFE_METHODS", "is_allowed", "file_sha256"]
@@ -198,6 +198,19 @@ def finish_staged(con: duckdb.DuckDBPyConnection, scenario: Scenario, workdir: P
                    capture_sha256)
 
 
+def set_run_phases(con: duckdb.DuckDBPyConnection, scenario: Scenario) -> None:
+    """run_phase segments: the schedule's time cut into N equal stretches ("1 of 4" ... "4 of 4"); requests not
+    replayed have none."""
+    for spec in scenario.segments:
+        if spec.kind != "run_phase":
+            continue
+        n, col = int(str(spec.arg)), f'"seg__{spec.name}"'
+        con.execute(f"""update schedule set {col} = least(?, 1 + floor(
+                          offset_s / greatest((select max(offset_s) from schedule), 1e-9) * ?)::bigint) || ' of ' || ?""",
+                    [n, n, n])
+        con.execute(f"update ordered set {col} = ? where skip_reason is not null", [NONE_VALUE])
+
+
 def _ddl(schema: pa.Schema) -> str:
     types = {pa.int64(): "bigint", pa.int32(): "integer", pa.float64(): "double", pa.string(): "varchar",
              pa.binary(): "blob"}
@@ -287,6 +300,7 @@ def _finish(con: duckdb.DuckDBPyConnection, scenario: Scenario, workdir: Path, p
                batch_size {seg_cols}
         from sent qualify order_idx < ?
     """, [cfg.loops, start, span, gap, max_total])
+    set_run_phases(con, scenario)
     con.execute("alter table schedule add column warmup boolean")
     con.execute("update schedule set warmup = order_idx < ?", [cfg.warmup_requests])
     # Row groups of 16,384 (DuckDB's default is 122,880): the replay decodes one at a time, and a smaller one

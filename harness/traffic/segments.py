@@ -20,6 +20,7 @@ from .record import CapturedRequest
 __all__ = ["SegmentEvaluator", "route_template", "bucket_label", "prompt_tokens", "NONE_VALUE", "OTHER_VALUE"]
 
 NONE_VALUE = "(none)"
+PHASE_PENDING = ""  # a run_phase value until the schedule is known (traffic.prepare.set_run_phases)
 OTHER_VALUE = "other"
 # An id-like path segment: digits, UUIDs, long hex, or long tokens mixing letters and digits.
 _ID_SEGMENT = re.compile(
@@ -207,6 +208,8 @@ class SegmentEvaluator:
 
     def _compile(self, spec: SegmentSpec) -> Callable[[CapturedRequest], str]:
         kind = spec.kind
+        if kind == "run_phase":
+            return lambda req: PHASE_PENDING
         if kind == "path_template":
             return lambda req: route_template(req.path)
         if kind == "header" and not spec.buckets:
@@ -236,6 +239,8 @@ class SegmentEvaluator:
     def _raw_value(self, spec: SegmentSpec, req: CapturedRequest, doc: Any) -> str:
         """The reference definition of a plain segment's value (values() runs compiled forms of it)."""
         kind = spec.kind
+        if kind == "run_phase":
+            return PHASE_PENDING
         if kind == "path_template":
             return route_template(req.path)
         if kind == "header":
