@@ -215,18 +215,22 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
         sinks = {"legs": store.write_legs, "events": store.write_events, "resources": store.write_resources}
         options = ReplayOptions(web_ui=web_ui, web_port=web_port, progress_every_s=progress_every_s)
         stop_rule = _AllowanceStop(scenario) if scenario.replay.stop_early else None
-        if processes > 1 or master:
-            from .replay.distributed import run_replay_master
+        store.recording(True)
+        try:
+            if processes > 1 or master:
+                from .replay.distributed import run_replay_master
 
-            outcome = run_replay_master(plan, sinks, options, sampler=monitor.sample, log=say,
-                                        processes=processes if not master else 0,
-                                        expect_workers=expect_workers if master else processes,
-                                        bind_host=master_bind_host, bind_port=master_bind_port or _free_port(),
-                                        stop_rule=stop_rule)
-        else:
-            from .replay.runner import run_replay
+                outcome = run_replay_master(plan, sinks, options, sampler=monitor.sample, log=say,
+                                            processes=processes if not master else 0,
+                                            expect_workers=expect_workers if master else processes,
+                                            bind_host=master_bind_host, bind_port=master_bind_port or _free_port(),
+                                            stop_rule=stop_rule)
+            else:
+                from .replay.runner import run_replay
 
-            outcome = run_replay(plan, sinks, options, sampler=monitor.sample, log=say, stop_rule=stop_rule)
+                outcome = run_replay(plan, sinks, options, sampler=monitor.sample, log=say, stop_rule=stop_rule)
+        finally:
+            store.recording(False)  # what follows (a crashed run's provisional judgement too) may use every core
         for note in monitor.notes:
             store.add_event("note", note)
         store.add_event("resource_sources", json.dumps(monitor.sources()))

@@ -169,6 +169,11 @@ class RunStore:
         empty = schema.empty_table()  # noqa: F841 - read by DuckDB through the name
         self.con.execute(f"create table {table} as select {select} from empty")
 
+    def recording(self, on: bool) -> None:
+        """While a replay records (on), DuckDB works in the recorder's thread alone: its own worker threads
+        (one per core) would take the cores the send loop needs on a shared machine."""
+        self.con.execute("set threads = 1" if on else "reset threads")
+
     def write_legs(self, batch: pa.Table) -> None:
         self._insert("legs", batch, _LEG_SELECT)
 

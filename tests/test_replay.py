@@ -3,7 +3,9 @@ no hidden retries, error kinds, the in-flight bound."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -161,6 +163,32 @@ def test_recorder_keeps_every_leg_in_order_through_a_failing_sink() -> None:
     rec.flush()
     assert [r["request_id"] for r in got] == [f"r{i}" for i in range(6)] and rec.legs_recorded == 6
     assert got[1]["send_lag_ms"] == 0.5 and got[0]["version"] == "candidate" and got[0]["status_code"] is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own nice value is Linux's")
+def test_recorder_sinks_run_on_one_lowered_thread_off_the_loop_and_keep_order() -> None:
+    from harness.replay.leg import LEG_SCHEMA
+    from harness.replay.recorder import SINK_NICE, Recorder
+
+    loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen: list[tuple[int, int, list[str]]] = []
+
+    def sink(table) -> None:  # type: ignore[no-untyped-def]
+        tid = threading.get_native_id()
+        seen.append((tid, os.getpriority(os.PRIO_PROCESS, tid), table.column("request_id").to_pylist()))
+
+    rec = Recorder({"legs": sink, "events": lambda t: None, "resources": lambda t: None})
+    for batch in range(3):
+        for i in range(2):
+            rec.add_leg_values(tuple({"request_id": f"r{batch}-{i}", "version": "baseline", "order_idx": i}.get(n)
+                                     for n in LEG_SCHEMA.names))
+        rec.flush()
+    rec.stop()
+    assert [ids for _, _, ids in seen] == [[f"r{b}-0", f"r{b}-1"] for b in range(3)]
+    assert len({tid for tid, _, _ in seen}) == 1 and seen[0][0] != threading.get_native_id()
+    assert {nice for _, nice, _ in seen} == {min(19, loop_nice + SINK_NICE)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_nice  # the loop's own is untouched
+    assert rec.legs_recorded == 6
 
 
 def test_a_kept_alive_connection_the_target_closed_is_resent_once(tmp_path: Path) -> None:

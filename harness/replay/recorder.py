@@ -1,8 +1,13 @@
 """Buffers rows (legs, events, resource samples) and hands them to sinks in batches, at least every
 flush interval.
 
-Sinks run in gevent's native thread pool so that DuckDB's work does not stall the dispatch loop. The Arrow
-tables are built on the loop (building one from Python objects holds the GIL wherever it runs, and a
+Sinks run in a native thread of the recorder's own, so that DuckDB's work does not stall the dispatch loop,
+at a lower scheduling priority (nice +SINK_NICE, Linux): when other work keeps the cores busy, the send loop's
+late legs are the ones that waited for a core, and legs sent during an insert (15-35 ms each at 2,000 pairs/s
+on a busy 2-core machine) were late 2-15 times as often as the others (benchmarks/lag_tail.py), so the insert
+is kept from taking a core ahead of the loop. (How much of the insert's share this removes is within the
+machine's run-to-run noise: lag_tail.py --variants as-is before.)
+The Arrow tables are built on the loop (building one from Python objects holds the GIL wherever it runs, and a
 worker thread holding the GIL stalls the loop for up to the 5 ms switch interval), in small steps: legs
 arrive as tuples in LEG_SCHEMA's order and are sealed into a record batch (one array per column) every
 seal interval (0.1 s: well under a millisecond of the loop's time at thousands of legs/s); a flush hands
@@ -13,11 +18,15 @@ must count their own failures, since Locust swallows exceptions there.
 """
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
 
 import gevent
 import gevent.lock
+import gevent.threadpool
 import pyarrow as pa
 
 from .leg import EVENT_SCHEMA, LEG_SCHEMA, RESOURCE_SCHEMA
@@ -30,6 +39,7 @@ Sinks = Mapping[str, Sink]
 LEG_NAMES = tuple(LEG_SCHEMA.names)
 SEAL_INTERVAL_S = 0.1
 SEAL_CHUNK = 128  # legs sealed in one step (about 0.3 ms); between steps `pace` lets the send schedule go first
+SINK_NICE = 10
 
 
 class Recorder:
@@ -39,7 +49,7 @@ class Recorder:
         # legs: tuples in LEG_SCHEMA order; events and resources: dicts
         self._buffers: dict[str, list[Any]] = {name: [] for name in SCHEMAS}
         self._sealed: list[pa.RecordBatch] = []  # legs already in Arrow form, waiting for the next flush
-        self._use_threadpool = use_threadpool
+        self._pool = gevent.threadpool.ThreadPool(1) if use_threadpool else None  # one thread: batches land in order
         self._flusher: gevent.Greenlet | None = None
         self._flushing = gevent.lock.Semaphore()  # one flush at a time, so batches land in order
         self.recorded = {name: 0 for name in SCHEMAS}
@@ -153,8 +163,8 @@ class Recorder:
 
     def _write(self, sink: Sink, table: pa.Table) -> bool:
         try:
-            if self._use_threadpool:
-                gevent.get_hub().threadpool.apply(sink, (table,))
+            if self._pool is not None:
+                self._pool.apply(_lowered, (sink, table))
             else:
                 sink(table)
             return True
@@ -169,3 +179,22 @@ class Recorder:
                 self._flusher.kill()
             self._flusher = None
         self.flush()
+        if self._pool is not None:
+            self._pool.kill()
+            self._pool = None
+
+
+_lowered_threads: set[int] = set()
+
+
+def _lowered(sink: Sink, table: pa.Table) -> None:
+    """The sink, on a thread whose nice value is raised by SINK_NICE the first time (Linux: the nice value is a
+    thread's own; elsewhere it would be the whole process's, so it is left alone)."""
+    tid = threading.get_native_id()
+    if tid not in _lowered_threads and sys.platform == "linux":
+        _lowered_threads.add(tid)
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + SINK_NICE))
+        except OSError:
+            pass
+    sink(table)
