@@ -13,7 +13,7 @@ Reported per repeat: the raw client's calls/s, the highest passing rate in legs/
 lag p50/p99 and latency p50/p99 of every rate tried; the figure is the worst repeat's ratio. Before every
 measurement the script waits (up to 90 s) for the shared machine to be <= 25 % busy for 2 s.
 
-    flock /tmp/heavy.lock .venv/bin/python benchmarks/grpc_throughput.py --repeat 3
+    flock /tmp/heavy.lock .venv/bin/python benchmarks/grpc_throughput.py --repeat 3 [--processes 2]
 """
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ def write_capture(path: Path, n: int, rate: float) -> Path:
     return path
 
 
-def trial(urls: list[str], work: Path, rate: int, duration_s: float, lag_bound_ms: float) -> dict[str, Any]:
+def trial(urls: list[str], work: Path, rate: int, duration_s: float, lag_bound_ms: float,
+          processes: int = 1) -> dict[str, Any]:
     n = max(int(rate * duration_s), 100)
     d = work / f"r{rate}-{time.monotonic_ns()}"
     d.mkdir()
@@ -91,7 +92,8 @@ def trial(urls: list[str], work: Path, rate: int, duration_s: float, lag_bound_m
                                 replay={"max_in_flight": 10000})
     scenario.write_text(scenario.read_text().replace("protocol: json", "protocol: kserve_v2_grpc"))
     busy = c.wait_quiet()
-    run = c.run_harness(["run", str(scenario), "--speed", "1", "--progress-every", "60"], out=d / "out",
+    extra = ["--processes", str(processes)] if processes > 1 else []
+    run = c.run_harness(["run", str(scenario), "--speed", "1", "--progress-every", "60", *extra], out=d / "out",
                         timeout_s=duration_s * 10 + 120)
     res: dict[str, Any] = {"rate_pairs_s": rate, "requests": n, "rc": run.rc, "machine_busy_before": round(busy, 2)}
     if run.run_dir is None or not (run.run_dir / "results.duckdb").exists():
@@ -129,6 +131,7 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=50, help="raw client: calls in flight")
     ap.add_argument("--lag-bound-ms", type=float, default=2.0)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--processes", type=int, default=1, help="harness run --processes (each its own gRPC process)")
     args = ap.parse_args()
     info = c.machine_info()
     c.print_machine(info)
@@ -141,7 +144,7 @@ def main() -> int:
                 raw = raw_rate(urls, args.duration, args.concurrency)
                 tried, best = [], None
                 for rate in args.rates:
-                    res = trial(urls, work, rate, args.duration, args.lag_bound_ms)
+                    res = trial(urls, work, rate, args.duration, args.lag_bound_ms, args.processes)
                     tried.append(res)
                     print(f"  repeat {r + 1}: {rate} pairs/s: ok={res.get('ok')} legs={res.get('legs')} "
                           f"errors={res.get('errors')} lag p50/p99 {res.get('lag_p50_ms')}/{res.get('lag_p99_ms')} ms "

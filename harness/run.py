@@ -10,7 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -85,11 +85,12 @@ def make_run_dir(out_root: Path, name: str) -> Path:
     return run_dir
 
 
-def check_targets(scenario: Scenario, timeout_s: float = 2.0) -> None:
+def check_targets(scenario: Scenario, timeout_s: float = 2.0) -> dict[str, tuple[str, str]]:
     """Each target accepts a connection and its port speaks what the URL says (harness.replay.wire_probe:
     plain HTTP/1.1, HTTP/2 for gRPC, TLS); an https (grpcs) one completes a TLS handshake as the replay will
-    do it (certificate, name, client certificate); else TargetUnreachable naming the cause (exit 4)."""
-    from .replay.tls import check_tls
+    do it (certificate, name, client certificate); else TargetUnreachable naming the cause (exit 4).
+    Returns, per version, the certificate pinned for a grpcs target with tls.verify false (PEM, name)."""
+    from .replay.tls import check_tls_pinned
     from .replay.wire_probe import probe_grpc, probe_http
 
     ends = []
@@ -106,16 +107,21 @@ def check_targets(scenario: Scenario, timeout_s: float = 2.0) -> None:
                 pass
         except OSError as exc:
             raise TargetUnreachable(f"{version} target {target.url} is unreachable: {exc.strerror or exc}") from None
+    pins: dict[str, tuple[str, str]] = {}
     for version, target, parts, secure, host, port in ends:
         if secure:
             named = "baseline" if scenario.replay.mode == "aa" else version  # A/A: the candidate leg is the baseline
-            problem = check_tls(host, port, target.tls, timeout_s, f"targets.{named}.tls", pin=parts.scheme == "grpcs")
+            problem, pinned = check_tls_pinned(host, port, target.tls, timeout_s, f"targets.{named}.tls",
+                                               pin=parts.scheme == "grpcs")
             if problem is not None:
                 raise TargetUnreachable(f"{version} target {target.url}: TLS: {problem}")
+            if pinned is not None:
+                pins[version] = pinned
             continue
         problem = probe_grpc(host, port, timeout_s) if parts.scheme == "grpc" else probe_http(host, port, timeout_s)
         if problem is not None:
             raise TargetUnreachable(f"{version} target {target.url}: {problem}")
+    return pins
 
 
 def _accept_encoding(setting: str, overrides: dict[str, str | None]) -> dict[str, str]:
@@ -199,7 +205,12 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
                 say(f"warning: {t.version} target {t.url}: TLS certificates are not verified (tls.verify: false)")
                 store.add_event("tls_unverified", t.version)
         # The targets last: an input error found above sends them nothing, not even this check's HEAD /.
-        check_targets(scenario)
+        pins = check_targets(scenario)
+        if pins:  # the replay's processes trust the certificates pinned just now, without fetching them again
+            plan = replace(plan, targets=tuple(
+                replace(t, tls={**(t.tls or {}), "pinned_certificate": pins[t.version][0],
+                                "pinned_name": pins[t.version][1]}) if t.version in pins else t
+                for t in plan.targets))
         monitor = _monitor(scenario, pids or {})
         sinks = {"legs": store.write_legs, "events": store.write_events, "resources": store.write_resources}
         options = ReplayOptions(web_ui=web_ui, web_port=web_port, progress_every_s=progress_every_s)

@@ -7,8 +7,10 @@ failures named before sending, and verify: false pinning the server's certificat
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -114,6 +116,7 @@ def test_grpcs_verified_and_its_failures_named_before_sending(tmp_path: Path,
 
     from harness.cli import main
     from harness.errors import TargetUnreachable
+    from harness.replay.grpc_transport import _tls_settings
     from harness.run import check_targets
     from harness.scenario import scenario_from_dict
     from stacks import make_pki
@@ -142,7 +145,18 @@ def test_grpcs_verified_and_its_failures_named_before_sending(tmp_path: Path,
         got = con.execute("select status_code, error_kind, count(*) from legs group by all").fetchall()
         assert got == [(200, None, 10)]
         # verify: false pins the certificate the server presents, warns and is recorded, as for https
-        check_targets(scenario_from_dict(scenario({"verify": False})))
+        pins = check_targets(scenario_from_dict(scenario({"verify": False})))
+        pem, name = pins["baseline"]
+        presented = ssl.PEM_cert_to_DER_cert(pki["server"].read_text().split("-----END CERTIFICATE-----")[0]
+                                             + "-----END CERTIFICATE-----\n")
+        assert ssl.PEM_cert_to_DER_cert(pem) == presented and name in ("localhost", "127.0.0.1")
+        # a replay process given the pin trusts it without fetching it again (nothing listens on this port)
+        given = _tls_settings("127.0.0.1", free_port(), {"verify": False, "pinned_certificate": pem,
+                                                         "pinned_name": name}, 0.5)
+        assert given["root_certificates"] == pem.encode()
+        assert given["options"] == [("grpc.ssl_target_name_override", name)]
+        with pytest.raises(OSError):
+            _tls_settings("127.0.0.1", free_port(), {"verify": False}, 0.5)
         (tmp_path / "unverified.yaml").write_text(json.dumps(scenario({"verify": False})))
         assert main(["run", str(tmp_path / "unverified.yaml"), "--out", str(tmp_path / "out")]) in (0, 2)
         assert "TLS certificates are not verified" in capsys.readouterr().out
@@ -190,9 +204,18 @@ def test_closing_ends_open_calls_as_timeouts_and_a_lost_process_fails_legs_not_t
     ok = send_one(client, "POST", "/v2/models/echo/infer", [], json.dumps(_rest(1, "echo")["body"]).encode())
     assert (ok.status, ok.error_kind) == (200, None) and ok.sent_at is not None
     client.start("POST", "/v2/models/slow/infer", RequestHead([]), body, lambda _t, r, _d: got.append(r), None)
+    # handed over for a time that has not come when the replay ends: it ends as the open call does, not before
+    # its time, and never leaves
+    later_at = time.time() + 30
+    ends: list[float] = []
+    client.start("POST", "/v2/models/echo/infer", RequestHead([]), body,
+                 lambda _t, r, d: (got.append(r), ends.append(d)), None, at=later_at)
     gevent.sleep(0.3)  # the call is open on the server
     client.close()
-    assert [(r.error_kind, r.error_detail) for r in got] == [("timeout", "gRPC CANCELLED: still open when the replay ended")]
+    assert sorted((r.error_kind, r.error_detail, r.sent_at is None) for r in got) == [
+        ("timeout", "gRPC CANCELLED: still open when the replay ended", False),
+        ("timeout", "gRPC CANCELLED: still open when the replay ended", True)]
+    assert ends == [later_at]
     # the gRPC process dies mid-run: its open legs and every later one are harness errors naming it
     got.clear()
     client = GrpcClient(grpc_server, timeout_s=5, connect_timeout_s=2, max_response_bytes=1_000_000)

@@ -153,3 +153,47 @@ def test_the_finisher_lets_the_loop_read_sockets_between_its_slices(monkeypatch:
         b.close()
     assert stats.completed_legs == 8
     assert read_after == [1]  # read right after the leg during which it arrived, not after all 8
+
+
+class _LeadMock(MockTransport):
+    """A transport that sends at a time it is given (as the gRPC transport does): it keeps the `at` of each
+    start, and ends the legs its handler refuses at that time, as the gRPC transport ends a leg it cannot send."""
+
+    lead_s = 0.02
+
+    def __init__(self, handler: Any) -> None:
+        super().__init__(handler)
+        self.ats: list[float | None] = []
+
+    def start(self, method: str, path: str, head: RequestHead, body: bytes, done: Any, token: Any,
+              at: float | None = None) -> None:
+        self.ats.append(at)
+        late = (lambda tok, result, end: done(tok, result, max(end, at))) if at is not None else done
+        super().start(method, path, head, body, late, token)
+
+
+def test_a_transport_with_a_lead_is_handed_each_leg_with_its_intended_time() -> None:
+    import time
+
+    ok = _answer(200, {"prediction": "cat", "confidence": 0.9})
+    targets = (TargetPlan("baseline", "mock://b", "json", {}), TargetPlan("candidate", "mock://c", "json", {}))
+
+    def run(transports: dict[str, Any], start: float) -> list[dict[str, Any]]:
+        tables: list[pa.Table] = []
+        recorder = Recorder({"legs": tables.append, "events": lambda t: None, "resources": lambda t: None},
+                            use_threadpool=False)
+        Dispatcher(_plan(targets), recorder, transports=transports).run(start, rows, len(rows))
+        recorder.stop()
+        return pa.concat_tables(tables).to_pylist()
+
+    rows = [dict(r, offset_s=0.01 * i) for i, r in enumerate(_rows(4))]
+    start = time.time() + 0.05
+    both = {"baseline": _LeadMock(lambda *a: ok), "candidate": _LeadMock(lambda *a: ok)}
+    legs = run(both, start)
+    assert both["baseline"].ats == both["candidate"].ats == [start + 0.01 * i for i in range(4)]
+    # a leg handed over early without a send time of its own is recorded as sent no earlier than its time
+    assert all(leg["sent_at"] >= leg["intended_at"] and leg["latency_ms"] >= 0 for leg in legs), legs
+    # a pair whose other leg's transport sends at once is handed over at its time, with no `at`
+    mixed = {"baseline": _LeadMock(lambda *a: ok), "candidate": MockTransport(lambda *a: ok)}
+    run(mixed, time.time() + 0.05)
+    assert mixed["baseline"].ats == [None] * 4

@@ -219,6 +219,11 @@ class Dispatcher:
             limits = Limits(plan.timeout_s, plan.connect_timeout_s, plan.max_response_bytes)
             transports = {t.version: _transport_for(t, limits) for t in plan.targets}
         self._transports = transports
+        # A transport that sends at a time it is given (`lead_s`: the gRPC process, on its own timer) is handed
+        # each pair ahead of its intended time, several pairs a wake; the send loop's own lateness then stays
+        # out of the legs' send lag. Only when every target's transport does, so that the legs of a pair leave
+        # together.
+        self._lead_s = min((float(getattr(t, "lead_s", 0.0)) for t in transports.values()), default=0.0)
         for transport in transports.values():  # optional: a transport with a process of its own to start (gRPC)
             wait_started = getattr(transport, "wait_started", None)
             if wait_started is not None:
@@ -253,6 +258,7 @@ class Dispatcher:
         to_mono = time.monotonic() - time.time()
         deadline = start_epoch + plan.max_duration_s if plan.max_duration_s else None
         clock = _PreciseClock()
+        lead = self._lead_s  # rows are handed over between lead/2 and lead before their time
         for transport in self._transports.values():
             transport.prepare()  # a failure is kept: each leg records it
         rows = self._warm(iter(rows), start_epoch)
@@ -265,9 +271,9 @@ class Dispatcher:
                 if deadline is not None and intended > deadline:
                     self.stop(f"replay.max_duration_s ({plan.max_duration_s:g} s) reached")
                     break
-                if intended + to_mono > time.monotonic():
-                    self._next_send = intended + to_mono
-                    clock.sleep_until(intended + to_mono, self._stopped)
+                if intended + to_mono - lead > time.monotonic():
+                    self._next_send = intended + to_mono - lead / 2
+                    clock.sleep_until(self._next_send, self._stopped)
                 if self._stop:
                     break
                 if self.stats.in_flight >= plan.max_in_flight:
@@ -331,8 +337,13 @@ class Dispatcher:
         # non-blocking write, so the first leg's write is all that separates the two sends (pair skew).
         body = row["body"] or b""
         for target, transport, i in order:
-            transport.start(row["method"], row["path"], heads[i], body, self._leg_done,
-                            (row, target, intended, time.time(), pending))
+            if self._lead_s:  # handed over early: a leg that never leaves (not sendable) ends at its time
+                token = (row, target, intended, max(time.time(), intended), pending)
+                transport.start(row["method"], row["path"], heads[i], body, self._leg_done, token,  # type: ignore[call-arg]
+                                at=intended)
+            else:
+                token = (row, target, intended, time.time(), pending)
+                transport.start(row["method"], row["path"], heads[i], body, self._leg_done, token)
 
     @staticmethod
     def _send_headers(captured: list[list[str]]) -> list[tuple[str, str]]:

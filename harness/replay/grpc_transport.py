@@ -1,9 +1,11 @@
 """gRPC legs (protocol kserve_v2_grpc): unary calls through grpcio, made by a gRPC process of their own.
 
-A leg is one unary call. `start` (on the dispatcher's send loop) builds the message and queues one frame
-for the gRPC process (harness.replay.grpc_process; one per replay process, a channel per target), written
-at the end of the loop turn (both legs of a pair in one write); that process starts the call with grpc.aio;
-outcomes come back in batches through one io watcher and are handed to
+A leg is one unary call. `start` (on the dispatcher's send loop) builds the message and queues it for the
+gRPC process (harness.replay.grpc_process; one per replay process, a channel per target), written at the end
+of the loop turn (the calls of a turn in one frame, one write). The dispatcher hands a pair over up to
+`lead_s` (20 ms) before its time with `start(..., at=intended)`; that process starts the call with grpc.aio
+at that time, on a timer of its own, so the send loop's pauses (the finisher, a recorder flush) do not delay
+sends. Outcomes come back in batches through one io watcher and are handed to
 `done(token, result, done_at)` like an HTTP leg's. The send loop never runs grpcio: under gevent (the
 replay's process is monkey-patched by Locust) grpcio can only run in its gevent mode, which costs each call
 a thread-pool hand-off and often a new greenlet (about 0.27 ms of the send loop per call). The leg's
@@ -20,7 +22,9 @@ header's value is base64 as captured and sent as bytes.
 TLS (grpcs://): verified against `tls.ca_file` (else the system's roots), `tls.server_name` as the name
 checked, `client_cert`/`client_key` for mutual TLS. grpcio cannot turn verification off, so `verify: false`
 pins the certificate the server presents: it is fetched without verification when the transport is made
-and becomes the channel's only root, with a name it carries as `grpc.ssl_target_name_override`. Its dates
+and becomes the channel's only root, with a name it carries as `grpc.ssl_target_name_override`. The pre-run
+check fetches it once and passes it to every replay process in the target's settings (`PINNED_KEYS` of
+harness.replay.tls); a client made without it fetches it itself. Its dates
 are still checked (an expired certificate is refused by grpcio, and named so by the pre-run check).
 
 The gRPC status of a failed call maps to the error kinds (and to `status_code`, by the HTTP mapping of
@@ -103,6 +107,10 @@ _READY_WAIT_S = 0.25
 _START_WAIT_S = 5.0
 _CLOSE_WAIT_S = 5.0  # the gRPC process reports the calls it cancels, then exits
 _TRAILING_MAX = 1024
+# How early the dispatcher may hand a call over: the gRPC process starts it at its time on a timer of its own,
+# so the send loop's pauses up to this long (the finisher, a recorder flush, the machine's other work) never
+# delay a send, and one wake and one pipe write carry the calls of about lead_s / 2.
+_LEAD_S = 0.02
 _REDACTOR = Redactor()
 
 
@@ -158,12 +166,13 @@ class _GrpcProcess:
     the legs of a pair go to it in one write, and it is woken once for both."""
 
     def __init__(self) -> None:
-        self.pending: dict[int, tuple[GrpcClient, Done, Any, str]] = {}
+        self.pending: dict[int, tuple[GrpcClient, Done, Any, str, float]] = {}
         self.clients: dict[int, GrpcClient] = {}
         self.failed: str | None = None
         self._next_call = 0
         self._next_channel = 0
         self._frames = FrameReader()
+        self._messages: list[Any] = []  # for the next frame: a frame carries a loop turn's messages
         self._out = bytearray()
         self._flushing = False
         to_child, self._child_in = os.pipe()
@@ -189,19 +198,20 @@ class _GrpcProcess:
         self.send(("o", number, settings))
         return number
 
-    def call(self, client: GrpcClient, path: str, payload: bytes, metadata: Any, done: Done, token: Any) -> None:
+    def call(self, client: GrpcClient, path: str, payload: bytes, metadata: Any, done: Done, token: Any,
+             at: float | None) -> None:
         call_id = self._next_call
         self._next_call += 1
-        self.pending[call_id] = (client, done, token, path)
-        self.send(("c", client.channel, call_id, path, payload, metadata))
+        self.pending[call_id] = (client, done, token, path, at or 0.0)
+        self.send(("c", client.channel, call_id, path, payload, metadata, at))
 
     def send(self, message: Any) -> None:
         if self.failed is not None:
             return
-        self._out += frame(message)
+        self._messages.append(message)
         if self._writing.active:  # the pipe was full: the write watcher sends the rest, in order
             return
-        if len(self._out) >= 65536:
+        if len(self._messages) >= 512:
             self._flush()
         elif not self._flushing:  # at the end of this loop turn: the other leg of the pair goes in the same write
             self._flushing = True
@@ -209,7 +219,12 @@ class _GrpcProcess:
 
     def _flush(self) -> None:
         self._flushing = False
-        if not self._out or self.failed is not None:
+        if self.failed is not None:
+            return
+        if self._messages:
+            self._out += frame(self._messages)
+            self._messages = []
+        if not self._out:
             return
         try:
             sent = os.write(self._child_in, self._out)
@@ -237,8 +252,9 @@ class _GrpcProcess:
                 code = self._proc.poll()
                 self.lost("the gRPC client process exited" + (f" (code {code})" if code is not None else ""))
                 return
-            for message in self._frames.feed(chunk):
-                self._handle(message)
+            for messages in self._frames.feed(chunk):
+                for message in messages:
+                    self._handle(message)
 
     def _handle(self, message: Any) -> None:
         kind = message[0]
@@ -247,14 +263,14 @@ class _GrpcProcess:
             entry = self.pending.pop(call_id, None)
             if entry is None:
                 return
-            client, done, token, path = entry
+            client, done, token, path, at = entry
             if number == 0:
                 result = SendResult(200, answer, None, None, len(answer), {":path": path, "content-type": "application/grpc"},
                                     None, len(answer), sent_at)
             else:
                 code = _BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
                 result = status_result(code, details, client.closing, trailing, sent_at)
-            done(token, result, done_at)
+            done(token, result, done_at if sent_at is not None else max(done_at, at))  # never sent: not before its time
         elif kind == "e":
             _, call_id, sent_at, done_at, detail = message
             entry = self.pending.pop(call_id, None)
@@ -281,10 +297,11 @@ class _GrpcProcess:
     def end_pending(self, client: GrpcClient | None) -> None:
         """End the open legs of `client` (all of them: None) without their answers."""
         now = time.time()
-        for call_id, (owner, done, token, _) in list(self.pending.items()):
+        for call_id, (owner, done, token, _, at) in list(self.pending.items()):
             if client is None or owner is client:
                 del self.pending[call_id]
-                done(token, _closed() if owner.closing else SendResult(None, b"", HARNESS_ERROR, self.failed or "", 0), now)
+                result = _closed() if owner.closing else SendResult(None, b"", HARNESS_ERROR, self.failed or "", 0)
+                done(token, result, max(now, at))
 
     def release(self, client: GrpcClient) -> None:
         """`client` is closed: the process ends with the last one."""
@@ -322,6 +339,8 @@ def _process() -> _GrpcProcess:
 
 class GrpcClient:
     """One target's channel in the gRPC process: a transport (harness.replay.transport)."""
+
+    lead_s = _LEAD_S  # the dispatcher hands a call over this much before its time at most (`start(at=...)`)
 
     def __init__(self, url: str, *, timeout_s: float, connect_timeout_s: float, max_response_bytes: int,
                  tls: Mapping[str, Any] | None = None) -> None:
@@ -397,24 +416,27 @@ class GrpcClient:
         self._metadata[id(head)] = (head, meta)
         return meta
 
-    def start(self, method: str, uri: str, head: RequestHead, body: bytes, done: Done, token: Any) -> None:
-        """Hand the call to the gRPC process (it leaves at the end of this loop turn); `done` is called once,
-        later (or now, for a request that cannot be sent)."""
+    def start(self, method: str, uri: str, head: RequestHead, body: bytes, done: Done, token: Any,
+              at: float | None = None) -> None:
+        """Hand the call to the gRPC process (written at the end of this loop turn), which starts it at `at`
+        (epoch seconds; None or past: at once); `done` is called once, later (or now, for a request that cannot
+        be sent: with its end time no earlier than `at`)."""
         try:
             if head.error is not None:
                 raise ValueError(head.error)
             path, payload = self._request(method, uri, body)
             metadata = self._meta(head)
         except ValueError as exc:
-            done(token, SendResult(None, b"", HARNESS_ERROR, f"{type(exc).__name__}: {exc}"[:300], 0), time.time())
+            done(token, SendResult(None, b"", HARNESS_ERROR, f"{type(exc).__name__}: {exc}"[:300], 0),
+                 max(time.time(), at or 0.0))
             return
         failed = self._failed
         if failed is None and self._process.failed is not None:
             failed = SendResult(None, b"", HARNESS_ERROR, self._process.failed, 0)
         if failed is not None or self.closing:
-            done(token, failed or _closed(), time.time())
+            done(token, failed or _closed(), max(time.time(), at or 0.0))
             return
-        self._process.call(self, path, payload, metadata, done, token)
+        self._process.call(self, path, payload, metadata, done, token, at)
 
     def close(self) -> None:
         """Cancel what is still open (those legs end as timeouts), close the channel; once."""
@@ -448,7 +470,10 @@ def _tls_settings(host: str, port: int, tls: Mapping[str, Any] | None, timeout_s
                            "root_certificates": read("ca_file")}
     name = tls.get("server_name")
     if tls.get("verify", True) is False:
-        pem, name = pinned_certificate(host, port, tls, timeout_s)
+        if tls.get("pinned_certificate"):  # pinned by the pre-run check (harness.run.check_targets)
+            pem, name = str(tls["pinned_certificate"]), str(tls.get("pinned_name") or name or host)
+        else:
+            pem, name = pinned_certificate(host, port, tls, timeout_s)
         out["root_certificates"] = pem.encode()
     out["options"] = [("grpc.ssl_target_name_override", name)] if name else []
     return out

@@ -18,9 +18,12 @@ import socket
 import ssl
 from typing import Any, Mapping
 
-__all__ = ["client_context", "check_tls", "pinned_certificate", "TLS_KEYS"]
+__all__ = ["client_context", "check_tls", "check_tls_pinned", "pinned_certificate", "TLS_KEYS", "PINNED_KEYS"]
 
 TLS_KEYS = ("ca_file", "client_cert", "client_key", "server_name", "verify")
+# Set by the pre-run check in a gRPC target's settings where verify is false: the certificate it pinned (PEM)
+# and the name checked, so that the replay's processes use that one rather than fetch it again.
+PINNED_KEYS = ("pinned_certificate", "pinned_name")
 
 _EXPIRED = 10
 _UNTRUSTED = frozenset({2, 18, 19, 20, 21, 27})  # no issuer, self-signed, self-signed in chain, local issuer, untrusted
@@ -46,20 +49,27 @@ def check_tls(host: str, port: int, tls: Mapping[str, Any] | None, timeout_s: fl
     """One handshake with the target as the replay will do it: None when it succeeds, else one line naming
     the cause (`where` names the target and its setting, e.g. "targets.baseline.tls"). `pin`: the client
     pins the server's certificate where `verify` is false (gRPC)."""
+    return check_tls_pinned(host, port, tls, timeout_s, where, pin)[0]
+
+
+def check_tls_pinned(host: str, port: int, tls: Mapping[str, Any] | None, timeout_s: float, where: str,
+                     pin: bool = False) -> tuple[str | None, tuple[str, str] | None]:
+    """`check_tls`, and the certificate pinned (PEM, the name it is checked by) where `pin` and `verify` is
+    false: what the gRPC client is to trust (`PINNED_KEYS`), fetched here once for every replay process."""
     tls = tls or {}
     problem = _check_handshake(host, port, tls, timeout_s, where)
     if problem is not None or not pin or tls.get("verify", True) is not False:
-        return problem
+        return problem, None
     try:
-        pinned_certificate(host, port, tls, timeout_s)
+        return None, pinned_certificate(host, port, tls, timeout_s)
     except ssl.SSLCertVerificationError as exc:
         if exc.verify_code == _EXPIRED:
             return (f"the server's certificate has expired ({exc.verify_message}); gRPC checks its dates even with "
-                    f"{where}.verify: false (grpcio cannot turn verification off): renew it")
-        return f"the server's certificate cannot be pinned for {where}.verify: false: {exc.verify_message or exc}"
+                    f"{where}.verify: false (grpcio cannot turn verification off): renew it"), None
+        return (f"the server's certificate cannot be pinned for {where}.verify: false: "
+                f"{exc.verify_message or exc}"), None
     except (OSError, ssl.SSLError) as exc:
-        return f"the server's certificate cannot be pinned for {where}.verify: false: {exc}"
-    return None
+        return f"the server's certificate cannot be pinned for {where}.verify: false: {exc}", None
 
 
 def _check_handshake(host: str, port: int, tls: Mapping[str, Any], timeout_s: float, where: str) -> str | None:
