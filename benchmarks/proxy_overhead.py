@@ -130,7 +130,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rates", default="300,1000")
     ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--wrk-seconds", type=int, default=5)
+    ap.add_argument("--wrk-seconds", type=int, default=5, help="0: no rate-per-core measurement (latency only)")
     ap.add_argument("--only", default=",".join(PROXIES))
     args = ap.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
@@ -163,15 +163,17 @@ def main() -> None:
                     print(f"{name} at {rate:g}/s: added p50 {m['added_p50_ms']:+.3f} ms, p99 {m['added_p99_ms']:+.3f} ms "
                           f"(p99 {m['p99_ms']:.3f} ms; client send lag p99 {m['send_lag_p99_ms']:.3f} ms, "
                           f"{m['failed']} failed)", flush=True)
-                r["wrk_rps"], r["requests_per_cpu_second"] = per_core(url, pids, args.wrk_seconds)
+                if args.wrk_seconds > 0:
+                    r["wrk_rps"], r["requests_per_cpu_second"] = per_core(url, pids, args.wrk_seconds)
             results[name] = r
-            print(f"{name}: wrk {r['wrk_rps']:,.0f} req/s, {r['requests_per_cpu_second']:,.0f} req per CPU-second "
-                  f"(load average before {r['load_before']:.2f})", flush=True)
+            if args.wrk_seconds > 0:
+                print(f"{name}: wrk {r['wrk_rps']:,.0f} req/s, {r['requests_per_cpu_second']:,.0f} req per CPU-second "
+                      f"(load average before {r['load_before']:.2f})", flush=True)
     for name in args.only.split(","):
         if name.startswith("nginx"):
             continue
         peer = "nginx-mirror" if name == "shadow" and "nginx-mirror" in results else "nginx"
-        if peer in results:
+        if peer in results and args.wrk_seconds > 0:
             ratio = results[name]["requests_per_cpu_second"] / results[peer]["requests_per_cpu_second"]
             results[name]["per_core_vs_" + peer] = ratio
             print(f"{name} / {peer} per core: {ratio:.3f}x", flush=True)

@@ -7,7 +7,7 @@ import pytest
 from harness.errors import ScenarioError
 from harness.scenario import scenario_from_dict
 from harness.send_headers import header_overrides
-from harness.shadow.proxy import _with_overrides
+from harness.shadow.proxy import CopyHead
 
 
 def _scenario(env_var: str = "HARNESS_TEST_TOKEN") -> object:
@@ -33,6 +33,11 @@ def test_an_unset_variable_is_one_scenario_error_naming_it(monkeypatch: pytest.M
 
 
 def test_the_shadow_copy_carries_the_candidate_headers_over_the_users() -> None:
-    user = [("Authorization", "Bearer user"), ("cookie", "session=1"), ("X-Tenant-Tier", "pro")]
-    out = _with_overrides(user, {"Authorization": "Bearer test", "Cookie": None, "X-Model": "v2"})
-    assert sorted(out) == [("Authorization", "Bearer test"), ("X-Model", "v2"), ("X-Tenant-Tier", "pro")]
+    user = [(b"Authorization", b"Bearer user"), (b"cookie", b"session=1"), (b"X-Tenant-Tier", b"pro"),
+            (b"Connection", b"keep-alive"), (b"Content-Length", b"2")]
+    head = CopyHead("/v2", "cand:9000", {"Authorization": "Bearer test", "Cookie": None, "X-Model": "v2"})
+    got = head("POST", "/score?x=1", user, 2)
+    assert got == (b"POST /v2/score?x=1 HTTP/1.1\r\nHost: cand:9000\r\nX-Tenant-Tier: pro\r\n"
+                   b"Authorization: Bearer test\r\nX-Model: v2\r\nContent-Length: 2\r\n\r\n")
+    assert head("GET", "/health", user, 0).startswith(b"GET /v2/health HTTP/1.1\r\n")
+    assert b"Content-Length" not in head("GET", "/health", user, 0)

@@ -23,7 +23,7 @@ T0 = 1_790_000_000.0
 SECRET = "sk-recorder-secret-123456"
 REQUEST = json.dumps({"amount": 12, "api_key": SECRET}).encode()
 ANSWER = json.dumps({"prediction": "ok", "confidence": 0.9, "session_token": SECRET}).encode()
-JSON = (("Content-Type", "application/json"),)
+JSON = [(b"Content-Type", b"application/json")]  # headers as the proxy read them
 
 
 def _scenario(tmp: Path) -> Scenario:
@@ -38,7 +38,7 @@ def _scenario(tmp: Path) -> Scenario:
 
 def _items(i: int, body: bytes = REQUEST) -> list[tuple[Any, ...]]:
     rid, ts = f"s{i + 1:09d}", T0 + i * 0.01
-    headers = [("Content-Type", "application/json"), ("Authorization", f"Bearer {SECRET}")]
+    headers = [(b"Content-Type", b"application/json"), (b"Authorization", f"Bearer {SECRET}".encode())]
     return [("b", rid, "/v1/score", True, "POST", "/v1/score", headers, body, ts, 200, JSON, ANSWER, len(ANSWER),
              ts, ts + 0.005, None),
             ("c", rid, "/v1/score", ts, 200, JSON, ANSWER, len(ANSWER), ts, ts + 0.006, None)]

@@ -10,7 +10,7 @@ one write as it arrives: the answer streams through unchanged (status, reason, h
 hop-by-hop ones, body bytes; a chunked answer is re-chunked as it comes).
 
 What the proxy does with a request happens in two hooks, called on the event loop and expected to
-return at once: `request(req)` when the request has been read whole (before it is forwarded), and
+return at once: `request(req)` when the request has been read whole (just after it is forwarded), and
 `answered(req, token, answer)` when the answer has been passed on (or failed).
 
 Failures, as a proxy answers them: an upstream that refuses or cannot be reached -> 502, no answer
@@ -686,9 +686,11 @@ class ProxyServer:
     def forward(self, ex: _Exchange) -> None:
         req = ex.req
         self.in_flight += 1
-        ex.token = self.hooks.request(req)
         ex.sent_at = time.time()
         self.upstream.send(ex.up_head, req.body, ex, head_only=req.method == "HEAD")
+        # after the request is on its way: what the hook does (shadow's copy) never delays it; the answer
+        # cannot come before this returns (the upstream's reads are callbacks of a later loop turn)
+        ex.token = self.hooks.request(req)
 
     def answered(self, ex: _Exchange, answer: Answer) -> None:
         self.in_flight -= 1

@@ -27,7 +27,7 @@ from ..traffic.prepare import is_allowed
 from ..traffic.segments import route_template
 from .channel import RecorderChannel
 
-__all__ = ["ShadowStats", "ShadowApp", "USER_TIMEOUT_S"]
+__all__ = ["ShadowStats", "ShadowApp", "CopyHead", "USER_TIMEOUT_S"]
 
 USER_TIMEOUT_S = 60.0  # the user's request to the baseline: a proxy's timeout, not the replay's
 
@@ -64,6 +64,7 @@ class ShadowApp:
         self._keep = scenario.replay.max_response_bytes
         self._server: ProxyServer | None = None
         self._candidate: Upstream | None = None
+        self._copy_head: CopyHead | None = None
         # The copy carries the candidate's test credentials (replay.headers, then the target's), as a replay
         # would; the user's request to the baseline passes through as the user sent it.
         self._candidate_headers = header_overrides(scenario)["candidate"]
@@ -72,6 +73,7 @@ class ShadowApp:
         replay = self.scenario.replay
         self._candidate = Upstream(self.scenario.target_for("candidate").url, timeout_s=replay.timeout_s,
                                    connect_timeout_s=replay.connect_timeout_s)
+        self._copy_head = CopyHead(self._candidate.prefix, self._candidate.netloc, self._candidate_headers)
         self._server = ProxyServer(Upstream(self.scenario.target_for("baseline").url, timeout_s=USER_TIMEOUT_S),
                                    self, self._keep, keepalive_timeout_s=self.keepalive_timeout_s)
         return await self._server.start(host, port)
@@ -112,14 +114,13 @@ class ShadowApp:
 
     def answered(self, req: Request, token: tuple[str, str, bool], answer: Answer) -> None:
         rid, route, mirror = token
-        self.channel.put(("b", rid, route, mirror, req.method, req.raw_path, req.headers, req.body, req.arrived,
-                          answer.status, answer.headers, answer.body, answer.size, answer.sent_at, answer.done_at,
-                          answer.error))
+        # headers as received (bytes): the recorder decodes them, off the serving loop
+        self.channel.put(("b", rid, route, mirror, req.method, req.raw_path, req.raw_headers, req.body, req.arrived,
+                          answer.status, answer.raw_headers or (), answer.body, answer.size, answer.sent_at,
+                          answer.done_at, answer.error))
 
     def _copy(self, rid: str, route: str, req: Request) -> None:
-        assert self._candidate is not None
-        headers = _with_overrides([(k, v) for k, v in req.headers if k.lower() not in HOP_BY_HOP],
-                                  self._candidate_headers)
+        assert self._candidate is not None and self._copy_head is not None
 
         def done(answer: Answer) -> None:
             self.copies -= 1
@@ -127,20 +128,33 @@ class ShadowApp:
                 return
             if answer.error is not None:
                 self.stats.candidate_errors[answer.error] = self.stats.candidate_errors.get(answer.error, 0) + 1
-            self.channel.put(("c", rid, route, req.arrived, answer.status, answer.headers, answer.body, answer.size,
-                              answer.sent_at, answer.done_at, answer.error))
+            self.channel.put(("c", rid, route, req.arrived, answer.status, answer.raw_headers or (), answer.body,
+                              answer.size, answer.sent_at, answer.done_at, answer.error))
 
         self.copies += 1
-        c = self._candidate
-        c.send(c.head(req.method, req.raw_path, headers, len(req.body)), req.body, Collect(self._keep, done),
-               head_only=req.method == "HEAD")
+        self._candidate.send(self._copy_head(req.method, req.raw_path, req.raw_headers, len(req.body)), req.body,
+                             Collect(self._keep, done), head_only=req.method == "HEAD")
 
 
-def _with_overrides(headers: list[tuple[str, str]], overrides: dict[str, str | None]) -> list[tuple[str, str]]:
-    """Captured headers with the scenario's replaced (a null override removes the header)."""
-    if not overrides:
-        return headers
-    lower = {k.lower() for k in overrides}
-    return [(k, v) for k, v in headers if k.lower() not in lower] + [(k, v) for k, v in overrides.items()
-                                                                      if v is not None]
+class CopyHead:
+    """The head of the candidate's copy, built in bytes from the headers as received (nothing decoded on the
+    serving loop): the user's headers in their order, less the hop-by-hop ones and those the scenario sets,
+    then the scenario's (a null override removes the header)."""
 
+    def __init__(self, prefix: str, netloc: str, overrides: dict[str, str | None]) -> None:
+        self._prefix = b" " + prefix.encode("latin-1")
+        self._host = b" HTTP/1.1\r\nHost: " + netloc.encode("latin-1") + b"\r\n"
+        self._drop = frozenset(k.encode() for k in HOP_BY_HOP) | {k.lower().encode("latin-1") for k in overrides}
+        self._extra = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in overrides.items() if v is not None)
+
+    def __call__(self, method: str, raw_path: str, raw_headers: list[tuple[bytes, bytes]], body_len: int) -> bytes:
+        parts = [method.encode("latin-1"), self._prefix, raw_path.encode("latin-1"), self._host]
+        drop = self._drop
+        for k, v in raw_headers:
+            if k.lower() not in drop:
+                parts += (k, b": ", v, b"\r\n")
+        parts.append(self._extra)
+        if body_len or method in ("POST", "PUT", "PATCH"):
+            parts.append(b"Content-Length: %d\r\n" % body_len)
+        parts.append(b"\r\n")
+        return b"".join(parts)

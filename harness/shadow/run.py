@@ -32,6 +32,7 @@ from ..run import RunResult, _setup_log, check_out_root, check_targets, make_run
 from ..send_headers import header_overrides
 from ..scenario import Scenario
 from .channel import RecorderChannel
+from .probe import Probe
 from .proxy import ShadowApp, ShadowStats
 from .results import build_results, publish
 
@@ -123,6 +124,11 @@ class _Live:
         channel = RecorderChannel(dropped)
         await channel.start(scenario, self.capture_path, self.legs_path)
         shadow = ShadowApp(scenario, channel, max_requests, stop, self.keepalive_timeout_s)
+        probe = Probe.from_env()
+        if probe is not None:
+            probe.start()
+            for obj, name in ((channel, "send"), (shadow, "request"), (shadow, "answered")):
+                probe.wrap(obj, name)
         stopped_by = ["max-requests"]
         snapshots: asyncio.Task[None] | None = None
         recorded: dict[str, Any] | None = None
@@ -150,6 +156,8 @@ class _Live:
                 await asyncio.gather(snapshots, return_exceptions=True)
             await shadow.close(scenario.replay.timeout_s + 1.0)
             recorded = await channel.close()
+            if probe is not None:
+                probe.stop()
         if recorded is None:
             say("shadow: the recorder process did not finish in time; what it wrote is kept")
         else:
