@@ -200,7 +200,19 @@ http {{
 """
     (d / "nginx.conf").write_text(conf)
     return subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the benchmark dies, even by SIGKILL (a `flock -w` or CI timeout),
+    so that no nginx is left serving on a shared machine (Linux's PR_SET_PDEATHSIG; elsewhere nothing)."""
+    try:
+        import ctypes  # noqa: PLC0415 - only in the child, between fork and exec
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 class Nginx:
