@@ -57,8 +57,11 @@ def read_frame(f: BinaryIO) -> Any:
 
 def child_env() -> dict[str, str]:
     """The environment for `python -m harness.…` children: the folder this very harness package is in comes
-    first on their import path, so a child runs the parent's code even where another copy is installed."""
+    first on their import path, so a child runs the parent's code even where another copy is installed. An
+    installed package (site-packages) is left to the interpreter: that folder ahead of the standard library
+    would let a stale backport there shadow a standard module."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    root = Path(__file__).resolve().parents[1]
+    if root.name not in ("site-packages", "dist-packages"):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     return env
