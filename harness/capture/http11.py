@@ -43,7 +43,7 @@ import httptools
 
 from .forward import RESPONSE_DROP, HOP_BY_HOP, Answer
 
-__all__ = ["Request", "Hooks", "Upstream", "ProxyServer", "Collect", "request_head", "KEEPALIVE_TIMEOUT_S"]
+__all__ = ["Request", "Hooks", "Upstream", "ProxyServer", "Collect", "KEEPALIVE_TIMEOUT_S"]
 
 MAX_REQUEST_BYTES = 1 << 30  # forwarded whole whatever the capture limit
 MAX_HEAD_BYTES = 1 << 20
@@ -107,15 +107,6 @@ class Sink(Protocol):
     def end(self) -> None: ...
 
     def fail(self, kind: str) -> None: ...
-
-
-def request_head(method: str, raw_path: str, host: str, headers: list[tuple[str, str]], body_len: int) -> bytes:
-    lines = [f"{method} {raw_path} HTTP/1.1\r\nHost: {host}\r\n"]
-    lines += [f"{k}: {v}\r\n" for k, v in headers]
-    if body_len or method in ("POST", "PUT", "PATCH"):
-        lines.append(f"Content-Length: {body_len}\r\n")
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1")
 
 
 # ---------------------------------------------------------------------------------------------- upstream
@@ -280,9 +271,6 @@ class Upstream:
         self.loop = self._loop = asyncio.get_running_loop()
         self._sweep_s = min(1.0, timeout_s / 10)
         self._sweeper: asyncio.TimerHandle | None = None
-
-    def head(self, method: str, raw_path: str, headers: list[tuple[str, str]], body_len: int) -> bytes:
-        return request_head(method, self.prefix + raw_path, self.netloc, headers, body_len)
 
     def send(self, head: bytes, body: bytes, sink: Sink, head_only: bool = False) -> None:
         idle = self.idle
