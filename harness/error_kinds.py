@@ -39,7 +39,6 @@ CONSUMER_ERROR_KINDS = frozenset({"timeout", "connect", "reset", "http_5xx", "in
 CONSUMER_ERROR_KINDS_SQL = ", ".join(f"'{k}'" for k in sorted(CONSUMER_ERROR_KINDS))
 
 
-
 def pair_failed(kind: str | None, other: str | None, paired: bool = True) -> bool:
     """Whether a leg failed, given its pair's other leg (`paired`: there is one)."""
     if kind in CONSUMER_ERROR_KINDS:

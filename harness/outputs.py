@@ -105,8 +105,9 @@ def judge(run_dir: Path) -> dict[str, Any]:
         if comparison.summary.get("noise_note"):
             notes.append(comparison.summary["noise_note"])
         notes.extend(ungated_breaks(comparison.summary, scenario.gates))
-        if scenario.self_comparison():
-            notes.insert(0, f"Warning: {scenario.self_comparison()}")
+        same_target = scenario.self_comparison()
+        if same_target:
+            notes.insert(0, f"Warning: {same_target}")
         from .schedule import build_schedule
 
         summary["schedule"] = build_schedule(summary, scenario, con)

@@ -177,8 +177,9 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
     nothing_recorded = False
     try:
         say(f"harness {__version__}: scenario {scenario.name}, mode {scenario.replay.mode}, run folder {run_dir}")
-        if scenario.self_comparison():
-            say(f"warning: {scenario.self_comparison()}")
+        same_target = scenario.self_comparison()
+        if same_target:
+            say(f"warning: {same_target}")
         prepared = prepare_traffic(scenario, work)
         nothing = prepared.nothing_to_replay()
         if nothing is not None:  # an input error (a typo in replay.allow, a window past the capture), not a HOLD

@@ -34,8 +34,9 @@ def validate_scenario(path: Path) -> list[str]:
              "score",
              f"  gates: {len(s.gates)}"]
     lines += [f"    {g.name}: {g.metric} {g.aggregation} {g.threshold_text} ({g.severity})" for g in s.gates]
-    if s.self_comparison():
-        lines.append(f"  warning: {s.self_comparison()}")
+    same_target = s.self_comparison()
+    if same_target:
+        lines.append(f"  warning: {same_target}")
     with tempfile.TemporaryDirectory(prefix="harness-validate-") as work:
         prepared = prepare_traffic(s, Path(work))
         lines += ["  capture: " + line for line in prepared.counts_lines()]

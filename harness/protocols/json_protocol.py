@@ -6,12 +6,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-
 from ..jsonpath import MISSING, first_getter
 from ..traffic.jsonl_reader import loads
 
 __all__ = ["OutputRead", "read_json_output", "label_of", "number_of", "loads", "first"]
-
 
 
 @dataclass(slots=True)
