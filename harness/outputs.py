@@ -24,6 +24,7 @@ from .evidence import apply_evidence
 from .fidelity import IN_FLIGHT_REASON, apply_fidelity, assess_fidelity, skipped_in_scope
 from .attribution import explain_segments
 from .gates import GateResult, ResourceSummary, decide_verdict, evaluate_gates, natural_delta
+from .gates.ungated import ungated_notes
 from .scenario import scenario_from_dict
 from .store import (count_skipped, event_details, latest_event_detail, open_results, resource_sources_sampled,
                     skipped_segment_values, upgrade_results)
@@ -104,7 +105,8 @@ def judge(run_dir: Path) -> dict[str, Any]:
             summary["outputs"]["aa_field_rates"] = _clean(aa_field_rates(comparison))
         if comparison.summary.get("noise_note"):
             notes.append(comparison.summary["noise_note"])
-        notes.extend(ungated_breaks(comparison.summary, scenario.gates))
+        notes.extend(ungated_notes(scenario.gates, comparison.summary, data if "candidate" in versions else None,
+                                   a.alpha, a.bootstrap_resamples, a.seed))
         same_target = scenario.self_comparison()
         if same_target:
             notes.insert(0, f"Warning: {same_target}")
@@ -114,31 +116,6 @@ def judge(run_dir: Path) -> dict[str, Any]:
         return summary
     finally:
         con.close()
-
-
-# A field the baseline's answers carry that the candidate's lack (or carry with another type) in at least this
-# share of the compared pairs is named next to the verdict when no gate judges the answers' shape.
-UNGATED_BREAK_SHARE = 0.01
-_SHAPE_GATES = frozenset({"field_diff_rate", "schema_pass_rate"})
-
-
-def ungated_breaks(outputs: dict[str, Any], gates: Any) -> list[str]:
-    """Notes for what would break a consumer of the candidate's answers that no gate of the scenario judges:
-    the verdict stays the gates' (written before the run), and these lines say what it did not look at."""
-    if any(g.metric in _SHAPE_GATES for g in gates):
-        return []
-    compared = int(outputs.get("compared") or 0)
-    out = []
-    for f in outputs.get("fields") or []:
-        if f.get("kind") not in ("missing", "type") or not f.get("reported") or not compared:
-            continue
-        n = int(f.get("n") or 0)
-        if n / compared >= UNGATED_BREAK_SHARE:
-            what = "missing from" if f["kind"] == "missing" else "of another type in"
-            out.append(f"Not gated: {f['path']} is {what} {100 * n / compared:.1f} % of the candidate's answers "
-                       f"({n:,} of {compared:,} compared pairs) where the baseline's had it; a field_diff_rate or "
-                       f"schema_pass_rate gate would judge it")
-    return out
 
 
 def _judge_fidelity(con: Any, results: list[GateResult], replay: dict[str, Any], scenario: Any,

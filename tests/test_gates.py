@@ -192,20 +192,3 @@ def test_paired_increase_gates_use_discordant_pairs() -> None:
     same = {r.name: r for r in evaluate_gates(gates, pairs(4000, err_b=0.01, err_c=0.01, seed=9), RES)
             if r.segment is None}
     assert same["error_rate"].status != "fail" and same["schema_validation_pass_rate"].status != "fail"
-
-
-def test_a_shape_break_no_gate_judges_is_named_next_to_the_verdict() -> None:
-    from harness.outputs import ungated_breaks
-
-    outputs = {"compared": 3000, "fields": [
-        {"path": "$.prediction", "kind": "missing", "n": 300, "reported": True},
-        {"path": "$.score", "kind": "type", "n": 31, "reported": True},
-        {"path": "$.debug", "kind": "extra", "n": 3000, "reported": True},  # new fields break nobody
-        {"path": "$.label", "kind": "value", "n": 900, "reported": True},  # a changed value is the model's
-        {"path": "$.trace", "kind": "missing", "n": 29, "reported": True},  # under 1 %
-        {"path": "$.id", "kind": "missing", "n": 3000, "reported": False}]}  # ignored, or within A/A noise
-    notes = ungated_breaks(outputs, parse_gates({"error_rate": {"maximum": 0.01}}, "t"))
-    assert [n.split(" is ")[0] for n in notes] == ["Not gated: $.prediction", "Not gated: $.score"]
-    assert "10.0 % of the candidate's answers (300 of 3,000 compared pairs)" in notes[0]
-    assert ungated_breaks(outputs, parse_gates({"field_diff_rate": {"maximum": 0.01}}, "t")) == []
-    assert ungated_breaks(outputs, parse_gates({"schema_validation_pass_rate": {"minimum": 0.995}}, "t")) == []
