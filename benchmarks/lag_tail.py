@@ -2,9 +2,10 @@
 
 `harness run --speed 1` at a fixed paired rate against nginx (optionally with --background-load), in a
 child process that records, with wall-clock start and end: the recorder's flushes and seals (on the send
-loop), the store's DuckDB inserts (in the recorder's thread), the resource sampler, and every garbage
-collection (gc.callbacks). harness's files are not changed: the child wraps those functions before it
-calls the CLI. Meanwhile this process reads the harness main thread's /proc schedstat every 10 ms (time
+loop; a flush waits for its inserts), the store's DuckDB inserts (in the store's writer process, which the
+child starts wrapped the same way; `--variants thread`: in the recorder's thread), the resource sampler,
+and every garbage collection (gc.callbacks). harness's files are not changed: the child wraps those
+functions before it calls the CLI. Meanwhile this process reads the harness main thread's /proc schedstat every 10 ms (time
 spent runnable but waiting for a CPU: the machine's share) and /proc/stat (steal).
 
 For every leg whose send lag is over --late-ms, the window [intended, sent] is checked against each kind
@@ -27,9 +28,31 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
+WRITER = r"""
+import json, sys, time
+trace_path, results = sys.argv[1], sys.argv[2]
+events = []
+from harness import store, store_writer
+insert = store.RunStore._insert
+def wrapped(*a, **k):
+    t0 = time.time()
+    try:
+        return insert(*a, **k)
+    finally:
+        events.append(("insert", t0, time.time()))
+store.RunStore._insert = wrapped
+try:
+    rc = store_writer.main(results, sys.stdin.buffer, sys.stdout.buffer)
+finally:
+    with open(trace_path, "w") as f:
+        json.dump(events, f)
+raise SystemExit(rc)
+"""
+
 CHILD = r"""
 import gc, json, sys, threading, time
 trace_path = sys.argv[1]
+WRITER = sys.argv.pop(3)
 events = []
 gc_start = {}
 def on_gc(phase, info):
@@ -53,9 +76,18 @@ for owner, name, kind in [(recorder.Recorder, "_seal_legs", "seal"), (recorder.R
                           (store.RunStore, "_insert", "insert"), (monitor.ResourceMonitor, "sample", "sample")]:
     if hasattr(owner, name):
         wrap(owner, name, kind)
+from harness import store_child
+# the store's writer process records its own inserts, into trace_path + ".writer"
+store_child.WRITER_ARGV = [sys.executable, "-c", WRITER, trace_path + ".writer"]
 if sys.argv[2] == "before":  # the recorder as it was: DuckDB's own threads, the sink thread at the loop's priority
     recorder.SINK_NICE = 0
     store.RunStore.recording = lambda self, on: None
+if sys.argv[2] in ("before", "thread"):  # DuckDB's inserts in the recorder's thread, in this process
+    import contextlib
+    @contextlib.contextmanager
+    def in_thread(st, note):
+        yield {"legs": st.write_legs, "events": st.write_events, "resources": st.write_resources}
+    store_child.writing_in_child = in_thread
 from harness.cli import main
 try:
     rc = main(sys.argv[3:])
@@ -96,9 +128,10 @@ def main() -> int:
     ap.add_argument("--background-load", type=float, default=0.0)
     ap.add_argument("--late-ms", type=float, default=1.0, help="a leg later than this counts as late")
     ap.add_argument("--tries", type=int, default=1)
-    ap.add_argument("--variants", nargs="+", default=["as-is"], choices=["as-is", "before"],
-                    help="before: the sink thread at the loop's priority and DuckDB with a thread per core "
-                         "(the code before the recorder's thread was lowered); variants alternate within each try")
+    ap.add_argument("--variants", nargs="+", default=["as-is"], choices=["as-is", "thread", "before"],
+                    help="as-is: DuckDB's inserts in the store's writer process; thread: in the recorder's "
+                         "thread of the replay's process (nice +10, DuckDB on one thread); before: that thread at "
+                         "the loop's priority and DuckDB with a thread per core; variants alternate within each try")
     args = ap.parse_args()
     results = []
     with c.scratch_dir("lagtail") as work, c.Nginx() as nginx, c.background_load(args.background_load):
@@ -120,7 +153,7 @@ def one(nginx: c.Nginx, d: Path, args: argparse.Namespace, variant: str) -> dict
     load = c.load_now(0.5)
     trace = d / "trace.json"
     out = d / "out"
-    proc = subprocess.Popen([c.PY, "-c", CHILD, str(trace), variant, "run", str(scenario), "--speed", "1",
+    proc = subprocess.Popen([c.PY, "-c", CHILD, str(trace), variant, WRITER, "run", str(scenario), "--speed", "1",
                              "--progress-every", "60", "--out", str(out)], cwd=c.ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     watch = SchedWatch(proc.pid)
@@ -134,6 +167,9 @@ def one(nginx: c.Nginx, d: Path, args: argparse.Namespace, variant: str) -> dict
     legs = c.query(run_dir, "select epoch_us(intended_at) / 1e6, epoch_us(sent_at) / 1e6, send_lag_ms from legs "
                             "order by intended_at")
     events = json.loads(trace.read_text())
+    writer_trace = trace.with_name(trace.name + ".writer")
+    if writer_trace.exists():  # the inserts of the store's writer process
+        events += json.loads(writer_trace.read_text())
     return analyse(legs, events, watch.rows, args.late_ms, args.rate, load)
 
 

@@ -213,7 +213,6 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
                                 "pinned_name": pins[t.version][1]}) if t.version in pins else t
                 for t in plan.targets))
         monitor = _monitor(scenario, pids or {})
-        sinks = {"legs": store.write_legs, "events": store.write_events, "resources": store.write_resources}
         options = ReplayOptions(web_ui=web_ui, web_port=web_port, progress_every_s=progress_every_s)
         stop_rule = _AllowanceStop(scenario) if scenario.replay.stop_early else None
         store.recording(True)
@@ -221,6 +220,7 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             if processes > 1 or master:
                 from .replay.distributed import run_replay_master
 
+                sinks = {"legs": store.write_legs, "events": store.write_events, "resources": store.write_resources}
                 outcome = run_replay_master(plan, sinks, options, sampler=monitor.sample, log=say,
                                             processes=processes if not master else 0,
                                             expect_workers=expect_workers if master else processes,
@@ -228,8 +228,11 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
                                             stop_rule=stop_rule)
             else:
                 from .replay.runner import run_replay
+                from .store_child import writing_in_child
 
-                outcome = run_replay(plan, sinks, options, sampler=monitor.sample, log=say, stop_rule=stop_rule)
+                writing = store
+                with writing_in_child(writing, lambda note: _note(writing, say, note)) as child_sinks:
+                    outcome = run_replay(plan, child_sinks, options, sampler=monitor.sample, log=say, stop_rule=stop_rule)
         finally:
             store.recording(False)  # what follows (a crashed run's provisional judgement too) may use every core
         for note in monitor.notes:
@@ -268,6 +271,11 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
         handler.close()
         if nothing_recorded:  # e.g. a bad record with on_bad_record: fail: no half-made run folder is left
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _note(store: RunStore, say: Callable[[str], None], note: str) -> None:
+    say(f"note: {note}")
+    store.add_event("note", note)
 
 
 def _run_meta(run_id: str, scenario: Scenario, prepared: PreparedTraffic) -> RunMeta:

@@ -120,14 +120,22 @@ class RunStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.con = self._connect()
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
         try:
-            self.con = duckdb.connect(str(path))
-            _configure(self.con, RECORDER_MEMORY_LIMIT)
+            con = duckdb.connect(str(self.path))
+            _configure(con, RECORDER_MEMORY_LIMIT)
+            return con
         except duckdb.Error as exc:
-            raise StoreError(f"{path}: cannot create results database: {exc}") from None
+            raise StoreError(f"{self.path}: cannot open the results database for writing: {exc}") from None
 
     def close(self) -> None:
         self.con.close()
+
+    def reopen(self) -> None:
+        """The file again, after another process (the store's writer, harness.store_child) let it go."""
+        self.con = self._connect()
 
     def create(self, meta: RunMeta, schedule: Path, skipped: Path, bad: Path) -> None:
         try:
@@ -184,7 +192,19 @@ class RunStore:
     def write_events(self, batch: pa.Table) -> None:
         self._insert("events", batch, "to_timestamp(occurred_at), kind, detail")
 
-    def _insert(self, table: str, batch: pa.Table, select: str) -> None:
+    def write_missing(self, name: str, batch: pa.Table) -> None:
+        """The rows of `batch` the table does not hold yet (legs by order index and version; events and
+        resources row by row): a batch a writer process may have committed before it died is written once."""
+        if name == "legs":
+            self._insert("legs", batch, _LEG_SELECT, where=" where not exists (select 1 from legs l "
+                         "where l.order_idx = _batch.order_idx and l.version = _batch.version)")
+            return
+        columns = RESOURCE_SCHEMA if name == "resources" else EVENT_SCHEMA
+        stamp = "sampled_at" if name == "resources" else "occurred_at"
+        select = ", ".join(f"to_timestamp({f.name})" if f.name == stamp else f.name for f in columns)
+        self._insert(name, batch, select, where=f" except all select * from {name}")
+
+    def _insert(self, table: str, batch: pa.Table, select: str, where: str = "") -> None:
         if batch.num_rows == 0:
             return
         # A cursor of its own: the recorder writes from a native thread while the run's connection may be
@@ -192,7 +212,7 @@ class RunStore:
         cur = self.con.cursor()
         try:
             cur.register("_batch", batch)
-            cur.execute(f"insert into {table} select {select} from _batch")
+            cur.execute(f"insert into {table} select {select} from _batch{where}")
         finally:
             cur.close()
 

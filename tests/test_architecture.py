@@ -14,7 +14,7 @@ STAGES = {
     "protocols": 2, "compat": 2,
     "capture": 2,  # production -> capture files: reads the record format and redaction, nothing later
     "replay": 3, "monitor": 3,
-    "store": 4,
+    "store": 4, "store_writer": 4, "store_child": 4,
     "analysis": 5,
     "gates": 6, "fidelity": 6, "evidence": 6, "attribution": 6,
     "schedule": 7, "report": 7, "outputs": 8, "aa_reference": 8, "scores": 8, "query": 8, "run_folder": 8,

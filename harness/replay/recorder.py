@@ -164,14 +164,16 @@ class Recorder:
     def _write(self, sink: Sink, table: pa.Table) -> bool:
         try:
             if self._pool is not None:
-                self._pool.apply(_lowered, (sink, table))
+                error = self._pool.apply(_lowered, (sink, table))
+                if error is not None:
+                    raise error
             else:
                 sink(table)
             return True
         except Exception as exc:  # noqa: BLE001 - counted and reported; the rows are kept for the next try
             self.sink_failures += 1
             self.last_sink_error = f"{type(exc).__name__}: {exc}"[:500]
-            return False
+            return bool(getattr(exc, "rows_written", False))  # a sink that failed but wrote its rows another way
 
     def stop(self) -> None:
         if self._flusher is not None:
@@ -187,9 +189,10 @@ class Recorder:
 _lowered_threads: set[int] = set()
 
 
-def _lowered(sink: Sink, table: pa.Table) -> None:
+def _lowered(sink: Sink, table: pa.Table) -> Exception | None:
     """The sink, on a thread whose nice value is raised by SINK_NICE the first time (Linux: the nice value is a
-    thread's own; elsewhere it would be the whole process's, so it is left alone)."""
+    thread's own; elsewhere it would be the whole process's, so it is left alone). Its error is returned, not
+    raised: gevent's pool would print the traceback of a failure the recorder counts and reports."""
     tid = threading.get_native_id()
     if tid not in _lowered_threads and sys.platform == "linux":
         _lowered_threads.add(tid)
@@ -197,4 +200,8 @@ def _lowered(sink: Sink, table: pa.Table) -> None:
             os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + SINK_NICE))
         except OSError:
             pass
-    sink(table)
+    try:
+        sink(table)
+    except Exception as exc:  # noqa: BLE001 - raised again in the recorder's greenlet
+        return exc
+    return None
