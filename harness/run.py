@@ -213,6 +213,7 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
                                 "pinned_name": pins[t.version][1]}) if t.version in pins else t
                 for t in plan.targets))
         monitor = _monitor(scenario, pids or {})
+        monitor.find_processes()
         options = ReplayOptions(web_ui=web_ui, web_port=web_port, progress_every_s=progress_every_s)
         stop_rule = _AllowanceStop(scenario) if scenario.replay.stop_early else None
         store.recording(True)

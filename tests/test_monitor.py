@@ -54,6 +54,21 @@ def test_listener_pid_rss_and_restart() -> None:
         server.stop()
 
 
+def test_processes_are_found_before_the_first_sample() -> None:
+    server = start_server("baseline")
+    try:
+        mon = ResourceMonitor([TargetProcess("baseline", server.url)])
+        mon.find_processes()
+        t = mon.targets[0]
+        assert t.current_pid == server.proc.pid and t._proc is not None and t._proc.pid == server.proc.pid
+        scanned_at = t.last_scan
+        (row,) = mon.sample()
+        assert t.last_scan == scanned_at  # the first sample scans no sockets
+        assert row["pid"] == server.proc.pid and row["restarts"] == 0 and row["cpu_percent"] is not None
+    finally:
+        server.stop()
+
+
 def test_prometheus_gauge_and_oom_counter() -> None:
     m = Metrics()
     try:
