@@ -115,8 +115,9 @@ def resource_sources_sampled(con: duckdb.DuckDBPyConnection) -> list[tuple[str, 
 
 class RunStore:
     """Owns the write connection of one run's results.duckdb. One writer at a time: during a replay
-    only the recorder's flusher writes (from a native thread, so DuckDB's work does not stall the
-    dispatch loop); the orchestrator writes before and after."""
+    only the recorder's sinks write (in a single-process replay from the store's writer process, which
+    holds the file meanwhile: harness.store_child; otherwise from the recorder's native thread); the
+    orchestrator writes before and after."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -178,7 +179,7 @@ class RunStore:
         self.con.execute(f"create table {table} as select {select} from empty")
 
     def recording(self, on: bool) -> None:
-        """While a replay records (on), DuckDB works in the recorder's thread alone: its own worker threads
+        """While a replay records (on), DuckDB works in the writing thread alone: its own worker threads
         (one per core) would take the cores the send loop needs on a shared machine."""
         self.con.execute("set threads = 1" if on else "reset threads")
 

@@ -1,12 +1,12 @@
 """Buffers rows (legs, events, resource samples) and hands them to sinks in batches, at least every
 flush interval.
 
-Sinks run in a native thread of the recorder's own, so that DuckDB's work does not stall the dispatch loop,
-at a lower scheduling priority (nice +SINK_NICE, Linux): when other work keeps the cores busy, the send loop's
-late legs are the ones that waited for a core, and legs sent during an insert (15-35 ms each at 2,000 pairs/s
-on a busy 2-core machine) were late 2-15 times as often as the others (benchmarks/lag_tail.py), so the insert
-is kept from taking a core ahead of the loop. (How much of the insert's share this removes is within the
-machine's run-to-run noise: lag_tail.py --variants as-is before.)
+Sinks run in a native thread of the recorder's own, so that their work does not stall the dispatch loop, at a
+lower scheduling priority (nice +SINK_NICE, Linux). In a single-process replay the sinks hand each table to
+the store's writer process (harness.store_child), and the thread only waits for its answer: legs sent during
+a DuckDB insert in this process (13-35 ms each at 2,000 pairs/s on a busy 2-core machine) were late several
+times as often as the others (benchmarks/lag_tail.py), as the insert took the GIL and a core beside the loop.
+With --processes and master/worker runs, the sinks are the store's own and insert in this thread.
 The Arrow tables are built on the loop (building one from Python objects holds the GIL wherever it runs, and a
 worker thread holding the GIL stalls the loop for up to the 5 ms switch interval), in small steps: legs
 arrive as tuples in LEG_SCHEMA's order and are sealed into a record batch (one array per column) every
@@ -14,7 +14,8 @@ seal interval (0.1 s: well under a millisecond of the loop's time at thousands o
 the sealed batches to the sink as one table. Each DuckDB insert costs the loop a GIL stall of a few ms
 whatever its size, so flushes stay at 0.5 s.
 A sink that fails keeps its rows for the next flush and is counted: listeners inside Locust's loop
-must count their own failures, since Locust swallows exceptions there.
+must count their own failures, since Locust swallows exceptions there. A sink's exception with
+`rows_written` true (harness.store_child.WrittenByParent) is counted, and its rows are recorded.
 """
 from __future__ import annotations
 

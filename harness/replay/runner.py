@@ -155,8 +155,9 @@ def freeze_gc() -> tuple[Any, ...]:
     collector's reach (gc.freeze), and collect the young generations less often: each collection stops the
     loop for 1-3 ms (a full one over everything loaded here took 125 ms), a stall in the send schedule.
     With the default thresholds (700, 10, 10) at 1,000 pairs/s, lag p99 was 3-11 ms; with these 1.7-2 ms.
-    The GIL's switch interval drops from 5 ms to 0.2 ms: the store's DuckDB inserts run in a thread, and a
-    thread holding the GIL can keep the send loop waiting for up to the whole interval."""
+    The GIL's switch interval drops from 5 ms to 0.2 ms: the recorder's sinks run in a thread (the store's
+    DuckDB inserts themselves where no writer process holds the file), and a thread holding the GIL can keep
+    the send loop waiting for up to the whole interval."""
     previous = (gc.get_threshold(), sys.getswitchinterval())
     gc.collect()
     gc.freeze()
