@@ -16,7 +16,7 @@ STAGES = {
     "replay": 3, "monitor": 3,
     "store": 4,
     "analysis": 5,
-    "gates": 6, "fidelity": 6, "evidence": 6, "attribution": 6,
+    "gates": 6, "fidelity": 6, "evidence": 6, "answered": 6, "attribution": 6,
     "schedule": 7, "report": 7, "outputs": 8, "aa_reference": 8, "scores": 8, "query": 8, "run_folder": 8,
     "run": 9, "validate": 9, "cli": 9, "demo": 9,
     "shadow": 9,  # live shadow: every stage, like run, but on asyncio
