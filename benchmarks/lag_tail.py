@@ -82,6 +82,8 @@ store_child.WRITER_ARGV = [sys.executable, "-c", WRITER, trace_path + ".writer"]
 if sys.argv[2] == "before":  # the recorder as it was: DuckDB's own threads, the sink thread at the loop's priority
     recorder.SINK_NICE = 0
     store.RunStore.recording = lambda self, on: None
+if sys.argv[2] == "seal64":  # the loop seals legs into Arrow batches 64 at a time between yields
+    recorder.SEAL_CHUNK = 64
 if sys.argv[2] in ("before", "thread"):  # DuckDB's inserts in the recorder's thread, in this process
     import contextlib
     @contextlib.contextmanager
@@ -128,10 +130,11 @@ def main() -> int:
     ap.add_argument("--background-load", type=float, default=0.0)
     ap.add_argument("--late-ms", type=float, default=1.0, help="a leg later than this counts as late")
     ap.add_argument("--tries", type=int, default=1)
-    ap.add_argument("--variants", nargs="+", default=["as-is"], choices=["as-is", "thread", "before"],
+    ap.add_argument("--variants", nargs="+", default=["as-is"], choices=["as-is", "seal64", "thread", "before"],
                     help="as-is: DuckDB's inserts in the store's writer process; thread: in the recorder's "
                          "thread of the replay's process (nice +10, DuckDB on one thread); before: that thread at "
-                         "the loop's priority and DuckDB with a thread per core; variants alternate within each try")
+                         "the loop's priority and DuckDB with a thread per core; seal64: legs sealed 64 at a time "
+                         "between the loop's yields; variants alternate within each try")
     args = ap.parse_args()
     results = []
     with c.scratch_dir("lagtail") as work, c.Nginx() as nginx, c.background_load(args.background_load):
