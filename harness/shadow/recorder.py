@@ -55,8 +55,8 @@ class Recorder:
         self.builder = LegBuilder(scenario)
         self.max_bytes = scenario.replay.max_response_bytes
         # literal paths: the writer's strftime must leave them as they are
-        self.capture = CaptureWriter(capture_path.replace("%", "%%"), _one)
-        self.legs = CaptureWriter(legs_path.replace("%", "%%"), _one)
+        self.capture = CaptureWriter(capture_path.replace("%", "%%"), _one, inline=True)
+        self.legs = CaptureWriter(legs_path.replace("%", "%%"), _one, inline=True)
         self.dropped: dict[str, int] = {}
 
     def handle(self, item: tuple[Any, ...]) -> None:
