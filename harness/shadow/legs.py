@@ -3,7 +3,6 @@
 extracted prediction and confidence, the detectors, a redacted excerpt of the answer."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..compat import OutputValidator
@@ -11,6 +10,7 @@ from ..jsonpath import MISSING
 from ..protocols import OutputRead, read_output
 from ..replay.leg import LEG_SCHEMA
 from ..scenario import Scenario
+from ..traffic.jsonl_reader import compact_text
 from ..traffic.redaction import PARSE, Redactor
 
 __all__ = ["LegBuilder", "LEG_NAMES", "leg_records"]
@@ -25,6 +25,9 @@ class LegBuilder:
         self._validator = OutputValidator(scenario.output.schema, scenario.output.route_schemas)
         self._redactor = Redactor(scenario.traffic.redact)
         self._protocol = {v: scenario.target_for(v).protocol for v in scenario.versions}
+        # the readers that look at the answer's headers: only for them are they gathered by name
+        self._reads_headers = {v: p in ("kserve_v2_grpc", "openai") or scenario.output.detectors.fallback_configured
+                               for v, p in self._protocol.items()}
 
     def leg(self, request_id: str, version: str, route: str, intended: float, sent: float, done: float,
             status: int | None, error: str | None, headers: tuple[tuple[str, str], ...], body: bytes,
@@ -51,7 +54,7 @@ class LegBuilder:
             if size > max_bytes:
                 kind, detail = "too_large", f"answer of {size} bytes is over replay.max_response_bytes ({max_bytes})"
             else:
-                lower = {k.lower(): v for k, v in headers}
+                lower = {k.lower(): v for k, v in headers} if self._reads_headers[version] else None
                 try:
                     out = read_output(self._protocol[version], status, body, self.scenario.output.prediction,
                                       self.scenario.output.confidence, headers=lower,
@@ -97,11 +100,11 @@ class LegBuilder:
             return self._redactor.body(body, MISSING).decode("utf-8", "replace")[:EXCERPT_CHARS]
         raw = None
         if out.streamed:  # an assembled document: its keys are not in the body's bytes as such
-            raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+            raw = compact_text(doc)
         if self._redactor.may_mask_json(raw.encode() if raw is not None else body) and self._redactor.mask_doc(doc):
             raw = None
         if raw is None:
-            raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+            raw = compact_text(doc)
         # a lone surrogate (a JSON \ud800 escape) cannot be stored as UTF-8: replaced, as a body's bad bytes are
         return raw[:EXCERPT_CHARS].encode("utf-8", "replace").decode("utf-8")
 

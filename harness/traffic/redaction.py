@@ -13,6 +13,7 @@ import orjson
 
 from ..jsonpath import MISSING, set_all
 from ..scenario import RedactConfig
+from .jsonl_reader import compact_text
 from .record import NOT_PARSED, CapturedRequest, _keep_doc
 
 __all__ = ["Redactor", "REDACTED", "DEFAULT_SECRET_HEADERS", "PARSE"]
@@ -105,7 +106,7 @@ class Redactor:
         elif doc is MISSING:
             return body
         changed = self.mask_doc(doc)
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode() if changed else body
+        return compact_text(doc).encode() if changed else body
 
     def may_mask_json(self, raw: bytes) -> bool:
         """False where the JSON text `raw` certainly has nothing to mask. Most bodies hold no credential-like
