@@ -120,3 +120,20 @@ def test_inline_writer_appends_when_due_at_a_barrier_and_when_idle(tmp_path: Pat
     stats = w.close()
     assert stats.records_written == 500 and stats.files == [str(path)]
     assert [json.loads(x)["i"] for x in gzip.decompress(path.read_bytes()).splitlines()] == list(range(500))
+
+
+def test_record_timestamps_are_the_text_datetime_writes() -> None:
+    import math
+    import random
+    from datetime import datetime, timezone
+
+    from harness.traffic.convert import iso_utc
+
+    rng = random.Random(7)
+    edges = (0.0, 1.5, 1.7e9, 1.7e9 + 0.9999995, 1.7e9 + 0.0000005, 1.7e9 + 0.0000015, 1_790_000_000.9999999,
+             -0.25, -1.0000005)
+    stamps = [*edges, *(rng.uniform(1e9, 2e9) for _ in range(5000)),
+              *(math.floor(rng.uniform(1e9, 2e9)) + rng.choice((0.9999995, 0.5e-6, 2.5e-6, 0.99999949))
+                for _ in range(5000))]
+    for ts in stamps:  # out of order too: the cached second must follow
+        assert iso_utc(ts) == datetime.fromtimestamp(ts, timezone.utc).isoformat(), ts
