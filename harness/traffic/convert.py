@@ -53,7 +53,8 @@ def to_capture_record(req: CapturedRequest, grpc_form: bool = True) -> dict[str,
     return _with_meta(rec, req)
 
 
-_second: list[Any] = [None, ""]  # the last whole second formatted: (seconds, "YYYY-MM-DDTHH:MM:SS")
+# the last whole second formatted, (seconds, "YYYY-MM-DDTHH:MM:SS"), replaced whole: threads may share it
+_second: list[tuple[float, str]] = [(math.nan, "")]
 
 
 def iso_utc(ts: float) -> str:
@@ -68,11 +69,11 @@ def iso_utc(ts: float) -> str:
     elif us < 0:
         us += 1_000_000
         whole -= 1.0
-    cached = _second
-    if cached[0] != whole:
-        cached[1] = datetime.fromtimestamp(whole, timezone.utc).isoformat()[:-6]
-        cached[0] = whole
-    return f"{cached[1]}.{us:06d}+00:00" if us else f"{cached[1]}+00:00"
+    second, text = _second[0]
+    if second != whole:
+        text = datetime.fromtimestamp(whole, timezone.utc).isoformat()[:-6]
+        _second[0] = (whole, text)
+    return f"{text}.{us:06d}+00:00" if us else f"{text}+00:00"
 
 
 def _grpc_record(req: CapturedRequest, ts: str) -> dict[str, Any] | None:
