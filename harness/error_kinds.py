@@ -6,7 +6,11 @@ handshake, a 5xx, an answer that is not JSON, too large, compressed in a way tha
 request's fault and is counted apart, except in a paired run where the other version answered the same
 request without a 4xx: then it is a request production accepts and this version refuses (a stricter input
 check, a route gone, a 429 under the load the other one took), and it is this version's error
-(`pair_failed`, `failed_sql`). An answer that breaks the output schema is judged by the schema gate.
+(`pair_failed`, `failed_sql`). A 3xx (harness follows no redirect: a model API's clients rarely do, and a
+redirect is not an answer) follows the same rule: a route that redirects where the other version answers
+(a trailing slash added to a route, a moved path) is the redirecting version's error; a request both
+redirect, or a 304 both send, is nobody's. An answer that breaks the output schema is judged by the schema
+gate.
 
 `harness_error` is a leg that harness itself could not carry out or read (a bug in a reader, a request
 the capture holds that cannot be written): kept in `legs` with its detail, left out of every model gate
@@ -21,7 +25,7 @@ import socket
 import ssl
 
 __all__ = ["ERROR_KINDS", "CONSUMER_ERROR_KINDS", "CONSUMER_ERROR_KINDS_SQL", "HARNESS_ERROR", "HARNESS_ERROR_TOLERANCE",
-           "exception_kind", "pair_failed", "failed_sql"]
+           "REFUSAL_KINDS", "exception_kind", "pair_failed", "failed_sql", "status_kind"]
 
 HARNESS_ERROR = "harness_error"
 # The share of legs that may end in harness_error before the run is incomplete: one in a thousand lets a
@@ -30,7 +34,7 @@ HARNESS_ERROR = "harness_error"
 HARNESS_ERROR_TOLERANCE = 0.001
 
 # Every kind a leg's error_kind can hold (null: the exchange succeeded).
-ERROR_KINDS = ("timeout", "connect", "reset", "http_4xx", "http_5xx", "invalid_json", "schema", "too_large",
+ERROR_KINDS = ("timeout", "connect", "reset", "http_3xx", "http_4xx", "http_5xx", "invalid_json", "schema", "too_large",
                "truncated_stream", "skipped_in_flight_limit", HARNESS_ERROR, "row_count_mismatch", "bad_encoding",
                "tls")
 CONSUMER_ERROR_KINDS = frozenset({"timeout", "connect", "reset", "http_5xx", "invalid_json", "too_large",
@@ -39,11 +43,22 @@ CONSUMER_ERROR_KINDS = frozenset({"timeout", "connect", "reset", "http_5xx", "in
 CONSUMER_ERROR_KINDS_SQL = ", ".join(f"'{k}'" for k in sorted(CONSUMER_ERROR_KINDS))
 
 
+# Answers that are no error by themselves (the request's fault, or a redirect), only where the other version
+# of the pair answered the same request otherwise.
+REFUSAL_KINDS = ("http_3xx", "http_4xx")
+_REFUSAL_KINDS_SQL = ", ".join(f"'{k}'" for k in REFUSAL_KINDS)
+
+
+def status_kind(status: int) -> str | None:
+    """The error kind of a complete HTTP answer, by its status (1xx never reaches here: not a final answer)."""
+    return "http_5xx" if status >= 500 else "http_4xx" if status >= 400 else "http_3xx" if status >= 300 else None
+
+
 def pair_failed(kind: str | None, other: str | None, paired: bool = True) -> bool:
     """Whether a leg failed, given its pair's other leg (`paired`: there is one)."""
     if kind in CONSUMER_ERROR_KINDS:
         return True
-    return paired and kind == "http_4xx" and other != "http_4xx"
+    return paired and kind in REFUSAL_KINDS and other != kind
 
 
 def failed_sql(leg: str, other: str | None = None) -> str:
@@ -52,8 +67,8 @@ def failed_sql(leg: str, other: str | None = None) -> str:
     own = f"coalesce({leg}.error_kind in ({CONSUMER_ERROR_KINDS_SQL}), false)"
     if other is None:
         return own
-    return (f"coalesce({own} or ({leg}.error_kind = 'http_4xx' and {other}.order_idx is not null"
-            f" and {other}.error_kind is distinct from 'http_4xx'), false)")
+    return (f"coalesce({own} or ({leg}.error_kind in ({_REFUSAL_KINDS_SQL}) and {other}.order_idx is not null"
+            f" and {other}.error_kind is distinct from {leg}.error_kind), false)")
 
 
 _CONNECT_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})

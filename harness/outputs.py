@@ -20,6 +20,7 @@ from .aa_reference import field_rates, noise_by_gate, read_aa_reference
 from .analysis.rows import batch_size_segment, load_rows, rows_summary
 from .errors import ScenarioError, StoreError
 from .gate_config import DETECTOR_RATES, HIGHER_IS_BETTER, LATENCY_LIKE, PAIR_METRICS, ROW_METRICS
+from .answered import apply_answered, baseline_shortfall
 from .evidence import apply_evidence
 from .fidelity import IN_FLIGHT_REASON, apply_fidelity, assess_fidelity, skipped_in_scope
 from .attribution import explain_segments
@@ -63,6 +64,9 @@ def judge(run_dir: Path) -> dict[str, Any]:
         fidelity = replay_fidelity(con, scenario.replay.lag_bound_ms)
         results = _judge_fidelity(con, results, fidelity, scenario, info.segments, data.rows)
         results = apply_evidence(results, _resource_sources(con), versions)
+        overview = version_overview(con)
+        shortfall = baseline_shortfall(data, (overview.get("baseline") or {}).get("error_kinds") or {})
+        results = apply_answered(results, shortfall)
         # attribution reads the final statuses: a gate that fidelity or evidence made inconclusive explains nothing
         results, explanations = explain_segments(scenario.gates, results, data, resources, alpha=a.alpha,
                                                  n_resamples=a.bootstrap_resamples, seed=a.seed)
@@ -72,6 +76,8 @@ def judge(run_dir: Path) -> dict[str, Any]:
         if info.status != "complete":
             notes.insert(0, f"Incomplete run ({info.row.get('status_reason') or info.status}): no verdict; the "
                             f"judgement shown is provisional, on the legs that completed.")
+        if shortfall:
+            notes.insert(0, f"No evidence: {shortfall}.")
         if fidelity["warning"]:
             notes.append(fidelity["warning"])
         if not counts["accounting_ok"]:
@@ -90,7 +96,7 @@ def judge(run_dir: Path) -> dict[str, Any]:
             "explanations": [e.to_json() for e in explanations],
             "worst_segments": worst_segments(results),
             "counts": counts,
-            "versions": _clean(version_overview(con)),
+            "versions": _clean(overview),
             "resources": _clean(res),
             "segments": _clean(segment_overview(con, info.segments, "candidate" in versions)),
             "replay": _clean(fidelity),

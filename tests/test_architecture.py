@@ -8,7 +8,7 @@ PKG = Path(__file__).resolve().parents[1] / "harness"
 
 # stage of each top-level part of the package, in data-flow order
 STAGES = {
-    "errors": 0, "error_kinds": 0, "frames": 0, "crash": 0, "jsonpath": 0, "scenario": 0, "gate_config": 0, "send_headers": 0,
+    "errors": 0, "error_kinds": 0, "frames": 0, "numbers": 0, "crash": 0, "jsonpath": 0, "scenario": 0, "gate_config": 0, "send_headers": 0,
     "__init__": 9, "__main__": 9,  # the public facade, lazily importing every stage
     "traffic": 1,
     "protocols": 2, "compat": 2,
@@ -16,7 +16,7 @@ STAGES = {
     "replay": 3, "monitor": 3,
     "store": 4,
     "analysis": 5,
-    "gates": 6, "fidelity": 6, "evidence": 6, "attribution": 6,
+    "gates": 6, "fidelity": 6, "evidence": 6, "answered": 6, "attribution": 6,
     "schedule": 7, "report": 7, "outputs": 8, "aa_reference": 8, "scores": 8, "query": 8, "run_folder": 8,
     "run": 9, "validate": 9, "cli": 9, "demo": 9,
     "shadow": 9,  # live shadow: every stage, like run, but on asyncio

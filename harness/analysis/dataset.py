@@ -4,7 +4,8 @@ Warm-up requests are sent but never analysed. DuckDB does the joins and the per-
 Python receives flat arrays. Pairs with a harness_error leg are left out (harness, not a model, failed
 there). `error` counts what breaks a consumer (timeouts, refused or reset
 connections, 5xx, answers that are not JSON, over-size or truncated answers); 4xx answers are the
-request's fault and are counted separately. Schema validity is judged on 2xx answers only.
+request's fault and are counted separately, and 3xx answers too, except where the other version of the pair
+answered otherwise (error_kinds.pair_failed). Schema validity is judged on 2xx answers only.
 """
 from __future__ import annotations
 
@@ -121,6 +122,11 @@ class PairData:
     field_judged: np.ndarray | None = None
     # batched answers row by row (harness.analysis.rows.RowData), set by the judge; None without rows
     rows: Any = None
+    status_3xx: dict[str, np.ndarray] = field(default_factory=dict)  # redirects: counted apart, as 4xx answers are
+
+    def refusals(self) -> dict[str, np.ndarray]:
+        """Per version, the legs answered 4xx or 3xx: no error by themselves (error_kinds.REFUSAL_KINDS)."""
+        return {v: s | self.status_3xx[v] if v in self.status_3xx else s for v, s in self.status_4xx.items()}
 
     def __post_init__(self) -> None:
         self.segments = {k: v if isinstance(v, Coded) else Coded.from_values(v) for k, v in self.segments.items()}
@@ -161,6 +167,7 @@ def load_pairs(con: duckdb.DuckDBPyConnection, segments: tuple[str, ...], versio
                 f"({a}.schema_valid is not null) as {v}_schema_judged",
                 f"coalesce({a}.schema_valid, false) as {v}_schema_valid",
                 f"coalesce({a}.error_kind = 'http_4xx', false) as {v}_4xx",
+                f"coalesce({a}.error_kind = 'http_3xx', false) as {v}_3xx",
                 f"coalesce(s_{a}.score, 'nan'::double) as {v}_score",
                 f"{a}.prediction::varchar as {v}_prediction"]
         for key, column in _OPTIONAL.items():
@@ -219,6 +226,7 @@ def load_pairs(con: duckdb.DuckDBPyConnection, segments: tuple[str, ...], versio
         out.schema_judged[v] = cols.pop(f"{v}_schema_judged").astype(bool, copy=False)
         out.schema_valid[v] = cols.pop(f"{v}_schema_valid").astype(bool, copy=False)
         out.status_4xx[v] = cols.pop(f"{v}_4xx").astype(bool, copy=False)
+        out.status_3xx[v] = cols.pop(f"{v}_3xx").astype(bool, copy=False)
         out.score[v] = cols.pop(f"{v}_score").astype(float, copy=False)
         out.prediction[v] = recode(f"{v}_prediction")
         for key, target in (("confidence", out.confidence), ("ttft", out.ttft), ("itl", out.inter_token),
@@ -228,10 +236,11 @@ def load_pairs(con: duckdb.DuckDBPyConnection, segments: tuple[str, ...], versio
         for d in DETECTOR_COLUMNS:
             out.detected.setdefault(d, {})[v] = cols.pop(f"{v}_{d}", false)
             out.detector_judged.setdefault(d, {})[v] = cols.pop(f"{v}_{d}_judged", false)
-    if len(versions) == 2:  # a 4xx to a request the other version took is a refusal (error_kinds.pair_failed)
+    if len(versions) == 2:  # a 4xx or 3xx where the other version answered otherwise (error_kinds.pair_failed)
         x, y = versions
-        refused_x, refused_y = out.status_4xx[x] & ~out.status_4xx[y], out.status_4xx[y] & ~out.status_4xx[x]
-        out.error[x], out.error[y] = out.error[x] | refused_x, out.error[y] | refused_y
+        for cls in (out.status_4xx, out.status_3xx):
+            refused_x, refused_y = cls[x] & ~cls[y], cls[y] & ~cls[x]
+            out.error[x], out.error[y] = out.error[x] | refused_x, out.error[y] | refused_y
     return out
 
 

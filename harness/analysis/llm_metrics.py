@@ -50,7 +50,7 @@ def goodput(data: PairData, slo: Mapping[str, float]) -> tuple[dict[str, np.ndar
     judged: dict[str, np.ndarray] = {}
     for v in data.latency:
         nan = np.full(data.n, np.nan)
-        failed = data.error[v] | data.status_4xx[v]
+        failed = data.error[v] | data.refusals()[v]
         ttft = data.ttft.get(v, nan)
         met = np.ones(data.n, dtype=bool)
         measured = np.ones(data.n, dtype=bool)

@@ -28,6 +28,7 @@ def version_overview(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]
           max(l.latency_ms) as max_ms,
           avg({failed_sql("l", "o")}::int) as error_rate,
           avg(coalesce(l.error_kind = 'timeout', false)::int) as timeout_rate,
+          avg(coalesce(l.error_kind = 'http_3xx', false)::int) as http_3xx_rate,
           avg(coalesce(l.error_kind = 'http_4xx', false)::int) as http_4xx_rate,
           avg(coalesce(l.error_kind = 'http_5xx', false)::int) as http_5xx_rate,
           count(*) filter (where l.schema_valid is not null) as schema_judged,

@@ -78,7 +78,7 @@ def _evaluate_one(spec: GateSpec, data: PairData, mask: np.ndarray, label: str |
         return _distribution(spec, data, mask, label, alpha, n_resamples, seed)
     if m in ("error_rate", "timeout_rate"):
         if m == "error_rate":
-            return _rate(spec, label, data.error, None, mask, alpha, higher_is_worse=True, status_4xx=data.status_4xx)
+            return _rate(spec, label, data.error, None, mask, alpha, higher_is_worse=True, refusals=data.refusals())
         return _rate(spec, label, data.timeout, None, mask, alpha, higher_is_worse=True)
     if m == "schema_pass_rate":
         return _rate(spec, label, data.schema_valid, data.schema_judged, mask, alpha, higher_is_worse=False)

@@ -18,8 +18,9 @@ _RATE_TEXT = {"error_rate": "error rate", "timeout_rate": "timeout rate", "schem
 
 def _rate(spec: GateSpec, label: str | None, col: dict[str, np.ndarray], judged: dict[str, np.ndarray] | None,
           mask: np.ndarray, alpha: float, higher_is_worse: bool,
-          status_4xx: dict[str, np.ndarray] | None = None) -> GateResult:
-    """`status_4xx` (error_rate): the 4xx legs, so that the reason says how many errors are refusals."""
+          refusals: dict[str, np.ndarray] | None = None) -> GateResult:
+    """`refusals` (error_rate): the 4xx and 3xx legs, so that the reason says how many errors are answers the
+    other version gave otherwise (error_kinds.pair_failed)."""
     versions = [v for v in ("baseline", "candidate") if v in col]
     target = "candidate" if "candidate" in col else "baseline"
     sel = {v: mask & judged[v] if judged is not None else mask for v in versions}
@@ -32,7 +33,7 @@ def _rate(spec: GateSpec, label: str | None, col: dict[str, np.ndarray], judged:
         return _result(spec, label, baseline=rate.get("baseline"), candidate=None, observed=None, ci=None, n=0,
                        status="inconclusive", reason=f"No judged {target} answers{_where(label)} for the {what}.")
     if spec.comparison == "delta":
-        return _rate_delta(spec, label, col, sel, mask, rate, alpha, what, status_4xx)
+        return _rate_delta(spec, label, col, sel, mask, rate, alpha, what, refusals)
     lo, hi = stats.clopper_pearson_interval(k[target], nn, confidence=1 - alpha, one_sided=True)
     thr = spec.threshold
     if spec.direction == "max":
@@ -46,9 +47,9 @@ def _rate(spec: GateSpec, label: str | None, col: dict[str, np.ndarray], judged:
     pct = lambda x: f"{100 * x:.2f} %"  # noqa: E731
     base_txt = f"baseline {pct(rate['baseline'])}, " if "baseline" in rate and target == "candidate" else ""
     zero = (f" (no events in {nn}: upper bound {pct(hi)}, about 3/n)" if k[target] == 0 and higher_is_worse else "")
-    refused = int((col[target] & status_4xx[target])[sel[target]].sum()) if status_4xx and len(versions) == 2 else 0
+    refused = int((col[target] & refusals[target])[sel[target]].sum()) if refusals and len(versions) == 2 else 0
     other = "baseline" if target == "candidate" else "candidate"
-    refused_txt = f", {refused} of them 4xx answers to requests the {other} took" if refused else ""
+    refused_txt = f", {refused} of them 4xx or 3xx answers to requests the {other} took" if refused else ""
     verdict_txt = {"pass": "within the limit", "fail": "beyond the limit",
                    "inconclusive": "the interval straddles the limit"}[status]
     return _result(spec, label, baseline=rate.get("baseline"), candidate=rate[target], observed=rate[target],
@@ -60,15 +61,15 @@ def _rate(spec: GateSpec, label: str | None, col: dict[str, np.ndarray], judged:
 
 def _rate_delta(spec: GateSpec, label: str | None, col: dict[str, np.ndarray], sel: dict[str, np.ndarray],
                 mask: np.ndarray, rate: dict[str, float], alpha: float, what: str,
-                status_4xx: dict[str, np.ndarray] | None = None) -> GateResult:
+                refusals: dict[str, np.ndarray] | None = None) -> GateResult:
     both = sel["baseline"] & sel["candidate"]
     bcol, ccol = col["baseline"][both], col["candidate"][both]
     b_only = int((bcol & ~ccol).sum())
     c_only = int((ccol & ~bcol).sum())
     refused = ""
-    if status_4xx is not None:
-        rb, rc = (int((x & status_4xx[v][both]).sum()) for x, v in ((bcol, "baseline"), (ccol, "candidate")))
-        refused = f"; 4xx answers to requests the other version took: {rb} baseline, {rc} candidate" if rb or rc else ""
+    if refusals is not None:
+        rb, rc = (int((x & refusals[v][both]).sum()) for x, v in ((bcol, "baseline"), (ccol, "candidate")))
+        refused = f"; 4xx or 3xx answers to requests the other version took: {rb} baseline, {rc} candidate" if rb or rc else ""
     n = int(both.sum())
     lo, hi = stats.paired_rate_difference_ci(b_only, c_only, n, confidence=1 - alpha)
     diff = (c_only - b_only) / n if n else float("nan")

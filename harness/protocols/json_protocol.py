@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from ..jsonpath import MISSING, first_getter
+from ..numbers import number_of
 from ..traffic.jsonl_reader import loads
 
 __all__ = ["OutputRead", "read_json_output", "label_of", "number_of", "loads", "first"]
@@ -73,15 +73,3 @@ def label_of(v: Any) -> str | None:
     if v is MISSING or v is None:
         return None
     return v if isinstance(v, str) else json.dumps(v)[:200]
-
-
-def number_of(v: Any) -> float | None:
-    """A JSON number as a float, None for anything else. An integer past the float range is +-inf, as the
-    same number written with an exponent (1e400) already reads: an answer's value must never trip a reader."""
-    # A confidence sent as a string is a contract break the schema catches; it is not a number here.
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    try:
-        return float(v)
-    except OverflowError:
-        return math.inf if v > 0 else -math.inf

@@ -22,7 +22,7 @@ from typing import Any
 
 from geventhttpclient.response import HTTPResponse
 
-from ..error_kinds import exception_kind
+from ..error_kinds import exception_kind, status_kind
 from .content_encoding import DecodedTooLarge, EncodingError, decoder_for
 
 __all__ = ["SendResult", "RequestHead", "StreamBody", "request_bytes", "origin_form", "error_result", "status_kind",
@@ -223,7 +223,3 @@ def is_event_stream(headers: Any) -> bool:
 def error_result(exc: BaseException) -> SendResult:
     """An exchange that failed before an answer, as its error kind (by type: error_kinds.exception_kind)."""
     return SendResult(None, b"", exception_kind(exc), f"{type(exc).__name__}: {exc}"[:300], 0)
-
-
-def status_kind(status: int) -> str | None:
-    return "http_5xx" if status >= 500 else "http_4xx" if status >= 400 else None

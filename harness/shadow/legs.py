@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..compat import OutputValidator
+from ..error_kinds import status_kind
 from ..jsonpath import MISSING
 from ..protocols import OutputRead, read_output
 from ..replay.leg import LEG_SCHEMA
@@ -51,7 +52,7 @@ class LegBuilder:
         out: OutputRead | None = None
         excerpt: str | None = None
         if error is None and status is not None:
-            kind = "http_5xx" if status >= 500 else "http_4xx" if status >= 400 else None
+            kind = status_kind(status)
             if size > max_bytes:
                 kind, detail = "too_large", f"answer of {size} bytes is over replay.max_response_bytes ({max_bytes})"
             else:

@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from ..errors import TrafficError
+from ..numbers import finite_number
 from .jsonl_reader import RecordError, check_method, clean_headers, open_capture, split_target
 from .record import BadRecord, CapturedRequest, CapturedResponse
 from .timestamps import TimestampError, parse_ts
@@ -178,9 +179,9 @@ def _entry(entry: object, source: str, index: int) -> CapturedRequest:
         meta["host"] = host
     if isinstance(req.get("httpVersion"), str) and req["httpVersion"]:
         meta["http_version"] = req["httpVersion"]
-    if isinstance(entry.get("time"), (int, float)) and not isinstance(entry.get("time"), bool) and \
-            abs(entry["time"]) < 1e300:  # an integer past the float range is no duration
-        meta["har_time_ms"] = float(entry["time"])
+    har_time = finite_number(entry.get("time"))
+    if har_time is not None:
+        meta["har_time_ms"] = har_time
     if isinstance(entry.get("pageref"), str):
         meta["har_page"] = entry["pageref"]
     if isinstance(entry.get("_resourceType"), str):

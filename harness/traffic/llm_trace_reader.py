@@ -30,13 +30,13 @@ order; the replay sorts them by time, as for any capture.
 """
 from __future__ import annotations
 
-import math
 import random
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..numbers import finite_number
 from ..scenario import TraceOptions
 from .jsonl_reader import RecordError, _load_record, _Reason, compact_json, iter_raw_lines, split_target
 from .record import BadRecord, CapturedRequest, CapturedResponse
@@ -114,11 +114,6 @@ def synthetic_prompt(n_tokens: int, *, seed: int = 0, hash_ids: list[int] | None
     return PromptMaker(seed, block_tokens).prompt(n_tokens, list(hash_ids or ()), unique_key)
 
 
-def _finite(x: int | float) -> bool:
-    # an integer past the float range is as unusable as an infinite float (and math.isfinite raises on it)
-    return abs(x) < 1e300 if isinstance(x, int) else math.isfinite(x)
-
-
 def _length(obj: Mapping[str, Any], key: str, limit: int, *, required: bool) -> int | None:
     value = obj.get(key)
     if value is None:
@@ -168,7 +163,7 @@ def _mooncake_record(obj: dict[str, Any], source: str, lineno: int, opts: TraceO
     ts_ms = obj.get("timestamp")
     if ts_ms is None:
         raise RecordError("missing field 'timestamp' (milliseconds from the start of the trace)")
-    if isinstance(ts_ms, bool) or not isinstance(ts_ms, (int, float)) or not _finite(ts_ms) or ts_ms < 0:
+    if finite_number(ts_ms) is None or ts_ms < 0:
         raise RecordError(f"timestamp must be a number of milliseconds >= 0, not {ts_ms!r}")
     has_text = any(obj.get(k) is not None for k in ("text_input", "messages", "payload"))
     n_in = _length(obj, "input_length", opts.max_prompt_tokens, required=not has_text)
