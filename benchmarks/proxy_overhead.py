@@ -17,7 +17,9 @@ Two measurements per proxy:
    proxy percentile - direct percentile (p50, p99). The client's own send lag is printed with it;
 2. rate per core: wrk -t1 -c50 for 5 s through the proxy; requests / CPU seconds the proxy's processes
    (with their children: nginx's workers, harness shadow's recorder and snapshots) used in that time
-   (psutil), so that a shared machine's other load does not count.
+   (psutil), so that a shared machine's other load does not count, until they are idle again (a recorder
+   that fell behind finishes its backlog); printed with its split between the
+   proxy's own processes and their children (harness shadow: the proxy against its recorder).
 
     .venv/bin/python benchmarks/proxy_overhead.py [--rates 300,1000] [--seconds 8] [--only nginx,capture,...]
 """
@@ -113,11 +115,43 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def per_core(url: str, pids: list[int], seconds: int) -> tuple[float, float]:
-    before = cpu_seconds(pids)
+def own_cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds of the processes themselves, without their children."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def settled(pids: list[int], max_wait_s: float = 30.0) -> None:
+    """Waits until the processes stop using CPU: work queued during the load (a shadow recorder that fell
+    behind) is the load's too, and counting only what was done within it would flatter a backlog."""
+    import time
+
+    last = cpu_seconds(pids)
+    deadline = time.monotonic() + max_wait_s
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = cpu_seconds(pids)
+        if now - last < 0.01:  # under 5 % of a core over the interval: idle
+            return
+        last = now
+
+
+def per_core(url: str, pids: list[int], seconds: int) -> tuple[float, float, float]:
+    """(wrk's rate, requests per CPU-second, the share of that CPU the processes used themselves rather than
+    their children: for harness shadow, the proxy's against its recorder's and snapshots')."""
+    before, own_before = cpu_seconds(pids), own_cpu_seconds(pids)
     rps = c.wrk_rps(url + "/score", duration_s=seconds)
-    used = cpu_seconds(pids) - before
-    return rps, rps * seconds / used if used > 0 else float("nan")
+    settled(pids)
+    used, own = cpu_seconds(pids) - before, own_cpu_seconds(pids) - own_before
+    if used <= 0:
+        return rps, float("nan"), float("nan")
+    return rps, rps * seconds / used, own / used
 
 
 def latency(url: str, rate: float, seconds: float) -> dict[str, float]:
@@ -164,10 +198,14 @@ def main() -> None:
                           f"(p99 {m['p99_ms']:.3f} ms; client send lag p99 {m['send_lag_p99_ms']:.3f} ms, "
                           f"{m['failed']} failed)", flush=True)
                 if args.wrk_seconds > 0:
-                    r["wrk_rps"], r["requests_per_cpu_second"] = per_core(url, pids, args.wrk_seconds)
+                    r["wrk_rps"], r["requests_per_cpu_second"], r["own_cpu_share"] = per_core(url, pids,
+                                                                                             args.wrk_seconds)
             results[name] = r
             if args.wrk_seconds > 0:
+                us = 1e6 / r["requests_per_cpu_second"]
                 print(f"{name}: wrk {r['wrk_rps']:,.0f} req/s, {r['requests_per_cpu_second']:,.0f} req per CPU-second "
+                      f"({us:.0f} us a request: {us * r['own_cpu_share']:.0f} the proxy's processes, "
+                      f"{us * (1 - r['own_cpu_share']):.0f} its children) "
                       f"(load average before {r['load_before']:.2f})", flush=True)
     for name in args.only.split(","):
         if name.startswith("nginx"):

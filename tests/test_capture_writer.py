@@ -99,3 +99,41 @@ def test_capture_options_are_checked_at_the_edge(tmp_path: Path) -> None:
     ok = make_options(listen="0.0.0.0:9000", upstream="http://127.0.0.1:8000", out=str(tmp_path / "c.jsonl.gz"),
                       rotate_mb=1.5)
     assert (ok.listen_host, ok.listen_port, ok.rotate_bytes) == ("0.0.0.0", 9000, int(1.5 * 1024 * 1024))
+
+
+def test_inline_writer_appends_when_due_at_a_barrier_and_when_idle(tmp_path: Path) -> None:
+    import time
+
+    path = tmp_path / "c.jsonl.gz"
+    w = CaptureWriter(str(path), _identity, flush_s=0.05, inline=True)
+    w.put({"i": 0})  # converted at once, appended at the next flush
+    name, size = w.barrier()
+    assert name == str(path) and size == path.stat().st_size > 0
+    assert [json.loads(x)["i"] for x in gzip.decompress(path.read_bytes()).splitlines()] == [0]
+    w.put({"i": 1})  # nothing more is put: the idle flusher appends it within flush_s
+    deadline = time.monotonic() + 5
+    while path.stat().st_size == size and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [json.loads(x)["i"] for x in gzip.decompress(path.read_bytes()).splitlines()] == [0, 1]
+    for i in range(2, 500):
+        w.put({"i": i})
+    stats = w.close()
+    assert stats.records_written == 500 and stats.files == [str(path)]
+    assert [json.loads(x)["i"] for x in gzip.decompress(path.read_bytes()).splitlines()] == list(range(500))
+
+
+def test_record_timestamps_are_the_text_datetime_writes() -> None:
+    import math
+    import random
+    from datetime import datetime, timezone
+
+    from harness.traffic.convert import iso_utc
+
+    rng = random.Random(7)
+    edges = (0.0, 1.5, 1.7e9, 1.7e9 + 0.9999995, 1.7e9 + 0.0000005, 1.7e9 + 0.0000015, 1_790_000_000.9999999,
+             -0.25, -1.0000005)
+    stamps = [*edges, *(rng.uniform(1e9, 2e9) for _ in range(5000)),
+              *(math.floor(rng.uniform(1e9, 2e9)) + rng.choice((0.9999995, 0.5e-6, 2.5e-6, 0.99999949))
+                for _ in range(5000))]
+    for ts in stamps:  # out of order too: the cached second must follow
+        assert iso_utc(ts) == datetime.fromtimestamp(ts, timezone.utc).isoformat(), ts

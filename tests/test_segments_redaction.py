@@ -85,6 +85,14 @@ def test_secret_keys_are_masked_however_they_are_spelled(raw: bytes) -> None:
     assert b"hunter2" not in out and REDACTED.encode() in out.replace(b"%5B", b"[").replace(b"%5D", b"]")
 
 
+@pytest.mark.parametrize("pad", [0, 400, 480, 520, 2000])  # short bodies and long ones are scanned differently
+def test_secret_keys_are_found_in_short_and_long_bodies(pad: int) -> None:
+    raw = json.dumps({"text": "x" * pad, "Access_Token": "hunter2"}).encode()
+    assert b"hunter2" not in Redactor().body(raw)
+    plain = json.dumps({"text": "x" * pad, "prediction": "ok"}).encode()
+    assert Redactor().body(plain) is plain
+
+
 def test_bodies_without_secret_names_pass_unchanged() -> None:
     cjk = json.dumps({"prompt": "\u4f60\u597d"}).encode()  # \u escapes that cannot spell an ASCII name
     for raw in (b'{"prediction": "approve", "confidence": 0.9}', cjk, b"a=1&b=2", b"plain text with a key word"):

@@ -81,6 +81,22 @@ def test_each_body_is_parsed_once_and_the_leg_and_the_record_are_masked(tmp_path
     assert SECRET not in json.dumps([record, legs])
 
 
+
+def test_every_leg_row_has_the_leg_schema_columns_in_order(tmp_path: Path) -> None:
+    from harness.replay.leg import LEG_SCHEMA
+    from harness.shadow.legs import LegBuilder
+
+    builder = LegBuilder(_scenario(tmp_path))
+    rows = [builder.leg("s1", "baseline", "/v1/score", T0, T0, T0 + 0.01, 200, None, (), ANSWER, len(ANSWER), 1 << 20),
+            builder.leg("s2", "baseline", "/v1/score", T0, T0, T0 + 0.01, 200, None, (), b"<html>", 6, 1 << 20),
+            builder.leg("s3", "candidate", "/v1/score", T0, T0, T0 + 0.01, None, "connect", (), b"", 0, 1 << 20)]
+    for row in rows:
+        assert tuple(row) == tuple(LEG_SCHEMA.names)
+    assert rows[0]["prediction"] == "ok" and rows[0]["streamed"] is False
+    assert rows[1]["error_kind"] == "invalid_json" and rows[1]["output_json"] == "<html>"
+    assert rows[2]["error_kind"] == "connect" and rows[2]["streamed"] is None and rows[2]["prediction"] is None
+
+
 @pytest.mark.integration
 def test_the_recorder_process_writes_all_it_was_given_and_drops_are_counted(tmp_path: Path) -> None:
     scenario = _scenario(tmp_path)

@@ -72,8 +72,7 @@ class ExchangeRecords:
     def __call__(self, ex: Exchange) -> Iterator[dict[str, Any]]:
         # The body is parsed once here; sampling, redaction and the record all read that parse.
         doc = _parse(ex.body) if ex.body[:1] in (b"{", b"[") else MISSING
-        req = CapturedRequest("capture", 0, ex.ts, ex.method, ex.path, ex.headers, ex.body, _doc=doc)
-        if not self._keep(req):
+        if not self._keep(ex, doc):
             self.sampled_out += 1
             return
         r = self.redactor
@@ -101,11 +100,12 @@ class ExchangeRecords:
             rec.update(self._answer(ex))
         yield rec
 
-    def _keep(self, req: CapturedRequest) -> bool:
+    def _keep(self, ex: Exchange, doc: Any) -> bool:
         # One draw per request whatever the outcome: the same traffic and seed keep the same requests.
         drawn = self._rng.random() < self.sample.fraction
         if self._segments is None or self.sample.min_per_segment <= 0:
             return drawn
+        req = CapturedRequest("capture", 0, ex.ts, ex.method, ex.path, ex.headers, ex.body, _doc=doc)
         value = self._segments.values(req).get(self._segments.names[0])
         seen = self._seen.get(value, 0)
         if seen < self.sample.min_per_segment or drawn:

@@ -14,6 +14,11 @@ capture` (docs/benchmarks.md). The serving loop releases the GIL whenever it pol
 the interpreter's switch interval (5 ms) bounds how long the thread can keep it; the short poll keeps
 each batch small at steady rates (at 1,000 requests/s, about 5 items, well under a millisecond).
 
+`inline=True` is for a process whose only job is writing (the shadow recorder, harness/shadow/recorder.py):
+`put` converts the item at once in the caller's thread and appends when a flush is due, and a thread
+only wakes every `flush_s` to append what an idle caller left. A writer thread there cost a GIL
+hand-over and a wake-up every poll, and the records' work was no cheaper for being on another thread.
+
 A `.gz` file is a series of complete gzip members, one per flush, each appended with one write call:
 gzip readers read concatenated members as one stream, and a file cut by a kill ends after its last
 whole member rather than inside one. A file that exists already is never appended to (it may end in a
@@ -72,7 +77,7 @@ class CaptureWriter:
     def __init__(self, pattern: str, to_records: Callable[[Any], Iterable[dict[str, Any]]], *,
                  rotate_bytes: int | None = None, flush_s: float = 0.5, max_queue: int = 100_000,
                  poll_s: float = 0.005, stderr: TextIO | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, inline: bool = False) -> None:
         self.pattern = pattern
         self.gzip = pattern.endswith(".gz")
         self.rotate_bytes = rotate_bytes
@@ -87,12 +92,24 @@ class CaptureWriter:
         self._fd: int | None = None
         self._name: str | None = None  # the pattern's expansion the open file belongs to
         self._size = 0
-        self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
+        self._inline = inline
+        self._lock = threading.Lock()  # inline: the caller's puts against the idle flusher
+        self._lines: list[bytes] = []  # inline: converted, not appended yet
+        self._next_flush = clock() + flush_s
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._idle_flusher if inline else self._run, name="capture-writer",
+                                        daemon=True)
         self._thread.start()
 
     def put(self, item: Any) -> None:
         if self.stats.error is not None:
             self.stats.drop("capture stopped after a write error")
+            return
+        if self._inline:
+            with self._lock:
+                self._convert(item, self._lines)
+                if self._clock() >= self._next_flush:
+                    self._flush_lines()
             return
         if len(self._queue) >= self._max_queue:
             self.stats.drop("writer queue full")
@@ -101,6 +118,13 @@ class CaptureWriter:
 
     def close(self, timeout_s: float = 30.0) -> WriterStats:
         """Writes what is queued, closes the file and returns the counts."""
+        if self._inline:
+            self._stopping.set()
+            self._thread.join(timeout_s)
+            with self._lock:
+                self._flush_lines()
+                self._close_file()
+            return self.stats
         self._queue.append(_STOP)
         self._thread.join(timeout_s)
         return self.stats
@@ -109,11 +133,30 @@ class CaptureWriter:
         """Flushes what was put before this call and returns (the current file, its size): a prefix of the
         capture that ends on a whole flush, for a consistent snapshot while writing goes on. Blocks the
         caller (not the writer) until then."""
+        if self._inline:
+            with self._lock:
+                self._flush_lines()
+                return (self.stats.files[-1] if self.stats.files else None), self._size
         done = threading.Event()
         result: list[Any] = [None, 0]
         self._queue.append(_Barrier(done, result))
         done.wait(timeout_s)
         return result[0], result[1]
+
+    # -- inline: the caller converts, this thread appends what an idle caller left
+
+    def _idle_flusher(self) -> None:
+        while not self._stopping.wait(self.flush_s):
+            with self._lock:
+                if self._clock() >= self._next_flush:
+                    self._flush_lines()
+
+    def _flush_lines(self) -> None:
+        """Appends the inline lines (the caller holds the lock)."""
+        if self._lines and self.stats.error is None:
+            self._flush(self._lines)
+        self._lines = []
+        self._next_flush = self._clock() + self.flush_s
 
     # -- the writer thread
 

@@ -30,6 +30,7 @@ from .channel import RecorderChannel
 __all__ = ["ShadowStats", "ShadowApp", "CopyHead", "USER_TIMEOUT_S"]
 
 USER_TIMEOUT_S = 60.0  # the user's request to the baseline: a proxy's timeout, not the replay's
+_ROUTES_MAX = 4096  # (method, path) pairs whose route and mirror decision are remembered
 
 
 @dataclass
@@ -65,6 +66,7 @@ class ShadowApp:
         self._server: ProxyServer | None = None
         self._candidate: Upstream | None = None
         self._copy_head: CopyHead | None = None
+        self._routes: dict[tuple[str, str], tuple[str, bool]] = {}
         # The copy carries the candidate's test credentials (replay.headers, then the target's), as a replay
         # would; the user's request to the baseline passes through as the user sent it.
         self._candidate_headers = header_overrides(scenario)["candidate"]
@@ -96,9 +98,9 @@ class ShadowApp:
         rid = f"s{self._seq:09d}"
         stats = self.stats
         stats.requests += 1
-        route = route_template(req.raw_path)
+        route, allowed = self._route(req.method, req.raw_path)
         mirror = False
-        if not is_allowed(req.method, req.raw_path, route, self.scenario.replay.allow):
+        if not allowed:
             stats.not_allowed += 1
         elif self.stop.is_set():
             stats.drop(rid, "not mirrored: the shadow run was stopping")
@@ -111,6 +113,18 @@ class ShadowApp:
             if self.max_requests is not None and stats.mirrored >= self.max_requests:
                 self.stop.set()
         return rid, route, mirror
+
+    def _route(self, method: str, raw_path: str) -> tuple[str, bool]:
+        """The path's route template and whether replay.allow lets the request be mirrored: both a function
+        of the method and the path without its query, remembered for the first _ROUTES_MAX of those."""
+        key = (method, raw_path.partition("?")[0])
+        got = self._routes.get(key)
+        if got is None:
+            route = route_template(raw_path)
+            got = route, is_allowed(method, raw_path, route, self.scenario.replay.allow)
+            if len(self._routes) < _ROUTES_MAX:
+                self._routes[key] = got
+        return got
 
     def answered(self, req: Request, token: tuple[str, str, bool], answer: Answer) -> None:
         rid, route, mirror = token

@@ -45,6 +45,14 @@ def _text(raw: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
     return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
 
 
+def _content_type(raw: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
+    """The one answer header a capture record reads (production_content_type), decoded."""
+    for k, v in raw:
+        if k.lower() == b"content-type":
+            return ((k.decode("latin-1"), v.decode("latin-1")),)
+    return ()
+
+
 def _one(record: dict[str, Any]) -> Iterable[dict[str, Any]]:
     return (record,)
 
@@ -55,8 +63,8 @@ class Recorder:
         self.builder = LegBuilder(scenario)
         self.max_bytes = scenario.replay.max_response_bytes
         # literal paths: the writer's strftime must leave them as they are
-        self.capture = CaptureWriter(capture_path.replace("%", "%%"), _one)
-        self.legs = CaptureWriter(legs_path.replace("%", "%%"), _one)
+        self.capture = CaptureWriter(capture_path.replace("%", "%%"), _one, inline=True)
+        self.legs = CaptureWriter(legs_path.replace("%", "%%"), _one, inline=True)
         self.dropped: dict[str, int] = {}
 
     def handle(self, item: tuple[Any, ...]) -> None:
@@ -65,8 +73,9 @@ class Recorder:
                 self._baseline(*item[1:])
             else:
                 _, rid, route, arrived, status, rh, rb, size, sent, done, error = item
+                headers = _text(rh) if self.builder.reads_headers["candidate"] else ()
                 self.legs.put(self.builder.leg(rid, "candidate", route, arrived, sent, done, status, error,
-                                               _text(rh), rb, size, self.max_bytes))
+                                               headers, rb, size, self.max_bytes))
         except Exception as exc:  # noqa: BLE001 - one exchange that cannot be recorded must not end the run
             reason = f"record could not be built: {type(exc).__name__}"
             self.dropped[reason] = self.dropped.get(reason, 0) + 1
@@ -75,7 +84,9 @@ class Recorder:
                   raw_headers: list[tuple[bytes, bytes]], body: bytes, arrived: float, status: int | None,
                   raw_rh: list[tuple[bytes, bytes]], rb: bytes, size: int, sent: float, done: float,
                   error: str | None) -> None:
-        headers, rh = _text(raw_headers), _text(raw_rh)
+        # the answer's headers decoded whole only where the baseline's reader reads them
+        headers = _text(raw_headers)
+        rh = _text(raw_rh) if self.builder.reads_headers["baseline"] else _content_type(raw_rh)
         doc: Any = PARSE
         if mirror:
             row, doc = self.builder.leg_and_doc(rid, "baseline", route, arrived, sent, done, status, error, rh, rb,

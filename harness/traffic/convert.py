@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,7 +37,7 @@ def to_capture_record(req: CapturedRequest, grpc_form: bool = True) -> dict[str,
     """The record of one request. A gRPC call (traffic/grpc_record.py) is written in the gRPC form where
     `grpc_form` (JSONL), else in its HTTP form with grpc_service and grpc_method as fields (Parquet: one
     schema for every row); the reader takes either."""
-    rec: dict[str, Any] = {"ts": datetime.fromtimestamp(req.ts, timezone.utc).isoformat(), "method": req.method,
+    rec: dict[str, Any] = {"ts": iso_utc(req.ts), "method": req.method,
                            "path": req.path, "headers": _headers(req.headers)}
     if grpc_form and req.method == "POST" and "grpc_method" in req.meta:
         grpc = _grpc_record(req, rec["ts"])
@@ -50,6 +51,29 @@ def to_capture_record(req: CapturedRequest, grpc_form: bool = True) -> dict[str,
         else:
             rec["body"] = _body_value(text, req.body, req.parsed_body())
     return _with_meta(rec, req)
+
+
+# the last whole second formatted, (seconds, "YYYY-MM-DDTHH:MM:SS"), replaced whole: threads may share it
+_second: list[tuple[float, str]] = [(math.nan, "")]
+
+
+def iso_utc(ts: float) -> str:
+    """datetime.fromtimestamp(ts, timezone.utc).isoformat(), the same text: the date and time of day are
+    formatted once a second (a capture's records come in time order), the microseconds rounded as
+    fromtimestamp rounds them (half to even, carried into the second)."""
+    frac, whole = math.modf(ts)
+    us = round(frac * 1e6)
+    if us >= 1_000_000:
+        us -= 1_000_000
+        whole += 1.0
+    elif us < 0:
+        us += 1_000_000
+        whole -= 1.0
+    second, text = _second[0]
+    if second != whole:
+        text = datetime.fromtimestamp(whole, timezone.utc).isoformat()[:-6]
+        _second[0] = (whole, text)
+    return f"{text}.{us:06d}+00:00" if us else f"{text}+00:00"
 
 
 def _grpc_record(req: CapturedRequest, ts: str) -> dict[str, Any] | None:

@@ -27,6 +27,7 @@ import base64
 import binascii
 import gzip
 import json
+import json.encoder as _json_encoder
 import re
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -87,6 +88,21 @@ def compact_json(value: Any) -> bytes:
         return orjson.dumps(value)
     except (orjson.JSONEncodeError, TypeError):
         return _COMPACT_JSON.encode(value).encode("utf-8")
+
+
+# The standard library's C encoder, made once: json.dumps(v, separators=(",", ":"), ensure_ascii=False) makes an
+# encoder per call, which was most of its cost on a small answer (about 6 us against 1 us). No circular check:
+# what it encodes was parsed from JSON.
+_COMPACT_TEXT = (_json_encoder.c_make_encoder(None, None, _json_encoder.encode_basestring, None, ":", ",", False,
+                                              False, True)
+                 if _json_encoder.c_make_encoder is not None else None)
+
+
+def compact_text(value: Any) -> str:
+    """json.dumps(value, separators=(",", ":"), ensure_ascii=False), the same text, faster."""
+    if _COMPACT_TEXT is None:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return "".join(_COMPACT_TEXT(value, 0))
 
 
 class RecordError(ValueError):
