@@ -236,7 +236,7 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
                     outcome = run_replay(plan, child_sinks, options, sampler=monitor.sample, log=say, stop_rule=stop_rule)
         finally:
             store.recording(False)  # what follows (a crashed run's provisional judgement too) may use every core
-        for note in monitor.notes:
+        for note in [*monitor.notes, *outcome.notes]:
             store.add_event("note", note)
         store.add_event("resource_sources", json.dumps(monitor.sources()))
         status, reason = _finish_requests(store, outcome)

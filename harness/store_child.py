@@ -5,7 +5,8 @@ The replay's process closes its connection while the writer holds the file and o
 returns once the writer has committed its table, so rows are only ever counted as recorded once they are in
 the file. If the writer dies or fails, the sink takes the file back and writes the table itself (the batch
 in flight may have been committed just before the writer died, so that first write skips rows already there)
-and raises WrittenByParent: the recorder counts a sink failure and the rows as recorded. Every later table
+and raises WrittenByParent: the recorder counts the rows as recorded and the run carries a note saying
+what happened (nothing was lost: the run stays complete). Every later table
 is written by the replay's process. If the replay's process dies, the writer reads the end of its pipe,
 writes what it received and exits.
 
@@ -40,8 +41,8 @@ Sink = Callable[[pa.Table], None]
 
 
 class WrittenByParent(Exception):
-    """The writer process failed; the replay's process wrote the table itself (the recorder counts the
-    failure and keeps no rows back)."""
+    """The writer process failed; the replay's process wrote the table itself (the recorder keeps no rows back
+    and notes it)."""
     rows_written = True
 
 
@@ -106,8 +107,8 @@ class WriterProcess:
             problem = str(exc) or type(exc).__name__
         status = self._take_back(kill=True)
         self._write_here(name, table)
-        raise WrittenByParent(f"the store's writer process failed ({problem}; {status}); "
-                              "the replay's process wrote its rows")
+        raise WrittenByParent(f"The store's writer process failed ({problem}; {status}); the replay's process "
+                              "wrote the rows itself from then on, none lost")
 
     def _write_here(self, name: str, table: pa.Table) -> None:
         if self._skip_written:

@@ -15,7 +15,8 @@ the sealed batches to the sink as one table. Each DuckDB insert costs the loop a
 whatever its size, so flushes stay at 0.5 s.
 A sink that fails keeps its rows for the next flush and is counted: listeners inside Locust's loop
 must count their own failures, since Locust swallows exceptions there. A sink's exception with
-`rows_written` true (harness.store_child.WrittenByParent) is counted, and its rows are recorded.
+`rows_written` true (harness.store_child.WrittenByParent: the writer process failed and the rows were
+written another way) loses nothing: its rows are recorded, and it is a note of the run, not a failure.
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ class Recorder:
         self.recorded = {name: 0 for name in SCHEMAS}
         self.sink_failures = 0
         self.last_sink_error: str | None = None
+        self.notes: list[str] = []  # what happened to the recording without losing a row
         self.leg_listeners: list[Callable[[dict[str, Any]], None]] = []
         self.pace: Callable[[], None] | None = None  # the dispatcher's make_way, called between seal steps
         # The first from_pylist imports pandas lazily (about a second): do it now, not mid-replay.
@@ -172,9 +174,12 @@ class Recorder:
                 sink(table)
             return True
         except Exception as exc:  # noqa: BLE001 - counted and reported; the rows are kept for the next try
+            if getattr(exc, "rows_written", False):  # a sink that failed but wrote its rows another way
+                self.notes.append(f"{exc}"[:500])
+                return True
             self.sink_failures += 1
             self.last_sink_error = f"{type(exc).__name__}: {exc}"[:500]
-            return bool(getattr(exc, "rows_written", False))  # a sink that failed but wrote its rows another way
+            return False
 
     def stop(self) -> None:
         if self._flusher is not None:

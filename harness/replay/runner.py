@@ -126,7 +126,7 @@ def run_replay(plan: DispatchPlan, sinks: Sinks, options: ReplayOptions = Replay
     outcome = ReplayOutcome(
         stats=dispatcher.stats, legs_recorded=recorder.legs_recorded, sink_failures=recorder.sink_failures,
         last_sink_error=recorder.last_sink_error, interrupted=interrupted[0] if interrupted else None,
-        lag_p50_ms=_q(lags, 0.50), lag_p99_ms=_q(lags, 0.99), wall_s=time.time() - t0)
+        lag_p50_ms=_q(lags, 0.50), lag_p99_ms=_q(lags, 0.99), wall_s=time.time() - t0, notes=list(recorder.notes))
     _progress_line(dispatcher, log, final=True)
     return outcome
 

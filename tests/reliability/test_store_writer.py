@@ -56,14 +56,15 @@ def test_a_killed_writer_loses_no_leg(tmp_path: Path, harness_proc: Callable[...
         rc = p.wait(timeout=60)
         hits = srv.hits["/ok"]
     assert_no_traceback(p.stdout, p.stderr)
-    assert rc == 4, p.stderr  # a sink failed: the run is incomplete, whatever was recovered
+    assert rc in (0, 1, 2), p.stderr  # nothing was lost: the run is judged, and says what happened
     (legs, distinct), = query(run_dir, "select count(*), count(distinct (order_idx, version)) from legs")
     assert legs == distinct == hits == 2 * N  # every leg sent is recorded, once
     status, reason = run_status(run_dir)
-    assert status == "incomplete" and "writer process failed" in (reason or ""), reason
+    assert status == "complete", reason
     (detail,), = query(run_dir, "select detail from events where kind = 'replay'")
-    replay = json.loads(detail)
-    assert replay["sink_failures"] == 1 and "wrote its rows" in replay["last_sink_error"]
+    assert json.loads(detail)["sink_failures"] == 0
+    notes = [n for (n,) in query(run_dir, "select detail from events where kind = 'note'")]
+    assert any(n.startswith("The store's writer process failed (") and n.endswith("none lost") for n in notes), notes
     (samples,), = query(run_dir, "select count(*) from resources")
     assert samples >= 10  # sampled every 0.5 s of 6 s, before and after the kill
     check_accounting(run_dir, "paired")
