@@ -421,7 +421,8 @@ class HttpTransport:
             if ex.state != _QUEUED:  # ended meanwhile (its deadline)
                 waiting.popleft()
                 continue
-            conn = None if ex.warm else self._pooled()
+            # a warm-up opens its own connection; a resend too: a pooled one may be as stale as the first
+            conn = None if ex.warm or ex.resent is not None else self._pooled()
             if conn is None and self._opening >= self._max_opening:
                 return
             waiting.popleft()
