@@ -89,3 +89,12 @@ def test_no_line_makes_a_reader_raise(tmp_path: Path, docs: list[Any], fmt: str 
 def test_no_har_entry_makes_the_reader_raise(tmp_path: Path, entries: list[Any]) -> None:
     (tmp_path / "c.har").write_text(json.dumps({"log": {"entries": entries}}), encoding="utf-8")
     assert all(isinstance(i, (CapturedRequest, BadRecord)) for i in _read(tmp_path / "c.har"))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(VALUES)
+def test_compact_text_is_json_dumps_text(value: Any) -> None:
+    """The excerpts and capture records use one C encoder made once; its text must be json.dumps's."""
+    from harness.traffic.jsonl_reader import compact_text
+
+    assert compact_text(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -37,6 +37,7 @@ from ..jsonpath import MISSING
 from ..protocols import OutputRead, read_output
 from ..scenario import DetectorConfig, RowsConfig
 from ..send_headers import expand_env
+from ..traffic.jsonl_reader import compact_text
 from ..traffic.redaction import REDACTED, Redactor
 from .content_encoding import decode_answer
 from .leg import LEG_SCHEMA
@@ -535,11 +536,11 @@ def _fit_json(doc: Any, limit: int) -> str:
     a prefix plus a digest of the whole (so equal strings stay equal and different ones stay different),
     then long arrays and objects keep their first items plus a marker with the count and a digest of the
     rest (a 10,000-number answer), so the output diff can still compare the answer's structure."""
-    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    text = compact_text(doc)  # the answer as parsed from JSON: no circular reference, nothing but JSON types
     for keep, items in ((200, None), (40, None), (8, 64), (8, 16), (8, 4), (8, 1)):
         if len(text) <= limit:
             return text
-        text = json.dumps(_shorten(doc, keep, items), separators=(",", ":"), ensure_ascii=False)
+        text = compact_text(_shorten(doc, keep, items))
     if len(text) <= limit:
         return text
     # Still too long (thousands of keys at the top level): a valid JSON string that says so.
