@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from ..jsonpath import MISSING
 from ..protocols.json_protocol import loads
@@ -22,9 +22,14 @@ from ..traffic.record import CapturedRequest
 from ..traffic.redaction import PARSE, Redactor
 from ..traffic.segments import SegmentEvaluator
 
-__all__ = ["Exchange", "ExchangeRecords", "SampleRule", "DEFAULT_MAX_BODY_BYTES"]
+__all__ = ["Exchange", "ExchangeRecords", "SampleRule", "DEFAULT_MAX_BODY_BYTES", "header_text"]
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+
+
+def header_text(raw: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
+    """Headers as a server read them (bytes) -> str, as HTTP defines them (latin-1: every byte is a character)."""
+    return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
 
 
 @dataclass(slots=True)

@@ -15,6 +15,8 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from .exchange import header_text
+
 __all__ = ["Answer", "Forwarder", "HOP_BY_HOP", "RESPONSE_DROP"]
 
 # RFC 9110 7.6.1 connection-specific fields, plus those the proxy's own framing sets.
@@ -48,7 +50,7 @@ class Answer:
         h = self._headers
         if h is None:
             raw = self.raw_headers or ()
-            h = self._headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
+            h = self._headers = header_text(raw)
         return h
 
     def __repr__(self) -> str:

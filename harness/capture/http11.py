@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from .exchange import header_text
 from .forward import RESPONSE_DROP, HOP_BY_HOP, Answer
 
 __all__ = ["Request", "Hooks", "Upstream", "ProxyServer", "Collect", "KEEPALIVE_TIMEOUT_S"]
@@ -56,10 +57,6 @@ _RESPONSE_DROP_B = frozenset(k.encode() for k in RESPONSE_DROP)
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
 
-def _decoded(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
-
-
 class Request:
     """One request as the client sent it; `headers` (str) are decoded from `raw_headers` on first use."""
 
@@ -73,13 +70,13 @@ class Request:
         self.body = body
         self.arrived = arrived  # epoch seconds, when the request line came
         self.peer = peer
-        self._headers: list[tuple[str, str]] | None = None
+        self._headers: tuple[tuple[str, str], ...] | None = None
 
     @property
-    def headers(self) -> list[tuple[str, str]]:
+    def headers(self) -> tuple[tuple[str, str], ...]:
         h = self._headers
         if h is None:
-            h = self._headers = _decoded(self.raw_headers)
+            h = self._headers = header_text(self.raw_headers)
         return h
 
     def __repr__(self) -> str:

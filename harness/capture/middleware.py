@@ -16,7 +16,7 @@ import time
 from typing import Any, Awaitable, Callable, MutableMapping
 
 from ..scenario import RedactConfig
-from .exchange import DEFAULT_MAX_BODY_BYTES, Exchange, ExchangeRecords, SampleRule
+from .exchange import DEFAULT_MAX_BODY_BYTES, Exchange, ExchangeRecords, SampleRule, header_text
 from .writer import CaptureWriter, WriterStats
 
 __all__ = ["CaptureMiddleware"]
@@ -78,8 +78,7 @@ class CaptureMiddleware:
             await send(message)
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
-                state["headers"] = tuple((k.decode("latin-1"), v.decode("latin-1"))
-                                         for k, v in message.get("headers", ()))
+                state["headers"] = header_text(message.get("headers", ()))
             elif message["type"] == "http.response.body":
                 chunk = message.get("body", b"")
                 state["size"] += len(chunk)
@@ -94,7 +93,7 @@ class CaptureMiddleware:
         path = scope.get("raw_path") or scope.get("path", "/").encode()
         query = scope.get("query_string") or b""
         target = path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
-        headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", ()))
+        headers = header_text(scope.get("headers", ()))
         self.writer.put(Exchange(arrived, scope.get("method", "GET"), target, headers, body, state["status"],
                                  (time.time() - arrived) * 1000.0, state["headers"], answer, state["size"]))
 

@@ -28,7 +28,7 @@ import signal
 import sys
 from typing import Any, BinaryIO, Iterable, TextIO
 
-from ..capture.exchange import Exchange, ExchangeRecords
+from ..capture.exchange import Exchange, ExchangeRecords, header_text
 from ..capture.writer import CaptureWriter
 from ..frames import read_frame
 from ..scenario import Scenario
@@ -38,11 +38,6 @@ from .legs import LegBuilder
 __all__ = ["Recorder", "main"]
 
 CAPTURE_MAX_BODY_BYTES = 1 << 24
-
-
-def _text(raw: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
-    """Headers as the proxy read them (bytes) -> str, as HTTP defines them (latin-1)."""
-    return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
 
 
 def _content_type(raw: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
@@ -73,7 +68,7 @@ class Recorder:
                 self._baseline(*item[1:])
             else:
                 _, rid, route, arrived, status, rh, rb, size, sent, done, error = item
-                headers = _text(rh) if self.builder.reads_headers["candidate"] else ()
+                headers = header_text(rh) if self.builder.reads_headers["candidate"] else ()
                 self.legs.put(self.builder.leg(rid, "candidate", route, arrived, sent, done, status, error,
                                                headers, rb, size, self.max_bytes))
         except Exception as exc:  # noqa: BLE001 - one exchange that cannot be recorded must not end the run
@@ -85,8 +80,8 @@ class Recorder:
                   raw_rh: list[tuple[bytes, bytes]], rb: bytes, size: int, sent: float, done: float,
                   error: str | None) -> None:
         # the answer's headers decoded whole only where the baseline's reader reads them
-        headers = _text(raw_headers)
-        rh = _text(raw_rh) if self.builder.reads_headers["baseline"] else _content_type(raw_rh)
+        headers = header_text(raw_headers)
+        rh = header_text(raw_rh) if self.builder.reads_headers["baseline"] else _content_type(raw_rh)
         doc: Any = PARSE
         if mirror:
             row, doc = self.builder.leg_and_doc(rid, "baseline", route, arrived, sent, done, status, error, rh, rb,
