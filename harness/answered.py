@@ -12,14 +12,16 @@ where the candidate did worse than the baseline stands.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import replace
 from typing import Mapping
 
 from .analysis.dataset import PairData
-from .gates import GateResult
+from .gate_config import PAIR_METRICS
+from .gates import GateResult, Verdict
 
-__all__ = ["MIN_BASELINE_ANSWERED", "baseline_shortfall", "apply_answered"]
+__all__ = ["MIN_BASELINE_ANSWERED", "baseline_shortfall", "apply_answered", "hold_without_answers"]
 
 # Production's own share of non-2xx answers (bad requests, auth failures in a capture) stays well under this;
 # a replay set up wrong is far beyond it.
@@ -42,25 +44,34 @@ def baseline_shortfall(data: PairData, error_kinds: Mapping[str, int]) -> str | 
             f"(harness validate; one request by hand)")
 
 
-def apply_answered(results: list[GateResult], shortfall: str | None) -> list[GateResult]:
+def apply_answered(results: list[GateResult], shortfall: str | None, paired: bool) -> list[GateResult]:
+    """`paired`: there is a candidate; a single version's FAIL is its own, whatever it answered."""
     if shortfall is None:
         return results
     out = []
     for r in results:
         if r.status == "pass":
             r = replace(r, status="inconclusive", reason=f"{r.reason} Inconclusive: {shortfall}.")
-        elif r.status == "fail" and not _worse_than_baseline(r):
+        elif r.status == "fail" and paired and not _worse_than_baseline(r):
             r = replace(r, status="inconclusive", reason=f"{r.reason} Inconclusive: the candidate did no worse than "
                                                          f"the baseline, and {shortfall}.")
         out.append(r)
     return out
 
 
+def hold_without_answers(verdict: Verdict, shortfall: str | None) -> Verdict:
+    """No PROMOTE on no answers, whatever the gates (none, or warnings only) let through."""
+    if shortfall is None or verdict.verdict != "PROMOTE":
+        return verdict
+    return Verdict("HOLD", [f"No evidence: {shortfall}."])
+
+
 def _worse_than_baseline(r: GateResult) -> bool:
-    """A comparison's FAIL is the candidate worse than the baseline; an absolute limit's, only where the
-    candidate's whole interval is worse than the baseline's figure (a figure without the baseline's keeps its
-    FAIL)."""
-    if r.comparison != "absolute" or r.baseline is None or r.candidate is None:
+    """A comparison's FAIL is the candidate worse than the baseline, and so is a pair metric's (measured on the
+    pair); an absolute limit's, only where the candidate's whole interval is worse than the baseline's figure
+    (a figure without the baseline's, or NaN: nothing judged on the baseline, keeps its FAIL)."""
+    if (r.comparison != "absolute" or r.metric in PAIR_METRICS or r.baseline is None or r.candidate is None
+            or not math.isfinite(r.baseline)):
         return True
     lo, hi = r.ci or (r.candidate, r.candidate)
     return lo > r.baseline if "<=" in r.threshold_text else hi < r.baseline

@@ -20,7 +20,7 @@ from .aa_reference import field_rates, noise_by_gate, read_aa_reference
 from .analysis.rows import batch_size_segment, load_rows, rows_summary
 from .errors import ScenarioError, StoreError
 from .gate_config import DETECTOR_RATES, HIGHER_IS_BETTER, LATENCY_LIKE, PAIR_METRICS, ROW_METRICS
-from .answered import apply_answered, baseline_shortfall
+from .answered import apply_answered, baseline_shortfall, hold_without_answers
 from .evidence import apply_evidence
 from .fidelity import IN_FLIGHT_REASON, apply_fidelity, assess_fidelity, skipped_in_scope
 from .attribution import explain_segments
@@ -66,11 +66,11 @@ def judge(run_dir: Path) -> dict[str, Any]:
         results = apply_evidence(results, _resource_sources(con), versions)
         overview = version_overview(con)
         shortfall = baseline_shortfall(data, (overview.get("baseline") or {}).get("error_kinds") or {})
-        results = apply_answered(results, shortfall)
+        results = apply_answered(results, shortfall, paired="candidate" in versions)
         # attribution reads the final statuses: a gate that fidelity or evidence made inconclusive explains nothing
         results, explanations = explain_segments(scenario.gates, results, data, resources, alpha=a.alpha,
                                                  n_resamples=a.bootstrap_resamples, seed=a.seed)
-        verdict = decide_verdict(results, stopped_early=fidelity.get("stopped_early"))
+        verdict = hold_without_answers(decide_verdict(results, stopped_early=fidelity.get("stopped_early")), shortfall)
         counts = accounting(con, versions)
         notes = event_details(con, "note")
         if info.status != "complete":

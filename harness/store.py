@@ -320,6 +320,11 @@ def upgrade_results(path: Path) -> list[str]:
             con.execute(PAIRS_VIEW.replace("create view", "create or replace view", 1))
             con.execute(PREDICTION_ROWS_VIEW.replace("create view", "create or replace view", 1))
             con.execute(ROW_PAIRS_VIEW.replace("create view", "create or replace view", 1))
+        if have and con.execute("select count(*) from legs where error_kind is null and try_cast(status_code as integer) between 300 and 399"
+                                ).fetchone()[0]:  # type: ignore[index]
+            # recorded before a redirect was a kind of its own (error_kinds.status_kind): judged by today's rule
+            con.execute("update legs set error_kind = 'http_3xx' where error_kind is null and try_cast(status_code as integer) between 300 and 399")
+            added.append("legs.error_kind http_3xx")
         return added
     finally:
         con.close()

@@ -9,8 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from harness.answered import MIN_BASELINE_ANSWERED, apply_answered, baseline_shortfall
-from harness.gates import evaluate_gates
+from dataclasses import replace
+
+from harness.answered import MIN_BASELINE_ANSWERED, apply_answered, baseline_shortfall, hold_without_answers
+from harness.gates import Verdict, evaluate_gates
 from harness.gate_config import parse_gates
 
 from test_gates import RES, pairs
@@ -37,18 +39,36 @@ def test_passes_become_inconclusive_and_only_a_candidate_worse_than_the_baseline
     results = evaluate_gates(GATES, same, RES, n_resamples=200)
     shortfall = baseline_shortfall(same, {"timeout": 1200})
     assert shortfall is not None
-    judged = {r.name: r for r in apply_answered(results, shortfall) if r.segment is None}
+    judged = {r.name: r for r in apply_answered(results, shortfall, paired=True) if r.segment is None}
     assert {r.name: r.status for r in results if r.segment is None}["error_rate"] == "fail"
     assert judged["error_rate"].status == "inconclusive"
     assert "the candidate did no worse than the baseline, and the baseline answered only" in judged["error_rate"].reason
     assert judged["latency_p95_ms"].status != "pass"
     worse = pairs(2000, err_b=0.6, err_c=0.9, seed=7)
     judged = {r.name: r for r in apply_answered(evaluate_gates(GATES, worse, RES, n_resamples=200),
-                                                baseline_shortfall(worse, {})) if r.segment is None}
+                                                baseline_shortfall(worse, {}), paired=True) if r.segment is None}
     assert judged["error_rate"].status == "fail"
     fine = pairs(2000, seed=7)
-    assert apply_answered(evaluate_gates(GATES, fine, RES, n_resamples=200), baseline_shortfall(fine, {})) == \
+    assert apply_answered(evaluate_gates(GATES, fine, RES, n_resamples=200), baseline_shortfall(fine, {}), True) == \
         evaluate_gates(GATES, fine, RES, n_resamples=200)
+
+
+def test_fails_that_stand_whatever_the_baseline_answered() -> None:
+    """A pair metric's FAIL (measured on the pair, on its own scale), a FAIL with nothing judged on the baseline
+    (NaN: a schema rate when the baseline answered no 2xx), and a single version's FAIL are the candidate's own."""
+    same = pairs(2000, err_b=0.6, err_c=0.6, seed=7)
+    fail = next(r for r in evaluate_gates(GATES, same, RES, n_resamples=200) if r.name == "error_rate" and r.segment is None)
+    assert fail.status == "fail"
+    shortfall = "the baseline answered only 800 of 2,000 requests"
+    for stands in (replace(fail, metric="confidence_mean_shift", baseline=0.8, ci=(0.15, 0.25)),
+                   replace(fail, baseline=float("nan"))):
+        assert apply_answered([stands], shortfall, paired=True)[0].status == "fail"
+    assert apply_answered([fail], shortfall, paired=True)[0].status == "inconclusive"
+    assert apply_answered([fail], shortfall, paired=False)[0].status == "fail"
+    # no gate, or only warnings, let a run without answers through: it holds
+    assert hold_without_answers(Verdict("PROMOTE", ["All 0 gates pass"]), shortfall).verdict == "HOLD"
+    assert hold_without_answers(Verdict("BLOCK", ["x"]), shortfall).verdict == "BLOCK"
+    assert hold_without_answers(Verdict("PROMOTE", []), None).verdict == "PROMOTE"
 
 
 @pytest.mark.integration

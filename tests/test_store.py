@@ -55,6 +55,24 @@ def test_an_old_legs_table_gets_the_row_columns_and_views(tmp_path: Path) -> Non
     con.close()
 
 
+def test_redirects_recorded_without_a_kind_are_judged_by_todays_rule(tmp_path: Path) -> None:
+    """Legs recorded before a 3xx had a kind of its own (its error_kind NULL) become http_3xx on upgrade, so a
+    candidate that redirects is not PROMOTEd when its old run is judged again."""
+    path = tmp_path / "results.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("create table requests (request_id varchar, order_idx bigint, warmup boolean)")
+    con.execute("create table legs (" + ", ".join(f'"{f.name}" varchar' for f in LEG_SCHEMA) + ")")
+    con.execute("insert into legs (order_idx, version, status_code, error_kind) values "
+                "('0', 'candidate', '307', null), ('1', 'candidate', '200', null), ('2', 'candidate', '404', 'http_4xx')")
+    con.close()
+    assert "legs.error_kind http_3xx" in upgrade_results(path)
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("select order_idx, error_kind from legs order by 1").fetchall() == [
+        ("0", "http_3xx"), ("1", None), ("2", "http_4xx")]
+    con.close()
+    assert "legs.error_kind http_3xx" not in upgrade_results(path)  # once
+
+
 def _store_of(tmp_path: Path, n: int) -> RunStore:
     """A run's results.duckdb with `n` requests (order_idx 0..n-1, captured ids c0..) and no legs yet."""
     capture = write_capture(tmp_path / "c.jsonl", [

@@ -93,8 +93,10 @@ def _error_excess(fb: np.ndarray, fc: np.ndarray, alpha: float) -> str | None:
 
 
 def latency_notes(data: PairData, alpha: float, n_resamples: int, seed: int) -> list[str]:
-    """p95 over the pairs both versions answered: a failed leg is the error notes' (or gate's) matter."""
-    ok = ~(data.error["baseline"] | data.error["candidate"])
+    """p95 over the pairs both versions answered: a failed leg is the error notes' (or gate's) matter, and a
+    refusal or redirect (fast, and no answer) would pull the p95 down."""
+    refused = data.refusals()
+    ok = ~(data.error["baseline"] | data.error["candidate"] | refused["baseline"] | refused["candidate"])
     b, c = data.latency["baseline"][ok], data.latency["candidate"][ok]
     keep = np.isfinite(b) & np.isfinite(c)
     b, c = b[keep], c[keep]
