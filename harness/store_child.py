@@ -35,6 +35,9 @@ __all__ = ["WriterProcess", "WrittenByParent", "writing_in_child", "WRITER_ARGV"
 WRITER_ARGV = [sys.executable, "-m", "harness.store_writer"]  # then the results file
 READY_TIMEOUT_S = 60.0
 CLOSE_TIMEOUT_S = 300.0
+# A commit answered later than this is a writer that hangs (stopped, a stuck disk): it is killed and the
+# replay's process writes the table itself, rather than the recorder's thread, and the run's end, waiting forever.
+WRITE_TIMEOUT_S = 120.0
 PIPE_BYTES = 1 << 20  # a flush's legs in one write (Linux caps it at /proc/sys/fs/pipe-max-size)
 
 Sink = Callable[[pa.Table], None]
@@ -122,7 +125,9 @@ class WriterProcess:
         view = memoryview(frame((name, to_ipc(table))))
         while view:
             view = view[self._to.write(view) or 0:]
-        answer = self._read_line(None)
+        answer = self._read_line(WRITE_TIMEOUT_S)
+        if answer is None and self._proc is not None and self._proc.poll() is None:
+            raise WriterFailed(f"no answer within {WRITE_TIMEOUT_S:g} s")
         if answer != "ok":
             raise WriterFailed(answer[6:] if answer and answer.startswith("error ") else f"answered {answer!r}")
 

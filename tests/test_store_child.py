@@ -109,3 +109,21 @@ def test_a_failed_insert_ends_the_writer_and_its_rows_stay_with_the_caller(tmp_p
     writer.close()
     assert store.query("select count(*) from legs") == [(10,)]
     store.close()
+
+
+def test_a_writer_that_hangs_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped writer (SIGSTOP: a stuck disk looks the same from here) does not hold the recorder forever."""
+    import harness.store_child as store_child
+
+    monkeypatch.setattr(store_child, "WRITE_TIMEOUT_S", 1.0)
+    store = _store(tmp_path)
+    writer = WriterProcess(store)
+    writer.start()
+    writer.write("legs", _legs(0, 5))
+    os.kill(writer._proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+    with pytest.raises(WrittenByParent, match="no answer within 1 s"):
+        writer.write("legs", _legs(5, 5))
+    assert not writer.alive
+    writer.close()
+    assert store.query("select count(*), count(distinct (order_idx, version)) from legs") == [(20, 20)]
+    store.close()
