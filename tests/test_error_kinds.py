@@ -189,3 +189,27 @@ def test_a_candidate_that_refuses_what_the_baseline_takes_is_blocked(tmp_path: P
     assert both.summary["versions"]["candidate"]["error_rate"] == 0
     assert both.summary["versions"]["candidate"]["http_4xx_rate"] == pytest.approx(40 / 400)
     assert both.summary["versions"]["candidate"]["http_3xx_rate"] == pytest.approx(40 / 400)
+
+
+def test_the_canary_sizing_counts_errors_as_the_gate_does() -> None:
+    """schedule.sizing's SQL over the pairs view agrees with pair_failed for every pair of kinds, and for a
+    request only one version answered."""
+    import itertools
+
+    from harness.error_kinds import pair_failed
+    from harness.schedule.sizing import _bad_rate_sql
+
+    con = duckdb.connect()
+    kinds = [None, *ERROR_KINDS]
+    con.execute("create table pairs (baseline_error_kind varchar, candidate_error_kind varchar, "
+                "baseline_intended_at double, candidate_intended_at double)")
+    con.executemany("insert into pairs values (?, ?, 1.0, ?)",
+                    [(b, c, 1.0) for b, c in itertools.product(kinds, kinds)] + [(b, None, None) for b in kinds])
+    got = con.execute(f"""select baseline_error_kind, candidate_error_kind, candidate_intended_at is not null,
+                          {_bad_rate_sql('error_rate', 'baseline')}, {_bad_rate_sql('error_rate', 'candidate')}
+                          from pairs""").fetchall()
+    assert len(got) == len(kinds) ** 2 + len(kinds)
+    for b, c, paired, failed_b, failed_c in got:
+        assert failed_b == pair_failed(b, c, paired=paired), (b, c, paired)
+        if paired:
+            assert failed_c == pair_failed(c, b), (b, c)
