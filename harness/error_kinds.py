@@ -25,7 +25,7 @@ import socket
 import ssl
 
 __all__ = ["ERROR_KINDS", "CONSUMER_ERROR_KINDS", "CONSUMER_ERROR_KINDS_SQL", "HARNESS_ERROR", "HARNESS_ERROR_TOLERANCE",
-           "REFUSAL_KINDS", "exception_kind", "pair_failed", "failed_sql", "status_kind"]
+           "REFUSAL_KINDS", "exception_kind", "pair_failed", "failed_sql", "failed_sql_of", "status_kind"]
 
 HARNESS_ERROR = "harness_error"
 # The share of legs that may end in harness_error before the run is incomplete: one in a thousand lets a
@@ -64,11 +64,19 @@ def pair_failed(kind: str | None, other: str | None, paired: bool = True) -> boo
 def failed_sql(leg: str, other: str | None = None) -> str:
     """pair_failed in SQL, for the legs aliased `leg` and, where the run is paired, `other` (left joined: a
     missing other leg is no pair)."""
-    own = f"coalesce({leg}.error_kind in ({CONSUMER_ERROR_KINDS_SQL}), false)"
     if other is None:
+        return failed_sql_of(f"{leg}.error_kind")
+    return failed_sql_of(f"{leg}.error_kind", f"{other}.error_kind", f"{other}.order_idx is not null")
+
+
+def failed_sql_of(kind: str, other_kind: str | None = None, other_present: str | None = None) -> str:
+    """pair_failed in SQL over column expressions: the leg's error kind and, in a paired run, the other leg's
+    and a condition true where the other leg exists (the pairs view names its columns baseline_*, candidate_*)."""
+    own = f"coalesce({kind} in ({CONSUMER_ERROR_KINDS_SQL}), false)"
+    if other_kind is None:
         return own
-    return (f"coalesce({own} or ({leg}.error_kind in ({_REFUSAL_KINDS_SQL}) and {other}.order_idx is not null"
-            f" and {other}.error_kind is distinct from {leg}.error_kind), false)")
+    return (f"coalesce({own} or ({kind} in ({_REFUSAL_KINDS_SQL}) and {other_present}"
+            f" and {other_kind} is distinct from {kind}), false)")
 
 
 _CONNECT_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})

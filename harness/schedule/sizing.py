@@ -8,8 +8,7 @@ import duckdb
 
 from ..analysis import stats
 from ..analysis.rows import BATCH_BUCKETS, size_row_rate
-from ..error_kinds import CONSUMER_ERROR_KINDS_SQL as _KINDS
-from ..error_kinds import REFUSAL_KINDS
+from ..error_kinds import failed_sql_of
 from ..gate_config import GateSpec
 from .policy import _QUANTILES, _RESOURCE_METRICS
 from .profile import _one
@@ -136,17 +135,12 @@ def _size_latency(spec: GateSpec, result: dict[str, Any] | None, con: duckdb.Duc
                      + ("" if spec.comparison == "relative" else "; one-sample use of a two-arm formula: conservative"))
 
 
-_REFUSALS = ", ".join(f"'{k}'" for k in REFUSAL_KINDS)
-
-
 def _bad_rate_sql(metric: str, v: str) -> str:
     """Over the pairs view; an error as the gate counts it (error_kinds.pair_failed: a refusal or redirect of a
     request the other version answered otherwise is one)."""
     if metric == "error_rate":
         o = "candidate" if v == "baseline" else "baseline"
-        refusal = (f"({v}_error_kind in ({_REFUSALS}) and {o}_intended_at is not null"
-                   f" and {o}_error_kind is distinct from {v}_error_kind)")
-        return f"coalesce({v}_error_kind in ({_KINDS}) or {refusal}, false)"
+        return failed_sql_of(f"{v}_error_kind", f"{o}_error_kind", f"{o}_intended_at is not null")
     if metric == "timeout_rate":
         return f"coalesce({v}_error_kind = 'timeout', false)"
     return f"not coalesce({v}_schema_valid, true)"
