@@ -7,13 +7,15 @@ replay and the asyncio proxies import it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import signal
 import struct
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["HEAD", "frame", "FrameReader", "read_frame", "child_env"]
+__all__ = ["HEAD", "frame", "FrameReader", "read_frame", "child_env", "background_child"]
 
 HEAD = struct.Struct("<I")
 
@@ -65,3 +67,17 @@ def child_env() -> dict[str, str]:
     if root.name not in ("site-packages", "dist-packages"):
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     return env
+
+
+def background_child(nice: int = 0) -> None:
+    """A recording child's start (the shadow's recorder, the store's writer): SIGINT and SIGTERM ignored (a
+    terminal's Ctrl-C reaches the whole process group; the parent ends the child by closing its pipe), the
+    nice value raised by `nice`, and SCHED_BATCH: a fair share of CPU, but no preemption of the parent's loop
+    when the child is woken by a hand-over (Linux; elsewhere the policy is left as it is)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    if nice:
+        with contextlib.suppress(AttributeError, OSError):
+            os.nice(nice)
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))

@@ -221,8 +221,7 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             if processes > 1 or master:
                 from .replay.distributed import run_replay_master
 
-                sinks = {"legs": store.write_legs, "events": store.write_events, "resources": store.write_resources}
-                outcome = run_replay_master(plan, sinks, options, sampler=monitor.sample, log=say,
+                outcome = run_replay_master(plan, store.sinks(), options, sampler=monitor.sample, log=say,
                                             processes=processes if not master else 0,
                                             expect_workers=expect_workers if master else processes,
                                             bind_host=master_bind_host, bind_port=master_bind_port or _free_port(),

@@ -11,7 +11,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import duckdb
 import pyarrow as pa
@@ -182,6 +182,10 @@ class RunStore:
         """While a replay records (on), DuckDB works in the writing thread alone: its own worker threads
         (one per core) would take the cores the send loop needs on a shared machine."""
         self.con.execute("set threads = 1" if on else "reset threads")
+
+    def sinks(self) -> dict[str, Callable[[pa.Table], None]]:
+        """The recorder's sinks, by the table each writes."""
+        return {"legs": self.write_legs, "events": self.write_events, "resources": self.write_resources}
 
     def write_legs(self, batch: pa.Table) -> None:
         self._insert("legs", batch, _LEG_SELECT)

@@ -118,7 +118,7 @@ class WriterProcess:
             self.store.write_missing(name, table)
             self._skip_written = False
         else:
-            getattr(self.store, f"write_{name}")(table)
+            self.store.sinks()[name](table)
 
     def _send(self, name: str, table: pa.Table) -> None:
         assert self._to is not None
@@ -212,7 +212,7 @@ def writing_in_child(store: RunStore, note: Callable[[str], None]) -> Iterator[d
         writer.start()
     except WriterFailed as exc:
         note(f"the store's writer process did not start ({exc}); the replay's process writes the results")
-        yield {"legs": store.write_legs, "events": store.write_events, "resources": store.write_resources}
+        yield store.sinks()
         return
     try:
         yield writer.sinks()

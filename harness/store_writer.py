@@ -17,27 +17,17 @@ the pipe.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import sys
 from pathlib import Path
 from typing import BinaryIO
 
-from .frames import read_frame
+from .frames import background_child, read_frame
 from .replay.spool import from_ipc
 from .store import RunStore
 
 __all__ = ["main", "WRITER_NICE"]
 
 WRITER_NICE = 10
-
-
-def _lower_priority() -> None:
-    with contextlib.suppress(AttributeError, OSError):
-        os.nice(WRITER_NICE)
-    with contextlib.suppress(AttributeError, OSError):
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
 
 def _reply(out: BinaryIO, line: str) -> None:
@@ -49,16 +39,14 @@ def _reply(out: BinaryIO, line: str) -> None:
 
 
 def main(path: str, inp: BinaryIO, out: BinaryIO) -> int:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    _lower_priority()
+    background_child(WRITER_NICE)
     try:
         store = RunStore(Path(path))
         store.recording(True)
     except Exception as exc:  # noqa: BLE001 - told to the replay's process, which writes the rows itself
         _reply(out, f"error cannot open {path}: {_one_line(exc)}")
         return 1
-    writers = {"legs": store.write_legs, "events": store.write_events, "resources": store.write_resources}
+    writers = store.sinks()
     try:
         _reply(out, "ready")
         while (message := read_frame(inp)) is not None:

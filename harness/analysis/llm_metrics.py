@@ -48,9 +48,10 @@ def goodput(data: PairData, slo: Mapping[str, float]) -> tuple[dict[str, np.ndar
     """(good, judged) per version: see the module docstring."""
     good: dict[str, np.ndarray] = {}
     judged: dict[str, np.ndarray] = {}
+    refused = data.refusals()
     for v in data.latency:
         nan = np.full(data.n, np.nan)
-        failed = data.error[v] | data.refusals()[v]
+        failed = data.error[v] | refused[v]
         ttft = data.ttft.get(v, nan)
         met = np.ones(data.n, dtype=bool)
         measured = np.ones(data.n, dtype=bool)

@@ -21,16 +21,13 @@ written.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import sys
 from typing import Any, BinaryIO, Iterable, TextIO
 
 from ..capture.exchange import Exchange, ExchangeRecords, header_text
 from ..capture.writer import CaptureWriter
-from ..frames import read_frame
+from ..frames import background_child, read_frame
 from ..scenario import Scenario
 from ..traffic.redaction import PARSE
 from .legs import LegBuilder
@@ -114,19 +111,11 @@ def _reply(out: TextIO, msg: dict[str, Any]) -> None:
         pass
 
 
-def _no_wakeup_preemption() -> None:
-    """The proxy wakes this process with every hand-over; under the normal policy the woken recorder may
-    take the proxy's CPU at once, and the user's requests then wait for a slice of the recorder's work
-    (the proxy's loop stalled 1-3 ms at a tenth of its hand-overs, on 2 cores at 1,000 requests/s).
-    SCHED_BATCH keeps its fair share of CPU but never preempts on wake-up (Linux; elsewhere nothing)."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-
-
 def main(inp: BinaryIO, out: TextIO) -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    _no_wakeup_preemption()
+    # SCHED_BATCH: the proxy wakes this process with every hand-over, and under the normal policy the woken
+    # recorder took the proxy's CPU at once (the proxy's loop stalled 1-3 ms at a tenth of its hand-overs, on
+    # 2 cores at 1,000 requests/s)
+    background_child()
     config = read_frame(inp)
     if config is None:
         return
