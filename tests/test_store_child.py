@@ -38,6 +38,13 @@ def _events(*details: str) -> pa.Table:
                                 schema=EVENT_SCHEMA)
 
 
+def _started(tmp_path: Path) -> tuple[RunStore, WriterProcess]:
+    store = _store(tmp_path)
+    writer = WriterProcess(store)
+    writer.start()
+    return store, writer
+
+
 def _kill(writer: WriterProcess) -> None:
     pid = writer._proc.pid  # type: ignore[union-attr]
     os.kill(pid, signal.SIGKILL)
@@ -45,9 +52,7 @@ def _kill(writer: WriterProcess) -> None:
 
 
 def test_events_and_resources_in_flight_are_written_once(tmp_path: Path) -> None:
-    store = _store(tmp_path)
-    writer = WriterProcess(store)
-    writer.start()
+    store, writer = _started(tmp_path)
     resources = pa.Table.from_pylist([{"sampled_at": 1e9, "version": "baseline", "source": "psutil", "rss_mb": 1.5}],
                                      schema=RESOURCE_SCHEMA)
     writer.write("resources", resources)
@@ -63,9 +68,7 @@ def test_events_and_resources_in_flight_are_written_once(tmp_path: Path) -> None
 
 
 def test_the_writer_holds_the_file_while_it_writes_and_gives_it_back(tmp_path: Path) -> None:
-    store = _store(tmp_path)
-    writer = WriterProcess(store)
-    writer.start()
+    store, writer = _started(tmp_path)
     with pytest.raises(duckdb.IOException):  # another process holds the file
         duckdb.connect(str(store.path), read_only=True)
     sinks = writer.sinks()
@@ -78,9 +81,7 @@ def test_the_writer_holds_the_file_while_it_writes_and_gives_it_back(tmp_path: P
 
 
 def test_a_batch_the_dead_writer_may_have_committed_is_written_once(tmp_path: Path) -> None:
-    store = _store(tmp_path)
-    writer = WriterProcess(store)
-    writer.start()
+    store, writer = _started(tmp_path)
     writer.write("legs", _legs(0, 10))
     writer.write("events", _events("a"))
     _kill(writer)
@@ -97,9 +98,7 @@ def test_a_batch_the_dead_writer_may_have_committed_is_written_once(tmp_path: Pa
 
 
 def test_a_failed_insert_ends_the_writer_and_its_rows_stay_with_the_caller(tmp_path: Path) -> None:
-    store = _store(tmp_path)
-    writer = WriterProcess(store)
-    writer.start()
+    store, writer = _started(tmp_path)
     writer.write("legs", _legs(0, 3))
     wrong = pa.table({"nothing": [1, 2]})
     with pytest.raises(duckdb.Error):  # the writer failed it, and so does this process: the recorder keeps it
@@ -116,9 +115,7 @@ def test_a_writer_that_hangs_is_replaced(tmp_path: Path, monkeypatch: pytest.Mon
     import harness.store_child as store_child
 
     monkeypatch.setattr(store_child, "WRITE_TIMEOUT_S", 1.0)
-    store = _store(tmp_path)
-    writer = WriterProcess(store)
-    writer.start()
+    store, writer = _started(tmp_path)
     writer.write("legs", _legs(0, 5))
     os.kill(writer._proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
     with pytest.raises(WrittenByParent, match="no answer within 1 s"):
