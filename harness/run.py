@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
 
 from . import __version__
@@ -379,6 +379,7 @@ def _finish_requests(store: RunStore, outcome: object) -> tuple[str, str | None]
     if getattr(outcome, "sink_failures", 0) and getattr(outcome, "last_sink_error", None):
         return "incomplete", f"results could not all be written: {outcome.last_sink_error}"  # type: ignore[attr-defined]
     if lost:
+        _note_half_pairs(store, lost)
         return "incomplete", f"{len(lost)} worker(s) lost during the replay"
     harness_errors, legs = store.count_legs_by_harness_error()
     if legs and harness_errors > HARNESS_ERROR_TOLERANCE * legs:
@@ -388,6 +389,18 @@ def _finish_requests(store: RunStore, outcome: object) -> tuple[str, str | None]
     if stopped:
         return "complete", stopped
     return "complete", None
+
+
+def _note_half_pairs(store: RunStore, lost: list[dict[str, Any]]) -> None:
+    """A killed worker leaves some requests with fewer legs than versions: one leg was in flight, or in the
+    spool batch it had not written yet. They stay (what was recorded is kept); the note says where the
+    accounting's shortfall comes from."""
+    for x in lost:
+        index = int(x["index"])
+        short = store.count_short_requests(int(x["shard_count"]), index)
+        if short:
+            store.add_event("note", f"worker-{index} was lost: {short} of its requests kept fewer legs than "
+                                    f"versions (the missing legs were in flight or not yet in its spool file)")
 
 
 def _unsent_reason(outcome: object) -> str:

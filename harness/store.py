@@ -285,6 +285,13 @@ class RunStore:
             con.unregister("drops")
         con.execute("delete from requests r where not exists (select 1 from legs l where l.order_idx = r.order_idx)")
 
+    def count_short_requests(self, shard_count: int, index: int) -> int:
+        """Requests of shard `index` (of `shard_count`) with fewer legs than the run has versions."""
+        row = self.con.execute(f"""select count(*) from (select order_idx from legs
+            where order_idx % {int(shard_count)} = {int(index)} group by 1
+            having count(distinct version) < (select count(distinct version) from legs))""").fetchone()
+        return int(row[0]) if row else 0
+
     def count_legs_by_harness_error(self) -> tuple[int, int]:
         """(legs that failed inside harness, all legs)."""
         row = self.con.execute(

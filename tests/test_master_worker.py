@@ -139,8 +139,9 @@ def test_workers_silent_for_seconds_are_waited_for_not_lost(tmp_path: Path) -> N
             for p in (master, *workers):
                 if p.poll() is None:
                     p.kill()
-    # BLOCK (exit 1) is allowed: the requests due during the stop leave in a burst on resume, and some find the
-    # test server's accept queue full (connect timeouts); what must not happen is a lost worker (exit 4).
-    assert master.returncode in (0, 1) and "lost" not in stdout + stderr, stdout[-2000:] + stderr[-2000:]
+    # BLOCK or HOLD (exit 1, 2) are allowed: the requests due during the stop leave in a burst on resume, some
+    # find the test server's accept queue full (connect timeouts), and the error gate's interval can straddle its
+    # limit; what must not happen is a lost worker (exit 4) or a crash (exit 3).
+    assert master.returncode in (0, 1, 2) and "lost" not in stdout + stderr, stdout[-2000:] + stderr[-2000:]
     (run_dir,) = out.iterdir()
     check_exactly_once(run_dir, n, 2)

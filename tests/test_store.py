@@ -103,6 +103,9 @@ def test_unsent_requests_move_to_skipped_each_with_its_reason(tmp_path: Path) ->
                        6: "lost: worker-1 stopped before finishing its shard"}
     assert store.query("select order_idx from requests") == [(0,)]
     assert store.count_legs_by_harness_error() == (1, 2)
+    assert (store.count_short_requests(2, 0), store.count_short_requests(2, 1)) == (0, 0)
+    store.write_legs(_legs([{"request_id": ids[4], "order_idx": 4, "version": "baseline"}]))
+    assert (store.count_short_requests(2, 0), store.count_short_requests(2, 1)) == (1, 0)
     assert store.event_details("skipped_in_flight_limit") == [ids[1]]
     store.close()
 
