@@ -84,6 +84,11 @@ if sys.argv[2] == "before":  # the recorder as it was: DuckDB's own threads, the
     store.RunStore.recording = lambda self, on: None
 if sys.argv[2] == "seal64":  # the loop seals legs into Arrow batches 64 at a time between yields
     recorder.SEAL_CHUNK = 64
+if sys.argv[2] == "per-column":  # one Arrow array per column for each seal step
+    import pyarrow as pa
+    from harness.replay.leg import LEG_SCHEMA
+    recorder.seal = lambda legs: pa.RecordBatch.from_arrays(
+        [pa.array(col, type=f.type) for col, f in zip(zip(*legs), LEG_SCHEMA)], schema=LEG_SCHEMA)
 if sys.argv[2] in ("before", "thread"):  # DuckDB's inserts in the recorder's thread, in this process
     import contextlib
     @contextlib.contextmanager
@@ -130,11 +135,12 @@ def main() -> int:
     ap.add_argument("--background-load", type=float, default=0.0)
     ap.add_argument("--late-ms", type=float, default=1.0, help="a leg later than this counts as late")
     ap.add_argument("--tries", type=int, default=1)
-    ap.add_argument("--variants", nargs="+", default=["as-is"], choices=["as-is", "seal64", "thread", "before"],
+    ap.add_argument("--variants", nargs="+", default=["as-is"], choices=["as-is", "seal64", "per-column", "thread", "before"],
                     help="as-is: DuckDB's inserts in the store's writer process; thread: in the recorder's "
                          "thread of the replay's process (nice +10, DuckDB on one thread); before: that thread at "
                          "the loop's priority and DuckDB with a thread per core; seal64: legs sealed 64 at a time "
-                         "between the loop's yields; variants alternate within each try")
+                         "between the loop's yields; per-column: a seal step converts each column on its own; "
+                         "variants alternate within each try")
     args = ap.parse_args()
     results = []
     with c.scratch_dir("lagtail") as work, c.Nginx() as nginx, c.background_load(args.background_load):

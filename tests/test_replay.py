@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from fault_server import FaultServer
@@ -163,6 +164,29 @@ def test_recorder_keeps_every_leg_in_order_through_a_failing_sink() -> None:
     rec.flush()
     assert [r["request_id"] for r in got] == [f"r{i}" for i in range(6)] and rec.legs_recorded == 6
     assert got[1]["send_lag_ms"] == 0.5 and got[0]["version"] == "candidate" and got[0]["status_code"] is None
+
+
+def test_legs_sealed_as_one_struct_equal_one_array_per_column() -> None:
+    """The seal converts a step's tuples as one struct array: the batch must be what converting each column
+    on its own gives, for every type of LEG_SCHEMA (lists, booleans, nulls, large and non-ASCII values)."""
+    import random
+
+    from harness.replay.leg import LEG_SCHEMA
+    from harness.replay.recorder import Recorder
+
+    rnd = random.Random(7)
+    samples = {pa.string(): ["", "é→✓", "x" * 5000], pa.int64(): [0, -1, 2**62], pa.int32(): [200, 504, -1],
+               pa.float64(): [0.0, 1e-9, float("inf"), 1.5e9], pa.bool_(): [True, False],
+               pa.list_(pa.string()): [[], ["a", None], ["b"] * 50], pa.list_(pa.float64()): [[], [0.5, None], [1.0]]}
+    legs = [tuple(None if rnd.random() < 0.3 else rnd.choice(samples[f.type]) for f in LEG_SCHEMA) for _ in range(300)]
+    got: list = []
+    rec = Recorder({"legs": got.append, "events": lambda t: None, "resources": lambda t: None}, use_threadpool=False)
+    for leg in legs:
+        rec.add_leg_values(leg)
+    rec.flush()
+    expected = pa.Table.from_arrays([pa.array(col, type=f.type) for col, f in zip(zip(*legs), LEG_SCHEMA)],
+                                    schema=LEG_SCHEMA)
+    assert len(got) == 1 and got[0].schema.equals(LEG_SCHEMA) and got[0].equals(expected)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own nice value is Linux's")

@@ -9,8 +9,8 @@ times as often as the others (benchmarks/lag_tail.py), as the insert took the GI
 With --processes and master/worker runs, the sinks are the store's own and insert in this thread.
 The Arrow tables are built on the loop (building one from Python objects holds the GIL wherever it runs, and a
 worker thread holding the GIL stalls the loop for up to the 5 ms switch interval), in small steps: legs
-arrive as tuples in LEG_SCHEMA's order and are sealed into a record batch (one array per column) every
-seal interval (0.1 s: well under a millisecond of the loop's time at thousands of legs/s); a flush hands
+arrive as tuples in LEG_SCHEMA's order and are sealed into a record batch every seal interval (0.1 s), in
+steps of SEAL_CHUNK legs with the send schedule served between them; a flush hands
 the sealed batches to the sink as one table. Each DuckDB insert costs the loop a GIL stall of a few ms
 whatever its size, so flushes stay at 0.5 s.
 A sink that fails keeps its rows for the next flush and is counted: listeners inside Locust's loop
@@ -39,8 +39,11 @@ Sink = Callable[[pa.Table], None]
 SCHEMAS = {"legs": LEG_SCHEMA, "events": EVENT_SCHEMA, "resources": RESOURCE_SCHEMA}
 Sinks = Mapping[str, Sink]
 LEG_NAMES = tuple(LEG_SCHEMA.names)
+# Tuples converted as one struct array, row by row: a step of 128 legs costs about half of one array per
+# column, whose fixed cost (some 7 us each, 38 columns) dominates a step that small (benchmarks/seal_cost.py).
+LEG_STRUCT = pa.struct(list(LEG_SCHEMA))
 SEAL_INTERVAL_S = 0.1
-SEAL_CHUNK = 128  # legs sealed in one step (about 0.3 ms); between steps `pace` lets the send schedule go first
+SEAL_CHUNK = 128  # legs sealed in one step; between steps `pace` lets the send schedule go first
 SINK_NICE = 10
 
 
@@ -123,8 +126,7 @@ class Recorder:
                 self.pace()
             chunk = rows[start:start + SEAL_CHUNK]
             try:
-                self._sealed.append(pa.RecordBatch.from_arrays(
-                    [pa.array(col, type=f.type) for col, f in zip(zip(*chunk), LEG_SCHEMA)], schema=LEG_SCHEMA))
+                self._sealed.append(seal(chunk))
             except Exception as exc:  # noqa: BLE001 - a leg that does not fit the schema: counted, like a sink failure
                 self.sink_failures += 1
                 self.last_sink_error = f"{type(exc).__name__}: {exc}"[:500]
@@ -193,6 +195,11 @@ class Recorder:
 
 
 _lowered_threads: set[int] = set()
+
+
+def seal(legs: Sequence[Sequence[Any]]) -> pa.RecordBatch:
+    """Leg tuples (LEG_SCHEMA's order) as one record batch."""
+    return pa.RecordBatch.from_struct_array(pa.array(legs, type=LEG_STRUCT))
 
 
 def _lowered(sink: Sink, table: pa.Table) -> Exception | None:
