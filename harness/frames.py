@@ -15,7 +15,7 @@ import struct
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["HEAD", "frame", "FrameReader", "read_frame", "child_env", "background_child"]
+__all__ = ["HEAD", "frame", "FrameReader", "read_frame", "child_env", "background_child", "exit_described"]
 
 HEAD = struct.Struct("<I")
 
@@ -81,3 +81,13 @@ def background_child(nice: int = 0) -> None:
             os.nice(nice)
     with contextlib.suppress(AttributeError, OSError):
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
+
+def exit_described(returncode: int) -> str:
+    """A child's exit as Popen.returncode gives it (negative: the signal that ended it), in words."""
+    if returncode >= 0:
+        return f"exited with status {returncode}"
+    try:
+        return f"ended by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"ended by signal {-returncode}"

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 
 import pyarrow as pa
 
-from .frames import child_env, frame
+from .frames import child_env, exit_described, frame
 from .replay.spool import to_ipc
 from .store import RunStore
 
@@ -155,7 +155,7 @@ class WriterProcess:
                 proc.kill()
         status = _wait_exited(proc.pid)
         if status == "exited" and proc.returncode is not None:  # reaped already (gevent watches children)
-            status = _described(proc.returncode)
+            status = exit_described(proc.returncode)
         self._close_fd("_from")
         self.store.reopen()
         self.store.recording(True)
@@ -196,11 +196,7 @@ def _wait_exited(pid: int) -> str:
         return "exited"
     if info is None:
         return "exited"
-    return _described(info.si_status if info.si_code == os.CLD_EXITED else -info.si_status)
-
-
-def _described(returncode: int) -> str:
-    return f"exited with status {returncode}" if returncode >= 0 else f"ended by signal {-returncode}"
+    return exit_described(info.si_status if info.si_code == os.CLD_EXITED else -info.si_status)
 
 
 @contextlib.contextmanager

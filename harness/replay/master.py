@@ -26,6 +26,7 @@ from locust.event import Events
 from locust.exception import StopUser
 
 from ..errors import ReplayError
+from ..frames import exit_described
 from . import messages
 from .dispatcher import SCHEDULE_COLUMNS, DispatchPlan, DispatchStats
 from .recorder import Recorder, Sinks
@@ -38,6 +39,8 @@ __all__ = ["ReplayMaster", "ROWS_PER_MESSAGE", "LEAD_S"]
 
 ROWS_PER_MESSAGE = 500
 LEAD_S = 3.0  # how far ahead of its send time a row is handed to its worker
+# A --processes worker that exited without its report: the report may still be on its way over the socket.
+EXITED_GRACE_S = 2.0
 
 
 @dataclass
@@ -199,19 +202,34 @@ class ReplayMaster:
         return epoch
 
     def _wait_for_reports(self) -> None:
-        """Every worker's report, or notice that it is gone."""
+        """Every worker's report, or notice that it is gone: missing to Locust (no heartbeat for the worker
+        timeout), or, for the master's own --processes children, exited without a report."""
         state = self.state
+        exited_at: dict[str, float] = {}
         while len(state.done) < self.n_workers:
             gevent.sleep(0.2)
+            exited = self._exited_children()
             for i, cid in enumerate(state.clients):
+                if cid in state.done or i in state.lost:
+                    continue
                 client = self.runner.clients.get(cid)
-                if cid not in state.done and i not in state.lost and (client is None or client.state == "missing"):
+                ready = state.ready.get(cid)
+                code = exited.get(ready.pid) if ready is not None and ready.pid is not None else None
+                if code is not None:
+                    exited_at.setdefault(cid, time.monotonic())
+                if client is None or client.state == "missing":
                     self._give_up(i, cid)
+                elif code is not None and time.monotonic() - exited_at[cid] > EXITED_GRACE_S:
+                    self._give_up(i, cid, f"{exit_described(code)} before its report")
             if len(state.done) + len(state.lost) >= self.n_workers:
                 break
             self._progress_now_and_then()
 
-    def _give_up(self, i: int, cid: str) -> None:
+    def _exited_children(self) -> dict[int, int]:
+        """pid -> exit status of the --processes workers that have exited."""
+        return {c.pid: code for c in self.children if (code := c.poll()) is not None}
+
+    def _give_up(self, i: int, cid: str, why: str = "stopped responding") -> None:
         state = self.state
         state.lost[i] = state.sent_to[i]
         state.given_up.add(cid)
@@ -219,8 +237,8 @@ class ReplayMaster:
                                    self.recorder)
         self.recorder.add_event("worker_lost", json.dumps({"index": i, "shard_count": self.n_workers,
                                                            "rows_sent": state.sent_to[i],
-                                                           "legs_recovered": recovered}))
-        self.log(f"worker-{i} stopped responding: its unfinished shard is counted as lost"
+                                                           "legs_recovered": recovered, "why": why}))
+        self.log(f"worker-{i} {why}: its unfinished shard is counted as lost"
                  + (f" ({recovered} legs recovered from its spool file)" if recovered else ""))
 
     def _shut_down(self) -> None:

@@ -55,6 +55,7 @@ class WorkerReady:
 
     spool: str | None = None
     host: str | None = None
+    pid: int | None = None  # a --processes master knows at once when its own child has exited
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,7 +63,7 @@ class WorkerReady:
     @classmethod
     def from_message(cls, d: dict[str, Any] | None) -> WorkerReady:
         d = d or {}
-        return cls(spool=d.get("spool"), host=d.get("host"))
+        return cls(spool=d.get("spool"), host=d.get("host"), pid=d.get("pid"))
 
 
 @dataclass(frozen=True)

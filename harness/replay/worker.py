@@ -7,6 +7,7 @@ and only record what arrived in `WorkerState`.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -91,7 +92,7 @@ class ReplayWorker:
         assert spool is not None
         gc_state = freeze_gc()
         # Ready only once everything slow to create exists: the master starts the clock after this.
-        ready = messages.WorkerReady(spool=str(spool.path), host=socket.gethostname())
+        ready = messages.WorkerReady(spool=str(spool.path), host=socket.gethostname(), pid=os.getpid())
         self.runner.send_message(messages.READY, ready.to_message())
         self.started.wait()
         start_epoch = self.state.start_epoch

@@ -72,12 +72,15 @@ def test_lost_worker_is_counted_and_the_run_is_incomplete(lost_worker_run: dict[
     assert "worker" in r["victim_cmd"]
     assert r["rc"] == 4, r["proc"].stderr
     assert_no_traceback(r["proc"].stdout, r["proc"].stderr)
+    # the master's own child: its exit is seen at once, not after the heartbeat timeout (60 s)
+    (detail,), = query(run_dir, "select detail from events where kind = 'worker_lost'")
+    assert json.loads(detail)["why"] == "ended by SIGKILL before its report", detail
+    assert "ended by SIGKILL before its report: its unfinished shard is counted as lost" in r["proc"].stdout + r["proc"].stderr
     status, reason = run_status(run_dir)
     assert status == "incomplete" and "worker" in (reason or ""), (status, reason)
     # the killed worker's in-flight legs, and those of its last unwritten spool batch, are lost: a request can
     # keep one leg of two; only the lost worker's shard may be short, and the summary says how many
     counts = check_accounting(run_dir, "paired", legs_complete=False)
-    (detail,), = query(run_dir, "select detail from events where kind = 'worker_lost'")
     index, shards = json.loads(detail)["index"], json.loads(detail)["shard_count"]
     short = query(run_dir, "select order_idx from legs group by 1 having count(*) < 2")
     assert all(order_idx % shards == index for order_idx, in short), short
