@@ -102,29 +102,29 @@ def save_result(name: str, result: dict[str, Any]) -> Path:
 
 def cpu_busy(interval_s: float = 1.0) -> float:
     """Fraction of all CPUs busy (any process) over interval_s, from /proc/stat."""
-    def read() -> tuple[int, int]:
-        vals = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        idle = vals[3] + vals[4]
-        return sum(vals), idle
-
-    t0, i0 = read()
+    a = cpu_counters()
     time.sleep(interval_s)
-    t1, i1 = read()
-    return 1.0 - (i1 - i0) / max(t1 - t0, 1)
+    return cpu_shares(a, cpu_counters())["busy"]
+
+
+def cpu_counters() -> list[int]:
+    """All CPUs' time counters (/proc/stat's first line: user, nice, system, idle, iowait, irq, softirq, steal)."""
+    return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+
+
+def cpu_shares(a: list[int], b: list[int]) -> dict[str, float]:
+    """Between two cpu_counters() readings: the share of all CPUs' time busy and stolen (by the hypervisor:
+    time this guest was ready to run and did not)."""
+    d = [y - x for x, y in zip(a, b)]
+    total = max(sum(d[:8]), 1)
+    return {"busy": round(1 - (d[3] + d[4]) / total, 3), "steal": round(d[7] / total, 4) if len(d) > 7 else 0.0}
 
 
 def load_now(interval_s: float = 1.0) -> dict[str, float]:
-    """The 1-minute load average, and the share of all CPUs' time busy and stolen (by the hypervisor: time
-    this guest was ready to run and did not) over interval_s, from /proc/stat."""
-    def read() -> list[int]:
-        return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-
-    a = read()
+    """The 1-minute load average, and the share of all CPUs' time busy and stolen over interval_s."""
+    a = cpu_counters()
     time.sleep(interval_s)
-    d = [y - x for x, y in zip(a, read())]
-    total = max(sum(d[:8]), 1)
-    return {"loadavg_1m": round(os.getloadavg()[0], 2), "busy": round(1 - (d[3] + d[4]) / total, 3),
-            "steal": round(d[7] / total, 4) if len(d) > 7 else 0.0}
+    return {"loadavg_1m": round(os.getloadavg()[0], 2), **cpu_shares(a, cpu_counters())}
 
 
 _BURNER = """

@@ -194,7 +194,7 @@ def main() -> None:
             for name, fn in tools:
                 w = d / name
                 w.mkdir()
-                load = ls.load_now()
+                load = c.load_now()
                 with ls.stream_servers(args.ttft_ms, args.itl_ms, w) as (urls, stats):
                     t0 = time.perf_counter()
                     res = fn(urls[0], w)

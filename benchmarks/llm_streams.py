@@ -33,7 +33,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -44,28 +43,8 @@ SERVER = Path(__file__).resolve().parent / "_stream_server.py"
 GOAL_MS = 1.0
 
 
-def load_now(interval_s: float = 1.0) -> dict[str, float]:
-    """Load average, and the share of CPU time busy and stolen (by the hypervisor) over interval_s."""
-    def read() -> list[int]:
-        return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-
-    a = read()
-    time.sleep(interval_s)
-    b = read()
-    d = [y - x for x, y in zip(a, b)]
-    total = max(sum(d[:8]), 1)
-    return {"loadavg_1m": round(__import__("os").getloadavg()[0], 2),
-            "busy": round(1 - (d[3] + d[4]) / total, 3), "steal": round(d[7] / total, 4) if len(d) > 7 else 0.0}
-
-
-def cpu_times() -> list[int]:
-    """/proc/stat's first line: user, nice, system, idle, iowait, irq, softirq, steal (clock ticks)."""
-    return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-
-
 def busy_since(before: list[int]) -> float:
-    d = [y - x for x, y in zip(before, cpu_times())]
-    return round(1 - (d[3] + d[4]) / max(sum(d), 1), 3)
+    return c.cpu_shares(before, c.cpu_counters())["busy"]
 
 
 def process_cpu_s(pid: int) -> float:
@@ -144,13 +123,13 @@ def one(conc: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     d = work / f"c{conc}"
     d.mkdir()
     trace = write_trace(d / "trace.jsonl", n, rate, args.tokens)
-    load = load_now()
+    load = c.load_now()
     server_cpu: list[float] = []
     with stream_servers(args.ttft_ms, args.itl_ms, d, server_cpu) as (urls, stats):
         scen = write_scenario(d / "s.yaml", trace, urls, max_in_flight=2 * conc + 100)
         extra = ["--processes", str(args.processes)] if args.processes > 1 else []
         spy = _Profiler(c.OUT_ROOT / f"llm_streams_profile_c{conc}.txt", stream_s + args.hold_s) if args.profile else None
-        ticks = cpu_times()
+        ticks = c.cpu_counters()
         run = c.run_harness(["run", str(scen), *extra], out=d / "out", timeout_s=stream_s + args.hold_s + 240,
                             measure_rss=True, on_line=spy.on_line if spy else None)
         busy = busy_since(ticks)

@@ -64,10 +64,12 @@ def trial(nginx: c.Nginx, work: Path, rate: int, duration_s: float, processes: i
     if processes > 1:
         args += ["--processes", str(processes)]
     load = quiet_start()
+    counters = c.cpu_counters()
     run = c.run_harness(args, out=d / "out", timeout_s=duration_s * 10 + 120, nice=_harness_nice)
+    during = c.cpu_shares(counters, c.cpu_counters())
     res: dict[str, Any] = {"rate_pairs_s": rate, "requests": n, "rc": run.rc, "wall_s": round(run.wall_s, 1),
                            "machine_busy_before": load["busy"], "steal_before": load["steal"],
-                           "loadavg_before": load["loadavg_1m"]}
+                           "loadavg_before": load["loadavg_1m"], "steal_during": during["steal"]}
     if run.rc not in (0, 1, 2) or run.run_dir is None or not (run.run_dir / "results.duckdb").exists():
         res.update(ok=False, why=f"harness exited {run.rc}: {run.output[-800:]}")
         return res
@@ -100,7 +102,7 @@ def _try(nginx: c.Nginx, work: Path, rate: int, duration_s: float, processes: in
           + (f"lag p50/p99/max {r['lag_p50_ms']}/{r['lag_p99_ms']}/{r['lag_max_ms']} ms, "
              f"skew p99 {r['skew_p99_ms']} ms, legs {r['legs']}/{2 * r['requests']}"
              if "legs" in r else "") + f" [before: {r['machine_busy_before']:.0%} busy, steal {r['steal_before']:.1%}, "
-             f"load {r['loadavg_before']}]" + (" PASS" if r["ok"] else f" FAIL ({r.get('why', '')[:200]})"), flush=True)
+             f"load {r['loadavg_before']}; steal during the run {r['steal_during']:.1%}]" + (" PASS" if r["ok"] else f" FAIL ({r.get('why', '')[:200]})"), flush=True)
     return r
 
 
