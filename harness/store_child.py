@@ -22,6 +22,7 @@ import os
 import select
 import subprocess
 import sys
+import time
 from typing import Callable, Iterator
 
 import pyarrow as pa
@@ -82,6 +83,7 @@ class WriterProcess:
             raise WriterFailed(f"cannot start: {exc}") from None
         io.FileIO(to_read, "rb").close()
         io.FileIO(from_write, "wb").close()
+        os.set_blocking(to_write, False)
         self._to, self._from = io.FileIO(to_write, "wb"), io.FileIO(from_read, "rb")
         with contextlib.suppress(AttributeError, OSError):
             import fcntl
@@ -123,7 +125,12 @@ class WriterProcess:
     def _send(self, name: str, table: pa.Table) -> None:
         assert self._to is not None
         view = memoryview(frame((name, to_ipc(table))))
+        # the pipe is non-blocking: a writer that stopped reading (stopped, stuck) with the pipe full must not
+        # hold this thread past the same deadline as a missing answer
+        deadline = time.monotonic() + WRITE_TIMEOUT_S
         while view:
+            if not select.select([], [self._to.fileno()], [], max(0.0, deadline - time.monotonic()))[1]:
+                raise WriterFailed(f"it took no data for {WRITE_TIMEOUT_S:g} s")
             view = view[self._to.write(view) or 0:]
         answer = self._read_line(WRITE_TIMEOUT_S)
         if answer is None and self._proc is not None and self._proc.poll() is None:

@@ -124,3 +124,39 @@ def test_a_writer_that_hangs_is_replaced(tmp_path: Path, monkeypatch: pytest.Mon
     writer.close()
     assert store.query("select count(*), count(distinct (order_idx, version)) from legs") == [(20, 20)]
     store.close()
+
+
+def test_a_writer_that_stops_reading_with_the_pipe_full_is_replaced(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer stopped before it read a table larger than the pipe holds: handing it over is bounded by the
+    same deadline as its answer, and the rows are written here, once."""
+    import threading
+
+    import harness.store_child as store_child
+
+    monkeypatch.setattr(store_child, "WRITE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(store_child, "PIPE_BYTES", 4096)
+    store, writer = _started(tmp_path)
+    os.kill(writer._proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+    big = _legs(0, 2000)
+    assert big.nbytes > 16 * 4096
+    raised: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            writer.write("legs", big)
+        except BaseException as exc:  # noqa: BLE001 - looked at below
+            raised.append(exc)
+
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    t.join(60)  # a hang shows as a thread still alive, not as a test that never ends
+    if t.is_alive():
+        os.kill(writer._proc.pid, signal.SIGKILL)  # type: ignore[union-attr]  # frees the thread for the next test
+        pytest.fail("the hand-over to a stopped writer hangs")
+    assert len(raised) == 1 and isinstance(raised[0], WrittenByParent), raised
+    assert "it took no data for 1 s" in str(raised[0])
+    assert not writer.alive
+    writer.close()
+    assert store.query("select count(*), count(distinct (order_idx, version)) from legs") == [(4000, 4000)]
+    store.close()
