@@ -75,6 +75,8 @@ def main() -> int:
                     run = c.run_harness(["run", str(scenario)], out=out, timeout_s=300)
                     summary = json.loads((run.run_dir / "summary.json").read_text()) if run.run_dir else {}
                     verdict = summary.get("verdict", f"rc={run.rc}")
+                    if verdict == "HOLD" and (summary.get("verdict_reasons") or [""])[0].startswith("No candidate judged"):
+                        verdict = "PROMOTE"  # an A/A run never releases a candidate: this HOLD is "no gate found noise"
                     p95 = next((g for g in summary.get("gates", []) if g["name"] == "latency_p95_ms"
                                 and g["segment"] is None), {})
                     ci = p95.get("ci") or [None, None]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["number_of", "finite_number"]
+__all__ = ["number_of", "finite_number", "number_label"]
 
 
 def number_of(v: Any) -> float | None:
@@ -25,3 +25,11 @@ def finite_number(v: Any) -> float | None:
     float range and anything that is not a number."""
     x = number_of(v)
     return x if x is not None and math.isfinite(x) else None
+
+
+def number_label(v: int | float) -> str:
+    """A number as a label: equal JSON numbers are one label whatever their spelling (1, 1.0 and an FP32
+    tensor's 1.0 against an INT64 tensor's 1), an integral float as its integer while exact (|v| < 2**53)."""
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+        return str(int(v))
+    return repr(v) if isinstance(v, float) else str(v)

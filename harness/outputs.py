@@ -70,7 +70,8 @@ def judge(run_dir: Path) -> dict[str, Any]:
         # attribution reads the final statuses: a gate that fidelity or evidence made inconclusive explains nothing
         results, explanations = explain_segments(scenario.gates, results, data, resources, alpha=a.alpha,
                                                  n_resamples=a.bootstrap_resamples, seed=a.seed)
-        verdict = hold_without_answers(decide_verdict(results, stopped_early=fidelity.get("stopped_early")), shortfall)
+        verdict = hold_without_answers(decide_verdict(results, stopped_early=fidelity.get("stopped_early"),
+                                                    mode=scenario.replay.mode), shortfall)
         counts = accounting(con, versions)
         notes = event_details(con, "note")
         if info.status != "complete":

@@ -383,7 +383,7 @@ def _finish_requests(store: RunStore, outcome: object) -> tuple[str, str | None]
         return "incomplete", f"{len(lost)} worker(s) lost during the replay"
     harness_errors, legs = store.count_legs_by_harness_error()
     if legs and harness_errors > HARNESS_ERROR_TOLERANCE * legs:
-        return "incomplete", (f"{harness_errors} of {legs} legs ({100 * harness_errors / legs:.1f} %) failed inside "
+        return "incomplete", (f"{harness_errors} of {legs} legs ({100 * harness_errors / legs:.2f} %) failed inside "
                               f"harness (harness_error, detail in legs.error_detail), above the "
                               f"{100 * HARNESS_ERROR_TOLERANCE:g} % tolerance")
     if stopped:

@@ -141,9 +141,29 @@ def test_warning_gates_do_not_block_and_hold_comes_from_blocking_overall() -> No
                                  "severity": "warning"}}, "t")
     results = evaluate_gates(gates, pairs(3000, slow=1.5), RES, n_resamples=500)
     assert overall(results, "p99").status == "fail"
-    assert decide_verdict(results).verdict == "PROMOTE"
+    # a warning alone decides nothing: no blocking gate, no PROMOTE
+    alone = decide_verdict(results)
+    assert alone.verdict == "HOLD" and alone.reasons == [
+        "No blocking gate: warnings inform, they decide no promotion; give the scenario at least one gate with "
+        "severity blocking. 1 warning gate(s) fail: p99."]
+    errors = parse_gates({"error_rate": {"maximum": 0.05}}, "t")
+    with_blocking = decide_verdict(evaluate_gates(gates + errors, pairs(3000, slow=1.5), RES, n_resamples=500))
+    assert with_blocking.verdict == "PROMOTE" and with_blocking.reasons == [
+        "All 1 blocking gates pass in their scope; no segment fails. Warning gates that fail (they do not block): p99."]
     held = evaluate_gates(SEED_GATES[:1], pairs(150), RES, n_resamples=500)
     assert decide_verdict(held).verdict == "HOLD"
+
+
+@pytest.mark.parametrize("mode", ["aa", "baseline-only"])
+def test_a_run_that_sent_the_candidate_nothing_of_its_own_never_promotes(mode: str) -> None:
+    """replay.mode aa or baseline-only: gates that all pass are no evidence about the candidate; exit 0 would
+    release it. A FAIL still blocks."""
+    passing = evaluate_gates(SEED_GATES[:1], pairs(3000), RES, n_resamples=300)
+    assert decide_verdict(passing).verdict == "PROMOTE"
+    v = decide_verdict(passing, mode=mode)
+    assert v.verdict == "HOLD" and v.reasons[0].startswith(f"No candidate judged: replay.mode is {mode}, "), v.reasons
+    failing = evaluate_gates(SEED_GATES[:1], pairs(3000, slow=1.5), RES, n_resamples=300)
+    assert decide_verdict(failing, mode=mode).verdict == "BLOCK"
 
 
 def test_aa_false_fail_rate_stays_at_or_below_alpha() -> None:
@@ -192,3 +212,29 @@ def test_paired_increase_gates_use_discordant_pairs() -> None:
     same = {r.name: r for r in evaluate_gates(gates, pairs(4000, err_b=0.01, err_c=0.01, seed=9), RES)
             if r.segment is None}
     assert same["error_rate"].status != "fail" and same["schema_validation_pass_rate"].status != "fail"
+
+
+def test_a_candidate_that_drops_the_label_disagrees_and_its_errors_are_left_to_the_error_gates() -> None:
+    """The candidate answers without a label on 30 % of the pairs and agrees on the rest: agreement is 70 %,
+    not 100 % of the labelled pairs. Its errors (5 %) are not counted as disagreements (the error gates judge
+    them); pairs the baseline gave no label are not judged."""
+    from harness.analysis.dataset import Coded
+
+    n = 2000
+    data = pairs(n, err_c=0.05, seed=3)
+    rng = np.random.default_rng(4)
+    base = np.where(rng.random(n) < 0.5, "fraud", "ok").astype(object)
+    base[:100] = None
+    cand = base.copy()
+    dropped = rng.random(n) < 0.30
+    cand[dropped | data.error["candidate"]] = None
+    data.prediction = Coded.joint({"baseline": base, "candidate": cand})
+    gates = parse_gates({"label_agreement": {"minimum": 0.95}, "label_flip_rate": {"maximum": 0.05}}, "t")
+    results = evaluate_gates(gates, data, RES, n_resamples=200)
+    agree, flips = overall(results, "label_agreement"), overall(results, "label_flip_rate")
+    judged = (np.arange(n) >= 100) & ~data.error["candidate"]
+    assert agree.n == flips.n == int(judged.sum())
+    assert agree.candidate == pytest.approx(1 - (dropped & judged).sum() / judged.sum())
+    assert agree.status == "fail" and flips.status == "fail"
+    data.prediction = Coded.joint({"baseline": base, "candidate": np.where(data.error["candidate"], None, base)})
+    assert overall(evaluate_gates(gates, data, RES, n_resamples=200), "label_agreement").status == "pass"

@@ -134,6 +134,28 @@ def test_timestamps_out_of_order_are_replayed_in_time_order(tmp_path: Path) -> N
         assert lines == [1, 2, 4, 3, 5, 6]
 
 
+def test_header_values_past_latin1_are_sent_as_utf8_and_unsendable_ones_are_bad_records(tmp_path: Path) -> None:
+    """A captured header value outside Latin-1 (the client's UTF-8 decoded as text) is sent as its UTF-8
+    bytes, as the client sent it; a name or value no request can carry (a space in the name, a control
+    character) makes a bad record with its line, never a failed leg."""
+    with FaultServer() as srv:
+        cap = write_capture(tmp_path / "c.jsonl", [
+            {"ts": T0, "method": "POST", "path": "/echo", "headers": {"X-Tenant": "日本", "X-Name": "Zoë"}, "body": {}},
+            {"ts": T0 + 0.01, "method": "POST", "path": "/echo", "headers": {"Bad Name": "x"}, "body": {}},
+            {"ts": T0 + 0.02, "method": "POST", "path": "/echo", "headers": {"X-Ctl": "a\u0001b"}, "body": {}},
+            {"ts": T0 + 0.03, "method": "POST", "path": "/echo", "headers": {"X-Tenant": "pro"}, "body": {}},
+        ])
+        con, outcome = replay(tmp_path, scenario_dict(cap, srv.url, None))
+        assert con.execute("select count(*), count(error_kind) from legs").fetchone() == (2, 0)
+        sent = dict(srv.received[0]["headers"])  # as the server read them: bytes as Latin-1 text
+        assert sent["X-Tenant"].encode("latin-1").decode("utf-8") == "日本"
+        assert sent["X-Name"] == "Zoë"  # Latin-1 itself: one byte, as it was captured
+        bad = dict(con.execute("select line, reason from bad_records").fetchall())
+        assert set(bad) == {2, 3}, bad
+        assert bad[2] == "invalid header name 'Bad Name'", bad
+        assert bad[3] == "header X-Ctl has a control character in its value: 'a\\x01b'", bad
+
+
 def test_recorder_keeps_every_leg_in_order_through_a_failing_sink() -> None:
     """Legs are sealed into Arrow batches between flushes; a sink that fails keeps them, in order, for the
     next flush, and dict and tuple legs land alike."""

@@ -45,6 +45,20 @@ def test_v2_label_and_score_tensors_are_combined_and_multiclass_takes_the_argmax
     labels = v2({"name": "predict", "shape": [4], "datatype": "INT64", "data": [0, 1, 1, 0]})
     r = read_rows("kserve_v2", labels, DEFAULT)
     assert r.labels == ("0", "1", "1", "0") and r.scores == (None,) * 4
+    # the same labels in an FP32 tensor are the same labels: a dtype change is no flip of every row
+    as_float = v2({"name": "predict", "shape": [4], "datatype": "FP32", "data": [0.0, 1.0, 1.0, 0.0]})
+    assert read_rows("kserve_v2", as_float, DEFAULT).labels == r.labels
+
+
+def test_equal_json_numbers_are_one_label() -> None:
+    """1 and 1.0 are the same JSON number: the same prediction, never a flip; other values keep their text."""
+    from harness.protocols.json_protocol import label_of
+
+    assert label_of(1.0) == label_of(1) == "1" and label_of(-0.0) == "0" and label_of(2.5) == "2.5"
+    assert label_of(1e300) == "1e+300" and label_of(True) == "true" and label_of("1.0") == "1.0"
+    one = read_output("json", 200, json.dumps({"prediction": 1.0}).encode(), "$.prediction", "$.confidence")
+    assert one.prediction == read_output("json", 200, b'{"prediction": 1}', "$.prediction",
+                                         "$.confidence").prediction == "1"
 
 
 def test_v2_bad_tensors_are_invalid_never_aligned() -> None:

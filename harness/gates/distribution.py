@@ -8,7 +8,7 @@ import numpy as np
 from ..analysis import stats
 from ..analysis.dataset import PairData
 from ..gate_config import GateSpec
-from .rates import _label_pairs
+from .rates import both_labelled
 from .result import GateResult, _result, _where
 
 
@@ -27,7 +27,7 @@ def _distribution(spec: GateSpec, data: PairData, mask: np.ndarray, label: str |
                        reason="No candidate in this run.")
     m = spec.metric
     if m == "label_kappa":
-        ok = mask & _label_pairs(data)[0]
+        ok = mask & both_labelled(data)
         b = data.prediction["baseline"].codes[ok].astype(np.int64)
         c = data.prediction["candidate"].codes[ok].astype(np.int64)
         fn, what = _kappa_codes, "label kappa"

@@ -25,6 +25,7 @@ _FAILURE_IS_SLOW = frozenset({"latency_ms", "time_to_first_token_ms", "inter_tok
 _INTEGER_SERIES = frozenset({"completion_tokens"})  # counts: their quantiles are judged jittered (stats)
 TAIL_OBSERVATIONS_TO_PASS = 20  # observations beyond the quantile before a quantile gate may PASS
 TAIL_OBSERVATIONS_TO_JUDGE = 10  # ... before it is judged at all
+SCREEN_MIN_PAIRS = 50  # a segment too small to judge is still screened for "slower here than elsewhere" from here
 
 
 def _pass_floor(q: float | None) -> int:
@@ -99,9 +100,7 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
     agg = spec.aggregation
     floor = int(math.ceil(TAIL_OBSERVATIONS_TO_JUDGE / min(q, 1 - q))) if q else 30  # p5, p10: the low tail
     if n < floor:
-        return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=n, status="inconclusive",
-                       reason=f"{agg} {what}{_where(label)}: only {n} pairs; at least {floor} are needed to estimate it.",
-                       min_n=floor)
+        return _too_few(spec, data, mask, series, label, b, c, q, n, floor, what)
     pass_floor = _pass_floor(q)
     failed_txt = (f" {failed} pairs with a failed leg count it as no faster than the slowest leg of the run."
                   if failed else "")
@@ -142,6 +141,22 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
                    reason=f"{agg} {what}{_where(label)} {ratio_ci.baseline_q:.1f} -> {ratio_ci.candidate_q:.1f} {unit} "
                           f"({change:+.1f} %, {100 * (1 - alpha):g} % bounds {100 * (ratio_ci.lower - 1):+.1f} % to "
                           f"{100 * (ratio_ci.upper - 1):+.1f} %, n={n}): {why}.{failed_txt}")
+
+
+def _too_few(spec: GateSpec, data: PairData, mask: np.ndarray, series: dict[str, np.ndarray], label: str | None,
+             b: np.ndarray, c: np.ndarray, q: float | None, n: int, floor: int, what: str) -> GateResult:
+    """Too few pairs for the quantile's interval: inconclusive. A segment of a comparison gate is still
+    screened (_localized_p) from SCREEN_MIN_PAIRS pairs on, with the point estimate beside it, so that a
+    small tenant slower in every pair becomes a suspect (multiplicity._suspects) rather than passing unseen."""
+    base: dict[str, float | None] = {"baseline": None, "candidate": None, "observed": None, "p_worse": None}
+    if label is not None and spec.segment is None and spec.comparison != "absolute" and n >= SCREEN_MIN_PAIRS:
+        bq, cq = (float(np.quantile(b, q)), float(np.quantile(c, q))) if q else (float(b.mean()), float(c.mean()))
+        observed = (cq / bq if bq > 0 else None) if spec.comparison == "relative" else cq - bq
+        base = {"baseline": bq, "candidate": cq, "observed": observed,
+                "p_worse": _localized_p(spec, data, mask, series)}
+    return _result(spec, label, ci=None, n=n, status="inconclusive", min_n=floor, **base,
+                   reason=f"{spec.aggregation} {what}{_where(label)}: only {n} pairs; at least {floor} are needed to "
+                          f"estimate it.")
 
 
 def _localized_p(spec: GateSpec, data: PairData, mask: np.ndarray, series: dict[str, np.ndarray]) -> float:

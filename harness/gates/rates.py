@@ -90,8 +90,9 @@ def _rate_delta(spec: GateSpec, label: str | None, col: dict[str, np.ndarray], s
 
 
 def _pair_rate(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None, alpha: float) -> GateResult:
-    """Rates measured on the pair (one event per request): label agreement / flips on pairs where both
-    versions gave a label; field diffs on pairs whose answers were compared."""
+    """Rates measured on the pair (one event per request): label agreement / flips on pairs where the
+    baseline gave a label and the candidate answered (_label_pairs); field diffs on pairs whose answers were
+    compared."""
     if "candidate" not in data.prediction:
         return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=0, status="inconclusive",
                        reason="No candidate in this run.")
@@ -108,8 +109,16 @@ def _pair_rate(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | No
 
 
 def _label_pairs(data: PairData) -> tuple[np.ndarray, np.ndarray]:
-    """(both versions gave a label, they agree) per pair."""
+    """(judged, they agree) per pair: judged where the baseline gave a label and the candidate answered
+    without an error (its errors are the error gates'); a candidate answer without a label is a
+    disagreement, never left out (a candidate that drops the label on a third of its answers must not agree
+    100 % on the rest)."""
     b, c = data.prediction["baseline"].codes, data.prediction["candidate"].codes
-    judged = (b >= 0) & (c >= 0)
+    judged = (b >= 0) & ~data.error["candidate"]
     return judged, judged & (b == c)
+
+
+def both_labelled(data: PairData) -> np.ndarray:
+    """Pairs where both versions gave a label (what a label kappa compares)."""
+    return (data.prediction["baseline"].codes >= 0) & (data.prediction["candidate"].codes >= 0)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..jsonpath import MISSING, first_getter
-from ..numbers import number_of
+from ..numbers import number_label, number_of
 from ..traffic.jsonl_reader import loads
 
 __all__ = ["OutputRead", "read_json_output", "label_of", "number_of", "loads", "first"]
@@ -72,4 +72,8 @@ def read_json_output(status: int, body: bytes, prediction_path: str, confidence_
 def label_of(v: Any) -> str | None:
     if v is MISSING or v is None:
         return None
-    return v if isinstance(v, str) else json.dumps(v)[:200]
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return number_label(v)[:200]
+    return json.dumps(v)[:200]

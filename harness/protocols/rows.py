@@ -23,6 +23,7 @@ from typing import Any
 
 from ..jsonpath import MISSING, find_first
 from ..scenario import RowsConfig
+from ..numbers import number_label
 from .json_protocol import number_of
 
 __all__ = ["RowsRead", "read_rows", "PROBABILITY_SUM_TOLERANCE"]
@@ -207,6 +208,8 @@ def _as_label(v: Any) -> str | None:
         return None
     if isinstance(v, bool):
         return "1" if v else "0"
+    if isinstance(v, (int, float)):
+        return number_label(v)
     return v if isinstance(v, str) else str(v)
 
 

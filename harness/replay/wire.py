@@ -23,6 +23,7 @@ from typing import Any
 from geventhttpclient.response import HTTPResponse
 
 from ..error_kinds import exception_kind, status_kind
+from ..traffic.http_fields import TOKEN_RE, header_problem, wire_value
 from .content_encoding import DecodedTooLarge, EncodingError, decoder_for
 
 __all__ = ["SendResult", "RequestHead", "StreamBody", "request_bytes", "origin_form", "error_result", "status_kind",
@@ -31,8 +32,6 @@ __all__ = ["SendResult", "RequestHead", "StreamBody", "request_bytes", "origin_f
 CHUNK = 65536
 PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 # RFC 9110 tokens and field values, as geventhttpclient checks them (client.py)
-_TOKEN_RE = re.compile(r"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_FIELD_VALUE_RE = re.compile(r"\A[\t\x20-\x7e\x80-\xff]*\Z")
 _REQUEST_TARGET_RE = re.compile(r"\A/[^\x00-\x20\x7f]*\Z")
 _BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
 
@@ -64,13 +63,11 @@ class RequestHead:
         self.expect = False  # Expect: 100-continue: the body waits for the interim answer
         parts = []
         for k, v in headers:
-            if not isinstance(k, str) or not _TOKEN_RE.fullmatch(k):
-                self.error = f"ValueError: invalid header field name {k!r}"
+            problem = header_problem(k, v)
+            if problem is not None:
+                self.error = f"ValueError: {problem}"
                 break
-            v = str(v)
-            if not _FIELD_VALUE_RE.fullmatch(v):
-                self.error = f"ValueError: invalid value for header field {k!r}: {v!r}"
-                break
+            v = wire_value(str(v))
             if k.lower() == "expect" and v.strip().lower() == "100-continue":
                 self.expect = True
             parts.append(f"{k}: {v}\r\n")
@@ -97,7 +94,7 @@ def request_bytes(method: str, uri: str, head: RequestHead, body: bytes, host_li
     Content-Length still the body's), for a body that waits for 100 Continue."""
     if head.error is not None:
         raise ValueError(head.error.partition(": ")[2])
-    if not _TOKEN_RE.fullmatch(method):
+    if not TOKEN_RE.fullmatch(method):
         raise ValueError(f"invalid HTTP method {method!r}")
     if not _REQUEST_TARGET_RE.fullmatch(uri) or uri.startswith("//"):
         raise ValueError(f"invalid request URI {uri!r}")

@@ -41,6 +41,7 @@ import orjson
 from ..errors import TrafficError
 from ..jsonpath import MISSING
 from .grpc_record import grpc_to_http_fields, is_grpc_record
+from .http_fields import CONTROL_RE, TOKEN_RE
 from .record import _UNSET, BadRecord, CapturedRequest, CapturedResponse
 from .timestamps import TimestampError, parse_ts
 
@@ -60,9 +61,7 @@ __all__ = [
 GZIP_MAGIC = b"\x1f\x8b"
 _fromisoformat = datetime.fromisoformat
 RECORD_FIELDS = frozenset({"ts", "method", "path", "url", "headers", "body", "body_b64"})
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_TARGET_CHARS = re.compile(r"[\x00-\x20\x7f]")
-_BAD_HEADER_VALUE_CHARS = re.compile(r"[\x00\r\n]")
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # == json.dumps(v, separators=(",", ":"))
 
 
@@ -212,7 +211,7 @@ _GOOD_TOKENS_MAX = 4096
 def _token(value: str) -> bool:
     if value in _GOOD_TOKENS:
         return True
-    if not _TOKEN.fullmatch(value):
+    if not TOKEN_RE.fullmatch(value):
         return False
     if len(_GOOD_TOKENS) < _GOOD_TOKENS_MAX:
         _GOOD_TOKENS[value] = value
@@ -247,8 +246,8 @@ def clean_headers(pairs: Iterable[tuple[object, object]]) -> tuple[tuple[tuple[s
             continue
         if not _token(name):
             raise RecordError(f"invalid header name {name[:100]!r}")
-        if _BAD_HEADER_VALUE_CHARS.search(value):
-            raise RecordError(f"header {name} has a line break or NUL in its value")
+        if CONTROL_RE.search(value):
+            raise RecordError(f"header {name} has a control character in its value: {value[:80]!r}")
         if not _encodable(value):
             raise RecordError(f"header {name} is not valid Unicode text (lone surrogate)")
         out.append((name, value))
