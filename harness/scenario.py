@@ -222,7 +222,7 @@ class Scenario:
         if self.replay.mode != "paired" or "candidate" not in self.targets:
             return None
         b, c = self.targets["baseline"], self.targets["candidate"]
-        if replace(c, name=b.name, url=c.url.rstrip("/")) != replace(b, url=b.url.rstrip("/")):
+        if replace(c, name=b.name, url=_server_of(c.url)) != replace(b, url=_server_of(b.url)):
             return None
         return (f"targets.baseline and targets.candidate are the same target ({b.url}): this paired run compares a "
                 f"server with itself (replay.mode: aa says so, and records the noise floor)")
@@ -596,3 +596,20 @@ def _tls(target: str, raw: dict[str, Any] | None, url: str, base: Path, label: s
                 raise ScenarioError(f"{where}.{key}: file not found: {path}")
             tls[key] = str(path.resolve())
     return tls
+
+
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "localhost.localdomain"})
+
+
+def _server_of(url: str) -> str:
+    """The server a URL reaches, as far as the URL itself says: scheme, host (case-free; the loopback names one
+    host), port (the scheme's default spelled out) and path without its last slash. No name is resolved."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:
+        return url.rstrip("/")
+    return f"{parts.scheme.lower()}://{'loopback' if host in _LOOPBACK else host}:{port}{parts.path.rstrip('/')}"

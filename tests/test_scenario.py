@@ -162,6 +162,11 @@ def test_a_paired_run_of_one_target_against_itself_is_named() -> None:
 
     assert "same target (http://127.0.0.1:8001)" in scenario({"url": "http://127.0.0.1:8001/"}).self_comparison()
     assert scenario({"url": "http://127.0.0.1:8002"}).self_comparison() is None
+    # the same server under another spelling: another loopback name, a trailing slash
+    assert scenario({"url": "http://localhost:8001"}).self_comparison() is not None
+    assert scenario({"url": "http://[::1]:8001/"}).self_comparison() is not None
+    assert scenario({"url": "http://127.0.0.2:8001"}).self_comparison() is None
+    assert scenario({"url": "https://127.0.0.1:8001"}).self_comparison() is None
     # one load balancer, the version chosen by a header: two targets
     assert scenario({"url": "http://127.0.0.1:8001", "headers": {"X-Model": "v2"}}).self_comparison() is None
     assert scenario({"url": "http://127.0.0.1:8001"}, mode="aa").self_comparison() is None
