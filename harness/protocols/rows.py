@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..jsonpath import MISSING, find_first
+from ..numbers import number_label, number_of
 from ..scenario import RowsConfig
-from ..numbers import number_label
-from .json_protocol import number_of
 
 __all__ = ["RowsRead", "read_rows", "PROBABILITY_SUM_TOLERANCE"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["TOKEN_RE", "CONTROL_RE", "wire_value", "header_problem"]
+__all__ = ["TOKEN_RE", "CONTROL_RE", "wire_value", "control_character", "header_problem"]
 
 TOKEN_RE = re.compile(r"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 # what a field value may not hold (HTTP/1.1: VCHAR, SP, HTAB and obs-text bytes 0x80-0xFF)
@@ -24,10 +24,16 @@ def wire_value(value: str) -> str:
         return value.encode("utf-8", "surrogatepass").decode("latin-1")
 
 
+def control_character(value: str) -> str | None:
+    """The first control character of a field value, named by its code point and position; the value itself is
+    never quoted (it may be a credential: what is said here reaches bad_records and legs.error_detail)."""
+    m = CONTROL_RE.search(value)
+    return None if m is None else f"U+{ord(m.group()):04X} at character {m.start() + 1}"
+
+
 def header_problem(name: object, value: object) -> str | None:
     """Why a header cannot be sent (None when it can)."""
     if not isinstance(name, str) or not TOKEN_RE.fullmatch(name):
         return f"invalid header field name {name!r}"
-    if CONTROL_RE.search(str(value)):
-        return f"invalid value for header field {name!r}: {str(value)[:80]!r} (a control character)"
-    return None
+    bad = control_character(str(value))
+    return None if bad is None else f"invalid value for header field {name!r}: a control character ({bad})"

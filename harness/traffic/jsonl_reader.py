@@ -41,7 +41,7 @@ import orjson
 from ..errors import TrafficError
 from ..jsonpath import MISSING
 from .grpc_record import grpc_to_http_fields, is_grpc_record
-from .http_fields import CONTROL_RE, TOKEN_RE
+from .http_fields import TOKEN_RE, control_character
 from .record import _UNSET, BadRecord, CapturedRequest, CapturedResponse
 from .timestamps import TimestampError, parse_ts
 
@@ -246,8 +246,8 @@ def clean_headers(pairs: Iterable[tuple[object, object]]) -> tuple[tuple[tuple[s
             continue
         if not _token(name):
             raise RecordError(f"invalid header name {name[:100]!r}")
-        if CONTROL_RE.search(value):
-            raise RecordError(f"header {name} has a control character in its value: {value[:80]!r}")
+        if (bad := control_character(value)) is not None:
+            raise RecordError(f"header {name} has a control character in its value ({bad})")
         if not _encodable(value):
             raise RecordError(f"header {name} is not valid Unicode text (lone surrogate)")
         out.append((name, value))
