@@ -19,9 +19,9 @@ from typing import Mapping
 
 from .analysis.dataset import PairData
 from .gate_config import PAIR_METRICS
-from .gates import GateResult, Verdict
+from .gates import GateResult
 
-__all__ = ["MIN_BASELINE_ANSWERED", "baseline_shortfall", "apply_answered", "hold_without_answers"]
+__all__ = ["MIN_BASELINE_ANSWERED", "baseline_shortfall", "apply_answered"]
 
 # Production's own share of non-2xx answers (bad requests, auth failures in a capture) stays well under this;
 # a replay set up wrong is far beyond it.
@@ -57,13 +57,6 @@ def apply_answered(results: list[GateResult], shortfall: str | None, paired: boo
                                                          f"the baseline, and {shortfall}.")
         out.append(r)
     return out
-
-
-def hold_without_answers(verdict: Verdict, shortfall: str | None) -> Verdict:
-    """No PROMOTE on no answers, whatever the gates (none, or warnings only) let through."""
-    if shortfall is None or verdict.verdict != "PROMOTE":
-        return verdict
-    return Verdict("HOLD", [f"No evidence: {shortfall}."])
 
 
 def _worse_than_baseline(r: GateResult) -> bool:

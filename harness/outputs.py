@@ -20,7 +20,7 @@ from .aa_reference import field_rates, noise_by_gate, read_aa_reference
 from .analysis.rows import batch_size_segment, load_rows, rows_summary
 from .errors import ScenarioError, StoreError
 from .gate_config import DETECTOR_RATES, HIGHER_IS_BETTER, LATENCY_LIKE, PAIR_METRICS, ROW_METRICS
-from .answered import apply_answered, baseline_shortfall, hold_without_answers
+from .answered import apply_answered, baseline_shortfall
 from .evidence import apply_evidence
 from .fidelity import IN_FLIGHT_REASON, apply_fidelity, assess_fidelity, skipped_in_scope
 from .attribution import explain_segments
@@ -70,8 +70,9 @@ def judge(run_dir: Path) -> dict[str, Any]:
         # attribution reads the final statuses: a gate that fidelity or evidence made inconclusive explains nothing
         results, explanations = explain_segments(scenario.gates, results, data, resources, alpha=a.alpha,
                                                  n_resamples=a.bootstrap_resamples, seed=a.seed)
-        verdict = hold_without_answers(decide_verdict(results, stopped_early=fidelity.get("stopped_early"),
-                                                    mode=scenario.replay.mode), shortfall)
+        # no PROMOTE on no answers: apply_answered left no blocking PASS, and decide_verdict promotes nothing
+        # without a blocking gate
+        verdict = decide_verdict(results, stopped_early=fidelity.get("stopped_early"), mode=scenario.replay.mode)
         counts = accounting(con, versions)
         notes = event_details(con, "note")
         if info.status != "complete":

@@ -11,8 +11,8 @@ import pytest
 
 from dataclasses import replace
 
-from harness.answered import MIN_BASELINE_ANSWERED, apply_answered, baseline_shortfall, hold_without_answers
-from harness.gates import Verdict, evaluate_gates
+from harness.answered import MIN_BASELINE_ANSWERED, apply_answered, baseline_shortfall
+from harness.gates import decide_verdict, evaluate_gates
 from harness.gate_config import parse_gates
 
 from test_gates import RES, pairs
@@ -66,9 +66,11 @@ def test_fails_that_stand_whatever_the_baseline_answered() -> None:
     assert apply_answered([fail], shortfall, paired=True)[0].status == "inconclusive"
     assert apply_answered([fail], shortfall, paired=False)[0].status == "fail"
     # no gate, or only warnings, let a run without answers through: it holds
-    assert hold_without_answers(Verdict("PROMOTE", ["All 0 gates pass"]), shortfall).verdict == "HOLD"
-    assert hold_without_answers(Verdict("BLOCK", ["x"]), shortfall).verdict == "BLOCK"
-    assert hold_without_answers(Verdict("PROMOTE", []), None).verdict == "PROMOTE"
+    assert decide_verdict(apply_answered([], shortfall, paired=True)).verdict == "HOLD"
+    assert decide_verdict(apply_answered([replace(fail, severity="warning", status="pass")], shortfall,
+                                         paired=True)).verdict == "HOLD"
+    assert decide_verdict(apply_answered([fail], shortfall, paired=False)).verdict == "BLOCK"
+    assert decide_verdict(apply_answered([replace(fail, status="pass")], None, paired=True)).verdict == "PROMOTE"
 
 
 @pytest.mark.integration

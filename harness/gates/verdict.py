@@ -28,11 +28,10 @@ def decide_verdict(results: list[GateResult], stopped_early: str | None = None, 
         return Verdict("HOLD", [f"No candidate judged: replay.mode is {mode}, {sent}; a paired run decides a "
                                 f"promotion.", *verdict.reasons])
     if not any(r.severity == "blocking" for r in results):
-        warned = [r for r in _scopes(results).values() if r.status == "fail"]
+        warned = _failing_warnings(_scopes(results))
         return Verdict("HOLD", ["No blocking gate: warnings inform, they decide no promotion; give the scenario "
                                 "at least one gate with severity blocking."
-                                + (f" {len(warned)} warning gate(s) fail: {', '.join(r.name for r in warned)}."
-                                   if warned else "")])
+                                + (f" {len(warned)} warning gate(s) fail: {', '.join(warned)}." if warned else "")])
     return verdict
 
 
@@ -42,6 +41,11 @@ def _scopes(results: list[GateResult]) -> dict[str, GateResult]:
     for r in results:
         scopes.setdefault(r.name, r)
     return scopes
+
+
+def _failing_warnings(scopes: dict[str, GateResult]) -> list[str]:
+    """The warning gates that fail in their own scope."""
+    return [r.name for r in scopes.values() if r.severity != "blocking" and r.status == "fail"]
 
 
 def _by_gates(results: list[GateResult], stopped_early: str | None) -> Verdict:
@@ -59,7 +63,7 @@ def _by_gates(results: list[GateResult], stopped_early: str | None) -> Verdict:
     if inconclusive or suspects:
         return Verdict("HOLD", [r.reason for r in inconclusive + suspects])
     gated = [r for r in scopes.values() if r.severity == "blocking"]
-    warned = [r.name for r in scopes.values() if r.severity != "blocking" and r.status == "fail"]
+    warned = _failing_warnings(scopes)
     return Verdict("PROMOTE", [f"All {len(gated)} blocking gates pass in their scope; no segment fails."
                                + (f" Warning gates that fail (they do not block): {', '.join(warned)}." if warned else "")])
 
