@@ -101,10 +101,7 @@ class ResourceMonitor:
             if pid is None:
                 continue
             try:
-                t._proc = psutil.Process(pid)
-                t._proc.cpu_percent(None)
-                t.children = _descendants(t._proc)
-                t.children_at = now
+                _attach(t, pid, now)
                 t.current_pid = pid
             except psutil.Error:
                 t._proc = None
@@ -126,20 +123,21 @@ class ResourceMonitor:
             if pid is not None:
                 try:
                     if t._proc is None or t._proc.pid != pid:
-                        t._proc = psutil.Process(pid)
-                        t._proc.cpu_percent(None)
-                    if now - t.children_at > 10.0:  # refreshed now and then only
-                        t.children = _descendants(t._proc)
-                        t.children_at = now
-                    with t._proc.oneshot():
-                        rss = t._proc.memory_info().rss
+                        proc = _attach(t, pid, now)
+                    else:
+                        proc = t._proc
+                        if now - t.children_at > 10.0:  # refreshed now and then only
+                            t.children = _descendants(proc)
+                            t.children_at = now
+                    with proc.oneshot():
+                        rss = proc.memory_info().rss
                         for child in t.children:
                             try:
                                 rss += child.memory_info().rss
                             except psutil.Error:
                                 pass
                         row["rss_mb"] = rss / 1e6
-                        row["cpu_percent"] = t._proc.cpu_percent(None)
+                        row["cpu_percent"] = proc.cpu_percent(None)
                     t.current_pid = pid
                 except psutil.Error:
                     t._proc = None
@@ -180,6 +178,15 @@ class ResourceMonitor:
 
     def attached(self) -> dict[str, int | None]:
         return {t.version: t.current_pid for t in self.targets}
+
+
+def _attach(t: TargetProcess, pid: int, now: float) -> psutil.Process:
+    """The target's process (a new one after a restart), its first CPU reading and its children."""
+    proc = t._proc = psutil.Process(pid)
+    proc.cpu_percent(None)
+    t.children = _descendants(proc)
+    t.children_at = now
+    return proc
 
 
 def _descendants(proc: psutil.Process) -> list[psutil.Process]:
