@@ -84,11 +84,10 @@ if sys.argv[2] == "before":  # the recorder as it was: DuckDB's own threads, the
     store.RunStore.recording = lambda self, on: None
 if sys.argv[2] == "seal64":  # the loop seals legs into Arrow batches 64 at a time between yields
     recorder.SEAL_CHUNK = 64
-if sys.argv[2] == "per-column":  # one Arrow array per column for each seal step
-    import pyarrow as pa
-    from harness.replay.leg import LEG_SCHEMA
-    recorder.seal = lambda legs: pa.RecordBatch.from_arrays(
-        [pa.array(col, type=f.type) for col, f in zip(zip(*legs), LEG_SCHEMA)], schema=LEG_SCHEMA)
+if sys.argv[2] == "per-column":  # one Arrow array per column for each seal step (run from the repository root)
+    sys.path.insert(0, "benchmarks")
+    from seal_cost import per_column
+    recorder.seal = per_column
 if sys.argv[2] in ("before", "thread"):  # DuckDB's inserts in the recorder's thread, in this process
     import contextlib
     @contextlib.contextmanager
