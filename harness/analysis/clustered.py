@@ -20,7 +20,8 @@ import numpy as np
 import scipy.stats as sps
 from numpy.typing import NDArray
 
-__all__ = ["ClusteredRate", "clustered_rate", "naive_rate", "ClusterIndex", "cluster_bootstrap", "cluster_weights"]
+__all__ = ["ClusteredRate", "clustered_rate", "naive_rate", "ClusterIndex", "cluster_bootstrap", "cluster_weights",
+           "repeated_units", "copies_design_effect", "unit_rate", "unit_means"]
 
 FloatArray = NDArray[np.float64]
 
@@ -52,8 +53,13 @@ class ClusteredRate:
 
 
 def clustered_rate(events: NDArray[np.number[Any]], rows: NDArray[np.number[Any]], confidence: float = 0.95,
-                   one_sided: bool = True) -> ClusteredRate:
-    """`events[j]` of `rows[j]` rows in request j (requests with no rows are ignored)."""
+                   one_sided: bool = True, copies: bool = False) -> ClusteredRate:
+    """`events[j]` of `rows[j]` rows in request j (requests with no rows are ignored).
+
+    `copies`: the rows of a cluster are replays of one captured input (repeated_units), whose answers a
+    deterministic model repeats. With no event (or only events) the data cannot tell copies that would
+    all fail together from independent rows, so each cluster then counts once (n_eff = J): zero schema
+    failures in 200 inputs replayed 5 times is "at most about 3/200", not 3/1000."""
     k_j = np.asarray(events, dtype=np.float64)
     n_j = np.asarray(rows, dtype=np.float64)
     keep = n_j > 0
@@ -68,7 +74,7 @@ def clustered_rate(events: NDArray[np.number[Any]], rows: NDArray[np.number[Any]
         v_clustered = big_j / (big_j - 1) * float(np.sum((k_j - p * n_j) ** 2)) / (n * n)
         v_independent = p * (1 - p) / n
         deff = max(1.0, v_clustered / v_independent)
-    n_eff = n / deff
+    n_eff = n / deff if not (copies and p in (0.0, 1.0)) else float(big_j)
     if big_j > 1:  # few requests: the variance itself is uncertain (t with J - 1 degrees of freedom)
         tail = 1 - confidence if one_sided else (1 - confidence) / 2
         n_eff *= (sps.norm.ppf(1 - tail) / sps.t.ppf(1 - tail, big_j - 1)) ** 2
@@ -133,3 +139,50 @@ def cluster_weights(n_clusters: int, n_resamples: int, seed: int, width: int | N
         size = min(chunk, n_resamples - done)
         yield rng.multinomial(n_clusters, p, size=size).astype(np.float64)
         done += size
+
+
+# ------------------------------------------------------------------ replays of one captured input
+
+def repeated_units(unit: NDArray[np.integer] | None, selected: NDArray[np.bool_]) -> NDArray[np.int64] | None:
+    """The units (captured inputs, PairData.unit) of the selected pairs, where some input occurs there more
+    than once; None where each selected pair is an input of its own (then the exact per-pair methods hold)."""
+    if unit is None:
+        return None
+    u = np.asarray(unit)[selected]
+    if len(u) < 2:
+        return None
+    _, dense, counts = np.unique(u, return_inverse=True, return_counts=True)
+    return dense.astype(np.int64) if (counts > 1).any() else None
+
+
+def copies_design_effect(values: NDArray[np.number[Any]], unit: NDArray[np.int64]) -> float:
+    """Design effect of the mean of `values` over pairs grouped in units (replays of one input): the ratio
+    estimator's between-unit variance over the variance as if every pair were independent, floored at 1.
+    Where the values do not vary, nothing tells copies from independent pairs, and each unit counts once
+    (the mean unit size)."""
+    x = np.asarray(values, dtype=np.float64)
+    n, big_j = len(x), int(unit.max()) + 1
+    if big_j < 2:
+        return float(n)
+    mean = float(x.mean())
+    v_independent = float(np.sum((x - mean) ** 2)) / (n * n)
+    if v_independent <= 0:
+        return n / big_j
+    totals = np.bincount(unit, weights=x, minlength=big_j)
+    sizes = np.bincount(unit, minlength=big_j)
+    v_clustered = big_j / (big_j - 1) * float(np.sum((totals - mean * sizes) ** 2)) / (n * n)
+    return max(1.0, v_clustered / v_independent)
+
+
+def unit_rate(events: NDArray[np.bool_], unit: NDArray[np.int64], confidence: float,
+              one_sided: bool = True) -> ClusteredRate:
+    """A rate over pairs that replay some inputs more than once (`clustered_rate` with copies)."""
+    big_j = int(unit.max()) + 1
+    return clustered_rate(np.bincount(unit, weights=events.astype(np.float64), minlength=big_j),
+                          np.bincount(unit, minlength=big_j), confidence, one_sided, copies=True)
+
+
+def unit_means(values: NDArray[np.float64], unit: NDArray[np.int64]) -> FloatArray:
+    """The mean of `values` for each unit: one observation per captured input."""
+    big_j = int(unit.max()) + 1
+    return np.bincount(unit, weights=values, minlength=big_j) / np.bincount(unit, minlength=big_j)

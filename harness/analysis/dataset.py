@@ -123,6 +123,9 @@ class PairData:
     # batched answers row by row (harness.analysis.rows.RowData), set by the judge; None without rows
     rows: Any = None
     status_3xx: dict[str, np.ndarray] = field(default_factory=dict)  # redirects: counted apart, as 4xx answers are
+    # which captured input each pair replays, as codes, where some input was replayed more than once (a
+    # `traffic.loops` run, records sharing a captured request id); None where every pair is its own input
+    unit: np.ndarray | None = None
 
     def refusals(self) -> dict[str, np.ndarray]:
         """Per version, the legs answered 4xx or 3xx: no error by themselves (error_kinds.REFUSAL_KINDS)."""
@@ -184,7 +187,9 @@ def load_pairs(con: duckdb.DuckDBPyConnection, segments: tuple[str, ...], versio
                on s_{v[0]}.request_id = r.request_id""" for v in versions)
     # A pair with a leg harness could not carry out says nothing about either model (error_kinds).
     harness_ok = "".join(f" and {v[0]}.error_kind is distinct from '{HARNESS_ERROR}'" for v in versions)
-    sql = f"""select r.order_idx {seg_cols}, {", ".join(per_version)}
+    repeated = _inputs_repeat(con)
+    unit_col = (", hash(coalesce(r.captured_request_id, '#' || r.seq::varchar)) as unit" if repeated else "")
+    sql = f"""select r.order_idx {unit_col} {seg_cols}, {", ".join(per_version)}
               from requests r {joins}
               where not r.warmup {harness_ok}
               order by r.order_idx"""
@@ -214,9 +219,11 @@ def load_pairs(con: duckdb.DuckDBPyConnection, segments: tuple[str, ...], versio
             return Coded(np.full(n, -1, np.int32), ())
         return Coded(np.where(raw >= 0, remap[np.maximum(raw, 0)], -1).astype(np.int32), ordered)
 
+    unit = cols.pop("unit", None)
     out = PairData(order_idx=np.asarray(cols.pop("order_idx"), dtype=np.int64),
                    segments={s: recode(f"seg__{s}") for s in segments}, latency={}, error={}, timeout={},
-                   schema_judged={}, schema_valid={}, status_4xx={}, score={}, n=n)
+                   schema_judged={}, schema_valid={}, status_4xx={}, score={}, n=n,
+                   unit=None if unit is None else np.unique(unit, return_inverse=True)[1].astype(np.int64))
     nan = np.broadcast_to(np.float64("nan"), (n,))
     false = np.broadcast_to(np.False_, (n,))
     for v in versions:
@@ -242,6 +249,15 @@ def load_pairs(con: duckdb.DuckDBPyConnection, segments: tuple[str, ...], versio
             refused_x, refused_y = cls[x] & ~cls[y], cls[y] & ~cls[x]
             out.error[x], out.error[y] = out.error[x] | refused_x, out.error[y] | refused_y
     return out
+
+
+def _inputs_repeat(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether some captured input is replayed more than once: a loop past the first, or records that share
+    the capture's own request id (whose imported scores are one score copied to each)."""
+    row = con.execute("""select coalesce(max(loop), 0) > 0 or count(captured_request_id) >
+                                  count(distinct captured_request_id)
+                           from requests where not warmup""").fetchall()
+    return bool(row and row[0][0])
 
 
 def _carried_columns(con: duckdb.DuckDBPyConnection) -> set[str]:

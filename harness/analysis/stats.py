@@ -14,13 +14,15 @@ docs/judgement.md ("Methods and sources"); the conventions that the gates rely o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Hashable, Literal, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import optimize, special
 from scipy import stats as sps
+
+from .clustered import cluster_weights
 
 __all__ = [
     "RatioInterval", "Interval", "SequentialResult",
@@ -310,7 +312,7 @@ def paired_quantile_ratio_ci(baseline: ArrayLike, candidate: ArrayLike, q: float
                              n_resamples: int = 2000, seed: int = 0, one_sided: bool = True,
                              max_n: int = 200_000,
                              method: Literal["auto", "index", "window"] = "auto",
-                             jitter: bool = False) -> RatioInterval:
+                             jitter: bool = False, units: NDArray[np.int64] | None = None) -> RatioInterval:
     """Paired bootstrap interval for quantile_q(candidate) / quantile_q(baseline).
 
     Returns a `RatioInterval`: ``estimate`` is the ratio of the Harrell-Davis quantiles
@@ -331,7 +333,8 @@ def paired_quantile_ratio_ci(baseline: ArrayLike, candidate: ArrayLike, q: float
     - "window": resample counts only for the O(sqrt(n)) pairs near the quantile (see
       `_window_bootstrap_quantiles`); exact, and fast enough for 1,000,000 pairs x 2000 resamples.
     "auto" uses "window" whenever it saves work, and never runs the index matrix above ``max_n`` pairs, so
-    no asymptotic fallback is needed at any n.
+    no asymptotic fallback is needed at any n. ``units`` (pairs that replay one captured input share a
+    unit): resample units, not pairs (`_cluster_bootstrap_quantiles`).
 
     Raises ValueError for NaN or infinite input, unequal lengths, no pairs, or q outside (0, 1).
     """
@@ -349,7 +352,7 @@ def paired_quantile_ratio_ci(baseline: ArrayLike, candidate: ArrayLike, q: float
                              reason=f"quantile {q:g} is not positive (baseline {bq:g}, candidate {cq:g}); "
                                     "the ratio is undefined")
     estimate = cq / bq
-    qb, qc, used = _paired_bootstrap_quantiles(b, c, q, n_resamples, seed, max_n, method)
+    qb, qc, used = _paired_bootstrap_quantiles(b, c, q, n_resamples, seed, max_n, method, units)
     if (qb <= 0).any() or (qc <= 0).any():
         return RatioInterval(estimate, math.nan, math.nan, n, bq, cq, method=f"paired bootstrap ({used})",
                              reason="some bootstrap quantiles are not positive; the log-ratio interval is undefined")
@@ -366,10 +369,50 @@ def _jittered(b: FloatArray, c: FloatArray, seed: int) -> tuple[FloatArray, Floa
     return b + rng.uniform(-0.5, 0.5, len(b)), c + rng.uniform(-0.5, 0.5, len(c))
 
 
+CLUSTER_BOOTSTRAP_MAX_N = 20_000  # above, replays of one input widen the pair bootstrap instead (gates.latency)
+
+
+def _cluster_bootstrap_quantiles(b: FloatArray, c: FloatArray, q: float, units: NDArray[np.int64],
+                                 n_resamples: int, seed: int) -> tuple[FloatArray, FloatArray]:
+    """The paired bootstrap over units instead of pairs (each resample draws J captured inputs with
+    replacement and keeps all their pairs), for runs that replay an input more than once. Each resample's
+    quantile is its Harrell-Davis estimate from the resample's counts: the cdf of n pairs read at each
+    order statistic's cumulative count scaled to n (resamples of unequal units hold a little more or
+    fewer than n pairs)."""
+    n, big_j = len(b), int(units.max()) + 1
+    hd = _hd_cdf(n, q)
+    grid = np.arange(n + 1, dtype=np.float64)
+    # the ranks that carry all but 1e-12 of the Harrell-Davis weight: only order statistics whose count
+    # reaches them in some resample are weighed
+    low_rank = max(0, int(np.searchsorted(hd, 1e-12)) - 1)
+    high_rank = min(n, int(np.searchsorted(hd, 1.0 - 1e-12)) + 1)
+    out: list[list[FloatArray]] = [[], []]
+    for i, x in enumerate((b, c)):
+        order = np.argsort(x, kind="stable")
+        u, v = units[order], x[order]
+        for weights in cluster_weights(big_j, n_resamples, seed, width=n):
+            cum = np.cumsum(weights[:, u], axis=1)
+            cum *= (n / cum[:, -1])[:, None]
+            first = max(0, int((cum < low_rank).sum(axis=1).min()) - 1)
+            last = min(n - 1, int((cum <= high_rank).sum(axis=1).max()) + 1)
+            h = np.interp(cum[:, first:last + 1], grid, hd)
+            window = v[first:last + 1]
+            # sum_i v_i (H(cum_i) - H(cum_i-1)) over the window (H is 0 before it), summed by parts, and
+            # what weight is left past it on the next order statistic
+            out[i].append(h[:, -1] * window[-1] - h[:, :-1] @ np.diff(window)
+                          + (1.0 - h[:, -1]) * v[min(last + 1, n - 1)])
+    return np.concatenate(out[0]), np.concatenate(out[1])
+
+
 def _paired_bootstrap_quantiles(b: FloatArray, c: FloatArray, q: float, n_resamples: int, seed: int, max_n: int,
-                                method: str) -> tuple[FloatArray, FloatArray, str]:
-    """Bootstrap quantiles of both versions over the same resampled pairs, and which implementation ran."""
+                                method: str, units: NDArray[np.int64] | None = None
+                                ) -> tuple[FloatArray, FloatArray, str]:
+    """Bootstrap quantiles of both versions over the same resampled pairs (or units: replays of one captured
+    input, `_cluster_bootstrap_quantiles`), and which implementation ran."""
     n = len(b)
+    if units is not None:
+        qb, qc = _cluster_bootstrap_quantiles(b, c, q, units, n_resamples, seed)
+        return qb, qc, "over captured inputs"
     rng = np.random.default_rng(seed)
     if method == "index" and n > max_n:
         raise ValueError(f"the index-matrix bootstrap is capped at max_n={max_n} pairs, got {n}")
@@ -417,7 +460,8 @@ class DifferenceInterval:
 
 def paired_quantile_difference_ci(baseline: ArrayLike, candidate: ArrayLike, q: float, *, confidence: float = 0.95,
                                   n_resamples: int = 2000, seed: int = 0, one_sided: bool = True,
-                                  max_n: int = 200_000, jitter: bool = False) -> DifferenceInterval:
+                                  max_n: int = 200_000, jitter: bool = False,
+                                  units: NDArray[np.int64] | None = None) -> DifferenceInterval:
     """Paired bootstrap interval for quantile_q(candidate) - quantile_q(baseline), in the data's unit (ms):
     the same resampled pairs and Harrell-Davis quantiles (and ``jitter``) as `paired_quantile_ratio_ci`,
     percentile bounds of the difference, widened if needed to contain the estimate."""
@@ -427,12 +471,30 @@ def paired_quantile_difference_ci(baseline: ArrayLike, candidate: ArrayLike, q: 
     b, c = _paired(baseline, candidate)
     b, c = _jittered(b, c, seed) if jitter else (b, c)
     bq, cq = harrell_davis_quantile(b, q), harrell_davis_quantile(c, q)
-    qb, qc, _ = _paired_bootstrap_quantiles(b, c, q, n_resamples, seed, max_n, "auto")
+    qb, qc, _ = _paired_bootstrap_quantiles(b, c, q, n_resamples, seed, max_n, "auto", units)
     draws = qc - qb
     lo_level, hi_level = _tail_levels(confidence, one_sided)
     lo, hi = np.quantile(draws, [lo_level, hi_level])
     est = cq - bq
     return DifferenceInterval(est, float(min(lo, est)), float(max(hi, est)), len(b), bq, cq, draws=draws)
+
+
+def widened(iv: "RatioInterval | DifferenceInterval", factor: float) -> "RatioInterval | DifferenceInterval":
+    """The interval (bounds, bootstrap draws, standard error) stretched about its estimate by `factor`, on
+    the log scale for a ratio: a design effect's square root where pairs replay the same input (Woodruff's
+    interval for a quantile under clustering scales with the clustered variance of the empirical CDF)."""
+    if factor <= 1.0 or not math.isfinite(iv.estimate):
+        return iv
+    if isinstance(iv, RatioInterval):
+        centre = math.log(iv.estimate)
+        return replace(iv, lower=math.exp(centre + (math.log(iv.lower) - centre) * factor),
+                       upper=math.exp(centre + (math.log(iv.upper) - centre) * factor),
+                       log_ratios=None if iv.log_ratios is None else centre + (iv.log_ratios - centre) * factor,
+                       log_se=None if iv.log_se is None else iv.log_se * factor)
+    est = iv.estimate
+    return replace(iv, lower=est + (iv.lower - est) * factor, upper=est + (iv.upper - est) * factor,
+                   draws=None if iv.draws is None else est + (iv.draws - est) * factor,
+                   se=None if iv.se is None else iv.se * factor)
 
 
 def mean_difference_interval(baseline: ArrayLike, candidate: ArrayLike, confidence: float = 0.95,
@@ -1031,25 +1093,39 @@ def _psi_from_counts(ce: NDArray[Any], ca: NDArray[Any]) -> NDArray[np.float64]:
 
 
 def bootstrap_paired_psi(expected: ArrayLike, actual: ArrayLike, n_resamples: int, rng: np.random.Generator,
-                         bins: int = 10) -> FloatArray:
+                         bins: int = 10, units: NDArray[np.int64] | None = None) -> FloatArray:
     """Paired bootstrap of `psi` with the bins of the whole sample held fixed: a resample of pairs is a
-    multinomial draw over the (expected bin, actual bin) table, so each resample costs O(bins^2), not O(n)."""
+    multinomial draw over the (expected bin, actual bin) table, so each resample costs O(bins^2), not O(n).
+    With `units` (pairs that replay one input), a resample draws units and adds up their tables."""
     e, a = _as_1d(expected, "expected"), _as_1d(actual, "actual")
     edges, k = _psi_edges(e, bins)
-    table = np.bincount(_psi_bin(edges, e) * k + _psi_bin(edges, a), minlength=k * k)
-    draws = rng.multinomial(len(e), table / table.sum(), size=n_resamples).reshape(n_resamples, k, k)
+    cells = _psi_bin(edges, e) * k + _psi_bin(edges, a)
+    draws = _table_draws(cells, k * k, n_resamples, rng, units).reshape(n_resamples, k, k)
     return _psi_from_counts(draws.sum(axis=2), draws.sum(axis=1))
 
 
+def _table_draws(cells: NDArray[np.integer], size: int, n_resamples: int, rng: np.random.Generator,
+                 units: NDArray[np.int64] | None) -> NDArray[np.float64]:
+    """Bootstrap counts of a table whose cell each pair falls in: a multinomial over the cells, or with
+    `units`, the units' own tables weighted by how often each unit was drawn (J draws of J units)."""
+    if units is None:
+        table = np.bincount(cells, minlength=size)
+        return rng.multinomial(len(cells), table / table.sum(), size=n_resamples).astype(np.float64)
+    big_j = int(units.max()) + 1
+    per_unit = np.zeros((big_j, size))
+    np.add.at(per_unit, (units, cells), 1.0)
+    seed = int(rng.integers(2**63 - 1))
+    return np.vstack([w @ per_unit for w in cluster_weights(big_j, n_resamples, seed)])
+
+
 def bootstrap_paired_kappa(codes_a: NDArray[np.integer], codes_b: NDArray[np.integer], n_resamples: int,
-                           rng: np.random.Generator) -> FloatArray:
+                           rng: np.random.Generator, units: NDArray[np.int64] | None = None) -> FloatArray:
     """Paired bootstrap of Cohen's kappa between two labelings coded 0..k-1: kappa depends only on the
-    k x k confusion table, so a resample is a multinomial draw over its cells (O(k^2) each). NaN where a
-    resample has chance agreement 1."""
+    k x k confusion table, so a resample is a multinomial draw over its cells (O(k^2) each); with `units`,
+    a draw of units (`_table_draws`). NaN where a resample has chance agreement 1."""
     k = int(max(codes_a.max(), codes_b.max())) + 1
-    n = len(codes_a)
-    table = np.bincount(codes_a * k + codes_b, minlength=k * k)
-    draws = rng.multinomial(n, table / n, size=n_resamples).reshape(n_resamples, k, k)
+    draws = _table_draws(codes_a * k + codes_b, k * k, n_resamples, rng, units).reshape(n_resamples, k, k)
+    n = draws.sum(axis=(1, 2))  # a resample of units may hold a few more or fewer pairs than the sample
     p_o = np.trace(draws, axis1=1, axis2=2) / n
     p_e = np.einsum("ri,ri->r", draws.sum(axis=2), draws.sum(axis=1)) / (n * n)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -64,24 +64,26 @@ def _evaluate_one(spec: GateSpec, data: PairData, mask: np.ndarray, label: str |
         return _latency(spec, data, mask, label, alpha, n_resamples, seed, series)
     if m == "goodput":
         good, judged = llm_metrics.goodput(data, spec.slo or {})
-        return _rate(spec, label, good, judged, mask, alpha, higher_is_worse=False)
+        return _rate(spec, label, good, judged, mask, alpha, higher_is_worse=False, unit=data.unit)
     if m in DETECTOR_RATES:
         column = DETECTOR_RATES[m]
         if column not in data.detected:
             return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=0,
                            status="inconclusive", reason=f"No {column} column in this run.")
         return _rate(spec, label, data.detected[column], data.detector_judged[column], mask, alpha,
-                     higher_is_worse=m not in HIGHER_IS_BETTER)
+                     higher_is_worse=m not in HIGHER_IS_BETTER, unit=data.unit)
     if m in ("label_agreement", "label_flip_rate", "field_diff_rate"):
         return _pair_rate(spec, data, mask, label, alpha)
     if m in ("label_kappa", "confidence_psi", "confidence_ks", "confidence_mean_shift"):
         return _distribution(spec, data, mask, label, alpha, n_resamples, seed)
     if m in ("error_rate", "timeout_rate"):
         if m == "error_rate":
-            return _rate(spec, label, data.error, None, mask, alpha, higher_is_worse=True, refusals=data.refusals())
-        return _rate(spec, label, data.timeout, None, mask, alpha, higher_is_worse=True)
+            return _rate(spec, label, data.error, None, mask, alpha, higher_is_worse=True, refusals=data.refusals(),
+                         unit=data.unit)
+        return _rate(spec, label, data.timeout, None, mask, alpha, higher_is_worse=True, unit=data.unit)
     if m == "schema_pass_rate":
-        return _rate(spec, label, data.schema_valid, data.schema_judged, mask, alpha, higher_is_worse=False)
+        return _rate(spec, label, data.schema_valid, data.schema_judged, mask, alpha, higher_is_worse=False,
+                     unit=data.unit)
     if m == "review_score":
         return _review(spec, data, mask, label, alpha)
     return _resource(spec, resources, int(mask.sum()), alpha)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..analysis import stats
+from ..analysis.clustered import repeated_units, unit_means
 from ..analysis.dataset import PairData
 from ..gate_config import GateSpec
 from .result import GateResult, _result, _where
@@ -21,11 +22,21 @@ def _review(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None,
                        reason="No candidate in this run.")
     b, c = data.score["baseline"][mask], data.score["candidate"][mask]
     ok = np.isfinite(b) & np.isfinite(c)
+    # Replays of one input (loops, scores imported by a captured id shared by several requests) carry one
+    # review each, copied: the pairs of each input are averaged into one observation.
+    units = repeated_units(data.unit, mask & np.isfinite(data.score["baseline"]) & np.isfinite(data.score["candidate"]))
+    pairs = int(ok.sum())
+    if units is not None:
+        b, c = unit_means(b[ok], units), unit_means(c[ok], units)
+        ok = np.ones(len(b), bool)
     n = int(ok.sum())
+    copies_txt = (f"; {pairs} pairs replay {n} captured inputs, each input counted once" if units is not None
+                  else "")
     if n < REVIEW_MIN_N:
         return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=n, status="inconclusive",
                        min_n=REVIEW_MIN_N,
-                       reason=f"Review scores for {n} pairs{_where(label)}, fewer than the {REVIEW_MIN_N} a judgement "
+                       reason=f"Review scores for {n} {'captured inputs' if units is not None else 'pairs'}"
+                              f"{_where(label)}, fewer than the {REVIEW_MIN_N} a judgement "
                               "needs: import scores for both versions with `harness scores import RUN_DIR FILE`.")
     # The scale: [0, 1], widened to every score seen in the run (a 1-5 rating, say). A range taken from
     # the scope alone would collapse where no drop happened to be seen, and so pass it.
@@ -40,5 +51,5 @@ def _review(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None,
                    ci=(lower, upper), n=n, status=status, p_value=p, effect=-est, min_n=REVIEW_MIN_N,
                    reason=f"Review score{_where(label)} {b[ok].mean():.3f} -> {c[ok].mean():.3f} (paired delta "
                           f"{est:+.3f}, bounds {lower:+.3f} to {upper:+.3f}, n={n}) vs "
-                          f"{spec.threshold_text}: {status}.")
+                          f"{spec.threshold_text}{copies_txt}: {status}.")
 

@@ -1,0 +1,43 @@
+"""How gates judge replays of one captured input (traffic.loops): the designs of
+tests/test_repeated_inputs.py with more repetitions, each judged with the copies as independent pairs
+(as before PairData.unit) and with the input as the unit (docs/judgement.md, "Replays of one input").
+
+    .venv/bin/python benchmarks/repeated_inputs.py [--reps 300]
+
+Each row prints the share of repetitions that PASS and FAIL.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import test_repeated_inputs as t  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=300, help="repetitions of each hardest-null design")
+    reps = ap.parse_args().reps
+    start = time.time()
+    for units in (False, True):
+        how = "inputs" if units else "pairs "
+        print(f"schema >= 99.5 %, 300 inputs x 5, 0.5 % of inputs invalid (hardest null), by {how}: "
+              f"PASS {100 * t.schema_passes(reps, 300, 5, 0.005, units, seed=2):.1f} %", flush=True)
+    for spread, copies in ((0.3, 10), (0.6, 4), (0.15, 5), (0.0, 5)):
+        for units in (False, True):
+            how = "inputs" if units else "pairs "
+            p, f = t.p95_gate(reps, units, spread, copies, seed=1)
+            cp, cf = t.p95_gate(max(reps // 6, 20), units, spread, copies, seed=3, true_ratio=1.0)
+            print(f"p95 +10 %, {2000 // copies} inputs x {copies}, slowdown spread {spread}, by {how}: hardest null "
+                  f"PASS {100 * p:.1f} % FAIL {100 * f:.1f} %; as fast as the baseline PASS {100 * cp:.0f} %",
+                  flush=True)
+    print(f"({time.time() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
