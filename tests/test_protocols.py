@@ -465,3 +465,17 @@ def test_long_numeric_answers_keep_a_valid_json_excerpt() -> None:
     wide = {f"feature_{i}": i for i in range(5000)}
     wide_text = _fit_json(wide, OUTPUT_EXCERPT_CHARS)
     assert len(wide_text) <= OUTPUT_EXCERPT_CHARS and json.loads(wide_text)["feature_0"] == 0
+
+
+@pytest.mark.parametrize("body", [b'{"prediction": "fraud", "confidence": NaN}', b'{"confidence": Infinity}',
+                                  b'{"scores": [-Infinity, 0.5]}'])
+def test_nan_and_infinity_make_an_answer_not_json(body: bytes) -> None:
+    """Python's json writes and reads NaN and Infinity; JSON has neither (RFC 8259), and a strict consumer
+    (JSON.parse, Go, Java) rejects the whole answer: invalid_json, not an answer whose confidence is left out."""
+    out = read_output("json", 200, body, "$.prediction", "$.confidence")
+    assert out.invalid_json and out.confidence is None
+    assert not read_output("json", 200, body.replace(b"NaN", b"0.5").replace(b"-Infinity", b"1").replace(
+        b"Infinity", b"1"), "$.prediction", "$.confidence").invalid_json
+    stream = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}, "logprobs": NaN}]}\n\ndata: [DONE]\n\n'
+    assert read_output("openai", 200, stream, "$.prediction", "$.confidence",
+                       headers={"content-type": "text/event-stream"}).invalid_json

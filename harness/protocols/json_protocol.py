@@ -55,7 +55,7 @@ def parse_body(status: int, body: bytes) -> Any:
     if not body:
         return OutputRead(invalid_json=200 <= status < 300)
     try:
-        return loads(body)
+        return loads(body, strict=True)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return OutputRead(invalid_json=True)
 

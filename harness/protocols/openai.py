@@ -27,7 +27,7 @@ import re
 from typing import Any, Sequence
 
 from ..jsonpath import find_first
-from .json_protocol import OutputRead, label_of, number_of, parse_body
+from .json_protocol import OutputRead, label_of, loads, number_of, parse_body
 
 __all__ = ["read_openai_output", "is_event_stream", "tool_calls_valid"]
 
@@ -148,8 +148,8 @@ def _read_stream(body: bytes, arrivals: Sequence[tuple[int, float]], prediction_
             done = True
             break
         try:
-            chunk = json.loads(data)
-        except (ValueError, RecursionError):
+            chunk = loads(data.encode(), strict=True)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return OutputRead(invalid_json=True, streamed=True)
         if not isinstance(chunk, dict):
             return OutputRead(invalid_json=True, streamed=True)
