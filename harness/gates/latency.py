@@ -225,7 +225,10 @@ def _localized_p(spec: GateSpec, data: PairData, mask: np.ndarray, series: dict[
     imp = _imputed(spec, data, series)
     ki, ni = int((imp.slower & mask).sum()), int((imp.differs & mask).sum())
     k_all, n_all = int(imp.slower.sum()), int(imp.differs.sum())
-    return stats.two_proportion_p_above(ki, ni, k_all - ki, n_all - ni)
+    units = repeated_units(data.unit, imp.differs)  # replays of one input: counts shrunk by the design effect
+    deff = copies_design_effect(imp.slower[imp.differs], units) if units is not None else 1.0
+    return stats.two_proportion_p_above(ki / deff, ni / deff, (k_all - ki) / deff,  # type: ignore[arg-type]
+                                        (n_all - ni) / deff)  # type: ignore[arg-type]
 
 
 def _latency_absolute(spec: GateSpec, label: str | None, b: np.ndarray, c: np.ndarray, q: float | None, alpha: float,
