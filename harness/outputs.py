@@ -72,7 +72,8 @@ def judge(run_dir: Path) -> dict[str, Any]:
                                                  n_resamples=a.bootstrap_resamples, seed=a.seed)
         # no PROMOTE on no answers: apply_answered left no blocking PASS, and decide_verdict promotes nothing
         # without a blocking gate
-        verdict = decide_verdict(results, stopped_early=fidelity.get("stopped_early"), mode=scenario.replay.mode)
+        verdict = decide_verdict(results, stopped_early=fidelity.get("stopped_early"), mode=scenario.replay.mode,
+                                 same_target=scenario.self_comparison())
         counts = accounting(con, versions)
         notes = event_details(con, "note")
         if info.status != "complete":

@@ -166,6 +166,17 @@ def test_a_run_that_sent_the_candidate_nothing_of_its_own_never_promotes(mode: s
     assert decide_verdict(failing, mode=mode).verdict == "BLOCK"
 
 
+def test_a_paired_run_against_one_server_twice_never_promotes() -> None:
+    """targets.baseline and targets.candidate naming one server (Scenario.self_comparison): the run compared
+    the baseline with itself, as an A/A run does."""
+    same = "targets.baseline and targets.candidate are the same target (http://127.0.0.1:8001): ..."
+    passing = evaluate_gates(SEED_GATES[:1], pairs(3000), RES, n_resamples=300)
+    v = decide_verdict(passing, same_target=same)
+    assert v.verdict == "HOLD" and v.reasons[0].startswith("No candidate judged: targets.baseline and "), v.reasons
+    failing = evaluate_gates(SEED_GATES[:1], pairs(3000, slow=1.5), RES, n_resamples=300)
+    assert decide_verdict(failing, same_target=same).verdict == "BLOCK"
+
+
 def test_aa_false_fail_rate_stays_at_or_below_alpha() -> None:
     """Repeated A/A comparisons with each threshold at the A/A truth (no regression allowed, the
     hardest case): no gate fails significantly more often than alpha, overall or per segment (exact

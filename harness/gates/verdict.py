@@ -12,13 +12,15 @@ class Verdict:
     reasons: list[str] = field(default_factory=list)
 
 
-def decide_verdict(results: list[GateResult], stopped_early: str | None = None, mode: str = "paired") -> Verdict:
+def decide_verdict(results: list[GateResult], stopped_early: str | None = None, mode: str = "paired",
+                   same_target: str | None = None) -> Verdict:
     """BLOCK if a blocking gate fails anywhere, or the replay was stopped early (the anytime-valid test
     showed the error excess beyond its allowance: what is left of the run cannot undo that); HOLD if a
     blocking gate is inconclusive in its own scope (overall, or the segment the gate names); else PROMOTE.
     Inconclusive diagnostic segments are listed in the report, but do not hold the release on their own.
     No PROMOTE without a blocking gate (warnings inform, they decide nothing), nor from a run that did not
-    send the candidate its own requests (replay.mode aa or baseline-only): exit 0 releases a candidate."""
+    send the candidate its own requests (replay.mode aa or baseline-only, or a paired run whose two targets
+    are one server: `same_target`, Scenario.self_comparison): exit 0 releases a candidate."""
     verdict = _by_gates(results, stopped_early)
     if verdict.verdict != "PROMOTE":
         return verdict
@@ -27,6 +29,9 @@ def decide_verdict(results: list[GateResult], stopped_early: str | None = None, 
                 if mode == "aa" else "only the baseline was replayed")
         return Verdict("HOLD", [f"No candidate judged: replay.mode is {mode}, {sent}; a paired run decides a "
                                 f"promotion.", *verdict.reasons])
+    if same_target:
+        return Verdict("HOLD", [f"No candidate judged: {same_target}; a paired run against the candidate's own "
+                                f"server decides a promotion.", *verdict.reasons])
     if not any(r.severity == "blocking" for r in results):
         warned = _failing_warnings(_scopes(results))
         return Verdict("HOLD", ["No blocking gate: warnings inform, they decide no promotion; give the scenario "
