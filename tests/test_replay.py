@@ -279,3 +279,19 @@ def test_a_candidate_that_degrades_as_it_runs_is_worst_in_the_last_phase(tmp_pat
     assert by_scope["phase=4 of 4"] == "fail"
     assert all(by_scope[f"phase={i} of 4"] != "fail" for i in (1, 2, 3)), by_scope
     assert result.summary["worst_segments"][0]["segment"] == "phase=4 of 4"
+
+
+def test_the_first_leg_is_balanced_on_every_short_period_of_the_schedule() -> None:
+    """A pair's send order (dispatcher.first_leg) is not its parity: a capture whose records alternate
+    between tenants (or cycle through k of them) must send each version first for about half of every
+    tenant's requests, or the first leg's head start on a fast target becomes a tenant's latency change."""
+    import numpy as np
+
+    from harness.replay.dispatcher import first_leg
+
+    firsts = np.array([first_leg(i) for i in range(60_000)])
+    for period in range(1, 17):
+        for residue in range(period):
+            share = firsts[residue::period][:500].mean()
+            assert abs(share - 0.5) <= 0.02, (period, residue, share)
+    assert first_leg(np.int64(2**40 + 3)) in (0, 1)
