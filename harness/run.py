@@ -243,7 +243,8 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             "lag_p50_ms": outcome.lag_p50_ms, "lag_p99_ms": outcome.lag_p99_ms, "lag_bound_ms": scenario.replay.lag_bound_ms,
             "wall_s": outcome.wall_s, "sink_failures": outcome.sink_failures, "last_sink_error": outcome.last_sink_error,
             "dispatched": outcome.stats.dispatched, "skipped_in_flight": outcome.stats.skipped_in_flight,
-            "interrupted": outcome.interrupted, "stopped_early": outcome.stats.stopped_early}))
+            "interrupted": outcome.interrupted, "stopped_early": outcome.stats.stopped_early,
+            "ended_by": outcome.stats.ended_by}))
         store.finish(status, reason)
         store.close()
         store = None
@@ -373,7 +374,7 @@ def _finish_requests(store: RunStore, outcome: object) -> tuple[str, str | None]
     store.move_unsent_to_skipped(_unsent_reason(outcome),
                                  lost_shards=[(int(x["shard_count"]), int(x["index"])) for x in lost])
     interrupted = getattr(outcome, "interrupted", None)
-    stopped = getattr(outcome.stats, "stopped_early", None)  # type: ignore[attr-defined]
+    stopped = getattr(outcome.stats, "ended_by", None)  # type: ignore[attr-defined]
     if interrupted:
         return "incomplete", f"interrupted by {interrupted}"
     if getattr(outcome, "sink_failures", 0) and getattr(outcome, "last_sink_error", None):
@@ -407,7 +408,7 @@ def _unsent_reason(outcome: object) -> str:
     stats = outcome.stats  # type: ignore[attr-defined]
     if getattr(outcome, "interrupted", None):
         return f"not sent: run interrupted by {outcome.interrupted}"  # type: ignore[attr-defined]
-    if stats.stopped_early:
-        return f"not sent: {stats.stopped_early}"
+    if stats.ended_by:
+        return f"not sent: {stats.ended_by}"
     return "not sent"
 

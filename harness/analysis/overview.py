@@ -94,7 +94,7 @@ def replay_fidelity(con: duckdb.DuckDBPyConnection, lag_bound_ms: float) -> dict
     p99 = row["lag_p99_ms"]
     saturated = p99 is not None and p99 > lag_bound_ms
     row.update({k: info.get(k) for k in ("wall_s", "sink_failures", "last_sink_error", "dispatched", "skipped_in_flight",
-                                         "interrupted", "stopped_early")})
+                                         "interrupted", "stopped_early", "ended_by")})
     row["lag_bound_ms"] = lag_bound_ms
     row["saturated"] = saturated
     row["warning"] = (f"load generator saturated: results understate latency (send lag p99 (whole run) {p99:.1f} ms > "

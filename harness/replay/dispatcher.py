@@ -112,6 +112,10 @@ class DispatchStats:
     in_flight: int = 0
     recent_lag_ms: list[float] = field(default_factory=list)
     started_at: float | None = None
+    # why sending ended before the schedule did (a time budget, an interrupt, the sequential test): the
+    # reason the unsent requests are skipped with
+    ended_by: str | None = None
+    # only when the sequential test stopped the replay: evidence that BLOCKs (gates.verdict)
     stopped_early: str | None = None
 
 
@@ -252,10 +256,14 @@ class Dispatcher:
         self._legs_idle.set()
         self._pace = recorder.pace = lambda: self.make_way(_SEAL_STEP_S)
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: str, *, by_test: bool = False) -> None:
+        """Send nothing more. `by_test`: the sequential test found the candidate's excess beyond doubt, which
+        decides the verdict; any other stop (replay.max_duration_s, an interrupt) only ends the sending."""
         if not self._stop:
             self._stop = True
-            self.stats.stopped_early = reason
+            self.stats.ended_by = reason
+            if by_test:
+                self.stats.stopped_early = reason
 
     def _stopped(self) -> bool:
         return self._stop

@@ -273,11 +273,11 @@ class ReplayMaster:
             stats.dispatched += d.dispatched
             stats.errors += d.errors
             stats.skipped_in_flight += d.skipped_in_flight
-            stats.stopped_early = stats.stopped_early or d.stopped_early
+            stats.ended_by = stats.ended_by or d.ended_by
             if d.sink_failures:
                 failures.append((d.sink_failures, d.last_sink_error))
         if state.stopped_early:
-            stats.stopped_early = f"stopped early: {state.stopped_early}"
+            stats.stopped_early = stats.ended_by = f"stopped early: {state.stopped_early}"
         lags = np.sort(np.concatenate(state.lag_chunks)) if state.lag_chunks else np.empty(0, np.float32)
         recorder = self.recorder
         outcome = ReplayOutcome(stats=stats, legs_recorded=recorder.legs_recorded,

@@ -73,7 +73,7 @@ class WorkerReport:
     dispatched: int
     errors: int
     skipped_in_flight: int
-    stopped_early: str | None
+    ended_by: str | None  # why its sending ended early (DispatchStats.ended_by); the master decides stopped_early
     legs_spooled: int
     sink_failures: int
     last_sink_error: str | None
@@ -85,7 +85,7 @@ class WorkerReport:
     @classmethod
     def from_message(cls, d: dict[str, Any]) -> WorkerReport:
         return cls(dispatched=d["dispatched"], errors=d["errors"], skipped_in_flight=d["skipped_in_flight"],
-                   stopped_early=d.get("stopped_early"), legs_spooled=d.get("legs_spooled", 0),
+                   ended_by=d.get("ended_by"), legs_spooled=d.get("legs_spooled", 0),
                    sink_failures=d.get("sink_failures", 0), last_sink_error=d.get("last_sink_error"),
                    error=d.get("error"))
 

@@ -191,7 +191,7 @@ def shut_down(runner: Any, greenlets: list[Any], sampler: Sampler | None, record
 def _stop_early(dispatcher: Any, recorder: Recorder, reason: str, log: Callable[[str], None]) -> None:
     recorder.add_event("stopped_early", reason)
     log(f"stopping early: {reason}")
-    dispatcher.stop(f"stopped early: {reason}")
+    dispatcher.stop(f"stopped early: {reason}", by_test=True)
 
 
 def _q(sorted_values: Sequence[float] | np.ndarray, q: float) -> float | None:

@@ -153,7 +153,7 @@ class ReplayWorker:
     def _report(self, stats: DispatchStats, legs_spooled: int, recorder: Recorder | None, error: str | None) -> None:
         report = messages.WorkerReport(
             dispatched=stats.dispatched, errors=stats.errors, skipped_in_flight=stats.skipped_in_flight,
-            stopped_early=stats.stopped_early, legs_spooled=legs_spooled,
+            ended_by=stats.ended_by, legs_spooled=legs_spooled,
             sink_failures=recorder.sink_failures if recorder else 0,
             last_sink_error=recorder.last_sink_error if recorder else None, error=error)
         self.runner.send_message(messages.DONE, report.to_message())

@@ -208,6 +208,8 @@ def fidelity_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     for key, label in (("interrupted", "Interrupted"), ("stopped_early", "Stopped early")):
         if r.get(key):
             rows.append((label, str(r[key])))
+    if r.get("ended_by") and not r.get("interrupted") and not r.get("stopped_early"):
+        rows.append(("Sending ended", str(r["ended_by"])))
     if r.get("delivered") is not None:
         rows.append(("Load delivered", "yes" if r["delivered"] else "no: " + "; ".join(r.get("problems") or [])))
     for i, advice in enumerate(r.get("advice") or []):

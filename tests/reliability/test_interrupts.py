@@ -101,3 +101,13 @@ def test_sigkill_loses_at_most_one_flush_interval(tmp_path: Path, harness_proc: 
     assert summary(run_dir)["run"]["status"] != "complete"
     assert "incomplete" in (run_dir / "gate_report.html").read_text(encoding="utf-8").lower()
     check_accounting(run_dir, "paired", legs_complete=False)
+
+
+def test_an_interrupt_is_no_evidence_against_the_candidate(interrupted: dict[str, Any]) -> None:
+    """The provisional judgement is the gates' on the legs that completed: an interrupt stops the sending, it
+    is not the sequential test's early stop (which BLOCKs). It was "Stopped early: interrupted by SIGINT",
+    BLOCK, with every gate passing or inconclusive."""
+    s = summary(interrupted["run_dir"])
+    assert s["verdict"] == "INCOMPLETE" and s["provisional_verdict"] != "BLOCK", s["verdict_reasons"]
+    assert not any("stopped early" in r.lower() for r in s["verdict_reasons"]), s["verdict_reasons"]
+    assert s["replay"]["stopped_early"] is None and interrupted["sig"].name in s["replay"]["ended_by"]
