@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.stats as sps
 
 from ..analysis import stats
 from ..analysis.clustered import copies_design_effect, repeated_units
@@ -217,18 +218,24 @@ def _too_few(spec: GateSpec, data: PairData, mask: np.ndarray, series: dict[str,
 
 
 def _localized_p(spec: GateSpec, data: PairData, mask: np.ndarray, series: dict[str, np.ndarray]) -> float:
-    """One-sided p-value that the candidate is slower more often inside the segment than outside it: the
-    share of pairs where the candidate leg took longer (ties left out), segment against the rest, by the
-    two-proportion z test (independent sets of pairs). A regression confined to a segment shifts the whole
-    distribution there, which this sees long before the segment's own p95 interval clears the limit; a
-    shift shared by every segment does not make any one of them suspect."""
+    """One-sided p-value that the candidate is worse here: the larger of two (an intersection-union test,
+    valid for "both"). (1) The candidate leg is slower more often inside the segment than outside it: the
+    share of pairs where it took longer (ties left out), segment against the rest, by the two-proportion z
+    test (independent sets of pairs). A regression confined to a segment shifts the whole distribution
+    there, which this sees long before the segment's own p95 interval clears the limit; a shift shared by
+    every segment does not make any one of them suspect. (2) Inside the segment it is the slower leg more
+    often than not (a sign test): a segment left as it was while the candidate got faster everywhere else
+    stands out by (1) alone, and is no regression."""
     imp = _imputed(spec, data, series)
     ki, ni = int((imp.slower & mask).sum()), int((imp.differs & mask).sum())
     k_all, n_all = int(imp.slower.sum()), int(imp.differs.sum())
     units = repeated_units(data.unit, imp.differs)  # replays of one input: counts shrunk by the design effect
     deff = copies_design_effect(imp.slower[imp.differs], units) if units is not None else 1.0
-    return stats.two_proportion_p_above(ki / deff, ni / deff, (k_all - ki) / deff,  # type: ignore[arg-type]
+    here = stats.two_proportion_p_above(ki / deff, ni / deff, (k_all - ki) / deff,  # type: ignore[arg-type]
                                         (n_all - ni) / deff)  # type: ignore[arg-type]
+    k, n = ki / deff, ni / deff
+    sign = float(sps.beta.cdf(0.5, k, n - k + 1)) if k > 0 else 1.0  # P(Bin(n, 1/2) >= k)
+    return max(here, sign)
 
 
 def _latency_absolute(spec: GateSpec, label: str | None, b: np.ndarray, c: np.ndarray, q: float | None, alpha: float,
