@@ -192,6 +192,8 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             f"{sum(prepared.skipped.values())} skipped, {prepared.bad_records} bad; captured span "
             f"{prepared.span_s:.0f} s at speed {scenario.traffic.speed:g} -> about "
             f"{prepared.span_s / scenario.traffic.speed:.0f} s")
+        for warning in prepared.warnings:
+            say(f"traffic: warning: {warning}")
         store = RunStore(run_dir / "results.duckdb")
         store.create(_run_meta(run_dir.name, scenario, prepared), prepared.schedule_path, prepared.skipped_path,
                      prepared.bad_path)
@@ -200,6 +202,8 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
         store.add_event("traffic", json.dumps({
             "records_read": prepared.records_read, "loops": scenario.traffic.loops, "format": prepared.capture_format,
             "span_s": prepared.span_s}))
+        for warning in prepared.warnings:  # in the summary's notes too: the report says why the run took so long
+            store.add_event("note", f"Traffic: {warning}")
         plan = _dispatch_plan(scenario, prepared.schedule_path, overrides)
         for t in plan.targets:
             if t.tls and t.tls.get("verify") is False:

@@ -79,6 +79,7 @@ class TrafficConfig:
     to_s: float | None = None
     max_requests: int | None = None
     loops: int = 1
+    max_gap_s: float | None = None  # idle gaps of the capture longer than this are shortened to it
     warmup_requests: int = 0
     sample: SampleConfig | None = None
     redact: RedactConfig = RedactConfig()
@@ -390,7 +391,7 @@ def _traffic_config(t: dict[str, Any], base: Path, label: str) -> TrafficConfig:
         redact=RedactConfig(**{k: tuple(v) for k, v in redact.items()}),
         trace=TraceOptions(**t.get("trace", {})),
         **_given(t, format=_as_is, speed=float, on_bad_record=_as_is, max_requests=_as_is, loops=int,
-                 warmup_requests=int),
+                 warmup_requests=int, max_gap_s=float),
     )
     if traffic.from_s is not None and traffic.to_s is not None and traffic.to_s <= traffic.from_s:
         raise ScenarioError(f"{label}: traffic.window.to_s must be after from_s")

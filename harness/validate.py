@@ -40,6 +40,7 @@ def validate_scenario(path: Path) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="harness-validate-") as work:
         prepared = prepare_traffic(s, Path(work))
         lines += ["  capture: " + line for line in prepared.counts_lines()]
+        lines += ["  warning: " + w for w in prepared.warnings]
         nothing = prepared.nothing_to_replay()
         if nothing is not None:
             raise TrafficError(f"{path}: {nothing}")

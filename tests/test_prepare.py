@@ -103,3 +103,33 @@ def test_run_phases_cut_the_replayed_time_in_equal_stretches(tmp_path: Path) -> 
     with pytest.raises(ScenarioError, match="known only after sampling"):
         scenario_from_dict({**base, "segments": {"phase": {"run_phase": 4}},
                             "traffic": {"path": str(cap), "sample": {"fraction": 0.5, "stratify_by": "phase"}}})
+
+
+def _skewed(tmp_path: Path, **traffic: object):
+    """200 records over 20 s and, at line 101, one stamped a day early (a skewed clock)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    recs = [{"ts": T0 + i * 0.1, "method": "POST", "path": "/score", "body": {"i": i}} for i in range(200)]
+    recs.insert(100, {"ts": T0 - 86_400, "method": "POST", "path": "/score", "body": {"i": -1}})
+    cap = write_capture(tmp_path / "c.jsonl", recs)
+    s = scenario_from_dict({"name": "t", "traffic": {"path": str(cap), **traffic},
+                            "targets": {"baseline": {"url": "http://127.0.0.1:1"}, "candidate": {"url": "http://127.0.0.1:2"}},
+                            "replay": {"allow": ["POST /*"]}})
+    p = prepare_traffic(s, tmp_path / "work")
+    con = duckdb.connect()
+    offsets = [r[0] for r in con.execute(f"select offset_s from read_parquet('{p.schedule_path}') order by order_idx")
+               .fetchall()]
+    return p, offsets
+
+
+def test_a_long_idle_gap_is_named_and_max_gap_s_shortens_it(tmp_path: Path) -> None:
+    """One record a day early made a 20 s capture a day-long run that sent one request and waited: the
+    prepared schedule says so, naming the record's line; traffic.max_gap_s (tcpreplay's --maxsleep) shortens
+    each longer idle gap to the limit and keeps every other gap and the order."""
+    p, offsets = _skewed(tmp_path / "a")
+    assert p.span_s > 86_000 and len(p.warnings) == 1
+    assert "waits 86,400 s (100 % of its span) between the record at line 101 (captured 2023-11-13" in p.warnings[0]
+    assert "and the one at line 1 (2023-11-14" in p.warnings[0] and "traffic.max_gap_s" in p.warnings[0], p.warnings
+    p, offsets = _skewed(tmp_path / "b", max_gap_s=5)
+    assert p.warnings == [] and 24.8 < p.span_s < 25.0 and len(offsets) == 201
+    assert offsets[:2] == [0.0, 5.0]
+    assert all(abs((b - a) - 0.1) < 1e-6 for a, b in zip(offsets[1:], offsets[2:]))  # the other gaps as captured

@@ -16,6 +16,7 @@ import fnmatch
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -53,6 +54,8 @@ class PreparedTraffic:
     span_s: float
     first_ts: float | None
     to_send: int = field(default=0)
+    # what the schedule's shape says before anything is sent (a long idle gap), for the run's start and validate
+    warnings: list[str] = field(default_factory=list)
     # skip reason -> its most frequent "METHOD route" with counts (at most three), for messages
     skipped_examples: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
 
@@ -276,6 +279,9 @@ def _finish(con: duckdb.DuckDBPyConnection, scenario: Scenario, workdir: Path, p
                        where skip_reason is null and time_rank in (
                          select time_rank from ordered where skip_reason is null order by time_rank offset ?)""",
                     [per_loop])
+    if cfg.max_gap_s is not None:
+        _shorten_gaps(con, cfg.max_gap_s)
+    warnings = _long_gap(con)
     # The window start, not the first record, is time zero of the replay.
     start = con.execute("select coalesce(min(offset_s), 0) from ordered where skip_reason is null").fetchone()[0]  # type: ignore[index]
     span = con.execute("select coalesce(max(offset_s) - min(offset_s), 0) from ordered where skip_reason is null").fetchone()[0]  # type: ignore[index]
@@ -326,7 +332,47 @@ def _finish(con: duckdb.DuckDBPyConnection, scenario: Scenario, workdir: Path, p
         schedule_path=schedule_path, skipped_path=skipped_path, bad_path=bad_path, segment_names=seg_names,
         capture_sha256=capture_sha256 or file_sha256(path), capture_format=fmt, records_read=records_read, bad_records=n_bad,
         skipped=skipped, replayed=replayed, warmup=warmup, span_s=float(span) * cfg.loops, first_ts=first_ts,
-        to_send=replayed, skipped_examples=examples)
+        to_send=replayed, skipped_examples=examples, warnings=warnings)
+
+
+LONG_GAP_S = 60.0  # an idle gap this long that is also most of the span is worth a word before the run
+
+
+def _shorten_gaps(con: duckdb.DuckDBPyConnection, max_gap_s: float) -> None:
+    """traffic.max_gap_s (tcpreplay's --maxsleep): each idle gap between consecutive replayed records longer
+    than the limit is shortened to it; the records keep their order and every shorter gap. The window and
+    the other skip rules have already read the captured offsets."""
+    con.execute("""update ordered set offset_s = s.shortened from (
+                     select time_rank, first_value(offset_s) over w
+                            + coalesce(sum(least(gap, ?)) over w, 0) as shortened
+                     from (select time_rank, offset_s, offset_s - lag(offset_s) over (order by time_rank) as gap
+                           from ordered where skip_reason is null)
+                     window w as (order by time_rank rows between unbounded preceding and current row)) s
+                   where ordered.time_rank = s.time_rank""", [max_gap_s])
+
+
+def _long_gap(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """A warning when one idle gap of the schedule is over LONG_GAP_S and most of its span: a record with a
+    skewed clock (a day early) makes a 100 s capture a day-long run that sends one request and waits."""
+    row = con.execute("""select gap, span, before_line, before_ts, source_line, ts from (
+                           select offset_s - lag(offset_s) over w as gap,
+                                  max(offset_s) over () - min(offset_s) over () as span,
+                                  lag(source_line) over w as before_line, lag(ts) over w as before_ts, source_line, ts
+                           from ordered where skip_reason is null window w as (order by time_rank))
+                         where gap is not null order by gap desc limit 1""").fetchall()
+    if not row:
+        return []
+    gap, span, before_line, before_ts, line, ts = row[0]
+    if gap <= LONG_GAP_S or gap <= 0.5 * span:
+        return []
+
+    def at(t: float) -> str:
+        return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds")
+
+    return [f"the schedule waits {gap:,.0f} s ({100 * gap / span:.0f} % of its span) between the record at line "
+            f"{before_line} (captured {at(before_ts)}) and the one at line {line} ({at(ts)}): a clock-skewed "
+            "record, or two captures in one file? traffic.max_gap_s "
+            "shortens idle gaps; traffic.window keeps a part of the capture"]
 
 
 def _sample(con: duckdb.DuckDBPyConnection, fraction: float, seed: int, stratify_by: str | None,
