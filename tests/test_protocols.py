@@ -479,3 +479,17 @@ def test_nan_and_infinity_make_an_answer_not_json(body: bytes) -> None:
     stream = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}, "logprobs": NaN}]}\n\ndata: [DONE]\n\n'
     assert read_output("openai", 200, stream, "$.prediction", "$.confidence",
                        headers={"content-type": "text/event-stream"}).invalid_json
+
+
+def test_an_unreadable_answer_says_why_without_quoting_it() -> None:
+    """invalid_json carries its reason into legs.error_detail: where the JSON broke, a byte that is not UTF-8
+    and the charset the answer declared (a candidate answering ISO-8859-1 was blocked with no word why)."""
+    latin = '{"prediction": "legit", "model_version": "modèle"}'.encode("iso-8859-1")
+    out = read_output("json", 200, latin, "$.prediction", "$.confidence",
+                      headers={"content-type": "application/json; charset=ISO-8859-1"})
+    assert out.invalid_json and out.invalid_reason == (
+        "the answer is not UTF-8 (byte 0xe8 at offset 45); the answer declares charset iso-8859-1, and JSON between "
+        "systems is UTF-8 (RFC 8259)")
+    out = read_output("json", 200, b'{"prediction": "secret-ish text", ', "$.prediction", "$.confidence")
+    assert out.invalid_json and out.invalid_reason.startswith("not JSON: ") and "secret" not in out.invalid_reason
+    assert read_output("json", 200, b"", "$.p", "$.c").invalid_reason == "the answer is empty"

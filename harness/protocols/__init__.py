@@ -47,12 +47,27 @@ def read_output(protocol: str, status: int, body: bytes, prediction_path: str, c
                                  content_type=(headers or {}).get("content-type"), arrivals=arrivals)
     else:
         raise ValueError(f"protocol {protocol!r} has no reader")
+    if out.invalid_json and headers:
+        out = _declared_charset(out, headers.get("content-type") or "")
     if detectors is not None and 200 <= status < 300 and not out.invalid_json:
         from .detectors import apply_detectors  # noqa: PLC0415
 
         out = apply_detectors(out, detectors, headers)
     if rows is not None and rows.active(protocol) and 200 <= status < 300 and not out.invalid_json:
         out = _with_rows(protocol, out, rows, prediction_path, confidence_path)
+    return out
+
+
+def _declared_charset(out: OutputRead, content_type: str) -> OutputRead:
+    """An unreadable answer that declares a charset other than UTF-8 says so: a server that answers JSON in
+    ISO-8859-1 is one that a UTF-8 consumer cannot read (RFC 8259: JSON between systems is UTF-8)."""
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.strip().partition("=")
+        charset = value.strip().strip('"').lower()
+        if name.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):
+            return dataclasses.replace(out, invalid_reason=(out.invalid_reason or "not JSON") +
+                                       f"; the answer declares charset {charset[:40]}, and JSON between systems is "
+                                       "UTF-8 (RFC 8259)")
     return out
 
 

@@ -21,6 +21,7 @@ class OutputRead:
 
     doc: Any = MISSING  # the parsed document (an assembled chat.completion for a stream), MISSING when not JSON
     invalid_json: bool = False
+    invalid_reason: str | None = None  # why it is not JSON (positions and byte values, never the answer's text)
     prediction: str | None = None
     confidence: float | None = None
     model_version: str | None = None
@@ -53,11 +54,17 @@ def first(doc: Any, path: str) -> Any:
 def parse_body(status: int, body: bytes) -> Any:
     """The answer's JSON document, or the OutputRead that says it has none (empty on a 2xx, or not JSON)."""
     if not body:
-        return OutputRead(invalid_json=200 <= status < 300)
+        return OutputRead(invalid_json=200 <= status < 300, invalid_reason="the answer is empty")
     try:
         return loads(body, strict=True)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return OutputRead(invalid_json=True)
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start] if isinstance(exc.object, bytes) and exc.start < len(exc.object) else None
+        at = f" (byte 0x{byte:02x} at offset {exc.start})" if byte is not None else ""
+        return OutputRead(invalid_json=True, invalid_reason=f"the answer is not UTF-8{at}")
+    except RecursionError:
+        return OutputRead(invalid_json=True, invalid_reason="the answer is nested too deeply to read")
+    except ValueError as exc:  # json.JSONDecodeError's message gives a position, not the text
+        return OutputRead(invalid_json=True, invalid_reason=f"not JSON: {str(exc).splitlines()[0][:160]}")
 
 
 def read_json_output(status: int, body: bytes, prediction_path: str, confidence_path: str) -> OutputRead:

@@ -149,10 +149,11 @@ def _read_stream(body: bytes, arrivals: Sequence[tuple[int, float]], prediction_
             break
         try:
             chunk = loads(data.encode(), strict=True)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return OutputRead(invalid_json=True, streamed=True)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            return OutputRead(invalid_json=True, streamed=True,
+                              invalid_reason=f"a stream event is not JSON: {str(exc).splitlines()[0][:160]}")
         if not isinstance(chunk, dict):
-            return OutputRead(invalid_json=True, streamed=True)
+            return OutputRead(invalid_json=True, streamed=True, invalid_reason="a stream event is not a JSON object")
         for key in ("id", "created", "model", "system_fingerprint"):
             if key in chunk and key not in head:
                 head[key] = chunk[key]

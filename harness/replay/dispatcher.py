@@ -452,7 +452,8 @@ class Dispatcher:
                 kind, detail = _row_check(row.get("batch_size"), out, kind, detail)
             if out is not None and 200 <= status < 300 and kind != "truncated_stream":
                 if out.invalid_json:
-                    kind = kind or "invalid_json"
+                    if kind is None:
+                        kind, detail = "invalid_json", detail or out.invalid_reason
                     schema_valid, schema_errors = (False, "answer is not JSON") if self._validator.active else (None, None)
                 elif self._validator.active:
                     schema_valid, schema_errors = self._validator.validate(row["route"], out.doc)

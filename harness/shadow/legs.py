@@ -63,7 +63,7 @@ class LegBuilder:
                                       detectors=self.scenario.output.detectors)
                     if 200 <= status < 300:
                         if out.invalid_json:
-                            kind = "invalid_json"
+                            kind, detail = "invalid_json", detail or out.invalid_reason
                             if self._validator.active:
                                 schema_valid, schema_errors = False, "answer is not JSON"
                         elif self._validator.active:
