@@ -101,3 +101,15 @@ def test_a_gate_without_the_latency_screen_is_not_ranked_below_screened_failures
                      for i in range(10)]
     worst = worst_segments(latency_fails + [rate_fail])
     assert worst[0]["gate"] == "error_rate" and worst[0]["severity"] > worst[1]["severity"]
+
+
+def test_a_failure_everywhere_is_one_line_not_one_per_value() -> None:
+    """Errors on 6 % of every request: overall and every tenant and route fail. That is one finding
+    ("everywhere"), not "tenant=pro, explained by no stronger segment" for each value in turn."""
+    gates = parse_gates({"error_rate": {"maximum": 0.01}}, "t")
+    data = _data()
+    data.error["candidate"] = np.random.default_rng(3).random(data.n) < 0.06
+    results, explanations = explain_segments(gates, evaluate_gates(gates, data, RES, n_resamples=200), data, RES,
+                                             n_resamples=200)
+    assert [e.text for e in explanations] == [
+        "error_rate (error rate): everywhere: overall and every value of route, tenant fail; no one value explains it"]

@@ -379,3 +379,20 @@ def test_small_segments_screened_at_the_null_rarely_hold_a_clean_release() -> No
         results = evaluate_gates(gates, make(b, c, segment=tenant), RES, n_resamples=200, seed=seed)
         held += any(r.suspect for r in results)
     assert held <= 10, held
+
+
+def test_a_suspect_whose_fail_was_not_confirmed_says_so() -> None:
+    """A tenant's p95 interval wholly above +10 %, its FAIL not confirmed by Benjamini-Hochberg across 16
+    tenants, and the screen sure it is slower: the suspect's reason said "its interval does not rule out the
+    limit" right after "the whole interval is above +10 %"."""
+    gates = parse_gates({"latency_p95_ms": {"maximum_regression_percent": 10}}, "t")
+    rng = np.random.default_rng(5)
+    n = 8000
+    tenant = np.array([f"t{i % 16}" for i in range(n)])
+    b, c = lognormal_pairs(rng, n)
+    results = evaluate_gates(gates, make(b, np.where(tenant == "t0", c * 1.22, c), segment=tenant), RES,
+                             n_resamples=300, seed=5)
+    t0 = next(r for r in results if r.segment == "tenant=t0")
+    assert t0.suspect and "the whole interval is above +10 %. Not significant after Benjamini-Hochberg" in t0.reason
+    assert "its FAIL was not confirmed across segments" in t0.reason
+    assert "does not rule out the limit" not in t0.reason

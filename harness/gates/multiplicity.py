@@ -30,12 +30,14 @@ def _multiplicity(results: list[GateResult], specs: Iterable[GateSpec], alpha: f
                       for s in specs}
     out = list(results)
     rejected = _segment_bh(out, overall_labels, "p_value", alpha)
+    unconfirmed: set[int] = set()
     for i, rej in rejected.items():
         r = out[i]
         if r.status == "fail" and not rej:
+            unconfirmed.add(i)
             out[i] = replace(r, status="inconclusive", reason=r.reason + (
                 f" Not significant after Benjamini-Hochberg across {len(rejected)} segment tests."))
-    return _suspects(out, overall_labels, alpha)
+    return _suspects(out, overall_labels, alpha, unconfirmed)
 
 
 def _segment_bh(results: list[GateResult], overall_labels: dict[str, str | None], p_field: str,
@@ -58,7 +60,8 @@ def _beyond_limit(r: GateResult) -> bool:
     return value > r.threshold if r.direction == "max" else value < r.threshold
 
 
-def _suspects(results: list[GateResult], overall_labels: dict[str, str | None], alpha: float) -> list[GateResult]:
+def _suspects(results: list[GateResult], overall_labels: dict[str, str | None], alpha: float,
+              unconfirmed: set[int] | frozenset[int] = frozenset()) -> list[GateResult]:
     """A regression confined to one segment is often too small a sample to FAIL there, and BH with one real
     signal acts like Bonferroni: such a segment would let the release PROMOTE. The screen: in every segment
     of every latency-like comparison gate, "the candidate leg is no more often the slower one here than in
@@ -74,9 +77,10 @@ def _suspects(results: list[GateResult], overall_labels: dict[str, str | None], 
         r = out[i] = replace(out[i], worse_here=rej)
         worse = natural_delta(r)
         if rej and r.status == "inconclusive" and r.severity == "blocking" and worse is not None and worse > 0:
+            why = ("its FAIL was not confirmed across segments" if i in unconfirmed
+                   else "its interval does not rule out the limit")
             out[i] = replace(r, suspect=True, reason=r.reason + (
                 f" Suspected regression: worse than the baseline after Benjamini-Hochberg across {len(rejected)} "
-                f"segment tests (p={r.p_worse:.2g}), and its interval does not rule out the limit; held until a "
-                "larger run settles it."))
+                f"segment tests (p={r.p_worse:.2g}), and {why}; held until a larger run settles it."))
     return out
 
