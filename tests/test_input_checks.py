@@ -112,3 +112,14 @@ def test_unknown_gates_and_misspelt_keys_name_their_line(capsys, tmp_path, gate,
     code = main(["validate", str(p)])
     line = _error(capsys)
     assert code == 3 and f"{p}:{line_no}:" in line and expected in line
+
+
+def test_a_capture_of_bad_records_only_names_the_first_and_why(capsys, tmp_path, listener) -> None:
+    """Every record bad (here without a method): the one line says why, from the first bad record's line,
+    not only "1,200 bad records"."""
+    capture = tmp_path / "c.jsonl"
+    capture.write_text("".join(json.dumps({"ts": 1_700_000_000 + i, "path": "/predict"}) + "\n" for i in range(1200)))
+    p = _scenario(tmp_path, capture, listener)
+    code = main(["validate", str(p)])
+    line = _error(capsys)
+    assert code == 3 and "1,200 bad records (the first, line 1: " in line, line

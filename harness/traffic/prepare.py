@@ -56,6 +56,7 @@ class PreparedTraffic:
     to_send: int = field(default=0)
     # what the schedule's shape says before anything is sent (a long idle gap), for the run's start and validate
     warnings: list[str] = field(default_factory=list)
+    first_bad: tuple[int, str] | None = None  # the first bad record's line and reason, for messages
     # skip reason -> its most frequent "METHOD route" with counts (at most three), for messages
     skipped_examples: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
 
@@ -64,7 +65,7 @@ class PreparedTraffic:
         `harness validate` prints and what a run that would send nothing says."""
         lines = [f"records read: {self.records_read:,}", f"to replay: {self.replayed:,}"]
         lines += [f"skipped: {n:,} {reason}{self._examples(reason)}" for reason, n in self.skipped.items()]
-        lines.append(f"bad records: {self.bad_records:,}")
+        lines.append(f"bad records: {self.bad_records:,}{self._first_bad()}")
         return lines
 
     def nothing_to_replay(self) -> str | None:
@@ -73,7 +74,7 @@ class PreparedTraffic:
             return None
         parts = [f"{n:,} {reason}{self._examples(reason)}" for reason, n in self.skipped.items()]
         if self.bad_records:
-            parts.append(f"{self.bad_records:,} bad records")
+            parts.append(f"{self.bad_records:,} bad records{self._first_bad()}")
         return (f"nothing to replay: {self.records_read:,} of {self.records_read:,} records skipped or bad: "
                 + ("; ".join(parts) or "the capture holds no records"))
 
@@ -89,6 +90,9 @@ class PreparedTraffic:
                     for n in wanted}
         finally:
             con.close()
+
+    def _first_bad(self) -> str:
+        return f" (the first, line {self.first_bad[0]:,}: {self.first_bad[1]})" if self.first_bad else ""
 
     def _examples(self, reason: str) -> str:
         ex = self.skipped_examples.get(reason)
@@ -328,11 +332,13 @@ def _finish(con: duckdb.DuckDBPyConnection, scenario: Scenario, workdir: Path, p
         examples.setdefault(reason, []).append((what, int(n)))
     replayed, warmup = con.execute("select count(*), count(*) filter (where warmup) from schedule").fetchone()  # type: ignore[misc]
     n_bad = con.execute("select count(*) from bad").fetchone()[0]  # type: ignore[index]
+    first_bad = con.execute("select line, reason from bad order by line limit 1").fetchall()
     return PreparedTraffic(
         schedule_path=schedule_path, skipped_path=skipped_path, bad_path=bad_path, segment_names=seg_names,
         capture_sha256=capture_sha256 or file_sha256(path), capture_format=fmt, records_read=records_read, bad_records=n_bad,
         skipped=skipped, replayed=replayed, warmup=warmup, span_s=float(span) * cfg.loops, first_ts=first_ts,
-        to_send=replayed, skipped_examples=examples, warnings=warnings)
+        to_send=replayed, skipped_examples=examples, warnings=warnings,
+        first_bad=(int(first_bad[0][0]), str(first_bad[0][1])[:200]) if first_bad else None)
 
 
 LONG_GAP_S = 60.0  # an idle gap this long that is also most of the span is worth a word before the run
