@@ -424,3 +424,17 @@ def test_renders_in_headless_chromium(which: str, demo_run: Path, hostile_run: P
     keep = os.environ.get("HARNESS_REPORT_SCREENSHOT_DIR")
     if keep:
         shutil.copy(screenshot, Path(keep) / screenshot.name)
+
+
+def test_a_run_too_small_for_a_tail_draws_its_chart_without_a_warning() -> None:
+    """One request a version: the tail panel has nothing to draw, and the run printed matplotlib's "No
+    artists with labels found to put in legend" on the console."""
+    import warnings
+
+    from harness.report.charts import latency_cdf_chart
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        chart = latency_cdf_chart({"baseline": [(0.5, 1.0), (0.9, 2.0)], "candidate": [(0.5, 1.1), (0.9, 2.1)]},
+                                  n={"baseline": 1, "candidate": 1})
+    assert chart is not None

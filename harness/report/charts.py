@@ -117,7 +117,8 @@ def latency_cdf_chart(cdf: dict[str, list[tuple[float, float]]], n: dict[str, in
         ax.xaxis.set_major_formatter(FuncFormatter(_ms_formatter))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("latency from intended send time (ms, log scale)")
-        ax.legend(loc="lower right" if ax is body else "lower left", frameon=False)
+        if ax.get_legend_handles_labels()[0]:  # a tail with too few requests to draw has nothing to name
+            ax.legend(loc="lower right" if ax is body else "lower left", frameon=False)
     body.set_ylabel("requests at or below latency (%)")
     body.set_ylim(0, 100)
     body.set_title("Latency distribution (CDF)")
