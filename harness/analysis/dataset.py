@@ -254,6 +254,10 @@ def load_pairs(con: duckdb.DuckDBPyConnection, segments: tuple[str, ...], versio
 def _inputs_repeat(con: duckdb.DuckDBPyConnection) -> bool:
     """Whether some captured input is replayed more than once: a loop past the first, or records that share
     the capture's own request id (whose imported scores are one score copied to each)."""
+    have = {c for (c,) in con.execute("select column_name from information_schema.columns "
+                                        "where table_name = 'requests'").fetchall()}
+    if not {"loop", "captured_request_id", "seq"} <= have:
+        return False  # a run folder older than these columns: every pair its own input, as it was judged then
     row = con.execute("""select coalesce(max(loop), 0) > 0 or count(captured_request_id) >
                                   count(distinct captured_request_id)
                            from requests where not warmup""").fetchall()
