@@ -26,16 +26,18 @@ def read_output(protocol: str, status: int, body: bytes, prediction_path: str, c
                 detectors: DetectorConfig | None = None, rows: RowsConfig | None = None) -> OutputRead:
     """`headers` are the answer's (lower-case names); `arrivals` the client's (bytes so far, ms since send)
     record of a streamed answer."""
+    # a batched answer read row by row keeps NaN and Infinity for its rows to judge (an invalid row)
+    strict = not (rows is not None and rows.active(protocol))
     if protocol == "json":
-        out = read_json_output(status, body, prediction_path, confidence_path)
+        out = read_json_output(status, body, prediction_path, confidence_path, strict)
     elif protocol == "kserve_v1":
         from .kserve_v1 import read_kserve_v1_output  # noqa: PLC0415 - optional protocols load on use
 
-        out = read_kserve_v1_output(status, body, prediction_path, confidence_path)
+        out = read_kserve_v1_output(status, body, prediction_path, confidence_path, strict)
     elif protocol == "kserve_v2":
         from .kserve_v2 import read_kserve_v2_output  # noqa: PLC0415 - optional protocols load on use
 
-        out = read_kserve_v2_output(status, body, prediction_path, confidence_path)
+        out = read_kserve_v2_output(status, body, prediction_path, confidence_path, strict)
     elif protocol == "kserve_v2_grpc":
         from .kserve_v2_grpc import read_kserve_v2_grpc_output  # noqa: PLC0415
 

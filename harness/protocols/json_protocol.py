@@ -51,12 +51,14 @@ def first(doc: Any, path: str) -> Any:
     return first_getter(path)(doc)
 
 
-def parse_body(status: int, body: bytes) -> Any:
-    """The answer's JSON document, or the OutputRead that says it has none (empty on a 2xx, or not JSON)."""
+def parse_body(status: int, body: bytes, strict: bool = True) -> Any:
+    """The answer's JSON document, or the OutputRead that says it has none (empty on a 2xx, or not JSON).
+    `strict`: NaN and Infinity make it not JSON (traffic.jsonl_reader.loads); a batched answer read row by
+    row reads them, and its rows judge them (an invalid row, harness.protocols.rows)."""
     if not body:
         return OutputRead(invalid_json=200 <= status < 300, invalid_reason="the answer is empty")
     try:
-        return loads(body, strict=True)
+        return loads(body, strict=strict)
     except UnicodeDecodeError as exc:
         byte = exc.object[exc.start] if isinstance(exc.object, bytes) and exc.start < len(exc.object) else None
         at = f" (byte 0x{byte:02x} at offset {exc.start})" if byte is not None else ""
@@ -67,8 +69,9 @@ def parse_body(status: int, body: bytes) -> Any:
         return OutputRead(invalid_json=True, invalid_reason=f"not JSON: {str(exc).splitlines()[0][:160]}")
 
 
-def read_json_output(status: int, body: bytes, prediction_path: str, confidence_path: str) -> OutputRead:
-    doc = parse_body(status, body)
+def read_json_output(status: int, body: bytes, prediction_path: str, confidence_path: str,
+                     strict: bool = True) -> OutputRead:
+    doc = parse_body(status, body, strict)
     if isinstance(doc, OutputRead):
         return doc
     return OutputRead(doc=doc, prediction=label_of(first(doc, prediction_path)),

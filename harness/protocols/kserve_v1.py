@@ -16,8 +16,8 @@ __all__ = ["read_kserve_v1_output"]
 
 
 def read_kserve_v1_output(status: int, body: bytes, prediction_path: str = "$.prediction",
-                          confidence_path: str = "$.confidence") -> OutputRead:
-    doc = parse_body(status, body)
+                          confidence_path: str = "$.confidence", strict: bool = True) -> OutputRead:
+    doc = parse_body(status, body, strict)
     if isinstance(doc, OutputRead):
         return doc
     prediction = find_first(doc, prediction_path)

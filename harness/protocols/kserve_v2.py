@@ -24,8 +24,8 @@ _SCORE_NAMES = ("probability", "probabilities", "confidence", "score", "scores",
 
 
 def read_kserve_v2_output(status: int, body: bytes, prediction_path: str = "$.prediction",
-                          confidence_path: str = "$.confidence") -> OutputRead:
-    doc = parse_body(status, body)
+                          confidence_path: str = "$.confidence", strict: bool = True) -> OutputRead:
+    doc = parse_body(status, body, strict)
     if isinstance(doc, OutputRead):
         return doc
     if not isinstance(doc, dict):
