@@ -36,9 +36,9 @@ HARNESS_ERROR_TOLERANCE = 0.001
 # Every kind a leg's error_kind can hold (null: the exchange succeeded).
 ERROR_KINDS = ("timeout", "connect", "reset", "http_3xx", "http_4xx", "http_5xx", "invalid_json", "schema", "too_large",
                "truncated_stream", "skipped_in_flight_limit", HARNESS_ERROR, "row_count_mismatch", "bad_encoding",
-               "tls")
+               "tls", "model_error")
 CONSUMER_ERROR_KINDS = frozenset({"timeout", "connect", "reset", "http_5xx", "invalid_json", "too_large",
-                                  "truncated_stream", "row_count_mismatch", "bad_encoding", "tls"})
+                                  "truncated_stream", "row_count_mismatch", "bad_encoding", "tls", "model_error"})
 # as a SQL list, for `error_kind in (...)`
 CONSUMER_ERROR_KINDS_SQL = ", ".join(f"'{k}'" for k in sorted(CONSUMER_ERROR_KINDS))
 

@@ -493,3 +493,23 @@ def test_an_unreadable_answer_says_why_without_quoting_it() -> None:
     out = read_output("json", 200, b'{"prediction": "secret-ish text", ', "$.prediction", "$.confidence")
     assert out.invalid_json and out.invalid_reason.startswith("not JSON: ") and "secret" not in out.invalid_reason
     assert read_output("json", 200, b"", "$.p", "$.c").invalid_reason == "the answer is empty"
+
+
+def test_an_error_object_where_a_result_was_due_is_a_model_error() -> None:
+    """vLLM ends a failing stream with an error event and [DONE]; an answer can be a 200 whose JSON is an error
+    object. The OpenAI client raises on both; they were read as successes (a candidate failing 6 % of its
+    streams so PROMOTEd). The detail names the error's type and code, never its message (it may quote the
+    prompt)."""
+    stream = (b'data: {"id": "c1", "choices": [{"index": 0, "delta": {"content": "Hel"}}]}\n\n'
+              b'data: {"error": {"message": "prompt: my secret text", "type": "InternalServerError", "code": 500}}\n\n'
+              b"data: [DONE]\n\n")
+    out = read_output("openai", 200, stream, "$.p", "$.c", headers={"content-type": "text/event-stream"})
+    assert out.streamed and not out.truncated_stream and out.model_error == (
+        "a stream event is an error object (type InternalServerError, code 500) where a result was due (the OpenAI "
+        "client raises on it)")
+    plain = json.dumps({"error": {"message": "secret", "type": "server_error"}}).encode()
+    out = read_output("openai", 200, plain, "$.p", "$.c", headers={"content-type": "application/json"})
+    assert out.model_error.startswith("the answer is an error object (type server_error)")
+    assert "secret" not in out.model_error
+    ok = b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]}'
+    assert read_output("openai", 200, ok, "$.p", "$.c", headers={"content-type": "application/json"}).model_error is None

@@ -22,6 +22,7 @@ class OutputRead:
     doc: Any = MISSING  # the parsed document (an assembled chat.completion for a stream), MISSING when not JSON
     invalid_json: bool = False
     invalid_reason: str | None = None  # why it is not JSON (positions and byte values, never the answer's text)
+    model_error: str | None = None  # an error object where a result was due (openai: a 2xx answer or stream event)
     prediction: str | None = None
     confidence: float | None = None
     model_version: str | None = None

@@ -60,12 +60,22 @@ def _finish(doc: Any, prediction_path: str, confidence_path: str, *, content: st
     usage = doc.get("usage") if isinstance(doc, dict) else None
     usage = usage if isinstance(usage, dict) else {}
     model = doc.get("model") if isinstance(doc, dict) else None
+    error = doc.get("error") if isinstance(doc, dict) else None
     return OutputRead(doc=doc, prediction=label_of(find_first(doc, prediction_path)),
+                      model_error=_error_text(error, stream.get("streamed", False)) if error else None,
                       confidence=number_of(find_first(doc, confidence_path)),
                       model_version=str(model) if model is not None else None,
                       prompt_tokens=_int(usage.get("prompt_tokens")), completion_tokens=_int(usage.get("completion_tokens")),
                       content=content, tool_calls_valid=tool_calls_valid(tool_calls),
                       finish_reason=str(finish_reason) if finish_reason is not None else None, **stream)
+
+
+def _error_text(error: Any, streamed: bool) -> str:
+    """What a model error says, by its type and code only: its message may quote the prompt."""
+    where = "a stream event" if streamed else "the answer"
+    fields = [f"{k} {str(error[k])[:60]}" for k in ("type", "code") if isinstance(error, dict) and error.get(k)]
+    return f"{where} is an error object" + (f" ({', '.join(fields)})" if fields else "") + \
+        " where a result was due (the OpenAI client raises on it)"
 
 
 def tool_calls_valid(calls: list[Any] | None) -> bool | None:

@@ -448,6 +448,8 @@ class Dispatcher:
                                   rows=plan.rows)
             if out is not None and out.truncated_stream and kind is None:
                 kind, detail = "truncated_stream", "the event stream ended without `data: [DONE]`"
+            if out is not None and out.model_error and kind is None and 200 <= status < 300:
+                kind, detail = "model_error", out.model_error
             if out is not None and (out.row_labels is not None or out.row_error is not None):
                 kind, detail = _row_check(row.get("batch_size"), out, kind, detail)
             if out is not None and 200 <= status < 300 and kind != "truncated_stream":

@@ -66,10 +66,13 @@ class LegBuilder:
                             kind, detail = "invalid_json", detail or out.invalid_reason
                             if self._validator.active:
                                 schema_valid, schema_errors = False, "answer is not JSON"
-                        elif self._validator.active:
-                            schema_valid, schema_errors = self._validator.validate(route, out.doc)
-                            if schema_valid is False:
-                                kind = "schema"
+                        else:
+                            if out.model_error:
+                                kind, detail = "model_error", out.model_error
+                            if self._validator.active:
+                                schema_valid, schema_errors = self._validator.validate(route, out.doc)
+                                if schema_valid is False:
+                                    kind = kind or "schema"
                     if body:
                         excerpt = self._excerpt(out, body)
                         body_doc = MISSING if out.streamed or out.doc is MISSING else out.doc
