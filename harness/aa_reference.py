@@ -28,8 +28,11 @@ def read_aa_reference(ref: Path) -> dict[str, Any]:
             "aa_field_rates": (aa.get("outputs") or {}).get("aa_field_rates")}
 
 
-def noise_by_gate(ref: dict[str, Any]) -> dict[tuple[str, str | None], float]:
-    return {(x["gate"], x["segment"]): float(x["delta"]) for x in ref["noise_floor"] if x["delta"] is not None}
+def noise_by_gate(ref: dict[str, Any]) -> dict[tuple[str, str | None], tuple[float, str | None]]:
+    """(gate name, segment) -> (the A/A difference, what it measures: gates.result.delta_scale; None from an
+    A/A run made before it was recorded)."""
+    return {(x["gate"], x["segment"]): (float(x["delta"]), x.get("scale")) for x in ref["noise_floor"]
+            if x["delta"] is not None}
 
 
 def field_rates(ref: dict[str, Any]) -> tuple[dict[tuple[str, str], float] | None, int | None, str | None]:

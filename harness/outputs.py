@@ -24,7 +24,7 @@ from .answered import apply_answered, baseline_shortfall
 from .evidence import apply_evidence
 from .fidelity import IN_FLIGHT_REASON, apply_fidelity, assess_fidelity, skipped_in_scope
 from .attribution import explain_segments
-from .gates import GateResult, ResourceSummary, decide_verdict, evaluate_gates, natural_delta
+from .gates import GateResult, ResourceSummary, decide_verdict, delta_scale, evaluate_gates, natural_delta
 from .gates.ungated import ungated_notes
 from .scenario import scenario_from_dict
 from .store import (count_skipped, event_details, latest_event_detail, open_results, resource_sources_sampled,
@@ -207,8 +207,8 @@ def _compare_outputs(con: Any, data: Any, scenario: Any, aa_ref: dict[str, Any] 
 
 def _noise_floor(results: list[GateResult]) -> list[dict[str, Any]]:
     """In an A/A run every difference is noise: this is what a paired run can reference."""
-    return [{"gate": r.name, "segment": r.segment, "delta": natural_delta(r), "ci": list(r.ci) if r.ci else None,
-             "n": r.n} for r in results if natural_delta(r) is not None]
+    return [{"gate": r.name, "segment": r.segment, "delta": natural_delta(r), "scale": delta_scale(r),
+             "ci": list(r.ci) if r.ci else None, "n": r.n} for r in results if natural_delta(r) is not None]
 
 
 def _res_key(version: str, res: dict[str, Any]) -> str:

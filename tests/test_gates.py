@@ -199,17 +199,36 @@ def test_aa_noise_floor_downgrades_failures_within_it() -> None:
     data = pairs(3000, err_c=0.03)
     gate = parse_gates({"error_rate": {"maximum_increase": 0.005}}, "t")
     r = overall(evaluate_gates(gate, data, RES), "error_rate")
-    noisy = overall(evaluate_gates(gate, data, RES, aa_noise={("error_rate", None): 0.029}), "error_rate")
-    quiet = overall(evaluate_gates(gate, data, RES, aa_noise={("error_rate", None): 0.001}), "error_rate")
+    noisy = overall(evaluate_gates(gate, data, RES, aa_noise={("error_rate", None): (0.029, None)}), "error_rate")
+    quiet = overall(evaluate_gates(gate, data, RES, aa_noise={("error_rate", None): (0.001, None)}), "error_rate")
     assert r.status == "fail" and noisy.status == "inconclusive" and quiet.status == "fail"
     assert "A/A noise" in noisy.reason
+
+
+def test_aa_noise_of_a_gate_that_measured_something_else_excuses_nothing() -> None:
+    """An A/A run whose latency_p95_ms gate was `maximum_increase: 5` (a difference in ms, noise +3.8) and a
+    paired run whose latency_p95_ms is `maximum_regression_percent: 10` (ratio - 1): matched by name alone,
+    3.8 ms of noise excused a candidate 48 % slower."""
+    gate = parse_gates({"latency_p95_ms": {"maximum_regression_percent": 10}}, "t")
+    data = pairs(3000, slow=1.48)
+    r = overall(evaluate_gates(gate, data, RES, n_resamples=300), "latency_p95_ms")
+    assert r.status == "fail"
+    other = overall(evaluate_gates(gate, data, RES, n_resamples=300,
+                                   aa_noise={("latency_p95_ms", None): (3.8, "latency_ms p95 difference")}),
+                    "latency_p95_ms")
+    assert other.status == "fail" and "measured latency_ms p95 difference, not latency_ms p95 ratio" in other.reason
+    same = overall(evaluate_gates(gate, data, RES, n_resamples=300,
+                                  aa_noise={("latency_p95_ms", None): (0.6, "latency_ms p95 ratio")}),
+                   "latency_p95_ms")
+    assert same.status == "inconclusive" and "within it" in same.reason
 
 
 def test_aa_noise_floor_never_excuses_an_absolute_limit() -> None:
     """Both versions at about 3 % errors against a 1 % limit: the candidate is beyond the limit whatever
     the noise between the versions, so the FAIL stands."""
     data = pairs(3000, err_b=0.03, err_c=0.03)
-    r = overall(evaluate_gates(SEED_GATES[1:2], data, RES, aa_noise={("error_rate", None): 0.029}), "error_rate")
+    r = overall(evaluate_gates(SEED_GATES[1:2], data, RES, aa_noise={("error_rate", None): (0.029, None)}),
+                         "error_rate")
     assert r.status == "fail" and "A/A noise" not in r.reason
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from .evaluate import evaluate_gates
 from .resources import ResourceSummary
-from .result import GateResult, natural_delta
+from .result import GateResult, delta_scale, natural_delta
 from .verdict import Verdict, decide_verdict
 
-__all__ = ["GateResult", "Verdict", "ResourceSummary", "evaluate_gates", "decide_verdict", "natural_delta"]
+__all__ = ["GateResult", "Verdict", "ResourceSummary", "evaluate_gates", "decide_verdict", "natural_delta", "delta_scale"]

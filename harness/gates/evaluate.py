@@ -35,7 +35,7 @@ def _segment_masks(data: PairData, spec: GateSpec) -> Iterable[tuple[str | None,
 
 def evaluate_gates(specs: Iterable[GateSpec], data: PairData, resources: ResourceSummary | None, *,
                    alpha: float = 0.05, n_resamples: int = 2000, seed: int = 0,
-                   aa_noise: dict[tuple[str, str | None], float] | None = None) -> list[GateResult]:
+                   aa_noise: dict[tuple[str, str | None], tuple[float, str | None]] | None = None) -> list[GateResult]:
     """All gate results: each gate overall first, then per segment value. Per-segment FAILs are
     confirmed by Benjamini-Hochberg over all segment tests; unconfirmed ones become INCONCLUSIVE."""
     results: list[GateResult] = []

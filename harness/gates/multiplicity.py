@@ -7,16 +7,22 @@ from typing import Iterable
 
 from ..analysis import stats
 from ..gate_config import HIGHER_IS_BETTER, LATENCY_LIKE, PAIR_METRICS, GateSpec
-from .result import GateResult, natural_delta
+from .result import GateResult, delta_scale, natural_delta
 
 
-def _against_noise(r: GateResult, aa_noise: dict[tuple[str, str | None], float]) -> GateResult:
+def _against_noise(r: GateResult, aa_noise: dict[tuple[str, str | None], tuple[float, str | None]]) -> GateResult:
     """Diffy's rule against an A/A run: a FAIL stands only where the difference exceeds the A/A
-    difference of the same gate and scope by a relative margin (25 %) and an absolute one."""
-    noise = aa_noise.get((r.name, r.segment))
+    difference of the same gate and scope by a relative margin (25 %) and an absolute one. The same gate
+    means the same name measuring the same thing (delta_scale): an A/A gate of that name that measured
+    milliseconds must not excuse a ratio."""
+    found = aa_noise.get((r.name, r.segment))
     delta = natural_delta(r)
-    if noise is None or delta is None or (r.comparison == "absolute" and r.metric not in PAIR_METRICS):
+    if found is None or delta is None or (r.comparison == "absolute" and r.metric not in PAIR_METRICS):
         return r  # an absolute limit judges the candidate alone: noise between the versions does not excuse it
+    noise, scale = found
+    if scale is not None and scale != delta_scale(r):
+        return replace(r, reason=r.reason + f" The A/A reference's {r.name} measured {scale}, not "
+                                            f"{delta_scale(r)}: no noise floor for this gate.")
     note = f" A/A noise for this gate and scope: {noise:+.4g}."
     worse_is_lower = r.metric in HIGHER_IS_BETTER
     d, n = (-delta, -noise) if worse_is_lower else (delta, noise)

@@ -73,6 +73,13 @@ def natural_delta(r: GateResult) -> float | None:
     return r.candidate - r.baseline
 
 
+def delta_scale(r: GateResult) -> str:
+    """What `natural_delta` measures, so that an A/A noise floor is only ever compared with the same thing:
+    the metric, its aggregation, and ratio - 1 or a difference in the metric's unit."""
+    kind = "ratio" if r.metric in LATENCY_LIKE and r.comparison == "relative" else "difference"
+    return f"{r.metric} {r.aggregation or ''} {kind}".replace("  ", " ")
+
+
 def _result(spec: GateSpec, label: str | None, **kw: Any) -> GateResult:
     return GateResult(name=spec.name, metric=spec.metric, aggregation=spec.aggregation, segment=label,
                       threshold=spec.threshold, threshold_text=spec.threshold_text, severity=spec.severity,
