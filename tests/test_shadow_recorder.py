@@ -40,8 +40,8 @@ def _items(i: int, body: bytes = REQUEST) -> list[tuple[Any, ...]]:
     rid, ts = f"s{i + 1:09d}", T0 + i * 0.01
     headers = [(b"Content-Type", b"application/json"), (b"Authorization", f"Bearer {SECRET}".encode())]
     return [("b", rid, "/v1/score", True, "POST", "/v1/score", headers, body, ts, 200, JSON, ANSWER, len(ANSWER),
-             ts, ts + 0.005, None),
-            ("c", rid, "/v1/score", ts, 200, JSON, ANSWER, len(ANSWER), ts, ts + 0.006, None)]
+             ts, ts + 0.005, None, [(len(ANSWER), ts + 0.005)]),
+            ("c", rid, "/v1/score", ts, 200, JSON, ANSWER, len(ANSWER), ts, ts + 0.006, None, [(len(ANSWER), ts + 0.006)])]
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
@@ -133,3 +133,38 @@ def test_the_recorder_process_writes_all_it_was_given_and_drops_are_counted(tmp_
     records = _lines(capture)
     assert [r["request_id"] for r in records] == [f"s{i + 1:09d}" for i in range(201)]
     assert len(_lines(legs)) == 401 and SECRET not in capture.read_bytes().decode("latin-1")
+
+
+def test_a_streamed_answer_is_timed_from_its_reads(tmp_path: Path) -> None:
+    """protocol openai through harness shadow: the proxy notes when each read of the body came, and the leg's
+    time to first token and inter-token gap are measured from them, as a replay's are (they were null, and a
+    TTFT gate could never be judged on live shadow traffic)."""
+    path = tmp_path / "live.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "live", "traffic": {"path": str(tmp_path / "unused.jsonl")},
+        "targets": {"baseline": {"url": "http://127.0.0.1:9", "protocol": "openai"},
+                    "candidate": {"url": "http://127.0.0.1:9", "protocol": "openai"}},
+        "replay": {"allow": ["POST /v1/chat/completions"]},
+        "promotion_gates": {"ttft_p95_ms": {"maximum_regression_percent": 10}}}))
+    rec = Recorder(load_scenario(path), str(tmp_path / "c.jsonl.gz"), str(tmp_path / "legs.jsonl"))
+    events = [b'data: {"id": "x", "choices": [{"index": 0, "delta": {"role": "assistant"}}]}\n\n',
+              b'data: {"id": "x", "choices": [{"index": 0, "delta": {"content": "Hel"}}]}\n\n',
+              b'data: {"id": "x", "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]}\n\n',
+              b"data: [DONE]\n\n"]
+    body = b"".join(events)
+    ends = [sum(len(e) for e in events[:i + 1]) for i in range(len(events))]
+    sse = [(b"Content-Type", b"text/event-stream")]
+    for version, first_ms in (("b", 120.0), ("c", 250.0)):
+        arrivals = [(ends[0], T0 + 0.010), (ends[1], T0 + first_ms / 1000), (ends[3], T0 + (first_ms + 40) / 1000)]
+        item = (("b", "s000000001", "/v1/chat/completions", True, "POST", "/v1/chat/completions", JSON, b"{}", T0,
+                 200, sse, body, len(body), T0, T0 + 0.3, None, arrivals) if version == "b" else
+                ("c", "s000000001", "/v1/chat/completions", T0, 200, sse, body, len(body), T0, T0 + 0.3, None,
+                 arrivals))
+        rec.handle(item)
+    counts = rec.close()
+    assert counts["dropped"] == {}
+    legs = {leg["version"]: leg for leg in _lines(tmp_path / "legs.jsonl")}
+    assert legs["baseline"]["time_to_first_token_ms"] == pytest.approx(120.0)
+    assert legs["candidate"]["time_to_first_token_ms"] == pytest.approx(250.0)
+    assert legs["candidate"]["inter_token_ms_mean"] == pytest.approx(40.0)
+    assert legs["candidate"]["token_chunks"] == 2 and legs["candidate"]["error_kind"] is None

@@ -31,11 +31,12 @@ class Answer:
     headers as parsed (`raw_headers`, bytes); `headers` decodes them on first use, off the serving loop
     where the reader is a writer thread."""
 
-    __slots__ = ("status", "_headers", "raw_headers", "body", "size", "sent_at", "done_at", "error")
+    __slots__ = ("status", "_headers", "raw_headers", "body", "size", "sent_at", "done_at", "error", "arrivals")
 
     def __init__(self, status: int | None, headers: tuple[tuple[str, str], ...] | None, body: bytes, size: int,
                  sent_at: float, done_at: float, error: str | None = None, *,
-                 raw_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+                 raw_headers: list[tuple[bytes, bytes]] | None = None,
+                 arrivals: list[tuple[int, float]] | None = None) -> None:
         self.status = status
         self._headers = headers
         self.raw_headers = raw_headers
@@ -44,6 +45,8 @@ class Answer:
         self.sent_at = sent_at
         self.done_at = done_at
         self.error = error  # connect | timeout | reset: the client got 502/504 from the proxy
+        # (body bytes so far, wall time) at each read of the body: a stream's token timing (harness shadow)
+        self.arrivals = arrivals or []
 
     @property
     def headers(self) -> tuple[tuple[str, str], ...]:

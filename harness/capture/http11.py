@@ -328,7 +328,8 @@ class Upstream:
 class Collect:
     """A sink that keeps the answer (up to keep_bytes + 1 bytes) and calls `done(answer)` at its end."""
 
-    __slots__ = ("keep_bytes", "done", "sent_at", "status", "raw_headers", "kept", "size", "retried", "up")
+    __slots__ = ("keep_bytes", "done", "sent_at", "status", "raw_headers", "kept", "size", "retried", "up",
+                 "arrivals")
 
     def __init__(self, keep_bytes: int, done: Callable[[Answer], None]) -> None:
         self.keep_bytes, self.done = keep_bytes, done
@@ -339,6 +340,7 @@ class Collect:
         self.size = 0
         self.retried = False
         self.up: _UpConn | None = None
+        self.arrivals: list[tuple[int, float]] = []
 
     def head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], framing: str) -> None:
         self.status = status
@@ -352,7 +354,7 @@ class Collect:
 
     def end(self) -> None:
         self.done(Answer(self.status, None, _kept(self.kept), self.size, self.sent_at, time.time(),
-                         raw_headers=self.raw_headers))
+                         raw_headers=self.raw_headers, arrivals=self.arrivals))
 
     def fail(self, kind: str) -> None:
         self.done(Answer(None, (), b"", 0, self.sent_at, time.time(), error=kind))
@@ -365,6 +367,7 @@ def _keep(sink: "Collect | _Exchange", chunk: bytes) -> None:
     room = sink.keep_bytes + 1 - kept_before
     if room > 0:
         sink.kept.append(chunk if len(chunk) <= room else chunk[:room])
+        sink.arrivals.append((sink.size, time.time()))  # when each kept read came: a stream's token timing
 
 
 def _kept(parts: list[bytes]) -> bytes:
@@ -385,7 +388,7 @@ class _Exchange:
     """One request of a client connection and its answer: the sink its upstream connection feeds."""
 
     __slots__ = ("conn", "req", "up_head", "keep_alive", "http10", "token", "sent_at", "status", "raw_headers",
-                 "kept", "size", "out", "chunked", "started", "retried", "up", "keep_bytes")
+                 "kept", "size", "out", "chunked", "started", "retried", "up", "keep_bytes", "arrivals")
 
     def __init__(self, conn: "_ClientConn", req: Request, up_head: bytes, keep_alive: bool, http10: bool,
                  keep_bytes: int) -> None:
@@ -402,6 +405,7 @@ class _Exchange:
         self.started = False
         self.retried = False
         self.up: _UpConn | None = None
+        self.arrivals: list[tuple[int, float]] = []
 
     def head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], framing: str) -> None:
         self.status = status
@@ -443,7 +447,7 @@ class _Exchange:
         if self.chunked and self.req.method != "HEAD":
             self.out.append(b"0\r\n\r\n")
         self.conn.finished(self, Answer(self.status, None, _kept(self.kept), self.size, self.sent_at, time.time(),
-                                        raw_headers=self.raw_headers))
+                                        raw_headers=self.raw_headers, arrivals=self.arrivals))
 
     def fail(self, kind: str) -> None:
         done = time.time()
@@ -454,7 +458,7 @@ class _Exchange:
             if self.conn.transport is not None:
                 self.conn.transport.abort()
             answer = Answer(self.status, None, _kept(self.kept), self.size, self.sent_at, done, error=kind,
-                            raw_headers=self.raw_headers)
+                            raw_headers=self.raw_headers, arrivals=self.arrivals)
         else:
             status = 504 if kind == "timeout" else 502
             self.out.append(_simple(status, f"upstream {kind}\n".encode(), not self.keep_alive))

@@ -33,17 +33,18 @@ class LegBuilder:
 
     def leg(self, request_id: str, version: str, route: str, intended: float, sent: float, done: float,
             status: int | None, error: str | None, headers: tuple[tuple[str, str], ...], body: bytes,
-            size: int, max_bytes: int) -> dict[str, Any]:
+            size: int, max_bytes: int, arrivals: Any = ()) -> dict[str, Any]:
         return self.leg_and_doc(request_id, version, route, intended, sent, done, status, error, headers, body,
-                                size, max_bytes)[0]
+                                size, max_bytes, arrivals)[0]
 
     def leg_and_doc(self, request_id: str, version: str, route: str, intended: float, sent: float, done: float,
                     status: int | None, error: str | None, headers: tuple[tuple[str, str], ...], body: bytes,
-                    size: int, max_bytes: int) -> tuple[dict[str, Any], Any]:
+                    size: int, max_bytes: int, arrivals: Any = ()) -> tuple[dict[str, Any], Any]:
         """The leg row, and the answer's JSON value as parsed for it, masked (MISSING: the answer is not JSON;
         PARSE: it was not parsed), so that the capture record of the same answer need not parse it again.
         `error`: connect | timeout | reset when there was no complete answer; `body` the answer up to
-        `max_bytes` + 1 bytes (more: too_large)."""
+        `max_bytes` + 1 bytes (more: too_large); `arrivals` (body bytes so far, wall time) at each read, which
+        times a stream's tokens as a replay's reads do (from the leg's send)."""
         body_doc: Any = PARSE
         kind: str | None = error
         detail: str | None = None
@@ -60,6 +61,7 @@ class LegBuilder:
                 try:
                     out = read_output(self._protocol[version], status, body, self.scenario.output.prediction,
                                       self.scenario.output.confidence, headers=lower,
+                                      arrivals=[(n, (t - sent) * 1000.0) for n, t in arrivals],
                                       detectors=self.scenario.output.detectors)
                     if 200 <= status < 300:
                         if out.invalid_json:
@@ -122,6 +124,6 @@ def leg_records(builder: LegBuilder, max_bytes: int) -> Any:
     def convert(item: tuple[str, str, str, float, Any]) -> list[dict[str, Any]]:
         version, rid, route, arrived, a = item
         return [builder.leg(rid, version, route, arrived, a.sent_at, a.done_at, a.status, a.error, a.headers,
-                            a.body, a.size, max_bytes)]
+                            a.body, a.size, max_bytes, a.arrivals)]
 
     return convert

@@ -131,7 +131,7 @@ class ShadowApp:
         # headers as received (bytes): the recorder decodes them, off the serving loop
         self.channel.put(("b", rid, route, mirror, req.method, req.raw_path, req.raw_headers, req.body, req.arrived,
                           answer.status, answer.raw_headers or (), answer.body, answer.size, answer.sent_at,
-                          answer.done_at, answer.error))
+                          answer.done_at, answer.error, answer.arrivals))
 
     def _copy(self, rid: str, route: str, req: Request) -> None:
         assert self._candidate is not None and self._copy_head is not None
@@ -143,7 +143,7 @@ class ShadowApp:
             if answer.error is not None:
                 self.stats.candidate_errors[answer.error] = self.stats.candidate_errors.get(answer.error, 0) + 1
             self.channel.put(("c", rid, route, req.arrived, answer.status, answer.raw_headers or (), answer.body,
-                              answer.size, answer.sent_at, answer.done_at, answer.error))
+                              answer.size, answer.sent_at, answer.done_at, answer.error, answer.arrivals))
 
         self.copies += 1
         self._candidate.send(self._copy_head(req.method, req.raw_path, req.raw_headers, len(req.body)), req.body,

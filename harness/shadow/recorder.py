@@ -64,10 +64,10 @@ class Recorder:
             if item[0] == "b":
                 self._baseline(*item[1:])
             else:
-                _, rid, route, arrived, status, rh, rb, size, sent, done, error = item
+                _, rid, route, arrived, status, rh, rb, size, sent, done, error, arrivals = item
                 headers = header_text(rh) if self.builder.reads_headers["candidate"] else ()
                 self.legs.put(self.builder.leg(rid, "candidate", route, arrived, sent, done, status, error,
-                                               headers, rb, size, self.max_bytes))
+                                               headers, rb, size, self.max_bytes, arrivals))
         except Exception as exc:  # noqa: BLE001 - one exchange that cannot be recorded must not end the run
             reason = f"record could not be built: {type(exc).__name__}"
             self.dropped[reason] = self.dropped.get(reason, 0) + 1
@@ -75,14 +75,14 @@ class Recorder:
     def _baseline(self, rid: str, route: str, mirror: bool, method: str, path: str,
                   raw_headers: list[tuple[bytes, bytes]], body: bytes, arrived: float, status: int | None,
                   raw_rh: list[tuple[bytes, bytes]], rb: bytes, size: int, sent: float, done: float,
-                  error: str | None) -> None:
+                  error: str | None, arrivals: list[tuple[int, float]] = ()) -> None:  # type: ignore[assignment]
         # the answer's headers decoded whole only where the baseline's reader reads them
         headers = header_text(raw_headers)
         rh = header_text(raw_rh) if self.builder.reads_headers["baseline"] else _content_type(raw_rh)
         doc: Any = PARSE
         if mirror:
             row, doc = self.builder.leg_and_doc(rid, "baseline", route, arrived, sent, done, status, error, rh, rb,
-                                                size, self.max_bytes)
+                                                size, self.max_bytes, arrivals)
             self.legs.put(row)
         ex = Exchange(arrived, method, path, headers, body, status, (done - arrived) * 1000.0, rh, rb, size,
                       error, meta={"request_id": rid}, response_doc=doc)
