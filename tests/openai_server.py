@@ -19,7 +19,8 @@ token chunks. Behaviour by `mode` (the server's, or a request's `X-Test-Mode` he
 - no_done: the stream ends cleanly (last HTTP chunk sent) but without `data: [DONE]`;
 - not_json: a 200 HTML page;
 - huge: `huge_mb` MB of answer (a stream of 64 KiB content chunks, or one JSON body);
-- stall: the stream opens (headers and the role chunk) but no token ever comes (until the server stops).
+- stall: the stream opens (headers and the role chunk) but no token ever comes (until the server stops);
+- plain: a `chat.completion` in one piece even where the request asked for a stream.
 Tokens are whitespace-separated words; prompt tokens count the words of every message's content. With
 `fill_max_tokens` a request's `max_tokens` sets the answer's length (words "w0 w1 ..."), as a trace replay
 asks: the answer has exactly that many tokens.
@@ -160,7 +161,7 @@ class OpenAIServer:
         tokens = _tokens(args if tool else text, by_size=mode == "huge")
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(tokens),
                  "total_tokens": prompt_tokens + len(tokens)}
-        if not body.get("stream"):
+        if not body.get("stream") or mode == "plain":
             return self._plain(w, cid, model, text, tool, args, usage, extra, mode)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         truth = self.truth[cid] = {"received": req["received"], "token_at": [], "prompt_tokens": prompt_tokens,

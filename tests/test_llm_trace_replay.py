@@ -90,3 +90,20 @@ def test_a_stream_that_never_sends_its_first_token_is_a_timeout_without_ttft(tmp
     assert [r["time_to_first_token_ms"] for r in b] == [None, None]  # missing, not zero
     assert all(r["latency_ms"] >= 500 for r in b)
     assert [r["error_kind"] for r in c] == [None, None] and all(r["time_to_first_token_ms"] >= 10 for r in c)
+
+
+def test_an_answer_in_one_piece_where_a_stream_was_asked_has_its_end_as_ttft(tmp_path: Path) -> None:
+    """The candidate answers streamed requests with a plain completion, 200 ms late: its first token is
+    visible only with its end, so its TTFT is its service time (those pairs were left out, and a TTFT gate
+    PASSed on the rest)."""
+    from harness.analysis.dataset import load_pairs
+
+    cap = write_capture(tmp_path / "trace.jsonl", TRACE)
+    with OpenAIServer(ttft_ms=20, token_ms=2, fill_max_tokens=True) as base, \
+            OpenAIServer(ttft_ms=200, token_ms=2, fill_max_tokens=True, mode="plain") as cand:
+        con, _ = replay(tmp_path, scenario(cap, base.url, cand.url))
+        streamed = dict(con.execute("select version, bool_and(streamed) from legs group by 1").fetchall())
+        data = load_pairs(con, (), ("baseline", "candidate"))
+    assert streamed == {"baseline": True, "candidate": False}
+    assert data.n == 7 and (data.ttft["baseline"] < 150).all()
+    assert (data.ttft["candidate"] >= 200).all(), data.ttft["candidate"]

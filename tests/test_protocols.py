@@ -513,3 +513,18 @@ def test_an_error_object_where_a_result_was_due_is_a_model_error() -> None:
     assert "secret" not in out.model_error
     ok = b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]}'
     assert read_output("openai", 200, ok, "$.p", "$.c", headers={"content-type": "application/json"}).model_error is None
+
+
+def test_reasoning_tokens_under_vllms_field_name_are_tokens() -> None:
+    """vLLM (0.10 on) and OpenRouter stream thinking as `delta.reasoning`, others as `reasoning_content`: both
+    are tokens (the first token is the first reasoning one), and the assembled answer keeps the text."""
+    for field in ("reasoning_content", "reasoning"):
+        events = [{"choices": [{"index": 0, "delta": {"role": "assistant"}}]},
+                  {"choices": [{"index": 0, "delta": {field: "Let me think."}}]},
+                  {"choices": [{"index": 0, "delta": {"content": "42"}, "finish_reason": "stop"}]}]
+        body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+        ends = [len(b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events[:i + 1])) for i in range(3)]
+        out = read_output("openai", 200, body, "$.p", "$.c", headers={"content-type": "text/event-stream"},
+                          arrivals=[(ends[0], 5.0), (ends[1], 80.0), (ends[2], 300.0), (len(body), 301.0)])
+        assert out.time_to_first_token_ms == 80.0 and out.token_chunks == 2, field
+        assert out.doc["choices"][0]["message"][field] == "Let me think."

@@ -178,6 +178,11 @@ def load_pairs(con: duckdb.DuckDBPyConnection, segments: tuple[str, ...], versio
                 continue
             if key in DETECTOR_COLUMNS:
                 cols += [f"coalesce({a}.{column}, false) as {v}_{key}", f"({a}.{column} is not null) as {v}_{key}_judged"]
+            elif key == "ttft":
+                # An answer that came in one piece (not streamed: a plain completion where the baseline
+                # streamed) shows its first token with its end: its TTFT is its service time, not none.
+                cols.append(f"""coalesce({a}.{column}::double, case when not coalesce({a}.streamed, false)
+                                and {a}.error_kind is null then {a}.service_ms end, 'nan'::double) as {v}_{key}""")
             else:
                 cols.append(f"coalesce({a}.{column}::double, 'nan'::double) as {v}_{key}")
         per_version.append(", ".join(cols))

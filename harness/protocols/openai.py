@@ -32,7 +32,8 @@ from .json_protocol import OutputRead, label_of, loads, number_of, parse_body
 __all__ = ["read_openai_output", "is_event_stream", "tool_calls_valid"]
 
 _LINE = re.compile(rb"([^\r\n]*)(\r\n|\n|\r)")
-_TOKEN_FIELDS = ("content", "reasoning_content", "refusal", "text")
+# `reasoning` is vLLM's (0.10 on) and OpenRouter's name for what others stream as `reasoning_content`
+_TOKEN_FIELDS = ("content", "reasoning_content", "reasoning", "refusal", "text")
 
 
 def is_event_stream(content_type: str | None, body: bytes) -> bool:
@@ -234,7 +235,7 @@ def _assemble(head: dict[str, Any], choices: dict[int, dict[str, Any]], usage: A
         acc = choices[index]
         message: dict[str, Any] = {"role": acc.get("role", "assistant"),
                                    "content": "".join(acc["content"]) if "content" in acc else None}
-        for key in ("reasoning_content", "refusal"):
+        for key in ("reasoning_content", "reasoning", "refusal"):
             if key in acc:
                 message[key] = "".join(acc[key])
         if acc.get("tool_calls"):
