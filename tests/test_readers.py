@@ -723,3 +723,16 @@ def test_jsonl_reading_is_constant_memory(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert count == 200_000
     assert peak < 20 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_a_number_beyond_a_double_is_a_bad_record_not_a_null(tmp_path: Path) -> None:
+    """1e400 in a JSON body was read as infinity and replayed (and converted) as null: a request the capture
+    never had. It is a bad record that names the number; ordinary numbers stay as they were."""
+    from harness.traffic.jsonl_reader import iter_jsonl
+
+    p = tmp_path / "n.jsonl"
+    p.write_text('{"ts": 1700000000, "method": "POST", "path": "/s", "body": {"amount": 1e400}}\n'
+                 '{"ts": 1700000001, "method": "POST", "path": "/s", "body": {"amount": 1e300, "id": 12345678901234567890}}\n')
+    bad, good = list(iter_jsonl(p))
+    assert bad.line == 1 and "the number 1e400 is beyond a double" in bad.reason
+    assert json.loads(good.body) == {"amount": 1e300, "id": 12345678901234567890}

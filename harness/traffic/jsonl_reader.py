@@ -27,6 +27,7 @@ import base64
 import binascii
 import gzip
 import json
+import math
 import json.encoder as _json_encoder
 import re
 import zlib
@@ -481,11 +482,20 @@ def _load_record(raw: bytes) -> Any:
     except UnicodeDecodeError as exc:
         return _Reason(f"invalid UTF-8 at byte {exc.start}")
     try:
-        return json.loads(text)
+        return json.loads(text, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         return _Reason(f"invalid JSON: {exc.msg} at column {exc.colno}")
     except (ValueError, RecursionError) as exc:  # int digit limit, absurd nesting
         return _Reason(f"invalid JSON: {exc}")
+
+
+def _finite_float(text: str) -> float:
+    """A number beyond a double (1e400) would be replayed as null: the record is bad, and says which number."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:40]} is beyond a double and cannot be replayed as captured (a JSON "
+                         "string, or the body as body_b64, keeps it)")
+    return value
 
 
 def iter_jsonl(path: Path) -> Iterator[CapturedRequest | BadRecord]:
