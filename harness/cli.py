@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--out", type=Path, default=Path("reports"), help="folder for run folders (default: reports)")
     sh.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until SIGINT/SIGTERM)")
     sh.add_argument("--max-requests", type=int, metavar="N", help="stop after mirroring N requests")
+    sh.add_argument("--keep-serving", action="store_true",
+                    help="at --duration or --max-requests, stop mirroring and write the run folder but keep answering "
+                         "from the baseline until SIGINT/SIGTERM (a proxy in production's data path)")
     sh.add_argument("--snapshot-every", type=float, default=30.0, metavar="S",
                     help="refresh the run folder every S seconds while running, for `harness report`; 0: never "
                          "(default: 30.0)")
@@ -318,7 +321,7 @@ def _shadow(args: argparse.Namespace) -> int:
 
     result = run_shadow(load_scenario(args.scenario), args.listen, args.out, duration_s=args.duration,
                         max_requests=args.max_requests, snapshot_every_s=args.snapshot_every,
-                        keepalive_timeout_s=args.keepalive_timeout)
+                        keepalive_timeout_s=args.keepalive_timeout, keep_serving=args.keep_serving)
     _print_verdict(result.summary, result.run_dir)
     return result.exit_code
 

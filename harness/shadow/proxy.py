@@ -61,6 +61,8 @@ class ShadowApp:
         self.stats = ShadowStats(started_at=time.time())
         self.copies = 0  # in flight
         self._closed = False
+        self.passthrough = False  # past the run's end (--keep-serving): answered from the baseline, nothing else
+        self.pending = 0  # the run's user requests not answered yet
         self._seq = 0
         self._keep = scenario.replay.max_response_bytes
         self._server: ProxyServer | None = None
@@ -80,20 +82,31 @@ class ShadowApp:
                                    self, self._keep, keepalive_timeout_s=self.keepalive_timeout_s)
         return await self._server.start(host, port)
 
-    async def close(self, drain_s: float) -> None:
+    async def close(self, drain_s: float, serving: bool = False) -> None:
         """Stops serving (answers in flight finish), waits up to drain_s for the copies in flight; those
-        still out then are left unrecorded (the run counts them as unfinished)."""
-        if self._server is not None:
+        still out then are left unrecorded (the run counts them as unfinished). `serving`: the proxy goes on
+        answering from the baseline, with nothing mirrored or recorded (passthrough)."""
+        if serving:
+            self.passthrough = True
+        elif self._server is not None:
             await self._server.close()
         deadline = time.monotonic() + drain_s
-        while self.copies > 0 and time.monotonic() < deadline:
+        # the run's own answers and copies in flight finish (a closed server waits for its answers itself)
+        while (self.copies > 0 or (serving and self.pending > 0)) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         self._closed = True
         if self._candidate is not None:
             self._candidate.close()
 
+    async def stop_serving(self) -> None:
+        if self._server is not None:
+            await self._server.close()
+
     # -- hooks
     def request(self, req: Request) -> tuple[str, str, bool]:
+        if self.passthrough:
+            return "", "", False
+        self.pending += 1
         self._seq += 1
         rid = f"s{self._seq:09d}"
         stats = self.stats
@@ -128,6 +141,11 @@ class ShadowApp:
 
     def answered(self, req: Request, token: tuple[str, str, bool], answer: Answer) -> None:
         rid, route, mirror = token
+        if not rid:  # served past the run's end: not part of it
+            return
+        self.pending -= 1
+        if self._closed:  # answered after the run's drain gave up on it: left unrecorded, as a copy would be
+            return
         # headers as received (bytes): the recorder decodes them, off the serving loop
         self.channel.put(("b", rid, route, mirror, req.method, req.raw_path, req.raw_headers, req.body, req.arrived,
                           answer.status, answer.raw_headers or (), answer.body, answer.size, answer.sent_at,

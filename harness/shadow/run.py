@@ -45,7 +45,11 @@ log = logging.getLogger("harness")
 
 def run_shadow(scenario: Scenario, listen: str, out_root: Path, *, duration_s: float | None = None,
                max_requests: int | None = None, snapshot_every_s: float = 30.0,
-               keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S, echo: Callable[[str], None] = print) -> RunResult:
+               keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S, keep_serving: bool = False,
+               echo: Callable[[str], None] = print) -> RunResult:
+    """`keep_serving`: at the run's end by --duration or --max-requests the run folder is written while the
+    proxy goes on answering from the baseline (nothing mirrored or recorded) until SIGINT/SIGTERM: a proxy
+    in production's data path must not close its listener because a shadow run ended."""
     if scenario.replay.mode != "paired" or "candidate" not in scenario.versions:
         raise ScenarioError(f"{scenario.source}: harness shadow needs replay.mode: paired and a candidate target")
     grpc = [v for v in scenario.versions if scenario.target_for(v).protocol == "kserve_v2_grpc"]
@@ -74,15 +78,19 @@ def run_shadow(scenario: Scenario, listen: str, out_root: Path, *, duration_s: f
         legs_path = work / "legs.jsonl"
         live = _Live(scenario, run_dir, capture_path, legs_path,
                      snapshot_every_s if scenario.source is not None else 0.0, say, keepalive_timeout_s)
-        stats, stopped_by, recorded = run_loop(live.serve(host, port, duration_s, max_requests))
-        say(f"shadow: {stats.requests} requests answered from the baseline, {stats.mirrored} mirrored, "
-            f"{stats.not_allowed} not allowed, dropped: {dict(stats.dropped) or 0}; stopped by {stopped_by}")
-        summary = build_results(scenario, run_dir / ".final", run_id=run_dir.name, capture_path=capture_path,
-                                capture_recorded=capture_path, legs_path=legs_path, drops=stats.drop_reasons,
-                                replay_event=_replay_event(stats, stopped_by, recorded), status="complete",
-                                reason=f"live shadow, stopped by {stopped_by}")
-        publish(run_dir / ".final", run_dir)
-        say(f"verdict {summary['verdict']}; report {run_dir / 'gate_report.html'}")
+
+        def finish(stats: ShadowStats, stopped_by: str, recorded: dict[str, Any] | None) -> dict[str, Any]:
+            say(f"shadow: {stats.requests} requests answered from the baseline, {stats.mirrored} mirrored, "
+                f"{stats.not_allowed} not allowed, dropped: {dict(stats.dropped) or 0}; stopped by {stopped_by}")
+            summary = build_results(scenario, run_dir / ".final", run_id=run_dir.name, capture_path=capture_path,
+                                    capture_recorded=capture_path, legs_path=legs_path, drops=stats.drop_reasons,
+                                    replay_event=_replay_event(stats, stopped_by, recorded), status="complete",
+                                    reason=f"live shadow, stopped by {stopped_by}")
+            publish(run_dir / ".final", run_dir)
+            say(f"verdict {summary['verdict']}; report {run_dir / 'gate_report.html'}")
+            return summary
+
+        summary = run_loop(live.serve(host, port, duration_s, max_requests, finish, keep_serving))
         return RunResult(run_dir=run_dir, verdict=summary["verdict"],
                          exit_code=VERDICT_EXIT[summary["verdict"]], summary=summary)
     finally:
@@ -111,8 +119,12 @@ class _Live:
         self.snapshot_every_s = snapshot_every_s
         self.keepalive_timeout_s = keepalive_timeout_s
 
-    async def serve(self, host: str, port: int, duration_s: float | None,
-                    max_requests: int | None) -> tuple[ShadowStats, str, dict[str, Any] | None]:
+    async def serve(self, host: str, port: int, duration_s: float | None, max_requests: int | None,
+                    finish: Callable[[ShadowStats, str, dict[str, Any] | None], dict[str, Any]],
+                    keep_serving: bool) -> dict[str, Any]:
+        """Serves until the run's end, then `finish` makes the run folder from what was recorded. With
+        `keep_serving` and an end by duration or max-requests, the proxy answers on, from the baseline alone,
+        while `finish` runs (in a thread: the serving loop stays free) and until SIGINT/SIGTERM."""
         scenario, say = self.scenario, self.say
         stop = asyncio.Event()
         shadow: ShadowApp | None = None
@@ -130,8 +142,10 @@ class _Live:
             for obj, name in ((channel, "send"), (shadow, "request"), (shadow, "answered")):
                 probe.wrap(obj, name)
         stopped_by = ["max-requests"]
+        signalled = asyncio.Event()
         snapshots: asyncio.Task[None] | None = None
         recorded: dict[str, Any] | None = None
+        serving = False
         try:
             bound = await shadow.start(host, port)
             say(f"listening on http://{host}:{bound}: baseline {scenario.target_for('baseline').url} answers, "
@@ -140,21 +154,27 @@ class _Live:
             loop = asyncio.get_running_loop()
 
             def stop_by(reason: str) -> None:
-                stopped_by[0] = reason
+                if not stop.is_set():
+                    stopped_by[0] = reason
                 stop.set()
 
+            def on_signal(name: str) -> None:
+                signalled.set()
+                stop_by(name)
+
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop_by, signal.Signals(sig).name)
+                loop.add_signal_handler(sig, on_signal, signal.Signals(sig).name)
             if duration_s is not None:
                 loop.call_later(duration_s, stop_by, "duration")
             if self.snapshot_every_s > 0:
                 snapshots = asyncio.create_task(self._snapshots(shadow, channel))
             await stop.wait()
+            serving = keep_serving and not signalled.is_set()
         finally:
             if snapshots is not None:
                 snapshots.cancel()
                 await asyncio.gather(snapshots, return_exceptions=True)
-            await shadow.close(scenario.replay.timeout_s + 1.0)
+            await shadow.close(scenario.replay.timeout_s + 1.0, serving=serving)
             recorded = await channel.close()
             if probe is not None:
                 probe.stop()
@@ -169,7 +189,16 @@ class _Live:
                 say(f"shadow: recorder: dropped {recorded['dropped']}")
         if channel.dropped:
             say(f"shadow: not recorded (the recorder's channel): {channel.dropped}")
-        return shadow.stats, stopped_by[0], recorded
+        if not serving:
+            return finish(shadow.stats, stopped_by[0], recorded)
+        try:
+            say(f"shadow: the run ended ({stopped_by[0]}); still answering from the baseline, nothing mirrored, "
+                "until SIGINT/SIGTERM (--keep-serving)")
+            summary = await asyncio.to_thread(finish, shadow.stats, stopped_by[0], recorded)
+            await signalled.wait()
+        finally:
+            await shadow.stop_serving()
+        return summary
 
     async def _snapshots(self, shadow: ShadowApp, channel: RecorderChannel) -> None:
         while True:

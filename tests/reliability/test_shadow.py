@@ -149,3 +149,36 @@ def test_shadow_never_costs_the_user_anything(tmp_path: Path, targets: Any, harn
     assert rc == 1, err
     # the shadow capture is kept, redacted, and replayable
     assert b"sk-shadow-secret" not in gzip.decompress((run_dir / "shadow_traffic.jsonl.gz").read_bytes())
+
+
+def test_keep_serving_answers_past_the_runs_end(tmp_path: Path, targets: Any, harness_proc: Any) -> None:
+    """--max-requests 100 --keep-serving: the run folder is written once 100 requests are mirrored, and the
+    users' requests after that are still answered from the baseline, byte for byte, none refused (without
+    --keep-serving the listener closed at the limit and 199 of 400 requests failed); nothing past the end is
+    in the run. SIGTERM then ends the proxy with the run's verdict."""
+    baseline = targets("ok")
+    scenario = _scenario(tmp_path, baseline.url, targets("ok").url, 1000)
+    port = closed_port()
+    out = tmp_path / "reports"
+    shadow = harness_proc(["shadow", scenario, "--listen", f"127.0.0.1:{port}", "--out", out, "--snapshot-every", "0",
+                           "--max-requests", "100", "--keep-serving"], tmp_path)
+    deadline = time.monotonic() + 30
+    while "listening on" not in shadow.stdout:
+        assert shadow.proc.poll() is None and time.monotonic() < deadline, shadow.stdout + shadow.stderr
+        time.sleep(0.05)
+    through = _client(f"http://127.0.0.1:{port}", tmp_path / "through")
+    direct = _client(baseline.url, tmp_path / "direct")
+    deadline = time.monotonic() + 120
+    while "verdict" not in shadow.stdout:
+        assert shadow.proc.poll() is None and time.monotonic() < deadline, shadow.stdout + shadow.stderr
+        time.sleep(0.2)
+    assert "still answering from the baseline" in shadow.stdout
+    assert shadow.proc.poll() is None  # serving on after the run folder is written
+    shadow.signal(signal.SIGTERM)
+    assert shadow.wait(60) in (0, 2), shadow.stdout + shadow.stderr
+    assert len(through) == len(direct) == N
+    got = {a["seq"]: (a["status"], base64.b64decode(a["body_b64"])) for a in through}
+    assert got == {a["seq"]: (a["status"], base64.b64decode(a["body_b64"])) for a in direct}
+    run_dir = the_run_dir(out)
+    counts = check_accounting(run_dir, "paired")
+    assert counts["replayed"] == 100 and summary(run_dir)["run"]["status"] == "complete"
