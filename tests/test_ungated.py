@@ -58,6 +58,12 @@ def test_a_tenant_the_average_hides_is_named() -> None:
     assert data.error["candidate"].sum() / n < 0.01
     notes = error_notes(data, ALPHA)
     assert len(notes) == 1 and notes[0].endswith("in tenant=small; an error_rate gate would judge it")
+    # an error gate scoped to another tenant judges that tenant only: the note stays (it was silenced)
+    scoped = parse_gates({"big_errors": {"metric": "error_rate", "maximum": 0.01, "segment": {"tenant": "big"}}}, "t")
+    assert ungated_notes(scoped, {}, data, ALPHA, 200, 0) == notes
+    # ... and a gate on tenant=small itself judges it: no note
+    own = parse_gates({"small_errors": {"metric": "error_rate", "maximum": 0.01, "segment": {"tenant": "small"}}}, "t")
+    assert ungated_notes(own, {}, data, ALPHA, 200, 0) == []
 
 
 def test_slower_answers_without_a_latency_gate_are_named() -> None:

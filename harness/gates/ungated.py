@@ -34,12 +34,15 @@ _MIN_SEGMENT_PAIRS = 100
 def ungated_notes(gates: Iterable[GateSpec], outputs: dict[str, Any], data: PairData | None, alpha: float,
                   n_resamples: int, seed: int) -> list[str]:
     gates = list(gates)
-    metrics = {g.metric for g in gates}
+    # a gate scoped to one segment (tenant=a) judges that segment, not the rest of the run
+    metrics = {g.metric for g in gates if not g.segment}
     notes = [] if metrics & _SHAPE_GATES else shape_notes(outputs)
     if data is None or "candidate" not in data.error or not data.n:
         return notes
     if "error_rate" not in metrics:
-        notes.extend(error_notes(data, alpha))
+        gated = {", ".join(f"{k}={v}" for k, v in g.segment.items()) for g in gates
+                 if g.metric == "error_rate" and g.segment}
+        notes.extend(error_notes(data, alpha, skip=gated))
     if "latency_ms" not in metrics:
         notes.extend(latency_notes(data, alpha, n_resamples, seed))
     return notes
@@ -60,9 +63,9 @@ def shape_notes(outputs: dict[str, Any]) -> list[str]:
     return out
 
 
-def error_notes(data: PairData, alpha: float) -> list[str]:
+def error_notes(data: PairData, alpha: float, skip: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """The whole run first (at alpha/2); segments only when the whole run is not named (a tenant the average
-    hides), at alpha/2 split over every segment value."""
+    hides), at alpha/2 split over every segment value; `skip`: segments a gate of the scenario judges."""
     fb, fc = data.error["baseline"], data.error["candidate"]
     whole = _error_excess(fb, fc, alpha / 2)
     if whole is not None:
@@ -71,6 +74,8 @@ def error_notes(data: PairData, alpha: float) -> list[str]:
               for i, label in enumerate(coded.labels)]
     found = []
     for name, i, label in values:
+        if f"{name}={label}" in skip:
+            continue
         mask = data.segments[name].codes == i
         if int(mask.sum()) < _MIN_SEGMENT_PAIRS:
             continue
