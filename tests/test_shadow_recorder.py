@@ -168,3 +168,32 @@ def test_a_streamed_answer_is_timed_from_its_reads(tmp_path: Path) -> None:
     assert legs["candidate"]["time_to_first_token_ms"] == pytest.approx(250.0)
     assert legs["candidate"]["inter_token_ms_mean"] == pytest.approx(40.0)
     assert legs["candidate"]["token_chunks"] == 2 and legs["candidate"]["error_kind"] is None
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br"])
+def test_a_compressed_answer_is_read_decoded_and_its_secrets_masked(tmp_path: Path, coding: str) -> None:
+    """The candidate answers `Content-Encoding: gzip` (or br at a low quality, where the text stays
+    readable in the bytes): the leg reads the decoded answer (it was invalid_json on every leg, BLOCK) and the
+    capture record keeps the decoded answer masked (the raw bytes went in as text, secrets readable)."""
+    import brotli
+
+    packed = gzip.compress(ANSWER) if coding == "gzip" else brotli.compress(ANSWER, quality=0)
+    if coding == "br":
+        assert SECRET.encode() in packed  # a light compression leaves the text in the bytes
+    rec = Recorder(_scenario(tmp_path), str(tmp_path / "c.jsonl.gz"), str(tmp_path / "legs.jsonl"))
+    headers = [*JSON, (b"Content-Encoding", coding.encode())]
+    rid, ts = "s000000001", T0
+    rec.handle(("b", rid, "/v1/score", True, "POST", "/v1/score", JSON, REQUEST, ts, 200, headers, packed,
+                len(packed), ts, ts + 0.005, None, [(len(packed), ts + 0.005)]))
+    rec.handle(("c", rid, "/v1/score", ts, 200, headers, b"\x1f\x8bnot really", 12, ts, ts + 0.006, None, []))
+    assert rec.close()["dropped"] == {}
+    legs = {leg["version"]: leg for leg in _lines(tmp_path / "legs.jsonl")}
+    base = legs["baseline"]
+    assert base["error_kind"] is None and base["prediction"] == "ok" and base["content_encoding"] == coding
+    assert base["decoded_bytes"] == len(ANSWER) and SECRET not in base["output_json"]
+    assert legs["candidate"]["error_kind"] == "bad_encoding" and coding in legs["candidate"]["error_detail"]
+    (record,) = _lines(tmp_path / "c.jsonl.gz")
+    assert record["production_body"] == {"prediction": "ok", "confidence": 0.9, "session_token": "[REDACTED]"}
+    for path in (tmp_path / "c.jsonl.gz", tmp_path / "legs.jsonl"):
+        raw = path.read_bytes()
+        assert SECRET.encode() not in (gzip.decompress(raw) if path.suffix == ".gz" else raw)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from ..jsonpath import MISSING
+from ..protocols.content_encoding import decode_body
 from ..protocols.json_protocol import loads
 from ..scenario import RedactConfig, SegmentSpec
 from ..traffic.convert import to_capture_record
@@ -120,16 +121,26 @@ class ExchangeRecords:
 
     def _answer(self, ex: Exchange) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        encoding = None
         for k, v in ex.response_headers:
-            if k.lower() == "content-type":
+            name = k.lower()
+            if name == "content-type":
                 out["production_content_type"] = v
-                break
+            elif name == "content-encoding":
+                encoding = v
         body = ex.response_body
         if not body:
             return out
         if len(body) > self.max_body_bytes or ex.response_bytes > len(body):
             # A cut answer cannot be parsed, so its secrets could not be masked: it is left out.
             out["production_body_truncated"] = True
+            return out
+        # Kept decoded, as a client reads it: compressed bytes stored as text were unreadable, and lightly
+        # compressed ones carried the answer's secrets past the redactor. One that cannot be decoded is
+        # left out, with why.
+        body, failed, why = decode_body(encoding, body, self.max_body_bytes)
+        if failed is not None:
+            out["production_body_error"] = why
             return out
         doc = ex.response_doc
         if doc is PARSE:

@@ -39,7 +39,7 @@ from ..scenario import DetectorConfig, RowsConfig
 from ..send_headers import expand_env
 from ..traffic.jsonl_reader import compact_text
 from ..traffic.redaction import REDACTED, Redactor
-from .content_encoding import decode_answer
+from ..protocols.content_encoding import decode_answer
 from .leg import LEG_SCHEMA
 from .recorder import Recorder
 from .transport import Limits, Transport, open_transport

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..compat import OutputValidator
 from ..error_kinds import status_kind
+from ..protocols.content_encoding import decode_body
 from ..jsonpath import MISSING
 from ..protocols import OutputRead, read_output
 from ..replay.leg import LEG_SCHEMA
@@ -52,10 +53,19 @@ class LegBuilder:
         schema_errors: str | None = None
         out: OutputRead | None = None
         excerpt: str | None = None
+        encoding = next((v for k, v in headers if k.lower() == "content-encoding"), None)
+        decoded: int | None = None
         if error is None and status is not None:
             kind = status_kind(status)
+            if size <= max_bytes and encoding:  # read as a client reads it (replay: content_encoding.decode_answer)
+                body, failed, why = decode_body(encoding, body, max_bytes)
+                if failed is not None:
+                    kind, detail = kind if kind is not None and failed == "bad_encoding" else failed, why
+            decoded = len(body)
             if size > max_bytes:
                 kind, detail = "too_large", f"answer of {size} bytes is over replay.max_response_bytes ({max_bytes})"
+            elif kind in ("bad_encoding", "too_large") or (detail is not None and not body):
+                pass  # nothing readable: the leg is its error
             else:
                 lower = {k.lower(): v for k, v in headers} if self.reads_headers[version] else None
                 try:
@@ -98,8 +108,8 @@ class LegBuilder:
             "inter_token_ms_p95": o.inter_token_ms_p95, "token_chunks": o.token_chunks,
             "finish_reason": o.finish_reason, "abstained": o.abstained, "cited": o.cited,
             "fallback_model": o.fallback_model, "tool_calls_valid": o.tool_calls_valid, "row_count": None,
-            "row_labels": None, "row_scores": None, "row_invalid": None, "content_encoding": None,
-            "decoded_bytes": None}
+            "row_labels": None, "row_scores": None, "row_invalid": None, "content_encoding": encoding,
+            "decoded_bytes": decoded}
         return row, body_doc
 
     def _excerpt(self, out: OutputRead, body: bytes) -> str:

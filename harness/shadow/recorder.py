@@ -37,12 +37,13 @@ __all__ = ["Recorder", "main"]
 CAPTURE_MAX_BODY_BYTES = 1 << 24
 
 
-def _content_type(raw: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
-    """The one answer header a capture record reads (production_content_type), decoded."""
-    for k, v in raw:
-        if k.lower() == b"content-type":
-            return ((k.decode("latin-1"), v.decode("latin-1")),)
-    return ()
+_READ = (b"content-type", b"content-encoding")
+
+
+def _content_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
+    """The answer headers every leg and capture record reads (its type, and its coding, which is undone
+    before anything reads the body), decoded."""
+    return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw if k.lower() in _READ)
 
 
 def _one(record: dict[str, Any]) -> Iterable[dict[str, Any]]:
@@ -65,7 +66,7 @@ class Recorder:
                 self._baseline(*item[1:])
             else:
                 _, rid, route, arrived, status, rh, rb, size, sent, done, error, arrivals = item
-                headers = header_text(rh) if self.builder.reads_headers["candidate"] else ()
+                headers = header_text(rh) if self.builder.reads_headers["candidate"] else _content_headers(rh)
                 self.legs.put(self.builder.leg(rid, "candidate", route, arrived, sent, done, status, error,
                                                headers, rb, size, self.max_bytes, arrivals))
         except Exception as exc:  # noqa: BLE001 - one exchange that cannot be recorded must not end the run
@@ -78,7 +79,7 @@ class Recorder:
                   error: str | None, arrivals: list[tuple[int, float]] = ()) -> None:  # type: ignore[assignment]
         # the answer's headers decoded whole only where the baseline's reader reads them
         headers = header_text(raw_headers)
-        rh = header_text(raw_rh) if self.builder.reads_headers["baseline"] else _content_type(raw_rh)
+        rh = header_text(raw_rh) if self.builder.reads_headers["baseline"] else _content_headers(raw_rh)
         doc: Any = PARSE
         if mirror:
             row, doc = self.builder.leg_and_doc(rid, "baseline", route, arrived, sent, done, status, error, rh, rb,

@@ -78,6 +78,21 @@ def _scenario(tmp: Path, baseline: str, candidate: str, max_in_flight: int) -> P
     return path
 
 
+def _shadow_and_clients(harness_proc: Any, tmp_path: Path, scenario: Path, baseline_url: str,
+                        *options: str) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+    """`harness shadow` on a free port with `options`, once listening the client's N requests through it,
+    then the same requests straight to the baseline: (the shadow process, answers through, answers direct)."""
+    port = closed_port()
+    shadow = harness_proc(["shadow", scenario, "--listen", f"127.0.0.1:{port}", "--out", tmp_path / "reports",
+                           *options], tmp_path)
+    deadline = time.monotonic() + 30
+    while "listening on" not in shadow.stdout:
+        assert shadow.proc.poll() is None and time.monotonic() < deadline, shadow.stdout + shadow.stderr
+        time.sleep(0.05)
+    return (shadow, _client(f"http://127.0.0.1:{port}", tmp_path / "through"),
+            _client(baseline_url, tmp_path / "direct"))
+
+
 @pytest.mark.parametrize("candidate_mode", ["slow", "failing", "down"])
 def test_shadow_never_costs_the_user_anything(tmp_path: Path, targets: Any, harness_proc: Any,
                                               candidate_mode: str) -> None:
@@ -85,16 +100,9 @@ def test_shadow_never_costs_the_user_anything(tmp_path: Path, targets: Any, harn
     candidate_url = f"http://127.0.0.1:{closed_port()}" if candidate_mode == "down" else targets(candidate_mode).url
     # slow: a limit of 32 copies in flight against bursts of 64 forces drops
     scenario = _scenario(tmp_path, baseline.url, candidate_url, 32 if candidate_mode == "slow" else 1000)
-    port = closed_port()
     out = tmp_path / "reports"
-    shadow = harness_proc(["shadow", scenario, "--listen", f"127.0.0.1:{port}", "--out", out,
-                           "--snapshot-every", "2"], tmp_path)
-    deadline = time.monotonic() + 30
-    while "listening on" not in shadow.stdout:
-        assert shadow.proc.poll() is None and time.monotonic() < deadline, shadow.stdout + shadow.stderr
-        time.sleep(0.05)
-    through = _client(f"http://127.0.0.1:{port}", tmp_path / "through")
-    direct = _client(baseline.url, tmp_path / "direct")
+    shadow, through, direct = _shadow_and_clients(harness_proc, tmp_path, scenario, baseline.url,
+                                                  "--snapshot-every", "2")
     # while it runs, `harness report` works on a consistent snapshot (status incomplete: exit 4)
     live_dir = the_run_dir(out)
     deadline = time.monotonic() + 120
@@ -158,16 +166,9 @@ def test_keep_serving_answers_past_the_runs_end(tmp_path: Path, targets: Any, ha
     in the run. SIGTERM then ends the proxy with the run's verdict."""
     baseline = targets("ok")
     scenario = _scenario(tmp_path, baseline.url, targets("ok").url, 1000)
-    port = closed_port()
     out = tmp_path / "reports"
-    shadow = harness_proc(["shadow", scenario, "--listen", f"127.0.0.1:{port}", "--out", out, "--snapshot-every", "0",
-                           "--max-requests", "100", "--keep-serving"], tmp_path)
-    deadline = time.monotonic() + 30
-    while "listening on" not in shadow.stdout:
-        assert shadow.proc.poll() is None and time.monotonic() < deadline, shadow.stdout + shadow.stderr
-        time.sleep(0.05)
-    through = _client(f"http://127.0.0.1:{port}", tmp_path / "through")
-    direct = _client(baseline.url, tmp_path / "direct")
+    shadow, through, direct = _shadow_and_clients(harness_proc, tmp_path, scenario, baseline.url,
+                                                  "--snapshot-every", "0", "--max-requests", "100", "--keep-serving")
     deadline = time.monotonic() + 120
     while "verdict" not in shadow.stdout:
         assert shadow.proc.poll() is None and time.monotonic() < deadline, shadow.stdout + shadow.stderr

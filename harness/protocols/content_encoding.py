@@ -25,7 +25,8 @@ if sys.version_info >= (3, 14):
 else:  # the backport of Python 3.14's compression.zstd (PEP 784)
     from backports import zstd
 
-__all__ = ["EncodingError", "DecodedTooLarge", "BodyDecoder", "decoder_for", "decode_answer", "content_codings"]
+__all__ = ["EncodingError", "DecodedTooLarge", "BodyDecoder", "decoder_for", "decode_answer", "decode_body",
+           "content_codings"]
 
 _STEP = 262144  # output per decompressor call: a bounded step between which the send schedule may go first
 
@@ -214,3 +215,22 @@ def decode_answer(result: Any, cap: int, pace: Callable[[], None] | None = None)
             return replace(result, body=b"", decoded_bytes=0, error_detail=str(exc))
         return replace(result, body=b"", error_kind="bad_encoding", error_detail=str(exc), decoded_bytes=0)
     return replace(result, body=body, decoded_bytes=len(body))
+
+
+def decode_body(content_encoding: str | None, body: bytes, cap: int) -> tuple[bytes, str | None, str | None]:
+    """A whole answer body decoded as a client would, for readers that get the bytes as they came (harness
+    shadow, harness capture): (the decoded body, None, None), or (b"", the error kind, why) where it cannot be
+    (bad_encoding, or too_large past `cap`). Never the encoded bytes as if they were the answer: read as text
+    they are unreadable, and lightly compressed ones carry the answer's secrets past the redactor."""
+    codings = content_codings(content_encoding) if body else []
+    if not codings:
+        return body, None, None
+    try:
+        decoder = BodyDecoder(codings, cap)
+        decoded = decoder.feed(body)
+        decoder.finish()
+    except DecodedTooLarge:
+        return b"", "too_large", f"decoded answer ({', '.join(codings)}) over the cap of {cap} bytes"
+    except EncodingError as exc:
+        return b"", "bad_encoding", str(exc)
+    return decoded, None, None
