@@ -24,6 +24,11 @@ def read_aa_reference(ref: Path) -> dict[str, Any]:
         raise ScenarioError(f"{path}: cannot read the A/A reference (replay.aa_reference): {exc}") from None
     if not isinstance(aa, dict) or (aa.get("run") or {}).get("mode") != "aa" or not aa.get("noise_floor"):
         raise ScenarioError(f"{path}: replay.aa_reference must be the run folder of an A/A run (replay.mode: aa)")
+    status = (aa.get("run") or {}).get("status")
+    if status != "complete":
+        raise ScenarioError(f"{path}: replay.aa_reference: the A/A run is {status or 'not complete'} "
+                            f"({(aa.get('run') or {}).get('status_reason') or 'no reason recorded'}); its noise "
+                            "floor is from part of its traffic: run it to the end")
     return {"source": str(path), "run_id": (aa.get("run") or {}).get("id"), "noise_floor": aa["noise_floor"],
             "aa_field_rates": (aa.get("outputs") or {}).get("aa_field_rates")}
 

@@ -26,3 +26,19 @@ def test_the_noise_floor_is_copied_into_the_run(capsys, tmp_path) -> None:
     assert main(["report", str(moved)]) == 0
     after = json.loads((moved / "summary.json").read_text())
     assert after["verdict"] == before["verdict"] and after["gates"] == before["gates"]
+
+
+def test_an_incomplete_aa_run_is_no_reference(capsys, tmp_path) -> None:
+    """An A/A run interrupted part way was taken as the noise floor without a word; a reference whose A/A
+    is not complete is a scenario error before anything is sent."""
+    from harness.aa_reference import read_aa_reference
+    from harness.errors import ScenarioError
+
+    gates = {"error_increase": {"metric": "error_rate", "maximum_increase": 0.05}}
+    aa = small_run(tmp_path / "aa", gates=gates, mode="aa").run_dir
+    summary = json.loads((aa / "summary.json").read_text())
+    assert read_aa_reference(aa)["noise_floor"]
+    summary["run"]["status"], summary["run"]["status_reason"] = "incomplete", "interrupted by SIGINT"
+    (aa / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ScenarioError, match="the A/A run is incomplete \\(interrupted by SIGINT\\)"):
+        read_aa_reference(aa)
