@@ -125,7 +125,7 @@ def _everywhere(spec: GateSpec, results: list[GateResult], own: str | None) -> s
         if r.name == spec.name and r.segment not in (None, own):
             values.setdefault(_dimension(r.segment or ""), []).append(
                 (r.status == "fail" or r.suspect) and r.explained_by is None)
-    return {d for d, flags in values.items() if len(flags) >= 2 and all(flags)}
+    return {d for d, flags in values.items() if flags and all(flags)}
 
 
 def _explained_by_several(spec: GateSpec, data: PairData, s: GateResult, s_mask: np.ndarray,

@@ -41,7 +41,8 @@ def _items(i: int, body: bytes = REQUEST) -> list[tuple[Any, ...]]:
     headers = [(b"Content-Type", b"application/json"), (b"Authorization", f"Bearer {SECRET}".encode())]
     return [("b", rid, "/v1/score", True, "POST", "/v1/score", headers, body, ts, 200, JSON, ANSWER, len(ANSWER),
              ts, ts + 0.005, None, [(len(ANSWER), ts + 0.005)]),
-            ("c", rid, "/v1/score", ts, 200, JSON, ANSWER, len(ANSWER), ts, ts + 0.006, None, [(len(ANSWER), ts + 0.006)])]
+            ("c", rid, "/v1/score", ts, 200, JSON, ANSWER, len(ANSWER), ts, ts + 0.006, None, [(len(ANSWER), ts + 0.006)],
+             b"")]
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
@@ -159,7 +160,7 @@ def test_a_streamed_answer_is_timed_from_its_reads(tmp_path: Path) -> None:
         item = (("b", "s000000001", "/v1/chat/completions", True, "POST", "/v1/chat/completions", JSON, b"{}", T0,
                  200, sse, body, len(body), T0, T0 + 0.3, None, arrivals) if version == "b" else
                 ("c", "s000000001", "/v1/chat/completions", T0, 200, sse, body, len(body), T0, T0 + 0.3, None,
-                 arrivals))
+                 arrivals, b""))
         rec.handle(item)
     counts = rec.close()
     assert counts["dropped"] == {}
@@ -185,7 +186,7 @@ def test_a_compressed_answer_is_read_decoded_and_its_secrets_masked(tmp_path: Pa
     rid, ts = "s000000001", T0
     rec.handle(("b", rid, "/v1/score", True, "POST", "/v1/score", JSON, REQUEST, ts, 200, headers, packed,
                 len(packed), ts, ts + 0.005, None, [(len(packed), ts + 0.005)]))
-    rec.handle(("c", rid, "/v1/score", ts, 200, headers, b"\x1f\x8bnot really", 12, ts, ts + 0.006, None, []))
+    rec.handle(("c", rid, "/v1/score", ts, 200, headers, b"\x1f\x8bnot really", 12, ts, ts + 0.006, None, [], b""))
     assert rec.close()["dropped"] == {}
     legs = {leg["version"]: leg for leg in _lines(tmp_path / "legs.jsonl")}
     base = legs["baseline"]
@@ -197,3 +198,30 @@ def test_a_compressed_answer_is_read_decoded_and_its_secrets_masked(tmp_path: Pa
     for path in (tmp_path / "c.jsonl.gz", tmp_path / "legs.jsonl"):
         raw = path.read_bytes()
         assert SECRET.encode() not in (gzip.decompress(raw) if path.suffix == ".gz" else raw)
+
+
+def test_batched_answers_are_read_row_by_row_and_their_rows_counted(tmp_path: Path) -> None:
+    """kserve_v1 with output.rows: a candidate answering 2 rows to a 3-row request is a row_count_mismatch in
+    live shadow as in a replay (the legs' rows were never read: PROMOTE)."""
+    path = tmp_path / "live.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "live", "traffic": {"path": str(tmp_path / "unused.jsonl")},
+        "targets": {"baseline": {"url": "http://127.0.0.1:9", "protocol": "kserve_v1"},
+                    "candidate": {"url": "http://127.0.0.1:9", "protocol": "kserve_v1"}},
+        "replay": {"allow": ["POST /v1/models/*"]},
+        "output": {"rows": {"path": "$.predictions", "label": "label", "score": "probability"}},
+        "promotion_gates": {"error_rate": {"maximum_increase": 0.005}}}))
+    rec = Recorder(load_scenario(path), str(tmp_path / "c.jsonl.gz"), str(tmp_path / "legs.jsonl"))
+    request = json.dumps({"instances": [[1, 2], [3, 4], [5, 6]]}).encode()
+    row = {"label": "a", "probability": 0.7}
+    three, two = (json.dumps({"predictions": [row] * k}).encode() for k in (3, 2))
+    route = "/v1/models/m:predict"
+    rec.handle(("b", "s000000001", route, True, "POST", route, JSON, request, T0, 200, JSON, three, len(three),
+                T0, T0 + 0.01, None, [], ))
+    rec.handle(("c", "s000000001", route, T0, 200, JSON, two, len(two), T0, T0 + 0.01, None, [], request))
+    assert rec.close()["dropped"] == {}
+    legs = {leg["version"]: leg for leg in _lines(tmp_path / "legs.jsonl")}
+    assert legs["baseline"]["row_count"] == 3 and legs["baseline"]["error_kind"] is None
+    assert legs["baseline"]["row_labels"] == ["a", "a", "a"]
+    assert legs["candidate"]["row_count"] == 2 and legs["candidate"]["error_kind"] == "row_count_mismatch"
+    assert legs["candidate"]["error_detail"] == "3 rows asked for, 2 answered"

@@ -451,7 +451,7 @@ class Dispatcher:
             if out is not None and out.model_error and kind is None and 200 <= status < 300:
                 kind, detail = "model_error", out.model_error
             if out is not None and (out.row_labels is not None or out.row_error is not None):
-                kind, detail = _row_check(row.get("batch_size"), out, kind, detail)
+                kind, detail = row_check(row.get("batch_size"), out, kind, detail)
             if out is not None and 200 <= status < 300 and kind != "truncated_stream":
                 if out.invalid_json:
                     if kind is None:
@@ -539,7 +539,7 @@ def _transport_for(target: TargetPlan, limits: Limits) -> Transport:
     return open_transport(target.url, limits, target.tls)
 
 
-def _row_check(asked: int | None, out: OutputRead, kind: str | None, detail: str | None
+def row_check(asked: int | None, out: OutputRead, kind: str | None, detail: str | None
                ) -> tuple[str | None, str | None]:
     """A 2xx batch answer must carry one row per requested row: more or fewer is an error of its own kind
     (the rows are kept as answered, never aligned)."""

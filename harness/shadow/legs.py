@@ -10,6 +10,7 @@ from ..error_kinds import status_kind
 from ..protocols.content_encoding import decode_body
 from ..jsonpath import MISSING
 from ..protocols import OutputRead, read_output
+from ..replay.dispatcher import row_check
 from ..replay.leg import LEG_SCHEMA
 from ..scenario import Scenario
 from ..traffic.jsonl_reader import compact_text
@@ -34,18 +35,20 @@ class LegBuilder:
 
     def leg(self, request_id: str, version: str, route: str, intended: float, sent: float, done: float,
             status: int | None, error: str | None, headers: tuple[tuple[str, str], ...], body: bytes,
-            size: int, max_bytes: int, arrivals: Any = ()) -> dict[str, Any]:
+            size: int, max_bytes: int, arrivals: Any = (), batch_size: int | None = None) -> dict[str, Any]:
         return self.leg_and_doc(request_id, version, route, intended, sent, done, status, error, headers, body,
-                                size, max_bytes, arrivals)[0]
+                                size, max_bytes, arrivals, batch_size)[0]
 
     def leg_and_doc(self, request_id: str, version: str, route: str, intended: float, sent: float, done: float,
                     status: int | None, error: str | None, headers: tuple[tuple[str, str], ...], body: bytes,
-                    size: int, max_bytes: int, arrivals: Any = ()) -> tuple[dict[str, Any], Any]:
+                    size: int, max_bytes: int, arrivals: Any = (),
+                    batch_size: int | None = None) -> tuple[dict[str, Any], Any]:
         """The leg row, and the answer's JSON value as parsed for it, masked (MISSING: the answer is not JSON;
         PARSE: it was not parsed), so that the capture record of the same answer need not parse it again.
         `error`: connect | timeout | reset when there was no complete answer; `body` the answer up to
         `max_bytes` + 1 bytes (more: too_large); `arrivals` (body bytes so far, wall time) at each read, which
-        times a stream's tokens as a replay's reads do (from the leg's send)."""
+        times a stream's tokens as a replay's reads do (from the leg's send); `batch_size`: the rows the request
+        asked for, where answers are read row by row (output.rows), checked as a replay checks them."""
         body_doc: Any = PARSE
         kind: str | None = error
         detail: str | None = None
@@ -72,7 +75,9 @@ class LegBuilder:
                     out = read_output(self._protocol[version], status, body, self.scenario.output.prediction,
                                       self.scenario.output.confidence, headers=lower,
                                       arrivals=[(n, (t - sent) * 1000.0) for n, t in arrivals],
-                                      detectors=self.scenario.output.detectors)
+                                      detectors=self.scenario.output.detectors, rows=self.scenario.output.rows)
+                    if out.row_labels is not None or out.row_error is not None:
+                        kind, detail = row_check(batch_size, out, kind, detail)
                     if 200 <= status < 300:
                         if out.invalid_json:
                             kind, detail = "invalid_json", detail or out.invalid_reason
@@ -107,8 +112,9 @@ class LegBuilder:
             "streamed": o.streamed, "inter_token_ms_mean": o.inter_token_ms_mean,
             "inter_token_ms_p95": o.inter_token_ms_p95, "token_chunks": o.token_chunks,
             "finish_reason": o.finish_reason, "abstained": o.abstained, "cited": o.cited,
-            "fallback_model": o.fallback_model, "tool_calls_valid": o.tool_calls_valid, "row_count": None,
-            "row_labels": None, "row_scores": None, "row_invalid": None, "content_encoding": encoding,
+            "fallback_model": o.fallback_model, "tool_calls_valid": o.tool_calls_valid, "row_count": o.row_count,
+            "row_labels": o.row_labels, "row_scores": o.row_scores, "row_invalid": o.row_invalid,
+            "content_encoding": encoding,
             "decoded_bytes": decoded}
         return row, body_doc
 

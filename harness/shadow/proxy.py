@@ -72,6 +72,9 @@ class ShadowApp:
         # The copy carries the candidate's test credentials (replay.headers, then the target's), as a replay
         # would; the user's request to the baseline passes through as the user sent it.
         self._candidate_headers = header_overrides(scenario)["candidate"]
+        # answers read row by row (output.rows) are checked against the rows the request asked for: the
+        # candidate's leg goes to the recorder with its request's body
+        self._rows = scenario.output.rows.active(scenario.target_for("candidate").protocol)
 
     async def start(self, host: str, port: int) -> int:
         replay = self.scenario.replay
@@ -161,7 +164,8 @@ class ShadowApp:
             if answer.error is not None:
                 self.stats.candidate_errors[answer.error] = self.stats.candidate_errors.get(answer.error, 0) + 1
             self.channel.put(("c", rid, route, req.arrived, answer.status, answer.raw_headers or (), answer.body,
-                              answer.size, answer.sent_at, answer.done_at, answer.error, answer.arrivals))
+                              answer.size, answer.sent_at, answer.done_at, answer.error, answer.arrivals,
+                              req.body if self._rows else b""))
 
         self.copies += 1
         self._candidate.send(self._copy_head(req.method, req.raw_path, req.raw_headers, len(req.body)), req.body,

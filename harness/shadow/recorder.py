@@ -25,6 +25,7 @@ import json
 import sys
 from typing import Any, BinaryIO, Iterable, TextIO
 
+from ..traffic.prepare import batch_size_of
 from ..capture.exchange import Exchange, ExchangeRecords, header_text
 from ..capture.writer import CaptureWriter
 from ..frames import background_child, read_frame
@@ -65,10 +66,11 @@ class Recorder:
             if item[0] == "b":
                 self._baseline(*item[1:])
             else:
-                _, rid, route, arrived, status, rh, rb, size, sent, done, error, arrivals = item
+                _, rid, route, arrived, status, rh, rb, size, sent, done, error, arrivals, request_body = item
                 headers = header_text(rh) if self.builder.reads_headers["candidate"] else _content_headers(rh)
                 self.legs.put(self.builder.leg(rid, "candidate", route, arrived, sent, done, status, error,
-                                               headers, rb, size, self.max_bytes, arrivals))
+                                               headers, rb, size, self.max_bytes, arrivals,
+                                               batch_size_of(request_body, self.builder.scenario)))
         except Exception as exc:  # noqa: BLE001 - one exchange that cannot be recorded must not end the run
             reason = f"record could not be built: {type(exc).__name__}"
             self.dropped[reason] = self.dropped.get(reason, 0) + 1
@@ -83,7 +85,7 @@ class Recorder:
         doc: Any = PARSE
         if mirror:
             row, doc = self.builder.leg_and_doc(rid, "baseline", route, arrived, sent, done, status, error, rh, rb,
-                                                size, self.max_bytes, arrivals)
+                                                size, self.max_bytes, arrivals, batch_size_of(body, self.builder.scenario))
             self.legs.put(row)
         ex = Exchange(arrived, method, path, headers, body, status, (done - arrived) * 1000.0, rh, rb, size,
                       error, meta={"request_id": rid}, response_doc=doc)

@@ -244,14 +244,14 @@ def _row(seq: int, req: CapturedRequest, redactor: Redactor, segments: SegmentEv
         "request_bytes": len(req.body), "deny_reason": deny,
         "captured_request_id": str(req.meta.get("request_id")) if req.meta.get("request_id") is not None else None,
         "production_status": req.response.status if req.response else None,
-        "batch_size": _batch_size(req.body, scenario),
+        "batch_size": batch_size_of(req.body, scenario),
     }
     for name, value in segments.values(req).items():
         row[f"seg__{name}"] = value
     return row
 
 
-def _batch_size(body: bytes, scenario: Scenario) -> int | None:
+def batch_size_of(body: bytes, scenario: Scenario) -> int | None:
     """The rows the request asks predictions for, where the answers are read row by row (output.rows)."""
     protocol = scenario.target_for("baseline").protocol
     if not scenario.output.rows.active(protocol):
