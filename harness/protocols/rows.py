@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..jsonpath import MISSING, find_first
 from ..numbers import number_label, number_of
 from ..scenario import RowsConfig
 
-__all__ = ["RowsRead", "read_rows", "PROBABILITY_SUM_TOLERANCE"]
+if TYPE_CHECKING:
+    from .json_protocol import OutputRead
+
+__all__ = ["RowsRead", "read_rows", "row_check", "PROBABILITY_SUM_TOLERANCE"]
 
 PROBABILITY_SUM_TOLERANCE = 0.01
 _LABEL_NAMES = ("label", "labels", "prediction", "predictions", "predict", "class", "classes", "predicted_label")
@@ -252,3 +255,16 @@ def _flatten(data: list[Any]) -> list[Any] | str:
         else:
             out.append(x)
     return out
+
+
+def row_check(asked: int | None, out: "OutputRead", kind: str | None, detail: str | None
+               ) -> tuple[str | None, str | None]:
+    """A 2xx batch answer must carry one row per requested row: more or fewer is an error of its own kind
+    (the rows are kept as answered, never aligned)."""
+    if kind is not None or asked is None:
+        return kind, detail
+    if out.row_count is None:
+        return "row_count_mismatch", f"{asked} rows asked for, none readable in the answer: {out.row_error}"
+    if out.row_count != asked:
+        return "row_count_mismatch", f"{asked} rows asked for, {out.row_count} answered"
+    return kind, detail

@@ -40,6 +40,7 @@ from ..send_headers import expand_env
 from ..traffic.jsonl_reader import compact_text
 from ..traffic.redaction import REDACTED, Redactor
 from ..protocols.content_encoding import decode_answer
+from ..protocols.rows import row_check
 from .leg import LEG_SCHEMA
 from .recorder import Recorder
 from .transport import Limits, Transport, open_transport
@@ -537,19 +538,6 @@ def _transport_for(target: TargetPlan, limits: Limits) -> Transport:
         return GrpcClient(target.url, timeout_s=limits.timeout_s, connect_timeout_s=limits.connect_timeout_s,
                           max_response_bytes=limits.max_response_bytes, tls=target.tls)
     return open_transport(target.url, limits, target.tls)
-
-
-def row_check(asked: int | None, out: OutputRead, kind: str | None, detail: str | None
-               ) -> tuple[str | None, str | None]:
-    """A 2xx batch answer must carry one row per requested row: more or fewer is an error of its own kind
-    (the rows are kept as answered, never aligned)."""
-    if kind is not None or asked is None:
-        return kind, detail
-    if out.row_count is None:
-        return "row_count_mismatch", f"{asked} rows asked for, none readable in the answer: {out.row_error}"
-    if out.row_count != asked:
-        return "row_count_mismatch", f"{asked} rows asked for, {out.row_count} answered"
-    return kind, detail
 
 
 def _fit_json(doc: Any, limit: int) -> str:

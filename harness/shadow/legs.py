@@ -8,9 +8,9 @@ from typing import Any
 from ..compat import OutputValidator
 from ..error_kinds import status_kind
 from ..protocols.content_encoding import decode_body
+from ..protocols.rows import row_check
 from ..jsonpath import MISSING
 from ..protocols import OutputRead, read_output
-from ..replay.dispatcher import row_check
 from ..replay.leg import LEG_SCHEMA
 from ..scenario import Scenario
 from ..traffic.jsonl_reader import compact_text
