@@ -26,13 +26,14 @@ ANSWER = json.dumps({"prediction": "ok", "confidence": 0.9, "session_token": SEC
 JSON = [(b"Content-Type", b"application/json")]  # headers as the proxy read them
 
 
-def _scenario(tmp: Path) -> Scenario:
+def _scenario(tmp: Path, protocol: str = "json", allow: str = "POST /v1/score", **more: Any) -> Scenario:
     path = tmp / "live.yaml"
     path.write_text(yaml.safe_dump({
         "name": "live", "traffic": {"path": str(tmp / "unused.jsonl")},
-        "targets": {"baseline": {"url": "http://127.0.0.1:9"}, "candidate": {"url": "http://127.0.0.1:9"}},
-        "replay": {"allow": ["POST /v1/score"]},
-        "promotion_gates": {"error_rate": {"maximum": 0.01}}}))
+        "targets": {"baseline": {"url": "http://127.0.0.1:9", "protocol": protocol},
+                    "candidate": {"url": "http://127.0.0.1:9", "protocol": protocol}},
+        "replay": {"allow": [allow]},
+        "promotion_gates": {"error_rate": {"maximum": 0.01}}, **more}))
     return load_scenario(path)
 
 
@@ -140,14 +141,8 @@ def test_a_streamed_answer_is_timed_from_its_reads(tmp_path: Path) -> None:
     """protocol openai through harness shadow: the proxy notes when each read of the body came, and the leg's
     time to first token and inter-token gap are measured from them, as a replay's are (they were null, and a
     TTFT gate could never be judged on live shadow traffic)."""
-    path = tmp_path / "live.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "live", "traffic": {"path": str(tmp_path / "unused.jsonl")},
-        "targets": {"baseline": {"url": "http://127.0.0.1:9", "protocol": "openai"},
-                    "candidate": {"url": "http://127.0.0.1:9", "protocol": "openai"}},
-        "replay": {"allow": ["POST /v1/chat/completions"]},
-        "promotion_gates": {"ttft_p95_ms": {"maximum_regression_percent": 10}}}))
-    rec = Recorder(load_scenario(path), str(tmp_path / "c.jsonl.gz"), str(tmp_path / "legs.jsonl"))
+    rec = Recorder(_scenario(tmp_path, "openai", "POST /v1/chat/completions"), str(tmp_path / "c.jsonl.gz"),
+                   str(tmp_path / "legs.jsonl"))
     events = [b'data: {"id": "x", "choices": [{"index": 0, "delta": {"role": "assistant"}}]}\n\n',
               b'data: {"id": "x", "choices": [{"index": 0, "delta": {"content": "Hel"}}]}\n\n',
               b'data: {"id": "x", "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]}\n\n',
@@ -203,15 +198,9 @@ def test_a_compressed_answer_is_read_decoded_and_its_secrets_masked(tmp_path: Pa
 def test_batched_answers_are_read_row_by_row_and_their_rows_counted(tmp_path: Path) -> None:
     """kserve_v1 with output.rows: a candidate answering 2 rows to a 3-row request is a row_count_mismatch in
     live shadow as in a replay (the legs' rows were never read: PROMOTE)."""
-    path = tmp_path / "live.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "live", "traffic": {"path": str(tmp_path / "unused.jsonl")},
-        "targets": {"baseline": {"url": "http://127.0.0.1:9", "protocol": "kserve_v1"},
-                    "candidate": {"url": "http://127.0.0.1:9", "protocol": "kserve_v1"}},
-        "replay": {"allow": ["POST /v1/models/*"]},
-        "output": {"rows": {"path": "$.predictions", "label": "label", "score": "probability"}},
-        "promotion_gates": {"error_rate": {"maximum_increase": 0.005}}}))
-    rec = Recorder(load_scenario(path), str(tmp_path / "c.jsonl.gz"), str(tmp_path / "legs.jsonl"))
+    scenario = _scenario(tmp_path, "kserve_v1", "POST /v1/models/*",
+                         output={"rows": {"path": "$.predictions", "label": "label", "score": "probability"}})
+    rec = Recorder(scenario, str(tmp_path / "c.jsonl.gz"), str(tmp_path / "legs.jsonl"))
     request = json.dumps({"instances": [[1, 2], [3, 4], [5, 6]]}).encode()
     row = {"label": "a", "probability": 0.7}
     three, two = (json.dumps({"predictions": [row] * k}).encode() for k in (3, 2))
