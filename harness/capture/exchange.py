@@ -135,9 +135,9 @@ class ExchangeRecords:
             # A cut answer cannot be parsed, so its secrets could not be masked: it is left out.
             out["production_body_truncated"] = True
             return out
-        # Kept decoded, as a client reads it: compressed bytes stored as text were unreadable, and lightly
-        # compressed ones carried the answer's secrets past the redactor. One that cannot be decoded is
-        # left out, with why.
+        # Kept decoded, as a client reads it: compressed bytes stored as text are unreadable, and lightly
+        # compressed ones carry the answer's secrets past the redactor. One that cannot be decoded is left
+        # out, with why.
         body, failed, why = decode_body(encoding, body, self.max_body_bytes)
         if failed is not None:
             out["production_body_error"] = why
