@@ -199,22 +199,16 @@ def decode_answer(result: Any, cap: int, pace: Callable[[], None] | None = None)
     wire). Already decoded (streams), no answer, or an empty body: returned with decoded_bytes filled in."""
     if result.decoded_bytes is not None or result.status is None or result.error_kind == "too_large":
         return result
-    codings = content_codings(result.headers.get("content-encoding")) if result.body and result.headers else []
-    if not codings:  # the common case, on every leg: no copy
-        result.decoded_bytes = len(result.body)
-        return result
-    try:
-        decoder = BodyDecoder(codings, cap, pace)
-        body = decoder.feed(result.body)
-        decoder.finish()
-    except DecodedTooLarge as exc:
-        return replace(result, body=b"", error_kind="too_large", decoded_bytes=exc.decoded,
-                       error_detail=f"decoded answer ({', '.join(codings)}) over the cap of {cap} bytes")
-    except EncodingError as exc:
-        if result.error_kind is not None:  # a 5xx stays a 5xx; the detail says why its body is unreadable
-            return replace(result, body=b"", decoded_bytes=0, error_detail=str(exc))
-        return replace(result, body=b"", error_kind="bad_encoding", error_detail=str(exc), decoded_bytes=0)
-    return replace(result, body=body, decoded_bytes=len(body))
+    encoding = result.headers.get("content-encoding") if result.body and result.headers else None
+    body, decoded, kind, detail = _decode(content_codings(encoding) if encoding else [], result.body, cap, pace)
+    if kind is None:
+        if body is result.body:  # the common case, on every leg: no copy
+            result.decoded_bytes = decoded
+            return result
+        return replace(result, body=body, decoded_bytes=decoded)
+    if kind == "bad_encoding" and result.error_kind is not None:  # a 5xx stays a 5xx; the detail says why its
+        return replace(result, body=b"", decoded_bytes=0, error_detail=detail)  # body is unreadable
+    return replace(result, body=b"", error_kind=kind, error_detail=detail, decoded_bytes=decoded)
 
 
 def decode_body(content_encoding: str | None, body: bytes, cap: int) -> tuple[bytes, str | None, str | None]:
@@ -222,15 +216,22 @@ def decode_body(content_encoding: str | None, body: bytes, cap: int) -> tuple[by
     shadow, harness capture): (the decoded body, None, None), or (b"", the error kind, why) where it cannot be
     (bad_encoding, or too_large past `cap`). Never the encoded bytes as if they were the answer: read as text
     they are unreadable, and lightly compressed ones carry the answer's secrets past the redactor."""
-    codings = content_codings(content_encoding) if body else []
+    body, _, kind, detail = _decode(content_codings(content_encoding) if body else [], body, cap, None)
+    return body, kind, detail
+
+
+def _decode(codings: list[str], body: bytes, cap: int,
+            pace: Callable[[], None] | None) -> tuple[bytes, int, str | None, str | None]:
+    """(decoded body, decoded byte count, error kind, why): the one way a whole body is decoded, for the replay's
+    answers and for the bodies shadow and capture read. On too_large the count is how far decoding got."""
     if not codings:
-        return body, None, None
+        return body, len(body), None, None
     try:
-        decoder = BodyDecoder(codings, cap)
+        decoder = BodyDecoder(codings, cap, pace)
         decoded = decoder.feed(body)
         decoder.finish()
-    except DecodedTooLarge:
-        return b"", "too_large", f"decoded answer ({', '.join(codings)}) over the cap of {cap} bytes"
+    except DecodedTooLarge as exc:
+        return b"", exc.decoded, "too_large", f"decoded answer ({', '.join(codings)}) over the cap of {cap} bytes"
     except EncodingError as exc:
-        return b"", "bad_encoding", str(exc)
-    return decoded, None, None
+        return b"", 0, "bad_encoding", str(exc)
+    return decoded, len(decoded), None, None

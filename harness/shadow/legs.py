@@ -60,14 +60,16 @@ class LegBuilder:
         decoded: int | None = None
         if error is None and status is not None:
             kind = status_kind(status)
+            undecodable = False
             if size <= max_bytes and encoding:  # read as a client reads it (replay: content_encoding.decode_answer)
                 body, failed, why = decode_body(encoding, body, max_bytes)
-                if failed is not None:
+                if failed is not None:  # a 5xx stays a 5xx, with why its body is unreadable
+                    undecodable = True
                     kind, detail = kind if kind is not None and failed == "bad_encoding" else failed, why
             decoded = len(body)
             if size > max_bytes:
                 kind, detail = "too_large", f"answer of {size} bytes is over replay.max_response_bytes ({max_bytes})"
-            elif kind in ("bad_encoding", "too_large") or (detail is not None and not body):
+            elif undecodable:
                 pass  # nothing readable: the leg is its error
             else:
                 lower = {k.lower(): v for k, v in headers} if self.reads_headers[version] else None
