@@ -58,6 +58,22 @@ def test_cardinality_cap_groups_the_rest_as_other() -> None:
     assert ev.values(req(headers=(("X-T", "t1"),)))["tenant"] == "t1"
 
 
+def test_captured_values_never_merge_with_harness_own_labels() -> None:
+    """A tenant called "(none)" or "(other)" is not the requests without a tenant, nor the overflow of the cap;
+    "other" is an ordinary value. Every kind of literal value, compiled and reference path alike."""
+    specs = [SegmentSpec("tenant", "header", "X-T", max_values=4), SegmentSpec("client", "query", "c"),
+             SegmentSpec("model", "json_path", "$.m")]
+    for compiled in (True, False):  # the straight-line values() and the loop it stands for
+        ev = SegmentEvaluator(specs)
+        values = ev.values if compiled else (lambda r, ev=ev: SegmentEvaluator.values(ev, r))
+        missing = values(req("/s", (), {}))
+        assert missing["tenant"] == missing["client"] == missing["model"] == "(none)"
+        got = [values(req(f"/s?c={v}", (("X-T", v),), {"m": v})) for v in ("(none)", "(other)", "other", "t3", "t4")]
+        assert [g["tenant"] for g in got] == ['"(none)"', '"(other)"', "other", OTHER_VALUE, OTHER_VALUE]
+        assert [g["client"] for g in got] == [g["model"] for g in got] == ['"(none)"', '"(other)"', "other", "t3", "t4"]
+    assert OTHER_VALUE == "(other)"
+
+
 def test_redaction_of_headers_query_and_body() -> None:
     r = Redactor(RedactConfig(headers=("X-Customer-Email",), query=("email",), json_paths=("$.card.number",)))
     out = r.request(req("/score?api_key=k1&email=a@b.c&x=1",

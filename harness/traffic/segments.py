@@ -2,8 +2,10 @@
 
 Every request also belongs to the overall segment; analysis adds it, so it is not a column here.
 Values are strings; a missing source gives "(none)". Cardinality is capped per segment: the first
-`max_values` distinct values keep their name, later ones are grouped as "other" (in capture order,
-which is stable for a given capture).
+`max_values` distinct values keep their name, later ones are grouped as "(other)" (in capture order,
+which is stable for a given capture). Those two labels are harness's own: a captured value that reads the
+same is shown in double quotes ('"(none)"'), so that a tenant called "(none)" is never merged with the
+requests that have no tenant.
 """
 from __future__ import annotations
 
@@ -21,7 +23,13 @@ __all__ = ["SegmentEvaluator", "route_template", "bucket_label", "prompt_tokens"
 
 NONE_VALUE = "(none)"
 PHASE_PENDING = ""  # a run_phase value until the schedule is known (traffic.prepare.set_run_phases)
-OTHER_VALUE = "other"
+OTHER_VALUE = "(other)"
+_RESERVED = frozenset((NONE_VALUE, OTHER_VALUE))
+
+
+def _literal(value: str) -> str:
+    """A captured value as a label: quoted where it reads like one of harness's own labels."""
+    return f'"{value}"' if value in _RESERVED else value
 # An id-like path segment: digits, UUIDs, long hex, or long tokens mixing letters and digits.
 _ID_SEGMENT = re.compile(
     r"^(\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{12,}"
@@ -105,7 +113,7 @@ def _from_body(path: str, label: Callable[[Any], str]) -> Callable[[CapturedRequ
 
 
 def _admit(seen: set[str], max_values: int, value: str) -> str:
-    """A value not seen yet: kept (and remembered) while the segment has room, else "other"."""
+    """A value not seen yet: kept (and remembered) while the segment has room, else "(other)"."""
     if len(seen) >= max_values:
         return OTHER_VALUE
     seen.add(value)
@@ -153,7 +161,8 @@ class SegmentEvaluator:
         if len(set(names)) != len(names):
             return None
         env: dict[str, Any] = {"_admit": _admit, "route_template": route_template, "MISSING": MISSING,
-                               "NONE_VALUE": NONE_VALUE, "bisect_right": bisect.bisect_right}
+                               "NONE_VALUE": NONE_VALUE, "bisect_right": bisect.bisect_right,
+                               "_literal": _literal, "_RESERVED": _RESERVED}
         lines = ["def values(req):"]
         var: dict[str, str] = {}
         have_index = have_doc = False
@@ -169,7 +178,9 @@ class SegmentEvaluator:
                     lines += ["    index = req._hindex", "    if index is None:", "        index = req._header_index()"]
                     have_index = True
                 lines += [f"    v{i} = index.get(lname{i})",
-                          f"    v{i} = NONE_VALUE if v{i} is None or v{i} == '' else str(v{i})[:64]"]
+                          f"    if v{i} is None or v{i} == '':", f"        v{i} = NONE_VALUE", "    else:",
+                          f"        v{i} = str(v{i})[:64]", f"        if v{i} in _RESERVED:",
+                          f"            v{i} = _literal(v{i})"]
             elif labels is not None and first is not None:
                 env[f"labels{i}"], env[f"buckets{i}"], env[f"first{i}"] = labels, spec.buckets or (0,), first
                 if not have_doc:
@@ -197,15 +208,6 @@ class SegmentEvaluator:
         exec(self._source, env)  # noqa: S102 - our own text (see the docstring)
         return env["values"]  # type: ignore[no-any-return]
 
-    def _cap(self, spec: SegmentSpec, value: str) -> str:
-        seen = self._seen[spec.name]
-        if value in seen:
-            return value
-        if len(seen) >= spec.max_values:
-            return OTHER_VALUE
-        seen.add(value)
-        return value
-
     def _compile(self, spec: SegmentSpec) -> Callable[[CapturedRequest], str]:
         kind = spec.kind
         if kind == "run_phase":
@@ -217,7 +219,7 @@ class SegmentEvaluator:
 
             def header(req: CapturedRequest) -> str:
                 v = req.header(name)
-                return str(v)[:64] if v not in (None, "") else NONE_VALUE
+                return _literal(str(v)[:64]) if v not in (None, "") else NONE_VALUE
             return header
         if kind == "prompt_tokens":
             buckets = spec.buckets or (0,)
@@ -316,4 +318,4 @@ def _bucketed(value: Any, spec: SegmentSpec) -> str:
             return NONE_VALUE
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True)[:64]
-    return str(value)[:64]
+    return _literal(str(value)[:64])
