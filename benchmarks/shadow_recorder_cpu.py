@@ -14,6 +14,7 @@ checkout pickles its own files (the scenario is its own class).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -47,10 +48,12 @@ def write_frames(path: Path, work: Path, n: int) -> None:
                         (b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(answer)),
                         (b"Connection", b"keep-alive")]
 
+            # the items exactly as harness/shadow/proxy.py hands them over (a one-read answer each)
             batch.append(("b", rid, "/score", True, "POST", "/score", request_headers, bytes(body), ts, 200,
-                          answer_headers(), bytes(answer), len(answer), ts + 0.0001, ts + 0.0005, None))
+                          answer_headers(), bytes(answer), len(answer), ts + 0.0001, ts + 0.0005, None,
+                          [(len(answer), ts + 0.0005)]))
             batch.append(("c", rid, "/score", ts, 200, answer_headers(), bytes(answer), len(answer), ts + 0.0002,
-                          ts + 0.0006, None))
+                          ts + 0.0006, None, [(len(answer), ts + 0.0006)], b""))
             if len(batch) >= 2 * BATCH:
                 f.write(frame(("items", batch)))
                 batch = []
@@ -59,16 +62,20 @@ def write_frames(path: Path, work: Path, n: int) -> None:
         f.write(frame(("stop",)))
 
 
-def recorder_cpu(root: Path, frames: Path, work: Path) -> float:
-    """CPU seconds of one recorder process (the checkout at `root`) reading `frames`."""
+def recorder_cpu(root: Path, frames: Path, work: Path, n: int) -> float:
+    """CPU seconds of one recorder process (the checkout at `root`) reading `frames` of `n` exchanges; it
+    must have recorded every one (an item it cannot take is dropped, and would make it look cheap)."""
     run_dir = work / f"run-{os.urandom(4).hex()}"
     run_dir.mkdir()
     env = {**os.environ, "PYTHONPATH": str(root)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with frames.open("rb") as f:
-        subprocess.run([c.PY, "-m", "harness.shadow.recorder"], stdin=f, stdout=subprocess.DEVNULL, cwd=run_dir,
-                       env=env, check=True)
+        done = subprocess.run([c.PY, "-m", "harness.shadow.recorder"], stdin=f, stdout=subprocess.PIPE, cwd=run_dir,
+                              env=env, check=True, text=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    counts = json.loads(done.stdout.splitlines()[-1])
+    if counts.get("dropped") or counts["legs"]["records_written"] != 2 * n or counts["capture"]["records_written"] != n:
+        sys.exit(f"{root}: the recorder did not record every exchange of {frames.name}: {counts}")
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
@@ -97,7 +104,8 @@ def main() -> None:
         for run in range(args.runs):
             for name, root in roots.items():
                 many, one = work / f"{name}-{args.exchanges}.frames", work / f"{name}-1.frames"
-                us = (recorder_cpu(root, many, work) - recorder_cpu(root, one, work)) / (args.exchanges - 1) * 1e6
+                us = (recorder_cpu(root, many, work, args.exchanges) - recorder_cpu(root, one, work, 1)) \
+                    / (args.exchanges - 1) * 1e6
                 results[name].append(us)
                 print(f"run {run + 1}, {name} ({root}): {us:.1f} us of CPU an exchange "
                       f"(load average {os.getloadavg()[0]:.2f})", flush=True)

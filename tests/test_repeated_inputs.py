@@ -109,8 +109,8 @@ def test_a_score_copied_to_every_replay_counts_once() -> None:
 
 
 def p95_gate(reps: int, with_units: bool, spread: float, copies: int, seed: int,
-             true_ratio: float = 1.10) -> tuple[float, float]:
-    """(PASS, FAIL) shares of a +10 % p95 latency gate over 2,000 pairs that replay 2000/copies inputs, at a
+             true_ratio: float = 1.10, pairs: int = 2000) -> tuple[float, float]:
+    """(PASS, FAIL) shares of a +10 % p95 latency gate over `pairs` pairs that replay pairs/copies inputs, at a
     true p95 ratio of `true_ratio` (1.10: the hardest null); the candidate's slowdown grows with the input's
     own cost (`spread`), so that the inputs' spread does not cancel between the versions."""
     gate = parse_gates({"latency_p95_ms": {"maximum_regression_percent": 10}}, "t")
@@ -127,7 +127,7 @@ def p95_gate(reps: int, with_units: bool, spread: float, copies: int, seed: int,
     rng = np.random.default_rng(seed)
     passes = fails = 0
     for _ in range(reps):
-        b, c, unit = draw(rng, 2000 // copies, copies)
+        b, c, unit = draw(rng, pairs // copies, copies)
         data = make(b, c * scale)
         data.unit = unit if with_units else None
         result = overall(evaluate_gates(gate, data, RES, n_resamples=400), "latency_p95_ms")
@@ -217,3 +217,49 @@ def test_the_slower_here_screen_counts_inputs() -> None:
     # the screen's z shrinks by about sqrt(10), the copies per input: evidence from 40 inputs, not 400 pairs
     from scipy.stats import norm
     assert 2.5 < norm.isf(naive.p_worse) / norm.isf(clustered.p_worse) < 4.0, (naive.p_worse, clustered.p_worse)
+
+
+def _input_costs(n_inputs: int, copies: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs that replay each input `copies` times: the input sets most of the time, the slowdown depends on
+    it, each replay adds its own noise (0: copies answer in the same time)."""
+    rng = np.random.default_rng(seed)
+    cost = rng.lognormal(np.log(20), 0.6, n_inputs)
+    unit = np.repeat(rng.permutation(n_inputs), copies)
+    b = cost[unit] * rng.lognormal(0, noise, len(unit)) if noise else cost[unit].copy()
+    c = cost[unit] * np.exp(0.2 * np.log(cost[unit] / 20)) * (rng.lognormal(0, noise, len(unit)) if noise else 1.0)
+    return b, c, unit.astype(np.int64)
+
+
+@pytest.mark.integration  # about 10 s: the full bootstrap over inputs, twice
+@pytest.mark.parametrize("noise", [0.1, 0.0])
+def test_the_window_over_inputs_draws_the_same_bootstrap_as_the_full_one(noise: float) -> None:
+    """The bootstrap over inputs, computed from the inputs near each version's p95 only, is the same
+    distribution as the one that cumulates every pair of every resample: bounds within their Monte Carlo
+    error, and a two-sample test that cannot tell them apart. Copies that answer alike (noise 0) are the
+    hardest case for the window: a resample's rank of the quantile strays the most."""
+    from harness.analysis import stats
+
+    b, c, unit = _input_costs(6_000, 5, noise, seed=4)
+    window = stats.paired_quantile_ratio_ci(b, c, 0.95, n_resamples=4000, seed=1, units=unit)
+    full = stats.paired_quantile_ratio_ci(b, c, 0.95, n_resamples=4000, seed=2, units=unit, method="index")
+    assert window.method.endswith("(over captured inputs, window)") and full.method.endswith("(over captured inputs)")
+    assert window.estimate == full.estimate
+    assert window.lower == pytest.approx(full.lower, rel=0.005) and window.upper == pytest.approx(full.upper, rel=0.005)
+    from scipy import stats as sps
+    assert sps.ks_2samp(window.log_ratios, full.log_ratios, method="asymp").pvalue > 0.001
+    if noise == 0.0:  # copies that answer alike: resampling pairs would count each input 5 times
+        pairs = stats.paired_quantile_ratio_ci(b, c, 0.95, n_resamples=4000, seed=1)
+        assert (pairs.upper - pairs.lower) < 0.8 * (window.upper - window.lower)
+
+
+@pytest.mark.integration  # a few seconds: a million pairs
+def test_a_scope_of_a_million_pairs_resamples_its_inputs() -> None:
+    """No cap on the bootstrap over inputs: 1,000,000 pairs replaying 200,000 inputs are resampled by input
+    (the window), not widened by a design effect."""
+    from harness.analysis import stats
+
+    b, c, unit = _input_costs(200_000, 5, 0.1, seed=5)
+    r = stats.paired_quantile_ratio_ci(b, c, 0.95, n_resamples=400, seed=1, units=unit)
+    assert r.method.endswith("(over captured inputs, window)")
+    true = np.quantile(c, 0.95) / np.quantile(b, 0.95)
+    assert r.lower < true < r.upper and r.upper - r.lower < 0.03

@@ -369,9 +369,6 @@ def _jittered(b: FloatArray, c: FloatArray, seed: int) -> tuple[FloatArray, Floa
     return b + rng.uniform(-0.5, 0.5, len(b)), c + rng.uniform(-0.5, 0.5, len(c))
 
 
-CLUSTER_BOOTSTRAP_MAX_N = 20_000  # above, replays of one input widen the pair bootstrap instead (gates.latency)
-
-
 def _cluster_bootstrap_quantiles(b: FloatArray, c: FloatArray, q: float, units: NDArray[np.int64],
                                  n_resamples: int, seed: int) -> tuple[FloatArray, FloatArray]:
     """The paired bootstrap over units instead of pairs (each resample draws J captured inputs with
@@ -404,6 +401,71 @@ def _cluster_bootstrap_quantiles(b: FloatArray, c: FloatArray, q: float, units: 
     return np.concatenate(out[0]), np.concatenate(out[1])
 
 
+def _cluster_window_bootstrap_quantiles(b: FloatArray, c: FloatArray, q: float, units: NDArray[np.int64],
+                                        n_resamples: int, seed: int, z: float) -> tuple[FloatArray, FloatArray] | None:
+    """The same bootstrap over units as `_cluster_bootstrap_quantiles`, in O(resamples * (units near the
+    quantile + kinds of the others)): the window bootstrap's construction (`_window_bootstrap_quantiles`)
+    lifted from pairs to units. Only units with a pair near either version's quantile need their own
+    resample counts; every other unit lies wholly below or above each window, so it matters to a resample
+    only through its size and how many of its pairs lie below each window, and units alike in those three
+    are pooled: counts ~ multinomial(J, [units near, each pool's units] / J), the near units' total spread
+    uniformly over them, which is the exact bootstrap distribution. The window's half-width covers how far
+    a resample's rank of the quantile strays when whole units are drawn (the spread of the units' excess of
+    pairs below the quantile) and the Harrell-Davis weights' own spread; a resample that still puts more
+    than 1e-7 of its weight outside raises _LeftWindow (the caller retries wider). None when the units near
+    the quantile are too large a share to save anything."""
+    n, big_j = len(b), int(units.max()) + 1
+    hd = _hd_cdf(n, q)
+    grid = np.arange(n + 1, dtype=np.float64)
+    sizes = np.bincount(units, minlength=big_j).astype(np.float64)
+    r0, r1, _ = _quantile_position(n, q)
+    windows = []
+    for x in (b, c):
+        below_q = np.bincount(units, weights=x <= np.partition(x, r0)[r0], minlength=big_j)
+        excess = below_q - (below_q.sum() / n) * sizes
+        spread = math.sqrt(big_j * float(np.mean(excess ** 2)) + n * q * (1 - q))
+        half = int(math.ceil(z * spread)) + 10
+        windows.append(_value_window(x, max(0, r0 - half), min(n, r1 + 1 + half)))
+    near = np.zeros(big_j, bool)
+    for _, win in windows:
+        near[units[win]] = True
+    near_units = np.flatnonzero(near)
+    m = len(near_units)
+    if 4 * m >= big_j:
+        return None
+    below_u = [np.bincount(units, weights=below, minlength=big_j) for below, _ in windows]
+    rest = ~near
+    kinds, kind_units = np.unique(np.stack([sizes[rest], below_u[0][rest], below_u[1][rest]], axis=1), axis=0,
+                                  return_counts=True)
+    probs = np.concatenate([[m], kind_units]) / big_j
+    pos = np.full(big_j, -1, np.int64)
+    pos[near_units] = np.arange(m)
+    sides = [(pos[units[win]], x[win], kinds[:, 1 + i], below_u[i][near_units])
+             for i, ((_, win), x) in enumerate(zip(windows, (b, c)))]
+    rng = np.random.default_rng([seed, 0xC1])
+    chunk = max(1, min(n_resamples, 4_000_000 // max(m, len(windows[0][1]), len(windows[1][1]))))
+    qs = (np.empty(n_resamples), np.empty(n_resamples))
+    for start in range(0, n_resamples, chunk):
+        k = min(chunk, n_resamples - start)
+        cells = rng.multinomial(big_j, probs, size=k)
+        totals = cells[:, 0]
+        rows = np.repeat(np.arange(k), totals)
+        counts = np.bincount(rows * m + rng.integers(0, m, size=int(totals.sum())),
+                             minlength=k * m).reshape(k, m).astype(np.float64)
+        pooled = cells[:, 1:].astype(np.float64)
+        scale = n / (pooled @ kinds[:, 0] + counts @ sizes[near_units])  # resamples hold about n pairs
+        for (w, v, kind_below, near_below), out in zip(sides, qs):
+            base = (pooled @ kind_below + counts @ near_below) * scale
+            cum = np.cumsum(counts[:, w], axis=1)
+            cum *= scale[:, None]
+            cum += base[:, None]
+            h_base, h = np.interp(base, grid, hd), np.interp(cum, grid, hd)
+            if (h_base > _HD_OUTSIDE).any() or (1.0 - h[:, -1] > _HD_OUTSIDE).any():
+                raise _LeftWindow
+            out[start:start + k] = h[:, -1] * v[-1] - h_base * v[0] - h[:, :-1] @ np.diff(v)
+    return qs
+
+
 def _paired_bootstrap_quantiles(b: FloatArray, c: FloatArray, q: float, n_resamples: int, seed: int, max_n: int,
                                 method: str, units: NDArray[np.int64] | None = None
                                 ) -> tuple[FloatArray, FloatArray, str]:
@@ -411,6 +473,15 @@ def _paired_bootstrap_quantiles(b: FloatArray, c: FloatArray, q: float, n_resamp
     input, `_cluster_bootstrap_quantiles`), and which implementation ran."""
     n = len(b)
     if units is not None:
+        if method != "index":
+            for z in (10.0, 16.0, 24.0):
+                try:
+                    window = _cluster_window_bootstrap_quantiles(b, c, q, units, n_resamples, seed, z)
+                except _LeftWindow:
+                    continue
+                if window is not None:
+                    return window[0], window[1], "over captured inputs, window"
+                break
         qb, qc = _cluster_bootstrap_quantiles(b, c, q, units, n_resamples, seed)
         return qb, qc, "over captured inputs"
     rng = np.random.default_rng(seed)

@@ -109,10 +109,9 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
     selected = mask & _imputed(spec, data, series).usable
     deff, copies_txt = _copies(data, selected, b, c, q, spec.comparison)
     failed_txt += copies_txt
-    # replays of one input: a quantile's paired interval resamples the inputs (up to the bootstrap's cap);
-    # otherwise it is widened by the design effect (_copies says which)
-    units = (repeated_units(data.unit, selected) if q is not None and spec.comparison != "absolute"
-             and n <= stats.CLUSTER_BOOTSTRAP_MAX_N else None)
+    # replays of one input: a quantile's paired interval resamples the inputs; a mean's or a bound on the
+    # candidate alone is widened by the design effect (_copies says which)
+    units = repeated_units(data.unit, selected) if q is not None and spec.comparison != "absolute" else None
     stretch = 1.0 if units is not None else math.sqrt(deff)
     answered = int(answered / deff)
     few = answered < pass_floor
@@ -177,7 +176,7 @@ def _copies(data: PairData, selected: np.ndarray, b: np.ndarray, c: np.ndarray,
         relative = comparison == "relative" and mb > 0 and mc > 0
         deff = copies_design_effect(c / mc - b / mb if relative else c - b, units)
     inputs = int(units.max()) + 1
-    resampled = comparison != "absolute" and q is not None and len(b) <= stats.CLUSTER_BOOTSTRAP_MAX_N
+    resampled = comparison != "absolute" and q is not None
     how = ("the interval resamples the inputs, not the pairs" if resampled else
            f"the interval is widened {math.sqrt(deff):.2f}x for the copies (design effect {deff:.2f})")
     return deff, f" The {len(b)} pairs replay {inputs} captured inputs: {how}."
