@@ -138,12 +138,13 @@ def p95_gate(reps: int, with_units: bool, spread: float, copies: int, seed: int,
 
 @pytest.mark.integration  # a seeded simulation of about 30 s
 def test_copies_of_an_input_do_not_narrow_the_p95_interval() -> None:
-    """200 inputs x 10 copies at the hardest null: resampling pairs PASSed about 19 % of runs and FAILed
-    18 % (nominal 5 % each); resampling the inputs keeps both near 5 % (4.7 % and 4.0 % in 300 runs)."""
+    """200 inputs x 10 copies at the hardest null: resampling pairs PASSed 20 % of runs and FAILed 17 %
+    (nominal 5 % each); resampling the inputs keeps both near 5 % (6.7 % and 2.7 % in 300 runs,
+    benchmarks/repeated_inputs.py). At most 15 of 150 runs: a 5 % rule exceeds that 0.4 % of the time."""
     naive = p95_gate(150, False, 0.3, 10, seed=1)
     clustered = p95_gate(150, True, 0.3, 10, seed=1)
-    assert naive[0] >= 0.10 and naive[1] >= 0.10, naive
-    assert clustered[0] <= 0.09 and clustered[1] <= 0.09, clustered
+    assert naive[0] >= 0.12 and naive[1] >= 0.12, naive
+    assert clustered[0] <= 0.10 and clustered[1] <= 0.10, clustered
 
 
 @pytest.mark.integration
@@ -252,6 +253,50 @@ def test_the_window_over_inputs_draws_the_same_bootstrap_as_the_full_one(noise: 
         assert (pairs.upper - pairs.lower) < 0.8 * (window.upper - window.lower)
 
 
+def _one_big_input(n: int, share: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One input replayed for `share` of the pairs, far above the rest (each replayed once): resamples that
+    leave it out move the p95 far, so no window near the quantile holds them."""
+    rng = np.random.default_rng(seed)
+    big = int(n * share)
+    unit = np.concatenate([np.zeros(big, np.int64), 1 + np.arange(n - big)])
+    b = np.concatenate([500 * rng.lognormal(0, 0.05, big), rng.lognormal(np.log(20), 0.6, n - big)])
+    return b, b * rng.lognormal(0.05, 0.1, n), unit
+
+
+def test_where_no_input_window_exists_a_large_scope_widens_the_pair_bootstrap() -> None:
+    """One input holding 20 % of 60,000 pairs: the window over inputs cannot hold the resamples and the
+    bootstrap over every pair would take minutes, so the gate widens the pair bootstrap by the design
+    effect and says so; at 6,000 pairs it resamples the inputs from every pair."""
+    from harness.analysis import stats
+
+    b, c, unit = _one_big_input(60_000, 0.2)
+    with pytest.raises(stats.InputsBootstrapTooLarge):
+        stats.paired_quantile_ratio_ci(b, c, 0.95, n_resamples=200, seed=1, units=unit)
+    gate = parse_gates({"latency_p95_ms": {"maximum_regression_percent": 10}}, "t")
+    data = make(b, c)
+    data.unit = unit
+    result = overall(evaluate_gates(gate, data, RES, n_resamples=200), "latency_p95_ms")
+    assert "the interval is widened" in result.reason and "resamples the inputs" not in result.reason, result.reason
+    b, c, unit = _one_big_input(6_000, 0.2)
+    small = stats.paired_quantile_ratio_ci(b, c, 0.95, n_resamples=200, seed=1, units=unit)
+    assert small.method.endswith("(over captured inputs)")
+
+
+def test_input_ids_need_not_be_dense() -> None:
+    """Any ids name the inputs (the gates pass dense ones): an id never used is no input a resample can
+    draw empty-handed."""
+    from harness.analysis import stats
+
+    b = np.arange(1.0, 11.0)
+    sparse = stats.paired_quantile_ratio_ci(b, 1.1 * b, 0.5, n_resamples=500, seed=1,
+                                            units=np.array([0] * 5 + [50] * 5))
+    dense = stats.paired_quantile_ratio_ci(b, 1.1 * b, 0.5, n_resamples=500, seed=1,
+                                           units=np.array([0] * 5 + [1] * 5))
+    assert math.isfinite(sparse.lower) and (sparse.lower, sparse.upper) == (dense.lower, dense.upper)
+    with pytest.raises(ValueError, match="units"):
+        stats.paired_quantile_ratio_ci(b, 1.1 * b, 0.5, units=np.zeros(11, np.int64))
+
+
 @pytest.mark.integration  # a few seconds: a million pairs
 def test_a_scope_of_a_million_pairs_resamples_its_inputs() -> None:
     """No cap on the bootstrap over inputs: 1,000,000 pairs replaying 200,000 inputs are resampled by input
@@ -263,3 +308,7 @@ def test_a_scope_of_a_million_pairs_resamples_its_inputs() -> None:
     assert r.method.endswith("(over captured inputs, window)")
     true = np.quantile(c, 0.95) / np.quantile(b, 0.95)
     assert r.lower < true < r.upper and r.upper - r.lower < 0.03
+    # 100 copies of each input: most inputs have a copy near the quantile, but the window holds few pairs
+    b, c, unit = _input_costs(2_000, 100, 0.3, seed=6)
+    r = stats.paired_quantile_ratio_ci(b, c, 0.95, n_resamples=400, seed=1, units=unit)
+    assert r.method.endswith("(over captured inputs, window)")

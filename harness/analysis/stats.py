@@ -35,7 +35,7 @@ __all__ = [
     "n_two_proportions", "n_one_proportion_bound", "n_mcnemar", "n_quantile_ratio", "n_mean_difference",
     "hall_sheather_bandwidth", "log_quantile_density", "n_quantile_ratio_from_density", "n_quantile_ratio_from_sample",
     "eprocess_paired_excess",
-    "psi", "ks_statistic", "cohen_kappa",
+    "psi", "ks_statistic", "cohen_kappa", "InputsBootstrapTooLarge", "widened",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -401,6 +401,15 @@ def _cluster_bootstrap_quantiles(b: FloatArray, c: FloatArray, q: float, units: 
     return np.concatenate(out[0]), np.concatenate(out[1])
 
 
+CLUSTER_FULL_MAX_N = 50_000  # the bootstrap over inputs from every pair: about 4 s a scope here at 2,000 resamples
+
+
+class InputsBootstrapTooLarge(ValueError):
+    """The bootstrap over captured inputs cannot be had at this size: no input window near the quantile (one
+    input holds a large share of the pairs, so resamples without it move the quantile far), and more pairs
+    than the bootstrap over every pair affords (gates.latency widens the pair bootstrap instead)."""
+
+
 def _cluster_window_bootstrap_quantiles(b: FloatArray, c: FloatArray, q: float, units: NDArray[np.int64],
                                         n_resamples: int, seed: int, z: float) -> tuple[FloatArray, FloatArray] | None:
     """The same bootstrap over units as `_cluster_bootstrap_quantiles`, in O(resamples * (units near the
@@ -413,7 +422,8 @@ def _cluster_window_bootstrap_quantiles(b: FloatArray, c: FloatArray, q: float, 
     a resample's rank of the quantile strays when whole units are drawn (the spread of the units' excess of
     pairs below the quantile) and the Harrell-Davis weights' own spread; a resample that still puts more
     than 1e-7 of its weight outside raises _LeftWindow (the caller retries wider). None when the units near
-    the quantile are too large a share to save anything."""
+    the quantile are too large a share to save anything (by the work of a resample, not by their count: with
+    many copies of each input most inputs may have a pair near the quantile while the window holds few pairs)."""
     n, big_j = len(b), int(units.max()) + 1
     hd = _hd_cdf(n, q)
     grid = np.arange(n + 1, dtype=np.float64)
@@ -431,12 +441,12 @@ def _cluster_window_bootstrap_quantiles(b: FloatArray, c: FloatArray, q: float, 
         near[units[win]] = True
     near_units = np.flatnonzero(near)
     m = len(near_units)
-    if 4 * m >= big_j:
-        return None
     below_u = [np.bincount(units, weights=below, minlength=big_j) for below, _ in windows]
     rest = ~near
     kinds, kind_units = np.unique(np.stack([sizes[rest], below_u[0][rest], below_u[1][rest]], axis=1), axis=0,
                                   return_counts=True)
+    if m + len(kinds) + len(windows[0][1]) + len(windows[1][1]) >= n:  # a resample's work, against 2n in full
+        return None
     probs = np.concatenate([[m], kind_units]) / big_j
     pos = np.full(big_j, -1, np.int64)
     pos[near_units] = np.arange(m)
@@ -473,6 +483,9 @@ def _paired_bootstrap_quantiles(b: FloatArray, c: FloatArray, q: float, n_resamp
     input, `_cluster_bootstrap_quantiles`), and which implementation ran."""
     n = len(b)
     if units is not None:
+        if len(units) != n:
+            raise ValueError(f"units: {len(units)} for {n} pairs")
+        units = np.unique(units, return_inverse=True)[1].astype(np.int64)  # 0..J-1: every id drawn holds pairs
         if method != "index":
             for z in (10.0, 16.0, 24.0):
                 try:
@@ -482,6 +495,9 @@ def _paired_bootstrap_quantiles(b: FloatArray, c: FloatArray, q: float, n_resamp
                 if window is not None:
                     return window[0], window[1], "over captured inputs, window"
                 break
+        if n > CLUSTER_FULL_MAX_N and method != "index":
+            raise InputsBootstrapTooLarge(f"no window near the quantile over the inputs of {n} pairs, and the "
+                                          f"bootstrap over every pair is capped at {CLUSTER_FULL_MAX_N}")
         qb, qc = _cluster_bootstrap_quantiles(b, c, q, units, n_resamples, seed)
         return qb, qc, "over captured inputs"
     rng = np.random.default_rng(seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import scipy.stats as sps
@@ -123,15 +123,23 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
         return _latency_absolute(spec, label, b, c, q, alpha, n, few, few_txt, pass_floor, what, unit, failed_txt,
                                  deff)
     local = _localized_p(spec, data, mask, series) if label is not None and spec.segment is None else None
+    jitter = spec.metric in _INTEGER_SERIES
     if spec.comparison == "delta":
-        return _latency_delta(spec, label, b, c, q, alpha, n_resamples, seed, n, few, few_txt, pass_floor, what, unit,
-                              failed_txt, local, stretch, units)
+        if q:
+            iv, failed_txt = _interval(lambda u: stats.paired_quantile_difference_ci(
+                b, c, q, confidence=1 - alpha, n_resamples=n_resamples, seed=seed, jitter=jitter, units=u),
+                units, stretch, deff, failed_txt, copies_txt)
+        else:
+            iv = stats.widened(stats.mean_difference_interval(b, c, confidence=1 - alpha), stretch)
+        return _latency_delta(spec, label, iv, alpha, n, few, few_txt, pass_floor, what, unit, failed_txt, local)
+    ratio_ci: Any  # a RatioInterval (stats.widened keeps the type it is given)
     if q is None:
-        ratio_ci = stats.paired_mean_ratio_ci(b, c, confidence=1 - alpha, n_resamples=n_resamples, seed=seed)
+        ratio_ci = stats.widened(stats.paired_mean_ratio_ci(b, c, confidence=1 - alpha, n_resamples=n_resamples,
+                                                            seed=seed), stretch)
     else:
-        ratio_ci = stats.paired_quantile_ratio_ci(b, c, q, confidence=1 - alpha, n_resamples=n_resamples, seed=seed,
-                                                  jitter=spec.metric in _INTEGER_SERIES, units=units)
-    ratio_ci = stats.widened(ratio_ci, stretch)  # type: ignore[assignment]
+        ratio_ci, failed_txt = _interval(lambda u: stats.paired_quantile_ratio_ci(
+            b, c, q, confidence=1 - alpha, n_resamples=n_resamples, seed=seed, jitter=jitter, units=u),
+            units, stretch, deff, failed_txt, copies_txt)
     limit = 1.0 + spec.threshold
     p_fail = ratio_ci.p_above(limit)
     if ratio_ci.lower > limit:
@@ -177,9 +185,29 @@ def _copies(data: PairData, selected: np.ndarray, b: np.ndarray, c: np.ndarray,
         deff = copies_design_effect(c / mc - b / mb if relative else c - b, units)
     inputs = int(units.max()) + 1
     resampled = comparison != "absolute" and q is not None
-    how = ("the interval resamples the inputs, not the pairs" if resampled else
-           f"the interval is widened {math.sqrt(deff):.2f}x for the copies (design effect {deff:.2f})")
-    return deff, f" The {len(b)} pairs replay {inputs} captured inputs: {how}."
+    return deff, f" The {len(b)} pairs replay {inputs} captured inputs: {_RESAMPLED if resampled else _widened(deff)}."
+
+
+_RESAMPLED = "the interval resamples the inputs, not the pairs"
+
+
+def _widened(deff: float) -> str:
+    return f"the interval is widened {math.sqrt(deff):.2f}x for the copies (design effect {deff:.2f})"
+
+
+def _interval(interval: Callable[[np.ndarray | None], Any], units: np.ndarray | None, stretch: float, deff: float,
+              failed_txt: str, copies_txt: str) -> tuple[Any, str]:
+    """A quantile's paired interval, and the reason's tail: over the captured inputs where they repeat; where
+    that bootstrap is out of reach at this size (stats.InputsBootstrapTooLarge: no input window, and more pairs
+    than the bootstrap over every pair can afford), the pair bootstrap widened by the design effect, and the
+    reason says so."""
+    if units is None:
+        return stats.widened(interval(None), stretch), failed_txt
+    try:
+        return interval(units), failed_txt
+    except stats.InputsBootstrapTooLarge:
+        return (stats.widened(interval(None), math.sqrt(deff)),
+                failed_txt.replace(copies_txt, copies_txt.replace(_RESAMPLED, _widened(deff))))
 
 
 def _quantile_design_effect(b: np.ndarray, c: np.ndarray, q: float, units: np.ndarray, relative: bool) -> float:
@@ -264,18 +292,10 @@ def _latency_absolute(spec: GateSpec, label: str | None, b: np.ndarray, c: np.nd
                           f"vs limit {spec.threshold:g} {unit}: {status}{tail}.{failed_txt}")
 
 
-def _latency_delta(spec: GateSpec, label: str | None, b: np.ndarray, c: np.ndarray, q: float | None, alpha: float,
-                   n_resamples: int, seed: int, n: int, few: bool, few_txt: str, pass_floor: int, what: str,
-                   unit: str, failed_txt: str, local: float | None, stretch: float = 1.0,
-                   units: np.ndarray | None = None) -> GateResult:
-    """candidate - baseline in the metric's unit (maximum_increase: 5 = at most 5 ms slower): the paired
-    bootstrap of the quantile difference, or the paired t bound of the mean difference."""
-    if q:
-        iv = stats.paired_quantile_difference_ci(b, c, q, confidence=1 - alpha, n_resamples=n_resamples, seed=seed,
-                                                 jitter=spec.metric in _INTEGER_SERIES, units=units)
-    else:
-        iv = stats.mean_difference_interval(b, c, confidence=1 - alpha)
-    iv = stats.widened(iv, stretch)  # type: ignore[assignment]
+def _latency_delta(spec: GateSpec, label: str | None, iv: Any, alpha: float, n: int, few: bool, few_txt: str,
+                   pass_floor: int, what: str, unit: str, failed_txt: str, local: float | None) -> GateResult:
+    """candidate - baseline in the metric's unit (maximum_increase: 5 = at most 5 ms slower), judged on `iv`:
+    the paired bootstrap of the quantile difference, or the paired t bound of the mean difference."""
     status = _bound_status(spec, iv.lower, iv.upper, few)
     why = {"fail": f"the whole interval is above +{spec.threshold:g} {unit}",
            "pass": f"the interval stays within +{spec.threshold:g} {unit}",
