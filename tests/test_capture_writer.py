@@ -137,3 +137,58 @@ def test_record_timestamps_are_the_text_datetime_writes() -> None:
                 for _ in range(5000))]
     for ts in stamps:  # out of order too: the cached second must follow
         assert iso_utc(ts) == datetime.fromtimestamp(ts, timezone.utc).isoformat(), ts
+
+
+def _members(*records: list[dict[str, Any]]) -> bytes:
+    """Whole gzip members, one per flush, as the writer appends them."""
+    return b"".join(gzip.compress(b"".join(json.dumps(r).encode() + b"\n" for r in flush), mtime=0)
+                    for flush in records)
+
+
+def test_a_file_a_killed_writer_left_cut_is_cut_back_by_the_next_writer(tmp_path: Path) -> None:
+    """A kill can stop a write part-way: the next writer of the pattern cuts the unfinished flush off (one
+    line says so) and writes its own file; every whole flush before it stays."""
+    import io
+
+    whole = _members([{"i": 0}, {"i": 1}], [{"i": 2}])
+    cut = _members([{"i": 3}] * 50)[:-30]
+    old = tmp_path / "prod-20261205T01.jsonl.gz"
+    old.write_bytes(whole + cut)
+    err = io.StringIO()
+    w = CaptureWriter(str(tmp_path / "prod-%Y%m%dT%H.jsonl.gz"), _identity, stderr=err)
+    w.put({"i": 9})
+    stats = w.close()
+    assert old.read_bytes() == whole
+    assert [json.loads(x)["i"] for x in gzip.decompress(old.read_bytes()).splitlines()] == [0, 1, 2]
+    assert f"{old} ended inside a flush" in err.getvalue() and f"{len(cut)} bytes left out" in err.getvalue()
+    assert stats.files and Path(stats.files[0]) != old  # never appended to
+
+    plain = tmp_path / "plain.jsonl"  # the same for plain JSONL: an unfinished line
+    plain.write_bytes(b'{"i": 0}\n{"i": 1}\n{"i": ')
+    CaptureWriter(str(plain), _identity, stderr=io.StringIO()).close()
+    assert plain.read_bytes() == b'{"i": 0}\n{"i": 1}\n'
+
+
+def test_a_live_writer_s_file_and_a_corrupt_one_are_left_alone(tmp_path: Path) -> None:
+    """A file another live writer holds may end inside the flush it is writing: not cut. A file corrupt
+    before its end is no kill's doing: left for the readers to report."""
+    import io
+
+    live = CaptureWriter(str(tmp_path / "a.jsonl.gz"), _identity, stderr=io.StringIO())
+    live.put({"i": 0})
+    live.barrier()
+    held = Path(live.stats.files[0])
+    with held.open("ab") as f:  # as if its next flush were half written
+        f.write(_members([{"i": 1}] * 20)[:-10])
+    size = held.stat().st_size
+    err = io.StringIO()
+    CaptureWriter(str(tmp_path / "a.jsonl.gz"), _identity, stderr=err).close()
+    assert held.stat().st_size == size and err.getvalue() == ""
+    live.close()
+
+    corrupt = tmp_path / "b.jsonl.gz"
+    data = bytearray(_members([{"i": 0}], [{"i": 1}] * 20))
+    data[30:40] = b"\xff" * 10
+    corrupt.write_bytes(bytes(data))
+    CaptureWriter(str(corrupt), _identity, stderr=io.StringIO()).close()
+    assert corrupt.read_bytes() == bytes(data)

@@ -20,9 +20,11 @@ only wakes every `flush_s` to append what an idle caller left. A writer thread t
 hand-over and a wake-up every poll, and the records' work was no cheaper for being on another thread.
 
 A `.gz` file is a series of complete gzip members, one per flush, each appended with one write call:
-gzip readers read concatenated members as one stream, and a file cut by a kill ends after its last
-whole member rather than inside one. A file that exists already is never appended to (it may end in a
-member a previous process was killed inside): the writer picks the next free name (`-1`, `-2`, ...).
+gzip readers read concatenated members as one stream. A kill can still stop a write part-way (the kernel
+checks for a fatal signal between the pages it copies), leaving the file inside a member or a line: the
+readers keep every whole record before it and report the rest as one bad record, and the next writer of
+the pattern cuts that tail off before it starts (mend.py). A file that exists already is never appended
+to: the writer picks the next free name (`-1`, `-2`, ...).
 
 Rotation: the output pattern goes through strftime (UTC) at each flush, so `%Y%m%dT%H` starts a new
 file every hour; `rotate_bytes` starts a new one when the current file has reached that size.
@@ -46,6 +48,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, TextIO
 
 import orjson
+
+from .mend import hold, mend_last_file
 
 __all__ = ["CaptureWriter", "WriterStats"]
 
@@ -97,6 +101,9 @@ class CaptureWriter:
         self._lines: list[bytes] = []  # inline: converted, not appended yet
         self._next_flush = clock() + flush_s
         self._stopping = threading.Event()
+        mended = mend_last_file(pattern)
+        if mended is not None:
+            print(f"harness capture: {mended}", file=self._stderr, flush=True)
         self._thread = threading.Thread(target=self._idle_flusher if inline else self._run, name="capture-writer",
                                         daemon=True)
         self._thread.start()
@@ -227,6 +234,7 @@ class CaptureWriter:
             path = _free_name(Path(name))
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            hold(self._fd)  # a later writer's mend_last_file leaves a file a live writer holds alone
             self._name, self._size = name, 0
             self.stats.files.append(str(path))
         return self._fd
