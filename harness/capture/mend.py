@@ -17,9 +17,9 @@ import re
 import zlib
 from pathlib import Path
 
-__all__ = ["mend_last_file", "hold"]
+__all__ = ["mend_last_file", "hold", "EXTENSIONS"]
 
-_EXTENSIONS = (".jsonl.gz", ".ndjson.gz", ".jsonl", ".ndjson", ".gz")  # as writer._free_name numbers them
+EXTENSIONS = (".jsonl.gz", ".ndjson.gz", ".jsonl", ".ndjson", ".gz")  # a taken name's -1, -2 ... go before these
 _CHUNK = 1 << 20
 
 
@@ -57,7 +57,7 @@ def mend_last_file(pattern: str) -> str | None:
 
 def _glob_of(pattern: str) -> str:
     """The files a pattern's expansions name, with the -1, -2 ... of names already taken."""
-    ext = next((e for e in _EXTENSIONS if pattern.endswith(e)), "")
+    ext = next((e for e in EXTENSIONS if pattern.endswith(e)), "")
     stem = pattern[: len(pattern) - len(ext)]
     parts = re.split(r"(%.)", stem)
     out = "".join("%" if p == "%%" else "*" if p.startswith("%") and len(p) == 2 else glob.escape(p)

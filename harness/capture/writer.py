@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterable, TextIO
 
 import orjson
 
-from .mend import hold, mend_last_file
+from .mend import EXTENSIONS, hold, mend_last_file
 
 __all__ = ["CaptureWriter", "WriterStats"]
 
@@ -101,12 +101,17 @@ class CaptureWriter:
         self._lines: list[bytes] = []  # inline: converted, not appended yet
         self._next_flush = clock() + flush_s
         self._stopping = threading.Event()
-        mended = mend_last_file(pattern)
+        self._thread = threading.Thread(target=self._mend_then, args=(self._idle_flusher if inline else self._run,),
+                                        name="capture-writer", daemon=True)
+        self._thread.start()
+
+    def _mend_then(self, loop: Callable[[], None]) -> None:
+        # on the writer's thread, not in the caller's start-up: mending reads the newest file whole (an hour
+        # of capture without --rotate-mb), and a proxy must not wait for that to listen; puts queue meanwhile
+        mended = mend_last_file(self.pattern)
         if mended is not None:
             print(f"harness capture: {mended}", file=self._stderr, flush=True)
-        self._thread = threading.Thread(target=self._idle_flusher if inline else self._run, name="capture-writer",
-                                        daemon=True)
-        self._thread.start()
+        loop()
 
     def put(self, item: Any) -> None:
         if self.stats.error is not None:
@@ -253,7 +258,7 @@ def _free_name(path: Path) -> Path:
         return path
     name = path.name
     stem, ext = name, ""
-    for suffix in (".jsonl.gz", ".ndjson.gz", ".jsonl", ".ndjson", ".gz"):
+    for suffix in EXTENSIONS:
         if name.endswith(suffix):
             stem, ext = name[: -len(suffix)], suffix
             break
