@@ -10,7 +10,7 @@ from harness.jsonpath import find_all, find_first, set_all, MISSING
 from harness.scenario import RedactConfig, SegmentSpec
 from harness.traffic.record import CapturedRequest
 from harness.traffic.redaction import REDACTED, Redactor
-from harness.traffic.segments import OTHER_VALUE, SegmentEvaluator, bucket_label, route_template
+from harness.traffic.segments import OTHER_VALUE, SegmentEvaluator, bucket_label, cross_label, route_template
 
 
 def req(path: str = "/v1/score", headers: tuple = (), body: object = None) -> CapturedRequest:
@@ -72,6 +72,28 @@ def test_captured_values_never_merge_with_harness_own_labels() -> None:
         assert [g["tenant"] for g in got] == ['"(none)"', '"(other)"', "other", OTHER_VALUE, OTHER_VALUE]
         assert [g["client"] for g in got] == [g["model"] for g in got] == ['"(none)"', '"(other)"', "other", "t3", "t4"]
     assert OTHER_VALUE == "(other)"
+
+
+def test_cross_labels_of_different_combinations_never_collide() -> None:
+    """A part holding " & " is quoted: ("a & b", "c") and ("a", "b & c") are two segments, not one. The same in
+    the straight-line values() and the loop."""
+    specs = [SegmentSpec("tenant", "header", "X-T"), SegmentSpec("geo", "header", "X-G"),
+             SegmentSpec("tenant_x_geo", "cross", ("tenant", "geo"))]
+    for compiled in (True, False):
+        ev = SegmentEvaluator(specs)
+        values = ev.values if compiled else (lambda r, ev=ev: SegmentEvaluator.values(ev, r))
+        got = [values(req(headers=(("X-T", t), ("X-G", g))))["tenant_x_geo"]
+               for t, g in (("a & b", "c"), ("a", "b & c"), ("pro", "eu"), ('"x', "y"))]
+        assert got == ['"a & b" & c', 'a & "b & c"', "pro & eu", '"\\"x" & y']
+
+
+@given(st.lists(st.tuples(st.text(alphabet='a& "\\', max_size=6), st.text(alphabet='a& "\\', max_size=6),
+                          st.text(alphabet="a& ", max_size=3)), min_size=2, max_size=6))
+def test_cross_label_reads_back_into_one_combination(combos: list[tuple[str, str, str]]) -> None:
+    labels = {}
+    for combo in combos:
+        labels.setdefault(cross_label(combo), set()).add(combo)
+    assert all(len(c) == 1 for c in labels.values())
 
 
 def test_redaction_of_headers_query_and_body() -> None:

@@ -5,7 +5,8 @@ Values are strings; a missing source gives "(none)". Cardinality is capped per s
 `max_values` distinct values keep their name, later ones are grouped as "(other)" (in capture order,
 which is stable for a given capture). Those two labels are harness's own: a captured value that reads the
 same is shown in double quotes ('"(none)"'), so that a tenant called "(none)" is never merged with the
-requests that have no tenant.
+requests that have no tenant. A cross joins its parts with " & "; a part that contains " & " or starts with
+a double quote is written as a JSON string, so that two combinations never share a label.
 """
 from __future__ import annotations
 
@@ -30,6 +31,18 @@ _RESERVED = frozenset((NONE_VALUE, OTHER_VALUE))
 def _literal(value: str) -> str:
     """A captured value as a label: quoted where it reads like one of harness's own labels."""
     return f'"{value}"' if value in _RESERVED else value
+
+
+_JOIN = " & "
+
+
+def cross_label(parts: tuple[str, ...] | list[str]) -> str:
+    """The parts joined by " & ". Unquoted parts hold no " & " and never start with '"', and a quoted one
+    ends at its closing quote, so the label reads back into exactly one combination."""
+    label = _JOIN.join(parts)
+    if label.count(_JOIN) == len(parts) - 1 and '"' not in label:
+        return label
+    return _JOIN.join(json.dumps(p, ensure_ascii=False) if _JOIN in p or p.startswith('"') else p for p in parts)
 # An id-like path segment: digits, UUIDs, long hex, or long tokens mixing letters and digits.
 _ID_SEGMENT = re.compile(
     r"^(\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{12,}"
@@ -146,7 +159,7 @@ class SegmentEvaluator:
                 value = _admit(seen, cap, value)
             out[name] = value
         for name, parts, seen, cap in self._cross_steps:
-            value = " & ".join([out[n] for n in parts])
+            value = cross_label([out[n] for n in parts])
             if value not in seen:
                 value = _admit(seen, cap, value)
             out[name] = value
@@ -162,7 +175,8 @@ class SegmentEvaluator:
             return None
         env: dict[str, Any] = {"_admit": _admit, "route_template": route_template, "MISSING": MISSING,
                                "NONE_VALUE": NONE_VALUE, "bisect_right": bisect.bisect_right,
-                               "_literal": _literal, "_RESERVED": _RESERVED}
+                               "_literal": _literal, "_RESERVED": _RESERVED,
+                               "cross_label": cross_label}
         lines = ["def values(req):"]
         var: dict[str, str] = {}
         have_index = have_doc = False
@@ -198,7 +212,7 @@ class SegmentEvaluator:
             if any(p not in var for p in parts):
                 return None
             env[f"seen{j}"], env[f"cap{j}"] = seen, cap
-            lines += [f"    v{j} = ' & '.join(({''.join(var[p] + ', ' for p in parts)}))", f"    if v{j} not in seen{j}:",
+            lines += [f"    v{j} = cross_label(({''.join(var[p] + ', ' for p in parts)}))", f"    if v{j} not in seen{j}:",
                       f"        v{j} = _admit(seen{j}, cap{j}, v{j})"]
             var[name] = f"v{j}"
         for k, name in enumerate(names):
