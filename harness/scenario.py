@@ -140,6 +140,12 @@ class DetectorConfig:
     def fallback_configured(self) -> bool:
         return self.expected_model is not None or self.fallback_header is not None
 
+    @property
+    def active(self) -> bool:
+        """Whether anything is detected: with no pattern, field or model named, an answer is left as read."""
+        return (self.abstention_pattern is not None or self.citation_pattern is not None
+                or self.citation_field is not None or self.fallback_configured)
+
 
 @dataclass(frozen=True, slots=True)
 class RowsConfig:

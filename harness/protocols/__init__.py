@@ -27,7 +27,8 @@ def read_output(protocol: str, status: int, body: bytes, prediction_path: str, c
     """`headers` are the answer's (lower-case names); `arrivals` the client's (bytes so far, ms since send)
     record of a streamed answer."""
     # a batched answer read row by row keeps NaN and Infinity for its rows to judge (an invalid row)
-    strict = not (rows is not None and rows.active(protocol))
+    by_rows = rows is not None and rows.active(protocol)
+    strict = not by_rows
     if protocol == "json":
         out = read_json_output(status, body, prediction_path, confidence_path, strict)
     elif protocol == "kserve_v1":
@@ -51,11 +52,12 @@ def read_output(protocol: str, status: int, body: bytes, prediction_path: str, c
         raise ValueError(f"protocol {protocol!r} has no reader")
     if out.invalid_json and headers:
         out = _declared_charset(out, headers.get("content-type") or "")
-    if detectors is not None and 200 <= status < 300 and not out.invalid_json:
+    if detectors is not None and detectors.active and 200 <= status < 300 and not out.invalid_json:
         from .detectors import apply_detectors  # noqa: PLC0415
 
         out = apply_detectors(out, detectors, headers)
-    if rows is not None and rows.active(protocol) and 200 <= status < 300 and not out.invalid_json:
+    if by_rows and 200 <= status < 300 and not out.invalid_json:
+        assert rows is not None
         out = _with_rows(protocol, out, rows, prediction_path, confidence_path)
     return out
 

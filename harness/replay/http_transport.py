@@ -52,6 +52,7 @@ __all__ = ["HttpTransport"]
 
 _SWEEP_S = 0.01
 _CONTINUE_WAIT_S = 1.0
+_FRESH_IDLE_S = 0.25  # a pooled connection idle for less is reused without looking for the target's close
 _TLS_SLICE = 262144  # plaintext encrypted per step: a large body is not copied whole into ciphertext at once
 # TLS connections in their handshake at once, per target; further legs wait for one of them or for a pooled
 # connection. A handshake costs the loop (and a co-located target) far more CPU than an exchange: opening
@@ -79,7 +80,8 @@ class _Conn:
     exchange it carries (`ex`) or, idle, for the target closing it. `tls`: the SSLObject of an https one;
     `wbuf`: bytes for the socket not yet written."""
 
-    __slots__ = ("sock", "reader", "writer", "ex", "tls", "inbio", "outbio", "wbuf", "opening", "stamp", "fresh")
+    __slots__ = ("sock", "reader", "writer", "ex", "tls", "inbio", "outbio", "wbuf", "opening", "stamp", "fresh",
+                 "idle_at")
 
     def __init__(self, sock: Any, loop: Any) -> None:
         self.sock = sock
@@ -99,6 +101,7 @@ class _Conn:
         self.wbuf: Any = b""
         self.opening = True  # connecting, or in its TLS handshake
         self.fresh = False  # TLS: a full handshake whose session has not been offered to the transport yet
+        self.idle_at = 0.0  # time.monotonic() when it last went back to the pool
 
     def close(self) -> None:
         self.reader.stop()
@@ -260,6 +263,11 @@ class HttpTransport:
             conn = idle.pop()
             if conn.sock.fileno() < 0:  # closed while idle
                 continue
+            if time.monotonic() - conn.idle_at < _FRESH_IDLE_S:
+                # Back in the pool a moment ago: a target's own idle close (its keep-alive timeout, a 408 before
+                # it) comes after seconds, and a close right after an answer is what the resend is for. The
+                # check below is a syscall and an exception, a few percent of a leg at thousands a second.
+                return conn
             try:
                 # an idle keep-alive connection has nothing to read: EOF means closed
                 peeked = conn.sock.recv(1, PEEK)
@@ -703,6 +711,7 @@ class HttpTransport:
             conn.writer.stop()
             if conn.fresh:
                 self._keep_session(conn)
+            conn.idle_at = time.monotonic()
             self._idle.append(conn)
             self._drain_soon()
         else:
