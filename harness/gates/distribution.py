@@ -43,7 +43,8 @@ def _distribution(spec: GateSpec, data: PairData, mask: np.ndarray, label: str |
                     "confidence_mean_shift": (None, "confidence mean shift")}[m]
     n = len(b)
     units = repeated_units(data.unit, ok)  # replays of one input: resample inputs, not pairs
-    copies_txt = f"; {n} pairs replay {int(units.max()) + 1} captured inputs, resampled as inputs" if units is not None else ""
+    copies_txt = "" if units is None else f"; {n} pairs replay {int(units.max()) + 1} captured inputs, " + (
+        "their spread clustered by input" if fn is None else "resampled as inputs")
     if n < DISTRIBUTION_MIN_N:
         return _result(spec, label, baseline=None, candidate=None, observed=None, ci=None, n=n, status="inconclusive",
                        min_n=DISTRIBUTION_MIN_N,
@@ -56,7 +57,6 @@ def _distribution(spec: GateSpec, data: PairData, mask: np.ndarray, label: str |
             iv = replace(iv, se=iv.se * math.sqrt(copies_design_effect(c - b, units)))
             tq = float(sps.t.ppf(1 - alpha, iv.df)) if iv.df > 0 else math.inf
             iv = replace(iv, lower=iv.estimate - tq * iv.se, upper=iv.estimate + tq * iv.se)
-            copies_txt = copies_txt.replace("resampled as inputs", "their spread clustered by input")
         value, lo, hi = iv.estimate, iv.lower, iv.upper
         base, cand = float(b.mean()), float(c.mean())
         p = iv.p_above(thr) if spec.direction == "max" else iv.p_below(thr)

@@ -107,11 +107,11 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
     failed_txt = (f" {failed} pairs with a failed leg count it as no faster than the slowest leg of the run."
                   if failed else "")
     selected = mask & _imputed(spec, data, series).usable
-    deff, copies_txt = _copies(data, selected, b, c, q, spec.comparison)
-    failed_txt += copies_txt
+    repeated = repeated_units(data.unit, selected)
+    deff = _copies(repeated, b, c, q, spec.comparison)
     # replays of one input: a quantile's paired interval resamples the inputs; a mean's or a bound on the
     # candidate alone is widened by the design effect (_copies says which)
-    units = repeated_units(data.unit, selected) if q is not None and spec.comparison != "absolute" else None
+    units = repeated if q is not None and spec.comparison != "absolute" else None
     stretch = 1.0 if units is not None else math.sqrt(deff)
     answered = int(answered / deff)
     few = answered < pass_floor
@@ -120,26 +120,29 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
                f"({TAIL_OBSERVATIONS_TO_PASS} beyond the {agg})" if q else
                f"only {answered} {pairs_txt} where both versions answered, fewer than the {pass_floor} a PASS needs")
     if spec.comparison == "absolute":
+        failed_txt += _copies_txt(repeated, n, deff, resampled=False)
         return _latency_absolute(spec, label, b, c, q, alpha, n, few, few_txt, pass_floor, what, unit, failed_txt,
                                  deff)
     local = _localized_p(spec, data, mask, series) if label is not None and spec.segment is None else None
     jitter = spec.metric in _INTEGER_SERIES
     if spec.comparison == "delta":
         if q:
-            iv, failed_txt = _interval(lambda u: stats.paired_quantile_difference_ci(
+            iv, resampled = _interval(lambda u: stats.paired_quantile_difference_ci(
                 b, c, q, confidence=1 - alpha, n_resamples=n_resamples, seed=seed, jitter=jitter, units=u),
-                units, stretch, deff, failed_txt, copies_txt)
+                units, stretch, deff)
         else:
-            iv = stats.widened(stats.mean_difference_interval(b, c, confidence=1 - alpha), stretch)
+            iv, resampled = stats.widened(stats.mean_difference_interval(b, c, confidence=1 - alpha), stretch), False
+        failed_txt += _copies_txt(repeated, n, deff, resampled)
         return _latency_delta(spec, label, iv, alpha, n, few, few_txt, pass_floor, what, unit, failed_txt, local)
     ratio_ci: Any  # a RatioInterval (stats.widened keeps the type it is given)
     if q is None:
-        ratio_ci = stats.widened(stats.paired_mean_ratio_ci(b, c, confidence=1 - alpha, n_resamples=n_resamples,
-                                                            seed=seed), stretch)
+        ratio_ci, resampled = stats.widened(stats.paired_mean_ratio_ci(
+            b, c, confidence=1 - alpha, n_resamples=n_resamples, seed=seed), stretch), False
     else:
-        ratio_ci, failed_txt = _interval(lambda u: stats.paired_quantile_ratio_ci(
+        ratio_ci, resampled = _interval(lambda u: stats.paired_quantile_ratio_ci(
             b, c, q, confidence=1 - alpha, n_resamples=n_resamples, seed=seed, jitter=jitter, units=u),
-            units, stretch, deff, failed_txt, copies_txt)
+            units, stretch, deff)
+    failed_txt += _copies_txt(repeated, n, deff, resampled)
     limit = 1.0 + spec.threshold
     p_fail = ratio_ci.p_above(limit)
     if ratio_ci.lower > limit:
@@ -164,17 +167,15 @@ def _latency(spec: GateSpec, data: PairData, mask: np.ndarray, label: str | None
                           f"{100 * (ratio_ci.upper - 1):+.1f} %, n={n}): {why}.{failed_txt}")
 
 
-def _copies(data: PairData, selected: np.ndarray, b: np.ndarray, c: np.ndarray,
-            q: float | None, comparison: str) -> tuple[float, str]:
-    """(design effect, what the reason says) where the pairs replay some captured input more than once: the
+def _copies(units: np.ndarray | None, b: np.ndarray, c: np.ndarray, q: float | None, comparison: str) -> float:
+    """The design effect where the pairs replay some captured input more than once (1 where none does): the
     latency of copies of one input shares that input's cost (its size, its output length), so the copies
     are not independent draws. The design effect is that of the statistic's influence function
     (`_quantile_design_effect`; for a mean, the linearised ratio or the difference; against a fixed limit,
     the candidate's own); the interval is widened by its square root and the pairs a PASS needs are
-    counted in independent pairs."""
-    units = repeated_units(data.unit, selected)
+    counted in independent pairs. `units`: repeated_units of the selected pairs."""
     if units is None or len(b) < 2:
-        return 1.0, ""
+        return 1.0
     if comparison == "absolute":
         deff = copies_design_effect(c if q is None else c > np.quantile(c, q), units)
     elif q is not None:
@@ -183,31 +184,29 @@ def _copies(data: PairData, selected: np.ndarray, b: np.ndarray, c: np.ndarray,
         mb, mc = float(b.mean()), float(c.mean())
         relative = comparison == "relative" and mb > 0 and mc > 0
         deff = copies_design_effect(c / mc - b / mb if relative else c - b, units)
-    inputs = int(units.max()) + 1
-    resampled = comparison != "absolute" and q is not None
-    return deff, f" The {len(b)} pairs replay {inputs} captured inputs: {_RESAMPLED if resampled else _widened(deff)}."
+    return deff
 
 
-_RESAMPLED = "the interval resamples the inputs, not the pairs"
+def _copies_txt(units: np.ndarray | None, n: int, deff: float, resampled: bool) -> str:
+    """The reason's word on the copies: how many inputs the pairs replay, and how the interval allows for it."""
+    if units is None or n < 2:
+        return ""
+    how = ("the interval resamples the inputs, not the pairs" if resampled else
+           f"the interval is widened {math.sqrt(deff):.2f}x for the copies (design effect {deff:.2f})")
+    return f" The {n} pairs replay {int(units.max()) + 1} captured inputs: {how}."
 
 
-def _widened(deff: float) -> str:
-    return f"the interval is widened {math.sqrt(deff):.2f}x for the copies (design effect {deff:.2f})"
-
-
-def _interval(interval: Callable[[np.ndarray | None], Any], units: np.ndarray | None, stretch: float, deff: float,
-              failed_txt: str, copies_txt: str) -> tuple[Any, str]:
-    """A quantile's paired interval, and the reason's tail: over the captured inputs where they repeat; where
+def _interval(interval: Callable[[np.ndarray | None], Any], units: np.ndarray | None, stretch: float,
+              deff: float) -> tuple[Any, bool]:
+    """A quantile's paired interval, and whether it resampled the inputs: it does where they repeat, unless
     that bootstrap is out of reach at this size (stats.InputsBootstrapTooLarge: no input window, and more pairs
-    than the bootstrap over every pair can afford), the pair bootstrap widened by the design effect, and the
-    reason says so."""
+    than the bootstrap over every pair can afford); then the pair bootstrap is widened by the design effect."""
     if units is None:
-        return stats.widened(interval(None), stretch), failed_txt
+        return stats.widened(interval(None), stretch), False
     try:
-        return interval(units), failed_txt
+        return interval(units), True
     except stats.InputsBootstrapTooLarge:
-        return (stats.widened(interval(None), math.sqrt(deff)),
-                failed_txt.replace(copies_txt, copies_txt.replace(_RESAMPLED, _widened(deff))))
+        return stats.widened(interval(None), math.sqrt(deff)), False
 
 
 def _quantile_design_effect(b: np.ndarray, c: np.ndarray, q: float, units: np.ndarray, relative: bool) -> float:
