@@ -19,6 +19,9 @@ lowest concurrency, divided by the difference in open legs.
     flock /tmp/heavy.lock .venv/bin/python benchmarks/llm_streams.py --concurrency 250 1000
     flock /tmp/heavy.lock .venv/bin/python benchmarks/llm_streams.py --concurrency 1000 --profile   # where the time goes
 
+--pin 1/0 puts the servers on CPU 1 and harness on CPU 0 (taskset): it tells the servers' lateness that
+comes from sharing cores with the client from their own.
+
 --profile samples the harness process with py-spy (--nonblocking: the replay is never paused) from the
 `traffic:` line to the end of the replay and prints where the Python time went (profile_replay.py's summary).
 
@@ -54,12 +57,14 @@ def process_cpu_s(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def stream_servers(ttft_ms: float, itl_ms: float, stats_dir: Path,
-                   cpu_s: list[float] | None = None) -> Iterator[tuple[list[str], list[Path]]]:
-    """Two stream servers; `cpu_s` gets each one's CPU seconds when they stop."""
+def stream_servers(ttft_ms: float, itl_ms: float, stats_dir: Path, cpu_s: list[float] | None = None,
+                   cpus: str | None = None) -> Iterator[tuple[list[str], list[Path]]]:
+    """Two stream servers (on the CPUs `cpus` names, taskset's list, when given); `cpu_s` gets each one's CPU
+    seconds when they stop."""
     ports = [c.free_port(), c.free_port()]
     stats = [stats_dir / f"server-{p}.json" for p in ports]
-    procs = [subprocess.Popen([c.PY, str(SERVER), "--ports", str(p), "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms),
+    pin = ["taskset", "-c", cpus] if cpus else []
+    procs = [subprocess.Popen([*pin, c.PY, str(SERVER), "--ports", str(p), "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms),
                                "--stats-file", str(s)]) for p, s in zip(ports, stats)]
     try:
         for p in ports:
@@ -125,13 +130,14 @@ def one(conc: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     trace = write_trace(d / "trace.jsonl", n, rate, args.tokens)
     load = c.load_now()
     server_cpu: list[float] = []
-    with stream_servers(args.ttft_ms, args.itl_ms, d, server_cpu) as (urls, stats):
+    server_cpus, harness_cpus = args.pin.split("/") if args.pin else (None, None)
+    with stream_servers(args.ttft_ms, args.itl_ms, d, server_cpu, server_cpus) as (urls, stats):
         scen = write_scenario(d / "s.yaml", trace, urls, max_in_flight=2 * conc + 100)
         extra = ["--processes", str(args.processes)] if args.processes > 1 else []
         spy = _Profiler(c.OUT_ROOT / f"llm_streams_profile_c{conc}.txt", stream_s + args.hold_s) if args.profile else None
         ticks = c.cpu_counters()
         run = c.run_harness(["run", str(scen), *extra], out=d / "out", timeout_s=stream_s + args.hold_s + 240,
-                            measure_rss=True, on_line=spy.on_line if spy else None)
+                            measure_rss=True, on_line=spy.on_line if spy else None, taskset=harness_cpus)
         busy = busy_since(ticks)
     if args.keep:
         (d / "harness-output.txt").write_text(run.output)
@@ -203,6 +209,8 @@ def main() -> None:
     ap.add_argument("--hold-s", type=float, default=8.0, help="seconds at full concurrency")
     ap.add_argument("--processes", type=int, default=1, help="harness run --processes N (1: one process)")
     ap.add_argument("--profile", action="store_true", help="sample the replay with py-spy and print where time goes")
+    ap.add_argument("--pin", help="SERVERS/HARNESS: taskset CPU lists, e.g. 1/0: the servers on CPU 1, harness on "
+                                  "CPU 0, so that neither waits for the other's core")
     ap.add_argument("--keep", type=Path, help="keep the traces and run folders in this (new) folder")
     args = ap.parse_args()
     info = c.machine_info()
