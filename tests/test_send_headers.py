@@ -41,3 +41,19 @@ def test_the_shadow_copy_carries_the_candidate_headers_over_the_users() -> None:
                    b"Authorization: Bearer test\r\nX-Model: v2\r\nContent-Length: 2\r\n\r\n")
     assert head("GET", "/health", user, 0).startswith(b"GET /v2/health HTTP/1.1\r\n")
     assert b"Content-Length" not in head("GET", "/health", user, 0)
+
+
+def test_the_shadow_copy_never_carries_the_users_credentials_and_is_forwarded_as_the_baselines() -> None:
+    """Without test credentials in the scenario the copy carries none: the user's secret headers (the default
+    names, any credential-like name, the scenario's own) are left out. X-Forwarded-For names the user as on
+    the baseline's request."""
+    from harness.scenario import RedactConfig
+    from harness.traffic.redaction import Redactor
+
+    user = [(b"Authorization", b"Bearer user"), (b"X-Goog-Api-Key", b"AIza1"), (b"PRIVATE-TOKEN", b"glpat"),
+            (b"X-Customer-Email", b"a@b.c"), (b"X-Tenant-Tier", b"pro"), (b"X-Forwarded-For", b"10.0.0.1")]
+    head = CopyHead("", "cand:9000", {}, Redactor(RedactConfig(headers=("X-Customer-Email",))).header_is_secret)
+    got = head("POST", "/score", user, 2, "127.0.0.1")
+    assert got == (b"POST /score HTTP/1.1\r\nHost: cand:9000\r\nX-Tenant-Tier: pro\r\n"
+                   b"X-Forwarded-For: 10.0.0.1, 127.0.0.1\r\nContent-Length: 2\r\n\r\n")
+    assert head("GET", "/h", user[:1], 0, "127.0.0.1").endswith(b"X-Forwarded-For: 127.0.0.1\r\n\r\n")

@@ -84,6 +84,28 @@ def test_each_body_is_parsed_once_and_the_leg_and_the_record_are_masked(tmp_path
 
 
 
+@pytest.mark.parametrize("candidate_first", [False, True])
+def test_answers_that_echo_the_users_credentials_are_masked_by_value(tmp_path: Path, candidate_first: bool) -> None:
+    """A live request carries real credentials; answers that repeat them under keys that do not say so (an
+    echo) are masked in both legs and in the capture record, whichever answer reaches the recorder first."""
+    rec = Recorder(_scenario(tmp_path), str(tmp_path / "c.jsonl.gz"), str(tmp_path / "legs.jsonl"))
+    echo = json.dumps({"prediction": "ok", "confidence": 0.9, "echo": f"Bearer {SECRET} body {REQUEST.decode()}"}).encode()
+    b, c = _items(0)
+    b = b[:11] + (echo, len(echo)) + b[13:]
+    c = c[:6] + (echo, len(echo)) + c[8:]
+    for item in (c, b) if candidate_first else (b, c):
+        rec.handle(item)
+    counts = rec.close()
+    assert counts["legs"]["records_written"] == 2 and counts["dropped"] == {}
+    legs = _lines(tmp_path / "legs.jsonl")
+    (record,) = _lines(tmp_path / "c.jsonl.gz")
+    assert {leg["version"] for leg in legs} == {"baseline", "candidate"}
+    for leg in legs:
+        assert leg["prediction"] == "ok" and json.loads(leg["output_json"])["echo"].startswith("[REDACTED] body")
+    assert record["production_body"]["echo"].startswith("[REDACTED] body")
+    assert SECRET not in json.dumps([record, legs])
+
+
 def test_every_leg_row_has_the_leg_schema_columns_in_order(tmp_path: Path) -> None:
     from harness.replay.leg import LEG_SCHEMA
     from harness.shadow.legs import LegBuilder

@@ -20,7 +20,7 @@ from ..protocols.json_protocol import loads
 from ..scenario import RedactConfig, SegmentSpec
 from ..traffic.convert import to_capture_record
 from ..traffic.record import CapturedRequest
-from ..traffic.redaction import PARSE, Redactor
+from ..traffic.redaction import PARSE, Redactor, mask_values, mask_values_in_doc
 from ..traffic.segments import SegmentEvaluator
 
 __all__ = ["Exchange", "ExchangeRecords", "SampleRule", "DEFAULT_MAX_BODY_BYTES", "header_text"]
@@ -49,6 +49,10 @@ class Exchange:
     meta: dict[str, Any] = field(default_factory=dict)
     # the answer's JSON value parsed and masked already (a shadow run's leg parsed it; MISSING: not JSON)
     response_doc: Any = PARSE
+    # the request's secret values (Redactor.secret_values), and its body's JSON value (request_doc, unmasked;
+    # MISSING: not JSON), where the caller has them already
+    secrets: tuple[str, ...] | None = None
+    request_doc: Any = PARSE
 
 
 @dataclass(frozen=True)
@@ -77,11 +81,13 @@ class ExchangeRecords:
 
     def __call__(self, ex: Exchange) -> Iterator[dict[str, Any]]:
         # The body is parsed once here; sampling, redaction and the record all read that parse.
-        doc = _parse(ex.body) if ex.body[:1] in (b"{", b"[") else MISSING
+        doc = request_doc(ex.body) if ex.request_doc is PARSE else ex.request_doc
         if not self._keep(ex, doc):
             self.sampled_out += 1
             return
         r = self.redactor
+        # read before the body is masked: an answer that repeats one of them is masked by value
+        secrets = ex.secrets if ex.secrets is not None else r.secret_values(ex.headers, ex.path, ex.body, doc)
         body = r.body(ex.body, doc)  # masks doc in place: this request object goes no further
         if len(body) > self.max_body_bytes:
             # cut after redaction: a cut JSON body could no longer be parsed to mask its secrets
@@ -103,7 +109,7 @@ class ExchangeRecords:
             rec["production_error"] = ex.error
         if ex.status is not None:
             rec["production_bytes"] = ex.response_bytes
-            rec.update(self._answer(ex))
+            rec.update(self._answer(ex, secrets))
         yield rec
 
     def _keep(self, ex: Exchange, doc: Any) -> bool:
@@ -119,7 +125,7 @@ class ExchangeRecords:
             return True
         return False
 
-    def _answer(self, ex: Exchange) -> dict[str, Any]:
+    def _answer(self, ex: Exchange, secrets: tuple[str, ...]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         encoding = None
         for k, v in ex.response_headers:
@@ -147,9 +153,16 @@ class ExchangeRecords:
             doc = _parse(body)
             if doc is not MISSING and self.redactor.may_mask_json(body):
                 self.redactor.mask_doc(doc)
-        out["production_body"] = doc if doc is not MISSING else \
-            self.redactor.body(body, MISSING).decode("utf-8", "replace")
+        if doc is not MISSING:
+            out["production_body"] = mask_values_in_doc(doc, secrets)
+        else:
+            out["production_body"] = mask_values(self.redactor.body(body, MISSING).decode("utf-8", "replace"), secrets)
         return out
+
+
+def request_doc(body: bytes) -> Any:
+    """A request body's JSON value where it is a JSON object or array, else MISSING."""
+    return _parse(body) if body[:1] in (b"{", b"[") else MISSING
 
 
 def _parse(body: bytes) -> Any:

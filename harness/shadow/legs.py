@@ -14,7 +14,7 @@ from ..protocols import OutputRead, read_output
 from ..replay.leg import LEG_SCHEMA
 from ..scenario import Scenario
 from ..traffic.jsonl_reader import compact_text
-from ..traffic.redaction import PARSE, Redactor
+from ..traffic.redaction import PARSE, Redactor, mask_values, mask_values_in_doc
 
 __all__ = ["LegBuilder", "LEG_NAMES", "leg_records"]
 
@@ -35,20 +35,23 @@ class LegBuilder:
 
     def leg(self, request_id: str, version: str, route: str, intended: float, sent: float, done: float,
             status: int | None, error: str | None, headers: tuple[tuple[str, str], ...], body: bytes,
-            size: int, max_bytes: int, arrivals: Any = (), batch_size: int | None = None) -> dict[str, Any]:
+            size: int, max_bytes: int, arrivals: Any = (), batch_size: int | None = None,
+            secrets: tuple[str, ...] = ()) -> dict[str, Any]:
         return self.leg_and_doc(request_id, version, route, intended, sent, done, status, error, headers, body,
-                                size, max_bytes, arrivals, batch_size)[0]
+                                size, max_bytes, arrivals, batch_size, secrets)[0]
 
     def leg_and_doc(self, request_id: str, version: str, route: str, intended: float, sent: float, done: float,
                     status: int | None, error: str | None, headers: tuple[tuple[str, str], ...], body: bytes,
-                    size: int, max_bytes: int, arrivals: Any = (),
-                    batch_size: int | None = None) -> tuple[dict[str, Any], Any]:
+                    size: int, max_bytes: int, arrivals: Any = (), batch_size: int | None = None,
+                    secrets: tuple[str, ...] = ()) -> tuple[dict[str, Any], Any]:
         """The leg row, and the answer's JSON value as parsed for it, masked (MISSING: the answer is not JSON;
         PARSE: it was not parsed), so that the capture record of the same answer need not parse it again.
         `error`: connect | timeout | reset when there was no complete answer; `body` the answer up to
         `max_bytes` + 1 bytes (more: too_large); `arrivals` (body bytes so far, wall time) at each read, which
         times a stream's tokens as a replay's reads do (from the leg's send); `batch_size`: the rows the request
-        asked for, where answers are read row by row (output.rows), checked as a replay checks them."""
+        asked for, where answers are read row by row (output.rows), checked as a replay checks them; `secrets`
+        the request's secret values (Redactor.secret_values): a live request carries real credentials, and an
+        answer that repeats one is masked by value."""
         body_doc: Any = PARSE
         kind: str | None = error
         detail: str | None = None
@@ -93,7 +96,7 @@ class LegBuilder:
                                 if schema_valid is False:
                                     kind = kind or "schema"
                     if body:
-                        excerpt = self._excerpt(out, body)
+                        excerpt = self._excerpt(out, body, secrets)
                         body_doc = MISSING if out.streamed or out.doc is MISSING else out.doc
                 except Exception as exc:  # noqa: BLE001 - a reader's bug must not lose the leg: it is recorded
                     out, excerpt, schema_valid, schema_errors, body_doc = None, None, None, None, PARSE
@@ -120,16 +123,19 @@ class LegBuilder:
             "decoded_bytes": decoded}
         return row, body_doc
 
-    def _excerpt(self, out: OutputRead, body: bytes) -> str:
+    def _excerpt(self, out: OutputRead, body: bytes, secrets: tuple[str, ...]) -> str:
         """Masked whole, then cut (a cut JSON text could not be parsed to find its secrets). The document
         is masked in place, after validation and extraction have read it."""
         doc = out.doc
         if doc is MISSING:
-            return self._redactor.body(body, MISSING).decode("utf-8", "replace")[:EXCERPT_CHARS]
+            return mask_values(self._redactor.body(body, MISSING).decode("utf-8", "replace"), secrets)[:EXCERPT_CHARS]
         raw = None
         if out.streamed:  # an assembled document: its keys are not in the body's bytes as such
             raw = compact_text(doc)
         if self._redactor.may_mask_json(raw.encode() if raw is not None else body) and self._redactor.mask_doc(doc):
+            raw = None
+        if secrets:
+            doc = mask_values_in_doc(doc, secrets)
             raw = None
         if raw is None:
             raw = compact_text(doc)

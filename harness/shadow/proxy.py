@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..capture.forward import HOP_BY_HOP, Answer
 from ..capture.http11 import KEEPALIVE_TIMEOUT_S, Collect, ProxyServer, Request, Upstream
 from ..scenario import Scenario
 from ..send_headers import header_overrides
 from ..traffic.prepare import is_allowed
+from ..traffic.redaction import Redactor
 from ..traffic.segments import route_template
 from .channel import RecorderChannel
 
@@ -31,6 +33,7 @@ __all__ = ["ShadowStats", "ShadowApp", "CopyHead", "USER_TIMEOUT_S"]
 
 USER_TIMEOUT_S = 60.0  # the user's request to the baseline: a proxy's timeout, not the replay's
 _ROUTES_MAX = 4096  # (method, path) pairs whose route and mirror decision are remembered
+_NAMES_MAX = 4096  # header names whose fate in the copy is remembered
 
 
 @dataclass
@@ -80,7 +83,8 @@ class ShadowApp:
         replay = self.scenario.replay
         self._candidate = Upstream(self.scenario.target_for("candidate").url, timeout_s=replay.timeout_s,
                                    connect_timeout_s=replay.connect_timeout_s)
-        self._copy_head = CopyHead(self._candidate.prefix, self._candidate.netloc, self._candidate_headers)
+        self._copy_head = CopyHead(self._candidate.prefix, self._candidate.netloc, self._candidate_headers,
+                                   Redactor(self.scenario.traffic.redact).header_is_secret)
         self._server = ProxyServer(Upstream(self.scenario.target_for("baseline").url, timeout_s=USER_TIMEOUT_S),
                                    self, self._keep, keepalive_timeout_s=self.keepalive_timeout_s)
         return await self._server.start(host, port)
@@ -168,27 +172,49 @@ class ShadowApp:
                               req.body if self._rows else b""))
 
         self.copies += 1
-        self._candidate.send(self._copy_head(req.method, req.raw_path, req.raw_headers, len(req.body)), req.body,
+        self._candidate.send(self._copy_head(req.method, req.raw_path, req.raw_headers, len(req.body), req.peer),
+                             req.body,
                              Collect(self._keep, done), head_only=req.method == "HEAD")
 
 
 class CopyHead:
     """The head of the candidate's copy, built in bytes from the headers as received (nothing decoded on the
-    serving loop): the user's headers in their order, less the hop-by-hop ones and those the scenario sets,
+    serving loop): the user's headers in their order, less the hop-by-hop ones, those the scenario sets and
+    the user's credentials (`secret`: the redaction's header rule; the copy carries the candidate's test
+    credentials instead, as a replay's requests do), then X-Forwarded-For as the baseline's request has it,
     then the scenario's (a null override removes the header)."""
 
-    def __init__(self, prefix: str, netloc: str, overrides: dict[str, str | None]) -> None:
+    def __init__(self, prefix: str, netloc: str, overrides: dict[str, str | None],
+                 secret: Callable[[str], bool] = lambda name: False) -> None:
         self._prefix = b" " + prefix.encode("latin-1")
         self._host = b" HTTP/1.1\r\nHost: " + netloc.encode("latin-1") + b"\r\n"
         self._drop = frozenset(k.encode() for k in HOP_BY_HOP) | {k.lower().encode("latin-1") for k in overrides}
         self._extra = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in overrides.items() if v is not None)
+        self._secret = secret
+        self._kept: dict[bytes, bool] = {}  # header name (lower case) -> passed on; names repeat across requests
+        self._forwarded = b"x-forwarded-for" not in self._drop
 
-    def __call__(self, method: str, raw_path: str, raw_headers: list[tuple[bytes, bytes]], body_len: int) -> bytes:
+    def _keep(self, name: bytes) -> bool:
+        kept = self._kept.get(name)
+        if kept is None:
+            kept = name not in self._drop and not self._secret(name.decode("latin-1"))
+            if len(self._kept) < _NAMES_MAX:
+                self._kept[name] = kept
+        return kept
+
+    def __call__(self, method: str, raw_path: str, raw_headers: list[tuple[bytes, bytes]], body_len: int,
+                 peer: str | None = None) -> bytes:
         parts = [method.encode("latin-1"), self._prefix, raw_path.encode("latin-1"), self._host]
-        drop = self._drop
+        prior = None
         for k, v in raw_headers:
-            if k.lower() not in drop:
+            lk = k.lower()
+            if lk == b"x-forwarded-for" and self._forwarded:
+                prior = v
+            elif self._keep(lk):
                 parts += (k, b": ", v, b"\r\n")
+        if self._forwarded and (peer or prior is not None):
+            parts += (b"X-Forwarded-For: ", b", ".join(x for x in (prior, peer.encode() if peer else None) if x),
+                      b"\r\n")
         parts.append(self._extra)
         if body_len or method in ("POST", "PUT", "PATCH"):
             parts.append(b"Content-Length: %d\r\n" % body_len)

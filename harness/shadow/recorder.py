@@ -26,7 +26,7 @@ import sys
 from typing import Any, BinaryIO, Iterable, TextIO
 
 from ..traffic.prepare import batch_size_of
-from ..capture.exchange import Exchange, ExchangeRecords, header_text
+from ..capture.exchange import Exchange, ExchangeRecords, header_text, request_doc
 from ..capture.writer import CaptureWriter
 from ..frames import background_child, read_frame
 from ..scenario import Scenario
@@ -60,37 +60,62 @@ class Recorder:
         self.capture = CaptureWriter(capture_path.replace("%", "%%"), _one, inline=True)
         self.legs = CaptureWriter(legs_path.replace("%", "%%"), _one, inline=True)
         self.dropped: dict[str, int] = {}
+        # The candidate's answer is masked by the values of its request's secrets, which come with the
+        # baseline's item: a copy's item that arrives first waits for it (and a mirrored request's secrets wait
+        # for its copy). Both are bounded by the copies in flight.
+        self._waiting: dict[str, tuple[Any, ...]] = {}
+        self._secrets: dict[str, tuple[str, ...]] = {}
 
     def handle(self, item: tuple[Any, ...]) -> None:
         try:
             if item[0] == "b":
-                self._baseline(*item[1:])
+                rid, mirror = item[1], item[3]
+                secrets = self._baseline(*item[1:])
+                held = self._waiting.pop(rid, None)
+                if held is not None:
+                    self._candidate(held, secrets)
+                elif mirror:
+                    self._secrets[rid] = secrets
+            elif item[1] in self._secrets:
+                self._candidate(item, self._secrets.pop(item[1]))
             else:
-                _, rid, route, arrived, status, rh, rb, size, sent, done, error, arrivals, request_body = item
-                headers = header_text(rh) if self.builder.reads_headers["candidate"] else _content_headers(rh)
-                self.legs.put(self.builder.leg(rid, "candidate", route, arrived, sent, done, status, error,
-                                               headers, rb, size, self.max_bytes, arrivals,
-                                               batch_size_of(request_body, self.builder.scenario)))
+                self._waiting[item[1]] = item
         except Exception as exc:  # noqa: BLE001 - one exchange that cannot be recorded must not end the run
-            reason = f"record could not be built: {type(exc).__name__}"
-            self.dropped[reason] = self.dropped.get(reason, 0) + 1
+            self._drop(exc)
+
+    def _drop(self, exc: Exception) -> None:
+        reason = f"record could not be built: {type(exc).__name__}"
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def _candidate(self, item: tuple[Any, ...], secrets: tuple[str, ...]) -> None:
+        _, rid, route, arrived, status, rh, rb, size, sent, done, error, arrivals, request_body = item
+        headers = header_text(rh) if self.builder.reads_headers["candidate"] else _content_headers(rh)
+        self.legs.put(self.builder.leg(rid, "candidate", route, arrived, sent, done, status, error,
+                                       headers, rb, size, self.max_bytes, arrivals,
+                                       batch_size_of(request_body, self.builder.scenario), secrets))
 
     def _baseline(self, rid: str, route: str, mirror: bool, method: str, path: str,
                   raw_headers: list[tuple[bytes, bytes]], body: bytes, arrived: float, status: int | None,
                   raw_rh: list[tuple[bytes, bytes]], rb: bytes, size: int, sent: float, done: float,
-                  error: str | None, arrivals: list[tuple[int, float]] = ()) -> None:  # type: ignore[assignment]
+                  error: str | None, arrivals: list[tuple[int, float]] = ()  # type: ignore[assignment]
+                  ) -> tuple[str, ...]:
+        """Records the baseline's leg and the capture record; returns the request's secret values."""
         # the answer's headers decoded whole only where the baseline's reader reads them
         headers = header_text(raw_headers)
         rh = header_text(raw_rh) if self.builder.reads_headers["baseline"] else _content_headers(raw_rh)
+        req_doc = request_doc(body)  # parsed once: for its secrets, then masked for its capture record
+        secrets = self.records.redactor.secret_values(headers, path, body, req_doc)
         doc: Any = PARSE
         if mirror:
             row, doc = self.builder.leg_and_doc(rid, "baseline", route, arrived, sent, done, status, error, rh, rb,
-                                                size, self.max_bytes, arrivals, batch_size_of(body, self.builder.scenario))
+                                                size, self.max_bytes, arrivals, batch_size_of(body, self.builder.scenario),
+                                                secrets)
             self.legs.put(row)
         ex = Exchange(arrived, method, path, headers, body, status, (done - arrived) * 1000.0, rh, rb, size,
-                      error, meta={"request_id": rid}, response_doc=doc)
+                      error, meta={"request_id": rid}, response_doc=doc, secrets=secrets, request_doc=req_doc)
         for rec in self.records(ex):
             self.capture.put(rec)
+        return secrets
 
     def barrier(self) -> dict[str, Any]:
         # the legs are cut first: every leg in the cut has its request in the capture cut after it
@@ -99,6 +124,13 @@ class Recorder:
         return {"legs": legs_file, "legs_size": legs_size, "capture": capture_file, "capture_size": capture_size}
 
     def close(self) -> dict[str, Any]:
+        # copies whose request's own answer was never recorded (the run ended first): masked by keys only
+        for item in self._waiting.values():
+            try:
+                self._candidate(item, ())
+            except Exception as exc:  # noqa: BLE001
+                self._drop(exc)
+        self._waiting.clear()
         out: dict[str, Any] = {"dropped": self.dropped}
         for name, w in (("capture", self.capture), ("legs", self.legs)):
             s = w.close()

@@ -6,25 +6,34 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 
-from ..jsonpath import MISSING, set_all
+from ..jsonpath import MISSING, find_all, set_all
 from ..scenario import RedactConfig
 from .jsonl_reader import compact_text
 from .record import NOT_PARSED, CapturedRequest, _keep_doc
 
-__all__ = ["Redactor", "REDACTED", "DEFAULT_SECRET_HEADERS", "PARSE"]
+__all__ = ["Redactor", "REDACTED", "DEFAULT_SECRET_HEADERS", "PARSE", "mask_values", "mask_values_in_doc"]
 
 REDACTED = "[REDACTED]"
 PARSE: Any = NOT_PARSED  # Redactor.body: the body has not been parsed yet
 DEFAULT_SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
                           "api-key", "x-auth-token", "x-amz-security-token")
-# Query parameters and JSON keys whose values are credentials whatever the scenario says.
-_SECRET_NAME = re.compile(r"(^|[_\-.])(api[_\-]?key|apikey|access[_\-]?token|refresh[_\-]?token|token|secret|"
-                          r"password|passwd|client[_\-]?secret|session[_\-]?id|auth)([_\-.]|$)", re.I)
+# Header names, query parameters and JSON keys whose values are credentials whatever the scenario says, as
+# parts of a name between separators (camelCase counts as one: `authToken` is `auth_Token`): `X-Goog-Api-Key`,
+# `PRIVATE-TOKEN`, `Ocp-Apim-Subscription-Key`, `X-Amz-Signature`, `privateKey`, `idToken`, `credentials`.
+_SECRET_NAME = re.compile(
+    r"(^|[_\-.])(api[_\-]?key|apikey|access[_\-]?token|refresh[_\-]?token|token|secret|password|passwd|pwd|"
+    r"passphrase|client[_\-]?secret|session[_\-]?id|auth|authorization|credentials?|signature|jwt|cookie|"
+    r"(private|secret|access|subscription|functions|master|account|signing)[_\-]?key)([_\-.]|$)", re.I)
+# Query parameters only: a bare `key` (Google's API keys) and `sig` (Azure's shared access signatures) are
+# credentials in a URL, and too common as JSON keys to mask there.
+_SECRET_QUERY_ONLY = frozenset(("key", "sig"))
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
 # A superset of what _SECRET_NAME matches, on raw bytes: where none of these is in a body, no key can be
@@ -34,9 +43,10 @@ _SECRET_NAME = re.compile(r"(^|[_\-.])(api[_\-]?key|apikey|access[_\-]?token|ref
 # one. Up to _SHORT bytes one pass of an alternation (0.6 us on a 36-byte answer, against 2.2 us for a
 # substring test per part, the Python loop's own cost); above, a substring test per part (13 us on 2 kB,
 # against 16 us).
-_SECRET_KEY_PARTS = (b"key", b"token", b"secret", b"passw", b"session", b"auth")
+_SECRET_KEY_PARTS = (b"key", b"token", b"secret", b"passw", b"session", b"auth", b"pwd", b"credential",
+                     b"signature", b"jwt", b"cookie")
 _JSON_PARTS = _SECRET_KEY_PARTS + (b"\\u00",)
-_FORM_PARTS = _SECRET_KEY_PARTS + (b"%",)
+_FORM_PARTS = _SECRET_KEY_PARTS + (b"sig", b"%")
 _SHORT = 512
 
 
@@ -62,8 +72,9 @@ _FORM = re.compile(rb"^[A-Za-z0-9_.~%+\-\[\]]+=[^&\s]*(&[A-Za-z0-9_.~%+\-\[\]]+=
 _NAME_VALUE = re.compile(r"(([A-Za-z0-9_.\-\[\]]+)=)[^&\s'\"]*")
 
 
+@lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name))
+    return bool(_SECRET_NAME.search(_CAMEL.sub("_", name)))
 
 
 @dataclass(frozen=True)
@@ -75,11 +86,10 @@ class Redactor:
         object.__setattr__(self, "_query", {q.lower() for q in self.config.query})
 
     def header_is_secret(self, name: str) -> bool:
-        return name.lower() in self._headers  # type: ignore[attr-defined]
+        return name.lower() in self._headers or is_secret_name(name)  # type: ignore[attr-defined]
 
     def headers(self, headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
-        secret = self._headers  # type: ignore[attr-defined]
-        if not any(k.lower() in secret for k, _ in headers):
+        if not any(self.header_is_secret(k) for k, _ in headers):
             return tuple(headers)  # nothing to mask: the same tuple when it is one
         return tuple((k, REDACTED if self.header_is_secret(k) else v) for k, v in headers)
 
@@ -94,7 +104,8 @@ class Redactor:
         return f"{parts.path}?{query}"
 
     def _query_secret(self, name: str) -> bool:
-        return name.lower() in self._query or is_secret_name(name)  # type: ignore[attr-defined]
+        low = name.lower()
+        return low in self._query or low in _SECRET_QUERY_ONLY or is_secret_name(name)  # type: ignore[attr-defined]
 
     def body(self, body: bytes, doc: Any = PARSE) -> bytes:
         """Masks configured JSON paths and credential-named keys of JSON bodies, and credential-named
@@ -146,25 +157,106 @@ class Redactor:
         return _NAME_VALUE.sub(lambda m: m.group(1) + REDACTED if self._query_secret(m.group(2)) else m.group(0), text)
 
     def request(self, req: CapturedRequest) -> CapturedRequest:
+        meta = req.meta
+        if meta.get("production_body") is not None:  # a capture's answer: masked by keys and by the request's values
+            meta = {**meta, "production_body": self._answer(meta["production_body"],
+                                                            self.secret_values(req.headers, req.path, req.body))}
         headers, path, body = self.headers(req.headers), self.path(req.path), self.body(req.body)
         response = req.response
         if response is not None:
             response_headers = self.headers(response.headers)
             if response_headers is not response.headers:
                 response = replace(response, headers=response_headers)
-        if headers is req.headers and path is req.path and body is req.body and response is req.response:
+        if headers is req.headers and path is req.path and body is req.body and response is req.response \
+                and meta is req.meta:
             return req  # nothing to mask (records are immutable): keeps its parsed body for the segments
-        out = replace(req, headers=headers, path=path, body=body, response=response)
+        out = replace(req, headers=headers, path=path, body=body, response=response, meta=meta)
         if body is req.body:
             _keep_doc(req, out)  # same bytes, same parse
         return out
 
+    def _answer(self, answer: Any, secrets: tuple[str, ...]) -> Any:
+        if isinstance(answer, str):
+            return mask_values(self.body(answer.encode(), MISSING).decode("utf-8", "replace"), secrets)
+        doc = orjson.loads(orjson.dumps(answer))  # the record's own value is left as it was read
+        self.mask_doc(doc)
+        return mask_values_in_doc(doc, secrets)
+
+    def secret_values(self, headers: tuple[tuple[str, str], ...], path: str, body: bytes,
+                      doc: Any = PARSE) -> tuple[str, ...]:
+        """The values the request's secrets hold (secret headers, with a scheme's token and each cookie's value
+        on their own; credential query parameters; credential JSON keys or form fields; the scenario's JSON
+        paths), longest first: an answer that repeats one (an echo, a debug field) is masked by value
+        (`mask_values`), since its own keys need not say what it is. `doc`: the body parsed already, unmasked."""
+        found: set[str] = set()
+        for k, v in headers:
+            if self.header_is_secret(k):
+                found.add(v.strip())
+                found.update(part.partition("=")[2].strip() for part in v.split(";"))
+                found.add(v.split()[-1] if v.split() else "")
+        if "?" in path:
+            found.update(v for k, v in parse_qsl(urlsplit(path).query, keep_blank_values=True) if self._query_secret(k))
+        if body[:1] in (b"{", b"["):
+            if self.may_mask_json(body):
+                if doc is PARSE:
+                    try:
+                        doc = orjson.loads(body)
+                    except orjson.JSONDecodeError:
+                        doc = MISSING
+                if doc is not MISSING:
+                    for p in self.config.json_paths:
+                        found.update(str(v) for v in find_all(doc, p) if isinstance(v, (str, int, float)))
+                    _secret_key_values(doc, found)
+        elif body and _FORM.match(body) and _may_name_a_secret(body, _FORM_PARTS, _FORM_ANY):
+            found.update(v for k, v in parse_qsl(body.decode("ascii", "replace"), keep_blank_values=True)
+                         if self._query_secret(k))
+        return tuple(sorted((v for v in found if len(v) >= _MIN_SECRET_CHARS and v != REDACTED), key=len, reverse=True))
+
     def text(self, text: str, extra_secrets: tuple[str, ...] = ()) -> str:
         """Masks known secret values (e.g. the test credentials sent) in free text such as response excerpts."""
-        for s in extra_secrets:
-            if s and len(s) >= 4:
-                text = text.replace(s, REDACTED)
-        return text
+        return mask_values(text, tuple(s for s in extra_secrets if s and len(s) >= _MIN_SECRET_CHARS))
+
+
+_MIN_SECRET_CHARS = 4  # shorter values would mask ordinary words and numbers of an answer
+
+
+def mask_values(text: str, values: tuple[str, ...]) -> str:
+    """Text (not JSON: `mask_values_in_doc`) with every occurrence of the values masked."""
+    for v in values:
+        if v in text:
+            text = text.replace(v, REDACTED)
+    return text
+
+
+def mask_values_in_doc(node: Any, values: tuple[str, ...]) -> Any:
+    """A JSON value with the secret values masked where its strings hold them, and where a number is one:
+    the document stays valid JSON (a masked number becomes the string). Returns the node (masked in place,
+    but for a top-level string or number)."""
+    if not values:
+        return node
+    if isinstance(node, str):
+        return mask_values(node, values)
+    if isinstance(node, (int, float)) and not isinstance(node, bool):
+        return REDACTED if str(node) in values else node
+    if isinstance(node, dict):
+        for k, v in node.items():
+            node[k] = mask_values_in_doc(v, values)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            node[i] = mask_values_in_doc(v, values)
+    return node
+
+
+def _secret_key_values(node: object, found: set[str]) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if isinstance(k, str) and is_secret_name(k) and isinstance(v, (str, int, float)) and not isinstance(v, bool):
+                found.add(str(v))
+            else:
+                _secret_key_values(v, found)
+    elif isinstance(node, list):
+        for v in node:
+            _secret_key_values(v, found)
 
 
 def _mask_secret_keys(node: object) -> int:
