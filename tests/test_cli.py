@@ -111,6 +111,17 @@ targets: {{baseline: {{url: "http://127.0.0.1:{closed_port()}"}}, candidate: {{u
         assert code == 3 and f"--master-bind-port {port}" in one_line_error(err)
     assert not (tmp_path / "r").exists()  # checked before the run folder is made
 
+@pytest.mark.parametrize(("cmd", "after"), [(["report"], []), (["schedule"], []), (["query"], ["select 1"]),
+                                            (["scores", "import"], ["s.csv"])])
+def test_run_dir_that_is_not_a_run_exits_3_naming_it(capsys, tmp_path, cmd, after) -> None:
+    """A missing folder, or one without results.duckdb, is the user's input (3), not an incomplete run (4)."""
+    missing, empty = tmp_path / "absent", tmp_path / "empty"
+    empty.mkdir()
+    for run_dir, says in ((missing, "no such folder"), (empty, "not a run folder (no results.duckdb in it)")):
+        code, _, err = run(capsys, *cmd, str(run_dir), *after)
+        assert code == 3 and f"{run_dir}: {says}" in one_line_error(err), err
+
+
 def test_bad_usage_exits_3(capsys) -> None:
     code, _, err = run(capsys, "query")
     assert code == 3 and "the following arguments are required" in one_line_error(err)
