@@ -45,6 +45,18 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def _run_dir(text: str) -> Path:
+    """RUN_DIR as given: a missing folder, or one `harness run` did not write, is the user's input (exit 3),
+    not a run that could not be carried out (exit 4, which a missing results.duckdb would give further in)."""
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path}: {'not a folder' if path.exists() else 'no such folder'} "
+                                         "(expected a run folder written by `harness run`)")
+    if not (path / "results.duckdb").is_file():
+        raise argparse.ArgumentTypeError(f"{path}: not a run folder (no results.duckdb in it)")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="harness", description="Paired shadow replay of captured traffic against a baseline and a "
                 "candidate model; per-segment judgement, promotion gates, gate report and canary schedule.")
@@ -85,11 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="rebuild summary.json, gate_report.html, schedule and junit.xml from "
                          "results.duckdb", epilog=EXIT_CODES)
-    rep.add_argument("run_dir", type=Path, help="a run folder written by `harness run`")
+    rep.add_argument("run_dir", type=_run_dir, help="a run folder written by `harness run`")
     rep.set_defaults(func=_report)
 
     s = sub.add_parser("schedule", help="print the canary schedule, or an export of it")
-    s.add_argument("run_dir", type=Path, help="a run folder written by `harness run`")
+    s.add_argument("run_dir", type=_run_dir, help="a run folder written by `harness run`")
     s.add_argument("--format", choices=["yaml", "argo", "flagger", "istio"], default="yaml",
                    help="the schedule itself, or an Argo Rollouts, Flagger or Istio export")
     s.add_argument("--force", action="store_true",
@@ -97,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_schedule)
 
     q = sub.add_parser("query", help="run SQL against a run's results.duckdb")
-    q.add_argument("run_dir", type=Path, help="a run folder written by `harness run`")
+    q.add_argument("run_dir", type=_run_dir, help="a run folder written by `harness run`")
     q.add_argument("sql", help="the query; tables: runs, requests, legs, resources, events, skipped, bad_records, "
                    "scores; view: pairs")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
@@ -168,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = sc.add_subparsers(dest="scores_command", required=True, parser_class=_Parser)
     si = ssub.add_parser("import", help="join scores (CSV or Parquet: request_id or captured_request_id, "
                          "version, score) into a run")
-    si.add_argument("run_dir", type=Path, help="a run folder written by `harness run`")
+    si.add_argument("run_dir", type=_run_dir, help="a run folder written by `harness run`")
     si.add_argument("file", type=Path, help="CSV or Parquet with columns request_id (harness's) or "
                     "captured_request_id (the capture's), version (baseline or candidate) and score")
     si.set_defaults(func=_scores_import)

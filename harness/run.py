@@ -175,8 +175,11 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
     work = run_dir / ".work"
     store: RunStore | None = None
     nothing_recorded = False
+    announced = False
     try:
-        say(f"harness {__version__}: scenario {scenario.name}, mode {scenario.replay.mode}, run folder {run_dir}")
+        # The folder is named once it is sure to be kept (after the targets' check below): a run that ends
+        # before that removes it, and the console must not send anyone looking for it.
+        say(f"harness {__version__}: scenario {scenario.name}, mode {scenario.replay.mode}")
         same_target = scenario.self_comparison()
         if same_target:
             say(f"warning: {same_target}")
@@ -216,6 +219,8 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
                 replace(t, tls={**(t.tls or {}), "pinned_certificate": pins[t.version][0],
                                 "pinned_name": pins[t.version][1]}) if t.version in pins else t
                 for t in plan.targets))
+        say(f"run folder {run_dir}")
+        announced = True
         monitor = _monitor(scenario, pids or {})
         monitor.find_processes()
         options = ReplayOptions(web_ui=web_ui, web_port=web_port, progress_every_s=progress_every_s)
@@ -269,6 +274,8 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
             attach_log(exc, run_dir / "harness.log", written=True)
         # Nothing was sent before the pre-run check of the targets: no half-made run folder is left.
         nothing_recorded = not bug and (isinstance(exc, TargetUnreachable) or not (run_dir / "results.duckdb").exists())
+        if not nothing_recorded and not announced:  # kept, e.g. for its harness.log: say where it is
+            say(f"run folder {run_dir}")
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -65,8 +65,32 @@ def test_unreachable_target_exits_4_before_sending(capsys, tmp_path) -> None:
 traffic: {{path: {SAMPLE}}}
 targets: {{baseline: {{url: "http://127.0.0.1:{closed_port()}"}}, candidate: {{url: "http://127.0.0.1:{closed_port()}"}}}}
 """)
-    code, _, err = run(capsys, "run", str(p), "--out", str(tmp_path / "r"))
+    code, out, err = run(capsys, "run", str(p), "--out", str(tmp_path / "r"))
     assert code == 4 and "unreachable" in one_line_error(err)
+    # the folder made for the run is removed: the console must not name it
+    assert list((tmp_path / "r").iterdir()) == [] and "run folder" not in out, out
+
+
+@pytest.mark.integration
+def test_a_kept_run_folder_is_announced(tmp_path) -> None:
+    """A run that gets past the targets' check keeps its folder, and says where it is before the replay."""
+    from fault_server import FaultServer
+    from replay_helpers import write_capture
+
+    from harness.run import run_scenario
+    from harness.scenario import scenario_from_dict
+
+    with FaultServer() as server:
+        cap = write_capture(tmp_path / "c.jsonl", [
+            {"ts": 1_700_000_000.0 + i / 100, "method": "POST", "path": "/ok", "headers": {}, "body": {"i": i}}
+            for i in range(5)])
+        said: list[str] = []
+        result = run_scenario(scenario_from_dict({
+            "name": "kept", "traffic": {"path": str(cap), "speed": 100},
+            "targets": {"baseline": {"url": server.url}, "candidate": {"url": server.url + "/c"}},
+            "replay": {"allow": ["POST /*"]}}), tmp_path / "r", echo=said.append)
+    assert result.run_dir.is_dir() and f"run folder {result.run_dir}" in said, said
+    assert said.index(f"run folder {result.run_dir}") < next(i for i, m in enumerate(said) if m.startswith("done:"))
 
 
 
@@ -86,6 +110,17 @@ targets: {{baseline: {{url: "http://127.0.0.1:{closed_port()}"}}, candidate: {{u
                            str(port))
         assert code == 3 and f"--master-bind-port {port}" in one_line_error(err)
     assert not (tmp_path / "r").exists()  # checked before the run folder is made
+
+@pytest.mark.parametrize(("cmd", "after"), [(["report"], []), (["schedule"], []), (["query"], ["select 1"]),
+                                            (["scores", "import"], ["s.csv"])])
+def test_run_dir_that_is_not_a_run_exits_3_naming_it(capsys, tmp_path, cmd, after) -> None:
+    """A missing folder, or one without results.duckdb, is the user's input (3), not an incomplete run (4)."""
+    missing, empty = tmp_path / "absent", tmp_path / "empty"
+    empty.mkdir()
+    for run_dir, says in ((missing, "no such folder"), (empty, "not a run folder (no results.duckdb in it)")):
+        code, _, err = run(capsys, *cmd, str(run_dir), *after)
+        assert code == 3 and f"{run_dir}: {says}" in one_line_error(err), err
+
 
 def test_bad_usage_exits_3(capsys) -> None:
     code, _, err = run(capsys, "query")

@@ -2,9 +2,12 @@
 side-effect safety; every record accounted for."""
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from harness.scenario import scenario_from_dict
 from harness.traffic.prepare import prepare_traffic
@@ -76,8 +79,6 @@ def test_loops_and_warmup(tmp_path: Path) -> None:
 
 
 def test_run_phases_cut_the_replayed_time_in_equal_stretches(tmp_path: Path) -> None:
-    import pytest
-
     from harness.errors import ScenarioError
 
     cap = capture(tmp_path)
@@ -119,6 +120,30 @@ def _skewed(tmp_path: Path, **traffic: object):
     offsets = [r[0] for r in con.execute(f"select offset_s from read_parquet('{p.schedule_path}') order by order_idx")
                .fetchall()]
     return p, offsets
+
+
+def test_har_records_are_named_as_entries_from_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A HAR file is one JSON document: messages name its records "entry N" (1-based), not "line N-1"."""
+    from harness.cli import main
+    from harness.errors import TrafficError
+
+    def entry(when: str) -> dict:
+        return {"startedDateTime": when, "request": {"method": "POST", "url": "http://svc/score", "headers": [],
+                                                     "postData": {"mimeType": "application/json", "text": "{}"}}}
+
+    cap = tmp_path / "c.har"
+    cap.write_text(json.dumps({"log": {"entries": [entry("2023-07-25T10:42:01Z"), {"request": {}},
+                                                   entry("2023-07-25T10:58:25Z")]}}))
+    base = {"name": "t", "targets": {"baseline": {"url": "http://127.0.0.1:1"}, "candidate": {"url": "http://127.0.0.1:2"}},
+            "replay": {"allow": ["POST /*"]}}
+    p = prepare_traffic(scenario_from_dict({**base, "traffic": {"path": str(cap)}}), tmp_path / "w1")
+    assert "between the record at entry 1 (captured 2023-07-25T10:42:01+00:00) and the one at entry 3" in p.warnings[0]
+    assert "bad records: 1 (the first, entry 2: " in p.counts_lines()[-1], p.counts_lines()
+    with pytest.raises(TrafficError, match=rf"^{re.escape(str(cap))}: entry 2: .*on_bad_record: fail"):
+        prepare_traffic(scenario_from_dict({**base, "traffic": {"path": str(cap), "on_bad_record": "fail"}}),
+                        tmp_path / "w2")
+    assert main(["traffic", "inspect", str(cap)]) == 0
+    assert "\n    entry 2: " in capsys.readouterr().out
 
 
 def test_a_long_idle_gap_is_named_and_max_gap_s_shortens_it(tmp_path: Path) -> None:

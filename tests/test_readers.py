@@ -387,7 +387,7 @@ def test_har_chrome_export() -> None:
     recs = drain(HAR / "har_chrome_mitmproxy_fixture.har")
     assert len(recs) == 3 and all(isinstance(r, CapturedRequest) for r in recs)
     r0, r1, r2 = requests_of(recs)
-    assert [r.line for r in (r0, r1, r2)] == [0, 1, 2]  # 0-based entry index
+    assert [r.line for r in (r0, r1, r2)] == [1, 2, 3]  # 1-based entry number
     # 2023-03-30T00:00:54.250Z: 19358 days to 2023-01-01 (+31 +28 +29) = 19446 days.
     assert r0.ts == 19446 * 86400 + 54.25
     assert (r0.method, r0.path, r0.meta["host"]) == ("GET", "/", "mitmproxy.org")
@@ -460,11 +460,12 @@ def test_har_params_without_text_and_bad_entries(tmp_path: Path) -> None:
     assert (r0.ts, r0.path, r0.body) == (NOON_2024_05_01 + 0.125, "/form?a=1", b"k=v+1&z=%26")
     assert r0.headers == (("Host", "svc.example:443"),) and r0.meta["host"] == "svc.example:443"
     assert r0.response == CapturedResponse(status=201, headers=(), body=b"ok")
+    assert r0.line == 1  # entries are numbered from 1, as messages name them ("entry 1")
     assert [(type(r).__name__, r.line) for r in recs[1:4]] == [
-        ("BadRecord", 1), ("BadRecord", 2), ("BadRecord", 3),
+        ("BadRecord", 2), ("BadRecord", 3), ("BadRecord", 4),
     ]
     r4 = recs[4]  # a response that cannot be decoded does not cost the request
-    assert isinstance(r4, CapturedRequest) and r4.response is None and r4.line == 4
+    assert isinstance(r4, CapturedRequest) and r4.response is None and r4.line == 5
     assert "base64" in r4.meta["har_response_error"]
 
 

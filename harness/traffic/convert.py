@@ -23,7 +23,7 @@ from ..errors import TrafficError
 from ..jsonpath import MISSING
 from .grpc_record import grpc_record_fields
 from .jsonl_reader import compact_json, loads
-from .readers import detect_format, iter_records
+from .readers import detect_format, iter_records, record_place
 from .record import BadRecord, CapturedRequest
 from .redaction import PARSE, Redactor
 
@@ -172,7 +172,7 @@ def _records(path: Path, fmt: str, redact: Callable[[CapturedRequest], CapturedR
              ) -> Iterator[dict[str, Any]]:
     for item in iter_records(path, fmt):
         if isinstance(item, BadRecord):
-            print(f"{item.source}:{item.line}: skipped bad record: {item.reason}", file=sys.stderr)
+            print(f"{record_place(item.source, fmt, item.line)}: skipped bad record: {item.reason}", file=sys.stderr)
             continue
         yield to_capture_record(redact(item), grpc_form)
 

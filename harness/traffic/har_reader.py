@@ -1,7 +1,7 @@
 """HAR 1.2 capture reader (browser DevTools exports, mitmproxy exports).
 
-Each ``log.entries[i]`` becomes one CapturedRequest with ``line = i`` (the 0-based entry index,
-unlike the 1-based lines of JSONL/CSV):
+Each ``log.entries[i]`` becomes one CapturedRequest with ``line = i + 1`` (the 1-based entry number,
+which messages call "entry N": a HAR file is one JSON document, not lines):
 
 * ``ts`` from ``startedDateTime`` (ISO 8601 with offset, "Z", millis or micros).
 * ``method``; ``path`` + query and ``meta["host"]`` from ``request.url``; the ``Host`` header,
@@ -195,11 +195,11 @@ def _entry(entry: object, source: str, index: int) -> CapturedRequest:
 
 
 def iter_har(path: Path) -> Iterator[CapturedRequest | BadRecord]:
-    """Requests of a HAR file in entry order; ``line`` is the 0-based entry index."""
+    """Requests of a HAR file in entry order; ``line`` is the 1-based entry number."""
     source = str(path)
     entries = _load(path)
     for index, entry in enumerate(entries):
         try:
-            yield _entry(entry, source, index)
+            yield _entry(entry, source, index + 1)
         except RecordError as exc:
-            yield BadRecord(source, index, str(exc))
+            yield BadRecord(source, index + 1, str(exc))

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .readers import detect_format, iter_records
+from .readers import detect_format, iter_records, record_unit
 from .record import BadRecord
 from .redaction import Redactor
 from .segments import SegmentEvaluator, route_template
@@ -148,7 +148,7 @@ def format_inspection(ins: Inspection) -> str:
         lines += [f"    {n:>8}  {value}" for value, n in counts.most_common(20)]
     if ins.bad:
         lines.append(f"  bad records ({ins.bad})")
-        lines += [f"    line {ln}: {reason}" for ln, reason in ins.bad_listed]
+        lines += [f"    {record_unit(ins.format)} {ln}: {reason}" for ln, reason in ins.bad_listed]
         if ins.bad > len(ins.bad_listed):
             lines.append(f"    ... {ins.bad - len(ins.bad_listed)} more")
     return "\n".join(lines) + "\n"

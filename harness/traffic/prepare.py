@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from ..errors import TrafficError
 from ..scenario import Scenario
-from .readers import detect_format, iter_records
+from .readers import detect_format, iter_records, record_place, record_unit
 from .record import BadRecord, CapturedRequest
 from .redaction import Redactor
 from .segments import NONE_VALUE, SegmentEvaluator, route_template
@@ -92,7 +92,9 @@ class PreparedTraffic:
             con.close()
 
     def _first_bad(self) -> str:
-        return f" (the first, line {self.first_bad[0]:,}: {self.first_bad[1]})" if self.first_bad else ""
+        if not self.first_bad:
+            return ""
+        return f" (the first, {record_unit(self.capture_format)} {self.first_bad[0]:,}: {self.first_bad[1]})"
 
     def _examples(self, reason: str) -> str:
         ex = self.skipped_examples.get(reason)
@@ -147,7 +149,7 @@ def prepare_traffic(scenario: Scenario, workdir: Path) -> PreparedTraffic:
     con.execute("set preserve_insertion_order = false")
     try:
         create_staging(con, scenario)
-        records_read = stage_records(con, scenario, iter_records(path, fmt, cfg.trace))
+        records_read = stage_records(con, scenario, iter_records(path, fmt, cfg.trace), fmt=fmt)
         return _finish(con, scenario, workdir, path, fmt, seg_names, records_read)
     finally:
         con.close()
@@ -163,11 +165,12 @@ def create_staging(con: duckdb.DuckDBPyConnection, scenario: Scenario) -> None:
 
 def stage_records(con: duckdb.DuckDBPyConnection, scenario: Scenario,
                   items: Iterable[CapturedRequest | BadRecord], *, records_read: int = 0, line_offset: int = 0,
-                  source: str | None = None) -> int:
+                  source: str | None = None, fmt: str = "jsonl") -> int:
     """Stages records (redaction, routes, segments, the side-effect rules) into `staged` and `bad`: the
     per-record work of preparing a capture. Returns the number of records read, counting on from
     `records_read` (each row's seq); `line_offset` and `source` place records read from a piece of a
-    capture (a live shadow's snapshot reads only what was appended) in the whole file."""
+    capture (a live shadow's snapshot reads only what was appended) in the whole file; `fmt`, the
+    capture's format, names a record's place in messages (a line, a HAR entry)."""
     cfg = scenario.traffic
     redactor = Redactor(cfg.redact)
     segments = SegmentEvaluator(scenario.segments)
@@ -179,7 +182,7 @@ def stage_records(con: duckdb.DuckDBPyConnection, scenario: Scenario,
         if isinstance(item, BadRecord):
             reason = redactor.reason(item.reason)  # a reason may quote the record, secrets included
             if cfg.on_bad_record == "fail":
-                raise TrafficError(f"{source or item.source}:{item.line + line_offset}: {reason} "
+                raise TrafficError(f"{record_place(source or item.source, fmt, item.line + line_offset)}: {reason} "
                                    "(traffic.on_bad_record: fail)")
             bad_rows.append((source or item.source, item.line + line_offset, reason))
             if len(bad_rows) >= _BATCH:
@@ -285,7 +288,7 @@ def _finish(con: duckdb.DuckDBPyConnection, scenario: Scenario, workdir: Path, p
                     [per_loop])
     if cfg.max_gap_s is not None:
         _shorten_gaps(con, cfg.max_gap_s)
-    warnings = _long_gap(con)
+    warnings = _long_gap(con, fmt)
     # The window start, not the first record, is time zero of the replay.
     start = con.execute("select coalesce(min(offset_s), 0) from ordered where skip_reason is null").fetchone()[0]  # type: ignore[index]
     span = con.execute("select coalesce(max(offset_s) - min(offset_s), 0) from ordered where skip_reason is null").fetchone()[0]  # type: ignore[index]
@@ -357,7 +360,7 @@ def _shorten_gaps(con: duckdb.DuckDBPyConnection, max_gap_s: float) -> None:
                    where ordered.time_rank = s.time_rank""", [max_gap_s])
 
 
-def _long_gap(con: duckdb.DuckDBPyConnection) -> list[str]:
+def _long_gap(con: duckdb.DuckDBPyConnection, fmt: str) -> list[str]:
     """A warning when one idle gap of the schedule is over LONG_GAP_S and most of its span: a record with a
     skewed clock (a day early) makes a 100 s capture a day-long run that sends one request and waits."""
     row = con.execute("""select gap, span, before_line, before_ts, source_line, ts from (
@@ -375,8 +378,9 @@ def _long_gap(con: duckdb.DuckDBPyConnection) -> list[str]:
     def at(t: float) -> str:
         return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds")
 
-    return [f"the schedule waits {gap:,.0f} s ({100 * gap / span:.0f} % of its span) between the record at line "
-            f"{before_line} (captured {at(before_ts)}) and the one at line {line} ({at(ts)}): a clock-skewed "
+    unit = record_unit(fmt)
+    return [f"the schedule waits {gap:,.0f} s ({100 * gap / span:.0f} % of its span) between the record at {unit} "
+            f"{before_line} (captured {at(before_ts)}) and the one at {unit} {line} ({at(ts)}): a clock-skewed "
             "record, or two captures in one file? traffic.max_gap_s "
             "shortens idle gaps; traffic.window keeps a part of the capture"]
 

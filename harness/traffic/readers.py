@@ -15,7 +15,8 @@ Nothing else is raised for bad input.
 
 ``BadRecord.line`` / ``CapturedRequest.line``: 1-based line for JSONL and CSV (CSV: the
 physical line where the record starts, the header is line 1), row index + 1 for Parquet,
-0-based entry index for HAR, 1-based payload index for GoReplay, 1-based line for LLM traces.
+1-based entry number for HAR, 1-based payload index for GoReplay, 1-based line for LLM traces.
+Messages name it with `record_unit` ("line 3", "entry 3", "row 3", "payload 3").
 
 Gzip-compressed JSONL, CSV, HAR and GoReplay files are recognised by their magic bytes. SageMaker Data
 Capture files (JSONL) are recognised by their first record, or declared as format sagemaker.
@@ -35,7 +36,22 @@ from .record import BadRecord, CapturedRequest
 from .sagemaker_reader import is_sagemaker_record, iter_sagemaker
 from .tabular_reader import iter_csv, iter_parquet
 
-__all__ = ["FORMATS", "PLATFORM_FORMATS", "detect_format", "iter_records"]
+__all__ = ["FORMATS", "PLATFORM_FORMATS", "detect_format", "iter_records", "record_place", "record_unit"]
+
+# What a record's `line` counts in the formats that are not read line by line; every other format: "line".
+_RECORD_UNITS = {"har": "entry", "parquet": "row", "gor": "payload"}
+
+
+def record_unit(fmt: str) -> str:
+    """The word for a record's `line` in messages: "line" would send a user to the wrong place in a HAR
+    (one JSON document), Parquet or GoReplay file."""
+    return _RECORD_UNITS.get(fmt, "line")
+
+
+def record_place(source: str, fmt: str, line: int) -> str:
+    """`FILE:LINE` (what editors jump to) for line formats; `FILE: entry N` and the like for the others."""
+    unit = record_unit(fmt)
+    return f"{source}:{line}" if unit == "line" else f"{source}: {unit} {line}"
 
 FORMATS = ("jsonl", "csv", "parquet", "har", "gor", "mooncake", "openai_log")
 _TRACE_FORMATS = {"mooncake": iter_mooncake, "openai_log": iter_openai_log}

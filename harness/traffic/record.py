@@ -37,8 +37,8 @@ class CapturedResponse:
 class CapturedRequest:
     """One captured request.
 
-    `line` is where it came from: a 1-based line number for line formats, the entry index for HAR,
-    the payload index for GoReplay. `ts` is epoch seconds (float, UTC). `path` includes the query
+    `line` is where it came from: a 1-based line number for line formats, the 1-based entry number for
+    HAR, the row number for Parquet, the payload index for GoReplay (readers.record_unit names it). `ts` is epoch seconds (float, UTC). `path` includes the query
     string. `headers` keep their captured order and case; names may repeat. `meta` holds every
     other field of the record (they can feed segments).
 

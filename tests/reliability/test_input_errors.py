@@ -80,8 +80,14 @@ def _cases(tmp: Path, url: str) -> dict[str, tuple[list[str], dict[str, str] | N
         "negative-processes": (["run", scenario("negproc"), "--processes", "-1", *out], None, 3, ["--processes"]),
         "validate-unknown-key": (["validate", edited("valunknown", lambda d: d["traffic"].update(sped=2))], None, 3,
                                  ["sped"]),
-        "report-not-a-run": (["report", str(tmp)], None, 4, [str(tmp)]),
-        "query-not-a-run": (["query", str(tmp), "select"], None, 4, []),
+        "report-not-a-run": (["report", str(tmp)], None, 3, [str(tmp), "not a run folder"]),
+        "query-not-a-run": (["query", str(tmp), "select"], None, 3, [str(tmp), "not a run folder"]),
+        "report-missing-folder": (["report", str(tmp / "absent-run")], None, 3, ["absent-run", "no such folder"]),
+        "query-missing-folder": (["query", str(tmp / "absent-run"), "select 1"], None, 3,
+                                 ["absent-run", "no such folder"]),
+        "schedule-not-a-run": (["schedule", str(tmp)], None, 3, [str(tmp), "not a run folder"]),
+        "scores-not-a-run": (["scores", "import", str(tmp), _write(tmp / "scores.csv", "request_id,version,score\n")],
+                             None, 3, [str(tmp), "not a run folder"]),
         "report-corrupt-results": (["report", _corrupt_run(tmp / "corrupt-run")], None, 4, ["results.duckdb"]),
         "inspect-missing": (["traffic", "inspect", str(tmp / "absent.jsonl")], None, 3, ["absent.jsonl"]),
         "inspect-unknown-format": (["traffic", "inspect", _write(tmp / "capture.txt", "x\n")], None, 3,
@@ -115,7 +121,8 @@ CASE_IDS = [
     "missing-scenario", "scenario-is-a-directory", "yaml-syntax", "not-a-mapping", "wrong-type", "wrong-type-timeout",
     "unknown-key", "unknown-top-key", "unknown-gate", "missing-capture", "bad-record-fail", "unset-env",
     "unreachable-baseline", "unreachable-candidate", "bad-option", "negative-processes", "validate-unknown-key",
-    "report-not-a-run", "query-not-a-run", "report-corrupt-results", "inspect-missing", "inspect-unknown-format", "inspect-directory",
+    "report-not-a-run", "query-not-a-run", "report-missing-folder", "query-missing-folder", "schedule-not-a-run",
+    "scores-not-a-run", "report-corrupt-results", "inspect-missing", "inspect-unknown-format", "inspect-directory",
     "inspect-not-gzip"]
 
 
