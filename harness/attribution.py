@@ -3,9 +3,9 @@ geography, two size buckets and their crosses), so listing every failing segment
 hides where the problem is.
 
 For each gate, the failing and suspect segments are taken strongest first (FAILs before suspects, then
-by p-value). A segment S is *explained* by a stronger one T of another dimension when the gate, judged
-again on the requests of S without those of T, is neither a FAIL nor beyond its limit: the excess in S
-vanishes once T is taken out. Segments that nothing stronger explains are the leaders; each leader is
+by p-value, ties broken by the size of the excess). A segment S is *explained* by a stronger one T of
+another dimension when the gate, judged again on the requests of S without those of T, is neither a FAIL
+nor beyond its limit: the excess in S vanishes once T is taken out. Segments that nothing stronger explains are the leaders; each leader is
 reported with the segments it explains. This is the explanation step of the multi-dimensional
 root-cause methods (Adtributor's "surprise" ranking of single dimensions, HotSpot's and iDice's search
 for the smallest set of attribute values that accounts for the anomaly, MacroBase's removal of an
@@ -68,7 +68,7 @@ def explain_segments(specs: Iterable[GateSpec], results: list[GateResult], data:
                 explanations.append(_explanation(spec, flagged[0][1], ()))
             continue
         masks = {label: mask for label, mask in _segment_masks(data, spec)}
-        flagged.sort(key=lambda ir: (ir[1].status != "fail", _evidence(ir[1]), -ir[1].n))
+        flagged.sort(key=lambda ir: _strongest_first(ir[1], 1.0 / max(n_resamples, 1)))
         flagged = flagged[:MAX_EXAMINED]  # each check is a judgement again: bounded per gate
         leaders: list[tuple[GateResult, list[str]]] = []
         for i, s in flagged:
@@ -152,6 +152,16 @@ def _explained_by_several(spec: GateSpec, data: PairData, s: GateResult, s_mask:
 def _evidence(r: GateResult) -> float:
     p = r.p_value if r.status == "fail" else r.p_worse
     return 1.0 if p is None or not np.isfinite(p) else float(p)
+
+
+def _strongest_first(r: GateResult, resolution: float) -> tuple[bool, float, float, float, int]:
+    """FAILs before suspects, then by p-value; p-values below `resolution` tie, and among ties the larger
+    excess comes first. A bootstrap p-value is 0 for every clear FAIL and a normal tail's underflows at large
+    n, so without the tie a larger segment that only overlaps the flaw was examined before the flaw's own
+    segment, became a leader, and the flaw could no longer explain it."""
+    p = _evidence(r)
+    effect = r.effect if r.effect is not None and np.isfinite(r.effect) else -np.inf
+    return r.status != "fail", max(p, resolution), -effect, p, -r.n
 
 
 def _short(r: GateResult) -> str:

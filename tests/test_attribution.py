@@ -113,3 +113,44 @@ def test_a_failure_everywhere_is_one_line_not_one_per_value() -> None:
                                              n_resamples=200)
     assert [e.text for e in explanations] == [
         "error_rate (error rate): everywhere: overall and every value of route, tenant fail; no one value explains it"]
+
+
+def _gold_data(uniform: float = 1.0, quirks: tuple[str, ...] = ("gzip", "chunked", "http10", "textplain"),
+               seed: int = 0) -> PairData:
+    """The new-user try-out's shape: three tenants of 400, three regions of about 400 with a third of each gold,
+    a quirk segment whose value "(none)" holds most requests. The candidate is 25 % slower for tenant=gold
+    (times `uniform` everywhere); latencies a fixed 10 ms plus a little jitter, so every p95 interval is narrow."""
+    rng = np.random.default_rng(seed)
+    n = 1200
+    tenant = np.array(["gold", "silver", "bronze"] * 400)
+    region = rng.permutation(np.repeat(["eu", "ap", "us"], [402, 399, 399]))
+    quirk = (rng.permutation(np.repeat(("(none)",) + quirks, [n - 55 * len(quirks)] + [55] * len(quirks)))
+             if quirks else np.full(n, "(none)"))
+    no = np.zeros(n, bool)
+    return PairData(order_idx=np.arange(n), segments={"tenant": tenant, "region": region, "quirk": quirk},
+                    latency={"baseline": 10.0 + rng.gamma(2.0, 0.5, n),
+                             "candidate": (10.0 + rng.gamma(2.0, 0.5, n)) * np.where(tenant == "gold", 1.25, 1.0)
+                             * uniform},
+                    error={"baseline": no, "candidate": no.copy()}, timeout={"baseline": no, "candidate": no},
+                    schema_judged={"baseline": ~no, "candidate": ~no}, schema_valid={"baseline": ~no, "candidate": ~no},
+                    status_4xx={"baseline": no, "candidate": no},
+                    score={"baseline": np.full(n, np.nan), "candidate": np.full(n, np.nan)}, n=n)
+
+
+def test_tied_p_values_examine_the_strongest_effect_first() -> None:
+    """Every FAIL's bootstrap p-value is 0; region=eu and quirk=(none) are larger than tenant=gold. Examined by
+    size among the tied p-values they became leaders before gold could explain them, and the console said
+    "region=eu, explained by no stronger segment" although without gold's requests it is within +1 %."""
+    gates = parse_gates({"latency_p95_ms": {"maximum_regression_percent": 10}}, "t")
+    data = _gold_data()
+    results = evaluate_gates(gates, data, RES, n_resamples=200)
+    fails = {r.segment: r for r in results if r.segment and r.status == "fail"}
+    assert set(fails) == {"tenant=gold", "region=ap", "region=eu", "region=us", "quirk=(none)"}
+    assert all(r.p_value == 0.0 for r in fails.values())
+    assert fails["region=eu"].n > fails["tenant=gold"].n and fails["quirk=(none)"].n > fails["tenant=gold"].n
+    results, explanations = explain_segments(gates, results, data, RES, n_resamples=200)
+    assert [e.segment for e in explanations] == ["tenant=gold"]
+    assert set(explanations[0].explains) == {"region=ap", "region=eu", "region=us", "quirk=(none)"}
+    by = {r.segment: r.explained_by for r in results if r.segment in fails}
+    assert by == {"tenant=gold": None, "region=ap": "tenant=gold", "region=eu": "tenant=gold",
+                  "region=us": "tenant=gold", "quirk=(none)": "tenant=gold"}
