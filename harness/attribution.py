@@ -101,9 +101,10 @@ def explain_segments(specs: Iterable[GateSpec], results: list[GateResult], data:
                                                                            f"without their requests, {several[1]}.")
             if by is None:
                 leaders.append((s, []))
-        everywhere = _everywhere(spec, out, own)
+        everywhere, single = _everywhere(spec, out, own)
         if everywhere:  # one line for a failure every value of a segment shares, not one per value
-            leaders = [(t, m) for t, m in leaders if m or _dimension(t.segment or "") not in everywhere]
+            # a segment of one value holds the requests of the gate's own scope, which the line names already
+            leaders = [(t, m) for t, m in leaders if m or _dimension(t.segment or "") not in everywhere | single]
             what = _METRIC_TEXT.get(spec.metric, spec.metric.replace("_", " "))
             explanations.append(Explanation(spec.name, spec.metric, "", "fail", (), (
                 f"{spec.name} ({what}): everywhere: {own or 'overall'} and every value of "
@@ -114,18 +115,21 @@ def explain_segments(specs: Iterable[GateSpec], results: list[GateResult], data:
     return out, explanations
 
 
-def _everywhere(spec: GateSpec, results: list[GateResult], own: str | None) -> set[str]:
-    """The segments (dimensions) of a gate whose every value fails or is suspect, none explained by another
-    segment, while the gate fails in its own scope: the excess is not localized there, and "tenant=a,
-    explained by no stronger segment" for each tenant in turn would say it is."""
+def _everywhere(spec: GateSpec, results: list[GateResult], own: str | None) -> tuple[set[str], set[str]]:
+    """(the segments (dimensions) of a gate whose every value, two or more, fails or is suspect, none explained
+    by another segment, while the gate fails in its own scope; the segments of one value that fails so):
+    the excess is not localized there, and "tenant=a, explained by no stronger segment" for each tenant in
+    turn would say it is. One value failing is no evidence that the failure is shared by several."""
     if not any(r.name == spec.name and r.segment == own and r.status == "fail" for r in results):
-        return set()
+        return set(), set()
     values: dict[str, list[bool]] = {}
     for r in results:
         if r.name == spec.name and r.segment not in (None, own):
             values.setdefault(_dimension(r.segment or ""), []).append(
                 (r.status == "fail" or r.suspect) and r.explained_by is None)
-    return {d for d, flags in values.items() if flags and all(flags)}
+    failing = {d for d, flags in values.items() if flags and all(flags)}
+    single = {d for d in failing if len(values[d]) == 1}
+    return failing - single, single
 
 
 def _explained_by_several(spec: GateSpec, data: PairData, s: GateResult, s_mask: np.ndarray,

@@ -154,3 +154,17 @@ def test_tied_p_values_examine_the_strongest_effect_first() -> None:
     by = {r.segment: r.explained_by for r in results if r.segment in fails}
     assert by == {"tenant=gold": None, "region=ap": "tenant=gold", "region=eu": "tenant=gold",
                   "region=us": "tenant=gold", "quirk=(none)": "tenant=gold"}
+
+
+def test_a_segment_of_one_value_is_not_every_value() -> None:
+    """The candidate 30 % slower for everyone, and quirk has the single value "(none)": region and tenant fail in
+    every value, but one failing value is no evidence of a failure that several share, and quirk=(none) holds the
+    requests of the overall result that the line names already."""
+    gates = parse_gates({"latency_p95_ms": {"maximum_regression_percent": 10}}, "t")
+    data = _gold_data(uniform=1.3, quirks=())
+    results = evaluate_gates(gates, data, RES, n_resamples=200)
+    assert next(r for r in results if r.segment == "quirk=(none)").status == "fail"
+    _, explanations = explain_segments(gates, results, data, RES, n_resamples=200)
+    assert [e.text for e in explanations] == [
+        "latency_p95_ms (latency): everywhere: overall and every value of region, tenant fail; no one value "
+        "explains it"]
