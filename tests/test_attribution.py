@@ -113,3 +113,80 @@ def test_a_failure_everywhere_is_one_line_not_one_per_value() -> None:
                                              n_resamples=200)
     assert [e.text for e in explanations] == [
         "error_rate (error rate): everywhere: overall and every value of route, tenant fail; no one value explains it"]
+
+
+def _gold_data(uniform: float = 1.0, quirks: tuple[tuple[str, int], ...] = (("gzip", 66), ("chunked", 52),
+                                                                           ("http10", 55), ("textplain", 54)),
+               errors: tuple[str, ...] = (), seed: int = 0) -> PairData:
+    """The new-user try-out's shape: three tenants of 400, three regions of about 400 with a third of each gold,
+    a quirk segment whose value "(none)" holds most requests. The candidate is 25 % slower for tenant=gold
+    (times `uniform` everywhere); latencies a fixed 10 ms plus a little jitter, so every p95 interval is narrow.
+    The candidate fails every request of the quirk values in `errors`."""
+    rng = np.random.default_rng(seed)
+    n = 1200
+    tenant = np.array(["gold", "silver", "bronze"] * 400)
+    region = rng.permutation(np.repeat(["eu", "ap", "us"], [402, 399, 399]))
+    sizes = [k for _, k in quirks]
+    quirk = rng.permutation(np.repeat(["(none)"] + [q for q, _ in quirks], [n - sum(sizes)] + sizes))
+    no = np.zeros(n, bool)
+    failed = np.isin(quirk, errors)
+    return PairData(order_idx=np.arange(n), segments={"tenant": tenant, "region": region, "quirk": quirk},
+                    latency={"baseline": 10.0 + rng.gamma(2.0, 0.5, n),
+                             "candidate": (10.0 + rng.gamma(2.0, 0.5, n)) * np.where(tenant == "gold", 1.25, 1.0)
+                             * uniform},
+                    error={"baseline": no, "candidate": failed}, timeout={"baseline": no, "candidate": no},
+                    schema_judged={"baseline": ~no, "candidate": ~failed},
+                    schema_valid={"baseline": ~no, "candidate": ~failed}, status_4xx={"baseline": no, "candidate": no},
+                    score={"baseline": np.full(n, np.nan), "candidate": np.full(n, np.nan)}, n=n)
+
+
+def test_tied_p_values_examine_the_strongest_effect_first() -> None:
+    """Every FAIL's bootstrap p-value is 0; region=eu and quirk=(none) are larger than tenant=gold. Examined by
+    size among the tied p-values they became leaders before gold could explain them, and the console said
+    "region=eu, explained by no stronger segment" although without gold's requests it is within +1 %."""
+    gates = parse_gates({"latency_p95_ms": {"maximum_regression_percent": 10}}, "t")
+    data = _gold_data()
+    results = evaluate_gates(gates, data, RES, n_resamples=200)
+    fails = {r.segment: r for r in results if r.segment and r.status == "fail"}
+    assert set(fails) == {"tenant=gold", "region=ap", "region=eu", "region=us", "quirk=(none)"}
+    assert all(r.p_value == 0.0 for r in fails.values())
+    assert fails["region=eu"].n > fails["tenant=gold"].n and fails["quirk=(none)"].n > fails["tenant=gold"].n
+    results, explanations = explain_segments(gates, results, data, RES, n_resamples=200)
+    assert [e.segment for e in explanations] == ["tenant=gold"]
+    assert set(explanations[0].explains) == {"region=ap", "region=eu", "region=us", "quirk=(none)"}
+    by = {r.segment: r.explained_by for r in results if r.segment in fails}
+    assert by == {"tenant=gold": None, "region=ap": "tenant=gold", "region=eu": "tenant=gold",
+                  "region=us": "tenant=gold", "quirk=(none)": "tenant=gold"}
+
+
+def test_a_segment_of_one_value_is_not_every_value() -> None:
+    """The candidate 30 % slower for everyone, and quirk has the single value "(none)": region and tenant fail in
+    every value, but one failing value is no evidence of a failure that several share, and quirk=(none) holds the
+    requests of the overall result that the line names already."""
+    gates = parse_gates({"latency_p95_ms": {"maximum_regression_percent": 10}}, "t")
+    data = _gold_data(uniform=1.3, quirks=())
+    results = evaluate_gates(gates, data, RES, n_resamples=200)
+    assert next(r for r in results if r.segment == "quirk=(none)").status == "fail"
+    _, explanations = explain_segments(gates, results, data, RES, n_resamples=200)
+    assert [e.text for e in explanations] == [
+        "latency_p95_ms (latency): everywhere: overall and every value of region, tenant fail; no one value "
+        "explains it"]
+
+
+def test_segments_that_explain_only_together_are_one_line() -> None:
+    """Three quirk values fail every request; taking out any one leaves the other two's errors in each tenant and
+    region. Only the three together explain those, and the line says so, as the explained segments' reason does,
+    not "quirk=r429 explains the excess in ..." three times over."""
+    gates = parse_gates({"error_rate": {"maximum": 0.01}}, "t")
+    data = _gold_data(quirks=(("r429", 30), ("nan", 26), ("r503", 22)), errors=("r429", "nan", "r503"))
+    results, explanations = explain_segments(gates, evaluate_gates(gates, data, RES, n_resamples=200), data, RES,
+                                             n_resamples=200)
+    together = "quirk=r429 + quirk=nan + quirk=r503"
+    overlapping = {"tenant=gold", "tenant=silver", "tenant=bronze", "region=ap", "region=eu", "region=us"}
+    assert [e.segment for e in explanations] == [together]
+    assert set(explanations[0].explains) == overlapping and explanations[0].status == "fail"
+    assert explanations[0].text == (f"error_rate (error rate): {together} together explain the excess in "
+                                    f"{', '.join(explanations[0].explains)}")
+    by = {r.segment: r for r in results if r.segment in overlapping}
+    assert all(r.status == "fail" and r.explained_by == together and f"Explained by {together} together" in r.reason
+               for r in by.values())
