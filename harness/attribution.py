@@ -152,14 +152,38 @@ def _explained_by_several(spec: GateSpec, data: PairData, s: GateResult, s_mask:
     others = [(t, members) for t, members in leaders if _dimension(t.segment or "") != _dimension(s.segment or "")]
     if len(others) < 2:
         return None
+    group = [t for t, _ in others]
+    again = _without(spec, data, s, s_mask, group, masks, resources, alpha, n_resamples, seed)
+    if again is None:
+        return None
+    # A leader whose requests in S the others hold already (a cross inside its own tenant) takes nothing more
+    # out: it is left off the group's name, weakest first. Taking it out changes no request, so the judgement
+    # stands as made.
+    for t in reversed(group[:]):
+        fewer = [u for u in group if u is not t]
+        if len(fewer) < 2:
+            break
+        own = s_mask & masks[t.segment]
+        for u in fewer:
+            own &= ~masks[u.segment]
+        if not own.any():
+            group = fewer
+    return group, _short(again)
+
+
+def _without(spec: GateSpec, data: PairData, s: GateResult, s_mask: np.ndarray, group: list[GateResult],
+             masks: dict[str | None, np.ndarray], resources: ResourceSummary | None, alpha: float,
+             n_resamples: int, seed: int) -> GateResult | None:
+    """S judged again without the requests of the group, where that explains S (neither a FAIL nor beyond its
+    limit, with enough left to judge); else None."""
     rest = s_mask.copy()
-    for t, _ in others:
+    for t in group:
         rest &= ~masks[t.segment]
-    names = " + ".join(t.segment or "" for t, _ in others)
+    names = " + ".join(t.segment or "" for t in group)
     again = _evaluate_one(spec, data, rest, f"{s.segment} without {names}", resources, alpha, n_resamples, seed)
     if again.observed is None or again.status == "fail" or _beyond_limit(again):
         return None
-    return [t for t, _ in others], _short(again)
+    return again
 
 
 def _evidence(r: GateResult) -> float:

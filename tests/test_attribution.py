@@ -190,3 +190,21 @@ def test_segments_that_explain_only_together_are_one_line() -> None:
     by = {r.segment: r for r in results if r.segment in overlapping}
     assert all(r.status == "fail" and r.explained_by == together and f"Explained by {together} together" in r.reason
                for r in by.values())
+
+
+def test_a_leader_inside_the_others_is_left_off_a_group() -> None:
+    """`code=429` holds exactly the requests of quirk=r429 (another dimension: a cross, a status bucket): taking
+    it out with the three quirks takes out nothing more, so the group that explains the tenants names only those."""
+    from dataclasses import replace as _replace
+
+    gates = parse_gates({"error_rate": {"maximum": 0.01}}, "t")
+    data = _gold_data(quirks=(("r429", 30), ("nan", 26), ("r503", 22)), errors=("r429", "nan", "r503"))
+    coded = data.segments["quirk"]
+    quirk = np.array(coded.labels)[coded.codes]
+    data = _replace(data, segments={**data.segments, "code": np.where(quirk == "r429", "429", np.where(
+        quirk == "(none)", "ok", "5xx"))})
+    results, explanations = explain_segments(gates, evaluate_gates(gates, data, RES, n_resamples=200), data, RES,
+                                             n_resamples=200)
+    tenants = {r.segment: r.explained_by for r in results if r.segment and r.segment.startswith("tenant=")}
+    assert tenants and all(by is not None and "code=429" not in by for by in tenants.values()), tenants
+    assert all(by.count(" + ") >= 1 for by in tenants.values()), tenants
