@@ -106,6 +106,17 @@ def test_answers_that_echo_the_users_credentials_are_masked_by_value(tmp_path: P
     assert SECRET not in json.dumps([record, legs])
 
 
+def test_a_copy_whose_request_was_never_recorded_keeps_no_excerpt(tmp_path: Path) -> None:
+    """The run ended before the user's answer was recorded: the request's secret values are unknown, so the
+    candidate's leg is recorded without an excerpt of its answer (an echo of a credential cannot slip through)."""
+    rec = Recorder(_scenario(tmp_path), str(tmp_path / "c.jsonl.gz"), str(tmp_path / "legs.jsonl"))
+    rec.handle(_items(0)[1])
+    assert rec.close()["legs"]["records_written"] == 1
+    (leg,) = _lines(tmp_path / "legs.jsonl")
+    assert leg["version"] == "candidate" and leg["status_code"] == 200 and leg["prediction"] == "ok"
+    assert leg["output_json"] is None
+
+
 def test_every_leg_row_has_the_leg_schema_columns_in_order(tmp_path: Path) -> None:
     from harness.replay.leg import LEG_SCHEMA
     from harness.shadow.legs import LegBuilder

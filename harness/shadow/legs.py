@@ -36,14 +36,14 @@ class LegBuilder:
     def leg(self, request_id: str, version: str, route: str, intended: float, sent: float, done: float,
             status: int | None, error: str | None, headers: tuple[tuple[str, str], ...], body: bytes,
             size: int, max_bytes: int, arrivals: Any = (), batch_size: int | None = None,
-            secrets: tuple[str, ...] = ()) -> dict[str, Any]:
+            secrets: tuple[str, ...] | None = ()) -> dict[str, Any]:
         return self.leg_and_doc(request_id, version, route, intended, sent, done, status, error, headers, body,
                                 size, max_bytes, arrivals, batch_size, secrets)[0]
 
     def leg_and_doc(self, request_id: str, version: str, route: str, intended: float, sent: float, done: float,
                     status: int | None, error: str | None, headers: tuple[tuple[str, str], ...], body: bytes,
                     size: int, max_bytes: int, arrivals: Any = (), batch_size: int | None = None,
-                    secrets: tuple[str, ...] = ()) -> tuple[dict[str, Any], Any]:
+                    secrets: tuple[str, ...] | None = ()) -> tuple[dict[str, Any], Any]:
         """The leg row, and the answer's JSON value as parsed for it, masked (MISSING: the answer is not JSON;
         PARSE: it was not parsed), so that the capture record of the same answer need not parse it again.
         `error`: connect | timeout | reset when there was no complete answer; `body` the answer up to
@@ -51,7 +51,7 @@ class LegBuilder:
         times a stream's tokens as a replay's reads do (from the leg's send); `batch_size`: the rows the request
         asked for, where answers are read row by row (output.rows), checked as a replay checks them; `secrets`
         the request's secret values (Redactor.secret_values): a live request carries real credentials, and an
-        answer that repeats one is masked by value."""
+        answer that repeats one is masked by value (None: they are unknown, and the leg keeps no excerpt)."""
         body_doc: Any = PARSE
         kind: str | None = error
         detail: str | None = None
@@ -95,7 +95,7 @@ class LegBuilder:
                                 schema_valid, schema_errors = self._validator.validate(route, out.doc)
                                 if schema_valid is False:
                                     kind = kind or "schema"
-                    if body:
+                    if body and secrets is not None:
                         excerpt = self._excerpt(out, body, secrets)
                         body_doc = MISSING if out.streamed or out.doc is MISSING else out.doc
                 except Exception as exc:  # noqa: BLE001 - a reader's bug must not lose the leg: it is recorded

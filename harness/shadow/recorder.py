@@ -39,6 +39,7 @@ CAPTURE_MAX_BODY_BYTES = 1 << 24
 
 
 _READ = (b"content-type", b"content-encoding")
+_PENDING_MAX = 65536  # items of a pair waiting for the other one
 
 
 def _content_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
@@ -80,6 +81,11 @@ class Recorder:
                 self._candidate(item, self._secrets.pop(item[1]))
             else:
                 self._waiting[item[1]] = item
+            # a pair whose other item never comes (dropped by a full channel) is forgotten, oldest first
+            while len(self._secrets) > _PENDING_MAX:
+                self._secrets.pop(next(iter(self._secrets)))
+            while len(self._waiting) > _PENDING_MAX:
+                self._candidate(self._waiting.pop(next(iter(self._waiting))), None)
         except Exception as exc:  # noqa: BLE001 - one exchange that cannot be recorded must not end the run
             self._drop(exc)
 
@@ -87,7 +93,9 @@ class Recorder:
         reason = f"record could not be built: {type(exc).__name__}"
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
-    def _candidate(self, item: tuple[Any, ...], secrets: tuple[str, ...]) -> None:
+    def _candidate(self, item: tuple[Any, ...], secrets: tuple[str, ...] | None) -> None:
+        """The candidate's leg; `secrets` None: its request's secret values are unknown, so the leg keeps no
+        excerpt of the answer (everything else is recorded)."""
         _, rid, route, arrived, status, rh, rb, size, sent, done, error, arrivals, request_body = item
         headers = header_text(rh) if self.builder.reads_headers["candidate"] else _content_headers(rh)
         self.legs.put(self.builder.leg(rid, "candidate", route, arrived, sent, done, status, error,
@@ -124,10 +132,10 @@ class Recorder:
         return {"legs": legs_file, "legs_size": legs_size, "capture": capture_file, "capture_size": capture_size}
 
     def close(self) -> dict[str, Any]:
-        # copies whose request's own answer was never recorded (the run ended first): masked by keys only
+        # copies whose request's own answer was never recorded (the run ended first): no excerpt
         for item in self._waiting.values():
             try:
-                self._candidate(item, ())
+                self._candidate(item, None)
             except Exception as exc:  # noqa: BLE001
                 self._drop(exc)
         self._waiting.clear()
