@@ -117,6 +117,26 @@ def test_a_copy_whose_request_was_never_recorded_keeps_no_excerpt(tmp_path: Path
     assert leg["output_json"] is None
 
 
+def test_a_candidate_that_echoes_its_test_credentials_is_masked(tmp_path: Path) -> None:
+    """The copy carries the scenario's test credentials for the candidate; an answer that repeats them is masked
+    as a replay's excerpts are."""
+    path = tmp_path / "creds.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "live", "traffic": {"path": str(tmp_path / "unused.jsonl")},
+        "targets": {"baseline": {"url": "http://127.0.0.1:9"},
+                    "candidate": {"url": "http://127.0.0.1:9", "headers": {"Authorization": "Bearer test-token-98765"}}},
+        "replay": {"allow": ["POST /v1/score"]}, "promotion_gates": {"error_rate": {"maximum": 0.01}}}))
+    rec = Recorder(load_scenario(path), str(tmp_path / "c.jsonl.gz"), str(tmp_path / "legs.jsonl"))
+    echo = json.dumps({"prediction": "ok", "confidence": 0.9, "seen": "Bearer test-token-98765"}).encode()
+    b, c = _items(0)
+    for item in (b, c[:6] + (echo, len(echo)) + c[8:]):
+        rec.handle(item)
+    rec.close()
+    legs = {leg["version"]: leg for leg in _lines(tmp_path / "legs.jsonl")}
+    assert json.loads(legs["candidate"]["output_json"])["seen"] == "[REDACTED]"
+    assert "test-token-98765" not in (tmp_path / "legs.jsonl").read_text()
+
+
 def test_every_leg_row_has_the_leg_schema_columns_in_order(tmp_path: Path) -> None:
     from harness.replay.leg import LEG_SCHEMA
     from harness.shadow.legs import LegBuilder

@@ -243,7 +243,7 @@ class HttpTransport:
             return
         ex = _Exchange(method, payload, later, done, token, time.monotonic())
         self._inflight[ex] = None
-        conn = self._pooled()
+        conn = self._pooled(resendable=later is None)
         if conn is None:
             if self._opening >= self._max_opening:
                 ex.state = _QUEUED
@@ -257,16 +257,17 @@ class HttpTransport:
             self._send(ex)
 
     # -- connections -------------------------------------------------------------------------------------
-    def _pooled(self) -> _Conn | None:
+    def _pooled(self, resendable: bool = True) -> _Conn | None:
         idle = self._idle
         while idle:
             conn = idle.pop()
             if conn.sock.fileno() < 0:  # closed while idle
                 continue
-            if time.monotonic() - conn.idle_at < _FRESH_IDLE_S:
+            if resendable and time.monotonic() - conn.idle_at < _FRESH_IDLE_S:
                 # Back in the pool a moment ago: a target's own idle close (its keep-alive timeout, a 408 before
-                # it) comes after seconds, and a close right after an answer is what the resend is for. The
-                # check below is a syscall and an exception, a few percent of a leg at thousands a second.
+                # it) comes after seconds, and a close right after an answer is what the resend is for (an
+                # Expect: 100-continue request is never resent: it always looks). The check below is a syscall
+                # and an exception, a few percent of a leg at thousands a second.
                 return conn
             try:
                 # an idle keep-alive connection has nothing to read: EOF means closed
@@ -430,7 +431,7 @@ class HttpTransport:
                 waiting.popleft()
                 continue
             # a warm-up opens its own connection; a resend too: a pooled one may be as stale as the first
-            conn = None if ex.warm or ex.resent is not None else self._pooled()
+            conn = None if ex.warm or ex.resent is not None else self._pooled(resendable=ex.again is not None)
             if conn is None and self._opening >= self._max_opening:
                 return
             waiting.popleft()

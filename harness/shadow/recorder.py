@@ -30,6 +30,7 @@ from ..capture.exchange import Exchange, ExchangeRecords, header_text, request_d
 from ..capture.writer import CaptureWriter
 from ..frames import background_child, read_frame
 from ..scenario import Scenario
+from ..send_headers import header_overrides
 from ..traffic.redaction import PARSE
 from .legs import LegBuilder
 
@@ -40,6 +41,7 @@ CAPTURE_MAX_BODY_BYTES = 1 << 24
 
 _READ = (b"content-type", b"content-encoding")
 _PENDING_MAX = 65536  # items of a pair waiting for the other one
+_PENDING_BYTES = 256 << 20  # and the candidate answers they hold
 
 
 def _content_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
@@ -65,29 +67,43 @@ class Recorder:
         # baseline's item: a copy's item that arrives first waits for it (and a mirrored request's secrets wait
         # for its copy). Both are bounded by the copies in flight.
         self._waiting: dict[str, tuple[Any, ...]] = {}
+        self._waiting_bytes = 0
         self._secrets: dict[str, tuple[str, ...]] = {}
+        # the candidate's test credentials (replay.headers, the targets' headers), masked as a replay masks them
+        self._test = tuple(v for group in header_overrides(scenario).values() for v in group.values()
+                           if v and len(v) >= 4)
 
     def handle(self, item: tuple[Any, ...]) -> None:
         try:
             if item[0] == "b":
                 rid, mirror = item[1], item[3]
-                secrets = self._baseline(*item[1:])
-                held = self._waiting.pop(rid, None)
-                if held is not None:
-                    self._candidate(held, secrets)
-                elif mirror:
-                    self._secrets[rid] = secrets
+                secrets: tuple[str, ...] | None = None
+                try:
+                    secrets = self._baseline(*item[1:])
+                finally:  # a copy that waited for this item is recorded whatever became of it
+                    held = self._unwait(rid)
+                    if held is not None:
+                        self._candidate(held, secrets)
+                    elif mirror and secrets is not None:
+                        self._secrets[rid] = secrets
             elif item[1] in self._secrets:
                 self._candidate(item, self._secrets.pop(item[1]))
             else:
                 self._waiting[item[1]] = item
+                self._waiting_bytes += len(item[6])
             # a pair whose other item never comes (dropped by a full channel) is forgotten, oldest first
             while len(self._secrets) > _PENDING_MAX:
                 self._secrets.pop(next(iter(self._secrets)))
-            while len(self._waiting) > _PENDING_MAX:
-                self._candidate(self._waiting.pop(next(iter(self._waiting))), None)
+            while self._waiting and (len(self._waiting) > _PENDING_MAX or self._waiting_bytes > _PENDING_BYTES):
+                self._candidate(self._unwait(next(iter(self._waiting))), None)
         except Exception as exc:  # noqa: BLE001 - one exchange that cannot be recorded must not end the run
             self._drop(exc)
+
+    def _unwait(self, rid: str) -> Any:
+        item = self._waiting.pop(rid, None)
+        if item is not None:
+            self._waiting_bytes -= len(item[6])
+        return item
 
     def _drop(self, exc: Exception) -> None:
         reason = f"record could not be built: {type(exc).__name__}"
@@ -97,6 +113,8 @@ class Recorder:
         """The candidate's leg; `secrets` None: its request's secret values are unknown, so the leg keeps no
         excerpt of the answer (everything else is recorded)."""
         _, rid, route, arrived, status, rh, rb, size, sent, done, error, arrivals, request_body = item
+        if secrets is not None:
+            secrets = secrets + self._test
         headers = header_text(rh) if self.builder.reads_headers["candidate"] else _content_headers(rh)
         self.legs.put(self.builder.leg(rid, "candidate", route, arrived, sent, done, status, error,
                                        headers, rb, size, self.max_bytes, arrivals,
@@ -113,14 +131,15 @@ class Recorder:
         rh = header_text(raw_rh) if self.builder.reads_headers["baseline"] else _content_headers(raw_rh)
         req_doc = request_doc(body)  # parsed once: for its secrets, then masked for its capture record
         secrets = self.records.redactor.secret_values(headers, path, body, req_doc)
+        masked = secrets + self._test
         doc: Any = PARSE
         if mirror:
             row, doc = self.builder.leg_and_doc(rid, "baseline", route, arrived, sent, done, status, error, rh, rb,
                                                 size, self.max_bytes, arrivals, batch_size_of(body, self.builder.scenario),
-                                                secrets)
+                                                masked)
             self.legs.put(row)
         ex = Exchange(arrived, method, path, headers, body, status, (done - arrived) * 1000.0, rh, rb, size,
-                      error, meta={"request_id": rid}, response_doc=doc, secrets=secrets, request_doc=req_doc)
+                      error, meta={"request_id": rid}, response_doc=doc, secrets=masked, request_doc=req_doc)
         for rec in self.records(ex):
             self.capture.put(rec)
         return secrets
@@ -139,6 +158,7 @@ class Recorder:
             except Exception as exc:  # noqa: BLE001
                 self._drop(exc)
         self._waiting.clear()
+        self._waiting_bytes = 0
         out: dict[str, Any] = {"dropped": self.dropped}
         for name, w in (("capture", self.capture), ("legs", self.legs)):
             s = w.close()

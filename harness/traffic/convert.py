@@ -133,7 +133,7 @@ def _headers(headers: tuple[tuple[str, str], ...]) -> dict[str, str]:
 def convert_capture(path: Path, to: str, fmt: str | None = None, output: str | None = None,
                     keep_secrets: bool = False) -> Path | None:
     fmt = detect_format(path, fmt)
-    redact = (lambda req: req) if keep_secrets else Redactor().request
+    redact = (lambda req: req) if keep_secrets else Redactor().request_and_answer
 
     def records() -> Iterator[dict[str, Any]]:
         return _records(path, fmt, redact, grpc_form=to == "jsonl")

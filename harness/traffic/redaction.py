@@ -3,12 +3,13 @@ before anything is stored, logged, rendered or sent. Test credentials for the ta
 at send time, from the environment (replay.headers), and are never stored either."""
 from __future__ import annotations
 
+import copy
 import json
 import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit
 
 import orjson
 
@@ -23,30 +24,59 @@ REDACTED = "[REDACTED]"
 PARSE: Any = NOT_PARSED  # Redactor.body: the body has not been parsed yet
 DEFAULT_SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
                           "api-key", "x-auth-token", "x-amz-security-token")
-# Header names, query parameters and JSON keys whose values are credentials whatever the scenario says, as
-# parts of a name between separators (camelCase counts as one: `authToken` is `auth_Token`): `X-Goog-Api-Key`,
-# `PRIVATE-TOKEN`, `Ocp-Apim-Subscription-Key`, `X-Amz-Signature`, `privateKey`, `idToken`, `credentials`.
-_SECRET_NAME = re.compile(
-    r"(^|[_\-.])(api[_\-]?key|apikey|access[_\-]?token|refresh[_\-]?token|token|secret|password|passwd|pwd|"
-    r"passphrase|client[_\-]?secret|session[_\-]?id|auth|authorization|credentials?|signature|jwt|cookie|"
-    r"(private|secret|access|subscription|functions|master|account|signing)[_\-]?key)([_\-.]|$)", re.I)
-# Query parameters only: a bare `key` (Google's API keys) and `sig` (Azure's shared access signatures) are
-# credentials in a URL, and too common as JSON keys to mask there.
-_SECRET_QUERY_ONLY = frozenset(("key", "sig"))
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+# Header names, query parameters and JSON keys whose values are credentials whatever the scenario says, read
+# as words (separators, and camelCase: `authToken` is auth + token, `CSRFToken` csrf + token):
+# - a word that names a secret anywhere in the name (`password_confirmation`, `X-Api-Secret-Id`);
+# - a last word, or last two, that name one (`X-Vault-Token`, `idToken`, `Ocp-Apim-Subscription-Key`,
+#   `private_key`), but not a count or a type of it (`promptTokenCount`, `auth_type`) nor a page token;
+# - in a query only, the names URLs carry credentials under (`?key=`, `?sig=`, `X-Amz-Signature`): as JSON
+#   keys they are ordinary (`key`, and `signature` in the thinking blocks of LLM chat histories);
+# - a session id as a JSON key or query parameter, not as a header (routing: sticky sessions, prefix caches).
+_ANY_WORD = frozenset(("password", "passwd", "pwd", "passphrase", "secret", "apikey", "credential", "credentials",
+                       "jwt"))
+_LAST_WORD = frozenset(("token", "auth", "authorization", "cookie"))
+_LAST_TWO = frozenset(("apikey", "privatekey", "secretkey", "accesskey", "subscriptionkey", "functionskey",
+                       "masterkey", "accountkey", "signingkey"))
+_NOT_SECRET_TOKENS = frozenset(("page", "next", "continuation", "cursor", "sync"))  # pagination, not credentials
+_QUERY_NAMES = frozenset(("key", "sig", "signature", "sessionid"))
+_WORDS = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
-# A superset of what _SECRET_NAME matches, on raw bytes: where none of these is in a body, no key can be
+def _words(name: str) -> list[str]:
+    return [w.lower() for w in _WORDS.split(name) if w]
+
+
+@lru_cache(maxsize=8192)
+def is_secret_name(name: str, where: str = "json") -> bool:
+    """Whether a value under this name is a credential; `where`: "json", "query" (a query or form field) or
+    "header"."""
+    words = _words(name)
+    if not words:
+        return False
+    if any(w in _ANY_WORD for w in words):
+        return True
+    last = words[-1]
+    if last in _LAST_WORD and not (len(words) > 1 and words[-2] in _NOT_SECRET_TOKENS):
+        return True
+    two = words[-2] + last if len(words) > 1 else last
+    if two in _LAST_TWO:
+        return True
+    if where != "header" and two == "sessionid":
+        return True
+    return where == "query" and (last in _QUERY_NAMES or two in _QUERY_NAMES or last == "credential")
+
+
+# A superset of what is_secret_name matches, on raw bytes: where none of these is in a body, no key can be
 # secret. A JSON \u00XX escape or a form's %-escape could spell a name in other bytes, so they count as
 # well (\u escapes of other scripts, as in a JSON-encoded CJK prompt, cannot spell an ASCII name).
 # Searched in the lowered bytes: a case-insensitive regex took 4 us on a 60-byte answer and 37 us on a 1 kB
 # one. Up to _SHORT bytes one pass of an alternation (0.6 us on a 36-byte answer, against 2.2 us for a
 # substring test per part, the Python loop's own cost); above, a substring test per part (13 us on 2 kB,
 # against 16 us).
-_SECRET_KEY_PARTS = (b"key", b"token", b"secret", b"passw", b"session", b"auth", b"pwd", b"credential",
-                     b"signature", b"jwt", b"cookie")
+_SECRET_KEY_PARTS = (b"key", b"token", b"secret", b"pass", b"session", b"auth", b"pwd", b"credential",
+                     b"jwt", b"cookie")
 _JSON_PARTS = _SECRET_KEY_PARTS + (b"\\u00",)
-_FORM_PARTS = _SECRET_KEY_PARTS + (b"sig", b"%")
+_FORM_PARTS = _SECRET_KEY_PARTS + (b"sig", b"%")  # the query names, lowered
 _SHORT = 512
 
 
@@ -72,11 +102,6 @@ _FORM = re.compile(rb"^[A-Za-z0-9_.~%+\-\[\]]+=[^&\s]*(&[A-Za-z0-9_.~%+\-\[\]]+=
 _NAME_VALUE = re.compile(r"(([A-Za-z0-9_.\-\[\]]+)=)[^&\s'\"]*")
 
 
-@lru_cache(maxsize=4096)
-def is_secret_name(name: str) -> bool:
-    return bool(_SECRET_NAME.search(_CAMEL.sub("_", name)))
-
-
 @dataclass(frozen=True)
 class Redactor:
     config: RedactConfig = RedactConfig()
@@ -84,14 +109,22 @@ class Redactor:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_headers", {h.lower() for h in (*DEFAULT_SECRET_HEADERS, *self.config.headers)})
         object.__setattr__(self, "_query", {q.lower() for q in self.config.query})
+        object.__setattr__(self, "_header_names", {})  # header name as captured -> secret (names repeat)
 
     def header_is_secret(self, name: str) -> bool:
-        return name.lower() in self._headers or is_secret_name(name)  # type: ignore[attr-defined]
+        known = self._header_names  # type: ignore[attr-defined]
+        secret = known.get(name)
+        if secret is None:
+            secret = name.lower() in self._headers or is_secret_name(name, "header")  # type: ignore[attr-defined]
+            if len(known) < 4096:
+                known[name] = secret
+        return bool(secret)
 
     def headers(self, headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
-        if not any(self.header_is_secret(k) for k, _ in headers):
+        secret = self.header_is_secret
+        if not any(secret(k) for k, _ in headers):
             return tuple(headers)  # nothing to mask: the same tuple when it is one
-        return tuple((k, REDACTED if self.header_is_secret(k) else v) for k, v in headers)
+        return tuple((k, REDACTED if secret(k) else v) for k, v in headers)
 
     def path(self, path: str) -> str:
         if "?" not in path:
@@ -104,8 +137,7 @@ class Redactor:
         return f"{parts.path}?{query}"
 
     def _query_secret(self, name: str) -> bool:
-        low = name.lower()
-        return low in self._query or low in _SECRET_QUERY_ONLY or is_secret_name(name)  # type: ignore[attr-defined]
+        return name.lower() in self._query or is_secret_name(name, "query")  # type: ignore[attr-defined]
 
     def body(self, body: bytes, doc: Any = PARSE) -> bytes:
         """Masks configured JSON paths and credential-named keys of JSON bodies, and credential-named
@@ -157,30 +189,34 @@ class Redactor:
         return _NAME_VALUE.sub(lambda m: m.group(1) + REDACTED if self._query_secret(m.group(2)) else m.group(0), text)
 
     def request(self, req: CapturedRequest) -> CapturedRequest:
-        meta = req.meta
-        if meta.get("production_body") is not None:  # a capture's answer: masked by keys and by the request's values
-            meta = {**meta, "production_body": self._answer(meta["production_body"],
-                                                            self.secret_values(req.headers, req.path, req.body))}
         headers, path, body = self.headers(req.headers), self.path(req.path), self.body(req.body)
         response = req.response
         if response is not None:
             response_headers = self.headers(response.headers)
             if response_headers is not response.headers:
                 response = replace(response, headers=response_headers)
-        if headers is req.headers and path is req.path and body is req.body and response is req.response \
-                and meta is req.meta:
+        if headers is req.headers and path is req.path and body is req.body and response is req.response:
             return req  # nothing to mask (records are immutable): keeps its parsed body for the segments
-        out = replace(req, headers=headers, path=path, body=body, response=response, meta=meta)
+        out = replace(req, headers=headers, path=path, body=body, response=response)
         if body is req.body:
             _keep_doc(req, out)  # same bytes, same parse
         return out
 
-    def _answer(self, answer: Any, secrets: tuple[str, ...]) -> Any:
+    def request_and_answer(self, req: CapturedRequest) -> CapturedRequest:
+        """`request`, and the production answer a capture record carries (meta production_body: `traffic
+        convert` writes it back) masked by keys and by the request's secret values, as the capture proxy masks
+        it. Only for writers of that field: a replay never stores it."""
+        answer = req.meta.get("production_body")
+        if answer is None:
+            return self.request(req)
+        secrets = self.secret_values(req.headers, req.path, req.body)
         if isinstance(answer, str):
-            return mask_values(self.body(answer.encode(), MISSING).decode("utf-8", "replace"), secrets)
-        doc = orjson.loads(orjson.dumps(answer))  # the record's own value is left as it was read
-        self.mask_doc(doc)
-        return mask_values_in_doc(doc, secrets)
+            masked: Any = mask_values(self.body(answer.encode()).decode("utf-8", "replace"), secrets)
+        else:
+            masked = copy.deepcopy(answer)  # the record read is left as it was (integers of any size kept)
+            self.mask_doc(masked)
+            masked = mask_values_in_doc(masked, secrets)
+        return self.request(replace(req, meta={**req.meta, "production_body": masked}))
 
     def secret_values(self, headers: tuple[tuple[str, str], ...], path: str, body: bytes,
                       doc: Any = PARSE) -> tuple[str, ...]:
@@ -192,10 +228,15 @@ class Redactor:
         for k, v in headers:
             if self.header_is_secret(k):
                 found.add(v.strip())
-                found.update(part.partition("=")[2].strip() for part in v.split(";"))
-                found.add(v.split()[-1] if v.split() else "")
+                words = v.split()
+                if len(words) == 2:  # a scheme and its token ("Bearer ...")
+                    found.add(words[1])
+                # a cookie's own values only where they look like tokens: "theme=dark" must not mask "dark"
+                found.update(c for c in (part.partition("=")[2].strip() for part in v.split(";")) if _token_like(c))
         if "?" in path:
-            found.update(v for k, v in parse_qsl(urlsplit(path).query, keep_blank_values=True) if self._query_secret(k))
+            for k, v in parse_qsl(urlsplit(path).query, keep_blank_values=True):
+                if self._query_secret(k):
+                    found.update((v, quote(v, safe=""), quote_plus(v)))  # an echoed URL keeps its %-escapes
         if body[:1] in (b"{", b"["):
             if self.may_mask_json(body):
                 if doc is PARSE:
@@ -218,6 +259,11 @@ class Redactor:
 
 
 _MIN_SECRET_CHARS = 4  # shorter values would mask ordinary words and numbers of an answer
+
+
+def _token_like(value: str) -> bool:
+    """Long enough, and mixing letters with digits or symbols: a session id, not a preference."""
+    return len(value) >= 12 and not value.isalpha()
 
 
 def mask_values(text: str, values: tuple[str, ...]) -> str:
@@ -263,7 +309,8 @@ def _mask_secret_keys(node: object) -> int:
     count = 0
     if isinstance(node, dict):
         for k, v in node.items():
-            if isinstance(k, str) and is_secret_name(k) and isinstance(v, (str, int, float)) and v != REDACTED:
+            if isinstance(k, str) and is_secret_name(k) and isinstance(v, (str, int, float)) \
+                    and not isinstance(v, bool) and v != REDACTED:
                 node[k] = REDACTED
                 count += 1
             else:

@@ -5,8 +5,8 @@ Values are strings; a missing source gives "(none)". Cardinality is capped per s
 `max_values` distinct values keep their name, later ones are grouped as "(other)" (in capture order,
 which is stable for a given capture). Those two labels are harness's own: a captured value that reads the
 same is shown in double quotes ('"(none)"'), so that a tenant called "(none)" is never merged with the
-requests that have no tenant. A cross joins its parts with " & "; a part that contains " & " or starts with
-a double quote is written as a JSON string, so that two combinations never share a label.
+requests that have no tenant. A cross joins its parts with " & "; a part that contains "&" or starts with a
+double quote is written as a JSON string, so that two combinations never share a label.
 """
 from __future__ import annotations
 
@@ -37,12 +37,13 @@ _JOIN = " & "
 
 
 def cross_label(parts: tuple[str, ...] | list[str]) -> str:
-    """The parts joined by " & ". Unquoted parts hold no " & " and never start with '"', and a quoted one
-    ends at its closing quote, so the label reads back into exactly one combination."""
+    """The parts joined by " & ". Unquoted parts hold no "&" and never start with '"', and a quoted one ends at
+    its closing quote, so the label reads back into exactly one combination ("a &" with "b" is not "a" with
+    "& b")."""
     label = _JOIN.join(parts)
-    if label.count(_JOIN) == len(parts) - 1 and '"' not in label:
+    if label.count("&") == len(parts) - 1 and '"' not in label:
         return label
-    return _JOIN.join(json.dumps(p, ensure_ascii=False) if _JOIN in p or p.startswith('"') else p for p in parts)
+    return _JOIN.join(json.dumps(p, ensure_ascii=False) if "&" in p or p.startswith('"') else p for p in parts)
 # An id-like path segment: digits, UUIDs, long hex, or long tokens mixing letters and digits.
 _ID_SEGMENT = re.compile(
     r"^(\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{12,}"
