@@ -71,10 +71,11 @@ class ShadowApp:
         self._server: ProxyServer | None = None
         self._candidate: Upstream | None = None
         self._copy_head: CopyHead | None = None
+        self._copy_path: Callable[[str], str] = str
         self._routes: dict[tuple[str, str], tuple[str, bool]] = {}
         # The copy carries the candidate's test credentials (replay.headers, then the target's), as a replay
         # would; the user's request to the baseline passes through as the user sent it.
-        self._candidate_headers = header_overrides(scenario)["candidate"]
+        self.candidate_headers = header_overrides(scenario)["candidate"]
         # answers read row by row (output.rows) are checked against the rows the request asked for: the
         # candidate's leg goes to the recorder with its request's body
         self._rows = scenario.output.rows.active(scenario.target_for("candidate").protocol)
@@ -83,8 +84,10 @@ class ShadowApp:
         replay = self.scenario.replay
         self._candidate = Upstream(self.scenario.target_for("candidate").url, timeout_s=replay.timeout_s,
                                    connect_timeout_s=replay.connect_timeout_s)
-        self._copy_head = CopyHead(self._candidate.prefix, self._candidate.netloc, self._candidate_headers,
-                                   Redactor(self.scenario.traffic.redact).header_is_secret)
+        redactor = Redactor(self.scenario.traffic.redact)
+        self._copy_head = CopyHead(self._candidate.prefix, self._candidate.netloc, self.candidate_headers,
+                                   redactor.header_is_secret)
+        self._copy_path = redactor.path  # the user's query credentials are masked in the copy, as in a replay
         self._server = ProxyServer(Upstream(self.scenario.target_for("baseline").url, timeout_s=USER_TIMEOUT_S),
                                    self, self._keep, keepalive_timeout_s=self.keepalive_timeout_s)
         return await self._server.start(host, port)
@@ -172,7 +175,8 @@ class ShadowApp:
                               req.body if self._rows else b""))
 
         self.copies += 1
-        self._candidate.send(self._copy_head(req.method, req.raw_path, req.raw_headers, len(req.body), req.peer),
+        path = self._copy_path(req.raw_path) if "?" in req.raw_path else req.raw_path
+        self._candidate.send(self._copy_head(req.method, path, req.raw_headers, len(req.body), req.peer),
                              req.body,
                              Collect(self._keep, done), head_only=req.method == "HEAD")
 
