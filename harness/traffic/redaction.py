@@ -8,7 +8,7 @@ import json
 import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit
 
 import orjson
@@ -152,14 +152,8 @@ class Redactor:
         if not self.may_mask_json(body):
             return body
         if doc is PARSE:
-            try:
-                doc = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                try:
-                    doc = json.loads(body)
-                except (ValueError, RecursionError):
-                    return body
-        elif doc is MISSING:
+            doc = _parse_json(body)
+        if doc is MISSING:
             return body
         changed = self.mask_doc(doc)
         return compact_text(doc).encode() if changed else body
@@ -240,14 +234,11 @@ class Redactor:
         if body[:1] in (b"{", b"["):
             if self.may_mask_json(body):
                 if doc is PARSE:
-                    try:
-                        doc = orjson.loads(body)
-                    except orjson.JSONDecodeError:
-                        doc = MISSING
+                    doc = _parse_json(body)
                 if doc is not MISSING:
                     for p in self.config.json_paths:
                         found.update(str(v) for v in find_all(doc, p) if isinstance(v, (str, int, float)))
-                    _secret_key_values(doc, found)
+                    found.update(str(node[k]) for node, k in _secret_entries(doc))
         elif body and _FORM.match(body) and _may_name_a_secret(body, _FORM_PARTS, _FORM_ANY):
             found.update(v for k, v in parse_qsl(body.decode("ascii", "replace"), keep_blank_values=True)
                          if self._query_secret(k))
@@ -293,29 +284,35 @@ def mask_values_in_doc(node: Any, values: tuple[str, ...]) -> Any:
     return node
 
 
-def _secret_key_values(node: object, found: set[str]) -> None:
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if isinstance(k, str) and is_secret_name(k) and isinstance(v, (str, int, float)) and not isinstance(v, bool):
-                found.add(str(v))
-            else:
-                _secret_key_values(v, found)
-    elif isinstance(node, list):
-        for v in node:
-            _secret_key_values(v, found)
+def _parse_json(body: bytes) -> Any:
+    """A JSON body's value (integers beyond 64 bits too: orjson refuses them, the standard library does not),
+    or MISSING."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            return MISSING
 
 
-def _mask_secret_keys(node: object) -> int:
-    count = 0
+def _secret_entries(node: object) -> Iterator[tuple[dict[str, Any], str]]:
+    """(object, key) of every credential-named key that holds a string or a number (not a boolean), anywhere in
+    a JSON value; what is under other keys is searched in turn."""
     if isinstance(node, dict):
         for k, v in node.items():
             if isinstance(k, str) and is_secret_name(k) and isinstance(v, (str, int, float)) \
-                    and not isinstance(v, bool) and v != REDACTED:
-                node[k] = REDACTED
-                count += 1
+                    and not isinstance(v, bool):
+                yield node, k
             else:
-                count += _mask_secret_keys(v)
+                yield from _secret_entries(v)
     elif isinstance(node, list):
         for v in node:
-            count += _mask_secret_keys(v)
-    return count
+            yield from _secret_entries(v)
+
+
+def _mask_secret_keys(node: object) -> int:
+    entries = [(obj, k) for obj, k in _secret_entries(node) if obj[k] != REDACTED]
+    for obj, k in entries:
+        obj[k] = REDACTED
+    return len(entries)
