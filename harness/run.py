@@ -24,7 +24,7 @@ from .errors import VERDICT_EXIT, HarnessError, ScenarioError, StoreError, Targe
 from .gate_config import unseen_gate_values
 from .monitor import ResourceMonitor, TargetProcess
 from .scenario import Scenario
-from .send_headers import header_overrides
+from .send_headers import credential_values, header_overrides
 from .store import RunMeta, RunStore
 from .traffic.prepare import prepare_traffic
 
@@ -305,7 +305,7 @@ def _dispatch_plan(scenario: Scenario, schedule_path: Path,
     """What the replay sends, where and how; the header overrides' values are the secrets kept out of the legs."""
     from .replay.dispatcher import DispatchPlan, TargetPlan
 
-    secrets = tuple(v for group in overrides.values() for v in group.values() if v)
+    secrets = credential_values(overrides)
     targets = tuple(TargetPlan(version=v, url=scenario.target_for(v).url, protocol=scenario.target_for(v).protocol,
                                headers={**_accept_encoding(scenario.replay.accept_encoding, overrides[v]),
                                         **overrides[v]},

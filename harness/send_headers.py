@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from .errors import ScenarioError
 from .scenario import Scenario
 
-__all__ = ["expand_env", "header_overrides"]
+__all__ = ["expand_env", "header_overrides", "credential_values"]
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -40,3 +40,9 @@ def header_overrides(scenario: Scenario) -> dict[str, dict[str, str | None]]:
     common = expand(scenario.replay.headers, "replay.headers")
     return {v: {**common, **expand(scenario.target_for(v).headers, f"targets.{v}.headers")}
             for v in scenario.versions}
+
+
+def credential_values(overrides: Mapping[str, Mapping[str, str | None]]) -> tuple[str, ...]:
+    """The values the header overrides send (the targets' test credentials among them): what an answer that
+    repeats one must not carry into a leg."""
+    return tuple(v for group in overrides.values() for v in group.values() if v)

@@ -71,11 +71,14 @@ class ShadowApp:
         self._server: ProxyServer | None = None
         self._candidate: Upstream | None = None
         self._copy_head: CopyHead | None = None
-        self._copy_path: Callable[[str], str] = str
         self._routes: dict[tuple[str, str], tuple[str, bool]] = {}
         # The copy carries the candidate's test credentials (replay.headers, then the target's), as a replay
         # would; the user's request to the baseline passes through as the user sent it.
-        self.candidate_headers = header_overrides(scenario)["candidate"]
+        self._candidate_headers = header_overrides(scenario)["candidate"]
+        self._redactor = Redactor(scenario.traffic.redact)
+        # the user's credentials never reach the candidate: only the scenario's test ones, if it sets any
+        self.copies_carry_credentials = any(v is not None and self._redactor.header_is_secret(k)
+                                            for k, v in self._candidate_headers.items())
         # answers read row by row (output.rows) are checked against the rows the request asked for: the
         # candidate's leg goes to the recorder with its request's body
         self._rows = scenario.output.rows.active(scenario.target_for("candidate").protocol)
@@ -84,10 +87,8 @@ class ShadowApp:
         replay = self.scenario.replay
         self._candidate = Upstream(self.scenario.target_for("candidate").url, timeout_s=replay.timeout_s,
                                    connect_timeout_s=replay.connect_timeout_s)
-        redactor = Redactor(self.scenario.traffic.redact)
-        self._copy_head = CopyHead(self._candidate.prefix, self._candidate.netloc, self.candidate_headers,
-                                   redactor.header_is_secret)
-        self._copy_path = redactor.path  # the user's query credentials are masked in the copy, as in a replay
+        self._copy_head = CopyHead(self._candidate.prefix, self._candidate.netloc, self._candidate_headers,
+                                   self._redactor.header_is_secret)
         self._server = ProxyServer(Upstream(self.scenario.target_for("baseline").url, timeout_s=USER_TIMEOUT_S),
                                    self, self._keep, keepalive_timeout_s=self.keepalive_timeout_s)
         return await self._server.start(host, port)
@@ -175,7 +176,8 @@ class ShadowApp:
                               req.body if self._rows else b""))
 
         self.copies += 1
-        path = self._copy_path(req.raw_path) if "?" in req.raw_path else req.raw_path
+        # the user's query credentials are masked in the copy, as in a replay
+        path = self._redactor.path(req.raw_path) if "?" in req.raw_path else req.raw_path
         self._candidate.send(self._copy_head(req.method, path, req.raw_headers, len(req.body), req.peer),
                              req.body,
                              Collect(self._keep, done), head_only=req.method == "HEAD")

@@ -30,8 +30,8 @@ from ..capture.exchange import Exchange, ExchangeRecords, header_text, request_d
 from ..capture.writer import CaptureWriter
 from ..frames import background_child, read_frame
 from ..scenario import Scenario
-from ..send_headers import header_overrides
-from ..traffic.redaction import PARSE
+from ..send_headers import credential_values, header_overrides
+from ..traffic.redaction import MIN_SECRET_CHARS, PARSE
 from .legs import LegBuilder
 
 __all__ = ["Recorder", "main"]
@@ -70,8 +70,7 @@ class Recorder:
         self._waiting_bytes = 0
         self._secrets: dict[str, tuple[str, ...]] = {}
         # the candidate's test credentials (replay.headers, the targets' headers), masked as a replay masks them
-        self._test = tuple(v for group in header_overrides(scenario).values() for v in group.values()
-                           if v and len(v) >= 4)
+        self._test = tuple(v for v in credential_values(header_overrides(scenario)) if len(v) >= MIN_SECRET_CHARS)
 
     def handle(self, item: tuple[Any, ...]) -> None:
         try:

@@ -31,7 +31,6 @@ from ..errors import VERDICT_EXIT, ScenarioError, UsageError
 from ..run import RunResult, _setup_log, check_out_root, check_targets, make_run_dir
 from ..send_headers import header_overrides
 from ..scenario import Scenario
-from ..traffic.redaction import Redactor
 from .channel import RecorderChannel
 from .probe import Probe
 from .proxy import ShadowApp, ShadowStats
@@ -151,7 +150,7 @@ class _Live:
             bound = await shadow.start(host, port)
             say(f"listening on http://{host}:{bound}: baseline {scenario.target_for('baseline').url} answers, "
                 f"candidate {scenario.target_for('candidate').url} gets a copy")
-            if not any(v is not None and Redactor(scenario.traffic.redact).header_is_secret(k) for k, v in shadow.candidate_headers.items()):
+            if not shadow.copies_carry_credentials:
                 say("note: the copies carry none of the users' credentials (Authorization, cookies, API keys are left "
                     "out of them); a candidate that needs some gets test ones from targets.candidate.headers or "
                     "replay.headers")

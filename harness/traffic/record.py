@@ -38,9 +38,9 @@ class CapturedRequest:
     """One captured request.
 
     `line` is where it came from: a 1-based line number for line formats, the 1-based entry number for
-    HAR, the row number for Parquet, the payload index for GoReplay (readers.record_unit names it). `ts` is epoch seconds (float, UTC). `path` includes the query
-    string. `headers` keep their captured order and case; names may repeat. `meta` holds every
-    other field of the record (they can feed segments).
+    HAR, the row number for Parquet, the payload index for GoReplay (readers.record_unit names it). `ts`
+    is epoch seconds (float, UTC). `path` includes the query string. `headers` keep their captured order
+    and case; names may repeat. `meta` holds every other field of the record (they can feed segments).
 
     Two caches ride along, outside the fields that compare, print or pickle: the body parsed as JSON
     (`json_body()`; the JSONL reader hands over the value it parsed already) and a lower-cased header

@@ -18,7 +18,7 @@ from ..scenario import RedactConfig
 from .jsonl_reader import compact_text
 from .record import NOT_PARSED, CapturedRequest, _keep_doc
 
-__all__ = ["Redactor", "REDACTED", "DEFAULT_SECRET_HEADERS", "PARSE", "mask_values", "mask_values_in_doc"]
+__all__ = ["Redactor", "REDACTED", "DEFAULT_SECRET_HEADERS", "PARSE", "MIN_SECRET_CHARS", "mask_values", "mask_values_in_doc"]
 
 REDACTED = "[REDACTED]"
 PARSE: Any = NOT_PARSED  # Redactor.body: the body has not been parsed yet
@@ -242,14 +242,14 @@ class Redactor:
         elif body and _FORM.match(body) and _may_name_a_secret(body, _FORM_PARTS, _FORM_ANY):
             found.update(v for k, v in parse_qsl(body.decode("ascii", "replace"), keep_blank_values=True)
                          if self._query_secret(k))
-        return tuple(sorted((v for v in found if len(v) >= _MIN_SECRET_CHARS and v != REDACTED), key=len, reverse=True))
+        return tuple(sorted((v for v in found if len(v) >= MIN_SECRET_CHARS and v != REDACTED), key=len, reverse=True))
 
     def text(self, text: str, extra_secrets: tuple[str, ...] = ()) -> str:
         """Masks known secret values (e.g. the test credentials sent) in free text such as response excerpts."""
-        return mask_values(text, tuple(s for s in extra_secrets if s and len(s) >= _MIN_SECRET_CHARS))
+        return mask_values(text, tuple(s for s in extra_secrets if s and len(s) >= MIN_SECRET_CHARS))
 
 
-_MIN_SECRET_CHARS = 4  # shorter values would mask ordinary words and numbers of an answer
+MIN_SECRET_CHARS = 4  # shorter values would mask ordinary words and numbers of an answer
 
 
 def _token_like(value: str) -> bool:

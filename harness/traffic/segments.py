@@ -44,6 +44,8 @@ def cross_label(parts: tuple[str, ...] | list[str]) -> str:
     if label.count("&") == len(parts) - 1 and '"' not in label:
         return label
     return _JOIN.join(json.dumps(p, ensure_ascii=False) if "&" in p or p.startswith('"') else p for p in parts)
+
+
 # An id-like path segment: digits, UUIDs, long hex, or long tokens mixing letters and digits.
 _ID_SEGMENT = re.compile(
     r"^(\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{12,}"
