@@ -4,19 +4,16 @@ at send time, from the environment (replay.headers), and are never stored either
 from __future__ import annotations
 
 import copy
-import json
 import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Iterator
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit
 
-import orjson
-
 from ..jsonpath import MISSING, find_all, set_all
 from ..scenario import RedactConfig
 from .jsonl_reader import compact_text
-from .record import NOT_PARSED, CapturedRequest, _keep_doc
+from .record import NOT_PARSED, CapturedRequest, _keep_doc, _parse_body
 
 __all__ = ["Redactor", "REDACTED", "DEFAULT_SECRET_HEADERS", "PARSE", "MIN_SECRET_CHARS", "mask_values", "mask_values_in_doc"]
 
@@ -152,7 +149,7 @@ class Redactor:
         if not self.may_mask_json(body):
             return body
         if doc is PARSE:
-            doc = _parse_json(body)
+            doc = _parse_body(body)
         if doc is MISSING:
             return body
         changed = self.mask_doc(doc)
@@ -234,7 +231,7 @@ class Redactor:
         if body[:1] in (b"{", b"["):
             if self.may_mask_json(body):
                 if doc is PARSE:
-                    doc = _parse_json(body)
+                    doc = _parse_body(body)
                 if doc is not MISSING:
                     for p in self.config.json_paths:
                         found.update(str(v) for v in find_all(doc, p) if isinstance(v, (str, int, float)))
@@ -282,18 +279,6 @@ def mask_values_in_doc(node: Any, values: tuple[str, ...]) -> Any:
         for i, v in enumerate(node):
             node[i] = mask_values_in_doc(v, values)
     return node
-
-
-def _parse_json(body: bytes) -> Any:
-    """A JSON body's value (integers beyond 64 bits too: orjson refuses them, the standard library does not),
-    or MISSING."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        try:
-            return json.loads(body)
-        except (ValueError, RecursionError):
-            return MISSING
 
 
 def _secret_entries(node: object) -> Iterator[tuple[dict[str, Any], str]]:
