@@ -23,6 +23,29 @@ pytestmark = pytest.mark.integration
 N = 360
 
 
+def _port_no_connection_is_given(socket: Any) -> int:
+    """A free port below the kernel's ephemeral range. The workers start before their master and retry their
+    connection to its port while nothing listens there; a port from the ephemeral range can be handed to one
+    of those attempts as its own source port, and the worker then connects to itself (TCP simultaneous open)
+    and never to the master (a fresh-clone CI run at 7a76023 waited 120 s so)."""
+    import random
+
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(max(1024, low - 10000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port below {low}")
+
+
 def _workers(pid: int) -> list[psutil.Process]:
     try:
         children = psutil.Process(pid).children(recursive=True)
@@ -157,9 +180,7 @@ def test_a_worker_that_cannot_start_its_replay_fails_the_run_at_once(tmp_path: P
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _port_no_connection_is_given(socket)
     with FaultServer() as srv:
         capture = write_jsonl(tmp_path / "c.jsonl", records(N, rate=60))
         scenario = write_scenario(tmp_path, capture, srv.url, srv.url)
