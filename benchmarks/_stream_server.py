@@ -1,38 +1,37 @@
 """An OpenAI-compatible streaming chat/completions server whose timing is the truth: every stream sends
 its first token `--ttft-ms` after its request was read and each next one `--itl-ms` later (scheduled
 from the read time, so lateness never accumulates), `max_tokens` tokens, then the usage chunk and
-`data: [DONE]`. Used by llm_streams.py. Standard library only (asyncio, no uvloop), one process per port
+`data: [DONE]`. Used by llm_streams.py and llm_peers.py. Standard library only, one process per port
 list, 127.0.0.1 only.
 
     python _stream_server.py --ports 8001 --ttft-ms 200 --itl-ms 200 --stats-file F
 
-Timing: asyncio's own timers round their timeout up to a whole millisecond (0-1 ms late), too coarse for
-a truth measured to 1 ms. A timer thread waits on a condition variable (nanosecond timeouts) for the
-earliest due token, takes every token due within the next `--quantum-ms` (0.2) and hands the batch to
-the event loop in one call_soon_threadsafe; the loop sends the pre-encoded chunks.
+Timing: one thread keeps the sockets in an epoll set and the due tokens in a heap, and waits for whichever
+comes first with select() on the epoll descriptor (a timeout in microseconds: epoll_wait's and asyncio's
+timers round up to a whole millisecond, too coarse for a truth measured to 1 ms). Tokens are sent from the
+thread that reads the sockets, so no hand-over between threads or GIL switch delays them. What is left is
+the CPU: a server that wakes while another process has the core waits for it, which llm_streams.py's
+--server-sched fifo (real-time scheduling) and --pin remove.
 
 The truth is what the kernel saw, not when this process got round to it: a request's time is the kernel's
-receive time of its bytes (SO_TIMESTAMPNS on the connection, read with recvmsg: the sockets are plain
-non-blocking ones read by loop.add_reader, since asyncio's transports drop ancillary data), and a token's is
-the time right after its send() returned (on loopback the bytes are in the client's receive queue by then).
+receive time of its bytes (SO_TIMESTAMPNS on the connection, read with recvmsg from plain non-blocking
+sockets, since asyncio's transports drop ancillary data), and a token's is the kernel's software send stamp
+(SO_TIMESTAMPING, from the socket's error queue; the time right after its send() where none came).
 The schedule counts from the request's kernel time too. The server records, for every token sent, its
-lateness (sent - scheduled; negative up to the quantum: early), and writes the distribution, the token
-sends per second and the most streams open at once to --stats-file on SIGTERM, so its own error is told
-apart from the client's; and, per stream, what it really did (TTFT from the request's arrival to the first
-token sent, mean and p95 gap between token sends) to STATS_FILE.truth.jsonl, keyed by the completion id the
-client sees.
+lateness (sent - scheduled), and writes the distribution, the token sends per second and the most streams
+open at once to --stats-file on SIGTERM, so its own error is told apart from the client's; and, per stream,
+what it really did (TTFT from the request's arrival to the first token sent, mean and p95 gap between token
+sends) to STATS_FILE.truth.jsonl, keyed by the completion id the client sees.
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import heapq
 import json
+import select
 import signal
 import socket
 import struct
-import sys
-import threading
 import time
 from array import array
 from typing import Any
@@ -60,40 +59,65 @@ class Stream:
         self.cid, self.written, self.arrived = cid, array("d"), arrived
 
 
-class Wheel(threading.Thread):
-    """Due tokens -> batches handed to the loop."""
+class Loop:
+    """One thread: an epoll set of sockets and a heap of due tokens. It waits with select() on the epoll
+    descriptor itself, whose timeout is in microseconds (epoll_wait's is in whole milliseconds, asyncio's
+    timers round up to one), and sends each token from the same thread that reads the sockets: no hand-over
+    between threads, no GIL passed back and forth."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, quantum_s: float, write: Any) -> None:
-        super().__init__(daemon=True)
-        self.loop, self.quantum_s, self.write = loop, quantum_s, write
+    def __init__(self) -> None:
+        self.ep = select.epoll()
+        self.readers: dict[int, Any] = {}
+        self.writers: dict[int, Any] = {}
         self.heap: list[tuple[float, int, Stream]] = []
-        self.cond = threading.Condition()
         self.seq = 0
+        self.stopped = False
 
-    def add(self, due: float, s: Stream) -> None:
-        with self.cond:
-            self.seq += 1
-            heapq.heappush(self.heap, (due, self.seq, s))
-            if self.heap[0][2] is s:
-                self.cond.notify()
+    def _mask(self, fd: int) -> None:
+        mask = (select.EPOLLIN if fd in self.readers else 0) | (select.EPOLLOUT if fd in self.writers else 0)
+        try:
+            self.ep.modify(fd, mask) if mask else self.ep.unregister(fd)
+        except FileNotFoundError:
+            self.ep.register(fd, mask)
 
-    def run(self) -> None:
-        heap, cond = self.heap, self.cond
-        while True:
-            with cond:
-                while not heap:
-                    cond.wait()
-                now = time.perf_counter()
-                due = heap[0][0]
-                if due > now + self.quantum_s:
-                    cond.wait(due - now - self.quantum_s / 2)
-                    continue
-                horizon = now + self.quantum_s
-                batch = []
-                while heap and heap[0][0] <= horizon:
-                    d, _, s = heapq.heappop(heap)
-                    batch.append((d, s))
-            self.loop.call_soon_threadsafe(self.write, batch)
+    def add_reader(self, fd: int, cb: Any) -> None:
+        self.readers[fd] = cb
+        self._mask(fd)
+
+    def remove_reader(self, fd: int) -> None:
+        if self.readers.pop(fd, None) is not None:
+            self._mask(fd)
+
+    def add_writer(self, fd: int, cb: Any) -> None:
+        self.writers[fd] = cb
+        self._mask(fd)
+
+    def remove_writer(self, fd: int) -> None:
+        if self.writers.pop(fd, None) is not None:
+            self._mask(fd)
+
+    def at(self, due: float, s: Stream) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (due, self.seq, s))
+
+    def run(self, send: Any) -> None:
+        heap, ep, epfd, readers, writers = self.heap, self.ep, [self.ep.fileno()], self.readers, self.writers
+        clock, pop = time.perf_counter, heapq.heappop
+        while not self.stopped:
+            now = clock()
+            while heap and heap[0][0] <= now:
+                due, _, s = pop(heap)
+                send(due, s)
+            wait = heap[0][0] - clock() if heap else 0.05
+            if wait > 0:
+                select.select(epfd, (), (), min(wait, 0.05))
+            for fd, ev in ep.poll(0):
+                cb = readers.get(fd)
+                if cb is not None and ev & (select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP):
+                    cb()
+                cb = writers.get(fd)
+                if cb is not None and ev & (select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP):
+                    cb()
 
 
 class Conn:
@@ -206,11 +230,9 @@ class Conn:
 
 
 class Server:
-    def __init__(self, ttft_s: float, itl_s: float, quantum_s: float) -> None:
+    def __init__(self, ttft_s: float, itl_s: float) -> None:
         self.ttft_s, self.itl_s = ttft_s, itl_s
-        self.loop = asyncio.get_running_loop()
-        self.wheel = Wheel(self.loop, quantum_s, self.write_batch)
-        self.wheel.start()
+        self.loop = Loop()
         self.late_us = array("i")
         self.open = self.max_open = self.streams = self.writes = 0
         self.first_write = self.last_write = 0.0
@@ -224,7 +246,7 @@ class Server:
         lsock.bind(("127.0.0.1", port))
         lsock.listen(8192)
         lsock.setblocking(False)
-        self.loop.add_reader(lsock.fileno(), self.accept, lsock)
+        self.loop.add_reader(lsock.fileno(), lambda: self.accept(lsock))
         return lsock
 
     def accept(self, lsock: socket.socket) -> None:
@@ -285,35 +307,33 @@ class Server:
         self.max_open = max(self.max_open, self.open)
         # the schedule counts from the request's arrival in the kernel, on the perf_counter clock
         t0 = time.perf_counter() - (time.time() - arrived)
-        self.wheel.add(t0 + self.ttft_s, Stream(p, token, n, t0, tail, cid, arrived))
+        self.loop.at(t0 + self.ttft_s, Stream(p, token, n, t0, tail, cid, arrived))
 
-    def write_batch(self, batch: list[tuple[float, Stream]]) -> None:
-        itl, wheel = self.itl_s, self.wheel
-        for due, s in batch:
-            s.left -= 1
-            conn = s.conn
-            if not conn.open:
-                self.open -= 1
-                continue
-            s.written.append(0.0)
-            conn.write(s.token if s.left else s.token + s.tail, s.written)
-            sent = time.time()  # right after send(), until the kernel's send time replaces it
-            now = time.perf_counter()
-            self.late_us.append(int((now - due) * 1e6))
-            if not self.first_write:
-                self.first_write = now
-            self.last_write = now
-            self.writes += 1
-            if not s.written[-1]:
-                s.written[-1] = sent
-            if s.left:
-                wheel.add(s.t0 + self.ttft_s + (s.n - s.left) * itl, s)
-            else:
-                self.done.append((s.cid, s.arrived, s.written))
-                self.open -= 1
-                conn.busy = False
-                if conn.buf:
-                    self.next_request(conn)
+    def send_token(self, due: float, s: Stream) -> None:
+        s.left -= 1
+        conn = s.conn
+        if not conn.open:
+            self.open -= 1
+            return
+        s.written.append(0.0)
+        conn.write(s.token if s.left else s.token + s.tail, s.written)
+        sent = time.time()  # right after send(), until the kernel's send time replaces it
+        now = time.perf_counter()
+        self.late_us.append(int((now - due) * 1e6))
+        if not self.first_write:
+            self.first_write = now
+        self.last_write = now
+        self.writes += 1
+        if not s.written[-1]:
+            s.written[-1] = sent
+        if s.left:
+            self.loop.at(s.t0 + self.ttft_s + (s.n - s.left) * self.itl_s, s)
+        else:
+            self.done.append((s.cid, s.arrived, s.written))
+            self.open -= 1
+            conn.busy = False
+            if conn.buf:
+                self.next_request(conn)
 
     def truth(self) -> list[dict[str, Any]]:
         """Per completed stream, what the server really did: TTFT (the request's arrival -> first token sent)
@@ -339,26 +359,23 @@ class Server:
                 "early_max_ms": -late[0] / 1000.0 if late else None}
 
 
-async def main() -> None:
+def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ports", type=int, nargs="+", required=True)
     ap.add_argument("--ttft-ms", type=float, required=True)
     ap.add_argument("--itl-ms", type=float, required=True)
-    ap.add_argument("--quantum-ms", type=float, default=0.2)
     ap.add_argument("--stats-file")
     args = ap.parse_args()
-    # The timer thread and the loop hand the GIL to each other on every batch: the default 5 ms switch
-    # interval would be 5 ms of lateness whenever the other thread is busy.
-    sys.setswitchinterval(0.0002)
-    server = Server(args.ttft_ms / 1000, args.itl_ms / 1000, args.quantum_ms / 1000)
-    loop = asyncio.get_running_loop()
+    server = Server(args.ttft_ms / 1000, args.itl_ms / 1000)
     listeners = [server.listen(port) for port in args.ports]
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    await stop.wait()
+
+    def stop(*_: Any) -> None:
+        server.loop.stopped = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.loop.run(server.send_token)
     for s in listeners:
-        loop.remove_reader(s.fileno())
         s.close()
     if args.stats_file:
         with open(args.stats_file, "w") as f:
@@ -376,4 +393,4 @@ def _q(s: list[float], q: float) -> float:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

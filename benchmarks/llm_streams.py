@@ -20,7 +20,10 @@ lowest concurrency, divided by the difference in open legs.
     flock /tmp/heavy.lock .venv/bin/python benchmarks/llm_streams.py --concurrency 1000 --profile   # where the time goes
 
 --pin 1/0 puts the servers on CPU 1 and harness on CPU 0 (taskset): it tells the servers' lateness that
-comes from sharing cores with the client from their own.
+comes from sharing cores with the client from their own. --server-sched fifo runs the servers with
+real-time FIFO scheduling (chrt), so that a due token is sent when the server wakes, not after another
+process's time slice: the servers are the measuring instrument, and this makes their schedule the truth
+to within their own sending time.
 
 --profile samples the harness process with py-spy (--nonblocking: the replay is never paused) from the
 `traffic:` line to the end of the replay and prints where the Python time went (profile_replay.py's summary).
@@ -34,6 +37,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
 SERVER = Path(__file__).resolve().parent / "_stream_server.py"
+FIFO = ["chrt", "--fifo", "20"]
 GOAL_MS = 1.0
 
 
@@ -58,12 +63,14 @@ def process_cpu_s(pid: int) -> float:
 
 @contextlib.contextmanager
 def stream_servers(ttft_ms: float, itl_ms: float, stats_dir: Path, cpu_s: list[float] | None = None,
-                   cpus: str | None = None) -> Iterator[tuple[list[str], list[Path]]]:
-    """Two stream servers (on the CPUs `cpus` names, taskset's list, when given); `cpu_s` gets each one's CPU
-    seconds when they stop."""
+                   cpus: str | None = None, fifo: bool = False) -> Iterator[tuple[list[str], list[Path]]]:
+    """Two stream servers (on the CPUs `cpus` names, taskset's list, when given; real-time FIFO scheduling
+    when `fifo`); `cpu_s` gets each one's CPU seconds when they stop."""
     ports = [c.free_port(), c.free_port()]
     stats = [stats_dir / f"server-{p}.json" for p in ports]
     pin = ["taskset", "-c", cpus] if cpus else []
+    if fifo:
+        pin = [*FIFO, *pin]
     procs = [subprocess.Popen([*pin, c.PY, str(SERVER), "--ports", str(p), "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms),
                                "--stats-file", str(s)]) for p, s in zip(ports, stats)]
     try:
@@ -93,11 +100,15 @@ class _Profiler:
                                           str(self.raw)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def write_trace(path: Path, n: int, rate: float, tokens: int) -> Path:
+def write_trace(path: Path, n: int, rate: float, tokens: int, arrivals: str = "poisson", seed: int = 1) -> Path:
+    """`n` requests at `rate` a second: evenly spaced, or Poisson arrivals (exponential gaps, seeded)."""
+    rng = random.Random(seed)
+    at = 0.0
     with open(path, "w") as f:
         for i in range(n):
-            f.write(json.dumps({"timestamp": round(i * 1000.0 / rate, 3), "input_length": 32,
+            f.write(json.dumps({"timestamp": round(at * 1000.0, 3), "input_length": 32,
                                 "output_length": tokens, "hash_ids": [i % 8]}) + "\n")
+            at += rng.expovariate(rate) if arrivals == "poisson" else 1.0 / rate
     return path
 
 
@@ -127,11 +138,11 @@ def one(conc: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     n = int(rate * (stream_s + args.hold_s))
     d = work / f"c{conc}"
     d.mkdir()
-    trace = write_trace(d / "trace.jsonl", n, rate, args.tokens)
+    trace = write_trace(d / "trace.jsonl", n, rate, args.tokens, args.arrivals)
     load = c.load_now()
     server_cpu: list[float] = []
     server_cpus, harness_cpus = args.pin.split("/") if args.pin else (None, None)
-    with stream_servers(args.ttft_ms, args.itl_ms, d, server_cpu, server_cpus) as (urls, stats):
+    with stream_servers(args.ttft_ms, args.itl_ms, d, server_cpu, server_cpus, args.server_sched == "fifo") as (urls, stats):
         scen = write_scenario(d / "s.yaml", trace, urls, max_in_flight=2 * conc + 100)
         extra = ["--processes", str(args.processes)] if args.processes > 1 else []
         spy = _Profiler(c.OUT_ROOT / f"llm_streams_profile_c{conc}.txt", stream_s + args.hold_s) if args.profile else None
@@ -207,12 +218,24 @@ def main() -> None:
     ap.add_argument("--itl-ms", type=float, default=200.0)
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--hold-s", type=float, default=8.0, help="seconds at full concurrency")
+    ap.add_argument("--arrivals", choices=("poisson", "uniform"), default="poisson",
+                    help="the trace's arrival process (seeded). uniform: with evenly spaced arrivals every gap "
+                         "is a whole number of inter-arrival times, so about --tokens streams a server are due "
+                         "at the same instant, a burst the server sends one after the other")
     ap.add_argument("--processes", type=int, default=1, help="harness run --processes N (1: one process)")
     ap.add_argument("--profile", action="store_true", help="sample the replay with py-spy and print where time goes")
     ap.add_argument("--pin", help="SERVERS/HARNESS: taskset CPU lists, e.g. 1/0: the servers on CPU 1, harness on "
                                   "CPU 0, so that neither waits for the other's core")
+    ap.add_argument("--server-sched", choices=("normal", "fifo"), default="normal",
+                    help="fifo: the servers run SCHED_FIFO (chrt; root or CAP_SYS_NICE), so that a token's send "
+                         "is never queued behind the client's or the other server's time slice")
     ap.add_argument("--keep", type=Path, help="keep the traces and run folders in this (new) folder")
     args = ap.parse_args()
+    if args.server_sched == "fifo":
+        try:
+            subprocess.run([*FIFO, "true"], check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            sys.exit(f"--server-sched fifo: `{' '.join(FIFO)}` cannot run here ({e}); it needs root or CAP_SYS_NICE")
     info = c.machine_info()
     c.print_machine(info)
     results = []
