@@ -171,7 +171,9 @@ def main() -> None:
     ap.add_argument("--itl-ms", type=float, default=200.0)
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--hold-s", type=float, default=8.0)
+    ls.add_trace_and_server_options(ap)
     args = ap.parse_args()
+    ls.check_server_sched(args)
     info = c.machine_info()
     c.print_machine(info)
     aiperf = venv("aiperf", AIPERF)
@@ -184,7 +186,7 @@ def main() -> None:
             n = int(rate * (stream_s + args.hold_s))
             d = work / f"c{conc}"
             d.mkdir()
-            trace = ls.write_trace(d / "trace.jsonl", n, rate, args.tokens)
+            trace = ls.write_trace(d / "trace.jsonl", n, rate, args.tokens, args.arrivals)
             tools: list[tuple[str, Callable[[str, Path], dict[str, Any]]]] = [
                 ("harness", lambda url, w, t=trace, k=conc: run_harness(t, url, w, args, k))]
             if aiperf is not None:
@@ -195,7 +197,8 @@ def main() -> None:
                 w = d / name
                 w.mkdir()
                 load = c.load_now()
-                with ls.stream_servers(args.ttft_ms, args.itl_ms, w) as (urls, stats):
+                with ls.stream_servers(args.ttft_ms, args.itl_ms, w, fifo=args.server_sched == "fifo",
+                                       stamps=args.server_stamps) as (urls, stats):
                     t0 = time.perf_counter()
                     res = fn(urls[0], w)
                     wall = time.perf_counter() - t0

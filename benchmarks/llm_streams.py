@@ -63,16 +63,18 @@ def process_cpu_s(pid: int) -> float:
 
 @contextlib.contextmanager
 def stream_servers(ttft_ms: float, itl_ms: float, stats_dir: Path, cpu_s: list[float] | None = None,
-                   cpus: str | None = None, fifo: bool = False) -> Iterator[tuple[list[str], list[Path]]]:
-    """Two stream servers (on the CPUs `cpus` names, taskset's list, when given; real-time FIFO scheduling
-    when `fifo`); `cpu_s` gets each one's CPU seconds when they stop."""
+                   cpus: str | None = None, fifo: bool = False, stamps: str = "kernel"
+                   ) -> Iterator[tuple[list[str], list[Path]]]:
+    """Two stream servers, on the CPUs `cpus` names when given (taskset's list; "A+B": the first on A, the second
+    on B), with real-time FIFO scheduling when `fifo`, and their tokens' send times from `stamps` (kernel or
+    clock); `cpu_s` gets each one's CPU seconds when they stop."""
     ports = [c.free_port(), c.free_port()]
     stats = [stats_dir / f"server-{p}.json" for p in ports]
-    pin = ["taskset", "-c", cpus] if cpus else []
-    if fifo:
-        pin = [*FIFO, *pin]
-    procs = [subprocess.Popen([*pin, c.PY, str(SERVER), "--ports", str(p), "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms),
-                               "--stats-file", str(s)]) for p, s in zip(ports, stats)]
+    each = cpus.split("+") if cpus else [""]
+    prefixes = [[*(FIFO if fifo else []), *(["taskset", "-c", each[i % len(each)]] if each[i % len(each)] else [])]
+                for i in range(2)]
+    procs = [subprocess.Popen([*pre, c.PY, str(SERVER), "--ports", str(p), "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms),
+                               "--stats-file", str(s), "--send-stamps", stamps]) for pre, p, s in zip(prefixes, ports, stats)]
     try:
         for p in ports:
             c.wait_port(p)
@@ -98,6 +100,27 @@ class _Profiler:
             self.proc = subprocess.Popen([self.exe, "record", "--pid", str(proc.pid), "-r", str(self.rate_hz), "--gil",
                                           "--nonblocking", "-f", "raw", "-d", str(int(self.seconds) + 1), "-o",
                                           str(self.raw)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def add_trace_and_server_options(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--arrivals", choices=("poisson", "uniform"), default="poisson",
+                    help="the trace's arrival process (seeded). uniform: with evenly spaced arrivals every gap "
+                         "is a whole number of inter-arrival times, so about --tokens streams a server are due "
+                         "at the same instant, a burst the server sends one after the other")
+    ap.add_argument("--server-sched", choices=("normal", "fifo"), default="normal",
+                    help="fifo: the servers run SCHED_FIFO (chrt; root or CAP_SYS_NICE), so that a token's send "
+                         "is never queued behind the client's or the other server's time slice")
+    ap.add_argument("--server-stamps", choices=("kernel", "clock"), default="kernel",
+                    help="the servers' token send times: the kernel's stamps, or the clock after send() "
+                         "(about a third less server CPU a token)")
+
+
+def check_server_sched(args: argparse.Namespace) -> None:
+    if args.server_sched == "fifo":
+        try:
+            subprocess.run([*FIFO, "true"], check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            sys.exit(f"--server-sched fifo: `{' '.join(FIFO)}` cannot run here ({e}); it needs root or CAP_SYS_NICE")
 
 
 def write_trace(path: Path, n: int, rate: float, tokens: int, arrivals: str = "poisson", seed: int = 1) -> Path:
@@ -142,7 +165,9 @@ def one(conc: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     load = c.load_now()
     server_cpu: list[float] = []
     server_cpus, harness_cpus = args.pin.split("/") if args.pin else (None, None)
-    with stream_servers(args.ttft_ms, args.itl_ms, d, server_cpu, server_cpus, args.server_sched == "fifo") as (urls, stats):
+    harness_cpus = harness_cpus or None
+    with stream_servers(args.ttft_ms, args.itl_ms, d, server_cpu, server_cpus, args.server_sched == "fifo",
+                        args.server_stamps) as (urls, stats):
         scen = write_scenario(d / "s.yaml", trace, urls, max_in_flight=2 * conc + 100)
         extra = ["--processes", str(args.processes)] if args.processes > 1 else []
         spy = _Profiler(c.OUT_ROOT / f"llm_streams_profile_c{conc}.txt", stream_s + args.hold_s) if args.profile else None
@@ -218,24 +243,15 @@ def main() -> None:
     ap.add_argument("--itl-ms", type=float, default=200.0)
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--hold-s", type=float, default=8.0, help="seconds at full concurrency")
-    ap.add_argument("--arrivals", choices=("poisson", "uniform"), default="poisson",
-                    help="the trace's arrival process (seeded). uniform: with evenly spaced arrivals every gap "
-                         "is a whole number of inter-arrival times, so about --tokens streams a server are due "
-                         "at the same instant, a burst the server sends one after the other")
     ap.add_argument("--processes", type=int, default=1, help="harness run --processes N (1: one process)")
     ap.add_argument("--profile", action="store_true", help="sample the replay with py-spy and print where time goes")
     ap.add_argument("--pin", help="SERVERS/HARNESS: taskset CPU lists, e.g. 1/0: the servers on CPU 1, harness on "
-                                  "CPU 0, so that neither waits for the other's core")
-    ap.add_argument("--server-sched", choices=("normal", "fifo"), default="normal",
-                    help="fifo: the servers run SCHED_FIFO (chrt; root or CAP_SYS_NICE), so that a token's send "
-                         "is never queued behind the client's or the other server's time slice")
+                                  "CPU 0, so that neither waits for the other's core; 0+1/: the baseline's server "
+                                  "on CPU 0, the candidate's on CPU 1, harness anywhere")
     ap.add_argument("--keep", type=Path, help="keep the traces and run folders in this (new) folder")
+    add_trace_and_server_options(ap)
     args = ap.parse_args()
-    if args.server_sched == "fifo":
-        try:
-            subprocess.run([*FIFO, "true"], check=True, capture_output=True)
-        except (OSError, subprocess.CalledProcessError) as e:
-            sys.exit(f"--server-sched fifo: `{' '.join(FIFO)}` cannot run here ({e}); it needs root or CAP_SYS_NICE")
+    check_server_sched(args)
     info = c.machine_info()
     c.print_machine(info)
     results = []
