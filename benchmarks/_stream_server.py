@@ -81,21 +81,24 @@ class Loop:
         except FileNotFoundError:
             self.ep.register(fd, mask)
 
-    def add_reader(self, fd: int, cb: Any) -> None:
-        self.readers[fd] = cb
+    def _watch(self, table: dict[int, Any], fd: int, cb: Any) -> None:
+        if cb is not None:
+            table[fd] = cb
+        elif table.pop(fd, None) is None:
+            return
         self._mask(fd)
+
+    def add_reader(self, fd: int, cb: Any) -> None:
+        self._watch(self.readers, fd, cb)
 
     def remove_reader(self, fd: int) -> None:
-        if self.readers.pop(fd, None) is not None:
-            self._mask(fd)
+        self._watch(self.readers, fd, None)
 
     def add_writer(self, fd: int, cb: Any) -> None:
-        self.writers[fd] = cb
-        self._mask(fd)
+        self._watch(self.writers, fd, cb)
 
     def remove_writer(self, fd: int) -> None:
-        if self.writers.pop(fd, None) is not None:
-            self._mask(fd)
+        self._watch(self.writers, fd, None)
 
     def at(self, due: float, s: Stream) -> None:
         self.seq += 1
