@@ -8,6 +8,9 @@ is the mirror / candidate target. Proxies, one at a time, each in front of that 
 - `harness capture` (one process), writing every request to a .jsonl.gz capture;
 - `capture-asyncio` (only when named in --only): the same on the standard library's event loop, uvloop
   kept from importing, to show what uvloop brings;
+- `capture-sampled` (only when named in --only): `harness capture --sample 0.0001`, which hands every
+  exchange to its writer but records almost none: what the proxy costs without the record (redaction,
+  JSON, gzip), the part no recording change can remove;
 - `harness shadow` (one process): answers from the upstream, copies to the second port, records legs.
 
 Two measurements per proxy:
@@ -69,9 +72,9 @@ def nginx_proxy(upstream_port: int, mirror_port: int, mirror: bool) -> Iterator[
 @contextlib.contextmanager
 def harness_proxy(kind: str, upstream: str, mirror: str, work: Path) -> Iterator[tuple[str, list[int]]]:
     port = c.free_port()
-    if kind in ("capture", "capture-asyncio"):
+    if kind in ("capture", "capture-asyncio", "capture-sampled"):
         args = ["capture", "--listen", f"127.0.0.1:{port}", "--upstream", upstream,
-                "--out", str(work / "bench-%Y%m%dT%H.jsonl.gz")]
+                "--out", str(work / "bench-%Y%m%dT%H.jsonl.gz"), *(["--sample", "0.0001"] if kind == "capture-sampled" else [])]
     else:
         scenario = work / "shadow.yaml"
         scenario.write_text(json.dumps({
