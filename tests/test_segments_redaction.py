@@ -168,6 +168,12 @@ def test_secret_values_are_those_an_answer_could_repeat() -> None:
     assert [len(v) for v in values] == sorted((len(v) for v in values), reverse=True)
 
 
+def test_test_credentials_are_masked_longest_first_whatever_order_they_come_in() -> None:
+    """A credential inside a longer one, masked first, would leave the longer one's rest in the excerpt; values
+    under MIN_SECRET_CHARS are not masked (they would mask ordinary words)."""
+    assert Redactor().text("key xx-abcd-yy, abc", ("abcd", "xx-abcd-yy", "abc")) == f"key {REDACTED}, abc"
+
+
 def test_a_captured_production_answer_is_masked_when_read() -> None:
     """A capture written elsewhere (or by an older harness) may hold the answer unmasked: `traffic convert` masks
     it by keys and by the request's secret values, as the capture proxy does, before it writes it back (a JSON

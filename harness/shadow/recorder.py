@@ -31,7 +31,7 @@ from ..capture.writer import CaptureWriter
 from ..frames import background_child, read_frame
 from ..scenario import Scenario
 from ..send_headers import credential_values, header_overrides
-from ..traffic.redaction import MIN_SECRET_CHARS, PARSE
+from ..traffic.redaction import PARSE, masking_order
 from .legs import LegBuilder
 
 __all__ = ["Recorder", "main"]
@@ -70,7 +70,7 @@ class Recorder:
         self._waiting_bytes = 0
         self._secrets: dict[str, tuple[str, ...]] = {}
         # the candidate's test credentials (replay.headers, the targets' headers), masked as a replay masks them
-        self._test = tuple(v for v in credential_values(header_overrides(scenario)) if len(v) >= MIN_SECRET_CHARS)
+        self._test = credential_values(header_overrides(scenario))
 
     def handle(self, item: tuple[Any, ...]) -> None:
         try:
@@ -113,7 +113,7 @@ class Recorder:
         excerpt of the answer (everything else is recorded)."""
         _, rid, route, arrived, status, rh, rb, size, sent, done, error, arrivals, request_body = item
         if secrets is not None:
-            secrets = secrets + self._test
+            secrets = masking_order(secrets + self._test)
         headers = header_text(rh) if self.builder.reads_headers["candidate"] else _content_headers(rh)
         self.legs.put(self.builder.leg(rid, "candidate", route, arrived, sent, done, status, error,
                                        headers, rb, size, self.max_bytes, arrivals,
@@ -130,7 +130,7 @@ class Recorder:
         rh = header_text(raw_rh) if self.builder.reads_headers["baseline"] else _content_headers(raw_rh)
         req_doc = request_doc(body)  # parsed once: for its secrets, then masked for its capture record
         secrets = self.records.redactor.secret_values(headers, path, body, req_doc)
-        masked = secrets + self._test
+        masked = masking_order(secrets + self._test)
         doc: Any = PARSE
         if mirror:
             row, doc = self.builder.leg_and_doc(rid, "baseline", route, arrived, sent, done, status, error, rh, rb,

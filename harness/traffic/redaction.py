@@ -7,7 +7,7 @@ import copy
 import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit
 
 from ..jsonpath import MISSING, find_all, set_all
@@ -15,7 +15,8 @@ from ..scenario import RedactConfig
 from .jsonl_reader import compact_text
 from .record import NOT_PARSED, CapturedRequest, _keep_doc, _parse_body
 
-__all__ = ["Redactor", "REDACTED", "DEFAULT_SECRET_HEADERS", "PARSE", "MIN_SECRET_CHARS", "mask_values", "mask_values_in_doc"]
+__all__ = ["Redactor", "REDACTED", "DEFAULT_SECRET_HEADERS", "PARSE", "MIN_SECRET_CHARS", "mask_values", "mask_values_in_doc",
+           "masking_order"]
 
 REDACTED = "[REDACTED]"
 PARSE: Any = NOT_PARSED  # Redactor.body: the body has not been parsed yet
@@ -239,14 +240,20 @@ class Redactor:
         elif body and _FORM.match(body) and _may_name_a_secret(body, _FORM_PARTS, _FORM_ANY):
             found.update(v for k, v in parse_qsl(body.decode("ascii", "replace"), keep_blank_values=True)
                          if self._query_secret(k))
-        return tuple(sorted((v for v in found if len(v) >= MIN_SECRET_CHARS and v != REDACTED), key=len, reverse=True))
+        return masking_order(found)
 
     def text(self, text: str, extra_secrets: tuple[str, ...] = ()) -> str:
         """Masks known secret values (e.g. the test credentials sent) in free text such as response excerpts."""
-        return mask_values(text, tuple(s for s in extra_secrets if s and len(s) >= MIN_SECRET_CHARS))
+        return mask_values(text, masking_order(extra_secrets))
 
 
 MIN_SECRET_CHARS = 4  # shorter values would mask ordinary words and numbers of an answer
+
+
+def masking_order(values: Iterable[str]) -> tuple[str, ...]:
+    """The values worth masking (MIN_SECRET_CHARS or more, not REDACTED itself), each once, longest first: a
+    value inside a longer one, masked first, would leave the rest of the longer one in the text."""
+    return tuple(sorted({v for v in values if len(v) >= MIN_SECRET_CHARS and v != REDACTED}, key=len, reverse=True))
 
 
 def _token_like(value: str) -> bool:
