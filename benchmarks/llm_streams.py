@@ -71,8 +71,7 @@ def stream_servers(ttft_ms: float, itl_ms: float, stats_dir: Path, cpu_s: list[f
     ports = [c.free_port(), c.free_port()]
     stats = [stats_dir / f"server-{p}.json" for p in ports]
     each = cpus.split("+") if cpus else [""]
-    prefixes = [[*(FIFO if fifo else []), *(["taskset", "-c", each[i % len(each)]] if each[i % len(each)] else [])]
-                for i in range(2)]
+    prefixes = [[*(FIFO if fifo else []), *(["taskset", "-c", cpu] if cpu else [])] for cpu in (each * 2)[:2]]
     procs = [subprocess.Popen([*pre, c.PY, str(SERVER), "--ports", str(p), "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms),
                                "--stats-file", str(s), "--send-stamps", stamps]) for pre, p, s in zip(prefixes, ports, stats)]
     try:

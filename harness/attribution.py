@@ -110,7 +110,7 @@ def explain_segments(specs: Iterable[GateSpec], results: list[GateResult], data:
         if everywhere:  # one line for a failure every value of a segment shares, not one per value
             # a segment of one value holds the requests of the gate's own scope, which the line names already
             leaders = [(t, m) for t, m in leaders if m or _dimension(t.segment or "") not in everywhere | single]
-            what = _METRIC_TEXT.get(spec.metric, spec.metric.replace("_", " "))
+            what = _metric_text(spec)
             explanations.append(Explanation(spec.name, spec.metric, "", "fail", (), (
                 f"{spec.name} ({what}): everywhere: {own or 'overall'} and every value of "
                 f"{', '.join(sorted(everywhere))} fail; no one value explains it")))
@@ -201,6 +201,10 @@ def _strongest_first(r: GateResult, resolution: float) -> tuple[bool, float, flo
     return r.status != "fail", max(p, resolution), -effect, p, -r.n
 
 
+def _metric_text(spec: GateSpec) -> str:
+    return _METRIC_TEXT.get(spec.metric, spec.metric.replace("_", " "))
+
+
 def _short(r: GateResult) -> str:
     if r.observed is None:
         return f"too little is left to judge (n={r.n})"
@@ -208,7 +212,7 @@ def _short(r: GateResult) -> str:
 
 
 def _explanation(spec: GateSpec, leader: GateResult, members: tuple[str, ...]) -> Explanation:
-    what = _METRIC_TEXT.get(spec.metric, spec.metric.replace("_", " "))
+    what = _metric_text(spec)
     status = "fail" if leader.status == "fail" else "suspect"
     text = (f"{spec.name} ({what}): {leader.segment} explains the excess in {', '.join(members)}" if members
             else f"{spec.name} ({what}): {leader.segment}, explained by no stronger segment")
@@ -218,7 +222,7 @@ def _explanation(spec: GateSpec, leader: GateResult, members: tuple[str, ...]) -
 def _group_explanation(spec: GateSpec, by: str, group: list[GateResult], members: tuple[str, ...]) -> Explanation:
     """The line of leaders that explain the excess in `members` only when taken out together; `by` is the
     name the members' explained_by gives them."""
-    what = _METRIC_TEXT.get(spec.metric, spec.metric.replace("_", " "))
+    what = _metric_text(spec)
     status = "fail" if all(t.status == "fail" for t in group) else "suspect"
     return Explanation(spec.name, spec.metric, by, status, members,
                        f"{spec.name} ({what}): {by} together explain the excess in {', '.join(members)}")
