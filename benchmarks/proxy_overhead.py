@@ -21,8 +21,9 @@ Two measurements per proxy:
 2. rate per core: wrk -t1 -c50 for 5 s through the proxy; requests / CPU seconds the proxy's processes
    (with their children: nginx's workers, harness shadow's recorder and snapshots) used in that time
    (psutil), so that a shared machine's other load does not count, until they are idle again (a recorder
-   that fell behind finishes its backlog); printed with its split between the
-   proxy's own processes and their children (harness shadow: the proxy against its recorder).
+   that fell behind finishes its backlog); printed with its split between the proxy's own processes
+   and their children (harness shadow: the proxy against its recorder), and the part of it spent in
+   the kernel (the socket calls, which no proxy code avoids).
 
     .venv/bin/python benchmarks/proxy_overhead.py [--rates 300,1000] [--seconds 8] [--only nginx,capture,...]
 """
@@ -100,22 +101,27 @@ def pct(values: list[float], q: float) -> float:
 def cpu_seconds(pids: list[int]) -> float:
     """CPU seconds of the processes and their children: the live ones, and those that ended (counted in
     their parent's children times once reaped), so that a proxy's helper processes count as its own."""
+    return sum(cpu_split(pids))
+
+
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """cpu_seconds as (user, system): the kernel's part is the socket calls, which no proxy code avoids."""
     import psutil
 
-    total = 0.0
+    user = system = 0.0
     seen: set[int] = set()
     for pid in pids:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc = psutil.Process(pid)
             t = proc.cpu_times()
-            total += t.children_user + t.children_system
+            user, system = user + t.children_user, system + t.children_system
             for p in (proc, *proc.children(recursive=True)):
                 if p.pid not in seen:
                     seen.add(p.pid)
                     with contextlib.suppress(psutil.NoSuchProcess):
                         c = p.cpu_times()
-                        total += c.user + c.system
-    return total
+                        user, system = user + c.user, system + c.system
+    return user, system
 
 
 def own_cpu_seconds(pids: list[int]) -> float:
@@ -145,16 +151,18 @@ def settled(pids: list[int], max_wait_s: float = 30.0) -> None:
         last = now
 
 
-def per_core(url: str, pids: list[int], seconds: int) -> tuple[float, float, float]:
+def per_core(url: str, pids: list[int], seconds: int) -> tuple[float, float, float, float]:
     """(wrk's rate, requests per CPU-second, the share of that CPU the processes used themselves rather than
-    their children: for harness shadow, the proxy's against its recorder's and snapshots')."""
-    before, own_before = cpu_seconds(pids), own_cpu_seconds(pids)
+    their children (for harness shadow, the proxy's against its recorder's and snapshots'), the share
+    that was kernel time)."""
+    (user0, sys0), own_before = cpu_split(pids), own_cpu_seconds(pids)
     rps = c.wrk_rps(url + "/score", duration_s=seconds)
     settled(pids)
-    used, own = cpu_seconds(pids) - before, own_cpu_seconds(pids) - own_before
+    (user1, sys1), own = cpu_split(pids), own_cpu_seconds(pids) - own_before
+    used = (user1 - user0) + (sys1 - sys0)
     if used <= 0:
-        return rps, float("nan"), float("nan")
-    return rps, rps * seconds / used, own / used
+        return rps, float("nan"), float("nan"), float("nan")
+    return rps, rps * seconds / used, own / used, (sys1 - sys0) / used
 
 
 def latency(url: str, rate: float, seconds: float) -> dict[str, float]:
@@ -201,14 +209,14 @@ def main() -> None:
                           f"(p99 {m['p99_ms']:.3f} ms; client send lag p99 {m['send_lag_p99_ms']:.3f} ms, "
                           f"{m['failed']} failed)", flush=True)
                 if args.wrk_seconds > 0:
-                    r["wrk_rps"], r["requests_per_cpu_second"], r["own_cpu_share"] = per_core(url, pids,
-                                                                                             args.wrk_seconds)
+                    (r["wrk_rps"], r["requests_per_cpu_second"], r["own_cpu_share"],
+                     r["kernel_cpu_share"]) = per_core(url, pids, args.wrk_seconds)
             results[name] = r
             if args.wrk_seconds > 0:
                 us = 1e6 / r["requests_per_cpu_second"]
                 print(f"{name}: wrk {r['wrk_rps']:,.0f} req/s, {r['requests_per_cpu_second']:,.0f} req per CPU-second "
                       f"({us:.0f} us a request: {us * r['own_cpu_share']:.0f} the proxy's processes, "
-                      f"{us * (1 - r['own_cpu_share']):.0f} its children) "
+                      f"{us * (1 - r['own_cpu_share']):.0f} its children; {us * r['kernel_cpu_share']:.0f} in the kernel) "
                       f"(load average before {r['load_before']:.2f})", flush=True)
     for name in args.only.split(","):
         if name.startswith("nginx"):

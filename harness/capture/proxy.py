@@ -25,6 +25,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from ..scenario import RedactConfig
 from .exchange import DEFAULT_MAX_BODY_BYTES, Exchange, ExchangeRecords, SampleRule
 from .forward import Answer, Forwarder
+from .heap import keep_freed_heap
 from .http11 import KEEPALIVE_TIMEOUT_S, MAX_REQUEST_BYTES, ProxyServer, Request, Upstream
 from .writer import CaptureWriter
 
@@ -217,6 +218,7 @@ def run_capture(options: CaptureOptions, echo: Callable[[str], None] = print) ->
         echo(msg)
         sys.stdout.flush()
 
+    keep_freed_heap()
     return run_loop(serve(options, say))
 
 
