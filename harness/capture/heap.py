@@ -1,11 +1,14 @@
 """Keeps glibc's malloc from handing freed heap back to the kernel after every batch.
 
-A proxy that records builds a batch of records, joins and writes it, and frees it, every flush. With
-glibc's defaults the freed top of the heap goes back to the kernel each time (trim) and the next batch
-faults the same pages in again: through `harness capture` at full load (wrk -t1 -c50, 2026-12-05,
-`perf stat -e page-faults`) that was 0.69 page faults and 0.36 context switches a request, against
-0.03 and 0.10 with the thresholds below, and about 10 % of the proxy's CPU a request. The cost is memory
-kept: at most `trim_bytes` of free heap stays with the process after a burst.
+A proxy that records builds a batch of records every flush (orjson's parse of each body, the lines, their
+join), writes it and frees it. With glibc's defaults the writer thread's heap is handed back to the
+kernel when the batch is freed and faulted in again by the next one: through `harness capture` at full
+load (wrk -t1 -c50 on benchmarks/proxy_overhead.py's upstream, 2026-12-05, `perf stat -e
+page-faults,context-switches`, one run each) 0.69 page faults and 0.36 context switches a request,
+against 0.03 and 0.10 with these thresholds; `perf record -e page-faults` put 46 % of the faults in
+malloc growing the heap under orjson.loads and 38 % in the join's copy. The proxy's CPU a request went
+from 52-61 us (22 us of it in the kernel) to 49-52 us (18-19 us), 3 runs each (docs/benchmarks.md).
+The cost is memory kept: up to `trim_bytes` of free heap stays with the process after a burst.
 
 glibc only (mallopt); elsewhere nothing is changed.
 """
