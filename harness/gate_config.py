@@ -257,6 +257,12 @@ def _parse_one(name: str, body: Any, where: str, where_key: Callable[[str], str]
                             f"use {' or '.join(allowed)}")
     slo = _slo(body.get("slo"), metric, where)
     threshold = float(value) / 100.0 if key == "maximum_regression_percent" else float(value)
+    low = -1.0 if comparison == "delta" else 0.0
+    if unit == "fraction" and comparison != "relative" and not low <= threshold <= 1.0:
+        raise ScenarioError(f"{where}.{key}: {value!r} is outside {low:g} to 1: {metric} is a fraction "
+                            f"(write 1 % as 0.01)")
+    if comparison == "relative" and threshold <= -1.0:
+        raise ScenarioError(f"{where}.{key}: {value!r} is -100 % or less, which no candidate can meet")
     severity = body.get("severity", "blocking")
     if severity not in ("blocking", "warning"):
         raise ScenarioError(f"{where}.severity: expected blocking or warning, got {severity!r}")

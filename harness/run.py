@@ -24,15 +24,16 @@ from .errors import VERDICT_EXIT, HarnessError, ScenarioError, StoreError, Targe
 from .gate_config import unseen_gate_values
 from .monitor import ResourceMonitor, TargetProcess
 from .scenario import Scenario
-from .send_headers import credential_values, header_overrides
+from .send_headers import credential_values, expand_env, header_overrides
 from .store import RunMeta, RunStore
+from .traffic.http_fields import header_problem
 from .traffic.prepare import prepare_traffic
 
 if TYPE_CHECKING:
     from .replay.dispatcher import DispatchPlan
     from .traffic.prepare import PreparedTraffic
 
-__all__ = ["run_scenario", "RunResult", "make_run_dir", "check_out_root", "check_targets"]
+__all__ = ["run_scenario", "RunResult", "make_run_dir", "check_out_root", "check_targets", "check_send_headers"]
 
 log = logging.getLogger("harness")
 
@@ -124,6 +125,24 @@ def check_targets(scenario: Scenario, timeout_s: float = 2.0) -> dict[str, tuple
     return pins
 
 
+def check_send_headers(scenario: Scenario) -> None:
+    """The headers the scenario itself adds (replay.headers, targets.*.headers, replay.accept_encoding), checked
+    as the capture's are: a name or value no request can carry is one error now, not a failed leg per request.
+    A value is checked as sent (`${VAR}` expanded), never quoted: it may be a credential."""
+    sources = [("replay.headers", scenario.replay.headers),
+               *((f"targets.{v}.headers", scenario.targets[v].headers) for v in scenario.targets),
+               ("replay.accept_encoding", {"Accept-Encoding": scenario.replay.accept_encoding})]
+    for where, headers in sources:
+        for name, value in headers.items():
+            try:
+                sent = expand_env(value) if value is not None else ""
+            except KeyError:  # unset: header_overrides names it (validate checks the value as written)
+                sent = value or ""
+            problem = header_problem(name, sent)
+            if problem is not None:
+                raise ScenarioError(f"{scenario.source or scenario.name}: {where}: {problem}")
+
+
 def _accept_encoding(setting: str, overrides: dict[str, str | None]) -> dict[str, str]:
     """replay.accept_encoding as a header override (none for `captured`, or where headers set it already)."""
     if setting == "captured" or any(k.lower() == "accept-encoding" for k in overrides):
@@ -163,6 +182,7 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
 
     # Everything that can be checked is checked before the first request leaves.
     overrides = header_overrides(scenario)
+    check_send_headers(scenario)
     if web_ui:
         _check_port_free("--web-port", "127.0.0.1", web_port, "the web UI")
     if master and master_bind_port:

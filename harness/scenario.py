@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
+from urllib.parse import urlsplit
 
 import jsonschema
 import yaml
@@ -280,7 +281,7 @@ def load_scenario(path: str | Path) -> Scenario:
     except (OSError, UnicodeDecodeError) as exc:
         raise ScenarioError(f"{path}: cannot read scenario: {exc}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -289,12 +290,33 @@ def load_scenario(path: str | Path) -> Scenario:
     return scenario_from_dict(raw, source=path, text=text)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, but a key written twice in one mapping is an error: YAML's last one would win silently (a
+    second `promotion_gates:` block dropping the first one's gates)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if not isinstance(key, (str, int, float, bool)):
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is written twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def scenario_from_dict(raw: Any, source: Path | None = None, text: str | None = None,
                        check_files: bool = True) -> Scenario:
     """check_files=False re-reads a scenario stored in a run (its files may be elsewhere by now)."""
     label = str(source) if source else "<scenario>"
     if not isinstance(raw, dict):
         raise ScenarioError(f"{label}: a scenario is a YAML mapping, got {type(raw).__name__}")
+    nan = _nan_key(raw, [])
+    if nan is not None:  # NaN passes every bound of the schema (each comparison with it is false)
+        line = _line_of(text, nan) if text else None
+        raise ScenarioError(f"{label}{f':{line}' if line else ''}: {'.'.join(nan)}: .nan is not a number")
     validator = jsonschema.Draft202012Validator(scenario_json_schema())
     errors = sorted(validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
@@ -306,6 +328,18 @@ def scenario_from_dict(raw: Any, source: Path | None = None, text: str | None = 
         raise ScenarioError(f"{where}: {'.'.join(keys) or '(top level)'}: {_schema_message(err)}")
     base = source.parent if source else Path.cwd()
     return _build(raw, base, label, source, check_files, text)
+
+
+def _nan_key(value: Any, keys: list[str]) -> list[str] | None:
+    """The key path of the first NaN in the scenario (YAML's .nan), or None."""
+    if isinstance(value, float) and value != value:
+        return keys
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = _nan_key(v, [*keys, str(k)])
+        if found is not None:
+            return found
+    return None
 
 
 def _schema_message(err: jsonschema.ValidationError) -> str:
@@ -407,6 +441,15 @@ def _traffic_config(t: dict[str, Any], base: Path, label: str) -> TrafficConfig:
 def _segment_specs(raw: dict[str, Any], sample: dict[str, Any] | None, label: str) -> tuple[SegmentSpec, ...]:
     segments = tuple(_segment(name, spec, label) for name, spec in raw.items())
     names = {s.name for s in segments}
+    folded: dict[str, str] = {}
+    for s in segments:  # each name becomes a quoted column name, and DuckDB's column names ignore case
+        if '"' in s.name or any(ord(c) < 32 for c in s.name):
+            raise ScenarioError(f"{label}: segments.{s.name}: a segment name may not hold a double quote or a "
+                                f"control character")
+        if s.name.lower() in folded:
+            raise ScenarioError(f"{label}: segments.{s.name}: the same name as segments.{folded[s.name.lower()]} "
+                                f"but for case (segment names are columns, whose names ignore case)")
+        folded[s.name.lower()] = s.name
     for s in segments:
         if s.name in RESERVED_COLUMNS and not (s.name == "route" and s.kind == "path_template"):
             raise ScenarioError(f"{label}: segments.{s.name}: the name is a column of the requests table; choose another")
@@ -508,6 +551,11 @@ def _segment(name: str, spec: dict[str, Any], label: str) -> SegmentSpec:
         arg = tuple(arg)
     elif kind in ("path_template", "body_bytes", "prompt_tokens"):
         arg = None
+    for path in (arg if kind == "present" else (arg,) if kind in ("json_path", "json_array_length") else ()):
+        try:
+            compile_path(path)
+        except JsonPathError as exc:
+            raise ScenarioError(f"{label}: segments.{name}.{kind}: {exc}") from None
     return SegmentSpec(name=name, kind=kind, arg=arg, buckets=tuple(buckets) if buckets else None,
                        **_given(spec, max_values=int))
 
@@ -574,6 +622,10 @@ def _check_json_paths(output: OutputConfig, label: str) -> None:
 
 def _target(name: str, spec: dict[str, Any], base: Path, label: str, check_files: bool) -> TargetConfig:
     url = spec["url"].rstrip("/")
+    try:
+        _ = urlsplit(url).port
+    except ValueError as exc:  # a port past 65535, or not a number
+        raise ScenarioError(f"{label}: targets.{name}.url: {url}: {exc}") from None
     grpc_url = url.startswith(("grpc://", "grpcs://"))
     if (spec.get("protocol") == "kserve_v2_grpc") != grpc_url:
         raise ScenarioError(f"{label}: targets.{name}: protocol kserve_v2_grpc and a grpc:// (or grpcs://) url go "
@@ -611,8 +663,6 @@ _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "localhost.loca
 def _server_of(url: str) -> str:
     """The server a URL reaches, as far as the URL itself says: scheme, host (case-free; the loopback names one
     host), port (the scheme's default spelled out) and path without its last slash. No name is resolved."""
-    from urllib.parse import urlsplit
-
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     try:

@@ -8,6 +8,7 @@ from .aa_reference import read_aa_reference
 from .compat import OutputValidator
 from .errors import ScenarioError, TrafficError
 from .gate_config import unseen_gate_values
+from .run import check_send_headers
 from .scenario import load_scenario
 from .traffic.prepare import prepare_traffic
 from .traffic.readers import detect_format
@@ -22,6 +23,7 @@ def validate_scenario(path: Path) -> list[str]:
         raise TrafficError(f"{path}: traffic.path: capture file not found: {s.traffic.path}")
     fmt = detect_format(s.traffic.path, s.traffic.format)
     OutputValidator(s.output.schema, s.output.route_schemas)
+    check_send_headers(s)
     if s.replay.aa_reference:
         read_aa_reference(s.replay.aa_reference)
     lines = [f"{path}: valid scenario {s.name!r}",

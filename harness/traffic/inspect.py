@@ -23,6 +23,7 @@ __all__ = ["Inspection", "inspect_capture", "format_inspection"]
 
 MAX_BAD_LISTED = 50
 MAX_ROUTES = 200
+PLOT_POINTS = 20_000  # at most this many points on the rate plot (a long capture: one per stretch of seconds)
 
 
 @dataclass
@@ -50,11 +51,15 @@ class Inspection:
     def rate_stats(self) -> dict[str, float]:
         if not self.per_second:
             return {"mean_rps": 0.0, "peak_rps": 0.0, "burstiness": 0.0, "cv": 0.0}
-        lo, hi = min(self.per_second), max(self.per_second)
-        counts = np.array([self.per_second.get(s, 0) for s in range(lo, hi + 1)], dtype=float)
-        mean = float(counts.mean())
-        return {"mean_rps": mean, "peak_rps": float(counts.max()), "burstiness": float(counts.max() / mean) if mean else 0.0,
-                "cv": float(counts.std() / mean) if mean else 0.0}
+        # over every second of the span, the empty ones as zeros, without a list of them: one record with a
+        # stray timestamp (ts: 0) makes a span of decades
+        seconds = max(self.per_second) - min(self.per_second) + 1
+        counts = np.array(list(self.per_second.values()), dtype=float)
+        mean = float(counts.sum()) / seconds
+        std = math.sqrt(max(float((counts ** 2).sum()) / seconds - mean * mean, 0.0))
+        peak = float(counts.max())
+        return {"mean_rps": mean, "peak_rps": peak, "burstiness": peak / mean if mean else 0.0,
+                "cv": std / mean if mean else 0.0}
 
     def to_json(self) -> dict[str, Any]:
         return {"path": str(self.path), "format": self.format, "records": self.records, "bad_records": self.bad,
@@ -120,8 +125,11 @@ def _plot(ins: Inspection, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 3), dpi=100)
     if ins.per_second:
         lo, hi = min(ins.per_second), max(ins.per_second)
-        xs = np.arange(lo, hi + 1)
-        ax.plot(xs - lo, [ins.per_second.get(int(s), 0) for s in xs], lw=0.8, color="#1f4e79")
+        step = -(-(hi - lo + 1) // PLOT_POINTS)  # seconds a point: the mean rate of each stretch
+        rates = np.zeros(-(-(hi - lo + 1) // step))
+        for second, n in ins.per_second.items():
+            rates[(second - lo) // step] += n / step
+        ax.plot(np.arange(len(rates)) * step, rates, lw=0.8, color="#1f4e79")
     ax.set_xlabel("captured time from the first record (s)")
     ax.set_ylabel("requests per second")
     ax.set_title(f"{ins.path.name}: {ins.records} records")
