@@ -184,6 +184,12 @@ def shut_down(runner: Any, greenlets: list[Any], sampler: Sampler | None, record
     recorder.stop()
     for h in handlers:
         h.cancel()
+    # A stopped libev watcher leaves its signal at SIG_DFL while Python still records its own handler: put
+    # Python's back, or a Ctrl-C while the run is judged kills the process unseen (exit 130, no summary.json).
+    for s in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(s)
+        if handler is not None:
+            signal.signal(s, handler)
     if web_ui is not None:
         web_ui.stop()
 
