@@ -37,7 +37,7 @@ def judge(run_dir: Path) -> dict[str, Any]:
     db = run_dir / "results.duckdb"
     con = open_results(db, read_only=True)
     try:
-        info = load_run_info(con)
+        info = load_run_info(con, str(db))
         try:
             scenario = scenario_from_dict(info.config, source=None, check_files=False)
         except Exception as exc:  # noqa: BLE001 - a stored config from another version must still report

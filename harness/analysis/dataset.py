@@ -137,12 +137,16 @@ class PairData:
             self.prediction = Coded.joint(self.prediction)
 
 
-def load_run_info(con: duckdb.DuckDBPyConnection) -> RunInfo:
+def load_run_info(con: duckdb.DuckDBPyConnection, where: str = "results.duckdb") -> RunInfo:
+    tables = {t for (t,) in con.execute("select table_name from information_schema.tables").fetchall()}
+    missing = [t for t in ("runs", "requests", "legs") if t not in tables]
+    if missing:  # a DuckDB file, but not one a run wrote (an empty one, another tool's)
+        raise StoreError(f"{where}: no {missing[0]} table: not the results of a harness run")
     cur = con.execute("select * from runs limit 1")
     cols = [d[0] for d in cur.description]
     values = cur.fetchone()
     if values is None:
-        raise StoreError("results.duckdb has no run row (the run never started recording)")
+        raise StoreError(f"{where}: no run row (the run never started recording)")
     row = dict(zip(cols, values))
     config = json.loads(row["config"]) if row.get("config") else {}
     segments = tuple(json.loads(row["segments"])) if row.get("segments") else ()
