@@ -202,3 +202,21 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_timeout(tmp_path: Pat
     assert statuses == [200] * 25 and slow == 200
     assert rest == b"" and 0.5 <= waited < 15, waited
     assert "requests: 27;" in out
+
+
+def test_an_answer_the_upstream_cut_is_left_out_of_the_record(tmp_path: Path, upstream: FaultServer) -> None:
+    """A JSON answer cut mid-way cannot be parsed to mask its credential-named keys: like one cut at the
+    capture limit, it is not written."""
+    proc, port = _capture(upstream.url, tmp_path / "c.jsonl")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /reset_token HTTP/1.1\r\nHost: x\r\n\r\n")
+            cut = s.makefile("rb").read()
+        _stop(proc)
+    finally:
+        proc.kill()
+    assert b"tok-issued-0123456789" in cut  # the client got what the upstream sent
+    (rec,) = _records(tmp_path / "c.jsonl")
+    assert (rec["production_status"], rec["production_error"]) == (200, "reset")
+    assert "production_body" not in rec and rec["production_body_truncated"] is True
+    assert "tok-issued" not in (tmp_path / "c.jsonl").read_text()

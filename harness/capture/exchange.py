@@ -137,8 +137,9 @@ class ExchangeRecords:
         body = ex.response_body
         if not body:
             return out
-        if len(body) > self.max_body_bytes or ex.response_bytes > len(body):
-            # A cut answer cannot be parsed, so its secrets could not be masked: it is left out.
+        if len(body) > self.max_body_bytes or ex.response_bytes > len(body) or ex.error is not None:
+            # A cut answer (at the capture limit, or by an upstream that failed mid-way: `error`) cannot be
+            # parsed, so its secrets could not be masked: it is left out.
             out["production_body_truncated"] = True
             return out
         # Kept decoded, as a client reads it: compressed bytes stored as text are unreadable, and lightly
