@@ -220,3 +220,33 @@ def test_an_answer_the_upstream_cut_is_left_out_of_the_record(tmp_path: Path, up
     assert (rec["production_status"], rec["production_error"]) == (200, "reset")
     assert "production_body" not in rec and rec["production_body_truncated"] is True
     assert "tok-issued" not in (tmp_path / "c.jsonl").read_text()
+
+
+def test_a_client_that_reads_slowly_is_not_an_upstream_timeout(tmp_path: Path, upstream: FaultServer) -> None:
+    """While the client reads slower than the upstream sends, the proxy stops reading the upstream: that wait
+    is the client's, and --timeout (the upstream's silence) must not cut the answer. A client that reads none
+    of it for --keepalive-timeout is cut."""
+    proc, port = _capture(upstream.url, tmp_path / "c.jsonl", "--timeout", "1", "--keepalive-timeout", "3")
+    size = 8 * 1024 * 1024
+    try:
+        got = []
+        for pause_s in (2.0, 5.0):
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+                s.connect(("127.0.0.1", port))
+                s.settimeout(20)
+                s.sendall(b"GET /big?mb=8 HTTP/1.1\r\nHost: x\r\n\r\n")
+                data = s.recv(65536)
+                time.sleep(pause_s)  # the proxy's buffers fill: it pauses reading the upstream
+                started = time.monotonic()
+                while chunk := s.recv(1 << 20):
+                    data += chunk
+                got.append((len(data.split(b"\r\n\r\n", 1)[1]), time.monotonic() - started))
+        _stop(proc)
+    finally:
+        proc.kill()
+    assert got[0][0] == size  # paused for twice --timeout, read whole
+    assert got[1][0] < size  # read nothing for more than --keepalive-timeout: cut
+    slow, _ = _records(tmp_path / "c.jsonl")
+    assert slow["production_status"] == 200 and "production_error" not in slow
+    assert slow["production_bytes"] == size
