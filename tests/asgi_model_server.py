@@ -1,7 +1,7 @@
 """A Starlette model server with CaptureMiddleware added in one line, served by uvicorn, for the
 middleware test (its own process: asyncio, not the test's gevent).
 
-    python tests/asgi_model_server.py PORT_FILE OUT_PATTERN [--max-queue N] [--slow-ms N]
+    python tests/asgi_model_server.py PORT_FILE OUT_PATTERN [--max-queue N] [--max-body-bytes N]
 
 Prints the middleware's counts as JSON on the last line when stopped (SIGTERM)."""
 from __future__ import annotations
@@ -33,9 +33,11 @@ def main() -> None:
     ap.add_argument("port_file", type=Path)
     ap.add_argument("out")
     ap.add_argument("--max-queue", type=int, default=10_000)
+    ap.add_argument("--max-body-bytes", type=int, default=1 << 20)
     args = ap.parse_args()
     app = Starlette(routes=[Route("/v1/score", score, methods=["POST"])])
-    app.add_middleware(CaptureMiddleware, out=args.out, max_queue=args.max_queue)  # the one line
+    app.add_middleware(CaptureMiddleware, out=args.out, max_queue=args.max_queue,  # the one line
+                       max_body_bytes=args.max_body_bytes)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     tmp = args.port_file.with_suffix(".tmp")

@@ -67,3 +67,35 @@ def test_middleware_writes_every_request_redacted(tmp_path: Path) -> None:
     assert r["headers"]["authorization"] == "[REDACTED]"
     assert r["production_status"] == 200 and r["production_body"]["n"] == 2
     assert r["production_body"]["token"] == "[REDACTED]"
+
+
+def test_a_json_body_over_the_capture_limit_is_masked_before_it_is_cut(tmp_path: Path) -> None:
+    """The middleware, as the proxy, masks a request's JSON body whole and then cuts it: cut first, the body
+    could not be parsed and its credential went into the capture as written."""
+    port_file = tmp_path / "port"
+    out = tmp_path / "cap" / "mw.jsonl"
+    proc = subprocess.Popen([sys.executable, str(SERVER), str(port_file), str(out), "--max-body-bytes", "200"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    body = json.dumps({"api_key": SECRET, "transactions": [{"amount": i} for i in range(100)]}).encode()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port_file.read_text()}/v1/score", data=body,
+                                             method="POST", headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    assert json.loads(r.read())["n"] == 100
+                break
+            except (OSError, ValueError):
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = out.read_text()
+    assert SECRET not in text
+    (rec,) = [json.loads(x) for x in text.splitlines()]
+    assert rec["body_truncated"] is True and rec["body_bytes"] == len(body)
+    assert rec["body"].startswith('{"api_key":"[REDACTED]"') and len(rec["body"]) == 200

@@ -4,7 +4,7 @@
     app.add_middleware(CaptureMiddleware, out="captured_traffic/prod-%Y%m%dT%H.jsonl.gz")   # FastAPI / Starlette
 
 It writes the same records as `harness capture` (writer.py, exchange.py), off the request path: the
-request and the answer are copied as they pass (up to the capture limit), and handed to the writer
+request (whole) and the answer (up to the capture limit) are copied as they pass, and handed to the writer
 thread through a bounded queue when the answer is complete. When the queue is full the record is
 dropped and counted (`stats.dropped`), never blocking a request. The files are flushed and closed at
 the ASGI lifespan shutdown (and at interpreter exit).
@@ -60,18 +60,16 @@ class CaptureMiddleware:
             return
         arrived = time.time()
         limit = self.max_body_bytes
+        # The request body is kept whole, as the proxy keeps it: it is masked before it is cut at the limit
+        # (a cut JSON body could not be parsed to mask its secrets), and its size is the size received.
         body = bytearray()
-        body_size = [0]
         answer = bytearray()
         state: dict[str, Any] = {"status": None, "headers": (), "size": 0}
 
         async def receive_copy() -> Message:
             message = await receive()
             if message["type"] == "http.request":
-                chunk = message.get("body", b"")
-                body_size[0] += len(chunk)
-                if len(body) <= limit:
-                    body.extend(chunk[: limit + 1 - len(body)])
+                body.extend(message.get("body", b""))
             return message
 
         async def send_copy(message: Message) -> None:
