@@ -64,7 +64,7 @@ class CaptureMiddleware:
         # (a cut JSON body could not be parsed to mask its secrets), and its size is the size received.
         body = bytearray()
         answer = bytearray()
-        state: dict[str, Any] = {"status": None, "headers": (), "size": 0}
+        state: dict[str, Any] = {"status": None, "headers": (), "size": 0, "recorded": False}
 
         async def receive_copy() -> Message:
             message = await receive()
@@ -85,15 +85,27 @@ class CaptureMiddleware:
                 if not message.get("more_body", False):
                     self._record(scope, arrived, bytes(body), state, bytes(answer))
 
-        await self.app(scope, receive_copy, send_copy)
+        # An answer that never completed is recorded all the same, with why: the app raised (the server
+        # answers 500 where nothing was sent yet), or it ended first (its client went away mid-answer).
+        try:
+            await self.app(scope, receive_copy, send_copy)
+        except BaseException:
+            if not state["recorded"]:
+                self._record(scope, arrived, bytes(body), state, bytes(answer), "exception")
+            raise
+        if not state["recorded"]:
+            self._record(scope, arrived, bytes(body), state, bytes(answer), "incomplete")
 
-    def _record(self, scope: Scope, arrived: float, body: bytes, state: dict[str, Any], answer: bytes) -> None:
+    def _record(self, scope: Scope, arrived: float, body: bytes, state: dict[str, Any], answer: bytes,
+                error: str | None = None) -> None:
+        state["recorded"] = True
         path = scope.get("raw_path") or scope.get("path", "/").encode()
         query = scope.get("query_string") or b""
         target = path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
         headers = header_text(scope.get("headers", ()))
-        self.writer.put(Exchange(arrived, scope.get("method", "GET"), target, headers, body, state["status"],
-                                 (time.time() - arrived) * 1000.0, state["headers"], answer, state["size"]))
+        status = state["status"] if state["status"] is not None or error is None else 500
+        self.writer.put(Exchange(arrived, scope.get("method", "GET"), target, headers, body, status,
+                                 (time.time() - arrived) * 1000.0, state["headers"], answer, state["size"], error))
 
     def _on_lifespan(self, send: Send) -> Send:
         async def send_lifespan(message: Message) -> None:
