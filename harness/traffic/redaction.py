@@ -3,6 +3,7 @@ before anything is stored, logged, rendered or sent. Test credentials for the ta
 at send time, from the environment (replay.headers), and are never stored either."""
 from __future__ import annotations
 
+import base64
 import copy
 import re
 from dataclasses import dataclass, replace
@@ -223,6 +224,8 @@ class Redactor:
                 words = v.split()
                 if len(words) == 2:  # a scheme and its token ("Bearer ...")
                     found.add(words[1])
+                    if words[0].lower() == "basic":  # and Basic's user:password, as a server decodes it
+                        found.update(_basic_credentials(words[1]))
                 # a cookie's own values only where they look like tokens: "theme=dark" must not mask "dark"
                 found.update(c for c in (part.partition("=")[2].strip() for part in v.split(";")) if _token_like(c))
         if "?" in path:
@@ -254,6 +257,15 @@ def masking_order(values: Iterable[str]) -> tuple[str, ...]:
     """The values worth masking (MIN_SECRET_CHARS or more, not REDACTED itself), each once, longest first: a
     value inside a longer one, masked first, would leave the rest of the longer one in the text."""
     return tuple(sorted({v for v in values if len(v) >= MIN_SECRET_CHARS and v != REDACTED}, key=len, reverse=True))
+
+
+def _basic_credentials(token: str) -> tuple[str, ...]:
+    """A Basic credential's user:password and its password, decoded (none where it is not base64)."""
+    try:
+        text = base64.b64decode(token, validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return ()
+    return (text, text.partition(":")[2])
 
 
 def _token_like(value: str) -> bool:
