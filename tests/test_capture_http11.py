@@ -250,3 +250,22 @@ def test_a_client_that_reads_slowly_is_not_an_upstream_timeout(tmp_path: Path, u
     slow, _ = _records(tmp_path / "c.jsonl")
     assert slow["production_status"] == 200 and "production_error" not in slow
     assert slow["production_bytes"] == size
+
+
+def test_an_http10_keep_alive_client_is_told_its_connection_persists(tmp_path: Path, upstream: FaultServer) -> None:
+    """HTTP/1.0 keep-alive (ApacheBench -k, older clients) holds only where the answer says
+    `Connection: keep-alive`: without it the client waits for a close that never comes."""
+    proc, port = _capture(upstream.url, tmp_path / "c.jsonl")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            f = s.makefile("rb")
+            s.sendall(b"GET /ok HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            first = _read_answer(f)
+            s.sendall(b"GET /ok HTTP/1.0\r\n\r\n")
+            second = _read_answer(f)
+            assert f.read() == b""  # closed after the second, as HTTP/1.0 without keep-alive
+        _stop(proc)
+    finally:
+        proc.kill()
+    assert first[0] == 200 and first[1].get("connection") == "keep-alive"
+    assert second[0] == 200 and second[1].get("connection") == "close"

@@ -437,6 +437,8 @@ class _Exchange:
                 parts.append(b"Transfer-Encoding: chunked\r\n")
         if not self.keep_alive:
             parts.append(b"Connection: close\r\n")
+        elif self.http10:  # an HTTP/1.0 client's connection persists only where the answer says so
+            parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
         self.out.append(b"".join(parts))
         self.started = True
