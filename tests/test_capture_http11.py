@@ -269,3 +269,22 @@ def test_an_http10_keep_alive_client_is_told_its_connection_persists(tmp_path: P
         proc.kill()
     assert first[0] == 200 and first[1].get("connection") == "keep-alive"
     assert second[0] == 200 and second[1].get("connection") == "close"
+
+
+def test_expect_100_continue_is_answered_by_the_proxy_and_not_forwarded(tmp_path: Path, upstream: FaultServer) -> None:
+    """Both serving paths (the lean one, and aiohttp's with --sink) read the body whole and answer 100-continue
+    themselves: the upstream gets no Expect. Forwarded, aiohttp's client waited for an upstream's 100 for ever."""
+    for extra in ((), ("--sink",)):
+        proc, port = _capture(upstream.url, tmp_path / f"c{len(extra)}.jsonl", "--timeout", "5", *extra)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                f = s.makefile("rb")
+                s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+                assert f.readline().startswith(b"HTTP/1.1 100") and f.readline() == b"\r\n"
+                s.sendall(b"{}")
+                status, _, body = _read_answer(f)
+            _stop(proc)
+        finally:
+            proc.kill()
+        assert status == 200, extra
+        assert "expect" not in {k.lower() for k, _ in json.loads(body)["headers"]}, extra
