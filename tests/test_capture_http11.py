@@ -288,3 +288,22 @@ def test_expect_100_continue_is_answered_by_the_proxy_and_not_forwarded(tmp_path
             proc.kill()
         assert status == 200, extra
         assert "expect" not in {k.lower() for k, _ in json.loads(body)["headers"]}, extra
+
+
+def test_a_json_body_after_leading_whitespace_is_masked(tmp_path: Path, upstream: FaultServer) -> None:
+    """JSON allows whitespace before the value: such a body is still JSON, its credentials masked, in the
+    request and where the answer repeats them."""
+    proc, port = _capture(upstream.url, tmp_path / "c.jsonl")
+    body = b'\n  {"api_key": "sk-ws-0123456789", "x": 1}'
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                      % (len(body), body))
+            status, _, _ = _read_answer(s.makefile("rb"))
+        _stop(proc)
+    finally:
+        proc.kill()
+    assert status == 200
+    assert "sk-ws-0123456789" not in (tmp_path / "c.jsonl").read_text()
+    (rec,) = _records(tmp_path / "c.jsonl")
+    assert rec["body"] == {"api_key": "[REDACTED]", "x": 1}

@@ -19,7 +19,7 @@ from ..protocols.content_encoding import decode_body
 from ..protocols.json_protocol import loads
 from ..scenario import RedactConfig, SegmentSpec
 from ..traffic.convert import to_capture_record
-from ..traffic.record import CapturedRequest
+from ..traffic.record import CapturedRequest, json_like
 from ..traffic.redaction import PARSE, Redactor, mask_values, mask_values_in_doc
 from ..traffic.segments import SegmentEvaluator
 
@@ -163,7 +163,7 @@ class ExchangeRecords:
 
 def request_doc(body: bytes) -> Any:
     """A request body's JSON value where it is a JSON object or array, else MISSING."""
-    return _parse(body) if body[:1] in (b"{", b"[") else MISSING
+    return _parse(body) if json_like(body) else MISSING
 
 
 def _parse(body: bytes) -> Any:

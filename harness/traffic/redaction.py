@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit
 from ..jsonpath import MISSING, find_all, set_all
 from ..scenario import RedactConfig
 from .jsonl_reader import compact_text
-from .record import NOT_PARSED, CapturedRequest, _keep_doc, _parse_body
+from .record import NOT_PARSED, CapturedRequest, _keep_doc, _parse_body, json_like
 
 __all__ = ["Redactor", "REDACTED", "DEFAULT_SECRET_HEADERS", "PARSE", "MIN_SECRET_CHARS", "mask_values", "mask_values_in_doc",
            "masking_order"]
@@ -146,7 +146,7 @@ class Redactor:
         place rather than parsed again; the caller must own it (no cache shared with others)."""
         if not body:
             return body
-        if body[:1] not in (b"{", b"["):
+        if not json_like(body):
             return self._form(body)
         if not self.may_mask_json(body):
             return body
@@ -232,7 +232,7 @@ class Redactor:
             for k, v in parse_qsl(urlsplit(path).query, keep_blank_values=True):
                 if self._query_secret(k):
                     found.update((v, quote(v, safe=""), quote_plus(v)))  # an echoed URL keeps its %-escapes
-        if body[:1] in (b"{", b"["):
+        if json_like(body):
             if self.may_mask_json(body):
                 if doc is PARSE:
                     doc = _parse_body(body)
