@@ -107,6 +107,12 @@ class FaultServer:
             h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             h.connection.close()
             return False
+        if path == "/reset_token":  # cut inside a JSON answer whose credential the request did not carry
+            h.wfile.write(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"access_token": "tok-issued-0123456789", "pre')
+            h.wfile.flush()
+            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            h.connection.close()
+            return False
         if path == "/trickle":
             body = json.dumps(OK_BODY).encode()
             h.wfile.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode())

@@ -202,3 +202,108 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_timeout(tmp_path: Pat
     assert statuses == [200] * 25 and slow == 200
     assert rest == b"" and 0.5 <= waited < 15, waited
     assert "requests: 27;" in out
+
+
+def test_an_answer_the_upstream_cut_is_left_out_of_the_record(tmp_path: Path, upstream: FaultServer) -> None:
+    """A JSON answer cut mid-way cannot be parsed to mask its credential-named keys: like one cut at the
+    capture limit, it is not written."""
+    proc, port = _capture(upstream.url, tmp_path / "c.jsonl")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /reset_token HTTP/1.1\r\nHost: x\r\n\r\n")
+            cut = s.makefile("rb").read()
+        _stop(proc)
+    finally:
+        proc.kill()
+    assert b"tok-issued-0123456789" in cut  # the client got what the upstream sent
+    (rec,) = _records(tmp_path / "c.jsonl")
+    assert (rec["production_status"], rec["production_error"]) == (200, "reset")
+    assert "production_body" not in rec and rec["production_body_truncated"] is True
+    assert "tok-issued" not in (tmp_path / "c.jsonl").read_text()
+
+
+def test_a_client_that_reads_slowly_is_not_an_upstream_timeout(tmp_path: Path, upstream: FaultServer) -> None:
+    """While the client reads slower than the upstream sends, the proxy stops reading the upstream: that wait
+    is the client's, and --timeout (the upstream's silence) must not cut the answer. A client that reads none
+    of it for --keepalive-timeout is cut."""
+    proc, port = _capture(upstream.url, tmp_path / "c.jsonl", "--timeout", "1", "--keepalive-timeout", "3")
+    size = 8 * 1024 * 1024
+    try:
+        got = []
+        for pause_s in (2.0, 5.0):
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+                s.connect(("127.0.0.1", port))
+                s.settimeout(20)
+                s.sendall(b"GET /big?mb=8 HTTP/1.1\r\nHost: x\r\n\r\n")
+                data = s.recv(65536)
+                time.sleep(pause_s)  # the proxy's buffers fill: it pauses reading the upstream
+                started = time.monotonic()
+                while chunk := s.recv(1 << 20):
+                    data += chunk
+                got.append((len(data.split(b"\r\n\r\n", 1)[1]), time.monotonic() - started))
+        _stop(proc)
+    finally:
+        proc.kill()
+    assert got[0][0] == size  # paused for twice --timeout, read whole
+    assert got[1][0] < size  # read nothing for more than --keepalive-timeout: cut
+    slow, _ = _records(tmp_path / "c.jsonl")
+    assert slow["production_status"] == 200 and "production_error" not in slow
+    assert slow["production_bytes"] == size
+
+
+def test_an_http10_keep_alive_client_is_told_its_connection_persists(tmp_path: Path, upstream: FaultServer) -> None:
+    """HTTP/1.0 keep-alive (ApacheBench -k, older clients) holds only where the answer says
+    `Connection: keep-alive`: without it the client waits for a close that never comes."""
+    proc, port = _capture(upstream.url, tmp_path / "c.jsonl")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            f = s.makefile("rb")
+            s.sendall(b"GET /ok HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            first = _read_answer(f)
+            s.sendall(b"GET /ok HTTP/1.0\r\n\r\n")
+            second = _read_answer(f)
+            assert f.read() == b""  # closed after the second, as HTTP/1.0 without keep-alive
+        _stop(proc)
+    finally:
+        proc.kill()
+    assert first[0] == 200 and first[1].get("connection") == "keep-alive"
+    assert second[0] == 200 and second[1].get("connection") == "close"
+
+
+def test_expect_100_continue_is_answered_by_the_proxy_and_not_forwarded(tmp_path: Path, upstream: FaultServer) -> None:
+    """Both serving paths (the lean one, and aiohttp's with --sink) read the body whole and answer 100-continue
+    themselves: the upstream gets no Expect. Forwarded, aiohttp's client waited for an upstream's 100 for ever."""
+    for extra in ((), ("--sink",)):
+        proc, port = _capture(upstream.url, tmp_path / f"c{len(extra)}.jsonl", "--timeout", "5", *extra)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                f = s.makefile("rb")
+                s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+                assert f.readline().startswith(b"HTTP/1.1 100") and f.readline() == b"\r\n"
+                s.sendall(b"{}")
+                status, _, body = _read_answer(f)
+            _stop(proc)
+        finally:
+            proc.kill()
+        assert status == 200, extra
+        assert "expect" not in {k.lower() for k, _ in json.loads(body)["headers"]}, extra
+
+
+def test_a_json_body_after_leading_whitespace_is_masked(tmp_path: Path, upstream: FaultServer) -> None:
+    """JSON allows whitespace before the value: such a body is still JSON, its credentials masked, in the
+    request and where the answer repeats them."""
+    proc, port = _capture(upstream.url, tmp_path / "c.jsonl")
+    body = b'\n  {"api_key": "sk-ws-0123456789", "x": 1}'
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                      % (len(body), body))
+            status, _, _ = _read_answer(s.makefile("rb"))
+        _stop(proc)
+    finally:
+        proc.kill()
+    assert status == 200
+    assert "sk-ws-0123456789" not in (tmp_path / "c.jsonl").read_text()
+    (rec,) = _records(tmp_path / "c.jsonl")
+    assert rec["body"] == {"api_key": "[REDACTED]", "x": 1}

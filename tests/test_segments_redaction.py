@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+import base64
 import json
 
 from hypothesis import given, strategies as st
@@ -166,6 +167,16 @@ def test_secret_values_are_those_an_answer_could_repeat() -> None:
     assert {"sk-abc123", "a8f3k2j9d8s7x6", "abc+def=", "abc%2Bdef%3D", "hunter22"} <= set(values)
     assert not {"dark", "true", "cats"} & set(values)
     assert [len(v) for v in values] == sorted((len(v) for v in values), reverse=True)
+
+
+def test_a_basic_credential_is_masked_as_a_server_decodes_it() -> None:
+    """A server that echoes who called it decodes Basic's token: user:password and the password are masked too
+    (the user name alone is not a secret)."""
+    token = base64.b64encode(b"svc-reader:pw-9f8e7d6c").decode()
+    values = Redactor().secret_values((("Authorization", f"Basic {token}"),), "/x", b"")
+    assert {token, "svc-reader:pw-9f8e7d6c", "pw-9f8e7d6c"} <= set(values) and "svc-reader" not in values
+    assert Redactor().secret_values((("Authorization", "Basic not*base64"),), "/x", b"") == ("Basic not*base64",
+                                                                                            "not*base64")
 
 
 def test_test_credentials_are_masked_longest_first_whatever_order_they_come_in() -> None:

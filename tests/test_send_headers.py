@@ -41,6 +41,10 @@ def test_the_shadow_copy_carries_the_candidate_headers_over_the_users() -> None:
                    b"Authorization: Bearer test\r\nX-Model: v2\r\nContent-Length: 2\r\n\r\n")
     assert head("GET", "/health", user, 0).startswith(b"GET /v2/health HTTP/1.1\r\n")
     assert b"Content-Length" not in head("GET", "/health", user, 0)
+    # the baseline's request leaves Expect out (the proxy answers 100-continue itself): so does the copy
+    assert head("POST", "/score", [(b"Expect", b"100-continue")], 2) == (
+        b"POST /v2/score HTTP/1.1\r\nHost: cand:9000\r\nAuthorization: Bearer test\r\nX-Model: v2\r\n"
+        b"Content-Length: 2\r\n\r\n")
 
 
 def test_the_shadow_copy_never_carries_the_users_credentials_and_is_forwarded_as_the_baselines() -> None:

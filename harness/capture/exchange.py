@@ -19,7 +19,7 @@ from ..protocols.content_encoding import decode_body
 from ..protocols.json_protocol import loads
 from ..scenario import RedactConfig, SegmentSpec
 from ..traffic.convert import to_capture_record
-from ..traffic.record import CapturedRequest
+from ..traffic.record import CapturedRequest, json_like
 from ..traffic.redaction import PARSE, Redactor, mask_values, mask_values_in_doc
 from ..traffic.segments import SegmentEvaluator
 
@@ -137,8 +137,9 @@ class ExchangeRecords:
         body = ex.response_body
         if not body:
             return out
-        if len(body) > self.max_body_bytes or ex.response_bytes > len(body):
-            # A cut answer cannot be parsed, so its secrets could not be masked: it is left out.
+        if len(body) > self.max_body_bytes or ex.response_bytes > len(body) or ex.error is not None:
+            # A cut answer (at the capture limit, or by an upstream that failed mid-way: `error`) cannot be
+            # parsed, so its secrets could not be masked: it is left out.
             out["production_body_truncated"] = True
             return out
         # Kept decoded, as a client reads it: compressed bytes stored as text are unreadable, and lightly
@@ -162,7 +163,7 @@ class ExchangeRecords:
 
 def request_doc(body: bytes) -> Any:
     """A request body's JSON value where it is a JSON object or array, else MISSING."""
-    return _parse(body) if body[:1] in (b"{", b"[") else MISSING
+    return _parse(body) if json_like(body) else MISSING
 
 
 def _parse(body: bytes) -> Any:

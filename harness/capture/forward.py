@@ -83,7 +83,9 @@ class Forwarder:
 
     async def relay(self, request: web.Request, body: bytes, keep_bytes: int) -> tuple[web.StreamResponse, Answer]:
         """Forwards `request` (its body read already) and streams the answer to the client."""
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        # Expect left out: the body is read whole already (aiohttp answered the client's 100-continue), and with
+        # it aiohttp's client waits for the upstream's 100 before sending the body, for ever where none comes
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "expect"]
         peer = request.remote
         if peer:
             prior = request.headers.get("X-Forwarded-For")

@@ -28,7 +28,9 @@ which for `harness capture` is in the writer's thread.
 
 Client keep-alive: a client connection with no answer pending that sends nothing for
 `keepalive_timeout_s` (75 s by default, as nginx's keepalive_timeout) is closed, so idle clients cannot
-hold connections (and their memory) for ever.
+hold connections (and their memory) for ever. A client that reads slower than the upstream sends pauses
+the upstream's reads (backpressure); the upstream's timeout does not run while it waits for the client,
+and a client that reads none of its answer for `keepalive_timeout_s` has it cut (nginx's send_timeout).
 """
 from __future__ import annotations
 
@@ -121,6 +123,7 @@ class _UpConn(asyncio.Protocol):
         self.framing = "length"
         self.started = False  # the answer's head was passed on
         self.last_io = 0.0  # monotonic; the pool's sweep times a request out from it
+        self.paused_at = 0.0  # monotonic; not read since then, the client reading slower than the upstream sends
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
 
@@ -129,6 +132,7 @@ class _UpConn(asyncio.Protocol):
         assert self.transport is not None
         self.sink, self.sent, self.head_only, self.reused = sink, (head, body, head_only), head_only, reused
         self.got = self.started = False
+        self.paused_at = 0.0
         self.last_io = time.monotonic()
         self.pool.watch()
         sink.up = self
@@ -137,6 +141,17 @@ class _UpConn(asyncio.Protocol):
         else:
             self.transport.write(head)
             self.transport.write(body)
+
+    def pause(self) -> None:
+        self.paused_at = time.monotonic()
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        self.paused_at = 0.0
+        self.last_io = time.monotonic()  # the wait for the client is not the upstream's silence
+        if self.transport is not None:
+            self.transport.resume_reading()
 
     def timed_out(self) -> None:
         sink, self.sink = self.sink, None
@@ -302,7 +317,7 @@ class Upstream:
         now = time.monotonic()
         busy = False
         for conn in [c for c in self._all if c.sink is not None]:
-            if now - conn.last_io >= self.timeout_s:
+            if not conn.paused_at and now - conn.last_io >= self.timeout_s:  # paused: the client's wait
                 conn.timed_out()
             else:
                 busy = True
@@ -422,6 +437,8 @@ class _Exchange:
                 parts.append(b"Transfer-Encoding: chunked\r\n")
         if not self.keep_alive:
             parts.append(b"Connection: close\r\n")
+        elif self.http10:  # an HTTP/1.0 client's connection persists only where the answer says so
+            parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
         self.out.append(b"".join(parts))
         self.started = True
@@ -509,7 +526,15 @@ class _ClientConn(asyncio.Protocol):
             return
         limit = self.server.keepalive_timeout_s
         if self.current is not None or self.queue:
-            self._arm_idle(limit)  # an answer is pending: the upstream's timeout rules meanwhile
+            # an answer is pending: the upstream's timeout rules meanwhile, but for a client that reads none of
+            # its answer for the limit (the upstream is not read meanwhile): it is cut, as nginx's send_timeout
+            up = self.current.up if self.current is not None else None
+            stalled = time.monotonic() - up.paused_at if up is not None and up.paused_at else 0.0
+            if stalled >= limit:
+                self.server.stalled_closed += 1
+                self.transport.abort()
+                return
+            self._arm_idle(limit - stalled)
             return
         idle = time.monotonic() - self.last_read
         if idle < limit:
@@ -525,18 +550,18 @@ class _ClientConn(asyncio.Protocol):
         self.closed = True
         self.queue.clear()
         self.server.connections.discard(self)
-        if self.current is not None and self.current.up is not None and self.current.up.transport is not None:
-            self.current.up.transport.resume_reading()
+        if self.current is not None and self.current.up is not None:
+            self.current.up.resume()
 
     def pause_writing(self) -> None:
         up = self.current.up if self.current is not None else None
-        if up is not None and up.transport is not None:
-            up.transport.pause_reading()
+        if up is not None:
+            up.pause()
 
     def resume_writing(self) -> None:
         up = self.current.up if self.current is not None else None
-        if up is not None and up.transport is not None:
-            up.transport.resume_reading()
+        if up is not None:
+            up.resume()
 
     def data_received(self, data: bytes) -> None:
         self.last_read = time.monotonic()
@@ -663,6 +688,7 @@ class ProxyServer:
         self.in_flight = 0
         self.bad_http = 0
         self.idle_closed = 0  # client connections closed by the keep-alive idle timeout
+        self.stalled_closed = 0  # and those closed as their client read nothing of its answer for that long
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str, port: int) -> int:

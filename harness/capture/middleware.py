@@ -4,7 +4,7 @@
     app.add_middleware(CaptureMiddleware, out="captured_traffic/prod-%Y%m%dT%H.jsonl.gz")   # FastAPI / Starlette
 
 It writes the same records as `harness capture` (writer.py, exchange.py), off the request path: the
-request and the answer are copied as they pass (up to the capture limit), and handed to the writer
+request (whole) and the answer (up to the capture limit) are copied as they pass, and handed to the writer
 thread through a bounded queue when the answer is complete. When the queue is full the record is
 dropped and counted (`stats.dropped`), never blocking a request. The files are flushed and closed at
 the ASGI lifespan shutdown (and at interpreter exit).
@@ -60,18 +60,16 @@ class CaptureMiddleware:
             return
         arrived = time.time()
         limit = self.max_body_bytes
+        # The request body is kept whole, as the proxy keeps it: it is masked before it is cut at the limit
+        # (a cut JSON body could not be parsed to mask its secrets), and its size is the size received.
         body = bytearray()
-        body_size = [0]
         answer = bytearray()
-        state: dict[str, Any] = {"status": None, "headers": (), "size": 0}
+        state: dict[str, Any] = {"status": None, "headers": (), "size": 0, "recorded": False}
 
         async def receive_copy() -> Message:
             message = await receive()
             if message["type"] == "http.request":
-                chunk = message.get("body", b"")
-                body_size[0] += len(chunk)
-                if len(body) <= limit:
-                    body.extend(chunk[: limit + 1 - len(body)])
+                body.extend(message.get("body", b""))
             return message
 
         async def send_copy(message: Message) -> None:
@@ -87,15 +85,27 @@ class CaptureMiddleware:
                 if not message.get("more_body", False):
                     self._record(scope, arrived, bytes(body), state, bytes(answer))
 
-        await self.app(scope, receive_copy, send_copy)
+        # An answer that never completed is recorded all the same, with why: the app raised (the server
+        # answers 500 where nothing was sent yet), or it ended first (its client went away mid-answer).
+        try:
+            await self.app(scope, receive_copy, send_copy)
+        except BaseException:
+            if not state["recorded"]:
+                self._record(scope, arrived, bytes(body), state, bytes(answer), "exception")
+            raise
+        if not state["recorded"]:
+            self._record(scope, arrived, bytes(body), state, bytes(answer), "incomplete")
 
-    def _record(self, scope: Scope, arrived: float, body: bytes, state: dict[str, Any], answer: bytes) -> None:
+    def _record(self, scope: Scope, arrived: float, body: bytes, state: dict[str, Any], answer: bytes,
+                error: str | None = None) -> None:
+        state["recorded"] = True
         path = scope.get("raw_path") or scope.get("path", "/").encode()
         query = scope.get("query_string") or b""
         target = path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
         headers = header_text(scope.get("headers", ()))
-        self.writer.put(Exchange(arrived, scope.get("method", "GET"), target, headers, body, state["status"],
-                                 (time.time() - arrived) * 1000.0, state["headers"], answer, state["size"]))
+        status = state["status"] if state["status"] is not None or error is None else 500
+        self.writer.put(Exchange(arrived, scope.get("method", "GET"), target, headers, body, status,
+                                 (time.time() - arrived) * 1000.0, state["headers"], answer, state["size"], error))
 
     def _on_lifespan(self, send: Send) -> Send:
         async def send_lifespan(message: Message) -> None:

@@ -194,7 +194,8 @@ class CopyHead:
                  secret: Callable[[str], bool] = lambda name: False) -> None:
         self._prefix = b" " + prefix.encode("latin-1")
         self._host = b" HTTP/1.1\r\nHost: " + netloc.encode("latin-1") + b"\r\n"
-        self._drop = frozenset(k.encode() for k in HOP_BY_HOP) | {k.lower().encode("latin-1") for k in overrides}
+        # Expect too: the proxy answered the user's 100-continue itself, and the copy's body goes with its head
+        self._drop = frozenset(k.encode() for k in HOP_BY_HOP | {"expect"}) | {k.lower().encode("latin-1") for k in overrides}
         self._extra = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in overrides.items() if v is not None)
         self._secret = secret
         self._kept: dict[bytes, bool] = {}  # header name (lower case) -> passed on; names repeat across requests

@@ -8,7 +8,7 @@ import orjson
 
 from ..jsonpath import MISSING
 
-__all__ = ["CapturedRequest", "CapturedResponse", "BadRecord"]
+__all__ = ["CapturedRequest", "CapturedResponse", "BadRecord", "json_like"]
 
 
 class _Unset:
@@ -123,8 +123,19 @@ class CapturedRequest:
 _STATE_FIELDS = ("source", "line", "ts", "method", "path", "headers", "body", "meta", "response")
 
 
+_WHITESPACE = b" \t\r\n"
+
+
+def json_like(body: bytes) -> bool:
+    """Whether a body may be a JSON object or array: its first byte, past the whitespace JSON allows before it."""
+    head = body[:1]
+    if head and head in _WHITESPACE:
+        head = body.lstrip(_WHITESPACE)[:1]
+    return head in (b"{", b"[")
+
+
 def _parse_body(body: bytes) -> Any:
-    if body[:1] not in (b"{", b"["):
+    if not json_like(body):
         return MISSING
     try:
         return orjson.loads(body)

@@ -3,6 +3,7 @@ before anything is stored, logged, rendered or sent. Test credentials for the ta
 at send time, from the environment (replay.headers), and are never stored either."""
 from __future__ import annotations
 
+import base64
 import copy
 import re
 from dataclasses import dataclass, replace
@@ -13,7 +14,7 @@ from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit
 from ..jsonpath import MISSING, find_all, set_all
 from ..scenario import RedactConfig
 from .jsonl_reader import compact_text
-from .record import NOT_PARSED, CapturedRequest, _keep_doc, _parse_body
+from .record import NOT_PARSED, CapturedRequest, _keep_doc, _parse_body, json_like
 
 __all__ = ["Redactor", "REDACTED", "DEFAULT_SECRET_HEADERS", "PARSE", "MIN_SECRET_CHARS", "mask_values", "mask_values_in_doc",
            "masking_order"]
@@ -145,7 +146,7 @@ class Redactor:
         place rather than parsed again; the caller must own it (no cache shared with others)."""
         if not body:
             return body
-        if body[:1] not in (b"{", b"["):
+        if not json_like(body):
             return self._form(body)
         if not self.may_mask_json(body):
             return body
@@ -223,13 +224,15 @@ class Redactor:
                 words = v.split()
                 if len(words) == 2:  # a scheme and its token ("Bearer ...")
                     found.add(words[1])
+                    if words[0].lower() == "basic":  # and Basic's user:password, as a server decodes it
+                        found.update(_basic_credentials(words[1]))
                 # a cookie's own values only where they look like tokens: "theme=dark" must not mask "dark"
                 found.update(c for c in (part.partition("=")[2].strip() for part in v.split(";")) if _token_like(c))
         if "?" in path:
             for k, v in parse_qsl(urlsplit(path).query, keep_blank_values=True):
                 if self._query_secret(k):
                     found.update((v, quote(v, safe=""), quote_plus(v)))  # an echoed URL keeps its %-escapes
-        if body[:1] in (b"{", b"["):
+        if json_like(body):
             if self.may_mask_json(body):
                 if doc is PARSE:
                     doc = _parse_body(body)
@@ -254,6 +257,15 @@ def masking_order(values: Iterable[str]) -> tuple[str, ...]:
     """The values worth masking (MIN_SECRET_CHARS or more, not REDACTED itself), each once, longest first: a
     value inside a longer one, masked first, would leave the rest of the longer one in the text."""
     return tuple(sorted({v for v in values if len(v) >= MIN_SECRET_CHARS and v != REDACTED}, key=len, reverse=True))
+
+
+def _basic_credentials(token: str) -> tuple[str, ...]:
+    """A Basic credential's user:password and its password, decoded (none where it is not base64)."""
+    try:
+        text = base64.b64decode(token, validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return ()
+    return (text, text.partition(":")[2])
 
 
 def _token_like(value: str) -> bool:
