@@ -208,6 +208,9 @@ def test_query_formats(capsys, tmp_path) -> None:
     assert code == 0 and "(1 row)" in out
     code, _, err = run(capsys, "query", str(run_dir), "select nope from legs")
     assert code == 3 and "query failed" in one_line_error(err)
+    for empty in ("", "  ", "-- a comment", ";"):  # no statement: a usage error, not an internal one (exit 4)
+        code, _, err = run(capsys, "query", str(run_dir), empty)
+        assert code == 3 and "no SQL statement" in one_line_error(err)
 
 
 def test_readme_scenario_reference_is_a_valid_scenario() -> None:
