@@ -144,6 +144,13 @@ def test_traffic_inspect_counts_and_bad_lines(capsys, tmp_path) -> None:
     assert 200 < ins.span_s < 260 and ins.rate_stats()["burstiness"] > 2
 
 
+def test_traffic_inspect_plot_that_cannot_be_written_is_exit_3(capsys, tmp_path) -> None:
+    for png, says in ((tmp_path / "no-such-folder" / "rate.png", "No such file or directory"),
+                      (tmp_path / "rate.txt", "is not supported")):
+        code, _, err = run(capsys, "traffic", "inspect", str(HAR), "--plot", str(png))
+        assert code == 3 and f"{png}: cannot write the plot" in one_line_error(err) and says in err, err
+
+
 @pytest.mark.parametrize("to", ["jsonl", "parquet"])
 def test_traffic_convert_round_trips(capsys, tmp_path, to) -> None:
     out = tmp_path / f"c.{to}"
