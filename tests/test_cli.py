@@ -127,6 +127,20 @@ def test_bad_usage_exits_3(capsys) -> None:
     assert code == 3 and "the following arguments are required" in one_line_error(err)
 
 
+@pytest.mark.parametrize("option, value", [("--speed", "0"), ("--speed", "-1"), ("--speed", "nan"),
+                                           ("--max-requests", "0"), ("--max-in-flight", "0"),
+                                           ("--progress-every", "0")])
+def test_run_overrides_out_of_range_exit_3_before_anything(capsys, tmp_path, option, value) -> None:
+    # The overrides skip the scenario's schema: --speed 0 or nan crashed (exit 4), --speed -1 replayed everything at
+    # once and then could not judge its own run, --progress-every 0 printed progress lines in a busy loop.
+    demo = REPO / "scenarios" / "fraud_demo.yaml"
+    for cmd in (["run", str(demo)], ["demo"]):
+        if option in ("--max-in-flight", "--progress-every") and cmd == ["demo"]:
+            continue
+        code, _, err = run(capsys, *cmd, option, value, "--out", str(tmp_path / "out"))
+        assert code == 3 and option in one_line_error(err) and not (tmp_path / "out").exists(), err
+
+
 def test_validate_lists_the_gates(capsys) -> None:
     code, out, _ = run(capsys, "validate", str(REPO / "scenarios" / "fraud_demo.yaml"))
     assert code == 0 and "latency_p95_ms: latency_ms p95 <= +10 % vs baseline (blocking)" in out
