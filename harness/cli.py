@@ -5,6 +5,7 @@ carried out (targets unreachable, interrupted, internal error)."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -57,6 +58,29 @@ def _run_dir(text: str) -> Path:
     return path
 
 
+def _above_zero(text: str) -> float:
+    """A speed or an interval: a finite number above 0 (the scenario's own limits; an override is not checked
+    against the scenario's schema, and 0, a negative or NaN speed crashed or replayed everything at once)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a number above 0")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    """A count the scenario's schema bounds at 1 (traffic.max_requests, replay.max_in_flight)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number of at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="harness", description="Paired shadow replay of captured traffic against a baseline and a "
                 "candidate model; per-segment judgement, promotion gates, gate report and canary schedule.")
@@ -67,21 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EXIT_CODES)
     d.add_argument("--clean", action="store_true", help="use candidate-clean (no planted flaws)")
     d.add_argument("--out", type=Path, default=Path("reports"), help="folder for run folders (default: reports)")
-    d.add_argument("--speed", type=float, help="replay speed factor (default: the scenario's)")
-    d.add_argument("--max-requests", type=int, help="replay at most this many requests")
+    d.add_argument("--speed", type=_above_zero, help="replay speed factor (default: the scenario's)")
+    d.add_argument("--max-requests", type=_at_least_one, help="replay at most this many requests")
     d.set_defaults(func=_demo)
 
     r = sub.add_parser("run", help="replay a scenario against its targets and judge the candidate",
                        epilog=EXIT_CODES)
     r.add_argument("scenario", type=Path, help="the scenario YAML file (see the README's Scenario section)")
     r.add_argument("--out", type=Path, default=Path("reports"), help="folder for run folders (default: reports)")
-    r.add_argument("--speed", type=float, help="override traffic.speed")
-    r.add_argument("--max-requests", type=int, help="override traffic.max_requests")
+    r.add_argument("--speed", type=_above_zero, help="override traffic.speed")
+    r.add_argument("--max-requests", type=_at_least_one, help="override traffic.max_requests")
     r.add_argument("--mode", choices=["paired", "aa", "baseline-only"], help="override replay.mode")
-    r.add_argument("--max-in-flight", type=int, help="override replay.max_in_flight")
+    r.add_argument("--max-in-flight", type=_at_least_one, help="override replay.max_in_flight")
     r.add_argument("--web-ui", action="store_true", help="serve Locust's web UI while replaying")
     r.add_argument("--web-port", type=int, default=8089, help="port of the web UI on 127.0.0.1")
-    r.add_argument("--progress-every", type=float, default=5.0, metavar="S", help="progress line every S seconds")
+    r.add_argument("--progress-every", type=_above_zero, default=5.0, metavar="S", help="progress line every S seconds")
     r.add_argument("--processes", type=int, default=0, metavar="N",
                    help="replay with N local Locust worker processes (Locust master/worker on 127.0.0.1)")
     r.add_argument("--master", action="store_true", help="be a Locust master for workers on other machines")

@@ -27,6 +27,8 @@ def run_query(run_dir: Path, sql: str) -> QueryResult:
     con = open_results(run_dir / "results.duckdb", read_only=True)
     try:
         cur = con.execute(sql)
+        if cur is None:  # DuckDB returns no cursor for text without a statement ("", a comment, ";")
+            raise UsageError("query failed: no SQL statement in the query")
         if cur.description is None:
             return QueryResult([], [])
         return QueryResult([d[0] for d in cur.description], cur.fetchall())

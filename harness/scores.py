@@ -39,8 +39,9 @@ def import_scores(run_dir: Path, file: Path) -> int:
         line = 1 if reader == "read_csv_auto" else None  # a CSV's header is its line 1
         _first_bad(con, file, line, "version not in ('baseline', 'candidate') or version is null",
                    "version {version!r} is not baseline or candidate")
-        _first_bad(con, file, line, "try_cast(raw_score as double) is null",
-                   "score {raw_score!r} is not a number")
+        # NaN passed the cast and made the review gate's sizing crash `harness report` (exit 4)
+        _first_bad(con, file, line, "try_cast(raw_score as double) is null "
+                   "or not isfinite(try_cast(raw_score as double))", "score {raw_score!r} is not a number")
         column = "request_id" if key == "request_id" else "captured_request_id"
         _first_bad(con, file, line, f"not exists (select 1 from requests r where r.{column} = s.key)",
                    f"{key} {{key!r}} is not in this run")

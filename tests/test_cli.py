@@ -127,6 +127,20 @@ def test_bad_usage_exits_3(capsys) -> None:
     assert code == 3 and "the following arguments are required" in one_line_error(err)
 
 
+@pytest.mark.parametrize("option, value", [("--speed", "0"), ("--speed", "-1"), ("--speed", "nan"),
+                                           ("--max-requests", "0"), ("--max-in-flight", "0"),
+                                           ("--progress-every", "0")])
+def test_run_overrides_out_of_range_exit_3_before_anything(capsys, tmp_path, option, value) -> None:
+    # The overrides skip the scenario's schema: --speed 0 or nan crashed (exit 4), --speed -1 replayed everything at
+    # once and then could not judge its own run, --progress-every 0 printed progress lines in a busy loop.
+    demo = REPO / "scenarios" / "fraud_demo.yaml"
+    for cmd in (["run", str(demo)], ["demo"]):
+        if option in ("--max-in-flight", "--progress-every") and cmd == ["demo"]:
+            continue
+        code, _, err = run(capsys, *cmd, option, value, "--out", str(tmp_path / "out"))
+        assert code == 3 and option in one_line_error(err) and not (tmp_path / "out").exists(), err
+
+
 def test_validate_lists_the_gates(capsys) -> None:
     code, out, _ = run(capsys, "validate", str(REPO / "scenarios" / "fraud_demo.yaml"))
     assert code == 0 and "latency_p95_ms: latency_ms p95 <= +10 % vs baseline (blocking)" in out
@@ -142,6 +156,13 @@ def test_traffic_inspect_counts_and_bad_lines(capsys, tmp_path) -> None:
     assert ins.records == 4000 and ins.bad == 6 and [ln for ln, _ in ins.bad_listed] == [240, 841, 1562, 2203, 2924, 3645]
     assert ins.segments["tenant"]["enterprise"] > 1000 and ins.out_of_order > 0
     assert 200 < ins.span_s < 260 and ins.rate_stats()["burstiness"] > 2
+
+
+def test_traffic_inspect_plot_that_cannot_be_written_is_exit_3(capsys, tmp_path) -> None:
+    for png, says in ((tmp_path / "no-such-folder" / "rate.png", "No such file or directory"),
+                      (tmp_path / "rate.txt", "is not supported")):
+        code, _, err = run(capsys, "traffic", "inspect", str(HAR), "--plot", str(png))
+        assert code == 3 and f"{png}: cannot write the plot" in one_line_error(err) and says in err, err
 
 
 @pytest.mark.parametrize("to", ["jsonl", "parquet"])
@@ -208,6 +229,9 @@ def test_query_formats(capsys, tmp_path) -> None:
     assert code == 0 and "(1 row)" in out
     code, _, err = run(capsys, "query", str(run_dir), "select nope from legs")
     assert code == 3 and "query failed" in one_line_error(err)
+    for empty in ("", "  ", "-- a comment", ";"):  # no statement: a usage error, not an internal one (exit 4)
+        code, _, err = run(capsys, "query", str(run_dir), empty)
+        assert code == 3 and "no SQL statement" in one_line_error(err)
 
 
 def test_readme_scenario_reference_is_a_valid_scenario() -> None:

@@ -114,6 +114,8 @@ def test_scores_by_harness_or_capture_request_id(tmp_path: Path) -> None:
 @pytest.mark.parametrize("rows, message", [
     ("r0000001,baseline,0.9\nr0000002,cand,0.5\n", "row 2 (line 3): version 'cand' is not baseline or candidate"),
     ("r0000001,baseline,good\n", "row 1 (line 2): score 'good' is not a number"),
+    ("r0000001,baseline,0.5\nr0000002,candidate,nan\n", "row 2 (line 3): score 'nan' is not a number"),
+    ("r0000001,baseline,NaN\n", "row 1 (line 2): score 'nan' is not a number"),
     ("r0000001,baseline,1\nr9,candidate,1\nr8,candidate,1\n", "row 2 (line 3): request_id 'r9' is not in this run (2 such rows)"),
 ])
 def test_scores_errors_name_the_row(tmp_path: Path, rows: str, message: str) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import TrafficError
 from .readers import detect_format, iter_records, record_unit
 from .record import BadRecord
 from .redaction import Redactor
@@ -135,8 +136,14 @@ def _plot(ins: Inspection, out: Path) -> None:
     ax.set_title(f"{ins.path.name}: {ins.records} records")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    try:
+        fig.savefig(out)
+    except OSError as exc:  # a missing folder, a read-only place: the user's path, not a bug
+        raise TrafficError(f"{out}: cannot write the plot: {exc.strerror or exc}") from None
+    except ValueError as exc:  # matplotlib: an extension it cannot write ("rate.txt")
+        raise TrafficError(f"{out}: cannot write the plot: {exc}") from None
+    finally:
+        plt.close(fig)
 
 
 def format_inspection(ins: Inspection) -> str:
