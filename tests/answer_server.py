@@ -27,9 +27,15 @@ class AnswerServer:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if self.command != "HEAD":
+                    self.wfile.write(body)
 
-            do_GET = do_POST = _reply  # noqa: N815 - http.server's naming
+            def do_OPTIONS(self) -> None:  # noqa: N802 - a CORS preflight's answer: no body
+                self.send_response(204)
+                self.send_header("Allow", "GET, HEAD, POST, OPTIONS")
+                self.end_headers()
+
+            do_GET = do_POST = do_HEAD = _reply  # noqa: N815 - http.server's naming
 
         self.httpd = ThreadingHTTPServer((host, 0), Handler)
         self.httpd.daemon_threads = True

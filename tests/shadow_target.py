@@ -3,7 +3,8 @@ always gets the same bytes), and on request a candidate that is slow or that fai
 
     python tests/shadow_target.py PORT_FILE --mode ok|slow|failing [--slow-ms N]
 
-ok: 200 with {"prediction", "confidence", "digest"} computed from the body. slow: the same after N ms
+ok: 200 with {"prediction", "confidence", "digest"} computed from the body (HEAD: its head; OPTIONS: 204,
+no body). slow: the same after N ms
 (default 3000). failing: every other request 500, every fifth one a connection closed mid-answer.
 """
 from __future__ import annotations
@@ -67,6 +68,11 @@ def main() -> None:
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(out)
+
+        def do_OPTIONS(self) -> None:  # a CORS preflight's answer: no body
+            self.send_response(204)
+            self.send_header("Allow", "GET, HEAD, POST, OPTIONS")
+            self.end_headers()
 
         do_GET = do_POST = do_DELETE = do_PUT = do_HEAD = _answer
 

@@ -295,3 +295,34 @@ def test_the_first_leg_is_balanced_on_every_short_period_of_the_schedule() -> No
             share = firsts[residue::period][:500].mean()
             assert abs(share - 0.5) <= 0.02, (period, residue, share)
     assert first_leg(np.int64(2**40 + 3)) in (0, 1)
+
+
+def test_head_and_options_answers_are_judged_by_their_status_alone(tmp_path: Path) -> None:
+    """A capture's HEAD and OPTIONS requests (health checks, preflights; replayed as side-effect free) get no
+    model output: a HEAD's answer has no body, an OPTIONS' is 204. Read as outputs they were invalid JSON on
+    both legs, and the error-rate gate failed on a candidate that answers exactly as the baseline does."""
+    from answer_server import AnswerServer
+    from harness.run import run_scenario
+    from harness.scenario import scenario_from_dict
+
+    capture = tmp_path / "c.jsonl"
+    write_capture(capture, [{"ts": T0 + i * 0.01, "method": m, "path": "/score",
+                             "headers": {"Content-Type": "application/json"}, **({"body": {"i": i}} if m == "POST" else {})}
+                            for i, m in enumerate(["POST", "HEAD", "OPTIONS"] * 20)])
+    answer = json.dumps({"prediction": "legit", "confidence": 0.5}).encode()
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "object", "required": ["prediction"]}))
+    with AnswerServer(answer) as baseline, AnswerServer(answer) as candidate:
+        s = scenario_from_dict({"name": "t", "traffic": {"path": str(capture)},
+                                "targets": {"baseline": {"url": baseline.url}, "candidate": {"url": candidate.url}},
+                                "replay": {"allow": ["POST /*"]}, "output": {"schema": str(schema)},
+                                "promotion_gates": {"error_rate": {"maximum": 0.01}}})
+        result = run_scenario(s, tmp_path / "r", echo=lambda m: None)
+    import duckdb
+
+    with duckdb.connect(str(result.run_dir / "results.duckdb"), read_only=True) as con:
+        rows = con.execute("select r.method, l.status_code, l.error_kind, l.schema_valid, count(*) from legs l "
+                           "join requests r using (request_id) group by all order by all").fetchall()
+    assert rows == [("HEAD", 200, None, None, 40), ("OPTIONS", 204, None, None, 40), ("POST", 200, None, True, 40)]
+    gate = [g for g in result.summary["gates"] if g["name"] == "error_rate" and g["segment"] is None]
+    assert gate[0]["status"] != "fail", gate

@@ -43,7 +43,7 @@ def _items(i: int, body: bytes = REQUEST) -> list[tuple[Any, ...]]:
     return [("b", rid, "/v1/score", True, "POST", "/v1/score", headers, body, ts, 200, JSON, ANSWER, len(ANSWER),
              ts, ts + 0.005, None, [(len(ANSWER), ts + 0.005)]),
             ("c", rid, "/v1/score", ts, 200, JSON, ANSWER, len(ANSWER), ts, ts + 0.006, None, [(len(ANSWER), ts + 0.006)],
-             b"")]
+             b"", "POST")]
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
@@ -208,7 +208,7 @@ def test_a_streamed_answer_is_timed_from_its_reads(tmp_path: Path) -> None:
         item = (("b", "s000000001", "/v1/chat/completions", True, "POST", "/v1/chat/completions", JSON, b"{}", T0,
                  200, sse, body, len(body), T0, T0 + 0.3, None, arrivals) if version == "b" else
                 ("c", "s000000001", "/v1/chat/completions", T0, 200, sse, body, len(body), T0, T0 + 0.3, None,
-                 arrivals, b""))
+                 arrivals, b"", "POST"))
         rec.handle(item)
     counts = rec.close()
     assert counts["dropped"] == {}
@@ -234,7 +234,7 @@ def test_a_compressed_answer_is_read_decoded_and_its_secrets_masked(tmp_path: Pa
     rid, ts = "s000000001", T0
     rec.handle(("b", rid, "/v1/score", True, "POST", "/v1/score", JSON, REQUEST, ts, 200, headers, packed,
                 len(packed), ts, ts + 0.005, None, [(len(packed), ts + 0.005)]))
-    rec.handle(("c", rid, "/v1/score", ts, 200, headers, b"\x1f\x8bnot really", 12, ts, ts + 0.006, None, [], b""))
+    rec.handle(("c", rid, "/v1/score", ts, 200, headers, b"\x1f\x8bnot really", 12, ts, ts + 0.006, None, [], b"", "POST"))
     assert rec.close()["dropped"] == {}
     legs = {leg["version"]: leg for leg in _lines(tmp_path / "legs.jsonl")}
     base = legs["baseline"]
@@ -260,7 +260,7 @@ def test_batched_answers_are_read_row_by_row_and_their_rows_counted(tmp_path: Pa
     route = "/v1/models/m:predict"
     rec.handle(("b", "s000000001", route, True, "POST", route, JSON, request, T0, 200, JSON, three, len(three),
                 T0, T0 + 0.01, None, [], ))
-    rec.handle(("c", "s000000001", route, T0, 200, JSON, two, len(two), T0, T0 + 0.01, None, [], request))
+    rec.handle(("c", "s000000001", route, T0, 200, JSON, two, len(two), T0, T0 + 0.01, None, [], request, "POST"))
     assert rec.close()["dropped"] == {}
     legs = {leg["version"]: leg for leg in _lines(tmp_path / "legs.jsonl")}
     assert legs["baseline"]["row_count"] == 3 and legs["baseline"]["error_kind"] is None

@@ -16,9 +16,18 @@ from typing import Mapping, Sequence
 from ..scenario import DetectorConfig, RowsConfig
 from .json_protocol import OutputRead, read_json_output
 
-__all__ = ["OutputRead", "read_output", "PROTOCOLS"]
+__all__ = ["OutputRead", "read_output", "PROTOCOLS", "answers_output"]
 
 PROTOCOLS = ("json", "kserve_v1", "kserve_v2", "kserve_v2_grpc", "openai")
+# Requests whose answer is never a model's output: HEAD's has no body (HTTP), OPTIONS' is the server's
+# (CORS preflight, Allow). A live shadow mirrors them (load balancers' health checks, browsers' preflights),
+# and read as outputs they would be an empty "invalid JSON" on both legs, an error rate no model caused.
+_NO_OUTPUT_METHODS = frozenset({"HEAD", "OPTIONS"})
+
+
+def answers_output(method: str | None) -> bool:
+    """Whether a request's answer is read as the model's output (its status is judged either way)."""
+    return method is None or method.upper() not in _NO_OUTPUT_METHODS
 
 
 def read_output(protocol: str, status: int, body: bytes, prediction_path: str, confidence_path: str, *,

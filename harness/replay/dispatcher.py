@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from ..compat import OutputValidator
 from ..error_kinds import HARNESS_ERROR
 from ..jsonpath import MISSING
-from ..protocols import OutputRead, read_output
+from ..protocols import OutputRead, answers_output, read_output
 from ..scenario import DetectorConfig, RowsConfig
 from ..send_headers import expand_env
 from ..traffic.jsonl_reader import compact_text
@@ -450,7 +450,7 @@ class Dispatcher:
         excerpt: str | None = None
         out: OutputRead | None = None
         try:
-            if status is not None and kind != "too_large":
+            if status is not None and kind != "too_large" and answers_output(row.get("method")):
                 out = read_output(target.protocol, status, result.body, plan.prediction_path, plan.confidence_path,
                                   headers=result.headers, arrivals=result.arrivals or (), detectors=plan.detectors,
                                   rows=plan.rows)

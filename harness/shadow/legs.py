@@ -10,7 +10,7 @@ from ..error_kinds import status_kind
 from ..protocols.content_encoding import decode_body
 from ..protocols.rows import row_check
 from ..jsonpath import MISSING
-from ..protocols import OutputRead, read_output
+from ..protocols import OutputRead, answers_output, read_output
 from ..replay.leg import LEG_SCHEMA
 from ..scenario import Scenario
 from ..traffic.jsonl_reader import compact_text
@@ -36,14 +36,14 @@ class LegBuilder:
     def leg(self, request_id: str, version: str, route: str, intended: float, sent: float, done: float,
             status: int | None, error: str | None, headers: tuple[tuple[str, str], ...], body: bytes,
             size: int, max_bytes: int, arrivals: Any = (), batch_size: int | None = None,
-            secrets: tuple[str, ...] | None = ()) -> dict[str, Any]:
+            secrets: tuple[str, ...] | None = (), method: str | None = None) -> dict[str, Any]:
         return self.leg_and_doc(request_id, version, route, intended, sent, done, status, error, headers, body,
-                                size, max_bytes, arrivals, batch_size, secrets)[0]
+                                size, max_bytes, arrivals, batch_size, secrets, method)[0]
 
     def leg_and_doc(self, request_id: str, version: str, route: str, intended: float, sent: float, done: float,
                     status: int | None, error: str | None, headers: tuple[tuple[str, str], ...], body: bytes,
                     size: int, max_bytes: int, arrivals: Any = (), batch_size: int | None = None,
-                    secrets: tuple[str, ...] | None = ()) -> tuple[dict[str, Any], Any]:
+                    secrets: tuple[str, ...] | None = (), method: str | None = None) -> tuple[dict[str, Any], Any]:
         """The leg row, and the answer's JSON value as parsed for it, masked (MISSING: the answer is not JSON;
         PARSE: it was not parsed), so that the capture record of the same answer need not parse it again.
         `error`: connect | timeout | reset when there was no complete answer; `body` the answer up to
@@ -51,7 +51,8 @@ class LegBuilder:
         times a stream's tokens as a replay's reads do (from the leg's send); `batch_size`: the rows the request
         asked for, where answers are read row by row (output.rows), checked as a replay checks them; `secrets`
         the request's secret values (Redactor.secret_values): a live request carries real credentials, and an
-        answer that repeats one is masked by value (None: they are unknown, and the leg keeps no excerpt)."""
+        answer that repeats one is masked by value (None: they are unknown, and the leg keeps no excerpt);
+        `method` the request's: a HEAD's or an OPTIONS' answer is judged by its status alone (answers_output)."""
         body_doc: Any = PARSE
         kind: str | None = error
         detail: str | None = None
@@ -74,6 +75,8 @@ class LegBuilder:
                 kind, detail = "too_large", f"answer of {size} bytes is over replay.max_response_bytes ({max_bytes})"
             elif undecodable:
                 pass  # nothing readable: the leg is its error
+            elif not answers_output(method):
+                pass  # no model output to read: its status is the leg
             else:
                 lower = {k.lower(): v for k, v in headers} if self.reads_headers[version] else None
                 try:

@@ -173,7 +173,7 @@ class ShadowApp:
                 self.stats.candidate_errors[answer.error] = self.stats.candidate_errors.get(answer.error, 0) + 1
             self.channel.put(("c", rid, route, req.arrived, answer.status, answer.raw_headers or (), answer.body,
                               answer.size, answer.sent_at, answer.done_at, answer.error, answer.arrivals,
-                              req.body if self._rows else b""))
+                              req.body if self._rows else b"", req.method))
 
         self.copies += 1
         # the user's query credentials are masked in the copy, as in a replay

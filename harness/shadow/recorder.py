@@ -111,13 +111,13 @@ class Recorder:
     def _candidate(self, item: tuple[Any, ...], secrets: tuple[str, ...] | None) -> None:
         """The candidate's leg; `secrets` None: its request's secret values are unknown, so the leg keeps no
         excerpt of the answer (everything else is recorded)."""
-        _, rid, route, arrived, status, rh, rb, size, sent, done, error, arrivals, request_body = item
+        _, rid, route, arrived, status, rh, rb, size, sent, done, error, arrivals, request_body, method = item
         if secrets is not None:
             secrets = masking_order(secrets + self._test)
         headers = header_text(rh) if self.builder.reads_headers["candidate"] else _content_headers(rh)
         self.legs.put(self.builder.leg(rid, "candidate", route, arrived, sent, done, status, error,
                                        headers, rb, size, self.max_bytes, arrivals,
-                                       batch_size_of(request_body, self.builder.scenario), secrets))
+                                       batch_size_of(request_body, self.builder.scenario), secrets, method))
 
     def _baseline(self, rid: str, route: str, mirror: bool, method: str, path: str,
                   raw_headers: list[tuple[bytes, bytes]], body: bytes, arrived: float, status: int | None,
@@ -135,7 +135,7 @@ class Recorder:
         if mirror:
             row, doc = self.builder.leg_and_doc(rid, "baseline", route, arrived, sent, done, status, error, rh, rb,
                                                 size, self.max_bytes, arrivals, batch_size_of(body, self.builder.scenario),
-                                                masked)
+                                                masked, method)
             self.legs.put(row)
         ex = Exchange(arrived, method, path, headers, body, status, (done - arrived) * 1000.0, rh, rb, size,
                       error, meta={"request_id": rid}, response_doc=doc, secrets=masked, request_doc=req_doc)

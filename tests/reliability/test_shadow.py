@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import http.client
 import json
 import signal
 import subprocess
@@ -183,3 +184,37 @@ def test_keep_serving_answers_past_the_runs_end(tmp_path: Path, targets: Any, ha
     run_dir = the_run_dir(out)
     counts = check_accounting(run_dir, "paired")
     assert counts["replayed"] == 100 and summary(run_dir)["run"]["status"] == "complete"
+
+
+def test_health_checks_and_preflights_are_judged_by_their_status_alone(tmp_path: Path, targets: Any,
+                                                                      harness_proc: Any) -> None:
+    """A live shadow mirrors HEAD and OPTIONS (a load balancer's health checks, a browser's preflights): their
+    answers have no body (HEAD) or none of the model's (OPTIONS: 204), and read as the model's output they were
+    an empty "invalid JSON" on both legs, 2/3 of this run's legs in error and a BLOCK no model caused."""
+    scenario = _scenario(tmp_path, targets("ok").url, targets("ok").url, 1000)
+    port = closed_port()
+    shadow = harness_proc(["shadow", scenario, "--listen", f"127.0.0.1:{port}", "--out", tmp_path / "reports",
+                           "--snapshot-every", "0"], tmp_path)
+    deadline = time.monotonic() + 30
+    while "listening on" not in shadow.stdout:
+        assert shadow.proc.poll() is None and time.monotonic() < deadline, shadow.stdout + shadow.stderr
+        time.sleep(0.05)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    for i in range(30):
+        for method in ("POST", "HEAD", "OPTIONS"):
+            body = json.dumps({"amount": i}).encode() if method == "POST" else None
+            conn.request(method, "/v1/score", body=body, headers={"Content-Type": "application/json"})
+            answer = conn.getresponse()
+            answer.read()
+            assert answer.status == {"POST": 200, "HEAD": 200, "OPTIONS": 204}[method]
+    conn.close()
+    time.sleep(0.5)  # the copies' answers
+    shadow.signal(signal.SIGTERM)
+    assert shadow.wait(120) in (0, 1, 2), shadow.stdout + shadow.stderr
+    run_dir = the_run_dir(tmp_path / "reports")
+    legs = dict(query(run_dir, "select r.method || ' ' || l.version, count(*) from legs l join requests r "
+                               "using (request_id) where l.error_kind is null group by 1"))
+    assert legs == {f"{m} {v}": 30 for m in ("POST", "HEAD", "OPTIONS") for v in ("baseline", "candidate")}
+    assert query(run_dir, "select count(*) from legs where error_kind is not null") == [(0,)]
+    error_gate = [g for g in summary(run_dir)["gates"] if g["name"] == "error_rate" and g["segment"] is None]
+    assert error_gate and error_gate[0]["status"] != "fail", error_gate
