@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from decimal import Decimal
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,8 @@ def run_query(run_dir: Path, sql: str) -> QueryResult:
 
 def format_result(result: QueryResult, fmt: str) -> str:
     if fmt == "json":
-        return json.dumps([dict(zip(result.columns, r)) for r in result.rows], default=_json_value, indent=1) + "\n"
+        rows = [dict(zip(result.columns, (_finite(v) for v in r))) for r in result.rows]
+        return json.dumps(rows, default=_json_value, indent=1, allow_nan=False) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
@@ -53,6 +55,17 @@ def format_result(result: QueryResult, fmt: str) -> str:
     out = [line(result.columns), "-+-".join("-" * w for w in widths)] + [line(r) for r in cells]
     out.append(f"({len(result.rows)} row{'s' if len(result.rows) != 1 else ''})")
     return "\n".join(out) + "\n"
+
+
+def _finite(v: Any) -> Any:
+    """NaN and the infinities as null: JSON has none of them (Python would write NaN, which parsers refuse)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    return v
 
 
 def _json_value(v: Any) -> Any:

@@ -232,6 +232,11 @@ def test_query_formats(capsys, tmp_path) -> None:
     for empty in ("", "  ", "-- a comment", ";"):  # no statement: a usage error, not an internal one (exit 4)
         code, _, err = run(capsys, "query", str(run_dir), empty)
         assert code == 3 and "no SQL statement" in one_line_error(err)
+    # NaN and the infinities are null in JSON (Python's json writes NaN, which JSON parsers refuse)
+    code, out, _ = run(capsys, "query", str(run_dir), "select 'nan'::double as x, ['inf'::double, 1.0] as y, "
+                                                      "{'z': '-inf'::double} as s", "--format", "json")
+    assert code == 0 and "NaN" not in out and "Infinity" not in out
+    assert json.loads(out) == [{"x": None, "y": [None, 1.0], "s": {"z": None}}]
 
 
 def test_readme_scenario_reference_is_a_valid_scenario() -> None:
