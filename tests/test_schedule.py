@@ -363,6 +363,40 @@ def test_steady_arrivals_that_start_and_end_mid_second_are_not_bursty() -> None:
     assert sum(bursty) <= 1, bursty
 
 
+def test_a_stratified_sample_gives_the_captured_rate(tmp_path: Path) -> None:
+    """3,000 requests over about 20 s (a tenant of 4.5 % among 8), sampled at 0.2 stratified by tenant with 100
+    kept per tenant: 900 are replayed, and 900 / span / 0.2 gave 229.5 rps for a capture of 153 rps (every live
+    step a third too short). The rate counts the requests the sample left out instead."""
+    from harness.scenario import scenario_from_dict
+    from harness.store import RunMeta, RunStore
+    from harness.traffic.prepare import prepare_traffic
+
+    rng = random.Random(1)
+    t, lines = 1_793_000_000.0, []
+    for i in range(3000):
+        t += rng.expovariate(150)
+        tenant = "small" if rng.random() < 0.045 else f"t{rng.randrange(8)}"
+        lines.append(json.dumps({"ts": t, "method": "POST", "path": "/v1/score",
+                                 "headers": {"X-Tenant": tenant}, "body": {"id": i}}))
+    capture = tmp_path / "capture.jsonl"
+    capture.write_text("\n".join(lines) + "\n")
+    scenario = scenario_from_dict({
+        "name": "s", "traffic": {"path": str(capture), "sample": {"fraction": 0.2, "seed": 7, "stratify_by": "tenant",
+                                                                  "min_per_stratum": 100}},
+        "segments": {"tenant": {"header": "X-Tenant"}},
+        "targets": {"baseline": {"url": "http://127.0.0.1:1"}, "candidate": {"url": "http://127.0.0.1:2"}},
+        "replay": {"allow": ["POST /v1/score"]}, "promotion_gates": {"error_rate": {"maximum": 0.01}}})
+    prepared = prepare_traffic(scenario, tmp_path / ".work")
+    store = RunStore(tmp_path / "results.duckdb")
+    store.create(RunMeta("t", "s", "", "{}", "", "", "0", None, "", None, "paired", 1.0, prepared.segment_names),
+                 prepared.schedule_path, prepared.skipped_path, prepared.bad_path)
+    assert prepared.replayed < 0.4 * 3000  # most of the capture is left out
+    profile = traffic_profile(store.con, scenario)
+    store.close()
+    assert profile["production_rps"] == pytest.approx(3000 / (t - json.loads(lines[0])["ts"]), rel=0.01)
+    assert "not sampled" in profile["basis"]
+
+
 def test_format_duration() -> None:
     assert [format_duration(s) for s in (1, 60, 61, 3600, 13620, 86400)] == ["1m", "1m", "2m", "1h", "3h47m", "24h"]
 
