@@ -34,6 +34,7 @@ class TargetProcess:
     oom_counter: str | None = None  # a counter of the server's own OOM events (e.g. CUDA out of memory)
     # state
     current_pid: int | None = None
+    exited_pid: int | None = None  # the watched process that exited, counted once (below)
     restarts: int = 0
     oom_events: int = 0
     last_scan: float = -1e9
@@ -111,11 +112,17 @@ class ResourceMonitor:
         rows: list[dict[str, Any]] = []
         for t in self.targets:
             gone = t.current_pid is not None and not psutil.pid_exists(t.current_pid)
-            if gone and _oom_killed(t.current_pid):  # type: ignore[arg-type]
-                t.oom_events += 1
-                self.notes.append(f"{t.version}: process {t.current_pid} was killed by the kernel's OOM killer")
+            if gone and t.exited_pid != t.current_pid:
+                # The process exited: a restart whether or not anything starts it again (a crashed candidate
+                # left with no listener read "restarts: 0" and passed `restarts: {maximum: 0}`). Counted
+                # once, at the exit; the PID that replaces it is not counted again.
+                t.exited_pid = t.current_pid
+                t.restarts += 1
+                if _oom_killed(t.current_pid):  # type: ignore[arg-type]
+                    t.oom_events += 1
+                    self.notes.append(f"{t.version}: process {t.current_pid} was killed by the kernel's OOM killer")
             pid = self._current_pid(t)
-            if pid is not None and t.current_pid is not None and pid != t.current_pid:
+            if pid is not None and t.current_pid is not None and pid != t.current_pid and t.exited_pid != t.current_pid:
                 t.restarts += 1
             row: dict[str, Any] = {"version": t.version, "sampled_at": now, "pid": pid, "rss_mb": None,
                                    "cpu_percent": None, "gpu_memory_mb": None, "restarts": t.restarts,

@@ -396,3 +396,37 @@ def test_a_suspect_whose_fail_was_not_confirmed_says_so() -> None:
     assert t0.suspect and "the whole interval is above +10 %. Not significant after Benjamini-Hochberg" in t0.reason
     assert "its FAIL was not confirmed across segments" in t0.reason
     assert "does not rule out the limit" not in t0.reason
+
+
+def _small_tenant_errors(seed: int, small_rate: float) -> PairData:
+    """3,000 pairs in 8 tenants and a small one (about 4.5 %); both versions fail 0.2 % of requests, the
+    candidate `small_rate` of the small tenant's."""
+    rng = np.random.default_rng([seed, 3])
+    n = 3000
+    tenant = np.array([f"t{i % 8}" for i in range(n)], dtype=object)
+    small = rng.random(n) < 0.045
+    tenant[small] = "small"
+    b, c = lognormal_pairs(rng, n)
+    return make(b, c, err_b=rng.random(n) < 0.002, err_c=rng.random(n) < np.where(small, small_rate, 0.002),
+                segment=tenant)
+
+
+@pytest.mark.integration  # a seeded simulation of several seconds
+def test_a_rate_fail_in_a_small_segment_that_bh_does_not_confirm_holds_the_release() -> None:
+    """A tenant of about 135 requests whose candidate fails 4 % against a 1 % limit (the rest of the run
+    clean): where its own interval was wholly above 1 % but Benjamini-Hochberg across the 9 tenants did not
+    confirm the FAIL, the result became INCONCLUSIVE and, rate gates having no screen, the release PROMOTEd
+    (53 of 100 seeded runs PROMOTEd before, 35 after: the rest of those never FAIL on their own). Clean
+    releases still PROMOTE."""
+    gates = parse_gates({"error_rate": {"maximum": 0.01}}, "t")
+    demoted = 0
+    for seed in range(40):
+        results = evaluate_gates(gates, _small_tenant_errors(seed, 0.04), RES, n_resamples=200, seed=seed)
+        small = next(r for r in results if r.segment == "tenant=small")
+        if "Not significant after Benjamini-Hochberg" in small.reason:
+            demoted += 1
+            assert small.suspect and decide_verdict(results).verdict == "HOLD", small.reason
+    assert demoted >= 3, demoted
+    clean = [decide_verdict(evaluate_gates(gates, _small_tenant_errors(seed, 0.002), RES, n_resamples=200,
+                                           seed=seed)).verdict for seed in range(40)]
+    assert clean.count("PROMOTE") == 40, clean

@@ -54,6 +54,25 @@ def test_listener_pid_rss_and_restart() -> None:
         server.stop()
 
 
+def test_a_process_that_exits_and_stays_gone_is_a_restart_counted_once() -> None:
+    """A crashed candidate that nothing starts again: its PID vanished, no new listener appeared, and the
+    monitor said "restarts: 0", so `restarts: {maximum: 0}` passed a server that died mid-run (66 % of its
+    requests failed to connect, PROMOTE). Its exit is counted once, however many samples follow, and the
+    process is still the evidence named."""
+    server = start_server("baseline")
+    try:
+        mon = ResourceMonitor([TargetProcess("baseline", server.url)])
+        (row,) = mon.sample()
+        assert row["restarts"] == 0
+    finally:
+        server.stop()
+    for _ in range(3):
+        mon.targets[0].last_scan = -1e9
+        mon.sample()
+    assert mon.targets[0].restarts == 1
+    assert mon.sources()["baseline"]["process"]
+
+
 def test_processes_are_found_before_the_first_sample() -> None:
     server = start_server("baseline")
     try:

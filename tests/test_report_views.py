@@ -100,3 +100,19 @@ def test_ranked_change_is_the_heatmaps_change() -> None:
     ranked = {(r["segment"], r["gate"]): r["effect"] for r in worst_segment_rows(summary)}
     assert ranked[("tenant=b", "error_rate")] == heat["tenant=b"][1]["text"] == "+2.70\u00a0pts"
     assert ranked[("tenant=b", "latency_p95_ms")] == heat["tenant=b"][0]["text"] + " p95" == "+30.0\u00a0% p95"
+
+
+def test_the_heatmaps_latency_cell_shows_its_gates_p95s() -> None:
+    """The segment overview's p95 is every leg's plain p95 (10 -> 11 ms here); the p95 gate's is Harrell-Davis
+    with failed legs counted as the slowest (10 -> 13 ms). The cell printed the overview's beside the gate's
+    status: a route whose candidate failed 3 % of requests read "-0.0 % FAIL" where its gate row said
+    +44.7 %. A p50 gate of the same segment listed first no longer lends the cell its status."""
+    from harness.report.heatmap import segment_heatmap
+
+    summary = _summary()
+    p50 = {**_gate("latency_ms", "tenant=a", "pass", 0.1, "p50 in tenant=a"), "name": "latency_p50_ms",
+           "aggregation": "p50", "baseline": 5.0, "candidate": 5.1}
+    summary["gates"].insert(0, p50)
+    heat = {r["segment"]: r["cells"][0] for r in segment_heatmap(summary)["rows"]}
+    assert heat["tenant=b"]["text"] == "+30.0\u00a0%" and heat["tenant=b"]["detail"] == "10.0 → 13.0\u00a0ms"
+    assert heat["tenant=a"]["status"] == "inconclusive" and heat["tenant=a"]["text"] == "+30.0\u00a0%"
