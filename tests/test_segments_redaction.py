@@ -219,9 +219,38 @@ def test_secret_keys_are_found_in_short_and_long_bodies(pad: int) -> None:
     assert Redactor().body(plain) is plain
 
 
+_MULTIPART = (b"--XyZ\r\nContent-Disposition: form-data; name=\"user\"\r\n\r\nalice\r\n"
+              b"--XyZ\r\nContent-Disposition: form-data; name=\"password\"\r\n\r\nhunter2-mp\r\n"
+              b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n"
+              b"Content-Type: application/octet-stream\r\n\r\n\x00\xffkey\r\n--XyZ--\r\n")
+
+
+@pytest.mark.parametrize("raw, masked, secrets", [
+    # a multipart form (`curl -F password=...`): the credential-named field's value, the rest byte for byte
+    (_MULTIPART, _MULTIPART.replace(b"hunter2-mp", REDACTED.encode()), ("hunter2-mp",)),
+    # its line breaks bare
+    (_MULTIPART.replace(b"\r\n", b"\n"), _MULTIPART.replace(b"\r\n", b"\n").replace(b"hunter2-mp", REDACTED.encode()),
+     ("hunter2-mp",)),
+    # JSON lines (NDJSON): each line masked as a JSON body is
+    (b'{"a":1,"api_key":"sk-ndjson-1"}\n{"b":2}\n{"token":"tok-abcdef"}\n',
+     b'{"a":1,"api_key":"[REDACTED]"}\n{"b":2}\n{"token":"[REDACTED]"}\n', ("sk-ndjson-1", "tok-abcdef")),
+    # JSON behind a UTF-8 byte-order mark: masked, written back without it
+    (b'\xef\xbb\xbf{"password": "bom-secret"}', b'{"password":"[REDACTED]"}', ("bom-secret",)),
+])
+def test_credentials_in_multipart_forms_json_lines_and_bom_json_are_masked(raw: bytes, masked: bytes,
+                                                                           secrets: tuple[str, ...]) -> None:
+    """Read as plain text, these bodies went into captures and results.duckdb with their credentials, and an
+    answer that echoed one was not masked by value."""
+    assert Redactor().body(raw) == masked
+    assert Redactor().secret_values((), "/upload", raw) == secrets
+
+
 def test_bodies_without_secret_names_pass_unchanged() -> None:
     cjk = json.dumps({"prompt": "\u4f60\u597d"}).encode()  # \u escapes that cannot spell an ASCII name
-    for raw in (b'{"prediction": "approve", "confidence": 0.9}', cjk, b"a=1&b=2", b"plain text with a key word"):
+    lines = b'{"prediction": "approve"}\n{"prediction": "deny"}\n'
+    multipart = _MULTIPART.replace(b"password", b"comment")
+    for raw in (b'{"prediction": "approve", "confidence": 0.9}', cjk, b"a=1&b=2", b"plain text with a key word",
+                lines, multipart, b"--not a multipart form, a key word"):
         assert Redactor().body(raw) is raw
 
 def test_jsonpath() -> None:

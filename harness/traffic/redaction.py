@@ -139,21 +139,26 @@ class Redactor:
         return name.lower() in self._query or is_secret_name(name, "query")  # type: ignore[attr-defined]
 
     def body(self, body: bytes, doc: Any = PARSE) -> bytes:
-        """Masks configured JSON paths and credential-named keys of JSON bodies, and credential-named
-        fields of form-encoded bodies (`user=a&password=...`); other bodies pass unchanged.
+        """Masks configured JSON paths and credential-named keys of JSON bodies (also behind a byte-order
+        mark, and each line of JSON lines), and credential-named fields of form-encoded bodies
+        (`user=a&password=...`) and of multipart forms; other bodies pass unchanged.
 
         `doc`: the body parsed already by the caller (MISSING: it is not JSON), which is then masked in
         place rather than parsed again; the caller must own it (no cache shared with others)."""
         if not body:
             return body
         if not json_like(body):
-            return self._form(body)
+            return self._other(body)
         if not self.may_mask_json(body):
             return body
         if doc is PARSE:
             doc = _parse_body(body)
         if doc is MISSING:
-            return body
+            lines = _json_lines(body)  # JSON lines are no one JSON value
+            if lines is None:
+                return body
+            out = [self.body(line) if json_like(line) else line for line in lines]
+            return body if all(a is b for a, b in zip(out, lines)) else b"\n".join(out)
         changed = self.mask_doc(doc)
         return compact_text(doc).encode() if changed else body
 
@@ -167,8 +172,28 @@ class Redactor:
         changed = sum(set_all(doc, p, REDACTED) for p in self.config.json_paths)
         return changed + _mask_secret_keys(doc)
 
+    def _other(self, body: bytes) -> bytes:
+        """A body that does not start as JSON: a form; or, where it may name a secret at all, JSON behind a
+        byte-order mark (written back without it), or a multipart form."""
+        if _FORM.match(body):
+            return self._form(body)
+        if not body.startswith((_BOM, b"--")) or not _may_name_a_secret(body, _JSON_PARTS, _JSON_ANY):
+            return body  # the two prefixes first: an image or an audio clip is not scanned whole
+        if body.startswith(_BOM):
+            inner = body[3:]
+            masked = self.body(inner) if json_like(inner) else inner
+            return masked if masked is not inner else body
+        parts = _multipart(body)
+        if parts is not None:
+            masked_parts = [(head, REDACTED.encode() if self._query_secret(name) else value)
+                            for head, name, value in parts]
+            if all(a[1] is b[2] for a, b in zip(masked_parts, parts)):
+                return body
+            return _multipart_join(body, masked_parts)
+        return body
+
     def _form(self, body: bytes) -> bytes:
-        if not _FORM.match(body) or not _may_name_a_secret(body, _FORM_PARTS, _FORM_ANY):
+        if not _may_name_a_secret(body, _FORM_PARTS, _FORM_ANY):
             return body
         text = body.decode("ascii", "replace")
         pairs = parse_qsl(text, keep_blank_values=True)
@@ -240,9 +265,19 @@ class Redactor:
                     for p in self.config.json_paths:
                         found.update(str(v) for v in find_all(doc, p) if isinstance(v, (str, int, float)))
                     found.update(str(node[k]) for node, k in _secret_entries(doc))
-        elif body and _FORM.match(body) and _may_name_a_secret(body, _FORM_PARTS, _FORM_ANY):
-            found.update(v for k, v in parse_qsl(body.decode("ascii", "replace"), keep_blank_values=True)
-                         if self._query_secret(k))
+                elif (lines := _json_lines(body)) is not None:
+                    for line in lines:
+                        found.update(self.secret_values((), "", line))
+        elif body and _FORM.match(body):
+            if _may_name_a_secret(body, _FORM_PARTS, _FORM_ANY):
+                found.update(v for k, v in parse_qsl(body.decode("ascii", "replace"), keep_blank_values=True)
+                             if self._query_secret(k))
+        elif body.startswith((_BOM, b"--")) and _may_name_a_secret(body, _JSON_PARTS, _JSON_ANY):
+            if body.startswith(_BOM) and json_like(body[3:]):
+                found.update(self.secret_values((), "", body[3:]))
+            elif (parts := _multipart(body)) is not None:
+                found.update(value.decode("utf-8", "replace").strip() for _, name, value in parts
+                             if self._query_secret(name))
         return masking_order(found)
 
     def text(self, text: str, extra_secrets: tuple[str, ...] = ()) -> str:
@@ -251,6 +286,53 @@ class Redactor:
 
 
 MIN_SECRET_CHARS = 4  # shorter values would mask ordinary words and numbers of an answer
+
+_BOM = b"\xef\xbb\xbf"
+# a multipart form's part: its headers, then its value up to the line break before the next boundary
+_PART_NAME = re.compile(rb'content-disposition:[^\r\n]*?\bname="([^"\r\n]*)"', re.IGNORECASE)
+
+
+def _json_lines(body: bytes) -> list[bytes] | None:
+    """The lines of a JSON-lines body (NDJSON: two or more, each a JSON object or array), or None."""
+    lines = body.split(b"\n")
+    values = [line for line in lines if line.strip()]
+    if len(values) < 2 or not all(json_like(line) for line in values):
+        return None
+    return lines
+
+
+def _multipart(body: bytes) -> list[tuple[bytes, str, bytes]] | None:
+    """A multipart form's parts as (the line break after the delimiter, the part's headers and their blank
+    line; its field name; its value), in order, or None where the body is not one: it starts with its
+    delimiter line (`--` and the boundary)."""
+    if not body.startswith(b"--"):
+        return None
+    first, sep, _ = body.partition(b"\n")
+    delimiter = first.rstrip(b"\r")
+    if not sep or len(delimiter) < 3 or b" " in delimiter.strip():
+        return None
+    parts = []
+    for chunk in body.split(delimiter)[1:-1]:  # before the first delimiter: nothing; after the last: "--"
+        head_end = chunk.find(b"\r\n\r\n")
+        width = 4
+        if head_end < 0:
+            head_end, width = chunk.find(b"\n\n"), 2
+        if head_end < 0:
+            return None
+        head = chunk[: head_end + width]
+        m = _PART_NAME.search(head)
+        value = chunk[head_end + width:]
+        value = value[:-2] if value.endswith(b"\r\n") else value[:-1] if value.endswith(b"\n") else value
+        parts.append((head, m.group(1).decode("utf-8", "replace") if m else "", value))
+    return parts or None
+
+
+def _multipart_join(body: bytes, parts: list[tuple[bytes, bytes]]) -> bytes:
+    """A multipart form rebuilt with `parts` (head, value): the original's delimiter and line breaks."""
+    delimiter = body.partition(b"\n")[0].rstrip(b"\r")
+    newline = b"\r\n" if body.partition(b"\n")[0].endswith(b"\r") else b"\n"
+    tail = body.split(delimiter)[-1]  # "--" and what follows the closing delimiter
+    return b"".join(delimiter + head + value + newline for head, value in parts) + delimiter + tail
 
 
 def masking_order(values: Iterable[str]) -> tuple[str, ...]:
