@@ -28,6 +28,7 @@ class FaultServer:
         self.received: list[dict[str, Any]] = []
         self.stall = threading.Event()
         self.connections = 0
+        self.trickled: list[int] = []  # body bytes each /trickle answer wrote before it ended (whole, or cut)
         server = self
 
         class Handler(socketserver.StreamRequestHandler):
@@ -116,10 +117,15 @@ class FaultServer:
         if path == "/trickle":
             body = json.dumps(OK_BODY).encode()
             h.wfile.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode())
-            for b in body:
-                h.wfile.write(bytes([b]))
-                h.wfile.flush()
+            for i, b in enumerate(body):
+                try:
+                    h.wfile.write(bytes([b]))
+                    h.wfile.flush()
+                except OSError:  # the client (a proxy) went away: how far it got
+                    self.trickled.append(i)
+                    return False
                 time.sleep(float(q.get("ms", "50")) / 1000)
+            self.trickled.append(len(body))
             return True
         if path == "/status":
             self._send(h, int(q.get("code", "500")), b'{"error": "injected"}')

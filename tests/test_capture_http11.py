@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, Iterator
 
 import pytest
 
-from fault_server import FaultServer
+from fault_server import OK_BODY, FaultServer
 
 pytestmark = pytest.mark.integration
 
@@ -307,3 +307,30 @@ def test_a_json_body_after_leading_whitespace_is_masked(tmp_path: Path, upstream
     assert "sk-ws-0123456789" not in (tmp_path / "c.jsonl").read_text()
     (rec,) = _records(tmp_path / "c.jsonl")
     assert rec["body"] == {"api_key": "[REDACTED]", "x": 1}
+
+
+def test_a_client_that_leaves_mid_answer_cuts_the_upstreams_work(tmp_path: Path, upstream: FaultServer) -> None:
+    """As nginx does: the upstream's request is cut when its client leaves (a model would otherwise go on
+    generating for nobody), and the record says the client left (production_error client_closed), not the
+    complete answer nobody got."""
+    proc, port = _capture(upstream.url, tmp_path / "c.jsonl")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /trickle?ms=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < 3:
+                chunk = s.recv(65536)
+                assert chunk, data
+                data += chunk
+        deadline = time.monotonic() + 10
+        while not upstream.trickled and time.monotonic() < deadline:
+            time.sleep(0.02)
+        out = _stop(proc)
+    finally:
+        proc.kill()
+    body_len = len(json.dumps(OK_BODY))
+    assert upstream.trickled and upstream.trickled[0] < body_len // 2, upstream.trickled  # cut, not read to the end
+    (rec,) = _records(tmp_path / "c.jsonl")
+    assert rec["production_error"] == "client_closed" and rec["production_status"] == 200
+    assert "production_body" not in rec and rec["production_body_truncated"] is True
+    assert "clients that left mid-answer: 1" in out

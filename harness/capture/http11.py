@@ -17,7 +17,9 @@ Failures, as a proxy answers them: an upstream that refuses or cannot be reached
 within `timeout_s` between reads -> 504, a connection cut before the answer started -> 502; cut after
 it started, the client's connection is closed so that it sees a cut answer, never a whole-looking one.
 Unparseable HTTP from a client -> 400 and the connection closed, counted (`bad_http`). An idle pooled
-connection the upstream closed while a request was being written to it is retried once on a new one.
+connection the upstream closed while a request was being written to it is retried once on a new one. A
+client that leaves before its answer's end has its upstream request cut (`CLIENT_CLOSED`, nginx's 499),
+unless the server reads answers whole for its own sake (`cancel_on_client_close`: harness shadow).
 
 Per request the serving loop does as little as it can, since the proxy's CPU a request is its rate per
 core: the upstream request head is built in bytes as the headers are parsed (nothing decoded to str,
@@ -46,11 +48,12 @@ import httptools
 from .exchange import header_text
 from .forward import RESPONSE_DROP, HOP_BY_HOP, Answer
 
-__all__ = ["Request", "Hooks", "Upstream", "ProxyServer", "Collect", "KEEPALIVE_TIMEOUT_S"]
+__all__ = ["Request", "Hooks", "Upstream", "ProxyServer", "Collect", "KEEPALIVE_TIMEOUT_S", "CLIENT_CLOSED"]
 
 MAX_REQUEST_BYTES = 1 << 30  # forwarded whole whatever the capture limit
 MAX_HEAD_BYTES = 1 << 20
 KEEPALIVE_TIMEOUT_S = 75.0  # client keep-alive idle timeout, nginx's default
+CLIENT_CLOSED = "client_closed"  # an answer's error where its client left before the end (nginx's 499)
 _NO_BODY_STATUS = frozenset({204, 304})
 _DROP_TO_UPSTREAM = HOP_BY_HOP | {"expect"}  # the proxy reads the body whole first: it answers 100 itself
 # Request headers the head to the upstream leaves out or rewrites (lower-cased bytes, as parsed).
@@ -468,7 +471,11 @@ class _Exchange:
 
     def fail(self, kind: str) -> None:
         done = time.time()
-        if self.started:
+        if kind == CLIENT_CLOSED:  # nobody to answer: no status of the proxy's own
+            self.keep_alive = False
+            answer = Answer(self.status, None, _kept(self.kept), self.size, self.sent_at, done, error=kind,
+                            raw_headers=self.raw_headers, arrivals=self.arrivals)
+        elif self.started:
             # Too late for a status: the client's connection is closed so that it sees a cut answer.
             self.flush()
             self.keep_alive = False
@@ -550,8 +557,19 @@ class _ClientConn(asyncio.Protocol):
         self.closed = True
         self.queue.clear()
         self.server.connections.discard(self)
-        if self.current is not None and self.current.up is not None:
-            self.current.up.resume()
+        ex = self.current
+        if ex is None or ex.up is None:
+            return
+        up = ex.up
+        if self.server.cancel_on_client_close and up.sink is ex:
+            # nginx's way (proxy_ignore_client_abort off): the upstream stops working for nobody (a model
+            # generating tokens for a user who left), and the exchange says the client left (nginx's 499)
+            up.sink = None
+            if up.transport is not None:
+                up.transport.abort()
+            ex.fail(CLIENT_CLOSED)
+        else:
+            up.resume()
 
     def pause_writing(self) -> None:
         up = self.current.up if self.current is not None else None
@@ -680,10 +698,14 @@ class ProxyServer:
     """Serves clients on host:port, forwarding every request to `upstream`; `hooks` sees each one."""
 
     def __init__(self, upstream: Upstream, hooks: Hooks, keep_bytes: int, *,
-                 keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S) -> None:
-        """`keepalive_timeout_s`: idle client connections are closed after it (0: never)."""
+                 keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S, cancel_on_client_close: bool = True) -> None:
+        """`keepalive_timeout_s`: idle client connections are closed after it (0: never).
+        `cancel_on_client_close`: a client that leaves before its answer's end has its upstream request cut, and
+        the answer fails with CLIENT_CLOSED; False: the upstream's answer is read to its end (harness shadow:
+        the baseline's leg is judged whole, as the candidate's copy is)."""
         self.upstream, self.hooks, self.keep_bytes = upstream, hooks, keep_bytes
         self.keepalive_timeout_s = keepalive_timeout_s
+        self.cancel_on_client_close = cancel_on_client_close
         self.connections: set[_ClientConn] = set()
         self.in_flight = 0
         self.bad_http = 0

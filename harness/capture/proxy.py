@@ -26,7 +26,7 @@ from ..scenario import RedactConfig
 from .exchange import DEFAULT_MAX_BODY_BYTES, Exchange, ExchangeRecords, SampleRule
 from .forward import Answer, Forwarder
 from .heap import keep_freed_heap
-from .http11 import KEEPALIVE_TIMEOUT_S, MAX_REQUEST_BYTES, ProxyServer, Request, Upstream
+from .http11 import CLIENT_CLOSED, KEEPALIVE_TIMEOUT_S, MAX_REQUEST_BYTES, ProxyServer, Request, Upstream
 from .writer import CaptureWriter
 
 __all__ = ["CaptureOptions", "CaptureStats", "run_capture", "serve", "parse_listen", "summary_lines"]
@@ -55,6 +55,7 @@ class CaptureOptions:
 class CaptureStats:
     requests: int = 0
     upstream_errors: dict[str, int] = field(default_factory=dict)
+    client_closed: int = 0  # answers cut as their client left (the upstream's request cut with them)
     bad_http: int = 0
     records_written: int = 0
     sampled_out: int = 0
@@ -142,7 +143,9 @@ class _CaptureHooks:
         self.stats.requests += 1
 
     def answered(self, req: Request, token: None, answer: Answer) -> None:
-        if answer.error is not None:
+        if answer.error == CLIENT_CLOSED:
+            self.stats.client_closed += 1
+        elif answer.error is not None:
             self.stats.upstream_errors[answer.error] = self.stats.upstream_errors.get(answer.error, 0) + 1
         self.writer.put((req, answer))
 
@@ -236,6 +239,8 @@ def summary_lines(stats: CaptureStats) -> list[str]:
              f"sampled out: {stats.sampled_out}; unparseable HTTP refused: {stats.bad_http}"]
     if stats.upstream_errors:
         lines.append("upstream errors: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.upstream_errors.items())))
+    if stats.client_closed:
+        lines.append(f"clients that left mid-answer: {stats.client_closed} (their upstream requests cut)")
     if stats.dropped:
         lines.append("records dropped: " + ", ".join(f"{k}: {v}" for k, v in sorted(stats.dropped.items())))
     if stats.error:

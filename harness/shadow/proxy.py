@@ -90,7 +90,8 @@ class ShadowApp:
         self._copy_head = CopyHead(self._candidate.prefix, self._candidate.netloc, self._candidate_headers,
                                    self._redactor.header_is_secret)
         self._server = ProxyServer(Upstream(self.scenario.target_for("baseline").url, timeout_s=USER_TIMEOUT_S),
-                                   self, self._keep, keepalive_timeout_s=self.keepalive_timeout_s)
+                                   self, self._keep, keepalive_timeout_s=self.keepalive_timeout_s,
+                                   cancel_on_client_close=False)  # the baseline's leg is judged whole
         return await self._server.start(host, port)
 
     async def close(self, drain_s: float, serving: bool = False) -> None:
