@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from .replay.dispatcher import DispatchPlan
     from .traffic.prepare import PreparedTraffic
 
-__all__ = ["run_scenario", "RunResult", "make_run_dir", "check_out_root", "check_targets", "check_send_headers"]
+__all__ = ["run_scenario", "RunResult", "make_run_dir", "check_out_root", "check_targets", "check_send_headers",
+           "resource_monitor"]
 
 log = logging.getLogger("harness")
 
@@ -241,7 +242,7 @@ def run_scenario(scenario: Scenario, out_root: Path, *, echo: Callable[[str], No
                 for t in plan.targets))
         say(f"run folder {run_dir}")
         announced = True
-        monitor = _monitor(scenario, pids or {})
+        monitor = resource_monitor(scenario, pids or {})
         monitor.find_processes()
         options = ReplayOptions(web_ui=web_ui, web_port=web_port, progress_every_s=progress_every_s)
         stop_rule = _AllowanceStop(scenario) if scenario.replay.stop_early else None
@@ -384,7 +385,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _monitor(scenario: Scenario, pids: dict[str, int]) -> ResourceMonitor:
+def resource_monitor(scenario: Scenario, pids: dict[str, int]) -> ResourceMonitor:
+    """The resource monitor of a run's targets (an A/A run's one server once)."""
     targets = []
     seen_urls = set()
     for v in scenario.versions:

@@ -75,6 +75,10 @@ def test_each_snapshot_reads_only_what_was_appended_and_matches_a_full_build(tmp
                               "reason": "live shadow still running"})
 
     try:
+        assert snapshot() == (0, 0)  # before the first request: an empty run folder, as at a shadow's start
+        assert _rows(run_dir / "results.duckdb", "select count(*) from requests") == [(0,)]
+        (run_dir / ".snapshot").mkdir()
+        (run_dir / ".snapshot" / "results.duckdb").write_bytes(b"left by a snapshot that failed")
         _put(capture, legs, 0, 150)
         assert snapshot() == (150, 300)
         _put(capture, legs, 150, 180)

@@ -45,11 +45,11 @@ def traffic_profile(con: duckdb.DuckDBPyConnection, scenario: Any) -> dict[str, 
                         + (f" (the capture's rate was {captured_rps:.3g} rps)" if captured_rps else ""))
     else:
         out["production_rps"] = captured_rps
-        out["basis"] = (f"({n} replayed + {not_sampled} not sampled) requests / {span_s:.1f} s of captured_at"
-                        if sample else f"{n} replayed requests / {span_s:.1f} s of captured_at")
-        out["basis"] = (out["basis"]
-                        + f" = {captured_rps:.4g} rps" if captured_rps else
-                        "unknown: the capture has no time span; set canary.production_rps")
+        if captured_rps:
+            counted = f"({n} replayed + {not_sampled} not sampled) requests" if sample else f"{n} replayed requests"
+            out["basis"] = f"{counted} / {span_s:.1f} s of captured_at = {captured_rps:.4g} rps"
+        else:  # no requests yet (a live shadow's first snapshot), or all at one instant
+            out["basis"] = "unknown: the capture has no time span; set canary.production_rps"
     out["burstiness"] = _burstiness(con, n, span_s)
     return out
 

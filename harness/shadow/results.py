@@ -35,9 +35,11 @@ OUTPUT_FILES = ("results.duckdb", "summary.json", "gate_report.html", "canary_sc
 def build_results(scenario: Scenario, build_dir: Path, *, run_id: str, capture_path: Path, capture_recorded: Path,
                   legs_path: Path, drops: dict[str, str], replay_event: dict[str, Any], status: str,
                   reason: str | None, prepared: PreparedTraffic | None = None,
-                  spool: pa.Table | None = None) -> dict[str, Any]:
+                  spool: pa.Table | None = None, resources: pa.Table | None = None,
+                  resource_events: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     """Makes results.duckdb and the outputs in build_dir; returns the summary. `prepared` and `spool`: the
-    capture prepared and the legs read already (a snapshot's cache), instead of capture_path and legs_path."""
+    capture prepared and the legs read already (a snapshot's cache), instead of capture_path and legs_path;
+    `resources` and `resource_events`: the targets' samples and their monitor's events (resources.py)."""
     from ..outputs import build_outputs
 
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -61,6 +63,10 @@ def build_results(scenario: Scenario, build_dir: Path, *, run_id: str, capture_p
             "records_read": prepared.records_read, "loops": 1, "format": "jsonl", "span_s": prepared.span_s,
             "source": "live shadow"}))
         store.write_legs_by_captured_id(spool if spool is not None else read_legs(legs_path))
+        if resources is not None and resources.num_rows:
+            store.write_resources(resources)
+        for kind, detail in resource_events or ():
+            store.add_event(kind, detail)
         store.move_unsent_to_skipped(UNFINISHED, reasons_by_captured_id=drops)
         store.add_event("replay", json.dumps(replay_event))
         store.finish(status, reason)

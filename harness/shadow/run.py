@@ -28,12 +28,13 @@ from .. import __version__
 from ..capture.http11 import KEEPALIVE_TIMEOUT_S
 from ..capture.proxy import parse_listen, run_loop
 from ..errors import VERDICT_EXIT, ScenarioError, UsageError
-from ..run import RunResult, _setup_log, check_out_root, check_targets, make_run_dir
+from ..run import RunResult, _setup_log, check_out_root, check_targets, make_run_dir, resource_monitor
 from ..send_headers import header_overrides
 from ..scenario import Scenario
 from .channel import RecorderChannel
 from .probe import Probe
 from .proxy import ShadowApp, ShadowStats
+from .resources import ResourceSpool, read_resources
 from .results import build_results, publish
 
 __all__ = ["run_shadow", "CAPTURE_NAME"]
@@ -76,8 +77,11 @@ def run_shadow(scenario: Scenario, listen: str, out_root: Path, *, duration_s: f
         say(f"harness {__version__}: live shadow {scenario.name}, run folder {run_dir}")
         capture_path = run_dir / CAPTURE_NAME
         legs_path = work / "legs.jsonl"
+        monitor = resource_monitor(scenario, {})
+        monitor.find_processes()
+        resources = ResourceSpool(monitor, work / "resources.jsonl")
         live = _Live(scenario, run_dir, capture_path, legs_path,
-                     snapshot_every_s if scenario.source is not None else 0.0, say, keepalive_timeout_s)
+                     snapshot_every_s if scenario.source is not None else 0.0, say, keepalive_timeout_s, resources)
 
         def finish(stats: ShadowStats, stopped_by: str, recorded: dict[str, Any] | None) -> dict[str, Any]:
             say(f"shadow: {stats.requests} requests answered from the baseline, {stats.mirrored} mirrored, "
@@ -85,7 +89,8 @@ def run_shadow(scenario: Scenario, listen: str, out_root: Path, *, duration_s: f
             summary = build_results(scenario, run_dir / ".final", run_id=run_dir.name, capture_path=capture_path,
                                     capture_recorded=capture_path, legs_path=legs_path, drops=stats.drop_reasons,
                                     replay_event=_replay_event(stats, stopped_by, recorded), status="complete",
-                                    reason=f"live shadow, stopped by {stopped_by}")
+                                    reason=f"live shadow, stopped by {stopped_by}",
+                                    resources=read_resources(resources.path), resource_events=resources.events())
             publish(run_dir / ".final", run_dir)
             say(f"verdict {summary['verdict']}; report {run_dir / 'gate_report.html'}")
             return summary
@@ -113,8 +118,10 @@ def _replay_event(stats: ShadowStats, stopped_by: str | None, recorded: dict[str
 
 class _Live:
     def __init__(self, scenario: Scenario, run_dir: Path, capture_path: Path, legs_path: Path,
-                 snapshot_every_s: float, say: Callable[[str], None], keepalive_timeout_s: float) -> None:
+                 snapshot_every_s: float, say: Callable[[str], None], keepalive_timeout_s: float,
+                 resources: ResourceSpool) -> None:
         self.scenario, self.run_dir, self.say = scenario, run_dir, say
+        self.resources = resources
         self.capture_path, self.legs_path = capture_path, legs_path
         self.snapshot_every_s = snapshot_every_s
         self.keepalive_timeout_s = keepalive_timeout_s
@@ -144,6 +151,7 @@ class _Live:
         stopped_by = ["max-requests"]
         signalled = asyncio.Event()
         snapshots: asyncio.Task[None] | None = None
+        sampling: asyncio.Task[None] | None = None
         recorded: dict[str, Any] | None = None
         serving = False
         try:
@@ -172,12 +180,16 @@ class _Live:
                 loop.call_later(duration_s, stop_by, "duration")
             if self.snapshot_every_s > 0:
                 snapshots = asyncio.create_task(self._snapshots(shadow, channel))
+            sampling = asyncio.create_task(self.resources.run())
             await stop.wait()
             serving = keep_serving and not signalled.is_set()
         finally:
-            if snapshots is not None:
-                snapshots.cancel()
-                await asyncio.gather(snapshots, return_exceptions=True)
+            for task in (snapshots, sampling):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+            if sampling is not None:
+                await asyncio.to_thread(self.resources.sample)  # the last one, as a replay's end takes one
             await shadow.close(scenario.replay.timeout_s + 1.0, serving=serving)
             recorded = await channel.close()
             if probe is not None:
@@ -214,6 +226,7 @@ class _Live:
             args = {"run_dir": str(self.run_dir), "scenario": str(self.scenario.source), **cut,
                     "capture_recorded": str(self.capture_path), "drops": dict(shadow.stats.drop_reasons),
                     "replay_event": _replay_event(shadow.stats, None),
+                    "resources": str(self.resources.path), "resource_events": self.resources.events(),
                     "reason": f"live shadow still running (snapshot at {time.strftime('%H:%M:%S', time.gmtime())} UTC)"}
             args_path = self.run_dir / ".work" / "snapshot.json"
             args_path.write_text(json.dumps(args))

@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from ..replay.leg import LEG_SCHEMA
 from ..scenario import Scenario, load_scenario
 from ..traffic.prepare import PREPARE_MEMORY_LIMIT, PreparedTraffic, create_staging, finish_staged, stage_records
 from ..traffic.readers import iter_records
+from .resources import read_resources
 from .results import build_results, publish
 
 __all__ = ["SnapshotCache", "make_snapshot"]
@@ -128,7 +130,8 @@ def make_snapshot(args: dict[str, Any]) -> tuple[int, int]:
     run_dir = Path(args["run_dir"])
     scenario = load_scenario(args["scenario"])
     build = run_dir / ".snapshot"
-    build.mkdir(exist_ok=True)
+    shutil.rmtree(build, ignore_errors=True)  # what a failed snapshot left: its database would refuse this one
+    build.mkdir()
     capture = Path(args["capture"]) if args["capture"] else None
     legs = Path(args["legs"]) if args["legs"] else None
     recorded = Path(args["capture_recorded"])
@@ -141,7 +144,9 @@ def make_snapshot(args: dict[str, Any]) -> tuple[int, int]:
         cache.close()
     build_results(scenario, build, run_id=run_dir.name, capture_path=recorded, capture_recorded=recorded,
                   legs_path=run_dir / ".work" / "legs.jsonl", drops=args["drops"], replay_event=args["replay_event"],
-                  status="incomplete", reason=args["reason"], prepared=prepared, spool=spool)
+                  status="incomplete", reason=args["reason"], prepared=prepared, spool=spool,
+                  resources=read_resources(Path(args["resources"])) if args.get("resources") else None,
+                  resource_events=[tuple(e) for e in args.get("resource_events", [])])
     publish(build, run_dir)
     return new
 

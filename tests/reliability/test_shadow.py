@@ -118,6 +118,8 @@ def test_shadow_never_costs_the_user_anything(tmp_path: Path, targets: Any, harn
                 break
         time.sleep(0.5)
     assert live["counts"]["replayed"] > 0, live["counts"]
+    # the snapshot carries the servers' resources sampled so far
+    assert query(live_dir, "select count(*) > 0 from resources where version = 'baseline' and rss_mb > 0") == [(True,)]
     shadow.signal(signal.SIGTERM)
     code = shadow.wait(120)
     assert code in (0, 1, 2), shadow.stdout + shadow.stderr
@@ -191,7 +193,11 @@ def test_health_checks_and_preflights_are_judged_by_their_status_alone(tmp_path:
     """A live shadow mirrors HEAD and OPTIONS (a load balancer's health checks, a browser's preflights): their
     answers have no body (HEAD) or none of the model's (OPTIONS: 204), and read as the model's output they were
     an empty "invalid JSON" on both legs, 2/3 of this run's legs in error and a BLOCK no model caused."""
-    scenario = _scenario(tmp_path, targets("ok").url, targets("ok").url, 1000)
+    baseline, candidate = targets("ok"), targets("ok")
+    scenario = _scenario(tmp_path, baseline.url, candidate.url, 1000)
+    spec = yaml.safe_load(scenario.read_text())
+    spec["promotion_gates"]["restarts"] = {"maximum": 0}
+    scenario.write_text(yaml.safe_dump(spec, sort_keys=False))
     port = closed_port()
     shadow = harness_proc(["shadow", scenario, "--listen", f"127.0.0.1:{port}", "--out", tmp_path / "reports",
                            "--snapshot-every", "0"], tmp_path)
@@ -218,3 +224,9 @@ def test_health_checks_and_preflights_are_judged_by_their_status_alone(tmp_path:
     assert query(run_dir, "select count(*) from legs where error_kind is not null") == [(0,)]
     error_gate = [g for g in summary(run_dir)["gates"] if g["name"] == "error_rate" and g["segment"] is None]
     assert error_gate and error_gate[0]["status"] != "fail", error_gate
+    # both servers' resources were sampled, as a replay samples them (a shadow run had none: every resource gate
+    # was inconclusive, so a scenario with one could only HOLD)
+    pids = dict(query(run_dir, "select version, max(pid) from resources where rss_mb > 0 group by 1"))
+    assert pids == {"baseline": baseline.proc.pid, "candidate": candidate.proc.pid}
+    restarts = [g for g in summary(run_dir)["gates"] if g["name"] == "restarts" and g["segment"] is None]
+    assert restarts and restarts[0]["status"] == "pass", restarts

@@ -1,0 +1,65 @@
+"""The model servers' resources during a live shadow, sampled as a replay samples them (harness.monitor:
+memory, CPU, GPU memory, restarts, OOM kills and counters, from the process listening on each target's
+port, its PID or PID file, its metrics URL). Without them every resource gate of a shadow run was
+inconclusive, so a scenario with one (`gpu_oom_events`, `memory_growth_mb`) could only HOLD.
+
+Every `every_s` one sample, taken in a worker thread (psutil's reads and the metrics endpoint's answer must
+not hold the serving loop), is appended as JSON lines to a spool, one write a sample; the run folder's
+`resources` table is made from the spool's whole lines, at the end and for each snapshot.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.json as pa_json
+
+from ..monitor import ResourceMonitor
+from ..replay.leg import RESOURCE_SCHEMA
+
+__all__ = ["ResourceSpool", "read_resources"]
+
+
+class ResourceSpool:
+    def __init__(self, monitor: ResourceMonitor, path: Path, every_s: float = 0.5) -> None:
+        self.monitor, self.path, self.every_s = monitor, path, every_s
+
+    async def run(self) -> None:
+        """Samples until cancelled."""
+        while True:
+            await asyncio.to_thread(self.sample)
+            await asyncio.sleep(self.every_s)
+
+    def sample(self) -> None:
+        rows = self.monitor.sample()
+        if rows:
+            data = b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in rows)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+
+    def events(self) -> list[tuple[str, str]]:
+        """The events a replay records beside its samples: the monitor's notes, and which sources gave values
+        (what the resource gates may judge on, harness.evidence)."""
+        return [*(("note", n) for n in self.monitor.notes),
+                ("resource_sources", json.dumps(self.monitor.sources()))]
+
+
+def read_resources(path: Path) -> pa.Table:
+    """The spool's whole lines as a `resources` table (none yet: an empty one)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        data = b""
+    data = data[: data.rfind(b"\n") + 1]  # a sample being appended right now is left to the next read
+    if not data:
+        return RESOURCE_SCHEMA.empty_table()
+    return pa_json.read_json(io.BytesIO(data), parse_options=pa_json.ParseOptions(
+        explicit_schema=RESOURCE_SCHEMA, unexpected_field_behavior="ignore"))
