@@ -8,7 +8,7 @@ PKG = Path(__file__).resolve().parents[1] / "harness"
 
 # stage of each top-level part of the package, in data-flow order
 STAGES = {
-    "errors": 0, "error_kinds": 0, "frames": 0, "numbers": 0, "crash": 0, "jsonpath": 0, "scenario": 0, "gate_config": 0, "send_headers": 0,
+    "errors": 0, "error_kinds": 0, "content_encoding": 0, "frames": 0, "numbers": 0, "crash": 0, "jsonpath": 0, "scenario": 0, "gate_config": 0, "send_headers": 0,
     "__init__": 9, "__main__": 9,  # the public facade, lazily importing every stage
     "traffic": 1,
     "protocols": 2, "compat": 2,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.protocols.content_encoding import (BodyDecoder, DecodedTooLarge, EncodingError, content_codings,
+from harness.content_encoding import (BodyDecoder, DecodedTooLarge, EncodingError, content_codings,
                                              decode_answer)
 from harness.replay.wire import SendResult, error_result
 

@@ -245,6 +245,30 @@ def test_credentials_in_multipart_forms_json_lines_and_bom_json_are_masked(raw: 
     assert Redactor().secret_values((), "/upload", raw) == secrets
 
 
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd", "gzip, br"])
+def test_a_coded_request_body_is_masked_decoded_and_coded_again(coding: str) -> None:
+    """A client that compresses its uploads (`Content-Encoding: gzip`): its body was kept as the coded bytes
+    (body_b64), credentials inside, and an answer that echoed one was not masked. Now it is decoded, masked
+    and coded again as it came (a replay sends what the client sent but for the credentials)."""
+    from harness.capture.exchange import Exchange, ExchangeRecords
+    from harness.content_encoding import decode_body, encode_body
+
+    plain = json.dumps({"prompt": "hi", "api_key": "sk-coded-1234567"}).encode()
+    headers = (("Content-Type", "application/json"), ("Content-Encoding", coding))
+    r = CapturedRequest(source="t", line=1, ts=0.0, method="POST", path="/v1/score", headers=headers,
+                        body=encode_body(coding, plain))
+    masked = Redactor().request(r).body
+    assert decode_body(coding, masked, 1 << 20) == (b'{"prompt":"hi","api_key":"[REDACTED]"}', None, None)
+    assert Redactor().secret_values(headers, "/v1/score", r.body) == ("sk-coded-1234567",)
+    (rec,) = ExchangeRecords()(Exchange(0.0, "POST", "/v1/score", headers, r.body, 200, 1.0,
+                                        (("Content-Type", "application/json"),), b'{"echo": "sk-coded-1234567"}', 28))
+    assert decode_body(coding, base64.b64decode(rec["body_b64"]), 1 << 20)[0] == b'{"prompt":"hi","api_key":"[REDACTED]"}'
+    assert rec["production_body"] == {"echo": REDACTED}
+    # one that is not what its header says is kept as it came (nothing could be read in it to mask)
+    liar = CapturedRequest(source="t", line=1, ts=0.0, method="POST", path="/v1/score", headers=headers, body=b"\x00junk")
+    assert Redactor().request(liar).body == b"\x00junk"
+
+
 def test_bodies_without_secret_names_pass_unchanged() -> None:
     cjk = json.dumps({"prompt": "\u4f60\u597d"}).encode()  # \u escapes that cannot spell an ASCII name
     lines = b'{"prediction": "approve"}\n{"prediction": "deny"}\n'

@@ -15,7 +15,7 @@ import gevent
 import gevent.server
 import pytest
 
-from harness.protocols.content_encoding import decode_answer
+from harness.content_encoding import decode_answer
 from harness.replay.http_transport import HttpTransport
 from harness.replay.transport import Limits, send_one
 from harness.replay.wire import RequestHead

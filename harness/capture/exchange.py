@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from ..jsonpath import MISSING
-from ..protocols.content_encoding import decode_body
+from ..content_encoding import decode_body
 from ..protocols.json_protocol import loads
 from ..scenario import RedactConfig, SegmentSpec
 from ..traffic.convert import to_capture_record
 from ..traffic.record import CapturedRequest, json_like
-from ..traffic.redaction import PARSE, Redactor, mask_values, mask_values_in_doc
+from ..traffic.redaction import PARSE, Redactor, content_encoding_of, mask_values, mask_values_in_doc
 from ..traffic.segments import SegmentEvaluator
 
 __all__ = ["Exchange", "ExchangeRecords", "SampleRule", "DEFAULT_MAX_BODY_BYTES", "header_text"]
@@ -88,7 +88,7 @@ class ExchangeRecords:
         r = self.redactor
         # read before the body is masked: an answer that repeats one of them is masked by value
         secrets = ex.secrets if ex.secrets is not None else r.secret_values(ex.headers, ex.path, ex.body, doc)
-        body = r.body(ex.body, doc)  # masks doc in place: this request object goes no further
+        body = r.coded_body(ex.body, content_encoding_of(ex.headers), doc)  # masks doc in place: it goes no further
         if len(body) > self.max_body_bytes:
             # cut after redaction: a cut JSON body could no longer be parsed to mask its secrets
             req = CapturedRequest("capture", 0, ex.ts, ex.method, r.path(ex.path), r.headers(ex.headers),

@@ -39,7 +39,7 @@ from ..scenario import DetectorConfig, RowsConfig
 from ..send_headers import expand_env
 from ..traffic.jsonl_reader import compact_text
 from ..traffic.redaction import REDACTED, Redactor
-from ..protocols.content_encoding import decode_answer
+from ..content_encoding import decode_answer
 from ..protocols.rows import row_check
 from .leg import LEG_SCHEMA
 from .recorder import Recorder

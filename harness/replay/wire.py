@@ -9,7 +9,7 @@
   answer), else by geventhttpclient's llhttp parser (`new_parser`); its header names are lower-case, the
   last of repeated ones wins.
 - `SendResult` is what every transport hands back for one leg; the answer's bytes as they came
-  (Content-Encoding is undone after the leg's end time, by harness.protocols.content_encoding).
+  (Content-Encoding is undone after the leg's end time, by harness.content_encoding).
 - Event streams (`Content-Type: text/event-stream`) are decoded piece by piece as they arrive
   (`StreamBody`), so that arrival times refer to decoded bytes.
 """
@@ -24,7 +24,7 @@ from geventhttpclient.response import HTTPResponse
 
 from ..error_kinds import exception_kind, status_kind
 from ..traffic.http_fields import TOKEN_RE, header_problem, wire_value
-from ..protocols.content_encoding import DecodedTooLarge, EncodingError, decoder_for
+from ..content_encoding import DecodedTooLarge, EncodingError, decoder_for
 
 __all__ = ["SendResult", "RequestHead", "StreamBody", "request_bytes", "origin_form", "error_result", "status_kind",
            "declared_too_large", "is_event_stream", "quick_answer", "new_parser", "CHUNK", "PEEK"]

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..compat import OutputValidator
 from ..error_kinds import status_kind
-from ..protocols.content_encoding import decode_body
+from ..content_encoding import decode_body
 from ..protocols.rows import row_check
 from ..jsonpath import MISSING
 from ..protocols import OutputRead, answers_output, read_output

@@ -17,7 +17,7 @@ from .jsonl_reader import compact_text
 from .record import NOT_PARSED, CapturedRequest, _keep_doc, _parse_body, json_like
 
 __all__ = ["Redactor", "REDACTED", "DEFAULT_SECRET_HEADERS", "PARSE", "MIN_SECRET_CHARS", "mask_values", "mask_values_in_doc",
-           "masking_order"]
+           "masking_order", "content_encoding_of"]
 
 REDACTED = "[REDACTED]"
 PARSE: Any = NOT_PARSED  # Redactor.body: the body has not been parsed yet
@@ -162,6 +162,22 @@ class Redactor:
         changed = self.mask_doc(doc)
         return compact_text(doc).encode() if changed else body
 
+    def coded_body(self, body: bytes, content_encoding: str | None, doc: Any = PARSE) -> bytes:
+        """`body` masked as `body` masks it, where the request says it is coded (`Content-Encoding`: a client
+        that compresses its uploads): decoded, masked, and coded again as it came, so that a replay sends what
+        the client sent but for the credentials. One that cannot be decoded is kept as it came."""
+        if not content_encoding or not body:
+            return self.body(body, doc)
+        plain = _decoded(body, content_encoding)
+        if plain is None:
+            return body
+        masked = self.body(plain)
+        if masked is plain:
+            return body
+        from ..content_encoding import encode_body
+
+        return encode_body(content_encoding, masked)
+
     def may_mask_json(self, raw: bytes) -> bool:
         """False where the JSON text `raw` certainly has nothing to mask. Most bodies hold no credential-like
         key at all: a byte scan is far cheaper than parsing them."""
@@ -207,7 +223,8 @@ class Redactor:
         return _NAME_VALUE.sub(lambda m: m.group(1) + REDACTED if self._query_secret(m.group(2)) else m.group(0), text)
 
     def request(self, req: CapturedRequest) -> CapturedRequest:
-        headers, path, body = self.headers(req.headers), self.path(req.path), self.body(req.body)
+        headers, path = self.headers(req.headers), self.path(req.path)
+        body = self.coded_body(req.body, content_encoding_of(req.headers))
         response = req.response
         if response is not None:
             response_headers = self.headers(response.headers)
@@ -243,6 +260,9 @@ class Redactor:
         paths), longest first: an answer that repeats one (an echo, a debug field) is masked by value
         (`mask_values`), since its own keys need not say what it is. `doc`: the body parsed already, unmasked."""
         found: set[str] = set()
+        coding = content_encoding_of(headers)
+        if coding and body:  # what the coded body says, decoded (the caller's doc is of the coded bytes)
+            body, doc = _decoded(body, coding) or b"", PARSE
         for k, v in headers:
             if self.header_is_secret(k):
                 found.add(v.strip())
@@ -286,6 +306,23 @@ class Redactor:
 
 
 MIN_SECRET_CHARS = 4  # shorter values would mask ordinary words and numbers of an answer
+_MAX_DECODED = 1 << 26  # a coded request body is decoded up to this size to be masked
+
+
+def content_encoding_of(headers: Iterable[tuple[str, str]]) -> str | None:
+    """A request's Content-Encoding header (None: its body is as sent)."""
+    for k, v in headers:
+        if len(k) == 16 and k.lower() == "content-encoding":
+            return v
+    return None
+
+
+def _decoded(body: bytes, content_encoding: str) -> bytes | None:
+    """A coded request body decoded (None: it cannot be, or it is past _MAX_DECODED)."""
+    from ..content_encoding import decode_body  # its codecs load on use: most captures have no coded body
+
+    plain, failed, _ = decode_body(content_encoding, body, _MAX_DECODED)
+    return None if failed is not None else plain
 
 _BOM = b"\xef\xbb\xbf"
 # a multipart form's part: its headers, then its value up to the line break before the next boundary

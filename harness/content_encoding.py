@@ -13,6 +13,7 @@ receiving the answer, not what it spends inflating it.
 """
 from __future__ import annotations
 
+import gzip
 import sys
 import zlib
 from dataclasses import replace
@@ -25,7 +26,7 @@ if sys.version_info >= (3, 14):
 else:  # the backport of Python 3.14's compression.zstd (PEP 784)
     from backports import zstd
 
-__all__ = ["EncodingError", "DecodedTooLarge", "BodyDecoder", "decoder_for", "decode_answer", "decode_body",
+__all__ = ["EncodingError", "DecodedTooLarge", "BodyDecoder", "decoder_for", "decode_answer", "decode_body", "encode_body",
            "content_codings"]
 
 _STEP = 262144  # output per decompressor call: a bounded step between which the send schedule may go first
@@ -218,6 +219,23 @@ def decode_body(content_encoding: str | None, body: bytes, cap: int) -> tuple[by
     they are unreadable, and lightly compressed ones carry the answer's secrets past the redactor."""
     body, _, kind, detail = _decode(content_codings(content_encoding) if body else [], body, cap, None)
     return body, kind, detail
+
+
+def encode_body(content_encoding: str | None, body: bytes) -> bytes:
+    """`body` coded as the header says (codings applied left to right): decode_body's inverse, for a request
+    body masked in its decoded form and sent again as it was captured."""
+    for coding in content_codings(content_encoding):
+        if coding in ("gzip", "x-gzip"):
+            body = gzip.compress(body, mtime=0)
+        elif coding == "deflate":
+            body = zlib.compress(body)
+        elif coding == "br":
+            body = brotli.compress(body)
+        elif coding == "zstd":
+            body = zstd.compress(body)
+        else:
+            raise EncodingError(f"Content-Encoding {coding!r} is not supported (gzip, deflate, br and zstd are)")
+    return body
 
 
 def _decode(codings: list[str], body: bytes, cap: int,
