@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -373,6 +375,7 @@ def _scores_import(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args: argparse.Namespace | None = None
+    previous = _catch_interrupts()
     try:
         args = parser.parse_args(argv)
         func: Callable[[argparse.Namespace], int] = args.func
@@ -388,12 +391,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         # what it wanted, as with any Unix tool.
         _stdout_to_devnull()
         return 0
-    except Exception as exc:  # noqa: BLE001 - a bug is exit 4 with its traceback in harness.log, never exit 1
-        from .crash import CRASH_EXIT, record_crash
+    except Exception as exc:  # noqa: BLE001 - what an interrupt broke on its way (a DuckDB query it cut) is the interrupt
+        if _interrupted(exc):
+            print("harness: interrupted", file=sys.stderr)
+            return 4
+        return _crashed(exc, args)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
-        folder = getattr(args, "run_dir", None) or getattr(args, "out", None)
-        print(record_crash(exc, folder), file=sys.stderr)
-        return CRASH_EXIT
+
+def _catch_interrupts() -> dict[int, Any]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt wherever harness is (the replay's own handlers take over
+    while it sends). SIGTERM had no handler outside the replay: it killed the judging of a run unseen (exit
+    143). Returns the handlers replaced (none where this is not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, signal.default_int_handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether an interrupt is behind the error: one that lands inside a DuckDB query cuts its connection,
+    and what surfaces is a later query's "Connection already closed", with the KeyboardInterrupt as its
+    context; it was reported as an internal error."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _crashed(exc: Exception, args: argparse.Namespace | None) -> int:
+    """A bug is exit 4 with its traceback in harness.log, never exit 1."""
+    from .crash import CRASH_EXIT, record_crash
+
+    folder = getattr(args, "run_dir", None) or getattr(args, "out", None)
+    print(record_crash(exc, folder), file=sys.stderr)
+    return CRASH_EXIT
 
 
 def _stdout_to_devnull() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+import harness.outputs
 import harness.run
 from harness.cli import main
 
@@ -20,15 +21,20 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
-def test_report_of_a_results_file_without_a_run_row_is_exit_4(capsys, tmp_path) -> None:
+def test_a_bug_while_reporting_is_exit_4_naming_harness_log(capsys, tmp_path, monkeypatch) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    duckdb.connect(str(run_dir / "results.duckdb")).close()  # an empty database: no runs table, no row
+    duckdb.connect(str(run_dir / "results.duckdb")).close()
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("planted bug")
+
+    monkeypatch.setattr(harness.outputs, "load_run_info", broken)  # a bug in the judging of a run
     code = main(["report", str(run_dir)])
     line = _one_line(capsys.readouterr().err)
     assert code == 4
     assert str(run_dir / "harness.log") in line
-    assert "Traceback" in (run_dir / "harness.log").read_text()
+    assert "ZeroDivisionError: planted bug" in (run_dir / "harness.log").read_text()
 
 
 @pytest.mark.integration
@@ -36,7 +42,7 @@ def test_a_bug_during_a_run_is_exit_4_and_the_run_row_says_failed(capsys, tmp_pa
     def broken_monitor(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("planted bug")
 
-    monkeypatch.setattr(harness.run, "_monitor", broken_monitor)  # a bug after the run row exists
+    monkeypatch.setattr(harness.run, "resource_monitor", broken_monitor)  # a bug after the run row exists
     with socket.socket() as listener:  # a reachable target; nothing is sent before the bug
         listener.bind(("127.0.0.1", 0))
         listener.listen()
