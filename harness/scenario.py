@@ -258,6 +258,13 @@ class Scenario:
         if out:
             raw["output"] = out
         raw["targets"] = {v: {**raw["targets"].get(v, {}), "url": t.url} for v, t in self.targets.items()}
+        # Header values written in the scenario itself may be credentials (the docs ask for ${VAR}, which is
+        # stored as written): the run folder travels with a release, so they are not stored.
+        if isinstance(replay.get("headers"), dict):
+            replay["headers"] = _stored_headers(replay["headers"])
+        for target in raw["targets"].values():
+            if isinstance(target.get("headers"), dict):
+                target["headers"] = _stored_headers(target["headers"])
         return raw
 
     def with_overrides(self, **changes: Any) -> "Scenario":
@@ -288,6 +295,16 @@ def load_scenario(path: str | Path) -> Scenario:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ScenarioError(f"{where}: invalid YAML: {problem}") from None
     return scenario_from_dict(raw, source=path, text=text)
+
+
+_ENV_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+STORED_MASK = "[REDACTED]"  # traffic.redaction.REDACTED
+
+
+def _stored_headers(headers: dict[str, Any]) -> dict[str, Any]:
+    """Header values as a run stores them: one that takes its secret from the environment (`Bearer ${TOKEN}`)
+    as written, a literal one masked, a removal (null) as it is."""
+    return {k: v if not isinstance(v, str) or _ENV_REFERENCE.search(v) else STORED_MASK for k, v in headers.items()}
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -61,3 +61,20 @@ def test_the_shadow_copy_never_carries_the_users_credentials_and_is_forwarded_as
     assert got == (b"POST /score HTTP/1.1\r\nHost: cand:9000\r\nX-Tenant-Tier: pro\r\n"
                    b"X-Forwarded-For: 10.0.0.1, 127.0.0.1\r\nContent-Length: 2\r\n\r\n")
     assert head("GET", "/h", user[:1], 0, "127.0.0.1").endswith(b"X-Forwarded-For: 127.0.0.1\r\n\r\n")
+
+
+def test_a_run_stores_header_values_from_the_environment_as_written_and_literal_ones_masked() -> None:
+    """runs.config is the scenario as the run used it, and the run folder travels with a release: a credential
+    written in the scenario (not taken from ${VAR}) must not go with it."""
+    s = scenario_from_dict({
+        "name": "h", "traffic": {"path": "x.jsonl"},
+        "targets": {"baseline": {"url": "http://127.0.0.1:1", "headers": {"X-Api-Key": "sk-literal-123456"}},
+                    "candidate": {"url": "http://127.0.0.1:2", "headers": {"Cookie": None}}},
+        "replay": {"headers": {"Authorization": "Bearer ${HARNESS_TEST_TOKEN}", "X-Model": "v1"}},
+    })
+    stored = s.stored_config()
+    assert stored["replay"]["headers"] == {"Authorization": "Bearer ${HARNESS_TEST_TOKEN}", "X-Model": "[REDACTED]"}
+    assert stored["targets"]["baseline"]["headers"] == {"X-Api-Key": "[REDACTED]"}
+    assert stored["targets"]["candidate"]["headers"] == {"Cookie": None}
+    assert "sk-literal" not in str(stored)
+    assert s.replay.headers["X-Model"] == "v1"  # what is sent is unchanged
