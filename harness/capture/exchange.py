@@ -88,7 +88,8 @@ class ExchangeRecords:
         r = self.redactor
         # read before the body is masked: an answer that repeats one of them is masked by value
         secrets = ex.secrets if ex.secrets is not None else r.secret_values(ex.headers, ex.path, ex.body, doc)
-        body = r.coded_body(ex.body, content_encoding_of(ex.headers), doc)  # masks doc in place: it goes no further
+        coding = content_encoding_of(ex.headers) if doc is MISSING and ex.body else None  # JSON is not coded
+        body = r.coded_body(ex.body, coding, doc)  # masks doc in place: it goes no further
         if len(body) > self.max_body_bytes:
             # cut after redaction: a cut JSON body could no longer be parsed to mask its secrets
             req = CapturedRequest("capture", 0, ex.ts, ex.method, r.path(ex.path), r.headers(ex.headers),

@@ -129,9 +129,9 @@ _WHITESPACE = b" \t\r\n"
 def json_like(body: bytes) -> bool:
     """Whether a body may be a JSON object or array: its first byte, past the whitespace JSON allows before it."""
     head = body[:1]
-    if head and head in _WHITESPACE:
-        head = body.lstrip(_WHITESPACE)[:1]
-    return head in (b"{", b"[")
+    if head == b"{" or head == b"[":
+        return True
+    return bool(head) and head in _WHITESPACE and body.lstrip(_WHITESPACE)[:1] in (b"{", b"[")
 
 
 def _parse_body(body: bytes) -> Any:

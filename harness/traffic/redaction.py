@@ -224,7 +224,7 @@ class Redactor:
 
     def request(self, req: CapturedRequest) -> CapturedRequest:
         headers, path = self.headers(req.headers), self.path(req.path)
-        body = self.coded_body(req.body, content_encoding_of(req.headers))
+        body = self.coded_body(req.body, content_encoding_of(req.headers) if not json_like(req.body) else None)
         response = req.response
         if response is not None:
             response_headers = self.headers(response.headers)
@@ -260,8 +260,8 @@ class Redactor:
         paths), longest first: an answer that repeats one (an echo, a debug field) is masked by value
         (`mask_values`), since its own keys need not say what it is. `doc`: the body parsed already, unmasked."""
         found: set[str] = set()
-        coding = content_encoding_of(headers)
-        if coding and body:  # what the coded body says, decoded (the caller's doc is of the coded bytes)
+        coding = content_encoding_of(headers) if body and not json_like(body) else None  # JSON is not coded
+        if coding:  # what the coded body says, decoded (the caller's doc is of the coded bytes)
             body, doc = _decoded(body, coding) or b"", PARSE
         for k, v in headers:
             if self.header_is_secret(k):
