@@ -407,7 +407,9 @@ def _catch_interrupts() -> dict[int, Any]:
     143). Returns the handlers replaced (none where this is not the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {signum: signal.signal(signum, signal.default_int_handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    # a signal the caller ignores (a job started with nohup, SIGINT ignored in the background) stays ignored
+    return {signum: signal.signal(signum, signal.default_int_handler) for signum in (signal.SIGINT, signal.SIGTERM)
+            if signal.getsignal(signum) is not signal.SIG_IGN}
 
 
 def _interrupted(exc: BaseException) -> bool:

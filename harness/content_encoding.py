@@ -225,12 +225,13 @@ def encode_body(content_encoding: str | None, body: bytes) -> bytes:
     """`body` coded as the header says (codings applied left to right): decode_body's inverse, for a request
     body masked in its decoded form and sent again as it was captured."""
     for coding in content_codings(content_encoding):
+        # the libraries' default levels for gzip and deflate; brotli's (11) took 1.7 s on 1.3 MB
         if coding in ("gzip", "x-gzip"):
-            body = gzip.compress(body, mtime=0)
+            body = gzip.compress(body, compresslevel=6, mtime=0)
         elif coding == "deflate":
             body = zlib.compress(body)
         elif coding == "br":
-            body = brotli.compress(body)
+            body = brotli.compress(body, quality=4)
         elif coding == "zstd":
             body = zstd.compress(body)
         else:

@@ -259,12 +259,15 @@ class Scenario:
             raw["output"] = out
         raw["targets"] = {v: {**raw["targets"].get(v, {}), "url": t.url} for v, t in self.targets.items()}
         # Header values written in the scenario itself may be credentials (the docs ask for ${VAR}, which is
-        # stored as written): the run folder travels with a release, so they are not stored.
+        # stored as written): the run folder travels with a release, so they are not stored. Each distinct value
+        # keeps a mask of its own, so that two targets told apart by a header (one gateway, X-Model-Version
+        # v1 / v2) are still two targets when the run is judged again from what it stored.
+        masks: dict[str, str] = {}
         if isinstance(replay.get("headers"), dict):
-            replay["headers"] = _stored_headers(replay["headers"])
+            replay["headers"] = _stored_headers(replay["headers"], masks)
         for target in raw["targets"].values():
             if isinstance(target.get("headers"), dict):
-                target["headers"] = _stored_headers(target["headers"])
+                target["headers"] = _stored_headers(target["headers"], masks)
         return raw
 
     def with_overrides(self, **changes: Any) -> "Scenario":
@@ -301,10 +304,16 @@ _ENV_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 STORED_MASK = "[REDACTED]"  # traffic.redaction.REDACTED
 
 
-def _stored_headers(headers: dict[str, Any]) -> dict[str, Any]:
+def _stored_headers(headers: dict[str, Any], masks: dict[str, str]) -> dict[str, Any]:
     """Header values as a run stores them: one that takes its secret from the environment (`Bearer ${TOKEN}`)
-    as written, a literal one masked, a removal (null) as it is."""
-    return {k: v if not isinstance(v, str) or _ENV_REFERENCE.search(v) else STORED_MASK for k, v in headers.items()}
+    as written, a literal one masked (`[REDACTED 1]`, the same number for the same value), a removal (null)
+    as it is."""
+    def stored(v: Any) -> Any:
+        if not isinstance(v, str) or _ENV_REFERENCE.search(v):
+            return v
+        return masks.setdefault(v, f"{STORED_MASK[:-1]} {len(masks) + 1}]")
+
+    return {k: stored(v) for k, v in headers.items()}
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -314,6 +323,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: merged keys may be overridden
+                continue
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
             if not isinstance(key, (str, int, float, bool)):
                 continue

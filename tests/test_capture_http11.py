@@ -261,13 +261,16 @@ def test_an_http10_keep_alive_client_is_told_its_connection_persists(tmp_path: P
             f = s.makefile("rb")
             s.sendall(b"GET /ok HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
             first = _read_answer(f)
+            s.sendall(b"GET /drop HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")  # the proxy's own 502
+            failed = _read_answer(f)
             s.sendall(b"GET /ok HTTP/1.0\r\n\r\n")
             second = _read_answer(f)
-            assert f.read() == b""  # closed after the second, as HTTP/1.0 without keep-alive
+            assert f.read() == b""  # closed after the last, as HTTP/1.0 without keep-alive
         _stop(proc)
     finally:
         proc.kill()
     assert first[0] == 200 and first[1].get("connection") == "keep-alive"
+    assert failed[0] == 502 and failed[1].get("connection") == "keep-alive"
     assert second[0] == 200 and second[1].get("connection") == "close"
 
 

@@ -98,3 +98,23 @@ def test_inspect_of_a_capture_with_a_stray_timestamp_ends(tmp_path) -> None:
     assert out.returncode == 0, out.stderr
     assert "records       4 (0 bad)" in out.stdout and "peak 2/s" in out.stdout
     assert (tmp_path / "rate.png").stat().st_size > 0
+
+
+def test_yaml_merge_keys_still_load(tmp_path: Path) -> None:
+    """The duplicate-key check must leave YAML's merge key alone: `<<: *defaults`, a merged key overridden."""
+    path = tmp_path / "s.yaml"
+    path.write_text("""name: merged
+traffic: {path: x.jsonl}
+targets:
+  baseline: &target {url: "http://127.0.0.1:1", headers: {X-A: "1"}}
+  candidate: {<<: *target, url: "http://127.0.0.1:2"}
+""")
+    from harness.scenario import load_scenario
+
+    try:
+        s = load_scenario(path)
+    except Exception as exc:  # noqa: BLE001 - the message says what the loader refused
+        assert "merge" not in str(exc), exc
+        raise
+    assert s.target_for("candidate").url == "http://127.0.0.1:2"
+    assert s.target_for("candidate").headers == {"X-A": "1"}

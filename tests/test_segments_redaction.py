@@ -236,6 +236,13 @@ _MULTIPART = (b"--XyZ\r\nContent-Disposition: form-data; name=\"user\"\r\n\r\nal
      b'{"a":1,"api_key":"[REDACTED]"}\n{"b":2}\n{"token":"[REDACTED]"}\n', ("sk-ndjson-1", "tok-abcdef")),
     # JSON behind a UTF-8 byte-order mark: masked, written back without it
     (b'\xef\xbb\xbf{"password": "bom-secret"}', b'{"password":"[REDACTED]"}', ("bom-secret",)),
+    # a multipart part that is itself JSON, or a form, with a credential inside; a field named as a query
+    # credential is (`sig`)
+    (b'--B\r\nContent-Disposition: form-data; name="meta"\r\nContent-Type: application/json\r\n\r\n'
+     b'{"api_key": "sk-part-12345"}\r\n--B\r\nContent-Disposition: form-data; name="sig"\r\n\r\nsig-9f8e7d\r\n--B--\r\n',
+     b'--B\r\nContent-Disposition: form-data; name="meta"\r\nContent-Type: application/json\r\n\r\n'
+     b'{"api_key":"[REDACTED]"}\r\n--B\r\nContent-Disposition: form-data; name="sig"\r\n\r\n[REDACTED]\r\n--B--\r\n',
+     ("sk-part-12345", "sig-9f8e7d")),
 ])
 def test_credentials_in_multipart_forms_json_lines_and_bom_json_are_masked(raw: bytes, masked: bytes,
                                                                            secrets: tuple[str, ...]) -> None:
@@ -264,9 +271,14 @@ def test_a_coded_request_body_is_masked_decoded_and_coded_again(coding: str) -> 
                                         (("Content-Type", "application/json"),), b'{"echo": "sk-coded-1234567"}', 28))
     assert decode_body(coding, base64.b64decode(rec["body_b64"]), 1 << 20)[0] == b'{"prompt":"hi","api_key":"[REDACTED]"}'
     assert rec["production_body"] == {"echo": REDACTED}
-    # one that is not what its header says is kept as it came (nothing could be read in it to mask)
+    # one that is not what its header says is masked as it is (`Content-Encoding: UTF-8`, a client's mistake)
     liar = CapturedRequest(source="t", line=1, ts=0.0, method="POST", path="/v1/score", headers=headers, body=b"\x00junk")
     assert Redactor().request(liar).body == b"\x00junk"
+    mistaken = (("Content-Type", "application/x-www-form-urlencoded"), ("Content-Encoding", "UTF-8"))
+    form = CapturedRequest(source="t", line=1, ts=0.0, method="POST", path="/login", headers=mistaken,
+                           body=b"user=a&password=hunter22")
+    assert Redactor().request(form).body == b"user=a&password=[REDACTED]"
+    assert Redactor().secret_values(mistaken, "/login", form.body) == ("hunter22",)
 
 
 def test_bodies_without_secret_names_pass_unchanged() -> None:
@@ -293,3 +305,8 @@ def test_redacted_body_is_still_json_and_never_grows_secrets(doc: object) -> Non
     raw = json.dumps(doc).encode()
     out = Redactor().body(raw)
     json.loads(out)  # still a JSON document
+
+
+def test_json_behind_a_byte_order_mark_is_masked_by_the_scenarios_json_paths() -> None:
+    raw = b'\xef\xbb\xbf{"user": {"ssn": "123-45-6789"}}'
+    assert Redactor(RedactConfig(json_paths=("$.user.ssn",))).body(raw) == b'{"user":{"ssn":"[REDACTED]"}}'

@@ -73,8 +73,22 @@ def test_a_run_stores_header_values_from_the_environment_as_written_and_literal_
         "replay": {"headers": {"Authorization": "Bearer ${HARNESS_TEST_TOKEN}", "X-Model": "v1"}},
     })
     stored = s.stored_config()
-    assert stored["replay"]["headers"] == {"Authorization": "Bearer ${HARNESS_TEST_TOKEN}", "X-Model": "[REDACTED]"}
-    assert stored["targets"]["baseline"]["headers"] == {"X-Api-Key": "[REDACTED]"}
+    assert stored["replay"]["headers"] == {"Authorization": "Bearer ${HARNESS_TEST_TOKEN}", "X-Model": "[REDACTED 1]"}
+    assert stored["targets"]["baseline"]["headers"] == {"X-Api-Key": "[REDACTED 2]"}
     assert stored["targets"]["candidate"]["headers"] == {"Cookie": None}
     assert "sk-literal" not in str(stored)
     assert s.replay.headers["X-Model"] == "v1"  # what is sent is unchanged
+
+
+def test_targets_told_apart_by_a_header_stay_apart_in_what_a_run_stores() -> None:
+    """One gateway, the version chosen by a header: judged again from the stored scenario, the two targets
+    must not read as one (a self-comparison HOLDs: 'No candidate judged')."""
+    spec = {"name": "h", "traffic": {"path": "x.jsonl"},
+            "targets": {"baseline": {"url": "http://127.0.0.1:1", "headers": {"X-Model-Version": "v1"}},
+                        "candidate": {"url": "http://127.0.0.1:1", "headers": {"X-Model-Version": "v2"}}}}
+    live = scenario_from_dict(spec)
+    stored = scenario_from_dict(live.stored_config(), check_files=False)
+    assert live.self_comparison() is None and stored.self_comparison() is None
+    same = scenario_from_dict({**spec, "targets": {v: {"url": "http://127.0.0.1:1", "headers": {"X-Model-Version": "v1"}}
+                                                   for v in ("baseline", "candidate")}})
+    assert scenario_from_dict(same.stored_config(), check_files=False).self_comparison() is not None

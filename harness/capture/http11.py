@@ -397,9 +397,11 @@ _REASONS = {400: b"Bad Request", 413: b"Content Too Large", 431: b"Request Heade
             501: b"Not Implemented", 502: b"Bad Gateway", 504: b"Gateway Timeout"}
 
 
-def _simple(status: int, text: bytes, close: bool) -> bytes:
+def _simple(status: int, text: bytes, close: bool, http10: bool = False) -> bytes:
+    """The proxy's own answer; an HTTP/1.0 client's connection persists only where the answer says so."""
+    connection = b"Connection: close\r\n" if close else b"Connection: keep-alive\r\n" if http10 else b""
     return (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s\r\n"
-            % (status, _REASONS[status], len(text), b"Connection: close\r\n" if close else b"")) + text
+            % (status, _REASONS[status], len(text), connection)) + text
 
 
 class _Exchange:
@@ -485,7 +487,7 @@ class _Exchange:
                             raw_headers=self.raw_headers, arrivals=self.arrivals)
         else:
             status = 504 if kind == "timeout" else 502
-            self.out.append(_simple(status, f"upstream {kind}\n".encode(), not self.keep_alive))
+            self.out.append(_simple(status, f"upstream {kind}\n".encode(), not self.keep_alive, self.http10))
             answer = Answer(status, (), b"", 0, self.sent_at, done, error=kind)
         self.conn.finished(self, answer)
         self.flush()

@@ -13,7 +13,9 @@ import asyncio
 import io
 import json
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pyarrow as pa
@@ -28,6 +30,8 @@ __all__ = ["ResourceSpool", "read_resources"]
 class ResourceSpool:
     def __init__(self, monitor: ResourceMonitor, path: Path, every_s: float = 0.5) -> None:
         self.monitor, self.path, self.every_s = monitor, path, every_s
+        # one sample at a time: a cancelled run() leaves its worker thread sampling while the last one starts
+        self._lock = threading.Lock()
 
     async def run(self) -> None:
         """Samples until cancelled."""
@@ -36,7 +40,16 @@ class ResourceSpool:
             await asyncio.sleep(self.every_s)
 
     def sample(self) -> None:
-        rows = self.monitor.sample()
+        """One sample appended; one that fails (a metrics endpoint restarting mid-answer) is a note of the run,
+        and sampling goes on."""
+        with self._lock:
+            try:
+                self._append(self.monitor.sample())
+            except Exception as exc:  # noqa: BLE001 - a sample lost must not end the sampling or the run
+                if len(self.monitor.notes) < 20:
+                    self.monitor.notes.append(f"a resource sample failed: {type(exc).__name__}: {exc}"[:300])
+
+    def _append(self, rows: list[dict[str, Any]]) -> None:
         if rows:
             data = b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in rows)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -48,8 +61,9 @@ class ResourceSpool:
     def events(self) -> list[tuple[str, str]]:
         """The events a replay records beside its samples: the monitor's notes, and which sources gave values
         (what the resource gates may judge on, harness.evidence)."""
-        return [*(("note", n) for n in self.monitor.notes),
-                ("resource_sources", json.dumps(self.monitor.sources()))]
+        with self._lock:
+            return [*(("note", n) for n in self.monitor.notes),
+                    ("resource_sources", json.dumps(self.monitor.sources()))]
 
 
 def read_resources(path: Path) -> pa.Table:

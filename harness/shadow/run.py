@@ -226,7 +226,9 @@ class _Live:
             args = {"run_dir": str(self.run_dir), "scenario": str(self.scenario.source), **cut,
                     "capture_recorded": str(self.capture_path), "drops": dict(shadow.stats.drop_reasons),
                     "replay_event": _replay_event(shadow.stats, None),
-                    "resources": str(self.resources.path), "resource_events": self.resources.events(),
+                    "resources": str(self.resources.path),
+                    # off the serving loop: the first call reads the kernel log (dmesg)
+                    "resource_events": await asyncio.to_thread(self.resources.events),
                     "reason": f"live shadow still running (snapshot at {time.strftime('%H:%M:%S', time.gmtime())} UTC)"}
             args_path = self.run_dir / ".work" / "snapshot.json"
             args_path.write_text(json.dumps(args))

@@ -165,12 +165,13 @@ class Redactor:
     def coded_body(self, body: bytes, content_encoding: str | None, doc: Any = PARSE) -> bytes:
         """`body` masked as `body` masks it, where the request says it is coded (`Content-Encoding`: a client
         that compresses its uploads): decoded, masked, and coded again as it came, so that a replay sends what
-        the client sent but for the credentials. One that cannot be decoded is kept as it came."""
+        the client sent but for the credentials. One that cannot be decoded (a header that names no coding,
+        `Content-Encoding: UTF-8`; or bytes that are not what it says) is masked as it is."""
         if not content_encoding or not body:
             return self.body(body, doc)
         plain = _decoded(body, content_encoding)
         if plain is None:
-            return body
+            return self.body(body, doc)
         masked = self.body(plain)
         if masked is plain:
             return body
@@ -193,15 +194,15 @@ class Redactor:
         byte-order mark (written back without it), or a multipart form."""
         if _FORM.match(body):
             return self._form(body)
-        if not body.startswith((_BOM, b"--")) or not _may_name_a_secret(body, _JSON_PARTS, _JSON_ANY):
-            return body  # the two prefixes first: an image or an audio clip is not scanned whole
         if body.startswith(_BOM):
             inner = body[3:]
             masked = self.body(inner) if json_like(inner) else inner
             return masked if masked is not inner else body
-        parts = _multipart(body)
+        parts = _multipart(body) if body.startswith(b"--") else None  # an image or an audio clip: not scanned
         if parts is not None:
-            masked_parts = [(head, REDACTED.encode() if self._query_secret(name) else value)
+            # a credential-named field masked whole; any other part masked as a body of its own (a JSON or
+            # form part with credentials inside)
+            masked_parts = [(head, REDACTED.encode() if self._query_secret(name) else self.body(value))
                             for head, name, value in parts]
             if all(a[1] is b[2] for a, b in zip(masked_parts, parts)):
                 return body
@@ -224,7 +225,7 @@ class Redactor:
 
     def request(self, req: CapturedRequest) -> CapturedRequest:
         headers, path = self.headers(req.headers), self.path(req.path)
-        body = self.coded_body(req.body, content_encoding_of(req.headers) if not json_like(req.body) else None)
+        body = self.coded_body(req.body, content_encoding_of(req.headers))
         response = req.response
         if response is not None:
             response_headers = self.headers(response.headers)
@@ -260,9 +261,11 @@ class Redactor:
         paths), longest first: an answer that repeats one (an echo, a debug field) is masked by value
         (`mask_values`), since its own keys need not say what it is. `doc`: the body parsed already, unmasked."""
         found: set[str] = set()
-        coding = content_encoding_of(headers) if body and not json_like(body) else None  # JSON is not coded
-        if coding:  # what the coded body says, decoded (the caller's doc is of the coded bytes)
-            body, doc = _decoded(body, coding) or b"", PARSE
+        coding = content_encoding_of(headers) if body else None
+        if coding and (doc is MISSING or doc is PARSE):  # parsed as JSON already: not coded
+            plain = _decoded(body, coding)  # what the coded body says (the caller's doc is of the coded bytes)
+            if plain is not None:
+                body, doc = plain, PARSE
         for k, v in headers:
             if self.header_is_secret(k):
                 found.add(v.strip())
@@ -292,12 +295,15 @@ class Redactor:
             if _may_name_a_secret(body, _FORM_PARTS, _FORM_ANY):
                 found.update(v for k, v in parse_qsl(body.decode("ascii", "replace"), keep_blank_values=True)
                              if self._query_secret(k))
-        elif body.startswith((_BOM, b"--")) and _may_name_a_secret(body, _JSON_PARTS, _JSON_ANY):
-            if body.startswith(_BOM) and json_like(body[3:]):
+        elif body.startswith(_BOM):
+            if json_like(body[3:]):
                 found.update(self.secret_values((), "", body[3:]))
-            elif (parts := _multipart(body)) is not None:
-                found.update(value.decode("utf-8", "replace").strip() for _, name, value in parts
-                             if self._query_secret(name))
+        elif body.startswith(b"--") and (parts := _multipart(body)) is not None:
+            for _, name, value in parts:
+                if self._query_secret(name):
+                    found.add(value.decode("utf-8", "replace").strip())
+                else:
+                    found.update(self.secret_values((), "", value))
         return masking_order(found)
 
     def text(self, text: str, extra_secrets: tuple[str, ...] = ()) -> str:
@@ -306,7 +312,7 @@ class Redactor:
 
 
 MIN_SECRET_CHARS = 4  # shorter values would mask ordinary words and numbers of an answer
-_MAX_DECODED = 1 << 26  # a coded request body is decoded up to this size to be masked
+_MAX_DECODED = 1 << 24  # a coded request body is decoded up to this size to be masked (past it: as it came)
 
 
 def content_encoding_of(headers: Iterable[tuple[str, str]]) -> str | None:
