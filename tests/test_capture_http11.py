@@ -252,6 +252,32 @@ def test_a_client_that_reads_slowly_is_not_an_upstream_timeout(tmp_path: Path, u
     assert slow["production_bytes"] == size
 
 
+def test_without_a_client_limit_a_client_that_reads_nothing_is_cut_by_the_read_timeout(tmp_path: Path,
+                                                                                     upstream: FaultServer) -> None:
+    """--keepalive-timeout 0 (no limit on clients): a client that stops reading would hold its upstream
+    request for ever; --timeout cuts it, as before paused reads were the client's to answer for."""
+    proc, port = _capture(upstream.url, tmp_path / "c.jsonl", "--timeout", "1", "--keepalive-timeout", "0")
+    try:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            s.connect(("127.0.0.1", port))
+            s.settimeout(20)
+            s.sendall(b"GET /big?mb=8 HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = s.recv(65536)
+            time.sleep(4)  # reads nothing: the proxy pauses reading the upstream, and the read timeout runs
+            try:
+                while chunk := s.recv(1 << 20):
+                    data += chunk
+            except ConnectionResetError:
+                pass
+        _stop(proc)
+    finally:
+        proc.kill()
+    assert len(data.split(b"\r\n\r\n", 1)[1]) < 8 * 1024 * 1024  # cut
+    (rec,) = _records(tmp_path / "c.jsonl")
+    assert rec["production_error"] == "timeout"
+
+
 def test_an_http10_keep_alive_client_is_told_its_connection_persists(tmp_path: Path, upstream: FaultServer) -> None:
     """HTTP/1.0 keep-alive (ApacheBench -k, older clients) holds only where the answer says
     `Connection: keep-alive`: without it the client waits for a close that never comes."""

@@ -283,6 +283,9 @@ class Upstream:
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
         self.idle: list[_UpConn] = []
         self._all: set[_UpConn] = set()
+        # a connection paused for a slow client is not timed out: the client's own limit cuts it (ProxyServer
+        # sets this False where clients have none, --keepalive-timeout 0: the read timeout rules as before)
+        self.paused_is_the_clients = True
         self.loop = self._loop = asyncio.get_running_loop()
         self._sweep_s = min(1.0, timeout_s / 10)
         self._sweeper: asyncio.TimerHandle | None = None
@@ -320,7 +323,8 @@ class Upstream:
         now = time.monotonic()
         busy = False
         for conn in [c for c in self._all if c.sink is not None]:
-            if not conn.paused_at and now - conn.last_io >= self.timeout_s:  # paused: the client's wait
+            paused = conn.paused_at and self.paused_is_the_clients  # the client's wait, not the upstream's
+            if not paused and now - conn.last_io >= self.timeout_s:
                 conn.timed_out()
             else:
                 busy = True
@@ -707,6 +711,7 @@ class ProxyServer:
         the baseline's leg is judged whole, as the candidate's copy is)."""
         self.upstream, self.hooks, self.keep_bytes = upstream, hooks, keep_bytes
         self.keepalive_timeout_s = keepalive_timeout_s
+        upstream.paused_is_the_clients = keepalive_timeout_s > 0
         self.cancel_on_client_close = cancel_on_client_close
         self.connections: set[_ClientConn] = set()
         self.in_flight = 0
