@@ -10,7 +10,6 @@ not hold the serving loop), is appended as JSON lines to a spool, one write a sa
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import threading
@@ -19,10 +18,10 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-import pyarrow.json as pa_json
 
 from ..monitor import ResourceMonitor
 from ..replay.leg import RESOURCE_SCHEMA
+from .results import spool_table
 
 __all__ = ["ResourceSpool", "read_resources"]
 
@@ -72,8 +71,4 @@ def read_resources(path: Path) -> pa.Table:
         data = path.read_bytes()
     except FileNotFoundError:
         data = b""
-    data = data[: data.rfind(b"\n") + 1]  # a sample being appended right now is left to the next read
-    if not data:
-        return RESOURCE_SCHEMA.empty_table()
-    return pa_json.read_json(io.BytesIO(data), parse_options=pa_json.ParseOptions(
-        explicit_schema=RESOURCE_SCHEMA, unexpected_field_behavior="ignore"))
+    return spool_table(data[: data.rfind(b"\n") + 1], RESOURCE_SCHEMA)  # a sample being appended: the next read's

@@ -9,6 +9,7 @@ Outputs are built in a folder of their own and then moved into the run folder fi
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -89,7 +90,12 @@ def publish(build_dir: Path, run_dir: Path) -> None:
 
 
 def read_legs(path: Path) -> pa.Table:
-    if not path.exists() or path.stat().st_size == 0:
-        return LEG_SCHEMA.empty_table()
-    return pa_json.read_json(path, parse_options=pa_json.ParseOptions(explicit_schema=LEG_SCHEMA,
-                                                                      unexpected_field_behavior="ignore"))
+    return spool_table(path.read_bytes() if path.exists() else b"", LEG_SCHEMA)
+
+
+def spool_table(data: bytes, schema: pa.Schema) -> pa.Table:
+    """JSON lines spooled by the recorder (legs, resource samples) as a table of `schema`."""
+    if not data:
+        return schema.empty_table()
+    return pa_json.read_json(io.BytesIO(data), parse_options=pa_json.ParseOptions(
+        explicit_schema=schema, unexpected_field_behavior="ignore"))

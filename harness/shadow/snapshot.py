@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import shutil
 import sys
@@ -27,14 +26,13 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.json as pa_json
 
 from ..replay.leg import LEG_SCHEMA
 from ..scenario import Scenario, load_scenario
 from ..traffic.prepare import PREPARE_MEMORY_LIMIT, PreparedTraffic, create_staging, finish_staged, stage_records
 from ..traffic.readers import iter_records
 from .resources import read_resources
-from .results import build_results, publish
+from .results import build_results, publish, spool_table
 
 __all__ = ["SnapshotCache", "make_snapshot"]
 
@@ -84,9 +82,7 @@ class SnapshotCache:
                 lines += text.count(b"\n")
                 capture_offset = capture_size
             if legs is not None and legs_size > legs_offset:
-                table = pa_json.read_json(io.BytesIO(_read_range(legs, legs_offset, legs_size)),
-                                          parse_options=pa_json.ParseOptions(explicit_schema=LEG_SCHEMA,
-                                                                             unexpected_field_behavior="ignore"))
+                table = spool_table(_read_range(legs, legs_offset, legs_size), LEG_SCHEMA)
                 self.con.register("new_legs", table)
                 self.con.execute("insert into spool by name select * from new_legs")
                 self.con.unregister("new_legs")
