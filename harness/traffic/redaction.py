@@ -8,18 +8,18 @@ import copy
 import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit
 
 from ..jsonpath import MISSING, find_all, set_all
-from ..scenario import RedactConfig
+from ..scenario import STORED_MASK, RedactConfig
 from .jsonl_reader import compact_text
 from .record import NOT_PARSED, CapturedRequest, _keep_doc, _parse_body, json_like
 
 __all__ = ["Redactor", "REDACTED", "DEFAULT_SECRET_HEADERS", "PARSE", "MIN_SECRET_CHARS", "mask_values", "mask_values_in_doc",
            "masking_order", "content_encoding_of"]
 
-REDACTED = "[REDACTED]"
+REDACTED = STORED_MASK
 PARSE: Any = NOT_PARSED  # Redactor.body: the body has not been parsed yet
 DEFAULT_SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
                           "api-key", "x-auth-token", "x-amz-security-token")
@@ -198,15 +198,15 @@ class Redactor:
             inner = body[3:]
             masked = self.body(inner) if json_like(inner) else inner
             return masked if masked is not inner else body
-        parts = _multipart(body) if body.startswith(b"--") else None  # an image or an audio clip: not scanned
-        if parts is not None:
+        form = _multipart(body)
+        if form is not None:
             # a credential-named field masked whole; any other part masked as a body of its own (a JSON or
             # form part with credentials inside)
-            masked_parts = [(head, REDACTED.encode() if self._query_secret(name) else self.body(value))
-                            for head, name, value in parts]
-            if all(a[1] is b[2] for a, b in zip(masked_parts, parts)):
+            values = [REDACTED.encode() if self._query_secret(name) else self.body(value)
+                      for _, name, value in form.parts]
+            if all(new is value for new, (_, _, value) in zip(values, form.parts)):
                 return body
-            return _multipart_join(body, masked_parts)
+            return form.join(values)
         return body
 
     def _form(self, body: bytes) -> bytes:
@@ -298,8 +298,8 @@ class Redactor:
         elif body.startswith(_BOM):
             if json_like(body[3:]):
                 found.update(self.secret_values((), "", body[3:]))
-        elif body.startswith(b"--") and (parts := _multipart(body)) is not None:
-            for _, name, value in parts:
+        elif (form := _multipart(body)) is not None:
+            for _, name, value in form.parts:
                 if self._query_secret(name):
                     found.add(value.decode("utf-8", "replace").strip())
                 else:
@@ -330,6 +330,7 @@ def _decoded(body: bytes, content_encoding: str) -> bytes | None:
     plain, failed, _ = decode_body(content_encoding, body, _MAX_DECODED)
     return None if failed is not None else plain
 
+
 _BOM = b"\xef\xbb\xbf"
 # a multipart form's part: its headers, then its value up to the line break before the next boundary
 _PART_NAME = re.compile(rb'content-disposition:[^\r\n]*?\bname="([^"\r\n]*)"', re.IGNORECASE)
@@ -344,18 +345,31 @@ def _json_lines(body: bytes) -> list[bytes] | None:
     return lines
 
 
-def _multipart(body: bytes) -> list[tuple[bytes, str, bytes]] | None:
-    """A multipart form's parts as (the line break after the delimiter, the part's headers and their blank
-    line; its field name; its value), in order, or None where the body is not one: it starts with its
-    delimiter line (`--` and the boundary)."""
+class _Multipart(NamedTuple):
+    delimiter: bytes  # "--" and the boundary
+    newline: bytes  # the form's line break
+    tail: bytes  # after the closing delimiter: "--" and what follows it
+    parts: list[tuple[bytes, str, bytes]]  # (the line break after the delimiter, the part's headers and their
+    #                                        blank line; its field name; its value), in order
+
+    def join(self, values: list[bytes]) -> bytes:
+        """The form again, each part's value replaced by `values`' (the same delimiter and line breaks)."""
+        return b"".join(self.delimiter + head + value + self.newline
+                        for (head, _, _), value in zip(self.parts, values)) + self.delimiter + self.tail
+
+
+def _multipart(body: bytes) -> _Multipart | None:
+    """A multipart form, or None where the body is not one: it starts with its delimiter line (`--` and the
+    boundary). Anything else (an image, an audio clip) is not scanned."""
     if not body.startswith(b"--"):
         return None
     first, sep, _ = body.partition(b"\n")
     delimiter = first.rstrip(b"\r")
     if not sep or len(delimiter) < 3 or b" " in delimiter.strip():
         return None
+    chunks = body.split(delimiter)
     parts = []
-    for chunk in body.split(delimiter)[1:-1]:  # before the first delimiter: nothing; after the last: "--"
+    for chunk in chunks[1:-1]:  # before the first delimiter: nothing; after the last: "--"
         head_end = chunk.find(b"\r\n\r\n")
         width = 4
         if head_end < 0:
@@ -367,15 +381,9 @@ def _multipart(body: bytes) -> list[tuple[bytes, str, bytes]] | None:
         value = chunk[head_end + width:]
         value = value[:-2] if value.endswith(b"\r\n") else value[:-1] if value.endswith(b"\n") else value
         parts.append((head, m.group(1).decode("utf-8", "replace") if m else "", value))
-    return parts or None
-
-
-def _multipart_join(body: bytes, parts: list[tuple[bytes, bytes]]) -> bytes:
-    """A multipart form rebuilt with `parts` (head, value): the original's delimiter and line breaks."""
-    delimiter = body.partition(b"\n")[0].rstrip(b"\r")
-    newline = b"\r\n" if body.partition(b"\n")[0].endswith(b"\r") else b"\n"
-    tail = body.split(delimiter)[-1]  # "--" and what follows the closing delimiter
-    return b"".join(delimiter + head + value + newline for head, value in parts) + delimiter + tail
+    if not parts:
+        return None
+    return _Multipart(delimiter, b"\r\n" if first.endswith(b"\r") else b"\n", chunks[-1], parts)
 
 
 def masking_order(values: Iterable[str]) -> tuple[str, ...]:
