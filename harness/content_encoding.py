@@ -142,7 +142,11 @@ def _stage(coding: str) -> Any:
         return _Brotli()
     if coding == "zstd":
         return _Zstd()
-    raise EncodingError(f"Content-Encoding {coding!r} is not supported (gzip, deflate, br and zstd are)")
+    raise _unsupported(coding)
+
+
+def _unsupported(coding: str) -> EncodingError:
+    return EncodingError(f"Content-Encoding {coding!r} is not supported (gzip, deflate, br and zstd are)")
 
 
 class BodyDecoder:
@@ -235,7 +239,7 @@ def encode_body(content_encoding: str | None, body: bytes) -> bytes:
         elif coding == "zstd":
             body = zstd.compress(body)
         else:
-            raise EncodingError(f"Content-Encoding {coding!r} is not supported (gzip, deflate, br and zstd are)")
+            raise _unsupported(coding)
     return body
 
 

@@ -222,6 +222,25 @@ def test_an_answer_the_upstream_cut_is_left_out_of_the_record(tmp_path: Path, up
     assert "tok-issued" not in (tmp_path / "c.jsonl").read_text()
 
 
+def _big_answer_read_after(port: int, pause_s: float) -> int:
+    """GET /big?mb=8 through the proxy with a small receive buffer, reading nothing for `pause_s` after its
+    first bytes (the proxy's buffers fill and it pauses reading the upstream), then the rest: the body bytes
+    got before the end or a cut."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.connect(("127.0.0.1", port))
+        s.settimeout(20)
+        s.sendall(b"GET /big?mb=8 HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = s.recv(65536)
+        time.sleep(pause_s)
+        try:
+            while chunk := s.recv(1 << 20):
+                data += chunk
+        except ConnectionResetError:
+            pass
+    return len(data.split(b"\r\n\r\n", 1)[1])
+
+
 def test_a_client_that_reads_slowly_is_not_an_upstream_timeout(tmp_path: Path, upstream: FaultServer) -> None:
     """While the client reads slower than the upstream sends, the proxy stops reading the upstream: that wait
     is the client's, and --timeout (the upstream's silence) must not cut the answer. A client that reads none
@@ -229,24 +248,12 @@ def test_a_client_that_reads_slowly_is_not_an_upstream_timeout(tmp_path: Path, u
     proc, port = _capture(upstream.url, tmp_path / "c.jsonl", "--timeout", "1", "--keepalive-timeout", "3")
     size = 8 * 1024 * 1024
     try:
-        got = []
-        for pause_s in (2.0, 5.0):
-            with socket.socket() as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-                s.connect(("127.0.0.1", port))
-                s.settimeout(20)
-                s.sendall(b"GET /big?mb=8 HTTP/1.1\r\nHost: x\r\n\r\n")
-                data = s.recv(65536)
-                time.sleep(pause_s)  # the proxy's buffers fill: it pauses reading the upstream
-                started = time.monotonic()
-                while chunk := s.recv(1 << 20):
-                    data += chunk
-                got.append((len(data.split(b"\r\n\r\n", 1)[1]), time.monotonic() - started))
+        got = [_big_answer_read_after(port, pause_s) for pause_s in (2.0, 5.0)]
         _stop(proc)
     finally:
         proc.kill()
-    assert got[0][0] == size  # paused for twice --timeout, read whole
-    assert got[1][0] < size  # read nothing for more than --keepalive-timeout: cut
+    assert got[0] == size  # paused for twice --timeout, read whole
+    assert got[1] < size  # read nothing for more than --keepalive-timeout: cut
     slow, _ = _records(tmp_path / "c.jsonl")
     assert slow["production_status"] == 200 and "production_error" not in slow
     assert slow["production_bytes"] == size
@@ -258,22 +265,12 @@ def test_without_a_client_limit_a_client_that_reads_nothing_is_cut_by_the_read_t
     request for ever; --timeout cuts it, as before paused reads were the client's to answer for."""
     proc, port = _capture(upstream.url, tmp_path / "c.jsonl", "--timeout", "1", "--keepalive-timeout", "0")
     try:
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-            s.connect(("127.0.0.1", port))
-            s.settimeout(20)
-            s.sendall(b"GET /big?mb=8 HTTP/1.1\r\nHost: x\r\n\r\n")
-            data = s.recv(65536)
-            time.sleep(4)  # reads nothing: the proxy pauses reading the upstream, and the read timeout runs
-            try:
-                while chunk := s.recv(1 << 20):
-                    data += chunk
-            except ConnectionResetError:
-                pass
+        # reads nothing for 4 s: the proxy pauses reading the upstream, and the read timeout runs
+        got = _big_answer_read_after(port, 4.0)
         _stop(proc)
     finally:
         proc.kill()
-    assert len(data.split(b"\r\n\r\n", 1)[1]) < 8 * 1024 * 1024  # cut
+    assert got < 8 * 1024 * 1024  # cut
     (rec,) = _records(tmp_path / "c.jsonl")
     assert rec["production_error"] == "timeout"
 
